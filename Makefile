@@ -1,0 +1,88 @@
+# qalign.c - build, test, fuzz, bench.
+#
+#   make                 optimised build for this CPU (-O3 -march=native, OpenMP if found)
+#   make NO_OMP=1        same without OpenMP (single thread, still correct)
+#   make SCALAR=1        no -march=native: only the portable scalar kernels are compiled in
+#   make test            build, then run the whole test suite (pytest, ends with its summary)
+#   make sanitize        ./qalign-san: -O1 -g with AddressSanitizer + UBSan (used by the tests
+#                        on hostile inputs when present)
+#   make fuzz            libFuzzer harnesses in fuzz/, each run FUZZ_SECONDS (needs clang)
+#   make bench           full-size random-weight benchmark (minutes; not part of `make test`)
+#   make clean
+
+SHELL   := /bin/bash
+CC      ?= cc
+PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+# -std=c11 with POSIX 2008 (mmap, popen, isatty); nothing GNU-only outside #ifdef.
+CFLAGS  ?= -O3
+CFLAGS  += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wno-unused-parameter
+LDLIBS  += -lm -lpthread
+
+# -march=native enables the SIMD kernels this CPU has (AVX2/AVX-512/NEON), chosen at
+# compile time. SCALAR=1 leaves it out, so only the plain C loops are built.
+ifndef SCALAR
+  ifeq ($(shell $(CC) -march=native -x c -E /dev/null >/dev/null 2>&1 && echo ok),ok)
+    CFLAGS += -march=native
+  endif
+endif
+
+# OpenMP: used when the compiler has it, unless NO_OMP=1. Without it the pragmas are
+# ignored and everything runs on one thread.
+ifndef NO_OMP
+  ifeq ($(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo ok),ok)
+    CFLAGS += -fopenmp
+    $(info ✓ OpenMP found)
+  else
+    $(info ✗ OpenMP not found: building single-threaded)
+  endif
+endif
+
+SRCS = qalign.c tokenizer.c image.c image_png.c image_jpeg.c
+HDRS = tokenizer.h image.h
+
+.PHONY: all test sanitize fuzz fuzz-build bench clean
+all: qalign
+
+qalign: $(SRCS) $(HDRS)
+	$(CC) $(CFLAGS) -o $@ $(SRCS) $(LDLIBS)
+
+# Unit tests written in C include qalign.c with -DTESTING (no main) and call its internals.
+build/%: tests/%.c $(SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+
+TEST_BINS = $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
+
+test: qalign $(TEST_BINS)
+	$(PYTHON) -m pytest -q tests
+
+# ---- sanitizers -------------------------------------------------------------------------
+SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+qalign-san: $(SRCS) $(HDRS)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wno-unused-parameter $(SAN_FLAGS) -o $@ $(SRCS) $(LDLIBS)
+sanitize: qalign-san
+
+# ---- fuzzing (clang libFuzzer) ----------------------------------------------------------
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
+build/fuzz_%: fuzz/fuzz_%.c image.c image_png.c image_jpeg.c image.h
+	@mkdir -p build
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
+fuzz-build: $(FUZZ_BINS)
+# Each harness runs FUZZ_SECONDS on its seed corpus (fuzz/corpus/<name>, made by the tests).
+fuzz: fuzz-build
+	@for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p build/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -malloc_limit_mb=2048 -print_final_stats=1 \
+	      build/corpus/$$n $$( [ -d fuzz/corpus/$$n ] && echo fuzz/corpus/$$n ) 2>&1 | \
+	      grep -E 'stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|crash-' ; \
+	  test $${PIPESTATUS[0]:-0} -eq 0 || exit 1; done
+
+# ---- benchmark (full-size random weights; see bench/README) -----------------------------
+bench: qalign
+	$(PYTHON) bench/bench.py
+
+clean:
+	rm -rf qalign qalign-san build

@@ -1,0 +1,803 @@
+#!/usr/bin/env python3
+"""export.py - turn a Q-Align / OneAlign (mPLUG-Owl2) checkpoint into one qalign model file.
+
+    python3 export.py CHECKPOINT_DIR OUT [--dtype f32|bf16|q8_0|q4_1]
+    python3 export.py --synthetic one-align|tiny [--dtype T] [--seed N] OUT
+
+CHECKPOINT_DIR is a Hugging Face model directory as released (q-future/one-align):
+config.json (with visual_config), preprocessor_config.json, tokenizer.model, and the
+weights as pytorch_model.bin.index.json + pytorch_model-*.bin shards (PyTorch zip/pickle)
+or model.safetensors[.index.json]. Only numpy is needed: the PyTorch and safetensors
+readers below are written from the file formats, not imported. Tensors are read and
+written one at a time, so exporting the 16 GB release needs about one tensor of memory.
+
+The synthetic presets write a model with random weights (same layout, same tokenizer),
+for tests and benchmarks without a checkpoint.
+
+Model file layout (all little-endian; the C loader in qalign.c reads exactly this):
+    [0, 1024)   header: 256 x uint32 slots, see HEADER_FIELDS (floats as float32 bits)
+    [1024, ...) tensor table: n_tensors x 96-byte entries, see TABLE_ENTRY
+    then        tensor data, each tensor starting at a multiple of 64 bytes, in table order;
+                the last tensor ends exactly at the end of the file.
+"""
+import argparse
+import json
+import os
+import pickle
+import struct
+import sys
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+
+MAGIC = 0x4E4C4151          # bytes "QALN" read as a little-endian uint32
+# Format versions:
+#   1: header of 256 u32 slots, 96-byte tensor table, 64-byte aligned data;
+#      dtypes f32, bf16, q8_0, q4_1, u8, u32.
+VERSION = 1
+HEADER_BYTES = 1024
+ALIGN = 64
+
+# Tensor element types. Quantised types store, for a [rows, cols] matrix, all the
+# quantised values first (row-major) and then one record per block (see quantize()).
+DT_F32, DT_BF16, DT_Q8_0, DT_Q4_1, DT_U8, DT_U32 = 0, 1, 2, 3, 4, 5
+DTYPES = {"f32": DT_F32, "bf16": DT_BF16, "q8_0": DT_Q8_0, "q4_1": DT_Q4_1}
+QBLOCK = 32                  # values per quantisation block (along a row)
+
+# The header, slot by slot ("f" = float32 stored as its bits, else uint32). qalign.c has
+# the same list as an enum; a test checks that the two agree.
+HEADER_FIELDS = [
+    ("magic", "u"), ("version", "u"), ("header_bytes", "u"), ("n_tensors", "u"), ("wtype", "u"),
+    # vision tower (CLIP ViT)
+    ("v_dim", "u"), ("v_layers", "u"), ("v_heads", "u"), ("v_mlp", "u"),
+    ("v_image", "u"), ("v_patch", "u"), ("v_eps", "f"),
+    # visual abstractor (its width equals v_dim)
+    ("a_layers", "u"), ("a_heads", "u"), ("a_queries", "u"), ("a_mlp", "u"),
+    ("a_eps", "f"), ("a_ffn_eps", "f"),
+    # LLaMA-2 decoder
+    ("l_dim", "u"), ("l_layers", "u"), ("l_heads", "u"), ("l_kv_heads", "u"), ("l_mlp", "u"),
+    ("l_vocab", "u"), ("l_eps", "f"), ("l_rope_theta", "f"), ("l_max_pos", "u"),
+    # tokenizer
+    ("t_bos", "u"), ("t_eos", "u"), ("t_unk", "u"), ("t_dummy_prefix", "u"),
+    # scoring: the 5 level words' token ids (excellent good fair poor bad)
+    ("n_levels", "u"), ("level0", "u"), ("level1", "u"), ("level2", "u"), ("level3", "u"), ("level4", "u"),
+    # preprocessing: expand2square fill colour, CLIP mean and std
+    ("fill_r", "u"), ("fill_g", "u"), ("fill_b", "u"),
+    ("mean_r", "f"), ("mean_g", "f"), ("mean_b", "f"),
+    ("std_r", "f"), ("std_g", "f"), ("std_b", "f"),
+]
+LEVEL_WORDS = ["excellent", "good", "fair", "poor", "bad"]
+
+# One table entry: name (NUL padded), dtype, ndim, shape[4], offset, nbytes.
+TABLE_ENTRY = struct.Struct("<56sII4IQQ")
+assert TABLE_ENTRY.size == 96
+
+
+def die(msg):
+    print(f"export.py: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------
+# bf16 helpers (numpy has no bfloat16: bf16 values travel as their uint16 bit patterns)
+
+def bf16_to_f32(u16):
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(f32):
+    """Round to nearest even, as torch's .to(torch.bfloat16); NaN stays NaN."""
+    u = np.ascontiguousarray(f32, dtype=np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(f32)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+class Raw:
+    """A tensor as read from a checkpoint: numpy data plus its source dtype.
+    For bf16 sources `data` is the uint16 bit pattern (kept exact)."""
+
+    def __init__(self, data, kind):
+        self.data, self.kind = data, kind   # kind: "bf16", "f16", "f32"
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    def f32(self):
+        if self.kind == "bf16":
+            return bf16_to_f32(self.data)
+        return self.data.astype(np.float32)
+
+    def reshape(self, *shape):
+        return Raw(self.data.reshape(*shape), self.kind)
+
+    def __getitem__(self, idx):
+        return Raw(np.ascontiguousarray(self.data[idx]), self.kind)
+
+
+# ----------------------------------------------------------------------------------------
+# PyTorch checkpoint reader (torch.save zip format: <name>/data.pkl + <name>/data/<key>)
+#
+# data.pkl is a pickle of an OrderedDict name -> tensor, where each tensor is
+# torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...) and each storage is a
+# persistent id ('storage', torch.XStorage, key, location, numel) naming the file data/<key>.
+# We unpickle with a restricted Unpickler that builds lazy references instead of tensors.
+
+TORCH_STORAGE_DTYPES = {
+    "BFloat16Storage": (np.uint16, "bf16"),
+    "HalfStorage": (np.float16, "f16"),
+    "FloatStorage": (np.float32, "f32"),
+    "DoubleStorage": (np.float64, "f32"),
+    "LongStorage": (np.int64, "i64"),
+    "IntStorage": (np.int32, "i32"),
+}
+
+
+class _StorageType:
+    def __init__(self, name):
+        if name not in TORCH_STORAGE_DTYPES:
+            raise pickle.UnpicklingError(f"unsupported tensor storage type torch.{name}")
+        self.np_dtype, self.kind = TORCH_STORAGE_DTYPES[name]
+
+
+class _LazyTensor:
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def load(self):
+        zf, path, st = self.storage
+        buf = zf.read(path)
+        arr = np.frombuffer(buf, dtype=st.np_dtype)
+        item = arr.itemsize
+        need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
+        if need > arr.size:
+            raise ValueError(f"storage {path} too small for tensor")
+        view = np.lib.stride_tricks.as_strided(
+            arr[self.offset:], shape=self.size, strides=[s * item for s in self.stride])
+        data = np.ascontiguousarray(view)
+        kind = st.kind
+        if kind in ("i64", "i32"):
+            raise ValueError("integer tensors are not weights")
+        return Raw(data.astype(np.float32) if st.np_dtype == np.float64 else data, kind)
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, *args):
+    return _LazyTensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data, *args):
+    return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    def __init__(self, fileobj, zf, prefix):
+        super().__init__(fileobj)
+        self.zf, self.prefix = zf, prefix
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor_v2
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name.endswith("Storage"):
+            return _StorageType(name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        _, storage_type, key, _location, _numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError("storage without a type")
+        return (self.zf, f"{self.prefix}/data/{key}", storage_type)
+
+
+def read_torch_zip(path):
+    """Return {name: _LazyTensor} for a torch.save() zip file; data is read on .load()."""
+    if not zipfile.is_zipfile(path):
+        die(f"{path}: not a PyTorch zip checkpoint (the legacy pre-1.6 format is not supported; "
+            "re-save it with a recent torch.save or convert it to safetensors)")
+    zf = zipfile.ZipFile(path)
+    pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pkls) != 1:
+        die(f"{path}: expected one data.pkl in the archive, found {len(pkls)}")
+    prefix = pkls[0][: -len("/data.pkl")] if "/" in pkls[0] else ""
+    with zf.open(pkls[0]) as f:
+        try:
+            state = _TorchUnpickler(f, zf, prefix).load()
+        except pickle.UnpicklingError as e:
+            die(f"{path}: {e}")
+    if not isinstance(state, dict):
+        die(f"{path}: the pickle is not a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, _LazyTensor)}
+
+
+# ----------------------------------------------------------------------------------------
+# safetensors reader: u64 header length, JSON header {name: {dtype, shape, data_offsets}}, data
+
+SAFETENSORS_DTYPES = {"BF16": (np.uint16, "bf16"), "F16": (np.float16, "f16"), "F32": (np.float32, "f32")}
+
+
+class _SafeTensor:
+    def __init__(self, path, base, info):
+        self.path, self.base, self.info = path, base, info
+
+    def load(self):
+        dt = self.info["dtype"]
+        if dt not in SAFETENSORS_DTYPES:
+            raise ValueError(f"unsupported safetensors dtype {dt}")
+        np_dtype, kind = SAFETENSORS_DTYPES[dt]
+        start, end = self.info["data_offsets"]
+        with open(self.path, "rb") as f:
+            f.seek(self.base + start)
+            buf = f.read(end - start)
+        if len(buf) != end - start:
+            raise ValueError(f"{self.path}: truncated")
+        arr = np.frombuffer(buf, dtype=np_dtype).reshape(self.info["shape"])
+        return Raw(arr, kind)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            die(f"{path}: not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 << 20:
+            die(f"{path}: safetensors header of {n} bytes is not plausible")
+        meta = json.loads(f.read(n))
+    meta.pop("__metadata__", None)
+    return {k: _SafeTensor(path, 8 + n, v) for k, v in meta.items()}
+
+
+class Checkpoint:
+    """All tensors of a HF checkpoint directory, read lazily shard by shard."""
+
+    def __init__(self, d):
+        self.dir = d
+        self.files = {}       # shard file name -> {tensor name: lazy tensor} (opened on demand)
+        self.where = {}       # tensor name -> shard file name
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            p = os.path.join(d, index)
+            if os.path.exists(p):
+                with open(p) as f:
+                    self.where = dict(json.load(f)["weight_map"])
+                break
+        else:
+            for single in ("model.safetensors", "pytorch_model.bin"):
+                if os.path.exists(os.path.join(d, single)):
+                    self.where = {k: single for k in self._open(single)}
+                    break
+            else:
+                die(f"{d}: no pytorch_model.bin[.index.json] or model.safetensors[.index.json] found")
+        for shard in sorted(set(self.where.values())):
+            if not os.path.exists(os.path.join(d, shard)):
+                die(f"{d}: shard {shard} named in the index is missing")
+
+    def _open(self, shard):
+        if shard not in self.files:
+            p = os.path.join(self.dir, shard)
+            self.files[shard] = read_safetensors(p) if shard.endswith(".safetensors") else read_torch_zip(p)
+        return self.files[shard]
+
+    def __contains__(self, name):
+        return name in self.where
+
+    def get(self, name):
+        if name not in self.where:
+            die(f"tensor {name} is not in the checkpoint (is this a Q-Align / mPLUG-Owl2 model?)")
+        lazy = self._open(self.where[name]).get(name)
+        if lazy is None:
+            die(f"tensor {name} is missing from shard {self.where[name]}")
+        try:
+            return lazy.load()
+        except ValueError as e:
+            die(f"tensor {name}: {e}")
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration: read config.json / preprocessor_config.json, refuse what we don't support
+
+def read_config(d):
+    def load(name):
+        p = os.path.join(d, name)
+        if not os.path.exists(p):
+            die(f"{d}: {name} not found")
+        with open(p) as f:
+            return json.load(f)
+
+    c = load("config.json")
+    pp = load("preprocessor_config.json")
+    if c.get("model_type") != "mplug_owl2":
+        die(f"config.json: model_type is {c.get('model_type')!r}; only mplug_owl2 (Q-Align/OneAlign) is supported")
+    vc = c.get("visual_config") or {}
+    vm, va = vc.get("visual_model") or {}, vc.get("visual_abstractor") or {}
+    if not vm or not va:
+        die("config.json: visual_config.visual_model / visual_abstractor missing")
+    for key, bad in (("rope_scaling", None), ("attention_bias", False)):
+        if c.get(key, bad) != bad:
+            die(f"config.json: {key}={c.get(key)!r} is not supported")
+    if c.get("hidden_act", "silu") != "silu":
+        die(f"config.json: hidden_act {c.get('hidden_act')!r} is not supported (silu only)")
+    if va.get("hidden_size", 1024) != vm.get("hidden_size", 1024) or \
+            va.get("encoder_hidden_size", 1024) != vm.get("hidden_size", 1024):
+        die("config.json: the abstractor width must equal the vision width (as upstream's normk requires)")
+
+    def size_of(v):
+        return v.get("shortest_edge", v.get("height")) if isinstance(v, dict) else v
+
+    image = vm.get("image_size", 448)
+    if size_of(pp.get("size", image)) != image or size_of(pp.get("crop_size", image)) != image:
+        die(f"preprocessor_config.json: size/crop_size must equal the vision image_size {image}")
+    if pp.get("resample", 3) != 3 or not pp.get("do_normalize", True) or not pp.get("do_resize", True):
+        die("preprocessor_config.json: only bicubic resize with normalisation is supported")
+    if abs(pp.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
+        die("preprocessor_config.json: rescale_factor must be 1/255")
+    mean = [float(x) for x in pp.get("image_mean", [0.48145466, 0.4578275, 0.40821073])]
+    std = [float(x) for x in pp.get("image_std", [0.26862954, 0.26130258, 0.27577711])]
+
+    cfg = dict(
+        v_dim=vm.get("hidden_size", 1024), v_layers=vm.get("num_hidden_layers", 24),
+        v_heads=vm.get("num_attention_heads", 16), v_mlp=vm.get("intermediate_size", 4096),
+        v_image=image, v_patch=vm.get("patch_size", 14), v_eps=vm.get("layer_norm_eps", 1e-6),
+        a_layers=va.get("num_hidden_layers", 6), a_heads=va.get("num_attention_heads", 16),
+        a_queries=va.get("num_learnable_queries", 64), a_mlp=va.get("intermediate_size", 2816),
+        a_eps=1e-5,  # norm1/normk/norm2 are nn.LayerNorm(hidden) with the default eps
+        a_ffn_eps=va.get("layer_norm_eps", 1e-6),
+        l_dim=c.get("hidden_size", 4096), l_layers=c.get("num_hidden_layers", 32),
+        l_heads=c.get("num_attention_heads", 32),
+        l_kv_heads=c.get("num_key_value_heads") or c.get("num_attention_heads", 32),
+        l_mlp=c.get("intermediate_size", 11008), l_vocab=c.get("vocab_size", 32000),
+        l_eps=c.get("rms_norm_eps", 1e-6), l_rope_theta=c.get("rope_theta", 10000.0),
+        l_max_pos=c.get("max_position_embeddings", 2048),
+        fill=[int(x * 255) for x in mean], mean=mean, std=std,
+        grid=va.get("grid_size") or 32,
+    )
+    check_dims(cfg)
+    return cfg
+
+
+def check_dims(cfg):
+    g = cfg["v_image"] // cfg["v_patch"]
+    problems = []
+    if cfg["v_image"] % cfg["v_patch"]:
+        problems.append("image_size must be a multiple of patch_size")
+    if cfg["grid"] != g:
+        problems.append(f"abstractor grid_size {cfg['grid']} != image_size/patch_size {g}")
+    for w, h in (("v_dim", "v_heads"), ("v_dim", "a_heads"), ("l_dim", "l_heads")):
+        if cfg[w] % cfg[h]:
+            problems.append(f"{w}={cfg[w]} is not divisible by {h}={cfg[h]}")
+    if cfg["l_heads"] % cfg["l_kv_heads"]:
+        problems.append("num_attention_heads must be a multiple of num_key_value_heads")
+    if (cfg["l_dim"] // cfg["l_heads"]) % 2:
+        problems.append("the decoder head size must be even (RoPE)")
+    if cfg["v_dim"] % 4:
+        problems.append("the vision width must be a multiple of 4 (2-D sin-cos positions)")
+    for k in ("v_dim", "v_layers", "v_heads", "v_mlp", "a_layers", "a_queries", "a_mlp",
+              "l_dim", "l_layers", "l_mlp", "l_vocab"):
+        if not (1 <= cfg[k] < 1 << 24):
+            problems.append(f"{k}={cfg[k]} is out of range")
+    if problems:
+        die("unsupported configuration: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------
+# The tensor list: (file name, shape, kind, source) in file order. `kind` says how the
+# tensor is stored: "mat" = a weight matrix (stored in the chosen weight type), "vec" =
+# f32 always (norms, biases, embeddings that are added, position tables).
+# `source` is a function returning the tensor as Raw, from a checkpoint or synthetic.
+
+def tensor_plan(cfg):
+    V, A, L = "model.vision_model.", "model.visual_abstractor.", "model."
+    D, M, P = cfg["v_dim"], cfg["v_mlp"], cfg["v_patch"]
+    T = (cfg["v_image"] // P) ** 2 + 1
+    Q, AM = cfg["a_queries"], cfg["a_mlp"]
+    Dl, H, KV, LM = cfg["l_dim"], cfg["l_heads"], cfg["l_kv_heads"], cfg["l_mlp"]
+    kvd = Dl // H * KV
+    plan = []
+
+    def add(name, shape, kind, src, part=None):
+        plan.append((name, tuple(shape), kind, src, part))
+
+    # vision tower
+    add("v.patch", (D, 3 * P * P), "mat", V + "embeddings.patch_embed.weight")
+    add("v.cls", (D,), "vec", V + "embeddings.cls_token")
+    add("v.pos", (T, D), "vec", V + "embeddings.position_embedding")
+    add("v.pre_ln.w", (D,), "vec", V + "embeddings.pre_layernorm.weight")
+    add("v.pre_ln.b", (D,), "vec", V + "embeddings.pre_layernorm.bias")
+    for l in range(cfg["v_layers"]):
+        p, n = f"{V}encoder.layers.{l}.", f"v.{l}."
+        add(n + "ln1.w", (D,), "vec", p + "input_layernorm.weight")
+        add(n + "ln1.b", (D,), "vec", p + "input_layernorm.bias")
+        # the fused qkv is interleaved per head: rows [head][q,k,v][head_dim]
+        for j, qkv in enumerate("qkv"):
+            add(n + qkv + ".w", (D, D), "mat", p + "self_attn.query_key_value.weight", ("qkv", j))
+            add(n + qkv + ".b", (D,), "vec", p + "self_attn.query_key_value.bias", ("qkv", j))
+        add(n + "o.w", (D, D), "mat", p + "self_attn.dense.weight")
+        add(n + "o.b", (D,), "vec", p + "self_attn.dense.bias")
+        add(n + "ln2.w", (D,), "vec", p + "post_attention_layernorm.weight")
+        add(n + "ln2.b", (D,), "vec", p + "post_attention_layernorm.bias")
+        add(n + "fc1.w", (M, D), "mat", p + "mlp.fc1.weight")
+        add(n + "fc1.b", (M,), "vec", p + "mlp.fc1.bias")
+        add(n + "fc2.w", (D, M), "mat", p + "mlp.fc2.weight")
+        add(n + "fc2.b", (D,), "vec", p + "mlp.fc2.bias")
+    add("v.post_ln.w", (D,), "vec", V + "post_layernorm.weight")
+    add("v.post_ln.b", (D,), "vec", V + "post_layernorm.bias")
+
+    # visual abstractor
+    add("a.query", (Q, D), "vec", A + "query_embeds")
+    for l in range(cfg["a_layers"]):
+        p, n = f"{A}encoder.layers.{l}.crossattention.", f"a.{l}."
+        for nm in ("norm1", "normk"):
+            add(n + nm + ".w", (D,), "vec", p + nm + ".weight")
+            add(n + nm + ".b", (D,), "vec", p + nm + ".bias")
+        for nm, src in (("q", "query"), ("k", "key"), ("v", "value")):
+            add(n + nm + ".w", (D, D), "mat", p + "attention." + src + ".weight")
+            add(n + nm + ".b", (D,), "vec", p + "attention." + src + ".bias")
+        add(n + "q_pos", (Q, D), "vec", p + "attention.q_pos_embed", ("qpos",))
+        add(n + "k_pos", (T, D), "vec", p + "attention.k_pos_embed", ("kpos",))
+        add(n + "o.w", (D, D), "mat", p + "output.out_proj.weight")
+        add(n + "o.b", (D,), "vec", p + "output.out_proj.bias")
+        add(n + "norm2.w", (D,), "vec", p + "output.norm2.weight")
+        add(n + "norm2.b", (D,), "vec", p + "output.norm2.bias")
+        for nm in ("w1", "w3"):
+            add(n + nm + ".w", (AM, D), "mat", p + "output.mlp." + nm + ".weight")
+            add(n + nm + ".b", (AM,), "vec", p + "output.mlp." + nm + ".bias")
+        add(n + "ffn_ln.w", (AM,), "vec", p + "output.mlp.ffn_ln.weight")
+        add(n + "ffn_ln.b", (AM,), "vec", p + "output.mlp.ffn_ln.bias")
+        add(n + "w2.w", (D, AM), "mat", p + "output.mlp.w2.weight")
+        add(n + "w2.b", (D,), "vec", p + "output.mlp.w2.bias")
+    add("a.fc.w", (Dl, D), "mat", A + "visual_fc.weight")
+    add("a.fc.b", (Dl,), "vec", A + "visual_fc.bias")
+    add("a.eos", (Dl,), "vec", A + "vit_eos")
+
+    # LLaMA-2 decoder; ".0" = text rows, ".1" = visual rows (modality-adaptive parts)
+    add("l.embed", (cfg["l_vocab"], Dl), "mat", L + "embed_tokens.weight")
+    for l in range(cfg["l_layers"]):
+        p, n = f"{L}layers.{l}.", f"l.{l}."
+        for m in (0, 1):
+            add(n + f"attn_norm.{m}", (Dl,), "vec", p + f"input_layernorm.multiway.{m}.weight")
+        add(n + "q", (Dl, Dl), "mat", p + "self_attn.q_proj.weight")
+        for m in (0, 1):
+            add(n + f"k.{m}", (kvd, Dl), "mat", p + f"self_attn.k_proj.multiway.{m}.weight")
+        for m in (0, 1):
+            add(n + f"v.{m}", (kvd, Dl), "mat", p + f"self_attn.v_proj.multiway.{m}.weight")
+        add(n + "o", (Dl, Dl), "mat", p + "self_attn.o_proj.weight")
+        for m in (0, 1):
+            add(n + f"mlp_norm.{m}", (Dl,), "vec", p + f"post_attention_layernorm.multiway.{m}.weight")
+        add(n + "gate", (LM, Dl), "mat", p + "mlp.gate_proj.weight")
+        add(n + "up", (LM, Dl), "mat", p + "mlp.up_proj.weight")
+        add(n + "down", (Dl, LM), "mat", p + "mlp.down_proj.weight")
+    add("l.norm", (Dl,), "vec", L + "norm.weight")
+    add("l.head", (cfg["l_vocab"], Dl), "mat", "lm_head.weight")
+    return plan
+
+
+def sincos_1d(dim, pos):
+    """Upstream get_1d_sincos_pos_embed_from_grid, in numpy float32 as upstream."""
+    omega = np.arange(dim // 2, dtype=np.float32)
+    omega /= dim / 2.0
+    omega = 1.0 / 10000 ** omega
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def abstractor_positions(cfg):
+    """q_pos [Q,D] and k_pos [1+g*g, D] as upstream computes them (used when the checkpoint
+    lacks the buffers; released checkpoints store bf16-rounded copies, which we prefer)."""
+    D, g = cfg["v_dim"], cfg["v_image"] // cfg["v_patch"]
+    q = sincos_1d(D, np.arange(cfg["a_queries"], dtype=np.float32))
+    gw, gh = np.meshgrid(np.arange(g, dtype=np.float32), np.arange(g, dtype=np.float32))
+    k = np.concatenate([sincos_1d(D // 2, gw), sincos_1d(D // 2, gh)], axis=1)
+    k = np.concatenate([np.zeros([1, D]), k], axis=0)
+    return q.astype(np.float32), k.astype(np.float32)
+
+
+def fetch(ckpt, cfg, name, src, shape, part):
+    """The tensor `name` from the checkpoint, reshaped to `shape` (with the per-head
+    de-interleave of the vision qkv)."""
+    if part and part[0] in ("qpos", "kpos") and src not in ckpt:
+        q, k = abstractor_positions(cfg)
+        return Raw(q if part[0] == "qpos" else k, "f32")
+    raw = ckpt.get(src)
+    if part and part[0] == "qkv":
+        D, H = cfg["v_dim"], cfg["v_heads"]
+        hd = D // H
+        # upstream: qkv.reshape(B, S, H, 3, hd) -> rows ordered [head][q|k|v][d]
+        if raw.data.ndim == 2:
+            raw = raw.reshape(H, 3, hd, D)[:, part[1]].reshape(D, D)
+        else:
+            raw = raw.reshape(H, 3, hd)[:, part[1]].reshape(D)
+    n_want = int(np.prod(shape))
+    if raw.data.size != n_want:
+        die(f"tensor {src}: has shape {raw.shape}, expected {n_want} elements for {shape} "
+            "(does config.json match the weights?)")
+    return raw.reshape(*shape)
+
+
+# ----------------------------------------------------------------------------------------
+# Encoding tensors into the file's types
+
+def tensor_dtype(kind, shape, wtype):
+    """The dtype a tensor is stored in: matrices take the file's weight type when their
+    rows split into whole quantisation blocks, else bf16 (exact for released weights);
+    everything else is f32."""
+    if kind != "mat" or wtype == DT_F32:
+        return DT_F32
+    if wtype in (DT_Q8_0, DT_Q4_1) and shape[-1] % QBLOCK:
+        return DT_BF16
+    return wtype
+
+
+def quantize(x, dtype):
+    """Blockwise quantisation of a [rows, cols] f32 matrix, blocks of QBLOCK along a row.
+    q8_0: q = round(x / d), d = max|x| / 127; stored as int8 values [rows, cols], then
+          f32 scales [rows, cols/32].
+    q4_1: q = round((x - m) / d) in 0..15, d = (max - min) / 15, m = min; stored as packed
+          nibbles [rows, cols/2] (byte i of a block holds value i in its low nibble and
+          value i+16 in its high nibble), then f32 (d, m) pairs [rows, cols/32, 2]."""
+    rows, cols = x.shape
+    b = x.reshape(rows, cols // QBLOCK, QBLOCK).astype(np.float32)
+    if dtype == DT_Q8_0:
+        amax = np.abs(b).max(axis=2)
+        d = (amax / 127.0).astype(np.float32)
+        inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1), 0).astype(np.float32)
+        q = np.clip(np.rint(b * inv[:, :, None]), -127, 127).astype(np.int8)
+        return q.tobytes() + d.astype("<f4").tobytes()
+    if dtype == DT_Q4_1:
+        lo, hi = b.min(axis=2), b.max(axis=2)
+        d = ((hi - lo) / 15.0).astype(np.float32)
+        inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1), 0).astype(np.float32)
+        q = np.clip(np.rint((b - lo[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.uint8)
+        packed = (q[:, :, :QBLOCK // 2] | (q[:, :, QBLOCK // 2:] << 4)).astype(np.uint8)
+        dm = np.stack([d, lo.astype(np.float32)], axis=2)
+        return packed.tobytes() + dm.astype("<f4").tobytes()
+    raise ValueError(dtype)
+
+
+def tensor_nbytes(dtype, shape):
+    n = int(np.prod(shape))
+    if dtype in (DT_F32, DT_U32):
+        return 4 * n
+    if dtype == DT_BF16:
+        return 2 * n
+    if dtype == DT_U8:
+        return n
+    if dtype == DT_Q8_0:
+        return n + 4 * (n // QBLOCK)
+    if dtype == DT_Q4_1:
+        return n // 2 + 8 * (n // QBLOCK)
+    raise ValueError(dtype)
+
+
+def encode(raw, dtype):
+    if dtype == DT_F32:
+        return raw.f32().astype("<f4").tobytes()
+    if dtype == DT_BF16:
+        u16 = raw.data if raw.kind == "bf16" else f32_to_bf16(raw.f32())
+        return u16.astype("<u2").tobytes()
+    x = raw.f32()
+    return quantize(x.reshape(-1, x.shape[-1]), dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Tokenizer: tokenizer.model (SentencePiece protobuf) via spm.py, no sentencepiece needed
+
+def tokenizer_tensors(path):
+    import spm
+    try:
+        sp = spm.load(path)
+        sp.check_supported()
+    except (ValueError, OSError) as e:
+        die(f"{path}: {e}")
+    blob = b"".join(sp.pieces)
+    offsets = np.zeros(len(sp.pieces) + 1, dtype="<u4")
+    offsets[1:] = np.cumsum([len(p) for p in sp.pieces])
+    levels = []
+    for w in LEVEL_WORDS:
+        ids = sp.encode(w, add_bos=False)
+        if not ids:
+            die(f"{path}: level word {w!r} encodes to nothing")
+        levels.append(ids[0])    # upstream: tokenizer(word).input_ids[1]
+    tensors = [
+        ("tok.pieces", (len(blob),), DT_U8, np.frombuffer(blob, dtype=np.uint8).tobytes()),
+        ("tok.offsets", (len(offsets),), DT_U32, offsets.tobytes()),
+        ("tok.scores", (len(sp.pieces),), DT_F32, np.asarray(sp.scores, dtype="<f4").tobytes()),
+        ("tok.types", (len(sp.pieces),), DT_U8, np.asarray(sp.types, dtype=np.uint8).tobytes()),
+    ]
+    info = dict(t_bos=sp.bos_id, t_eos=sp.eos_id, t_unk=sp.unk_id,
+                t_dummy_prefix=int(sp.add_dummy_prefix), n_vocab=len(sp.pieces), levels=levels)
+    return tensors, info
+
+
+# ----------------------------------------------------------------------------------------
+# Writer
+
+def pad_to(f, align):
+    pos = f.tell()
+    if pos % align:
+        f.write(b"\0" * (align - pos % align))
+
+
+def write_model(out, cfg, wtype, tok_path, source, log=print):
+    """source(name, src, shape, part) -> Raw. Writes header, table, then data, streaming."""
+    tok_tensors, tok = tokenizer_tensors(tok_path)
+    if tok["n_vocab"] != cfg["l_vocab"]:
+        die(f"tokenizer has {tok['n_vocab']} pieces but the model's vocab_size is {cfg['l_vocab']}")
+    plan = tensor_plan(cfg)
+    entries = []    # (name, dtype, shape, nbytes)
+    for name, shape, kind, _src, _part in plan:
+        dt = tensor_dtype(kind, shape, wtype)
+        entries.append((name, dt, shape, tensor_nbytes(dt, shape)))
+    for name, shape, dt, data in tok_tensors:
+        entries.append((name, dt, shape, len(data)))
+
+    # offsets are known before any data is read: header, table, then aligned tensors
+    offset = HEADER_BYTES + TABLE_ENTRY.size * len(entries)
+    table = []
+    for name, dt, shape, nbytes in entries:
+        offset = (offset + ALIGN - 1) // ALIGN * ALIGN
+        table.append((name, dt, shape, offset, nbytes))
+        offset += nbytes
+    total = offset
+
+    vals = dict(cfg, magic=MAGIC, version=VERSION, header_bytes=HEADER_BYTES,
+                n_tensors=len(entries), wtype=wtype, n_levels=len(LEVEL_WORDS), **tok)
+    for i, lid in enumerate(tok["levels"]):
+        vals[f"level{i}"] = lid
+    for i, c in enumerate("rgb"):
+        vals[f"fill_{c}"], vals[f"mean_{c}"], vals[f"std_{c}"] = cfg["fill"][i], cfg["mean"][i], cfg["std"][i]
+    header = bytearray(HEADER_BYTES)
+    for i, (key, typ) in enumerate(HEADER_FIELDS):
+        struct.pack_into("<f" if typ == "f" else "<I", header, 4 * i, vals[key])
+
+    tmp = out + ".partial"
+    with open(tmp, "wb") as f:
+        f.write(header)
+        for name, dt, shape, off, nbytes in table:
+            if len(name.encode()) >= 56 or len(shape) > 4:
+                die(f"internal: tensor name/shape too long: {name}")
+            dims = list(shape) + [1] * (4 - len(shape))
+            f.write(TABLE_ENTRY.pack(name.encode(), dt, len(shape), *dims, off, nbytes))
+        tok_data = {name: data for name, _s, _d, data in tok_tensors}
+        srcs = {name: (src, shape, part) for name, shape, _k, src, part in plan}
+        for i, (name, dt, shape, off, nbytes) in enumerate(table):
+            pad_to(f, ALIGN)
+            assert f.tell() == off, (name, f.tell(), off)
+            if name in tok_data:
+                data = tok_data[name]
+            else:
+                src, shp, part = srcs[name]
+                data = encode(source(name, src, shp, part), dt)
+            if len(data) != nbytes:
+                die(f"internal: {name} encoded to {len(data)} bytes, expected {nbytes}")
+            f.write(data)
+            if log and (i % 50 == 0 or i == len(table) - 1):
+                log(f"  [{i + 1}/{len(table)}] {name} {list(shape)} -> {f.tell() / 1e9:.2f} GB", )
+        assert f.tell() == total
+    os.replace(tmp, out)
+    return total
+
+
+# ----------------------------------------------------------------------------------------
+# Synthetic models (random weights; dims of a preset)
+
+PRESETS = {
+    "one-align": dict(v_dim=1024, v_layers=24, v_heads=16, v_mlp=4096, v_image=448, v_patch=14,
+                      a_layers=6, a_heads=16, a_queries=64, a_mlp=2816,
+                      l_dim=4096, l_layers=32, l_heads=32, l_kv_heads=32, l_mlp=11008),
+    "tiny": dict(v_dim=64, v_layers=2, v_heads=4, v_mlp=256, v_image=56, v_patch=14,
+                 a_layers=2, a_heads=4, a_queries=8, a_mlp=176,
+                 l_dim=64, l_layers=2, l_heads=4, l_kv_heads=4, l_mlp=172),
+}
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def synthetic_config(preset):
+    cfg = dict(PRESETS[preset])
+    cfg.update(v_eps=1e-6, a_eps=1e-5, a_ffn_eps=1e-6, l_vocab=32000, l_eps=1e-6,
+               l_rope_theta=10000.0, l_max_pos=2048, fill=[int(x * 255) for x in CLIP_MEAN],
+               mean=CLIP_MEAN, std=CLIP_STD, grid=cfg["v_image"] // cfg["v_patch"])
+    check_dims(cfg)
+    return cfg
+
+
+class SyntheticSource:
+    """Random weights shaped like a trained model: matrices N(0, (s/sqrt(fan_in))^2),
+    norm weights near 1, small biases, unit-scale embeddings. A pool of normals is drawn
+    once and each tensor takes a random window of it (drawing 8e9 fresh normals would
+    take minutes)."""
+
+    def __init__(self, cfg, seed):
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        self.pool = self.rng.standard_normal(1 << 24, dtype=np.float32)
+
+    def normals(self, n):
+        out = np.empty(n, dtype=np.float32)
+        done = 0
+        while done < n:
+            start = int(self.rng.integers(0, self.pool.size))
+            take = min(n - done, self.pool.size - start)
+            out[done:done + take] = self.pool[start:start + take]
+            done += take
+        return out
+
+    def __call__(self, name, src, shape, part):
+        cfg, n = self.cfg, int(np.prod(shape))
+        if part and part[0] in ("qpos", "kpos"):
+            q, k = abstractor_positions(cfg)
+            return Raw(f32_to_bf16(q if part[0] == "qpos" else k).reshape(shape), "bf16")
+        leaf = name.split(".")[-2] if name.endswith((".w", ".b")) else name.split(".")[-1]
+        if name.endswith(".b"):
+            x = 0.02 * self.normals(n)
+        elif "norm" in leaf or leaf.startswith(("ln", "pre_ln", "post_ln", "ffn_ln")):
+            x = 1.0 + 0.05 * self.normals(n)
+        elif leaf in ("cls", "pos", "query", "eos", "embed"):
+            x = (0.02 if leaf == "embed" else 1.0) * self.normals(n)
+        else:   # a weight matrix [out, in]
+            x = (0.8 / np.sqrt(shape[-1])) * self.normals(n)
+        return Raw(f32_to_bf16(x.reshape(shape)), "bf16")   # released weights are bf16
+
+
+def find_tokenizer(explicit, ckpt_dir=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    cands = [explicit] if explicit else []
+    if ckpt_dir:
+        cands.append(os.path.join(ckpt_dir, "tokenizer.model"))
+    cands += [os.environ.get("QALIGN_TOKENIZER"), os.path.join(here, "tokenizer.model"),
+              os.path.join(here, "..", "shared", "data", "tokenizer.model")]
+    for c in cands:
+        if c and os.path.exists(c):
+            return c
+    die("tokenizer.model not found (give --tokenizer PATH or set QALIGN_TOKENIZER)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", nargs="?", help="Hugging Face checkpoint directory")
+    ap.add_argument("out", nargs="?", help="output model file")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES),
+                    help="weight type of the matrices (default bf16 = the released values, exact)")
+    ap.add_argument("--synthetic", choices=sorted(PRESETS), help="write random weights of this preset")
+    ap.add_argument("--seed", type=int, default=0, help="random seed for --synthetic")
+    ap.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's, or $QALIGN_TOKENIZER)")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    a = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    log = (lambda *x: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    wtype = DTYPES[a.dtype]
+
+    if a.synthetic:
+        out = a.out or a.checkpoint
+        if not out or (a.out and a.checkpoint):
+            ap.error("usage: export.py --synthetic PRESET [--dtype T] OUT")
+        cfg = synthetic_config(a.synthetic)
+        source = SyntheticSource(cfg, a.seed)
+        tok = find_tokenizer(a.tokenizer)
+        log(f"export.py: synthetic {a.synthetic} model, {a.dtype} -> {out}")
+    else:
+        if not a.checkpoint or not a.out:
+            ap.error("usage: export.py CHECKPOINT_DIR OUT [--dtype T]")
+        if not os.path.isdir(a.checkpoint):
+            die(f"{a.checkpoint}: not a directory")
+        out = a.out
+        cfg = read_config(a.checkpoint)
+        ckpt = Checkpoint(a.checkpoint)
+        tok = find_tokenizer(a.tokenizer, a.checkpoint)
+        source = lambda name, src, shape, part: fetch(ckpt, cfg, name, src, shape, part)  # noqa: E731
+        log(f"export.py: {a.checkpoint} ({a.dtype}) -> {out}")
+    total = write_model(out, cfg, wtype, tok, source, log=log)
+    log(f"export.py: wrote {out} ({total / 1e9:.3f} GB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+/* image.h - decode images to 8-bit RGB and preprocess them exactly as Q-Align's
+ * Python pipeline does (Pillow decode -> convert("RGB") -> expand2square ->
+ * Pillow bicubic resize -> x/255 -> CLIP mean/std).
+ *
+ * Everything returns 0 on success and -1 on failure; on failure a one-line,
+ * human-readable reason (without the file name: the caller adds it) is written
+ * to err[0..errlen). No function here prints, exits or aborts.
+ *
+ * Files: image.c (format sniffing, PPM/PGM, BMP, preprocessing),
+ *        image_png.c (inflate + PNG), image_jpeg.c (baseline/progressive JPEG).
+ */
+#ifndef QALIGN_IMAGE_H
+#define QALIGN_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Limits, checked before any pixel buffer is allocated. */
+#define IMAGE_MAX_DIM    (1 << 24)        /* width or height */
+#define IMAGE_MAX_PIXELS ((size_t)1 << 28) /* width * height (268 M pixels, 805 MB of RGB) */
+
+typedef struct {
+    int w, h;       /* width and height in pixels, both >= 1 */
+    uint8_t *rgb;   /* (h, w, 3) row-major, malloc'ed, owned by the Image */
+} Image;
+
+typedef enum { IMG_UNKNOWN = 0, IMG_PNM, IMG_BMP, IMG_PNG, IMG_JPEG } ImageFormat;
+
+/* Guess the format from the first bytes (never from a file name). */
+ImageFormat image_sniff(const uint8_t *buf, size_t len);
+const char *image_format_name(ImageFormat f);
+
+/* Decode a whole file held in memory to 8-bit RGB, as Pillow's
+ * Image.open(f).convert("RGB") would. */
+int image_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
+/* Read a file and decode it. */
+int image_load(const char *path, Image *out, char *err, size_t errlen);
+/* Wrap raw RGB24 pixels (e.g. frames piped from ffmpeg); copies them. */
+int image_from_rgb(const uint8_t *rgb, int w, int h, Image *out, char *err, size_t errlen);
+void image_free(Image *img);
+
+/* Binary PPM (P6, maxval 255) writer. */
+int image_write_ppm(const char *path, const Image *img, char *err, size_t errlen);
+
+/* --- preprocessing ------------------------------------------------------- */
+
+/* expand2square: pad the shorter side with `fill` to a square of side
+ * max(w,h), pasting the image at ((S-w)/2, (S-h)/2) (integer division). A
+ * square input is copied unchanged. */
+int image_expand2square(const Image *in, const uint8_t fill[3], Image *out, char *err, size_t errlen);
+
+/* Pillow's Image.resize((ow, oh), Image.BICUBIC): separable, antialiased
+ * (support scaled when downsampling), 22-bit fixed-point coefficients,
+ * horizontal pass first with a uint8 intermediate, then vertical. Same size =
+ * plain copy. Bit-exact with Pillow 9.x. */
+int image_resize_bicubic(const Image *in, int ow, int oh, Image *out, char *err, size_t errlen);
+
+/* pixel_values: chw[c][y][x] = ((float)(v * (1/255.0)) - mean[c]) / std[c],
+ * the division and subtraction in float32, as transformers' CLIPImageProcessor.
+ * chw must hold 3*h*w floats. */
+void image_normalize(const Image *img, const float mean[3], const float std[3], float *chw);
+
+/* The whole Q-Align image pipeline: expand2square(fill) then bicubic to S x S. */
+int image_preprocess(const Image *in, const uint8_t fill[3], int S, Image *out, char *err, size_t errlen);
+
+/* --- per-format decoders (called by image_decode; exposed for fuzzers) ---- */
+int pnm_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
+int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
+int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
+int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
+
+/* Checked size arithmetic shared by the decoders: return 0 on overflow. */
+int image_mul_size(size_t a, size_t b, size_t *out);
+/* Allocate an Image of w x h after checking IMAGE_MAX_DIM/IMAGE_MAX_PIXELS. */
+int image_alloc(Image *img, int w, int h, char *err, size_t errlen);
+
+#endif
