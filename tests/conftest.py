@@ -20,6 +20,7 @@ REFERENCE = Path(os.environ.get("QALIGN_REFERENCE", SHARED / "reference"))
 TOKENIZER = Path(os.environ.get("QALIGN_TOKENIZER", SHARED / "data" / "tokenizer.model"))
 BIN = Path(os.environ.get("QALIGN_BIN", ROOT / "qalign"))
 PYTHON = sys.executable
+sys.path.insert(0, str(ROOT))   # tests import export.py and spm.py
 
 
 def run(args, **kw):
@@ -63,15 +64,28 @@ def real_tokenizer():
 _REPORT = []
 
 
+_MAXES = {}
+
+
 def report(line):
     _REPORT.append(str(line))
 
 
+def report_max(label, value, fmt="{:.2e}"):
+    """Keep the largest value seen under `label` (e.g. a stage's worst error over records)."""
+    old = _MAXES.get(label)
+    if old is None or value > old[0]:
+        _MAXES[label] = (value, fmt)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if _REPORT:
+    if _REPORT or _MAXES:
         terminalreporter.section("qalign figures")
         for line in _REPORT:
             terminalreporter.write_line(line)
+        for label in sorted(_MAXES):
+            value, fmt = _MAXES[label]
+            terminalreporter.write_line(f"{label}: " + fmt.format(value))
 
 
 @pytest.fixture(scope="session")
