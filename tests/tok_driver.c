@@ -1,0 +1,133 @@
+/* tok_driver.c - batch driver for tests/test_tokenizer.py (built by the test itself,
+ * linked with tokenizer.c only).
+ *
+ *   tok_driver VOCAB < records
+ *
+ * VOCAB (little-endian, written by the test from spm.py):
+ *   "TOKVOCAB"  int32 n, add_dummy_prefix, bos_id, eos_id, unk_id  uint32 blob_len
+ *   blob[blob_len]  uint32 offsets[n+1]  float32 scores[n]  uint8 types[n]
+ * stdin: records of  uint32 mode, uint32 len, bytes[len]; one output line each:
+ *   mode 0  tokenizer_encode(add_bos=0)     ids separated by spaces
+ *   mode 1  tokenizer_encode(add_bos=1)     ids
+ *   mode 2  tokenize_prompt                 ids (the text is cut at its first NUL)
+ *   mode 3  tokenizer_encode(add_bos=1)     "<count> <seconds>" (timing)
+ * Every call is made twice: first into a 3-id buffer with guard values after it
+ * (checks the "returns the size needed, writes at most max_ids" contract), then
+ * into a buffer of exactly the returned size. Exit 3 if tokenizer_init fails
+ * (its message on stdout), 4 on a contract violation.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tokenizer.h"
+
+#define GUARD 0x5A5A5A5A
+#define SMALL 3
+
+/* Read n bytes into a new buffer with one spare byte after them. */
+static void *read_exact(FILE *f, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (!p || fread(p, 1, n, f) != n) {
+        fprintf(stderr, "tok_driver: short read\n");
+        exit(2);
+    }
+    return p;
+}
+
+static int call(const Tokenizer *t, int mode, const char *s, size_t len, int *ids, int max)
+{
+    if (mode == 2)
+        return tokenize_prompt(t, s, ids, max);
+    return tokenizer_encode(t, s, len, mode != 0, ids, max);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: tok_driver VOCAB < records\n");
+        return 2;
+    }
+    FILE *f = fopen(argv[1], "rb");
+    if (!f) {
+        perror(argv[1]);
+        return 2;
+    }
+    char magic[8];
+    int32_t hdr[5];
+    uint32_t blob_len;
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "TOKVOCAB", 8) != 0 ||
+        fread(hdr, 4, 5, f) != 5 || fread(&blob_len, 4, 1, f) != 1 || hdr[0] < 0) {
+        fprintf(stderr, "tok_driver: bad vocabulary file\n");
+        return 2;
+    }
+    int n = hdr[0];
+    char *blob = read_exact(f, blob_len);
+    uint32_t *offsets = read_exact(f, 4 * ((size_t)n + 1));
+    float *scores = read_exact(f, 4 * (size_t)n);
+    uint8_t *types = read_exact(f, (size_t)n);
+    fclose(f);
+
+    Tokenizer t;
+    char err[256] = "";
+    if (tokenizer_init(&t, n, blob, blob_len, offsets, scores, types, hdr[1], hdr[2], hdr[3],
+                       hdr[4], err, sizeof err) != 0) {
+        printf("INIT_ERROR: %s\n", err);
+        return 3;
+    }
+
+    uint32_t rec[2];
+    while (fread(rec, 4, 2, stdin) == 2) {
+        int mode = (int)rec[0];
+        size_t len = rec[1];
+        char *s = read_exact(stdin, len);
+        s[len] = '\0';
+
+        int small[SMALL + 4];
+        for (int k = 0; k < SMALL + 4; k++)
+            small[k] = GUARD;
+        int need = call(&t, mode, s, len, small, SMALL);
+        for (int k = SMALL; k < SMALL + 4; k++)
+            if (small[k] != GUARD) {
+                printf("CONTRACT: wrote past max_ids\n");
+                return 4;
+            }
+        if (need < 0) {
+            printf("ERR\n");
+            free(s);
+            continue;
+        }
+        if (mode != 2 && need > tokenizer_max_ids(len)) {
+            printf("CONTRACT: %d ids > tokenizer_max_ids(%zu)\n", need, len);
+            return 4;
+        }
+        int *ids = malloc(((size_t)need + 1) * sizeof *ids);
+        ids[need] = GUARD;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int got = call(&t, mode, s, len, ids, need);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (got != need || ids[need] != GUARD ||
+            memcmp(ids, small, (size_t)(need < SMALL ? need : SMALL) * sizeof *ids) != 0) {
+            printf("CONTRACT: second call differs (%d vs %d ids)\n", got, need);
+            return 4;
+        }
+        if (mode == 3) {
+            printf("%d %.6f\n", got, (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+        } else {
+            for (int k = 0; k < got; k++)
+                printf(k ? " %d" : "%d", ids[k]);
+            putchar('\n');
+        }
+        free(ids);
+        free(s);
+    }
+    tokenizer_free(&t);
+    free(blob);
+    free(offsets);
+    free(scores);
+    free(types);
+    return 0;
+}
