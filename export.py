@@ -34,15 +34,18 @@ import numpy as np
 MAGIC = 0x4E4C4151          # bytes "QALN" read as a little-endian uint32
 # Format versions:
 #   1: header of 256 u32 slots, 96-byte tensor table, 64-byte aligned data;
-#      dtypes f32, bf16, q8_0, q4_1, u8, u32.
+#      plain f32/u8/u32 tensors, matrices in 16-row groups as mf32/mbf16/mq8_0/mq4_1.
 VERSION = 1
 HEADER_BYTES = 1024
 ALIGN = 64
 
-# Tensor element types. Quantised types store, for a [rows, cols] matrix, all the
-# quantised values first (row-major) and then one record per block (see quantize()).
-DT_F32, DT_BF16, DT_Q8_0, DT_Q4_1, DT_U8, DT_U32 = 0, 1, 2, 3, 4, 5
-DTYPES = {"f32": DT_F32, "bf16": DT_BF16, "q8_0": DT_Q8_0, "q4_1": DT_Q4_1}
+# Tensor element types. Plain types (vectors, tables, the tokenizer) are stored row-major.
+# Weight matrices use the M* types: their rows are grouped by 16 (zero rows pad the last
+# group) and each group is laid out so that one 64-byte load gives the same k-slice of 16
+# rows, which is what the SIMD kernels in qalign.c multiply with (see pack_matrix()).
+DT_F32, DT_U8, DT_U32, DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1 = 0, 1, 2, 3, 4, 5, 6
+DTYPES = {"f32": DT_MF32, "bf16": DT_MBF16, "q8_0": DT_MQ8_0, "q4_1": DT_MQ4_1}
+ROWS = 16                    # rows per group in matrix layouts
 QBLOCK = 32                  # values per quantisation block (along a row)
 
 # The header, slot by slot ("f" = float32 stored as its bits, else uint32). qalign.c has
@@ -525,65 +528,102 @@ def fetch(ckpt, cfg, name, src, shape, part):
 # Encoding tensors into the file's types
 
 def tensor_dtype(kind, shape, wtype):
-    """The dtype a tensor is stored in: matrices take the file's weight type when their
-    rows split into whole quantisation blocks, else bf16 (exact for released weights);
-    everything else is f32."""
-    if kind != "mat" or wtype == DT_F32:
+    """The dtype a tensor is stored in: vectors are f32; matrices take the file's weight
+    type, except that quantised types need rows of whole 32-value blocks (else bf16, exact
+    for released weights) and bf16 needs an even row length (else f32)."""
+    if kind != "mat":
         return DT_F32
-    if wtype in (DT_Q8_0, DT_Q4_1) and shape[-1] % QBLOCK:
-        return DT_BF16
+    cols = shape[-1]
+    if wtype in (DT_MQ8_0, DT_MQ4_1) and cols % QBLOCK:
+        wtype = DT_MBF16
+    if wtype == DT_MBF16 and cols % 2:
+        wtype = DT_MF32
     return wtype
 
 
 def quantize(x, dtype):
-    """Blockwise quantisation of a [rows, cols] f32 matrix, blocks of QBLOCK along a row.
-    q8_0: q = round(x / d), d = max|x| / 127; stored as int8 values [rows, cols], then
-          f32 scales [rows, cols/32].
-    q4_1: q = round((x - m) / d) in 0..15, d = (max - min) / 15, m = min; stored as packed
-          nibbles [rows, cols/2] (byte i of a block holds value i in its low nibble and
-          value i+16 in its high nibble), then f32 (d, m) pairs [rows, cols/32, 2]."""
+    """Blockwise quantisation of [rows, cols] f32 along rows, QBLOCK values per block.
+    q8_0: d = max|x| / 127, q = round(x / d) in -127..127    (x ~ d q)
+    q4_1: d = (max - min) / 15, m = min, q = round((x - m) / d) in 0..15   (x ~ d q + m)
+    A zero d (a constant block) gives q = 0 (q8_0) or q = 0, x = m (q4_1), never NaN.
+    Returns (q [rows, cols] integers, d [rows, blocks], m [rows, blocks] or None)."""
     rows, cols = x.shape
     b = x.reshape(rows, cols // QBLOCK, QBLOCK).astype(np.float32)
-    if dtype == DT_Q8_0:
-        amax = np.abs(b).max(axis=2)
-        d = (amax / 127.0).astype(np.float32)
+    if dtype == DT_MQ8_0:
+        d = (np.abs(b).max(axis=2) / 127.0).astype(np.float32)
         inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1), 0).astype(np.float32)
-        q = np.clip(np.rint(b * inv[:, :, None]), -127, 127).astype(np.int8)
-        return q.tobytes() + d.astype("<f4").tobytes()
-    if dtype == DT_Q4_1:
-        lo, hi = b.min(axis=2), b.max(axis=2)
-        d = ((hi - lo) / 15.0).astype(np.float32)
-        inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1), 0).astype(np.float32)
-        q = np.clip(np.rint((b - lo[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.uint8)
-        packed = (q[:, :, :QBLOCK // 2] | (q[:, :, QBLOCK // 2:] << 4)).astype(np.uint8)
-        dm = np.stack([d, lo.astype(np.float32)], axis=2)
-        return packed.tobytes() + dm.astype("<f4").tobytes()
-    raise ValueError(dtype)
+        q = np.clip(np.rint(b * inv[:, :, None]), -127, 127).astype(np.int16)
+        return q.reshape(rows, cols), d, None
+    lo, hi = b.min(axis=2), b.max(axis=2)
+    d = ((hi - lo) / 15.0).astype(np.float32)
+    inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1), 0).astype(np.float32)
+    q = np.clip(np.rint((b - lo[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.int16)
+    return q.reshape(rows, cols), d, lo.astype(np.float32)
+
+
+def pack_matrix(x, dtype):
+    """A [rows, cols] matrix in its file layout. Rows are padded with zeros to a multiple
+    of ROWS=16 and grouped; g is a group, r a row in it (0..15), k a column:
+      mf32:  [g][k][r]                 f32       64 bytes = column k of 16 rows
+      mbf16: [g][k/2][r][2]            bf16      64 bytes = a column pair of 16 rows
+      mq8_0: [g][block][ 8 x [r][4] u8 = q+128 (512 bytes), 16 x f32 d (64 bytes) ]
+             quad j of a block holds columns 4j..4j+3 of the 16 rows
+      mq4_1: [g][block][ 4 x [r][4] u8 (256 bytes), 16 x f32 d, 16 x f32 m (128 bytes) ]
+             byte (r,i) of chunk c: low nibble = quad 2c, high nibble = quad 2c+1
+    `x` is a Raw (bf16 sources stay exact for mbf16) or a float32 array."""
+    raw = x if isinstance(x, Raw) else Raw(np.asarray(x, dtype=np.float32), "f32")
+    rows, cols = raw.shape
+    G = (rows + ROWS - 1) // ROWS
+    pad = G * ROWS - rows
+
+    def padded(a):
+        return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+
+    if dtype == DT_MF32:
+        a = padded(raw.f32()).reshape(G, ROWS, cols).transpose(0, 2, 1)
+        return np.ascontiguousarray(a).astype("<f4").tobytes()
+    if dtype == DT_MBF16:
+        u16 = raw.data if raw.kind == "bf16" else f32_to_bf16(raw.f32())
+        a = padded(u16).reshape(G, ROWS, cols // 2, 2).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(a).astype("<u2").tobytes()
+    q, d, m = quantize(raw.f32(), dtype)
+    q, d = padded(q), padded(d)
+    nb = cols // QBLOCK
+    quads = q.reshape(G, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)          # [g][b][j][r][i]
+    scales = np.ascontiguousarray(d.reshape(G, ROWS, nb).transpose(0, 2, 1), dtype="<f4")  # [g][b][r]
+    if dtype == DT_MQ8_0:
+        vals = (quads + 128).astype(np.uint8).reshape(G, nb, 512)
+        parts = [vals, scales.view(np.uint8).reshape(G, nb, 64)]
+    else:
+        nib = quads.astype(np.uint8)
+        vals = (nib[:, :, 0::2] | (nib[:, :, 1::2] << 4)).reshape(G, nb, 256)
+        mins = np.ascontiguousarray(padded(m).reshape(G, ROWS, nb).transpose(0, 2, 1), dtype="<f4")
+        parts = [vals, scales.view(np.uint8).reshape(G, nb, 64), mins.view(np.uint8).reshape(G, nb, 64)]
+    return np.ascontiguousarray(np.concatenate(parts, axis=2)).tobytes()
 
 
 def tensor_nbytes(dtype, shape):
     n = int(np.prod(shape))
     if dtype in (DT_F32, DT_U32):
         return 4 * n
-    if dtype == DT_BF16:
-        return 2 * n
     if dtype == DT_U8:
         return n
-    if dtype == DT_Q8_0:
-        return n + 4 * (n // QBLOCK)
-    if dtype == DT_Q4_1:
-        return n // 2 + 8 * (n // QBLOCK)
+    rows, cols = shape
+    padded = (rows + ROWS - 1) // ROWS * ROWS * cols
+    per_value = {DT_MF32: 4, DT_MBF16: 2}
+    if dtype in per_value:
+        return per_value[dtype] * padded
+    if dtype == DT_MQ8_0:
+        return padded + 4 * (padded // QBLOCK)
+    if dtype == DT_MQ4_1:
+        return padded // 2 + 8 * (padded // QBLOCK)
     raise ValueError(dtype)
 
 
 def encode(raw, dtype):
     if dtype == DT_F32:
         return raw.f32().astype("<f4").tobytes()
-    if dtype == DT_BF16:
-        u16 = raw.data if raw.kind == "bf16" else f32_to_bf16(raw.f32())
-        return u16.astype("<u2").tobytes()
-    x = raw.f32()
-    return quantize(x.reshape(-1, x.shape[-1]), dtype)
+    return pack_matrix(raw, dtype)
 
 
 # ----------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@
 #include "image.h"
 #include "tokenizer.h"
 
+/* SIMD kernels are chosen at compile time from the -march flags (see the kernels section). */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define QA_AVX512 1
+#if defined(__AVX512VNNI__)
+#define QA_AVX512_VNNI 1
+#endif
+#if defined(__AVX512BF16__)
+#define QA_AVX512_BF16 1
+#endif
+#endif
+
 /* ----------------------------------------------------------------------------------------
  * Errors and allocation
  * Model and usage errors end the program with one line on stderr and exit status 1.
@@ -52,6 +64,13 @@ static void fatal(const char *fmt, ...) {
     exit(EXIT_FAILURE);
 }
 
+/* For functions that only some builds call (scalar references, test helpers). */
+#if defined(__GNUC__) || defined(__clang__)
+#define MAYBE_UNUSED __attribute__((unused))
+#else
+#define MAYBE_UNUSED
+#endif
+
 #define HINT_EXPORT " ---> re-run export.py to write a model file for this version of qalign"
 
 static void *xmalloc(size_t n) {
@@ -66,7 +85,7 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
-static double now_seconds(void) {
+MAYBE_UNUSED static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -94,9 +113,11 @@ enum {
     H_COUNT
 };
 
-/* Tensor element types (export.py DT_*). */
-enum { DT_F32 = 0, DT_BF16 = 1, DT_Q8_0 = 2, DT_Q4_1 = 3, DT_U8 = 4, DT_U32 = 5, DT_COUNT };
-static const char *const DT_NAMES[DT_COUNT] = {"f32", "bf16", "q8_0", "q4_1", "u8", "u32"};
+/* Tensor element types (export.py DT_*). Plain tensors are row-major; weight matrices
+ * (M*) are stored in groups of 16 rows laid out for the SIMD kernels (export.py
+ * pack_matrix; the reference tile in the kernels section reads them element by element). */
+enum { DT_F32 = 0, DT_U8 = 1, DT_U32 = 2, DT_MF32 = 3, DT_MBF16 = 4, DT_MQ8_0 = 5, DT_MQ4_1 = 6, DT_COUNT };
+static const char *const DT_NAMES[DT_COUNT] = {"f32", "u8", "u32", "f32", "bf16", "q8_0", "q4_1"};
 #define QBLOCK 32 /* values per quantisation block, along a row */
 
 typedef struct {
@@ -195,7 +216,7 @@ static void read_config(Config *c, const uint8_t *h, const char *path) {
         fatal("%s: widths not divisible by head counts;" HINT_EXPORT, path);
     c->l_head_dim = c->l_dim / c->l_heads;
     if (c->l_head_dim % 2) fatal("%s: odd decoder head size;" HINT_EXPORT, path);
-    if (c->wtype < 0 || c->wtype > DT_Q4_1) fatal("%s: unknown weight type %d;" HINT_EXPORT, path, c->wtype);
+    if (c->wtype < DT_MF32 || c->wtype > DT_MQ4_1) fatal("%s: unknown weight type %d;" HINT_EXPORT, path, c->wtype);
     for (int i = 0; i < N_LEVELS; i++)
         if (c->level_ids[i] < 0 || c->level_ids[i] >= c->l_vocab) fatal("%s: level token id out of range;" HINT_EXPORT, path);
     if (c->bos_id < 0 || c->bos_id >= c->l_vocab) fatal("%s: BOS id out of range;" HINT_EXPORT, path);
@@ -301,15 +322,17 @@ typedef struct {
     const char *path;
 } Model;
 
-static size_t dtype_nbytes(int dtype, size_t n, size_t cols) {
+/* Bytes of a tensor of n elements; matrices ([rows, cols]) pad rows to a multiple of 16. */
+static uint64_t dtype_nbytes(int dtype, uint64_t n, uint64_t rows, uint64_t cols) {
+    uint64_t padded = (rows + 15) / 16 * 16 * cols;
     switch (dtype) {
     case DT_F32: case DT_U32: return 4 * n;
-    case DT_BF16: return 2 * n;
     case DT_U8: return n;
-    case DT_Q8_0: return n + 4 * (n / QBLOCK);
-    case DT_Q4_1: return n / 2 + 8 * (n / QBLOCK);
+    case DT_MF32: return 4 * padded;
+    case DT_MBF16: return 2 * padded;
+    case DT_MQ8_0: return padded + 4 * (padded / QBLOCK);
+    case DT_MQ4_1: return padded / 2 + 8 * (padded / QBLOCK);
     }
-    (void)cols;
     return 0;
 }
 
@@ -331,14 +354,12 @@ static const void *bind(Model *m, const char *name, int64_t d0, int64_t d1, unsi
               (long long)e->shape[0], (long long)(e->ndim > 1 ? e->shape[1] : 0), (long long)d0, (long long)d1);
     if (!(dtype_mask & (1u << e->dtype)))
         fatal("%s: tensor %s has dtype %s, not allowed there;" HINT_EXPORT, m->path, name, DT_NAMES[e->dtype]);
-    if ((e->dtype == DT_Q8_0 || e->dtype == DT_Q4_1) && (d1 % QBLOCK))
-        fatal("%s: quantised tensor %s has rows of %lld, not a multiple of %d;" HINT_EXPORT, m->path, name, (long long)d1, QBLOCK);
     e->used = 1;
     if (dtype_out) *dtype_out = e->dtype;
     return m->map + e->offset;
 }
 
-#define MATRIX_TYPES ((1u << DT_F32) | (1u << DT_BF16) | (1u << DT_Q8_0) | (1u << DT_Q4_1))
+#define MATRIX_TYPES ((1u << DT_MF32) | (1u << DT_MBF16) | (1u << DT_MQ8_0) | (1u << DT_MQ4_1))
 
 static const float *bind_vec(Model *m, const char *name, int64_t d0, int64_t d1) {
     /* f32 vectors and small tables (positions, queries) */
@@ -378,7 +399,11 @@ static void read_table(Model *m) {
             fatal("%s: tensor %d (%s) has an unknown dtype or rank;" HINT_EXPORT, m->path, i, e->name);
         uint64_t n = 1;
         for (int d = 0; d < e->ndim; d++) n *= (uint64_t)e->shape[d];
-        uint64_t want = dtype_nbytes(e->dtype, n, (size_t)e->shape[e->ndim - 1]);
+        int matrix = e->dtype >= DT_MF32;
+        if (matrix && (e->ndim != 2 || ((e->dtype == DT_MQ8_0 || e->dtype == DT_MQ4_1) && e->shape[1] % QBLOCK) ||
+                       (e->dtype == DT_MBF16 && e->shape[1] % 2)))
+            fatal("%s: matrix %s has a shape its type cannot store;" HINT_EXPORT, m->path, e->name);
+        uint64_t want = dtype_nbytes(e->dtype, n, (uint64_t)e->shape[0], (uint64_t)e->shape[e->ndim - 1]);
         uint64_t aligned = (pos + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
         if (e->offset != aligned || e->nbytes != want)
             fatal("%s: tensor %s is not where the table walk expects it (offset %llu, want %llu; %llu bytes, want %llu);" HINT_EXPORT,
@@ -540,6 +565,51 @@ static void model_free(Model *m) {
  * (n_frames images through the tower, a decoder sequence of up to max_seq rows). The
  * forward passes never allocate. */
 
+/* Activations prepared for the weight type of a matmul (see the kernels section). */
+typedef enum { ACT_NONE, ACT_F32, ACT_BF16, ACT_Q8 } ActKind;
+
+typedef struct {
+    const float *x;         /* (T, K) the activations */
+    int T, K;               /* rows, row length */
+    ActKind kind;           /* what the buffers below hold for x (ACT_NONE: nothing yet) */
+    uint16_t *xb;           /* ACT_BF16: (T, K) x rounded to bf16 */
+    int8_t *xq;             /* ACT_Q8: (T, K) round(x / d) in -127..127 */
+    float *xd;              /* ACT_Q8: (T, K/32) d of each block */
+    int32_t *xc;            /* ACT_Q8: (T, K/32) -128 * sum of the block's xq (undoes q8 weights' +128) */
+    float *xs;              /* ACT_Q8: (T, K/32) d * sum of the block's xq (q4_1's min term) */
+    size_t cap;             /* T*K the buffers hold */
+    int bf16_fast;          /* bf16 weights meet bf16 activations (else f32): AVX512-BF16 and not --precise */
+} Acts;
+
+static void acts_alloc(Acts *a, size_t cap, int bf16_fast) {
+    memset(a, 0, sizeof *a);
+    a->cap = cap;
+    a->bf16_fast = bf16_fast;
+    a->xb = xmalloc(cap * sizeof(uint16_t));
+    a->xq = xmalloc(cap);
+    a->xd = xmalloc((cap / QBLOCK + 1) * sizeof(float));
+    a->xc = xmalloc((cap / QBLOCK + 1) * sizeof(int32_t));
+    a->xs = xmalloc((cap / QBLOCK + 1) * sizeof(float));
+}
+
+static void acts_free(Acts *a) {
+    free(a->xb);
+    free(a->xq);
+    free(a->xd);
+    free(a->xc);
+    free(a->xs);
+    memset(a, 0, sizeof *a);
+}
+
+/* Point the Acts at new activations; nothing is converted until a matmul needs it. */
+static void acts_set(Acts *a, const float *x, int T, int K) {
+    if ((size_t)T * (size_t)K > a->cap) fatal("internal: activations (%d x %d) exceed the workspace", T, K);
+    a->x = x;
+    a->T = T;
+    a->K = K;
+    a->kind = ACT_NONE;
+}
+
 typedef struct {
     int n_frames;           /* images per call the buffers are sized for */
     int max_seq;            /* decoder rows the buffers are sized for */
@@ -571,11 +641,19 @@ typedef struct {
     float *att;             /* (S, l_dim) attention output */
     float *hb, *hb2;        /* (S, l_mlp) gate and up */
     float *rope_cos, *rope_sin; /* (S, l_head_dim/2) */
-    float *scores;          /* (n_threads, max(E, S)) per-thread attention scores */
+    float *scores;          /* (n_threads, scores_stride) per-thread attention scores */
+    size_t scores_stride;   /* attention_scratch_floats(max(E, S)) */
+    float *kt;              /* (max(v_dim, kv_dim), pad16(max(E, S))) keys transposed per head */
     float *final;           /* (l_dim) final-norm hidden state of the last row */
+    float *row;             /* (max(l_dim, v_dim)) one weight row as f32 */
+    Acts acts;              /* the current matmul input, prepared for the weight type */
 } RunState;
 
-static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_seq) {
+static size_t attention_scratch_floats(size_t Tk);
+static size_t pad16(size_t n);
+
+/* precise: bf16 weights multiply f32 activations even where the CPU has a bf16 dot product */
+static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_seq, int precise) {
     memset(s, 0, sizeof *s);
     s->n_frames = n_frames;
     s->max_seq = max_seq;
@@ -618,20 +696,34 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     s->hb2 = xmalloc(S * (size_t)c->l_mlp * sizeof(float));
     s->rope_cos = xmalloc(S * (size_t)(c->l_head_dim / 2) * sizeof(float));
     s->rope_sin = xmalloc(S * (size_t)(c->l_head_dim / 2) * sizeof(float));
-    size_t maxlen = E > S ? E : S;
-    s->scores = xmalloc((size_t)s->n_threads * maxlen * sizeof(float));
+    size_t maxlen = E > S ? E : S, kvmax = D > kvd ? D : kvd;
+    s->scores_stride = attention_scratch_floats(maxlen);
+    s->scores = xmalloc((size_t)s->n_threads * s->scores_stride * sizeof(float));
+    s->kt = xmalloc(kvmax * pad16(maxlen) * sizeof(float));
     s->final = xmalloc(Dl * sizeof(float));
+    s->row = xmalloc((Dl > D ? Dl : D) * sizeof(float));
+    /* the largest matmul input: T x K over every matmul of the model */
+    size_t sizes[] = {(T - 1) * 3 * P * P, T * D, T * (size_t)c->v_mlp, E * D, Q * (size_t)c->a_mlp, S * Dl, S * (size_t)c->l_mlp};
+    size_t cap = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) cap = sizes[i] > cap ? sizes[i] : cap;
+    int bf16_fast = 0;
+#ifdef QA_AVX512_BF16
+    bf16_fast = !precise;
+#endif
+    (void)precise;
+    acts_alloc(&s->acts, cap, bf16_fast);
 }
 
 static void run_state_free(RunState *s) {
     float **bufs[] = {&s->pixels, &s->patches, &s->vx, &s->vxn, &s->vq, &s->vk, &s->vv, &s->vatt, &s->vmlp,
                       &s->vision_out, &s->aq, &s->aqn, &s->aenc, &s->apos, &s->ak, &s->av, &s->aqq, &s->actx,
                       &s->amlp1, &s->amlp3, &s->visual, &s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->hb,
-                      &s->hb2, &s->rope_cos, &s->rope_sin, &s->scores, &s->final};
+                      &s->hb2, &s->rope_cos, &s->rope_sin, &s->scores, &s->kt, &s->final, &s->row};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free(*bufs[i]);
         *bufs[i] = NULL;
     }
+    acts_free(&s->acts);
 }
 
 static int thread_id(void) {
@@ -643,9 +735,34 @@ static int thread_id(void) {
 }
 
 /* ----------------------------------------------------------------------------------------
- * Kernels. Each is a plain loop that is the reference and the fallback; outputs first,
- * dimensions last. OpenMP splits the outermost independent loop; every output element is
- * computed by one thread in a fixed order, so results do not depend on the thread count. */
+ * Kernels.
+ *
+ * Each kernel is first written as a plain scalar loop: that loop is the reference (the
+ * kernel tests compare against it) and the fallback on every CPU. SIMD versions are
+ * compiled in by the -march flags (no runtime dispatch): AVX-512 (with VNNI for int8 and
+ * BF16 for bf16 dot products) or AVX2+FMA on x86, NEON on ARM. Outputs come first and
+ * dimensions last in every signature. OpenMP splits the outermost independent loop; each
+ * output element is computed by one thread in a fixed order, so results never depend on
+ * the thread count or on which other rows share a call. */
+
+
+/* The kernels compiled into this binary, for --info and the test logs. */
+static const char *kernel_names(void) {
+    return "scalar"
+#ifdef QA_AVX512
+           " avx512"
+#endif
+#ifdef QA_AVX512_VNNI
+           " avx512-vnni"
+#endif
+#ifdef QA_AVX512_BF16
+           " avx512-bf16"
+#endif
+#ifdef _OPENMP
+           " openmp"
+#endif
+        ;
+}
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -654,126 +771,71 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-/* dot(x, W[row]) for one weight row of any dtype; K = W->cols. */
-static float dot_row(const Tensor *W, int row, const float *x) {
-    int K = W->cols;
-    size_t base = (size_t)row * (size_t)K;
-    float sum = 0.0f;
-    switch (W->dtype) {
-    case DT_F32: {
-        const float *w = (const float *)W->data + base;
-        for (int k = 0; k < K; k++) sum += w[k] * x[k];
-        break;
-    }
-    case DT_BF16: {
-        const uint16_t *w = (const uint16_t *)W->data + base;
-        for (int k = 0; k < K; k++) sum += bf16_to_f32(w[k]) * x[k];
-        break;
-    }
-    case DT_Q8_0: {
-        /* values: int8 (rows, cols); then scales: f32 (rows, cols/32) */
-        const int8_t *q = (const int8_t *)W->data + base;
-        const float *d = (const float *)((const int8_t *)W->data + (size_t)W->rows * K) + base / QBLOCK;
-        for (int b = 0; b < K / QBLOCK; b++) {
-            float s = 0.0f;
-            for (int k = 0; k < QBLOCK; k++) s += (float)q[b * QBLOCK + k] * x[b * QBLOCK + k];
-            sum += d[b] * s;
-        }
-        break;
-    }
-    case DT_Q4_1: {
-        /* values: nibbles (rows, cols/2), byte i of a block = value i | value i+16 << 4;
-         * then (scale, min) f32 pairs (rows, cols/32, 2) */
-        const uint8_t *q = (const uint8_t *)W->data + base / 2;
-        const float *dm = (const float *)((const uint8_t *)W->data + (size_t)W->rows * K / 2) + 2 * (base / QBLOCK);
-        for (int b = 0; b < K / QBLOCK; b++) {
-            const uint8_t *qb = q + b * QBLOCK / 2;
-            const float *xb = x + b * QBLOCK;
-            float s = 0.0f, xs = 0.0f;
-            for (int k = 0; k < QBLOCK / 2; k++) {
-                s += (float)(qb[k] & 15) * xb[k] + (float)(qb[k] >> 4) * xb[k + QBLOCK / 2];
-                xs += xb[k] + xb[k + QBLOCK / 2];
-            }
-            sum += dm[2 * b] * s + dm[2 * b + 1] * xs;
-        }
-        break;
-    }
-    }
-    return sum;
+/* Round to nearest even, as vcvtneps2bf16 (NaN kept a quiet NaN). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* One row of W as f32 (embedding lookups). */
-static void dequant_row(float *out, const Tensor *W, int row) {
-    /* a row of the identity trick would be slow; decode directly */
-    int K = W->cols;
-    size_t base = (size_t)row * (size_t)K;
-    switch (W->dtype) {
-    case DT_F32: memcpy(out, (const float *)W->data + base, (size_t)K * sizeof(float)); break;
-    case DT_BF16:
-        for (int k = 0; k < K; k++) out[k] = bf16_to_f32(((const uint16_t *)W->data)[base + k]);
-        break;
-    case DT_Q8_0: {
-        const int8_t *q = (const int8_t *)W->data + base;
-        const float *d = (const float *)((const int8_t *)W->data + (size_t)W->rows * K) + base / QBLOCK;
-        for (int k = 0; k < K; k++) out[k] = d[k / QBLOCK] * (float)q[k];
-        break;
-    }
-    case DT_Q4_1: {
-        const uint8_t *q = (const uint8_t *)W->data + base / 2;
-        const float *dm = (const float *)((const uint8_t *)W->data + (size_t)W->rows * K / 2) + 2 * (base / QBLOCK);
-        for (int k = 0; k < K; k++) {
-            int b = k / QBLOCK, i = k % QBLOCK;
-            uint8_t byte = q[b * QBLOCK / 2 + (i % (QBLOCK / 2))];
-            int v = i < QBLOCK / 2 ? (byte & 15) : (byte >> 4);
-            out[k] = dm[2 * b] * (float)v + dm[2 * b + 1];
-        }
-        break;
-    }
-    }
+static inline float quick_gelu1(float x) { return x / (1.0f + expf(-1.702f * x)); }
+static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
+
+#ifdef QA_AVX512
+/* exp(x) for 16 floats: x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor polynomial for e^r,
+ * 2^n by vscalefps (which also gives 0 and inf at the ends). Relative error < 2e-7. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* also turns -inf into a finite value */
+    x = _mm512_min_ps(x, _mm512_set1_ps(89.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+static inline __m512 quick_gelu512(__m512 x) {
+    __m512 e = exp512(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+static inline __m512 silu512(__m512 x) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+static inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+#endif
+
+/* --- elementwise --------------------------------------------------------------------- */
+
+/* x += y */
+static void add_inplace(float *x, const float *y, size_t n) {
+    size_t i = 0;
+#ifdef QA_AVX512
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) x[i] += y[i];
 }
 
-/* out[t, o] = bias[o] + sum_k x[t, k] * W[o, k]     (nn.Linear)
- * out (T, W->rows), x (T, W->cols), bias (W->rows) or NULL */
-static void matmul(float *out, const float *x, const Tensor *W, const float *bias, int T) {
-    int N = W->rows, K = W->cols;
-#pragma omp parallel for schedule(static)
-    for (int o = 0; o < N; o++) {
-        float b = bias ? bias[o] : 0.0f;
-        for (int t = 0; t < T; t++) out[(size_t)t * N + o] = b + dot_row(W, o, x + (size_t)t * K);
-    }
+/* SwiGLU gate: a = silu(a) * b */
+static void silu_mul(float *a, const float *b, size_t n) {
+    size_t i = 0;
+#ifdef QA_AVX512
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(a + i, _mm512_mul_ps(silu512(_mm512_loadu_ps(a + i)), _mm512_loadu_ps(b + i)));
+#endif
+    for (; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
-/* nn.LayerNorm over the last dim: out = (x - mean) / sqrt(var + eps) * w + b
- * out, x (T, C); statistics in double. out may equal x. */
-static void layernorm(float *out, const float *x, const float *w, const float *b, int T, int C, float eps) {
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float *xt = x + (size_t)t * C;
-        float *ot = out + (size_t)t * C;
-        double mean = 0.0, var = 0.0;
-        for (int i = 0; i < C; i++) mean += xt[i];
-        mean /= C;
-        for (int i = 0; i < C; i++) {
-            double d = xt[i] - mean;
-            var += d * d;
-        }
-        var /= C;
-        float rstd = (float)(1.0 / sqrt(var + (double)eps));
-        float m = (float)mean;
-        for (int i = 0; i < C; i++) ot[i] = (xt[i] - m) * rstd * w[i] + b[i];
-    }
-}
-
-/* LlamaRMSNorm: out = w * (x / sqrt(mean(x^2) + eps)); out, x (C) */
-static void rmsnorm_row(float *out, const float *x, const float *w, int C, float eps) {
-    double ss = 0.0;
-    for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
-    float r = (float)(1.0 / sqrt(ss / C + (double)eps));
-    for (int i = 0; i < C; i++) out[i] = w[i] * (x[i] * r);
-}
-
-/* softmax in place over n values, max-subtracted */
-static void softmax(float *x, int n) {
+/* softmax in place over n values, max-subtracted, sum in double */
+static void softmax_ref(float *x, int n) {
     float mx = x[0];
     for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     double sum = 0.0;
@@ -785,51 +847,619 @@ static void softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
-/* Multi-head attention, softmax(q k^T * scale [+ causal mask]) v, heads concatenated.
- *   out (Tq, H*hd); q (Tq, ldq) with head h at columns h*hd; k, v (Tk, ldkv) with kv head
- *   h / (H/KVH) at columns (h/(H/KVH))*hd. causal: query i sees keys j <= i + q_offset.
- *   scratch: (n_threads, Tk) */
-static void attention(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
-                      int Tq, int Tk, int H, int KVH, int hd, int causal, int q_offset, float *scratch) {
+static void softmax(float *x, int n) {
+#ifdef QA_AVX512
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
+    if (i < n) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), x + i));
+    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mx));
+        _mm512_storeu_ps(x + i, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx));
+        _mm512_mask_storeu_ps(x + i, m, e);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    if (i < n) _mm512_mask_storeu_ps(x + i, tail_mask(n - i), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), inv));
+#else
+    softmax_ref(x, n);
+#endif
+}
+
+/* --- normalisation ------------------------------------------------------------------- */
+
+/* nn.LayerNorm over the last dim: out = (x - mean) / sqrt(var + eps) * w + b
+ * out, x (T, C); out may equal x. Reference: statistics in double. */
+MAYBE_UNUSED static void layernorm_ref(float *out, const float *x, const float *w, const float *b, int T, int C, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C;
+        float *ot = out + (size_t)t * C;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < C; i++) mean += xt[i];
+        mean /= C;
+        for (int i = 0; i < C; i++) var += (xt[i] - mean) * (xt[i] - mean);
+        var /= C;
+        float rstd = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
+        for (int i = 0; i < C; i++) ot[i] = (xt[i] - m) * rstd * w[i] + b[i];
+    }
+}
+
+static void layernorm(float *out, const float *x, const float *w, const float *b, int T, int C, float eps) {
+#ifdef QA_AVX512
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C;
+        float *ot = out + (size_t)t * C;
+        /* two passes in 16 f32 lanes: mean, then the mean of squared deviations */
+        __m512 s = _mm512_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= C; i += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xt + i));
+        if (i < C) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(C - i), xt + i));
+        float mean = _mm512_reduce_add_ps(s) / (float)C;
+        __m512 vm = _mm512_set1_ps(mean), v = _mm512_setzero_ps();
+        for (i = 0; i + 16 <= C; i += 16) {
+            __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xt + i), vm);
+            v = _mm512_fmadd_ps(d, d, v);
+        }
+        if (i < C) {
+            __m512 d = _mm512_maskz_sub_ps(tail_mask(C - i), _mm512_maskz_loadu_ps(tail_mask(C - i), xt + i), vm);
+            v = _mm512_fmadd_ps(d, d, v);
+        }
+        __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)C + eps));
+        for (i = 0; i < C; i += 16) {
+            __mmask16 m = tail_mask(C - i);
+            __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xt + i), vm), rstd);
+            y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, b + i));
+            _mm512_mask_storeu_ps(ot + i, m, y);
+        }
+    }
+#else
+    layernorm_ref(out, x, w, b, T, C, eps);
+#endif
+}
+
+/* LlamaRMSNorm: out = w * (x / sqrt(mean(x^2) + eps)); out, x (C) */
+static void rmsnorm_row(float *out, const float *x, const float *w, int C, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / C + (double)eps));
+    for (int i = 0; i < C; i++) out[i] = w[i] * (x[i] * r);
+}
+
+/* --- activations, prepared once per matmul input --------------------------------------
+ * A matmul multiplies activations x (T, K) by a weight matrix. Depending on the weight
+ * type, x is used as f32, rounded to bf16, or quantised to int8 in blocks of 32 (q8_0
+ * style: d = max|x|/127, q = round(x/d)). The preparation is done once and reused by all
+ * matmuls that read the same x (q/k/v, gate/up). */
+
+/* One row's blocks of 32: q = round(x / d), d = max|x| / 127 (zero block -> d = 0, q = 0). */
+static void quantize_row_ref(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K) {
+    for (int b = 0; b < K / QBLOCK; b++) {
+        const float *xb = x + b * QBLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < QBLOCK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < QBLOCK; i++) {
+            int v = (int)nearbyintf(xb[i] * id);
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            q[b * QBLOCK + i] = (int8_t)v;
+            sum += v;
+        }
+        d[b] = db;
+        c[b] = -128 * sum;
+        s[b] = db * (float)sum;
+    }
+}
+
+static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K) {
+#ifdef QA_AVX512
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int b = 0; b < K / QBLOCK; b++) {
+        __m512 x0 = _mm512_loadu_ps(x + b * QBLOCK), x1 = _mm512_loadu_ps(x + b * QBLOCK + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1)));
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        /* cvtps rounds to nearest even, like nearbyintf; |x*id| <= 127 needs no clamp
+         * except for rounding of amax*id itself, which the saturating pack handles */
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        _mm_storeu_si128((__m128i *)(q + b * QBLOCK), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + b * QBLOCK + 16), _mm512_cvtepi32_epi8(q1));
+        int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        d[b] = db;
+        c[b] = -128 * sum;
+        s[b] = db * (float)sum;
+    }
+#else
+    quantize_row_ref(q, d, c, s, x, K);
+#endif
+}
+
+static void acts_prepare(Acts *a, ActKind kind) {
+    int T = a->T, K = a->K, nb = K / QBLOCK;
+    if (kind == ACT_BF16) {
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++) a->xb[(size_t)t * K + k] = f32_to_bf16(a->x[(size_t)t * K + k]);
+    } else if (kind == ACT_Q8) {
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++)
+            quantize_row(a->xq + (size_t)t * K, a->xd + (size_t)t * nb, a->xc + (size_t)t * nb, a->xs + (size_t)t * nb,
+                         a->x + (size_t)t * K, K);
+    }
+    a->kind = kind;
+}
+
+static ActKind act_kind_for(const Acts *a, int dtype) {
+    switch (dtype) {
+    case DT_MBF16: return a->bf16_fast ? ACT_BF16 : ACT_F32;
+    case DT_MQ8_0: case DT_MQ4_1: return ACT_Q8;
+    default: return ACT_F32;
+    }
+}
+
+/* --- matrix multiplication --------------------------------------------------------------
+ * out[t, o] (+)= x[t, :] . W[o, :] + bias[o]          (nn.Linear: y = x W^T + b)
+ *
+ * Weights are stored in groups of 16 rows (export.py pack_matrix), so the natural unit of
+ * work is a tile: up to RT activation rows x up to GT groups of 16 outputs. The scalar
+ * tile below states the arithmetic of each weight type; the SIMD tiles do the same sums
+ * with one 64-byte weight load feeding every row of the tile. */
+
+enum { EPI_STORE, EPI_ADD, EPI_GELU };  /* out = v, out += v, out = QuickGELU(v) */
+
+#define MQ8_BLOCK_BYTES (8 * 64 + 64)   /* 8 quads of 16 rows x 4 u8, then 16 f32 scales */
+#define MQ4_BLOCK_BYTES (4 * 64 + 128)  /* 4 x 64 bytes of nibble pairs, 16 f32 d, 16 f32 m */
+
+static inline void store_out(float *o, float v, const float *bias, int col, int epi) {
+    if (bias) v += bias[col];
+    if (epi == EPI_GELU) v = quick_gelu1(v);
+    if (epi == EPI_ADD) v += *o;
+    *o = v;
+}
+
+/* The reference tile: rows [t0, t0+nt) x groups [g0, g0+ng). */
+static void tile_ref(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi,
+                     int t0, int nt, int g0, int ng) {
+    int K = W->cols, nb = K / QBLOCK;
+    for (int t = t0; t < t0 + nt; t++) {
+        for (int g = g0; g < g0 + ng; g++) {
+            float acc[16] = {0};
+            if (W->dtype == DT_MF32) {
+                /* layout [g][k][r] */
+                const float *w = (const float *)W->data + (size_t)g * K * 16;
+                const float *x = a->x + (size_t)t * K;
+                for (int k = 0; k < K; k++)
+                    for (int r = 0; r < 16; r++) acc[r] += w[(size_t)k * 16 + r] * x[k];
+            } else if (W->dtype == DT_MBF16) {
+                /* layout [g][k/2][r][2]; with bf16 activations the odd column is added
+                 * first, as vdpbf16ps does */
+                const uint16_t *w = (const uint16_t *)W->data + (size_t)g * K * 16;
+                for (int kp = 0; kp < K / 2; kp++)
+                    for (int r = 0; r < 16; r++) {
+                        float w0 = bf16_to_f32(w[((size_t)kp * 16 + r) * 2]), w1 = bf16_to_f32(w[((size_t)kp * 16 + r) * 2 + 1]);
+                        if (a->kind == ACT_BF16) {
+                            const uint16_t *x = a->xb + (size_t)t * K + 2 * kp;
+                            acc[r] += w1 * bf16_to_f32(x[1]);
+                            acc[r] += w0 * bf16_to_f32(x[0]);
+                        } else {
+                            const float *x = a->x + (size_t)t * K + 2 * kp;
+                            acc[r] += w0 * x[0];
+                            acc[r] += w1 * x[1];
+                        }
+                    }
+            } else {
+                /* q8_0: sum_b d_w d_x sum_k q_w q_x;  q4_1: + m_w d_x sum_k q_x */
+                const int8_t *xq = a->xq + (size_t)t * K;
+                for (int b = 0; b < nb; b++) {
+                    float dx = a->xd[(size_t)t * nb + b];
+                    int32_t s[16] = {0};
+                    if (W->dtype == DT_MQ8_0) {
+                        const uint8_t *blk = (const uint8_t *)W->data + ((size_t)g * nb + b) * MQ8_BLOCK_BYTES;
+                        for (int j = 0; j < 8; j++)
+                            for (int r = 0; r < 16; r++)
+                                for (int i = 0; i < 4; i++) s[r] += ((int)blk[j * 64 + r * 4 + i] - 128) * xq[b * 32 + 4 * j + i];
+                        const float *d = (const float *)(blk + 512);
+                        for (int r = 0; r < 16; r++) acc[r] += (d[r] * dx) * (float)s[r];
+                    } else {
+                        const uint8_t *blk = (const uint8_t *)W->data + ((size_t)g * nb + b) * MQ4_BLOCK_BYTES;
+                        for (int j = 0; j < 8; j++)
+                            for (int r = 0; r < 16; r++)
+                                for (int i = 0; i < 4; i++) {
+                                    uint8_t byte = blk[(j / 2) * 64 + r * 4 + i];
+                                    s[r] += (j % 2 ? byte >> 4 : byte & 15) * xq[b * 32 + 4 * j + i];
+                                }
+                        const float *d = (const float *)(blk + 256), *m = (const float *)(blk + 320);
+                        for (int r = 0; r < 16; r++) {
+                            acc[r] += (d[r] * dx) * (float)s[r];
+                            acc[r] += m[r] * a->xs[(size_t)t * nb + b];
+                        }
+                    }
+                }
+            }
+            for (int r = 0; r < 16 && g * 16 + r < W->rows; r++)
+                store_out(out + (size_t)t * ldo + g * 16 + r, acc[r], bias, g * 16 + r, epi);
+        }
+    }
+}
+
+#ifdef QA_AVX512
+/* Store 16 outputs of group g (masked at the matrix's last row) with bias and epilogue. */
+static inline void store16(float *o, __m512 v, const float *bias, int col, int epi, __mmask16 m) {
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + col));
+    if (epi == EPI_GELU) v = quick_gelu512(v);
+    if (epi == EPI_ADD) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
+    _mm512_mask_storeu_ps(o, m, v);
+}
+#define TILE_STORE(acc)                                                                            \
+    for (int g = 0; g < G; g++) {                                                                  \
+        __mmask16 m = tail_mask(W->rows - (g0 + g) * 16);                                          \
+        for (int r = 0; r < R; r++)                                                                \
+            store16(out + (size_t)(t0 + r) * ldo + (g0 + g) * 16, acc[g][r], bias, (g0 + g) * 16, epi, m); \
+    }
+
+/* f32 activations x f32 weights ([g][k][r]) or bf16 weights ([g][k/2][r][2]). */
+static inline __attribute__((always_inline)) void tile_f32_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                  const float *bias, int epi, int t0, int g0, const int G,
+                                                                  const int R) {
+    int K = W->cols;
+    __m512 acc[2][8];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
+    const float *x = a->x + (size_t)t0 * K;
+    if (W->dtype == DT_MF32) {
+        const float *w[2];
+        for (int g = 0; g < G; g++) w[g] = (const float *)W->data + (size_t)(g0 + g) * K * 16;
+        for (int k = 0; k < K; k++) {
+            __m512 wv[2];
+            for (int g = 0; g < G; g++) wv[g] = _mm512_loadu_ps(w[g] + (size_t)k * 16);
+            for (int r = 0; r < R; r++) {
+                __m512 xv = _mm512_set1_ps(x[(size_t)r * K + k]);
+                for (int g = 0; g < G; g++) acc[g][r] = _mm512_fmadd_ps(wv[g], xv, acc[g][r]);
+            }
+        }
+    } else {
+        const uint32_t *w[2];
+        for (int g = 0; g < G; g++) w[g] = (const uint32_t *)W->data + (size_t)(g0 + g) * K / 2 * 16;
+        const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+        for (int kp = 0; kp < K / 2; kp++) {
+            __m512 w0[2], w1[2];
+            for (int g = 0; g < G; g++) {
+                __m512i v = _mm512_loadu_si512(w[g] + (size_t)kp * 16);
+                w0[g] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                w1[g] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+            }
+            for (int r = 0; r < R; r++) {
+                __m512 x0 = _mm512_set1_ps(x[(size_t)r * K + 2 * kp]), x1 = _mm512_set1_ps(x[(size_t)r * K + 2 * kp + 1]);
+                for (int g = 0; g < G; g++) acc[g][r] = _mm512_fmadd_ps(w1[g], x1, _mm512_fmadd_ps(w0[g], x0, acc[g][r]));
+            }
+        }
+    }
+    TILE_STORE(acc)
+}
+
+#ifdef QA_AVX512_BF16
+/* bf16 activations x bf16 weights: vdpbf16ps sums a column pair per instruction. */
+static inline __attribute__((always_inline)) void tile_bf16_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                   const float *bias, int epi, int t0, int g0,
+                                                                   const int G, const int R) {
+    int K = W->cols;
+    __m512 acc[2][8];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
+    const uint32_t *w[2];
+    for (int g = 0; g < G; g++) w[g] = (const uint32_t *)W->data + (size_t)(g0 + g) * K / 2 * 16;
+    const uint16_t *x = a->xb + (size_t)t0 * K;
+    for (int kp = 0; kp < K / 2; kp++) {
+        __m512bh wv[2];
+        for (int g = 0; g < G; g++) wv[g] = (__m512bh)_mm512_loadu_si512(w[g] + (size_t)kp * 16);
+        for (int r = 0; r < R; r++) {
+            uint32_t pair;
+            memcpy(&pair, x + (size_t)r * K + 2 * kp, 4);
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)pair);
+            for (int g = 0; g < G; g++) acc[g][r] = _mm512_dpbf16_ps(acc[g][r], wv[g], xv);
+        }
+    }
+    TILE_STORE(acc)
+}
+#endif
+
+#ifdef QA_AVX512_VNNI
+/* int8 activations x q8_0 / q4_1 weights: vpdpbusd multiplies 4 unsigned weight bytes by 4
+ * signed activation bytes per lane; per 32-block the int32 sums are scaled into floats. */
+static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                const float *bias, int epi, int t0, int g0, const int G,
+                                                                const int R) {
+    int K = W->cols, nb = K / QBLOCK, q4 = W->dtype == DT_MQ4_1;
+    size_t bbytes = q4 ? MQ4_BLOCK_BYTES : MQ8_BLOCK_BYTES;
+    __m512 acc[2][8];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
+    const int8_t *xq = a->xq + (size_t)t0 * K;
+    const __m512i low4 = _mm512_set1_epi8(15);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk[2];
+        for (int g = 0; g < G; g++) blk[g] = (const uint8_t *)W->data + ((size_t)(g0 + g) * nb + b) * bbytes;
+        __m512i s[2][8];
+        for (int r = 0; r < R; r++) {
+            /* q8_0 weights are stored +128: start from -128 * sum(xq) to undo it */
+            __m512i c = q4 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->xc[(size_t)(t0 + r) * nb + b]);
+            for (int g = 0; g < G; g++) s[g][r] = c;
+        }
+        for (int j = 0; j < 8; j++) {
+            __m512i wv[2];
+            for (int g = 0; g < G; g++) {
+                if (q4) {
+                    __m512i v = _mm512_loadu_si512(blk[g] + (j / 2) * 64);
+                    wv[g] = (j % 2) ? _mm512_and_si512(_mm512_srli_epi16(v, 4), low4) : _mm512_and_si512(v, low4);
+                } else {
+                    wv[g] = _mm512_loadu_si512(blk[g] + j * 64);
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                int32_t quad;
+                memcpy(&quad, xq + (size_t)r * K + b * QBLOCK + 4 * j, 4);
+                __m512i xv = _mm512_set1_epi32(quad);
+                for (int g = 0; g < G; g++) s[g][r] = _mm512_dpbusd_epi32(s[g][r], wv[g], xv);
+            }
+        }
+        __m512 dw[2], mw[2];
+        for (int g = 0; g < G; g++) {
+            dw[g] = _mm512_loadu_ps((const float *)(blk[g] + (q4 ? 256 : 512)));
+            if (q4) mw[g] = _mm512_loadu_ps((const float *)(blk[g] + 320));
+        }
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(a->xd[(size_t)(t0 + r) * nb + b]);
+            for (int g = 0; g < G; g++) {
+                acc[g][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][r]), _mm512_mul_ps(dw[g], dx), acc[g][r]);
+                if (q4) acc[g][r] = _mm512_fmadd_ps(mw[g], _mm512_set1_ps(a->xs[(size_t)(t0 + r) * nb + b]), acc[g][r]);
+            }
+        }
+    }
+    TILE_STORE(acc)
+}
+#endif
+
+/* Instantiate a tile for G in {1, 2} and R in 1..RMAX with constant loop bounds. */
+#define TILE_SWITCH(fn, G, nt)                                                                              \
+    switch (nt) {                                                                                           \
+    case 1: fn(out, ldo, a, W, bias, epi, t0, g0, G, 1); break;                                             \
+    case 2: fn(out, ldo, a, W, bias, epi, t0, g0, G, 2); break;                                             \
+    case 3: fn(out, ldo, a, W, bias, epi, t0, g0, G, 3); break;                                             \
+    case 4: fn(out, ldo, a, W, bias, epi, t0, g0, G, 4); break;                                             \
+    case 5: fn(out, ldo, a, W, bias, epi, t0, g0, G, 5); break;                                             \
+    case 6: fn(out, ldo, a, W, bias, epi, t0, g0, G, 6); break;                                             \
+    case 7: fn(out, ldo, a, W, bias, epi, t0, g0, G, 7); break;                                             \
+    default: fn(out, ldo, a, W, bias, epi, t0, g0, G, 8); break;                                            \
+    }
+#endif /* QA_AVX512 */
+
+/* Rows of activations per tile for a weight type: as many as the registers allow. */
+static int tile_rows(const Acts *a, const Tensor *W) {
+#ifdef QA_AVX512
+    if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) return 5; /* 2x5 int + 2x5 float accumulators */
+    return 8;                                                     /* 2x8 float accumulators */
+#else
+    (void)a; (void)W;
+    return 4;
+#endif
+}
+
+/* One tile, SIMD when this build has a kernel for the weight and activation types. */
+static void tile(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0, int ng) {
+#ifdef QA_AVX512
+    if (W->dtype == DT_MF32 || (W->dtype == DT_MBF16 && a->kind == ACT_F32)) {
+        if (ng == 2) { TILE_SWITCH(tile_f32_avx512, 2, nt) } else { TILE_SWITCH(tile_f32_avx512, 1, nt) }
+        return;
+    }
+#ifdef QA_AVX512_BF16
+    if (W->dtype == DT_MBF16 && a->kind == ACT_BF16) {
+        if (ng == 2) { TILE_SWITCH(tile_bf16_avx512, 2, nt) } else { TILE_SWITCH(tile_bf16_avx512, 1, nt) }
+        return;
+    }
+#endif
+#ifdef QA_AVX512_VNNI
+    if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) {
+        if (ng == 2) { TILE_SWITCH(tile_q_avx512, 2, nt) } else { TILE_SWITCH(tile_q_avx512, 1, nt) }
+        return;
+    }
+#endif
+#endif
+    tile_ref(out, ldo, a, W, bias, epi, t0, nt, g0, ng);
+}
+
+/* out (T, ldo) gets columns [0, W->rows) of x W^T + bias, through the epilogue.
+ * Threads split the groups of 16 output columns; each walks all rows in tiles. */
+static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const float *bias, int epi) {
+    if (a->K != W->cols) fatal("internal: matmul of %d-wide activations with a %d-wide matrix", a->K, W->cols);
+    ActKind kind = act_kind_for(a, W->dtype);
+    if (a->kind != kind) acts_prepare(a, kind);
+    int groups = (W->rows + 15) / 16, tiles = (groups + 1) / 2, RT = tile_rows(a, W), T = a->T;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < tiles; i++) {
+        int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
+        for (int t0 = 0; t0 < T; t0 += RT) tile(out, ldo, a, W, bias, epi, t0, T - t0 < RT ? T - t0 : RT, g0, ng);
+    }
+}
+
+/* out (T, W->rows) = epilogue(x (T, W->cols) W^T + bias) */
+static void matmul(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
+    acts_set(a, x, T, W->cols);
+    matmul_acts(out, W->rows, a, W, bias, epi);
+}
+
+/* The same product computed by the reference tile only (for tests). */
+MAYBE_UNUSED static void matmul_ref(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
+    acts_set(a, x, T, W->cols);
+    acts_prepare(a, act_kind_for(a, W->dtype));
+    if (a->kind == ACT_Q8)
+        for (int t = 0; t < T; t++) /* the reference quantiser, to test the SIMD one too */
+            quantize_row_ref(a->xq + (size_t)t * a->K, a->xd + (size_t)t * (a->K / QBLOCK), a->xc + (size_t)t * (a->K / QBLOCK),
+                             a->xs + (size_t)t * (a->K / QBLOCK), x + (size_t)t * a->K, a->K);
+    tile_ref(out, W->rows, a, W, bias, epi, 0, T, 0, (W->rows + 15) / 16);
+}
+
+/* Row `row` of W as f32 (embedding lookups, the few lm_head rows). */
+static void matrix_row(float *out, const Tensor *W, int row) {
+    int K = W->cols, g = row / 16, r = row % 16, nb = K / QBLOCK;
+    for (int k = 0; k < K; k++) {
+        switch (W->dtype) {
+        case DT_MF32: out[k] = ((const float *)W->data)[((size_t)g * K + k) * 16 + r]; break;
+        case DT_MBF16: out[k] = bf16_to_f32(((const uint16_t *)W->data)[(((size_t)g * K / 2 + k / 2) * 16 + r) * 2 + k % 2]); break;
+        case DT_MQ8_0: {
+            const uint8_t *blk = (const uint8_t *)W->data + ((size_t)g * nb + k / 32) * MQ8_BLOCK_BYTES;
+            int j = (k % 32) / 4, i = k % 4;
+            out[k] = ((const float *)(blk + 512))[r] * (float)((int)blk[j * 64 + r * 4 + i] - 128);
+            break;
+        }
+        case DT_MQ4_1: {
+            const uint8_t *blk = (const uint8_t *)W->data + ((size_t)g * nb + k / 32) * MQ4_BLOCK_BYTES;
+            int j = (k % 32) / 4, i = k % 4;
+            uint8_t byte = blk[(j / 2) * 64 + r * 4 + i];
+            out[k] = ((const float *)(blk + 256))[r] * (float)(j % 2 ? byte >> 4 : byte & 15) + ((const float *)(blk + 320))[r];
+            break;
+        }
+        }
+    }
+}
+
+/* --- attention --------------------------------------------------------------------------
+ * softmax(q k^T * scale [+ causal mask]) v for every head, heads concatenated.
+ *   out (Tq, H*hd); q (Tq, ldq), head h at columns h*hd; k, v (Tk, ldkv), kv head
+ *   h / (H/KVH) at columns (h/(H/KVH))*hd (GQA: repeat_kv). causal: query i sees keys
+ *   j <= i + q_offset (q_offset = position of query row 0).
+ * scratch: per thread, at least attention_scratch_floats(Tk) floats. */
+
+#define ATT_ROWS 8 /* query rows per work item in the SIMD kernel */
+
+static size_t pad16(size_t n) { return (n + 15) / 16 * 16; }
+static size_t attention_scratch_floats(size_t Tk) { return ATT_ROWS * pad16(Tk); }
+
+static void attention_ref(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk,
+                          int H, int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride) {
     float scale = 1.0f / sqrtf((float)hd);
     int group = H / KVH;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int h = 0; h < H; h++) {
         for (int i = 0; i < Tq; i++) {
-            float *s = scratch + (size_t)thread_id() * Tk;
+            float *s = scratch + (size_t)thread_id() * scratch_stride;
             const float *qi = q + (size_t)i * ldq + (size_t)h * hd;
-            int kh = h / group;
-            int n = causal ? i + q_offset + 1 : Tk;
+            int kh = h / group, n = causal ? i + q_offset + 1 : Tk;
             for (int j = 0; j < n; j++) {
                 const float *kj = k + (size_t)j * ldkv + (size_t)kh * hd;
                 float dot = 0.0f;
                 for (int d = 0; d < hd; d++) dot += qi[d] * kj[d];
                 s[j] = dot * scale;
             }
-            softmax(s, n);
+            softmax_ref(s, n);
             float *oi = out + (size_t)i * H * hd + (size_t)h * hd;
             for (int d = 0; d < hd; d++) oi[d] = 0.0f;
             for (int j = 0; j < n; j++) {
                 const float *vj = v + (size_t)j * ldkv + (size_t)kh * hd;
-                float p = s[j];
-                for (int d = 0; d < hd; d++) oi[d] += p * vj[d];
+                for (int d = 0; d < hd; d++) oi[d] += s[j] * vj[d];
             }
         }
     }
 }
 
-static void add_inplace(float *x, const float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] += y[i];
+#ifdef QA_AVX512
+/* o[r][0..HC*16) = sum_j p[r][j] v[j]   for R rows of probabilities (stride ps) */
+static inline __attribute__((always_inline)) void att_pv_avx512(float *o, int ldo, const float *p, size_t ps, const float *v,
+                                                               int ldkv, int n, const int R, const int HC) {
+    __m512 acc[8][8];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < HC; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        __m512 vv[8];
+        for (int c = 0; c < HC; c++) vv[c] = _mm512_loadu_ps(v + (size_t)j * ldkv + 16 * c);
+        for (int r = 0; r < R; r++) {
+            __m512 pj = _mm512_set1_ps(p[(size_t)r * ps + j]);
+            for (int c = 0; c < HC; c++) acc[r][c] = _mm512_fmadd_ps(pj, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < HC; c++) _mm512_storeu_ps(o + (size_t)r * ldo + 16 * c, acc[r][c]);
 }
+#endif
 
-/* QuickGELU: x * sigmoid(1.702 x) */
-static void quick_gelu(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
-}
+/* PV for rows r0.. of the block, with constant row and column counts for the compiler */
+#define PV_CALL(nr, hc) att_pv_avx512(o + (size_t)r0 * ldo, ldo, S + (size_t)r0 * Tk16, Tk16, vh, ldkv, nmax, nr, hc)
+#define PV_ROWS(nr, hc)                                                                                      \
+    switch (nr) {                                                                                            \
+    case 1: PV_CALL(1, hc); break; case 2: PV_CALL(2, hc); break; case 3: PV_CALL(3, hc); break;             \
+    case 4: PV_CALL(4, hc); break; case 5: PV_CALL(5, hc); break; default: PV_CALL(6, hc); break;            \
+    }
+#define PV_COLS(hc)                                                                                          \
+    switch (hc) {                                                                                            \
+    case 1: PV_CALL(1, 1); break; case 2: PV_CALL(1, 2); break; case 3: PV_CALL(1, 3); break;                 \
+    case 5: PV_CALL(1, 5); break; case 6: PV_CALL(1, 6); break; default: PV_CALL(1, 7); break;               \
+    }
 
-/* SwiGLU gate: a = silu(a) * b */
-static void silu_mul(float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+static void attention(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk, int H,
+                      int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride, float *kt) {
+#ifdef QA_AVX512
+    if (hd % 16 == 0 && hd <= 128) {
+        /* keys transposed per kv head: kt[kh][d][j], j padded to 16, so that 16 keys' scores
+         * for one query are one FMA chain over d */
+        size_t Tk16 = pad16((size_t)Tk);
+#pragma omp parallel for schedule(static)
+        for (int kh = 0; kh < KVH; kh++)
+            for (int d = 0; d < hd; d++) {
+                float *row = kt + ((size_t)kh * hd + d) * Tk16;
+                for (int j = 0; j < Tk; j++) row[j] = k[(size_t)j * ldkv + (size_t)kh * hd + d];
+                for (size_t j = (size_t)Tk; j < Tk16; j++) row[j] = 0.0f;
+            }
+        float scale = 1.0f / sqrtf((float)hd);
+        int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int h = 0; h < H; h++)
+            for (int ib = 0; ib < blocks; ib++) {
+                int i0 = ib * ATT_ROWS, R = Tq - i0 < ATT_ROWS ? Tq - i0 : ATT_ROWS, kh = h / group;
+                int nmax = causal ? i0 + R - 1 + q_offset + 1 : Tk; /* keys any row of the block sees */
+                float *S = scratch + (size_t)thread_id() * scratch_stride;
+                const float *ktb = kt + (size_t)kh * hd * Tk16;
+                /* scores: S[r][j] = scale * q[i0+r] . k[j] */
+                for (int j0 = 0; j0 < nmax; j0 += 16) {
+                    __m512 acc[ATT_ROWS];
+                    for (int r = 0; r < ATT_ROWS; r++) acc[r] = _mm512_setzero_ps();
+                    for (int d = 0; d < hd; d++) {
+                        __m512 kv = _mm512_loadu_ps(ktb + (size_t)d * Tk16 + j0);
+                        for (int r = 0; r < R; r++)
+                            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)(i0 + r) * ldq + (size_t)h * hd + d]), kv, acc[r]);
+                    }
+                    for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+                }
+                /* softmax per row over the keys it sees; zero the rest up to nmax */
+                for (int r = 0; r < R; r++) {
+                    int n = causal ? i0 + r + q_offset + 1 : Tk;
+                    softmax(S + (size_t)r * Tk16, n);
+                    for (int j = n; j < nmax; j++) S[(size_t)r * Tk16 + j] = 0.0f;
+                }
+                /* out[i0+r, h] = sum_j S[r][j] v[j, kh] */
+                const float *vh = v + (size_t)kh * hd;
+                float *o = out + (size_t)i0 * H * hd + (size_t)h * hd;
+                int ldo = H * hd, HC = hd / 16;
+                if (HC == 4) /* hd 64 (the ViT): 6 rows x 4 vectors of accumulators */
+                    for (int r0 = 0; r0 < R; r0 += 6) { PV_ROWS(R - r0 < 6 ? R - r0 : 6, 4) }
+                else if (HC == 8) /* hd 128 (LLaMA): 3 rows x 8 vectors */
+                    for (int r0 = 0; r0 < R; r0 += 3) { PV_ROWS(R - r0 < 3 ? R - r0 : 3, 8) }
+                else
+                    for (int r0 = 0; r0 < R; r0++) { PV_COLS(HC) }
+            }
+        return;
+    }
+#endif
+    (void)kt;
+    attention_ref(out, q, ldq, k, v, ldkv, Tq, Tk, H, KVH, hd, causal, q_offset, scratch, scratch_stride);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -910,7 +1540,8 @@ static void vision_forward(const Model *m, RunState *s, const float *pixels, flo
                     memcpy(row + (ch * P + ky) * P, pixels + ((size_t)ch * S + (size_t)gy * P + ky) * S + (size_t)gx * P,
                            (size_t)P * sizeof(float));
         }
-    matmul(x + D, s->patches, &w->patch, NULL, G * G);
+    Acts *a = &s->acts;
+    matmul(x + D, a, s->patches, G * G, &w->patch, NULL, EPI_STORE);
     /* embeddings = torch.cat([class_embeds, image_embeds], dim=1)
      * embeddings = embeddings + self.position_embedding[:, :embeddings.size(1)] */
     memcpy(x, w->cls, (size_t)D * sizeof(float));
@@ -925,22 +1556,19 @@ static void vision_forward(const Model *m, RunState *s, const float *pixels, flo
         layernorm(xn, x, L->ln1_w, L->ln1_b, T, D, c->v_eps);
         /* mixed_qkv = self.query_key_value(hidden_states)
          * .reshape(B, T, H, 3, hd).permute(3, 0, 2, 1, 4)   (de-interleaved by export.py) */
-        matmul(s->vq, xn, &L->wq, L->bq, T);
-        matmul(s->vk, xn, &L->wk, L->bk, T);
-        matmul(s->vv, xn, &L->wv, L->bv, T);
+        acts_set(a, xn, T, D);
+        matmul_acts(s->vq, D, a, &L->wq, L->bq, EPI_STORE);
+        matmul_acts(s->vk, D, a, &L->wk, L->bk, EPI_STORE);
+        matmul_acts(s->vv, D, a, &L->wv, L->bv, EPI_STORE);
         /* attention_probs = softmax(q @ k^T * hd**-0.5); context = (probs @ v).permute(0,2,1,3) */
-        attention(s->vatt, s->vq, D, s->vk, s->vv, D, T, T, H, H, hd, 0, 0, s->scores);
+        attention(s->vatt, s->vq, D, s->vk, s->vv, D, T, T, H, H, hd, 0, 0, s->scores, s->scores_stride, s->kt);
         /* output = self.dense(context_layer); hidden_states = attention_output + residual */
-        matmul(xn, s->vatt, &L->wo, L->bo, T);
-        add_inplace(x, xn, (size_t)T * D);
+        matmul(x, a, s->vatt, T, &L->wo, L->bo, EPI_ADD);
         /* hidden_states = self.post_attention_layernorm(hidden_states)
-         * hidden_states = self.mlp(hidden_states)   # fc2(QuickGELU(fc1(x))) */
+         * hidden_states = residual + self.mlp(hidden_states)   # fc2(QuickGELU(fc1(x))) */
         layernorm(xn, x, L->ln2_w, L->ln2_b, T, D, c->v_eps);
-        matmul(s->vmlp, xn, &L->fc1, L->fc1_b, T);
-        quick_gelu(s->vmlp, (size_t)T * c->v_mlp);
-        matmul(xn, s->vmlp, &L->fc2, L->fc2_b, T);
-        /* hidden_states = residual + hidden_states */
-        add_inplace(x, xn, (size_t)T * D);
+        matmul(s->vmlp, a, xn, T, &L->fc1, L->fc1_b, EPI_GELU);
+        matmul(x, a, s->vmlp, T, &L->fc2, L->fc2_b, EPI_ADD);
         snprintf(name, sizeof name, "vision_layer%d", l);
         dump_f32(dump, name, x, frame, 3, (int64_t)n_frames, (int64_t)T, (int64_t)D);
     }
@@ -961,6 +1589,7 @@ static void abstractor_forward(const Model *m, RunState *s, const float *image, 
     int Dl = c->l_dim;
     char name[64];
 
+    Acts *a = &s->acts;
     /* query_embeds = self.query_embeds.repeat(B, 1, 1) */
     memcpy(s->aq, w->query, (size_t)Q * D * sizeof(float));
     for (int l = 0; l < c->a_layers; l++) {
@@ -977,30 +1606,30 @@ static void abstractor_forward(const Model *m, RunState *s, const float *image, 
         memcpy(s->apos, s->aenc, (size_t)E * D * sizeof(float));
         add_inplace(s->apos, L->q_pos, (size_t)Q * D);
         add_inplace(s->apos + (size_t)Q * D, L->k_pos, (size_t)T * D);
-        matmul(s->ak, s->apos, &L->wk, L->bk, E);
-        matmul(s->av, s->aenc, &L->wv, L->bv, E);
-        /* mixed_query_layer = self.query(hidden_states + self.q_pos_embed) */
-        matmul(s->aqq, s->apos, &L->wq, L->bq, Q);
+        matmul(s->ak, a, s->apos, E, &L->wk, L->bk, EPI_STORE);
+        matmul(s->av, a, s->aenc, E, &L->wv, L->bv, EPI_STORE);
+        /* mixed_query_layer = self.query(hidden_states + self.q_pos_embed)   # the first Q rows */
+        matmul(s->aqq, a, s->apos, Q, &L->wq, L->bq, EPI_STORE);
         /* attention_probs = softmax(q @ k^T / sqrt(hd)); context = probs @ v   (mask is all zeros) */
-        attention(s->actx, s->aqq, D, s->ak, s->av, D, Q, E, H, H, hd, 0, 0, s->scores);
+        attention(s->actx, s->aqq, D, s->ak, s->av, D, Q, E, H, H, hd, 0, 0, s->scores, s->scores_stride, s->kt);
         /* input_tensor = input_tensor + self.out_proj(hidden_states)   # residual = norm1(query)! */
-        matmul(s->aq, s->actx, &L->wo, L->bo, Q);
-        add_inplace(s->aq, qn, (size_t)Q * D);
+        memcpy(s->aq, qn, (size_t)Q * D * sizeof(float));
+        matmul(s->aq, a, s->actx, Q, &L->wo, L->bo, EPI_ADD);
         /* input_tensor = input_tensor + self.mlp(self.norm2(input_tensor))
          * mlp(x) = w2(ffn_ln(silu(w1(x)) * w3(x))) */
         layernorm(s->aqn, s->aq, L->norm2_w, L->norm2_b, Q, D, c->a_eps);
-        matmul(s->amlp1, s->aqn, &L->w1, L->b1, Q);
-        matmul(s->amlp3, s->aqn, &L->w3, L->b3, Q);
+        acts_set(a, s->aqn, Q, D);
+        matmul_acts(s->amlp1, c->a_mlp, a, &L->w1, L->b1, EPI_STORE);
+        matmul_acts(s->amlp3, c->a_mlp, a, &L->w3, L->b3, EPI_STORE);
         silu_mul(s->amlp1, s->amlp3, (size_t)Q * c->a_mlp);
         layernorm(s->amlp1, s->amlp1, L->ffn_ln_w, L->ffn_ln_b, Q, c->a_mlp, c->a_ffn_eps);
-        matmul(s->aqn, s->amlp1, &L->w2, L->b2, Q);
-        add_inplace(s->aq, s->aqn, (size_t)Q * D);
+        matmul(s->aq, a, s->amlp1, Q, &L->w2, L->b2, EPI_ADD);
         snprintf(name, sizeof name, "abstractor_layer%d", l);
         dump_f32(dump, name, s->aq, frame, 3, (int64_t)n_frames, (int64_t)Q, (int64_t)D);
     }
     /* sequence_output = self.visual_fc(sequence_output)
      * sequence_output = torch.cat([sequence_output, self.vit_eos.repeat(B, 1, 1)], dim=1) */
-    matmul(out, s->aq, &w->fc, w->fc_b, Q);
+    matmul(out, a, s->aq, Q, &w->fc, w->fc_b, EPI_STORE);
     memcpy(out + (size_t)Q * Dl, w->eos, (size_t)Dl * sizeof(float));
     dump_f32(dump, "abstractor_out", out, frame, 3, (int64_t)n_frames, (int64_t)(Q + 1), (int64_t)Dl);
 }
@@ -1064,6 +1693,7 @@ static void decoder_forward(const Model *m, RunState *s, int n, const Span *span
     const DecoderWeights *w = &m->l;
     int D = c->l_dim, H = c->l_heads, KVH = c->l_kv_heads, hd = c->l_head_dim, kvd = KVH * hd, F = c->l_mlp;
     float *x = s->x, *xn = s->xn;
+    Acts *a = &s->acts;
     char name[64];
 
     rope_tables(s->rope_cos, s->rope_sin, n, hd, c->l_rope_theta);
@@ -1078,29 +1708,29 @@ static void decoder_forward(const Model *m, RunState *s, int n, const Span *span
         /* query_states = self.q_proj(hidden_states)
          * key_states   = self.k_proj(hidden_states, modality_indicators)  # multiway[m] per row
          * value_states = self.v_proj(hidden_states, modality_indicators) */
-        matmul(s->q + (size_t)first * D, xn + (size_t)first * D, &L->wq, NULL, rows);
+        matmul(s->q + (size_t)first * D, a, xn + (size_t)first * D, rows, &L->wq, NULL, EPI_STORE);
         for (int si = 0; si < n_spans; si++) {
             const Span *sp = &spans[si];
-            matmul(s->k + (size_t)sp->start * kvd, xn + (size_t)sp->start * D, &L->wk[sp->modality], NULL, sp->end - sp->start);
-            matmul(s->v + (size_t)sp->start * kvd, xn + (size_t)sp->start * D, &L->wv[sp->modality], NULL, sp->end - sp->start);
+            acts_set(a, xn + (size_t)sp->start * D, sp->end - sp->start, D);
+            matmul_acts(s->k + (size_t)sp->start * kvd, kvd, a, &L->wk[sp->modality], NULL, EPI_STORE);
+            matmul_acts(s->v + (size_t)sp->start * kvd, kvd, a, &L->wv[sp->modality], NULL, EPI_STORE);
         }
         /* query_states, key_states = apply_rotary_pos_emb(q, k, cos, sin, position_ids)  # positions 0..n-1 */
         rope(s->q, first, n, H, hd, s->rope_cos, s->rope_sin);
         rope(s->k, 0, n, KVH, hd, s->rope_cos, s->rope_sin);
         /* attn_weights = softmax(q @ k^T / sqrt(hd) + causal_mask, dtype=float32) @ v   (repeat_kv for GQA) */
         attention(s->att + (size_t)first * D, s->q + (size_t)first * D, D, s->k, s->v, kvd, rows, n, H, KVH, hd, 1, first,
-                  s->scores);
+                  s->scores, s->scores_stride, s->kt);
         /* attn_output = self.o_proj(attn_output); hidden_states = residual + hidden_states */
-        matmul(xn + (size_t)first * D, s->att + (size_t)first * D, &L->wo, NULL, rows);
-        add_inplace(x + (size_t)first * D, xn + (size_t)first * D, (size_t)rows * D);
+        matmul(x + (size_t)first * D, a, s->att + (size_t)first * D, rows, &L->wo, NULL, EPI_ADD);
         /* hidden_states = self.post_attention_layernorm(hidden_states, modality_indicators)
          * hidden_states = self.mlp(hidden_states)  # down(silu(gate(x)) * up(x)) */
         rmsnorm_spans(xn, x, L->mlp_norm, spans, n_spans, D, c->l_eps);
-        matmul(s->hb + (size_t)first * F, xn + (size_t)first * D, &L->gate, NULL, rows);
-        matmul(s->hb2 + (size_t)first * F, xn + (size_t)first * D, &L->up, NULL, rows);
+        acts_set(a, xn + (size_t)first * D, rows, D);
+        matmul_acts(s->hb + (size_t)first * F, F, a, &L->gate, NULL, EPI_STORE);
+        matmul_acts(s->hb2 + (size_t)first * F, F, a, &L->up, NULL, EPI_STORE);
         silu_mul(s->hb + (size_t)first * F, s->hb2 + (size_t)first * F, (size_t)rows * F);
-        matmul(xn + (size_t)first * D, s->hb + (size_t)first * F, &L->down, NULL, rows);
-        add_inplace(x + (size_t)first * D, xn + (size_t)first * D, (size_t)rows * D);
+        matmul(x + (size_t)first * D, a, s->hb + (size_t)first * F, rows, &L->down, NULL, EPI_ADD);
         snprintf(name, sizeof name, "llm_layer%d", l);
         dump_f32(dump, name, x, -1, 2, (int64_t)n, (int64_t)D);
     }
@@ -1143,7 +1773,7 @@ static void build_prompt(const Model *m, const char *task, const char *input, Pr
                        "USER: How would you rate the %s of this %s?\n<|image|>\nASSISTANT: The %s of the %s is",
                        task, input, task, input);
     if (len < 0 || (size_t)len >= sizeof text) fatal("prompt too long");
-    int cap = len + 8;
+    int cap = tokenizer_max_ids((size_t)len);
     p->ids = xmalloc((size_t)cap * sizeof(int));
     p->n_ids = tokenize_prompt(&m->tok, text, p->ids, cap);
     if (p->n_ids < 0 || p->n_ids > cap) fatal("tokenizing the prompt failed");
@@ -1155,6 +1785,14 @@ static void build_prompt(const Model *m, const char *task, const char *input, Pr
 /* Sequence length for a prompt with n_frames images spliced in. */
 static int sequence_length(const Model *m, const Prompt *p, int n_frames) {
     return p->n_ids - 1 + n_frames * (m->c.a_queries + 1);
+}
+
+/* logit of token id: lm_head row id . h, in f32 */
+static float head_logit(const Model *m, RunState *s, int id, const float *h) {
+    matrix_row(s->row, &m->l.head, id);
+    double sum = 0.0;
+    for (int i = 0; i < m->c.l_dim; i++) sum += (double)s->row[i] * h[i];
+    return (float)sum;
 }
 
 static void score_from_logits(Score *sc) {
@@ -1193,7 +1831,7 @@ static void score_frames(const Model *m, RunState *s, const Prompt *p, const flo
             t += n_frames * rows_per_frame;
             spans[n_spans++] = (Span){start, t, 1};
         } else {
-            dequant_row(s->x + (size_t)t * Dl, &m->l.embed, p->ids[i]);
+            matrix_row(s->x + (size_t)t * Dl, &m->l.embed, p->ids[i]);
             t++;
             if (n_spans && spans[n_spans - 1].modality == 0 && spans[n_spans - 1].end == start)
                 spans[n_spans - 1].end = t;
@@ -1217,11 +1855,11 @@ static void score_frames(const Model *m, RunState *s, const Prompt *p, const flo
     float *final = s->final;
     decoder_forward(m, s, n, spans, n_spans, final, dump);
     /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only 5 rows of lm_head */
-    for (int i = 0; i < N_LEVELS; i++) sc->logits[i] = dot_row(&m->l.head, c->level_ids[i], final);
+    for (int i = 0; i < N_LEVELS; i++) sc->logits[i] = head_logit(m, s, c->level_ids[i], final);
     score_from_logits(sc);
     if (dump) {
         float *all = xmalloc((size_t)c->l_vocab * sizeof(float));
-        for (int v = 0; v < c->l_vocab; v++) all[v] = dot_row(&m->l.head, v, final);
+        for (int v = 0; v < c->l_vocab; v++) all[v] = head_logit(m, s, v, final);
         dump_f32(dump, "logits_last", all, -1, 1, (int64_t)c->l_vocab);
         free(all);
         dump_f32(dump, "level_logits", sc->logits, -1, 1, (int64_t)N_LEVELS);
@@ -1264,6 +1902,8 @@ static void usage(FILE *f) {
             "  --scale 1-5|0-1         score scale (default 1-5; 0-1 is (score-1)/4)\n"
             "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
             "  --threads N             OpenMP threads (default: all cores)\n"
+            "  --precise               bf16 models: multiply with f32 activations (slower; what\n"
+            "                          reproduces the reference to 1e-4) instead of bf16 ones\n"
             "  -h, --help              this help\n"
             "other commands:\n"
             "  qalign --tokenize TEXT MODEL            print TEXT's token ids (with BOS)\n"
@@ -1281,6 +1921,7 @@ typedef struct {
     int scale01;            /* print (s-1)/4 */
     const char *dump_dir;   /* --dump */
     int threads;            /* --threads, 0 = default */
+    int precise;            /* --precise: f32 activations with bf16 weights */
 } Options;
 
 static void json_string(FILE *f, const char *s) {
@@ -1372,6 +2013,7 @@ static void cmd_info(const Model *m) {
     const Config *c = &m->c;
     printf("file        %s (%zu bytes, %d tensors, format version %d)\n", m->path, m->file_size, m->n_tensors, QALIGN_VERSION);
     printf("weights     %s\n", DT_NAMES[c->wtype]);
+    printf("kernels     %s\n", kernel_names());
     printf("vision      dim %d, layers %d, heads %d, mlp %d, image %d, patch %d, tokens %d, eps %g\n", c->v_dim,
            c->v_layers, c->v_heads, c->v_mlp, c->v_image, c->v_patch, c->v_tokens, c->v_eps);
     printf("abstractor  layers %d, heads %d, queries %d, mlp %d, eps %g, ffn eps %g\n", c->a_layers, c->a_heads,
@@ -1420,6 +2062,7 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "--threads")) { NEED_VALUE(); o.threads = parse_int(argv[++i], "--threads", 1, 4096); }
             else if (!strcmp(a, "--tokenize")) { NEED_VALUE(); tokenize_text = argv[++i]; }
             else if (!strcmp(a, "--info")) info = 1;
+            else if (!strcmp(a, "--precise")) o.precise = 1;
             else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
                 fatal("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
             else fatal("unknown option '%s' (try --help)", a);
@@ -1439,7 +2082,7 @@ int main(int argc, char **argv) {
     if (info) { cmd_info(&m); model_free(&m); return 0; }
     if (tokenize_text) {
         size_t len = strlen(tokenize_text);
-        int cap = (int)len + 8;
+        int cap = tokenizer_max_ids(len);
         int *ids = xmalloc((size_t)cap * sizeof(int));
         int n = tokenizer_encode(&m.tok, tokenize_text, len, 1, ids, cap);
         if (n < 0 || n > cap) fatal("tokenizing failed");
@@ -1456,7 +2099,7 @@ int main(int argc, char **argv) {
     build_prompt(&m, o.task, o.video ? "video" : "image", &p);
     int n_frames = o.video ? n_inputs : 1;
     RunState s;
-    run_state_alloc(&s, &m.c, n_frames, sequence_length(&m, &p, n_frames));
+    run_state_alloc(&s, &m.c, n_frames, sequence_length(&m, &p, n_frames), o.precise);
     size_t img = 3 * (size_t)m.c.v_image * m.c.v_image;
     float *pixels = xmalloc((size_t)n_frames * img * sizeof(float));
     Dump dump = {.dir = o.dump_dir}, *dp = o.dump_dir ? &dump : NULL;
