@@ -37,8 +37,8 @@ ifndef NO_OMP
   endif
 endif
 
-SRCS = qalign.c tokenizer.c image.c image_png.c image_jpeg.c
-HDRS = tokenizer.h image.h
+SRCS = qalign.c tokenizer.c image.c image_png.c image_jpeg.c app.c
+HDRS = tokenizer.h image.h app.h
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean
 all: qalign
@@ -49,7 +49,7 @@ qalign: $(SRCS) $(HDRS)
 # Unit tests written in C include qalign.c with -DTESTING (no main) and call its internals.
 build/%: tests/%.c $(SRCS) $(HDRS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
 
 TEST_BINS = $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
 
@@ -86,3 +86,8 @@ bench: qalign
 
 clean:
 	rm -rf qalign qalign-san build
+
+# Kernel micro-benchmark (one thread, GFLOP/s per weight type and shape).
+build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)

@@ -85,7 +85,7 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
-MAYBE_UNUSED static double now_seconds(void) {
+static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -579,9 +579,19 @@ typedef struct {
     float *xs;              /* ACT_Q8: (T, K/32) d * sum of the block's xq (q4_1's min term) */
     size_t cap;             /* T*K the buffers hold */
     int bf16_fast;          /* bf16 weights meet bf16 activations (else f32): AVX512-BF16 and not --precise */
+    /* The SIMD kernels read copies interleaved in tiles of R rows, so that one pointer walks
+     * a tile: 4-byte groups (an f32, a bf16 pair, or an int8 quad) as (tiles, K/group, R);
+     * rows past T are zeros. */
+    int R;                  /* rows per tile of the copies below (0: not made) */
+    uint32_t *xp;           /* (tiles, K/4 | K/2 | K, R) int8 quads (ACT_Q8), bf16 pairs, or f32 */
+    float *xdp;             /* ACT_Q8: (tiles, K/32, R) as xd */
+    int32_t *xcp;           /* ACT_Q8: (tiles, K/32, R) as xc */
+    float *xsp;             /* ACT_Q8: (tiles, K/32, R) as xs */
+    size_t pcap;            /* 4-byte groups xp holds */
 } Acts;
 
-static void acts_alloc(Acts *a, size_t cap, int bf16_fast) {
+/* cap: the largest T*K; max_k: the largest K (tiles pad T up to a multiple of R <= 16) */
+static void acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast) {
     memset(a, 0, sizeof *a);
     a->cap = cap;
     a->bf16_fast = bf16_fast;
@@ -590,6 +600,15 @@ static void acts_alloc(Acts *a, size_t cap, int bf16_fast) {
     a->xd = xmalloc((cap / QBLOCK + 1) * sizeof(float));
     a->xc = xmalloc((cap / QBLOCK + 1) * sizeof(int32_t));
     a->xs = xmalloc((cap / QBLOCK + 1) * sizeof(float));
+#ifdef QA_AVX512
+    a->pcap = cap + 16 * max_k;
+    a->xp = xmalloc(a->pcap * sizeof(uint32_t));
+    a->xdp = xmalloc((a->pcap / 8 + 1) * sizeof(float));
+    a->xcp = xmalloc((a->pcap / 8 + 1) * sizeof(int32_t));
+    a->xsp = xmalloc((a->pcap / 8 + 1) * sizeof(float));
+#else
+    (void)max_k;
+#endif
 }
 
 static void acts_free(Acts *a) {
@@ -598,6 +617,10 @@ static void acts_free(Acts *a) {
     free(a->xd);
     free(a->xc);
     free(a->xs);
+    free(a->xp);
+    free(a->xdp);
+    free(a->xcp);
+    free(a->xsp);
     memset(a, 0, sizeof *a);
 }
 
@@ -647,13 +670,19 @@ typedef struct {
     float *final;           /* (l_dim) final-norm hidden state of the last row */
     float *row;             /* (max(l_dim, v_dim)) one weight row as f32 */
     Acts acts;              /* the current matmul input, prepared for the weight type */
+    double seconds[4];      /* time spent so far in: preprocessing, vision tower, abstractor, decoder */
+    /* keys/values of the text before the image, the same for every image of a prompt */
+    int max_prefix;         /* rows the cache can hold */
+    int prefix_rows;        /* rows cached (0: none) */
+    int *prefix_ids;        /* (max_prefix) the token ids they were computed for */
+    float *kc, *vc;         /* (l_layers, max_prefix, kv_dim) RoPE'd keys, values */
 } RunState;
 
 static size_t attention_scratch_floats(size_t Tk);
 static size_t pad16(size_t n);
 
 /* precise: bf16 weights multiply f32 activations even where the CPU has a bf16 dot product */
-static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_seq, int precise) {
+static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_seq, int max_prefix, int precise) {
     memset(s, 0, sizeof *s);
     s->n_frames = n_frames;
     s->max_seq = max_seq;
@@ -711,7 +740,13 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     bf16_fast = !precise;
 #endif
     (void)precise;
-    acts_alloc(&s->acts, cap, bf16_fast);
+    size_t max_k = 0, ks[] = {3 * P * P, D, (size_t)c->v_mlp, (size_t)c->a_mlp, Dl, (size_t)c->l_mlp};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) max_k = ks[i] > max_k ? ks[i] : max_k;
+    acts_alloc(&s->acts, cap, max_k, bf16_fast);
+    s->max_prefix = max_prefix;
+    s->prefix_ids = xcalloc((size_t)max_prefix + 1, sizeof(int));
+    s->kc = xmalloc(((size_t)c->l_layers * max_prefix * kvd + 1) * sizeof(float));
+    s->vc = xmalloc(((size_t)c->l_layers * max_prefix * kvd + 1) * sizeof(float));
 }
 
 static void run_state_free(RunState *s) {
@@ -724,6 +759,9 @@ static void run_state_free(RunState *s) {
         *bufs[i] = NULL;
     }
     acts_free(&s->acts);
+    free(s->prefix_ids);
+    free(s->kc);
+    free(s->vc);
 }
 
 static int thread_id(void) {
@@ -984,6 +1022,10 @@ static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float 
 #endif
 }
 
+/* Rows per register tile of the SIMD kernels, by activation kind. */
+#define TILE_ROWS_Q8 4  /* 2 groups x 4 rows of int32 + float accumulators */
+#define TILE_ROWS_F 8   /* 2 groups x 8 rows of float accumulators */
+
 static void acts_prepare(Acts *a, ActKind kind) {
     int T = a->T, K = a->K, nb = K / QBLOCK;
     if (kind == ACT_BF16) {
@@ -996,6 +1038,34 @@ static void acts_prepare(Acts *a, ActKind kind) {
             quantize_row(a->xq + (size_t)t * K, a->xd + (size_t)t * nb, a->xc + (size_t)t * nb, a->xs + (size_t)t * nb,
                          a->x + (size_t)t * K, K);
     }
+#ifdef QA_AVX512
+    /* the tile-interleaved copies for the SIMD kernels */
+    int R = kind == ACT_Q8 ? TILE_ROWS_Q8 : TILE_ROWS_F, tiles = (T + R - 1) / R;
+    int per = kind == ACT_Q8 ? 4 : kind == ACT_BF16 ? 2 : 1, groups = K / per;
+    if ((size_t)tiles * R * groups > a->pcap) fatal("internal: packed activations exceed the workspace");
+#pragma omp parallel for schedule(static)
+    for (int ti = 0; ti < tiles; ti++) {
+        uint32_t *dst = a->xp + (size_t)ti * groups * R;
+        for (int r = 0; r < R; r++) {
+            int t = ti * R + r;
+            const uint8_t *src = kind == ACT_Q8 ? (const uint8_t *)(a->xq + (size_t)t * K)
+                               : kind == ACT_BF16 ? (const uint8_t *)(a->xb + (size_t)t * K) : (const uint8_t *)(a->x + (size_t)t * K);
+            for (int g = 0; g < groups; g++) {
+                uint32_t v = 0;
+                if (t < T) memcpy(&v, src + 4 * (size_t)g, 4);
+                dst[(size_t)g * R + r] = v;
+            }
+            if (kind == ACT_Q8)
+                for (int b = 0; b < nb; b++) {
+                    size_t i = ((size_t)ti * nb + b) * R + r, j = (size_t)t * nb + b;
+                    a->xdp[i] = t < T ? a->xd[j] : 0.0f;
+                    a->xcp[i] = t < T ? a->xc[j] : 0;
+                    a->xsp[i] = t < T ? a->xs[j] : 0.0f;
+                }
+        }
+    }
+    a->R = R;
+#endif
     a->kind = kind;
 }
 
@@ -1100,47 +1170,48 @@ static inline void store16(float *o, __m512 v, const float *bias, int col, int e
     if (epi == EPI_ADD) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
     _mm512_mask_storeu_ps(o, m, v);
 }
-#define TILE_STORE(acc)                                                                            \
-    for (int g = 0; g < G; g++) {                                                                  \
-        __mmask16 m = tail_mask(W->rows - (g0 + g) * 16);                                          \
-        for (int r = 0; r < R; r++)                                                                \
+
+/* The accumulators of a tile: rows [t0, t0 + R) (only the first nt are real) x groups
+ * g0.. (G of them). */
+#define TILE_STORE(acc)                                                                                  \
+    for (int g = 0; g < G; g++) {                                                                        \
+        __mmask16 m = tail_mask(W->rows - (g0 + g) * 16);                                                \
+        for (int r = 0; r < nt; r++)                                                                     \
             store16(out + (size_t)(t0 + r) * ldo + (g0 + g) * 16, acc[g][r], bias, (g0 + g) * 16, epi, m); \
     }
 
 /* f32 activations x f32 weights ([g][k][r]) or bf16 weights ([g][k/2][r][2]). */
 static inline __attribute__((always_inline)) void tile_f32_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
-                                                                  const float *bias, int epi, int t0, int g0, const int G,
-                                                                  const int R) {
+                                                                  const float *bias, int epi, int t0, int nt, int g0,
+                                                                  const int G) {
+    enum { R = TILE_ROWS_F };
     int K = W->cols;
-    __m512 acc[2][8];
+    __m512 acc[2][R];
     for (int g = 0; g < G; g++)
         for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
-    const float *x = a->x + (size_t)t0 * K;
+    const float *x = (const float *)a->xp + (size_t)(t0 / R) * K * R;
     if (W->dtype == DT_MF32) {
-        const float *w[2];
-        for (int g = 0; g < G; g++) w[g] = (const float *)W->data + (size_t)(g0 + g) * K * 16;
-        for (int k = 0; k < K; k++) {
-            __m512 wv[2];
-            for (int g = 0; g < G; g++) wv[g] = _mm512_loadu_ps(w[g] + (size_t)k * 16);
+        const float *w0 = (const float *)W->data + (size_t)g0 * K * 16, *w1 = w0 + (size_t)K * 16;
+        for (int k = 0; k < K; k++, x += R, w0 += 16, w1 += 16) {
+            __m512 wv0 = _mm512_loadu_ps(w0), wv1 = G > 1 ? _mm512_loadu_ps(w1) : wv0;
             for (int r = 0; r < R; r++) {
-                __m512 xv = _mm512_set1_ps(x[(size_t)r * K + k]);
-                for (int g = 0; g < G; g++) acc[g][r] = _mm512_fmadd_ps(wv[g], xv, acc[g][r]);
+                __m512 xv = _mm512_set1_ps(x[r]);
+                acc[0][r] = _mm512_fmadd_ps(wv0, xv, acc[0][r]);
+                if (G > 1) acc[1][r] = _mm512_fmadd_ps(wv1, xv, acc[1][r]);
             }
         }
     } else {
-        const uint32_t *w[2];
-        for (int g = 0; g < G; g++) w[g] = (const uint32_t *)W->data + (size_t)(g0 + g) * K / 2 * 16;
+        const uint32_t *w0 = (const uint32_t *)W->data + (size_t)g0 * K / 2 * 16, *w1 = w0 + (size_t)K / 2 * 16;
         const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-        for (int kp = 0; kp < K / 2; kp++) {
-            __m512 w0[2], w1[2];
-            for (int g = 0; g < G; g++) {
-                __m512i v = _mm512_loadu_si512(w[g] + (size_t)kp * 16);
-                w0[g] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-                w1[g] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
-            }
+        for (int kp = 0; kp < K / 2; kp++, x += 2 * R, w0 += 16, w1 += 16) {
+            __m512i v0 = _mm512_loadu_si512(w0), v1 = G > 1 ? _mm512_loadu_si512(w1) : v0;
+            __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, hi));
+            __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, hi));
             for (int r = 0; r < R; r++) {
-                __m512 x0 = _mm512_set1_ps(x[(size_t)r * K + 2 * kp]), x1 = _mm512_set1_ps(x[(size_t)r * K + 2 * kp + 1]);
-                for (int g = 0; g < G; g++) acc[g][r] = _mm512_fmadd_ps(w1[g], x1, _mm512_fmadd_ps(w0[g], x0, acc[g][r]));
+                /* packed f32 activations: column 2kp at x[r], 2kp+1 at x[R + r] */
+                __m512 xe = _mm512_set1_ps(x[r]), xo = _mm512_set1_ps(x[R + r]);
+                acc[0][r] = _mm512_fmadd_ps(o0, xo, _mm512_fmadd_ps(e0, xe, acc[0][r]));
+                if (G > 1) acc[1][r] = _mm512_fmadd_ps(o1, xo, _mm512_fmadd_ps(e1, xe, acc[1][r]));
             }
         }
     }
@@ -1150,23 +1221,21 @@ static inline __attribute__((always_inline)) void tile_f32_avx512(float *out, in
 #ifdef QA_AVX512_BF16
 /* bf16 activations x bf16 weights: vdpbf16ps sums a column pair per instruction. */
 static inline __attribute__((always_inline)) void tile_bf16_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
-                                                                   const float *bias, int epi, int t0, int g0,
-                                                                   const int G, const int R) {
+                                                                   const float *bias, int epi, int t0, int nt, int g0,
+                                                                   const int G) {
+    enum { R = TILE_ROWS_F };
     int K = W->cols;
-    __m512 acc[2][8];
+    __m512 acc[2][R];
     for (int g = 0; g < G; g++)
         for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
-    const uint32_t *w[2];
-    for (int g = 0; g < G; g++) w[g] = (const uint32_t *)W->data + (size_t)(g0 + g) * K / 2 * 16;
-    const uint16_t *x = a->xb + (size_t)t0 * K;
-    for (int kp = 0; kp < K / 2; kp++) {
-        __m512bh wv[2];
-        for (int g = 0; g < G; g++) wv[g] = (__m512bh)_mm512_loadu_si512(w[g] + (size_t)kp * 16);
+    const uint32_t *x = a->xp + (size_t)(t0 / R) * (K / 2) * R;
+    const uint32_t *w0 = (const uint32_t *)W->data + (size_t)g0 * K / 2 * 16, *w1 = w0 + (size_t)K / 2 * 16;
+    for (int kp = 0; kp < K / 2; kp++, x += R, w0 += 16, w1 += 16) {
+        __m512bh wv0 = (__m512bh)_mm512_loadu_si512(w0), wv1 = G > 1 ? (__m512bh)_mm512_loadu_si512(w1) : wv0;
         for (int r = 0; r < R; r++) {
-            uint32_t pair;
-            memcpy(&pair, x + (size_t)r * K + 2 * kp, 4);
-            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)pair);
-            for (int g = 0; g < G; g++) acc[g][r] = _mm512_dpbf16_ps(acc[g][r], wv[g], xv);
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)x[r]);
+            acc[0][r] = _mm512_dpbf16_ps(acc[0][r], wv0, xv);
+            if (G > 1) acc[1][r] = _mm512_dpbf16_ps(acc[1][r], wv1, xv);
         }
     }
     TILE_STORE(acc)
@@ -1177,99 +1246,93 @@ static inline __attribute__((always_inline)) void tile_bf16_avx512(float *out, i
 /* int8 activations x q8_0 / q4_1 weights: vpdpbusd multiplies 4 unsigned weight bytes by 4
  * signed activation bytes per lane; per 32-block the int32 sums are scaled into floats. */
 static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
-                                                                const float *bias, int epi, int t0, int g0, const int G,
-                                                                const int R) {
-    int K = W->cols, nb = K / QBLOCK, q4 = W->dtype == DT_MQ4_1;
+                                                                const float *bias, int epi, int t0, int nt, int g0,
+                                                                const int G, const int q4) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = K / QBLOCK;
     size_t bbytes = q4 ? MQ4_BLOCK_BYTES : MQ8_BLOCK_BYTES;
-    __m512 acc[2][8];
+    __m512 acc[2][R];
     for (int g = 0; g < G; g++)
         for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
-    const int8_t *xq = a->xq + (size_t)t0 * K;
+    size_t tile = (size_t)(t0 / R);
+    const uint32_t *x = a->xp + tile * (K / 4) * R;
+    const float *xd = a->xdp + tile * nb * R, *xs = a->xsp + tile * nb * R;
+    const int32_t *xc = a->xcp + tile * nb * R;
+    const uint8_t *b0 = (const uint8_t *)W->data + (size_t)g0 * nb * bbytes, *b1 = b0 + (size_t)nb * bbytes;
     const __m512i low4 = _mm512_set1_epi8(15);
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *blk[2];
-        for (int g = 0; g < G; g++) blk[g] = (const uint8_t *)W->data + ((size_t)(g0 + g) * nb + b) * bbytes;
-        __m512i s[2][8];
+    for (int b = 0; b < nb; b++, b0 += bbytes, b1 += bbytes, x += 8 * R, xd += R, xc += R, xs += R) {
+        __m512i s[2][R];
         for (int r = 0; r < R; r++) {
             /* q8_0 weights are stored +128: start from -128 * sum(xq) to undo it */
-            __m512i c = q4 ? _mm512_setzero_si512() : _mm512_set1_epi32(a->xc[(size_t)(t0 + r) * nb + b]);
-            for (int g = 0; g < G; g++) s[g][r] = c;
+            __m512i c = q4 ? _mm512_setzero_si512() : _mm512_set1_epi32(xc[r]);
+            s[0][r] = c;
+            if (G > 1) s[1][r] = c;
         }
         for (int j = 0; j < 8; j++) {
-            __m512i wv[2];
-            for (int g = 0; g < G; g++) {
-                if (q4) {
-                    __m512i v = _mm512_loadu_si512(blk[g] + (j / 2) * 64);
-                    wv[g] = (j % 2) ? _mm512_and_si512(_mm512_srli_epi16(v, 4), low4) : _mm512_and_si512(v, low4);
-                } else {
-                    wv[g] = _mm512_loadu_si512(blk[g] + j * 64);
+            __m512i w0, w1 = _mm512_setzero_si512();
+            if (q4) {
+                __m512i v0 = _mm512_loadu_si512(b0 + (j / 2) * 64);
+                w0 = (j % 2) ? _mm512_and_si512(_mm512_srli_epi16(v0, 4), low4) : _mm512_and_si512(v0, low4);
+                if (G > 1) {
+                    __m512i v1 = _mm512_loadu_si512(b1 + (j / 2) * 64);
+                    w1 = (j % 2) ? _mm512_and_si512(_mm512_srli_epi16(v1, 4), low4) : _mm512_and_si512(v1, low4);
                 }
+            } else {
+                w0 = _mm512_loadu_si512(b0 + j * 64);
+                if (G > 1) w1 = _mm512_loadu_si512(b1 + j * 64);
             }
             for (int r = 0; r < R; r++) {
-                int32_t quad;
-                memcpy(&quad, xq + (size_t)r * K + b * QBLOCK + 4 * j, 4);
-                __m512i xv = _mm512_set1_epi32(quad);
-                for (int g = 0; g < G; g++) s[g][r] = _mm512_dpbusd_epi32(s[g][r], wv[g], xv);
+                __m512i xv = _mm512_set1_epi32((int)x[j * R + r]);
+                s[0][r] = _mm512_dpbusd_epi32(s[0][r], w0, xv);
+                if (G > 1) s[1][r] = _mm512_dpbusd_epi32(s[1][r], w1, xv);
             }
         }
-        __m512 dw[2], mw[2];
-        for (int g = 0; g < G; g++) {
-            dw[g] = _mm512_loadu_ps((const float *)(blk[g] + (q4 ? 256 : 512)));
-            if (q4) mw[g] = _mm512_loadu_ps((const float *)(blk[g] + 320));
-        }
+        __m512 d0 = _mm512_loadu_ps((const float *)(b0 + (q4 ? 256 : 512)));
+        __m512 d1 = G > 1 ? _mm512_loadu_ps((const float *)(b1 + (q4 ? 256 : 512))) : d0;
         for (int r = 0; r < R; r++) {
-            __m512 dx = _mm512_set1_ps(a->xd[(size_t)(t0 + r) * nb + b]);
-            for (int g = 0; g < G; g++) {
-                acc[g][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][r]), _mm512_mul_ps(dw[g], dx), acc[g][r]);
-                if (q4) acc[g][r] = _mm512_fmadd_ps(mw[g], _mm512_set1_ps(a->xs[(size_t)(t0 + r) * nb + b]), acc[g][r]);
+            __m512 dx = _mm512_set1_ps(xd[r]);
+            acc[0][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0][r]), _mm512_mul_ps(d0, dx), acc[0][r]);
+            if (G > 1) acc[1][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1][r]), _mm512_mul_ps(d1, dx), acc[1][r]);
+        }
+        if (q4) {
+            __m512 m0 = _mm512_loadu_ps((const float *)(b0 + 320)), m1 = G > 1 ? _mm512_loadu_ps((const float *)(b1 + 320)) : m0;
+            for (int r = 0; r < R; r++) {
+                __m512 sx = _mm512_set1_ps(xs[r]);
+                acc[0][r] = _mm512_fmadd_ps(m0, sx, acc[0][r]);
+                if (G > 1) acc[1][r] = _mm512_fmadd_ps(m1, sx, acc[1][r]);
             }
         }
     }
     TILE_STORE(acc)
 }
 #endif
-
-/* Instantiate a tile for G in {1, 2} and R in 1..RMAX with constant loop bounds. */
-#define TILE_SWITCH(fn, G, nt)                                                                              \
-    switch (nt) {                                                                                           \
-    case 1: fn(out, ldo, a, W, bias, epi, t0, g0, G, 1); break;                                             \
-    case 2: fn(out, ldo, a, W, bias, epi, t0, g0, G, 2); break;                                             \
-    case 3: fn(out, ldo, a, W, bias, epi, t0, g0, G, 3); break;                                             \
-    case 4: fn(out, ldo, a, W, bias, epi, t0, g0, G, 4); break;                                             \
-    case 5: fn(out, ldo, a, W, bias, epi, t0, g0, G, 5); break;                                             \
-    case 6: fn(out, ldo, a, W, bias, epi, t0, g0, G, 6); break;                                             \
-    case 7: fn(out, ldo, a, W, bias, epi, t0, g0, G, 7); break;                                             \
-    default: fn(out, ldo, a, W, bias, epi, t0, g0, G, 8); break;                                            \
-    }
 #endif /* QA_AVX512 */
 
-/* Rows of activations per tile for a weight type: as many as the registers allow. */
-static int tile_rows(const Acts *a, const Tensor *W) {
-#ifdef QA_AVX512
-    if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) return 5; /* 2x5 int + 2x5 float accumulators */
-    return 8;                                                     /* 2x8 float accumulators */
-#else
-    (void)a; (void)W;
-    return 4;
-#endif
-}
-
-/* One tile, SIMD when this build has a kernel for the weight and activation types. */
+/* One tile: rows [t0, t0+nt) x groups [g0, g0+ng), SIMD when this build has a kernel for
+ * the weight and activation types (then t0 is a multiple of the tile rows a->R). */
 static void tile(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0, int ng) {
 #ifdef QA_AVX512
     if (W->dtype == DT_MF32 || (W->dtype == DT_MBF16 && a->kind == ACT_F32)) {
-        if (ng == 2) { TILE_SWITCH(tile_f32_avx512, 2, nt) } else { TILE_SWITCH(tile_f32_avx512, 1, nt) }
+        if (ng == 2) tile_f32_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2);
+        else tile_f32_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1);
         return;
     }
 #ifdef QA_AVX512_BF16
     if (W->dtype == DT_MBF16 && a->kind == ACT_BF16) {
-        if (ng == 2) { TILE_SWITCH(tile_bf16_avx512, 2, nt) } else { TILE_SWITCH(tile_bf16_avx512, 1, nt) }
+        if (ng == 2) tile_bf16_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2);
+        else tile_bf16_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1);
         return;
     }
 #endif
 #ifdef QA_AVX512_VNNI
-    if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) {
-        if (ng == 2) { TILE_SWITCH(tile_q_avx512, 2, nt) } else { TILE_SWITCH(tile_q_avx512, 1, nt) }
+    if (W->dtype == DT_MQ8_0) {
+        if (ng == 2) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 0);
+        else tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 0);
+        return;
+    }
+    if (W->dtype == DT_MQ4_1) {
+        if (ng == 2) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 1);
+        else tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 1);
         return;
     }
 #endif
@@ -1283,7 +1346,7 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     if (a->K != W->cols) fatal("internal: matmul of %d-wide activations with a %d-wide matrix", a->K, W->cols);
     ActKind kind = act_kind_for(a, W->dtype);
     if (a->kind != kind) acts_prepare(a, kind);
-    int groups = (W->rows + 15) / 16, tiles = (groups + 1) / 2, RT = tile_rows(a, W), T = a->T;
+    int groups = (W->rows + 15) / 16, tiles = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < tiles; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
@@ -1647,13 +1710,14 @@ typedef struct {
     int modality;           /* 0 text, 1 visual */
 } Span;
 
-/* Rows of x (n, C) normalised with the weight of their modality. */
-static void rmsnorm_spans(float *out, const float *x, const float *const w[2], const Span *spans, int n_spans, int C, float eps) {
+/* Rows [lo, hi) of x (n, C) normalised with the weight of their modality. */
+static void rmsnorm_spans(float *out, const float *x, const float *const w[2], const Span *spans, int n_spans, int lo, int hi,
+                          int C, float eps) {
     for (int si = 0; si < n_spans; si++) {
         const Span *sp = &spans[si];
+        int a = sp->start > lo ? sp->start : lo, b = sp->end < hi ? sp->end : hi;
 #pragma omp parallel for schedule(static)
-        for (int t = sp->start; t < sp->end; t++)
-            rmsnorm_row(out + (size_t)t * C, x + (size_t)t * C, w[sp->modality], C, eps);
+        for (int t = a; t < b; t++) rmsnorm_row(out + (size_t)t * C, x + (size_t)t * C, w[sp->modality], C, eps);
     }
 }
 
@@ -1688,7 +1752,12 @@ static void rope(float *x, int start, int n, int heads, int hd, const float *cos
         }
 }
 
-static void decoder_forward(const Model *m, RunState *s, int n, const Span *spans, int n_spans, float *final, Dump *dump) {
+/* Runs the decoder layers over rows [start, n) of s->x. Rows [0, start) are a cached
+ * prefix: their keys and values for every layer are in s->kc / s->vc, saved by an earlier
+ * call with save_prefix (start = 0, n = the prefix length). If final is not NULL it gets
+ * the final-norm state of row n-1. */
+static void decoder_forward(const Model *m, RunState *s, int start, int n, const Span *spans, int n_spans, int save_prefix,
+                            float *final, Dump *dump) {
     const Config *c = &m->c;
     const DecoderWeights *w = &m->l;
     int D = c->l_dim, H = c->l_heads, KVH = c->l_kv_heads, hd = c->l_head_dim, kvd = KVH * hd, F = c->l_mlp;
@@ -1699,33 +1768,45 @@ static void decoder_forward(const Model *m, RunState *s, int n, const Span *span
     rope_tables(s->rope_cos, s->rope_sin, n, hd, c->l_rope_theta);
     for (int l = 0; l < c->l_layers; l++) {
         const DecoderLayer *L = &w->layers[l];
-        /* rows that must go all the way through this layer: all of them, except in the
-         * last layer, where only the last row is used (keys/values still need every row) */
-        int first = (l == c->l_layers - 1 && !dump) ? n - 1 : 0;
+        size_t cache = (size_t)l * s->max_prefix * kvd;
+        /* rows that go all the way through this layer: all new rows, except in the last
+         * layer, where only the last row is used (or none, when filling the prefix cache) */
+        int first = start;
+        if (l == c->l_layers - 1 && !dump) first = final ? n - 1 : n;
         int rows = n - first;
         /* hidden_states = self.input_layernorm(hidden_states, modality_indicators) */
-        rmsnorm_spans(xn, x, L->attn_norm, spans, n_spans, D, c->l_eps);
-        /* query_states = self.q_proj(hidden_states)
-         * key_states   = self.k_proj(hidden_states, modality_indicators)  # multiway[m] per row
+        rmsnorm_spans(xn, x, L->attn_norm, spans, n_spans, start, n, D, c->l_eps);
+        /* key_states   = self.k_proj(hidden_states, modality_indicators)  # multiway[m] per row
          * value_states = self.v_proj(hidden_states, modality_indicators) */
-        matmul(s->q + (size_t)first * D, a, xn + (size_t)first * D, rows, &L->wq, NULL, EPI_STORE);
         for (int si = 0; si < n_spans; si++) {
-            const Span *sp = &spans[si];
-            acts_set(a, xn + (size_t)sp->start * D, sp->end - sp->start, D);
-            matmul_acts(s->k + (size_t)sp->start * kvd, kvd, a, &L->wk[sp->modality], NULL, EPI_STORE);
-            matmul_acts(s->v + (size_t)sp->start * kvd, kvd, a, &L->wv[sp->modality], NULL, EPI_STORE);
+            int lo = spans[si].start > start ? spans[si].start : start, hi = spans[si].end < n ? spans[si].end : n;
+            if (hi <= lo) continue;
+            acts_set(a, xn + (size_t)lo * D, hi - lo, D);
+            matmul_acts(s->k + (size_t)lo * kvd, kvd, a, &L->wk[spans[si].modality], NULL, EPI_STORE);
+            matmul_acts(s->v + (size_t)lo * kvd, kvd, a, &L->wv[spans[si].modality], NULL, EPI_STORE);
         }
-        /* query_states, key_states = apply_rotary_pos_emb(q, k, cos, sin, position_ids)  # positions 0..n-1 */
+        /* key_states = apply_rotary_pos_emb(k, cos, sin, position_ids)   # positions 0..n-1 */
+        rope(s->k, start, n, KVH, hd, s->rope_cos, s->rope_sin);
+        if (start > 0) { /* the cached prefix */
+            memcpy(s->k, s->kc + cache, (size_t)start * kvd * sizeof(float));
+            memcpy(s->v, s->vc + cache, (size_t)start * kvd * sizeof(float));
+        }
+        if (save_prefix) {
+            memcpy(s->kc + cache, s->k, (size_t)n * kvd * sizeof(float));
+            memcpy(s->vc + cache, s->v, (size_t)n * kvd * sizeof(float));
+        }
+        if (rows == 0) continue;
+        /* query_states = apply_rotary_pos_emb(self.q_proj(hidden_states), cos, sin, position_ids) */
+        matmul(s->q + (size_t)first * D, a, xn + (size_t)first * D, rows, &L->wq, NULL, EPI_STORE);
         rope(s->q, first, n, H, hd, s->rope_cos, s->rope_sin);
-        rope(s->k, 0, n, KVH, hd, s->rope_cos, s->rope_sin);
         /* attn_weights = softmax(q @ k^T / sqrt(hd) + causal_mask, dtype=float32) @ v   (repeat_kv for GQA) */
         attention(s->att + (size_t)first * D, s->q + (size_t)first * D, D, s->k, s->v, kvd, rows, n, H, KVH, hd, 1, first,
                   s->scores, s->scores_stride, s->kt);
         /* attn_output = self.o_proj(attn_output); hidden_states = residual + hidden_states */
         matmul(x + (size_t)first * D, a, s->att + (size_t)first * D, rows, &L->wo, NULL, EPI_ADD);
         /* hidden_states = self.post_attention_layernorm(hidden_states, modality_indicators)
-         * hidden_states = self.mlp(hidden_states)  # down(silu(gate(x)) * up(x)) */
-        rmsnorm_spans(xn, x, L->mlp_norm, spans, n_spans, D, c->l_eps);
+         * hidden_states = residual + self.mlp(hidden_states)  # down(silu(gate(x)) * up(x)) */
+        rmsnorm_spans(xn, x, L->mlp_norm, spans, n_spans, first, n, D, c->l_eps);
         acts_set(a, xn + (size_t)first * D, rows, D);
         matmul_acts(s->hb + (size_t)first * F, F, a, &L->gate, NULL, EPI_STORE);
         matmul_acts(s->hb2 + (size_t)first * F, F, a, &L->up, NULL, EPI_STORE);
@@ -1734,6 +1815,7 @@ static void decoder_forward(const Model *m, RunState *s, int n, const Span *span
         snprintf(name, sizeof name, "llm_layer%d", l);
         dump_f32(dump, name, x, -1, 2, (int64_t)n, (int64_t)D);
     }
+    if (!final) return;
     /* hidden_states = self.norm(hidden_states) */
     if (dump) {
 #pragma omp parallel for schedule(static)
@@ -1814,9 +1896,14 @@ static void score_frames(const Model *m, RunState *s, const Prompt *p, const flo
     /* image_features = self.encode_images(images)   # vision tower + abstractor, per frame */
     for (int f = 0; f < n_frames; f++) {
         dump_f32(dump, "pixel_values", pixels + f * img, f, 4, (int64_t)n_frames, (int64_t)3, (int64_t)c->v_image, (int64_t)c->v_image);
+        double t0 = now_seconds();
         vision_forward(m, s, pixels + f * img, s->vision_out + f * T * D, dump, f, n_frames);
+        double t1 = now_seconds();
         abstractor_forward(m, s, s->vision_out + f * T * D, s->visual + f * (size_t)rows_per_frame * Dl, dump, f, n_frames);
+        s->seconds[1] += t1 - t0;
+        s->seconds[2] += now_seconds() - t1;
     }
+    double t_dec = now_seconds();
 
     /* prepare_inputs_labels_for_multimodal: text rows = embed_tokens(ids); the image marker
      * is replaced by the frames' visual rows, flattened in frame order; modality 1 for them */
@@ -1852,8 +1939,19 @@ static void score_frames(const Model *m, RunState *s, const Prompt *p, const flo
         dump_f32(dump, "llm_inputs_embeds", s->x, -1, 2, (int64_t)n, (int64_t)Dl);
     }
 
+    /* The text before the image is the same for every image of a run: its keys and values
+     * are computed once and reused (exactly: no row depends on later rows). Dumps compute
+     * every row, to show every row. */
+    int prefix = (!dump && spans[0].modality == 0) ? spans[0].end : 0;
+    if (prefix > s->max_prefix) prefix = 0;
+    if (prefix && (s->prefix_rows != prefix || memcmp(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int)))) {
+        decoder_forward(m, s, 0, prefix, spans, 1, 1, NULL, NULL);
+        s->prefix_rows = prefix;
+        memcpy(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int));
+    }
     float *final = s->final;
-    decoder_forward(m, s, n, spans, n_spans, final, dump);
+    decoder_forward(m, s, prefix, n, spans, n_spans, 0, final, dump);
+    s->seconds[3] += now_seconds() - t_dec;
     /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only 5 rows of lm_head */
     for (int i = 0; i < N_LEVELS; i++) sc->logits[i] = head_logit(m, s, c->level_ids[i], final);
     score_from_logits(sc);
@@ -1869,13 +1967,15 @@ static void score_frames(const Model *m, RunState *s, const Prompt *p, const flo
 
 /* Decode + preprocess one file into normalised pixels (3, S, S); resized (S, S, 3) kept
  * for dumps. Returns 0, or -1 with a message. */
-static int load_pixels(const Model *m, const char *path, float *pixels, Image *resized, char *err, size_t errlen) {
+static int load_pixels(const Model *m, RunState *s, const char *path, float *pixels, Image *resized, char *err, size_t errlen) {
     Image img = {0}, sq = {0};
+    double t0 = now_seconds();
     if (image_load(path, &img, err, errlen) != 0) return -1;
     int rc = image_preprocess(&img, m->c.fill, m->c.v_image, &sq, err, errlen);
     image_free(&img);
     if (rc != 0) return -1;
     image_normalize(&sq, m->c.mean, m->c.std, pixels);
+    s->seconds[0] += now_seconds() - t0;
     if (resized)
         *resized = sq;
     else
@@ -1904,6 +2004,7 @@ static void usage(FILE *f) {
             "  --threads N             OpenMP threads (default: all cores)\n"
             "  --precise               bf16 models: multiply with f32 activations (slower; what\n"
             "                          reproduces the reference to 1e-4) instead of bf16 ones\n"
+            "  --timings               print the seconds spent in each stage (stderr)\n"
             "  -h, --help              this help\n"
             "other commands:\n"
             "  qalign --tokenize TEXT MODEL            print TEXT's token ids (with BOS)\n"
@@ -1922,6 +2023,7 @@ typedef struct {
     const char *dump_dir;   /* --dump */
     int threads;            /* --threads, 0 = default */
     int precise;            /* --precise: f32 activations with bf16 weights */
+    int timings;            /* --timings: seconds per stage on stderr at the end */
 } Options;
 
 static void json_string(FILE *f, const char *s) {
@@ -2063,6 +2165,7 @@ int main(int argc, char **argv) {
             else if (!strcmp(a, "--tokenize")) { NEED_VALUE(); tokenize_text = argv[++i]; }
             else if (!strcmp(a, "--info")) info = 1;
             else if (!strcmp(a, "--precise")) o.precise = 1;
+            else if (!strcmp(a, "--timings")) o.timings = 1;
             else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
                 fatal("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
             else fatal("unknown option '%s' (try --help)", a);
@@ -2099,7 +2202,7 @@ int main(int argc, char **argv) {
     build_prompt(&m, o.task, o.video ? "video" : "image", &p);
     int n_frames = o.video ? n_inputs : 1;
     RunState s;
-    run_state_alloc(&s, &m.c, n_frames, sequence_length(&m, &p, n_frames), o.precise);
+    run_state_alloc(&s, &m.c, n_frames, sequence_length(&m, &p, n_frames), p.n_ids, o.precise);
     size_t img = 3 * (size_t)m.c.v_image * m.c.v_image;
     float *pixels = xmalloc((size_t)n_frames * img * sizeof(float));
     Dump dump = {.dir = o.dump_dir}, *dp = o.dump_dir ? &dump : NULL;
@@ -2110,7 +2213,7 @@ int main(int argc, char **argv) {
         int ok = 1;
         for (int f = 0; f < n_frames && ok; f++) {
             Image resized = {0};
-            if (load_pixels(&m, inputs[f], pixels + f * img, dp ? &resized : NULL, err, sizeof err) != 0) {
+            if (load_pixels(&m, &s, inputs[f], pixels + f * img, dp ? &resized : NULL, err, sizeof err) != 0) {
                 print_error(&o, inputs[f], err);
                 ok = 0;
             } else if (dp) {
@@ -2127,7 +2230,7 @@ int main(int argc, char **argv) {
     } else {
         for (int i = 0; i < n_inputs; i++) {
             Image resized = {0};
-            if (load_pixels(&m, inputs[i], pixels, dp ? &resized : NULL, err, sizeof err) != 0) {
+            if (load_pixels(&m, &s, inputs[i], pixels, dp ? &resized : NULL, err, sizeof err) != 0) {
                 print_error(&o, inputs[i], err);
                 failures++;
                 continue;
@@ -2143,6 +2246,13 @@ int main(int argc, char **argv) {
         }
     }
     if (dp && dump.failed) fatal("writing the dump to %s failed", o.dump_dir);
+    if (o.timings) {
+        double *t = s.seconds, total = t[0] + t[1] + t[2] + t[3];
+        int scored = (o.video ? 1 : n_inputs) - failures;
+        fprintf(stderr, "qalign: timings (%d threads, %s): preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
+                "decoder %.3f s, total %.3f s for %d input%s\n", s.n_threads, kernel_names(), t[0], t[1], t[2], t[3],
+                total, scored, scored == 1 ? "" : "s");
+    }
     free(pixels);
     free(p.ids);
     free(inputs);
