@@ -811,7 +811,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="random seed for --synthetic")
     ap.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's, or $QALIGN_TOKENIZER)")
     ap.add_argument("-q", "--quiet", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_intermixed_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     log = (lambda *x: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     wtype = DTYPES[a.dtype]
