@@ -91,3 +91,19 @@ clean:
 build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+
+# ---- x86 variant builds (each compiles a different set of SIMD kernels) ------------------
+# The tests build and run these too (tests/test_variants.py), so every kernel path that can
+# run on the test machine is tested, not just the one -march=native picks.
+VARIANT_FLAGS_scalar     = -O3
+VARIANT_FLAGS_avx2       = -O3 -march=x86-64-v3
+VARIANT_FLAGS_avx2vnni   = -O3 -march=x86-64-v3 -mavxvnni
+VARIANT_FLAGS_avx512     = -O3 -march=x86-64-v4 -mavx512vnni -mavx512bf16
+OMP_FLAG := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo -fopenmp)
+BASE_FLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wno-unused-parameter $(OMP_FLAG)
+build/qalign-%: $(SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -o $@ $(SRCS) $(LDLIBS)
+build/test_kernels-%: tests/test_kernels.c $(SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)

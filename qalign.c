@@ -47,6 +47,12 @@
 #if defined(__AVX512BF16__)
 #define QA_AVX512_BF16 1
 #endif
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define QA_AVX2 1
+#endif
+#if defined(QA_AVX512) || defined(QA_AVX2)
+#define QA_SIMD 1 /* matmul tiles read tile-interleaved activations (Acts.xp) */
 #endif
 
 /* ----------------------------------------------------------------------------------------
@@ -594,13 +600,17 @@ typedef struct {
 static void acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast) {
     memset(a, 0, sizeof *a);
     a->cap = cap;
-    a->bf16_fast = bf16_fast;
+#ifdef QA_AVX512_BF16
+    a->bf16_fast = bf16_fast; /* only where a kernel multiplies bf16 by bf16 */
+#else
+    (void)bf16_fast;
+#endif
     a->xb = xmalloc(cap * sizeof(uint16_t));
     a->xq = xmalloc(cap);
     a->xd = xmalloc((cap / QBLOCK + 1) * sizeof(float));
     a->xc = xmalloc((cap / QBLOCK + 1) * sizeof(int32_t));
     a->xs = xmalloc((cap / QBLOCK + 1) * sizeof(float));
-#ifdef QA_AVX512
+#ifdef QA_SIMD
     a->pcap = cap + 16 * max_k;
     a->xp = xmalloc(a->pcap * sizeof(uint32_t));
     a->xdp = xmalloc((a->pcap / 8 + 1) * sizeof(float));
@@ -735,11 +745,7 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     size_t sizes[] = {(T - 1) * 3 * P * P, T * D, T * (size_t)c->v_mlp, E * D, Q * (size_t)c->a_mlp, S * Dl, S * (size_t)c->l_mlp};
     size_t cap = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) cap = sizes[i] > cap ? sizes[i] : cap;
-    int bf16_fast = 0;
-#ifdef QA_AVX512_BF16
-    bf16_fast = !precise;
-#endif
-    (void)precise;
+    int bf16_fast = !precise;
     size_t max_k = 0, ks[] = {3 * P * P, D, (size_t)c->v_mlp, (size_t)c->a_mlp, Dl, (size_t)c->l_mlp};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) max_k = ks[i] > max_k ? ks[i] : max_k;
     acts_alloc(&s->acts, cap, max_k, bf16_fast);
@@ -795,6 +801,12 @@ static const char *kernel_names(void) {
 #endif
 #ifdef QA_AVX512_BF16
            " avx512-bf16"
+#endif
+#ifdef QA_AVX2
+           " avx2"
+#endif
+#if defined(QA_AVX2) && defined(__AVXVNNI__)
+           " avx-vnni"
 #endif
 #ifdef _OPENMP
            " openmp"
@@ -1023,8 +1035,13 @@ static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float 
 }
 
 /* Rows per register tile of the SIMD kernels, by activation kind. */
+#if defined(QA_AVX512)
 #define TILE_ROWS_Q8 4  /* 2 groups x 4 rows of int32 + float accumulators */
 #define TILE_ROWS_F 8   /* 2 groups x 8 rows of float accumulators */
+#else
+#define TILE_ROWS_Q8 4  /* 1 group (two halves) x 4 rows of int32 accumulators */
+#define TILE_ROWS_F 4   /* 1 group (two halves) x 4 rows of float accumulators */
+#endif
 
 static void acts_prepare(Acts *a, ActKind kind) {
     int T = a->T, K = a->K, nb = K / QBLOCK;
@@ -1038,7 +1055,7 @@ static void acts_prepare(Acts *a, ActKind kind) {
             quantize_row(a->xq + (size_t)t * K, a->xd + (size_t)t * nb, a->xc + (size_t)t * nb, a->xs + (size_t)t * nb,
                          a->x + (size_t)t * K, K);
     }
-#ifdef QA_AVX512
+#ifdef QA_SIMD
     /* the tile-interleaved copies for the SIMD kernels */
     int R = kind == ACT_Q8 ? TILE_ROWS_Q8 : TILE_ROWS_F, tiles = (T + R - 1) / R;
     int per = kind == ACT_Q8 ? 4 : kind == ACT_BF16 ? 2 : 1, groups = K / per;
@@ -1308,6 +1325,123 @@ static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int 
 #endif
 #endif /* QA_AVX512 */
 
+#if defined(QA_AVX2)
+/* AVX2 (+FMA, and AVX-VNNI where present): a group of 16 rows is two 8-lane halves, one
+ * group per tile (16 registers do not hold more), float sums of int8 tiles kept in memory. */
+static inline void store8(float *o, __m256 v, const float *bias, int col, int epi, int n) {
+    float tmp[8];
+    _mm256_storeu_ps(tmp, v);
+    for (int i = 0; i < n && i < 8; i++) store_out(o + i, tmp[i], bias, col + i, epi);
+}
+
+static void tile_f32_avx2(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0) {
+    enum { R = TILE_ROWS_F };
+    int K = W->cols;
+    __m256 acc[R][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const float *x = (const float *)a->xp + (size_t)(t0 / R) * K * R;
+    if (W->dtype == DT_MF32) {
+        const float *w = (const float *)W->data + (size_t)g0 * K * 16;
+        for (int k = 0; k < K; k++, x += R, w += 16) {
+            __m256 lo = _mm256_loadu_ps(w), hi = _mm256_loadu_ps(w + 8);
+            for (int r = 0; r < R; r++) {
+                __m256 xv = _mm256_broadcast_ss(x + r);
+                acc[r][0] = _mm256_fmadd_ps(lo, xv, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(hi, xv, acc[r][1]);
+            }
+        }
+    } else {
+        const uint32_t *w = (const uint32_t *)W->data + (size_t)g0 * K / 2 * 16;
+        const __m256i mhi = _mm256_set1_epi32((int)0xffff0000u);
+        for (int kp = 0; kp < K / 2; kp++, x += 2 * R, w += 16) {
+            __m256i v0 = _mm256_loadu_si256((const __m256i *)w), v1 = _mm256_loadu_si256((const __m256i *)(w + 8));
+            __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, mhi));
+            __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, mhi));
+            for (int r = 0; r < R; r++) {
+                __m256 xe = _mm256_broadcast_ss(x + r), xo = _mm256_broadcast_ss(x + R + r);
+                acc[r][0] = _mm256_fmadd_ps(o0, xo, _mm256_fmadd_ps(e0, xe, acc[r][0]));
+                acc[r][1] = _mm256_fmadd_ps(o1, xo, _mm256_fmadd_ps(e1, xe, acc[r][1]));
+            }
+        }
+    }
+    int valid = W->rows - g0 * 16;
+    for (int r = 0; r < nt; r++) {
+        store8(out + (size_t)(t0 + r) * ldo + g0 * 16, acc[r][0], bias, g0 * 16, epi, valid);
+        store8(out + (size_t)(t0 + r) * ldo + g0 * 16 + 8, acc[r][1], bias, g0 * 16 + 8, epi, valid - 8);
+    }
+}
+
+/* sum over 4 bytes per lane of unsigned w x signed x, added to acc */
+static inline __m256i dot_u8s8(__m256i acc, __m256i w, __m256i x) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, w, x);
+#else
+    /* maddubs saturates at 16 bits: 255 * 127 * 2 would, so q8 tiles pass |q| and x*sign(q)
+     * (see tile_q_avx2); q4 nibbles (<= 15) are safe as they are */
+    __m256i p = _mm256_maddubs_epi16(w, x);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+static void tile_q_avx2(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = K / QBLOCK, q4 = W->dtype == DT_MQ4_1;
+    size_t bbytes = q4 ? MQ4_BLOCK_BYTES : MQ8_BLOCK_BYTES, tile = (size_t)(t0 / R);
+    float acc[R][16];
+    memset(acc, 0, sizeof acc);
+    const uint32_t *x = a->xp + tile * (K / 4) * R;
+    const float *xd = a->xdp + tile * nb * R, *xs = a->xsp + tile * nb * R;
+    const int32_t *xc = a->xcp + tile * nb * R;
+    const uint8_t *blk = (const uint8_t *)W->data + (size_t)g0 * nb * bbytes;
+    const __m256i low4 = _mm256_set1_epi8(15);
+    for (int b = 0; b < nb; b++, blk += bbytes, x += 8 * R, xd += R, xc += R, xs += R) {
+        __m256i s[R][2];
+        for (int r = 0; r < R; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            __m256i w[2];
+            for (int h = 0; h < 2; h++) {
+                if (q4) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(blk + (j / 2) * 64 + 32 * h));
+                    w[h] = (j % 2) ? _mm256_and_si256(_mm256_srli_epi16(v, 4), low4) : _mm256_and_si256(v, low4);
+                } else {
+                    w[h] = _mm256_loadu_si256((const __m256i *)(blk + j * 64 + 32 * h));
+#if !defined(__AVXVNNI__)
+                    w[h] = _mm256_xor_si256(w[h], _mm256_set1_epi8((char)0x80)); /* q = stored - 128, as s8 */
+#endif
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                __m256i xv = _mm256_set1_epi32((int)x[j * R + r]);
+                for (int h = 0; h < 2; h++) {
+#if !defined(__AVXVNNI__)
+                    if (!q4) { /* |q| x (x * sign q): the products fit maddubs' 16 bits */
+                        s[r][h] = dot_u8s8(s[r][h], _mm256_sign_epi8(w[h], w[h]), _mm256_sign_epi8(xv, w[h]));
+                        continue;
+                    }
+#endif
+                    s[r][h] = dot_u8s8(s[r][h], w[h], xv);
+                }
+            }
+        }
+        const float *d = (const float *)(blk + (q4 ? 256 : 512)), *m = (const float *)(blk + 320);
+        for (int r = 0; r < R; r++) {
+            for (int h = 0; h < 2; h++) {
+                __m256i si = s[r][h];
+#if defined(__AVXVNNI__)
+                if (!q4) si = _mm256_add_epi32(si, _mm256_set1_epi32(xc[r])); /* undo the +128 */
+#endif
+                __m256 v = _mm256_loadu_ps(acc[r] + 8 * h);
+                v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), _mm256_mul_ps(_mm256_loadu_ps(d + 8 * h), _mm256_set1_ps(xd[r])), v);
+                if (q4) v = _mm256_fmadd_ps(_mm256_loadu_ps(m + 8 * h), _mm256_set1_ps(xs[r]), v);
+                _mm256_storeu_ps(acc[r] + 8 * h, v);
+            }
+        }
+    }
+    for (int r = 0; r < nt; r++)
+        for (int i = 0; i < 16 && g0 * 16 + i < W->rows; i++) store_out(out + (size_t)(t0 + r) * ldo + g0 * 16 + i, acc[r][i], bias, g0 * 16 + i, epi);
+}
+#endif /* QA_AVX2 */
+
 /* One tile: rows [t0, t0+nt) x groups [g0, g0+ng), SIMD when this build has a kernel for
  * the weight and activation types (then t0 is a multiple of the tile rows a->R). */
 static void tile(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0, int ng) {
@@ -1336,6 +1470,16 @@ static void tile(float *out, int ldo, const Acts *a, const Tensor *W, const floa
         return;
     }
 #endif
+#endif
+#ifdef QA_AVX2
+    if (W->dtype == DT_MF32 || (W->dtype == DT_MBF16 && a->kind == ACT_F32)) {
+        for (int g = g0; g < g0 + ng; g++) tile_f32_avx2(out, ldo, a, W, bias, epi, t0, nt, g);
+        return;
+    }
+    if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) {
+        for (int g = g0; g < g0 + ng; g++) tile_q_avx2(out, ldo, a, W, bias, epi, t0, nt, g);
+        return;
+    }
 #endif
     tile_ref(out, ldo, a, W, bias, epi, t0, nt, g0, ng);
 }

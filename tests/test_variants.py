@@ -1,0 +1,78 @@
+"""The other x86 builds: scalar only (SCALAR), AVX2+FMA, AVX2 with AVX-VNNI, AVX-512.
+
+`make` picks one kernel set for the build machine (-march=native); these builds make sure
+the others are right too. Each variant this CPU can run is built, its kernel tests run,
+and its qalign scores fixture records against the upstream reference (f32 file, 2e-4).
+On quantised files it must agree with the native build within the accuracy bounds of
+test_accuracy.py, on the well-conditioned synthetic model: not exactly, because int8
+rounding turns last-bit float differences (a layernorm summed in another order) into
+whole quantisation steps now and then."""
+import json
+import platform
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, ROOT, report, run
+
+FLAGS = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+NEEDS = {"scalar": [], "avx2": ["avx2", "fma"], "avx2vnni": ["avx2", "fma", "avx_vnni"],
+         "avx512": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"]}
+RECORDS = ["photo__quality", "gray__aesthetics", "video__quality"]
+
+
+def can_run(variant):
+    return platform.machine() in ("x86_64", "AMD64") and all(f" {f}" in FLAGS for f in NEEDS[variant])
+
+
+SCORE_BOUND = {"q8_0": 1.2e-2, "q4_1": 0.2}   # test_accuracy.py, synthetic model
+
+
+@pytest.fixture(scope="session")
+def variant_models(tiny_ref, workdir, real_tokenizer):
+    out = {}
+    p = workdir / "variant_f32.qalign"
+    r = run([PYTHON, ROOT / "export.py", "-q", tiny_ref / "checkpoint", p, "--dtype", "f32"])
+    assert r.returncode == 0, r.stderr
+    out["f32"] = p
+    for dt in ("q8_0", "q4_1"):
+        p = workdir / f"variant_syn_{dt}.qalign"
+        r = run([PYTHON, ROOT / "export.py", "-q", "--synthetic", "tiny", "--seed", "3", "--tokenizer", real_tokenizer,
+                 "--dtype", dt, p])
+        assert r.returncode == 0, r.stderr
+        out[dt] = p
+    return out
+
+
+@pytest.mark.parametrize("variant", sorted(NEEDS))
+def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
+    if not can_run(variant):
+        pytest.skip(f"this CPU ({platform.machine()}) cannot run the {variant} build")
+    r = run(["make", "-C", ROOT, "-s", f"build/qalign-{variant}", f"build/test_kernels-{variant}"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    k = run([ROOT / "build" / f"test_kernels-{variant}"])
+    assert k.returncode == 0 and " 0 failed" in k.stdout, k.stdout
+    compiled = k.stdout.splitlines()[0]
+    binary = ROOT / "build" / f"qalign-{variant}"
+    refj = json.loads((tiny_ref / "reference.json").read_text())
+    worst = 0.0
+    for name in RECORDS:
+        rec = next(x for x in refj["records"] if x["name"] == name)
+        files = [tiny_ref / f for f in rec["input_files"]]
+        ppms = []
+        for f in files:  # Pillow's decode as PPM: this test is about the model kernels
+            from PIL import Image
+            rgb = np.asarray(Image.open(f).convert("RGB"))
+            p = workdir / f"var_{variant}_{f.stem}.ppm"
+            p.write_bytes(b"P6 %d %d 255\n" % (rgb.shape[1], rgb.shape[0]) + rgb.tobytes())
+            ppms.append(p)
+        args = ["--json", "-t", rec["task"]] + (["--video"] if rec["input_kind"] == "video" else [])
+        out = json.loads(run([binary, variant_models["f32"], *args, *ppms]).stdout)
+        d = max(abs(a - b) for a, b in zip(out["logits"], rec["level_logits"]))
+        worst = max(worst, d)
+        assert d <= 2e-4, (variant, name, d)
+        for dt in ("q8_0", "q4_1"):
+            a = json.loads(run([binary, variant_models[dt], *args, *ppms]).stdout)
+            b = json.loads(run([qalign_bin, variant_models[dt], *args, *ppms]).stdout)
+            assert abs(a["score"] - b["score"]) <= SCORE_BOUND[dt], (variant, dt, name, a["score"], b["score"])
+    report(f"variant {variant:9s} ({compiled}): kernel tests pass; fixture logits max |d| {worst:.1e}")
