@@ -34,6 +34,7 @@
 #include <omp.h>
 #endif
 
+#include "app.h"
 #include "image.h"
 #include "tokenizer.h"
 
@@ -556,7 +557,7 @@ static void model_load(Model *m, const char *path) {
     bind_weights(m);
 }
 
-static void model_free(Model *m) {
+MAYBE_UNUSED static void model_free(Model *m) {
     tokenizer_free(&m->tok);
     free(m->v.layers);
     free(m->a.layers);
@@ -655,7 +656,7 @@ typedef struct {
     float *vq, *vk, *vv;    /* (T, D) */
     float *vatt;            /* (T, D) attention output (heads concatenated) */
     float *vmlp;            /* (T, v_mlp) */
-    float *vision_out;      /* (n_frames, T, D) post_layernorm output per frame */
+    float *vision_out;      /* (T, D) post_layernorm output of the current frame */
     /* abstractor (Q = a_queries, E = Q + T encoder rows) */
     float *aq;              /* (Q, D) query stream */
     float *aqn;             /* (Q, D) norm1(query) */
@@ -672,7 +673,7 @@ typedef struct {
     float *q;               /* (S, l_dim) queries */
     float *k, *v;           /* (S, kv_dim) keys and values of the current layer */
     float *att;             /* (S, l_dim) attention output */
-    float *hb, *hb2;        /* (S, l_mlp) gate and up */
+    float *hb, *hb2;        /* (min(S, MLP_CHUNK), l_mlp) gate and up, for a chunk of rows */
     float *rope_cos, *rope_sin; /* (S, l_head_dim/2) */
     float *scores;          /* (n_threads, scores_stride) per-thread attention scores */
     size_t scores_stride;   /* attention_scratch_floats(max(E, S)) */
@@ -686,7 +687,12 @@ typedef struct {
     int prefix_rows;        /* rows cached (0: none) */
     int *prefix_ids;        /* (max_prefix) the token ids they were computed for */
     float *kc, *vc;         /* (l_layers, max_prefix, kv_dim) RoPE'd keys, values */
+    size_t bytes;           /* allocated for all of the above */
 } RunState;
+
+/* The decoder MLP runs over at most this many rows at a time, so its (rows x 11008)
+ * buffers stay small however long a video is. */
+#define MLP_CHUNK 256
 
 static size_t attention_scratch_floats(size_t Tk);
 static size_t pad16(size_t n);
@@ -704,55 +710,58 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     size_t T = (size_t)c->v_tokens, D = (size_t)c->v_dim, Q = (size_t)c->a_queries, E = Q + T;
     size_t Dl = (size_t)c->l_dim, S = (size_t)max_seq, kvd = (size_t)c->l_kv_heads * c->l_head_dim;
     size_t P = (size_t)c->v_patch;
-    s->pixels = xmalloc(3 * (size_t)c->v_image * c->v_image * sizeof(float));
-    s->patches = xmalloc((T - 1) * 3 * P * P * sizeof(float));
-    s->vx = xmalloc(T * D * sizeof(float));
-    s->vxn = xmalloc(T * D * sizeof(float));
-    s->vq = xmalloc(T * D * sizeof(float));
-    s->vk = xmalloc(T * D * sizeof(float));
-    s->vv = xmalloc(T * D * sizeof(float));
-    s->vatt = xmalloc(T * D * sizeof(float));
-    s->vmlp = xmalloc(T * (size_t)c->v_mlp * sizeof(float));
-    s->vision_out = xmalloc((size_t)n_frames * T * D * sizeof(float));
-    s->aq = xmalloc(Q * D * sizeof(float));
-    s->aqn = xmalloc(Q * D * sizeof(float));
-    s->aenc = xmalloc(E * D * sizeof(float));
-    s->apos = xmalloc(E * D * sizeof(float));
-    s->ak = xmalloc(E * D * sizeof(float));
-    s->av = xmalloc(E * D * sizeof(float));
-    s->aqq = xmalloc(Q * D * sizeof(float));
-    s->actx = xmalloc(Q * D * sizeof(float));
-    s->amlp1 = xmalloc(Q * (size_t)c->a_mlp * sizeof(float));
-    s->amlp3 = xmalloc(Q * (size_t)c->a_mlp * sizeof(float));
-    s->visual = xmalloc((size_t)n_frames * (Q + 1) * Dl * sizeof(float));
-    s->x = xmalloc(S * Dl * sizeof(float));
-    s->xn = xmalloc(S * Dl * sizeof(float));
-    s->q = xmalloc(S * Dl * sizeof(float));
-    s->k = xmalloc(S * kvd * sizeof(float));
-    s->v = xmalloc(S * kvd * sizeof(float));
-    s->att = xmalloc(S * Dl * sizeof(float));
-    s->hb = xmalloc(S * (size_t)c->l_mlp * sizeof(float));
-    s->hb2 = xmalloc(S * (size_t)c->l_mlp * sizeof(float));
-    s->rope_cos = xmalloc(S * (size_t)(c->l_head_dim / 2) * sizeof(float));
-    s->rope_sin = xmalloc(S * (size_t)(c->l_head_dim / 2) * sizeof(float));
+    size_t H = S < MLP_CHUNK ? S : MLP_CHUNK; /* decoder MLP rows at a time */
+#define ALLOC(field, count) (s->field = xmalloc((count) * sizeof(*s->field)), s->bytes += (count) * sizeof(*s->field))
+    ALLOC(pixels, 3 * (size_t)c->v_image * c->v_image);
+    ALLOC(patches, (T - 1) * 3 * P * P);
+    ALLOC(vx, T * D);
+    ALLOC(vxn, T * D);
+    ALLOC(vq, T * D);
+    ALLOC(vk, T * D);
+    ALLOC(vv, T * D);
+    ALLOC(vatt, T * D);
+    ALLOC(vmlp, T * (size_t)c->v_mlp);
+    ALLOC(vision_out, T * D);
+    ALLOC(aq, Q * D);
+    ALLOC(aqn, Q * D);
+    ALLOC(aenc, E * D);
+    ALLOC(apos, E * D);
+    ALLOC(ak, E * D);
+    ALLOC(av, E * D);
+    ALLOC(aqq, Q * D);
+    ALLOC(actx, Q * D);
+    ALLOC(amlp1, Q * (size_t)c->a_mlp);
+    ALLOC(amlp3, Q * (size_t)c->a_mlp);
+    ALLOC(visual, (size_t)n_frames * (Q + 1) * Dl);
+    ALLOC(x, S * Dl);
+    ALLOC(xn, S * Dl);
+    ALLOC(q, S * Dl);
+    ALLOC(k, S * kvd);
+    ALLOC(v, S * kvd);
+    ALLOC(att, S * Dl);
+    ALLOC(hb, H * (size_t)c->l_mlp);
+    ALLOC(hb2, H * (size_t)c->l_mlp);
+    ALLOC(rope_cos, S * (size_t)(c->l_head_dim / 2));
+    ALLOC(rope_sin, S * (size_t)(c->l_head_dim / 2));
     size_t maxlen = E > S ? E : S, kvmax = D > kvd ? D : kvd;
     s->scores_stride = attention_scratch_floats(maxlen);
-    s->scores = xmalloc((size_t)s->n_threads * s->scores_stride * sizeof(float));
-    s->kt = xmalloc(kvmax * pad16(maxlen) * sizeof(float));
-    s->final = xmalloc(Dl * sizeof(float));
-    s->row = xmalloc((Dl > D ? Dl : D) * sizeof(float));
+    ALLOC(scores, (size_t)s->n_threads * s->scores_stride);
+    ALLOC(kt, kvmax * pad16(maxlen));
+    ALLOC(final, Dl);
+    ALLOC(row, Dl > D ? Dl : D);
+    ALLOC(kc, (size_t)c->l_layers * max_prefix * kvd + 1);
+    ALLOC(vc, (size_t)c->l_layers * max_prefix * kvd + 1);
+#undef ALLOC
     /* the largest matmul input: T x K over every matmul of the model */
-    size_t sizes[] = {(T - 1) * 3 * P * P, T * D, T * (size_t)c->v_mlp, E * D, Q * (size_t)c->a_mlp, S * Dl, S * (size_t)c->l_mlp};
+    size_t sizes[] = {(T - 1) * 3 * P * P, T * D, T * (size_t)c->v_mlp, E * D, Q * (size_t)c->a_mlp, S * Dl, H * (size_t)c->l_mlp};
     size_t cap = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) cap = sizes[i] > cap ? sizes[i] : cap;
-    int bf16_fast = !precise;
     size_t max_k = 0, ks[] = {3 * P * P, D, (size_t)c->v_mlp, (size_t)c->a_mlp, Dl, (size_t)c->l_mlp};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) max_k = ks[i] > max_k ? ks[i] : max_k;
-    acts_alloc(&s->acts, cap, max_k, bf16_fast);
+    acts_alloc(&s->acts, cap, max_k, !precise);
+    s->bytes += cap * 11 / 2 + (cap + 16 * max_k) * 5; /* acts_alloc's buffers, roughly */
     s->max_prefix = max_prefix;
     s->prefix_ids = xcalloc((size_t)max_prefix + 1, sizeof(int));
-    s->kc = xmalloc(((size_t)c->l_layers * max_prefix * kvd + 1) * sizeof(float));
-    s->vc = xmalloc(((size_t)c->l_layers * max_prefix * kvd + 1) * sizeof(float));
 }
 
 static void run_state_free(RunState *s) {
@@ -1951,11 +1960,14 @@ static void decoder_forward(const Model *m, RunState *s, int start, int n, const
         /* hidden_states = self.post_attention_layernorm(hidden_states, modality_indicators)
          * hidden_states = residual + self.mlp(hidden_states)  # down(silu(gate(x)) * up(x)) */
         rmsnorm_spans(xn, x, L->mlp_norm, spans, n_spans, first, n, D, c->l_eps);
-        acts_set(a, xn + (size_t)first * D, rows, D);
-        matmul_acts(s->hb + (size_t)first * F, F, a, &L->gate, NULL, EPI_STORE);
-        matmul_acts(s->hb2 + (size_t)first * F, F, a, &L->up, NULL, EPI_STORE);
-        silu_mul(s->hb + (size_t)first * F, s->hb2 + (size_t)first * F, (size_t)rows * F);
-        matmul(x + (size_t)first * D, a, s->hb + (size_t)first * F, rows, &L->down, NULL, EPI_ADD);
+        for (int r0 = first; r0 < n; r0 += MLP_CHUNK) { /* rows are independent: chunks bound the buffers */
+            int nr = n - r0 < MLP_CHUNK ? n - r0 : MLP_CHUNK;
+            acts_set(a, xn + (size_t)r0 * D, nr, D);
+            matmul_acts(s->hb, F, a, &L->gate, NULL, EPI_STORE);
+            matmul_acts(s->hb2, F, a, &L->up, NULL, EPI_STORE);
+            silu_mul(s->hb, s->hb2, (size_t)nr * F);
+            matmul(x + (size_t)r0 * D, a, s->hb, nr, &L->down, NULL, EPI_ADD);
+        }
         snprintf(name, sizeof name, "llm_layer%d", l);
         dump_f32(dump, name, x, -1, 2, (int64_t)n, (int64_t)D);
     }
@@ -1972,20 +1984,30 @@ static void decoder_forward(const Model *m, RunState *s, int start, int n, const
 }
 
 /* ----------------------------------------------------------------------------------------
- * Scoring: the prompt, the spliced sequence, and the five level logits.
+ * Scoring: the prompt, the spliced sequence, and the level logits.
  *
  * prompt = "USER: How would you rate the {task} of this {input}?\n<|image|>\nASSISTANT: The {task} of the {input} is"
  * input_ids = tokenizer_image_token(prompt)   # chunks tokenized separately, one BOS
  * logits = lm_head(hidden_states)[:, -1, [excellent, good, fair, poor, bad]]
- * score = softmax(logits) @ [5, 4, 3, 2, 1]  */
+ * score = softmax(logits) @ [5, 4, 3, 2, 1]
+ * (--prompt and --levels change the prompt and the words/weights, for sibling scorers.) */
 
-static const float LEVEL_WEIGHTS[N_LEVELS] = {5.0f, 4.0f, 3.0f, 2.0f, 1.0f};
-static const char *const LEVEL_WORDS[N_LEVELS] = {"excellent", "good", "fair", "poor", "bad"};
+#define DEFAULT_PROMPT "USER: How would you rate the {task} of this {input}?\n<|image|>\nASSISTANT: The {task} of the {input} is"
+#define MAX_LEVELS 16
 
 typedef struct {
-    float logits[N_LEVELS];  /* lm_head rows of the level words at the last position */
-    float probs[N_LEVELS];   /* softmax over those five */
-    float score;             /* probs . [5 4 3 2 1], in [1, 5] */
+    int n;                          /* number of level words */
+    char words[MAX_LEVELS][32];     /* e.g. excellent good fair poor bad */
+    int ids[MAX_LEVELS];            /* their token ids: tokenizer(word).input_ids[1] */
+    float weights[MAX_LEVELS];      /* score = sum softmax(logits) * weights */
+    float lo, hi;                   /* min and max weight: --scale 0-1 maps [lo, hi] to [0, 1] */
+} Levels;
+
+typedef struct {
+    int n;                          /* levels */
+    float logits[MAX_LEVELS];       /* lm_head rows of the level words at the last position */
+    float probs[MAX_LEVELS];        /* softmax over those */
+    float score;                    /* probs . weights (1..5 with the default levels) */
 } Score;
 
 typedef struct {
@@ -1993,24 +2015,91 @@ typedef struct {
     int n_ids;
 } Prompt;
 
-static void build_prompt(const Model *m, const char *task, const char *input, Prompt *p) {
-    char text[512];
-    int len = snprintf(text, sizeof text,
-                       "USER: How would you rate the %s of this %s?\n<|image|>\nASSISTANT: The %s of the %s is",
-                       task, input, task, input);
-    if (len < 0 || (size_t)len >= sizeof text) fatal("prompt too long");
-    int cap = tokenizer_max_ids((size_t)len);
-    p->ids = xmalloc((size_t)cap * sizeof(int));
-    p->n_ids = tokenize_prompt(&m->tok, text, p->ids, cap);
-    if (p->n_ids < 0 || p->n_ids > cap) fatal("tokenizing the prompt failed");
-    int markers = 0;
-    for (int i = 0; i < p->n_ids; i++) markers += p->ids[i] == TOKEN_IMAGE_MARKER;
-    if (markers != 1) fatal("the prompt must contain exactly one <|image|>");
+static void levels_finish(Levels *lv) {
+    lv->lo = lv->hi = lv->weights[0];
+    for (int i = 1; i < lv->n; i++) {
+        lv->lo = lv->weights[i] < lv->lo ? lv->weights[i] : lv->lo;
+        lv->hi = lv->weights[i] > lv->hi ? lv->weights[i] : lv->hi;
+    }
 }
 
-/* Sequence length for a prompt with n_frames images spliced in. */
-static int sequence_length(const Model *m, const Prompt *p, int n_frames) {
-    return p->n_ids - 1 + n_frames * (m->c.a_queries + 1);
+/* excellent good fair poor bad -> 5 4 3 2 1, with the token ids export.py stored */
+static void levels_default(const Model *m, Levels *lv) {
+    static const char *const words[N_LEVELS] = {"excellent", "good", "fair", "poor", "bad"};
+    lv->n = N_LEVELS;
+    for (int i = 0; i < N_LEVELS; i++) {
+        snprintf(lv->words[i], sizeof lv->words[i], "%s", words[i]);
+        lv->ids[i] = m->c.level_ids[i];
+        lv->weights[i] = (float)(N_LEVELS - i);
+    }
+    levels_finish(lv);
+}
+
+/* "word=weight,word=weight,...": each word's id is the first token after BOS, as upstream
+ * takes tokenizer(word).input_ids[1]. */
+static int levels_parse(const Model *m, const char *spec, Levels *lv, char *err, size_t errlen) {
+    memset(lv, 0, sizeof *lv);
+    const char *p = spec;
+    while (*p) {
+        const char *comma = strchr(p, ','), *end = comma ? comma : p + strlen(p), *eq = memchr(p, '=', (size_t)(end - p));
+        if (!eq || eq == p || eq + 1 >= end) {
+            snprintf(err, errlen, "--levels expects word=weight,... (got '%s')", spec);
+            return -1;
+        }
+        if (lv->n == MAX_LEVELS || (size_t)(eq - p) >= sizeof lv->words[0]) {
+            snprintf(err, errlen, "--levels: at most %d words of at most 31 bytes", MAX_LEVELS);
+            return -1;
+        }
+        memcpy(lv->words[lv->n], p, (size_t)(eq - p));
+        char num[64] = {0}, *tail;
+        memcpy(num, eq + 1, (size_t)(end - eq - 1) < sizeof num - 1 ? (size_t)(end - eq - 1) : sizeof num - 1);
+        lv->weights[lv->n] = strtof(num, &tail);
+        if (*tail || !isfinite(lv->weights[lv->n])) {
+            snprintf(err, errlen, "--levels: '%s' is not a number", num);
+            return -1;
+        }
+        int ids[64], n = tokenizer_encode(&m->tok, lv->words[lv->n], strlen(lv->words[lv->n]), 1, ids, 64);
+        if (n < 2 || n > 64) {
+            snprintf(err, errlen, "--levels: '%s' does not tokenize to a word", lv->words[lv->n]);
+            return -1;
+        }
+        lv->ids[lv->n++] = ids[1];
+        p = comma ? comma + 1 : end;
+    }
+    if (lv->n < 2) {
+        snprintf(err, errlen, "--levels needs at least two words");
+        return -1;
+    }
+    levels_finish(lv);
+    return 0;
+}
+
+/* Tokenize the prompt template with {task} and {input} filled in. */
+static int build_prompt(const Model *m, const char *tmpl, const char *task, const char *input, Prompt *p, char *err, size_t errlen) {
+    size_t cap = strlen(tmpl) * 4 + 1024, len = 0;
+    char *text = xmalloc(cap);
+    for (const char *s = tmpl; *s;) {
+        const char *sub = !strncmp(s, "{task}", 6) ? task : !strncmp(s, "{input}", 7) ? input : NULL;
+        size_t step = sub ? (sub == task ? 6 : 7) : 1, add = sub ? strlen(sub) : 1;
+        if (len + add + 1 > cap) break;
+        memcpy(text + len, sub ? sub : s, add);
+        len += add;
+        s += step;
+    }
+    text[len] = 0;
+    int n = tokenizer_max_ids(len);
+    p->ids = xmalloc((size_t)n * sizeof(int));
+    p->n_ids = tokenize_prompt(&m->tok, text, p->ids, n);
+    free(text);
+    int markers = 0;
+    for (int i = 0; i < p->n_ids; i++) markers += p->ids[i] == TOKEN_IMAGE_MARKER;
+    if (p->n_ids < 1 || p->n_ids > n || markers != 1) {
+        snprintf(err, errlen, "the prompt must contain <|image|> exactly once");
+        free(p->ids);
+        p->ids = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* logit of token id: lm_head row id . h, in f32 */
@@ -2021,32 +2110,61 @@ static float head_logit(const Model *m, RunState *s, int id, const float *h) {
     return (float)sum;
 }
 
-static void score_from_logits(Score *sc) {
-    memcpy(sc->probs, sc->logits, sizeof sc->probs);
-    softmax(sc->probs, N_LEVELS);
-    double s = 0.0;
-    for (int i = 0; i < N_LEVELS; i++) s += (double)sc->probs[i] * LEVEL_WEIGHTS[i];
-    sc->score = (float)s;
+/* Decoder rows for a prompt with n_frames images spliced in. */
+static int sequence_length(const Model *m, const Prompt *p, int n_frames) {
+    return p->n_ids - 1 + n_frames * (m->c.a_queries + 1);
 }
 
-/* Score one image (n_frames = 1) or one video (its frames, in order): pixels holds
- * n_frames normalised images (3, S, S) each. */
-static void score_frames(const Model *m, RunState *s, const Prompt *p, const float *pixels, int n_frames, Score *sc, Dump *dump) {
-    const Config *c = &m->c;
-    size_t T = (size_t)c->v_tokens, D = (size_t)c->v_dim, Dl = (size_t)c->l_dim;
-    size_t img = 3 * (size_t)c->v_image * c->v_image;
-    int rows_per_frame = c->a_queries + 1;
-
-    /* image_features = self.encode_images(images)   # vision tower + abstractor, per frame */
-    for (int f = 0; f < n_frames; f++) {
-        dump_f32(dump, "pixel_values", pixels + f * img, f, 4, (int64_t)n_frames, (int64_t)3, (int64_t)c->v_image, (int64_t)c->v_image);
-        double t0 = now_seconds();
-        vision_forward(m, s, pixels + f * img, s->vision_out + f * T * D, dump, f, n_frames);
-        double t1 = now_seconds();
-        abstractor_forward(m, s, s->vision_out + f * T * D, s->visual + f * (size_t)rows_per_frame * Dl, dump, f, n_frames);
-        s->seconds[1] += t1 - t0;
-        s->seconds[2] += now_seconds() - t1;
+/* Preprocess a decoded image into the model's input (3, S, S):
+ *   pad:  expand2square(img, fill) then resize to S x S (Q-Align's score())
+ *   else: resize the short side to S (the long side int(S * long / short)) then centre-crop
+ *         S x S, as CLIPImageProcessor does without the padding (--no-pad)
+ * Pillow's bicubic either way. resized (if not NULL) gets the S x S uint8 image. */
+static int preprocess_image(const Model *m, const Image *img, int pad, float *pixels, Image *resized, char *err, size_t errlen) {
+    int S = m->c.v_image;
+    Image sq = {0};
+    if (pad) {
+        if (image_preprocess(img, m->c.fill, S, &sq, err, errlen) != 0) return -1;
+    } else {
+        int w = img->w, h = img->h, shrt = w < h ? w : h, lng = w < h ? h : w;
+        int nl = (int)((double)S * lng / shrt), nw = w <= h ? S : nl, nh = w <= h ? nl : S;
+        Image rs = {0};
+        if (image_resize_bicubic(img, nw, nh, &rs, err, errlen) != 0) return -1;
+        if (image_alloc(&sq, S, S, err, errlen) != 0) {
+            image_free(&rs);
+            return -1;
+        }
+        int top = (nh - S) / 2, left = (nw - S) / 2;
+        for (int y = 0; y < S; y++)
+            memcpy(sq.rgb + (size_t)y * S * 3, rs.rgb + ((size_t)(y + top) * nw + left) * 3, (size_t)S * 3);
+        image_free(&rs);
     }
+    image_normalize(&sq, m->c.mean, m->c.std, pixels);
+    if (resized) *resized = sq;
+    else image_free(&sq);
+    return 0;
+}
+
+/* image_features = self.encode_images(images)[f]: vision tower + abstractor for frame f
+ * of n_frames; its Q+1 visual rows go to s->visual at row f*(Q+1). */
+static void encode_frame(const Model *m, RunState *s, const float *pixels, int f, int n_frames, Dump *dump) {
+    const Config *c = &m->c;
+    if (f >= s->n_frames) fatal("internal: frame %d exceeds the run state (%d)", f, s->n_frames);
+    dump_f32(dump, "pixel_values", pixels, f, 4, (int64_t)n_frames, (int64_t)3, (int64_t)c->v_image, (int64_t)c->v_image);
+    double t0 = now_seconds();
+    vision_forward(m, s, pixels, s->vision_out, dump, f, n_frames);
+    double t1 = now_seconds();
+    abstractor_forward(m, s, s->vision_out, s->visual + (size_t)f * (c->a_queries + 1) * c->l_dim, dump, f, n_frames);
+    s->seconds[1] += t1 - t0;
+    s->seconds[2] += now_seconds() - t1;
+}
+
+/* The decoder over the prompt with the visual rows of n_frames frames (encode_frame) in
+ * place of <|image|>, then the level logits at the last position. */
+static void score_sequence(const Model *m, RunState *s, const Prompt *p, const Levels *lv, int n_frames, Score *sc, Dump *dump) {
+    const Config *c = &m->c;
+    size_t Dl = (size_t)c->l_dim;
+    int rows_per_frame = c->a_queries + 1;
     double t_dec = now_seconds();
 
     /* prepare_inputs_labels_for_multimodal: text rows = embed_tokens(ids); the image marker
@@ -2096,79 +2214,106 @@ static void score_frames(const Model *m, RunState *s, const Prompt *p, const flo
     float *final = s->final;
     decoder_forward(m, s, prefix, n, spans, n_spans, 0, final, dump);
     s->seconds[3] += now_seconds() - t_dec;
-    /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only 5 rows of lm_head */
-    for (int i = 0; i < N_LEVELS; i++) sc->logits[i] = head_logit(m, s, c->level_ids[i], final);
-    score_from_logits(sc);
+
+    /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only those rows of lm_head
+     * score = torch.softmax(logits, -1) @ weights */
+    sc->n = lv->n;
+    for (int i = 0; i < lv->n; i++) sc->logits[i] = head_logit(m, s, lv->ids[i], final);
+    memcpy(sc->probs, sc->logits, sizeof sc->probs);
+    softmax_ref(sc->probs, lv->n);
+    double sum = 0.0;
+    for (int i = 0; i < lv->n; i++) sum += (double)sc->probs[i] * lv->weights[i];
+    sc->score = (float)sum;
     if (dump) {
         float *all = xmalloc((size_t)c->l_vocab * sizeof(float));
         for (int v = 0; v < c->l_vocab; v++) all[v] = head_logit(m, s, v, final);
         dump_f32(dump, "logits_last", all, -1, 1, (int64_t)c->l_vocab);
         free(all);
-        dump_f32(dump, "level_logits", sc->logits, -1, 1, (int64_t)N_LEVELS);
+        dump_f32(dump, "level_logits", sc->logits, -1, 1, (int64_t)lv->n);
         dump_f32(dump, "score", &sc->score, -1, 1, (int64_t)1);
     }
 }
 
-/* Decode + preprocess one file into normalised pixels (3, S, S); resized (S, S, 3) kept
- * for dumps. Returns 0, or -1 with a message. */
-static int load_pixels(const Model *m, RunState *s, const char *path, float *pixels, Image *resized, char *err, size_t errlen) {
-    Image img = {0}, sq = {0};
-    double t0 = now_seconds();
-    if (image_load(path, &img, err, errlen) != 0) return -1;
-    int rc = image_preprocess(&img, m->c.fill, m->c.v_image, &sq, err, errlen);
-    image_free(&img);
-    if (rc != 0) return -1;
-    image_normalize(&sq, m->c.mean, m->c.std, pixels);
-    s->seconds[0] += now_seconds() - t0;
-    if (resized)
-        *resized = sq;
-    else
-        image_free(&sq);
-    return 0;
-}
-
 /* ----------------------------------------------------------------------------------------
- * CLI */
+ * CLI: options, inputs (files, directories, @lists, videos) through app.c, one result per
+ * input on stdout and in the result files, errors as rows, exit status 1 if any failed. */
 
 #ifndef TESTING
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: qalign [options] MODEL INPUT...\n"
-            "Scores the quality or aesthetics of images (or one video given as frames) with a\n"
-            "Q-Align / OneAlign model exported by export.py. Prints one line per input:\n"
-            "the score (1-5) and the probabilities of excellent good fair poor bad.\n"
+            "Scores the quality or aesthetics of images and videos with a Q-Align / OneAlign model\n"
+            "exported by export.py. INPUT: image files (JPEG, PNG, BMP, PPM/PGM), videos (with\n"
+            "ffmpeg on PATH), directories (recursive) or @LIST (a file of paths). One line per\n"
+            "input: the score (1-5) and the probabilities of excellent good fair poor bad.\n"
             "\n"
-            "options:\n"
-            "  -t, --task quality|aesthetics  what to rate (default quality)\n"
-            "  --video                 all INPUTs are the frames of one video, in order (1 per second)\n"
-            "  --json                  one JSON object per line: file, task, score, probs, logits\n"
+            "scoring:\n"
+            "  -t, --task quality|aesthetics|aesthetic   what to rate (default quality; 'aesthetic'\n"
+            "                          is pyiqa's wording of the aesthetics prompt)\n"
             "  --scale 1-5|0-1         score scale (default 1-5; 0-1 is (score-1)/4)\n"
+            "  --video                 all INPUTs are the frames of ONE video, in order (1 per second)\n"
+            "  --frames DIR            the images in DIR (natural order) are the frames of one video\n"
+            "  --max-frames N          videos: take at most N of the 1-fps frames, evenly spaced\n"
+            "                          (deviates from the original loader, which has no limit)\n"
+            "  --prompt TEXT           prompt template with <|image|> and optional {task} {input}\n"
+            "                          (default: one-align's score() prompt)\n"
+            "  --levels W=X,...        level words and weights (default excellent=5,good=4,fair=3,\n"
+            "                          poor=2,bad=1), e.g. good=1,average=0.5,poor=0 for Q-Instruct\n"
+            "  --no-pad                no expand2square: resize the short side and centre-crop\n"
+            "  --precise               bf16 models: f32 activations (slower; reproduces the fp32\n"
+            "                          reference to 1e-4) instead of bf16 ones\n"
+            "output:\n"
+            "  --json                  one JSON object per line on stdout\n"
+            "  --csv FILE, --jsonl FILE  append one row per input (flushed as it comes)\n"
+            "  --resume                skip inputs already in the --csv/--jsonl file(s)\n"
+            "  --shard I/N             score only the I-th of N deterministic slices of the inputs\n"
+            "  --eval LABELS.csv       print SRCC/PLCC/KRCC against path,mos labels\n"
+            "  --report FILE.html      a self-contained gallery sorted by score\n"
             "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
+            "  --timings               seconds per stage on stderr at the end\n"
+            "  -q, --quiet             no progress line\n"
             "  --threads N             OpenMP threads (default: all cores)\n"
-            "  --precise               bf16 models: multiply with f32 activations (slower; what\n"
-            "                          reproduces the reference to 1e-4) instead of bf16 ones\n"
-            "  --timings               print the seconds spent in each stage (stderr)\n"
             "  -h, --help              this help\n"
             "other commands:\n"
-            "  qalign --tokenize TEXT MODEL            print TEXT's token ids (with BOS)\n"
-            "  qalign --info MODEL                     print the model's header\n"
+            "  qalign --info MODEL                     the model's header and the compiled kernels\n"
+            "  qalign --tokenize TEXT MODEL            TEXT's token ids (with BOS)\n"
             "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
             "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
-            "                                          pad to square and resize as the model sees it\n"
-            "                                          (default N 448)\n");
+            "                                          pad to square and resize as the model sees it\n");
 }
 
 typedef struct {
-    const char *task;       /* "quality" or "aesthetics" */
-    int video;              /* inputs are frames of one video */
-    int json;               /* JSON lines output */
-    int scale01;            /* print (s-1)/4 */
-    const char *dump_dir;   /* --dump */
+    const char *task;       /* "quality", "aesthetics" or "aesthetic" */
+    const char *prompt;     /* template (--prompt) */
+    const char *levels;     /* --levels spec, or NULL */
+    int pad;                /* expand2square (not --no-pad) */
+    int video;              /* --video: inputs are frames of one video */
+    const char *frames_dir; /* --frames DIR */
+    int64_t max_frames;     /* --max-frames, 0 = no limit */
+    int json;               /* JSON lines on stdout */
+    int scale01;            /* scores on 0-1 */
+    int quiet;              /* -q */
+    int precise;            /* --precise */
+    int timings;            /* --timings */
     int threads;            /* --threads, 0 = default */
-    int precise;            /* --precise: f32 activations with bf16 weights */
-    int timings;            /* --timings: seconds per stage on stderr at the end */
+    const char *dump_dir;   /* --dump */
+    SinkOptions sink;       /* --csv --jsonl --report --eval --resume */
+    const char *shard;      /* --shard I/N */
 } Options;
+
+typedef struct {
+    Model m;
+    Options o;
+    Levels lv;
+    Prompt prompt_image, prompt_video;
+    RunState s;             /* sized for s.n_frames frames (grown when a longer video comes) */
+    int have_state;
+    Progress pg;
+    Sink *sink;
+    Dump dump, *dp;
+    int failures;           /* inputs that could not be scored */
+} App;
 
 static void json_string(FILE *f, const char *s) {
     fputc('"', f);
@@ -2180,29 +2325,45 @@ static void json_string(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-static void print_result(const Options *o, const char *file, int n_frames, const Score *sc) {
-    float score = o->scale01 ? (sc->score - 1.0f) / 4.0f : sc->score;
-    if (o->json) {
+static float scaled(const App *app, float score) {
+    const Levels *lv = &app->lv;
+    return app->o.scale01 && lv->hi > lv->lo ? (score - lv->lo) / (lv->hi - lv->lo) : score;
+}
+
+static void print_result(App *app, const char *file, const char *kind, int n_frames, const Score *sc) {
+    float score = scaled(app, sc->score);
+    progress_clear(&app->pg);
+    if (app->o.json) {
         printf("{\"file\": ");
         json_string(stdout, file);
-        printf(", \"task\": \"%s\"", o->task);
-        if (o->video) printf(", \"frames\": %d", n_frames);
-        printf(", \"score\": %.6f, \"scale\": \"%s\", \"probs\": [", score, o->scale01 ? "0-1" : "1-5");
-        for (int i = 0; i < N_LEVELS; i++) printf("%s%.6f", i ? ", " : "", sc->probs[i]);
+        printf(", \"task\": \"%s\"", app->o.task);
+        if (strcmp(kind, "image")) printf(", \"kind\": \"%s\", \"frames\": %d", kind, n_frames);
+        printf(", \"score\": %.6f, \"scale\": \"%s\", \"probs\": [", score, app->o.scale01 ? "0-1" : "1-5");
+        for (int i = 0; i < sc->n; i++) printf("%s%.6f", i ? ", " : "", sc->probs[i]);
         printf("], \"logits\": [");
-        for (int i = 0; i < N_LEVELS; i++) printf("%s%.6f", i ? ", " : "", sc->logits[i]);
-        printf("]}\n");
+        for (int i = 0; i < sc->n; i++) printf("%s%.6f", i ? ", " : "", sc->logits[i]);
+        printf("]");
+        if (app->o.levels) {
+            printf(", \"levels\": [");
+            for (int i = 0; i < sc->n; i++) {
+                printf(i ? ", " : "");
+                json_string(stdout, app->lv.words[i]);
+            }
+            printf("]");
+        }
+        printf("}\n");
     } else {
         printf("%.4f ", score);
-        for (int i = 0; i < N_LEVELS; i++) printf(" %s=%.4f", LEVEL_WORDS[i], sc->probs[i]);
+        for (int i = 0; i < sc->n; i++) printf(" %s=%.4f", app->lv.words[i], sc->probs[i]);
         printf("  %s\n", file);
     }
     fflush(stdout);
 }
 
-static void print_error(const Options *o, const char *file, const char *err) {
-    fprintf(stderr, "qalign: error: %s: %s\n", file, err);
-    if (o && o->json) {
+static void report_error(App *app, const char *file, const char *err) {
+    progress_note(&app->pg, "qalign: error: %s: %s", file, err);
+    if (app->o.json) {
+        progress_clear(&app->pg);
         printf("{\"file\": ");
         json_string(stdout, file);
         printf(", \"error\": ");
@@ -2212,11 +2373,159 @@ static void print_error(const Options *o, const char *file, const char *err) {
     }
 }
 
-static int parse_int(const char *s, const char *flag, int lo, int hi) {
+/* Record a result (or an error) in the result files / report / eval and the counters. */
+static void record(App *app, const char *path, const char *kind, int frames, const Score *sc, const char *error, const Image *thumb) {
+    ResultRow row = {.path = path, .task = app->o.task, .kind = kind, .frames = error ? 0 : frames,
+                     .scale = app->o.scale01 ? "0-1" : "1-5", .error = error};
+    if (!error) {
+        row.score = scaled(app, sc->score);
+        for (int i = 0; i < APP_LEVELS && i < sc->n; i++) row.probs[i] = sc->probs[i];
+    } else {
+        app->failures++;
+    }
+    char err[512];
+    if (app->sink && sink_add(app->sink, &row, thumb, err, sizeof err) != 0) fatal("%s", err);
+    progress_update(&app->pg, error == NULL);
+}
+
+/* The run state fits n_frames frames (videos grow it; the prefix cache survives only
+ * while the state does). */
+static void ensure_state(App *app, int n_frames) {
+    if (app->have_state && app->s.n_frames >= n_frames) return;
+    if (app->have_state) run_state_free(&app->s);
+    int seq = sequence_length(&app->m, &app->prompt_image, n_frames), seqv = sequence_length(&app->m, &app->prompt_video, n_frames);
+    int prefix = app->prompt_image.n_ids > app->prompt_video.n_ids ? app->prompt_image.n_ids : app->prompt_video.n_ids;
+    run_state_alloc(&app->s, &app->m.c, n_frames, seq > seqv ? seq : seqv, prefix, app->o.precise);
+    app->have_state = 1;
+}
+
+static void dump_resized(App *app, const Image *resized, int f, int n_frames) {
+    int64_t shape[4] = {n_frames, app->m.c.v_image, app->m.c.v_image, 3};
+    npy_write(app->dp, "resized_rgb", "|u1", resized->rgb, 1, shape, 4, f);
+}
+
+/* Preprocess + encode one decoded frame as frame f of n. */
+static int encode_image(App *app, const Image *img, int f, int n, char *err, size_t errlen) {
+    Image resized = {0};
+    double t0 = now_seconds();
+    if (preprocess_image(&app->m, img, app->o.pad, app->s.pixels, app->dp ? &resized : NULL, err, errlen) != 0) return -1;
+    app->s.seconds[0] += now_seconds() - t0;
+    if (app->dp) {
+        dump_resized(app, &resized, f, n);
+        image_free(&resized);
+    }
+    encode_frame(&app->m, &app->s, app->s.pixels, f, n, app->dp);
+    return 0;
+}
+
+static void score_image(App *app, const char *path) {
+    char err[512];
+    Image img = {0};
+    double t0 = now_seconds();
+    if (image_load(path, &img, err, sizeof err) != 0) {
+        report_error(app, path, err);
+        record(app, path, "image", 0, NULL, err, NULL);
+        return;
+    }
+    app->s.seconds[0] += now_seconds() - t0;
+    ensure_state(app, 1);
+    if (encode_image(app, &img, 0, 1, err, sizeof err) != 0) {
+        report_error(app, path, err);
+        record(app, path, "image", 0, NULL, err, NULL);
+        image_free(&img);
+        return;
+    }
+    Score sc;
+    score_sequence(&app->m, &app->s, &app->prompt_image, &app->lv, 1, &sc, app->dp);
+    print_result(app, path, "image", 1, &sc);
+    record(app, path, "image", 1, &sc, NULL, &img);
+    image_free(&img);
+}
+
+/* Frames given as image files (--video FRAME..., --frames DIR): one video. */
+static void score_frame_files(App *app, const char *name, char **files, int n) {
+    char err[512], msg[1024];
+    ensure_state(app, n);
+    Image first = {0};
+    for (int f = 0; f < n; f++) {
+        Image img = {0};
+        double t0 = now_seconds();
+        int rc = image_load(files[f], &img, err, sizeof err);
+        app->s.seconds[0] += now_seconds() - t0;
+        if (rc == 0) rc = encode_image(app, &img, f, n, err, sizeof err);
+        if (rc != 0) {
+            snprintf(msg, sizeof msg, "frame %s: %s", files[f], err);
+            report_error(app, name, msg);
+            record(app, name, "frames", 0, NULL, msg, NULL);
+            image_free(&img);
+            image_free(&first);
+            return;
+        }
+        if (f == 0) first = img;
+        else image_free(&img);
+    }
+    Score sc;
+    score_sequence(&app->m, &app->s, &app->prompt_video, &app->lv, n, &sc, app->dp);
+    print_result(app, name, "frames", n, &sc);
+    record(app, name, "frames", n, &sc, NULL, &first);
+    image_free(&first);
+}
+
+typedef struct {
+    App *app;
+    int64_t n;              /* frames in the plan */
+    Image thumb;            /* a copy of frame 0 for the report */
+} VideoCtx;
+
+static int video_frame(void *user, int64_t k, int64_t index, const Image *frame, char *err, size_t errlen) {
+    VideoCtx *v = user;
+    (void)index;
+    if (k == 0 && v->app->sink) image_from_rgb(frame->rgb, frame->w, frame->h, &v->thumb, err, errlen);
+    return encode_image(v->app, frame, (int)k, (int)v->n, err, errlen);
+}
+
+static void score_video(App *app, const char *path, int have_ffmpeg, const char *why) {
+    char err[512], msg[1024];
+    if (!have_ffmpeg) {
+        snprintf(msg, sizeof msg, "%s; %s", why, video_unavailable_hint());
+        report_error(app, path, msg);
+        record(app, path, "video", 0, NULL, msg, NULL);
+        return;
+    }
+    VideoPlan plan = {0};
+    if (video_plan(path, app->o.max_frames, &plan, err, sizeof err) != 0 || plan.n == 0 || plan.n > 100000) {
+        if (plan.n == 0 && !err[0]) snprintf(err, sizeof err, "shorter than one second: the original loader takes no frame");
+        if (plan.n > 100000) snprintf(err, sizeof err, "%lld frames is more than qalign takes (use --max-frames)", (long long)plan.n);
+        report_error(app, path, err);
+        record(app, path, "video", 0, NULL, err, NULL);
+        video_plan_free(&plan);
+        return;
+    }
+    ensure_state(app, (int)plan.n);
+    int rows = sequence_length(&app->m, &app->prompt_video, (int)plan.n);
+    progress_note(&app->pg, "qalign: %s: %lld frames (%.3f fps, %lld frames in the file)%s -> %d decoder rows; "
+                  "buffers %.0f MB", path, (long long)plan.n, plan.info.fps, (long long)plan.info.frame_count,
+                  plan.subsampled ? ", subsampled by --max-frames (deviates from the original)" : "", rows,
+                  app->s.bytes / 1e6);
+    VideoCtx ctx = {app, plan.n, {0}};
+    if (video_read(&plan, video_frame, &ctx, err, sizeof err) != 0) {
+        report_error(app, path, err);
+        record(app, path, "video", 0, NULL, err, NULL);
+    } else {
+        Score sc;
+        score_sequence(&app->m, &app->s, &app->prompt_video, &app->lv, (int)plan.n, &sc, app->dp);
+        print_result(app, path, "video", (int)plan.n, &sc);
+        record(app, path, "video", (int)plan.n, &sc, NULL, ctx.thumb.rgb ? &ctx.thumb : NULL);
+    }
+    image_free(&ctx.thumb);
+    video_plan_free(&plan);
+}
+
+static int parse_int(const char *s, const char *flag, long lo, long hi) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) fatal("%s expects an integer in [%d, %d], got '%s'", flag, lo, hi, s);
+    if (errno || *end || end == s || v < lo || v > hi) fatal("%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, s);
     return (int)v;
 }
 
@@ -2234,25 +2543,17 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
     if (!in || !out) fatal("usage: qalign %s FILE OUT.ppm", preprocess ? "--preprocess-only [--size N]" : "--decode");
     char err[256];
     Image img = {0}, res = {0};
-    if (image_load(in, &img, err, sizeof err) != 0) {
-        print_error(NULL, in, err);
-        return 1;
-    }
+    if (image_load(in, &img, err, sizeof err) != 0) fatal("%s: %s", in, err);
     Image *w = &img;
     if (preprocess) {
         static const uint8_t fill[3] = {122, 116, 104};
-        if (image_preprocess(&img, fill, size, &res, err, sizeof err) != 0) {
-            print_error(NULL, in, err);
-            image_free(&img);
-            return 1;
-        }
+        if (image_preprocess(&img, fill, size, &res, err, sizeof err) != 0) fatal("%s: %s", in, err);
         w = &res;
     }
-    int rc = image_write_ppm(out, w, err, sizeof err);
-    if (rc != 0) print_error(NULL, out, err);
+    if (image_write_ppm(out, w, err, sizeof err) != 0) fatal("%s: %s", out, err);
     image_free(&img);
     image_free(&res);
-    return rc ? 1 : 0;
+    return 0;
 }
 
 static void cmd_info(const Model *m) {
@@ -2267,141 +2568,179 @@ static void cmd_info(const Model *m) {
     printf("decoder     dim %d, layers %d, heads %d, kv heads %d, mlp %d, vocab %d, eps %g, rope theta %g\n", c->l_dim,
            c->l_layers, c->l_heads, c->l_kv_heads, c->l_mlp, c->l_vocab, c->l_eps, c->l_rope_theta);
     printf("tokenizer   bos %d, eos %d, unk %d, dummy prefix %d\n", c->bos_id, c->eos_id, c->unk_id, c->dummy_prefix);
-    printf("levels      ");
-    for (int i = 0; i < N_LEVELS; i++) printf("%s=%d ", LEVEL_WORDS[i], c->level_ids[i]);
-    printf("\npreprocess  fill %d,%d,%d mean %.8g,%.8g,%.8g std %.8g,%.8g,%.8g\n", c->fill[0], c->fill[1], c->fill[2],
+    printf("levels      excellent=%d good=%d fair=%d poor=%d bad=%d\n", c->level_ids[0], c->level_ids[1], c->level_ids[2],
+           c->level_ids[3], c->level_ids[4]);
+    printf("preprocess  fill %d,%d,%d mean %.8g,%.8g,%.8g std %.8g,%.8g,%.8g\n", c->fill[0], c->fill[1], c->fill[2],
            c->mean[0], c->mean[1], c->mean[2], c->std[0], c->std[1], c->std[2]);
 }
 
 int main(int argc, char **argv) {
-    Options o = {.task = "quality"};
-    const char *tokenize_text = NULL;
-    int info = 0;
-    char **inputs = xmalloc((size_t)argc * sizeof(char *));
-    int n_inputs = 0;
-
     if (argc > 1 && strcmp(argv[1], "--decode") == 0) return cmd_decode(argc - 2, argv + 2, 0);
     if (argc > 1 && strcmp(argv[1], "--preprocess-only") == 0) return cmd_decode(argc - 2, argv + 2, 1);
 
-    const char *model_path = NULL;
-    int only_positional = 0;
+    static App app;
+    Options *o = &app.o;
+    *o = (Options){.task = "quality", .prompt = DEFAULT_PROMPT, .pad = 1};
+    const char *tokenize_text = NULL, *model_path = NULL;
+    int info = 0, only_positional = 0, n_inputs = 0;
+    char **inputs = xmalloc((size_t)argc * sizeof(char *));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!only_positional && a[0] == '-' && a[1]) {
-#define NEED_VALUE() do { if (i + 1 >= argc) fatal("%s needs a value (try --help)", a); } while (0)
-            if (!strcmp(a, "--")) only_positional = 1;
-            else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-            else if (!strcmp(a, "-t") || !strcmp(a, "--task")) {
-                NEED_VALUE();
-                o.task = argv[++i];
-                if (strcmp(o.task, "quality") && strcmp(o.task, "aesthetics"))
-                    fatal("--task must be quality or aesthetics, got '%s'", o.task);
-            } else if (!strcmp(a, "--video")) o.video = 1;
-            else if (!strcmp(a, "--json")) o.json = 1;
-            else if (!strcmp(a, "--scale")) {
-                NEED_VALUE();
-                const char *v = argv[++i];
-                if (!strcmp(v, "0-1")) o.scale01 = 1;
-                else if (!strcmp(v, "1-5")) o.scale01 = 0;
-                else fatal("--scale must be 1-5 or 0-1, got '%s'", v);
-            } else if (!strcmp(a, "--dump")) { NEED_VALUE(); o.dump_dir = argv[++i]; }
-            else if (!strcmp(a, "--threads")) { NEED_VALUE(); o.threads = parse_int(argv[++i], "--threads", 1, 4096); }
-            else if (!strcmp(a, "--tokenize")) { NEED_VALUE(); tokenize_text = argv[++i]; }
-            else if (!strcmp(a, "--info")) info = 1;
-            else if (!strcmp(a, "--precise")) o.precise = 1;
-            else if (!strcmp(a, "--timings")) o.timings = 1;
-            else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
-                fatal("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
-            else fatal("unknown option '%s' (try --help)", a);
-#undef NEED_VALUE
-        } else if (!model_path) model_path = a;
-        else inputs[n_inputs++] = argv[i];
+        if (only_positional || a[0] != '-' || !a[1]) {
+            if (!model_path) model_path = a;
+            else inputs[n_inputs++] = argv[i];
+            continue;
+        }
+#define VALUE() (i + 1 < argc ? argv[++i] : (fatal("%s needs a value (try --help)", a), ""))
+        if (!strcmp(a, "--")) only_positional = 1;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--task")) {
+            o->task = VALUE();
+            if (strcmp(o->task, "quality") && strcmp(o->task, "aesthetics") && strcmp(o->task, "aesthetic"))
+                fatal("--task must be quality, aesthetics or aesthetic, got '%s'", o->task);
+        } else if (!strcmp(a, "--scale")) {
+            const char *v = VALUE();
+            if (!strcmp(v, "0-1")) o->scale01 = 1;
+            else if (strcmp(v, "1-5")) fatal("--scale must be 1-5 or 0-1, got '%s'", v);
+        }
+        else if (!strcmp(a, "--video")) o->video = 1;
+        else if (!strcmp(a, "--frames")) o->frames_dir = VALUE();
+        else if (!strcmp(a, "--max-frames")) o->max_frames = parse_int(VALUE(), "--max-frames", 1, 100000);
+        else if (!strcmp(a, "--prompt")) o->prompt = VALUE();
+        else if (!strcmp(a, "--levels")) o->levels = VALUE();
+        else if (!strcmp(a, "--no-pad")) o->pad = 0;
+        else if (!strcmp(a, "--precise")) o->precise = 1;
+        else if (!strcmp(a, "--json")) o->json = 1;
+        else if (!strcmp(a, "--csv")) o->sink.csv_path = VALUE();
+        else if (!strcmp(a, "--jsonl")) o->sink.jsonl_path = VALUE();
+        else if (!strcmp(a, "--report")) o->sink.report_path = VALUE();
+        else if (!strcmp(a, "--eval")) o->sink.labels_path = VALUE();
+        else if (!strcmp(a, "--resume")) o->sink.resume = 1;
+        else if (!strcmp(a, "--shard")) o->shard = VALUE();
+        else if (!strcmp(a, "--dump")) o->dump_dir = VALUE();
+        else if (!strcmp(a, "--timings")) o->timings = 1;
+        else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o->quiet = 1;
+        else if (!strcmp(a, "--threads")) o->threads = parse_int(VALUE(), "--threads", 1, 4096);
+        else if (!strcmp(a, "--tokenize")) tokenize_text = VALUE();
+        else if (!strcmp(a, "--info")) info = 1;
+        else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
+            fatal("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
+        else fatal("unknown option '%s' (try --help)", a);
+#undef VALUE
     }
-    if (!model_path) { usage(stderr); return 2; }
+    if (!model_path) {
+        usage(stderr);
+        return 2;
+    }
 #ifdef _OPENMP
-    if (o.threads) omp_set_num_threads(o.threads);
+    if (o->threads) omp_set_num_threads(o->threads);
 #else
-    if (o.threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o.threads);
+    if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif
+    if (o->sink.resume && !o->sink.csv_path && !o->sink.jsonl_path) fatal("--resume needs --csv or --jsonl");
+    int shard_i = 0, shard_n = 0;
+    char err[1024];
+    if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) fatal("--shard: %s", err);
 
-    Model m;
-    model_load(&m, model_path);
-    if (info) { cmd_info(&m); model_free(&m); return 0; }
+    Model *m = &app.m;
+    model_load(m, model_path);
+    if (info) {
+        cmd_info(m);
+        return 0;
+    }
     if (tokenize_text) {
         size_t len = strlen(tokenize_text);
-        int cap = tokenizer_max_ids(len);
-        int *ids = xmalloc((size_t)cap * sizeof(int));
-        int n = tokenizer_encode(&m.tok, tokenize_text, len, 1, ids, cap);
+        int cap = tokenizer_max_ids(len), *ids = xmalloc((size_t)cap * sizeof(int));
+        int n = tokenizer_encode(&m->tok, tokenize_text, len, 1, ids, cap);
         if (n < 0 || n > cap) fatal("tokenizing failed");
         for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
         free(ids);
-        model_free(&m);
         return 0;
     }
-    if (n_inputs == 0) fatal("no INPUT given (try --help)");
-    if (o.dump_dir && !o.video && n_inputs > 1) fatal("--dump takes one input (or one video with --video)");
-
-    Prompt p;
-    build_prompt(&m, o.task, o.video ? "video" : "image", &p);
-    int n_frames = o.video ? n_inputs : 1;
-    RunState s;
-    run_state_alloc(&s, &m.c, n_frames, sequence_length(&m, &p, n_frames), p.n_ids, o.precise);
-    size_t img = 3 * (size_t)m.c.v_image * m.c.v_image;
-    float *pixels = xmalloc((size_t)n_frames * img * sizeof(float));
-    Dump dump = {.dir = o.dump_dir}, *dp = o.dump_dir ? &dump : NULL;
-    int failures = 0;
-    char err[512];
-
-    if (o.video) {
-        int ok = 1;
-        for (int f = 0; f < n_frames && ok; f++) {
-            Image resized = {0};
-            if (load_pixels(&m, &s, inputs[f], pixels + f * img, dp ? &resized : NULL, err, sizeof err) != 0) {
-                print_error(&o, inputs[f], err);
-                ok = 0;
-            } else if (dp) {
-                int64_t shape[4] = {n_frames, m.c.v_image, m.c.v_image, 3};
-                npy_write(dp, "resized_rgb", "|u1", resized.rgb, 1, shape, 4, f);
-                image_free(&resized);
-            }
-        }
-        if (ok) {
-            Score sc;
-            score_frames(&m, &s, &p, pixels, n_frames, &sc, dp);
-            print_result(&o, inputs[0], n_frames, &sc);
-        } else failures++;
+    if (n_inputs == 0 && !o->frames_dir) fatal("no INPUT given (try --help)");
+    if (o->levels) {
+        if (levels_parse(m, o->levels, &app.lv, err, sizeof err) != 0) fatal("%s", err);
     } else {
-        for (int i = 0; i < n_inputs; i++) {
-            Image resized = {0};
-            if (load_pixels(&m, &s, inputs[i], pixels, dp ? &resized : NULL, err, sizeof err) != 0) {
-                print_error(&o, inputs[i], err);
-                failures++;
+        levels_default(m, &app.lv);
+    }
+    if (build_prompt(m, o->prompt, o->task, "image", &app.prompt_image, err, sizeof err) != 0 ||
+        build_prompt(m, o->prompt, o->task, "video", &app.prompt_video, err, sizeof err) != 0)
+        fatal("--prompt: %s", err);
+
+    /* what to score: frames of one video, or a list of images/videos */
+    ItemList items = {0};
+    char **frames = NULL;
+    int n_frames = 0;
+    const char *frames_name = NULL;
+    if (o->video || o->frames_dir) {
+        if (o->frames_dir) {
+            const char *dir = o->frames_dir;
+            if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &items, err, sizeof err) != 0) fatal("%s", err);
+            frames_name = o->frames_dir;
+        } else {
+            if (n_inputs == 0) fatal("--video needs the frames as INPUTs");
+            frames_name = inputs[0];
+        }
+        frames = xmalloc((items.n + (size_t)n_inputs + 1) * sizeof(char *));
+        if (o->video) /* keep the command-line order: these are frames in time order */
+            for (int i = 0; i < n_inputs; i++) frames[n_frames++] = inputs[i];
+        else
+            for (size_t i = 0; i < items.n; i++)
+                if (items.items[i].kind == ITEM_IMAGE) frames[n_frames++] = items.items[i].path;
+        if (n_frames == 0) fatal("%s: no frames", frames_name);
+    } else {
+        if (inputs_expand((const char *const *)inputs, (size_t)n_inputs, NULL, &items, err, sizeof err) != 0) fatal("%s", err);
+        if (o->shard) items_shard(&items, shard_i, shard_n);
+    }
+    size_t n_items = frames ? 1 : items.n;
+    if (o->dump_dir && n_items != 1) fatal("--dump takes one input (or the frames of one video)");
+    app.dump = (Dump){.dir = o->dump_dir};
+    app.dp = o->dump_dir ? &app.dump : NULL;
+
+    o->sink.task = o->task;
+    o->sink.scale = o->scale01 ? "0-1" : "1-5";
+    if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
+        app.sink = sink_open(&o->sink, err, sizeof err);
+        if (!app.sink) fatal("%s", err);
+        if (sink_previous(app.sink)) fprintf(stderr, "qalign: resuming: %zu inputs already done\n", sink_previous(app.sink));
+    }
+    char why[512] = "";
+    int have_ffmpeg = video_available(why, sizeof why);
+    progress_start(&app.pg, n_items, o->quiet);
+
+    if (frames) {
+        score_frame_files(&app, frames_name, frames, n_frames);
+    } else {
+        for (size_t i = 0; i < items.n; i++) {
+            const Item *it = &items.items[i];
+            if (app.sink && sink_done(app.sink, it->path)) {
+                progress_skip(&app.pg);
                 continue;
             }
-            if (dp) {
-                int64_t shape[4] = {1, m.c.v_image, m.c.v_image, 3};
-                npy_write(dp, "resized_rgb", "|u1", resized.rgb, 1, shape, 4, 0);
-                image_free(&resized);
+            progress_begin_item(&app.pg, it->path);
+            if (it->kind == ITEM_ERROR) {
+                report_error(&app, it->path, it->error);
+                record(&app, it->path, NULL, 0, NULL, it->error, NULL);
+            } else if (it->kind == ITEM_VIDEO) {
+                score_video(&app, it->path, have_ffmpeg, why);
+            } else {
+                score_image(&app, it->path);
             }
-            Score sc;
-            score_frames(&m, &s, &p, pixels, 1, &sc, dp);
-            print_result(&o, inputs[i], 1, &sc);
         }
     }
-    if (dp && dump.failed) fatal("writing the dump to %s failed", o.dump_dir);
-    if (o.timings) {
-        double *t = s.seconds, total = t[0] + t[1] + t[2] + t[3];
-        int scored = (o.video ? 1 : n_inputs) - failures;
-        fprintf(stderr, "qalign: timings (%d threads, %s): preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
-                "decoder %.3f s, total %.3f s for %d input%s\n", s.n_threads, kernel_names(), t[0], t[1], t[2], t[3],
-                total, scored, scored == 1 ? "" : "s");
+    progress_finish(&app.pg);
+    if (app.dp && app.dump.failed) fatal("writing the dump to %s failed", o->dump_dir);
+    if (app.sink) {
+        if (sink_finish(app.sink, stderr, err, sizeof err) != 0) fatal("%s", err);
+        sink_free(app.sink);
     }
-    free(pixels);
-    free(p.ids);
-    free(inputs);
-    run_state_free(&s);
-    model_free(&m);
-    return failures ? 1 : 0;
+    if (o->timings && app.have_state) {
+        double *t = app.s.seconds, total = t[0] + t[1] + t[2] + t[3];
+        fprintf(stderr, "qalign: timings (%d threads, %s): preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
+                "decoder %.3f s, total %.3f s\n", app.s.n_threads, kernel_names(), t[0], t[1], t[2], t[3], total);
+    }
+    /* everything else is released by the exit */
+    return app.failures ? 1 : 0;
 }
 #endif

@@ -85,14 +85,18 @@ def test_each_weight_type_within_its_bound(model, qalign_bin, request, ppms):
 
 
 def test_scores_do_not_depend_on_threads_or_batch(qalign_bin, typed_models, ppms):
+    def by_file(out):
+        return {json.loads(l)["file"]: l for l in out.splitlines()}
     for dt in ("f32", "bf16", "q8_0", "q4_1"):
         model = typed_models[dt]
-        alone = [run([qalign_bin, model, "--json", "--threads", "1", p]).stdout for p in ppms]
-        batch = run([qalign_bin, model, "--json", "--threads", "2", *ppms]).stdout.splitlines(keepends=True)
-        batch3 = run([qalign_bin, model, "--json", "--threads", "3", *reversed(ppms)]).stdout.splitlines(keepends=True)
-        assert alone == batch, f"{dt}: batch of {len(ppms)} on 2 threads differs from one-by-one on 1 thread"
-        assert alone == list(reversed(batch3)), f"{dt}: reversed batch on 3 threads differs"
-    report("determinism: 4 types x 4 images: identical output for 1/2/3 threads, alone or in a batch, any order")
+        alone = {}
+        for p in ppms:
+            alone.update(by_file(run([qalign_bin, model, "--json", "--threads", "1", p]).stdout))
+        batch = by_file(run([qalign_bin, model, "--json", "--threads", "2", *ppms]).stdout)
+        pair = by_file(run([qalign_bin, model, "--json", "--threads", "3", ppms[3], ppms[1]]).stdout)
+        assert len(alone) == len(ppms) and batch == alone, f"{dt}: a batch on 2 threads differs from one-by-one on 1 thread"
+        assert all(pair[f] == alone[f] for f in pair), f"{dt}: a pair on 3 threads differs"
+    report("determinism: 4 types x 4 images: identical output for 1/2/3 threads, alone, in a batch or a pair")
 
 
 def test_dump_path_equals_fast_path(qalign_bin, typed_models, ppms, workdir):

@@ -191,8 +191,8 @@ def test_cli_errors(qalign_bin, tiny_f32, workdir):
     # a missing input in a batch: its error, the other input's result, exit status 1
     r = run([qalign_bin, tiny_f32, "--json", workdir / "missing.ppm", ppm])
     assert r.returncode == 1
-    rows = [json.loads(l) for l in r.stdout.splitlines()]
-    assert "error" in rows[0] and rows[1]["score"] > 0
+    rows = {json.loads(l)["file"]: json.loads(l) for l in r.stdout.splitlines()}
+    assert "error" in rows[str(workdir / "missing.ppm")] and rows[str(ppm)]["score"] > 0
 
 
 def test_tokenize_flag(qalign_bin, tiny_f32, real_tokenizer):
