@@ -1,0 +1,1294 @@
+/* image.c - image loading, format sniffing, PNM and BMP decoding, and the
+ * Q-Align preprocessing pipeline, bit-exact with Pillow 9.4.
+ *
+ * Contents (top-down):
+ *   1. errors and checked size arithmetic, Image allocation
+ *   2. loading files, sniffing the format, dispatching to a decoder
+ *   3. PPM writer
+ *   4. PNM decoder (P1..P6), following Pillow's PpmImagePlugin exactly
+ *   5. BMP decoder, following Pillow's BmpImagePlugin exactly
+ *   6. preprocessing: expand2square, Pillow's bicubic resampler, normalisation
+ *
+ * Library code: never prints, exits or aborts; every failure returns -1 with a
+ * one-line reason in err (see image.h).
+ */
+#include "image.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The resampling weights must round exactly as Pillow's (a plain x86-64 build,
+ * no FMA): multiply-adds are never fused. GCC does not fuse in ISO C mode
+ * (-std=c11); clang would within an expression unless told not to. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* ========================================================================== */
+/* 1. errors, checked arithmetic, allocation                                  */
+/* ========================================================================== */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int image_mul_size(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+/* Check w x h against the caps; 0 if acceptable. Used before any allocation,
+ * also by decoders that want to refuse early (before reading pixel data). */
+static int check_dims(long long w, long long h, char *err, size_t errlen) {
+    if (w < 1 || h < 1) return fail(err, errlen, "invalid image size %lldx%lld", w, h);
+    if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM)
+        return fail(err, errlen, "image too large (%lldx%lld, limit %d per side)", w, h, IMAGE_MAX_DIM);
+    if ((unsigned long long)w * (unsigned long long)h > (unsigned long long)IMAGE_MAX_PIXELS)
+        return fail(err, errlen, "image too large (%lldx%lld, limit %zu pixels)", w, h,
+                    (size_t)IMAGE_MAX_PIXELS);
+    return 0;
+}
+
+int image_alloc(Image *img, int w, int h, char *err, size_t errlen) {
+    size_t n;
+    img->w = img->h = 0;
+    img->rgb = NULL;
+    if (check_dims(w, h, err, errlen)) return -1;
+    if (!image_mul_size((size_t)w, (size_t)h, &n) || !image_mul_size(n, 3, &n))
+        return fail(err, errlen, "image too large (%dx%d)", w, h);
+    img->rgb = malloc(n);
+    if (!img->rgb) return fail(err, errlen, "out of memory for a %dx%d image", w, h);
+    img->w = w;
+    img->h = h;
+    return 0;
+}
+
+void image_free(Image *img) {
+    if (!img) return;
+    free(img->rgb);
+    img->rgb = NULL;
+    img->w = img->h = 0;
+}
+
+int image_from_rgb(const uint8_t *rgb, int w, int h, Image *out, char *err, size_t errlen) {
+    if (!rgb) {
+        out->w = out->h = 0;
+        out->rgb = NULL;
+        return fail(err, errlen, "no pixel data");
+    }
+    if (image_alloc(out, w, h, err, errlen)) return -1;
+    memcpy(out->rgb, rgb, (size_t)w * (size_t)h * 3);
+    return 0;
+}
+
+/* ========================================================================== */
+/* 2. loading, sniffing, dispatch                                             */
+/* ========================================================================== */
+
+ImageFormat image_sniff(const uint8_t *buf, size_t len) {
+    if (!buf) return IMG_UNKNOWN;
+    /* PNG: the full 8-byte signature is checked by png_decode, so that a
+     * damaged signature gets a PNG-specific message. */
+    if (len >= 4 && buf[0] == 0x89 && buf[1] == 'P' && buf[2] == 'N' && buf[3] == 'G') return IMG_PNG;
+    if (len >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) return IMG_JPEG;
+    if (len >= 2 && buf[0] == 'B' && buf[1] == 'M') return IMG_BMP;
+    if (len >= 2 && buf[0] == 'P' && buf[1] >= '1' && buf[1] <= '6') return IMG_PNM;
+    /* headerless DIB (what Pillow opens as "DIB"): a BMP info header size */
+    if (len >= 4 && buf[1] == 0 && buf[2] == 0 && buf[3] == 0 &&
+        (buf[0] == 12 || buf[0] == 40 || buf[0] == 64 || buf[0] == 108 || buf[0] == 124))
+        return IMG_BMP;
+    return IMG_UNKNOWN;
+}
+
+const char *image_format_name(ImageFormat f) {
+    switch (f) {
+    case IMG_PNM: return "PNM";
+    case IMG_BMP: return "BMP";
+    case IMG_PNG: return "PNG";
+    case IMG_JPEG: return "JPEG";
+    default: return "unknown";
+    }
+}
+
+int image_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    char why[256];
+    int rc;
+    ImageFormat f;
+
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (!buf || len == 0) return fail(err, errlen, "empty file");
+    f = image_sniff(buf, len);
+    why[0] = '\0';
+    switch (f) {
+    case IMG_PNM: rc = pnm_decode(buf, len, out, why, sizeof why); break;
+    case IMG_BMP: rc = bmp_decode(buf, len, out, why, sizeof why); break;
+    case IMG_PNG: rc = png_decode(buf, len, out, why, sizeof why); break;
+    case IMG_JPEG: rc = jpeg_decode(buf, len, out, why, sizeof why); break;
+    default:
+        return fail(err, errlen, "unrecognised image format (expected PNG, JPEG, BMP or PNM)");
+    }
+    if (rc == 0 && (!out->rgb || out->w < 1 || out->h < 1)) {
+        image_free(out);
+        rc = -1;
+        snprintf(why, sizeof why, "decoder returned no image");
+    }
+    if (rc != 0) {
+        image_free(out);
+        return fail(err, errlen, "%s: %s", image_format_name(f), why[0] ? why : "decoding failed");
+    }
+    return 0;
+}
+
+int image_load(const char *path, Image *out, char *err, size_t errlen) {
+    FILE *fp;
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc;
+
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (!path) return fail(err, errlen, "no file name");
+    fp = fopen(path, "rb");
+    if (!fp) return fail(err, errlen, "cannot open: %s", strerror(errno));
+    for (;;) {
+        size_t got;
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : (size_t)1 << 16;
+            uint8_t *nb;
+            if (ncap < cap) { /* overflow */
+                free(buf);
+                fclose(fp);
+                return fail(err, errlen, "file too large");
+            }
+            nb = realloc(buf, ncap);
+            if (!nb) {
+                free(buf);
+                fclose(fp);
+                return fail(err, errlen, "out of memory reading the file");
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        got = fread(buf + len, 1, cap - len, fp);
+        len += got;
+        if (got == 0) break;
+    }
+    if (ferror(fp)) {
+        int e = errno;
+        free(buf);
+        fclose(fp);
+        return fail(err, errlen, "read error: %s", e ? strerror(e) : "unknown");
+    }
+    fclose(fp);
+    if (len == 0) {
+        free(buf);
+        return fail(err, errlen, "empty file");
+    }
+    rc = image_decode(buf, len, out, err, errlen);
+    free(buf);
+    return rc;
+}
+
+/* ========================================================================== */
+/* 3. PPM writer                                                              */
+/* ========================================================================== */
+
+int image_write_ppm(const char *path, const Image *img, char *err, size_t errlen) {
+    FILE *fp;
+    size_t n;
+    int ok;
+    if (!img || !img->rgb || img->w < 1 || img->h < 1) return fail(err, errlen, "no image to write");
+    n = (size_t)img->w * (size_t)img->h * 3;
+    fp = fopen(path, "wb");
+    if (!fp) return fail(err, errlen, "cannot create: %s", strerror(errno));
+    ok = fprintf(fp, "P6\n%d %d\n255\n", img->w, img->h) > 0;
+    ok = ok && fwrite(img->rgb, 1, n, fp) == n;
+    if (fclose(fp) != 0) ok = 0;
+    if (!ok) return fail(err, errlen, "write error: %s", strerror(errno));
+    return 0;
+}
+
+/* ========================================================================== */
+/* 4. PNM (PpmImagePlugin in Pillow 9.4)                                      */
+/* ========================================================================== */
+/* Header: a magic of up to 6 non-whitespace bytes, then width, height and
+ * (except for bitmaps) maxval, each a token of at most 10 bytes; '#' starts a
+ * comment that runs to CR/LF (and may sit in the middle of a token, which then
+ * continues after the comment). One whitespace byte ends the last token; the
+ * pixel data starts right after it.
+ *
+ * Pixel data, as Pillow decodes it:
+ *   P4 ("1;I" raw): 1 bit/pixel, MSB first, rows padded to a byte, 1 = black.
+ *   P5/P6 maxval 255: raw 8-bit L/RGB.
+ *   P5 maxval 65535: raw big-endian 16-bit, mode I.
+ *   other maxvals (PpmDecoder): 1 byte per sample if maxval < 256, else 2
+ *       (big-endian); value = min(out_max, round_half_even(v / maxval * out_max))
+ *       with out_max 65535 for P5 with maxval > 255 (mode I), else 255.
+ *   P1/P2/P3 (PpmPlainDecoder): ASCII tokens, read in 1 MiB blocks (below).
+ * convert("RGB"): mode 1 -> 0/255, L -> replicated, I -> clipped to 0..255. */
+
+static int pnm_ws(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
+
+/* Python's int() on a bytes token: [+-]digits, single '_' allowed between
+ * digits. Tokens are at most 10 bytes, so the value fits in long long. */
+static int py_int(const uint8_t *t, size_t n, long long *v) {
+    size_t i = 0;
+    int neg = 0, digits = 0, prev_us = 0;
+    long long x = 0;
+    if (n && (t[0] == '+' || t[0] == '-')) {
+        neg = t[0] == '-';
+        i = 1;
+    }
+    for (; i < n; i++) {
+        if (t[i] >= '0' && t[i] <= '9') {
+            x = x * 10 + (t[i] - '0');
+            digits++;
+            prev_us = 0;
+        } else if (t[i] == '_' && digits && !prev_us) {
+            prev_us = 1;
+        } else {
+            return -1;
+        }
+    }
+    if (!digits || prev_us) return -1;
+    *v = neg ? -x : x;
+    return 0;
+}
+
+/* PpmImageFile._read_token: returns 0 and the token, or -1 with err. */
+static int pnm_token(const uint8_t *p, size_t len, size_t *pos, uint8_t tok[11], size_t *toklen,
+                     char *err, size_t errlen) {
+    size_t n = 0;
+    while (n <= 10) {
+        int c;
+        if (*pos >= len) break;
+        c = p[(*pos)++];
+        if (pnm_ws(c)) {
+            if (n == 0) continue;
+            break;
+        }
+        if (c == '#') { /* comment: up to and including CR or LF, or to EOF */
+            while (*pos < len) {
+                int d = p[(*pos)++];
+                if (d == '\r' || d == '\n') break;
+            }
+            continue;
+        }
+        tok[n++] = (uint8_t)c;
+    }
+    if (n == 0) return fail(err, errlen, "header ends early");
+    if (n > 10) return fail(err, errlen, "header token too long");
+    *toklen = n;
+    return 0;
+}
+
+/* Map a sample through Pillow's PpmDecoder scaling. */
+static unsigned pnm_scale(unsigned v, unsigned maxval, unsigned out_max) {
+    double q = (double)v / (double)maxval * (double)out_max;
+    double r = nearbyint(q); /* round half to even, as Python's round() */
+    return r >= (double)out_max ? out_max : (unsigned)r;
+}
+
+/* ---- plain (ASCII) formats: PpmPlainDecoder, emulated block by block ----
+ * Pillow reads the data in 1 MiB blocks, strips comments per block and
+ * carries a token cut by a block boundary over to the next block. Its quirks
+ * are reproduced: the carried token is never cleared, so it is stitched in
+ * again after a later block that ends in whitespace, and at EOF it is repeated
+ * until the image is full (a file not ending in whitespace repeats its last
+ * value); a comment continuing into a block that starts with LF and also
+ * contains CR ends at that CR. */
+
+#define PNM_BLOCK (1024 * 1024) /* ImageFile.SAFEBLOCK */
+
+typedef struct {
+    const uint8_t *p;  /* whole file */
+    size_t len;        /* file length */
+    size_t pos;        /* the decoder's file position */
+    int comment_spans; /* a comment runs past the end of the previous block */
+} PlainReader;
+
+/* self._read_block(): the next raw block (may be empty at EOF). */
+static size_t plain_read(PlainReader *r, const uint8_t **b) {
+    size_t n = r->len - r->pos < PNM_BLOCK ? r->len - r->pos : PNM_BLOCK;
+    *b = r->p + r->pos;
+    r->pos += n;
+    return n;
+}
+
+/* _find_comment_end: lowest non-negative index of LF/CR from start, computed
+ * as Pillow does ("min(a, b) if a * b > 0 else max(a, b)"). */
+static long plain_comment_end(const uint8_t *b, size_t n, size_t start) {
+    long a = -1, c = -1;
+    size_t i;
+    for (i = start; i < n; i++)
+        if (b[i] == '\n') { a = (long)i; break; }
+    for (i = start; i < n; i++)
+        if (b[i] == '\r') { c = (long)i; break; }
+    if (a * c > 0) return a < c ? a : c;
+    return a > c ? a : c;
+}
+
+/* _ignore_comments(block) -> dst (at most PNM_BLOCK bytes). */
+static size_t plain_ignore_comments(PlainReader *r, const uint8_t *b, size_t n, uint8_t *dst) {
+    size_t o = 0, i = 0;
+    if (r->comment_spans) {
+        while (n) {
+            long e = plain_comment_end(b, n, 0);
+            if (e != -1) {
+                b += e + 1;
+                n -= (size_t)e + 1;
+                break;
+            }
+            n = plain_read(r, &b);
+        }
+    }
+    r->comment_spans = 0;
+    while (i < n) {
+        if (b[i] == '#') {
+            long e = plain_comment_end(b, n, i);
+            if (e == -1) {
+                r->comment_spans = 1;
+                break;
+            }
+            i = (size_t)e + 1;
+            continue;
+        }
+        dst[o++] = b[i++];
+    }
+    return o;
+}
+
+/* Store sample number i (of a 1- or 3-band image) into the RGB image. */
+static void pnm_put(uint8_t *rgb, int bands, size_t i, uint8_t v) {
+    if (bands == 3) rgb[i] = v;
+    else rgb[3 * i] = rgb[3 * i + 1] = rgb[3 * i + 2] = v;
+}
+
+/* P1 (_decode_bitonal): every non-whitespace byte is a pixel, '0' white,
+ * '1' black; the whole block is validated before it is used. */
+static int pnm_plain_bits(PlainReader *r, uint8_t *blk, uint8_t *rgb, size_t total, char *err, size_t errlen) {
+    size_t have = 0;
+    while (have != total) {
+        const uint8_t *raw;
+        size_t n = plain_read(r, &raw), i;
+        if (n == 0) break;
+        n = plain_ignore_comments(r, raw, n, blk);
+        for (i = 0; i < n; i++)
+            if (!pnm_ws(blk[i]) && blk[i] != '0' && blk[i] != '1')
+                return fail(err, errlen, "invalid bitmap value in data");
+        for (i = 0; i < n && have < total; i++)
+            if (!pnm_ws(blk[i])) pnm_put(rgb, 1, have++, blk[i] == '0' ? 255 : 0);
+    }
+    if (have != total) return fail(err, errlen, "not enough image data");
+    return 0;
+}
+
+/* One P2/P3 data token -> output byte. mode_i: P2 with maxval > 255 (image
+ * mode I, where o32() of a negative value fails and the value is later
+ * clipped to 255); otherwise o8() keeps the low byte. */
+static int pnm_plain_value(const uint8_t *t, size_t n, unsigned maxval, int mode_i, uint8_t *v8, char *err,
+                           size_t errlen) {
+    long long v;
+    unsigned out_max = mode_i ? 65535 : 255;
+    if (n > 10) return fail(err, errlen, "data token too long");
+    if (py_int(t, n, &v)) return fail(err, errlen, "invalid number in data");
+    if (v > (long long)maxval) return fail(err, errlen, "sample value larger than maxval");
+    if (v < 0) {
+        if (mode_i) return fail(err, errlen, "negative sample value");
+        *v8 = (uint8_t)((long long)nearbyint((double)v / (double)maxval * (double)out_max) & 255);
+    } else {
+        unsigned s = pnm_scale((unsigned)v, maxval, out_max);
+        *v8 = (uint8_t)(s > 255 ? 255 : s);
+    }
+    return 0;
+}
+
+/* P2/P3 (_decode_blocks): decimal tokens of <= 10 bytes, each <= maxval,
+ * scaled by round(v / maxval * out_max). */
+static int pnm_plain_values(PlainReader *r, uint8_t *blk, unsigned maxval, int mode_i, int bands, uint8_t *rgb,
+                            size_t total, char *err, size_t errlen) {
+    uint8_t half[16]; /* the carried ("half") token */
+    size_t hlen = 0;  /* its length; 0 = none yet */
+    size_t have = 0;
+    while (have != total) {
+        const uint8_t *raw;
+        size_t n = plain_read(r, &raw), i, end;
+        uint8_t v = 0;
+        if (n == 0) {
+            if (!hlen) break;
+            /* EOF with a carried token: every further round stitches it to
+             * " " and yields it once more, until the image is full. */
+            if (pnm_plain_value(half, hlen, maxval, mode_i, &v, err, errlen)) return -1;
+            while (have != total) pnm_put(rgb, bands, have++, v);
+            break;
+        }
+        n = plain_ignore_comments(r, raw, n, blk + hlen);
+        memcpy(blk, half, hlen); /* block = half_token + block */
+        n += hlen;
+        end = n;
+        if (n && !pnm_ws(blk[n - 1])) { /* the last token may continue in the next block */
+            size_t s = n;
+            while (s > 0 && !pnm_ws(blk[s - 1])) s--;
+            if (n - s > 10) return fail(err, errlen, "data token too long");
+            memcpy(half, blk + s, n - s);
+            hlen = n - s;
+            end = s;
+        }
+        i = 0;
+        while (have != total) {
+            size_t start;
+            while (i < end && pnm_ws(blk[i])) i++;
+            if (i >= end) break;
+            start = i;
+            while (i < end && !pnm_ws(blk[i])) i++;
+            if (pnm_plain_value(blk + start, i - start, maxval, mode_i, &v, err, errlen)) return -1;
+            pnm_put(rgb, bands, have++, v);
+        }
+    }
+    if (have != total) return fail(err, errlen, "not enough image data");
+    return 0;
+}
+
+int pnm_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    uint8_t magic[6], tok[11];
+    size_t mlen = 0, pos = 0, toklen = 0, npix, i;
+    long long vals[3] = {0, 0, 0};
+    int kind, bitmap, bands, ntok, ix;
+    unsigned maxval = 255;
+
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    /* magic: up to 6 bytes, ended by whitespace (consumed) or EOF */
+    while (mlen < 6 && pos < len) {
+        uint8_t c = buf[pos++];
+        if (pnm_ws(c)) break;
+        magic[mlen++] = c;
+    }
+    if (mlen != 2 || magic[0] != 'P' || magic[1] < '1' || magic[1] > '6') {
+        if ((mlen == 6 && !memcmp(magic, "P0CMYK", 6)) || (mlen == 3 && !memcmp(magic, "PyP", 3)) ||
+            (mlen == 6 && (!memcmp(magic, "PyRGBA", 6) || !memcmp(magic, "PyCMYK", 6))))
+            return fail(err, errlen, "unsupported variant");
+        return fail(err, errlen, "bad magic number");
+    }
+    kind = magic[1] - '0';
+    bitmap = kind == 1 || kind == 4;
+    bands = (kind == 3 || kind == 6) ? 3 : 1;
+    ntok = bitmap ? 2 : 3;
+    for (ix = 0; ix < ntok; ix++) {
+        if (pnm_token(buf, len, &pos, tok, &toklen, err, errlen)) return -1;
+        if (py_int(tok, toklen, &vals[ix])) return fail(err, errlen, "invalid number in header");
+        if (ix == 2 && (vals[2] < 1 || vals[2] > 65535))
+            return fail(err, errlen, "maxval must be greater than 0 and less than 65536");
+    }
+    if (!bitmap) maxval = (unsigned)vals[2];
+    if (check_dims(vals[0], vals[1], err, errlen)) return -1;
+    npix = (size_t)vals[0] * (size_t)vals[1];
+
+    if (kind >= 4) { /* binary: check the data size before allocating */
+        size_t need, rowbytes = 0, avail = len - pos;
+        const uint8_t *d = buf + pos;
+        int in_bytes = maxval < 256 ? 1 : 2;
+        if (kind == 4) {
+            rowbytes = ((size_t)vals[0] + 7) / 8;
+            need = rowbytes * (size_t)vals[1];
+        } else {
+            need = npix * (size_t)bands * (size_t)in_bytes;
+        }
+        if (avail < need) return fail(err, errlen, "truncated pixel data (%zu of %zu bytes)", avail, need);
+        if (image_alloc(out, (int)vals[0], (int)vals[1], err, errlen)) return -1;
+        if (kind == 4) {
+            int x, y, w = out->w;
+            for (y = 0; y < out->h; y++) {
+                const uint8_t *row = d + (size_t)y * rowbytes;
+                uint8_t *o = out->rgb + (size_t)y * (size_t)w * 3;
+                for (x = 0; x < w; x++) {
+                    uint8_t v = (row[x >> 3] & (0x80 >> (x & 7))) ? 0 : 255;
+                    o[3 * x] = o[3 * x + 1] = o[3 * x + 2] = v;
+                }
+            }
+        } else if (maxval == 255) {
+            if (bands == 3) {
+                memcpy(out->rgb, d, npix * 3);
+            } else {
+                for (i = 0; i < npix; i++) out->rgb[3 * i] = out->rgb[3 * i + 1] = out->rgb[3 * i + 2] = d[i];
+            }
+        } else if (maxval == 65535 && bands == 1) { /* raw I;16B, then I -> RGB clips */
+            for (i = 0; i < npix; i++) {
+                unsigned v = ((unsigned)d[2 * i] << 8) | d[2 * i + 1];
+                out->rgb[3 * i] = out->rgb[3 * i + 1] = out->rgb[3 * i + 2] = (uint8_t)(v > 255 ? 255 : v);
+            }
+        } else { /* PpmDecoder: scale every sample through a lookup table */
+            unsigned out_max = (bands == 1 && maxval > 255) ? 65535 : 255;
+            size_t nlut = in_bytes == 1 ? 256 : 65536, ns = npix * (size_t)bands;
+            uint8_t *lut = malloc(nlut);
+            if (!lut) {
+                image_free(out);
+                return fail(err, errlen, "out of memory");
+            }
+            for (i = 0; i < nlut; i++) {
+                unsigned s = pnm_scale((unsigned)i, maxval, out_max);
+                lut[i] = (uint8_t)(s > 255 ? 255 : s); /* mode I -> RGB clips */
+            }
+            for (i = 0; i < ns; i++) {
+                unsigned v = in_bytes == 1 ? d[i] : (((unsigned)d[2 * i] << 8) | d[2 * i + 1]);
+                uint8_t s = lut[v];
+                if (bands == 3) out->rgb[i] = s;
+                else out->rgb[3 * i] = out->rgb[3 * i + 1] = out->rgb[3 * i + 2] = s;
+            }
+            free(lut);
+        }
+        return 0;
+    }
+
+    /* plain (ASCII) formats */
+    {
+        PlainReader r;
+        size_t total = npix * (size_t)bands;
+        uint8_t *blk;
+        int rc;
+        if (kind == 1 && len - pos < total) return fail(err, errlen, "not enough image data");
+        if (image_alloc(out, (int)vals[0], (int)vals[1], err, errlen)) return -1;
+        memset(&r, 0, sizeof r);
+        r.p = buf;
+        r.len = len;
+        r.pos = pos;
+        /* a block never holds more than the data left, plus a carried token */
+        blk = malloc((len - pos < PNM_BLOCK ? len - pos : PNM_BLOCK) + 16);
+        if (!blk) {
+            image_free(out);
+            return fail(err, errlen, "out of memory");
+        }
+        if (kind == 1) rc = pnm_plain_bits(&r, blk, out->rgb, total, err, errlen);
+        else rc = pnm_plain_values(&r, blk, maxval, kind == 2 && maxval > 255, bands, out->rgb, total, err, errlen);
+        free(blk);
+        if (rc) image_free(out);
+        return rc;
+    }
+}
+
+/* ========================================================================== */
+/* 5. BMP (BmpImagePlugin in Pillow 9.4)                                      */
+/* ========================================================================== */
+
+/* The header is read as Pillow does (BmpImagePlugin, also for a headerless
+ * DIB, which starts directly with the info header):
+ *   - info header sizes 12 (OS/2 v1: 16-bit unsigned sizes, 3-byte palette
+ *     entries, bottom-up), 40, 64, 108, 124; others are refused.
+ *   - a height whose top byte is 0xFF means top-down with height 2^32 - value;
+ *     any other height is unsigned and bottom-up; width is unsigned.
+ *   - palette size = the colour count field, or 1 << bits when it is 0; if the
+ *     data offset points right after the info header, 4 * colours is added.
+ *   - bits 1/4/8: palette ("P"), unless every used palette entry is gray
+ *     (i,i,i) (entries 0 and 255 for 2 colours): then the image is read as mode
+ *     "1" (2 colours) or "L" - with 1 or 8 bits per pixel whatever the header
+ *     says, as Pillow does. More than 256 entries is refused ("invalid palette
+ *     size"); indices past the palette are gray (i,i,i).
+ *   - 16 bits: BGR;15 (or BGR;16 with 565 bit fields), 24: BGR, 32: BGRX;
+ *     BI_BITFIELDS only with the masks Pillow knows; alpha is dropped.
+ *   - RLE8/RLE4 through Pillow's BmpRleDecoder, quirks included.
+ *   - rows are 4-byte aligned; the last row's padding may be missing.
+ * Where Pillow behaves differently for a file opened by name (memory-mapped
+ * 8-bit rows) and from memory, the file-name behaviour is followed. */
+
+typedef enum {
+    RAW_1,      /* 1 bit per pixel, MSB first, set = white */
+    RAW_L,      /* 8-bit gray */
+    RAW_P1,     /* 1-bit palette index */
+    RAW_P4,     /* 4-bit palette index */
+    RAW_P8,     /* 8-bit palette index */
+    RAW_BGR15,  /* 16-bit little-endian 5-5-5, blue in the low bits */
+    RAW_BGR16,  /* 16-bit little-endian 5-6-5 */
+    RAW_BGR,    /* B, G, R bytes */
+    RAW_32      /* 4 bytes, channel byte positions in BmpInfo.pos */
+} BmpRaw;
+
+typedef struct {
+    BmpRaw raw;          /* pixel layout */
+    int pos[3];          /* RAW_32: byte offsets of R, G, B within a pixel */
+    uint8_t pal[256][3]; /* RGB palette for RAW_P* (gray beyond its size) */
+} BmpInfo;
+
+static uint32_t le32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static unsigned le16(const uint8_t *p) { return (unsigned)p[0] | ((unsigned)p[1] << 8); }
+
+static int raw_bits(BmpRaw r) {
+    switch (r) {
+    case RAW_1: case RAW_P1: return 1;
+    case RAW_P4: return 4;
+    case RAW_L: case RAW_P8: return 8;
+    case RAW_BGR15: case RAW_BGR16: return 16;
+    case RAW_BGR: return 24;
+    default: return 32;
+    }
+}
+
+/* One row of n pixels in layout bi->raw -> RGB. */
+static void bmp_row(const BmpInfo *bi, const uint8_t *s, int n, uint8_t *d) {
+    int x;
+    for (x = 0; x < n; x++, d += 3) {
+        unsigned v;
+        switch (bi->raw) {
+        case RAW_1: d[0] = d[1] = d[2] = (s[x >> 3] & (0x80 >> (x & 7))) ? 255 : 0; break;
+        case RAW_L: d[0] = d[1] = d[2] = s[x]; break;
+        case RAW_P1: memcpy(d, bi->pal[(s[x >> 3] >> (7 - (x & 7))) & 1], 3); break;
+        case RAW_P4: memcpy(d, bi->pal[(s[x >> 1] >> ((x & 1) ? 0 : 4)) & 15], 3); break;
+        case RAW_P8: memcpy(d, bi->pal[s[x]], 3); break;
+        case RAW_BGR15:
+            v = le16(s + 2 * x);
+            d[0] = (uint8_t)(((v >> 10) & 31) * 255 / 31);
+            d[1] = (uint8_t)(((v >> 5) & 31) * 255 / 31);
+            d[2] = (uint8_t)((v & 31) * 255 / 31);
+            break;
+        case RAW_BGR16:
+            v = le16(s + 2 * x);
+            d[0] = (uint8_t)(((v >> 11) & 31) * 255 / 31);
+            d[1] = (uint8_t)(((v >> 5) & 63) * 255 / 63);
+            d[2] = (uint8_t)((v & 31) * 255 / 31);
+            break;
+        case RAW_BGR:
+            d[0] = s[3 * x + 2];
+            d[1] = s[3 * x + 1];
+            d[2] = s[3 * x];
+            break;
+        case RAW_32:
+            d[0] = s[4 * x + bi->pos[0]];
+            d[1] = s[4 * x + bi->pos[1]];
+            d[2] = s[4 * x + bi->pos[2]];
+            break;
+        }
+    }
+}
+
+/* BmpRleDecoder: fills data (w*h bytes, zeroed by the caller) with index or
+ * gray bytes in file row order, or returns -1. p = the tile offset in the file. */
+static int bmp_rle(const uint8_t *buf, size_t len, size_t p, int w, int h, int rle4, uint8_t *data, char *err,
+                   size_t errlen) {
+    const size_t total = (size_t)w * (size_t)h;
+    size_t L = 0; /* len(data): may run past total, the excess is never used */
+    size_t x = 0;
+#define EMIT(v)                                \
+    do {                                       \
+        if (L < total) data[L] = (uint8_t)(v); \
+        L++;                                   \
+    } while (0)
+    while (L < total) {
+        unsigned num, byte;
+        if (p >= len) break;
+        num = buf[p++];
+        if (p >= len) break;
+        byte = buf[p++];
+        if (num) { /* encoded run, clipped to the row */
+            unsigned i;
+            if (x + num > (size_t)w) num = x < (size_t)w ? (unsigned)((size_t)w - x) : 0;
+            for (i = 0; i < num; i++) EMIT(rle4 ? ((i & 1) ? (byte & 15) : (byte >> 4)) : byte);
+            x += num;
+        } else if (byte == 0) { /* end of line: zero-fill to a row boundary (data starts zeroed) */
+            L += ((size_t)w - L % (size_t)w) % (size_t)w;
+            x = 0;
+        } else if (byte == 1) { /* end of bitmap */
+            break;
+        } else if (byte == 2) { /* delta: Pillow reads 2 bytes, ignores them, reads 2 more */
+            size_t right, up;
+            if (len - p < 2) break;
+            p += 2;
+            if (len - p < 2) return fail(err, errlen, "truncated RLE delta");
+            right = buf[p];
+            up = buf[p + 1];
+            p += 2;
+            L += right + up * (size_t)w; /* zeros (data starts zeroed) */
+            x = L % (size_t)w;
+        } else { /* absolute run of `byte` pixels */
+            size_t want = rle4 ? byte / 2 : byte, got = len - p < want ? len - p : want, i;
+            for (i = 0; i < got; i++) {
+                if (rle4) {
+                    EMIT(buf[p + i] >> 4);
+                    EMIT(buf[p + i] & 15);
+                } else {
+                    EMIT(buf[p + i]);
+                }
+            }
+            p += got;
+            if (got < want) break;
+            x += byte;
+            if (p % 2 != 0) p++; /* word alignment, by absolute file position */
+        }
+    }
+#undef EMIT
+    if (L < total) return fail(err, errlen, "not enough image data");
+    return 0;
+}
+
+/* A headerless DIB (Pillow's DibImageFile): starts with a known info header size. */
+static int bmp_is_dib(const uint8_t *buf, size_t len) {
+    uint32_t hs;
+    if (len < 4) return 0;
+    hs = le32(buf);
+    return hs == 12 || hs == 40 || hs == 64 || hs == 108 || hs == 124;
+}
+
+int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    BmpInfo bi;
+    uint32_t hsize, compression = 0, colors_field = 0, masks[4] = {0, 0, 0, 0};
+    uint64_t offset, colors, w, h;
+    unsigned bits;
+    int direction = -1, padding, mode_p = 0;
+    size_t pos, base;
+    const uint8_t *hd;
+
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    memset(&bi, 0, sizeof bi);
+    if (len >= 2 && buf[0] == 'B' && buf[1] == 'M') { /* file header: magic, size, reserved, data offset */
+        if (len < 14) return fail(err, errlen, "truncated header");
+        offset = le32(buf + 10);
+        base = 14;
+    } else if (bmp_is_dib(buf, len)) { /* headerless DIB: pixels follow the palette */
+        offset = 0;
+        base = 0;
+    } else {
+        return fail(err, errlen, "bad magic number");
+    }
+    if (len - base < 4) return fail(err, errlen, "truncated header");
+    hsize = le32(buf + base);
+    if (hsize != 12 && hsize != 40 && hsize != 64 && hsize != 108 && hsize != 124)
+        return fail(err, errlen, "unsupported header size (%u)", (unsigned)hsize);
+    if (len - base - 4 < hsize - 4) return fail(err, errlen, "truncated header");
+    hd = buf + base + 4;
+    pos = base + (size_t)hsize;
+    if (hsize == 12) {
+        w = le16(hd);
+        h = le16(hd + 2);
+        bits = le16(hd + 6);
+        padding = 3;
+    } else {
+        int y_flip = hd[7] == 0xFF;
+        direction = y_flip ? 1 : -1;
+        w = le32(hd);
+        h = y_flip ? ((uint64_t)1 << 32) - le32(hd + 4) : le32(hd + 4);
+        bits = le16(hd + 10);
+        compression = le32(hd + 12);
+        colors_field = le32(hd + 28);
+        padding = 4;
+        if (compression == 3) { /* BI_BITFIELDS */
+            if (hsize - 4 >= 52) {
+                for (int i = 0; i < 4; i++) masks[i] = le32(hd + 36 + 4 * i);
+            } else {
+                if (len - pos < 12) return fail(err, errlen, "truncated bit field masks");
+                for (int i = 0; i < 3; i++) masks[i] = le32(buf + pos + 4 * i);
+                pos += 12;
+            }
+        }
+    }
+    if (w == 0 || h == 0) return fail(err, errlen, "invalid image size");
+    if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM || w * h > (uint64_t)IMAGE_MAX_PIXELS)
+        return fail(err, errlen, "image too large (%llux%llu)", (unsigned long long)w, (unsigned long long)h);
+
+    colors = colors_field ? colors_field : (bits < 64 ? (uint64_t)1 << bits : 0);
+    if (base && offset == 14 + (uint64_t)hsize && bits <= 8) offset += 4 * colors;
+
+    switch (bits) { /* BIT2MODE */
+    case 1: bi.raw = RAW_P1; mode_p = 1; break;
+    case 4: bi.raw = RAW_P4; mode_p = 1; break;
+    case 8: bi.raw = RAW_P8; mode_p = 1; break;
+    case 16: bi.raw = RAW_BGR15; break;
+    case 24: bi.raw = RAW_BGR; break;
+    case 32: bi.raw = RAW_32; bi.pos[0] = 2; bi.pos[1] = 1; bi.pos[2] = 0; break;
+    default: return fail(err, errlen, "unsupported pixel depth (%u)", bits);
+    }
+    if (compression == 3) {
+        uint32_t r = masks[0], g = masks[1], b = masks[2], a = masks[3];
+        if (bits == 32) {
+            if (r == 0xFF0000 && g == 0xFF00 && b == 0xFF && (a == 0 || a == 0xFF000000u)) { /* BGRX / BGRA */
+                bi.pos[0] = 2; bi.pos[1] = 1; bi.pos[2] = 0;
+            } else if (r == 0xFF000000u && g == 0xFF0000 && b == 0xFF00 && (a == 0 || a == 0xFF)) { /* XBGR / ABGR */
+                bi.pos[0] = 3; bi.pos[1] = 2; bi.pos[2] = 1;
+            } else if (r == 0xFF && g == 0xFF00 && b == 0xFF0000 && a == 0xFF000000u) { /* RGBA */
+                bi.pos[0] = 0; bi.pos[1] = 1; bi.pos[2] = 2;
+            } else if (r == 0 && g == 0 && b == 0 && a == 0) { /* BGRA */
+                bi.pos[0] = 2; bi.pos[1] = 1; bi.pos[2] = 0;
+            } else {
+                return fail(err, errlen, "unsupported bit field masks");
+            }
+        } else if (bits == 24 && r == 0xFF0000 && g == 0xFF00 && b == 0xFF) {
+            bi.raw = RAW_BGR;
+        } else if (bits == 16 && r == 0xF800 && g == 0x7E0 && b == 0x1F) {
+            bi.raw = RAW_BGR16;
+        } else if (bits == 16 && r == 0x7C00 && g == 0x3E0 && b == 0x1F) {
+            bi.raw = RAW_BGR15;
+        } else {
+            return fail(err, errlen, "unsupported bit field masks");
+        }
+    } else if (compression != 0 && compression != 1 && compression != 2) {
+        return fail(err, errlen, "unsupported compression (%u)", (unsigned)compression);
+    }
+
+    if (mode_p) { /* palette: read padding * colors bytes (a short read is fine) */
+        uint64_t want, i;
+        size_t got, entries;
+        const uint8_t *pal = buf + pos;
+        int gray = 1;
+        if (colors == 0 || colors > 65536) return fail(err, errlen, "unsupported palette size (%llu)", (unsigned long long)colors);
+        want = (uint64_t)padding * colors;
+        got = len - pos < want ? len - pos : (size_t)want;
+        pos += got;
+        for (i = 0; i < colors && gray; i++) {
+            unsigned val = colors == 2 ? (i ? 255 : 0) : (unsigned)(i & 255);
+            size_t at = (size_t)i * (size_t)padding;
+            if (at + 3 > got || pal[at] != val || pal[at + 1] != val || pal[at + 2] != val) gray = 0;
+        }
+        if (gray) {
+            bi.raw = colors == 2 ? RAW_1 : RAW_L;
+        } else {
+            entries = got / (size_t)padding; /* putpalette: len * 8 / bits of BGR(X) */
+            if (entries > 256) return fail(err, errlen, "invalid palette size");
+            for (i = 0; i < 256; i++) bi.pal[i][0] = bi.pal[i][1] = bi.pal[i][2] = (uint8_t)i;
+            for (i = 0; i < entries; i++) {
+                bi.pal[i][0] = pal[i * (size_t)padding + 2];
+                bi.pal[i][1] = pal[i * (size_t)padding + 1];
+                bi.pal[i][2] = pal[i * (size_t)padding];
+            }
+        }
+    }
+    if (offset == 0) offset = pos; /* offset or self.fp.tell() */
+
+    if (compression == 1 || compression == 2) { /* BmpRleDecoder */
+        uint8_t *data;
+        int y;
+        if (bi.raw != RAW_L && bi.raw != RAW_P1 && bi.raw != RAW_P4 && bi.raw != RAW_P8)
+            return fail(err, errlen, "RLE compression with %u bits per pixel is not supported", bits);
+        if (bi.raw != RAW_L) bi.raw = RAW_P8;
+        data = calloc((size_t)w * (size_t)h, 1);
+        if (!data) return fail(err, errlen, "out of memory");
+        if (offset > len || bmp_rle(buf, len, (size_t)offset, (int)w, (int)h, compression == 2, data, err, errlen) ||
+            image_alloc(out, (int)w, (int)h, err, errlen)) {
+            if (offset > len) fail(err, errlen, "not enough image data");
+            free(data);
+            return -1;
+        }
+        for (y = 0; y < out->h; y++) {
+            int dy = direction < 0 ? out->h - 1 - y : y;
+            bmp_row(&bi, data + (size_t)y * (size_t)out->w, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+        }
+        free(data);
+        return 0;
+    }
+
+    { /* raw rows: stride from the header's bits, row size from the layout */
+        uint64_t stride = ((w * bits + 31) >> 3) & ~(uint64_t)3;
+        uint64_t rowbytes = (w * (uint64_t)raw_bits(bi.raw) + 7) / 8;
+        int y;
+        if (stride < rowbytes) {
+            /* Only a 1/4-bit file with a gray palette read as 8-bit L gets here.
+             * Pillow's raw decoder refuses it, but opened by file name Pillow
+             * memory-maps it instead (when offset + h * stride fits in the file):
+             * rows start stride bytes apart and overlap, and the last one may
+             * run past the end of the file, where the mapping reads zeros. */
+            uint8_t *row;
+            if (bi.raw != RAW_L || offset > len || len - offset < stride * h)
+                return fail(err, errlen, "rows too short for the pixel format");
+            if (image_alloc(out, (int)w, (int)h, err, errlen)) return -1;
+            row = calloc((size_t)rowbytes, 1);
+            if (!row) {
+                image_free(out);
+                return fail(err, errlen, "out of memory");
+            }
+            for (y = 0; y < out->h; y++) {
+                int dy = direction < 0 ? out->h - 1 - y : y;
+                size_t at = (size_t)offset + (size_t)y * (size_t)stride, n = len - at < rowbytes ? len - at : rowbytes;
+                memset(row, 0, (size_t)rowbytes);
+                memcpy(row, buf + at, n);
+                bmp_row(&bi, row, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+            }
+            free(row);
+            return 0;
+        }
+        if (offset > len || len - offset < stride * (h - 1) + rowbytes)
+            return fail(err, errlen, "truncated pixel data");
+        if (image_alloc(out, (int)w, (int)h, err, errlen)) return -1;
+        for (y = 0; y < out->h; y++) {
+            int dy = direction < 0 ? out->h - 1 - y : y;
+            bmp_row(&bi, buf + offset + (size_t)y * stride, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+        }
+        return 0;
+    }
+}
+
+/* ========================================================================== */
+/* 6. preprocessing                                                           */
+/* ========================================================================== */
+
+/* ---- a row source: an image, optionally padded onto a larger canvas ---- */
+
+typedef struct {
+    const Image *img;     /* the pixels */
+    int w, h;             /* size of the (virtual) canvas */
+    int ox, oy;           /* where img's top-left pixel sits on the canvas */
+    uint8_t fill[3];      /* canvas colour outside img */
+    uint8_t *fill_row;    /* one canvas row of fill (NULL if never needed) */
+    uint8_t *scratch;     /* one canvas row, for rows with left/right padding */
+} Source;
+
+/* Pointer to canvas row y (w*3 bytes); valid until the next call. */
+static const uint8_t *src_row(const Source *s, int y) {
+    const Image *im = s->img;
+    int iy = y - s->oy;
+    if (iy < 0 || iy >= im->h) return s->fill_row;
+    if (s->ox == 0 && im->w == s->w) return im->rgb + (size_t)iy * (size_t)im->w * 3;
+    memcpy(s->scratch + (size_t)s->ox * 3, im->rgb + (size_t)iy * (size_t)im->w * 3, (size_t)im->w * 3);
+    return s->scratch;
+}
+
+static int src_init(Source *s, const Image *img, int w, int h, int ox, int oy, const uint8_t fill[3],
+                    char *err, size_t errlen) {
+    size_t rowlen = (size_t)w * 3, x;
+    memset(s, 0, sizeof *s);
+    s->img = img;
+    s->w = w;
+    s->h = h;
+    s->ox = ox;
+    s->oy = oy;
+    if (fill) memcpy(s->fill, fill, 3);
+    if (ox == 0 && oy == 0 && img->w == w && img->h == h) return 0;
+    s->fill_row = malloc(rowlen);
+    s->scratch = malloc(rowlen);
+    if (!s->fill_row || !s->scratch) {
+        free(s->fill_row);
+        free(s->scratch);
+        s->fill_row = s->scratch = NULL;
+        return fail(err, errlen, "out of memory");
+    }
+    for (x = 0; x < (size_t)w; x++) {
+        memcpy(s->fill_row + 3 * x, s->fill, 3);
+        memcpy(s->scratch + 3 * x, s->fill, 3);
+    }
+    return 0;
+}
+
+static void src_free(Source *s) {
+    free(s->fill_row);
+    free(s->scratch);
+    s->fill_row = s->scratch = NULL;
+}
+
+/* ---- Pillow's resampling coefficients (Resample.c, precompute_coeffs) ---- */
+
+#define PRECISION_BITS (32 - 8 - 2)
+
+/* Keys' cubic with a = -0.5, support 2. */
+static double bicubic_filter(double x) {
+    const double a = -0.5;
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+typedef struct {
+    int ksize;     /* coefficients stored per output sample */
+    int *bounds;   /* [n][2]: first input sample, number of taps */
+    int32_t *kk;   /* [n][ksize]: weights in 22-bit fixed point */
+} Coeffs;
+
+static void coeffs_free(Coeffs *c) {
+    free(c->bounds);
+    free(c->kk);
+    c->bounds = NULL;
+    c->kk = NULL;
+}
+
+/* Weights for resizing in_size samples to out_size (box = whole input). */
+static int coeffs_init(Coeffs *c, int in_size, int out_size, char *err, size_t errlen) {
+    double support, scale, filterscale, *k;
+    size_t nk;
+    int xx, x, ksize;
+
+    memset(c, 0, sizeof *c);
+    filterscale = scale = (double)in_size / out_size;
+    if (filterscale < 1.0) filterscale = 1.0;
+    support = 2.0 * filterscale;
+    ksize = (int)ceil(support) * 2 + 1;
+    if (!image_mul_size((size_t)out_size, (size_t)ksize, &nk) || nk > SIZE_MAX / sizeof(int32_t))
+        return fail(err, errlen, "resize coefficients too large");
+    c->ksize = ksize;
+    c->bounds = malloc((size_t)out_size * 2 * sizeof(int));
+    c->kk = malloc(nk * sizeof(int32_t));
+    k = malloc((size_t)ksize * sizeof(double));
+    if (!c->bounds || !c->kk || !k) {
+        free(k);
+        coeffs_free(c);
+        return fail(err, errlen, "out of memory");
+    }
+    for (xx = 0; xx < out_size; xx++) {
+        double center = (xx + 0.5) * scale, ww = 0.0, ss = 1.0 / filterscale;
+        int xmin = (int)(center - support + 0.5), xmax = (int)(center + support + 0.5);
+        int32_t *kq = c->kk + (size_t)xx * (size_t)ksize;
+        if (xmin < 0) xmin = 0;
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        for (x = 0; x < xmax; x++) {
+            double w = bicubic_filter((x + xmin - center + 0.5) * ss);
+            k[x] = w;
+            ww += w;
+        }
+        for (x = 0; x < xmax; x++)
+            if (ww != 0.0) k[x] /= ww;
+        for (x = 0; x < ksize; x++) {
+            double v = x < xmax ? k[x] : 0.0;
+            kq[x] = v < 0 ? (int32_t)(-0.5 + v * (1 << PRECISION_BITS)) : (int32_t)(0.5 + v * (1 << PRECISION_BITS));
+        }
+        c->bounds[2 * xx] = xmin;
+        c->bounds[2 * xx + 1] = xmax;
+    }
+    free(k);
+    return 0;
+}
+
+static inline uint8_t clip8(int32_t in) {
+    if (in >= (1 << PRECISION_BITS << 8)) return 255;
+    if (in <= 0) return 0;
+    return (uint8_t)(in >> PRECISION_BITS);
+}
+
+/* Horizontal pass over one canvas row. */
+/* Horizontal pass over one canvas row, output samples [x0, x1). */
+static void resample_row_h(const uint8_t *in, uint8_t *out, int x0, int x1, const Coeffs *c) {
+    int xx, x;
+    for (xx = x0; xx < x1; xx++) {
+        int xmin = c->bounds[2 * xx], xmax = c->bounds[2 * xx + 1];
+        const int32_t *k = c->kk + (size_t)xx * (size_t)c->ksize;
+        const uint8_t *p = in + (size_t)xmin * 3;
+        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        for (x = 0; x < xmax; x++, p += 3) {
+            s0 += p[0] * k[x];
+            s1 += p[1] * k[x];
+            s2 += p[2] * k[x];
+        }
+        out[3 * xx] = clip8(s0);
+        out[3 * xx + 1] = clip8(s1);
+        out[3 * xx + 2] = clip8(s2);
+    }
+}
+
+/* Resize the canvas of s to ow x oh with the arithmetic of Pillow's
+ * ImagingResampleInner: a horizontal pass (on the rows the vertical pass
+ * reads) into uint8, then a vertical pass; a pass is skipped when its
+ * dimension is unchanged, and same size is a copy.
+ *
+ * The padding is exploited without changing a single result. Every fill row
+ * gives the same horizontal output (fill_out), so only image rows are
+ * resampled; and an output column whose taps all lie on left/right padding
+ * equals fill_out in every row, so image rows compute only the columns
+ * [xa, xb). In the vertical pass, the taps on fill rows (and all taps, in the
+ * columns outside [xa, xb)) reduce to (sum of their weights) * fill_out:
+ * integer sums, identical to Pillow's term-by-term ones. Work is thus
+ * proportional to the image, not to the padded square (a 16M x 1 strip would
+ * otherwise take minutes). */
+static int resample(const Source *s, int ow, int oh, Image *out, char *err, size_t errlen) {
+    const Image *im = s->img;
+    const int iy0 = s->oy, iy1 = s->oy + im->h; /* canvas rows holding image pixels */
+    const int need_h = ow != s->w, need_v = oh != s->h;
+    const size_t orow = (size_t)ow * 3;
+    Coeffs ch, cv;
+    int xa = 0, xb = ow;             /* output columns that may differ from fill_out */
+    int t0 = iy0, t1 = iy1;          /* image rows available after the horizontal pass */
+    const uint8_t *fill_out = NULL;  /* a fill row after the horizontal pass (NULL: no padding) */
+    uint8_t *fill_buf = NULL, *tmp = NULL; /* horizontal pass of the fill row / of rows [t0, t1) */
+    int32_t *acc = NULL;             /* vertical accumulators for one output row */
+    int y;
+
+    memset(&ch, 0, sizeof ch);
+    memset(&cv, 0, sizeof cv);
+    if (image_alloc(out, ow, oh, err, errlen)) return -1;
+    if (!need_h && !need_v) {
+        for (y = 0; y < oh; y++) memcpy(out->rgb + (size_t)y * orow, src_row(s, y), orow);
+        return 0;
+    }
+    if ((need_h && coeffs_init(&ch, s->w, ow, err, errlen)) || (need_v && coeffs_init(&cv, s->h, oh, err, errlen)))
+        goto fail;
+
+    /* ---- horizontal pass ---- */
+    if (need_h) {
+        if (need_v) { /* only the rows the vertical pass reads */
+            int first = cv.bounds[0], last = cv.bounds[2 * oh - 2] + cv.bounds[2 * oh - 1];
+            if (t0 < first) t0 = first;
+            if (t1 > last) t1 = last;
+        }
+        if (s->fill_row) {
+            fill_buf = malloc(orow);
+            if (!fill_buf) goto oom;
+            resample_row_h(s->fill_row, fill_buf, 0, ow, &ch);
+            fill_out = fill_buf;
+            if (im->w < s->w) {
+                int left = s->ox, right = s->ox + im->w;
+                while (xa < ow && ch.bounds[2 * xa] + ch.bounds[2 * xa + 1] <= left) xa++;
+                xb = xa;
+                while (xb < ow && ch.bounds[2 * xb] < right) xb++;
+            }
+        }
+        if (t1 > t0) {
+            size_t n;
+            if (!image_mul_size(orow, (size_t)(t1 - t0), &n)) {
+                fail(err, errlen, "image too large");
+                goto fail;
+            }
+            tmp = malloc(n);
+            if (!tmp) goto oom;
+        }
+        for (y = t0; y < t1; y++) {
+            uint8_t *o = tmp + (size_t)(y - t0) * orow;
+            if (fill_out) memcpy(o, fill_out, orow);
+            resample_row_h(src_row(s, y), o, xa, xb, &ch);
+        }
+    } else {
+        fill_out = s->fill_row; /* rows are read from the canvas itself, all columns */
+    }
+
+    /* ---- vertical pass ---- */
+    if (!need_v) { /* oh == canvas height: output row y = horizontal pass of canvas row y */
+        for (y = 0; y < oh; y++)
+            memcpy(out->rgb + (size_t)y * orow, (y >= t0 && y < t1) ? tmp + (size_t)(y - t0) * orow : fill_out, orow);
+        goto done;
+    }
+    acc = malloc(orow * sizeof(int32_t));
+    if (!acc) goto oom;
+    for (int yy = 0; yy < oh; yy++) {
+        const int ymin = cv.bounds[2 * yy], ymax = cv.bounds[2 * yy + 1];
+        const int32_t *k = cv.kk + (size_t)yy * (size_t)cv.ksize;
+        const int a = ymin > t0 ? ymin : t0, b = ymin + ymax < t1 ? ymin + ymax : t1; /* image taps [a, b) */
+        const size_t ia = (size_t)xa * 3, ib = (size_t)xb * 3;
+        uint8_t *o = out->rgb + (size_t)yy * orow;
+        int32_t k_all = 0, k_img = 0;
+        size_t i;
+        for (y = 0; y < ymax; y++) k_all += k[y];
+        for (y = a; y < b; y++) k_img += k[y - ymin];
+        if (fill_out) {
+            for (i = 0; i < ia; i++) o[i] = clip8((1 << (PRECISION_BITS - 1)) + k_all * fill_out[i]);
+            for (i = ib; i < orow; i++) o[i] = clip8((1 << (PRECISION_BITS - 1)) + k_all * fill_out[i]);
+            for (i = ia; i < ib; i++) acc[i] = (1 << (PRECISION_BITS - 1)) + (k_all - k_img) * fill_out[i];
+        } else {
+            for (i = ia; i < ib; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+        }
+        for (y = a; y < b; y++) {
+            const uint8_t *in = need_h ? tmp + (size_t)(y - t0) * orow : src_row(s, y);
+            const int32_t kv = k[y - ymin];
+            for (i = ia; i < ib; i++) acc[i] += in[i] * kv;
+        }
+        for (i = ia; i < ib; i++) o[i] = clip8(acc[i]);
+    }
+done:
+    free(acc);
+    free(tmp);
+    free(fill_buf);
+    coeffs_free(&ch);
+    coeffs_free(&cv);
+    return 0;
+oom:
+    fail(err, errlen, "out of memory");
+fail:
+    free(acc);
+    free(tmp);
+    free(fill_buf);
+    coeffs_free(&ch);
+    coeffs_free(&cv);
+    image_free(out);
+    return -1;
+}
+
+/* ---- public preprocessing API ---- */
+
+static int check_image(const Image *in, char *err, size_t errlen) {
+    if (!in || !in->rgb || in->w < 1 || in->h < 1) return fail(err, errlen, "no input image");
+    return 0;
+}
+
+/* Canvas geometry of expand2square. */
+static void square_geometry(const Image *in, int *side, int *ox, int *oy) {
+    if (in->w >= in->h) {
+        *side = in->w;
+        *ox = 0;
+        *oy = (in->w - in->h) / 2;
+    } else {
+        *side = in->h;
+        *ox = (in->h - in->w) / 2;
+        *oy = 0;
+    }
+}
+
+int image_expand2square(const Image *in, const uint8_t fill[3], Image *out, char *err, size_t errlen) {
+    Source s;
+    int side, ox, oy, y;
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (check_image(in, err, errlen)) return -1;
+    square_geometry(in, &side, &ox, &oy);
+    if (src_init(&s, in, side, side, ox, oy, fill, err, errlen)) return -1;
+    if (image_alloc(out, side, side, err, errlen)) {
+        src_free(&s);
+        return -1;
+    }
+    for (y = 0; y < side; y++)
+        memcpy(out->rgb + (size_t)y * (size_t)side * 3, src_row(&s, y), (size_t)side * 3);
+    src_free(&s);
+    return 0;
+}
+
+int image_resize_bicubic(const Image *in, int ow, int oh, Image *out, char *err, size_t errlen) {
+    Source s;
+    int rc;
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (check_image(in, err, errlen)) return -1;
+    if (check_dims(ow, oh, err, errlen)) return -1;
+    if (src_init(&s, in, in->w, in->h, 0, 0, NULL, err, errlen)) return -1;
+    rc = resample(&s, ow, oh, out, err, errlen);
+    src_free(&s);
+    return rc;
+}
+
+int image_preprocess(const Image *in, const uint8_t fill[3], int S, Image *out, char *err, size_t errlen) {
+    Source s;
+    int side, ox, oy, rc;
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (check_image(in, err, errlen)) return -1;
+    if (S < 1 || S > 65536) return fail(err, errlen, "invalid output size %d", S);
+    square_geometry(in, &side, &ox, &oy);
+    /* The padded square is never materialised: rows are produced on demand. */
+    if (src_init(&s, in, side, side, ox, oy, fill, err, errlen)) return -1;
+    rc = resample(&s, S, S, out, err, errlen);
+    src_free(&s);
+    return rc;
+}
+
+void image_normalize(const Image *img, const float mean[3], const float std[3], float *chw) {
+    size_t n, i;
+    int c;
+    if (!img || !img->rgb || !chw) return;
+    n = (size_t)img->w * (size_t)img->h;
+    for (c = 0; c < 3; c++) {
+        float m = mean[c], sd = std[c];
+        float *o = chw + (size_t)c * n;
+        for (i = 0; i < n; i++) {
+            /* transformers: uint8 -> float64 * (1/255) -> float32; then float32 (x - mean) / std */
+            float r = (float)((double)img->rgb[3 * i + c] * (1.0 / 255.0));
+            o[i] = (r - m) / sd;
+        }
+    }
+}
