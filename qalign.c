@@ -38,8 +38,12 @@
 #include "image.h"
 #include "tokenizer.h"
 
-/* SIMD kernels are chosen at compile time from the -march flags (see the kernels section). */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+/* SIMD kernels are chosen at compile time from the -march flags (see the kernels section).
+ * -DQA_SCALAR leaves them all out (NEON is part of every AArch64 target, so that is the
+ * only way to get the scalar kernels there). PORTING.md: how to add a target. */
+#if defined(QA_SCALAR)
+/* reference kernels only */
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define QA_AVX512 1
 #if defined(__AVX512VNNI__)
@@ -51,9 +55,19 @@
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define QA_AVX2 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define QA_NEON 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define QA_NEON_DOT 1 /* sdot: Armv8.2-A +dotprod (-march=armv8.2-a+dotprod, or -mcpu of such a core) */
 #endif
-#if defined(QA_AVX512) || defined(QA_AVX2)
+#endif
+#if defined(QA_AVX512) || defined(QA_AVX2) || defined(QA_NEON)
 #define QA_SIMD 1 /* matmul tiles read tile-interleaved activations (Acts.xp) */
+#endif
+#if !defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__)
+/* without -fopenmp the `#pragma omp` lines are meant to be ignored (one thread) */
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #endif
 
 /* ----------------------------------------------------------------------------------------
@@ -677,7 +691,7 @@ typedef struct {
     float *rope_cos, *rope_sin; /* (S, l_head_dim/2) */
     float *scores;          /* (n_threads, scores_stride) per-thread attention scores */
     size_t scores_stride;   /* attention_scratch_floats(max(E, S)) */
-    float *kt;              /* (max(v_dim, kv_dim), pad16(max(E, S))) keys transposed per head */
+    float *kt;              /* (2, max(v_dim, kv_dim), pad16(max(E, S))) keys transposed, values packed, per head */
     float *final;           /* (l_dim) final-norm hidden state of the last row */
     float *row;             /* (max(l_dim, v_dim)) one weight row as f32 */
     Acts acts;              /* the current matmul input, prepared for the weight type */
@@ -746,7 +760,7 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     size_t maxlen = E > S ? E : S, kvmax = D > kvd ? D : kvd;
     s->scores_stride = attention_scratch_floats(maxlen);
     ALLOC(scores, (size_t)s->n_threads * s->scores_stride);
-    ALLOC(kt, kvmax * pad16(maxlen));
+    ALLOC(kt, 2 * kvmax * pad16(maxlen));
     ALLOC(final, Dl);
     ALLOC(row, Dl > D ? Dl : D);
     ALLOC(kc, (size_t)c->l_layers * max_prefix * kvd + 1);
@@ -817,6 +831,12 @@ static const char *kernel_names(void) {
 #if defined(QA_AVX2) && defined(__AVXVNNI__)
            " avx-vnni"
 #endif
+#ifdef QA_NEON
+           " neon"
+#endif
+#ifdef QA_NEON_DOT
+           " neon-dotprod"
+#endif
 #ifdef _OPENMP
            " openmp"
 #endif
@@ -872,6 +892,38 @@ static inline __m512 silu512(__m512 x) {
 static inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
 #endif
 
+#ifdef QA_NEON
+/* exp(x) for 4 floats, as exp512: x = n ln2 + r, degree-7 polynomial for e^r, then 2^n
+ * as two power-of-two factors 2^(n/2) 2^(n - n/2), so that n in [-150, 128] (x clamped to
+ * [-104, 89]) needs no special cases: underflow gives denormals or 0, overflow inf. */
+static inline float32x4_t exp_neon(float32x4_t x) {
+    x = vmaxq_f32(x, vdupq_n_f32(-104.0f)); /* also turns -inf into a finite value */
+    x = vminq_f32(x, vdupq_n_f32(89.0f));
+    float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693145751953125f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(1.428606765330187e-06f));
+    float32x4_t p = vdupq_n_f32(1.0f / 5040);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 720), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 120), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 24), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f / 6), p, r);
+    p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    int32x4_t ni = vcvtq_s32_f32(n), n1 = vshrq_n_s32(ni, 1), n2 = vsubq_s32(ni, n1);
+    float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, vdupq_n_s32(127)), 23));
+    float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, vdupq_n_s32(127)), 23));
+    return vmulq_f32(vmulq_f32(p, s1), s2);
+}
+static inline float32x4_t quick_gelu_neon(float32x4_t x) {
+    float32x4_t e = exp_neon(vmulq_f32(x, vdupq_n_f32(-1.702f)));
+    return vdivq_f32(x, vaddq_f32(vdupq_n_f32(1.0f), e));
+}
+static inline float32x4_t silu_neon(float32x4_t x) {
+    return vdivq_f32(x, vaddq_f32(vdupq_n_f32(1.0f), exp_neon(vnegq_f32(x))));
+}
+#endif
+
 /* --- elementwise --------------------------------------------------------------------- */
 
 /* x += y */
@@ -879,6 +931,8 @@ static void add_inplace(float *x, const float *y, size_t n) {
     size_t i = 0;
 #ifdef QA_AVX512
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+#elif defined(QA_NEON)
+    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vaddq_f32(vld1q_f32(x + i), vld1q_f32(y + i)));
 #endif
     for (; i < n; i++) x[i] += y[i];
 }
@@ -889,6 +943,8 @@ static void silu_mul(float *a, const float *b, size_t n) {
 #ifdef QA_AVX512
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(a + i, _mm512_mul_ps(silu512(_mm512_loadu_ps(a + i)), _mm512_loadu_ps(b + i)));
+#elif defined(QA_NEON)
+    for (; i + 4 <= n; i += 4) vst1q_f32(a + i, vmulq_f32(silu_neon(vld1q_f32(a + i)), vld1q_f32(b + i)));
 #endif
     for (; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
@@ -906,7 +962,7 @@ static void softmax_ref(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
-static void softmax(float *x, int n) {
+MAYBE_UNUSED static void softmax(float *x, int n) { /* (scalar builds: attention_ref calls softmax_ref) */
 #ifdef QA_AVX512
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     int i = 0;
@@ -927,6 +983,29 @@ static void softmax(float *x, int n) {
     __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
     for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
     if (i < n) _mm512_mask_storeu_ps(x + i, tail_mask(n - i), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), inv));
+#elif defined(QA_NEON)
+    float32x4_t vmax = vdupq_n_f32(-INFINITY);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vmax = vmaxq_f32(vmax, vld1q_f32(x + i));
+    float mx = vmaxvq_f32(vmax);
+    for (int j = i; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    float32x4_t vmx = vdupq_n_f32(mx), vsum = vdupq_n_f32(0.0f);
+    for (i = 0; i + 4 <= n; i += 4) {
+        float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(x + i), vmx));
+        vst1q_f32(x + i, e);
+        vsum = vaddq_f32(vsum, e);
+    }
+    float sum = vaddvq_f32(vsum);
+    if (i < n) { /* the last 1..3 values through the same exp */
+        float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = i; j < n; j++) tmp[j - i] = x[j] - mx;
+        vst1q_f32(tmp, exp_neon(vld1q_f32(tmp)));
+        for (int j = i; j < n; j++) sum += (x[j] = tmp[j - i]);
+    }
+    float inv = 1.0f / sum;
+    float32x4_t vinv = vdupq_n_f32(inv);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), vinv));
+    for (; i < n; i++) x[i] *= inv;
 #else
     softmax_ref(x, n);
 #endif
@@ -978,6 +1057,34 @@ static void layernorm(float *out, const float *x, const float *w, const float *b
             y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, b + i));
             _mm512_mask_storeu_ps(ot + i, m, y);
         }
+    }
+#elif defined(QA_NEON)
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C;
+        float *ot = out + (size_t)t * C;
+        /* as the AVX-512 version, in 2 x 4 lanes */
+        float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0;
+        int i = 0;
+        for (; i + 8 <= C; i += 8) s0 = vaddq_f32(s0, vld1q_f32(xt + i)), s1 = vaddq_f32(s1, vld1q_f32(xt + i + 4));
+        float sum = vaddvq_f32(vaddq_f32(s0, s1));
+        for (int j = i; j < C; j++) sum += xt[j];
+        float mean = sum / (float)C;
+        float32x4_t vm = vdupq_n_f32(mean), v0 = vdupq_n_f32(0.0f), v1 = v0;
+        for (i = 0; i + 8 <= C; i += 8) {
+            float32x4_t d0 = vsubq_f32(vld1q_f32(xt + i), vm), d1 = vsubq_f32(vld1q_f32(xt + i + 4), vm);
+            v0 = vfmaq_f32(v0, d0, d0);
+            v1 = vfmaq_f32(v1, d1, d1);
+        }
+        float var = vaddvq_f32(vaddq_f32(v0, v1));
+        for (int j = i; j < C; j++) var += (xt[j] - mean) * (xt[j] - mean);
+        float rstd = 1.0f / sqrtf(var / (float)C + eps);
+        float32x4_t vr = vdupq_n_f32(rstd);
+        for (i = 0; i + 4 <= C; i += 4) {
+            float32x4_t y = vmulq_f32(vsubq_f32(vld1q_f32(xt + i), vm), vr);
+            vst1q_f32(ot + i, vfmaq_f32(vld1q_f32(b + i), y, vld1q_f32(w + i)));
+        }
+        for (; i < C; i++) ot[i] = (xt[i] - mean) * rstd * w[i] + b[i];
     }
 #else
     layernorm_ref(out, x, w, b, T, C, eps);
@@ -1034,6 +1141,31 @@ static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float 
         _mm_storeu_si128((__m128i *)(q + b * QBLOCK), _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128((__m128i *)(q + b * QBLOCK + 16), _mm512_cvtepi32_epi8(q1));
         int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        d[b] = db;
+        c[b] = -128 * sum;
+        s[b] = db * (float)sum;
+    }
+#elif defined(QA_NEON)
+    for (int b = 0; b < K / QBLOCK; b++) {
+        float32x4_t v[8], m = vdupq_n_f32(0.0f);
+        for (int i = 0; i < 8; i++) {
+            v[i] = vld1q_f32(x + b * QBLOCK + 4 * i);
+            m = vmaxnmq_f32(m, vabsq_f32(v[i])); /* maxnm ignores NaN, as fmaxf */
+        }
+        float amax = vmaxnmvq_f32(m);
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        /* fcvtns rounds to nearest even, like nearbyintf */
+        int32x4_t vsum = vdupq_n_s32(0), lim = vdupq_n_s32(127), nlim = vdupq_n_s32(-127);
+        int16x8_t h[4];
+        for (int i = 0; i < 8; i += 2) {
+            int32x4_t q0 = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(v[i], id)), lim), nlim);
+            int32x4_t q1 = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(v[i + 1], id)), lim), nlim);
+            vsum = vaddq_s32(vsum, vaddq_s32(q0, q1));
+            h[i / 2] = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1));
+        }
+        vst1q_s8(q + b * QBLOCK, vcombine_s8(vmovn_s16(h[0]), vmovn_s16(h[1])));
+        vst1q_s8(q + b * QBLOCK + 16, vcombine_s8(vmovn_s16(h[2]), vmovn_s16(h[3])));
+        int sum = vaddvq_s32(vsum);
         d[b] = db;
         c[b] = -128 * sum;
         s[b] = db * (float)sum;
@@ -1451,6 +1583,143 @@ static void tile_q_avx2(float *out, int ldo, const Acts *a, const Tensor *W, con
 }
 #endif /* QA_AVX2 */
 
+#if defined(QA_NEON)
+/* NEON (AArch64): a group of 16 rows is four 4-lane vectors, one group per tile (4 rows x 4
+ * vectors of accumulators). The activations of a tile's 4 rows for one column (f32) or one
+ * int8 quad are one 16-byte vector, so each row's value is a lane of it (fmla/sdot by
+ * element): no broadcasts. */
+
+/* Outputs [col, col + 16) of one tile row: bias, epilogue, store (the matrix's last group
+ * may have fewer than 16 real rows: those go through the scalar store_out). */
+static inline void store16_neon(float *o, const float32x4_t v[4], const float *bias, int col, int epi, int valid) {
+    if (valid >= 16) {
+        for (int c = 0; c < 4; c++) {
+            float32x4_t y = v[c];
+            if (bias) y = vaddq_f32(y, vld1q_f32(bias + col + 4 * c));
+            if (epi == EPI_GELU) y = quick_gelu_neon(y);
+            if (epi == EPI_ADD) y = vaddq_f32(y, vld1q_f32(o + 4 * c));
+            vst1q_f32(o + 4 * c, y);
+        }
+    } else {
+        float tmp[16];
+        for (int c = 0; c < 4; c++) vst1q_f32(tmp + 4 * c, v[c]);
+        for (int i = 0; i < valid; i++) store_out(o + i, tmp[i], bias, col + i, epi);
+    }
+}
+
+/* acc[r][c] += w[c] * lane r of xv, for the 4 rows of a tile */
+#define FMA_ROWS(acc, w, xv)                                                                       \
+    do {                                                                                           \
+        for (int c_ = 0; c_ < 4; c_++) {                                                           \
+            acc[0][c_] = vfmaq_laneq_f32(acc[0][c_], w[c_], xv, 0);                                \
+            acc[1][c_] = vfmaq_laneq_f32(acc[1][c_], w[c_], xv, 1);                                \
+            acc[2][c_] = vfmaq_laneq_f32(acc[2][c_], w[c_], xv, 2);                                \
+            acc[3][c_] = vfmaq_laneq_f32(acc[3][c_], w[c_], xv, 3);                                \
+        }                                                                                          \
+    } while (0)
+
+/* f32 activations x f32 weights ([g][k][r]) or bf16 weights ([g][k/2][r][2], widened to
+ * f32 by a shift / a mask) */
+static void tile_f32_neon(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0) {
+    enum { R = TILE_ROWS_F };
+    int K = W->cols;
+    float32x4_t acc[R][4];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = vdupq_n_f32(0.0f);
+    const float *x = (const float *)a->xp + (size_t)(t0 / R) * K * R;
+    if (W->dtype == DT_MF32) {
+        const float *w = (const float *)W->data + (size_t)g0 * K * 16;
+        for (int k = 0; k < K; k++, x += R, w += 16) {
+            float32x4_t wv[4] = {vld1q_f32(w), vld1q_f32(w + 4), vld1q_f32(w + 8), vld1q_f32(w + 12)};
+            float32x4_t xv = vld1q_f32(x);
+            FMA_ROWS(acc, wv, xv);
+        }
+    } else {
+        const uint32_t *w = (const uint32_t *)W->data + (size_t)g0 * K / 2 * 16;
+        const uint32x4_t hi = vdupq_n_u32(0xffff0000u);
+        for (int kp = 0; kp < K / 2; kp++, x += 2 * R, w += 16) {
+            float32x4_t we[4], wo[4];
+            for (int c = 0; c < 4; c++) {
+                uint32x4_t v = vld1q_u32(w + 4 * c);
+                we[c] = vreinterpretq_f32_u32(vshlq_n_u32(v, 16)); /* column 2kp */
+                wo[c] = vreinterpretq_f32_u32(vandq_u32(v, hi));   /* column 2kp+1 */
+            }
+            /* packed f32 activations: column 2kp of the tile's rows at x, 2kp+1 at x + R */
+            float32x4_t xe = vld1q_f32(x), xo = vld1q_f32(x + R);
+            FMA_ROWS(acc, we, xe);
+            FMA_ROWS(acc, wo, xo);
+        }
+    }
+    for (int r = 0; r < nt; r++)
+        store16_neon(out + (size_t)(t0 + r) * ldo + g0 * 16, acc[r], bias, g0 * 16, epi, W->rows - g0 * 16);
+}
+
+#if !defined(QA_NEON_DOT)
+/* sdot by element without the dot-product extension: 4 lanes of sum_{i<4} w[4l+i] x[i]
+ * for the quad x (broadcast in xq): widening multiplies, then two pairwise adds. The
+ * 16-bit pair sums cannot overflow: |w| <= 128, |x| <= 127, 2 * 128 * 127 < 32768. */
+static inline int32x4_t dot_quads_neon(int32x4_t acc, int8x16_t w, int8x16_t xq) {
+    int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(xq)), hi = vmull_high_s8(w, xq);
+    return vpadalq_s16(acc, vpaddq_s16(lo, hi));
+}
+#define DOT_ROW(s, w, xv, r) dot_quads_neon(s, w, vreinterpretq_s8_u32(vdupq_laneq_u32(vreinterpretq_u32_s8(xv), r)))
+#else
+#define DOT_ROW(s, w, xv, r) vdotq_laneq_s32(s, w, xv, r)
+#endif
+
+/* int8 activations x q8_0 / q4_1 weights, signed x signed: q8_0's stored bytes (q + 128)
+ * become q by flipping the top bit, q4_1's nibbles (0..15) are valid s8 as they are, so
+ * no correction term is needed; per 32-block the int32 sums are scaled into floats. */
+static void tile_q_neon(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = K / QBLOCK, q4 = W->dtype == DT_MQ4_1;
+    size_t bbytes = q4 ? MQ4_BLOCK_BYTES : MQ8_BLOCK_BYTES, tile = (size_t)(t0 / R);
+    float32x4_t acc[R][4];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = vdupq_n_f32(0.0f);
+    const uint32_t *x = a->xp + tile * (K / 4) * R;
+    const float *xd = a->xdp + tile * nb * R, *xs = a->xsp + tile * nb * R;
+    const uint8_t *blk = (const uint8_t *)W->data + (size_t)g0 * nb * bbytes;
+    const uint8x16_t low4 = vdupq_n_u8(15), top = vdupq_n_u8(0x80);
+    for (int b = 0; b < nb; b++, blk += bbytes, x += 8 * R, xd += R, xs += R) {
+        int32x4_t s[R][4];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < 4; c++) s[r][c] = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j++) {
+            int8x16_t w[4];
+            for (int c = 0; c < 4; c++) {
+                if (q4) {
+                    uint8x16_t v = vld1q_u8(blk + (j / 2) * 64 + 16 * c);
+                    w[c] = vreinterpretq_s8_u8((j % 2) ? vshrq_n_u8(v, 4) : vandq_u8(v, low4));
+                } else {
+                    w[c] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(blk + j * 64 + 16 * c), top));
+                }
+            }
+            /* quad j of the tile's 4 rows: lane r is row r's 4 activation bytes */
+            int8x16_t xv = vreinterpretq_s8_u32(vld1q_u32(x + j * R));
+            for (int c = 0; c < 4; c++) {
+                s[0][c] = DOT_ROW(s[0][c], w[c], xv, 0);
+                s[1][c] = DOT_ROW(s[1][c], w[c], xv, 1);
+                s[2][c] = DOT_ROW(s[2][c], w[c], xv, 2);
+                s[3][c] = DOT_ROW(s[3][c], w[c], xv, 3);
+            }
+        }
+        const float *d = (const float *)(blk + (q4 ? 256 : 512)), *m = (const float *)(blk + 320);
+        for (int c = 0; c < 4; c++) {
+            float32x4_t dc = vld1q_f32(d + 4 * c), mc = q4 ? vld1q_f32(m + 4 * c) : dc;
+            for (int r = 0; r < R; r++) {
+                acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(s[r][c]), vmulq_n_f32(dc, xd[r]));
+                if (q4) acc[r][c] = vfmaq_n_f32(acc[r][c], mc, xs[r]);
+            }
+        }
+    }
+    for (int r = 0; r < nt; r++)
+        store16_neon(out + (size_t)(t0 + r) * ldo + g0 * 16, acc[r], bias, g0 * 16, epi, W->rows - g0 * 16);
+}
+#undef DOT_ROW
+#undef FMA_ROWS
+#endif /* QA_NEON */
+
 /* One tile: rows [t0, t0+nt) x groups [g0, g0+ng), SIMD when this build has a kernel for
  * the weight and activation types (then t0 is a multiple of the tile rows a->R). */
 static void tile(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0, int ng) {
@@ -1487,6 +1756,16 @@ static void tile(float *out, int ldo, const Acts *a, const Tensor *W, const floa
     }
     if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) {
         for (int g = g0; g < g0 + ng; g++) tile_q_avx2(out, ldo, a, W, bias, epi, t0, nt, g);
+        return;
+    }
+#endif
+#ifdef QA_NEON
+    if (W->dtype == DT_MF32 || (W->dtype == DT_MBF16 && a->kind == ACT_F32)) {
+        for (int g = g0; g < g0 + ng; g++) tile_f32_neon(out, ldo, a, W, bias, epi, t0, nt, g);
+        return;
+    }
+    if (W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) {
+        for (int g = g0; g < g0 + ng; g++) tile_q_neon(out, ldo, a, W, bias, epi, t0, nt, g);
         return;
     }
 #endif
@@ -1553,9 +1832,9 @@ static void matrix_row(float *out, const Tensor *W, int row) {
  *   out (Tq, H*hd); q (Tq, ldq), head h at columns h*hd; k, v (Tk, ldkv), kv head
  *   h / (H/KVH) at columns (h/(H/KVH))*hd (GQA: repeat_kv). causal: query i sees keys
  *   j <= i + q_offset (q_offset = position of query row 0).
- * scratch: per thread, at least attention_scratch_floats(Tk) floats. */
+ * scratch: per thread, at least attention_scratch_floats(Tk) floats; kt: workspace of\n * 2 * KVH * hd * pad16(Tk) floats (keys transposed and values packed per head). */
 
-#define ATT_ROWS 8 /* query rows per work item in the SIMD kernel */
+#define ATT_ROWS 6 /* query rows per work item in the SIMD kernel */
 
 static size_t pad16(size_t n) { return (n + 15) / 16 * 16; }
 static size_t attention_scratch_floats(size_t Tk) { return ATT_ROWS * pad16(Tk); }
@@ -1608,7 +1887,7 @@ static inline __attribute__((always_inline)) void att_pv_avx512(float *o, int ld
 #endif
 
 /* PV for rows r0.. of the block, with constant row and column counts for the compiler */
-#define PV_CALL(nr, hc) att_pv_avx512(o + (size_t)r0 * ldo, ldo, S + (size_t)r0 * Tk16, Tk16, vh, ldkv, nmax, nr, hc)
+#define PV_CALL(nr, hc) att_pv_avx512(o + (size_t)r0 * ldo, ldo, S + (size_t)r0 * Tk16, Tk16, vh, hd, nmax, nr, hc)
 #define PV_ROWS(nr, hc)                                                                                      \
     switch (nr) {                                                                                            \
     case 1: PV_CALL(1, hc); break; case 2: PV_CALL(2, hc); break; case 3: PV_CALL(3, hc); break;             \
@@ -1627,13 +1906,17 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
         /* keys transposed per kv head: kt[kh][d][j], j padded to 16, so that 16 keys' scores
          * for one query are one FMA chain over d */
         size_t Tk16 = pad16((size_t)Tk);
+        /* and values packed per kv head, vp[kh][j][d], so a head's values are contiguous */
+        float *vp = kt + (size_t)KVH * hd * Tk16;
 #pragma omp parallel for schedule(static)
-        for (int kh = 0; kh < KVH; kh++)
-            for (int d = 0; d < hd; d++) {
-                float *row = kt + ((size_t)kh * hd + d) * Tk16;
-                for (int j = 0; j < Tk; j++) row[j] = k[(size_t)j * ldkv + (size_t)kh * hd + d];
-                for (size_t j = (size_t)Tk; j < Tk16; j++) row[j] = 0.0f;
-            }
+        for (int kh = 0; kh < KVH; kh++) {
+            for (int j0 = 0; j0 < (int)Tk16; j0 += 16) /* 16 keys at a time: reads rows, writes lines */
+                for (int d = 0; d < hd; d++) {
+                    float *row = kt + ((size_t)kh * hd + d) * Tk16 + j0;
+                    for (int jj = 0; jj < 16; jj++) row[jj] = j0 + jj < Tk ? k[(size_t)(j0 + jj) * ldkv + (size_t)kh * hd + d] : 0.0f;
+                }
+            for (int j = 0; j < Tk; j++) memcpy(vp + ((size_t)kh * Tk + j) * hd, v + (size_t)j * ldkv + (size_t)kh * hd, (size_t)hd * sizeof(float));
+        }
         float scale = 1.0f / sqrtf((float)hd);
         int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -1643,16 +1926,39 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
                 int nmax = causal ? i0 + R - 1 + q_offset + 1 : Tk; /* keys any row of the block sees */
                 float *S = scratch + (size_t)thread_id() * scratch_stride;
                 const float *ktb = kt + (size_t)kh * hd * Tk16;
-                /* scores: S[r][j] = scale * q[i0+r] . k[j] */
-                for (int j0 = 0; j0 < nmax; j0 += 16) {
+                /* scores: S[r][j] = (scale * q[i0+r]) . k[j]; the block's queries, scaled and
+                 * transposed to qt[d][r] (rows past R zero), are broadcast from one place, and
+                 * each d feeds ATT_ROWS x 64 keys of accumulators */
+                float qt[128 * ATT_ROWS];
+                for (int d = 0; d < hd; d++)
+                    for (int r = 0; r < ATT_ROWS; r++) qt[d * ATT_ROWS + r] = r < R ? q[(size_t)(i0 + r) * ldq + (size_t)h * hd + d] * scale : 0.0f;
+                int j0 = 0;
+                for (; j0 + 64 <= nmax; j0 += 64) {
+                    __m512 acc[ATT_ROWS][4];
+                    for (int r = 0; r < ATT_ROWS; r++)
+                        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+                    for (int d = 0; d < hd; d++) {
+                        const float *kd = ktb + (size_t)d * Tk16 + j0;
+                        __m512 k0 = _mm512_loadu_ps(kd), k1 = _mm512_loadu_ps(kd + 16), k2 = _mm512_loadu_ps(kd + 32), k3 = _mm512_loadu_ps(kd + 48);
+                        for (int r = 0; r < ATT_ROWS; r++) {
+                            __m512 qv = _mm512_set1_ps(qt[d * ATT_ROWS + r]);
+                            acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
+                            acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
+                            acc[r][2] = _mm512_fmadd_ps(qv, k2, acc[r][2]);
+                            acc[r][3] = _mm512_fmadd_ps(qv, k3, acc[r][3]);
+                        }
+                    }
+                    for (int r = 0; r < R; r++)
+                        for (int c = 0; c < 4; c++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+                }
+                for (; j0 < nmax; j0 += 16) {
                     __m512 acc[ATT_ROWS];
                     for (int r = 0; r < ATT_ROWS; r++) acc[r] = _mm512_setzero_ps();
                     for (int d = 0; d < hd; d++) {
                         __m512 kv = _mm512_loadu_ps(ktb + (size_t)d * Tk16 + j0);
-                        for (int r = 0; r < R; r++)
-                            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[(size_t)(i0 + r) * ldq + (size_t)h * hd + d]), kv, acc[r]);
+                        for (int r = 0; r < ATT_ROWS; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(qt[d * ATT_ROWS + r]), kv, acc[r]);
                     }
-                    for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+                    for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
                 }
                 /* softmax per row over the keys it sees; zero the rest up to nmax */
                 for (int r = 0; r < R; r++) {
@@ -1661,7 +1967,7 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
                     for (int j = n; j < nmax; j++) S[(size_t)r * Tk16 + j] = 0.0f;
                 }
                 /* out[i0+r, h] = sum_j S[r][j] v[j, kh] */
-                const float *vh = v + (size_t)kh * hd;
+                const float *vh = vp + (size_t)kh * Tk * hd;
                 float *o = out + (size_t)i0 * H * hd + (size_t)h * hd;
                 int ldo = H * hd, HC = hd / 16;
                 if (HC == 4) /* hd 64 (the ViT): 6 rows x 4 vectors of accumulators */
@@ -1671,6 +1977,52 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
                 else
                     for (int r0 = 0; r0 < R; r0++) { PV_COLS(HC) }
             }
+        return;
+    }
+#elif defined(QA_NEON)
+    if (hd % 4 == 0) {
+        /* one query row at a time: scores as 4-lane dot products over d, the NEON softmax,
+         * then the output row in chunks of up to 8 vectors, each one FMA chain over keys */
+        float scale = 1.0f / sqrtf((float)hd);
+        int group = H / KVH;
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int h = 0; h < H; h++) {
+            for (int i = 0; i < Tq; i++) {
+                float *s = scratch + (size_t)thread_id() * scratch_stride;
+                const float *qi = q + (size_t)i * ldq + (size_t)h * hd;
+                int kh = h / group, n = causal ? i + q_offset + 1 : Tk;
+                for (int j = 0; j < n; j++) {
+                    const float *kj = k + (size_t)j * ldkv + (size_t)kh * hd;
+                    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
+                    int d = 0;
+                    for (; d + 8 <= hd; d += 8) {
+                        a0 = vfmaq_f32(a0, vld1q_f32(qi + d), vld1q_f32(kj + d));
+                        a1 = vfmaq_f32(a1, vld1q_f32(qi + d + 4), vld1q_f32(kj + d + 4));
+                    }
+                    if (d < hd) a0 = vfmaq_f32(a0, vld1q_f32(qi + d), vld1q_f32(kj + d));
+                    s[j] = vaddvq_f32(vaddq_f32(a0, a1)) * scale;
+                }
+                softmax(s, n);
+                const float *vh = v + (size_t)kh * hd;
+                float *oi = out + (size_t)i * H * hd + (size_t)h * hd;
+                for (int d0 = 0; d0 < hd; d0 += 32) {
+                    int nc = (hd - d0) / 4 < 8 ? (hd - d0) / 4 : 8;
+                    float32x4_t acc[8];
+                    for (int c = 0; c < 8; c++) acc[c] = vdupq_n_f32(0.0f);
+                    if (nc == 8)
+                        for (int j = 0; j < n; j++) {
+                            const float *vj = vh + (size_t)j * ldkv + d0;
+                            for (int c = 0; c < 8; c++) acc[c] = vfmaq_n_f32(acc[c], vld1q_f32(vj + 4 * c), s[j]);
+                        }
+                    else
+                        for (int j = 0; j < n; j++) {
+                            const float *vj = vh + (size_t)j * ldkv + d0;
+                            for (int c = 0; c < nc; c++) acc[c] = vfmaq_n_f32(acc[c], vld1q_f32(vj + 4 * c), s[j]);
+                        }
+                    for (int c = 0; c < nc; c++) vst1q_f32(oi + d0 + 4 * c, acc[c]);
+                }
+            }
+        }
         return;
     }
 #endif

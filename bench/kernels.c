@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < 2; i++) {
         int T = att[i].T, H = att[i].H, hd = att[i].hd, ld = H * hd;
         size_t stride = attention_scratch_floats((size_t)T);
-        float *scratch = xmalloc(stride * sizeof(float)), *kt = xmalloc((size_t)ld * pad16((size_t)T) * sizeof(float));
+        float *scratch = xmalloc(stride * sizeof(float)), *kt = xmalloc(2 * (size_t)ld * pad16((size_t)T) * sizeof(float));
         int calls = 0;
         double t0 = thread_seconds(), t;
         do {
