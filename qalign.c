@@ -1177,7 +1177,7 @@ static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float 
 
 /* Rows per register tile of the SIMD kernels, by activation kind. */
 #if defined(QA_AVX512)
-#define TILE_ROWS_Q8 4  /* 2 groups x 4 rows of int32 + float accumulators */
+#define TILE_ROWS_Q8 6  /* 2 groups x 6 rows of int32 + float accumulators (4 was 40% slower) */
 #define TILE_ROWS_F 8   /* 2 groups x 8 rows of float accumulators */
 #else
 #define TILE_ROWS_Q8 4  /* 1 group (two halves) x 4 rows of int32 accumulators */
@@ -3047,6 +3047,11 @@ int main(int argc, char **argv) {
     }
     size_t n_items = frames ? 1 : items.n;
     if (o->dump_dir && n_items != 1) fatal("--dump takes one input (or the frames of one video)");
+    if (o->dump_dir) { /* create DIR (one level) now, rather than fail after scoring */
+        struct stat st;
+        if (mkdir(o->dump_dir, 0777) != 0 && errno != EEXIST) fatal("--dump %s: %s", o->dump_dir, strerror(errno));
+        if (stat(o->dump_dir, &st) != 0 || !S_ISDIR(st.st_mode)) fatal("--dump %s: not a directory", o->dump_dir);
+    }
     app.dump = (Dump){.dir = o->dump_dir};
     app.dp = o->dump_dir ? &app.dump : NULL;
 
