@@ -1066,16 +1066,72 @@ static inline uint8_t clip8(int32_t in) {
     return (uint8_t)(in >> PRECISION_BITS);
 }
 
-/* Horizontal pass over one canvas row. */
-/* Horizontal pass over one canvas row, output samples [x0, x1). */
-static void resample_row_h(const uint8_t *in, uint8_t *out, int x0, int x1, const Coeffs *c) {
-    int xx, x;
-    for (xx = x0; xx < x1; xx++) {
-        int xmin = c->bounds[2 * xx], xmax = c->bounds[2 * xx + 1];
-        const int32_t *k = c->kk + (size_t)xx * (size_t)c->ksize;
-        const uint8_t *p = in + (size_t)xmin * 3;
-        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-        for (x = 0; x < xmax; x++, p += 3) {
+/* Pillow sums, for one output sample, 2^21 + sum over taps of weight * input
+ * in 32-bit integers (no overflow: |weights| sum to < 1.2 * 2^22). Over taps
+ * that all read the padding colour f, that part of the sum is exactly
+ * (sum of those weights) * f. Using this, the work below is proportional to
+ * the image, not to the padded square, with every result unchanged (a
+ * 1 x 16M strip would otherwise take hours, as in Pillow). */
+
+/* One axis of the resampling, split into padding and image parts. */
+typedef struct {
+    Coeffs c;        /* Pillow's weights */
+    int lo, hi;      /* the image occupies input samples [lo, hi) */
+    int xa, xb;      /* output samples whose taps reach the image: [xa, xb) */
+    int32_t *k_all;  /* [n]: sum of all weights of output sample i */
+    int32_t *k_pad;  /* [n]: sum of the weights on padding (outside [lo, hi)) */
+} Axis;
+
+static void axis_free(Axis *a) {
+    coeffs_free(&a->c);
+    free(a->k_all);
+    free(a->k_pad);
+    a->k_all = a->k_pad = NULL;
+}
+
+static int axis_init(Axis *a, int in_size, int out_size, int lo, int hi, char *err, size_t errlen) {
+    memset(a, 0, sizeof *a);
+    if (coeffs_init(&a->c, in_size, out_size, err, errlen)) return -1;
+    a->lo = lo;
+    a->hi = hi;
+    a->k_all = malloc((size_t)out_size * sizeof(int32_t));
+    a->k_pad = malloc((size_t)out_size * sizeof(int32_t));
+    if (!a->k_all || !a->k_pad) {
+        axis_free(a);
+        return fail(err, errlen, "out of memory");
+    }
+    a->xa = out_size;
+    a->xb = 0;
+    for (int i = 0; i < out_size; i++) {
+        int xmin = a->c.bounds[2 * i], xmax = a->c.bounds[2 * i + 1];
+        const int32_t *k = a->c.kk + (size_t)i * (size_t)a->c.ksize;
+        int32_t all = 0, img = 0;
+        for (int x = 0; x < xmax; x++) {
+            all += k[x];
+            if (xmin + x >= lo && xmin + x < hi) img += k[x];
+        }
+        a->k_all[i] = all;
+        a->k_pad[i] = all - img;
+        if (xmin < hi && xmin + xmax > lo) { /* contiguous: bounds are monotonic */
+            if (i < a->xa) a->xa = i;
+            a->xb = i + 1;
+        }
+    }
+    if (a->xb < a->xa) a->xa = a->xb = 0;
+    return 0;
+}
+
+/* Horizontal pass of image row `in` (w pixels, at canvas columns [lo, hi)) for
+ * output samples [xa, xb) of row `out`, the padding counted as fill. */
+static void resample_row_h(const Axis *a, const uint8_t *in, const uint8_t fill[3], uint8_t *out) {
+    for (int xx = a->xa; xx < a->xb; xx++) {
+        const int xmin = a->c.bounds[2 * xx], xend = xmin + a->c.bounds[2 * xx + 1];
+        const int x0 = xmin > a->lo ? xmin : a->lo, x1 = xend < a->hi ? xend : a->hi;
+        const int32_t *k = a->c.kk + (size_t)xx * (size_t)a->c.ksize + (x0 - xmin); /* weight of input x0 */
+        const uint8_t *p = in + (size_t)(x0 - a->lo) * 3;
+        const int32_t half = 1 << (PRECISION_BITS - 1), pad = a->k_pad[xx];
+        int32_t s0 = half + pad * fill[0], s1 = half + pad * fill[1], s2 = half + pad * fill[2];
+        for (int x = 0; x < x1 - x0; x++, p += 3) {
             s0 += p[0] * k[x];
             s1 += p[1] * k[x];
             s2 += p[2] * k[x];
@@ -1086,127 +1142,131 @@ static void resample_row_h(const uint8_t *in, uint8_t *out, int x0, int x1, cons
     }
 }
 
-/* Resize the canvas of s to ow x oh with the arithmetic of Pillow's
- * ImagingResampleInner: a horizontal pass (on the rows the vertical pass
- * reads) into uint8, then a vertical pass; a pass is skipped when its
- * dimension is unchanged, and same size is a copy.
+/* Resize the canvas of s (an image on a fill-coloured canvas) to ow x oh with
+ * exactly the results of Pillow's ImagingResampleInner: a horizontal pass on
+ * the rows the vertical pass reads, clipped to uint8, then a vertical pass; a
+ * pass is skipped when its dimension is unchanged; same size is a copy.
  *
- * The padding is exploited without changing a single result. Every fill row
- * gives the same horizontal output (fill_out), so only image rows are
- * resampled; and an output column whose taps all lie on left/right padding
- * equals fill_out in every row, so image rows compute only the columns
- * [xa, xb). In the vertical pass, the taps on fill rows (and all taps, in the
- * columns outside [xa, xb)) reduce to (sum of their weights) * fill_out:
- * integer sums, identical to Pillow's term-by-term ones. Work is thus
- * proportional to the image, not to the padded square (a 16M x 1 strip would
- * otherwise take minutes). */
+ * Here the horizontal pass runs on image rows only (a fill row gives the same
+ * row, fill_out, every time) and the vertical pass scatters each of those rows
+ * into the accumulators of the output rows that read it, the fill rows being
+ * added as (sum of their weights) * fill_out. Output columns whose taps never
+ * reach the image equal fill_out in every row, hence a constant column. */
 static int resample(const Source *s, int ow, int oh, Image *out, char *err, size_t errlen) {
     const Image *im = s->img;
-    const int iy0 = s->oy, iy1 = s->oy + im->h; /* canvas rows holding image pixels */
     const int need_h = ow != s->w, need_v = oh != s->h;
     const size_t orow = (size_t)ow * 3;
-    Coeffs ch, cv;
-    int xa = 0, xb = ow;             /* output columns that may differ from fill_out */
-    int t0 = iy0, t1 = iy1;          /* image rows available after the horizontal pass */
-    const uint8_t *fill_out = NULL;  /* a fill row after the horizontal pass (NULL: no padding) */
-    uint8_t *fill_buf = NULL, *tmp = NULL; /* horizontal pass of the fill row / of rows [t0, t1) */
-    int32_t *acc = NULL;             /* vertical accumulators for one output row */
-    int y;
+    const int32_t half = 1 << (PRECISION_BITS - 1);
+    Axis ax, ay;                    /* horizontal and vertical axes */
+    int xa = 0, xb = ow;            /* output columns that depend on image pixels */
+    int t0 = s->oy, t1 = s->oy + im->h; /* image rows the vertical pass reads */
+    uint8_t *fill_out = NULL;       /* a fill row after the horizontal pass (NULL: no padding) */
+    uint8_t *row = NULL;            /* one row after the horizontal pass */
+    int32_t *acc = NULL;            /* [oh][(xb - xa) * 3] vertical accumulators */
+    size_t ia, ib, width;           /* accumulated samples [ia, ib) of a row, width = ib - ia */
+    int y, yy, lo_row = 0, hi_row = 0;
 
-    memset(&ch, 0, sizeof ch);
-    memset(&cv, 0, sizeof cv);
+    memset(&ax, 0, sizeof ax);
+    memset(&ay, 0, sizeof ay);
     if (image_alloc(out, ow, oh, err, errlen)) return -1;
     if (!need_h && !need_v) {
         for (y = 0; y < oh; y++) memcpy(out->rgb + (size_t)y * orow, src_row(s, y), orow);
         return 0;
     }
-    if ((need_h && coeffs_init(&ch, s->w, ow, err, errlen)) || (need_v && coeffs_init(&cv, s->h, oh, err, errlen)))
-        goto fail;
+    if (need_h && axis_init(&ax, s->w, ow, s->ox, s->ox + im->w, err, errlen)) goto fail;
+    if (need_v && axis_init(&ay, s->h, oh, s->oy, s->oy + im->h, err, errlen)) goto fail;
+    row = malloc(orow);
+    if (!row) goto oom;
 
-    /* ---- horizontal pass ---- */
-    if (need_h) {
-        if (need_v) { /* only the rows the vertical pass reads */
-            int first = cv.bounds[0], last = cv.bounds[2 * oh - 2] + cv.bounds[2 * oh - 1];
-            if (t0 < first) t0 = first;
-            if (t1 > last) t1 = last;
+    /* ---- the padding: a fill row after the horizontal pass ---- */
+    if (s->fill_row) {
+        fill_out = malloc(orow);
+        if (!fill_out) goto oom;
+        if (need_h) {
+            for (int xx = 0; xx < ow; xx++)
+                for (int c = 0; c < 3; c++) fill_out[3 * xx + c] = clip8(half + ax.k_all[xx] * s->fill[c]);
+            xa = ax.xa;
+            xb = ax.xb;
+        } else {
+            memcpy(fill_out, s->fill_row, orow);
         }
-        if (s->fill_row) {
-            fill_buf = malloc(orow);
-            if (!fill_buf) goto oom;
-            resample_row_h(s->fill_row, fill_buf, 0, ow, &ch);
-            fill_out = fill_buf;
-            if (im->w < s->w) {
-                int left = s->ox, right = s->ox + im->w;
-                while (xa < ow && ch.bounds[2 * xa] + ch.bounds[2 * xa + 1] <= left) xa++;
-                xb = xa;
-                while (xb < ow && ch.bounds[2 * xb] < right) xb++;
-            }
-        }
-        if (t1 > t0) {
-            size_t n;
-            if (!image_mul_size(orow, (size_t)(t1 - t0), &n)) {
-                fail(err, errlen, "image too large");
-                goto fail;
-            }
-            tmp = malloc(n);
-            if (!tmp) goto oom;
-        }
-        for (y = t0; y < t1; y++) {
-            uint8_t *o = tmp + (size_t)(y - t0) * orow;
-            if (fill_out) memcpy(o, fill_out, orow);
-            resample_row_h(src_row(s, y), o, xa, xb, &ch);
-        }
-    } else {
-        fill_out = s->fill_row; /* rows are read from the canvas itself, all columns */
     }
+    if (need_v) { /* rows the vertical pass reads at all */
+        int first = ay.c.bounds[0], last = ay.c.bounds[2 * oh - 2] + ay.c.bounds[2 * oh - 1];
+        if (t0 < first) t0 = first;
+        if (t1 > last) t1 = last;
+    }
+    ia = (size_t)xa * 3;
+    ib = (size_t)xb * 3;
+    width = ib - ia;
 
-    /* ---- vertical pass ---- */
-    if (!need_v) { /* oh == canvas height: output row y = horizontal pass of canvas row y */
-        for (y = 0; y < oh; y++)
-            memcpy(out->rgb + (size_t)y * orow, (y >= t0 && y < t1) ? tmp + (size_t)(y - t0) * orow : fill_out, orow);
+    /* ---- no vertical pass: output rows are horizontal-pass rows ---- */
+    if (!need_v) {
+        for (y = 0; y < oh; y++) {
+            uint8_t *o = out->rgb + (size_t)y * orow;
+            if (fill_out) memcpy(o, fill_out, orow);
+            if (y >= t0 && y < t1)
+                resample_row_h(&ax, im->rgb + (size_t)(y - s->oy) * (size_t)im->w * 3, s->fill, o);
+        }
         goto done;
     }
-    acc = malloc(orow * sizeof(int32_t));
-    if (!acc) goto oom;
-    for (int yy = 0; yy < oh; yy++) {
-        const int ymin = cv.bounds[2 * yy], ymax = cv.bounds[2 * yy + 1];
-        const int32_t *k = cv.kk + (size_t)yy * (size_t)cv.ksize;
-        const int a = ymin > t0 ? ymin : t0, b = ymin + ymax < t1 ? ymin + ymax : t1; /* image taps [a, b) */
-        const size_t ia = (size_t)xa * 3, ib = (size_t)xb * 3;
-        uint8_t *o = out->rgb + (size_t)yy * orow;
-        int32_t k_all = 0, k_img = 0;
-        size_t i;
-        for (y = 0; y < ymax; y++) k_all += k[y];
-        for (y = a; y < b; y++) k_img += k[y - ymin];
-        if (fill_out) {
-            for (i = 0; i < ia; i++) o[i] = clip8((1 << (PRECISION_BITS - 1)) + k_all * fill_out[i]);
-            for (i = ib; i < orow; i++) o[i] = clip8((1 << (PRECISION_BITS - 1)) + k_all * fill_out[i]);
-            for (i = ia; i < ib; i++) acc[i] = (1 << (PRECISION_BITS - 1)) + (k_all - k_img) * fill_out[i];
+
+    /* ---- vertical pass: start every output row with its padding rows ---- */
+    if (width) {
+        size_t n;
+        if (!image_mul_size((size_t)oh, width, &n) || n > SIZE_MAX / sizeof(int32_t)) {
+            fail(err, errlen, "image too large");
+            goto fail;
+        }
+        acc = malloc(n * sizeof(int32_t));
+        if (!acc) goto oom;
+    }
+    for (yy = 0; yy < oh; yy++) {
+        int32_t *ac = acc + (size_t)yy * width;
+        for (size_t i = 0; i < width; i++) ac[i] = half + (fill_out ? ay.k_pad[yy] * fill_out[ia + i] : 0);
+    }
+    /* ... then add each image row to the output rows whose taps cover it */
+    for (y = t0; y < t1 && width; y++) {
+        const uint8_t *in;
+        if (need_h) {
+            resample_row_h(&ax, im->rgb + (size_t)(y - s->oy) * (size_t)im->w * 3, s->fill, row);
+            in = row;
         } else {
-            for (i = ia; i < ib; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+            in = src_row(s, y);
         }
-        for (y = a; y < b; y++) {
-            const uint8_t *in = need_h ? tmp + (size_t)(y - t0) * orow : src_row(s, y);
-            const int32_t kv = k[y - ymin];
-            for (i = ia; i < ib; i++) acc[i] += in[i] * kv;
+        while (lo_row < oh && ay.c.bounds[2 * lo_row] + ay.c.bounds[2 * lo_row + 1] <= y) lo_row++;
+        while (hi_row < oh && ay.c.bounds[2 * hi_row] <= y) hi_row++;
+        for (yy = lo_row; yy < hi_row; yy++) {
+            const int32_t kv = ay.c.kk[(size_t)yy * (size_t)ay.c.ksize + (size_t)(y - ay.c.bounds[2 * yy])];
+            int32_t *ac = acc + (size_t)yy * width;
+            for (size_t i = 0; i < width; i++) ac[i] += in[ia + i] * kv;
         }
-        for (i = ia; i < ib; i++) o[i] = clip8(acc[i]);
+    }
+    for (yy = 0; yy < oh; yy++) {
+        uint8_t *o = out->rgb + (size_t)yy * orow;
+        const int32_t *ac = acc + (size_t)yy * width;
+        size_t i;
+        if (fill_out) { /* columns that never see the image: all taps are fill_out */
+            for (i = 0; i < ia; i++) o[i] = clip8(half + ay.k_all[yy] * fill_out[i]);
+            for (i = ib; i < orow; i++) o[i] = clip8(half + ay.k_all[yy] * fill_out[i]);
+        }
+        for (i = 0; i < width; i++) o[ia + i] = clip8(ac[i]);
     }
 done:
     free(acc);
-    free(tmp);
-    free(fill_buf);
-    coeffs_free(&ch);
-    coeffs_free(&cv);
+    free(row);
+    free(fill_out);
+    axis_free(&ax);
+    axis_free(&ay);
     return 0;
 oom:
     fail(err, errlen, "out of memory");
 fail:
     free(acc);
-    free(tmp);
-    free(fill_buf);
-    coeffs_free(&ch);
-    coeffs_free(&cv);
+    free(row);
+    free(fill_out);
+    axis_free(&ax);
+    axis_free(&ay);
     image_free(out);
     return -1;
 }

@@ -17,7 +17,9 @@
 
 /* Limits, checked before any pixel buffer is allocated. */
 #define IMAGE_MAX_DIM    (1 << 24)        /* width or height */
-#define IMAGE_MAX_PIXELS ((size_t)1 << 28) /* width * height (268 M pixels, 805 MB of RGB) */
+/* width * height: Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS: above it Image.open raises
+ * DecompressionBombError), so qalign refuses exactly the images the reference cannot open */
+#define IMAGE_MAX_PIXELS ((size_t)178956970)
 
 typedef struct {
     int w, h;       /* width and height in pixels, both >= 1 */

@@ -937,7 +937,8 @@ def test_corpus_decode(qalign, corpus, workdir, fmt):
 def test_preprocess_random(qalign, workdir):
     rng = np.random.default_rng(99)
     cases = [(1, 1, 448), (448, 448, 448), (449, 448, 448), (640, 480, 448), (480, 640, 448), (48, 36, 56),
-             (1000, 3, 448), (3, 1000, 448), (2, 1, 7), (300, 500, 224), (1200, 900, 448), (57, 56, 56)]
+             (1000, 3, 448), (3, 1000, 448), (2, 1, 7), (300, 500, 224), (1200, 900, 448), (57, 56, 56),
+             (1, 3000, 448), (3000, 1, 448), (2, 4001, 56), (4001, 3, 100), (5, 2999, 2999), (2999, 4, 3001)]
     for _ in range(24):
         cases.append((int(rng.integers(1, 1300)), int(rng.integers(1, 1300)),
                       int(rng.choice([1, 2, 14, 56, 224, 336, 448, 500, 1000]))))
@@ -994,6 +995,21 @@ def test_resize_arbitrary(image_driver, workdir):
         exact += np.array_equal(read_ppm(o), ref)
     report(f"images: resize to arbitrary sizes exact {exact}/{total}")
     assert exact == total
+
+
+def test_preprocess_strip(image_driver, workdir):
+    """A 1 x 2^22 strip pads to a 4M x 4M square (Pillow would need terabytes for it): the
+    work stays proportional to the image (smaller strips are compared with Pillow in
+    test_preprocess_random)."""
+    n = 1 << 22
+    rng = np.random.default_rng(5)
+    for name, shape in (("tall", (n, 1, 3)), ("wide", (1, n, 3))):
+        p = workdir / f"strip_{name}.ppm"
+        write_ppm(p, rng.integers(0, 256, shape, dtype=np.uint8))
+        r = run([image_driver, "time-preprocess", "448", p], timeout=300)
+        assert r.returncode == 0, r.stderr
+        report(f"images: {shape[1]}x{shape[0]} strip -> pad + bicubic 448: {float(r.stdout):.2f} s")
+        p.unlink()
 
 
 def test_preprocess_speed(qalign, image_driver, workdir):
