@@ -3,6 +3,7 @@
 
     python3 export.py CHECKPOINT_DIR OUT [--dtype f32|bf16|q8_0|q4_1]
     python3 export.py --synthetic one-align|tiny [--dtype T] [--seed N] OUT
+    python3 export.py BASE_CHECKPOINT_DIR OUT --lora LORA_DIR [--dtype T]   (LoRA merged in)
 
 CHECKPOINT_DIR is a Hugging Face model directory as released (q-future/one-align):
 config.json (with visual_config), preprocessor_config.json, tokenizer.model, and the
@@ -525,6 +526,237 @@ def fetch(ckpt, cfg, name, src, shape, part):
 
 
 # ----------------------------------------------------------------------------------------
+# LoRA adapters (--lora DIR): Q-Align's lora_finetune checkpoints, e.g. q-future/q-align-
+# maxwell-lora, which q_align/model/builder.py loads on top of the base (one-align):
+#
+#   non_lora_trainables = torch.load(DIR/non_lora_trainables.bin)
+#   keys: "base_model." stripped; then, if any key starts with "model.model.", "model." too
+#   model.load_state_dict(non_lora_trainables, strict=False)      # replaces base tensors
+#   model = PeftModel.from_pretrained(model, DIR).merge_and_unload()
+#
+# and PEFT's merge of a LoRA Linear is  W += (lora_B @ lora_A) * scaling, scaling = lora_alpha
+# / r (lora_alpha / sqrt(r) with use_rslora; rank_pattern / alpha_pattern override r and alpha
+# per module). adapter_model.{safetensors,bin} names the weights after the PEFT wrapper:
+#   base_model.model.<module>.lora_A.weight   [r, in]
+#   base_model.model.<module>.lora_B.weight   [out, r]
+# where <module> is the Linear's name in the base model, e.g. model.layers.0.self_attn.q_proj
+# or, for the modality-adaptive projections, model.layers.0.self_attn.k_proj.multiway.0 (Q-Align
+# targets every Linear outside vision_model and visual_abstractor by its full name; those two
+# are trained fully and come in non_lora_trainables.bin).
+#
+# Here the same happens tensor by tensor as the model file is written: a base tensor is
+# read, replaced if non_lora_trainables has it, and if a LoRA pair targets it, merged in
+# float32; the result is rounded to the output type like any other tensor. Everything is
+# checked (names, shapes, options) before the output is opened.
+
+LORA_UNSUPPORTED_INIT = ("pissa", "olora", "corda", "loftq")   # these change the base weights
+
+
+def _lazy_shape(lazy):
+    """Shape of a lazy tensor from either reader, without reading its data."""
+    return tuple(lazy.size) if isinstance(lazy, _LazyTensor) else tuple(lazy.info["shape"])
+
+
+def _read_weights_file(path):
+    return read_safetensors(path) if path.endswith(".safetensors") else read_torch_zip(path)
+
+
+def _peft_matches(target, module):
+    """PEFT's check_target_module_exists: a string is a regular expression that must match
+    the whole module name; a list matches a module named exactly so or ending in .name."""
+    import re
+    if isinstance(target, str):
+        return re.fullmatch(target, module) is not None
+    return module in target or any(module.endswith("." + t) for t in target)
+
+
+def _pattern_value(pattern, module, default):
+    """rank_pattern / alpha_pattern: the first key that matches the end of the module name."""
+    import re
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(^|.*\.){key}$", module):
+            return value
+    return default
+
+
+class LoraCheckpoint:
+    """The base checkpoint with a Q-Align LoRA adapter merged in; same interface as
+    Checkpoint (`name in ckpt`, ckpt.get(name) -> Raw)."""
+
+    def __init__(self, base, lora_dir, log=print):
+        self.base, self.dir = base, lora_dir
+        self.replace = {}     # base tensor name -> lazy tensor (non_lora_trainables, other adapter keys)
+        self.pairs = {}       # base weight name "<module>.weight" -> (lazy A, lazy B, scaling, module)
+        self._last = None     # (name, Raw): fetch() reads the fused vision qkv three times
+        cfg = self._config()
+        shapes = self._base_shapes()
+        self._check_targets(cfg, shapes)
+        self._load_non_lora(shapes)
+        self._load_adapter(cfg, shapes)
+        ranks = sorted({int(_lazy_shape(a)[0]) for a, _b, _s, _m in self.pairs.values()})
+        log(f"export.py: LoRA {lora_dir}: {len(self.pairs)} layers merged (rank {'/'.join(map(str, ranks)) or '-'}, "
+            f"lora_alpha {cfg.get('lora_alpha')}), {len(self.replace)} tensors replaced")
+
+    def _die(self, msg):
+        die(f"--lora {self.dir}: {msg}")
+
+    def _config(self):
+        p = os.path.join(self.dir, "adapter_config.json")
+        if not os.path.exists(p):
+            self._die("adapter_config.json not found (is this a PEFT LoRA adapter directory?)")
+        with open(p) as f:
+            cfg = json.load(f)
+        ptype = str(cfg.get("peft_type", "LORA")).upper()
+        if ptype != "LORA":
+            self._die(f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA only)")
+        if cfg.get("use_dora"):
+            self._die("DoRA adapters (use_dora) are not supported: only plain LoRA can be merged")
+        if cfg.get("lora_bias"):
+            self._die("lora_bias adapters are not supported")
+        if cfg.get("layer_replication"):
+            self._die("layer_replication is not supported")
+        if cfg.get("target_parameters"):
+            self._die("target_parameters (LoRA on parameters) is not supported")
+        init = cfg.get("init_lora_weights", True)
+        if isinstance(init, str) and init.lower().startswith(LORA_UNSUPPORTED_INIT):
+            self._die(f"init_lora_weights={init!r} changes the base weights; such adapters are not supported")
+        if not isinstance(cfg.get("r"), int) or cfg["r"] < 1 or not isinstance(cfg.get("lora_alpha"), (int, float)):
+            self._die("adapter_config.json needs an integer r >= 1 and a numeric lora_alpha")
+        return cfg
+
+    def _base_shapes(self):
+        """name -> shape for every base tensor (from the shard headers, no data read)."""
+        shapes = {}
+        for shard in sorted(set(self.base.where.values())):
+            for k, lazy in self.base._open(shard).items():
+                if self.base.where.get(k) == shard:
+                    shapes[k] = _lazy_shape(lazy)
+        return shapes
+
+    def _load_non_lora(self, shapes):
+        found = [f for f in ("non_lora_trainables.bin", "non_lora_trainables.safetensors")
+                 if os.path.exists(os.path.join(self.dir, f))]
+        if not found:
+            return   # builder.py would fetch it from the Hub; a local adapter without it replaces nothing
+        path = os.path.join(self.dir, found[0])
+        raw = _read_weights_file(path)
+        keys = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in raw.items()}
+        if any(k.startswith("model.model.") for k in keys):
+            keys = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in keys.items()}
+        for k, lazy in keys.items():
+            self._add_replacement(k, lazy, shapes, found[0])
+
+    def _add_replacement(self, name, lazy, shapes, where):
+        if name not in shapes:
+            self._die(f"{where}: tensor {name} is not in the base checkpoint")
+        if _lazy_shape(lazy) != shapes[name]:
+            self._die(f"{where}: {name} has shape {list(_lazy_shape(lazy))}, the base has {list(shapes[name])}")
+        self.replace[name] = lazy
+
+    def _load_adapter(self, cfg, shapes):
+        for f in ("adapter_model.safetensors", "adapter_model.bin"):
+            if os.path.exists(os.path.join(self.dir, f)):
+                where = f
+                break
+        else:
+            self._die("no adapter_model.safetensors or adapter_model.bin")
+        tensors = _read_weights_file(os.path.join(self.dir, where))
+        halves = {}    # module -> {"A": lazy, "B": lazy}
+        for key, lazy in tensors.items():
+            k = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+            parts = k.split(".")
+            if "lora_magnitude_vector" in parts:
+                self._die("DoRA adapters (lora_magnitude_vector) are not supported: only plain LoRA can be merged")
+            if "lora_embedding_A" in parts or "lora_embedding_B" in parts:
+                self._die(f"{where}: {key}: LoRA on embeddings is not supported")
+            which = [i for i, p in enumerate(parts) if p in ("lora_A", "lora_B")]
+            if which:
+                i = which[-1]
+                rest = parts[i + 1:]
+                # "<module>.lora_A.weight", or with the adapter name kept: ".lora_A.default.weight"
+                if rest[-1:] == ["bias"]:
+                    self._die(f"{where}: {key}: lora_bias adapters are not supported")
+                if rest[-1:] != ["weight"] or len(rest) > 2:
+                    self._die(f"{where}: {key}: unexpected LoRA tensor name")
+                halves.setdefault(".".join(parts[:i]), {})[parts[i][-1]] = lazy
+                continue
+            if "modules_to_save" in parts:     # a fully trained copy of a module: replaces it
+                i = parts.index("modules_to_save")
+                k = ".".join(parts[:i] + parts[i + 1:])
+                if k not in shapes:                           # ".modules_to_save.<adapter>.weight"
+                    k = ".".join(parts[:i] + parts[i + 2:])
+            self._add_replacement(k, lazy, shapes, where)   # e.g. biases saved with bias="all"
+        for module, ab in sorted(halves.items()):
+            if set(ab) != {"A", "B"}:
+                self._die(f"{where}: {module} has lora_{next(iter(ab))} but no lora_{'B' if 'A' in ab else 'A'}")
+            wname = module + ".weight"
+            if wname not in shapes:
+                self._die(f"{where}: the adapter targets {module}, which is not a layer of the base model")
+            if module.endswith("embed_tokens") or len(shapes[wname]) != 2:
+                self._die(f"{where}: {module} is not a Linear layer; only LoRA on Linear layers can be merged")
+            target = cfg.get("target_modules")
+            if target and target != "all-linear" and not _peft_matches(target, module):
+                self._die(f"{where}: weights for {module}, which target_modules in adapter_config.json does not select")
+            r = _pattern_value(cfg.get("rank_pattern"), module, cfg["r"])
+            alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
+            out_f, in_f = shapes[wname]
+            sa, sb = _lazy_shape(ab["A"]), _lazy_shape(ab["B"])
+            if sa != (r, in_f) or sb != (out_f, r):
+                self._die(f"{where}: {module}: lora_A {list(sa)} and lora_B {list(sb)} do not fit the base weight "
+                          f"{[out_f, in_f]} with rank {r} (expected lora_A {[r, in_f]}, lora_B {[out_f, r]})")
+            scaling = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
+            self.pairs[wname] = (ab["A"], ab["B"], float(scaling), module)
+
+    def _check_targets(self, cfg, shapes):
+        """As PEFT refuses to build the adapter: every entry of target_modules must match a
+        module of the base model, and everything matched must be a Linear layer."""
+        target = cfg.get("target_modules")
+        if not target or target == "all-linear":   # PEFT's shorthand for every Linear but the output
+            return
+        modules = set()
+        for name in shapes:
+            parts = name.split(".")
+            modules.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        matched = sorted(m for m in modules if _peft_matches(target, m))
+        if isinstance(target, str):
+            if not matched:
+                self._die(f"target_modules {target!r} matches no module of the base model")
+        else:
+            for t in target:
+                if not any(m == t or m.endswith("." + t) for m in matched):
+                    self._die(f"target_modules entry {t!r} matches no module of the base model")
+        for m in matched:
+            w = shapes.get(m + ".weight")
+            if w is None or len(w) != 2 or m.endswith("embed_tokens"):
+                self._die(f"target_modules selects {m}, which is not a Linear layer "
+                          "(e.g. a multiway k_proj/v_proj: target its .multiway.0 / .multiway.1)")
+
+    def __contains__(self, name):
+        return name in self.base
+
+    def get(self, name):
+        if self._last and self._last[0] == name:
+            return self._last[1]
+        if name in self.replace:
+            try:
+                raw = self.replace[name].load()
+            except ValueError as e:
+                self._die(f"tensor {name}: {e}")
+        else:
+            raw = self.base.get(name)
+        if name in self.pairs:
+            a, b, scaling, module = self.pairs[name]
+            try:
+                A, B = a.load().f32(), b.load().f32()
+            except ValueError as e:
+                self._die(f"{module}: {e}")
+            delta = np.matmul(B, A, dtype=np.float32) * np.float32(scaling)
+            raw = Raw((raw.f32() + delta).astype(np.float32), "f32")
+        self._last = (name, raw)
+        return raw
+
+
+# ----------------------------------------------------------------------------------------
 # Encoding tensors into the file's types
 
 def tensor_dtype(kind, shape, wtype):
@@ -810,6 +1042,9 @@ def main():
     ap.add_argument("--synthetic", choices=sorted(PRESETS), help="write random weights of this preset")
     ap.add_argument("--seed", type=int, default=0, help="random seed for --synthetic")
     ap.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's, or $QALIGN_TOKENIZER)")
+    ap.add_argument("--lora", metavar="DIR",
+                    help="merge a Q-Align LoRA adapter (adapter_config.json, adapter_model.bin|.safetensors, "
+                         "non_lora_trainables.bin) into the checkpoint, as q_align/model/builder.py does")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_intermixed_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -817,6 +1052,8 @@ def main():
     wtype = DTYPES[a.dtype]
 
     if a.synthetic:
+        if a.lora:
+            ap.error("--lora needs a checkpoint (the base model), not --synthetic")
         out = a.out or a.checkpoint
         if not out or (a.out and a.checkpoint):
             ap.error("usage: export.py --synthetic PRESET [--dtype T] OUT")
@@ -832,6 +1069,16 @@ def main():
         out = a.out
         cfg = read_config(a.checkpoint)
         ckpt = Checkpoint(a.checkpoint)
+        if a.lora:
+            if not os.path.isdir(a.lora):
+                die(f"--lora {a.lora}: not a directory")
+            if all(os.path.exists(os.path.join(a.lora, f)) for f in ("config.json", "preprocessor_config.json")):
+                # builder.py builds the model from the adapter's config: it must be the base's
+                lcfg = read_config(a.lora)
+                diff = sorted(k for k in cfg if lcfg.get(k) != cfg[k])
+                if diff:
+                    die(f"--lora {a.lora}: its config differs from the base checkpoint's in {', '.join(diff)}")
+            ckpt = LoraCheckpoint(ckpt, a.lora, log=log)
         tok = find_tokenizer(a.tokenizer, a.checkpoint)
         source = lambda name, src, shape, part: fetch(ckpt, cfg, name, src, shape, part)  # noqa: E731
         log(f"export.py: {a.checkpoint} ({a.dtype}) -> {out}")

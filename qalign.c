@@ -2612,6 +2612,8 @@ static void usage(FILE *f) {
             "                          (default: one-align's score() prompt)\n"
             "  --levels W=X,...        level words and weights (default excellent=5,good=4,fair=3,\n"
             "                          poor=2,bad=1), e.g. good=1,average=0.5,poor=0 for Q-Instruct\n"
+            "                          (with --no-pad and its prompt); --csv/--jsonl/--report take\n"
+            "                          words among excellent good fair poor bad only\n"
             "  --no-pad                no expand2square: resize the short side and centre-crop\n"
             "  --precise               bf16 models: f32 activations (slower; reproduces the fp32\n"
             "                          reference to 1e-4) instead of bf16 ones\n"
@@ -2665,6 +2667,7 @@ typedef struct {
     Sink *sink;
     Dump dump, *dp;
     int failures;           /* inputs that could not be scored */
+    char scale_name[64];    /* "1-5", "0-1", or the range of the --levels weights */
 } App;
 
 static void json_string(FILE *f, const char *s) {
@@ -2690,7 +2693,7 @@ static void print_result(App *app, const char *file, const char *kind, int n_fra
         json_string(stdout, file);
         printf(", \"task\": \"%s\"", app->o.task);
         if (strcmp(kind, "image")) printf(", \"kind\": \"%s\", \"frames\": %d", kind, n_frames);
-        printf(", \"score\": %.6f, \"scale\": \"%s\", \"probs\": [", score, app->o.scale01 ? "0-1" : "1-5");
+        printf(", \"score\": %.6f, \"scale\": \"%s\", \"probs\": [", score, app->scale_name);
         for (int i = 0; i < sc->n; i++) printf("%s%.6f", i ? ", " : "", sc->probs[i]);
         printf("], \"logits\": [");
         for (int i = 0; i < sc->n; i++) printf("%s%.6f", i ? ", " : "", sc->logits[i]);
@@ -2728,10 +2731,14 @@ static void report_error(App *app, const char *file, const char *err) {
 /* Record a result (or an error) in the result files / report / eval and the counters. */
 static void record(App *app, const char *path, const char *kind, int frames, const Score *sc, const char *error, const Image *thumb) {
     ResultRow row = {.path = path, .task = app->o.task, .kind = kind, .frames = error ? 0 : frames,
-                     .scale = app->o.scale01 ? "0-1" : "1-5", .error = error};
+                     .scale = app->scale_name, .error = error};
     if (!error) {
         row.score = scaled(app, sc->score);
-        for (int i = 0; i < APP_LEVELS && i < sc->n; i++) row.probs[i] = sc->probs[i];
+        /* the columns are p_excellent..p_bad: each level's probability goes to its word's
+         * column (main() refuses result files for --levels words without one) */
+        for (int i = 0; i < sc->n; i++)
+            for (int k = 0; k < APP_LEVELS; k++)
+                if (!strcmp(app->lv.words[i], APP_LEVEL_NAMES[k])) row.probs[k] = sc->probs[i];
     } else {
         app->failures++;
     }
@@ -3016,6 +3023,15 @@ int main(int argc, char **argv) {
     } else {
         levels_default(m, &app.lv);
     }
+    if (o->scale01) snprintf(app.scale_name, sizeof app.scale_name, "0-1");
+    else snprintf(app.scale_name, sizeof app.scale_name, "%g-%g", app.lv.lo, app.lv.hi);
+    for (int i = 0; i < app.lv.n && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
+        int k = 0;
+        while (k < APP_LEVELS && strcmp(app.lv.words[i], APP_LEVEL_NAMES[k])) k++;
+        if (k == APP_LEVELS)
+            fatal("--levels: the --csv/--jsonl/--report results have probability columns for excellent good fair "
+                  "poor bad only, not '%s' (use --json for other words)", app.lv.words[i]);
+    }
     if (build_prompt(m, o->prompt, o->task, "image", &app.prompt_image, err, sizeof err) != 0 ||
         build_prompt(m, o->prompt, o->task, "video", &app.prompt_video, err, sizeof err) != 0)
         fatal("--prompt: %s", err);
@@ -3056,7 +3072,7 @@ int main(int argc, char **argv) {
     app.dp = o->dump_dir ? &app.dump : NULL;
 
     o->sink.task = o->task;
-    o->sink.scale = o->scale01 ? "0-1" : "1-5";
+    o->sink.scale = app.scale_name;
     if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
         app.sink = sink_open(&o->sink, err, sizeof err);
         if (!app.sink) fatal("%s", err);
@@ -3067,7 +3083,8 @@ int main(int argc, char **argv) {
     progress_start(&app.pg, n_items, o->quiet);
 
     if (frames) {
-        score_frame_files(&app, frames_name, frames, n_frames);
+        if (app.sink && sink_done(app.sink, frames_name)) progress_skip(&app.pg); /* --resume: done */
+        else score_frame_files(&app, frames_name, frames, n_frames);
     } else {
         for (size_t i = 0; i < items.n; i++) {
             const Item *it = &items.items[i];

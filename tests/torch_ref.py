@@ -414,3 +414,64 @@ def load_state(ckpt_dir):
     for s in shards:
         sd.update(torch.load(os.path.join(ckpt_dir, s), map_location="cpu"))
     return {k: v.float() for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# scorer variants (for --prompt, --levels, --no-pad): other prompt templates, other level
+# words and weights, and CLIPImageProcessor without expand2square
+
+def prompt_ids_template(sp, template, task="quality", input_="image"):
+    """tokenizer_image_token(template with {task}/{input} filled in): each chunk around
+    <|image|> tokenized on its own with BOS, one BOS kept, IMAGE_TOKEN_INDEX in between."""
+    prompt = template.replace("{task}", task).replace("{input}", input_)
+    chunks = [[sp.bos_id()] + sp.encode(c) if c else [] for c in prompt.split("<|image|>")]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == sp.bos_id():
+        offset = 1
+        ids.append(chunks[0][0])
+    for i, c in enumerate(chunks):
+        ids.extend(c[offset:])
+        if i + 1 < len(chunks):
+            ids.extend(([IMAGE_TOKEN_INDEX] * (offset + 1))[offset:])
+    return ids
+
+
+def level_ids_words(sp, words):
+    """[tokenizer(w).input_ids[1] for w in words], as the upstream scorers pick level tokens."""
+    return [([sp.bos_id()] + sp.encode(w))[1] for w in words]
+
+
+def clip_resize_crop(img, size):
+    """CLIPImageProcessor (transformers 4.36) on an RGB PIL image, no padding: resize so the
+    shortest edge is `size` (get_resize_output_image_size: long side int(size * long /
+    short), Pillow bicubic), then center_crop: top = (h - size) // 2, left = (w - size) // 2.
+    Returns the uint8 (size, size, 3) array."""
+    from PIL import Image
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nh, nw = (new_long, size) if w <= h else (size, new_long)
+    a = np.asarray(img.resize((nw, nh), Image.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(a[top:top + size, left:left + size])
+
+
+def preprocess_nopad(img, size, mean, std):
+    """As preprocess() but without expand2square (Q-Instruct-style scorers, --no-pad)."""
+    a = clip_resize_crop(img.convert("RGB"), size)
+    x = (a.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
+    return a, x.transpose(2, 0, 1).copy()
+
+
+def score_levels(ref, pixels, ids, levels, weights):
+    """Reference.score with other level tokens and weights: the level logits, softmax and
+    the weighted score (float64)."""
+    v, s1 = ref.vision(torch.from_numpy(pixels))
+    a, s2 = ref.abstractor(v)
+    st = {**s1, **s2, **ref.decoder(ids, a)}
+    lv = st["logits_last"][levels]
+    probs = torch.softmax(lv, -1)
+    st["level_logits"], st["probs"] = lv, probs
+    st["score"] = (probs @ torch.tensor(weights, dtype=lv.dtype)).reshape(1)
+    return {k: (v.detach().numpy() if torch.is_tensor(v) else v) for k, v in st.items()}
