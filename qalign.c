@@ -659,8 +659,9 @@ static void acts_set(Acts *a, const float *x, int T, int K) {
 }
 
 typedef struct {
-    int n_frames;           /* images per call the buffers are sized for */
-    int max_seq;            /* decoder rows the buffers are sized for */
+    int max_batch;          /* decoder sequences per call the buffers are sized for */
+    int n_frames;           /* frames per sequence the buffers are sized for */
+    int max_seq;            /* rows per decoder sequence the buffers are sized for */
     int n_threads;          /* OpenMP threads the per-thread scratch is sized for */
     /* vision tower, one image at a time (T = v_tokens, D = v_dim) */
     float *pixels;          /* (3, v_image, v_image) normalised input */
@@ -680,12 +681,13 @@ typedef struct {
     float *aqq;             /* (Q, D) projected queries */
     float *actx;            /* (Q, D) attention output */
     float *amlp1, *amlp3;   /* (Q, a_mlp) */
-    float *visual;          /* (n_frames, Q+1, l_dim) abstractor output = visual rows */
-    /* decoder (S = max_seq rows) */
+    float *visual;          /* (max_batch * n_frames, Q+1, l_dim) abstractor outputs = visual rows */
+    /* decoder (S = max_batch * max_seq rows) */
     float *x;               /* (S, l_dim) residual stream */
     float *xn;              /* (S, l_dim) normalised stream */
     float *q;               /* (S, l_dim) queries */
     float *k, *v;           /* (S, kv_dim) keys and values of the current layer */
+    float *tmp;             /* (S, kv_dim) scratch for gathered rows */
     float *att;             /* (S, l_dim) attention output */
     float *hb, *hb2;        /* (min(S, MLP_CHUNK), l_mlp) gate and up, for a chunk of rows */
     float *rope_cos, *rope_sin; /* (S, l_head_dim/2) */
@@ -712,8 +714,9 @@ static size_t attention_scratch_floats(size_t Tk);
 static size_t pad16(size_t n);
 
 /* precise: bf16 weights multiply f32 activations even where the CPU has a bf16 dot product */
-static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_seq, int max_prefix, int precise) {
+static void run_state_alloc(RunState *s, const Config *c, int max_batch, int n_frames, int max_seq, int max_prefix, int precise) {
     memset(s, 0, sizeof *s);
+    s->max_batch = max_batch;
     s->n_frames = n_frames;
     s->max_seq = max_seq;
 #ifdef _OPENMP
@@ -722,7 +725,8 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     s->n_threads = 1;
 #endif
     size_t T = (size_t)c->v_tokens, D = (size_t)c->v_dim, Q = (size_t)c->a_queries, E = Q + T;
-    size_t Dl = (size_t)c->l_dim, S = (size_t)max_seq, kvd = (size_t)c->l_kv_heads * c->l_head_dim;
+    size_t Dl = (size_t)c->l_dim, S = (size_t)max_batch * max_seq, kvd = (size_t)c->l_kv_heads * c->l_head_dim;
+    size_t S1 = (size_t)max_seq; /* one sequence */
     size_t P = (size_t)c->v_patch;
     size_t H = S < MLP_CHUNK ? S : MLP_CHUNK; /* decoder MLP rows at a time */
 #define ALLOC(field, count) (s->field = xmalloc((count) * sizeof(*s->field)), s->bytes += (count) * sizeof(*s->field))
@@ -746,22 +750,23 @@ static void run_state_alloc(RunState *s, const Config *c, int n_frames, int max_
     ALLOC(actx, Q * D);
     ALLOC(amlp1, Q * (size_t)c->a_mlp);
     ALLOC(amlp3, Q * (size_t)c->a_mlp);
-    ALLOC(visual, (size_t)n_frames * (Q + 1) * Dl);
+    ALLOC(visual, (size_t)max_batch * n_frames * (Q + 1) * Dl);
     ALLOC(x, S * Dl);
     ALLOC(xn, S * Dl);
     ALLOC(q, S * Dl);
     ALLOC(k, S * kvd);
     ALLOC(v, S * kvd);
+    ALLOC(tmp, S * kvd);
     ALLOC(att, S * Dl);
     ALLOC(hb, H * (size_t)c->l_mlp);
     ALLOC(hb2, H * (size_t)c->l_mlp);
-    ALLOC(rope_cos, S * (size_t)(c->l_head_dim / 2));
-    ALLOC(rope_sin, S * (size_t)(c->l_head_dim / 2));
-    size_t maxlen = E > S ? E : S, kvmax = D > kvd ? D : kvd;
+    ALLOC(rope_cos, S1 * (size_t)(c->l_head_dim / 2));
+    ALLOC(rope_sin, S1 * (size_t)(c->l_head_dim / 2));
+    size_t maxlen = E > S1 ? E : S1, kvmax = D > kvd ? D : kvd;
     s->scores_stride = attention_scratch_floats(maxlen);
     ALLOC(scores, (size_t)s->n_threads * s->scores_stride);
     ALLOC(kt, 2 * kvmax * pad16(maxlen));
-    ALLOC(final, Dl);
+    ALLOC(final, (size_t)max_batch * Dl);
     ALLOC(row, Dl > D ? Dl : D);
     ALLOC(kc, (size_t)c->l_layers * max_prefix * kvd + 1);
     ALLOC(vc, (size_t)c->l_layers * max_prefix * kvd + 1);
@@ -782,7 +787,7 @@ static void run_state_free(RunState *s) {
     float **bufs[] = {&s->pixels, &s->patches, &s->vx, &s->vxn, &s->vq, &s->vk, &s->vv, &s->vatt, &s->vmlp,
                       &s->vision_out, &s->aq, &s->aqn, &s->aenc, &s->apos, &s->ak, &s->av, &s->aqq, &s->actx,
                       &s->amlp1, &s->amlp3, &s->visual, &s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->hb,
-                      &s->hb2, &s->rope_cos, &s->rope_sin, &s->scores, &s->kt, &s->final, &s->row};
+                      &s->hb2, &s->rope_cos, &s->rope_sin, &s->scores, &s->kt, &s->final, &s->row, &s->tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free(*bufs[i]);
         *bufs[i] = NULL;
@@ -937,14 +942,34 @@ static void add_inplace(float *x, const float *y, size_t n) {
     for (; i < n; i++) x[i] += y[i];
 }
 
-/* SwiGLU gate: a = silu(a) * b */
+/* SwiGLU gate: a = silu(a) * b. The SIMD versions do the tail with the same vector code
+ * (through a zero-padded copy), so a value never depends on where in the buffer it sits:
+ * a row gives the same bits alone or inside a batch. */
 static void silu_mul(float *a, const float *b, size_t n) {
     size_t i = 0;
+#if defined(QA_AVX512) || defined(QA_NEON)
+    for (;; i += 16) {
+        float ta[16] = {0}, tb[16] = {0}, *pa = a + i;
+        const float *pb = b + i;
+        size_t len = n - i < 16 ? n - i : 16;
+        if (len == 0) break;
+        if (len < 16) { /* tail */
+            memcpy(ta, a + i, len * sizeof(float));
+            memcpy(tb, b + i, len * sizeof(float));
+            pa = ta;
+            pb = tb;
+        }
 #ifdef QA_AVX512
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(a + i, _mm512_mul_ps(silu512(_mm512_loadu_ps(a + i)), _mm512_loadu_ps(b + i)));
-#elif defined(QA_NEON)
-    for (; i + 4 <= n; i += 4) vst1q_f32(a + i, vmulq_f32(silu_neon(vld1q_f32(a + i)), vld1q_f32(b + i)));
+        _mm512_storeu_ps(pa, _mm512_mul_ps(silu512(_mm512_loadu_ps(pa)), _mm512_loadu_ps(pb)));
+#else
+        for (int j = 0; j < 16; j += 4) vst1q_f32(pa + j, vmulq_f32(silu_neon(vld1q_f32(pa + j)), vld1q_f32(pb + j)));
+#endif
+        if (len < 16) {
+            memcpy(a + i, ta, len * sizeof(float));
+            break;
+        }
+    }
+    i = n;
 #endif
     for (; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
@@ -2215,14 +2240,15 @@ typedef struct {
     int modality;           /* 0 text, 1 visual */
 } Span;
 
-/* Rows [lo, hi) of x (n, C) normalised with the weight of their modality. */
+/* Rows [lo, hi) of a sequence, stored from row 0 of x (so position t is row t - lo),
+ * normalised with the weight of their modality. */
 static void rmsnorm_spans(float *out, const float *x, const float *const w[2], const Span *spans, int n_spans, int lo, int hi,
                           int C, float eps) {
     for (int si = 0; si < n_spans; si++) {
         const Span *sp = &spans[si];
         int a = sp->start > lo ? sp->start : lo, b = sp->end < hi ? sp->end : hi;
 #pragma omp parallel for schedule(static)
-        for (int t = a; t < b; t++) rmsnorm_row(out + (size_t)t * C, x + (size_t)t * C, w[sp->modality], C, eps);
+        for (int t = a; t < b; t++) rmsnorm_row(out + (size_t)(t - lo) * C, x + (size_t)(t - lo) * C, w[sp->modality], C, eps);
     }
 }
 
@@ -2241,14 +2267,14 @@ static void rope_tables(float *cosb, float *sinb, int n, int hd, float theta) {
 }
 
 /* q_embed = q * cos + rotate_half(q) * sin, rotate_half(x) = cat(-x[hd/2:], x[:hd/2])
- * x (n, heads*hd), rows from `start`: pairs are (d, d + hd/2), not (2d, 2d+1). */
-static void rope(float *x, int start, int n, int heads, int hd, const float *cosb, const float *sinb) {
+ * x (rows, heads*hd) at positions pos0, pos0+1, ...: pairs are (d, d + hd/2), not (2d, 2d+1). */
+static void rope(float *x, int rows, int pos0, int heads, int hd, const float *cosb, const float *sinb) {
     int half = hd / 2;
 #pragma omp parallel for schedule(static)
-    for (int t = start; t < n; t++)
+    for (int i = 0; i < rows; i++)
         for (int h = 0; h < heads; h++) {
-            float *v = x + ((size_t)t * heads + h) * hd;
-            const float *cs = cosb + (size_t)t * half, *sn = sinb + (size_t)t * half;
+            float *v = x + ((size_t)i * heads + h) * hd;
+            const float *cs = cosb + (size_t)(pos0 + i) * half, *sn = sinb + (size_t)(pos0 + i) * half;
             for (int j = 0; j < half; j++) {
                 float a = v[j], b = v[j + half];
                 v[j] = a * cs[j] - b * sn[j];
@@ -2257,15 +2283,19 @@ static void rope(float *x, int start, int n, int heads, int hd, const float *cos
         }
 }
 
-/* Runs the decoder layers over rows [start, n) of s->x. Rows [0, start) are a cached
- * prefix: their keys and values for every layer are in s->kc / s->vc, saved by an earlier
- * call with save_prefix (start = 0, n = the prefix length). If final is not NULL it gets
- * the final-norm state of row n-1. */
-static void decoder_forward(const Model *m, RunState *s, int start, int n, const Span *spans, int n_spans, int save_prefix,
-                            float *final, Dump *dump) {
+/* Runs the decoder layers over B sequences with the same layout (spans, positions 0..n-1).
+ * Rows [0, start) of every sequence are a cached prefix: their keys and values for every
+ * layer are in s->kc / s->vc, saved by an earlier call with save_prefix (B = 1, start = 0,
+ * n = the prefix length). The other nn = n - start rows of each sequence are in s->x as
+ * (B, nn, D). The matmuls take all B*nn rows at once, so each weight matrix is read once
+ * per batch; attention runs per sequence. If final is not NULL it gets the final-norm
+ * state of each sequence's last row, (B, D). */
+static void decoder_forward(const Model *m, RunState *s, int B, int start, int n, const Span *spans, int n_spans,
+                            int save_prefix, float *final, Dump *dump) {
     const Config *c = &m->c;
     const DecoderWeights *w = &m->l;
     int D = c->l_dim, H = c->l_heads, KVH = c->l_kv_heads, hd = c->l_head_dim, kvd = KVH * hd, F = c->l_mlp;
+    int nn = n - start;
     float *x = s->x, *xn = s->xn;
     Acts *a = &s->acts;
     char name[64];
@@ -2274,46 +2304,68 @@ static void decoder_forward(const Model *m, RunState *s, int start, int n, const
     for (int l = 0; l < c->l_layers; l++) {
         const DecoderLayer *L = &w->layers[l];
         size_t cache = (size_t)l * s->max_prefix * kvd;
-        /* rows that go all the way through this layer: all new rows, except in the last
-         * layer, where only the last row is used (or none, when filling the prefix cache) */
-        int first = start;
-        if (l == c->l_layers - 1 && !dump) first = final ? n - 1 : n;
-        int rows = n - first;
         /* hidden_states = self.input_layernorm(hidden_states, modality_indicators) */
-        rmsnorm_spans(xn, x, L->attn_norm, spans, n_spans, start, n, D, c->l_eps);
+        for (int b = 0; b < B; b++)
+            rmsnorm_spans(xn + (size_t)b * nn * D, x + (size_t)b * nn * D, L->attn_norm, spans, n_spans, start, n, D, c->l_eps);
         /* key_states   = self.k_proj(hidden_states, modality_indicators)  # multiway[m] per row
-         * value_states = self.v_proj(hidden_states, modality_indicators) */
+         * value_states = self.v_proj(hidden_states, modality_indicators)
+         * a span's rows of all sequences are gathered, so each projection runs once */
         for (int si = 0; si < n_spans; si++) {
-            int lo = spans[si].start > start ? spans[si].start : start, hi = spans[si].end < n ? spans[si].end : n;
-            if (hi <= lo) continue;
-            acts_set(a, xn + (size_t)lo * D, hi - lo, D);
-            matmul_acts(s->k + (size_t)lo * kvd, kvd, a, &L->wk[spans[si].modality], NULL, EPI_STORE);
-            matmul_acts(s->v + (size_t)lo * kvd, kvd, a, &L->wv[spans[si].modality], NULL, EPI_STORE);
+            int lo = spans[si].start > start ? spans[si].start : start, hi = spans[si].end < n ? spans[si].end : n, len = hi - lo;
+            if (len <= 0) continue;
+            float *gin = s->att, *gk = s->q, *gv = s->tmp;   /* free until the queries are made */
+            for (int b = 0; b < B; b++)
+                memcpy(gin + (size_t)b * len * D, xn + ((size_t)b * nn + lo - start) * D, (size_t)len * D * sizeof(float));
+            acts_set(a, gin, B * len, D);
+            matmul_acts(gk, kvd, a, &L->wk[spans[si].modality], NULL, EPI_STORE);
+            matmul_acts(gv, kvd, a, &L->wv[spans[si].modality], NULL, EPI_STORE);
+            for (int b = 0; b < B; b++) {
+                memcpy(s->k + ((size_t)b * n + lo) * kvd, gk + (size_t)b * len * kvd, (size_t)len * kvd * sizeof(float));
+                memcpy(s->v + ((size_t)b * n + lo) * kvd, gv + (size_t)b * len * kvd, (size_t)len * kvd * sizeof(float));
+            }
         }
-        /* key_states = apply_rotary_pos_emb(k, cos, sin, position_ids)   # positions 0..n-1 */
-        rope(s->k, start, n, KVH, hd, s->rope_cos, s->rope_sin);
-        if (start > 0) { /* the cached prefix */
-            memcpy(s->k, s->kc + cache, (size_t)start * kvd * sizeof(float));
-            memcpy(s->v, s->vc + cache, (size_t)start * kvd * sizeof(float));
+        for (int b = 0; b < B; b++) {
+            float *kb = s->k + (size_t)b * n * kvd, *vb = s->v + (size_t)b * n * kvd;
+            /* key_states = apply_rotary_pos_emb(k, cos, sin, position_ids)   # positions 0..n-1 */
+            rope(kb + (size_t)start * kvd, nn, start, KVH, hd, s->rope_cos, s->rope_sin);
+            if (start > 0) { /* the cached prefix */
+                memcpy(kb, s->kc + cache, (size_t)start * kvd * sizeof(float));
+                memcpy(vb, s->vc + cache, (size_t)start * kvd * sizeof(float));
+            }
         }
         if (save_prefix) {
             memcpy(s->kc + cache, s->k, (size_t)n * kvd * sizeof(float));
             memcpy(s->vc + cache, s->v, (size_t)n * kvd * sizeof(float));
         }
-        if (rows == 0) continue;
+        /* rows that go all the way through this layer: all new rows, except in the last
+         * layer, where only each sequence's last row is used (none when filling the cache) */
+        int nq = nn;
+        if (l == c->l_layers - 1 && !dump) {
+            if (!final) continue;
+            nq = 1;
+            for (int b = 0; b < B; b++) { /* compact: row b <- sequence b's last row */
+                memmove(x + (size_t)b * D, x + ((size_t)b * nn + nn - 1) * D, (size_t)D * sizeof(float));
+                memmove(xn + (size_t)b * D, xn + ((size_t)b * nn + nn - 1) * D, (size_t)D * sizeof(float));
+            }
+        }
+        int first = n - nq; /* position of each sequence's first row from here on */
         /* query_states = apply_rotary_pos_emb(self.q_proj(hidden_states), cos, sin, position_ids) */
-        matmul(s->q + (size_t)first * D, a, xn + (size_t)first * D, rows, &L->wq, NULL, EPI_STORE);
-        rope(s->q, first, n, H, hd, s->rope_cos, s->rope_sin);
-        /* attn_weights = softmax(q @ k^T / sqrt(hd) + causal_mask, dtype=float32) @ v   (repeat_kv for GQA) */
-        attention(s->att + (size_t)first * D, s->q + (size_t)first * D, D, s->k, s->v, kvd, rows, n, H, KVH, hd, 1, first,
-                  s->scores, s->scores_stride, s->kt);
+        matmul(s->q, a, xn, B * nq, &L->wq, NULL, EPI_STORE);
+        for (int b = 0; b < B; b++) {
+            float *qb = s->q + (size_t)b * nq * D;
+            rope(qb, nq, first, H, hd, s->rope_cos, s->rope_sin);
+            /* attn_weights = softmax(q @ k^T / sqrt(hd) + causal_mask, dtype=float32) @ v   (repeat_kv for GQA) */
+            attention(s->att + (size_t)b * nq * D, qb, D, s->k + (size_t)b * n * kvd, s->v + (size_t)b * n * kvd, kvd, nq, n, H,
+                      KVH, hd, 1, first, s->scores, s->scores_stride, s->kt);
+        }
         /* attn_output = self.o_proj(attn_output); hidden_states = residual + hidden_states */
-        matmul(x + (size_t)first * D, a, s->att + (size_t)first * D, rows, &L->wo, NULL, EPI_ADD);
+        matmul(x, a, s->att, B * nq, &L->wo, NULL, EPI_ADD);
         /* hidden_states = self.post_attention_layernorm(hidden_states, modality_indicators)
          * hidden_states = residual + self.mlp(hidden_states)  # down(silu(gate(x)) * up(x)) */
-        rmsnorm_spans(xn, x, L->mlp_norm, spans, n_spans, first, n, D, c->l_eps);
-        for (int r0 = first; r0 < n; r0 += MLP_CHUNK) { /* rows are independent: chunks bound the buffers */
-            int nr = n - r0 < MLP_CHUNK ? n - r0 : MLP_CHUNK;
+        for (int b = 0; b < B; b++)
+            rmsnorm_spans(xn + (size_t)b * nq * D, x + (size_t)b * nq * D, L->mlp_norm, spans, n_spans, first, n, D, c->l_eps);
+        for (int r0 = 0; r0 < B * nq; r0 += MLP_CHUNK) { /* rows are independent: chunks bound the buffers */
+            int nr = B * nq - r0 < MLP_CHUNK ? B * nq - r0 : MLP_CHUNK;
             acts_set(a, xn + (size_t)r0 * D, nr, D);
             matmul_acts(s->hb, F, a, &L->gate, NULL, EPI_STORE);
             matmul_acts(s->hb2, F, a, &L->up, NULL, EPI_STORE);
@@ -2322,6 +2374,7 @@ static void decoder_forward(const Model *m, RunState *s, int start, int n, const
         }
         snprintf(name, sizeof name, "llm_layer%d", l);
         dump_f32(dump, name, x, -1, 2, (int64_t)n, (int64_t)D);
+        if (nq == 1 && nn > 1) nn = 1; /* after the last layer's compaction */
     }
     if (!final) return;
     /* hidden_states = self.norm(hidden_states) */
@@ -2331,7 +2384,7 @@ static void decoder_forward(const Model *m, RunState *s, int start, int n, const
         dump_f32(dump, "llm_final_norm", xn, -1, 2, (int64_t)n, (int64_t)D);
         memcpy(final, xn + (size_t)(n - 1) * D, (size_t)D * sizeof(float));
     } else {
-        rmsnorm_row(final, x + (size_t)(n - 1) * D, w->norm, D, c->l_eps);
+        for (int b = 0; b < B; b++) rmsnorm_row(final + (size_t)b * D, x + (size_t)b * D, w->norm, D, c->l_eps);
     }
 }
 
@@ -2501,7 +2554,7 @@ static int preprocess_image(const Model *m, const Image *img, int pad, float *pi
  * of n_frames; its Q+1 visual rows go to s->visual at row f*(Q+1). */
 static void encode_frame(const Model *m, RunState *s, const float *pixels, int f, int n_frames, Dump *dump) {
     const Config *c = &m->c;
-    if (f >= s->n_frames) fatal("internal: frame %d exceeds the run state (%d)", f, s->n_frames);
+    if (f >= s->max_batch * s->n_frames) fatal("internal: frame %d exceeds the run state", f);
     dump_f32(dump, "pixel_values", pixels, f, 4, (int64_t)n_frames, (int64_t)3, (int64_t)c->v_image, (int64_t)c->v_image);
     double t0 = now_seconds();
     vision_forward(m, s, pixels, s->vision_out, dump, f, n_frames);
@@ -2511,33 +2564,53 @@ static void encode_frame(const Model *m, RunState *s, const float *pixels, int f
     s->seconds[2] += now_seconds() - t1;
 }
 
-/* The decoder over the prompt with the visual rows of n_frames frames (encode_frame) in
- * place of <|image|>, then the level logits at the last position. */
-static void score_sequence(const Model *m, RunState *s, const Prompt *p, const Levels *lv, int n_frames, Score *sc, Dump *dump) {
+/* The decoder over B copies of the prompt, sequence b with the visual rows of frames
+ * [b*n_frames, (b+1)*n_frames) (from encode_frame) in place of <|image|>, then the level
+ * logits at each sequence's last position: sc[0..B). B > 1 reads each decoder weight
+ * once for B images; the numbers are the same as one at a time. */
+static void score_batch(const Model *m, RunState *s, const Prompt *p, const Levels *lv, int B, int n_frames, Score *sc, Dump *dump) {
     const Config *c = &m->c;
-    size_t Dl = (size_t)c->l_dim;
-    int rows_per_frame = c->a_queries + 1;
+    size_t Dl = (size_t)c->l_dim, rows_per_frame = (size_t)c->a_queries + 1;
     double t_dec = now_seconds();
 
-    /* prepare_inputs_labels_for_multimodal: text rows = embed_tokens(ids); the image marker
-     * is replaced by the frames' visual rows, flattened in frame order; modality 1 for them */
+    /* prepare_inputs_labels_for_multimodal: the positions of text rows (embed_tokens(ids))
+     * and of the image's visual rows, flattened in frame order, modality 1 */
     int n = sequence_length(m, p, n_frames);
-    if (n > s->max_seq) fatal("internal: sequence of %d rows exceeds the run state (%d)", n, s->max_seq);
+    if (n > s->max_seq || B > s->max_batch) fatal("internal: %d x %d rows exceed the run state", B, n);
     Span spans[8];
     int n_spans = 0, t = 0;
     for (int i = 0; i < p->n_ids; i++) {
-        int start = t;
-        if (p->ids[i] == TOKEN_IMAGE_MARKER) {
-            memcpy(s->x + (size_t)t * Dl, s->visual, (size_t)n_frames * rows_per_frame * Dl * sizeof(float));
-            t += n_frames * rows_per_frame;
-            spans[n_spans++] = (Span){start, t, 1};
-        } else {
-            matrix_row(s->x + (size_t)t * Dl, &m->l.embed, p->ids[i]);
-            t++;
-            if (n_spans && spans[n_spans - 1].modality == 0 && spans[n_spans - 1].end == start)
-                spans[n_spans - 1].end = t;
-            else
-                spans[n_spans++] = (Span){start, t, 0};
+        int start = t, vis = p->ids[i] == TOKEN_IMAGE_MARKER;
+        t += vis ? n_frames * (int)rows_per_frame : 1;
+        if (n_spans && !vis && spans[n_spans - 1].modality == 0) spans[n_spans - 1].end = t;
+        else spans[n_spans++] = (Span){start, t, vis};
+    }
+    /* The text before the image is the same for every image of a run: its keys and values
+     * are computed once and reused (exactly: no row depends on later rows). Dumps compute
+     * every row, to show every row. */
+    int prefix = (!dump && spans[0].modality == 0) ? spans[0].end : 0;
+    if (prefix > s->max_prefix) prefix = 0;
+    if (prefix && (s->prefix_rows != prefix || memcmp(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int)))) {
+        for (int r = 0; r < prefix; r++) matrix_row(s->x + (size_t)r * Dl, &m->l.embed, p->ids[r]);
+        decoder_forward(m, s, 1, 0, prefix, spans, 1, 1, NULL, NULL);
+        s->prefix_rows = prefix;
+        memcpy(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int));
+    }
+    /* rows [prefix, n) of each sequence into s->x (B, n - prefix, Dl) */
+    int nn = n - prefix;
+    for (int b = 0; b < B; b++) {
+        float *xb = s->x + (size_t)b * nn * Dl;
+        int pos = 0;
+        for (int i = 0; i < p->n_ids; i++) {
+            if (p->ids[i] == TOKEN_IMAGE_MARKER) {
+                size_t rows = (size_t)n_frames * rows_per_frame;
+                if (pos >= prefix)
+                    memcpy(xb + (size_t)(pos - prefix) * Dl, s->visual + (size_t)b * rows * Dl, rows * Dl * sizeof(float));
+                pos += (int)rows;
+            } else {
+                if (pos >= prefix) matrix_row(xb + (size_t)(pos - prefix) * Dl, &m->l.embed, p->ids[i]);
+                pos++;
+            }
         }
     }
     if (dump) {
@@ -2552,37 +2625,28 @@ static void score_sequence(const Model *m, RunState *s, const Prompt *p, const L
         free(ids);
         dump_f32(dump, "llm_inputs_embeds", s->x, -1, 2, (int64_t)n, (int64_t)Dl);
     }
-
-    /* The text before the image is the same for every image of a run: its keys and values
-     * are computed once and reused (exactly: no row depends on later rows). Dumps compute
-     * every row, to show every row. */
-    int prefix = (!dump && spans[0].modality == 0) ? spans[0].end : 0;
-    if (prefix > s->max_prefix) prefix = 0;
-    if (prefix && (s->prefix_rows != prefix || memcmp(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int)))) {
-        decoder_forward(m, s, 0, prefix, spans, 1, 1, NULL, NULL);
-        s->prefix_rows = prefix;
-        memcpy(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int));
-    }
-    float *final = s->final;
-    decoder_forward(m, s, prefix, n, spans, n_spans, 0, final, dump);
+    decoder_forward(m, s, B, prefix, n, spans, n_spans, 0, s->final, dump);
     s->seconds[3] += now_seconds() - t_dec;
 
     /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only those rows of lm_head
      * score = torch.softmax(logits, -1) @ weights */
-    sc->n = lv->n;
-    for (int i = 0; i < lv->n; i++) sc->logits[i] = head_logit(m, s, lv->ids[i], final);
-    memcpy(sc->probs, sc->logits, sizeof sc->probs);
-    softmax_ref(sc->probs, lv->n);
-    double sum = 0.0;
-    for (int i = 0; i < lv->n; i++) sum += (double)sc->probs[i] * lv->weights[i];
-    sc->score = (float)sum;
+    for (int b = 0; b < B; b++) {
+        const float *final = s->final + (size_t)b * Dl;
+        sc[b].n = lv->n;
+        for (int i = 0; i < lv->n; i++) sc[b].logits[i] = head_logit(m, s, lv->ids[i], final);
+        memcpy(sc[b].probs, sc[b].logits, sizeof sc[b].probs);
+        softmax_ref(sc[b].probs, lv->n);
+        double sum = 0.0;
+        for (int i = 0; i < lv->n; i++) sum += (double)sc[b].probs[i] * lv->weights[i];
+        sc[b].score = (float)sum;
+    }
     if (dump) {
         float *all = xmalloc((size_t)c->l_vocab * sizeof(float));
-        for (int v = 0; v < c->l_vocab; v++) all[v] = head_logit(m, s, v, final);
+        for (int v = 0; v < c->l_vocab; v++) all[v] = head_logit(m, s, v, s->final);
         dump_f32(dump, "logits_last", all, -1, 1, (int64_t)c->l_vocab);
         free(all);
-        dump_f32(dump, "level_logits", sc->logits, -1, 1, (int64_t)lv->n);
-        dump_f32(dump, "score", &sc->score, -1, 1, (int64_t)1);
+        dump_f32(dump, "level_logits", sc[0].logits, -1, 1, (int64_t)lv->n);
+        dump_f32(dump, "score", &sc[0].score, -1, 1, (int64_t)1);
     }
 }
 
@@ -2628,6 +2692,8 @@ static void usage(FILE *f) {
             "  --timings               seconds per stage on stderr at the end\n"
             "  -q, --quiet             no progress line\n"
             "  --threads N             OpenMP threads (default: all cores)\n"
+            "  --batch N               images per decoder pass (default 8): each decoder weight is\n"
+            "                          read once per batch; a killed run loses at most one batch\n"
             "  -h, --help              this help\n"
             "other commands:\n"
             "  qalign --info MODEL                     the model's header and the compiled kernels\n"
@@ -2654,7 +2720,10 @@ typedef struct {
     const char *dump_dir;   /* --dump */
     SinkOptions sink;       /* --csv --jsonl --report --eval --resume */
     const char *shard;      /* --shard I/N */
+    int batch;              /* --batch: images per decoder pass */
 } Options;
+
+#define MAX_BATCH 64
 
 typedef struct {
     Model m;
@@ -2668,6 +2737,9 @@ typedef struct {
     Dump dump, *dp;
     int failures;           /* inputs that could not be scored */
     char scale_name[64];    /* "1-5", "0-1", or the range of the --levels weights */
+    int pending;            /* images encoded, waiting for the decoder (< o.batch) */
+    const char *pending_path[MAX_BATCH]; /* their paths */
+    Image pending_thumb[MAX_BATCH];      /* their report thumbnails (if a report is written) */
 } App;
 
 static void json_string(FILE *f, const char *s) {
@@ -2747,14 +2819,24 @@ static void record(App *app, const char *path, const char *kind, int frames, con
     progress_update(&app->pg, error == NULL);
 }
 
-/* The run state fits n_frames frames (videos grow it; the prefix cache survives only
- * while the state does). */
-static void ensure_state(App *app, int n_frames) {
-    if (app->have_state && app->s.n_frames >= n_frames) return;
-    if (app->have_state) run_state_free(&app->s);
-    int seq = sequence_length(&app->m, &app->prompt_image, n_frames), seqv = sequence_length(&app->m, &app->prompt_video, n_frames);
+/* The run state fits `batch` images or one video of n_frames frames (a longer video or
+ * larger batch reallocates it; the prefix cache survives only while the state does). */
+static void ensure_state(App *app, int batch, int n_frames) {
+    RunState *s = &app->s;
+    if (app->have_state && s->max_batch >= batch && s->n_frames >= n_frames) return;
+    if (app->have_state) {
+        batch = batch > s->max_batch ? batch : s->max_batch;
+        n_frames = n_frames > s->n_frames ? n_frames : s->n_frames;
+        run_state_free(s);
+    }
+    int seq = sequence_length(&app->m, &app->prompt_image, 1), seqv = sequence_length(&app->m, &app->prompt_video, n_frames);
     int prefix = app->prompt_image.n_ids > app->prompt_video.n_ids ? app->prompt_image.n_ids : app->prompt_video.n_ids;
-    run_state_alloc(&app->s, &app->m.c, n_frames, seq > seqv ? seq : seqv, prefix, app->o.precise);
+    /* rows: a batch of images, or one video */
+    int max_seq = seq > seqv ? seq : seqv, rows_batch = batch * seq;
+    if (rows_batch > max_seq) { /* size per sequence so that batch * max_seq covers both */
+        max_seq = (rows_batch + batch - 1) / batch > max_seq ? (rows_batch + batch - 1) / batch : max_seq;
+    }
+    run_state_alloc(s, &app->m.c, batch, n_frames, max_seq, prefix, app->o.precise);
     app->have_state = 1;
 }
 
@@ -2777,34 +2859,54 @@ static int encode_image(App *app, const Image *img, int f, int n, char *err, siz
     return 0;
 }
 
+/* Score the images encoded so far (visual slots 0..n-1) as one decoder batch, then print
+ * and record them in order. */
+static void flush_images(App *app) {
+    int n = app->pending;
+    if (n == 0) return;
+    Score sc[MAX_BATCH];
+    score_batch(&app->m, &app->s, &app->prompt_image, &app->lv, n, 1, sc, app->dp);
+    for (int b = 0; b < n; b++) {
+        print_result(app, app->pending_path[b], "image", 1, &sc[b]);
+        record(app, app->pending_path[b], "image", 1, &sc[b], NULL, app->pending_thumb[b].rgb ? &app->pending_thumb[b] : NULL);
+        image_free(&app->pending_thumb[b]);
+    }
+    app->pending = 0;
+}
+
+/* Decode, preprocess and encode one image into the next visual slot; the decoder runs
+ * when the batch is full (or at the end, or before a video). */
 static void score_image(App *app, const char *path) {
     char err[512];
     Image img = {0};
     double t0 = now_seconds();
     if (image_load(path, &img, err, sizeof err) != 0) {
+        flush_images(app); /* results stay in input order */
         report_error(app, path, err);
         record(app, path, "image", 0, NULL, err, NULL);
         return;
     }
     app->s.seconds[0] += now_seconds() - t0;
-    ensure_state(app, 1);
-    if (encode_image(app, &img, 0, 1, err, sizeof err) != 0) {
+    ensure_state(app, app->o.batch, 1);
+    int b = app->pending;
+    if (encode_image(app, &img, b, 1, err, sizeof err) != 0) {
+        flush_images(app);
         report_error(app, path, err);
         record(app, path, "image", 0, NULL, err, NULL);
         image_free(&img);
         return;
     }
-    Score sc;
-    score_sequence(&app->m, &app->s, &app->prompt_image, &app->lv, 1, &sc, app->dp);
-    print_result(app, path, "image", 1, &sc);
-    record(app, path, "image", 1, &sc, NULL, &img);
+    app->pending_path[b] = path;
+    app->pending_thumb[b] = (Image){0};
+    if (app->sink) thumb_downscale(&img, 160, &app->pending_thumb[b], err, sizeof err); /* for the report */
     image_free(&img);
+    if (++app->pending == app->o.batch) flush_images(app);
 }
 
 /* Frames given as image files (--video FRAME..., --frames DIR): one video. */
 static void score_frame_files(App *app, const char *name, char **files, int n) {
     char err[512], msg[1024];
-    ensure_state(app, n);
+    ensure_state(app, 1, n);
     Image first = {0};
     for (int f = 0; f < n; f++) {
         Image img = {0};
@@ -2824,7 +2926,7 @@ static void score_frame_files(App *app, const char *name, char **files, int n) {
         else image_free(&img);
     }
     Score sc;
-    score_sequence(&app->m, &app->s, &app->prompt_video, &app->lv, n, &sc, app->dp);
+    score_batch(&app->m, &app->s, &app->prompt_video, &app->lv, 1, n, &sc, app->dp);
     print_result(app, name, "frames", n, &sc);
     record(app, name, "frames", n, &sc, NULL, &first);
     image_free(&first);
@@ -2860,7 +2962,7 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
         video_plan_free(&plan);
         return;
     }
-    ensure_state(app, (int)plan.n);
+    ensure_state(app, 1, (int)plan.n);
     int rows = sequence_length(&app->m, &app->prompt_video, (int)plan.n);
     progress_note(&app->pg, "qalign: %s: %lld frames (%.3f fps, %lld frames in the file)%s -> %d decoder rows; "
                   "buffers %.0f MB", path, (long long)plan.n, plan.info.fps, (long long)plan.info.frame_count,
@@ -2872,7 +2974,7 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
         record(app, path, "video", 0, NULL, err, NULL);
     } else {
         Score sc;
-        score_sequence(&app->m, &app->s, &app->prompt_video, &app->lv, (int)plan.n, &sc, app->dp);
+        score_batch(&app->m, &app->s, &app->prompt_video, &app->lv, 1, (int)plan.n, &sc, app->dp);
         print_result(app, path, "video", (int)plan.n, &sc);
         record(app, path, "video", (int)plan.n, &sc, NULL, ctx.thumb.rgb ? &ctx.thumb : NULL);
     }
@@ -2939,7 +3041,7 @@ int main(int argc, char **argv) {
 
     static App app;
     Options *o = &app.o;
-    *o = (Options){.task = "quality", .prompt = DEFAULT_PROMPT, .pad = 1};
+    *o = (Options){.task = "quality", .prompt = DEFAULT_PROMPT, .pad = 1, .batch = 8};
     const char *tokenize_text = NULL, *model_path = NULL;
     int info = 0, only_positional = 0, n_inputs = 0;
     char **inputs = xmalloc((size_t)argc * sizeof(char *));
@@ -2976,6 +3078,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--eval")) o->sink.labels_path = VALUE();
         else if (!strcmp(a, "--resume")) o->sink.resume = 1;
         else if (!strcmp(a, "--shard")) o->shard = VALUE();
+        else if (!strcmp(a, "--batch")) o->batch = parse_int(VALUE(), "--batch", 1, MAX_BATCH);
         else if (!strcmp(a, "--dump")) o->dump_dir = VALUE();
         else if (!strcmp(a, "--timings")) o->timings = 1;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o->quiet = 1;
@@ -3068,6 +3171,7 @@ int main(int argc, char **argv) {
         if (mkdir(o->dump_dir, 0777) != 0 && errno != EEXIST) fatal("--dump %s: %s", o->dump_dir, strerror(errno));
         if (stat(o->dump_dir, &st) != 0 || !S_ISDIR(st.st_mode)) fatal("--dump %s: not a directory", o->dump_dir);
     }
+    if (o->dump_dir) o->batch = 1;
     app.dump = (Dump){.dir = o->dump_dir};
     app.dp = o->dump_dir ? &app.dump : NULL;
 
@@ -3094,15 +3198,18 @@ int main(int argc, char **argv) {
             }
             progress_begin_item(&app.pg, it->path);
             if (it->kind == ITEM_ERROR) {
+                flush_images(&app);
                 report_error(&app, it->path, it->error);
                 record(&app, it->path, NULL, 0, NULL, it->error, NULL);
             } else if (it->kind == ITEM_VIDEO) {
+                flush_images(&app); /* the video needs the visual slots */
                 score_video(&app, it->path, have_ffmpeg, why);
             } else {
                 score_image(&app, it->path);
             }
         }
     }
+    flush_images(&app);
     progress_finish(&app.pg);
     if (app.dp && app.dump.failed) fatal("writing the dump to %s failed", o->dump_dir);
     if (app.sink) {

@@ -228,6 +228,24 @@ static void test_elementwise(void) {
         e1 = fmax(e1, fabs(o1[i] - r) / (fabs(r) + 1e-6));
     }
     check(e1 <= 1e-5, "silu * gate: max relative error %.2e", e1);
+    /* the same values at another place in a buffer (a row alone vs inside a batch) give
+     * the same bits */
+    {
+        float *p = xmalloc(64 * sizeof(float)), *q = xmalloc(64 * sizeof(float)), *g = xmalloc(64 * sizeof(float));
+        int same = 1;
+        for (int i = 0; i < 64; i++) p[i] = frand() * 10, g[i] = frand();
+        for (int off = 1; off < 20; off++) {
+            memcpy(q, p, 64 * sizeof(float));
+            silu_mul(q, g, 64);                 /* whole */
+            float r[64];
+            memcpy(r, p, 64 * sizeof(float));
+            silu_mul(r, g, (size_t)off);        /* in two pieces */
+            silu_mul(r + off, g + off, (size_t)(64 - off));
+            same &= !memcmp(q, r, 64 * sizeof(float));
+        }
+        check(same, "silu * gate: a value's bits do not depend on its place in the buffer");
+        free(p); free(q); free(g);
+    }
 #ifdef QA_AVX512
     for (int i = 0; i < n; i += 16) {
         float in[16], out[16];
