@@ -1204,6 +1204,9 @@ static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float 
 #if defined(QA_AVX512)
 #define TILE_ROWS_Q8 6  /* 2 groups x 6 rows of int32 + float accumulators (4 was 40% slower) */
 #define TILE_ROWS_F 8   /* 2 groups x 8 rows of float accumulators */
+#elif defined(QA_NEON)
+#define TILE_ROWS_Q8 4  /* must be 4: a tile's 4 rows are the 4 lanes of one vector (fmla/sdot by element) */
+#define TILE_ROWS_F 4   /* 1 group (4 vectors) x 4 rows of float accumulators */
 #else
 #define TILE_ROWS_Q8 4  /* 1 group (two halves) x 4 rows of int32 accumulators */
 #define TILE_ROWS_F 4   /* 1 group (two halves) x 4 rows of float accumulators */
@@ -2689,7 +2692,8 @@ static void usage(FILE *f) {
             "  --eval LABELS.csv       print SRCC/PLCC/KRCC against path,mos labels\n"
             "  --report FILE.html      a self-contained gallery sorted by score\n"
             "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
-            "  --timings               seconds per stage on stderr at the end\n"
+            "  --timings               seconds per stage on stderr, after each input (cumulative)\n"
+            "                          and at the end\n"
             "  -q, --quiet             no progress line\n"
             "  --threads N             OpenMP threads (default: all cores)\n"
             "  --batch N               images per decoder pass (default 8): each decoder weight is\n"
@@ -2738,6 +2742,7 @@ typedef struct {
     int failures;           /* inputs that could not be scored */
     char scale_name[64];    /* "1-5", "0-1", or the range of the --levels weights */
     int pending;            /* images encoded, waiting for the decoder (< o.batch) */
+    int n_recorded;         /* results recorded (for --timings) */
     const char *pending_path[MAX_BATCH]; /* their paths */
     Image pending_thumb[MAX_BATCH];      /* their report thumbnails (if a report is written) */
 } App;
@@ -2817,6 +2822,11 @@ static void record(App *app, const char *path, const char *kind, int frames, con
     char err[512];
     if (app->sink && sink_add(app->sink, &row, thumb, err, sizeof err) != 0) fatal("%s", err);
     progress_update(&app->pg, error == NULL);
+    if (app->o.timings && app->have_state) { /* cumulative, so that any stretch of a run can be timed */
+        const double *t = app->s.seconds;
+        progress_note(&app->pg, "qalign: timings after %d inputs: preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
+                      "decoder %.3f s", ++app->n_recorded, t[0], t[1], t[2], t[3]);
+    }
 }
 
 /* The run state fits `batch` images or one video of n_frames frames (a longer video or
