@@ -15,7 +15,7 @@ CC      ?= cc
 PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 # -std=c11 with POSIX 2008 (mmap, popen, isatty); nothing GNU-only outside #ifdef.
 CFLAGS  ?= -O3
-CFLAGS  += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wno-unused-parameter
+CFLAGS  += -std=c11 -D_POSIX_C_SOURCE=200809L -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-parameter
 LDLIBS  += -lm -lpthread
 
 # -march=native enables the SIMD kernels this CPU has (AVX2/AVX-512/NEON), chosen at
@@ -100,10 +100,26 @@ VARIANT_FLAGS_avx2       = -O3 -march=x86-64-v3
 VARIANT_FLAGS_avx2vnni   = -O3 -march=x86-64-v3 -mavxvnni
 VARIANT_FLAGS_avx512     = -O3 -march=x86-64-v4 -mavx512vnni -mavx512bf16
 OMP_FLAG := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo -fopenmp)
-BASE_FLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wno-unused-parameter $(OMP_FLAG)
+BASE_FLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-parameter $(OMP_FLAG)
 build/qalign-%: $(SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -o $@ $(SRCS) $(LDLIBS)
 build/test_kernels-%: tests/test_kernels.c $(SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+
+# ---- other CPUs: cross builds run under qemu-user (tests/cross.sh, PORTING.md) -----------
+# `make test-aarch64` builds qalign and the test drivers with aarch64-linux-gnu-gcc in
+# build/cross/aarch64/ and runs the whole test suite there, every target binary through
+# qemu-aarch64. `make test-cross-quick` runs the part CI runs (cross.sh quick) for the three
+# CI targets; `make test-portability` the native checks of tests/test_portability.py
+# (compiler warnings, big-endian s390x, 32-bit armhf).
+CROSS_TARGETS    = aarch64 aarch64-nodot aarch64-scalar riscv64 armhf
+CROSS_CI_TARGETS = aarch64 aarch64-nodot riscv64
+.PHONY: test-cross-quick test-portability $(addprefix test-,$(CROSS_TARGETS))
+$(addprefix test-,$(CROSS_TARGETS)): test-%:
+	PYTHON=$(PYTHON) bash tests/cross.sh $*
+test-cross-quick:
+	@for t in $(CROSS_CI_TARGETS); do PYTHON=$(PYTHON) bash tests/cross.sh $$t quick || exit 1; done
+test-portability:
+	$(PYTHON) -m pytest -q -rs tests/test_portability.py

@@ -1860,7 +1860,8 @@ static void matrix_row(float *out, const Tensor *W, int row) {
  *   out (Tq, H*hd); q (Tq, ldq), head h at columns h*hd; k, v (Tk, ldkv), kv head
  *   h / (H/KVH) at columns (h/(H/KVH))*hd (GQA: repeat_kv). causal: query i sees keys
  *   j <= i + q_offset (q_offset = position of query row 0).
- * scratch: per thread, at least attention_scratch_floats(Tk) floats; kt: workspace of\n * 2 * KVH * hd * pad16(Tk) floats (keys transposed and values packed per head). */
+ * scratch: per thread, at least attention_scratch_floats(Tk) floats; kt: workspace of
+ * 2 * KVH * hd * pad16(Tk) floats (keys transposed and values packed per head). */
 
 #define ATT_ROWS 6 /* query rows per work item in the SIMD kernel */
 

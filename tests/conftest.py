@@ -6,8 +6,19 @@ Paths (overridable by environment variables):
   QALIGN_SHARED     the shared fixtures directory     (default: ../shared next to the repo)
   QALIGN_REFERENCE  the reference fixtures            (default: $QALIGN_SHARED/reference)
   QALIGN_TOKENIZER  the real LLaMA-2 tokenizer.model  (default: $QALIGN_SHARED/data/tokenizer.model)
+
+Cross-built runs (tests/cross.sh, `make test-aarch64`; see PORTING.md):
+  QALIGN_RUNNER     emulator command line, e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu
+                    neoverse-n1": every executable the tests start that was built for another
+                    architecture than this Python's is started through it (the tests' own
+                    compile commands reach the cross compiler as `cc` first on PATH)
+  QALIGN_TARGET     the cross target's name (for the figures and skip reasons)
+  QALIGN_EXPECT_KERNELS  the SIMD kernel names the build must have compiled in, exactly
+                    (test_kernels.py): "neon neon-dotprod", "neon", "none"
 """
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +32,75 @@ TOKENIZER = Path(os.environ.get("QALIGN_TOKENIZER", SHARED / "data" / "tokenizer
 BIN = Path(os.environ.get("QALIGN_BIN", ROOT / "qalign"))
 PYTHON = sys.executable
 sys.path.insert(0, str(ROOT))   # tests import export.py and spm.py
+
+
+# ---- cross-built binaries under an emulator ------------------------------------------
+RUNNER = shlex.split(os.environ.get("QALIGN_RUNNER", ""))
+if RUNNER:   # an absolute path: some tests run programs with a reduced PATH
+    RUNNER[0] = shutil.which(RUNNER[0]) or RUNNER[0]
+TARGET = os.environ.get("QALIGN_TARGET", "")
+EMULATED = bool(RUNNER)
+
+
+def elf_id(path):
+    """(class, data, machine) of an ELF file, None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            h = f.read(20)
+    except OSError:
+        return None
+    if len(h) < 20 or h[:4] != b"\x7fELF":
+        return None
+    return h[4], h[5], int.from_bytes(h[18:20], "little" if h[5] == 1 else "big")
+
+
+HOST_ELF = elf_id(os.path.realpath(sys.executable))
+
+
+def foreign(path):
+    """True for an executable built for another architecture than this Python's."""
+    e = elf_id(path)
+    return e is not None and e != HOST_ELF
+
+
+if EMULATED:
+    # Every way the tests start a program (run(), subprocess.run/Popen) ends in Popen:
+    # a foreign executable is started through the emulator instead, so test files need
+    # no changes. Kill and exit status pass through (qemu-user is the guest process).
+    _popen_init = subprocess.Popen.__init__
+
+    def _popen_init_emulated(self, args, *a, **kw):
+        if isinstance(args, (list, tuple)) and args and foreign(os.path.join(str(kw.get("cwd") or ""), str(args[0]))):
+            args = RUNNER + [str(x) for x in args]
+        _popen_init(self, args, *a, **kw)
+
+    subprocess.Popen.__init__ = _popen_init_emulated
+
+# Tests that do not run under emulation, and why. Everything they check is target-
+# independent C and runs in the native suite.
+SANITIZERS = "sanitizer builds are not run under emulation (LeakSanitizer fails under qemu-user; ASan runs take seconds each): the native suite runs them"
+SPEED = "speed limits are for native code, not for an emulator"
+MEMORY = "under qemu-user the process's peak memory is the emulator's"
+NOT_EMULATED = {
+    "test_images_hostile.py": SANITIZERS,
+    "test_jpeg.py::test_hostile": SANITIZERS,
+    "test_tokenizer.py::test_sanitizers": SANITIZERS,
+    "test_jpeg.py::test_speed_12mp": SPEED,
+    "test_images.py::test_preprocess_speed": SPEED,
+    "test_tokenizer.py::test_speed": SPEED,
+    "test_app.py::test_video_memory_is_one_frame": MEMORY,
+    "test_fuzz.py": "the libFuzzer harnesses are built by the host's clang, not for the target: the native suite runs them",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not EMULATED:
+        return
+    for item in items:
+        name = item.nodeid.split("/")[-1]
+        for prefix, reason in NOT_EMULATED.items():
+            if name == prefix or name.startswith((prefix + "::", prefix + "[")):
+                item.add_marker(pytest.mark.skip(reason=f"{TARGET or 'emulated'} run: {reason}"))
 
 
 def run(args, **kw):
@@ -91,6 +171,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def qalign_san():
     """The ASan+UBSan build (make sanitize), built on first use."""
+    if EMULATED:
+        pytest.skip(f"{TARGET or 'emulated'} run: {SANITIZERS}")
     san = ROOT / "qalign-san"
     r = run(["make", "-C", ROOT, "qalign-san"])
     if r.returncode != 0:

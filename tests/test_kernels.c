@@ -258,7 +258,39 @@ static void test_elementwise(void) {
     }
     check(e2 <= 3e-7, "exp512 on [-87, 87]: max relative error %.2e", e2);
 #endif
+#ifdef QA_NEON
+    e2 = 0;
+    for (int i = 0; i < n; i += 4) {
+        float in[4], out[4];
+        for (int j = 0; j < 4; j++) in[j] = frand() * 87;
+        vst1q_f32(out, exp_neon(vld1q_f32(in)));
+        for (int j = 0; j < 4; j++) {
+            double r = exp((double)in[j]);
+            e2 = fmax(e2, fabs(out[j] - r) / r);
+        }
+    }
+    check(e2 <= 3e-7, "exp_neon on [-87, 87]: max relative error %.2e", e2);
+    {   /* the ends: underflow to (almost) 0, overflow to inf, -inf to 0, 0 to exactly 1 */
+        float in[4] = {-INFINITY, -120.0f, 100.0f, 0.0f}, out[4];
+        vst1q_f32(out, exp_neon(vld1q_f32(in)));
+        check(out[0] >= 0 && out[0] < 1e-44f && out[1] >= 0 && out[1] < 1e-44f && isinf(out[2]) && out[3] == 1.0f,
+              "exp_neon at -inf, -120, 100, 0: %g %g %g %g", out[0], out[1], out[2], out[3]);
+    }
+#endif
     (void)e2;
+    /* softmax of short rows (the SIMD tails) and with -inf (masked) entries */
+    {
+        double worst = 0;
+        for (int m = 1; m <= 21; m++) {
+            float a[21], r[21];
+            for (int i = 0; i < m; i++) a[i] = r[i] = (i % 5 == 3) ? -INFINITY : frand() * 50;
+            a[m / 2] = r[m / 2] = 1.0f; /* at least one finite value */
+            softmax(a, m);
+            softmax_ref(r, m);
+            worst = fmax(worst, max_diff(a, r, (size_t)m));
+        }
+        check(worst <= 1e-6, "softmax of 1..21 values, some -inf: max error %.2e", worst);
+    }
     free(x); free(y); free(w); free(b); free(o1); free(o2);
 }
 

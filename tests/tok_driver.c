@@ -3,7 +3,7 @@
  *
  *   tok_driver VOCAB < records
  *
- * VOCAB (little-endian, written by the test from spm.py):
+ * VOCAB (little-endian on every host, written by the test from spm.py):
  *   "TOKVOCAB"  int32 n, add_dummy_prefix, bos_id, eos_id, unk_id  uint32 blob_len
  *   blob[blob_len]  uint32 offsets[n+1]  float32 scores[n]  uint8 types[n]
  * stdin: records of  uint32 mode, uint32 len, bytes[len]; one output line each:
@@ -37,6 +37,12 @@ static void *read_exact(FILE *f, size_t n)
     return p;
 }
 
+/* A little-endian u32 (the vocabulary file and the records are little-endian on any host). */
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 static int call(const Tokenizer *t, int mode, const char *s, size_t len, int *ids, int max)
 {
     if (mode == 2)
@@ -55,11 +61,16 @@ int main(int argc, char **argv)
         perror(argv[1]);
         return 2;
     }
-    char magic[8];
+    uint8_t head[32];
     int32_t hdr[5];
-    uint32_t blob_len;
-    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "TOKVOCAB", 8) != 0 ||
-        fread(hdr, 4, 5, f) != 5 || fread(&blob_len, 4, 1, f) != 1 || hdr[0] < 0) {
+    if (fread(head, 1, 32, f) != 32 || memcmp(head, "TOKVOCAB", 8) != 0) {
+        fprintf(stderr, "tok_driver: bad vocabulary file\n");
+        return 2;
+    }
+    for (int k = 0; k < 5; k++)
+        hdr[k] = (int32_t)le32(head + 8 + 4 * k);
+    uint32_t blob_len = le32(head + 28);
+    if (hdr[0] < 0) {
         fprintf(stderr, "tok_driver: bad vocabulary file\n");
         return 2;
     }
@@ -69,6 +80,13 @@ int main(int argc, char **argv)
     float *scores = read_exact(f, 4 * (size_t)n);
     uint8_t *types = read_exact(f, (size_t)n);
     fclose(f);
+    /* the file is little-endian; the tokenizer takes arrays in host order */
+    for (size_t k = 0; k <= (size_t)n; k++)
+        offsets[k] = le32((const uint8_t *)&offsets[k]);
+    for (size_t k = 0; k < (size_t)n; k++) {
+        uint32_t u = le32((const uint8_t *)&scores[k]);
+        memcpy(&scores[k], &u, 4);
+    }
 
     Tokenizer t;
     char err[256] = "";
@@ -78,10 +96,10 @@ int main(int argc, char **argv)
         return 3;
     }
 
-    uint32_t rec[2];
-    while (fread(rec, 4, 2, stdin) == 2) {
-        int mode = (int)rec[0];
-        size_t len = rec[1];
+    uint8_t rec[8];
+    while (fread(rec, 1, 8, stdin) == 8) {
+        int mode = (int)le32(rec);
+        size_t len = le32(rec + 4);
         char *s = read_exact(stdin, len);
         s[len] = '\0';
 
