@@ -57,6 +57,8 @@ if [ -z "$model_dir" ]; then
         want="$(remote_size "$f")"
         have="$(stat -c %s "$model_dir/$f" 2>/dev/null || echo 0)"
         if [ -n "$want" ] && [ "$have" = "$want" ]; then return 0; fi
+        # longer than the remote file: not a partial download of it, start again
+        if [ -n "$want" ] && [ "$have" -gt "$want" ]; then rm -f "$model_dir/$f"; fi
         say "downloading $f${want:+ ($((want / 1000000)) MB)}"
         curl -fL --retry 5 -C - -o "$model_dir/$f" "$base/$f" || die "download of $f failed (run again to resume)"
         have="$(stat -c %s "$model_dir/$f")"
