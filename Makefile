@@ -80,7 +80,7 @@ fuzz: fuzz-build
 	      grep -E 'stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|crash-' ; \
 	  test $${PIPESTATUS[0]:-0} -eq 0 || exit 1; done
 
-# ---- benchmark (full-size random weights; see bench/README) -----------------------------
+# ---- benchmark (full-size random weights; see bench/bench.py) ----------------------------
 bench: qalign
 	$(PYTHON) bench/bench.py
 
@@ -91,6 +91,11 @@ clean:
 build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+
+# The q8_0 inner loop from L1 in four forms, each adding one cost (bench/ANALYSIS.md).
+build/q8loop: bench/q8loop.c
+	@mkdir -p build
+	$(CC) -O3 -march=native -std=c11 -Wall -Wextra -o $@ $<
 
 # ---- x86 variant builds (each compiles a different set of SIMD kernels) ------------------
 # The tests build and run these too (tests/test_variants.py), so every kernel path that can

@@ -5,11 +5,12 @@
     python3 bench/bench.py [--cache DIR] [--types q8_0,bf16,q4_1] [--batch 32] [--write]
 
 1. Synthesizes full-size random-weight one-align model files once per weight type
-   (export.py --synthetic one-align; about 16.4 / 9.3 / 5.5 GB for bf16 / q8_0 / q4_1) into
+   (export.py --synthetic one-align; about 16.4 / 9.3 / 6.2 GB for bf16 / q8_0 / q4_1) into
    --cache (default $QALIGN_BENCH_CACHE or ~/.cache/qalign/bench).
 2. Measures this machine's peaks (bench/peak.c: f32 FMA, bf16 dot, int8 dot, read bandwidth).
-3. Per type: seconds per stage and per image (steady state, page cache warm), GFLOP/s and %
-   of the matching peak, peak RSS against the file size; images/minute on a batch.
+3. Per type, with the file mapped (default) and read into memory (--no-mmap): seconds per
+   stage and per image (steady state, page cache warm), GFLOP/s and % of the matching peak,
+   first-image wall time, peak RSS against the file size; images/minute on a batch.
 4. In the same run, PyTorch bf16 (Debian's python3-torch, 2 threads) on one LLaMA-2-7B decoder
    layer (90 tokens) and one ViT-L/14 layer (1025 tokens), to state our speed as a ratio
    (absolute times on a shared machine drift).
@@ -71,6 +72,7 @@ def make_images(d, n, seed=0):
 
 
 STAGES = ["preprocess", "vision", "abstractor", "decoder"]
+LOADS = ["mmap", "--no-mmap"]
 
 
 def run_qalign(model, images, threads, extra=()):
@@ -93,7 +95,8 @@ def run_qalign(model, images, threads, extra=()):
 
 def torch_layers(threads):
     """Seconds for one LLaMA-2-7B decoder layer (90 tokens) and one ViT-L/14 layer (1025
-    tokens) in PyTorch bf16, best of 3 after a warm-up."""
+    tokens) in PyTorch bf16, best of 3 after a warm-up; the ViT layer also without its
+    attention (bf16 bmm + softmax, PyTorch 1.13's slow spot on CPU)."""
     code = r'''
 import time, torch, sys
 torch.set_num_threads(int(sys.argv[1]))
@@ -119,20 +122,20 @@ Dv, Fv, Hv, T = 1024, 4096, 16, 1025
 qkv, dense, fc1, fc2 = torch.nn.Linear(Dv, 3 * Dv).to(bf), torch.nn.Linear(Dv, Dv).to(bf), torch.nn.Linear(Dv, Fv).to(bf), torch.nn.Linear(Fv, Dv).to(bf)
 ln1, ln2 = torch.nn.LayerNorm(Dv).to(bf), torch.nn.LayerNorm(Dv).to(bf)
 y = torch.randn(1, T, Dv, dtype=bf)
-def vit_layer():
+def vit_layer(attend=True):
     with torch.inference_mode():
         h = ln1(y)
         Q, K, V = qkv(h).reshape(1, T, Hv, 3, 64).permute(3, 0, 2, 1, 4)
-        a = torch.softmax(Q @ K.transpose(-1, -2) * 0.125, -1) @ V
+        a = torch.softmax(Q @ K.transpose(-1, -2) * 0.125, -1) @ V if attend else V
         h2 = y + dense(a.permute(0, 2, 1, 3).reshape(1, T, Dv))
         m = fc1(ln2(h2)); h2 = h2 + fc2(m * torch.sigmoid(1.702 * m))
-print(best(llama_layer), best(vit_layer))
+print(best(llama_layer), best(vit_layer), best(lambda: vit_layer(False)))
 '''
     r = sh([PY, "-c", code, threads])
     if r.returncode != 0:
         return None
-    a, b = map(float, r.stdout.split())
-    return {"llama_layer": a, "vit_layer": b}
+    a, b, c = map(float, r.stdout.split())
+    return {"llama_layer": a, "vit_layer": b, "vit_layer_no_attention": c}
 
 
 def main():
@@ -167,6 +170,8 @@ def main():
         f"bf16 dot {peak.get('bf16_dot_gflops')} GFLOP/s, int8 dot {peak.get('int8_dot_gops')} GOP/s, "
         f"read {peak.get('read_gbs')} GB/s")
     out()
+    out("Where the time goes and why the speed goals are not met yet: [ANALYSIS.md](ANALYSIS.md).")
+    out()
 
     models = {}
     for t in types:
@@ -188,42 +193,51 @@ def main():
     out()
     out("One process scores 1 + N images one at a time (`--batch 1`); the per-image figures are the")
     out("stage times of images 2..N+1 (model pages mapped, prefix cached). *First image* is the wall")
-    out("time of a fresh process scoring one image: it includes mapping the model file, which on this")
-    out("virtual machine costs about 1 s per GB on first touch.")
+    out("time of a fresh process scoring one image: it includes mapping (about 1 s per GB on first touch")
+    out("on this virtual machine) or reading (`--no-mmap`) the model file.")
     out()
-    out("| type | file GB | preprocess s | vision s | abstractor s | decoder s | **s / image** | GFLOP/s | % of peak | first image s | peak RSS GB | RSS - file GB |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("| type | load | file GB | preprocess s | vision s | abstractor s | decoder s | **s / image** | GFLOP/s | % of peak | first image s | peak RSS GB | RSS - file GB |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     results, rows_by_type = {}, {}
     for t, p in models.items():
-        _, _, first_wall, _ = run_qalign(p, images[:1], a.threads)
-        rows, cum, wall, rss = run_qalign(p, images[:a.images + 1], a.threads, ["--batch", "1"])
-        per = {k: (cum[-1][k] - cum[0][k]) / a.images for k in STAGES}
-        total = sum(per.values())
-        gflops = sum(fl.values()) / total / 1e9
-        key, _ = peak_for[t]
-        pct = 100 * gflops / float(peak.get(key, "nan")) if key in peak else float("nan")
-        size = p.stat().st_size
-        results[t] = dict(per=per, total=total, gflops=gflops, pct=pct, rss=rss, size=size)
-        rows_by_type[t] = rows
-        out(f"| {t} | {size / 1e9:.2f} | {per['preprocess']:.3f} | {per['vision']:.3f} | {per['abstractor']:.3f} | "
-            f"{per['decoder']:.3f} | **{total:.2f}** | {gflops:.0f} | {pct:.0f}% ({peak_for[t][1]}) | {first_wall:.1f} | "
-            f"{rss / 1e9:.2f} | {(rss - size) / 1e9:+.2f} |")
+        for load in LOADS:
+            flags = ["--no-mmap"] if load == "--no-mmap" else []
+            _, _, first_wall, _ = run_qalign(p, images[:1], a.threads, flags)
+            rows, cum, wall, rss = run_qalign(p, images[:a.images + 1], a.threads, ["--batch", "1", *flags])
+            per = {k: (cum[-1][k] - cum[0][k]) / a.images for k in STAGES}
+            total = sum(per.values())
+            gflops = sum(fl.values()) / total / 1e9
+            key, _ = peak_for[t]
+            pct = 100 * gflops / float(peak.get(key, "nan")) if key in peak else float("nan")
+            size = p.stat().st_size
+            results[t, load] = dict(per=per, total=total, gflops=gflops, pct=pct, rss=rss, size=size)
+            rows_by_type.setdefault(t, rows)
+            out(f"| {t} | {load} | {size / 1e9:.2f} | {per['preprocess']:.3f} | {per['vision']:.3f} | {per['abstractor']:.3f} | "
+                f"{per['decoder']:.3f} | **{total:.2f}** | {gflops:.0f} | {pct:.0f}% ({peak_for[t][1]}) | {first_wall:.1f} | "
+                f"{rss / 1e9:.2f} | {(rss - size) / 1e9:+.2f} |")
     out()
-    for t, r in results.items():
+    out("*load*: `mmap` maps the file (the default); `--no-mmap` reads it into the process's own memory")
+    out("in 2 MB pages, which on this virtual machine loads faster and avoids 4 KB-page costs while the")
+    out("matmuls stream the weights (bench/ANALYSIS.md).")
+    out()
+    for (t, load), r in results.items():
         dec_tok = (92 - 15) / r["per"]["decoder"]
-        out(f"- {t}: vision {fl['vision'] / r['per']['vision'] / 1e9:.0f} GFLOP/s, decoder "
+        out(f"- {t}, {load}: vision {fl['vision'] / r['per']['vision'] / 1e9:.0f} GFLOP/s, decoder "
             f"{fl['decoder'] / r['per']['decoder'] / 1e9:.0f} GFLOP/s, decoder prefill {dec_tok:.1f} tokens/s "
             f"(77 new rows per image; {92 / r['per']['decoder']:.1f} counting the 15 cached prefix rows)")
     out()
 
     if a.batch and "q8_0" in models:
-        rows, cum, wall, _ = run_qalign(models["q8_0"], images[:a.batch], a.threads, ["--batch", "8"])
-        k0 = min(8, len(cum)) - 1
-        steady = sum(cum[-1][k] - cum[k0][k] for k in STAGES) / max(1, len(cum) - 1 - k0)
         out(f"## Batch: {a.batch} images at q8_0, `--batch 8`, one process")
         out()
-        out(f"{wall:.1f} s wall in all = **{60 * a.batch / wall:.1f} images/minute** (model mapping and the first "
-            f"batch included); after the first batch {steady:.2f} s per image = {60 / steady:.1f} images/minute.")
+        for load in LOADS:
+            flags = ["--no-mmap"] if load == "--no-mmap" else []
+            rows, cum, wall, _ = run_qalign(models["q8_0"], images[:a.batch], a.threads, ["--batch", "8", *flags])
+            k0 = min(8, len(cum)) - 1
+            steady = sum(cum[-1][k] - cum[k0][k] for k in STAGES) / max(1, len(cum) - 1 - k0)
+            out(f"- {load}: {wall:.1f} s wall in all = **{60 * a.batch / wall:.1f} images/minute** (loading the model "
+                f"and the first batch included); after the first batch {steady:.2f} s per image = "
+                f"{60 / steady:.1f} images/minute.")
         out()
 
     tl = torch_layers(a.threads)
@@ -236,12 +250,19 @@ def main():
             f"(90 tokens) {tl['llama_layer'] * 1e3:.0f} ms; x24 + x32 layers = {torch_img:.2f} s per image "
             f"(without the abstractor and preprocessing).")
         out()
-        out("| type | our vision / layer ms | torch | ratio | our decoder / layer ms | torch | ratio | whole image vs torch |")
-        out("|---|---|---|---|---|---|---|---|")
-        for t, r in results.items():
+        out("| type | load | our vision / layer ms | torch | ratio | our decoder / layer ms | torch | ratio | whole image vs torch |")
+        out("|---|---|---|---|---|---|---|---|---|")
+        for (t, load), r in results.items():
             v, d = r["per"]["vision"] / V_LAYERS, r["per"]["decoder"] / L_LAYERS
-            out(f"| {t} | {v * 1e3:.0f} | {tl['vit_layer'] * 1e3:.0f} | {tl['vit_layer'] / v:.2f}x | {d * 1e3:.0f} | "
+            out(f"| {t} | {load} | {v * 1e3:.0f} | {tl['vit_layer'] * 1e3:.0f} | {tl['vit_layer'] / v:.2f}x | {d * 1e3:.0f} | "
                 f"{tl['llama_layer'] * 1e3:.0f} | {tl['llama_layer'] / d:.2f}x | **{torch_img / r['total']:.2f}x** |")
+        out()
+        va = tl["vit_layer_no_attention"]
+        torch_lb = va * V_LAYERS + tl["llama_layer"] * L_LAYERS
+        out(f"PyTorch's ViT layer is {100 * (1 - va / tl['vit_layer']):.0f}% attention (bf16 `Q @ K^T`, softmax, `@ V` on "
+            f"16 x 1025 x 1025: {(tl['vit_layer'] - va) * 1e3:.0f} ms); without it the layer takes {va * 1e3:.0f} ms. "
+            f"Even if PyTorch's attention cost nothing, one image would take {torch_lb:.2f} s: "
+            + ", ".join(f"{t} ({load}) is {torch_lb / r['total']:.2f}x faster than that" for (t, load), r in results.items()) + ".")
         out()
 
     if "bf16" in rows_by_type:

@@ -81,6 +81,16 @@ int main(int argc, char **argv) {
         } while (t < budget);
         double flop = 4.0 * H * (double)T * T * hd * (att[i].causal ? 0.5 : 1.0);
         printf("%-14s %-18s %10.2f %10.1f\n", att[i].what, "f32", 1e3 * t / calls, flop * calls / t / 1e9);
+        if (!att[i].causal && attention_bf16_fits(hd)) { /* the ViT's attention with bf16 products */
+            calls = 0;
+            t0 = thread_seconds();
+            do {
+                attention_bf16(out, x, ld, x + (size_t)T * ld, x + 2 * (size_t)T * ld, ld, T, T, H, H, hd, scratch, stride, kt);
+                calls++;
+                t = thread_seconds() - t0;
+            } while (t < budget);
+            printf("%-14s %-18s %10.2f %10.1f\n", att[i].what, "bf16", 1e3 * t / calls, flop * calls / t / 1e9);
+        }
         free(scratch);
         free(kt);
     }

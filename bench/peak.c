@@ -31,27 +31,34 @@ static int threads(void) {
 #endif
 }
 
-#define ITERS 20000000L
+#define ITERS 10000000L
 
 #if defined(__AVX512F__)
-/* 12 independent accumulator chains hide the latency of each instruction */
-#define KERNEL(name, type, init, op, ops_per_insn)                                                   \
+/* Twelve independent accumulator chains hide each instruction's latency. The twelve
+ * instructions are written in asm: in C the compiler merges chains that compute the same
+ * values (one chain then measures latency, not throughput) or adds register copies. */
+#define X12(insn)                                                                                    \
+    insn " %[c], %[b], %[a0]\n\t" insn " %[c], %[b], %[a1]\n\t" insn " %[c], %[b], %[a2]\n\t"          \
+    insn " %[c], %[b], %[a3]\n\t" insn " %[c], %[b], %[a4]\n\t" insn " %[c], %[b], %[a5]\n\t"          \
+    insn " %[c], %[b], %[a6]\n\t" insn " %[c], %[b], %[a7]\n\t" insn " %[c], %[b], %[a8]\n\t"          \
+    insn " %[c], %[b], %[a9]\n\t" insn " %[c], %[b], %[a10]\n\t" insn " %[c], %[b], %[a11]"
+#define KERNEL(name, insn, ops_per_insn)                                                             \
     static double name(void) {                                                                       \
         double t0 = now();                                                                           \
         float sink = 0;                                                                              \
         _Pragma("omp parallel reduction(+ : sink)") {                                                \
-            type a0 = init, a1 = init, a2 = init, a3 = init, a4 = init, a5 = init;                   \
-            type a6 = init, a7 = init, a8 = init, a9 = init, a10 = init, a11 = init;                 \
-            type b = init, c = init;                                                                 \
-            for (long i = 0; i < ITERS; i++) {                                                       \
-                a0 = op(a0, b, c); a1 = op(a1, b, c); a2 = op(a2, b, c); a3 = op(a3, b, c);          \
-                a4 = op(a4, b, c); a5 = op(a5, b, c); a6 = op(a6, b, c); a7 = op(a7, b, c);          \
-                a8 = op(a8, b, c); a9 = op(a9, b, c); a10 = op(a10, b, c); a11 = op(a11, b, c);      \
-                __asm__ volatile("" : "+v"(b), "+v"(c));                                             \
-            }                                                                                        \
-            type s = a0;                                                                             \
-            s = op(s, a1, a2); s = op(s, a3, a4); s = op(s, a5, a6); s = op(s, a7, a8);              \
-            s = op(s, a9, a10); s = op(s, a11, b);                                                   \
+            __m512 a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11;                                 \
+            __m512 b = _mm512_set1_ps(1e-3f), c = _mm512_set1_ps(1e-6f);                             \
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = _mm512_setzero_ps();       \
+            for (long i = 0; i < ITERS; i++)                                                         \
+                __asm__ volatile(X12(insn)                                                           \
+                                 : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3),       \
+                                   [a4] "+v"(a4), [a5] "+v"(a5), [a6] "+v"(a6), [a7] "+v"(a7),       \
+                                   [a8] "+v"(a8), [a9] "+v"(a9), [a10] "+v"(a10), [a11] "+v"(a11)    \
+                                 : [b] "v"(b), [c] "v"(c));                                          \
+            __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),    \
+                                     _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));   \
+            s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));     \
             float out[16];                                                                           \
             memcpy(out, &s, sizeof out);                                                             \
             sink += out[0];                                                                          \
@@ -60,15 +67,12 @@ static int threads(void) {
         if (sink == 12345.0f) printf(" ");                                                           \
         return 12.0 * ITERS * (double)(ops_per_insn)*threads() / t / 1e9;                            \
     }
-#define FMA(a, b, c) _mm512_fmadd_ps(b, c, a)
-KERNEL(peak_f32, __m512, _mm512_set1_ps(1e-9f), FMA, 32)
+KERNEL(peak_f32, "vfmadd231ps", 32)
 #ifdef __AVX512BF16__
-#define DPBF16(a, b, c) _mm512_dpbf16_ps(a, (__m512bh)_mm512_castps_si512(b), (__m512bh)_mm512_castps_si512(c))
-KERNEL(peak_bf16, __m512, _mm512_set1_ps(1e-9f), DPBF16, 64)
+KERNEL(peak_bf16, "vdpbf16ps", 64)
 #endif
 #ifdef __AVX512VNNI__
-#define DPBUSD(a, b, c) _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b), _mm512_castps_si512(c)))
-KERNEL(peak_int8, __m512, _mm512_set1_ps(1e-9f), DPBUSD, 128)
+KERNEL(peak_int8, "vpdpbusd", 128)
 #endif
 #endif
 
@@ -91,15 +95,25 @@ static double bandwidth(void) {
     return best;
 }
 
+/* best of five: on a shared machine a run can lose the CPU for part of its time */
+static double best_of(double (*f)(void)) {
+    double best = 0;
+    for (int i = 0; i < 5; i++) {
+        double v = f();
+        best = v > best ? v : best;
+    }
+    return best;
+}
+
 int main(void) {
     printf("threads %d\n", threads());
 #if defined(__AVX512F__)
-    printf("f32_fma_gflops %.1f\n", peak_f32());
+    printf("f32_fma_gflops %.1f\n", best_of(peak_f32));
 #ifdef __AVX512BF16__
-    printf("bf16_dot_gflops %.1f\n", peak_bf16());
+    printf("bf16_dot_gflops %.1f\n", best_of(peak_bf16));
 #endif
 #ifdef __AVX512VNNI__
-    printf("int8_dot_gops %.1f\n", peak_int8());
+    printf("int8_dot_gops %.1f\n", best_of(peak_int8));
 #endif
 #endif
     printf("read_gbs %.1f\n", bandwidth());

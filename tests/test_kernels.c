@@ -200,6 +200,69 @@ static void test_attention(void) {
     free(q); free(k); free(v); free(o1); free(o2); free(scratch); free(kt);
 }
 
+#ifdef QA_AVX512_BF16
+/* attention_bf16's arithmetic in plain C: scores from bf16(q * scale) . bf16(k), f32 softmax,
+ * bf16(p) . bf16(v), all sums in f32 (in a different order than the kernel's) */
+static void attention_bf16_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
+                                    int Tk, int H, int KVH, int hd, float *s) {
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < Tq; i++) {
+            int kh = h / (H / KVH);
+            for (int j = 0; j < Tk; j++) {
+                float dot = 0.0f;
+                for (int d = 0; d < hd; d++)
+                    dot += bf16_to_f32(f32_to_bf16(q[(size_t)i * ldq + h * hd + d] * scale)) *
+                           bf16_to_f32(f32_to_bf16(k[(size_t)j * ldkv + kh * hd + d]));
+                s[j] = dot;
+            }
+            softmax_ref(s, Tk);
+            for (int d = 0; d < hd; d++) {
+                float acc = 0.0f;
+                for (int j = 0; j < Tk; j++)
+                    acc += bf16_to_f32(f32_to_bf16(s[j])) * bf16_to_f32(f32_to_bf16(v[(size_t)j * ldkv + kh * hd + d]));
+                out[(size_t)i * H * hd + h * hd + d] = acc;
+            }
+        }
+}
+#endif
+
+/* The ViT's bf16 attention: against the same arithmetic in plain C (tight), and against
+ * f32 attention (the error bf16 costs, bounded for attention of ViT-like magnitudes). */
+static void test_attention_bf16(void) {
+#ifdef QA_AVX512_BF16
+    struct { int Tq, Tk, H, hd; } cases[] = {{17, 17, 4, 16}, {1025, 1025, 2, 64}, {9, 26, 4, 16}, {33, 33, 2, 32},
+                                             {1, 1, 1, 16}, {40, 63, 3, 48}, {65, 65, 2, 64}};
+    size_t maxsz = 1025 * 4 * 128;
+    float *q = xmalloc(maxsz * sizeof(float)), *k = xmalloc(maxsz * sizeof(float)), *v = xmalloc(maxsz * sizeof(float));
+    float *o1 = xmalloc(maxsz * sizeof(float)), *o2 = xmalloc(maxsz * sizeof(float)), *o3 = xmalloc(maxsz * sizeof(float));
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    size_t stride = attention_scratch_floats(1040);
+    float *scratch = xmalloc((size_t)threads * stride * sizeof(float)), *kt = xmalloc(maxsz * sizeof(float));
+    float *srow = xmalloc(1040 * sizeof(float));
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int Tq = cases[c].Tq, Tk = cases[c].Tk, H = cases[c].H, hd = cases[c].hd, ld = H * hd;
+        check(attention_bf16_fits(hd), "attention_bf16 takes hd %d", hd);
+        /* q.k/sqrt(hd) of a few units, as in the ViT */
+        for (size_t i = 0; i < (size_t)Tq * ld; i++) q[i] = frand() * 2;
+        for (size_t i = 0; i < (size_t)Tk * ld; i++) k[i] = frand() * 2, v[i] = frand();
+        attention_bf16(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt);
+        attention_bf16_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
+        attention_ref(o3, q, ld, k, v, ld, Tq, Tk, H, H, hd, 0, 0, scratch, stride);
+        double scale = max_abs(o3, (size_t)Tq * ld);
+        double e_same = max_diff(o1, o2, (size_t)Tq * ld) / scale, e_f32 = max_diff(o1, o3, (size_t)Tq * ld) / scale;
+        check(e_same <= 2e-4 && e_f32 <= 2e-2, "attention_bf16 Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e",
+              Tq, Tk, H, hd, e_same, e_f32);
+    }
+    free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
+#else
+    printf("skip attention_bf16: this build has no AVX512-BF16 kernels\n");
+#endif
+}
+
 static void test_elementwise(void) {
     int n = 4099;
     float *x = xmalloc((size_t)n * 8 * sizeof(float)), *y = xmalloc((size_t)n * 8 * sizeof(float));
@@ -300,6 +363,7 @@ int main(void) {
     test_matmul();
     test_threads_deterministic();
     test_attention();
+    test_attention_bf16();
     test_elementwise();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

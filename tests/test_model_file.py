@@ -3,7 +3,8 @@
 - a safetensors copy of the tiny checkpoint exports to a byte-identical file;
 - the header slots export.py writes are the ones qalign reads (via --info);
 - truncated, bad-magic, wrong-version, mismatched and padded files are refused with one
-  line that says to re-run export.py, never a crash;
+  line that says to re-run export.py, never a crash, whether mapped or read (--no-mmap);
+- --no-mmap scores exactly as the mapped file does;
 - unsupported configurations are refused by export.py with a clear message;
 - bad command lines give one line and a non-zero exit.
 """
@@ -147,7 +148,8 @@ def test_loader_rejects_damaged_files(tiny_f32, qalign_bin, workdir):
     def attempt(name, blob, *needles):
         p = workdir / f"damaged_{name}.qalign"
         p.write_bytes(blob)
-        return one_line_error(run([qalign_bin, p, ppm]), *needles)
+        one_line_error(run([qalign_bin, "--no-mmap", p, ppm]), *needles)  # read into memory
+        return one_line_error(run([qalign_bin, p, ppm]), *needles)  # mapped
 
     cases = 0
     for cut in (0, 10, 1023, 1024, 1024 + 96 * 3 + 5, n // 2, n - 64, n - 1):
@@ -174,7 +176,7 @@ def test_loader_rejects_damaged_files(tiny_f32, qalign_bin, workdir):
     cases += 6
     r = run([qalign_bin, workdir / "does_not_exist.qalign", ppm])
     one_line_error(r, "cannot open")
-    report(f"loader: {cases + 1} damaged/missing model files refused with one line")
+    report(f"loader: {cases + 1} damaged/missing model files refused with one line (mapped and --no-mmap)")
 
 
 def test_cli_errors(qalign_bin, tiny_f32, workdir):
@@ -215,3 +217,15 @@ def test_scale_and_text_output(qalign_bin, tiny_f32, tiny_ref, workdir):
     t = run([qalign_bin, tiny_f32, ppm]).stdout.split()
     assert abs(float(t[0]) - a["score"]) < 1e-4 and t[-1] == str(ppm)
     assert [w.split("=")[0] for w in t[1:6]] == ["excellent", "good", "fair", "poor", "bad"]
+
+
+def test_no_mmap_scores_identically(qalign_bin, tiny_f32, tiny_ref, workdir):
+    rgb = np.load(tiny_ref / "inputs" / "gray_decoded_rgb.npy")
+    ppm, flipped = workdir / "nommap.ppm", workdir / "nommap_flipped.ppm"
+    ppm.write_bytes(b"P6 %d %d 255\n" % (rgb.shape[1], rgb.shape[0]) + rgb.tobytes())
+    flipped.write_bytes(b"P6 %d %d 255\n" % (rgb.shape[1], rgb.shape[0]) + rgb[::-1].tobytes())
+    mapped = run([qalign_bin, tiny_f32, "--json", ppm, flipped])
+    copied = run([qalign_bin, tiny_f32, "--json", "--no-mmap", ppm, flipped])
+    assert mapped.returncode == 0 and copied.returncode == 0, mapped.stderr + copied.stderr
+    assert len(mapped.stdout.splitlines()) == 2
+    assert copied.stdout == mapped.stdout
