@@ -553,7 +553,7 @@ static int host_is_little_endian(void) {
  * 2 MB pages (MADV_HUGEPAGE, where the kernel has transparent huge pages). Touching every
  * page before read() fills it makes the kernel allocate the big pages up front instead of
  * faulting 4 KB at a time inside the copy. On our test VM this loads a 9 GB model in 2 s
- * (mapping faults in at about 1 GB/s) and makes each image 25-30% faster; see README. The
+ * (mapping faults in at about 1 GB/s) and makes each image 20-40 % faster; see README. The
  * price: the copy is private to this process, not shared through the page cache. */
 static const uint8_t *read_whole_file(int fd, size_t size, const char *path) {
     uint8_t *buf;
@@ -626,11 +626,12 @@ MAYBE_UNUSED static void model_free(Model *m) {
     free(m->a.layers);
     free(m->l.layers);
     free(m->table);
-#if !defined(MAP_ANONYMOUS)
+#if defined(MAP_ANONYMOUS)
+    if (m->map) munmap((void *)m->map, m->file_size); /* the mapping or its anonymous copy */
+#else
     if (m->map && m->copied) free((void *)m->map);
-    else
+    else if (m->map) munmap((void *)m->map, m->file_size);
 #endif
-    if (m->map) munmap((void *)m->map, m->file_size);
     memset(m, 0, sizeof *m);
 }
 
@@ -2114,63 +2115,8 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
     attention_ref(out, q, ldq, k, v, ldkv, Tq, Tk, H, KVH, hd, causal, q_offset, scratch, scratch_stride);
 }
 
-/* ----------------------------------------------------------------------------------------
- * Intermediate arrays for study (--dump DIR): .npy files named as in the reference
- * fixtures. A NULL Dump turns every call into a no-op. Arrays with a leading frame axis
- * are written frame by frame: the header (with the full shape) with frame 0, the data of
- * later frames appended. */
-
-typedef struct {
-    const char *dir;        /* output directory */
-    int failed;             /* a write failed (reported once) */
-} Dump;
-
-static void npy_write(Dump *d, const char *name, const char *descr, const void *data, size_t elem,
-                      const int64_t *shape, int ndim, int frame) {
-    if (!d || d->failed) return;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s.npy", d->dir, name);
-    FILE *f = fopen(path, frame <= 0 ? "wb" : "ab");
-    if (!f) {
-        fprintf(stderr, "qalign: warning: cannot write %s: %s\n", path, strerror(errno));
-        d->failed = 1;
-        return;
-    }
-    size_t n = 1;
-    for (int i = (frame >= 0 ? 1 : 0); i < ndim; i++) n *= (size_t)shape[i];
-    if (frame <= 0) {
-        char hdr[256], sh[160] = "";
-        for (int i = 0; i < ndim; i++) {
-            size_t used = strlen(sh);
-            snprintf(sh + used, sizeof sh - used, "%lld,%s", (long long)shape[i], i + 1 < ndim ? " " : "");
-        }
-        if (ndim > 1) sh[strlen(sh) - 1] = 0; /* (3,) for 1-D, (1, 2, 3) otherwise */
-        int len = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, sh);
-        int pad = (64 - (10 + len + 1) % 64) % 64; /* magic+version+hlen, header, '\n': multiple of 64 */
-        uint16_t hlen = (uint16_t)(len + pad + 1);
-        uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)(hlen & 255), (uint8_t)(hlen >> 8)};
-        fwrite(pre, 1, sizeof pre, f);
-        fwrite(hdr, 1, (size_t)len, f);
-        for (int i = 0; i < pad; i++) fputc(' ', f);
-        fputc('\n', f);
-    }
-    fwrite(data, elem, n, f);
-    if (fclose(f) != 0) d->failed = 1;
-}
-
-/* float32 array; frame >= 0: data is frame `frame` of shape[0] frames */
-static void dump_f32(Dump *d, const char *name, const float *data, int frame, int ndim, ...) {
-    if (!d) return;
-    int64_t shape[8];
-    va_list ap;
-    va_start(ap, ndim);
-    for (int i = 0; i < ndim; i++) shape[i] = va_arg(ap, int64_t);
-    va_end(ap);
-    npy_write(d, name, "<f4", data, 4, shape, ndim, frame);
-}
-
 /* --- attention with bf16 products ------------------------------------------------------
- * The ViT's attention is a sixth of its multiply-adds but, in f32, a third of its time. For
+ * The ViT's attention is a seventh of its multiply-adds but, in f32, a third of its time. For
  * models whose matmuls are not f32 anyway (bf16 / q8_0 / q4_1 weights, not --precise) it
  * runs with vdpbf16ps: q.k summed over pairs of dimensions, p.v over pairs of keys, each
  * product of two bf16 (round to nearest even) added in f32; the softmax stays f32. This is
@@ -2311,6 +2257,61 @@ static void attention_bf16(float *out, const float *q, int ldq, const float *k, 
 #else
     attention(out, q, ldq, k, v, ldkv, Tq, Tk, H, KVH, hd, 0, 0, scratch, scratch_stride, kt);
 #endif
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Intermediate arrays for study (--dump DIR): .npy files named as in the reference
+ * fixtures. A NULL Dump turns every call into a no-op. Arrays with a leading frame axis
+ * are written frame by frame: the header (with the full shape) with frame 0, the data of
+ * later frames appended. */
+
+typedef struct {
+    const char *dir;        /* output directory */
+    int failed;             /* a write failed (reported once) */
+} Dump;
+
+static void npy_write(Dump *d, const char *name, const char *descr, const void *data, size_t elem,
+                      const int64_t *shape, int ndim, int frame) {
+    if (!d || d->failed) return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.npy", d->dir, name);
+    FILE *f = fopen(path, frame <= 0 ? "wb" : "ab");
+    if (!f) {
+        fprintf(stderr, "qalign: warning: cannot write %s: %s\n", path, strerror(errno));
+        d->failed = 1;
+        return;
+    }
+    size_t n = 1;
+    for (int i = (frame >= 0 ? 1 : 0); i < ndim; i++) n *= (size_t)shape[i];
+    if (frame <= 0) {
+        char hdr[256], sh[160] = "";
+        for (int i = 0; i < ndim; i++) {
+            size_t used = strlen(sh);
+            snprintf(sh + used, sizeof sh - used, "%lld,%s", (long long)shape[i], i + 1 < ndim ? " " : "");
+        }
+        if (ndim > 1) sh[strlen(sh) - 1] = 0; /* (3,) for 1-D, (1, 2, 3) otherwise */
+        int len = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, sh);
+        int pad = (64 - (10 + len + 1) % 64) % 64; /* magic+version+hlen, header, '\n': multiple of 64 */
+        uint16_t hlen = (uint16_t)(len + pad + 1);
+        uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)(hlen & 255), (uint8_t)(hlen >> 8)};
+        fwrite(pre, 1, sizeof pre, f);
+        fwrite(hdr, 1, (size_t)len, f);
+        for (int i = 0; i < pad; i++) fputc(' ', f);
+        fputc('\n', f);
+    }
+    fwrite(data, elem, n, f);
+    if (fclose(f) != 0) d->failed = 1;
+}
+
+/* float32 array; frame >= 0: data is frame `frame` of shape[0] frames */
+static void dump_f32(Dump *d, const char *name, const float *data, int frame, int ndim, ...) {
+    if (!d) return;
+    int64_t shape[8];
+    va_list ap;
+    va_start(ap, ndim);
+    for (int i = 0; i < ndim; i++) shape[i] = va_arg(ap, int64_t);
+    va_end(ap);
+    npy_write(d, name, "<f4", data, 4, shape, ndim, frame);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -3327,6 +3328,7 @@ int main(int argc, char **argv) {
     model_load(m, model_path, o->no_mmap);
     if (info) {
         cmd_info(m);
+        free(inputs);
         return 0;
     }
     if (tokenize_text) {
@@ -3337,6 +3339,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
         free(ids);
+        free(inputs);
         return 0;
     }
     if (n_inputs == 0 && !o->frames_dir) fatal("no INPUT given (try --help)");
@@ -3440,7 +3443,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "qalign: timings (%d threads, %s): preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
                 "decoder %.3f s, total %.3f s\n", app.s.n_threads, kernel_names(), t[0], t[1], t[2], t[3], total);
     }
-    /* everything else is released by the exit */
+    free(inputs);
+    free(frames);
+    itemlist_free(&items);
+    /* the model and run state (in the static App) are released by the exit */
     return app.failures ? 1 : 0;
 }
 #endif

@@ -258,6 +258,23 @@ def test_batch_with_corrupt_file_in_the_middle(qalign_bin, model, workdir):
     assert r.returncode == 0 and len(jsonl(r.stdout)) == 4
 
 
+def test_batch_under_sanitizers_leaks_nothing(model, workdir):
+    """A batch with good, corrupt and missing inputs, mapped and --no-mmap, in the
+    AddressSanitizer/UBSan build with LeakSanitizer on: a bad file must not leak (a long
+    run over a dataset would pile it up), and neither must the run as a whole."""
+    r = run(["make", "-C", ROOT, "qalign-san"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = make_set(workdir / "cli_leaks", ["a.png", "b.jpg", "c.png"], seed=31)
+    make_corrupt_jpeg(d / "bad.jpg")
+    (d / "truncated.png").write_bytes((d / "a.png").read_bytes()[:200])
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:exitcode=86", UBSAN_OPTIONS="halt_on_error=1:exitcode=87")
+    for flags in ([], ["--no-mmap"]):
+        r = run([ROOT / "qalign-san", *flags, "--json", "--batch", "2", model, d, workdir / "missing.png"], env=env)
+        assert "Sanitizer" not in r.stderr and r.returncode == 1, r.stderr[-3000:]
+        rows = jsonl(r.stdout)
+        assert sum("score" in x for x in rows) == 3 and sum("error" in x for x in rows) == 3, rows
+
+
 @need_ffmpeg
 def test_kill_9_then_resume(qalign_bin, model, workdir):
     d = make_set(workdir / "cli_kill", [f"a_{i}.png" for i in range(5)] + [f"z_{i}.jpg" for i in range(5)], seed=20)
