@@ -217,8 +217,8 @@ def main():
                 f"{rss / 1e9:.2f} | {(rss - size) / 1e9:+.2f} |")
     out()
     out("*load*: `mmap` maps the file (the default); `--no-mmap` reads it into the process's own memory")
-    out("in 2 MB pages, which on this virtual machine loads faster and avoids 4 KB-page costs while the")
-    out("matmuls stream the weights (bench/ANALYSIS.md).")
+    out("in 2 MB pages, which on this virtual machine avoids the cost of 4 KB pages while the matmuls")
+    out("stream the weights; its first image pays for fresh memory instead (bench/ANALYSIS.md).")
     out()
     for (t, load), r in results.items():
         dec_tok = (92 - 15) / r["per"]["decoder"]
