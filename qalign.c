@@ -552,8 +552,9 @@ static int host_is_little_endian(void) {
  * while the matmuls stream through 7-15 GB of weights; anonymous memory can be backed by
  * 2 MB pages (MADV_HUGEPAGE, where the kernel has transparent huge pages). Touching every
  * page before read() fills it makes the kernel allocate the big pages up front instead of
- * faulting 4 KB at a time inside the copy. On our test VM this loads a 9 GB model in 2 s
- * (mapping faults in at about 1 GB/s) and makes each image 20-40 % faster; see README. The
+ * faulting 4 KB at a time inside the copy. On our test VM this loads a cached 9 GB model in
+ * 2 s when the memory was used before (fresh memory costs the hypervisor about 1 GB/s; a
+ * mapping faults in at about 1 GB/s) and makes each image 20-40 % faster; see README. The
  * price: the copy is private to this process, not shared through the page cache. */
 static const uint8_t *read_whole_file(int fd, size_t size, const char *path) {
     uint8_t *buf;
