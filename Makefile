@@ -67,7 +67,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
-build/fuzz_%: fuzz/fuzz_%.c image.c image_png.c image_jpeg.c image.h
+build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c image.h
 	@mkdir -p build
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
 fuzz-build: $(FUZZ_BINS)
