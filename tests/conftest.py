@@ -110,6 +110,20 @@ def run(args, **kw):
     return subprocess.run([str(a) for a in args], **kw)
 
 
+def chromium_dom(html, what, timeout=90):
+    """The DOM of a local HTML file after headless Chromium has run its scripts, as
+    (dom, stderr); skips the calling test, naming `what`, when Chromium is not installed."""
+    import tempfile
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not chrome:
+        pytest.skip(f"chromium not installed (Debian: apt-get install -y chromium): {what} skipped")
+    with tempfile.TemporaryDirectory() as prof:
+        r = run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={prof}",
+                 "--virtual-time-budget=3000", "--dump-dom", f"file://{html}"], timeout=timeout)
+    return r.stdout, r.stderr
+
+
 @pytest.fixture(scope="session")
 def qalign_bin():
     if not BIN.exists():

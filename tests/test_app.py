@@ -28,13 +28,12 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, report, run
+from conftest import ROOT, chromium_dom, report, run
 
 np = pytest.importorskip("numpy")
 Image = pytest.importorskip("PIL.Image")
@@ -888,15 +887,8 @@ def test_batch_report_in_chromium(app, tmp_path):
         im.load()
         assert max(im.size) <= 160
 
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not chrome:
-        pytest.skip("chromium not installed (Debian: apt-get install -y chromium): DOM check skipped")
-    with tempfile.TemporaryDirectory() as prof:
-        r = run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={prof}",
-                 "--virtual-time-budget=3000", "--dump-dom", f"file://{html}"], timeout=60)
-    dom = r.stdout
-    assert "<main" in dom, r.stderr[-2000:]
+    dom, err = chromium_dom(html, "DOM check", timeout=60)
+    assert "<main" in dom, err[-2000:]
     items = re.findall(r'<figure class="item" data-rank="(\d+)" data-score="([\d.]+)" data-path="([^"]*)"', dom)
     scores = [float(s) for _, s, _ in items]
     assert len(items) == 8                                 # 7 images + 1 video

@@ -31,14 +31,13 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, report, run
+from conftest import PYTHON, ROOT, chromium_dom, report, run
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -408,15 +407,8 @@ def test_gallery_in_chromium(qalign_bin, model, workdir):
     assert "http:" not in text and "https:" not in text and "url(" not in text
     ok = {x["path"]: float(x["score"]) for x in read_csv(out) if not x["error"]}
     assert len(ok) == 6
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not chrome:
-        pytest.skip("chromium not installed (apt-get install -y chromium): gallery DOM check skipped")
-    with tempfile.TemporaryDirectory() as prof:
-        r = run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={prof}",
-                 "--virtual-time-budget=3000", "--dump-dom", f"file://{html}"], timeout=90)
-    dom = r.stdout
-    assert "<main" in dom, r.stderr[-2000:]
+    dom, err = chromium_dom(html, "gallery DOM check", timeout=90)
+    assert "<main" in dom, err[-2000:]
     items = re.findall(r'<figure class="item" data-rank="(\d+)" data-score="([\d.]+)" data-path="([^"]*)"', dom)
     assert len(items) == 6
     assert [int(k) for k, _, _ in items] == list(range(1, 7))
