@@ -37,23 +37,49 @@ ifndef NO_OMP
   endif
 endif
 
-SRCS = qalign.c tokenizer.c image.c image_png.c image_jpeg.c app.c
-HDRS = tokenizer.h image.h app.h
+# The library (qalign.h): the model, its kernels, the tokenizer, image decoding and
+# preprocessing. The command line (cli.c, app.c) uses it through qalign.h only.
+LIB_SRCS = qalign.c kernels.c tokenizer.c image.c image_png.c image_jpeg.c
+CLI_SRCS = cli.c app.c
+SRCS     = $(LIB_SRCS) $(CLI_SRCS)
+HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h image.h app.h
+AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean
-all: qalign
+all: qalign libqalign.a libqalign.so examples/score
 
 qalign: $(SRCS) $(HDRS)
 	$(CC) $(CFLAGS) -o $@ $(SRCS) $(LDLIBS)
 
-# Unit tests written in C include qalign.c with -DTESTING (no main) and call its internals.
+# libqalign.a and libqalign.so: position-independent objects in build/obj/
+LIB_OBJS = $(patsubst %.c,build/obj/%.o,$(LIB_SRCS))
+build/obj/%.o: %.c $(HDRS)
+	@mkdir -p build/obj
+	$(CC) $(CFLAGS) -fPIC -c -o $@ $<
+libqalign.a: $(LIB_OBJS)
+	rm -f $@ && $(AR) rcs $@ $^
+libqalign.so: $(LIB_OBJS)
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+
+# examples/score.c: a program that embeds qalign through qalign.h
+examples/%: examples/%.c libqalign.a qalign.h image.h
+	$(CC) $(CFLAGS) -I. -o $@ $< libqalign.a $(LDLIBS)
+
+# C test drivers. White-box ones (test_kernels, test_model) #include qalign.c and
+# kernels.c with -DTESTING to reach their static functions; the others use the headers.
+TEST_LINK = $(filter-out qalign.c kernels.c cli.c,$(SRCS))
 build/%: tests/%.c $(SRCS) $(HDRS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
+
+# test_api embeds qalign as a user would: qalign.h and libqalign.a only
+build/test_api: tests/test_api.c libqalign.a qalign.h image.h
+	@mkdir -p build
+	$(CC) $(CFLAGS) -I. -o $@ $< libqalign.a $(LDLIBS)
 
 TEST_BINS = $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
 
-test: qalign $(TEST_BINS)
+test: qalign examples/score $(TEST_BINS)
 	$(PYTHON) -m pytest -q tests
 
 # ---- sanitizers -------------------------------------------------------------------------
@@ -67,7 +93,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
-build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c image.h
+build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c image.h common.h
 	@mkdir -p build
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
 fuzz-build: $(FUZZ_BINS)
@@ -85,12 +111,12 @@ bench: qalign
 	$(PYTHON) bench/bench.py
 
 clean:
-	rm -rf qalign qalign-san build
+	rm -rf qalign qalign-san build libqalign.a libqalign.so examples/score
 
 # Kernel micro-benchmark (one thread, GFLOP/s per weight type and shape).
 build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
 
 # The q8_0 inner loop from L1 in four forms, each adding one cost (bench/ANALYSIS.md).
 build/q8loop: bench/q8loop.c
@@ -104,6 +130,7 @@ VARIANT_FLAGS_scalar     = -O3
 VARIANT_FLAGS_avx2       = -O3 -march=x86-64-v3
 VARIANT_FLAGS_avx2vnni   = -O3 -march=x86-64-v3 -mavxvnni
 VARIANT_FLAGS_avx512     = -O3 -march=x86-64-v4 -mavx512vnni -mavx512bf16
+VARIANT_FLAGS_avx512-novnni = -O3 -march=skylake-avx512
 OMP_FLAG := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo -fopenmp)
 BASE_FLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-parameter $(OMP_FLAG)
 build/qalign-%: $(SRCS) $(HDRS)
@@ -111,7 +138,10 @@ build/qalign-%: $(SRCS) $(HDRS)
 	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -o $@ $(SRCS) $(LDLIBS)
 build/test_kernels-%: tests/test_kernels.c $(SRCS) $(HDRS)
 	@mkdir -p build
-	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -Wno-unused-function -DTESTING -I. -o $@ $< $(filter-out qalign.c,$(SRCS)) $(LDLIBS)
+	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
+build/bench_kernels-%: bench/kernels.c $(SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(BASE_FLAGS) $(VARIANT_FLAGS_$*) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
 
 # ---- other CPUs: cross builds run under qemu-user (tests/cross.sh, PORTING.md) -----------
 # `make test-aarch64` builds qalign and the test drivers with aarch64-linux-gnu-gcc in

@@ -12,6 +12,7 @@
  *   7. sink
  */
 #include "app.h"
+#include "common.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -36,24 +37,7 @@ extern char **environ;
 /* ======================================================================================
  * 0. helpers */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *xstrdup0(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -1306,8 +1290,9 @@ int video_read(const VideoPlan *plan, VideoFrameFn fn, void *user, char *err, si
 
 const char *const APP_LEVEL_NAMES[APP_LEVELS] = {"excellent", "good", "fair", "poor", "bad"};
 
-static const char CSV_HEADER[] = "path,task,kind,frames,score,scale,p_excellent,p_good,p_fair,p_poor,p_bad,error\n";
-#define CSV_FIELDS 12
+static const char CSV_HEADER[] = "path,task,kind,frames,score,std,scale,p_excellent,p_good,p_fair,p_poor,p_bad,"
+                                 "logit_excellent,logit_good,logit_fair,logit_poor,logit_bad,error\n";
+#define CSV_FIELDS 18
 
 const char *results_csv_header(void) { return CSV_HEADER; }
 
@@ -1362,8 +1347,19 @@ static void json_num(Buf *b, double v) {
     else buf_adds(b, "null");
 }
 
+/* The row's probabilities and logits under the five default words, NaN where the row's
+ * levels do not have the word: the columns of the CSV and the bars of the report. */
+static void default_columns(const ResultRow *r, double *probs, double *logits) {
+    for (int k = 0; k < APP_LEVELS; k++) {
+        probs[k] = logits[k] = NAN;
+        for (int i = 0; i < (r->n_levels ? r->n_levels : APP_LEVELS); i++)
+            if (!r->n_levels ? i == k : !strcmp(r->levels[i], APP_LEVEL_NAMES[k])) probs[k] = r->probs[i], logits[k] = r->logits[i];
+    }
+}
+
 static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
-    int bad = row_failed(r);
+    int bad = row_failed(r), n = r->n_levels ? r->n_levels : APP_LEVELS;
+    const char *const *words = r->n_levels ? r->levels : APP_LEVEL_NAMES;
     if (fmt == RESULTS_CSV) {
         csv_field(b, r->path);
         buf_addc(b, ',');
@@ -1373,10 +1369,14 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
         buf_printf(b, ",%d,", r->frames);
         if (!bad) csv_num(b, r->score);
         buf_addc(b, ',');
+        if (!bad) csv_num(b, r->std);
+        buf_addc(b, ',');
         csv_field(b, r->scale);
-        for (int i = 0; i < APP_LEVELS; i++) {
+        double p[APP_LEVELS], l[APP_LEVELS];
+        default_columns(r, p, l);
+        for (int i = 0; i < 2 * APP_LEVELS; i++) { /* the columns are the five default words' */
             buf_addc(b, ',');
-            if (!bad) csv_num(b, r->probs[i]);
+            if (!bad) csv_num(b, i < APP_LEVELS ? p[i] : l[i - APP_LEVELS]);
         }
         buf_addc(b, ',');
         if (bad) csv_field(b, r->error);
@@ -1390,12 +1390,20 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
         json_str(b, r->kind);
         buf_printf(b, ", \"frames\": %d, \"score\": ", r->frames);
         json_num(b, bad ? NAN : r->score);
+        buf_adds(b, ", \"std\": ");
+        json_num(b, bad ? NAN : r->std);
         buf_adds(b, ", \"scale\": ");
         json_str(b, r->scale);
-        for (int i = 0; i < APP_LEVELS; i++) {
-            buf_printf(b, ", \"p_%s\": ", APP_LEVEL_NAMES[i]);
-            json_num(b, bad ? NAN : r->probs[i]);
-        }
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < n; i++) {
+                Buf key = {0};
+                buf_printf(&key, "%s_%s", k ? "logit" : "p", words[i]);
+                buf_adds(b, ", ");
+                json_str(b, key.oom ? "" : key.p);
+                buf_adds(b, ": ");
+                json_num(b, bad ? NAN : k ? r->logits[i] : r->probs[i]);
+                buf_free(&key);
+            }
         buf_adds(b, ", \"error\": ");
         json_str(b, bad ? r->error : NULL);
         buf_adds(b, "}\n");
@@ -1601,13 +1609,17 @@ static int csv_to_row(const Fields *f, ResultRow *r) {
     r->task = field(f, 1);
     r->kind = field(f, 2)[0] ? field(f, 2) : NULL;
     r->frames = atoi(field(f, 3));
-    r->scale = field(f, 5);
-    r->error = field(f, 11)[0] ? field(f, 11) : NULL;
+    r->scale = field(f, 6);
+    r->error = field(f, 17)[0] ? field(f, 17) : NULL;
     if (!r->error) {
-        if (parse_double(field(f, 4), &r->score) != 0) return -1;
-        for (int i = 0; i < APP_LEVELS; i++)
-            if (parse_double(field(f, 6 + i), &r->probs[i]) != 0) return -1;
-    } else r->score = NAN;
+        if (parse_double(field(f, 4), &r->score) != 0 || parse_double(field(f, 5), &r->std) != 0) return -1;
+        for (int i = 0; i < APP_LEVELS; i++) { /* empty: a word the run's levels did not have */
+            r->probs[i] = r->logits[i] = NAN;
+            if ((field(f, 7 + i)[0] && parse_double(field(f, 7 + i), &r->probs[i]) != 0) ||
+                (field(f, 12 + i)[0] && parse_double(field(f, 12 + i), &r->logits[i]) != 0))
+                return -1;
+        }
+    } else r->score = r->std = NAN;
     return 0;
 }
 
@@ -1684,7 +1696,8 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     long soff[K_N];
     for (int i = 0; i < K_N; i++) soff[i] = -1;
     memset(r, 0, sizeof *r);
-    r->score = NAN;
+    r->score = r->std = NAN;
+    for (int i = 0; i < APP_MAX_LEVELS; i++) r->logits[i] = NAN;
     int have_score = 0, have_p[APP_LEVELS] = {0};
     text->n = 0;
     jp_ws(&j);
@@ -1721,12 +1734,15 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
             double v;
             if (parse_double(num, &v) != 0) goto out;
             if (strcmp(key.p, "score") == 0) { r->score = v; have_score = 1; }
+            else if (strcmp(key.p, "std") == 0) r->std = v;
             else if (strcmp(key.p, "frames") == 0) r->frames = (int)v;
             else
                 for (int i = 0; i < APP_LEVELS; i++) {
-                    char pk[32];
+                    char pk[32], lk[32];
                     snprintf(pk, sizeof pk, "p_%s", APP_LEVEL_NAMES[i]);
+                    snprintf(lk, sizeof lk, "logit_%s", APP_LEVEL_NAMES[i]);
                     if (strcmp(key.p, pk) == 0) { r->probs[i] = v; have_p[i] = 1; }
+                    if (strcmp(key.p, lk) == 0) r->logits[i] = v;
                 }
         } else goto out; /* nested values are not ours */
         jp_ws(&j);
@@ -1742,11 +1758,9 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     r->kind = soff[K_KIND] >= 0 ? text->p + soff[K_KIND] : NULL;
     r->scale = soff[K_SCALE] >= 0 ? text->p + soff[K_SCALE] : NULL;
     r->error = soff[K_ERROR] >= 0 && text->p[soff[K_ERROR]] ? text->p + soff[K_ERROR] : NULL;
-    if (!r->error) {
-        if (!have_score) goto out;
-        for (int i = 0; i < APP_LEVELS; i++)
-            if (!have_p[i]) goto out;
-    }
+    for (int i = 0; i < APP_LEVELS; i++)
+        if (!have_p[i]) r->probs[i] = NAN; /* a word the run's levels did not have */
+    if (!r->error && !have_score) goto out;
     rc = 0;
 out:
     buf_free(&key);
@@ -2695,7 +2709,8 @@ int report_add(Report *r, const ResultRow *row, const Image *img, char *err, siz
     e->error = row_failed(row) ? xstrdup0(row->error) : NULL;
     e->frames = row->frames;
     e->score = row->score;
-    memcpy(e->probs, row->probs, sizeof e->probs);
+    double logits[APP_LEVELS];
+    default_columns(row, e->probs, logits);
     if (!e->path || (row->kind && !e->kind) || (row_failed(row) && !e->error)) {
         free(e->path); free(e->kind); free(e->error);
         return fail(err, errlen, "out of memory");
@@ -2981,7 +2996,7 @@ static int term_width(void) {
 
 static void progress_draw(Progress *p, int force) {
     if (!p->enabled) return;
-    double t = now_s();
+    double t = now_seconds();
     if (!force && t - p->last_draw < 0.1) return;
     p->last_draw = t;
     size_t processed = p->done - p->skipped;
@@ -3022,13 +3037,13 @@ void progress_start(Progress *p, size_t total, int quiet) {
     p->total = total;
     const char *force = getenv("QALIGN_PROGRESS");
     p->enabled = !quiet && (force && *force ? atoi(force) != 0 : isatty(2));
-    p->t0 = now_s();
+    p->t0 = now_seconds();
     p->last_draw = -1;
 }
 
 void progress_begin_item(Progress *p, const char *path) {
     snprintf(p->current, sizeof p->current, "%s", path ? path_basename(path) : "");
-    p->busy_t0 = now_s();
+    p->busy_t0 = now_seconds();
     progress_draw(p, p->done == 0);
 }
 
@@ -3067,7 +3082,7 @@ void progress_clear(Progress *p) {
 void progress_finish(Progress *p) {
     if (!p->enabled) return;
     char d[32];
-    format_duration(now_s() - p->t0, d, sizeof d);
+    format_duration(now_seconds() - p->t0, d, sizeof d);
     fprintf(stderr, "\r\033[Kqalign: %zu scored, %zu failed in %s\n", p->done - p->skipped - p->failed, p->failed, d);
     if (p->skipped) fprintf(stderr, "qalign: %zu skipped (already in the results file)\n", p->skipped);
     fflush(stderr);

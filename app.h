@@ -243,16 +243,26 @@ int video_read(const VideoPlan *plan, VideoFrameFn fn, void *user, char *err, si
 
 #define APP_LEVELS 5
 extern const char *const APP_LEVEL_NAMES[APP_LEVELS]; /* excellent good fair poor bad */
+#define APP_MAX_LEVELS 16
 
+/* One result, as every output writes it (stdout --json, --csv, --jsonl, the report): the
+ * same field names everywhere. JSON: one flat object, keys in this order
+ *   path task kind frames score std scale p_<word>... logit_<word>... error
+ * (score, std, p_*, logit_* null and error a string on a failed row); CSV: the same columns,
+ * for the five default level words. */
 typedef struct {
     const char *path;
     const char *task;       /* "quality" or "aesthetics" */
     const char *kind;       /* "image", "video", "frames" (a --video/--frames set) or NULL */
     int frames;             /* frames scored: 1 for an image, n for a video, 0 on error */
     double score;           /* on `scale` */
+    double std;             /* the spread of the level distribution, on `scale` */
     const char *scale;      /* "1-5" or "0-1" */
-    double probs[APP_LEVELS]; /* excellent, good, fair, poor, bad */
+    double probs[APP_MAX_LEVELS]; /* per level word: excellent, good, fair, poor, bad by default */
     const char *error;      /* NULL (or "") on success; else why it failed (score unused) */
+    double logits[APP_MAX_LEVELS]; /* per level word; NaN where unknown */
+    int n_levels;           /* 0: the five default words (APP_LEVEL_NAMES) */
+    const char *const *levels; /* else the words (JSON only: result files take the default five) */
 } ResultRow;
 
 typedef enum { RESULTS_CSV = 0, RESULTS_JSONL = 1 } ResultsFormat;

@@ -36,7 +36,9 @@ MAGIC = 0x4E4C4151          # bytes "QALN" read as a little-endian uint32
 # Format versions:
 #   1: header of 256 u32 slots, 96-byte tensor table, 64-byte aligned data;
 #      plain f32/u8/u32 tensors, matrices in 16-row groups as mf32/mbf16/mq8_0/mq4_1.
-VERSION = 1
+#   2: the five level words' token ids left out of the header (qalign tokenizes the
+#      words itself when it loads the model); the slots after them move up.
+VERSION = 2
 HEADER_BYTES = 1024
 ALIGN = 64
 
@@ -64,14 +66,11 @@ HEADER_FIELDS = [
     ("l_vocab", "u"), ("l_eps", "f"), ("l_rope_theta", "f"), ("l_max_pos", "u"),
     # tokenizer
     ("t_bos", "u"), ("t_eos", "u"), ("t_unk", "u"), ("t_dummy_prefix", "u"),
-    # scoring: the 5 level words' token ids (excellent good fair poor bad)
-    ("n_levels", "u"), ("level0", "u"), ("level1", "u"), ("level2", "u"), ("level3", "u"), ("level4", "u"),
     # preprocessing: expand2square fill colour, CLIP mean and std
     ("fill_r", "u"), ("fill_g", "u"), ("fill_b", "u"),
     ("mean_r", "f"), ("mean_g", "f"), ("mean_b", "f"),
     ("std_r", "f"), ("std_g", "f"), ("std_b", "f"),
 ]
-LEVEL_WORDS = ["excellent", "good", "fair", "poor", "bad"]
 
 # One table entry: name (NUL padded), dtype, ndim, shape[4], offset, nbytes.
 TABLE_ENTRY = struct.Struct("<56sII4IQQ")
@@ -794,13 +793,17 @@ def quantize(x, dtype):
 
 
 def pack_matrix(x, dtype):
-    """A [rows, cols] matrix in its file layout. Rows are padded with zeros to a multiple
-    of ROWS=16 and grouped; g is a group, r a row in it (0..15), k a column:
-      mf32:  [g][k][r]                 f32       64 bytes = column k of 16 rows
-      mbf16: [g][k/2][r][2]            bf16      64 bytes = a column pair of 16 rows
-      mq8_0: [g][block][ 8 x [r][4] u8 = q+128 (512 bytes), 16 x f32 d (64 bytes) ]
+    """A [rows, cols] matrix in its file layout, as kernels.h names it ("packed weight
+    layouts"; the C code reads it through mf32_group, mbf16_group, mq_block, mq8_quad,
+    mq8_d, mq4_chunk, mq4_d, mq4_m). Rows are padded with zeros to a multiple of
+    PACK_ROWS = 16 and grouped; g is a group, r a row in it (0..15), k a column:
+      MF32:  [g][k][r]                 f32       64 bytes = column k of 16 rows
+      MBF16: [g][k/2][r][2]            bf16      64 bytes = a column pair of 16 rows
+      MQ8_0: [g][block][ 8 quads of [r][4] u8 = q+128 (MQ8_D_OFFSET = 512 bytes),
+                         16 x f32 d ] (MQ8_BLOCK_BYTES = 576)
              quad j of a block holds columns 4j..4j+3 of the 16 rows
-      mq4_1: [g][block][ 4 x [r][4] u8 (256 bytes), 16 x f32 d, 16 x f32 m (128 bytes) ]
+      MQ4_1: [g][block][ 4 chunks of [r][4] u8 (MQ4_D_OFFSET = 256 bytes), 16 x f32 d,
+                         16 x f32 m (MQ4_M_OFFSET = 320) ] (MQ4_BLOCK_BYTES = 384)
              byte (r,i) of chunk c: low nibble = quad 2c, high nibble = quad 2c+1
     `x` is a Raw (bf16 sources stay exact for mbf16) or a float32 array."""
     raw = x if isinstance(x, Raw) else Raw(np.asarray(x, dtype=np.float32), "f32")
@@ -871,12 +874,6 @@ def tokenizer_tensors(path):
     blob = b"".join(sp.pieces)
     offsets = np.zeros(len(sp.pieces) + 1, dtype="<u4")
     offsets[1:] = np.cumsum([len(p) for p in sp.pieces])
-    levels = []
-    for w in LEVEL_WORDS:
-        ids = sp.encode(w, add_bos=False)
-        if not ids:
-            die(f"{path}: level word {w!r} encodes to nothing")
-        levels.append(ids[0])    # upstream: tokenizer(word).input_ids[1]
     tensors = [
         ("tok.pieces", (len(blob),), DT_U8, np.frombuffer(blob, dtype=np.uint8).tobytes()),
         ("tok.offsets", (len(offsets),), DT_U32, offsets.tobytes()),
@@ -884,7 +881,7 @@ def tokenizer_tensors(path):
         ("tok.types", (len(sp.pieces),), DT_U8, np.asarray(sp.types, dtype=np.uint8).tobytes()),
     ]
     info = dict(t_bos=sp.bos_id, t_eos=sp.eos_id, t_unk=sp.unk_id,
-                t_dummy_prefix=int(sp.add_dummy_prefix), n_vocab=len(sp.pieces), levels=levels)
+                t_dummy_prefix=int(sp.add_dummy_prefix), n_vocab=len(sp.pieces))
     return tensors, info
 
 
@@ -920,9 +917,7 @@ def write_model(out, cfg, wtype, tok_path, source, log=print):
     total = offset
 
     vals = dict(cfg, magic=MAGIC, version=VERSION, header_bytes=HEADER_BYTES,
-                n_tensors=len(entries), wtype=wtype, n_levels=len(LEVEL_WORDS), **tok)
-    for i, lid in enumerate(tok["levels"]):
-        vals[f"level{i}"] = lid
+                n_tensors=len(entries), wtype=wtype, **tok)
     for i, c in enumerate("rgb"):
         vals[f"fill_{c}"], vals[f"mean_{c}"], vals[f"std_{c}"] = cfg["fill"][i], cfg["mean"][i], cfg["std"][i]
     header = bytearray(HEADER_BYTES)

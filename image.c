@@ -12,6 +12,7 @@
  * Library code: never prints, exits or aborts; every failure returns -1 with a
  * one-line reason in err (see image.h).
  */
+#include "common.h"
 #include "image.h"
 
 #include <errno.h>
@@ -32,18 +33,6 @@
 /* 1. errors, checked arithmetic, allocation                                  */
 /* ========================================================================== */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 int image_mul_size(size_t a, size_t b, size_t *out) {
     if (a != 0 && b > SIZE_MAX / a) return 0;

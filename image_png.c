@@ -30,6 +30,7 @@
  *     in Pillow. The content of other ancillary chunks is not interpreted (no
  *     gamma, no ICC, no APNG frames: the IDAT image is decoded).
  */
+#include "common.h"
 #include "image.h"
 
 #include <stdarg.h>
@@ -41,18 +42,6 @@
 /* 1. errors and checksums                                                    */
 /* ========================================================================== */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static uint32_t rd32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];

@@ -17,14 +17,11 @@ A tokenizer.model file is one serialized protobuf message, ModelProto
 Usage:
     m = spm.load("tokenizer.model")
     m.check_supported()               # ValueError unless tokenizer.c can encode with it
-    ids = m.encode("hello world")     # == SentencePieceProcessor.EncodeAsIds, plus BOS
+    m.pieces, m.scores, m.types       # what export.py stores in the model file
 
-encode() is a slow but plain re-statement of sentencepiece's BPE encoder
-(normalizer.cc + bpe_model.cc + sentencepiece_processor.cc, v0.1.97); tokenizer.c
-is the fast version of the same algorithm. Both are checked id-for-id against
-sentencepiece by tests/test_tokenizer.py.
+The encoder itself is tokenizer.c, which qalign runs (also to find the level words' ids
+when it loads a model); tests/test_tokenizer.py checks it id-for-id against sentencepiece.
 """
-import heapq
 import struct
 from dataclasses import dataclass, field
 
@@ -33,8 +30,6 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # TrainerSpec.ModelType
 MODEL_TYPES = {1: "UNIGRAM", 2: "BPE", 3: "WORD", 4: "CHAR"}
 
-SPACE = "\u2581".encode()          # "▁", what every ' ' becomes (escape_whitespaces)
-REPLACEMENT = "\ufffd".encode()    # what every byte of malformed UTF-8 becomes
 
 
 # ---- protobuf wire format ------------------------------------------------------------
@@ -160,117 +155,6 @@ class SpmModel:
                 raise ValueError(f"tokenizer {name}={v} is out of range (n={n})")
         if self.types[self.unk_id] != UNKNOWN:
             raise ValueError(f"tokenizer unk_id={self.unk_id} is not the <unk> piece")
-
-    # ---- reference encoder ----
-
-    def encode(self, text, add_bos=True):
-        """sentencepiece's EncodeAsIds(text) (+ BOS first if add_bos and bos_id >= 0).
-        text: str or bytes (bytes may be malformed UTF-8, as sentencepiece accepts)."""
-        ids = [self.bos_id] if add_bos and self.bos_id >= 0 else []
-        norm = self._normalize(text.encode() if isinstance(text, str) else bytes(text))
-        if not norm:
-            return ids
-        prev_unk = False
-        for piece, pid in self._bpe(norm):
-            is_unk = self.types[pid] == UNKNOWN
-            if is_unk and self.byte_fallback:
-                ids.extend(self._lookup()[1][b"<0x%02X>" % b] for b in piece)
-            elif not (is_unk and prev_unk):     # runs of unknowns become one <unk>
-                ids.append(pid)
-            prev_unk = is_unk
-        return ids
-
-    def _normalize(self, raw):
-        """Identity normaliser: malformed UTF-8 bytes -> U+FFFD each, ' ' -> "▁", and one
-        "▁" in front of non-empty text (add_dummy_prefix)."""
-        if not raw:
-            return b""
-        out = [SPACE] if self.add_dummy_prefix else []
-        pos = 0
-        while pos < len(raw):
-            n = utf8_char_len(raw, pos)
-            if n == 0:
-                out.append(REPLACEMENT)
-                pos += 1
-            else:
-                ch = raw[pos:pos + n]
-                out.append(SPACE if ch == b" " else ch)
-                pos += n
-        return b"".join(out)
-
-    def _lookup(self):
-        """(normal, reserved) dicts piece -> id, as sentencepiece's pieces_ / reserved_id_map_."""
-        if not hasattr(self, "_tables"):
-            normal, reserved = {}, {}
-            for i, (p, t) in enumerate(zip(self.pieces, self.types)):
-                (normal if t in (NORMAL, USER_DEFINED, UNUSED) else reserved).setdefault(p, i)
-            user = sorted((p for p, i in normal.items() if self.types[i] == USER_DEFINED),
-                          key=len, reverse=True)
-            self._tables = (normal, reserved, user)
-        return self._tables
-
-    def _piece_to_id(self, piece):
-        normal, reserved, _ = self._lookup()
-        return reserved.get(piece, normal.get(piece, self.unk_id))
-
-    def _bpe(self, norm):
-        """bpe_model.cc Model::Encode: list of (piece bytes, id)."""
-        normal, _, user = self._lookup()
-        # 1. split into characters; a user-defined piece (longest match) is one frozen symbol
-        sym = []      # [start, length, prev, next, frozen]
-        pos = 0
-        while pos < len(norm):
-            match = next((u for u in user if norm.startswith(u, pos)), None)
-            n = len(match) if match else utf8_char_len(norm, pos) or 1
-            sym.append([pos, n, len(sym) - 1, len(sym) + 1, match is not None])
-            pos += n
-        sym[-1][3] = -1
-
-        # 2. repeatedly merge the best adjacent pair: highest score, then leftmost
-        agenda = []   # heap of (-score, left, right, merged length)
-        split = {}    # unused piece -> length of its left half, as last pushed (rev_merge)
-
-        def push(left, right):
-            if left < 0 or right < 0 or sym[left][4] or sym[right][4]:
-                return
-            start, n = sym[left][0], sym[left][1] + sym[right][1]
-            pid = normal.get(norm[start:start + n])
-            if pid is None:
-                return
-            heapq.heappush(agenda, (-self.scores[pid], left, right, n))
-            if self.types[pid] == UNUSED:
-                split[norm[start:start + n]] = sym[left][1]
-
-        for i in range(1, len(sym)):
-            push(i - 1, i)
-        while agenda:
-            _, left, right, n = heapq.heappop(agenda)
-            if sym[left][1] == 0 or sym[right][1] == 0 or sym[left][1] + sym[right][1] != n:
-                continue      # stale: one side was merged into something else meanwhile
-            sym[left][1] = n
-            sym[left][3] = sym[right][3]
-            if sym[right][3] >= 0:
-                sym[sym[right][3]][2] = left
-            sym[right][1] = 0
-            push(sym[left][2], left)
-            push(left, sym[left][3])
-
-        # 3. unused pieces are never output: split them back the way they were built
-        out = []
-
-        def resegment(piece):
-            pid = self._piece_to_id(piece)
-            if self.types[pid] != UNUSED or piece not in split:
-                out.append((piece, pid))
-            else:
-                resegment(piece[:split[piece]])
-                resegment(piece[split[piece]:])
-
-        i = 0
-        while i != -1:
-            resegment(norm[sym[i][0]:sym[i][0] + sym[i][1]])
-            i = sym[i][3]
-        return out
 
 
 def utf8_char_len(buf, pos):

@@ -9,6 +9,16 @@
 #define TESTING
 #endif
 #include "../qalign.c"
+#include "../kernels.c"
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
 
 static double thread_seconds(void) {
     struct timespec ts;
@@ -34,7 +44,7 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
     omp_set_num_threads(1);
 #endif
-    printf("kernels: %s; one thread; CPU time of the thread\n", kernel_names());
+    printf("kernels: %s; one thread; CPU time of the thread\n", qalign_kernels());
     struct { const char *what; int T, N, K; } shapes[] = {
         {"vit qkv/o", 1025, 1024, 1024}, {"vit fc1", 1025, 4096, 1024}, {"vit fc2", 1025, 1024, 4096},
         {"llm q/k/v/o", 77, 4096, 4096}, {"llm gate/up", 77, 11008, 4096}, {"llm down", 77, 4096, 11008},
@@ -47,8 +57,10 @@ int main(int argc, char **argv) {
     printf("%-14s %-18s %10s %10s\n", "shape", "weights", "ms/call", "GFLOP/s");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            if (fast[ti] && !kernels_cpu()->bf16_acts) continue; /* no bf16 x bf16 tiles in this build */
             Acts a;
-            acts_alloc(&a, cap, 11008, fast[ti]);
+            size_t bytes = 0;
+            if (acts_alloc(&a, cap, 11008, fast[ti], &bytes) != 0) return 2;
             Tensor W = filled_matrix(types[ti], shapes[si].N, shapes[si].K);
             int calls = 0;
             double t0 = thread_seconds(), t;
@@ -70,7 +82,7 @@ int main(int argc, char **argv) {
     struct { const char *what; int T, H, hd, causal; } att[] = {{"vit attention", 1025, 16, 64, 0}, {"llm attention", 92, 32, 128, 1}};
     for (size_t i = 0; i < 2; i++) {
         int T = att[i].T, H = att[i].H, hd = att[i].hd, ld = H * hd;
-        size_t stride = attention_scratch_floats((size_t)T);
+        size_t stride = ATT_SCRATCH_ROWS * pad16((size_t)T);
         float *scratch = xmalloc(stride * sizeof(float)), *kt = xmalloc(2 * (size_t)ld * pad16((size_t)T) * sizeof(float));
         int calls = 0;
         double t0 = thread_seconds(), t;
@@ -81,11 +93,12 @@ int main(int argc, char **argv) {
         } while (t < budget);
         double flop = 4.0 * H * (double)T * T * hd * (att[i].causal ? 0.5 : 1.0);
         printf("%-14s %-18s %10.2f %10.1f\n", att[i].what, "f32", 1e3 * t / calls, flop * calls / t / 1e9);
-        if (!att[i].causal && attention_bf16_fits(hd)) { /* the ViT's attention with bf16 products */
+        const Kernels *k = kernels_cpu();
+        if (!att[i].causal && k->attention_bf16) { /* the ViT's attention with bf16 products */
             calls = 0;
             t0 = thread_seconds();
             do {
-                attention_bf16(out, x, ld, x + (size_t)T * ld, x + 2 * (size_t)T * ld, ld, T, T, H, H, hd, scratch, stride, kt);
+                k->attention_bf16(out, x, ld, x + (size_t)T * ld, x + 2 * (size_t)T * ld, ld, T, T, H, H, hd, scratch, stride, kt);
                 calls++;
                 t = thread_seconds() - t0;
             } while (t < budget);

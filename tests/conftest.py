@@ -110,6 +110,20 @@ def run(args, **kw):
     return subprocess.run([str(a) for a in args], **kw)
 
 
+# A result as qalign writes it (--json, --jsonl, the server): one flat object with
+# p_<word> and logit_<word> for each level word, in the levels' order.
+def levels(row):
+    return [k[2:] for k in row if k.startswith("p_")]
+
+
+def probs(row):
+    return [row[k] for k in row if k.startswith("p_")]
+
+
+def logits(row):
+    return [row[k] for k in row if k.startswith("logit_")]
+
+
 def chromium_dom(html, what, timeout=90):
     """The DOM of a local HTML file after headless Chromium has run its scripts, as
     (dom, stderr); skips the calling test, naming `what`, when Chromium is not installed."""

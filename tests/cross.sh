@@ -55,8 +55,12 @@ mkdir -p "$tree"
 find "$tree" -mindepth 1 -maxdepth 1 ! -name build ! -name qalign -exec rm -rf {} +
 tar -C "$root" --exclude=./build --exclude=./.git --exclude=./qalign --exclude=./qalign-san -cf - . | tar -C "$tree" -xf -
 
+# the archiver for libqalign.a: the cross binutils' (aarch64-linux-gnu-gcc -> aarch64-linux-gnu-ar)
+ar="${cc%%-gcc*}-ar"
+command -v "$ar" >/dev/null || { echo "cross.sh: $ar not found" >&2; exit 1; }
+
 py="${PYTHON:-$(test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)}"
-export PATH="$dir/bin:$PATH" CC=cc SCALAR=1 PYTHON="$py"
+export PATH="$dir/bin:$PATH" CC=cc AR="$ar" SCALAR=1 PYTHON="$py"
 export QALIGN_RUNNER="$qemu" QALIGN_TARGET="$target" QALIGN_EXPECT_KERNELS="$kernels" QALIGN_RUNNER_LACKING="$lacking"
 export QALIGN_SHARED="${QALIGN_SHARED:-$root/../shared}"
 export PYTEST_ADDOPTS="-rs ${PYTEST_ADDOPTS:-}"

@@ -20,7 +20,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, report, run
+from conftest import PYTHON, ROOT, report, run, logits
 
 EXPORT = ROOT / "export.py"
 # (level-logit bound, score bound) per model and mode; measured errors are printed
@@ -76,7 +76,7 @@ def test_each_weight_type_within_its_bound(model, qalign_bin, request, ppms):
         ref = scores(qalign_bin, models["f32"], ppms, "-t", task)
         for label, (dt, extra) in runs.items():
             got = scores(qalign_bin, models[dt], ppms, "-t", task, *extra)
-            err_logit = max(abs(a - b) for g, r in zip(got, ref) for a, b in zip(g["logits"], r["logits"]))
+            err_logit = max(abs(a - b) for g, r in zip(got, ref) for a, b in zip(logits(g), logits(r)))
             err_score = max(abs(g["score"] - r["score"]) for g, r in zip(got, ref))
             bl, bs = BOUNDS[model][label]
             report(f"accuracy vs f32, {model} model, {task}, {len(ppms)} images: {label:12s} level logits max |d| "
@@ -86,7 +86,7 @@ def test_each_weight_type_within_its_bound(model, qalign_bin, request, ppms):
 
 def test_scores_do_not_depend_on_threads_or_batch(qalign_bin, typed_models, ppms):
     def by_file(out):
-        return {json.loads(l)["file"]: l for l in out.splitlines()}
+        return {json.loads(l)["path"]: l for l in out.splitlines()}
     for dt in ("f32", "bf16", "q8_0", "q4_1"):
         model = typed_models[dt]
         alone = {}
@@ -107,4 +107,4 @@ def test_dump_path_equals_fast_path(qalign_bin, typed_models, ppms, workdir):
         d = workdir / f"dumpcmp_{dt}"
         d.mkdir()
         dumped = scores(qalign_bin, typed_models[dt], ppms[:1], "--dump", d)[0]
-        assert max(abs(a - b) for a, b in zip(fast["logits"], dumped["logits"])) <= 1e-5
+        assert max(abs(a - b) for a, b in zip(logits(fast), logits(dumped))) <= 1e-5

@@ -1,5 +1,5 @@
 /* test_app.c - driver for tests/test_app.py: calls app.c directly (built by the Makefile
- * rule build/%: with -DTESTING, linked with every project source except qalign.c).
+ * rule build/%: with -DTESTING, linked with app.c, image*.c and tokenizer.c).
  *
  *   test_app indices COUNT NUM DEN [MAX]     n, then the indices (one line), then the
  *                                            --max-frames subsample if MAX
@@ -22,10 +22,6 @@
  *                                            its JPEG; prints PSNR of jpeg_decode(JPEG) vs PPM
  *   test_app base64                          stdin bytes -> base64
  *   test_app progress N                      drives the progress line (stderr) over N items
- *   test_app batch [options] INPUT...        the whole flow with a fake scorer (the way main()
- *                                            is meant to use app.h): --csv F --jsonl F --report F
- *                                            --eval F --resume --shard I/N --max-frames N -q
- *                                            --sleep-ms N --task T --scale S
  */
 #include <errno.h>
 #include <math.h>
@@ -328,6 +324,7 @@ static void print_row(const ResultRow *r) {
     printf(" %s %s %s %d", r->task ? r->task : "(null)", r->kind ? r->kind : "(null)", r->scale ? r->scale : "(null)",
            r->frames);
     for (int i = 0; i < APP_LEVELS; i++) printf(" %.6f", r->error ? NAN : r->probs[i]);
+    for (int i = 0; i < APP_LEVELS; i++) printf(" %.6f", r->error ? NAN : r->logits[i]);
     printf("\n");
 }
 
@@ -354,7 +351,8 @@ static int cmd_write(int argc, char **argv) {
             puthex(path);
             printf("\n");
         } else {
-            ResultRow r = {path, "quality", "image", e ? 0 : 1, s, "1-5", {0.1, 0.2, 0.3, 0.25, 0.15}, e};
+            ResultRow r = {.path = path, .task = "quality", .kind = "image", .frames = e ? 0 : 1, .score = s, .std = 0.5, .scale = "1-5",
+                           .probs = {0.1, 0.2, 0.3, 0.25, 0.15}, .error = e, .logits = {-1.5, 0.25, 1, 0.5, -0.125}};
             if (results_write(f, &r, err, sizeof err) != 0) {
                 printf("error=%s\n", err);
                 return 1;
@@ -463,160 +461,6 @@ static int cmd_progress(int argc, char **argv) {
     return 0;
 }
 
-/* ---- batch: the intended main() flow, with a fake model ---- */
-
-static void fake_score(double mean, ResultRow *r) {
-    /* probabilities from the mean brightness: a softmax peaking at a level */
-    double pos = 4.0 * (1.0 - mean / 255.0), z = 0, e[APP_LEVELS];
-    for (int i = 0; i < APP_LEVELS; i++) {
-        e[i] = exp(-(i - pos) * (i - pos));
-        z += e[i];
-    }
-    r->score = 0;
-    for (int i = 0; i < APP_LEVELS; i++) {
-        r->probs[i] = e[i] / z;
-        r->score += r->probs[i] * (5 - i);
-    }
-}
-
-static double image_mean(const Image *im) {
-    double s = 0;
-    size_t n = (size_t)im->w * im->h * 3;
-    for (size_t i = 0; i < n; i++) s += im->rgb[i];
-    return n ? s / (double)n : 0;
-}
-
-typedef struct {
-    double sum;
-    Image first; /* thumbnail source: the first frame (a copy) */
-} VideoAcc;
-
-static int on_video_frame(void *user, int64_t k, int64_t index, const Image *frame, char *err, size_t errlen) {
-    (void)index;
-    VideoAcc *a = user;
-    a->sum += image_mean(frame);
-    if (k == 0 && image_from_rgb(frame->rgb, frame->w, frame->h, &a->first, err, errlen) != 0) return 1;
-    return 0;
-}
-
-static int cmd_batch(int argc, char **argv) {
-    SinkOptions so = {0};
-    so.task = "quality";
-    so.scale = "1-5";
-    int quiet = 0, si = 0, sn = 0, sleep_ms = 0;
-    int64_t max_frames = 0;
-    char err[1024];
-    int i = 0;
-    for (; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--csv") && i + 1 < argc) so.csv_path = argv[++i];
-        else if (!strcmp(a, "--jsonl") && i + 1 < argc) so.jsonl_path = argv[++i];
-        else if (!strcmp(a, "--report") && i + 1 < argc) so.report_path = argv[++i];
-        else if (!strcmp(a, "--eval") && i + 1 < argc) so.labels_path = argv[++i];
-        else if (!strcmp(a, "--task") && i + 1 < argc) so.task = argv[++i];
-        else if (!strcmp(a, "--scale") && i + 1 < argc) so.scale = argv[++i];
-        else if (!strcmp(a, "--resume")) so.resume = 1;
-        else if (!strcmp(a, "-q")) quiet = 1;
-        else if (!strcmp(a, "--max-frames") && i + 1 < argc) max_frames = atoll(argv[++i]);
-        else if (!strcmp(a, "--sleep-ms") && i + 1 < argc) sleep_ms = atoi(argv[++i]);
-        else if (!strcmp(a, "--shard") && i + 1 < argc) {
-            if (shard_parse(argv[++i], &si, &sn, err, sizeof err) != 0) {
-                fprintf(stderr, "qalign: error: %s\n", err);
-                return 2;
-            }
-        } else if (!strcmp(a, "--")) { i++; break; }
-        else break;
-    }
-    /* 1. inputs */
-    ItemList L = {0};
-    if (inputs_expand((const char *const *)argv + i, (size_t)(argc - i), NULL, &L, err, sizeof err) != 0) {
-        fprintf(stderr, "qalign: error: %s\n", err);
-        return 2;
-    }
-    if (sn) items_shard(&L, si, sn);
-    /* 2. outputs */
-    Sink *s = sink_open(&so, err, sizeof err);
-    if (!s) {
-        fprintf(stderr, "qalign: error: %s\n", err);
-        itemlist_free(&L);
-        return 2;
-    }
-    char why[256];
-    int have_video = video_available(why, sizeof why);
-    Progress pg;
-    progress_start(&pg, L.n, quiet);
-    if (so.resume && sink_previous(s)) progress_note(&pg, "qalign: resuming: %zu items already done", sink_previous(s));
-    for (size_t k = 0; k < L.n; k++) {
-        const Item *it = &L.items[k];
-        if (sink_done(s, it->path)) {
-            progress_skip(&pg);
-            continue;
-        }
-        progress_begin_item(&pg, it->path);
-        ResultRow row = {0};
-        row.path = it->path;
-        Image img = {0};
-        char ierr[1024] = "";
-        if (it->kind == ITEM_ERROR) {
-            row.error = it->error;
-        } else if (it->kind == ITEM_IMAGE) {
-            row.kind = "image";
-            if (image_load(it->path, &img, ierr, sizeof ierr) != 0) row.error = ierr;
-            else {
-                row.frames = 1;
-                fake_score(image_mean(&img), &row);
-            }
-        } else {
-            row.kind = "video";
-            VideoPlan plan;
-            VideoAcc acc = {0};
-            if (!have_video) snprintf(ierr, sizeof ierr, "%s: %s", why, video_unavailable_hint());
-            else if (video_plan(it->path, max_frames, &plan, ierr, sizeof ierr) == 0) {
-                if (plan.n == 0)
-                    snprintf(ierr, sizeof ierr, "the video is shorter than 1 second: the original loader takes no frame");
-                else if (video_read(&plan, on_video_frame, &acc, ierr, sizeof ierr) == 0) {
-                    row.frames = (int)plan.n;
-                    fake_score(acc.sum / (double)plan.n, &row);
-                    img = acc.first;
-                    acc.first.rgb = NULL;
-                    if (plan.subsampled)
-                        progress_note(&pg, "qalign: note: %s: %lld of %lld frames (--max-frames; the original takes all)",
-                                      it->path, (long long)plan.n, (long long)plan.n_original);
-                }
-                image_free(&acc.first);
-                video_plan_free(&plan);
-            }
-            if (ierr[0]) row.error = ierr;
-        }
-        if (row.error) progress_note(&pg, "qalign: error: %s: %s", it->path, row.error);
-        else { /* the result line on stdout, as qalign prints it */
-            progress_clear(&pg);
-            printf("%.4f  %s\n", row.score, it->path);
-            fflush(stdout);
-        }
-        if (sink_add(s, &row, img.rgb ? &img : NULL, err, sizeof err) != 0) {
-            progress_note(&pg, "qalign: error: %s", err);
-            image_free(&img);
-            sink_free(s);
-            itemlist_free(&L);
-            return 2;
-        }
-        image_free(&img);
-        progress_update(&pg, row.error == NULL);
-        if (sleep_ms) {
-            struct timespec ts = {sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
-            nanosleep(&ts, NULL);
-        }
-    }
-    progress_finish(&pg);
-    int rc = sink_finish(s, stderr, err, sizeof err);
-    if (rc != 0) fprintf(stderr, "qalign: error: %s\n", err);
-    size_t failed = sink_failures(s);
-    sink_free(s);
-    itemlist_free(&L);
-    return rc != 0 ? 2 : failed ? 1 : 0;
-}
-
 int main(int argc, char **argv) {
     if (argc < 2) return die("%s", "usage: test_app COMMAND ...");
     const char *c = argv[1];
@@ -636,6 +480,5 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "thumb")) return cmd_thumb(argc, argv);
     if (!strcmp(c, "base64")) return cmd_base64();
     if (!strcmp(c, "progress")) return cmd_progress(argc, argv);
-    if (!strcmp(c, "batch")) return cmd_batch(argc, argv);
     return die("unknown command %s", c);
 }

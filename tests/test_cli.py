@@ -1,7 +1,7 @@
 """The command line end to end: ./qalign on the tiny reference model (exported in f32).
 
-app.c's machinery has its own unit tests (tests/test_app.py, with a fake scorer); these
-go through the real binary and model, and check results against tests/torch_ref.py (the
+app.c's machinery has its own unit tests (tests/test_app.py); these go through the real
+binary and model (cli.c on qalign.h), and check results against tests/torch_ref.py (the
 independent PyTorch oracle) wherever a number can be checked:
 
   * a generated mp4 (ffmpeg in the test) scores exactly as its frames, extracted by a
@@ -24,6 +24,7 @@ Level logits must be within 2e-4 of the oracle, as for the fixtures. About 30 s 
 (most of it ffmpeg, ffprobe and Chromium processes).
 """
 import csv
+import io
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, chromium_dom, report, run
+from conftest import PYTHON, ROOT, chromium_dom, report, run, levels, logits, probs
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -101,10 +102,10 @@ def jsonl(text):
 
 
 def close_to_oracle(out, st):
-    d = max(abs(a - b) for a, b in zip(out["logits"], st["level_logits"]))
+    d = max(abs(a - b) for a, b in zip(logits(out), st["level_logits"]))
     d = max(d, abs(out["score"] - float(st["score"][0])))
-    assert len(out["logits"]) == len(st["level_logits"])
-    assert d <= LOGIT_ABS, (out["logits"], list(st["level_logits"]), out["score"], st["score"])
+    assert len(logits(out)) == len(st["level_logits"])
+    assert d <= LOGIT_ABS, (logits(out), list(st["level_logits"]), out["score"], st["score"])
     return d
 
 
@@ -191,13 +192,13 @@ def test_video_equals_its_frames(qalign_bin, model, oracle, workdir):
     r = qa(qalign_bin, model, "--json", clip)
     assert r.returncode == 0, r.stderr
     (v,) = jsonl(r.stdout)
-    assert v["kind"] == "video" and v["frames"] == 3 and v["file"] == str(clip)
+    assert v["kind"] == "video" and v["frames"] == 3 and v["path"] == str(clip)
     r = qa(qalign_bin, model, "--json", "--video", *frames)
     assert r.returncode == 0, r.stderr
     (f,) = jsonl(r.stdout)
     assert f["kind"] == "frames" and f["frames"] == 3
     # same pixels, same computation: identical numbers
-    assert (v["logits"], v["probs"], v["score"]) == (f["logits"], f["probs"], f["score"])
+    assert (logits(v), probs(v), v["score"]) == (logits(f), probs(f), f["score"])
     st, ids = oracle_score(oracle, frames, input_="video")
     diff = close_to_oracle(v, st)
 
@@ -207,9 +208,9 @@ def test_video_equals_its_frames(qalign_bin, model, oracle, workdir):
     (m,) = jsonl(r.stdout)
     r2 = qa(qalign_bin, model, "--json", "--video", frames[0], frames[1])
     (m2,) = jsonl(r2.stdout)
-    assert m["frames"] == 2 and (m["logits"], m["score"]) == (m2["logits"], m2["score"])
+    assert m["frames"] == 2 and (logits(m), m["score"]) == (logits(m2), m2["score"])
     r = qa(qalign_bin, model, "--json", "--max-frames", "5", clip)        # more than there are: no change
-    assert jsonl(r.stdout)[0]["logits"] == v["logits"] and "subsampled" not in r.stderr
+    assert logits(jsonl(r.stdout)[0]) == logits(v) and "subsampled" not in r.stderr
 
     # --dump with a video: every frame's resized pixels, the video prompt, the same logits
     dump = d / "dump"                                   # created by qalign
@@ -223,7 +224,7 @@ def test_video_equals_its_frames(qalign_bin, model, oracle, workdir):
     assert np.load(dump / "input_ids.npy").tolist() == ids
     mod = np.load(dump / "modality_indicators.npy")
     assert mod.sum() == 3 * (8 + 1)                       # 3 frames x (8 queries + eos) visual rows
-    assert np.abs(np.load(dump / "level_logits.npy") - np.array(v["logits"])).max() <= 1e-6
+    assert np.abs(np.load(dump / "level_logits.npy") - np.array(logits(v))).max() <= 1e-6
     report(f"cli: mp4 (3 of 96 frames at 29.97 fps) = its ffmpeg-extracted frames exactly; vs oracle {diff:.1e}; "
            f"--max-frames and --dump of a video checked")
 
@@ -239,19 +240,19 @@ def test_batch_with_corrupt_file_in_the_middle(qalign_bin, model, workdir):
     r = qa(qalign_bin, model, "--json", "--csv", out, d)
     assert r.returncode == 1, r.stderr
     rows = jsonl(r.stdout)
-    names = [Path(x["file"]).name for x in rows]
+    names = [Path(x["path"]).name for x in rows]
     assert names == ["a_1.png", "a_2.jpg", "m_corrupt.jpg", "z_1.png", "z_2.jpg"]
     err = rows[2]
-    assert set(err) == {"file", "error"} and "JPEG" in err["error"]
+    assert err["score"] is None and all(v is None for v in probs(err) + logits(err)) and "JPEG" in err["error"]
     assert re.search(r"^qalign: error: .*m_corrupt\.jpg: JPEG", r.stderr, re.M), r.stderr
     table = read_csv(out)
     assert [Path(x["path"]).name for x in table] == names
     assert table[2]["error"] and table[2]["score"] == "" and all(not x["error"] for i, x in enumerate(table) if i != 2)
     # the others are scored as if alone
     for x in rows[:2] + rows[3:]:
-        r1 = qa(qalign_bin, model, "--json", x["file"])
+        r1 = qa(qalign_bin, model, "--json", x["path"])
         assert r1.returncode == 0
-        assert jsonl(r1.stdout)[0]["logits"] == x["logits"]
+        assert logits(jsonl(r1.stdout)[0]) == logits(x)
     (d / "m_corrupt.jpg").unlink()
     r = qa(qalign_bin, model, "--json", d)
     assert r.returncode == 0 and len(jsonl(r.stdout)) == 4
@@ -271,7 +272,7 @@ def test_batch_under_sanitizers_leaks_nothing(model, workdir):
         r = run([ROOT / "qalign-san", *flags, "--json", "--batch", "2", model, d, workdir / "missing.png"], env=env)
         assert "Sanitizer" not in r.stderr and r.returncode == 1, r.stderr[-3000:]
         rows = jsonl(r.stdout)
-        assert sum("score" in x for x in rows) == 3 and sum("error" in x for x in rows) == 3, rows
+        assert sum(x["score"] is not None for x in rows) == 3 and sum(x["error"] is not None for x in rows) == 3, rows
 
 
 @need_ffmpeg
@@ -299,10 +300,13 @@ def test_kill_9_then_resume(qalign_bin, model, workdir):
     assert [Path(x["path"]).name for x in before] == [f"a_{i}.png" for i in range(5)]
     with open(c, "ab") as f:                     # a row torn by the kill
         f.write(str(d / "m_clip.mp4").encode() + b",qua")
-    r = qa(qalign_bin, model, "--json", "--csv", c, "--jsonl", j, "--resume", d)
+    with open(j, "ab") as f:
+        f.write(b'{"path": "' + str(d).encode())
+    html = workdir / "cli_kill.html"
+    r = qa(qalign_bin, model, "--json", "--csv", c, "--jsonl", j, "--resume", "--report", html, d)
     assert r.returncode == 0, r.stderr
     assert "resuming: 5 inputs already done" in r.stderr
-    again = [Path(x["file"]).name for x in jsonl(r.stdout)]
+    again = [Path(x["path"]).name for x in jsonl(r.stdout)]
     assert again == ["m_clip.mp4"] + [f"z_{i}.jpg" for i in range(5)]       # nothing scored twice
     rows, jrows = read_csv(c), jsonl(j.read_text())
     want = sorted(str(p) for p in d.iterdir())
@@ -310,6 +314,9 @@ def test_kill_9_then_resume(qalign_bin, model, workdir):
         paths = [x["path"] for x in table]
         assert sorted(paths) == want and len(set(paths)) == len(paths)      # every row exactly once
         assert not any(x["error"] for x in table)
+    # the gallery shows this run's items and the earlier run's (their thumbnails decoded again)
+    page = html.read_text()
+    assert len(re.findall(r'<figure class="item"', page)) == 11 and len(re.findall(r'<img class="thumb"', page)) == 11
     # and the rows are what a single uninterrupted run gives
     fresh = workdir / "cli_kill_fresh.csv"
     assert qa(qalign_bin, model, "-q", "--csv", fresh, d).returncode == 0
@@ -418,8 +425,53 @@ def test_gallery_in_chromium(qalign_bin, model, workdir):
     assert [Path(p).name for p in errs] == ["g_bad.jpg"]
     m = re.search(r'<body[^>]*data-thumbs-ok="(\d+)"[^>]*data-thumbs-broken="(\d+)"', dom)
     assert m and (int(m.group(1)), int(m.group(2))) == (6, 0), "thumbnails did not all decode in Chromium"
+    for f in re.findall(r"<figure.*?</figure>", dom, re.S):    # five bars, the probabilities
+        bars = re.findall(r'class="fill" data-level="(\w+)" data-p="([\d.]+)" style="width: ?([\d.]+)%;?"', f)
+        assert [b[0] for b in bars] == ["excellent", "good", "fair", "poor", "bad"], f[:300]
+        assert abs(sum(float(b[1]) for b in bars) - 1) < 1e-5
+    import base64
+    srcs = re.findall(r'src="([^"]*)"', text)                   # self-contained: data: URIs only
+    assert "href" not in text and len(srcs) == 6 and all(x.startswith("data:image/jpeg;base64,") for x in srcs)
+    for x in srcs:                                               # each a JPEG Pillow opens, <= 160 px
+        im = Image.open(io.BytesIO(base64.b64decode(x.split(",", 1)[1])))
+        im.load()
+        assert max(im.size) <= 160
     report("cli: --report gallery in headless Chromium: 6 items (5 images + 1 video) in score order, "
            "6 thumbnails decoded, 1 error row")
+
+
+def test_resume_copies_between_files(qalign_bin, model, workdir):
+    """Rows present in one results file only are copied to the other, not scored again."""
+    d = make_set(workdir / "cli_copy", [f"c_{i}.png" for i in range(4)], seed=80)
+    c, j = workdir / "cli_copy.csv", workdir / "cli_copy.jsonl"
+    r = qa(qalign_bin, model, "-q", "--csv", c, d)
+    assert r.returncode == 0 and r.stdout.count("\n") == 4        # 4 scores printed
+    r = qa(qalign_bin, model, "-q", "--csv", c, "--jsonl", j, "--resume", d)
+    assert r.returncode == 0 and r.stdout == ""                    # nothing scored again
+    csv_rows, jl = read_csv(c), jsonl(j.read_text())
+    assert len(csv_rows) == 4 and [x["path"] for x in jl] == [x["path"] for x in csv_rows]
+    assert [round(x["score"], 6) for x in jl] == [float(x["score"]) for x in csv_rows]
+    assert [logits(x) for x in jl] == [[float(x[f"logit_{w}"]) for w in ("excellent", "good", "fair", "poor", "bad")]
+                                       for x in csv_rows]
+    # the other way round, with one row missing from the CSV
+    c.write_text("".join(c.read_text().splitlines(True)[:-1]))
+    r = qa(qalign_bin, model, "-q", "--csv", c, "--jsonl", j, "--resume", d)
+    assert r.returncode == 0 and r.stdout == "" and len(read_csv(c)) == 4
+
+
+def test_without_ffmpeg(qalign_bin, model, workdir):
+    d = make_set(workdir / "cli_noff", [f"n_{i}.png" for i in range(3)], seed=90)
+    (d / "clip.mp4").write_bytes(b"\0\0\0\x18ftypisom" + b"\0" * 100)
+    out = workdir / "cli_noff.csv"
+    r = qa(qalign_bin, model, "-q", "--csv", out, d, env=dict(QA_ENV, PATH="/nonexistent"))
+    assert r.returncode == 1
+    rows = {Path(x["path"]).name: x for x in read_csv(out)}
+    assert all(not rows[f"n_{i}.png"]["error"] for i in range(3))
+    msg = rows["clip.mp4"]["error"]
+    assert "ffmpeg and ffprobe not found on PATH" in msg and "--video FRAME..." in msg and "--frames DIR" in msg
+    (d / "clip.mp4").unlink()                                     # the exit status says whether anything failed
+    r = qa(qalign_bin, model, "-q", "--csv", workdir / "cli_noff2.csv", d, env=dict(QA_ENV, PATH="/nonexistent"))
+    assert r.returncode == 0 and len(read_csv(workdir / "cli_noff2.csv")) == 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -453,14 +505,14 @@ def test_prompt_variants(name, qalign_bin, model, oracle, tiny_ref, workdir):
     task = extra[1] if extra[:1] == ("-t",) else "quality"
     if "--levels" in extra:
         words, weights = ("good", "average", "poor"), (1.0, 0.5, 0.0)
-        assert out["levels"] == list(words)
+        assert levels(out) == list(words)
     else:
         words, weights = ("excellent", "good", "fair", "poor", "bad"), (5, 4, 3, 2, 1)
-        assert "levels" not in out
+        assert levels(out) == list(words)
     st, ids = oracle_score(oracle, [img], template, task, "image", words, weights, pad)
     assert np.load(dump / "input_ids.npy").tolist() == ids
     diff = close_to_oracle(out, st)
-    assert np.abs(np.array(out["probs"]) - st["probs"]).max() <= 1e-4
+    assert np.abs(np.array(probs(out)) - st["probs"]).max() <= 1e-4
     report(f"cli: --prompt {name}: prompt ids = sentencepiece's, level logits vs oracle {diff:.1e}")
 
 
@@ -472,11 +524,11 @@ def test_levels_and_scale(qalign_bin, model, oracle, tiny_ref):
     s01 = jsonl(qa(qalign_bin, model, "--json", "--scale", "0-1", img).stdout)[0]
     assert s01["scale"] == "0-1" and base["scale"] == "1-5"
     assert abs(qa_w["score"] - (base["score"] - 1) / 4) <= 2e-6 and abs(s01["score"] - (base["score"] - 1) / 4) <= 2e-6
-    assert qa_w["logits"] == base["logits"] and s01["probs"] == base["probs"]
+    assert logits(qa_w) == logits(base) and probs(s01) == probs(base)
     # DeQA-Score's scorer uses one-align's levels and weights: the same numbers as the default
     deqa = jsonl(qa(qalign_bin, model, "--json", "--levels", "excellent=5,good=4,fair=3,poor=2,bad=1", img).stdout)[0]
-    assert (deqa["score"], deqa["logits"]) == (base["score"], base["logits"])
-    assert deqa["levels"] == ["excellent", "good", "fair", "poor", "bad"]
+    assert (deqa["score"], logits(deqa)) == (base["score"], logits(base))
+    assert levels(deqa) == ["excellent", "good", "fair", "poor", "bad"]
     # other words against the oracle; --scale 0-1 maps [min weight, max weight] to [0, 1]
     words, weights = ("high", "medium", "low", "fine"), (10, 6, 2, 7)
     r = qa(qalign_bin, model, "--json", "--levels", ",".join(f"{w}={x}" for w, x in zip(words, weights)), img)
@@ -493,8 +545,9 @@ def test_levels_and_scale(qalign_bin, model, oracle, tiny_ref):
 
 
 def test_levels_in_result_files(qalign_bin, model, tiny_ref, workdir):
-    """p_excellent..p_bad hold each word's probability, whatever the --levels order; words
-    without a column are refused for result files (not written under another word's name)."""
+    """p_excellent..p_bad hold each word's probability, whatever the --levels order (empty for a
+    word the levels do not have); words without a column are refused for result files (not
+    written under another word's name)."""
     img = tiny_ref / "inputs" / "photo.jpg"
     default, rev, two = (workdir / f"cli_lvcsv_{n}.csv" for n in ("default", "rev", "two"))
     assert qa(qalign_bin, model, "--csv", default, img).returncode == 0
@@ -505,8 +558,8 @@ def test_levels_in_result_files(qalign_bin, model, tiny_ref, workdir):
     out = jsonl(qa(qalign_bin, model, "--json", "--csv", two, "--levels", "poor=0,good=1", img).stdout)[0]
     (t,) = read_csv(two)
     assert t["scale"] == "0-1" and abs(float(t["score"]) - out["score"]) <= 1e-6
-    assert (float(t["p_poor"]), float(t["p_good"])) == pytest.approx(tuple(out["probs"]), abs=1e-6)
-    assert float(t["p_excellent"]) == float(t["p_fair"]) == float(t["p_bad"]) == 0
+    assert (float(t["p_poor"]), float(t["p_good"])) == pytest.approx(tuple(probs(out)), abs=1e-6)
+    assert t["p_excellent"] == t["p_fair"] == t["p_bad"] == t["logit_bad"] == ""     # words the levels do not have
     r = qa(qalign_bin, model, "--csv", workdir / "cli_lvcsv_bad.csv", "--levels", "good=1,average=0.5,poor=0", img)
     assert r.returncode == 1 and "'average'" in r.stderr and r.stdout == ""
     for bad, needle in (("good", "word=weight"), ("good=1", "at least two"), ("good=x,bad=1", "not a number"),
@@ -539,7 +592,7 @@ def test_no_pad_matches_clip_processor(qalign_bin, model, oracle, workdir):
     # padding matters for a non-square image: the default differs
     a = jsonl(qa(qalign_bin, model, "--json", d / "in_640x480.png").stdout)[0]
     b = jsonl(qa(qalign_bin, model, "--json", "--no-pad", d / "in_640x480.png").stdout)[0]
-    assert a["logits"] != b["logits"]
+    assert logits(a) != logits(b)
     report(f"cli: --no-pad resized pixels byte-exact vs CLIPImageProcessor resize+center_crop on "
            f"{len(NOPAD_SIZES)} sizes (incl. 999x7, 13x14 up-scaled); logits vs oracle {worst:.1e}")
 
@@ -578,13 +631,13 @@ def test_frames_dir_natural_order(qalign_bin, model, workdir):
     r = qa(qalign_bin, model, "--json", "--frames", d)
     assert r.returncode == 0, r.stderr
     (out,) = jsonl(r.stdout)
-    assert out["kind"] == "frames" and out["frames"] == 4 and out["file"] == str(d)
+    assert out["kind"] == "frames" and out["frames"] == 4 and out["path"] == str(d)
     natural = [d / f"frame_{k}.png" for k in (1, 2, 9, 10)]
     same = jsonl(qa(qalign_bin, model, "--json", "--video", *natural).stdout)[0]
-    assert same["logits"] == out["logits"]
+    assert logits(same) == logits(out)
     lexical = [d / f"frame_{k}.png" for k in (1, 10, 2, 9)]
     other = jsonl(qa(qalign_bin, model, "--json", "--video", *lexical).stdout)[0]
-    assert other["logits"] != out["logits"]            # the order matters, so the test means something
+    assert logits(other) != logits(out)            # the order matters, so the test means something
     # --resume knows a frame set is done: no second row
     c = workdir / "cli_frames.csv"
     for k in range(2):
@@ -603,25 +656,42 @@ def test_json_fields(qalign_bin, model, tiny_ref, workdir):
     Image.new("RGB", (8, 8)).save(gif)
     r = qa(qalign_bin, model, "--json", img, gif, tiny_ref / "inputs" / "nope.png")
     assert r.returncode == 1
-    ok, e1, e2 = sorted(jsonl(r.stdout), key=lambda o: "error" in o)
-    assert list(ok) == ["file", "task", "score", "scale", "probs", "logits"]
-    assert ok["task"] == "quality" and ok["scale"] == "1-5" and len(ok["probs"]) == len(ok["logits"]) == 5
-    p = np.exp(np.array(ok["logits"]) - max(ok["logits"]))
+    ok, e1, e2 = sorted(jsonl(r.stdout), key=lambda o: o["error"] is not None)
+    words = ["excellent", "good", "fair", "poor", "bad"]
+    keys = ["path", "task", "kind", "frames", "score", "std", "scale"] + [f"p_{w}" for w in words] + \
+        [f"logit_{w}" for w in words] + ["error"]
+    assert list(ok) == keys and ok["error"] is None and ok["kind"] == "image" and ok["frames"] == 1
+    assert ok["task"] == "quality" and ok["scale"] == "1-5" and len(probs(ok)) == len(logits(ok)) == 5
+    p = np.exp(np.array(logits(ok)) - max(logits(ok)))
     p /= p.sum()
-    assert np.abs(p - ok["probs"]).max() <= 2e-6 and abs(sum(ok["probs"]) - 1) <= 1e-5
-    assert abs(float(np.dot(ok["probs"], [5, 4, 3, 2, 1])) - ok["score"]) <= 1e-5
-    for e in (e1, e2):
-        assert list(e) == ["file", "error"] and e["error"]
+    assert np.abs(p - probs(ok)).max() <= 2e-6 and abs(sum(probs(ok)) - 1) <= 1e-5
+    assert abs(float(np.dot(probs(ok), [5, 4, 3, 2, 1])) - ok["score"]) <= 1e-5
+    # std: the spread of the level distribution (DeQA-Score's cal_distribution_gap.py)
+    std = math.sqrt(sum(p * (w - ok["score"]) ** 2 for p, w in zip(probs(ok), [5, 4, 3, 2, 1])))
+    assert abs(std - ok["std"]) <= 2e-6 and ok["std"] > 0
+    s01 = jsonl(qa(qalign_bin, model, "--json", "--scale", "0-1", img).stdout)[0]
+    assert abs(s01["std"] - ok["std"] / 4) <= 2e-6
+    for e in (e1, e2):   # a failed input: the same keys, no numbers, the reason
+        assert list(e) == keys and e["error"] and e["score"] is None and e["frames"] == 0
     assert any("GIF" in e["error"] or "gif" in e["error"] for e in (e1, e2))
     r = qa(qalign_bin, model, "--json", "--video", img, img)
-    assert list(jsonl(r.stdout)[0]) == ["file", "task", "kind", "frames", "score", "scale", "probs", "logits"]
+    v = jsonl(r.stdout)[0]
+    assert list(v) == keys and v["kind"] == "frames" and v["frames"] == 2
     r = qa(qalign_bin, model, "--json", "--levels", "good=1,bad=0", img)
-    assert list(jsonl(r.stdout)[0])[-1] == "levels"
+    assert levels(jsonl(r.stdout)[0]) == ["good", "bad"]
+    # the --json line is the --jsonl row, byte for byte
+    r = qa(qalign_bin, model, "--json", "--jsonl", workdir / "cli_fields.jsonl", img)
+    assert r.stdout == (workdir / "cli_fields.jsonl").read_text()
     # a file name that needs escaping stays valid JSON
     odd = workdir / 'cli "quoted"\\name.jpg'
     shutil.copy(img, odd)
     r = qa(qalign_bin, model, "--json", odd)
-    assert jsonl(r.stdout)[0]["file"] == str(odd)
+    assert jsonl(r.stdout)[0]["path"] == str(odd)
+    # bytes that are not UTF-8: \udcXX, as in the result files (os.fsencode gives them back)
+    raw = os.fsencode(workdir) + b"/cli_\xff\xfe.jpg"
+    shutil.copy(img, raw)
+    r = qa(qalign_bin, model, "--json", os.fsdecode(raw))
+    assert "\\udcff\\udcfe" in r.stdout and os.fsencode(jsonl(r.stdout)[0]["path"]) == raw
 
 
 def test_exit_codes(qalign_bin, model, tiny_ref, workdir):

@@ -1,14 +1,55 @@
-/* test_kernels.c - every SIMD kernel against its scalar reference, on random data.
+/* test_kernels.c - every kernel of this build's CPU family (kernels.h, kernels/<family>.h)
+ * against its scalar reference in qalign.c, on random data.
  *
- * Built by `make` as build/test_kernels (qalign.c included with -DTESTING, so the static
- * kernels are callable); run by tests/test_kernels.py. Prints one line per check with the
- * measured error and exits non-zero if any check fails. In a build without SIMD the same
- * checks run reference-against-reference (and trivially agree), which still exercises
- * the packed layouts. */
+ * Built by `make` as build/test_kernels (qalign.c and kernels.c included with -DTESTING,
+ * so the static kernels are callable); run by tests/test_kernels.py. Prints one line per
+ * check with the measured error and exits non-zero if any check fails. In a build without
+ * a family the same checks run reference-against-reference (and trivially agree), which
+ * still exercises the packed layouts. */
 #ifndef TESTING
 #define TESTING
 #endif
 #include "../qalign.c"
+#include "../kernels.c"
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* Buffers for matmul inputs of up to cap values (rows of up to max_k) */
+static void test_acts(Acts *a, size_t cap, size_t max_k, int bf16) {
+    size_t bytes = 0;
+    if (acts_alloc(a, cap, max_k, bf16, &bytes) != 0) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+}
+
+/* The same product computed by the reference tile and quantiser only. */
+static void matmul_ref(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
+    acts_set(a, x, T, W->cols);
+    acts_prepare(a, act_kind_for(a, W->dtype));
+    if (a->kind == ACT_Q8)
+        for (int t = 0; t < T; t++) /* the reference quantiser, to test the family's too */
+            quantize_row_ref(a->xq + (size_t)t * a->K, a->xd + (size_t)t * (a->K / QBLOCK), a->xc + (size_t)t * (a->K / QBLOCK),
+                             a->xs + (size_t)t * (a->K / QBLOCK), x + (size_t)t * a->K, a->K);
+    tile_ref(out, W->rows, a, W, bias, epi, 0, T, 0, (W->rows + PACK_ROWS - 1) / PACK_ROWS);
+}
+
+/* The family's version where it has one, else the reference (which then meets itself). */
+static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K) {
+    if (kernels_cpu()->quantize_row) kernels_cpu()->quantize_row(q, d, c, s, x, K);
+    else quantize_row_ref(q, d, c, s, x, K);
+}
+static void softmax(float *x, int n) {
+    if (kernels_cpu()->softmax) kernels_cpu()->softmax(x, n);
+    else softmax_ref(x, n);
+}
 
 static int n_pass, n_fail;
 
@@ -58,14 +99,15 @@ static Tensor random_matrix(int dtype, int rows, int cols) {
         for (size_t i = 0; i < bytes / 4; i++) ((float *)p)[i] = frand() * 0.2f;
     } else if (dtype == DT_MBF16) {
         for (size_t i = 0; i < bytes / 2; i++) ((uint16_t *)p)[i] = f32_to_bf16(frand() * 0.2f);
-    } else {
-        size_t bb = dtype == DT_MQ8_0 ? MQ8_BLOCK_BYTES : MQ4_BLOCK_BYTES, vals = dtype == DT_MQ8_0 ? 512 : 256;
+    } else { /* the values (q + 128 bytes, or nibble pairs), then the scales: kernels.h */
+        size_t bb = mq_block_bytes(dtype), vals = dtype == DT_MQ8_0 ? MQ8_D_OFFSET : MQ4_D_OFFSET;
         for (size_t g = 0; g < groups * nb; g++) {
             uint8_t *blk = p + g * bb;
             for (size_t i = 0; i < vals; i++) blk[i] = dtype == DT_MQ8_0 ? (uint8_t)(1 + rnd() % 255) : (uint8_t)rnd();
-            for (int r = 0; r < 16; r++) {
-                ((float *)(blk + vals))[r] = 0.001f + 0.01f * (frand() + 1.0f);
-                if (dtype == DT_MQ4_1) ((float *)(blk + vals + 64))[r] = -0.1f * (frand() + 1.0f);
+            for (int r = 0; r < PACK_ROWS; r++) {
+                float *d = (float *)(blk + vals), *m = (float *)(blk + MQ4_M_OFFSET);
+                d[r] = 0.001f + 0.01f * (frand() + 1.0f);
+                if (dtype == DT_MQ4_1) m[r] = -0.1f * (frand() + 1.0f);
             }
         }
     }
@@ -84,7 +126,7 @@ static void test_matmul(void) {
     for (size_t i = 0; i < (size_t)maxN; i++) bias[i] = frand();
     for (int mode = 0; mode < 2; mode++) { /* 0: f32 activations for bf16 weights, 1: bf16 activations */
         Acts a;
-        acts_alloc(&a, (size_t)maxT * maxK, (size_t)maxK, mode);
+        test_acts(&a, (size_t)maxT * maxK, (size_t)maxK, mode);
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             if (mode == 1 && types[ti] != DT_MBF16) continue;
             double worst = 0;
@@ -126,7 +168,7 @@ static void test_threads_deterministic(void) {
           *o2 = xmalloc((size_t)T * N * sizeof(float)), *o3 = xmalloc((size_t)13 * N * sizeof(float));
     for (size_t i = 0; i < (size_t)T * K; i++) x[i] = frand();
     Acts a;
-    acts_alloc(&a, (size_t)T * K, (size_t)K, 1);
+    test_acts(&a, (size_t)T * K, (size_t)K, 1);
     int same = 1;
     for (size_t ti = 0; ti < 4; ti++) {
         Tensor W = random_matrix(types[ti], N, K);
@@ -184,7 +226,7 @@ static void test_attention(void) {
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    size_t stride = attention_scratch_floats(1040);
+    size_t stride = ATT_SCRATCH_ROWS * pad16(1040);
     float *scratch = xmalloc((size_t)threads * stride * sizeof(float)), *kt = xmalloc(maxsz * sizeof(float));
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int Tq = cases[c].Tq, Tk = cases[c].Tk, H = cases[c].H, KVH = cases[c].KVH, hd = cases[c].hd;
@@ -240,16 +282,17 @@ static void test_attention_bf16(void) {
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    size_t stride = attention_scratch_floats(1040);
+    size_t stride = ATT_SCRATCH_ROWS * pad16(1040);
     float *scratch = xmalloc((size_t)threads * stride * sizeof(float)), *kt = xmalloc(maxsz * sizeof(float));
     float *srow = xmalloc(1040 * sizeof(float));
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         int Tq = cases[c].Tq, Tk = cases[c].Tk, H = cases[c].H, hd = cases[c].hd, ld = H * hd;
-        check(attention_bf16_fits(hd), "attention_bf16 takes hd %d", hd);
+
         /* q.k/sqrt(hd) of a few units, as in the ViT */
         for (size_t i = 0; i < (size_t)Tq * ld; i++) q[i] = frand() * 2;
         for (size_t i = 0; i < (size_t)Tk * ld; i++) k[i] = frand() * 2, v[i] = frand();
-        attention_bf16(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt);
+        check(kernels_cpu()->attention_bf16(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt),
+              "attention_bf16 takes hd %d", hd);
         attention_bf16_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
         attention_ref(o3, q, ld, k, v, ld, Tq, Tk, H, H, hd, 0, 0, scratch, stride);
         double scale = max_abs(o3, (size_t)Tq * ld);
@@ -357,8 +400,33 @@ static void test_elementwise(void) {
     free(x); free(y); free(w); free(b); free(o1); free(o2);
 }
 
+/* Which weight types the family multiplies with its own tiles (not the reference): tested
+ * by asking its tile() for one tile of each. */
+static void test_tiles_present(void) {
+    const Kernels *k = kernels_cpu();
+    char line[128] = "";
+    int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1};
+    Acts a;
+    test_acts(&a, 16 * 64, 64, 1);
+    float x[16 * 64], out[16 * 16];
+    for (int i = 0; i < 16 * 64; i++) x[i] = frand();
+    for (int i = 0; i < 4; i++) {
+        Tensor W = random_matrix(types[i], 16, 64);
+        acts_set(&a, x, 16, 64);
+        acts_prepare(&a, act_kind_for(&a, W.dtype));
+        if (k->tile && k->tile(out, 16, &a, &W, NULL, EPI_STORE, 0, a.R ? a.R : 4, 0, 1)) {
+            size_t used = strlen(line);
+            snprintf(line + used, sizeof line - used, " %s", DT_NAMES[types[i]]);
+        }
+        free((void *)W.data);
+    }
+    acts_free(&a);
+    printf("simd tiles:%s\n", line[0] ? line : " none");
+}
+
 int main(void) {
-    printf("kernels compiled in: %s\n", kernel_names());
+    printf("kernels compiled in: %s\n", qalign_kernels());
+    test_tiles_present();
     test_quantize();
     test_matmul();
     test_threads_deterministic();

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, report, run
+from conftest import PYTHON, ROOT, report, run, probs
 
 EXPORT = ROOT / "export.py"
 
@@ -129,7 +129,7 @@ def test_synthetic_tiny_model_runs(workdir, qalign_bin, real_tokenizer, tiny_ref
         r = run([qalign_bin, p, "--json", "--precise", ppm])
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert 1.0 <= out["score"] <= 5.0 and abs(sum(out["probs"]) - 1) < 1e-4
+        assert 1.0 <= out["score"] <= 5.0 and abs(sum(probs(out)) - 1) < 1e-4
         scores[dt] = out["score"]
     # synthetic weights are bf16 values, so the f32 and bf16 files score the same (with
     # --precise, both multiply f32 activations)
@@ -193,7 +193,7 @@ def test_cli_errors(qalign_bin, tiny_f32, workdir):
     # a missing input in a batch: its error, the other input's result, exit status 1
     r = run([qalign_bin, tiny_f32, "--json", workdir / "missing.ppm", ppm])
     assert r.returncode == 1
-    rows = {json.loads(l)["file"]: json.loads(l) for l in r.stdout.splitlines()}
+    rows = {json.loads(l)["path"]: json.loads(l) for l in r.stdout.splitlines()}
     assert "error" in rows[str(workdir / "missing.ppm")] and rows[str(ppm)]["score"] > 0
 
 

@@ -1,4 +1,4 @@
-"""tokenizer.c and spm.py against sentencepiece, id for id.
+"""tokenizer.c against sentencepiece, id for id.
 
 tokenizer.c is driven through tests/tok_driver.c (built here into build/tok_driver,
 linked with tokenizer.c only): the vocabulary is read with spm.py and dumped in the
@@ -395,8 +395,6 @@ def test_qalign_prompt_ids(real_tokenizer, driver, workdir):
     words = list(LEVEL_IDS)
     got = drive(driver, vocab, [(1, w.encode()) for w in words])
     assert [ids[1] for ids in got] == list(LEVEL_IDS.values()), got
-    py = spm.load(real_tokenizer)
-    assert [py.encode(w, add_bos=False)[0] for w in words] == list(LEVEL_IDS.values())
     report(f"tokenizer: Q-Align prompts {keys} and level ids {list(LEVEL_IDS.values())} "
            "exactly as in architecture.md 3.3 / 5.2")
 
@@ -570,27 +568,17 @@ def check_loaded(path):
     return sp, m
 
 
-def check_python_encode(name, path, seed, count):
-    sp, m = check_loaded(path)
-    strings = make_strings(seed, count, count // 4, fixed_and_long=False)
-    bad = [s for s in strings if m.encode(to_bytes(s)) != sp.EncodeAsIds(to_bytes(s), add_bos=True)]
-    bad += [s for s in strings[:50] if m.encode(s, add_bos=False) != sp.EncodeAsIds(to_bytes(s))]
-    report(f"spm.py[{name}]: pieces/scores/types/ids identical; encode() on {len(strings) + 50} "
-           f"strings, {len(bad)} mismatches")
-    assert not bad, f"first mismatch: {bad[0]!r}"
-
-
 def test_spm_real(real_tokenizer):
-    check_python_encode("real", real_tokenizer, SEED + 9, 300)
+    check_loaded(real_tokenizer)
     m = spm.load(real_tokenizer)
     assert (m.add_dummy_prefix, m.remove_extra_whitespaces, m.normalizer_name, m.byte_fallback) \
         == (True, False, "identity", True)
+    report("spm.py[real]: pieces/scores/types/ids identical to sentencepiece's")
 
 
 def test_spm_trained(trained_model, user_model, unused_model):
-    check_python_encode("trained", trained_model, SEED + 10, 200)
-    check_python_encode("user-defined", user_model, SEED + 11, 200)
-    check_python_encode("unused", unused_model, SEED + 12, 200)
+    for path in (trained_model, user_model, unused_model):
+        check_loaded(path)
 
 
 def test_spm_rejects(workdir, corpus_file, trained_model):

@@ -1,4 +1,5 @@
-"""The other x86 builds: scalar only (SCALAR), AVX2+FMA, AVX2 with AVX-VNNI, AVX-512.
+"""The other x86 builds: scalar only (SCALAR), AVX2+FMA, AVX2 with AVX-VNNI, AVX-512 with VNNI
+and BF16, and AVX-512 without either (Skylake-SP/X, -march=skylake-avx512).
 
 `make` picks one kernel set for the build machine (-march=native); these builds make sure
 the others are right too. Each variant this CPU can run is built, its kernel tests run,
@@ -13,14 +14,19 @@ import platform
 import numpy as np
 import pytest
 
-from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run
+from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run, logits
 
 FLAGS = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
 NEEDS = {"scalar": [], "avx2": ["avx2", "fma"], "avx2vnni": ["avx2", "fma", "avx_vnni"],
-         "avx512": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"]}
+         "avx512": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"],
+         "avx512-novnni": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]}
 RECORDS = ["photo__quality", "gray__aesthetics", "video__quality"]
 KERNELS = {"scalar": set(), "avx2": {"avx2"}, "avx2vnni": {"avx2", "avx-vnni"},   # kernel_names() beyond
-           "avx512": {"avx512", "avx512-vnni", "avx512-bf16"}}                    # "scalar" and "openmp"
+           "avx512": {"avx512", "avx512-vnni", "avx512-bf16"}, "avx512-novnni": {"avx512"}}  # "scalar", "openmp"
+# the weight types each build multiplies with SIMD tiles (test_kernels' "simd tiles:" line): every
+# x86 family has int8 tiles, also AVX-512 without VNNI (vpmaddubsw) and AVX2 without AVX-VNNI
+TILES = {"scalar": set(), "avx2": {"f32", "bf16", "q8_0", "q4_1"}, "avx2vnni": {"f32", "bf16", "q8_0", "q4_1"},
+         "avx512": {"f32", "bf16", "q8_0", "q4_1"}, "avx512-novnni": {"f32", "bf16", "q8_0", "q4_1"}}
 
 
 def can_run(variant):
@@ -58,6 +64,8 @@ def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
     assert k.returncode == 0 and " 0 failed" in k.stdout, k.stdout
     compiled = k.stdout.splitlines()[0]
     assert set(compiled.split(":", 1)[1].split()) - {"scalar", "openmp"} == KERNELS[variant], compiled
+    tiles = next(line for line in k.stdout.splitlines() if line.startswith("simd tiles:"))
+    assert set(tiles.split(":", 1)[1].split()) - {"none"} == TILES[variant], tiles
     binary = ROOT / "build" / f"qalign-{variant}"
     refj = json.loads((tiny_ref / "reference.json").read_text())
     worst = 0.0
@@ -73,11 +81,11 @@ def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
             ppms.append(p)
         args = ["--json", "-t", rec["task"]] + (["--video"] if rec["input_kind"] == "video" else [])
         out = json.loads(run([binary, variant_models["f32"], *args, *ppms]).stdout)
-        d = max(abs(a - b) for a, b in zip(out["logits"], rec["level_logits"]))
+        d = max(abs(a - b) for a, b in zip(logits(out), rec["level_logits"]))
         worst = max(worst, d)
         assert d <= 2e-4, (variant, name, d)
         for dt in ("q8_0", "q4_1"):
             a = json.loads(run([binary, variant_models[dt], *args, *ppms]).stdout)
             b = json.loads(run([qalign_bin, variant_models[dt], *args, *ppms]).stdout)
             assert abs(a["score"] - b["score"]) <= SCORE_BOUND[dt], (variant, dt, name, a["score"], b["score"])
-    report(f"variant {variant:9s} ({compiled}): kernel tests pass; fixture logits max |d| {worst:.1e}")
+    report(f"variant {variant:13s} ({compiled}; {tiles}): kernel tests pass; fixture logits max |d| {worst:.1e}")

@@ -1,0 +1,208 @@
+/* kernels.h - the kernel contract: the few functions a CPU family provides, the types
+ * they work on, and the packed weight layouts, named once for everybody (qalign.c,
+ * kernels/<family>.h, export.py's comments, the tests).
+ *
+ * qalign.c holds the scalar reference of every kernel: plain loops, the fallback on any
+ * CPU and the oracle of tests/test_kernels.c. A CPU family (kernels/avx512.h,
+ * kernels/avx2.h, kernels/neon.h) fills in a `Kernels` table with faster versions of
+ * some of them; every entry it leaves NULL, and every call it declines (returns 0), runs
+ * the reference instead. kernels.c picks the family at compile time from the -march
+ * macros (one #elif per family). PORTING.md: how to add one.
+ *
+ * Rules every implementation follows (the tests check them):
+ *   - same arithmetic as the reference, to float rounding: the kernel tests bound the
+ *     difference; quantize_row must be bit-identical;
+ *   - each output is computed in a fixed order that depends neither on the thread count
+ *     nor on the other rows of the call, so a score is the same bits alone or in a batch;
+ *   - OpenMP splits only the outermost independent loop; no allocation, no globals. */
+#ifndef QALIGN_KERNELS_H
+#define QALIGN_KERNELS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#elif defined(__GNUC__) && !defined(__clang__)
+/* without -fopenmp the `#pragma omp` lines are meant to be ignored (one thread) */
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+#endif
+
+/* ---- tensor element types (export.py DT_*) ------------------------------------------
+ * Plain tensors (vectors, tables, the tokenizer) are row-major. Weight matrices are the
+ * M* types: rows grouped by PACK_ROWS, laid out so that one 64-byte load holds the same
+ * column slice of 16 rows (below). */
+enum { DT_F32 = 0, DT_U8 = 1, DT_U32 = 2, DT_MF32 = 3, DT_MBF16 = 4, DT_MQ8_0 = 5, DT_MQ4_1 = 6, DT_COUNT };
+
+/* A weight matrix [rows, cols] (PyTorch Linear layout: out x in), packed as its dtype. */
+typedef struct {
+    const void *data;       /* into the model file (read-only) */
+    int dtype;              /* DT_MF32 / DT_MBF16 / DT_MQ8_0 / DT_MQ4_1 */
+    int rows, cols;         /* out features, in features */
+} Tensor;
+
+/* ---- packed weight layouts ----------------------------------------------------------
+ * Rows are padded with zeros to a multiple of PACK_ROWS and grouped; g is a group, r a row
+ * in it (0..15), k a column.
+ *   MF32   [g][k][r]                      f32: 64 bytes = column k of the group's 16 rows
+ *   MBF16  [g][k/2][r][2]                 bf16: 64 bytes = columns 2k', 2k'+1 of 16 rows
+ *   MQ8_0  [g][b][MQ8_BLOCK_BYTES]        block b = columns 32b..32b+31:
+ *            quad j (j < 8, columns 4j..4j+3): 64 bytes, row r at 4r..4r+3, u8 = q + 128
+ *            then 16 f32 scales d (row r: d[r]);    value = d[r] * q
+ *   MQ4_1  [g][b][MQ4_BLOCK_BYTES]        block b = columns 32b..32b+31:
+ *            chunk c (c < 4): 64 bytes, row r at 4r..4r+3; low nibble = quad 2c, high
+ *            nibble = quad 2c+1 (0..15); then 16 f32 d, then 16 f32 m;
+ *            value = d[r] * q + m[r] */
+#define PACK_ROWS 16   /* output rows per group */
+#define QBLOCK 32      /* values per quantisation block, along a row */
+enum {
+    MQ8_QUAD_BYTES = 4 * PACK_ROWS,                   /* 64 */
+    MQ8_D_OFFSET = 8 * MQ8_QUAD_BYTES,                /* 512 */
+    MQ8_BLOCK_BYTES = MQ8_D_OFFSET + 4 * PACK_ROWS,   /* 576 */
+    MQ4_CHUNK_BYTES = 4 * PACK_ROWS,                  /* 64 */
+    MQ4_D_OFFSET = 4 * MQ4_CHUNK_BYTES,               /* 256 */
+    MQ4_M_OFFSET = MQ4_D_OFFSET + 4 * PACK_ROWS,      /* 320 */
+    MQ4_BLOCK_BYTES = MQ4_M_OFFSET + 4 * PACK_ROWS    /* 384 */
+};
+
+static inline size_t mq_block_bytes(int dtype) { return dtype == DT_MQ8_0 ? MQ8_BLOCK_BYTES : MQ4_BLOCK_BYTES; }
+/* group g of an MF32 / MBF16 matrix (bf16 pairs as u32) */
+static inline const float *mf32_group(const Tensor *W, int g) { return (const float *)W->data + (size_t)g * W->cols * PACK_ROWS; }
+static inline const uint32_t *mbf16_group(const Tensor *W, int g) { return (const uint32_t *)W->data + (size_t)g * (W->cols / 2) * PACK_ROWS; }
+/* block b of group g of an MQ8_0 / MQ4_1 matrix */
+static inline const uint8_t *mq_block(const Tensor *W, int g, int b) {
+    return (const uint8_t *)W->data + ((size_t)g * (W->cols / QBLOCK) + b) * mq_block_bytes(W->dtype);
+}
+static inline const uint8_t *mq8_quad(const uint8_t *blk, int j) { return blk + j * MQ8_QUAD_BYTES; }
+static inline const float *mq8_d(const uint8_t *blk) { return (const float *)(blk + MQ8_D_OFFSET); }
+static inline const uint8_t *mq4_chunk(const uint8_t *blk, int c) { return blk + c * MQ4_CHUNK_BYTES; }
+static inline const float *mq4_d(const uint8_t *blk) { return (const float *)(blk + MQ4_D_OFFSET); }
+static inline const float *mq4_m(const uint8_t *blk) { return (const float *)(blk + MQ4_M_OFFSET); }
+/* q of row r, column k (0..31) of a block */
+static inline int mq8_q(const uint8_t *blk, int r, int k) { return (int)mq8_quad(blk, k / 4)[4 * r + k % 4] - 128; }
+static inline int mq4_q(const uint8_t *blk, int r, int k) {
+    uint8_t byte = mq4_chunk(blk, k / 8)[4 * r + k % 4];
+    return (k / 4) % 2 ? byte >> 4 : byte & 15;
+}
+
+/* ---- activations, prepared once per matmul input ------------------------------------
+ * A matmul multiplies activations x (T, K) by a weight matrix. For its weight type x is
+ * used as f32, rounded to bf16, or quantised to int8 in blocks of QBLOCK (d = max|x|/127,
+ * q = round(x/d)); the preparation is made once and shared by all the matmuls that read
+ * the same x (q/k/v, gate/up). A family with tiles also gets copies interleaved in tiles
+ * of R rows (R = its tile_rows_f / tile_rows_q8), so one pointer walks a tile: 4-byte
+ * groups (an f32, a bf16 pair or an int8 quad) as (tiles, K/group, R), rows past T zero. */
+typedef enum { ACT_NONE, ACT_F32, ACT_BF16, ACT_Q8 } ActKind;
+
+typedef struct {
+    const float *x;         /* (T, K) the activations */
+    int T, K;               /* rows, row length */
+    ActKind kind;           /* what the buffers below hold for x (ACT_NONE: nothing yet) */
+    uint16_t *xb;           /* ACT_BF16: (T, K) x rounded to bf16 */
+    int8_t *xq;             /* ACT_Q8: (T, K) round(x / d) in -127..127 */
+    float *xd;              /* ACT_Q8: (T, K/32) d of each block */
+    int32_t *xc;            /* ACT_Q8: (T, K/32) -128 * sum of the block's xq (undoes MQ8_0's +128) */
+    float *xs;              /* ACT_Q8: (T, K/32) d * sum of the block's xq (MQ4_1's m term) */
+    size_t cap;             /* T*K the buffers hold */
+    int bf16_fast;          /* bf16 weights meet bf16 activations (the family has bf16 tiles, not --precise) */
+    int R;                  /* rows per tile of the copies below (0: not made) */
+    uint32_t *xp;           /* (tiles, K/4 | K/2 | K, R) int8 quads, bf16 pairs or f32 */
+    float *xdp;             /* ACT_Q8: (tiles, K/32, R) as xd */
+    int32_t *xcp;           /* ACT_Q8: (tiles, K/32, R) as xc */
+    float *xsp;             /* ACT_Q8: (tiles, K/32, R) as xs */
+    size_t pcap;            /* 4-byte groups xp holds */
+} Acts;
+
+/* The interleaved tile holding row t0 (a multiple of a->R), and its per-block records. */
+static inline const uint32_t *acts_tile(const Acts *a, int t0) {
+    int per = a->kind == ACT_Q8 ? 4 : a->kind == ACT_BF16 ? 2 : 1;
+    return a->xp + (size_t)(t0 / a->R) * (size_t)(a->K / per) * a->R;
+}
+static inline size_t acts_tile_blocks(const Acts *a, int t0) { return (size_t)(t0 / a->R) * (size_t)(a->K / QBLOCK) * a->R; }
+
+/* ---- small scalar pieces every implementation shares -------------------------------- */
+
+enum { EPI_STORE, EPI_ADD, EPI_GELU };  /* out = v, out += v, out = QuickGELU(v) */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* Round to nearest even, as vcvtneps2bf16 (NaN kept a quiet NaN). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static inline float quick_gelu1(float x) { return x / (1.0f + expf(-1.702f * x)); }
+static inline float silu1(float x) { return x / (1.0f + expf(-x)); }
+/* The matmul epilogue for one output: + bias, then QuickGELU or += the old value. */
+static inline void store_out(float *o, float v, const float *bias, int col, int epi) {
+    if (bias) v += bias[col];
+    if (epi == EPI_GELU) v = quick_gelu1(v);
+    if (epi == EPI_ADD) v += *o;
+    *o = v;
+}
+static inline size_t pad16(size_t n) { return (n + 15) / 16 * 16; }
+static inline int kernel_thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Attention workspaces (sized by the run state for the longest key sequence Tk):
+ * scratch: per thread ATT_SCRATCH_ROWS * pad16(Tk) floats; kt: 2 * KVH * hd * pad16(Tk). */
+#define ATT_SCRATCH_ROWS 8
+
+/* ---- the contract --------------------------------------------------------------------
+ * What a family may provide. NULL (or a return value of 0) means: use the reference. */
+#ifdef _OPENMP
+#define KERNELS_OPENMP " openmp"
+#else
+#define KERNELS_OPENMP ""
+#endif
+
+typedef struct {
+    const char *names;      /* "scalar", the instruction sets used, then KERNELS_OPENMP,
+                               e.g. "scalar avx512 avx512-vnni openmp" (qalign --info) */
+    int tile_rows_f;        /* activation rows per tile for f32/bf16 activations (<= 16) */
+    int tile_rows_q8;       /* ... for int8 activations; 0 and 0: no tiles, no interleaved copies */
+    int bf16_acts;          /* tile() multiplies bf16 weights by bf16 activations */
+
+    /* out[t, col] for rows [t0, t0+nt) (t0 a multiple of the tile rows, nt <= them) and
+     * the output columns of groups [g0, g0+ng) (ng <= 2; columns past W->rows are not
+     * stored): epilogue(x[t] . W[col] + bias[col]). x comes from a (prepared for W's type,
+     * interleaved). Returns 0 if it has no tile for this weight/activation type. */
+    int (*tile)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
+                int g0, int ng);
+    /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
+     * bit-identical to quantize_row_ref */
+    void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);
+    /* in place over n values, max-subtracted */
+    void (*softmax)(float *x, int n);
+    /* out (T, C) = LayerNorm(x) * w + b; out may equal x */
+    void (*layernorm)(float *out, const float *x, const float *w, const float *b, int T, int C, float eps);
+    /* a = silu(a) * b; a value's bits must not depend on its position in the buffer */
+    void (*silu_mul)(float *a, const float *b, size_t n);
+    /* x += y */
+    void (*add)(float *x, const float *y, size_t n);
+    /* out (Tq, H*hd) = softmax(q k^T / sqrt(hd) [+ causal mask]) v per head; q (Tq, ldq),
+     * k, v (Tk, ldkv) with kv head h / (H/KVH); causal: query i sees keys j <= i + q_offset.
+     * Returns 0 for a shape it does not handle. */
+    int (*attention)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk,
+                     int H, int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride, float *kt);
+    /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
+    int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
+                          int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
+} Kernels;
+
+/* The family this build uses (kernels.c); a table of NULLs for the scalar build. */
+const Kernels *kernels_cpu(void);
+
+#endif

@@ -1,0 +1,617 @@
+/* kernels/avx512.h - the kernel contract (kernels.h) for x86-64 with AVX-512 F/BW/DQ/VL.
+ *
+ * Included by kernels.c when the compiler targets AVX-512 (-march=native on such a CPU,
+ * -march=x86-64-v4, -march=skylake-avx512, ...). Uses, where the compiler has them:
+ *   AVX512-VNNI  vpdpbusd for the int8 tiles (q8_0 / q4_1); without it the same tiles use
+ *                vpmaddubsw + vpmaddwd (AVX512-BW): 16-bit pair sums that cannot overflow,
+ *                since q8_0 is multiplied as |q| x (x with q's sign) (Skylake-SP/X, ...)
+ *   AVX512-BF16  vdpbf16ps for bf16 x bf16 tiles and the ViT's attention with bf16 products;
+ *                without it bf16 weights meet f32 activations (widened in the tile)
+ * Everything else (f32 tiles, softmax, layernorm, SiLU, the quantiser, f32 attention)
+ * needs only AVX-512 F/BW/DQ/VL. */
+#include <immintrin.h>
+
+#define QA_AVX512 1 /* this family (for the tests) */
+
+#if defined(__AVX512VNNI__)
+#define QA_AVX512_VNNI 1
+#endif
+#if defined(__AVX512BF16__)
+#define QA_AVX512_BF16 1
+#endif
+
+/* Rows per register tile, by activation kind. */
+#define TILE_ROWS_Q8 6  /* 2 groups x 6 rows of int32 + float accumulators (4 was 40% slower) */
+#define TILE_ROWS_F 8   /* 2 groups x 8 rows of float accumulators */
+#define ATT_ROWS 6      /* query rows per work item in attention (<= ATT_SCRATCH_ROWS) */
+
+/* exp(x) for 16 floats: x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor polynomial for e^r,
+ * 2^n by vscalefps (which also gives 0 and inf at the ends). Relative error < 2e-7. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* also turns -inf into a finite value */
+    x = _mm512_min_ps(x, _mm512_set1_ps(89.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+static inline __m512 quick_gelu512(__m512 x) {
+    __m512 e = exp512(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+static inline __m512 silu512(__m512 x) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+static inline __mmask16 tail_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+
+/* --- elementwise, softmax, layernorm, the quantiser ----------------------------------- */
+
+static void add_avx512(float *x, const float *y, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) x[i] += y[i];
+}
+
+/* The tail goes through the same vector code (a zero-padded copy), so a value never
+ * depends on where in the buffer it sits: a row gives the same bits alone or in a batch. */
+static void silu_mul_avx512(float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        float ta[16] = {0}, tb[16] = {0}, *pa = a + i;
+        const float *pb = b + i;
+        size_t len = n - i < 16 ? n - i : 16;
+        if (len < 16) { /* tail */
+            memcpy(ta, a + i, len * sizeof(float));
+            memcpy(tb, b + i, len * sizeof(float));
+            pa = ta;
+            pb = tb;
+        }
+        _mm512_storeu_ps(pa, _mm512_mul_ps(silu512(_mm512_loadu_ps(pa)), _mm512_loadu_ps(pb)));
+        if (len < 16) memcpy(a + i, ta, len * sizeof(float));
+    }
+}
+
+static void softmax_avx512(float *x, int n) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
+    if (i < n) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), x + i));
+    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mx));
+        _mm512_storeu_ps(x + i, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    if (i < n) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx));
+        _mm512_mask_storeu_ps(x + i, m, e);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    if (i < n) _mm512_mask_storeu_ps(x + i, tail_mask(n - i), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i), inv));
+}
+
+static void layernorm_avx512(float *out, const float *x, const float *w, const float *b, int T, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C;
+        float *ot = out + (size_t)t * C;
+        /* two passes in 16 f32 lanes: mean, then the mean of squared deviations */
+        __m512 s = _mm512_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= C; i += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xt + i));
+        if (i < C) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(C - i), xt + i));
+        float mean = _mm512_reduce_add_ps(s) / (float)C;
+        __m512 vm = _mm512_set1_ps(mean), v = _mm512_setzero_ps();
+        for (i = 0; i + 16 <= C; i += 16) {
+            __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xt + i), vm);
+            v = _mm512_fmadd_ps(d, d, v);
+        }
+        if (i < C) {
+            __m512 d = _mm512_maskz_sub_ps(tail_mask(C - i), _mm512_maskz_loadu_ps(tail_mask(C - i), xt + i), vm);
+            v = _mm512_fmadd_ps(d, d, v);
+        }
+        __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(v) / (float)C + eps));
+        for (i = 0; i < C; i += 16) {
+            __mmask16 m = tail_mask(C - i);
+            __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xt + i), vm), rstd);
+            y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, b + i));
+            _mm512_mask_storeu_ps(ot + i, m, y);
+        }
+    }
+}
+
+static void quantize_row_avx512(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int b = 0; b < K / QBLOCK; b++) {
+        __m512 x0 = _mm512_loadu_ps(x + b * QBLOCK), x1 = _mm512_loadu_ps(x + b * QBLOCK + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1)));
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        /* cvtps rounds to nearest even, like nearbyintf; |x*id| <= 127 needs no clamp
+         * except for rounding of amax*id itself, which the saturating pack handles */
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+        q0 = _mm512_max_epi32(_mm512_min_epi32(q0, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        q1 = _mm512_max_epi32(_mm512_min_epi32(q1, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        _mm_storeu_si128((__m128i *)(q + b * QBLOCK), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + b * QBLOCK + 16), _mm512_cvtepi32_epi8(q1));
+        int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        d[b] = db;
+        c[b] = -128 * sum;
+        s[b] = db * (float)sum;
+    }
+}
+
+/* --- matmul tiles -------------------------------------------------------------------- */
+
+/* Store 16 outputs of a group (masked at the matrix's last row) with bias and epilogue. */
+static inline void store16(float *o, __m512 v, const float *bias, int col, int epi, __mmask16 m) {
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + col));
+    if (epi == EPI_GELU) v = quick_gelu512(v);
+    if (epi == EPI_ADD) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
+    _mm512_mask_storeu_ps(o, m, v);
+}
+
+/* The accumulators of a tile: rows [t0, t0 + R) (only the first nt are real) x groups
+ * g0.. (G of them). */
+#define TILE_STORE(acc)                                                                                     \
+    for (int g = 0; g < G; g++) {                                                                           \
+        int col = (g0 + g) * PACK_ROWS;                                                                     \
+        __mmask16 m = tail_mask(W->rows - col);                                                             \
+        for (int r = 0; r < nt; r++) store16(out + (size_t)(t0 + r) * ldo + col, acc[g][r], bias, col, epi, m); \
+    }
+
+/* f32 activations x MF32 weights (a column of 16 rows per load) or MBF16 weights (a column
+ * pair of 16 rows per load, widened to f32 by a shift and a mask). */
+static inline __attribute__((always_inline)) void tile_f32_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                  const float *bias, int epi, int t0, int nt, int g0,
+                                                                  const int G) {
+    enum { R = TILE_ROWS_F };
+    int K = W->cols;
+    __m512 acc[2][R];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
+    const float *x = (const float *)acts_tile(a, t0);
+    if (W->dtype == DT_MF32) {
+        const float *w0 = mf32_group(W, g0), *w1 = w0 + (size_t)K * PACK_ROWS;
+        for (int k = 0; k < K; k++, x += R, w0 += PACK_ROWS, w1 += PACK_ROWS) {
+            __m512 wv0 = _mm512_loadu_ps(w0), wv1 = G > 1 ? _mm512_loadu_ps(w1) : wv0;
+            for (int r = 0; r < R; r++) {
+                __m512 xv = _mm512_set1_ps(x[r]);
+                acc[0][r] = _mm512_fmadd_ps(wv0, xv, acc[0][r]);
+                if (G > 1) acc[1][r] = _mm512_fmadd_ps(wv1, xv, acc[1][r]);
+            }
+        }
+    } else {
+        const uint32_t *w0 = mbf16_group(W, g0), *w1 = w0 + (size_t)(K / 2) * PACK_ROWS;
+        const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+        for (int kp = 0; kp < K / 2; kp++, x += 2 * R, w0 += PACK_ROWS, w1 += PACK_ROWS) {
+            __m512i v0 = _mm512_loadu_si512(w0), v1 = G > 1 ? _mm512_loadu_si512(w1) : v0;
+            __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, hi));
+            __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, hi));
+            for (int r = 0; r < R; r++) {
+                /* interleaved f32 activations: column 2kp at x[r], 2kp+1 at x[R + r] */
+                __m512 xe = _mm512_set1_ps(x[r]), xo = _mm512_set1_ps(x[R + r]);
+                acc[0][r] = _mm512_fmadd_ps(o0, xo, _mm512_fmadd_ps(e0, xe, acc[0][r]));
+                if (G > 1) acc[1][r] = _mm512_fmadd_ps(o1, xo, _mm512_fmadd_ps(e1, xe, acc[1][r]));
+            }
+        }
+    }
+    TILE_STORE(acc)
+}
+
+#ifdef QA_AVX512_BF16
+/* bf16 activations x MBF16 weights: vdpbf16ps sums a column pair per instruction. */
+static inline __attribute__((always_inline)) void tile_bf16_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                   const float *bias, int epi, int t0, int nt, int g0,
+                                                                   const int G) {
+    enum { R = TILE_ROWS_F };
+    int K = W->cols;
+    __m512 acc[2][R];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
+    const uint32_t *x = acts_tile(a, t0);
+    const uint32_t *w0 = mbf16_group(W, g0), *w1 = w0 + (size_t)(K / 2) * PACK_ROWS;
+    for (int kp = 0; kp < K / 2; kp++, x += R, w0 += PACK_ROWS, w1 += PACK_ROWS) {
+        __m512bh wv0 = (__m512bh)_mm512_loadu_si512(w0), wv1 = G > 1 ? (__m512bh)_mm512_loadu_si512(w1) : wv0;
+        for (int r = 0; r < R; r++) {
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)x[r]);
+            acc[0][r] = _mm512_dpbf16_ps(acc[0][r], wv0, xv);
+            if (G > 1) acc[1][r] = _mm512_dpbf16_ps(acc[1][r], wv1, xv);
+        }
+    }
+    TILE_STORE(acc)
+}
+#endif
+
+/* s += per 32-bit lane, the dot product of 4 weight bytes w and 4 activation bytes x (s8).
+ * With VNNI: vpdpbusd, w unsigned (MQ8_0's stored q + 128: the tile starts s at
+ * -128 * sum(x) to undo it; MQ4_1's nibbles). Without: vpmaddubsw adds pairs of u8 x s8
+ * products in 16 bits, which would saturate at 255 * 127 * 2, so MQ8_0 comes as q (s8) and
+ * is multiplied as |q| x (x with q's sign), at most 127 * 127 * 2; nibbles are safe as
+ * they are. Then vpmaddwd sums the pairs into the lane. */
+#ifdef QA_AVX512_VNNI
+#define Q8_SIGNED 0 /* MQ8_0 bytes go in as stored */
+static inline __m512i dot4_avx512(__m512i s, __m512i w, __m512i x, const int q8) {
+    (void)q8;
+    return _mm512_dpbusd_epi32(s, w, x);
+}
+#else
+#define Q8_SIGNED 1 /* MQ8_0 bytes go in as q = stored ^ 0x80 */
+static inline __m512i dot4_avx512(__m512i s, __m512i w, __m512i x, const int q8) {
+    if (q8) {
+        x = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+        w = _mm512_abs_epi8(w);
+    }
+    return _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1)));
+}
+#endif
+
+/* int8 activations x MQ8_0 / MQ4_1 weights: per block of 32 columns, the int32 sums of the
+ * 8 quads, scaled into the float accumulators (d_w d_x, and MQ4_1's m_w d_x sum x). */
+static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                const float *bias, int epi, int t0, int nt, int g0,
+                                                                const int G, const int q4) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = K / QBLOCK;
+    size_t bbytes = mq_block_bytes(W->dtype);
+    __m512 acc[2][R];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps();
+    const uint32_t *x = acts_tile(a, t0);
+    size_t tb = acts_tile_blocks(a, t0);
+    const float *xd = a->xdp + tb, *xs = a->xsp + tb;
+    const int32_t *xc = a->xcp + tb;
+    const uint8_t *b0 = mq_block(W, g0, 0), *b1 = b0 + (size_t)nb * bbytes;
+    const __m512i low4 = _mm512_set1_epi8(15), top = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++, b0 += bbytes, b1 += bbytes, x += 8 * R, xd += R, xc += R, xs += R) {
+        __m512i s[2][R];
+        for (int r = 0; r < R; r++) {
+            __m512i c = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(xc[r]);
+            s[0][r] = c;
+            if (G > 1) s[1][r] = c;
+        }
+        for (int j = 0; j < 8; j++) { /* quad j: columns 4j..4j+3 of the block */
+            __m512i w0, w1 = _mm512_setzero_si512();
+            if (q4) {
+                __m512i v0 = _mm512_loadu_si512(mq4_chunk(b0, j / 2));
+                w0 = (j % 2) ? _mm512_and_si512(_mm512_srli_epi16(v0, 4), low4) : _mm512_and_si512(v0, low4);
+                if (G > 1) {
+                    __m512i v1 = _mm512_loadu_si512(mq4_chunk(b1, j / 2));
+                    w1 = (j % 2) ? _mm512_and_si512(_mm512_srli_epi16(v1, 4), low4) : _mm512_and_si512(v1, low4);
+                }
+            } else {
+                w0 = _mm512_loadu_si512(mq8_quad(b0, j));
+                if (G > 1) w1 = _mm512_loadu_si512(mq8_quad(b1, j));
+                if (Q8_SIGNED) w0 = _mm512_xor_si512(w0, top), w1 = _mm512_xor_si512(w1, top);
+            }
+            for (int r = 0; r < R; r++) {
+                __m512i xv = _mm512_set1_epi32((int)x[j * R + r]);
+                s[0][r] = dot4_avx512(s[0][r], w0, xv, !q4);
+                if (G > 1) s[1][r] = dot4_avx512(s[1][r], w1, xv, !q4);
+            }
+        }
+        __m512 d0 = _mm512_loadu_ps(q4 ? mq4_d(b0) : mq8_d(b0));
+        __m512 d1 = G > 1 ? _mm512_loadu_ps(q4 ? mq4_d(b1) : mq8_d(b1)) : d0;
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(xd[r]);
+            acc[0][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0][r]), _mm512_mul_ps(d0, dx), acc[0][r]);
+            if (G > 1) acc[1][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1][r]), _mm512_mul_ps(d1, dx), acc[1][r]);
+        }
+        if (q4) {
+            __m512 m0 = _mm512_loadu_ps(mq4_m(b0)), m1 = G > 1 ? _mm512_loadu_ps(mq4_m(b1)) : m0;
+            for (int r = 0; r < R; r++) {
+                __m512 sx = _mm512_set1_ps(xs[r]);
+                acc[0][r] = _mm512_fmadd_ps(m0, sx, acc[0][r]);
+                if (G > 1) acc[1][r] = _mm512_fmadd_ps(m1, sx, acc[1][r]);
+            }
+        }
+    }
+    TILE_STORE(acc)
+}
+
+/* The contract's tile(): G (1 or 2) and the weight type as constants for the compiler. */
+static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
+                       int g0, int ng) {
+    if (W->dtype == DT_MF32 || (W->dtype == DT_MBF16 && a->kind == ACT_F32)) {
+        if (ng == 2) tile_f32_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2);
+        else tile_f32_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1);
+        return 1;
+    }
+#ifdef QA_AVX512_BF16
+    if (W->dtype == DT_MBF16 && a->kind == ACT_BF16) {
+        if (ng == 2) tile_bf16_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2);
+        else tile_bf16_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1);
+        return 1;
+    }
+#endif
+    if ((W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) && a->kind == ACT_Q8) {
+        int q4 = W->dtype == DT_MQ4_1;
+        if (ng == 2 && q4) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 1);
+        else if (ng == 2) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 0);
+        else if (q4) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 1);
+        else tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 0);
+        return 1;
+    }
+    return 0;
+}
+
+/* --- attention ------------------------------------------------------------------------ */
+
+/* o[r][0..HC*16) = sum_j p[r][j] v[j]   for R rows of probabilities (stride ps) */
+static inline __attribute__((always_inline)) void att_pv_avx512(float *o, int ldo, const float *p, size_t ps, const float *v,
+                                                               int ldkv, int n, const int R, const int HC) {
+    __m512 acc[8][8];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < HC; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        __m512 vv[8];
+        for (int c = 0; c < HC; c++) vv[c] = _mm512_loadu_ps(v + (size_t)j * ldkv + 16 * c);
+        for (int r = 0; r < R; r++) {
+            __m512 pj = _mm512_set1_ps(p[(size_t)r * ps + j]);
+            for (int c = 0; c < HC; c++) acc[r][c] = _mm512_fmadd_ps(pj, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < HC; c++) _mm512_storeu_ps(o + (size_t)r * ldo + 16 * c, acc[r][c]);
+}
+
+/* PV for rows r0.. of the block, with constant row and column counts for the compiler */
+#define PV_CALL(nr, hc) att_pv_avx512(o + (size_t)r0 * ldo, ldo, S + (size_t)r0 * Tk16, Tk16, vh, hd, nmax, nr, hc)
+#define PV_ROWS(nr, hc)                                                                                      \
+    switch (nr) {                                                                                            \
+    case 1: PV_CALL(1, hc); break; case 2: PV_CALL(2, hc); break; case 3: PV_CALL(3, hc); break;             \
+    case 4: PV_CALL(4, hc); break; case 5: PV_CALL(5, hc); break; default: PV_CALL(6, hc); break;            \
+    }
+#define PV_COLS(hc)                                                                                          \
+    switch (hc) {                                                                                            \
+    case 1: PV_CALL(1, 1); break; case 2: PV_CALL(1, 2); break; case 3: PV_CALL(1, 3); break;                 \
+    case 5: PV_CALL(1, 5); break; case 6: PV_CALL(1, 6); break; default: PV_CALL(1, 7); break;               \
+    }
+
+static int attention_avx512(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk,
+                            int H, int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride,
+                            float *kt) {
+    if (hd % 16 || hd > 128) return 0;
+    /* keys transposed per kv head: kt[kh][d][j], j padded to 16, so that 16 keys' scores
+     * for one query are one FMA chain over d */
+    size_t Tk16 = pad16((size_t)Tk);
+    /* and values packed per kv head, vp[kh][j][d], so a head's values are contiguous */
+    float *vp = kt + (size_t)KVH * hd * Tk16;
+#pragma omp parallel for schedule(static)
+    for (int kh = 0; kh < KVH; kh++) {
+        for (int j0 = 0; j0 < (int)Tk16; j0 += 16) /* 16 keys at a time: reads rows, writes lines */
+            for (int d = 0; d < hd; d++) {
+                float *row = kt + ((size_t)kh * hd + d) * Tk16 + j0;
+                for (int jj = 0; jj < 16; jj++) row[jj] = j0 + jj < Tk ? k[(size_t)(j0 + jj) * ldkv + (size_t)kh * hd + d] : 0.0f;
+            }
+        for (int j = 0; j < Tk; j++) memcpy(vp + ((size_t)kh * Tk + j) * hd, v + (size_t)j * ldkv + (size_t)kh * hd, (size_t)hd * sizeof(float));
+    }
+    float scale = 1.0f / sqrtf((float)hd);
+    int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int h = 0; h < H; h++)
+        for (int ib = 0; ib < blocks; ib++) {
+            int i0 = ib * ATT_ROWS, R = Tq - i0 < ATT_ROWS ? Tq - i0 : ATT_ROWS, kh = h / group;
+            int nmax = causal ? i0 + R - 1 + q_offset + 1 : Tk; /* keys any row of the block sees */
+            float *S = scratch + (size_t)kernel_thread_id() * scratch_stride;
+            const float *ktb = kt + (size_t)kh * hd * Tk16;
+            /* scores: S[r][j] = (scale * q[i0+r]) . k[j]; the block's queries, scaled and
+             * transposed to qt[d][r] (rows past R zero), are broadcast from one place, and
+             * each d feeds ATT_ROWS x 64 keys of accumulators */
+            float qt[128 * ATT_ROWS];
+            for (int d = 0; d < hd; d++)
+                for (int r = 0; r < ATT_ROWS; r++) qt[d * ATT_ROWS + r] = r < R ? q[(size_t)(i0 + r) * ldq + (size_t)h * hd + d] * scale : 0.0f;
+            int j0 = 0;
+            for (; j0 + 64 <= nmax; j0 += 64) {
+                __m512 acc[ATT_ROWS][4];
+                for (int r = 0; r < ATT_ROWS; r++)
+                    for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+                for (int d = 0; d < hd; d++) {
+                    const float *kd = ktb + (size_t)d * Tk16 + j0;
+                    __m512 k0 = _mm512_loadu_ps(kd), k1 = _mm512_loadu_ps(kd + 16), k2 = _mm512_loadu_ps(kd + 32), k3 = _mm512_loadu_ps(kd + 48);
+                    for (int r = 0; r < ATT_ROWS; r++) {
+                        __m512 qv = _mm512_set1_ps(qt[d * ATT_ROWS + r]);
+                        acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
+                        acc[r][2] = _mm512_fmadd_ps(qv, k2, acc[r][2]);
+                        acc[r][3] = _mm512_fmadd_ps(qv, k3, acc[r][3]);
+                    }
+                }
+                for (int r = 0; r < R; r++)
+                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+            }
+            for (; j0 < nmax; j0 += 16) {
+                __m512 acc[ATT_ROWS];
+                for (int r = 0; r < ATT_ROWS; r++) acc[r] = _mm512_setzero_ps();
+                for (int d = 0; d < hd; d++) {
+                    __m512 kv = _mm512_loadu_ps(ktb + (size_t)d * Tk16 + j0);
+                    for (int r = 0; r < ATT_ROWS; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(qt[d * ATT_ROWS + r]), kv, acc[r]);
+                }
+                for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
+            }
+            /* softmax per row over the keys it sees; zero the rest up to nmax */
+            for (int r = 0; r < R; r++) {
+                int n = causal ? i0 + r + q_offset + 1 : Tk;
+                softmax_avx512(S + (size_t)r * Tk16, n);
+                for (int j = n; j < nmax; j++) S[(size_t)r * Tk16 + j] = 0.0f;
+            }
+            /* out[i0+r, h] = sum_j S[r][j] v[j, kh] */
+            const float *vh = vp + (size_t)kh * Tk * hd;
+            float *o = out + (size_t)i0 * H * hd + (size_t)h * hd;
+            int ldo = H * hd, HC = hd / 16;
+            if (HC == 4) /* hd 64 (the ViT): 6 rows x 4 vectors of accumulators */
+                for (int r0 = 0; r0 < R; r0 += 6) { PV_ROWS(R - r0 < 6 ? R - r0 : 6, 4) }
+            else if (HC == 8) /* hd 128 (LLaMA): 3 rows x 8 vectors */
+                for (int r0 = 0; r0 < R; r0 += 3) { PV_ROWS(R - r0 < 3 ? R - r0 : 3, 8) }
+            else
+                for (int r0 = 0; r0 < R; r0++) { PV_COLS(HC) }
+        }
+    return 1;
+}
+
+/* --- the ViT's attention with bf16 products (AVX512-BF16) ------------------------------
+ * vdpbf16ps: q.k summed over pairs of dimensions, p.v over pairs of keys, each product of
+ * two bf16 (round to nearest even) added in f32; the softmax stays f32. Non-causal, hd a
+ * multiple of 16 up to 64. */
+#ifdef QA_AVX512_BF16
+static inline uint32_t bf16_pair(float lo, float hi) { return (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16; }
+
+/* o[r][0..HC*16) = sum_i dot(p[r] pair i, v pair i), R rows of pairs (stride ps uint32) */
+static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo, const uint32_t *p, size_t ps, const uint32_t *vp,
+                                                             int hd, int npairs, const int R, const int HC) {
+    __m512 acc[ATT_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < HC; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int i = 0; i < npairs; i++) {
+        __m512bh vv[4];
+        for (int c = 0; c < HC; c++) vv[c] = (__m512bh)_mm512_loadu_si512(vp + (size_t)i * hd + 16 * c);
+        for (int r = 0; r < R; r++) {
+            __m512bh pi = (__m512bh)_mm512_set1_epi32((int)p[(size_t)r * ps + i]);
+            for (int c = 0; c < HC; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], vv[c], pi);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < HC; c++) _mm512_storeu_ps(o + (size_t)r * ldo + 16 * c, acc[r][c]);
+}
+
+static int attention_bf16_avx512(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
+                                 int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt) {
+    if (hd % 16 || hd > 64) return 0;
+    size_t Tk16 = pad16((size_t)Tk);
+    int npairs = (Tk + 1) / 2, hp = hd / 2;
+    /* kp[kh][e][j] = (k[j][2e], k[j][2e+1]) for j < Tk16 (zero past Tk): 16 keys' q.k per vector
+     * vp[kh][i][d] = (v[2i][d], v[2i+1][d]) for i < npairs (zero past Tk): 16 dims' p.v per vector */
+    uint32_t *kp = (uint32_t *)kt, *vp = kp + (size_t)KVH * hp * Tk16;
+#pragma omp parallel for schedule(static)
+    for (int kh = 0; kh < KVH; kh++) {
+        for (int j0 = 0; j0 < (int)Tk16; j0 += 16)
+            for (int e = 0; e < hp; e++) {
+                uint32_t *row = kp + ((size_t)kh * hp + e) * Tk16 + j0;
+                for (int jj = 0; jj < 16; jj++) {
+                    row[jj] = 0u;
+                    if (j0 + jj < Tk) {
+                        const float *kj = k + (size_t)(j0 + jj) * ldkv + (size_t)kh * hd + 2 * e;
+                        row[jj] = bf16_pair(kj[0], kj[1]);
+                    }
+                }
+            }
+        for (int i = 0; i < npairs; i++) {
+            const float *v0 = v + (size_t)(2 * i) * ldkv + (size_t)kh * hd, *v1 = 2 * i + 1 < Tk ? v0 + ldkv : NULL;
+            uint32_t *row = vp + ((size_t)kh * npairs + i) * hd;
+            for (int d = 0; d < hd; d++) row[d] = bf16_pair(v0[d], v1 ? v1[d] : 0.0f);
+        }
+    }
+    float scale = 1.0f / sqrtf((float)hd);
+    int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int h = 0; h < H; h++)
+        for (int ib = 0; ib < blocks; ib++) {
+            int i0 = ib * ATT_ROWS, R = Tq - i0 < ATT_ROWS ? Tq - i0 : ATT_ROWS, kh = h / group;
+            float *S = scratch + (size_t)kernel_thread_id() * scratch_stride;
+            const uint32_t *kph = kp + (size_t)kh * hp * Tk16;
+            /* scores: S[r][j] = sum_e (scale q[i0+r] pair e) . (k[j] pair e), queries as pairs
+             * qt[e][r] (rows past R zero), 6 rows x 64 keys of accumulators */
+            uint32_t qt[32 * ATT_ROWS];
+            for (int e = 0; e < hp; e++)
+                for (int r = 0; r < ATT_ROWS; r++) {
+                    const float *qr = q + (size_t)(i0 + r) * ldq + (size_t)h * hd + 2 * e;
+                    qt[e * ATT_ROWS + r] = r < R ? bf16_pair(qr[0] * scale, qr[1] * scale) : 0u;
+                }
+            int j0 = 0;
+            for (; j0 + 64 <= (int)Tk16; j0 += 64) {
+                __m512 acc[ATT_ROWS][4];
+                for (int r = 0; r < ATT_ROWS; r++)
+                    for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+                for (int e = 0; e < hp; e++) {
+                    const uint32_t *ke = kph + (size_t)e * Tk16 + j0;
+                    __m512bh k0 = (__m512bh)_mm512_loadu_si512(ke), k1 = (__m512bh)_mm512_loadu_si512(ke + 16);
+                    __m512bh k2 = (__m512bh)_mm512_loadu_si512(ke + 32), k3 = (__m512bh)_mm512_loadu_si512(ke + 48);
+                    for (int r = 0; r < ATT_ROWS; r++) {
+                        __m512bh qv = (__m512bh)_mm512_set1_epi32((int)qt[e * ATT_ROWS + r]);
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], k0, qv);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], k1, qv);
+                        acc[r][2] = _mm512_dpbf16_ps(acc[r][2], k2, qv);
+                        acc[r][3] = _mm512_dpbf16_ps(acc[r][3], k3, qv);
+                    }
+                }
+                for (int r = 0; r < R; r++)
+                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+            }
+            for (; j0 < (int)Tk16; j0 += 16) {
+                __m512 acc[ATT_ROWS];
+                for (int r = 0; r < ATT_ROWS; r++) acc[r] = _mm512_setzero_ps();
+                for (int e = 0; e < hp; e++) {
+                    __m512bh kv = (__m512bh)_mm512_loadu_si512(kph + (size_t)e * Tk16 + j0);
+                    for (int r = 0; r < ATT_ROWS; r++)
+                        acc[r] = _mm512_dpbf16_ps(acc[r], kv, (__m512bh)_mm512_set1_epi32((int)qt[e * ATT_ROWS + r]));
+                }
+                for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
+            }
+            /* softmax per row (f32), then the row rounded to bf16 pairs in place: pair i of
+             * row r lands in uint32 i of the row, over floats already read (i < 2i) */
+            for (int r = 0; r < R; r++) {
+                float *row = S + (size_t)r * Tk16;
+                softmax_avx512(row, Tk);
+                for (int c = 0; 32 * c < Tk; c++) {
+                    __m512 lo = _mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c), row + 32 * c);
+                    __m512 hi = Tk - 32 * c > 16 ? _mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c - 16), row + 32 * c + 16) : _mm512_setzero_ps();
+                    _mm512_storeu_si512(row + 16 * c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                }
+            }
+            /* out[i0+r, h] = sum_i (p[r] pair i) . (v pair i) */
+            const uint32_t *P = (const uint32_t *)S, *vph = vp + (size_t)kh * npairs * hd;
+            float *o = out + (size_t)i0 * H * hd + (size_t)h * hd;
+            int ldo = H * hd, HC = hd / 16;
+#define PVB(nr, hc) att_pv_bf16(o, ldo, P, Tk16, vph, hd, npairs, nr, hc)
+#define PVB_ROWS(hc) switch (R) { case 1: PVB(1, hc); break; case 2: PVB(2, hc); break; case 3: PVB(3, hc); break; \
+                                  case 4: PVB(4, hc); break; case 5: PVB(5, hc); break; default: PVB(6, hc); break; }
+            switch (HC) {
+            case 1: PVB_ROWS(1) break;
+            case 2: PVB_ROWS(2) break;
+            case 3: PVB_ROWS(3) break;
+            default: PVB_ROWS(4) break;
+            }
+#undef PVB_ROWS
+#undef PVB
+        }
+    return 1;
+}
+#endif /* QA_AVX512_BF16 */
+
+/* --- the table ------------------------------------------------------------------------ */
+
+static const Kernels kernels_avx512 = {
+    .names = "scalar avx512"
+#ifdef QA_AVX512_VNNI
+             " avx512-vnni"
+#endif
+#ifdef QA_AVX512_BF16
+             " avx512-bf16"
+#endif
+             KERNELS_OPENMP,
+    .tile_rows_f = TILE_ROWS_F,
+    .tile_rows_q8 = TILE_ROWS_Q8,
+    .tile = tile_avx512,
+    .quantize_row = quantize_row_avx512,
+    .softmax = softmax_avx512,
+    .layernorm = layernorm_avx512,
+    .silu_mul = silu_mul_avx512,
+    .add = add_avx512,
+    .attention = attention_avx512,
+#ifdef QA_AVX512_BF16
+    .bf16_acts = 1,
+    .attention_bf16 = attention_bf16_avx512,
+#endif
+};

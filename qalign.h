@@ -1,0 +1,231 @@
+/* qalign.h - Q-Align / OneAlign scoring as a C library.
+ *
+ * Everything the command line, the server, the examples and the tests need from the
+ * model is here. A model file (written by export.py) is opened once and is read-only
+ * afterwards; scoring happens in a context, which owns its buffers. Several contexts
+ * may use one model at the same time, each from its own thread.
+ *
+ *     qalign_model *m;
+ *     qalign_ctx *c;
+ *     char err[QALIGN_ERR_LEN];
+ *     if (qalign_open("model.qalign", NULL, &m, err, sizeof err) ||
+ *         qalign_ctx_new(m, NULL, &c, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+ *     qalign_image img = {rgb, width, height};      // 8-bit RGB, e.g. from image_load()
+ *     qalign_result r;
+ *     if (qalign_score_images(c, &img, 1, &r, err, sizeof err) == QALIGN_OK && r.status == QALIGN_OK)
+ *         printf("%.4f\n", r.score);                 // 1..5 with the default levels
+ *     qalign_ctx_free(c);
+ *     qalign_close(m);
+ *
+ * Conventions: functions that can fail return a qalign_status (0 = QALIGN_OK) and write a
+ * one-line reason, without a trailing newline, to err[0..errlen) (err may be NULL). No
+ * function prints, exits or aborts on bad input; a condition that can only come from a
+ * bug in qalign is reported on stderr and aborts ("qalign: internal error ...").
+ * Strings passed in are copied; pointers returned stay valid as long as their object.
+ *
+ * Threads: each call of a context runs on the calling thread plus the OpenMP threads of
+ * that context (qalign_ctx_options.threads). Results do not depend on the thread count,
+ * on the batch size, or on which other images share a batch: the same image gives the
+ * same bits.
+ */
+#ifndef QALIGN_H
+#define QALIGN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QALIGN_API_VERSION 1
+#define QALIGN_MAX_LEVELS 16   /* level words per context */
+#define QALIGN_MAX_BATCH 64    /* images per decoder pass */
+#define QALIGN_MAX_FRAMES 100000 /* frames per video */
+#define QALIGN_ERR_LEN 512     /* an err buffer of this size never truncates a message */
+
+typedef enum {
+    QALIGN_OK = 0,
+    QALIGN_ERR_IO = 1,      /* the model file cannot be opened, read or mapped */
+    QALIGN_ERR_FORMAT = 2,  /* not a model file of this version, or a damaged one: re-run export.py */
+    QALIGN_ERR_ARG = 3,     /* an invalid option or argument; the message names it */
+    QALIGN_ERR_NOMEM = 4,   /* out of memory */
+    QALIGN_ERR_INPUT = 5,   /* an image that cannot be scored (the message says why) */
+    QALIGN_ERR_NUMERIC = 6, /* the model produced a value that is not finite */
+    QALIGN_ERR_STATE = 7    /* a call out of order, e.g. a video frame after all were given */
+} qalign_status;
+
+/* "ok", "i/o error", ... */
+const char *qalign_status_name(int status);
+
+/* ---- the model ----------------------------------------------------------------------- */
+
+typedef struct qalign_model qalign_model;
+
+typedef struct {
+    int no_mmap;            /* 1: read the file into this process's memory (2 MB pages where
+                               the kernel allows) instead of mapping it; see README */
+} qalign_open_options;
+
+/* Open a model file: map it (or read it), check the header and walk the tensor table to
+ * the end of the file. opt may be NULL (defaults). */
+int qalign_open(const char *path, const qalign_open_options *opt, qalign_model **out, char *err, size_t errlen);
+/* Release the model. Every context made from it must be freed first. NULL is allowed. */
+void qalign_close(qalign_model *m);
+
+typedef struct {
+    const char *path;       /* as given to qalign_open */
+    uint64_t file_bytes;
+    int format_version;
+    int n_tensors;
+    const char *weight_type; /* "f32" "bf16" "q8_0" "q4_1" */
+    char model_id[17];      /* 16 hex digits: a hash of the header and the tensor table, which
+                               identifies what produced a result (result files record it) */
+    /* vision tower */
+    int v_dim, v_layers, v_heads, v_mlp, v_image, v_patch, v_tokens;
+    float v_eps;
+    /* visual abstractor */
+    int a_layers, a_heads, a_queries, a_mlp;
+    float a_eps, a_ffn_eps;
+    /* decoder */
+    int l_dim, l_layers, l_heads, l_kv_heads, l_mlp, l_vocab;
+    float l_eps, l_rope_theta;
+    /* tokenizer and the default levels' token ids (excellent good fair poor bad) */
+    int bos_id, eos_id, unk_id, dummy_prefix;
+    int level_ids[5];
+    /* preprocessing */
+    uint8_t fill[3];
+    float mean[3], std[3];
+} qalign_info;
+
+void qalign_describe(const qalign_model *m, qalign_info *out);
+
+/* The kernels compiled into this library, e.g. "scalar avx512 avx512-vnni avx512-bf16 openmp". */
+const char *qalign_kernels(void);
+
+/* Token ids of text (with a leading BOS if add_bos), as sentencepiece encodes it. Writes at
+ * most cap ids and returns how many the text needs (retry with a larger buffer if that is
+ * more than cap), or -1 on invalid arguments. */
+int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *ids, int cap);
+
+/* ---- a scoring context ---------------------------------------------------------------- */
+
+typedef struct qalign_ctx qalign_ctx;
+
+typedef struct {
+    int threads;            /* OpenMP threads for this context's calls (0: all cores) */
+    int batch;              /* images per decoder pass, 1..QALIGN_MAX_BATCH (0: 8). Each decoder
+                               weight is read once per pass instead of once per image */
+    const char *task;       /* "quality" (default), "aesthetics", or "aesthetic" (pyiqa's word) */
+    const char *prompt;     /* template with "<|image|>" once and optional {task} and {input}
+                               (NULL: one-align's score() prompt, QALIGN_DEFAULT_PROMPT) */
+    const char *levels;     /* "word=weight,..." (NULL: excellent=5,good=4,fair=3,poor=2,bad=1) */
+    int no_pad;             /* 1: resize the short side and centre-crop (CLIPImageProcessor)
+                               instead of padding to a square first */
+    int precise;            /* 1: bf16 models multiply f32 activations (slower, the fp32
+                               reference to ~1e-4) instead of bf16 ones */
+} qalign_ctx_options;
+
+#define QALIGN_DEFAULT_PROMPT \
+    "USER: How would you rate the {task} of this {input}?\n<|image|>\nASSISTANT: The {task} of the {input} is"
+
+/* Make a context (o may be NULL: defaults). Checks the options (task, prompt, levels) and
+ * allocates the buffers for a batch of images; a longer video grows them when it comes. */
+int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *o, qalign_ctx **out, char *err, size_t errlen);
+void qalign_ctx_free(qalign_ctx *c);
+
+/* The context's level words and weights: returns their number n, and sets words[0..n) and
+ * weights[0..n) when not NULL (arrays of QALIGN_MAX_LEVELS). lo and hi (may be NULL) get
+ * the smallest and largest weight: the score's range. */
+int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, float *lo, float *hi);
+/* The batch size and thread count in effect; the bytes its buffers take now. */
+int qalign_ctx_batch(const qalign_ctx *c);
+int qalign_ctx_threads(const qalign_ctx *c);
+size_t qalign_ctx_bytes(const qalign_ctx *c);
+
+/* ---- scoring -------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *rgb;     /* height rows of width pixels, 3 bytes each (R, G, B), no padding */
+    int width, height;
+} qalign_image;
+
+typedef struct {
+    int status;             /* QALIGN_OK, or why this input has no score (error says more) */
+    float score;            /* sum_i probs[i] * weight[i]: 1..5 with the default levels */
+    float std;              /* the spread of that distribution, sqrt(sum_i probs[i] *
+                               (weight[i] - score)^2), as DeQA-Score reports it */
+    int n_levels;
+    float probs[QALIGN_MAX_LEVELS];  /* softmax of the level logits */
+    float logits[QALIGN_MAX_LEVELS]; /* lm_head rows of the level words at the last position */
+    int frames;             /* images in the prompt: 1, or the video's frame count */
+    char error[QALIGN_ERR_LEN]; /* when status != QALIGN_OK */
+} qalign_result;
+
+/* Score n images, out[i] for imgs[i]. An image that cannot be used (e.g. one that does not
+ * fit in memory after padding) gets its own error in out[i]; the others are scored. The
+ * return value is an error only when nothing could be scored (bad arguments). */
+int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen);
+
+/* Score one video given as its frames, in order (one per second, as Q-Align samples them):
+ * one prompt with every frame's visual tokens. */
+int qalign_score_video(qalign_ctx *c, const qalign_image *frames, int n, qalign_result *out, char *err, size_t errlen);
+
+/* The same, one image at a time, for callers that decode as they go:
+ *
+ *   qalign_add_image(c, &img)    runs the vision tower and abstractor on img now and keeps
+ *                                its visual tokens; the image itself is not kept
+ *   qalign_pending(c)            images added and not yet scored (< the batch size)
+ *   qalign_flush(c, out)         runs the decoder over the pending images and writes
+ *                                out[0..pending) in the order they were added
+ *
+ * qalign_add_image returns QALIGN_ERR_STATE when the batch is full (flush first) and
+ * QALIGN_ERR_INPUT for an image it cannot use (nothing is added then). */
+int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen);
+int qalign_pending(const qalign_ctx *c);
+int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen);
+
+/* A video one frame at a time (memory: one frame's visual tokens per frame, not the frames):
+ *   qalign_video_begin(c, n)    n frames will follow (grows the buffers if needed; pending
+ *                               images must have been flushed)
+ *   qalign_video_frame(c, img)  frame k of n, in order
+ *   qalign_video_end(c, out)    after the n-th frame: the decoder, the video's result
+ *   qalign_video_cancel(c)      abandon a video (e.g. a frame could not be decoded) */
+int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen);
+int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen);
+int qalign_video_end(qalign_ctx *c, qalign_result *out, char *err, size_t errlen);
+void qalign_video_cancel(qalign_ctx *c);
+
+/* ---- looking inside ------------------------------------------------------------------- */
+
+/* Seconds spent by this context so far in each stage (cumulative). */
+typedef struct {
+    double preprocess, vision, abstractor, decoder;
+} qalign_timings;
+void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out);
+
+/* Every intermediate array of a computation, under the reference fixtures' names
+ * (resized_rgb, pixel_values, vision_embeddings, vision_layer{i}, vision_out,
+ * abstractor_layer{i}, abstractor_out, input_ids, modality_indicators, llm_inputs_embeds,
+ * llm_layer{i}, llm_final_norm, logits_last, level_logits, score). Arrays with a frame
+ * axis (shape[0] = frames) come one frame at a time: frame = k; the others once: frame = -1.
+ * data is valid during the call only. */
+typedef struct {
+    const char *name;
+    char type;              /* 'f' float32, 'i' int64, 'u' uint8 */
+    const void *data;
+    int ndim;
+    int64_t shape[4];       /* of the whole array */
+    int frame;              /* -1: the whole array; k >= 0: data is frame k of shape[0] */
+} qalign_stage;
+typedef void (*qalign_stage_fn)(void *user, const qalign_stage *stage);
+
+/* With a hook set, every image is scored on its own (batch 1) and every row of every
+ * layer is computed (no cached prompt prefix, no shortcut in the last layer), so each
+ * stage can be shown whole: slower, same scores. fn = NULL removes the hook. */
+void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
