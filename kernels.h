@@ -148,6 +148,21 @@ static inline void store_out(float *o, float v, const float *bias, int col, int 
     *o = v;
 }
 static inline size_t pad16(size_t n) { return (n + 15) / 16 * 16; }
+
+/* For elementwise SIMD kernels: fn(a + i, b + i) on each 16 values of a (n of them), the
+ * tail through zero-padded copies, so that a value's bits never depend on where in the
+ * buffer it sits (a row gives the same bits alone or inside a batch). */
+static inline void by_16(float *a, const float *b, size_t n, void (*fn)(float *a16, const float *b16)) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) fn(a + i, b + i);
+    if (i < n) {
+        float ta[16] = {0}, tb[16] = {0};
+        memcpy(ta, a + i, (n - i) * sizeof(float));
+        memcpy(tb, b + i, (n - i) * sizeof(float));
+        fn(ta, tb);
+        memcpy(a + i, ta, (n - i) * sizeof(float));
+    }
+}
 static inline int kernel_thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();

@@ -54,23 +54,11 @@ static void add_neon(float *x, const float *y, size_t n) {
     for (; i < n; i++) x[i] += y[i];
 }
 
-/* The tail goes through the same vector code (a zero-padded copy), so a value never
- * depends on where in the buffer it sits: a row gives the same bits alone or in a batch. */
-static void silu_mul_neon(float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i += 16) {
-        float ta[16] = {0}, tb[16] = {0}, *pa = a + i;
-        const float *pb = b + i;
-        size_t len = n - i < 16 ? n - i : 16;
-        if (len < 16) { /* tail */
-            memcpy(ta, a + i, len * sizeof(float));
-            memcpy(tb, b + i, len * sizeof(float));
-            pa = ta;
-            pb = tb;
-        }
-        for (int j = 0; j < 16; j += 4) vst1q_f32(pa + j, vmulq_f32(silu_neon(vld1q_f32(pa + j)), vld1q_f32(pb + j)));
-        if (len < 16) memcpy(a + i, ta, len * sizeof(float));
-    }
+/* a = silu(a) * b, 16 values at a time (by_16: the tail the same way) */
+static void silu_mul16_neon(float *a, const float *b) {
+    for (int j = 0; j < 16; j += 4) vst1q_f32(a + j, vmulq_f32(silu_neon(vld1q_f32(a + j)), vld1q_f32(b + j)));
 }
+static void silu_mul_neon(float *a, const float *b, size_t n) { by_16(a, b, n, silu_mul16_neon); }
 
 static void softmax_neon(float *x, int n) {
     float32x4_t vmax = vdupq_n_f32(-INFINITY);
