@@ -121,7 +121,8 @@ typedef struct {
     int many;                /* HTTP "images": answer {"results": [...]} rather than one row */
     ServeSource *items;      /* n of them */
     int n;
-    const char **names;      /* "names" (n of them, entries may be NULL) or "name" (1), or NULL */
+    const char **names;      /* "names" (n of them, entries may be NULL) or "name" (1: an image's
+                                or the video's), or NULL */
     int n_names;
     const char *task;        /* NULL: the server's default */
     const char *scale;       /* NULL: the server's default */

@@ -670,7 +670,8 @@ int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *e
     if ((seen & (1u << K_NAMES)) && !(seen & (1u << K_IMAGES))) return fail_msg(err, errlen, "'names' goes with 'images'");
     if ((seen & (1u << K_NAME)) && !(seen & (1u << K_IMAGE | 1u << K_VIDEO)))
         return fail_msg(err, errlen, "'name' goes with %s", stdio ? "'image'" : "'image' or 'video'");
-    if (r->names && r->n_names != r->n) return fail_msg(err, errlen, "%d names for %d images", r->n_names, r->n);
+    if (r->names && r->n_names != (r->kind == SERVE_VIDEO ? 1 : r->n)) /* a video has one name */
+        return fail_msg(err, errlen, "%d names for %d images", r->n_names, r->n);
     return 0;
 }
 
