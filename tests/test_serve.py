@@ -39,7 +39,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import PYTHON, ROOT, report, run
+from conftest import PYTHON, ROOT, RUNNER, foreign, report, run
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -140,7 +140,8 @@ class Server:
 
     def __init__(self, binary, model, *args, env=None, listen="127.0.0.1:0", prefix=()):
         self.lines = []
-        self.p = subprocess.Popen([*prefix, str(binary), "--listen", listen, *map(str, args), str(model)],
+        runner = RUNNER if prefix and foreign(binary) else []   # a cross build behind unshare: the emulator too
+        self.p = subprocess.Popen([*prefix, *runner, str(binary), "--listen", listen, *map(str, args), str(model)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env or ENV)
         ready = threading.Event()
 
