@@ -40,9 +40,10 @@ endif
 # The library (qalign.h): the model, its kernels, the tokenizer, image decoding and
 # preprocessing. The command line (cli.c, app.c) uses it through qalign.h only.
 LIB_SRCS = qalign.c kernels.c tokenizer.c image.c image_png.c image_jpeg.c
-CLI_SRCS = cli.c app.c
+# serve.c / serve_parse.c: --listen and --stdio (serve.h), on the same public headers.
+CLI_SRCS = cli.c app.c serve.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h image.h app.h
+HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h image.h app.h serve.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean
@@ -67,7 +68,7 @@ examples/%: examples/%.c libqalign.a qalign.h image.h
 
 # C test drivers. White-box ones (test_kernels, test_model) #include qalign.c and
 # kernels.c with -DTESTING to reach their static functions; the others use the headers.
-TEST_LINK = $(filter-out qalign.c kernels.c cli.c,$(SRCS))
+TEST_LINK = $(filter-out qalign.c kernels.c cli.c serve.c,$(SRCS))
 build/%: tests/%.c $(SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
@@ -96,6 +97,11 @@ FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
 build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c image.h common.h
 	@mkdir -p build
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
+# The server's parsers (serve_parse.c) need nothing else.
+FUZZ_SERVE = build/fuzz_http build/fuzz_json
+$(FUZZ_SERVE): build/fuzz_%: fuzz/fuzz_%.c serve_parse.c serve.h qalign.h
+	@mkdir -p build
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< serve_parse.c
 fuzz-build: $(FUZZ_BINS)
 # Each harness runs FUZZ_SECONDS on its seed corpus (fuzz/corpus/<name>, made by the tests).
 fuzz: fuzz-build
@@ -109,6 +115,7 @@ fuzz: fuzz-build
 # ---- benchmark (full-size random weights; see bench/bench.py) ----------------------------
 bench: qalign
 	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/serve.py
 
 clean:
 	rm -rf qalign qalign-san build libqalign.a libqalign.so examples/score

@@ -1420,6 +1420,36 @@ char *results_format_row(ResultsFormat fmt, const ResultRow *row) {
     return b.p;
 }
 
+void row_style_init(RowStyle *s, const char *task, int scale01, int n_levels, const char *const *words, float lo,
+                    float hi) {
+    memset(s, 0, sizeof *s);
+    s->task = task;
+    s->scale01 = scale01;
+    s->lo = lo;
+    s->hi = hi;
+    s->n_levels = n_levels < APP_MAX_LEVELS ? n_levels : APP_MAX_LEVELS;
+    for (int i = 0; i < s->n_levels; i++) s->words[i] = words[i];
+    if (scale01) snprintf(s->scale, sizeof s->scale, "0-1");
+    else snprintf(s->scale, sizeof s->scale, "%g-%g", lo, hi);
+}
+
+ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,
+                          const char *error) {
+    ResultRow row = {.path = path, .task = s->task, .kind = kind, .scale = s->scale, .error = error,
+                     .n_levels = s->n_levels, .levels = s->words};
+    if (!error) {
+        int to01 = s->scale01 && s->hi > s->lo;
+        row.frames = r->frames;
+        row.score = to01 ? ((double)r->score - s->lo) / (s->hi - s->lo) : r->score;
+        row.std = to01 ? r->std / (s->hi - s->lo) : r->std;
+        for (int i = 0; i < r->n_levels && i < APP_MAX_LEVELS; i++) {
+            row.probs[i] = r->probs[i];
+            row.logits[i] = r->logits[i];
+        }
+    }
+    return row;
+}
+
 /* ---- RowSet ---- */
 
 struct RowSet {

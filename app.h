@@ -121,6 +121,7 @@
 #include <stdio.h>
 
 #include "image.h"
+#include "qalign.h"
 
 /* ======================================================================================
  * 1. Inputs */
@@ -297,6 +298,24 @@ int results_read(const char *path, ResultsFormat fmt, RowSet *into, int *torn, s
 /* Format one row (no file): CSV line or JSON line, with its '\n'. Returns malloc'ed text. */
 char *results_format_row(ResultsFormat fmt, const ResultRow *row);
 const char *results_csv_header(void); /* with its '\n' */
+
+/* How a run makes rows of its results: cli.c (stdout, result files) and serve.c (the
+ * server's answers) both use it, so the server answers with the --json line's fields and
+ * digits. Initialise it with the context's levels (qalign_ctx_levels). */
+typedef struct {
+    const char *task;
+    int scale01;            /* --scale 0-1: score and std mapped from [lo, hi] to [0, 1] */
+    float lo, hi;           /* the smallest and largest level weight */
+    char scale[64];         /* "0-1", or the weights' range ("1-5" with the default levels) */
+    int n_levels;
+    const char *words[APP_MAX_LEVELS]; /* the level words (the context's strings) */
+} RowStyle;
+void row_style_init(RowStyle *s, const char *task, int scale01, int n_levels, const char *const *words, float lo,
+                    float hi);
+/* The row of a result r, or (error != NULL) of an input that failed (r unused). The row
+ * points into s, path, kind and error. */
+ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,
+                          const char *error);
 
 /* ======================================================================================
  * 4. Evaluation */

@@ -18,6 +18,7 @@
 #include "app.h"
 #include "image.h"
 #include "qalign.h"
+#include "serve.h"
 
 static void die(const char *fmt, ...)
 #if defined(__GNUC__)
@@ -91,6 +92,7 @@ static void usage(FILE *f) {
             "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
             "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
             "                                          pad to square and resize as the model sees it\n");
+    fputs(SERVE_USAGE, f);
 }
 
 typedef struct {
@@ -118,10 +120,7 @@ typedef struct {
     Options o;
     qalign_model *m;
     qalign_ctx *ctx;
-    int n_levels;
-    const char *words[QALIGN_MAX_LEVELS];
-    float lo, hi;           /* the levels' weight range: --scale 0-1 maps it to [0, 1] */
-    char scale_name[64];    /* "1-5", "0-1", or the range of the --levels weights */
+    RowStyle rs;            /* task, scale, levels: how results become rows (app.h) */
     Progress pg;
     Sink *sink;
     int dump_failed;        /* a --dump write failed */
@@ -173,24 +172,9 @@ static void npy_stage(void *user, const qalign_stage *st) {
 
 /* ---- results ---------------------------------------------------------------------------- */
 
-static double scaled(const App *app, double score) {
-    return app->o.scale01 && app->hi > app->lo ? (score - app->lo) / (app->hi - app->lo) : score;
-}
-
 /* The row of a result (or an error) as every output writes it. */
 static ResultRow make_row(const App *app, const char *path, const char *kind, const qalign_result *r, const char *error) {
-    ResultRow row = {.path = path, .task = app->o.task, .kind = kind, .scale = app->scale_name, .error = error,
-                     .n_levels = app->n_levels, .levels = app->words};
-    if (!error) {
-        row.frames = r->frames;
-        row.score = scaled(app, r->score);
-        row.std = app->o.scale01 && app->hi > app->lo ? r->std / (app->hi - app->lo) : r->std;
-        for (int i = 0; i < r->n_levels && i < APP_MAX_LEVELS; i++) {
-            row.probs[i] = r->probs[i];
-            row.logits[i] = r->logits[i];
-        }
-    }
-    return row;
+    return row_from_result(&app->rs, path, kind, r, error);
 }
 
 static void print_row(App *app, const ResultRow *row) {
@@ -202,7 +186,7 @@ static void print_row(App *app, const ResultRow *row) {
         free(line);
     } else if (!row->error) {
         printf("%.4f ", row->score);
-        for (int i = 0; i < app->n_levels; i++) printf(" %s=%.4f", app->words[i], row->probs[i]);
+        for (int i = 0; i < app->rs.n_levels; i++) printf(" %s=%.4f", app->rs.words[i], row->probs[i]);
         printf("  %s\n", row->path);
     }
     fflush(stdout);
@@ -449,6 +433,7 @@ int main(int argc, char **argv) {
     static App app;
     Options *o = &app.o;
     *o = (Options){.task = "quality", .batch = 8};
+    ServeOptions srv = SERVE_DEFAULTS; /* --listen, --stdio and their options (serve.h) */
     const char *tokenize_text = NULL, *model_path = NULL;
     int info = 0, only_positional = 0, n_inputs = 0;
     char **inputs = xmalloc((size_t)argc * sizeof(char *));
@@ -498,7 +483,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--info")) info = 1;
         else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
             die("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
-        else die("unknown option '%s' (try --help)", a);
+        else {
+            char why[256];
+            int took = serve_option(&srv, argc, argv, i, why, sizeof why);
+            if (took < 0) die("%s", why);
+            if (took == 0) die("unknown option '%s' (try --help)", a);
+            i += took - 1;
+        }
 #undef VALUE
     }
     if (!model_path) {
@@ -522,21 +513,34 @@ int main(int argc, char **argv) {
         free(inputs);
         return 0;
     }
+    if (srv.listen || srv.stdio) { /* a server: requests instead of INPUTs (serve.c) */
+        if (n_inputs || o->video || o->frames_dir || o->dump_dir || o->shard || o->sink.csv_path || o->sink.jsonl_path ||
+            o->sink.report_path || o->sink.labels_path)
+            die("--listen and --stdio take requests, not INPUTs, --video, --frames, --dump, --shard, --csv, --jsonl, "
+                "--report or --eval");
+        qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
+                                 .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise};
+        if (serve_run(&srv, app.m, &co, o->scale01, err, sizeof err) != 0) die("%s", err);
+        qalign_close(app.m);
+        free(inputs);
+        return 0;
+    }
     if (n_inputs == 0 && !o->frames_dir) die("no INPUT given (try --help)");
     if (o->dump_dir) o->batch = 1;
     qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
                              .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise};
     int st = qalign_ctx_new(app.m, &co, &app.ctx, err, sizeof err);
     if (st) die("%s%s", st == QALIGN_ERR_ARG ? "--" : "", err); /* argument errors start with the option's name */
-    app.n_levels = qalign_ctx_levels(app.ctx, app.words, NULL, &app.lo, &app.hi);
-    if (o->scale01) snprintf(app.scale_name, sizeof app.scale_name, "0-1");
-    else snprintf(app.scale_name, sizeof app.scale_name, "%g-%g", app.lo, app.hi);
-    for (int i = 0; i < app.n_levels && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
+    const char *words[QALIGN_MAX_LEVELS];
+    float lo, hi;
+    int n_levels = qalign_ctx_levels(app.ctx, words, NULL, &lo, &hi);
+    row_style_init(&app.rs, o->task, o->scale01, n_levels, words, lo, hi);
+    for (int i = 0; i < n_levels && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
         int k = 0;
-        while (k < APP_LEVELS && strcmp(app.words[i], APP_LEVEL_NAMES[k])) k++;
+        while (k < APP_LEVELS && strcmp(words[i], APP_LEVEL_NAMES[k])) k++;
         if (k == APP_LEVELS)
             die("--levels: the --csv/--jsonl/--report results have probability columns for excellent good fair "
-                "poor bad only, not '%s' (use --json for other words)", app.words[i]);
+                "poor bad only, not '%s' (use --json for other words)", words[i]);
     }
 
     /* what to score: frames of one video, or a list of images/videos */
@@ -574,7 +578,7 @@ int main(int argc, char **argv) {
     }
 
     o->sink.task = o->task;
-    o->sink.scale = app.scale_name;
+    o->sink.scale = app.rs.scale;
     if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
         app.sink = sink_open(&o->sink, err, sizeof err);
         if (!app.sink) die("%s", err);

@@ -1,6 +1,7 @@
 """libFuzzer smoke runs: every fuzz/fuzz_*.c harness (ASan + UBSan) for QALIGN_FUZZ_SECONDS
-(default 10; .ci/run uses 45), seeded with the corpora the image tests write to build/corpus
-(when they ran first) and the fixture images. A crash, leak, timeout or sanitizer report
+(default 10; .ci/run uses 30): the image decoders, the server's HTTP request parser and its JSON
+request parser. Seeded with the corpora the image tests write to build/corpus (when they ran
+first), the seeds in fuzz/corpus/<harness> and the fixture images. A crash, leak, timeout or sanitizer report
 fails the test; the executions per harness are printed."""
 import os
 import re
@@ -29,10 +30,10 @@ def fuzzers():
 def test_fuzz_smoke(name, fuzzers, workdir):
     corpus = workdir / f"corpus_{name}"
     corpus.mkdir()
-    seeds = CORPUS / name
-    if seeds.is_dir():
-        for f in sorted(seeds.iterdir())[:200]:
-            shutil.copy(f, corpus / f.name)
+    for seeds in (CORPUS / name, ROOT / "fuzz" / "corpus" / name):   # written by the tests; kept in the repository
+        if seeds.is_dir():
+            for f in sorted(seeds.iterdir())[:200]:
+                shutil.copy(f, corpus / f.name)
     inputs = REFERENCE / "tiny" / "inputs"
     if inputs.is_dir():
         for f in inputs.iterdir():

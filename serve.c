@@ -1,0 +1,1477 @@
+/* serve.c - qalign as a service (serve.h): `--listen HOST:PORT` (HTTP/1.1) and `--stdio`
+ * (JSON lines), on qalign.h, image.h and app.h's result rows.
+ *
+ * Threads and what they own:
+ *   main       HTTP: accepts connections (one thread each) until SIGTERM/SIGINT; stdio: reads
+ *              stdin lines until EOF or a signal. Then it waits for what is in flight.
+ *   connection reads one request at a time (head, then the body into memory once a queue
+ *              slot is free), queues its images, waits for them, writes the answer.
+ *   worker     the only thread that decodes images and scores: one context per task, made
+ *              when first asked for; per decoder pass it takes up to --batch images of the
+ *              head request's task, in arrival order, waiting at most --batch-wait ms after
+ *              that request arrived for others to join (the vision tower runs on each image
+ *              as it is taken, so requests arriving meanwhile join the pass).
+ * One mutex (Server.mu) guards the queue, the counters and the metrics.
+ *
+ * Memory: a request holds a queue slot from the end of its head to its answer, and its body
+ * (at most --max-body bytes; base64 is decoded in place) only while it holds one, so the
+ * bodies take at most --max-queue x --max-body; images are decoded one at a time by the
+ * worker. A body over --max-body is refused from its Content-Length, before it is read.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "image.h"
+#include "qalign.h"
+#include "serve.h"
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int failf(char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static int failf(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* A growing string; oom is set (and further additions ignored) when memory runs out. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int oom;
+} Str;
+
+static void str_add(Str *s, const char *d, size_t n) {
+    if (s->oom) return;
+    if (s->n + n + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->n + n + 1) cap *= 2;
+        char *p = realloc(s->p, cap);
+        if (!p) {
+            s->oom = 1;
+            return;
+        }
+        s->p = p;
+        s->cap = cap;
+    }
+    memcpy(s->p + s->n, d, n);
+    s->n += n;
+    s->p[s->n] = 0;
+}
+
+static void str_adds(Str *s, const char *d) { str_add(s, d, strlen(d)); }
+
+static void str_printf(Str *s, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void str_printf(Str *s, const char *fmt, ...) {
+    char small[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof small) {
+        str_add(s, small, (size_t)n);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        s->oom = 1;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    str_add(s, big, (size_t)n);
+    free(big);
+}
+
+/* Length of the UTF-8 sequence at p (1..4), 0 if it is not valid UTF-8. */
+static int utf8_seq(const unsigned char *p, size_t n) {
+    if (p[0] < 0x80) return 1;
+    int len = p[0] >= 0xF0 && p[0] <= 0xF4 ? 4 : p[0] >= 0xE0 ? 3 : p[0] >= 0xC2 && p[0] < 0xE0 ? 2 : 0;
+    if (!len || (size_t)len > n) return 0;
+    for (int k = 1; k < len; k++)
+        if ((p[k] & 0xC0) != 0x80) return 0;
+    if (len == 3 && ((p[0] == 0xE0 && p[1] < 0xA0) || (p[0] == 0xED && p[1] >= 0xA0))) return 0;
+    if (len == 4 && ((p[0] == 0xF0 && p[1] < 0x90) || (p[0] == 0xF4 && p[1] >= 0x90))) return 0;
+    return len;
+}
+
+/* A JSON string (bytes that are not UTF-8 as \udcXX, as app.c writes paths). */
+static void str_json(Str *s, const char *t) {
+    const unsigned char *p = (const unsigned char *)t;
+    size_t n = strlen(t);
+    str_add(s, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        if (c == '"' || c == '\\') str_printf(s, "\\%c", c), i++;
+        else if (c < 0x20 || c == 0x7F) str_printf(s, "\\u%04x", c), i++;
+        else {
+            int l = utf8_seq(p + i, n - i);
+            if (l) str_add(s, t + i, (size_t)l), i += (size_t)l;
+            else str_printf(s, "\\udc%02x", c), i++;
+        }
+    }
+    str_add(s, "\"", 1);
+}
+
+/* ---- options ----------------------------------------------------------------------------- */
+
+static int parse_long(const char *v, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) return -1;
+    *out = x;
+    return 0;
+}
+
+/* "64M", "100000", "1G", "512K" */
+static int parse_size(const char *v, int64_t *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || !(x >= 0)) return -1;
+    double mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end || x * mul < 1 || x * mul > (double)((int64_t)1 << 40)) return -1;
+    *out = (int64_t)(x * mul);
+    return 0;
+}
+
+int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen) {
+    const char *a = argv[i];
+    static const char *const with_value[] = {"--listen", "--batch-wait", "--max-body", "--max-queue", "--max-connections",
+                                             "--timeout", "--api-key", NULL};
+    if (!strcmp(a, "--stdio")) {
+        o->stdio = 1;
+        return 1;
+    }
+    int k = 0;
+    while (with_value[k] && strcmp(a, with_value[k])) k++;
+    if (!with_value[k]) return 0;
+    if (i + 1 >= argc) return failf(err, errlen, "%s needs a value (try --help)", a);
+    const char *v = argv[i + 1];
+    long x;
+    if (!strcmp(a, "--listen")) {
+        if (!strrchr(v, ':')) return failf(err, errlen, "--listen expects HOST:PORT (e.g. 127.0.0.1:8080), got '%s'", v);
+        o->listen = v;
+    } else if (!strcmp(a, "--batch-wait")) {
+        if (parse_long(v, 0, 60000, &x)) return failf(err, errlen, "--batch-wait expects milliseconds in [0, 60000], got '%s'", v);
+        o->batch_wait_ms = (int)x;
+    } else if (!strcmp(a, "--max-body")) {
+        if (parse_size(v, &o->max_body)) return failf(err, errlen, "--max-body expects a size such as 64M (1 B to 1 TB), got '%s'", v);
+    } else if (!strcmp(a, "--max-queue")) {
+        if (parse_long(v, 1, 100000, &x)) return failf(err, errlen, "--max-queue expects an integer in [1, 100000], got '%s'", v);
+        o->max_queue = (int)x;
+    } else if (!strcmp(a, "--max-connections")) {
+        if (parse_long(v, 1, 100000, &x))
+            return failf(err, errlen, "--max-connections expects an integer in [1, 100000], got '%s'", v);
+        o->max_connections = (int)x;
+    } else if (!strcmp(a, "--timeout")) {
+        char *end;
+        double t = strtod(v, &end);
+        if (end == v || *end || !(t >= 0.1 && t <= 86400)) return failf(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
+        o->timeout = t;
+    } else {
+        if (!v[0]) return failf(err, errlen, "--api-key is empty");
+        o->api_key = v;
+    }
+    return 2;
+}
+
+/* ---- the server's state ---------------------------------------------------------------- */
+
+enum { TASK_QUALITY, TASK_AESTHETICS, TASK_AESTHETIC, N_TASKS };
+static const char *const TASK_NAMES[N_TASKS] = {"quality", "aesthetics", "aesthetic"};
+
+typedef struct Job Job;
+
+/* One image of a job, or its whole video: what the worker takes from the queue. */
+typedef struct Unit {
+    Job *job;
+    int index;              /* the job's result (and source) index; the video: 0 */
+    struct Unit *next;
+} Unit;
+
+struct Job {
+    ServeRequest req;       /* sources point into body */
+    char *body;             /* the request's bytes (owned) */
+    char *name;             /* ?name= of a raw-body request (owned), or NULL */
+    int task, scale01;
+    int n_res;              /* req.n images, or 1 (a video) */
+    qalign_result *res;
+    Unit *units;
+    int remaining;          /* units not scored yet */
+    int done;
+    double t_start;         /* when its head was complete */
+    Job *next_done;
+};
+
+#define N_BATCH_BUCKETS 7   /* 1 2 4 8 16 32 64 */
+static const double LATENCY_BUCKETS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+#define N_LATENCY (sizeof LATENCY_BUCKETS / sizeof LATENCY_BUCKETS[0])
+
+typedef struct Server {
+    ServeOptions o;
+    const qalign_model *m;
+    qalign_ctx_options co;
+    int default_task, default_scale01;
+    qalign_info info;
+    const char *model_name; /* the file's name without its directory */
+    RowStyle levels;        /* the levels (same in every context): words, lo, hi */
+
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv; /* to the worker: units queued, or stop */
+    pthread_cond_t done_cv; /* from the worker: a job done; from connections: one closed, a slot freed */
+    Unit *qhead, *qtail;
+    int queued;             /* units in the queue */
+    int admitted;           /* requests holding a slot (<= max_queue) */
+    int conns;              /* connection threads alive */
+    int stopping;           /* a signal came: no new connections, no new stdin lines */
+    int stop_worker;        /* nothing more will be queued */
+
+    qalign_ctx *ctx[N_TASKS]; /* the worker's */
+
+    /* metrics (mu) */
+    uint64_t by_status[600];
+    uint64_t images, videos, frames, batches, batch_hist[N_BATCH_BUCKETS], batch_images;
+    uint64_t latency_hist[N_LATENCY], latency_count;
+    double latency_sum, decode_seconds;
+    qalign_timings timings[N_TASKS];
+    uint64_t received, answered;
+
+    int stop_pipe[2];       /* HTTP: the write end is closed when stopping: idle connections wake */
+    pthread_mutex_t out_mu; /* stdio: answers are written one line at a time */
+    int out_failed;
+    Job *done_head, *done_tail; /* stdio: finished jobs for the writer thread (mu) */
+    int stop_writer;
+} Server;
+
+static volatile sig_atomic_t g_signals;
+static int g_sig_fd = -1;   /* the signal pipe's write end */
+
+static void on_signal(int sig) {
+    (void)sig;
+    if (g_signals++ > 0) { /* a second signal: do not wait */
+        static const char msg[] = "qalign: second signal: exiting without waiting\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(1);
+    }
+    if (g_sig_fd >= 0) {
+        ssize_t w = write(g_sig_fd, "s", 1);
+        (void)w;
+    }
+}
+
+static void job_free(Job *j) {
+    if (!j) return;
+    serve_request_free(&j->req);
+    free(j->body);
+    free(j->name);
+    free(j->res);
+    free(j->units);
+    free(j);
+}
+
+static void set_error(qalign_result *r, int status, const char *msg) {
+    memset(r, 0, sizeof *r);
+    r->status = status ? status : QALIGN_ERR_INPUT;
+    snprintf(r->error, sizeof r->error, "%s", msg);
+}
+
+static int find_task(const char *t) {
+    for (int k = 0; k < N_TASKS; k++)
+        if (!strcmp(t, TASK_NAMES[k])) return k;
+    return -1;
+}
+
+/* Queue every unit of job j (mu held). */
+static void enqueue(Server *s, Job *j) {
+    int nu = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
+    j->remaining = nu;
+    for (int i = 0; i < nu; i++) {
+        Unit *u = &j->units[i];
+        u->job = j;
+        u->index = i;
+        u->next = NULL;
+        if (s->qtail) s->qtail->next = u;
+        else s->qhead = u;
+        s->qtail = u;
+        s->queued++;
+    }
+    pthread_cond_signal(&s->work_cv);
+}
+
+/* A job ready to queue from a parsed request: results, units; task and scale checked. */
+static Job *job_new(Server *s, const char *task, const char *scale, char *err, size_t errlen) {
+    int t = task ? find_task(task) : s->default_task;
+    if (t < 0) return failf(err, errlen, "task must be quality, aesthetics or aesthetic"), NULL;
+    if (scale && strcmp(scale, "1-5") && strcmp(scale, "0-1")) return failf(err, errlen, "scale must be 1-5 or 0-1"), NULL;
+    Job *j = calloc(1, sizeof *j);
+    if (!j) return failf(err, errlen, "out of memory"), NULL;
+    j->task = t;
+    j->scale01 = scale ? !strcmp(scale, "0-1") : s->default_scale01;
+    return j;
+}
+
+static int job_ready(Job *j, char *err, size_t errlen) {
+    j->n_res = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
+    j->res = calloc((size_t)j->n_res, sizeof *j->res);
+    j->units = calloc((size_t)j->n_res, sizeof *j->units);
+    if (!j->res || !j->units) return failf(err, errlen, "out of memory");
+    return 0;
+}
+
+/* The row of result i of job j, as `qalign --json` prints it (with its '\n'); malloc'ed. */
+static char *job_row(Server *s, const Job *j, int i) {
+    RowStyle st;
+    row_style_init(&st, TASK_NAMES[j->task], j->scale01, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
+    const qalign_result *r = &j->res[i];
+    const char *path = NULL;
+    if (j->req.names) path = j->req.names[i];
+    else if (j->name) path = j->name;
+    else if (j->req.items[i].path) path = j->req.items[i].path; /* stdin: the file (a video: its first frame) */
+    ResultRow row = row_from_result(&st, path, j->req.kind == SERVE_VIDEO ? "frames" : "image", r,
+                                    r->status == QALIGN_OK ? NULL : r->error);
+    return results_format_row(RESULTS_JSONL, &row);
+}
+
+/* ---- the worker ---------------------------------------------------------------------------- */
+
+/* Read a regular file (stdio requests) of at most max bytes and decode it. */
+static int load_file(const char *path, int64_t max, Image *img, char *err, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the worker */
+    if (fd < 0) return failf(err, errlen, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return failf(err, errlen, "not a regular file");
+    }
+    if ((int64_t)sb.st_size > max) {
+        close(fd);
+        return failf(err, errlen, "%lld bytes: larger than --max-body", (long long)sb.st_size);
+    }
+    size_t n = (size_t)sb.st_size, got = 0;
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf) {
+        close(fd);
+        return failf(err, errlen, "out of memory reading the file");
+    }
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    int rc = image_decode(buf, got, img, err, errlen);
+    free(buf);
+    return rc;
+}
+
+static int load_source(Server *s, const ServeSource *src, Image *img, char *err, size_t errlen) {
+    double t0 = now_s();
+    int rc = src->path ? load_file(src->path, s->o.max_body, img, err, errlen) : image_decode(src->data, src->len, img, err, errlen);
+    pthread_mutex_lock(&s->mu);
+    s->decode_seconds += now_s() - t0;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static qalign_ctx *task_ctx(Server *s, int task, char *err, size_t errlen) {
+    if (!s->ctx[task]) {
+        qalign_ctx_options co = s->co;
+        co.task = TASK_NAMES[task];
+        if (qalign_ctx_new(s->m, &co, &s->ctx[task], err, errlen) != QALIGN_OK) s->ctx[task] = NULL;
+    }
+    return s->ctx[task];
+}
+
+/* Decode unit u's image and run the vision tower on it; -1 (its result is the error) if not. */
+static int add_unit(Server *s, qalign_ctx *ctx, Unit *u) {
+    Job *j = u->job;
+    char err[QALIGN_ERR_LEN];
+    Image img;
+    if (load_source(s, &j->req.items[u->index], &img, err, sizeof err) != 0) {
+        set_error(&j->res[u->index], QALIGN_ERR_INPUT, err);
+        return -1;
+    }
+    qalign_image qi = {img.rgb, img.w, img.h};
+    int st = qalign_add_image(ctx, &qi, err, sizeof err);
+    image_free(&img);
+    if (st != QALIGN_OK) {
+        set_error(&j->res[u->index], st, err);
+        return -1;
+    }
+    return 0;
+}
+
+static void score_video(Server *s, qalign_ctx *ctx, Job *j) {
+    char err[QALIGN_ERR_LEN - 96], msg[QALIGN_ERR_LEN];
+    qalign_result *r = &j->res[0];
+    int n = j->req.n;
+    int st = qalign_video_begin(ctx, n, err, sizeof err);
+    if (st != QALIGN_OK) {
+        set_error(r, st, err);
+        return;
+    }
+    for (int f = 0; f < n; f++) {
+        Image img;
+        const ServeSource *src = &j->req.items[f];
+        st = load_source(s, src, &img, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
+        if (st == QALIGN_OK) {
+            qalign_image qi = {img.rgb, img.w, img.h};
+            st = qalign_video_frame(ctx, &qi, err, sizeof err);
+            image_free(&img);
+        }
+        if (st != QALIGN_OK) {
+            qalign_video_cancel(ctx);
+            if (src->path) snprintf(msg, sizeof msg, "frame %.80s: %s", src->path, err);
+            else snprintf(msg, sizeof msg, "frame %d: %s", f, err);
+            set_error(r, st, msg);
+            return;
+        }
+    }
+    st = qalign_video_end(ctx, r, err, sizeof err);
+    if (st != QALIGN_OK) set_error(r, st, err);
+}
+
+/* Unit u is scored (mu held). When it was its job's last, the job is done: an HTTP
+ * connection thread waiting for it may free it at once, so the worker touches it no more;
+ * a stdin job goes to the writer thread. */
+static void unit_done(Server *s, Unit *u) {
+    Job *j = u->job;
+    if (--j->remaining > 0) return;
+    if (s->o.stdio) {
+        j->next_done = NULL;
+        if (s->done_tail) s->done_tail->next_done = j;
+        else s->done_head = j;
+        s->done_tail = j;
+    } else {
+        j->done = 1;
+    }
+    pthread_cond_broadcast(&s->done_cv);
+}
+
+/* The first queued unit of task (images only) after the head, taken off the queue (mu held). */
+static Unit *take_image(Server *s, int task) {
+    Unit *prev = NULL;
+    for (Unit *u = s->qhead; u; prev = u, u = u->next) {
+        if (u->job->task != task || u->job->req.kind == SERVE_VIDEO) continue;
+        if (prev) prev->next = u->next;
+        else s->qhead = u->next;
+        if (s->qtail == u) s->qtail = prev;
+        u->next = NULL;
+        s->queued--;
+        return u;
+    }
+    return NULL;
+}
+
+static void note_timings(Server *s) { /* mu held */
+    for (int t = 0; t < N_TASKS; t++)
+        if (s->ctx[t]) qalign_ctx_timings(s->ctx[t], &s->timings[t]);
+}
+
+static void *worker_main(void *arg) {
+    Server *s = arg;
+    char err[QALIGN_ERR_LEN];
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->qhead && !s->stop_worker) pthread_cond_wait(&s->work_cv, &s->mu);
+        Unit *head = s->qhead;
+        if (!head) break; /* stopping, and nothing left */
+        int task = head->job->task;
+        pthread_mutex_unlock(&s->mu);
+        qalign_ctx *ctx = task_ctx(s, task, err, sizeof err);
+        pthread_mutex_lock(&s->mu);
+        if (!ctx || head->job->req.kind == SERVE_VIDEO) {
+            s->qhead = head->next; /* the head is still first: only this thread takes units */
+            if (!s->qhead) s->qtail = NULL;
+            s->queued--;
+            pthread_mutex_unlock(&s->mu);
+            if (!ctx) set_error(&head->job->res[head->index], QALIGN_ERR_NOMEM, err);
+            else score_video(s, ctx, head->job);
+            pthread_mutex_lock(&s->mu);
+            if (ctx && head->job->res[0].status == QALIGN_OK) s->videos++, s->frames += (uint64_t)head->job->req.n;
+            note_timings(s);
+            unit_done(s, head);
+        } else {
+            /* a batch: images of this task in arrival order, up to the context's batch size;
+               wait for company until batch-wait after the head's request arrived */
+            Unit *batch[QALIGN_MAX_BATCH];
+            int nb = 0, cap = qalign_ctx_batch(ctx);
+            double deadline = head->job->t_start + s->o.batch_wait_ms / 1000.0;
+            for (;;) {
+                Unit *u = take_image(s, task);
+                if (u) {
+                    pthread_mutex_unlock(&s->mu);
+                    int ok = add_unit(s, ctx, u) == 0;
+                    pthread_mutex_lock(&s->mu);
+                    if (ok) batch[nb++] = u;
+                    else unit_done(s, u);
+                    if (nb == cap) break;
+                    continue;
+                }
+                if (nb == 0 || s->stop_worker || now_s() >= deadline) break;
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                double wait = deadline - now_s();
+                if (wait <= 0) break;
+                ts.tv_sec += (time_t)wait;
+                ts.tv_nsec += (long)((wait - floor(wait)) * 1e9);
+                if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
+            }
+            if (nb) {
+                qalign_result res[QALIGN_MAX_BATCH];
+                pthread_mutex_unlock(&s->mu);
+                int st = qalign_flush(ctx, res, err, sizeof err);
+                for (int b = 0; b < nb; b++) {
+                    qalign_result *dst = &batch[b]->job->res[batch[b]->index];
+                    if (st != QALIGN_OK) set_error(dst, st, err);
+                    else *dst = res[b];
+                }
+                pthread_mutex_lock(&s->mu);
+                s->batches++;
+                s->batch_images += (uint64_t)nb;
+                for (int k = 0; k < N_BATCH_BUCKETS; k++)
+                    if (nb <= 1 << k) s->batch_hist[k]++;
+                for (int b = 0; b < nb; b++) {
+                    if (batch[b]->job->res[batch[b]->index].status == QALIGN_OK) s->images++;
+                    unit_done(s, batch[b]);
+                }
+                note_timings(s);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    Server *s;
+    int fd;
+    char *head;             /* HTTP_MAX_HEAD bytes: the request head (and whatever followed it) */
+    size_t have;            /* bytes in head */
+    int drain;              /* the client may still be sending a body we did not read */
+} Conn;
+
+static const char *reason(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+/* Wait until fd can be read (1), the deadline passes (0) or stop_fd is readable first (-1). */
+static int wait_fd(int fd, short events, int stop_fd, double deadline) {
+    for (;;) {
+        double left = deadline - now_s();
+        if (left <= 0) return 0;
+        struct pollfd p[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
+        int n = poll(p, stop_fd >= 0 ? 2 : 1, (int)ceil(left * 1000));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return 0;
+        if (p[0].revents) return 1; /* readable, or an error/hang-up the read will report */
+        if (stop_fd >= 0 && p[1].revents) return -1;
+    }
+}
+
+/* Read up to cap bytes by the deadline: the count, 0 at EOF, -1 on error, -2 on timeout. */
+static ssize_t read_by(int fd, void *buf, size_t cap, double deadline) {
+    for (;;) {
+        if (wait_fd(fd, POLLIN, -1, deadline) == 0) return -2;
+        ssize_t n = recv(fd, buf, cap, 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        return n;
+    }
+}
+
+static int send_all(int fd, const char *d, size_t n, double deadline) {
+    while (n) {
+        if (wait_fd(fd, POLLOUT, -1, deadline) == 0) return -1;
+        ssize_t w = send(fd, d, n, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (w <= 0) return -1;
+        d += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Write a response; count it. keep: the connection stays open after it. */
+static int respond(Conn *c, int status, const char *type, const char *body, size_t len, const char *extra, int keep) {
+    Server *s = c->s;
+    Str h = {0};
+    str_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%sConnection: %s\r\n\r\n", status,
+               reason(status), type, len, extra ? extra : "", keep ? "keep-alive" : "close");
+    str_add(&h, body, len);
+    int rc = h.oom ? -1 : send_all(c->fd, h.p, h.n, now_s() + s->o.timeout);
+    free(h.p);
+    pthread_mutex_lock(&s->mu);
+    if (status >= 100 && status < 600) s->by_status[status]++;
+    if (rc == 0) s->answered++;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int respond_error(Conn *c, int status, const char *msg, const char *extra, int keep) {
+    Str b = {0};
+    str_adds(&b, "{\"error\": ");
+    str_json(&b, msg);
+    str_adds(&b, "}\n");
+    int rc = respond(c, status, "application/json", b.oom ? "{}\n" : b.p, b.oom ? 3 : b.n, extra, keep);
+    free(b.p);
+    return rc;
+}
+
+static void count_received(Server *s) {
+    pthread_mutex_lock(&s->mu);
+    s->received++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void http_health(Conn *c, int keep) {
+    Server *s = c->s;
+    Str b = {0};
+    pthread_mutex_lock(&s->mu);
+    int stopping = s->stopping, admitted = s->admitted, queued = s->queued;
+    uint64_t images = s->images;
+    pthread_mutex_unlock(&s->mu);
+    str_printf(&b, "{\"status\": \"%s\", \"model\": ", stopping ? "stopping" : "ok");
+    str_json(&b, s->model_name);
+    str_printf(&b, ", \"model_id\": \"%s\", \"weights\": \"%s\", \"queue\": %d, \"queued_images\": %d, \"max_queue\": %d, "
+               "\"batch\": %d, \"images_scored\": %llu}\n", s->info.model_id, s->info.weight_type, admitted, queued,
+               s->o.max_queue, s->co.batch, (unsigned long long)images);
+    if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
+    else respond(c, 200, "application/json", b.p, b.n, NULL, keep);
+    free(b.p);
+}
+
+static void http_metrics(Conn *c, int keep) {
+    Server *s = c->s;
+    Str b = {0};
+    pthread_mutex_lock(&s->mu);
+    str_adds(&b, "# HELP qalign_requests_total HTTP requests answered, by status code.\n"
+                 "# TYPE qalign_requests_total counter\n");
+    for (int k = 100; k < 600; k++)
+        if (s->by_status[k]) str_printf(&b, "qalign_requests_total{code=\"%d\"} %llu\n", k, (unsigned long long)s->by_status[k]);
+    str_adds(&b, "# HELP qalign_request_errors_total HTTP requests answered with an error status (4xx, 5xx), by code.\n"
+                 "# TYPE qalign_request_errors_total counter\n");
+    for (int k = 400; k < 600; k++)
+        if (s->by_status[k])
+            str_printf(&b, "qalign_request_errors_total{code=\"%d\"} %llu\n", k, (unsigned long long)s->by_status[k]);
+    str_printf(&b, "# HELP qalign_images_scored_total Images scored (frames of videos not included).\n"
+                   "# TYPE qalign_images_scored_total counter\nqalign_images_scored_total %llu\n"
+                   "# HELP qalign_videos_scored_total Videos scored.\n"
+                   "# TYPE qalign_videos_scored_total counter\nqalign_videos_scored_total %llu\n"
+                   "# HELP qalign_frames_scored_total Frames of the videos scored.\n"
+                   "# TYPE qalign_frames_scored_total counter\nqalign_frames_scored_total %llu\n",
+               (unsigned long long)s->images, (unsigned long long)s->videos, (unsigned long long)s->frames);
+    qalign_timings t = {0};
+    for (int k = 0; k < N_TASKS; k++) {
+        t.preprocess += s->timings[k].preprocess;
+        t.vision += s->timings[k].vision;
+        t.abstractor += s->timings[k].abstractor;
+        t.decoder += s->timings[k].decoder;
+    }
+    str_printf(&b, "# HELP qalign_stage_seconds_total Seconds spent in each stage (decode: image files to pixels).\n"
+                   "# TYPE qalign_stage_seconds_total counter\n"
+                   "qalign_stage_seconds_total{stage=\"decode\"} %.6f\nqalign_stage_seconds_total{stage=\"preprocess\"} %.6f\n"
+                   "qalign_stage_seconds_total{stage=\"vision\"} %.6f\nqalign_stage_seconds_total{stage=\"abstractor\"} %.6f\n"
+                   "qalign_stage_seconds_total{stage=\"decoder\"} %.6f\n",
+               s->decode_seconds, t.preprocess, t.vision, t.abstractor, t.decoder);
+    str_printf(&b, "# HELP qalign_queue_length Requests admitted and not answered yet (receiving, waiting or scored).\n"
+                   "# TYPE qalign_queue_length gauge\nqalign_queue_length %d\n"
+                   "# HELP qalign_queue_images Images and videos waiting for the model.\n"
+                   "# TYPE qalign_queue_images gauge\nqalign_queue_images %d\n"
+                   "# HELP qalign_batch_size Images per decoder pass.\n# TYPE qalign_batch_size histogram\n",
+               s->admitted, s->queued);
+    for (int k = 0; k < N_BATCH_BUCKETS; k++)
+        str_printf(&b, "qalign_batch_size_bucket{le=\"%d\"} %llu\n", 1 << k, (unsigned long long)s->batch_hist[k]);
+    str_printf(&b, "qalign_batch_size_bucket{le=\"+Inf\"} %llu\nqalign_batch_size_sum %llu\nqalign_batch_size_count %llu\n",
+               (unsigned long long)s->batches, (unsigned long long)s->batch_images, (unsigned long long)s->batches);
+    str_adds(&b, "# HELP qalign_score_seconds Seconds from a /score request's head to its answer.\n"
+                 "# TYPE qalign_score_seconds histogram\n");
+    for (size_t k = 0; k < N_LATENCY; k++)
+        str_printf(&b, "qalign_score_seconds_bucket{le=\"%g\"} %llu\n", LATENCY_BUCKETS[k], (unsigned long long)s->latency_hist[k]);
+    str_printf(&b, "qalign_score_seconds_bucket{le=\"+Inf\"} %llu\nqalign_score_seconds_sum %.6f\nqalign_score_seconds_count %llu\n",
+               (unsigned long long)s->latency_count, s->latency_sum, (unsigned long long)s->latency_count);
+    pthread_mutex_unlock(&s->mu);
+    if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
+    else respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.n, NULL, keep);
+    free(b.p);
+}
+
+/* Constant-time comparison of the Authorization header with "Bearer KEY". */
+static int authorized(const Server *s, const HttpRequest *rq) {
+    if (!s->o.api_key) return 1;
+    if (!rq->authorization || rq->authorization_len < 7) return 0;
+    const char *a = rq->authorization;
+    if (strncmp(a, "Bearer ", 7) && strncmp(a, "bearer ", 7)) return 0;
+    const char *given = a + 7, *key = s->o.api_key;
+    size_t gl = rq->authorization_len - 7, kl = strlen(key);
+    unsigned diff = gl != kl;
+    for (size_t i = 0; i < kl; i++) diff |= (unsigned)(unsigned char)key[i] ^ (unsigned)(unsigned char)(i < gl ? given[i] : 0);
+    return diff == 0;
+}
+
+/* Give back a queue slot (and the body it allowed). */
+static void release_slot(Server *s) {
+    pthread_mutex_lock(&s->mu);
+    s->admitted--;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The answer to a scored job. */
+static void http_answer(Conn *c, Job *j, int keep) {
+    Server *s = c->s;
+    if (!j->req.many) {
+        const qalign_result *r = &j->res[0];
+        if (r->status != QALIGN_OK) {
+            respond_error(c, r->status == QALIGN_ERR_INPUT ? 400 : 500, r->error, NULL, keep);
+            return;
+        }
+        char *row = job_row(s, j, 0);
+        if (!row) respond_error(c, 500, "out of memory", NULL, 0);
+        else respond(c, 200, "application/json", row, strlen(row), NULL, keep);
+        free(row);
+        return;
+    }
+    Str b = {0};
+    str_adds(&b, "{\"results\": [");
+    for (int i = 0; i < j->n_res; i++) {
+        char *row = job_row(s, j, i);
+        if (!row) b.oom = 1;
+        else str_add(&b, row, strlen(row) - 1); /* without its '\n' */
+        if (i + 1 < j->n_res) str_adds(&b, ", ");
+        free(row);
+    }
+    str_adds(&b, "]}\n");
+    if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
+    else respond(c, 200, "application/json", b.p, b.n, NULL, keep);
+    free(b.p);
+}
+
+/* POST /score once the head is read: checks, a slot, the body, the queue, the answer. Returns
+ * whether the connection may serve another request. */
+static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, double t0) {
+    Server *s = c->s;
+    char err[512], task[32], scale[16], name[4096];
+    static const char *const params[] = {"task", "scale", "name", NULL};
+    if (rq->chunked) {
+        c->drain = 1;
+        return respond_error(c, 411, "send the body with a Content-Length (chunked bodies are not accepted)", NULL, 0), 0;
+    }
+    if (rq->content_length < 0) {
+        c->drain = 1;
+        return respond_error(c, 411, "POST /score needs a Content-Length", NULL, 0), 0;
+    }
+    if (rq->content_length > s->o.max_body) {
+        snprintf(err, sizeof err, "the body (%lld bytes) is larger than --max-body (%lld bytes)",
+                 (long long)rq->content_length, (long long)s->o.max_body);
+        c->drain = 1;
+        return respond_error(c, 413, err, NULL, 0), 0;
+    }
+    int qt = 0, qs = 0, qn = 0;
+    if (http_query_check(rq->query, rq->query_len, params, err, sizeof err) != 0 ||
+        (qt = http_query_get(rq->query, rq->query_len, "task", task, sizeof task)) < 0 ||
+        (qs = http_query_get(rq->query, rq->query_len, "scale", scale, sizeof scale)) < 0 ||
+        (qn = http_query_get(rq->query, rq->query_len, "name", name, sizeof name)) < 0) {
+        if (qt < 0 || qs < 0 || qn < 0) snprintf(err, sizeof err, "a malformed or too long query parameter");
+        c->drain = 1;
+        return respond_error(c, 400, err, NULL, 0), 0;
+    }
+    Job *j = job_new(s, qt ? task : NULL, qs ? scale : NULL, err, sizeof err);
+    if (!j) {
+        c->drain = 1;
+        return respond_error(c, 400, err, NULL, 0), 0;
+    }
+    if (qn && !(j->name = strdup(name))) {
+        job_free(j);
+        c->drain = 1;
+        return respond_error(c, 500, "out of memory", NULL, 0), 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    int admitted = s->admitted < s->o.max_queue;
+    if (admitted) s->admitted++;
+    pthread_mutex_unlock(&s->mu);
+    if (!admitted) {
+        job_free(j);
+        c->drain = 1;
+        snprintf(err, sizeof err, "busy: %d requests queued (--max-queue); retry later", s->o.max_queue);
+        return respond_error(c, 503, err, "Retry-After: 1\r\n", 0), 0;
+    }
+    /* the body: what came with the head, then the rest */
+    size_t len = (size_t)rq->content_length, in_head = c->have - hl, from_head = in_head < len ? in_head : len;
+    j->body = malloc(len + 1);
+    if (!j->body) {
+        job_free(j);
+        release_slot(s);
+        c->drain = 1;
+        return respond_error(c, 503, "out of memory for the body; retry later", "Retry-After: 1\r\n", 0), 0;
+    }
+    memcpy(j->body, c->head + hl, from_head);
+    memmove(c->head, c->head + hl + from_head, in_head - from_head); /* a pipelined next request */
+    c->have = in_head - from_head;
+    if (from_head < len && rq->expect_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        send_all(c->fd, cont, sizeof cont - 1, now_s() + s->o.timeout);
+    }
+    double deadline = t0 + s->o.timeout + (double)len / (1 << 20);
+    for (size_t got = from_head; got < len;) {
+        ssize_t n = read_by(c->fd, j->body + got, len - got, deadline);
+        if (n <= 0) {
+            job_free(j);
+            release_slot(s);
+            if (n == -2) {
+                snprintf(err, sizeof err, "the body was not received within %.3g s", deadline - t0);
+                respond_error(c, 408, err, NULL, 0);
+                c->drain = 1;
+            }
+            return 0;
+        }
+        got += (size_t)n;
+    }
+    j->body[len] = 0;
+    j->t_start = now_s();
+    int rc;
+    if (rq->json) {
+        rc = serve_parse_json(j->body, len, 0, &j->req, err, sizeof err);
+        if (rc == 0 && j->req.task && (j->task = find_task(j->req.task)) < 0)
+            rc = failf(err, sizeof err, "task must be quality, aesthetics or aesthetic");
+        if (rc == 0 && j->req.scale) {
+            if (strcmp(j->req.scale, "1-5") && strcmp(j->req.scale, "0-1")) rc = failf(err, sizeof err, "scale must be 1-5 or 0-1");
+            else j->scale01 = !strcmp(j->req.scale, "0-1");
+        }
+    } else { /* the body is one image */
+        j->req.kind = SERVE_IMAGES;
+        j->req.n = 1;
+        j->req.items = calloc(1, sizeof *j->req.items);
+        rc = j->req.items ? 0 : failf(err, sizeof err, "out of memory");
+        if (!rc) {
+            j->req.items[0].data = (const uint8_t *)j->body;
+            j->req.items[0].len = len;
+        }
+    }
+    if (rc == 0) rc = job_ready(j, err, sizeof err);
+    if (rc != 0) {
+        job_free(j);
+        release_slot(s);
+        return respond_error(c, 400, err, NULL, keep) == 0 && keep;
+    }
+    pthread_mutex_lock(&s->mu);
+    enqueue(s, j);
+    while (!j->done) pthread_cond_wait(&s->done_cv, &s->mu);
+    keep = keep && !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    http_answer(c, j, keep);
+    job_free(j);
+    double dt = now_s() - t0;
+    pthread_mutex_lock(&s->mu);
+    s->latency_count++;
+    s->latency_sum += dt;
+    for (size_t k = 0; k < N_LATENCY; k++)
+        if (dt <= LATENCY_BUCKETS[k]) s->latency_hist[k]++;
+    s->admitted--;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+    return keep;
+}
+
+/* Serve one request on c; 1 if the connection stays open for another. */
+static int http_one(Conn *c) {
+    Server *s = c->s;
+    if (c->have == 0 && wait_fd(c->fd, POLLIN, s->stop_pipe[0], now_s() + s->o.timeout) != 1)
+        return 0; /* idle too long, or stopping: close */
+    double t0 = now_s();
+    HttpRequest rq;
+    char err[256];
+    int hl = 0, scanned_to = -1;
+    for (;;) {
+        /* parse again only when a line ended since the last try */
+        if (scanned_to < 0 || c->have >= HTTP_MAX_HEAD || memchr(c->head + scanned_to, '\n', c->have - (size_t)scanned_to)) {
+            hl = http_parse_head(c->head, c->have, &rq, err, sizeof err);
+            if (hl != 0) break;
+        }
+        scanned_to = (int)c->have;
+        ssize_t n = read_by(c->fd, c->head + c->have, HTTP_MAX_HEAD - c->have, t0 + s->o.timeout);
+        if (n == -2) {
+            count_received(s);
+            snprintf(err, sizeof err, "the request head was not received within %g s", s->o.timeout);
+            c->drain = 1;
+            respond_error(c, 408, err, NULL, 0);
+            return 0;
+        }
+        if (n <= 0) return 0; /* the client went away */
+        c->have += (size_t)n;
+    }
+    count_received(s);
+    if (hl < 0) {
+        c->drain = 1;
+        respond_error(c, -hl, err, NULL, 0);
+        return 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    int keep = rq.keep_alive && !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    const char *p = rq.path;
+    size_t pl = rq.path_len;
+    int is_score = pl == 6 && !memcmp(p, "/score", 6), is_health = pl == 7 && !memcmp(p, "/health", 7),
+        is_metrics = pl == 8 && !memcmp(p, "/metrics", 8);
+    int is_post = rq.method_len == 4 && !memcmp(rq.method, "POST", 4);
+    int is_get = rq.method_len == 3 && !memcmp(rq.method, "GET", 3);
+    int has_body = rq.chunked || rq.content_length > 0;
+    if (!is_score && !is_health && !is_metrics) {
+        c->drain = has_body;
+        respond_error(c, 404, "not found: the endpoints are POST /score, GET /health and GET /metrics", NULL, keep && !has_body);
+    } else if (is_score ? !is_post : !is_get) {
+        c->drain = has_body;
+        respond_error(c, 405, is_score ? "/score takes POST" : "this endpoint takes GET",
+                      is_score ? "Allow: POST\r\n" : "Allow: GET\r\n", keep && !has_body);
+    } else if (!is_health && !authorized(s, &rq)) {
+        c->drain = has_body;
+        respond_error(c, 401, "missing or wrong API key (send Authorization: Bearer KEY)", "WWW-Authenticate: Bearer\r\n",
+                      keep && !has_body);
+    } else if (is_score) {
+        return http_score(c, &rq, (size_t)hl, keep, t0);
+    } else {
+        keep = keep && !has_body; /* a GET with a body: answer, do not read it, close */
+        c->drain = has_body;
+        if (is_health) http_health(c, keep);
+        else http_metrics(c, keep);
+    }
+    if (c->drain) return 0;
+    memmove(c->head, c->head + hl, c->have - (size_t)hl);
+    c->have -= (size_t)hl;
+    return keep;
+}
+
+static void *conn_main(void *arg) {
+    Conn *c = arg;
+    Server *s = c->s;
+    c->head = malloc(HTTP_MAX_HEAD);
+    while (c->head && http_one(c)) {
+    }
+    if (c->drain) { /* the client may still be sending: let it read our answer before the close */
+        char sink[16384];
+        shutdown(c->fd, SHUT_WR);
+        double until = now_s() + 2;
+        size_t total = 0;
+        for (;;) {
+            ssize_t n = read_by(c->fd, sink, sizeof sink, until);
+            if (n <= 0 || (total += (size_t)n) > (64u << 20)) break;
+        }
+    }
+    close(c->fd);
+    free(c->head);
+    free(c);
+    pthread_mutex_lock(&s->mu);
+    s->conns--;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Refuse a connection from the accepting thread (too many open): a short 503, then close. */
+static void refuse_connection(Server *s, int fd) {
+    static const char body[] = "{\"error\": \"busy: too many connections (--max-connections); retry later\"}\n";
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s", sizeof body - 1, body);
+    ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    pthread_mutex_lock(&s->mu);
+    s->by_status[503]++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int is_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) return (ntohl(((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+        static const uint8_t lo6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return !memcmp(a->s6_addr, lo6, 16) || (!memcmp(a->s6_addr, mapped, 12) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
+/* Bind and listen on HOST:PORT; the socket, or -1. shown gets "http://addr:port". */
+static int open_listener(const char *spec, char *shown, size_t shown_len, int *loopback, char *err, size_t errlen) {
+    char host[256], port[16];
+    const char *colon = strrchr(spec, ':');
+    size_t hl = (size_t)(colon - spec);
+    if (hl >= sizeof host || strlen(colon + 1) >= sizeof port || !colon[1])
+        return failf(err, errlen, "--listen expects HOST:PORT, got '%s'", spec);
+    memcpy(host, spec, hl);
+    host[hl] = 0;
+    snprintf(port, sizeof port, "%s", colon + 1);
+    long pn;
+    if (parse_long(port, 0, 65535, &pn)) return failf(err, errlen, "--listen: '%s' is not a port number (0-65535)", port);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') { /* [::1]:8080 */
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = 0;
+    }
+    if (!host[0]) snprintf(host, sizeof host, "127.0.0.1");
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int gai = getaddrinfo(host, port, &hints, &ai);
+    if (gai != 0) return failf(err, errlen, "--listen %s: %s", spec, gai_strerror(gai));
+    int fd = -1, e = 0;
+    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+        if (fd < 0) {
+            e = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+            e = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) return failf(err, errlen, "--listen %s: %s", spec, strerror(e));
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    char addr[INET6_ADDRSTRLEN] = "?";
+    int bound_port = 0;
+    *loopback = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        *loopback = is_loopback((struct sockaddr *)&ss);
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &in->sin_addr, addr, sizeof addr);
+            bound_port = ntohs(in->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+            bound_port = ntohs(in6->sin6_port);
+        }
+    }
+    snprintf(shown, shown_len, ss.ss_family == AF_INET6 ? "http://[%s]:%d" : "http://%s:%d", addr, bound_port);
+    return fd;
+}
+
+static void start_connection(Server *s, int fd) {
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    pthread_mutex_lock(&s->mu);
+    int ok = s->conns < s->o.max_connections;
+    if (ok) s->conns++;
+    pthread_mutex_unlock(&s->mu);
+    Conn *c = ok ? calloc(1, sizeof *c) : NULL;
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, (size_t)1 << 20);
+    if (c) {
+        c->s = s;
+        c->fd = fd;
+    }
+    if (!c || pthread_create(&t, &at, conn_main, c) != 0) {
+        if (ok) {
+            pthread_mutex_lock(&s->mu);
+            s->conns--;
+            pthread_mutex_unlock(&s->mu);
+        }
+        free(c);
+        refuse_connection(s, fd);
+    }
+    pthread_attr_destroy(&at);
+}
+
+static int serve_http(Server *s, int sig_fd, char *err, size_t errlen) {
+    char shown[128];
+    int loopback = 0;
+    int lfd = open_listener(s->o.listen, shown, sizeof shown, &loopback, err, errlen);
+    if (lfd < 0) return -1;
+    if (pipe(s->stop_pipe) != 0) {
+        close(lfd);
+        return failf(err, errlen, "pipe: %s", strerror(errno));
+    }
+    if (!loopback && !s->o.api_key)
+        fprintf(stderr, "qalign: warning: listening on %s, not a loopback address, without --api-key: anyone who can "
+                "reach it can use it\n", shown);
+    fprintf(stderr, "qalign: listening on %s (%s, %s; batch %d, --batch-wait %d ms, --max-queue %d, --max-body %lld)\n",
+            shown, s->model_name, s->info.weight_type, s->co.batch, s->o.batch_wait_ms, s->o.max_queue,
+            (long long)s->o.max_body);
+    fflush(stderr);
+    for (;;) {
+        struct pollfd p[2] = {{lfd, POLLIN, 0}, {sig_fd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (p[1].revents) break;
+        if (!(p[0].revents & POLLIN)) continue;
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                struct timespec ts = {0, 20000000};
+                nanosleep(&ts, NULL); /* out of descriptors: let connections close */
+            }
+            continue;
+        }
+        start_connection(s, fd);
+    }
+    /* stop: no new connections; idle ones close; requests in flight are answered */
+    close(lfd);
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    int in_flight = s->admitted;
+    pthread_mutex_unlock(&s->mu);
+    fprintf(stderr, "qalign: stopping: answering %d requests in flight\n", in_flight);
+    close(s->stop_pipe[1]);
+    pthread_mutex_lock(&s->mu);
+    while (s->conns > 0) pthread_cond_wait(&s->done_cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    close(s->stop_pipe[0]);
+    return 0;
+}
+
+/* ---- stdio ------------------------------------------------------------------------------------ */
+
+/* One answer line on stdout (whole, under out_mu). */
+static void out_line(Server *s, const char *line, size_t n) {
+    pthread_mutex_lock(&s->out_mu);
+    int ok = !s->out_failed && fwrite(line, 1, n, stdout) == n && fflush(stdout) == 0;
+    if (!ok && !s->out_failed) s->out_failed = errno ? errno : EIO;
+    pthread_mutex_unlock(&s->out_mu);
+    pthread_mutex_lock(&s->mu);
+    s->answered += (uint64_t)ok;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* {"id": ID, "error": MSG} */
+static void out_error(Server *s, const char *id, const char *msg) {
+    Str b = {0};
+    str_adds(&b, "{\"id\": ");
+    str_adds(&b, id ? id : "null");
+    str_adds(&b, ", \"error\": ");
+    str_json(&b, msg);
+    str_adds(&b, "}\n");
+    if (!b.oom) out_line(s, b.p, b.n);
+    free(b.p);
+}
+
+/* A finished stdin request: its row, with "id" first. */
+static void stdio_answer(Server *s, Job *j) {
+    char *row = job_row(s, j, 0);
+    Str b = {0};
+    str_adds(&b, "{\"id\": ");
+    str_adds(&b, j->req.id ? j->req.id : "null");
+    if (row) {
+        str_adds(&b, ", ");
+        str_adds(&b, row + 1);
+    }
+    if (!row || b.oom) out_error(s, j->req.id, "out of memory");
+    else out_line(s, b.p, b.n);
+    free(row);
+    free(b.p);
+    job_free(j);
+    release_slot(s);
+}
+
+/* The writer thread: answers in the order the worker finishes them, so that a slow reader
+ * of stdout holds up this thread, not the model. */
+static void *writer_main(void *arg) {
+    Server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->done_head && !s->stop_writer) pthread_cond_wait(&s->done_cv, &s->mu);
+        Job *j = s->done_head;
+        if (!j) break;
+        s->done_head = j->next_done;
+        if (!s->done_head) s->done_tail = NULL;
+        pthread_mutex_unlock(&s->mu);
+        stdio_answer(s, j);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* One line of stdin (owned: it becomes the job's body). */
+static void stdio_line(Server *s, char *line, size_t n) {
+    char err[512];
+    size_t k = 0;
+    while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
+    if (k == n) { /* a blank line */
+        free(line);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->received++;
+    pthread_mutex_unlock(&s->mu);
+    ServeRequest req;
+    Job *j = NULL;
+    if (serve_parse_json(line, n, 1, &req, err, sizeof err) == 0)
+        j = job_new(s, req.task, req.scale, err, sizeof err);
+    if (!j) {
+        out_error(s, req.id, err);
+        serve_request_free(&req);
+        free(line);
+        return;
+    }
+    j->req = req;
+    j->body = line;
+    if (job_ready(j, err, sizeof err) != 0) {
+        out_error(s, req.id, err);
+        job_free(j);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (s->admitted >= s->o.max_queue) { /* wait for room: stdin is not read meanwhile */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 100000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->done_cv, &s->mu, &ts);
+    }
+    s->admitted++;
+    j->t_start = now_s();
+    enqueue(s, j);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int serve_stdio(Server *s, int sig_fd, char *err, size_t errlen) {
+    size_t cap = 1 << 16, have = 0, scanned = 0;
+    char *buf = malloc(cap);
+    int skipping = 0; /* inside a line longer than --max-body: drop it up to its end */
+    pthread_t writer;
+    if (!buf) return failf(err, errlen, "out of memory");
+    if (pthread_create(&writer, NULL, writer_main, s) != 0) {
+        free(buf);
+        return failf(err, errlen, "cannot start the writer thread");
+    }
+    for (;;) {
+        char *nl = memchr(buf + scanned, '\n', have - scanned);
+        if (nl) {
+            size_t n = (size_t)(nl - buf);
+            if (skipping) skipping = 0;
+            else {
+                char *line = malloc(n + 1);
+                if (!line) out_error(s, NULL, "out of memory");
+                else {
+                    memcpy(line, buf, n);
+                    line[n] = 0;
+                    stdio_line(s, line, n);
+                }
+            }
+            memmove(buf, nl + 1, have - n - 1);
+            have -= n + 1;
+            scanned = 0;
+            continue;
+        }
+        scanned = have;
+        if (have > (size_t)s->o.max_body) {
+            if (!skipping) {
+                pthread_mutex_lock(&s->mu);
+                s->received++;
+                pthread_mutex_unlock(&s->mu);
+                out_error(s, NULL, "a request line longer than --max-body");
+            }
+            skipping = 1;
+            have = scanned = 0;
+        }
+        if (have == cap) {
+            size_t nc = cap * 2;
+            char *nb = realloc(buf, nc);
+            if (!nb) {
+                out_error(s, NULL, "out of memory for a request line");
+                skipping = 1;
+                have = scanned = 0;
+            } else {
+                buf = nb;
+                cap = nc;
+            }
+        }
+        struct pollfd p[2] = {{0, POLLIN, 0}, {sig_fd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (p[1].revents) break;
+        ssize_t r = read(0, buf + have, cap - have);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (r <= 0) { /* EOF: a last line without its newline is still a request */
+            if (have && !skipping) {
+                char *line = malloc(have + 1);
+                if (line) {
+                    memcpy(line, buf, have);
+                    line[have] = 0;
+                    stdio_line(s, line, have);
+                }
+            }
+            break;
+        }
+        have += (size_t)r;
+    }
+    free(buf);
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    while (s->admitted > 0) pthread_cond_wait(&s->done_cv, &s->mu);
+    s->stop_writer = 1;
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(writer, NULL);
+    return 0;
+}
+
+/* ---- run -------------------------------------------------------------------------------------- */
+
+int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, int scale01, char *err,
+              size_t errlen) {
+    if (!!o->listen + !!o->stdio != 1) return failf(err, errlen, "give one of --listen HOST:PORT and --stdio");
+    static Server srv; /* one per process: the signal handler's pipe is global anyway */
+    Server *s = &srv;
+    memset(s, 0, sizeof *s);
+    s->o = *o;
+    if (!s->o.api_key && getenv("QALIGN_API_KEY") && getenv("QALIGN_API_KEY")[0]) s->o.api_key = getenv("QALIGN_API_KEY");
+    s->m = m;
+    s->co = *co;
+    s->default_scale01 = scale01;
+    s->default_task = find_task(co->task ? co->task : "quality");
+    if (s->default_task < 0) return failf(err, errlen, "--task must be quality, aesthetics or aesthetic");
+    qalign_describe(m, &s->info);
+    s->model_name = strrchr(s->info.path, '/') ? strrchr(s->info.path, '/') + 1 : s->info.path;
+
+    /* the default task's context now: bad --levels or --prompt end the program here */
+    int st = qalign_ctx_new(m, co, &s->ctx[s->default_task], err, errlen);
+    if (st != QALIGN_OK) {
+        if (st == QALIGN_ERR_ARG && errlen > 2) { /* argument errors start with the option's name */
+            memmove(err + 2, err, strnlen(err, errlen - 3) + 1);
+            err[0] = err[1] = '-';
+        }
+        return -1;
+    }
+    s->co.batch = qalign_ctx_batch(s->ctx[s->default_task]);
+    const char *words[QALIGN_MAX_LEVELS];
+    float lo, hi;
+    int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);
+    row_style_init(&s->levels, TASK_NAMES[s->default_task], scale01, nl, words, lo, hi);
+
+    int sig_pipe[2];
+    if (pipe(sig_pipe) != 0) {
+        qalign_ctx_free(s->ctx[s->default_task]);
+        return failf(err, errlen, "pipe: %s", strerror(errno));
+    }
+    fcntl(sig_pipe[1], F_SETFL, fcntl(sig_pipe[1], F_GETFL) | O_NONBLOCK);
+    g_sig_fd = sig_pipe[1];
+    struct sigaction sa, old_term, old_int, old_pipe;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, &old_pipe); /* a client that went away is an error return, not a signal */
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->out_mu, NULL);
+    pthread_cond_init(&s->work_cv, &ca);
+    pthread_cond_init(&s->done_cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    pthread_t worker;
+    int rc = pthread_create(&worker, NULL, worker_main, s) != 0 ? failf(err, errlen, "cannot start the worker thread") : 0;
+    if (rc == 0) {
+        rc = o->stdio ? serve_stdio(s, sig_pipe[0], err, errlen) : serve_http(s, sig_pipe[0], err, errlen);
+        pthread_mutex_lock(&s->mu);
+        s->stop_worker = 1;
+        pthread_cond_broadcast(&s->work_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(worker, NULL);
+        if (rc == 0)
+            fprintf(stderr, "qalign: stopped: %llu requests received, %llu answered, %llu images and %llu videos scored\n",
+                    (unsigned long long)s->received, (unsigned long long)s->answered, (unsigned long long)s->images,
+                    (unsigned long long)s->videos);
+    }
+    if (rc == 0 && s->out_failed) rc = failf(err, errlen, "writing the answers to stdout failed: %s", strerror(s->out_failed));
+    for (int t = 0; t < N_TASKS; t++) qalign_ctx_free(s->ctx[t]);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGPIPE, &old_pipe, NULL);
+    g_sig_fd = -1;
+    close(sig_pipe[0]);
+    close(sig_pipe[1]);
+    pthread_cond_destroy(&s->work_cv);
+    pthread_cond_destroy(&s->done_cv);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->out_mu);
+    return rc;
+}

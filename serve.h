@@ -1,0 +1,142 @@
+/* serve.h - qalign as a service: `qalign --listen HOST:PORT MODEL` (HTTP/1.1) and
+ * `qalign --stdio MODEL` (JSON lines), built on qalign.h, image.h and app.h's result rows.
+ *
+ * serve.c is the server: one thread per connection reads a request, puts its images on
+ * one queue and waits; one worker thread owns the scoring contexts (one per task, made
+ * when first asked for) and takes from the queue up to --batch images of one task per
+ * decoder pass, waiting at most --batch-wait ms for company; the scores are the CLI's,
+ * bit for bit, whatever the batch (qalign.h guarantees it). Images stay encoded until the
+ * worker decodes them one at a time, so memory is the model, the run state and at most
+ * --max-queue request bodies of at most --max-body bytes each.
+ *
+ * serve_parse.c holds the parsers of untrusted bytes, as plain functions of a buffer (no
+ * sockets, no threads, no allocation beyond the request's item lists) so that the
+ * libFuzzer harnesses in fuzz/ can call them: the HTTP request head, query parameters,
+ * the JSON request bodies and base64.
+ */
+#ifndef QALIGN_SERVE_H
+#define QALIGN_SERVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qalign.h"
+
+/* ==== the server (serve.c) ============================================================ */
+
+typedef struct {
+    const char *listen;      /* --listen HOST:PORT (HOST may be empty: 127.0.0.1), or NULL */
+    int stdio;               /* --stdio */
+    int batch_wait_ms;       /* --batch-wait MS: longest wait for company (default 10) */
+    int64_t max_body;        /* --max-body BYTES: request body / stdin line (default 64 MB) */
+    int max_queue;           /* --max-queue N: requests admitted at once (default 32) */
+    int max_connections;     /* --max-connections N: open HTTP connections (default 128) */
+    double timeout;          /* --timeout S: a request must arrive within S s (plus 1 s per MB
+                                of body); also the idle keep-alive limit (default 10) */
+    const char *api_key;     /* --api-key KEY (or $QALIGN_API_KEY): Authorization: Bearer KEY */
+} ServeOptions;
+
+#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL}
+
+/* The options' part of `qalign --help`. */
+#define SERVE_USAGE \
+    "serving (see README, 'As a server'):\n" \
+    "  --listen HOST:PORT      HTTP/1.1 server: POST /score, GET /health, GET /metrics\n" \
+    "                          (HOST empty: 127.0.0.1; port 0: any free port, printed)\n" \
+    "  --stdio                 JSON lines: one request per line on stdin, one answer per line\n" \
+    "                          on stdout ({\"id\", \"path\"|\"image\"|\"frames\", \"task\", \"scale\"})\n" \
+    "  --batch-wait MS         longest a request waits for others to share its batch (10)\n" \
+    "  --max-body SIZE         largest request body / stdin line, e.g. 64M (default 64M)\n" \
+    "  --max-queue N           requests admitted at once; more get 503 (default 32)\n" \
+    "  --max-connections N     open connections at once; more get 503 (default 128)\n" \
+    "  --timeout S             a request must arrive within S seconds, plus 1 s per MB of\n" \
+    "                          body, else 408; idle keep-alive connections close (default 10)\n" \
+    "  --api-key KEY           require 'Authorization: Bearer KEY' (default $QALIGN_API_KEY)\n"
+
+/* If argv[i] is one of the options above, parse it (and its value, argv[i + 1]) into o and
+ * return how many arguments it took (1 or 2); 0 if argv[i] is not one of them; -1 with a
+ * reason in err for a bad or missing value. */
+int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen);
+
+/* Serve until EOF on stdin (--stdio) or SIGTERM/SIGINT, then answer what is in flight and
+ * return 0; -1 with a reason in err when the server cannot start (bad options, the address
+ * is in use, a context cannot be made). co: the scoring options of every context (its task
+ * is the default task; the others are made with the same options when first asked for);
+ * scale01: the default scale is 0-1. */
+int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, int scale01, char *err,
+              size_t errlen);
+
+/* ==== the parsers (serve_parse.c) ===================================================== */
+
+#define HTTP_MAX_HEAD 16384      /* request line + headers, bytes */
+#define HTTP_MAX_HEADERS 100     /* header fields */
+#define SERVE_MAX_IMAGES 1024    /* images in one JSON request */
+#define SERVE_MAX_FRAMES 256     /* frames in one video request */
+
+/* A parsed request head. The pointers point into the buffer given to http_parse_head. */
+typedef struct {
+    const char *method;      size_t method_len;
+    const char *path;        size_t path_len;        /* the target up to '?' */
+    const char *query;       size_t query_len;       /* after '?' (NULL: none) */
+    int minor;               /* HTTP/1.minor: 0 or 1 */
+    int64_t content_length;  /* -1: no Content-Length; INT64_MAX: more than that */
+    int chunked;             /* a Transfer-Encoding was given (the server refuses it: 411) */
+    int keep_alive;          /* the client keeps the connection (1.1 default, 1.0 with keep-alive) */
+    int expect_continue;     /* Expect: 100-continue */
+    int json;                /* Content-Type: application/json */
+    const char *authorization; size_t authorization_len; /* NULL if absent */
+} HttpRequest;
+
+/* Parse the head of an HTTP/1.x request from buf[0..len), the bytes received so far.
+ * Returns the head's length in bytes (> 0: the body, if any, starts there) when it is
+ * complete; 0 when more bytes are needed (and len < HTTP_MAX_HEAD); or -status (-400,
+ * -417, -431, -501, -505) with a one-line reason in err for a request to refuse. Empty
+ * lines before the request line are skipped; lines may end in CRLF or LF. */
+int http_parse_head(const char *buf, size_t len, HttpRequest *req, char *err, size_t errlen);
+
+/* The value of query parameter `name` in query[0..len), percent-decoded ('+' is a space),
+ * into out[0..outlen) with a NUL. Returns 1 if found, 0 if absent, -1 if it is malformed,
+ * longer than outlen - 1 or contains a NUL. */
+int http_query_get(const char *query, size_t len, const char *name, char *out, size_t outlen);
+/* 0 if every parameter of the query is one of the NULL-terminated names, else -1 with
+ * the first other one named in err. */
+int http_query_check(const char *query, size_t len, const char *const *names, char *err, size_t errlen);
+
+/* Decode base64 (RFC 4648 standard alphabet, padding optional) in place: s[0..len) becomes
+ * the bytes. Returns their number, or -1 (with a reason) for anything else. */
+int64_t serve_base64_decode(char *s, size_t len, char *err, size_t errlen);
+
+/* Where one image comes from: bytes (HTTP, or "image" on stdin), or a file (stdin only). */
+typedef struct {
+    const uint8_t *data; size_t len;
+    const char *path;        /* NUL-terminated, or NULL */
+} ServeSource;
+
+typedef enum { SERVE_IMAGES = 1, SERVE_VIDEO = 2 } ServeKind;
+
+/* A parsed JSON request. Strings point into the text given to serve_parse_json, which is
+ * rewritten in place (escapes and base64 decoded); item lists and id are malloc'ed. */
+typedef struct {
+    ServeKind kind;          /* SERVE_IMAGES: items are images; SERVE_VIDEO: the frames of one */
+    int many;                /* HTTP "images": answer {"results": [...]} rather than one row */
+    ServeSource *items;      /* n of them */
+    int n;
+    const char **names;      /* "names" (n of them, entries may be NULL) or "name" (1: an image's
+                                or the video's), or NULL */
+    int n_names;
+    const char *task;        /* NULL: the server's default */
+    const char *scale;       /* NULL: the server's default */
+    char *id;                /* stdin: the "id" value as JSON text (malloc'ed), or NULL */
+} ServeRequest;
+
+/* Parse one JSON request in text[0..len) (modified in place).
+ * HTTP (stdio = 0):   {"images": [B64, ...], "names": [S|null, ...]}  or  {"image": B64, "name": S}
+ *                     or {"video": [B64 frame, ...], "name": S}; optional "task", "scale".
+ * stdin (stdio = 1):  {"id": ANY, "path": S}  or  {"id": ANY, "image": B64, "name": S}
+ *                     or {"id": ANY, "frames": [S, ...]}; optional "task", "scale".
+ * Unknown keys, duplicate keys, two sources and anything not JSON are refused. On failure
+ * returns -1 with a reason in err; r->id is still set when the id could be read. */
+int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *err, size_t errlen);
+void serve_request_free(ServeRequest *r);
+
+#endif
