@@ -99,7 +99,7 @@ build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c 
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
 # The server's parsers (serve_parse.c) need nothing else.
 FUZZ_SERVE = build/fuzz_http build/fuzz_json
-$(FUZZ_SERVE): build/fuzz_%: fuzz/fuzz_%.c serve_parse.c serve.h qalign.h
+$(FUZZ_SERVE): build/fuzz_%: fuzz/fuzz_%.c serve_parse.c serve.h qalign.h common.h
 	@mkdir -p build
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< serve_parse.c
 fuzz-build: $(FUZZ_BINS)

@@ -298,6 +298,9 @@ int results_read(const char *path, ResultsFormat fmt, RowSet *into, int *torn, s
 /* Format one row (no file): CSV line or JSON line, with its '\n'. Returns malloc'ed text. */
 char *results_format_row(ResultsFormat fmt, const ResultRow *row);
 const char *results_csv_header(void); /* with its '\n' */
+/* s as a JSON string literal (quotes included), escaped as every row is: bytes that are not
+ * UTF-8 become \udcXX (Python's surrogateescape). Malloc'ed; NULL if out of memory. */
+char *json_quoted(const char *s);
 
 /* How a run makes rows of its results: cli.c (stdout, result files) and serve.c (the
  * server's answers) both use it, so the server answers with the --json line's fields and

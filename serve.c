@@ -38,116 +38,22 @@
 #include <unistd.h>
 
 #include "app.h"
+#include "common.h"
 #include "image.h"
 #include "qalign.h"
 #include "serve.h"
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int failf(char *err, size_t errlen, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-static int failf(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
-/* A growing string; oom is set (and further additions ignored) when memory runs out. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} Str;
-
-static void str_add(Str *s, const char *d, size_t n) {
-    if (s->oom) return;
-    if (s->n + n + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->n + n + 1) cap *= 2;
-        char *p = realloc(s->p, cap);
-        if (!p) {
-            s->oom = 1;
-            return;
-        }
-        s->p = p;
-        s->cap = cap;
-    }
-    memcpy(s->p + s->n, d, n);
-    s->n += n;
-    s->p[s->n] = 0;
-}
-
-static void str_adds(Str *s, const char *d) { str_add(s, d, strlen(d)); }
-
-static void str_printf(Str *s, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-static void str_printf(Str *s, const char *fmt, ...) {
-    char small[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if ((size_t)n < sizeof small) {
-        str_add(s, small, (size_t)n);
+/* t as a JSON string, escaped as the result rows are (app.c) */
+static void buf_json(Buf *b, const char *t) {
+    char *q = json_quoted(t);
+    if (!q) {
+        b->oom = 1;
         return;
     }
-    char *big = malloc((size_t)n + 1);
-    if (!big) {
-        s->oom = 1;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    str_add(s, big, (size_t)n);
-    free(big);
-}
-
-/* Length of the UTF-8 sequence at p (1..4), 0 if it is not valid UTF-8. */
-static int utf8_seq(const unsigned char *p, size_t n) {
-    if (p[0] < 0x80) return 1;
-    int len = p[0] >= 0xF0 && p[0] <= 0xF4 ? 4 : p[0] >= 0xE0 ? 3 : p[0] >= 0xC2 && p[0] < 0xE0 ? 2 : 0;
-    if (!len || (size_t)len > n) return 0;
-    for (int k = 1; k < len; k++)
-        if ((p[k] & 0xC0) != 0x80) return 0;
-    if (len == 3 && ((p[0] == 0xE0 && p[1] < 0xA0) || (p[0] == 0xED && p[1] >= 0xA0))) return 0;
-    if (len == 4 && ((p[0] == 0xF0 && p[1] < 0x90) || (p[0] == 0xF4 && p[1] >= 0x90))) return 0;
-    return len;
-}
-
-/* A JSON string (bytes that are not UTF-8 as \udcXX, as app.c writes paths). */
-static void str_json(Str *s, const char *t) {
-    const unsigned char *p = (const unsigned char *)t;
-    size_t n = strlen(t);
-    str_add(s, "\"", 1);
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        if (c == '"' || c == '\\') str_printf(s, "\\%c", c), i++;
-        else if (c < 0x20 || c == 0x7F) str_printf(s, "\\u%04x", c), i++;
-        else {
-            int l = utf8_seq(p + i, n - i);
-            if (l) str_add(s, t + i, (size_t)l), i += (size_t)l;
-            else str_printf(s, "\\udc%02x", c), i++;
-        }
-    }
-    str_add(s, "\"", 1);
+    buf_adds(b, q);
+    free(q);
 }
 
 /* ---- options ----------------------------------------------------------------------------- */
@@ -188,31 +94,31 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
     int k = 0;
     while (with_value[k] && strcmp(a, with_value[k])) k++;
     if (!with_value[k]) return 0;
-    if (i + 1 >= argc) return failf(err, errlen, "%s needs a value (try --help)", a);
+    if (i + 1 >= argc) return fail(err, errlen, "%s needs a value (try --help)", a);
     const char *v = argv[i + 1];
     long x;
     if (!strcmp(a, "--listen")) {
-        if (!strrchr(v, ':')) return failf(err, errlen, "--listen expects HOST:PORT (e.g. 127.0.0.1:8080), got '%s'", v);
+        if (!strrchr(v, ':')) return fail(err, errlen, "--listen expects HOST:PORT (e.g. 127.0.0.1:8080), got '%s'", v);
         o->listen = v;
     } else if (!strcmp(a, "--batch-wait")) {
-        if (parse_long(v, 0, 60000, &x)) return failf(err, errlen, "--batch-wait expects milliseconds in [0, 60000], got '%s'", v);
+        if (parse_long(v, 0, 60000, &x)) return fail(err, errlen, "--batch-wait expects milliseconds in [0, 60000], got '%s'", v);
         o->batch_wait_ms = (int)x;
     } else if (!strcmp(a, "--max-body")) {
-        if (parse_size(v, &o->max_body)) return failf(err, errlen, "--max-body expects a size such as 64M (1 B to 1 TB), got '%s'", v);
+        if (parse_size(v, &o->max_body)) return fail(err, errlen, "--max-body expects a size such as 64M (1 B to 1 TB), got '%s'", v);
     } else if (!strcmp(a, "--max-queue")) {
-        if (parse_long(v, 1, 100000, &x)) return failf(err, errlen, "--max-queue expects an integer in [1, 100000], got '%s'", v);
+        if (parse_long(v, 1, 100000, &x)) return fail(err, errlen, "--max-queue expects an integer in [1, 100000], got '%s'", v);
         o->max_queue = (int)x;
     } else if (!strcmp(a, "--max-connections")) {
         if (parse_long(v, 1, 100000, &x))
-            return failf(err, errlen, "--max-connections expects an integer in [1, 100000], got '%s'", v);
+            return fail(err, errlen, "--max-connections expects an integer in [1, 100000], got '%s'", v);
         o->max_connections = (int)x;
     } else if (!strcmp(a, "--timeout")) {
         char *end;
         double t = strtod(v, &end);
-        if (end == v || *end || !(t >= 0.1 && t <= 86400)) return failf(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
+        if (end == v || *end || !(t >= 0.1 && t <= 86400)) return fail(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
         o->timeout = t;
     } else {
-        if (!v[0]) return failf(err, errlen, "--api-key is empty");
+        if (!v[0]) return fail(err, errlen, "--api-key is empty");
         o->api_key = v;
     }
     return 2;
@@ -345,10 +251,10 @@ static void enqueue(Server *s, Job *j) {
 /* A job ready to queue from a parsed request: results, units; task and scale checked. */
 static Job *job_new(Server *s, const char *task, const char *scale, char *err, size_t errlen) {
     int t = task ? find_task(task) : s->default_task;
-    if (t < 0) return failf(err, errlen, "task must be quality, aesthetics or aesthetic"), NULL;
-    if (scale && strcmp(scale, "1-5") && strcmp(scale, "0-1")) return failf(err, errlen, "scale must be 1-5 or 0-1"), NULL;
+    if (t < 0) return fail(err, errlen, "task must be quality, aesthetics or aesthetic"), NULL;
+    if (scale && strcmp(scale, "1-5") && strcmp(scale, "0-1")) return fail(err, errlen, "scale must be 1-5 or 0-1"), NULL;
     Job *j = calloc(1, sizeof *j);
-    if (!j) return failf(err, errlen, "out of memory"), NULL;
+    if (!j) return fail(err, errlen, "out of memory"), NULL;
     j->task = t;
     j->scale01 = scale ? !strcmp(scale, "0-1") : s->default_scale01;
     return j;
@@ -358,7 +264,7 @@ static int job_ready(Job *j, char *err, size_t errlen) {
     j->n_res = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
     j->res = calloc((size_t)j->n_res, sizeof *j->res);
     j->units = calloc((size_t)j->n_res, sizeof *j->units);
-    if (!j->res || !j->units) return failf(err, errlen, "out of memory");
+    if (!j->res || !j->units) return fail(err, errlen, "out of memory");
     return 0;
 }
 
@@ -381,21 +287,21 @@ static char *job_row(Server *s, const Job *j, int i) {
 /* Read a regular file (stdio requests) of at most max bytes and decode it. */
 static int load_file(const char *path, int64_t max, Image *img, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the worker */
-    if (fd < 0) return failf(err, errlen, "cannot open: %s", strerror(errno));
+    if (fd < 0) return fail(err, errlen, "cannot open: %s", strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return failf(err, errlen, "not a regular file");
+        return fail(err, errlen, "not a regular file");
     }
     if ((int64_t)sb.st_size > max) {
         close(fd);
-        return failf(err, errlen, "%lld bytes: larger than --max-body", (long long)sb.st_size);
+        return fail(err, errlen, "%lld bytes: larger than --max-body", (long long)sb.st_size);
     }
     size_t n = (size_t)sb.st_size, got = 0;
     uint8_t *buf = malloc(n ? n : 1);
     if (!buf) {
         close(fd);
-        return failf(err, errlen, "out of memory reading the file");
+        return fail(err, errlen, "out of memory reading the file");
     }
     while (got < n) {
         ssize_t r = read(fd, buf + got, n - got);
@@ -410,10 +316,10 @@ static int load_file(const char *path, int64_t max, Image *img, char *err, size_
 }
 
 static int load_source(Server *s, const ServeSource *src, Image *img, char *err, size_t errlen) {
-    double t0 = now_s();
+    double t0 = now_seconds();
     int rc = src->path ? load_file(src->path, s->o.max_body, img, err, errlen) : image_decode(src->data, src->len, img, err, errlen);
     pthread_mutex_lock(&s->mu);
-    s->decode_seconds += now_s() - t0;
+    s->decode_seconds += now_seconds() - t0;
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -553,10 +459,10 @@ static void *worker_main(void *arg) {
                     if (nb == cap) break;
                     continue;
                 }
-                if (nb == 0 || s->stop_worker || now_s() >= deadline) break;
+                if (nb == 0 || s->stop_worker || now_seconds() >= deadline) break;
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
-                double wait = deadline - now_s();
+                double wait = deadline - now_seconds();
                 if (wait <= 0) break;
                 ts.tv_sec += (time_t)wait;
                 ts.tv_nsec += (long)((wait - floor(wait)) * 1e9);
@@ -622,7 +528,7 @@ static const char *reason(int status) {
 /* Wait until fd can be read (1), the deadline passes (0) or stop_fd is readable first (-1). */
 static int wait_fd(int fd, short events, int stop_fd, double deadline) {
     for (;;) {
-        double left = deadline - now_s();
+        double left = deadline - now_seconds();
         if (left <= 0) return 0;
         struct pollfd p[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
         int n = poll(p, stop_fd >= 0 ? 2 : 1, (int)ceil(left * 1000));
@@ -658,24 +564,29 @@ static int send_all(int fd, const char *d, size_t n, double deadline) {
 /* Write a response; count it. keep: the connection stays open after it. */
 static int respond(Conn *c, int status, const char *type, const char *body, size_t len, const char *extra, int keep) {
     Server *s = c->s;
-    Str h = {0};
-    str_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%sConnection: %s\r\n\r\n", status,
+    Buf h = {0};
+    buf_printf(&h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%sConnection: %s\r\n\r\n", status,
                reason(status), type, len, extra ? extra : "", keep ? "keep-alive" : "close");
-    str_add(&h, body, len);
-    int rc = h.oom ? -1 : send_all(c->fd, h.p, h.n, now_s() + s->o.timeout);
-    free(h.p);
+    buf_add(&h, body, len);
+    /* counted before the client can see the answer: a /metrics that follows it includes it */
     pthread_mutex_lock(&s->mu);
     if (status >= 100 && status < 600) s->by_status[status]++;
-    if (rc == 0) s->answered++;
     pthread_mutex_unlock(&s->mu);
+    int rc = h.oom ? -1 : send_all(c->fd, h.p, h.n, now_seconds() + s->o.timeout);
+    free(h.p);
+    if (rc == 0) {
+        pthread_mutex_lock(&s->mu);
+        s->answered++;
+        pthread_mutex_unlock(&s->mu);
+    }
     return rc;
 }
 
 static int respond_error(Conn *c, int status, const char *msg, const char *extra, int keep) {
-    Str b = {0};
-    str_adds(&b, "{\"error\": ");
-    str_json(&b, msg);
-    str_adds(&b, "}\n");
+    Buf b = {0};
+    buf_adds(&b, "{\"error\": ");
+    buf_json(&b, msg);
+    buf_adds(&b, "}\n");
     int rc = respond(c, status, "application/json", b.oom ? "{}\n" : b.p, b.oom ? 3 : b.n, extra, keep);
     free(b.p);
     return rc;
@@ -689,14 +600,14 @@ static void count_received(Server *s) {
 
 static void http_health(Conn *c, int keep) {
     Server *s = c->s;
-    Str b = {0};
+    Buf b = {0};
     pthread_mutex_lock(&s->mu);
     int stopping = s->stopping, admitted = s->admitted, queued = s->queued;
     uint64_t images = s->images;
     pthread_mutex_unlock(&s->mu);
-    str_printf(&b, "{\"status\": \"%s\", \"model\": ", stopping ? "stopping" : "ok");
-    str_json(&b, s->model_name);
-    str_printf(&b, ", \"model_id\": \"%s\", \"weights\": \"%s\", \"queue\": %d, \"queued_images\": %d, \"max_queue\": %d, "
+    buf_printf(&b, "{\"status\": \"%s\", \"model\": ", stopping ? "stopping" : "ok");
+    buf_json(&b, s->model_name);
+    buf_printf(&b, ", \"model_id\": \"%s\", \"weights\": \"%s\", \"queue\": %d, \"queued_images\": %d, \"max_queue\": %d, "
                "\"batch\": %d, \"images_scored\": %llu}\n", s->info.model_id, s->info.weight_type, admitted, queued,
                s->o.max_queue, s->co.batch, (unsigned long long)images);
     if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
@@ -706,18 +617,18 @@ static void http_health(Conn *c, int keep) {
 
 static void http_metrics(Conn *c, int keep) {
     Server *s = c->s;
-    Str b = {0};
+    Buf b = {0};
     pthread_mutex_lock(&s->mu);
-    str_adds(&b, "# HELP qalign_requests_total HTTP requests answered, by status code.\n"
+    buf_adds(&b, "# HELP qalign_requests_total HTTP requests answered, by status code.\n"
                  "# TYPE qalign_requests_total counter\n");
     for (int k = 100; k < 600; k++)
-        if (s->by_status[k]) str_printf(&b, "qalign_requests_total{code=\"%d\"} %llu\n", k, (unsigned long long)s->by_status[k]);
-    str_adds(&b, "# HELP qalign_request_errors_total HTTP requests answered with an error status (4xx, 5xx), by code.\n"
+        if (s->by_status[k]) buf_printf(&b, "qalign_requests_total{code=\"%d\"} %llu\n", k, (unsigned long long)s->by_status[k]);
+    buf_adds(&b, "# HELP qalign_request_errors_total HTTP requests answered with an error status (4xx, 5xx), by code.\n"
                  "# TYPE qalign_request_errors_total counter\n");
     for (int k = 400; k < 600; k++)
         if (s->by_status[k])
-            str_printf(&b, "qalign_request_errors_total{code=\"%d\"} %llu\n", k, (unsigned long long)s->by_status[k]);
-    str_printf(&b, "# HELP qalign_images_scored_total Images scored (frames of videos not included).\n"
+            buf_printf(&b, "qalign_request_errors_total{code=\"%d\"} %llu\n", k, (unsigned long long)s->by_status[k]);
+    buf_printf(&b, "# HELP qalign_images_scored_total Images scored (frames of videos not included).\n"
                    "# TYPE qalign_images_scored_total counter\nqalign_images_scored_total %llu\n"
                    "# HELP qalign_videos_scored_total Videos scored.\n"
                    "# TYPE qalign_videos_scored_total counter\nqalign_videos_scored_total %llu\n"
@@ -731,27 +642,27 @@ static void http_metrics(Conn *c, int keep) {
         t.abstractor += s->timings[k].abstractor;
         t.decoder += s->timings[k].decoder;
     }
-    str_printf(&b, "# HELP qalign_stage_seconds_total Seconds spent in each stage (decode: image files to pixels).\n"
+    buf_printf(&b, "# HELP qalign_stage_seconds_total Seconds spent in each stage (decode: image files to pixels).\n"
                    "# TYPE qalign_stage_seconds_total counter\n"
                    "qalign_stage_seconds_total{stage=\"decode\"} %.6f\nqalign_stage_seconds_total{stage=\"preprocess\"} %.6f\n"
                    "qalign_stage_seconds_total{stage=\"vision\"} %.6f\nqalign_stage_seconds_total{stage=\"abstractor\"} %.6f\n"
                    "qalign_stage_seconds_total{stage=\"decoder\"} %.6f\n",
                s->decode_seconds, t.preprocess, t.vision, t.abstractor, t.decoder);
-    str_printf(&b, "# HELP qalign_queue_length Requests admitted and not answered yet (receiving, waiting or scored).\n"
+    buf_printf(&b, "# HELP qalign_queue_length Requests admitted and not answered yet (receiving, waiting or scored).\n"
                    "# TYPE qalign_queue_length gauge\nqalign_queue_length %d\n"
                    "# HELP qalign_queue_images Images and videos waiting for the model.\n"
                    "# TYPE qalign_queue_images gauge\nqalign_queue_images %d\n"
                    "# HELP qalign_batch_size Images per decoder pass.\n# TYPE qalign_batch_size histogram\n",
                s->admitted, s->queued);
     for (int k = 0; k < N_BATCH_BUCKETS; k++)
-        str_printf(&b, "qalign_batch_size_bucket{le=\"%d\"} %llu\n", 1 << k, (unsigned long long)s->batch_hist[k]);
-    str_printf(&b, "qalign_batch_size_bucket{le=\"+Inf\"} %llu\nqalign_batch_size_sum %llu\nqalign_batch_size_count %llu\n",
+        buf_printf(&b, "qalign_batch_size_bucket{le=\"%d\"} %llu\n", 1 << k, (unsigned long long)s->batch_hist[k]);
+    buf_printf(&b, "qalign_batch_size_bucket{le=\"+Inf\"} %llu\nqalign_batch_size_sum %llu\nqalign_batch_size_count %llu\n",
                (unsigned long long)s->batches, (unsigned long long)s->batch_images, (unsigned long long)s->batches);
-    str_adds(&b, "# HELP qalign_score_seconds Seconds from a /score request's head to its answer.\n"
+    buf_adds(&b, "# HELP qalign_score_seconds Seconds from a /score request's head to its answer.\n"
                  "# TYPE qalign_score_seconds histogram\n");
     for (size_t k = 0; k < N_LATENCY; k++)
-        str_printf(&b, "qalign_score_seconds_bucket{le=\"%g\"} %llu\n", LATENCY_BUCKETS[k], (unsigned long long)s->latency_hist[k]);
-    str_printf(&b, "qalign_score_seconds_bucket{le=\"+Inf\"} %llu\nqalign_score_seconds_sum %.6f\nqalign_score_seconds_count %llu\n",
+        buf_printf(&b, "qalign_score_seconds_bucket{le=\"%g\"} %llu\n", LATENCY_BUCKETS[k], (unsigned long long)s->latency_hist[k]);
+    buf_printf(&b, "qalign_score_seconds_bucket{le=\"+Inf\"} %llu\nqalign_score_seconds_sum %.6f\nqalign_score_seconds_count %llu\n",
                (unsigned long long)s->latency_count, s->latency_sum, (unsigned long long)s->latency_count);
     pthread_mutex_unlock(&s->mu);
     if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
@@ -795,16 +706,16 @@ static void http_answer(Conn *c, Job *j, int keep) {
         free(row);
         return;
     }
-    Str b = {0};
-    str_adds(&b, "{\"results\": [");
+    Buf b = {0};
+    buf_adds(&b, "{\"results\": [");
     for (int i = 0; i < j->n_res; i++) {
         char *row = job_row(s, j, i);
         if (!row) b.oom = 1;
-        else str_add(&b, row, strlen(row) - 1); /* without its '\n' */
-        if (i + 1 < j->n_res) str_adds(&b, ", ");
+        else buf_add(&b, row, strlen(row) - 1); /* without its '\n' */
+        if (i + 1 < j->n_res) buf_adds(&b, ", ");
         free(row);
     }
-    str_adds(&b, "]}\n");
+    buf_adds(&b, "]}\n");
     if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
     else respond(c, 200, "application/json", b.p, b.n, NULL, keep);
     free(b.p);
@@ -873,7 +784,7 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
     c->have = in_head - from_head;
     if (from_head < len && rq->expect_continue) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        send_all(c->fd, cont, sizeof cont - 1, now_s() + s->o.timeout);
+        send_all(c->fd, cont, sizeof cont - 1, now_seconds() + s->o.timeout);
     }
     double deadline = t0 + s->o.timeout + (double)len / (1 << 20);
     for (size_t got = from_head; got < len;) {
@@ -891,21 +802,21 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
         got += (size_t)n;
     }
     j->body[len] = 0;
-    j->t_start = now_s();
+    j->t_start = now_seconds();
     int rc;
     if (rq->json) {
         rc = serve_parse_json(j->body, len, 0, &j->req, err, sizeof err);
         if (rc == 0 && j->req.task && (j->task = find_task(j->req.task)) < 0)
-            rc = failf(err, sizeof err, "task must be quality, aesthetics or aesthetic");
+            rc = fail(err, sizeof err, "task must be quality, aesthetics or aesthetic");
         if (rc == 0 && j->req.scale) {
-            if (strcmp(j->req.scale, "1-5") && strcmp(j->req.scale, "0-1")) rc = failf(err, sizeof err, "scale must be 1-5 or 0-1");
+            if (strcmp(j->req.scale, "1-5") && strcmp(j->req.scale, "0-1")) rc = fail(err, sizeof err, "scale must be 1-5 or 0-1");
             else j->scale01 = !strcmp(j->req.scale, "0-1");
         }
     } else { /* the body is one image */
         j->req.kind = SERVE_IMAGES;
         j->req.n = 1;
         j->req.items = calloc(1, sizeof *j->req.items);
-        rc = j->req.items ? 0 : failf(err, sizeof err, "out of memory");
+        rc = j->req.items ? 0 : fail(err, sizeof err, "out of memory");
         if (!rc) {
             j->req.items[0].data = (const uint8_t *)j->body;
             j->req.items[0].len = len;
@@ -924,7 +835,7 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
     pthread_mutex_unlock(&s->mu);
     http_answer(c, j, keep);
     job_free(j);
-    double dt = now_s() - t0;
+    double dt = now_seconds() - t0;
     pthread_mutex_lock(&s->mu);
     s->latency_count++;
     s->latency_sum += dt;
@@ -939,9 +850,9 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
 /* Serve one request on c; 1 if the connection stays open for another. */
 static int http_one(Conn *c) {
     Server *s = c->s;
-    if (c->have == 0 && wait_fd(c->fd, POLLIN, s->stop_pipe[0], now_s() + s->o.timeout) != 1)
+    if (c->have == 0 && wait_fd(c->fd, POLLIN, s->stop_pipe[0], now_seconds() + s->o.timeout) != 1)
         return 0; /* idle too long, or stopping: close */
-    double t0 = now_s();
+    double t0 = now_seconds();
     HttpRequest rq;
     char err[256];
     int hl = 0, scanned_to = -1;
@@ -1013,7 +924,7 @@ static void *conn_main(void *arg) {
     if (c->drain) { /* the client may still be sending: let it read our answer before the close */
         char sink[16384];
         shutdown(c->fd, SHUT_WR);
-        double until = now_s() + 2;
+        double until = now_seconds() + 2;
         size_t total = 0;
         for (;;) {
             ssize_t n = read_by(c->fd, sink, sizeof sink, until);
@@ -1062,12 +973,12 @@ static int open_listener(const char *spec, char *shown, size_t shown_len, int *l
     const char *colon = strrchr(spec, ':');
     size_t hl = (size_t)(colon - spec);
     if (hl >= sizeof host || strlen(colon + 1) >= sizeof port || !colon[1])
-        return failf(err, errlen, "--listen expects HOST:PORT, got '%s'", spec);
+        return fail(err, errlen, "--listen expects HOST:PORT, got '%s'", spec);
     memcpy(host, spec, hl);
     host[hl] = 0;
     snprintf(port, sizeof port, "%s", colon + 1);
     long pn;
-    if (parse_long(port, 0, 65535, &pn)) return failf(err, errlen, "--listen: '%s' is not a port number (0-65535)", port);
+    if (parse_long(port, 0, 65535, &pn)) return fail(err, errlen, "--listen: '%s' is not a port number (0-65535)", port);
     if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') { /* [::1]:8080 */
         memmove(host, host + 1, hl - 2);
         host[hl - 2] = 0;
@@ -1078,7 +989,7 @@ static int open_listener(const char *spec, char *shown, size_t shown_len, int *l
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
     int gai = getaddrinfo(host, port, &hints, &ai);
-    if (gai != 0) return failf(err, errlen, "--listen %s: %s", spec, gai_strerror(gai));
+    if (gai != 0) return fail(err, errlen, "--listen %s: %s", spec, gai_strerror(gai));
     int fd = -1, e = 0;
     for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
         fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
@@ -1095,7 +1006,7 @@ static int open_listener(const char *spec, char *shown, size_t shown_len, int *l
         }
     }
     freeaddrinfo(ai);
-    if (fd < 0) return failf(err, errlen, "--listen %s: %s", spec, strerror(e));
+    if (fd < 0) return fail(err, errlen, "--listen %s: %s", spec, strerror(e));
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     struct sockaddr_storage ss;
@@ -1157,7 +1068,7 @@ static int serve_http(Server *s, int sig_fd, char *err, size_t errlen) {
     if (lfd < 0) return -1;
     if (pipe(s->stop_pipe) != 0) {
         close(lfd);
-        return failf(err, errlen, "pipe: %s", strerror(errno));
+        return fail(err, errlen, "pipe: %s", strerror(errno));
     }
     if (!loopback && !s->o.api_key)
         fprintf(stderr, "qalign: warning: listening on %s, not a loopback address, without --api-key: anyone who can "
@@ -1214,12 +1125,12 @@ static void out_line(Server *s, const char *line, size_t n) {
 
 /* {"id": ID, "error": MSG} */
 static void out_error(Server *s, const char *id, const char *msg) {
-    Str b = {0};
-    str_adds(&b, "{\"id\": ");
-    str_adds(&b, id ? id : "null");
-    str_adds(&b, ", \"error\": ");
-    str_json(&b, msg);
-    str_adds(&b, "}\n");
+    Buf b = {0};
+    buf_adds(&b, "{\"id\": ");
+    buf_adds(&b, id ? id : "null");
+    buf_adds(&b, ", \"error\": ");
+    buf_json(&b, msg);
+    buf_adds(&b, "}\n");
     if (!b.oom) out_line(s, b.p, b.n);
     free(b.p);
 }
@@ -1227,12 +1138,12 @@ static void out_error(Server *s, const char *id, const char *msg) {
 /* A finished stdin request: its row, with "id" first. */
 static void stdio_answer(Server *s, Job *j) {
     char *row = job_row(s, j, 0);
-    Str b = {0};
-    str_adds(&b, "{\"id\": ");
-    str_adds(&b, j->req.id ? j->req.id : "null");
+    Buf b = {0};
+    buf_adds(&b, "{\"id\": ");
+    buf_adds(&b, j->req.id ? j->req.id : "null");
     if (row) {
-        str_adds(&b, ", ");
-        str_adds(&b, row + 1);
+        buf_adds(&b, ", ");
+        buf_adds(&b, row + 1);
     }
     if (!row || b.oom) out_error(s, j->req.id, "out of memory");
     else out_line(s, b.p, b.n);
@@ -1299,7 +1210,7 @@ static void stdio_line(Server *s, char *line, size_t n) {
         pthread_cond_timedwait(&s->done_cv, &s->mu, &ts);
     }
     s->admitted++;
-    j->t_start = now_s();
+    j->t_start = now_seconds();
     enqueue(s, j);
     pthread_mutex_unlock(&s->mu);
 }
@@ -1309,10 +1220,10 @@ static int serve_stdio(Server *s, int sig_fd, char *err, size_t errlen) {
     char *buf = malloc(cap);
     int skipping = 0; /* inside a line longer than --max-body: drop it up to its end */
     pthread_t writer;
-    if (!buf) return failf(err, errlen, "out of memory");
+    if (!buf) return fail(err, errlen, "out of memory");
     if (pthread_create(&writer, NULL, writer_main, s) != 0) {
         free(buf);
-        return failf(err, errlen, "cannot start the writer thread");
+        return fail(err, errlen, "cannot start the writer thread");
     }
     for (;;) {
         char *nl = memchr(buf + scanned, '\n', have - scanned);
@@ -1392,7 +1303,7 @@ static int serve_stdio(Server *s, int sig_fd, char *err, size_t errlen) {
 
 int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, int scale01, char *err,
               size_t errlen) {
-    if (!!o->listen + !!o->stdio != 1) return failf(err, errlen, "give one of --listen HOST:PORT and --stdio");
+    if (!!o->listen + !!o->stdio != 1) return fail(err, errlen, "give one of --listen HOST:PORT and --stdio");
     static Server srv; /* one per process: the signal handler's pipe is global anyway */
     Server *s = &srv;
     memset(s, 0, sizeof *s);
@@ -1402,7 +1313,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     s->co = *co;
     s->default_scale01 = scale01;
     s->default_task = find_task(co->task ? co->task : "quality");
-    if (s->default_task < 0) return failf(err, errlen, "--task must be quality, aesthetics or aesthetic");
+    if (s->default_task < 0) return fail(err, errlen, "--task must be quality, aesthetics or aesthetic");
     qalign_describe(m, &s->info);
     s->model_name = strrchr(s->info.path, '/') ? strrchr(s->info.path, '/') + 1 : s->info.path;
 
@@ -1424,7 +1335,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     int sig_pipe[2];
     if (pipe(sig_pipe) != 0) {
         qalign_ctx_free(s->ctx[s->default_task]);
-        return failf(err, errlen, "pipe: %s", strerror(errno));
+        return fail(err, errlen, "pipe: %s", strerror(errno));
     }
     fcntl(sig_pipe[1], F_SETFL, fcntl(sig_pipe[1], F_GETFL) | O_NONBLOCK);
     g_sig_fd = sig_pipe[1];
@@ -1448,7 +1359,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     pthread_condattr_destroy(&ca);
 
     pthread_t worker;
-    int rc = pthread_create(&worker, NULL, worker_main, s) != 0 ? failf(err, errlen, "cannot start the worker thread") : 0;
+    int rc = pthread_create(&worker, NULL, worker_main, s) != 0 ? fail(err, errlen, "cannot start the worker thread") : 0;
     if (rc == 0) {
         rc = o->stdio ? serve_stdio(s, sig_pipe[0], err, errlen) : serve_http(s, sig_pipe[0], err, errlen);
         pthread_mutex_lock(&s->mu);
@@ -1461,7 +1372,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
                     (unsigned long long)s->received, (unsigned long long)s->answered, (unsigned long long)s->images,
                     (unsigned long long)s->videos);
     }
-    if (rc == 0 && s->out_failed) rc = failf(err, errlen, "writing the answers to stdout failed: %s", strerror(s->out_failed));
+    if (rc == 0 && s->out_failed) rc = fail(err, errlen, "writing the answers to stdout failed: %s", strerror(s->out_failed));
     for (int t = 0; t < N_TASKS; t++) qalign_ctx_free(s->ctx[t]);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGINT, &old_int, NULL);

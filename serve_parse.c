@@ -7,22 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
 #include "serve.h"
-
-static int fail_msg(char *err, size_t errlen, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-static int fail_msg(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
@@ -41,7 +27,7 @@ static int is_tchar(unsigned char c) {
 
 /* ---- the request head ------------------------------------------------------------------ */
 
-#define HEAD_FAIL(status, ...) (fail_msg(err, errlen, __VA_ARGS__), -(status))
+#define HEAD_FAIL(status, ...) (fail(err, errlen, __VA_ARGS__), -(status))
 
 /* One header field (name[0..nl), value[0..vl) trimmed) into req. */
 static int head_field(HttpRequest *req, const char *name, size_t nl, const char *v, size_t vl, int *seen_host,
@@ -251,7 +237,7 @@ static int check_pair(void *user, const char *k, size_t kl, const char *v, size_
     for (size_t i = 0; i < kl && m + 1 < sizeof shown; i++) /* printable characters only */
         shown[m++] = k[i] > 0x20 && k[i] < 0x7F && k[i] != '\'' ? k[i] : '?';
     shown[m] = 0;
-    return fail_msg(c->err, c->errlen, "unknown query parameter '%s'", shown);
+    return fail(c->err, c->errlen, "unknown query parameter '%s'", shown);
 }
 
 int http_query_check(const char *query, size_t len, const char *const *names, char *err, size_t errlen) {
@@ -272,7 +258,7 @@ int64_t serve_base64_decode(char *s, size_t len, char *err, size_t errlen) {
         const char *m = NULL;
         for (size_t k = 5; k + 8 <= len && s[k] != ','; k++)
             if (!memcmp(s + k, ";base64,", 8)) { m = s + k + 8; break; }
-        if (!m) return fail_msg(err, errlen, "a data: URL that is not base64");
+        if (!m) return fail(err, errlen, "a data: URL that is not base64");
         i = (size_t)(m - s);
     }
     uint32_t acc = 0;
@@ -286,8 +272,8 @@ int64_t serve_base64_decode(char *s, size_t len, char *err, size_t errlen) {
             continue;
         }
         int v = b64val(c);
-        if (v < 0) return fail_msg(err, errlen, "invalid base64 (character %zu)", i);
-        if (pad) return fail_msg(err, errlen, "invalid base64 (data after '=')");
+        if (v < 0) return fail(err, errlen, "invalid base64 (character %zu)", i);
+        if (pad) return fail(err, errlen, "invalid base64 (data after '=')");
         acc = (acc << 6) | (uint32_t)v;
         bits += 6;
         nchar++;
@@ -296,8 +282,8 @@ int64_t serve_base64_decode(char *s, size_t len, char *err, size_t errlen) {
             s[o++] = (char)((acc >> bits) & 0xFF); /* o < i: the output never overtakes the input */
         }
     }
-    if (nchar % 4 == 1) return fail_msg(err, errlen, "invalid base64 (truncated)");
-    if (pad && (pad > 2 || (nchar + (size_t)pad) % 4 != 0)) return fail_msg(err, errlen, "invalid base64 padding");
+    if (nchar % 4 == 1) return fail(err, errlen, "invalid base64 (truncated)");
+    if (pad && (pad > 2 || (nchar + (size_t)pad) % 4 != 0)) return fail(err, errlen, "invalid base64 padding");
     return (int64_t)o;
 }
 
@@ -312,7 +298,7 @@ typedef struct {
 #define JSON_MAX_DEPTH 64
 
 static int jfail(Json *j, const char *what) {
-    return fail_msg(j->err, j->errlen, "bad JSON: %s at byte %zu", what, (size_t)(j->p - j->start));
+    return fail(j->err, j->errlen, "bad JSON: %s at byte %zu", what, (size_t)(j->p - j->start));
 }
 
 static void jws(Json *j) {
@@ -472,16 +458,16 @@ static int jstr_value(Json *j, const char *key, int nullable, char **out, size_t
     *out = NULL;
     *len = 0;
     if (nullable && j->p < j->end && *j->p == 'n') return jliteral(j, "null");
-    if (j->p >= j->end || *j->p != '"') return fail_msg(j->err, j->errlen, "%s must be a string", key);
+    if (j->p >= j->end || *j->p != '"') return fail(j->err, j->errlen, "%s must be a string", key);
     return jstring(j, 1, out, len);
 }
 
 static int push_item(ServeRequest *r, int *cap, int max, const char *key, char *err, size_t errlen) {
-    if (r->n >= max) return fail_msg(err, errlen, "'%s': more than %d entries", key, max);
+    if (r->n >= max) return fail(err, errlen, "'%s': more than %d entries", key, max);
     if (r->n == *cap) {
         int nc = *cap ? *cap * 2 : 8;
         ServeSource *ni = realloc(r->items, (size_t)nc * sizeof *ni);
-        if (!ni) return fail_msg(err, errlen, "out of memory");
+        if (!ni) return fail(err, errlen, "out of memory");
         r->items = ni;
         *cap = nc;
     }
@@ -496,7 +482,7 @@ static int b64_item(Json *j, const char *label, ServeSource *s) {
     char why[96];
     if (jstr_value(j, label, 0, &v, &n)) return -1;
     int64_t got = serve_base64_decode(v, n, why, sizeof why);
-    if (got < 0) return fail_msg(j->err, j->errlen, "%s: %s", label, why);
+    if (got < 0) return fail(j->err, j->errlen, "%s: %s", label, why);
     s->data = (const uint8_t *)v;
     s->len = (size_t)got;
     return 0;
@@ -505,23 +491,23 @@ static int b64_item(Json *j, const char *label, ServeSource *s) {
 /* An array of strings: base64 images (b64 = 1) or paths, into r->items; or names. */
 static int jarray(Json *j, ServeRequest *r, const char *key, int what, int max) {
     jws(j);
-    if (j->p >= j->end || *j->p != '[') return fail_msg(j->err, j->errlen, "'%s' must be an array", key);
+    if (j->p >= j->end || *j->p != '[') return fail(j->err, j->errlen, "'%s' must be an array", key);
     j->p++;
     jws(j);
     int cap = 0, n_names = 0, names_cap = 0;
     if (j->p < j->end && *j->p == ']') {
         j->p++;
-        return fail_msg(j->err, j->errlen, "'%s' is empty", key);
+        return fail(j->err, j->errlen, "'%s' is empty", key);
     }
     for (int i = 0;; i++) {
         char label[48];
         snprintf(label, sizeof label, "%s[%d]", key, i);
         if (what == 2) { /* names */
-            if (n_names >= SERVE_MAX_IMAGES) return fail_msg(j->err, j->errlen, "'names': more than %d entries", SERVE_MAX_IMAGES);
+            if (n_names >= SERVE_MAX_IMAGES) return fail(j->err, j->errlen, "'names': more than %d entries", SERVE_MAX_IMAGES);
             if (n_names == names_cap) {
                 names_cap = names_cap ? names_cap * 2 : 8;
                 const char **nn = realloc(r->names, (size_t)names_cap * sizeof *nn);
-                if (!nn) return fail_msg(j->err, j->errlen, "out of memory");
+                if (!nn) return fail(j->err, j->errlen, "out of memory");
                 r->names = nn;
             }
             char *v;
@@ -537,7 +523,7 @@ static int jarray(Json *j, ServeRequest *r, const char *key, int what, int max) 
                 char *v;
                 size_t n;
                 if (jstr_value(j, label, 0, &v, &n)) return -1;
-                if (n == 0) return fail_msg(j->err, j->errlen, "%s: an empty path", label);
+                if (n == 0) return fail(j->err, j->errlen, "%s: an empty path", label);
                 s->path = v;
             }
         }
@@ -573,7 +559,7 @@ static int member(Json *j, ServeRequest *r, int k) {
         char *s = j->p;
         if (jskip(j, 1)) return -1;
         r->id = malloc((size_t)(j->p - s) + 1);
-        if (!r->id) return fail_msg(j->err, j->errlen, "out of memory");
+        if (!r->id) return fail(j->err, j->errlen, "out of memory");
         memcpy(r->id, s, (size_t)(j->p - s));
         r->id[j->p - s] = 0;
         return 0;
@@ -594,16 +580,16 @@ static int member(Json *j, ServeRequest *r, int k) {
         r->kind = SERVE_IMAGES;
         if (push_item(r, &cap, 1, "path", j->err, j->errlen)) return -1;
         if (jstr_value(j, "path", 0, &v, &n)) return -1;
-        if (n == 0) return fail_msg(j->err, j->errlen, "'path' is empty");
+        if (n == 0) return fail(j->err, j->errlen, "'path' is empty");
         r->items[0].path = v;
         return 0;
     case K_NAMES:
     case K_NAME:
-        if (r->names) return fail_msg(j->err, j->errlen, "'name' and 'names' together");
+        if (r->names) return fail(j->err, j->errlen, "'name' and 'names' together");
         if (k == K_NAMES) return jarray(j, r, "names", 2, SERVE_MAX_IMAGES);
         if (jstr_value(j, "name", 1, &v, &n)) return -1;
         r->names = malloc(sizeof *r->names);
-        if (!r->names) return fail_msg(j->err, j->errlen, "out of memory");
+        if (!r->names) return fail(j->err, j->errlen, "out of memory");
         r->names[0] = v;
         r->n_names = 1;
         return 0;
@@ -642,14 +628,14 @@ int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *e
                 for (size_t i = 0; i < kl && m + 1 < sizeof shown; i++)
                     shown[m++] = (unsigned char)key[i] >= 0x20 && key[i] != 0x7F && key[i] != '\'' ? key[i] : '?';
                 shown[m] = 0;
-                return fail_msg(err, errlen, "unknown key '%s' (expected %s)", shown,
+                return fail(err, errlen, "unknown key '%s' (expected %s)", shown,
                                 stdio ? "id, path, image, name, frames, task, scale"
                                       : "images, names, image, name, video, task, scale");
             }
-            if (seen & (1u << k)) return fail_msg(err, errlen, "'%s' given twice", KEYS[k]);
+            if (seen & (1u << k)) return fail(err, errlen, "'%s' given twice", KEYS[k]);
             unsigned sources = 1u << K_IMAGES | 1u << K_IMAGE | 1u << K_VIDEO | 1u << K_PATH | 1u << K_FRAMES;
             if ((sources & (1u << k)) && (seen & sources))
-                return fail_msg(err, errlen, "one request scores one of %s", stdio ? "path, image, frames" : "images, image, video");
+                return fail(err, errlen, "one request scores one of %s", stdio ? "path, image, frames" : "images, image, video");
             seen |= 1u << k;
             if (member(&j, r, k)) return -1;
             jws(&j);
@@ -666,12 +652,12 @@ int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *e
     jws(&j);
     if (j.p != j.end) return jfail(&j, "text after the object");
     if (!r->n)
-        return fail_msg(err, errlen, "nothing to score: give %s", stdio ? "\"path\", \"image\" or \"frames\"" : "\"images\", \"image\" or \"video\"");
-    if ((seen & (1u << K_NAMES)) && !(seen & (1u << K_IMAGES))) return fail_msg(err, errlen, "'names' goes with 'images'");
+        return fail(err, errlen, "nothing to score: give %s", stdio ? "\"path\", \"image\" or \"frames\"" : "\"images\", \"image\" or \"video\"");
+    if ((seen & (1u << K_NAMES)) && !(seen & (1u << K_IMAGES))) return fail(err, errlen, "'names' goes with 'images'");
     if ((seen & (1u << K_NAME)) && !(seen & (1u << K_IMAGE | 1u << K_VIDEO)))
-        return fail_msg(err, errlen, "'name' goes with %s", stdio ? "'image'" : "'image' or 'video'");
+        return fail(err, errlen, "'name' goes with %s", stdio ? "'image'" : "'image' or 'video'");
     if (r->names && r->n_names != (r->kind == SERVE_VIDEO ? 1 : r->n)) /* a video has one name */
-        return fail_msg(err, errlen, "%d names for %d images", r->n_names, r->n);
+        return fail(err, errlen, "%d names for %d images", r->n_names, r->n);
     return 0;
 }
 

@@ -7,7 +7,7 @@
   * examples/score prints the CLI's first column, linked statically and against libqalign.so;
   * the layout the README and PORTING.md describe: qalign.c has no intrinsics and no main,
     and reaches the model's forward passes in its first half; the command line, the server
-    (serve.c; its parsers in serve_parse.c need nothing but serve.h) and the example include
+    (serve.c; its parsers in serve_parse.c need nothing but serve.h and common.h's helpers) and the example include
     the public headers only.
 """
 import re
@@ -86,7 +86,8 @@ def test_code_layout():
         at = next(i for i, line in enumerate(lines) if re.match(rf"static \w+ {fn}\(", line))
         assert at < half, f"{fn} starts at line {at + 1} of {len(lines)}"
     for src, allowed in (("cli.c", {"app.h", "image.h", "qalign.h", "serve.h"}), ("examples/score.c", {"image.h", "qalign.h"}),
-                         ("serve.c", {"app.h", "image.h", "qalign.h", "serve.h"}), ("serve_parse.c", {"serve.h"}),
+                         ("serve.c", {"app.h", "common.h", "image.h", "qalign.h", "serve.h"}),
+                         ("serve_parse.c", {"common.h", "serve.h"}),
                          ("serve.h", {"qalign.h"})):
         inc = set(re.findall(r'#include "([^"]+)"', (ROOT / src).read_text()))
         assert inc <= allowed, f"{src} includes {sorted(inc - allowed)}"
