@@ -1388,7 +1388,9 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
         json_str(b, r->task);
         buf_adds(b, ", \"kind\": ");
         json_str(b, r->kind);
-        buf_printf(b, ", \"frames\": %d, \"score\": ", r->frames);
+        buf_printf(b, ", \"frames\": %d", r->frames);
+        if (r->per_frame) buf_printf(b, ", \"frame\": %d", r->frame);
+        buf_adds(b, ", \"score\": ");
         json_num(b, bad ? NAN : r->score);
         buf_adds(b, ", \"std\": ");
         json_num(b, bad ? NAN : r->std);
@@ -1404,6 +1406,14 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
                 json_num(b, bad ? NAN : k ? r->logits[i] : r->probs[i]);
                 buf_free(&key);
             }
+        if (r->n_anchors > 0 && !bad) {
+            buf_adds(b, ", \"anchor_prefs\": [");
+            for (int i = 0; i < r->n_anchors; i++) {
+                if (i) buf_adds(b, ", ");
+                json_num(b, r->anchor_prefs[i]);
+            }
+            buf_addc(b, ']');
+        }
         buf_adds(b, ", \"error\": ");
         json_str(b, bad ? r->error : NULL);
         buf_adds(b, "}\n");
@@ -1479,6 +1489,7 @@ int rowset_add(RowSet *s, const ResultRow *row) {
         s->cap = nc;
     }
     ResultRow r = *row;
+    r.n_anchors = 0, r.anchor_prefs = NULL; /* (not kept) */
     r.path = xstrdup0(row->path);
     r.task = xstrdup0(row->task);
     r.kind = xstrdup0(row->kind);

@@ -263,6 +263,12 @@ typedef struct {
     double logits[APP_MAX_LEVELS]; /* per level word; NaN where unknown */
     int n_levels;           /* 0: the five default words (APP_LEVEL_NAMES) */
     const char *const *levels; /* else the words (JSON only: result files take the default five) */
+    /* JSON only, and only when set (other rows are unchanged): */
+    int per_frame;          /* 1: the row of one frame of a video (--per-frame): "frame": k after "frames" */
+    int frame;              /* that frame, from 0 */
+    int n_anchors;          /* > 0: a comparison scorer's row (Compare2Score): "anchor_prefs": [the
+                               image's preference over each anchor] before "error" */
+    const float *anchor_prefs;
 } ResultRow;
 
 typedef enum { RESULTS_CSV = 0, RESULTS_JSONL = 1 } ResultsFormat;
