@@ -4,6 +4,9 @@
  * abstractor -> LLaMA-2 with modality-adaptive k/v projections and norms) "How would you
  * rate the quality of this image?" and reads the answer off the logits of five words:
  * score = softmax(logits[excellent good fair poor bad]) . [5 4 3 2 1].
+ * The family's other scorers (Q-Align's single-task checkpoints, DeQA-Score, Q-Instruct,
+ * Compare2Score) run the same model with other prompts, words and weights: the presets
+ * in the back matter, and Compare2Score's comparisons after score_batch.
  *
  * This file is the model, top to bottom, and reads in this order:
  *   config (the file header) -> weights (views into the file) -> run state ->
@@ -1358,7 +1361,7 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
         trim(&n0, &n1);
         if (n0 == n1) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: expected word=weight,... (got '%s')", spec);
         if (lv->n == QALIGN_MAX_LEVELS) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: at most %d levels", QALIGN_MAX_LEVELS);
-        for (const char *w = p; w < eq;) { /* the level's words, separated by '|' */
+        for (const char *w = p;;) { /* the level's words, separated by '|' */
             const char *bar = memchr(w, '|', (size_t)(eq - w)), *w1 = bar ? bar : eq, *w0 = w;
             trim(&w0, &w1);
             char word[32] = {0};
@@ -1376,9 +1379,9 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
                                          "another word of the levels", word, id);
             if (lv->n_ids[lv->n] == 0) memcpy(lv->words[lv->n], word, sizeof word);
             lv->ids[lv->n][lv->n_ids[lv->n]++] = id;
-            w = bar ? bar + 1 : eq;
+            if (!bar) break;
+            w = bar + 1;
         }
-        if (lv->n_ids[lv->n] == 0) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: expected word=weight,... (got '%s')", spec);
         char num[64] = {0}, *tail;
         memcpy(num, n0, (size_t)(n1 - n0) < sizeof num - 1 ? (size_t)(n1 - n0) : sizeof num - 1);
         lv->weights[lv->n] = strtof(num, &tail);

@@ -416,6 +416,9 @@ def test_iaa_eval_prompt_by_name(model, oracle, images, workdir):
     (["--prompt", "iaa_eval"], "iaa-eval"),
     (["--prompt", "A <|image|> B <|image|>"], "exactly once"),
     (["--scale", "0-10"], "0-100"),
+    (["--levels", "good|=1,bad=0"], "word=weight"),
+    (["--levels", "good|high=1,=0"], "word=weight"),
+    (["--levels", "good|high|good=1,bad=0"], "same token"),
     (["--compare", "x.qalign"], "needs a value"),
 ])
 def test_preset_errors(args, needle, model, images):
