@@ -89,7 +89,8 @@ static void usage(FILE *f) {
             "  --no-pad, --pad         no expand2square (resize the short side and centre-crop), or\n"
             "                          expand2square even where the preset has none\n"
             "  --precise               bf16 models: f32 activations (slower; reproduces the fp32\n"
-            "                          reference to 1e-4) instead of bf16 ones\n"
+            "                          reference to 1e-4) instead of bf16 ones\n");
+    fprintf(f, /* (in parts: ISO C compilers need not take string literals over 4095 bytes) */
             "output:\n"
             "  --json                  one JSON object per line on stdout (the --jsonl row)\n"
             "  --csv FILE, --jsonl FILE  append one row per input (flushed as it comes)\n"
@@ -108,7 +109,8 @@ static void usage(FILE *f) {
             "                          the kernel allows) instead of mapping the file: faster per\n"
             "                          image where page faults are slow (VMs), for long runs; the\n"
             "                          copy is not shared with other processes\n"
-            "  -h, --help              this help\n"
+            "  -h, --help              this help\n");
+    fprintf(f,
             "other commands:\n"
             "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
             "                                          and q8_0): per-input scores and differences, the\n"
