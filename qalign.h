@@ -212,7 +212,8 @@ typedef struct {
     int n_levels;
     float probs[QALIGN_MAX_LEVELS];  /* softmax of the level logits */
     float logits[QALIGN_MAX_LEVELS]; /* lm_head rows of the level words at the last position */
-    int frames;             /* images in the prompt: 1, or the video's frame count */
+    int frames;             /* images in the prompt: 1, the video's frame count, or the n of
+                               qalign_score_prompt */
     char error[QALIGN_ERR_LEN]; /* when status != QALIGN_OK */
     /* since API version 2: a context with anchors (Compare2Score). score is then the fitted
        0..100, std is NaN (the fit has no level distribution), probs and logits are the means
