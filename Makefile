@@ -4,6 +4,7 @@
 #   make NO_OMP=1        same without OpenMP (single thread, still correct)
 #   make SCALAR=1        no -march=native: only the portable scalar kernels are compiled in
 #   make test            build, then run the whole test suite (pytest, ends with its summary)
+#   make test-real       golden values with the real one-align weights (QALIGN_REAL_MODEL=FILE)
 #   make sanitize        ./qalign-san: -O1 -g with AddressSanitizer + UBSan (used by the tests
 #                        on hostile inputs when present)
 #   make fuzz            libFuzzer harnesses in fuzz/, each run FUZZ_SECONDS (needs clang)
@@ -82,6 +83,12 @@ TEST_BINS = $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
 
 test: qalign examples/score $(TEST_BINS)
 	$(PYTHON) -m pytest -q tests
+
+# Golden values for the real one-align weights (tests/real_weights.py): skipped, saying how
+# to enable it, unless QALIGN_REAL_MODEL names a one-align model file.
+.PHONY: test-real
+test-real: qalign
+	$(PYTHON) -m pytest -q -rs tests/real_weights.py
 
 # ---- sanitizers -------------------------------------------------------------------------
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined

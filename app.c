@@ -1348,7 +1348,9 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
         json_str(b, r->task);
         buf_adds(b, ", \"kind\": ");
         json_str(b, r->kind);
-        buf_printf(b, ", \"frames\": %d, \"score\": ", r->frames);
+        buf_printf(b, ", \"frames\": %d", r->frames);
+        if (r->per_frame) buf_printf(b, ", \"frame\": %d", r->frame);
+        buf_adds(b, ", \"score\": ");
         json_num(b, bad ? NAN : r->score);
         buf_adds(b, ", \"std\": ");
         json_num(b, bad ? NAN : r->std);
@@ -1364,6 +1366,14 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
                 json_num(b, bad ? NAN : k ? r->logits[i] : r->probs[i]);
                 buf_free(&key);
             }
+        if (r->n_anchors > 0 && !bad) {
+            buf_adds(b, ", \"anchor_prefs\": [");
+            for (int i = 0; i < r->n_anchors; i++) {
+                if (i) buf_adds(b, ", ");
+                json_num(b, r->anchor_prefs[i]);
+            }
+            buf_addc(b, ']');
+        }
         buf_adds(b, ", \"error\": ");
         json_str(b, bad ? r->error : NULL);
         buf_adds(b, "}\n");
@@ -1380,17 +1390,26 @@ char *results_format_row(ResultsFormat fmt, const ResultRow *row) {
     return b.p;
 }
 
-void row_style_init(RowStyle *s, const char *task, int scale01, int n_levels, const char *const *words, float lo,
-                    float hi) {
+int row_style_init(RowStyle *s, const char *task, const char *scale, int n_levels, const char *const *words, float lo,
+                   float hi) {
+    static const struct { const char *name; double lo, hi; } scales[] = {{"1-5", 1, 5}, {"0-1", 0, 1}, {"0-100", 0, 100}};
     memset(s, 0, sizeof *s);
     s->task = task;
-    s->scale01 = scale01;
     s->lo = lo;
     s->hi = hi;
     s->n_levels = n_levels < APP_MAX_LEVELS ? n_levels : APP_MAX_LEVELS;
     for (int i = 0; i < s->n_levels; i++) s->words[i] = words[i];
-    if (scale01) snprintf(s->scale, sizeof s->scale, "0-1");
-    else snprintf(s->scale, sizeof s->scale, "%g-%g", lo, hi);
+    snprintf(s->scale, sizeof s->scale, "%g-%g", lo, hi);
+    if (!scale) return 0;
+    for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++)
+        if (!strcmp(scale, scales[k].name)) {
+            s->mapped = hi > lo;
+            s->to_lo = scales[k].lo;
+            s->to_hi = scales[k].hi;
+            snprintf(s->scale, sizeof s->scale, "%s", scale);
+            return 0;
+        }
+    return -1;
 }
 
 ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,
@@ -1398,14 +1417,16 @@ ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind,
     ResultRow row = {.path = path, .task = s->task, .kind = kind, .scale = s->scale, .error = error,
                      .n_levels = s->n_levels, .levels = s->words};
     if (!error) {
-        int to01 = s->scale01 && s->hi > s->lo;
+        double k = s->mapped ? (s->to_hi - s->to_lo) / (s->hi - s->lo) : 1; /* --scale: linear from [lo, hi] */
         row.frames = r->frames;
-        row.score = to01 ? ((double)r->score - s->lo) / (s->hi - s->lo) : r->score;
-        row.std = to01 ? r->std / (s->hi - s->lo) : r->std;
+        row.score = s->mapped ? s->to_lo + ((double)r->score - s->lo) * k : r->score;
+        row.std = r->std * k;
         for (int i = 0; i < r->n_levels && i < APP_MAX_LEVELS; i++) {
             row.probs[i] = r->probs[i];
             row.logits[i] = r->logits[i];
         }
+        row.n_anchors = r->n_anchors;
+        row.anchor_prefs = r->anchor_prefs;
     }
     return row;
 }
@@ -1469,6 +1490,7 @@ int rowset_add(RowSet *s, const ResultRow *row) {
         s->cap = nc;
     }
     ResultRow r = *row;
+    r.n_anchors = 0, r.anchor_prefs = NULL; /* (not kept) */
     r.path = xstrdup0(row->path);
     r.task = xstrdup0(row->task);
     r.kind = xstrdup0(row->kind);

@@ -264,6 +264,12 @@ typedef struct {
     double logits[APP_MAX_LEVELS]; /* per level word; NaN where unknown */
     int n_levels;           /* 0: the five default words (APP_LEVEL_NAMES) */
     const char *const *levels; /* else the words (JSON only: result files take the default five) */
+    /* JSON only, and only when set (other rows are unchanged): */
+    int per_frame;          /* 1: the row of one frame of a video (--per-frame): "frame": k after "frames" */
+    int frame;              /* that frame, from 0 */
+    int n_anchors;          /* > 0: a comparison scorer's row (Compare2Score): "anchor_prefs": [the
+                               image's preference over each anchor] before "error" */
+    const float *anchor_prefs;
 } ResultRow;
 
 typedef enum { RESULTS_CSV = 0, RESULTS_JSONL = 1 } ResultsFormat;
@@ -304,17 +310,21 @@ char *json_quoted(const char *s);
 
 /* How a run makes rows of its results: cli.c (stdout, result files) and serve.c (the
  * server's answers) both use it, so the server answers with the --json line's fields and
- * digits. Initialise it with the context's levels (qalign_ctx_levels). */
+ * digits. Initialise it with the context's levels and score range (qalign_ctx_levels; 0-100
+ * for a comparison scorer). */
 typedef struct {
     const char *task;
-    int scale01;            /* --scale 0-1: score and std mapped from [lo, hi] to [0, 1] */
-    float lo, hi;           /* the smallest and largest level weight */
-    char scale[64];         /* "0-1", or the weights' range ("1-5" with the default levels) */
+    float lo, hi;           /* the score's own range: the smallest and largest level weight */
+    int mapped;             /* --scale given: score and std mapped linearly from [lo, hi] */
+    double to_lo, to_hi;    /* onto [to_lo, to_hi] */
+    char scale[64];         /* "1-5", "0-1", "0-100" (--scale), or the own range ("1-5" by default) */
     int n_levels;
     const char *words[APP_MAX_LEVELS]; /* the level words (the context's strings) */
 } RowStyle;
-void row_style_init(RowStyle *s, const char *task, int scale01, int n_levels, const char *const *words, float lo,
-                    float hi);
+/* scale: "1-5", "0-1", "0-100", or NULL for the score's own range. -1 (nothing set) for
+ * another string. */
+int row_style_init(RowStyle *s, const char *task, const char *scale, int n_levels, const char *const *words, float lo,
+                   float hi);
 /* The row of a result r, or (error != NULL) of an input that failed (r unused). The row
  * points into s, path, kind and error. */
 ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,

@@ -42,31 +42,56 @@ static void *xmalloc(size_t n) {
     return p;
 }
 
+/* s with newlines shown as \n, between quotes */
+static void print_quoted(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '\n') fputs("\\n", f);
+        else fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: qalign [options] MODEL INPUT...\n"
-            "Scores the quality or aesthetics of images and videos with a Q-Align / OneAlign model\n"
-            "exported by export.py. INPUT: image files (JPEG, PNG, BMP, PPM/PGM), videos (with\n"
-            "ffmpeg on PATH), directories (recursive) or @LIST (a file of paths). One line per\n"
-            "input: the score (1-5) and the probabilities of excellent good fair poor bad.\n"
+            "       qalign --compare MODEL_A MODEL_B [options] INPUT...\n"
+            "Scores the quality or aesthetics of images and videos with a model of the Q-Align family\n"
+            "(OneAlign, Q-Align, DeQA-Score, Q-Instruct, Compare2Score) exported by export.py. INPUT:\n"
+            "image files (JPEG, PNG, BMP, PPM/PGM), videos (with ffmpeg on PATH), directories\n"
+            "(recursive) or @LIST (a file of paths). One line per input: the score and the\n"
+            "probabilities of the levels (excellent good fair poor bad with the default preset).\n"
             "\n"
             "scoring:\n"
+            "  --preset NAME           score as one of the family's scorers does (below; default\n"
+            "                          one-align); the flags below override what it sets\n"
             "  -t, --task quality|aesthetics|aesthetic   what to rate (default quality; 'aesthetic'\n"
             "                          is pyiqa's wording of the aesthetics prompt)\n"
-            "  --scale 1-5|0-1         score scale (default 1-5; 0-1 is (score-1)/4)\n"
+            "  --scale 1-5|0-1|0-100   map the score linearly from the levels' weight range (1-5\n"
+            "                          for one-align, 0-1 for q-align and q-instruct, 0-100 for\n"
+            "                          compare2score) to this range (default: the weights' range)\n"
             "  --video                 all INPUTs are the frames of ONE video, in order (1 per second)\n"
             "  --frames DIR            the images in DIR (natural order) are the frames of one video\n"
             "  --max-frames N          videos: take at most N of the 1-fps frames, evenly spaced\n"
             "                          (deviates from the original loader, which has no limit)\n"
-            "  --prompt TEXT           prompt template with <|image|> and optional {task} {input}\n"
-            "                          (default: one-align's score() prompt)\n"
+            "  --per-frame             videos: also score each frame as an image (the frames' visual\n"
+            "                          tokens are reused); printed after the video's line (--json: one\n"
+            "                          line per frame with \"frame\": k); result files get the video's row\n"
+            "  --one-prompt            all INPUTs are the images of ONE prompt, one per <|image|>, in\n"
+            "                          order (e.g. compare2score without anchors: anchor, image)\n"
+            "  --anchors DIR           the anchor images of a comparison scorer (compare2score: the 5\n"
+            "                          of VQA-CityU/Anchor_images, natural order; run.sh fetches them)\n"
+            "  --prompt TEXT|NAME      prompt template with <|image|> and optional {task} {input}, or the\n"
+            "                          name of one below\n"
             "  --levels W=X,...        level words and weights (default excellent=5,good=4,fair=3,\n"
-            "                          poor=2,bad=1), e.g. good=1,average=0.5,poor=0 for Q-Instruct\n"
-            "                          (with --no-pad and its prompt); --csv/--jsonl/--report take\n"
-            "                          words among excellent good fair poor bad only\n"
-            "  --no-pad                no expand2square: resize the short side and centre-crop\n"
+            "                          poor=2,bad=1); W may be several words W1|W2|W3 whose logits are\n"
+            "                          averaged; --csv/--jsonl/--report take words among excellent good\n"
+            "                          fair poor bad only\n"
+            "  --no-pad, --pad         no expand2square (resize the short side and centre-crop), or\n"
+            "                          expand2square even where the preset has none\n"
             "  --precise               bf16 models: f32 activations (slower; reproduces the fp32\n"
-            "                          reference to 1e-4) instead of bf16 ones\n"
+            "                          reference to 1e-4) instead of bf16 ones\n");
+    fprintf(f, /* (in parts: ISO C compilers need not take string literals over 4095 bytes) */
             "output:\n"
             "  --json                  one JSON object per line on stdout (the --jsonl row)\n"
             "  --csv FILE, --jsonl FILE  append one row per input (flushed as it comes)\n"
@@ -85,26 +110,65 @@ static void usage(FILE *f) {
             "                          the kernel allows) instead of mapping the file: faster per\n"
             "                          image where page faults are slow (VMs), for long runs; the\n"
             "                          copy is not shared with other processes\n"
-            "  -h, --help              this help\n"
+            "  -h, --help              this help\n");
+    fprintf(f,
             "other commands:\n"
+            "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
+            "                                          and q8_0): per-input scores and differences, the\n"
+            "                                          largest and mean |difference|, SRCC and PLCC\n"
             "  qalign --info MODEL                     the model's header and the compiled kernels\n"
             "  qalign --tokenize TEXT MODEL            TEXT's token ids (with BOS)\n"
             "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
             "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
-            "                                          pad to square and resize as the model sees it\n");
+            "                                          pad to square and resize as the model sees it\n"
+            "\npresets (prompt, levels = word=weight, padding; where the original has them):\n");
+    int n;
+    const qalign_preset *pr = qalign_presets(&n);
+    for (int i = 0; i < n; i++) {
+        const qalign_named_prompt *np = NULL;
+        int k, nk;
+        const qalign_named_prompt *all = qalign_prompts(&nk);
+        for (k = 0; k < nk; k++)
+            if (!strcmp(all[k].name, pr[i].prompt)) np = &all[k];
+        fprintf(f, "  %-17s %s\n", pr[i].name, pr[i].checkpoint);
+        fprintf(f, "      prompt   %s: ", pr[i].prompt);
+        print_quoted(f, np ? np->text : pr[i].prompt);
+        fprintf(f, "\n      levels   %s%s\n", pr[i].levels,
+                pr[i].temperature != 1.0f ? " (logits divided by 100 before the softmax)" : "");
+        fprintf(f, "      image    %s; tasks: %s%s%s\n", pr[i].no_pad ? "no padding (resize, centre-crop)" : "expand2square",
+                pr[i].tasks, pr[i].video ? "; videos" : "; images only",
+                pr[i].n_anchors ? "; needs --anchors (5 images), score 0-100 from a maximum-likelihood fit" : "");
+        fprintf(f, "      source   %s\n", pr[i].source);
+    }
+    int nk;
+    const qalign_named_prompt *all = qalign_prompts(&nk);
+    fprintf(f, "\nprompts by name (--prompt NAME; {task} and {input} are filled in):\n");
+    for (int k = 0; k < nk; k++) {
+        fprintf(f, "  %-14s ", all[k].name);
+        print_quoted(f, all[k].text);
+        fprintf(f, "\n                 %s\n", all[k].source);
+    }
+    fprintf(f, "The aesthetics prompt in the three ways the originals word it: -t aesthetics (Hugging Face\n"
+               "score(), the default), -t aesthetic (pyiqa), --prompt iaa-eval -t aesthetics (Q-Align's\n"
+               "iaa_eval.py: the image first).\n");
     fputs(SERVE_USAGE, f);
 }
 
 typedef struct {
+    const char *preset;     /* --preset, NULL = the library's default (one-align) */
     const char *task;       /* "quality", "aesthetics" or "aesthetic" */
-    const char *prompt;     /* template (--prompt), NULL: the default */
+    int task_given;         /* -t was given */
+    const char *prompt;     /* template or name (--prompt), NULL: the preset's */
     const char *levels;     /* --levels spec, or NULL */
-    int no_pad;             /* --no-pad */
+    int no_pad;             /* --no-pad (1), --pad (-1) */
     int video;              /* --video: inputs are frames of one video */
     const char *frames_dir; /* --frames DIR */
     int64_t max_frames;     /* --max-frames, 0 = no limit */
+    int per_frame;          /* --per-frame */
+    int one_prompt;         /* --one-prompt: the inputs are the images of one prompt */
+    const char *anchors_dir;/* --anchors DIR */
     int json;               /* JSON lines on stdout */
-    int scale01;            /* scores on 0-1 */
+    const char *scale;      /* --scale: "1-5", "0-1", "0-100", or NULL (the score's own range) */
     int quiet;              /* -q */
     int precise;            /* --precise */
     int no_mmap;            /* --no-mmap */
@@ -114,13 +178,22 @@ typedef struct {
     SinkOptions sink;       /* --csv --jsonl --report --eval --resume */
     const char *shard;      /* --shard I/N */
     int batch;              /* --batch: images per decoder pass */
+    const char *compare[2]; /* --compare A B */
 } Options;
+
+/* --compare: one model's scores, by input */
+typedef struct {
+    char **path;
+    double *score;
+    int *ok;
+    size_t n, cap;
+} Collected;
 
 typedef struct {
     Options o;
     qalign_model *m;
     qalign_ctx *ctx;
-    RowStyle rs;            /* task, scale, levels: how results become rows (app.h) */
+    RowStyle rs;            /* task, scale, levels, the score's own range: how results become rows (app.h) */
     Progress pg;
     Sink *sink;
     int dump_failed;        /* a --dump write failed */
@@ -129,6 +202,7 @@ typedef struct {
     int batches;            /* decoder passes so far (for --timings) */
     const char *pending_path[QALIGN_MAX_BATCH]; /* the images waiting for the decoder */
     Image pending_thumb[QALIGN_MAX_BATCH];      /* their report thumbnails (if a report is written) */
+    Collected *collect;     /* --compare: results go here instead of stdout and files */
 } App;
 
 /* ---- --dump: each stage of the computation as DIR/<name>.npy -------------------------- */
@@ -187,9 +261,24 @@ static void print_row(App *app, const ResultRow *row) {
     } else if (!row->error) {
         printf("%.4f ", row->score);
         for (int i = 0; i < app->rs.n_levels; i++) printf(" %s=%.4f", app->rs.words[i], row->probs[i]);
-        printf("  %s\n", row->path);
+        if (row->per_frame) printf("  %s [frame %d]\n", row->path, row->frame);
+        else printf("  %s\n", row->path);
     }
     fflush(stdout);
+}
+
+static void collect(App *app, const char *path, double score, int ok) {
+    Collected *c = app->collect;
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 64;
+        c->path = realloc(c->path, c->cap * sizeof *c->path);
+        c->score = realloc(c->score, c->cap * sizeof *c->score);
+        c->ok = realloc(c->ok, c->cap * sizeof *c->ok);
+        if (!c->path || !c->score || !c->ok) die("out of memory");
+    }
+    if (!(c->path[c->n] = strdup(path))) die("out of memory");
+    c->score[c->n] = score;
+    c->ok[c->n++] = ok;
 }
 
 /* One input's result (r) or error: stdout, the result files / report / eval, the counters. */
@@ -201,10 +290,27 @@ static void record(App *app, const char *path, const char *kind, const qalign_re
         app->failures++;
         progress_note(&app->pg, "qalign: error: %s: %s", path, error);
     }
-    if (!error || app->o.json) print_row(app, &row);
-    char err[512];
-    if (app->sink && sink_add(app->sink, &row, thumb, err, sizeof err) != 0) die("%s", err);
+    if (app->collect) {
+        collect(app, path, error ? NAN : row.score, !error);
+    } else {
+        if (!error || app->o.json) print_row(app, &row);
+        char err[512];
+        if (app->sink && sink_add(app->sink, &row, thumb, err, sizeof err) != 0) die("%s", err);
+    }
     progress_update(&app->pg, error == NULL);
+}
+
+/* --per-frame: frame k of a video, scored as an image; stdout only */
+static void record_frame(App *app, const char *path, int k, const qalign_result *r) {
+    const char *error = r->status != QALIGN_OK ? r->error : NULL;
+    ResultRow row = make_row(app, path, "frame", r, error);
+    row.per_frame = 1;
+    row.frame = k;
+    if (error) {
+        app->failures++;
+        progress_note(&app->pg, "qalign: error: %s [frame %d]: %s", path, k, error);
+    }
+    if (!error || app->o.json) print_row(app, &row);
 }
 
 static void note_timings(App *app) {
@@ -273,12 +379,43 @@ static int video_begin(App *app, const char *name, const char *kind, int64_t n) 
     return 0;
 }
 
-static void video_end(App *app, const char *name, const char *kind, const Image *thumb) {
-    qalign_result r;
+static void video_end(App *app, const char *name, const char *kind, int n, const Image *thumb) {
+    qalign_result r, *frames = app->o.per_frame ? xmalloc((size_t)n * sizeof *frames) : NULL;
     char err[QALIGN_ERR_LEN];
-    if (qalign_video_end(app->ctx, &r, err, sizeof err) != QALIGN_OK) die("%s", err);
+    if (qalign_video_end_frames(app->ctx, &r, frames, err, sizeof err) != QALIGN_OK) die("%s", err);
     record(app, name, kind, &r, NULL, thumb);
+    for (int k = 0; frames && k < n; k++) record_frame(app, name, k, &frames[k]);
+    free(frames);
     note_timings(app);
+}
+
+/* --one-prompt: the files are the images of one prompt, in order. */
+static void score_one_prompt(App *app, char **files, int n) {
+    char err[QALIGN_ERR_LEN - 64], msg[QALIGN_ERR_LEN], name[4096] = "";
+    for (int i = 0; i < n; i++) /* the row's name: "a.png + b.png" */
+        snprintf(name + strlen(name), sizeof name - strlen(name), "%s%s", i ? " + " : "", files[i]);
+    Image *img = xmalloc((size_t)n * sizeof *img);
+    qalign_image *qi = xmalloc((size_t)n * sizeof *qi);
+    int loaded = 0;
+    for (; loaded < n; loaded++) {
+        img[loaded] = (Image){0};
+        if (image_load(files[loaded], &img[loaded], err, sizeof err) != 0) break;
+        qi[loaded] = as_qimage(&img[loaded]);
+    }
+    qalign_result r;
+    if (loaded < n) {
+        snprintf(msg, sizeof msg, "%s: %s", files[loaded], err);
+        record(app, name, "prompt", NULL, msg, NULL);
+    } else {
+        char e[QALIGN_ERR_LEN];
+        int st = qalign_score_prompt(app->ctx, qi, n, &r, e, sizeof e);
+        if (st == QALIGN_ERR_ARG) die("--one-prompt: %s", e);
+        if (st != QALIGN_OK) die("%s", e);
+        record(app, name, "prompt", &r, NULL, &img[n - 1]);
+    }
+    for (int i = 0; i < loaded; i++) image_free(&img[i]);
+    free(img);
+    free(qi);
 }
 
 /* Frames given as image files (--video FRAME..., --frames DIR): one video. */
@@ -304,7 +441,7 @@ static void score_frame_files(App *app, const char *name, char **files, int n) {
         if (f == 0) first = img;
         else image_free(&img);
     }
-    video_end(app, name, "frames", &first);
+    video_end(app, name, "frames", n, &first);
     image_free(&first);
 }
 
@@ -351,7 +488,7 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
         qalign_video_cancel(app->ctx);
         record(app, path, "video", NULL, err, NULL);
     } else {
-        video_end(app, path, "video", v.thumb.rgb ? &v.thumb : NULL);
+        video_end(app, path, "video", (int)plan.n, v.thumb.rgb ? &v.thumb : NULL);
     }
     image_free(&v.thumb);
     video_plan_free(&plan);
@@ -426,6 +563,115 @@ static void cmd_tokenize(const qalign_model *m, const char *text) {
 
 /* ---- main ------------------------------------------------------------------------------- */
 
+/* Open a model file and make the scoring context of the options (decoding --anchors). */
+static void open_scorer(App *app, const char *model_path) {
+    Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
+    if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app->m, err, sizeof err)) die("%s", err);
+    Image anchor_img[QALIGN_MAX_ANCHORS];
+    qalign_image anchors[QALIGN_MAX_ANCHORS];
+    int n_anchors = 0;
+    if (o->anchors_dir) {
+        ItemList L = {0};
+        const char *dir = o->anchors_dir;
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--anchors %s: not a directory", dir);
+        if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &L, err, sizeof err) != 0) die("%s", err);
+        for (size_t i = 0; i < L.n; i++) {
+            if (L.items[i].kind != ITEM_IMAGE) continue;
+            if (n_anchors == QALIGN_MAX_ANCHORS) die("--anchors %s: more than %d images", dir, QALIGN_MAX_ANCHORS);
+            if (image_load(L.items[i].path, &anchor_img[n_anchors], err, sizeof err) != 0)
+                die("--anchors: %s: %s", L.items[i].path, err);
+            anchors[n_anchors] = as_qimage(&anchor_img[n_anchors]);
+            n_anchors++;
+        }
+        itemlist_free(&L);
+        if (n_anchors == 0) die("--anchors %s: no images", dir);
+    }
+    qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
+                             .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset,
+                             .anchors = n_anchors ? anchors : NULL, .n_anchors = n_anchors};
+    int st = qalign_ctx_new(app->m, &co, &app->ctx, err, sizeof err);
+    for (int i = 0; i < n_anchors; i++) image_free(&anchor_img[i]);
+    if (st) die("%s%s", st == QALIGN_ERR_ARG ? "--" : "", err); /* argument errors start with the option's name */
+    const qalign_preset *pr = qalign_preset_find(o->preset ? o->preset : "one-align");
+    if (pr && pr->n_anchors && !n_anchors && !o->one_prompt)
+        die("--preset %s compares each image with %d anchor images: give --anchors DIR (./run.sh --preset %s fetches "
+            "the official ones), or score one comparison with --one-prompt ANCHOR IMAGE", pr->name, pr->n_anchors, pr->name);
+    const char *words[QALIGN_MAX_LEVELS];
+    float lo, hi;
+    int n_levels = qalign_ctx_levels(app->ctx, words, NULL, &lo, &hi);
+    if (row_style_init(&app->rs, o->task, o->scale, n_levels, words, lo, hi) != 0) die("--scale must be 1-5, 0-1 or 0-100");
+}
+
+static void close_scorer(App *app) {
+    qalign_ctx_free(app->ctx);
+    qalign_close(app->m);
+    app->ctx = NULL;
+    app->m = NULL;
+}
+
+/* Score the items (or the frames / images of one item) with app's context. */
+static void score_inputs(App *app, const ItemList *items, char **frames, int n_frames, const char *frames_name) {
+    char why[512] = "";
+    int have_ffmpeg = video_available(why, sizeof why);
+    progress_start(&app->pg, frames ? 1 : items->n, app->o.quiet);
+    if (frames) {
+        if (app->sink && sink_done(app->sink, frames_name)) progress_skip(&app->pg); /* --resume: done */
+        else if (app->o.one_prompt) score_one_prompt(app, frames, n_frames);
+        else score_frame_files(app, frames_name, frames, n_frames);
+    } else {
+        for (size_t i = 0; i < items->n; i++) {
+            const Item *it = &items->items[i];
+            if (app->sink && sink_done(app->sink, it->path)) {
+                progress_skip(&app->pg);
+                continue;
+            }
+            progress_begin_item(&app->pg, it->path);
+            if (it->kind == ITEM_ERROR) {
+                flush_images(app);
+                record(app, it->path, NULL, NULL, it->error, NULL);
+            } else if (it->kind == ITEM_VIDEO) {
+                flush_images(app); /* before ffprobe: the images' rows do not wait for it */
+                score_video(app, it->path, have_ffmpeg, why);
+            } else {
+                score_image(app, it->path);
+            }
+        }
+    }
+    flush_images(app);
+    progress_finish(&app->pg);
+}
+
+/* --compare: the two models' scores side by side, then how far apart they are. */
+static void print_comparison(const App *app, Collected *c) {
+    Collected *a = &c[0], *b = &c[1];
+    size_t n = 0, worst = 0;
+    double *x = xmalloc((a->n + 1) * sizeof *x), *y = xmalloc((a->n + 1) * sizeof *y), maxd = 0, sumd = 0;
+    printf("%10s %10s %10s  %s\n", "A", "B", "B - A", "path");
+    for (size_t i = 0; i < a->n && i < b->n; i++) {
+        if (strcmp(a->path[i], b->path[i])) die("internal: the two runs scored different inputs");
+        if (!a->ok[i] || !b->ok[i]) {
+            printf("%10s %10s %10s  %s\n", a->ok[i] ? "" : "error", b->ok[i] ? "" : "error", "", a->path[i]);
+            continue;
+        }
+        double d = b->score[i] - a->score[i];
+        printf("%10.4f %10.4f %+10.4f  %s\n", a->score[i], b->score[i], d, a->path[i]);
+        if (fabs(d) > maxd || n == 0) maxd = fabs(d), worst = i;
+        sumd += fabs(d);
+        x[n] = a->score[i], y[n++] = b->score[i];
+    }
+    if (n == 0) {
+        printf("compare: no input was scored by both models\n");
+    } else {
+        printf("compare: %zu inputs scored by both (scale %s): max |B - A| %.4f (%s), mean |B - A| %.4f, "
+               "SRCC %.4f, PLCC %.4f\n", n, app->rs.scale, maxd, a->path[worst], sumd / (double)n,
+               stats_srcc(x, y, n), stats_plcc(x, y, n));
+    }
+    free(x);
+    free(y);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--decode") == 0) return cmd_decode(argc - 2, argv + 2, 0);
     if (argc > 1 && strcmp(argv[1], "--preprocess-only") == 0) return cmd_decode(argc - 2, argv + 2, 1);
@@ -440,7 +686,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || !a[1]) {
-            if (!model_path) model_path = a;
+            if (!model_path && !o->compare[0]) model_path = a;
             else inputs[n_inputs++] = argv[i];
             continue;
         }
@@ -452,19 +698,29 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--task")) {
             o->task = VALUE();
+            o->task_given = 1;
             if (strcmp(o->task, "quality") && strcmp(o->task, "aesthetics") && strcmp(o->task, "aesthetic"))
                 die("--task must be quality, aesthetics or aesthetic, got '%s'", o->task);
         } else if (!strcmp(a, "--scale")) {
-            const char *v = VALUE();
-            if (!strcmp(v, "0-1")) o->scale01 = 1;
-            else if (strcmp(v, "1-5")) die("--scale must be 1-5 or 0-1, got '%s'", v);
+            o->scale = VALUE();
+            if (strcmp(o->scale, "0-1") && strcmp(o->scale, "1-5") && strcmp(o->scale, "0-100"))
+                die("--scale must be 1-5, 0-1 or 0-100, got '%s'", o->scale);
+        } else if (!strcmp(a, "--compare")) {
+            if (o->compare[0]) die("--compare given twice");
+            o->compare[0] = VALUE();
+            o->compare[1] = VALUE();
         }
+        else if (!strcmp(a, "--preset")) o->preset = VALUE();
         else if (!strcmp(a, "--video")) o->video = 1;
         else if (!strcmp(a, "--frames")) o->frames_dir = VALUE();
         else if (!strcmp(a, "--max-frames")) o->max_frames = parse_int(VALUE(), "--max-frames", 1, QALIGN_MAX_FRAMES);
+        else if (!strcmp(a, "--per-frame")) o->per_frame = 1;
+        else if (!strcmp(a, "--one-prompt")) o->one_prompt = 1;
+        else if (!strcmp(a, "--anchors")) o->anchors_dir = VALUE();
         else if (!strcmp(a, "--prompt")) o->prompt = VALUE();
         else if (!strcmp(a, "--levels")) o->levels = VALUE();
         else if (!strcmp(a, "--no-pad")) o->no_pad = 1;
+        else if (!strcmp(a, "--pad")) o->no_pad = -1;
         else if (!strcmp(a, "--precise")) o->precise = 1;
         else if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "--csv")) o->sink.csv_path = VALUE();
@@ -492,12 +748,24 @@ int main(int argc, char **argv) {
         }
 #undef VALUE
     }
-    if (!model_path) {
+    if (o->compare[0] && model_path) { /* a positional before --compare was an input */
+        memmove(inputs + 1, inputs, (size_t)n_inputs * sizeof *inputs);
+        inputs[0] = (char *)model_path;
+        n_inputs++;
+        model_path = NULL;
+    }
+    if (!model_path && !o->compare[0]) {
         usage(stderr);
         free(inputs);
         return 2;
     }
     if (o->sink.resume && !o->sink.csv_path && !o->sink.jsonl_path) die("--resume needs --csv or --jsonl");
+    if (o->compare[0] && (o->json || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path ||
+                          o->dump_dir || o->per_frame || info || tokenize_text))
+        die("--compare prints a table of both models' scores: --json, --csv, --jsonl, --report, --eval, --dump, "
+            "--per-frame, --info and --tokenize do not go with it");
+    if (o->one_prompt + o->video + (o->frames_dir != NULL) > 1) die("--one-prompt, --video and --frames exclude each other");
+    if (o->per_frame && o->dump_dir) die("--per-frame and --dump do not go together (--dump shows one computation)");
     int shard_i = 0, shard_n = 0;
     char err[QALIGN_ERR_LEN];
     if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("--shard: %s", err);
@@ -505,8 +773,8 @@ int main(int argc, char **argv) {
     if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif
 
-    if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
     if (info || tokenize_text) {
+        if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
         if (info) cmd_info(app.m);
         else cmd_tokenize(app.m, tokenize_text);
         qalign_close(app.m);
@@ -514,51 +782,37 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (srv.listen || srv.stdio) { /* a server: requests instead of INPUTs (serve.c) */
-        if (n_inputs || o->video || o->frames_dir || o->dump_dir || o->shard || o->sink.csv_path || o->sink.jsonl_path ||
-            o->sink.report_path || o->sink.labels_path)
-            die("--listen and --stdio take requests, not INPUTs, --video, --frames, --dump, --shard, --csv, --jsonl, "
-                "--report or --eval");
+        if (n_inputs || o->video || o->frames_dir || o->one_prompt || o->dump_dir || o->shard || o->compare[0] ||
+            o->per_frame || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path)
+            die("--listen and --stdio take requests, not INPUTs, --video, --frames, --one-prompt, --dump, --shard, "
+                "--compare, --per-frame, --csv, --jsonl, --report or --eval");
+        if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
         qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
-                                 .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise};
-        if (serve_run(&srv, app.m, &co, o->scale01, err, sizeof err) != 0) die("%s", err);
+                                 .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset};
+        if (serve_run(&srv, app.m, &co, o->scale, err, sizeof err) != 0) die("%s", err);
         qalign_close(app.m);
         free(inputs);
         return 0;
     }
     if (n_inputs == 0 && !o->frames_dir) die("no INPUT given (try --help)");
     if (o->dump_dir) o->batch = 1;
-    qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
-                             .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise};
-    int st = qalign_ctx_new(app.m, &co, &app.ctx, err, sizeof err);
-    if (st) die("%s%s", st == QALIGN_ERR_ARG ? "--" : "", err); /* argument errors start with the option's name */
-    const char *words[QALIGN_MAX_LEVELS];
-    float lo, hi;
-    int n_levels = qalign_ctx_levels(app.ctx, words, NULL, &lo, &hi);
-    row_style_init(&app.rs, o->task, o->scale01, n_levels, words, lo, hi);
-    for (int i = 0; i < n_levels && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
-        int k = 0;
-        while (k < APP_LEVELS && strcmp(words[i], APP_LEVEL_NAMES[k])) k++;
-        if (k == APP_LEVELS)
-            die("--levels: the --csv/--jsonl/--report results have probability columns for excellent good fair "
-                "poor bad only, not '%s' (use --json for other words)", words[i]);
-    }
 
-    /* what to score: frames of one video, or a list of images/videos */
+    /* what to score: frames of one video, the images of one prompt, or a list of images/videos */
     ItemList items = {0};
     char **frames = NULL;
     int n_frames = 0;
     const char *frames_name = NULL;
-    if (o->video || o->frames_dir) {
+    if (o->video || o->frames_dir || o->one_prompt) {
         if (o->frames_dir) {
             const char *dir = o->frames_dir;
             if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &items, err, sizeof err) != 0) die("%s", err);
             frames_name = o->frames_dir;
         } else {
-            if (n_inputs == 0) die("--video needs the frames as INPUTs");
+            if (n_inputs == 0) die("%s needs the images as INPUTs", o->video ? "--video" : "--one-prompt");
             frames_name = inputs[0];
         }
         frames = xmalloc((items.n + (size_t)n_inputs + 1) * sizeof(char *));
-        if (o->video) /* keep the command-line order: these are frames in time order */
+        if (o->video || o->one_prompt) /* keep the command-line order: frames in time order, images in prompt order */
             for (int i = 0; i < n_inputs; i++) frames[n_frames++] = inputs[i];
         else
             for (size_t i = 0; i < items.n; i++)
@@ -570,6 +824,54 @@ int main(int argc, char **argv) {
     }
     size_t n_items = frames ? 1 : items.n;
     if (o->dump_dir && n_items != 1) die("--dump takes one input (or the frames of one video)");
+
+    if (o->compare[0]) { /* each model in turn over the same inputs (one model in memory at a time) */
+        Collected col[2] = {{0}};
+        for (int k = 0; k < 2; k++) {
+            open_scorer(&app, o->compare[k]);
+            qalign_info inf;
+            qalign_describe(app.m, &inf);
+            fprintf(stderr, "qalign: %s = %s (%s, id %s)\n", k ? "B" : "A", o->compare[k], inf.weight_type, inf.model_id);
+            app.collect = &col[k];
+            score_inputs(&app, &items, frames, n_frames, frames_name);
+            close_scorer(&app);
+        }
+        print_comparison(&app, col);
+        for (int k = 0; k < 2; k++) {
+            for (size_t i = 0; i < col[k].n; i++) free(col[k].path[i]);
+            free(col[k].path), free(col[k].score), free(col[k].ok);
+        }
+        free(inputs);
+        free(frames);
+        itemlist_free(&items);
+        return app.failures ? 1 : 0;
+    }
+
+    open_scorer(&app, model_path);
+    int nk;
+    const qalign_named_prompt *named = qalign_prompts(&nk);
+    const char *ptext = NULL;
+    const qalign_preset *pr = qalign_preset_find(o->preset ? o->preset : "one-align");
+    const char *pname = o->prompt ? o->prompt : pr->prompt;
+    for (int k = 0; k < nk && !strstr(pname, "<|image|>"); k++)
+        if (!strcmp(named[k].name, pname)) ptext = named[k].text;
+    if (!ptext) ptext = pname;
+    if (o->task_given && strcmp(o->task, "quality") && !strstr(ptext, "{task}"))
+        die("--task %s: the prompt has no {task} to put it in (it rates what it says)", o->task);
+    if (!o->one_prompt) { /* several <|image|>: only as a comparison (anchors) or with --one-prompt */
+        int markers = 0;
+        for (const char *q = strstr(ptext, "<|image|>"); q; q = strstr(q + 1, "<|image|>")) markers++;
+        if (markers != 1 && !o->anchors_dir)
+            die("--prompt: it must contain <|image|> exactly once to score images one by one (it has %d: use "
+                "--one-prompt for the images of one prompt, or --anchors)", markers);
+    }
+    for (int i = 0; i < app.rs.n_levels && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
+        int k = 0;
+        while (k < APP_LEVELS && strcmp(app.rs.words[i], APP_LEVEL_NAMES[k])) k++;
+        if (k == APP_LEVELS)
+            die("--levels: the --csv/--jsonl/--report results have probability columns for excellent good fair "
+                "poor bad only, not '%s' (use --json for other words)", app.rs.words[i]);
+    }
     if (o->dump_dir) { /* create DIR (one level) now, rather than fail after scoring */
         struct stat sb;
         if (mkdir(o->dump_dir, 0777) != 0 && errno != EEXIST) die("--dump %s: %s", o->dump_dir, strerror(errno));
@@ -584,34 +886,7 @@ int main(int argc, char **argv) {
         if (!app.sink) die("%s", err);
         if (sink_previous(app.sink)) fprintf(stderr, "qalign: resuming: %zu inputs already done\n", sink_previous(app.sink));
     }
-    char why[512] = "";
-    int have_ffmpeg = video_available(why, sizeof why);
-    progress_start(&app.pg, n_items, o->quiet);
-
-    if (frames) {
-        if (app.sink && sink_done(app.sink, frames_name)) progress_skip(&app.pg); /* --resume: done */
-        else score_frame_files(&app, frames_name, frames, n_frames);
-    } else {
-        for (size_t i = 0; i < items.n; i++) {
-            const Item *it = &items.items[i];
-            if (app.sink && sink_done(app.sink, it->path)) {
-                progress_skip(&app.pg);
-                continue;
-            }
-            progress_begin_item(&app.pg, it->path);
-            if (it->kind == ITEM_ERROR) {
-                flush_images(&app);
-                record(&app, it->path, NULL, NULL, it->error, NULL);
-            } else if (it->kind == ITEM_VIDEO) {
-                flush_images(&app); /* before ffprobe: the images' rows do not wait for it */
-                score_video(&app, it->path, have_ffmpeg, why);
-            } else {
-                score_image(&app, it->path);
-            }
-        }
-    }
-    flush_images(&app);
-    progress_finish(&app.pg);
+    score_inputs(&app, &items, frames, n_frames, frames_name);
     if (app.dump_failed) die("--dump: %s", app.dump_err);
     if (app.sink) {
         if (sink_finish(app.sink, stderr, err, sizeof err) != 0) die("%s", err);
@@ -628,7 +903,6 @@ int main(int argc, char **argv) {
     free(inputs);
     free(frames);
     itemlist_free(&items);
-    qalign_ctx_free(app.ctx);
-    qalign_close(app.m);
+    close_scorer(&app);
     return app.failures ? 1 : 0;
 }

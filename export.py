@@ -5,7 +5,10 @@
     python3 export.py --synthetic one-align|tiny [--dtype T] [--seed N] OUT
     python3 export.py BASE_CHECKPOINT_DIR OUT --lora LORA_DIR [--dtype T]   (LoRA merged in)
 
-CHECKPOINT_DIR is a Hugging Face model directory as released (q-future/one-align):
+CHECKPOINT_DIR is a Hugging Face model directory as released (q-future/one-align, or another
+checkpoint of the family: q-future/q-align-*, zhiyuanyou/DeQA-Score-Mix3,
+q-future/q-instruct-mplug-owl2, q-future/Compare2Score; the tensor list is checked against
+the layout of config.json's dimensions, see check_layout):
 config.json (with visual_config), preprocessor_config.json, tokenizer.model, and the
 weights as pytorch_model.bin.index.json + pytorch_model-*.bin shards (PyTorch zip/pickle)
 or model.safetensors[.index.json]. Only numpy is needed: the PyTorch and safetensors
@@ -319,9 +322,16 @@ def read_config(d):
     pp = load("preprocessor_config.json")
     if c.get("model_type") != "mplug_owl2":
         die(f"config.json: model_type is {c.get('model_type')!r}; only mplug_owl2 (Q-Align/OneAlign) is supported")
-    vc = c.get("visual_config") or {}
-    vm, va = vc.get("visual_model") or {}, vc.get("visual_abstractor") or {}
-    if not vm or not va:
+    vc = c.get("visual_config")
+    if vc is None:
+        # MPLUGOwl2Config(visual_config=None) takes DEFAULT_VISUAL_CONFIG, the defaults of
+        # MplugOwlVisionConfig / MplugOwlVisualAbstractorConfig (Q-Future/Q-Align
+        # q_align/model/configuration_mplug_owl2.py:L316-L327); the .get() defaults below are those
+        vc = {"visual_model": {}, "visual_abstractor": {}}
+        print("export.py: config.json has no visual_config: the mPLUG-Owl2 defaults (ViT-L/14 at 448, "
+              "6-layer abstractor with 64 queries) apply, as in the original code", file=sys.stderr)
+    vm, va = vc.get("visual_model"), vc.get("visual_abstractor")
+    if vm is None or va is None:
         die("config.json: visual_config.visual_model / visual_abstractor missing")
     for key, bad in (("rope_scaling", None), ("attention_bias", False)):
         if c.get(key, bad) != bad:
@@ -480,6 +490,41 @@ def tensor_plan(cfg):
     add("l.norm", (Dl,), "vec", L + "norm.weight")
     add("l.head", (cfg["l_vocab"], Dl), "mat", "lm_head.weight")
     return plan
+
+
+# Tensors a checkpoint of the family may hold that the model does not use: the rotary
+# embedding's inv_freq buffers (older mPLUG-Owl2 conversions save them: Q-Future/Q-Align
+# q_align/model/convert_mplug_owl2_weight_to_hf.py:L241); they are recomputed from rope_theta.
+IGNORED_TENSORS = (".rotary_emb.inv_freq",)
+KNOWN_LAYOUTS = ("q-future/one-align, q-future/q-align-* (Q-Align), zhiyuanyou/DeQA-Score-Mix3, "
+                 "q-future/q-instruct-mplug-owl2 (mPLUG-Owl2 + Q-Instruct), q-future/Compare2Score")
+
+
+def check_layout(names, cfg, log):
+    """The checkpoint's tensor names against the mPLUG-Owl2 layout of cfg: every tensor the
+    model needs must be there, and nothing else but IGNORED_TENSORS (a tensor we would not
+    read is a part of a model we would not run)."""
+    plan = tensor_plan(cfg)
+    need = {src for _, _, _, src, part in plan if not (part and part[0] in ("qpos", "kpos"))}
+    optional = {src for _, _, _, src, part in plan if part and part[0] in ("qpos", "kpos")}
+    names = set(names)
+    missing = sorted(need - names)
+    ignored = sorted(n for n in names - need - optional if n.endswith(IGNORED_TENSORS))
+    unknown = sorted(names - need - optional - set(ignored))
+
+    def some(xs):
+        return ", ".join(xs[:5]) + (f" and {len(xs) - 5} more" if len(xs) > 5 else "")
+    if unknown:
+        die(f"the checkpoint has {len(unknown)} tensors that are not part of the mPLUG-Owl2 layout export.py knows "
+            f"({some(unknown)}): not a model of the Q-Align family this converter supports ({KNOWN_LAYOUTS})")
+    if missing:
+        die(f"the checkpoint lacks {len(missing)} tensors of the mPLUG-Owl2 layout of its config.json ({some(missing)}): "
+            f"a damaged download, or a model export.py does not support ({KNOWN_LAYOUTS})")
+    log(f"export.py: layout: mPLUG-Owl2 (vision {cfg['v_dim']}x{cfg['v_layers']} at {cfg['v_image']} px, abstractor "
+        f"{cfg['a_layers']} layers, {cfg['a_queries']} queries, decoder {cfg['l_dim']}x{cfg['l_layers']}, vocabulary "
+        f"{cfg['l_vocab']}): {len(names) - len(ignored)} tensors"
+        + (f" ({len(ignored)} rotary inv_freq buffers ignored)" if ignored else "")
+        + ("" if optional <= names else "; abstractor position tables computed (not in the checkpoint)"))
 
 
 def sincos_1d(dim, pos):
@@ -1064,6 +1109,7 @@ def main():
         out = a.out
         cfg = read_config(a.checkpoint)
         ckpt = Checkpoint(a.checkpoint)
+        check_layout(ckpt.where, cfg, log)
         if a.lora:
             if not os.path.isdir(a.lora):
                 die(f"--lora {a.lora}: not a directory")

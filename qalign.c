@@ -4,6 +4,9 @@
  * abstractor -> LLaMA-2 with modality-adaptive k/v projections and norms) "How would you
  * rate the quality of this image?" and reads the answer off the logits of five words:
  * score = softmax(logits[excellent good fair poor bad]) . [5 4 3 2 1].
+ * The family's other scorers (Q-Align's single-task checkpoints, DeQA-Score, Q-Instruct,
+ * Compare2Score) run the same model with other prompts, words and weights: the presets
+ * in the back matter, and Compare2Score's comparisons after score_batch.
  *
  * This file is the model, top to bottom, and reads in this order:
  *   config (the file header) -> weights (views into the file) -> run state ->
@@ -257,6 +260,7 @@ typedef struct {
     float *actx;            /* (Q, D) attention output */
     float *amlp1, *amlp3;   /* (Q, a_mlp) */
     float *visual;          /* (max_slots, Q+1, l_dim) abstractor outputs = visual rows */
+    const float **slot_rows; /* (max_slots) slot i's rows: visual + i * (Q+1) * l_dim */
     /* decoder (S = max_rows) */
     float *x;               /* (S, l_dim) residual stream */
     float *xn;              /* (S, l_dim) normalised stream */
@@ -273,11 +277,13 @@ typedef struct {
     float *final;           /* (max_batch, l_dim) final-norm hidden state of each sequence's last row */
     float *row;             /* (max(l_dim, v_dim)) one weight row as f32 */
     Acts acts;              /* the current matmul input, prepared for the weight type */
-    /* keys/values of the text before the image, the same for every image of a prompt */
-    int max_prefix;         /* rows the cache can hold */
-    int prefix_rows;        /* rows cached (0: none) */
-    int *prefix_ids;        /* (max_prefix) the token ids they were computed for */
-    float *kc, *vc;         /* (l_layers, max_prefix, kv_dim) RoPE'd keys, values */
+    /* keys/values of the first rows of a prompt, the same for every image: slot 0 holds the
+     * text before the image; slots 1..A a comparison prompt's text and anchor k-1 */
+    int max_prefix;         /* rows a slot can hold */
+    int n_caches;           /* slots */
+    int cache_rows[1 + QALIGN_MAX_ANCHORS]; /* rows cached in each slot (0: none) */
+    int *prefix_ids;        /* (max_prefix) the token ids slot 0 was computed for */
+    float *kc, *vc;         /* (n_caches, l_layers, max_prefix, kv_dim) RoPE'd keys, values */
     /* looking inside */
     qalign_stage_fn hook;   /* every stage goes here (and every row is computed), or NULL */
     void *hook_user;
@@ -751,10 +757,11 @@ static void abstractor_forward(const Model *m, RunState *s, const float *image, 
  *
  * A batch is B sequences with the same layout: n rows each, text rows (modality 0) and
  * visual rows (modality 1) in spans, positions 0..n-1. Rows [0, start) of every sequence
- * may be a cached prefix (the text before the image, the same in every sequence): their
- * keys and values come from the cache, and only the other nn = n - start rows, held in
- * s->x as (B, nn, D), go through the layers. The matmuls take all B*nn rows at once, so
- * each weight matrix is read once per batch; attention runs per sequence. */
+ * may be a cached prefix (the text before the image, the same in every sequence; or, for
+ * Compare2Score, that text and an anchor image): their keys and values come from a slot of
+ * the K/V cache, and only the other nn = n - start rows, held in s->x as (B, nn, D), go
+ * through the layers. The matmuls take all B*nn rows at once, so each weight matrix is read
+ * once per batch; attention runs per sequence. */
 
 typedef struct {
     int start, end;         /* rows [start, end) */
@@ -767,6 +774,7 @@ typedef struct {
     int start;              /* rows [0, start) of each are a cached prefix, not in x */
     const Span *spans;      /* the layout of a sequence, in order */
     int n_spans;
+    const int *cache;       /* (B) the K/V cache slot of each sequence's prefix (NULL: slot 0) */
 } Batch;
 
 /* Rows [lo, hi) of a sequence, stored from row 0 of x (so position t is row t - lo),
@@ -888,36 +896,42 @@ static void decoder_layer(const Model *m, RunState *s, const DecoderLayer *L, co
     swiglu_mlp(m, s, L, x, xn, B * n_out);
 }
 
+/* Where cache slot `slot` keeps layer l's keys (or values): (max_prefix, kv_dim) floats. */
+static size_t cache_offset(const RunState *s, const Config *c, int slot, int l) {
+    return ((size_t)slot * c->l_layers + l) * s->max_prefix * (size_t)(c->l_kv_heads * c->l_head_dim);
+}
+
 /* All decoder layers over the batch, then the final norm.
- * save_prefix: the batch is one sequence of text rows only (start = 0): keep every layer's
- *   keys and values in the prefix cache (s->kc, s->vc), nothing else is needed.
+ * save >= 0: the batch is one sequence with nothing cached (start = 0) whose keys and
+ *   values are to be kept, every layer's, in cache slot `save`; nothing else is needed.
  * Otherwise final (B, D) gets the final-norm state of each sequence's last row. In the
  * last layer only that row goes on past the keys and values, unless a stage hook wants
  * every row (then B = 1 and every layer is shown whole). */
-static void decoder_forward(const Model *m, RunState *s, const Batch *bt, int save_prefix, float *final) {
+static void decoder_forward(const Model *m, RunState *s, const Batch *bt, int save, float *final) {
     const Config *c = &m->c;
     const DecoderWeights *w = &m->l;
     int D = c->l_dim, kvd = c->l_kv_heads * c->l_head_dim, n = bt->n, start = bt->start, nn = n - start;
     char name[64];
 
+    CHECK(save < 0 || (bt->B == 1 && start == 0 && n <= s->max_prefix));
     rope_tables(s->rope_cos, s->rope_sin, n, c->l_head_dim, c->l_rope_theta);
     for (int l = 0; l < c->l_layers; l++) {
-        size_t cache = (size_t)l * s->max_prefix * kvd;
         for (int b = 0; b < bt->B && start > 0; b++) { /* the cached prefix's keys and values */
-            memcpy(s->k + (size_t)b * n * kvd, s->kc + cache, (size_t)start * kvd * sizeof(float));
-            memcpy(s->v + (size_t)b * n * kvd, s->vc + cache, (size_t)start * kvd * sizeof(float));
+            size_t at = cache_offset(s, c, bt->cache ? bt->cache[b] : 0, l);
+            memcpy(s->k + (size_t)b * n * kvd, s->kc + at, (size_t)start * kvd * sizeof(float));
+            memcpy(s->v + (size_t)b * n * kvd, s->vc + at, (size_t)start * kvd * sizeof(float));
         }
-        int last = l == c->l_layers - 1, n_out = !last || s->hook ? nn : save_prefix ? 0 : 1;
+        int last = l == c->l_layers - 1, n_out = !last || s->hook ? nn : save >= 0 ? 0 : 1;
         decoder_layer(m, s, &w->layers[l], bt, n_out);
-        if (save_prefix) {
-            memcpy(s->kc + cache, s->k, (size_t)n * kvd * sizeof(float));
-            memcpy(s->vc + cache, s->v, (size_t)n * kvd * sizeof(float));
+        if (save >= 0) {
+            memcpy(s->kc + cache_offset(s, c, save, l), s->k, (size_t)n * kvd * sizeof(float));
+            memcpy(s->vc + cache_offset(s, c, save, l), s->v, (size_t)n * kvd * sizeof(float));
         }
         snprintf(name, sizeof name, "llm_layer%d", l);
         stage(s, name, 'f', s->x, -1, 2, (int64_t)n, (int64_t)D);
         nn = n_out;
     }
-    if (save_prefix) return;
+    if (save >= 0) return;
     /* hidden_states = self.norm(hidden_states) */
     if (s->hook) { /* every row, to show them; B = 1 */
         float *xn = s->xn;
@@ -938,24 +952,66 @@ static void decoder_forward(const Model *m, RunState *s, const Batch *bt, int sa
  * logits = lm_head(hidden_states)[:, -1, [excellent, good, fair, poor, bad]]
  * score = softmax(logits) @ [5, 4, 3, 2, 1]
  * std = sqrt(softmax(logits) @ ([5, 4, 3, 2, 1] - score)**2)    # DeQA-Score's spread
- * (A context's prompt and levels can be others, for sibling scorers.) */
+ * The rest of the family (README "Models", the presets in the back matter) changes the
+ * prompt and the level words and weights, averages the logits of synonyms per level
+ * (Q-Instruct's boost: logits.reshape(-1, 3, 3).mean(1)), divides the logits by a
+ * temperature (Compare2Score: logits / 100), or has several images in one prompt
+ * (Compare2Score: an anchor image, then the image to score). */
+
+#define MAX_SPANS (2 * QALIGN_MAX_MARKERS + 1)
 
 typedef struct {
-    int n;                          /* number of level words */
-    char words[QALIGN_MAX_LEVELS][32]; /* e.g. excellent good fair poor bad */
-    int ids[QALIGN_MAX_LEVELS];     /* their token ids: tokenizer(word).input_ids[1] */
-    float weights[QALIGN_MAX_LEVELS]; /* score = sum softmax(logits) * weights */
+    int n;                          /* number of levels */
+    char words[QALIGN_MAX_LEVELS][32]; /* each level's name: its first word (excellent, good, ...) */
+    int n_ids[QALIGN_MAX_LEVELS];   /* words whose logits are averaged into the level: 1 (Q-Boost: 3) */
+    int ids[QALIGN_MAX_LEVELS][QALIGN_MAX_SYNONYMS]; /* their token ids: tokenizer(word).input_ids[1] */
+    float weights[QALIGN_MAX_LEVELS]; /* score = sum softmax(logits / temperature) * weights */
+    float temperature;              /* 1 (Compare2Score: 100) */
     float lo, hi;                   /* smallest and largest weight */
 } Levels;
 
 typedef struct {
     int *ids;               /* (n_ids) prompt ids, TOKEN_IMAGE_MARKER where the images go */
     int n_ids;
+    int n_markers;          /* images in the prompt: 1, or several (Compare2Score: 2) */
 } Prompt;
 
-/* Decoder rows for a prompt with n_frames images spliced in. */
-static int sequence_length(const Model *m, const Prompt *p, int n_frames) {
-    return p->n_ids - 1 + n_frames * (m->c.a_queries + 1);
+/* Decoder rows for a prompt whose every marker stands for `frames` images (1; a video's frames). */
+static int sequence_length(const Model *m, const Prompt *p, int frames) {
+    return p->n_ids - p->n_markers + p->n_markers * frames * (m->c.a_queries + 1);
+}
+
+/* The layout of a sequence (prepare_inputs_labels_for_multimodal): spans of text rows,
+ * modality 0, and for each marker one span of visual rows, modality 1. */
+static int prompt_spans(const Model *m, const Prompt *p, int frames, Span *spans) {
+    int n_spans = 0, t = 0;
+    for (int i = 0; i < p->n_ids; i++) {
+        int start = t, vis = p->ids[i] == TOKEN_IMAGE_MARKER;
+        t += vis ? frames * (m->c.a_queries + 1) : 1;
+        if (n_spans && !vis && spans[n_spans - 1].modality == 0) spans[n_spans - 1].end = t;
+        else spans[n_spans++] = (Span){start, t, vis};
+    }
+    return n_spans;
+}
+
+/* Rows [lo, hi) of a sequence into x (hi - lo, l_dim):
+ *   cur_new_input_embeds.append(self.get_model().embed_tokens(cur_input_ids[:image_token_start]))
+ *   cur_new_input_embeds.append(cur_image_features)      # image_features[cur_image_idx], then += 1
+ * the j-th image of the prompt (marker j / frames, its frame j % frames) is img[j]: Q+1
+ * visual rows (encode_frame's), a marker's frames one after the other. */
+static void sequence_rows(const Model *m, const Prompt *p, int frames, const float *const *img, int lo, int hi, float *x) {
+    size_t Dl = (size_t)m->c.l_dim;
+    int rows = m->c.a_queries + 1, t = 0, j = 0;
+    for (int i = 0; i < p->n_ids && t < hi; i++) {
+        if (p->ids[i] != TOKEN_IMAGE_MARKER) {
+            if (t >= lo) matrix_row(x + (size_t)(t - lo) * Dl, &m->l.embed, p->ids[i]);
+            t++;
+            continue;
+        }
+        for (int f = 0; f < frames; f++, j++)
+            for (int r = 0; r < rows; r++, t++)
+                if (t >= lo && t < hi) memcpy(x + (size_t)(t - lo) * Dl, img[j] + (size_t)r * Dl, Dl * sizeof(float));
+    }
 }
 
 /* logit of token id: lm_head row id . h, in f32 */
@@ -964,6 +1020,34 @@ static float head_logit(const Model *m, RunState *s, int id, const float *h) {
     double sum = 0.0;
     for (int i = 0; i < m->c.l_dim; i++) sum += (double)s->row[i] * h[i];
     return (float)sum;
+}
+
+/* The result at a sequence's last position, h = its final-norm state:
+ *   logits = self.lm_head(h)[level_ids]      # a level of synonyms: the mean of their logits
+ *   probs = torch.softmax(logits / temperature, -1); score = probs @ weights; std as above */
+static void level_result(const Model *m, RunState *s, const Levels *lv, const float *h, int frames, qalign_result *r) {
+    memset(r, 0, sizeof *r);
+    r->n_levels = lv->n;
+    r->frames = frames;
+    for (int i = 0; i < lv->n; i++) {
+        double sum = 0.0;
+        for (int j = 0; j < lv->n_ids[i]; j++) sum += head_logit(m, s, lv->ids[i][j], h);
+        r->logits[i] = (float)(sum / lv->n_ids[i]);
+        r->probs[i] = r->logits[i] / lv->temperature;
+    }
+    softmax_ref(r->probs, lv->n);
+    double score = 0.0, var = 0.0;
+    for (int i = 0; i < lv->n; i++) score += (double)r->probs[i] * lv->weights[i];
+    for (int i = 0; i < lv->n; i++) var += (double)r->probs[i] * (lv->weights[i] - score) * (lv->weights[i] - score);
+    r->score = (float)score;
+    r->std = (float)sqrt(var);
+    int finite = isfinite(r->score) && isfinite(r->std);
+    for (int i = 0; i < lv->n; i++) finite = finite && isfinite(r->logits[i]) && isfinite(r->probs[i]);
+    if (!finite) {
+        r->status = QALIGN_ERR_NUMERIC;
+        snprintf(r->error, sizeof r->error, "the model computed a value that is not a finite number (NaN or "
+                 "infinity); the model file may be damaged:" HINT_EXPORT);
+    }
 }
 
 /* Preprocess a decoded image into the model's input (3, S, S):
@@ -998,70 +1082,64 @@ static int preprocess_image(const Model *m, RunState *s, const Image *img, int p
 }
 
 /* image_features = self.encode_images(images)[f]: vision tower + abstractor for frame f of
- * n_frames (in s->pixels); its Q+1 visual rows go to s->visual at row slot*(Q+1). */
-static void encode_frame(const Model *m, RunState *s, int slot, int f, int n_frames) {
+ * n_frames (in s->pixels); its Q+1 visual rows go to out. */
+static void encode_frame(const Model *m, RunState *s, float *out, int f, int n_frames) {
     const Config *c = &m->c;
-    CHECK(slot < s->max_slots);
     stage(s, "pixel_values", 'f', s->pixels, f, 4, (int64_t)n_frames, (int64_t)3, (int64_t)c->v_image, (int64_t)c->v_image);
     double t0 = now_seconds();
     vision_forward(m, s, s->pixels, s->vision_out, f, n_frames);
     double t1 = now_seconds();
-    abstractor_forward(m, s, s->vision_out, s->visual + (size_t)slot * (c->a_queries + 1) * c->l_dim, f, n_frames);
+    abstractor_forward(m, s, s->vision_out, out, f, n_frames);
     s->seconds.vision += t1 - t0;
     s->seconds.abstractor += now_seconds() - t1;
 }
 
-/* The decoder over B copies of the prompt, sequence b with the visual rows of slots
- * [b*n_frames, (b+1)*n_frames) (from encode_frame) in place of <|image|>, then the level
- * logits at each sequence's last position: out[0..B). B > 1 reads each decoder weight
- * once for B images; the numbers are the same as one at a time. */
-static void score_batch(const Model *m, RunState *s, const Prompt *p, const Levels *lv, int B, int n_frames,
-                        qalign_result *out) {
-    const Config *c = &m->c;
-    size_t Dl = (size_t)c->l_dim, rows_per_frame = (size_t)c->a_queries + 1;
-    double t_dec = now_seconds();
+/* Keys and values of rows [0, n) of a sequence (its images img, as in score_batch), every
+ * layer's, kept in cache slot `slot`: the first rows of a prompt, computed once for every
+ * sequence that starts with them. */
+static void cache_prefix(const Model *m, RunState *s, const Prompt *p, int frames, const float *const *img, int n,
+                         int slot) {
+    Span spans[MAX_SPANS];
+    int n_spans = prompt_spans(m, p, frames, spans); /* spans past row n are left out by the layers */
+    CHECK(slot < s->n_caches && n <= s->max_prefix && n <= s->max_rows);
+    sequence_rows(m, p, frames, img, 0, n, s->x);
+    Batch pre = {1, n, 0, spans, n_spans, NULL};
+    decoder_forward(m, s, &pre, slot, NULL);
+    s->cache_rows[slot] = n;
+}
 
-    /* prepare_inputs_labels_for_multimodal: the positions of text rows (embed_tokens(ids))
-     * and of the image's visual rows, flattened in frame order, modality 1 */
-    int n = sequence_length(m, p, n_frames);
-    CHECK(n <= s->max_seq && B <= s->max_batch && B * n <= s->max_rows && B * n_frames <= s->max_slots);
-    Span spans[8];
-    int n_spans = 0, t = 0;
-    for (int i = 0; i < p->n_ids; i++) {
-        int start = t, vis = p->ids[i] == TOKEN_IMAGE_MARKER;
-        t += vis ? n_frames * (int)rows_per_frame : 1;
-        if (n_spans && !vis && spans[n_spans - 1].modality == 0) spans[n_spans - 1].end = t;
-        else spans[n_spans++] = (Span){start, t, vis};
-    }
-    /* The text before the image is the same for every image of a prompt: its keys and
-     * values are computed once and reused (exactly: no row depends on later rows). With a
-     * stage hook every row is computed, to show every row. */
-    int prefix = (!s->hook && spans[0].modality == 0) ? spans[0].end : 0;
-    if (prefix > s->max_prefix) prefix = 0;
-    if (prefix && (s->prefix_rows != prefix || memcmp(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int)))) {
-        for (int r = 0; r < prefix; r++) matrix_row(s->x + (size_t)r * Dl, &m->l.embed, p->ids[r]);
-        Batch pre = {1, prefix, 0, spans, 1};
-        decoder_forward(m, s, &pre, 1, NULL);
-        s->prefix_rows = prefix;
-        memcpy(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int));
+/* The decoder over B sequences of one prompt, then the level result at each sequence's last
+ * position: out[0..B). Sequence b's j-th image has the visual rows img[b * per + j], per =
+ * markers * frames. B > 1 reads each decoder weight once for B sequences; the numbers are
+ * the same as one at a time.
+ *   cache == NULL: the text before the first image is the same for every image of a prompt:
+ *     its keys and values are computed once (slot 0) and reused, exactly (no row depends on
+ *     later rows). With a stage hook every row is computed, to show every row.
+ *   cache != NULL: rows [0, cache_rows[cache[b]]) of sequence b come from that slot (made by
+ *     cache_prefix, the same number of rows in each). */
+static void score_batch(const Model *m, RunState *s, const Prompt *p, const Levels *lv, int B, int frames,
+                        const float *const *img, const int *cache, qalign_result *out) {
+    const Config *c = &m->c;
+    size_t Dl = (size_t)c->l_dim;
+    int per = p->n_markers * frames, n = sequence_length(m, p, frames);
+    double t_dec = now_seconds();
+    CHECK(n <= s->max_seq && B <= s->max_batch && B * n <= s->max_rows && p->n_markers <= QALIGN_MAX_MARKERS);
+
+    Span spans[MAX_SPANS];
+    int n_spans = prompt_spans(m, p, frames, spans), prefix = 0;
+    if (cache) {
+        prefix = s->cache_rows[cache[0]];
+        for (int b = 0; b < B; b++) CHECK(prefix > 0 && s->cache_rows[cache[b]] == prefix);
+    } else if (!s->hook && spans[0].modality == 0 && spans[0].end <= s->max_prefix) {
+        prefix = spans[0].end;
+        if (s->cache_rows[0] != prefix || memcmp(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int))) {
+            cache_prefix(m, s, p, frames, img, prefix, 0);
+            memcpy(s->prefix_ids, p->ids, (size_t)prefix * sizeof(int));
+        }
     }
     /* rows [prefix, n) of each sequence into s->x (B, n - prefix, Dl) */
     int nn = n - prefix;
-    for (int b = 0; b < B; b++) {
-        float *xb = s->x + (size_t)b * nn * Dl;
-        int pos = 0;
-        for (int i = 0; i < p->n_ids; i++) {
-            if (p->ids[i] == TOKEN_IMAGE_MARKER) {
-                size_t rows = (size_t)n_frames * rows_per_frame;
-                if (pos >= prefix)
-                    memcpy(xb + (size_t)(pos - prefix) * Dl, s->visual + (size_t)b * rows * Dl, rows * Dl * sizeof(float));
-                pos += (int)rows;
-            } else {
-                if (pos >= prefix) matrix_row(xb + (size_t)(pos - prefix) * Dl, &m->l.embed, p->ids[i]);
-                pos++;
-            }
-        }
-    }
+    for (int b = 0; b < B; b++) sequence_rows(m, p, frames, img + (size_t)b * per, prefix, n, s->x + (size_t)b * nn * Dl);
     if (s->hook) {
         int64_t *mod = malloc((size_t)n * sizeof(int64_t)), *ids = malloc((size_t)p->n_ids * sizeof(int64_t));
         if (mod && ids) { /* (only shown: a failed allocation leaves these two out) */
@@ -1075,34 +1153,12 @@ static void score_batch(const Model *m, RunState *s, const Prompt *p, const Leve
         free(ids);
         stage(s, "llm_inputs_embeds", 'f', s->x, -1, 2, (int64_t)n, (int64_t)Dl);
     }
-    Batch bt = {B, n, prefix, spans, n_spans};
-    decoder_forward(m, s, &bt, 0, s->final);
+    Batch bt = {B, n, prefix, spans, n_spans, cache};
+    decoder_forward(m, s, &bt, -1, s->final);
     s->seconds.decoder += now_seconds() - t_dec;
 
-    /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only those rows of lm_head
-     * score = torch.softmax(logits, -1) @ weights */
-    for (int b = 0; b < B; b++) {
-        const float *final = s->final + (size_t)b * Dl;
-        qalign_result *r = &out[b];
-        memset(r, 0, sizeof *r);
-        r->n_levels = lv->n;
-        r->frames = n_frames;
-        for (int i = 0; i < lv->n; i++) r->logits[i] = head_logit(m, s, lv->ids[i], final);
-        memcpy(r->probs, r->logits, sizeof r->probs);
-        softmax_ref(r->probs, lv->n);
-        double sum = 0.0, var = 0.0;
-        for (int i = 0; i < lv->n; i++) sum += (double)r->probs[i] * lv->weights[i];
-        for (int i = 0; i < lv->n; i++) var += (double)r->probs[i] * (lv->weights[i] - sum) * (lv->weights[i] - sum);
-        r->score = (float)sum;
-        r->std = (float)sqrt(var);
-        int finite = isfinite(r->score) && isfinite(r->std);
-        for (int i = 0; i < lv->n; i++) finite = finite && isfinite(r->logits[i]) && isfinite(r->probs[i]);
-        if (!finite) {
-            r->status = QALIGN_ERR_NUMERIC;
-            snprintf(r->error, sizeof r->error, "the model computed a value that is not a finite number (NaN or "
-                     "infinity); the model file may be damaged:" HINT_EXPORT);
-        }
-    }
+    /* logits = self.lm_head(hidden_states)[:, -1, level_ids]   # only those rows of lm_head */
+    for (int b = 0; b < B; b++) level_result(m, s, lv, s->final + (size_t)b * Dl, per, &out[b]);
     if (s->hook) {
         float *all = malloc((size_t)c->l_vocab * sizeof(float));
         if (all) {
@@ -1116,7 +1172,161 @@ static void score_batch(const Model *m, RunState *s, const Prompt *p, const Leve
 }
 
 /* ----------------------------------------------------------------------------------------
- * Back matter 1: the level words and the prompt of a context, from its options. */
+ * Compare2Score (Q-Future/Compare2Score; IQA-PyTorch's compare2score) rates an image by
+ * comparing it with A = 5 anchor images, one prompt per anchor, the anchor first:
+ *   "USER: <|image|> <|image|> Compared with the first image, what is your quality rating
+ *    for second image? \nASSISTANT: The quality of the second image is"
+ * p_k = softmax(logits / 100) @ [0, .25, .5, .75, 1] over inferior worse similar better
+ * superior is its preference over anchor k (score_batch with the context's levels). With
+ * the anchors' preferences among themselves (a fixed 5 x 5 matrix), p gives the scores of
+ * all 6 images by maximum likelihood, min-max scaled to 0..100 (compare_fit). (The API
+ * side, qalign_flush, computes each anchor's visual rows and the keys and values of the
+ * prompt up to the second image once per context; an image then costs one vision pass and
+ * one decoder pass of B = 5 over its own rows, where the original runs both images through
+ * the whole model once per anchor.) */
+
+#define C2S_ANCHORS 5
+#define C2S_STEPS 100           /* num_iterations=100 (the GitHub scorer.py and IQA_dataset_eval.py
+                                   have a sigmoid for the CDF and 100 or 50 steps instead) */
+#define C2S_LR 0.1              /* torch.optim.Adam([initial_scores], lr=0.1), other defaults:  */
+#define C2S_BETA1 0.9           /*   betas=(0.9, 0.999), eps=1e-8                                */
+#define C2S_BETA2 0.999
+#define C2S_EPS 1e-8
+
+/* self.anchor_matrix = np.array([...], dtype=np.float32): row i, column j = the preference
+ * of anchor i over anchor j (cmp_modelling_mplug_owl2.py:L307-L313) */
+static const float C2S_ANCHOR_MATRIX[C2S_ANCHORS][C2S_ANCHORS] = {
+    {5.0000000e-01f, 2.5912809e-01f, 3.3130276e-04f, 1.6087297e-06f, 1.1803027e-09f},
+    {7.4087191e-01f, 5.0000000e-01f, 2.4985345e-01f, 9.9954158e-02f, 1.8675303e-08f},
+    {9.9966872e-01f, 7.5014657e-01f, 5.0000000e-01f, 4.9968880e-01f, 2.4852838e-01f},
+    {9.9999839e-01f, 9.0004587e-01f, 5.0031120e-01f, 5.0000000e-01f, 2.5400183e-01f},
+    {1.0000000e+00f, 1.0000000e+00f, 7.5147164e-01f, 7.4599814e-01f, 5.0000000e-01f},
+};
+
+/* torch.manual_seed(0); initial_scores = torch.rand(6): the numbers the CPU generator gives
+ * (0.4962566 0.7682218 0.08847743 0.13203049 0.30742282 0.6340787; a CUDA device draws
+ * others, so the original's result on a GPU can differ by what 100 steps leave of them) */
+static const float C2S_START[C2S_ANCHORS + 1] = {0x1.fc2ab0p-2f, 0x1.89545ep-1f, 0x1.6a6750p-4f,
+                                                 0x1.0e6600p-3f, 0x1.3acd0cp-2f, 0x1.44a5f6p-1f};
+
+/* The image's 0..100 score from its preferences pref[0..5) over the anchors, as
+ *   c = update_matrix(anchor_matrix, p, indices)       # new row p_k, new column 1 - p_k, [5,5] = 0.5
+ *   optimize_score_map_pytorch_cuda(c, seed=0, num_iterations=100):
+ *     loss = -(sum(c * log(maximum(norm_cdf(s[:, None] - s), 1e-6))) - sum(s ** 2) / 2)
+ *     100 steps of Adam from the start values; return 100 * (s[5] - min(s)) / (max(s) - min(s))
+ * in double precision from the float32 values the original holds (c is float32 there).
+ * NaN if every score came out equal. */
+static double compare_fit(const float *pref) {
+    enum { N = C2S_ANCHORS + 1 };
+    double c[N][N], x[N], m1[N] = {0}, m2[N] = {0};
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++)
+            c[i][j] = i < C2S_ANCHORS && j < C2S_ANCHORS ? C2S_ANCHOR_MATRIX[i][j]
+                      : i == j                           ? 0.5
+                      : i == C2S_ANCHORS                 ? pref[j]
+                                                         : (float)(1.0 - pref[i]);
+    for (int i = 0; i < N; i++) x[i] = C2S_START[i];
+    for (int t = 1; t <= C2S_STEPS; t++) {
+        /* d loss / d s_i = s_i - sum_j c_ij g(s_i - s_j) + sum_j c_ji g(s_j - s_i),
+         * g(d) = norm_pdf(d) / norm_cdf(d), and 0 where the 1e-6 floor holds */
+        double g[N];
+        for (int i = 0; i < N; i++) g[i] = x[i];
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                double d = x[i] - x[j], cdf = 0.5 * (1.0 + erf(d / sqrt(2.0)));
+                if (cdf <= 1e-6) continue;
+                double q = c[i][j] * exp(-0.5 * d * d) / 2.5066282746310002 / cdf; /* sqrt(2 pi) */
+                g[i] -= q;
+                g[j] += q;
+            }
+        /* torch.optim.Adam step t */
+        double bc1 = 1.0 - pow(C2S_BETA1, t), bc2 = 1.0 - pow(C2S_BETA2, t);
+        for (int i = 0; i < N; i++) {
+            m1[i] = C2S_BETA1 * m1[i] + (1.0 - C2S_BETA1) * g[i];
+            m2[i] = C2S_BETA2 * m2[i] + (1.0 - C2S_BETA2) * g[i] * g[i];
+            x[i] -= C2S_LR / bc1 * m1[i] / (sqrt(m2[i]) / sqrt(bc2) + C2S_EPS);
+        }
+    }
+    double lo = x[0], hi = x[0];
+    for (int i = 1; i < N; i++) lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
+    return hi > lo ? 100.0 * (x[N - 1] - lo) / (hi - lo) : NAN;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Back matter 1: the presets, and the levels and prompt of a context from its options.
+ *
+ * Each preset is a scorer of the family as its original code has it; `source` says where
+ * (repository file:line, at the commits README "Models" names). The prompts are given by
+ * name in the presets and may be given by name as an option (qalign_prompts). */
+
+static const qalign_named_prompt PROMPTS[] = {
+    {"score", QALIGN_DEFAULT_PROMPT,
+     "q-future/one-align score() on Hugging Face (the {task}/{input} order as fixed there) = chaofengc/IQA-PyTorch "
+     "pyiqa/archs/q_align/modeling_mplug_owl2.py:L279; with quality/aesthetics and image/video it is Q-Future/Q-Align "
+     "q_align/evaluate/scorer.py:L30, L67, L103"},
+    {"iqa-eval", "USER: How would you rate the {task} of this {input}?\n<|image|> ASSISTANT: The {task} of the {input} is",
+     "Q-Future/Q-Align q_align/evaluate/iqa_eval.py:L73-L81 (vqa_eval.py:L87-L95 with video): the conversation "
+     "template's space before ASSISTANT"},
+    {"iaa-eval", "USER: <|image|>How would you rate the {task} of this {input}? ASSISTANT: The {task} of the {input} is",
+     "Q-Future/Q-Align q_align/evaluate/iaa_eval.py:L78-L86 (with task aesthetics): the image before the question"},
+    {"deqa", "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is",
+     "zhiyuanyou/DeQA-Score src/evaluate/scorer.py:L18"},
+    {"q-instruct", "USER: <|image|>Rate the quality of the image.\nASSISTANT: ", "Q-Future/Q-Instruct boost_qa/model.py:L19"},
+    {"compare2score",
+     "USER: <|image|> <|image|> Compared with the first image, what is your quality rating for second image? "
+     "\nASSISTANT: The quality of the second image is",
+     "chaofengc/IQA-PyTorch pyiqa/archs/q_align/cmp_modelling_mplug_owl2.py:L326 = Q-Future/Compare2Score "
+     "q_align/model/modeling_mplug_owl2.py:L345"},
+};
+
+static const qalign_preset PRESETS[] = {
+    {"one-align", "q-future/one-align", "score", "excellent=5,good=4,fair=3,poor=2,bad=1", 0, 1.0f, 0,
+     "quality aesthetics aesthetic", 1,
+     "prompt: see 'score'; levels and weights 5..1: Q-Future/Q-Align q_align/model/modeling_mplug_owl2.py:L259, L273; "
+     "expand2square: L276"},
+    {"q-align", "q-future/q-align-quality, -image, -iaa-vqa, -iqa, -aesthetic, -vqa", "score",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 0, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "Q-Future/Q-Align q_align/evaluate/scorer.py:L30-L33 (quality), L67-L70 (aesthetics), L103-L106 (video): "
+     "weights 1 0.75 0.5 0.25 0; expand2square: L54-L56"},
+    {"deqa", "zhiyuanyou/DeQA-Score-Mix3", "deqa", "excellent=5,good=4,fair=3,poor=2,bad=1", 0, 1.0f, 0, "quality", 0,
+     "zhiyuanyou/DeQA-Score src/evaluate/scorer.py:L18 (prompt), L20-L21 (levels, weights 5..1), L42 (expand2square); "
+     "std: src/evaluate/cal_distribution_gap.py:L83-L87"},
+    {"q-instruct", "q-future/q-instruct-mplug-owl2", "q-instruct", "good=1,average=0.5,poor=0", 1, 1.0f, 0, "quality", 0,
+     "Q-Future/Q-Instruct boost_qa/model.py:L19 (prompt), L23-L24 (levels, weights), L37 (no expand2square)"},
+    {"q-instruct-boost", "q-future/q-instruct-mplug-owl2", "q-instruct",
+     "good|high|fine=1,average|medium|acceptable=0.5,poor|low|bad=0", 1, 1.0f, 0, "quality", 0,
+     "Q-Future/Q-Instruct boost_qa/model.py:L27-L28 (9 words, weights), L41 (logits.reshape(-1, 3, 3).mean(1): a "
+     "level's logit is the mean of its 3 synonyms'), L37 (no expand2square)"},
+    {"compare2score", "q-future/Compare2Score", "compare2score",
+     "inferior=0,worse=0.25,similar=0.5,better=0.75,superior=1", 0, 100.0f, C2S_ANCHORS, "quality", 0,
+     "chaofengc/IQA-PyTorch pyiqa/archs/q_align/cmp_modelling_mplug_owl2.py:L303, L306 (levels, weights), L307-L313 "
+     "(anchor matrix), L335 (expand2square), L340-L341 (logits / 100, softmax), L342-L343 and L69-L117 (fit); the "
+     "same in Q-Future/Compare2Score q_align/model/modeling_mplug_owl2.py:L78-L126, L344-L366"},
+};
+
+const qalign_preset *qalign_presets(int *n) {
+    if (n) *n = (int)(sizeof PRESETS / sizeof PRESETS[0]);
+    return PRESETS;
+}
+
+const qalign_preset *qalign_preset_find(const char *name) {
+    for (size_t i = 0; name && i < sizeof PRESETS / sizeof PRESETS[0]; i++)
+        if (!strcmp(PRESETS[i].name, name)) return &PRESETS[i];
+    return NULL;
+}
+
+const qalign_named_prompt *qalign_prompts(int *n) {
+    if (n) *n = (int)(sizeof PROMPTS / sizeof PROMPTS[0]);
+    return PROMPTS;
+}
+
+/* A prompt option: a template (it has "<|image|>"), or the name of one. NULL if unknown. */
+static const char *prompt_text(const char *prompt) {
+    if (strstr(prompt, "<|image|>")) return prompt;
+    for (size_t i = 0; i < sizeof PROMPTS / sizeof PROMPTS[0]; i++)
+        if (!strcmp(PROMPTS[i].name, prompt)) return PROMPTS[i].text;
+    return NULL;
+}
 
 static void levels_finish(Levels *lv) {
     lv->lo = lv->hi = lv->weights[0];
@@ -1133,43 +1343,62 @@ static int level_word_id(const Model *m, const char *word) {
     return n >= 2 && n <= 64 ? ids[1] : -1;
 }
 
-/* "word=weight,word=weight,...", blanks around words and numbers ignored; NULL: the
- * default excellent=5,good=4,fair=3,poor=2,bad=1. Two words scored by the same token are
- * refused (their probabilities would be one). */
-static int levels_parse(const Model *m, const char *spec, Levels *lv, char *err, size_t errlen) {
+/* [a, b) without the blanks around it */
+static void trim(const char **a, const char **b) {
+    while (*a < *b && isspace((unsigned char)**a)) (*a)++;
+    while (*b > *a && isspace((unsigned char)(*b)[-1])) (*b)--;
+}
+
+/* "word=weight,word=weight,..." where a word may be several, "good|high|fine=1" (the level's
+ * logit is then the mean of theirs); blanks around words and numbers ignored. Two words
+ * scored by the same token are refused (their probabilities would be one). */
+static int levels_parse(const Model *m, const char *spec, float temperature, Levels *lv, char *err, size_t errlen) {
     memset(lv, 0, sizeof *lv);
-    if (!spec) spec = "excellent=5,good=4,fair=3,poor=2,bad=1";
     for (const char *p = spec; *p;) {
         const char *comma = strchr(p, ','), *end = comma ? comma : p + strlen(p), *eq = memchr(p, '=', (size_t)(end - p));
         if (!eq) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: expected word=weight,... (got '%s')", spec);
-        const char *w0 = p, *w1 = eq, *n0 = eq + 1, *n1 = end;
-        while (w0 < w1 && isspace((unsigned char)*w0)) w0++;
-        while (w1 > w0 && isspace((unsigned char)w1[-1])) w1--;
-        while (n0 < n1 && isspace((unsigned char)*n0)) n0++;
-        while (n1 > n0 && isspace((unsigned char)n1[-1])) n1--;
-        if (w0 == w1 || n0 == n1) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: expected word=weight,... (got '%s')", spec);
-        if (lv->n == QALIGN_MAX_LEVELS || (size_t)(w1 - w0) >= sizeof lv->words[0])
-            return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: at most %d words of at most 31 bytes", QALIGN_MAX_LEVELS);
+        const char *n0 = eq + 1, *n1 = end;
+        trim(&n0, &n1);
+        if (n0 == n1) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: expected word=weight,... (got '%s')", spec);
+        if (lv->n == QALIGN_MAX_LEVELS) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: at most %d levels", QALIGN_MAX_LEVELS);
+        for (const char *w = p;;) { /* the level's words, separated by '|' */
+            const char *bar = memchr(w, '|', (size_t)(eq - w)), *w1 = bar ? bar : eq, *w0 = w;
+            trim(&w0, &w1);
+            char word[32] = {0};
+            if (w0 == w1) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: expected word=weight,... (got '%s')", spec);
+            if ((size_t)(w1 - w0) >= sizeof word || lv->n_ids[lv->n] == QALIGN_MAX_SYNONYMS)
+                return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: at most %d words of at most 31 bytes per level",
+                                 QALIGN_MAX_SYNONYMS);
+            memcpy(word, w0, (size_t)(w1 - w0));
+            int id = level_word_id(m, word);
+            if (id < 0) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' does not tokenize to a word", word);
+            for (int i = 0; i <= lv->n; i++)
+                for (int j = 0; j < lv->n_ids[i]; j++)
+                    if (lv->ids[i][j] == id)
+                        return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' is scored by the same token (%d) as "
+                                         "another word of the levels", word, id);
+            if (lv->n_ids[lv->n] == 0) memcpy(lv->words[lv->n], word, sizeof word);
+            lv->ids[lv->n][lv->n_ids[lv->n]++] = id;
+            if (!bar) break;
+            w = bar + 1;
+        }
         char num[64] = {0}, *tail;
         memcpy(num, n0, (size_t)(n1 - n0) < sizeof num - 1 ? (size_t)(n1 - n0) : sizeof num - 1);
-        memcpy(lv->words[lv->n], w0, (size_t)(w1 - w0));
         lv->weights[lv->n] = strtof(num, &tail);
         if (*tail || !isfinite(lv->weights[lv->n])) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' is not a number", num);
-        int id = level_word_id(m, lv->words[lv->n]);
-        if (id < 0) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' does not tokenize to a word", lv->words[lv->n]);
-        for (int i = 0; i < lv->n; i++)
-            if (lv->ids[i] == id)
-                return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' and '%s' are scored by the same token (%d)",
-                            lv->words[i], lv->words[lv->n], id);
-        lv->ids[lv->n++] = id;
+        lv->n++;
         p = comma ? comma + 1 : end;
     }
     if (lv->n < 2) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: at least two words are needed");
+    if (!(temperature > 0.0f) || !isfinite(temperature))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
+    lv->temperature = temperature;
     levels_finish(lv);
     return QALIGN_OK;
 }
 
-/* Tokenize the prompt template with {task} and {input} filled in. */
+/* Tokenize the prompt template with {task} and {input} filled in; it must have 1 to
+ * QALIGN_MAX_MARKERS images. */
 static int build_prompt(const Model *m, const char *tmpl, const char *task, const char *input, Prompt *p, char *err,
                         size_t errlen) {
     size_t len = 0, cap = 1;
@@ -1192,12 +1421,13 @@ static int build_prompt(const Model *m, const char *tmpl, const char *task, cons
         p->n_ids = p->ids ? tokenize_prompt(&m->tok, text, p->ids, n) : -1;
         free(text);
         if (!p->ids) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (prompt)");
-        int markers = 0;
-        for (int i = 0; i < p->n_ids && i < n; i++) markers += p->ids[i] == TOKEN_IMAGE_MARKER;
-        if (p->n_ids < 1 || p->n_ids > n || markers != 1) {
+        p->n_markers = 0;
+        for (int i = 0; i < p->n_ids && i < n; i++) p->n_markers += p->ids[i] == TOKEN_IMAGE_MARKER;
+        if (p->n_ids < 1 || p->n_ids > n || p->n_markers < 1 || p->n_markers > QALIGN_MAX_MARKERS) {
             free(p->ids);
             p->ids = NULL;
-            return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once");
+            return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> 1 to %d times",
+                             QALIGN_MAX_MARKERS);
         }
     }
     return QALIGN_OK;
@@ -1722,6 +1952,7 @@ static void run_state_free(RunState *s) {
     }
     acts_free(&s->acts);
     free(s->prefix_ids);
+    free(s->slot_rows);
     memset(s, 0, sizeof *s);
 }
 
@@ -1733,9 +1964,9 @@ static void *state_alloc(RunState *s, int *ok, size_t count, size_t size) {
     return p;
 }
 
-/* Buffers for the sizes set in s (max_batch .. max_slots, see RunState), a prompt prefix
- * of up to max_prefix rows, and n_threads threads. */
-static int run_state_alloc(RunState *s, const Config *c, int max_prefix, int n_threads, int precise) {
+/* Buffers for the sizes set in s (max_batch .. max_slots, see RunState), n_caches prompt
+ * prefixes of up to max_prefix rows, and n_threads threads. */
+static int run_state_alloc(RunState *s, const Config *c, int max_prefix, int n_caches, int n_threads, int precise) {
     int max_batch = s->max_batch, max_seq = s->max_seq;
     s->n_threads = n_threads;
     size_t T = (size_t)c->v_tokens, D = (size_t)c->v_dim, Q = (size_t)c->a_queries, E = Q + T;
@@ -1787,12 +2018,15 @@ static int run_state_alloc(RunState *s, const Config *c, int max_prefix, int n_t
     ALLOC(s->kt, 2 * kvmax * pad16(maxlen));
     ALLOC(s->final, (size_t)max_batch * Dl);
     ALLOC(s->row, Dl > D ? Dl : D);
-    ALLOC(s->kc, (size_t)c->l_layers * max_prefix * kvd);
-    ALLOC(s->vc, (size_t)c->l_layers * max_prefix * kvd);
+    ALLOC(s->kc, (size_t)n_caches * c->l_layers * max_prefix * kvd);
+    ALLOC(s->vc, (size_t)n_caches * c->l_layers * max_prefix * kvd);
     ALLOC(s->prefix_ids, (size_t)max_prefix + 1);
+    ALLOC(s->slot_rows, (size_t)s->max_slots);
     if (acts_alloc(&s->acts, cap, max_k, !precise, &s->bytes) != 0) ok = 0;
 #undef ALLOC
+    for (int i = 0; ok && i < s->max_slots; i++) s->slot_rows[i] = s->visual + (size_t)i * (Q + 1) * Dl;
     s->max_prefix = max_prefix;
+    s->n_caches = n_caches;
     s->vit_att_bf16 = !precise && c->wtype != DT_MF32;
     if (!ok) {
         size_t want = s->bytes;
@@ -1812,8 +2046,14 @@ struct qalign_ctx {
     int batch;              /* images per decoder pass */
     int pad, precise;
     char task[16];
+    const qalign_preset *preset;
+    int preset_prompt;      /* the preset's own prompt is used (not an option's) */
     Levels lv;
     Prompt prompt_image, prompt_video; /* the template with {input} = image / video */
+    /* with anchors (Compare2Score): each image is compared with every anchor */
+    int n_anchors;
+    float *anchor_rows;     /* (n_anchors, Q+1, l_dim) the anchors' visual rows */
+    int anchor_prefix;      /* rows of the comparison prompt before the second image */
     RunState s;
     int have_state;
     int pending;            /* images encoded (visual slots 0..pending-1), waiting for the decoder */
@@ -1849,9 +2089,10 @@ static void threads_leave(int old) {
 }
 
 /* The run state fits `batch` images or one video of n_frames (a longer video or larger
- * batch reallocates it; the prefix cache survives only while the state does). */
+ * batch reallocates it; the K/V caches survive only while the state does). */
 static int ensure_state(qalign_ctx *c, int batch, int n_frames, char *err, size_t errlen) {
     RunState *s = &c->s;
+    if (c->n_anchors && batch < c->n_anchors) batch = c->n_anchors; /* one decoder pass per anchor */
     if (c->have_state && s->max_batch >= batch && s->n_frames >= n_frames) return QALIGN_OK;
     if (c->have_state) {
         batch = batch > s->max_batch ? batch : s->max_batch;
@@ -1863,13 +2104,14 @@ static int ensure_state(qalign_ctx *c, int batch, int n_frames, char *err, size_
     const Model *m = c->m;
     int seq = sequence_length(m, &c->prompt_image, 1), seqv = sequence_length(m, &c->prompt_video, n_frames);
     int prefix = c->prompt_image.n_ids > c->prompt_video.n_ids ? c->prompt_image.n_ids : c->prompt_video.n_ids;
+    prefix = prefix > c->anchor_prefix ? prefix : c->anchor_prefix;
     memset(s, 0, sizeof *s);
     s->max_batch = batch;
     s->n_frames = n_frames;
     s->max_seq = seq > seqv ? seq : seqv;
     s->max_rows = batch * seq > seqv ? batch * seq : seqv;
     s->max_slots = batch > n_frames ? batch : n_frames;
-    if (run_state_alloc(s, &m->c, prefix, c->threads, c->precise) != QALIGN_OK)
+    if (run_state_alloc(s, &m->c, prefix, 1 + c->n_anchors, c->threads, c->precise) != QALIGN_OK)
         return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory: %d frames need %.0f MB of buffers", n_frames, s->bytes / 1e6);
     s->seconds = c->seconds;
     c->have_state = 1;
@@ -1886,7 +2128,96 @@ void qalign_ctx_free(qalign_ctx *c) {
     if (c->have_state) run_state_free(&c->s);
     prompt_free(&c->prompt_image);
     prompt_free(&c->prompt_video);
+    free(c->anchor_rows);
     free(c);
+}
+
+static int check_image(const qalign_image *img, char *err, size_t errlen) {
+    if (!img || !img->rgb) return fail_with(err, errlen, QALIGN_ERR_ARG, "no image");
+    if (img->width < 1 || img->height < 1 || img->width > IMAGE_MAX_DIM || img->height > IMAGE_MAX_DIM ||
+        (size_t)img->width * (size_t)img->height > IMAGE_MAX_PIXELS)
+        return fail_with(err, errlen, QALIGN_ERR_INPUT, "image size %dx%d is out of range (1..%d per side, %zu pixels)",
+                    img->width, img->height, IMAGE_MAX_DIM, IMAGE_MAX_PIXELS);
+    return QALIGN_OK;
+}
+
+/* Preprocess img as frame f of n and encode it: its visual rows go to out. */
+static int encode_image(qalign_ctx *c, const qalign_image *img, float *out, int f, int n, char *err, size_t errlen) {
+    int st = check_image(img, err, errlen);
+    if (st) return st;
+    RunState *s = &c->s;
+    s->hook = c->hook;
+    s->hook_user = c->hook_user;
+    Image view = {img->width, img->height, (uint8_t *)img->rgb}; /* read only */
+    double t0 = now_seconds();
+    int old = threads_enter(c);
+    st = preprocess_image(c->m, s, &view, c->pad, f, n, err, errlen);
+    s->seconds.preprocess += now_seconds() - t0;
+    if (!st) encode_frame(c->m, s, out, f, n);
+    threads_leave(old);
+    return st;
+}
+
+/* Visual slot k's rows */
+static float *slot(qalign_ctx *c, int k) {
+    CHECK(k < c->s.max_slots);
+    return c->s.visual + (size_t)k * (c->m->c.a_queries + 1) * c->m->c.l_dim;
+}
+
+/* The anchors' part of the comparison prompt (text, anchor k, text), as cache slot 1 + k:
+ * once per run state. */
+static void anchors_prepare(qalign_ctx *c) {
+    RunState *s = &c->s;
+    if (s->cache_rows[1] == c->anchor_prefix) return;
+    size_t rows = (size_t)(c->m->c.a_queries + 1) * c->m->c.l_dim;
+    double t0 = now_seconds();
+    for (int k = 0; k < c->n_anchors; k++) {
+        const float *img[2] = {c->anchor_rows + k * rows, c->anchor_rows + k * rows}; /* (only the first is read) */
+        cache_prefix(c->m, s, &c->prompt_image, 1, img, c->anchor_prefix, 1 + k);
+    }
+    s->seconds.decoder += now_seconds() - t0;
+}
+
+/* Compare2Score: the image in visual slot k against every anchor (score_batch with B = the
+ * anchors, each sequence's first rows from its anchor's cache slot), then the fit. With a
+ * stage hook every comparison is computed whole, one at a time (the same numbers). */
+static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
+    RunState *s = &c->s;
+    int A = c->n_anchors, L = c->lv.n;
+    size_t rows = (size_t)(c->m->c.a_queries + 1) * c->m->c.l_dim;
+    const float *img[2 * QALIGN_MAX_ANCHORS];
+    int cache[QALIGN_MAX_ANCHORS];
+    qalign_result r[QALIGN_MAX_ANCHORS];
+    for (int a = 0; a < A; a++) {
+        img[2 * a] = c->anchor_rows + a * rows; /* images = [anchor_image, image] */
+        img[2 * a + 1] = slot(c, k);
+        cache[a] = 1 + a;
+    }
+    if (s->hook) {
+        for (int a = 0; a < A; a++) score_batch(c->m, s, &c->prompt_image, &c->lv, 1, 1, img + 2 * a, NULL, &r[a]);
+    } else {
+        anchors_prepare(c);
+        score_batch(c->m, s, &c->prompt_image, &c->lv, A, 1, img, cache, r);
+    }
+    memset(out, 0, sizeof *out);
+    out->n_levels = L;
+    out->frames = 1;
+    out->n_anchors = A;
+    for (int a = 0; a < A; a++) {
+        if (r[a].status != QALIGN_OK) {
+            *out = r[a];
+            return;
+        }
+        out->anchor_prefs[a] = r[a].score; /* probabilities.append(np.dot(softmax(output_logits), self.weight_tensor)) */
+        for (int i = 0; i < L; i++) out->probs[i] += r[a].probs[i] / A, out->logits[i] += r[a].logits[i] / A;
+    }
+    out->score = (float)compare_fit(out->anchor_prefs);
+    out->std = NAN;
+    if (!isfinite(out->score)) {
+        out->status = QALIGN_ERR_NUMERIC;
+        snprintf(out->error, sizeof out->error, "the comparisons with the anchors gave every image the same score: no "
+                 "0..100 scale (are the anchors 5 different images?)");
+    }
 }
 
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_ctx **out, char *err, size_t errlen) {
@@ -1896,9 +2227,29 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     if (o.threads < 0 || o.threads > 4096) return fail_with(err, errlen, QALIGN_ERR_ARG, "threads must be in [0, 4096], got %d", o.threads);
     if (o.batch < 0 || o.batch > QALIGN_MAX_BATCH)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "batch must be in [1, %d], got %d", QALIGN_MAX_BATCH, o.batch);
+    const qalign_preset *pr = qalign_preset_find(o.preset ? o.preset : "one-align");
+    if (!pr) {
+        char names[256] = "";
+        for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", PRESETS[i].name);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "preset: unknown '%s' (one of %s)", o.preset, names);
+    }
     const char *task = o.task ? o.task : "quality";
     if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
+    const char *tmpl = prompt_text(o.prompt ? o.prompt : pr->prompt);
+    if (!tmpl) {
+        char names[256] = "";
+        for (size_t i = 0; i < sizeof PROMPTS / sizeof PROMPTS[0]; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", PROMPTS[i].name);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: '%s' has no <|image|> and is not one of %s", o.prompt, names);
+    }
+    if (!o.prompt && !strstr(pr->tasks, task)) /* (the tasks are whole words, none a part of another) */
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "task: the %s preset's prompt rates %s only, not %s", pr->name,
+                         pr->tasks, task);
+    if (o.n_anchors < 0 || (o.n_anchors > 0 && (!o.anchors || o.n_anchors != C2S_ANCHORS)))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: %d given; the comparison (Compare2Score's anchor matrix) "
+                         "takes %d anchor images", o.n_anchors, C2S_ANCHORS);
     qalign_ctx *c = calloc(1, sizeof *c);
     if (!c) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     c->m = m;
@@ -1908,14 +2259,38 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     c->threads = 1;
 #endif
     c->batch = o.batch ? o.batch : 8;
-    c->pad = !o.no_pad;
+    c->pad = o.no_pad == 1 ? 0 : o.no_pad == -1 ? 1 : !pr->no_pad;
     c->precise = o.precise;
+    c->preset = pr;
+    c->preset_prompt = !o.prompt;
     snprintf(c->task, sizeof c->task, "%s", task);
-    const char *tmpl = o.prompt ? o.prompt : QALIGN_DEFAULT_PROMPT;
-    int st = levels_parse(m, o.levels, &c->lv, err, errlen);
+    int st = levels_parse(m, o.levels ? o.levels : pr->levels, o.temperature > 0 ? o.temperature : pr->temperature, &c->lv,
+                          err, errlen);
+    if (!st && o.temperature < 0) st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
+    if (!st && o.n_anchors) { /* the anchors: their visual rows now, their K/V on first use */
+        Span spans[MAX_SPANS];
+        if (c->prompt_image.n_markers != 2) {
+            st = fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: the prompt must have two <|image|> (the anchor, then "
+                           "the image), it has %d", c->prompt_image.n_markers);
+        } else {
+            int n_spans = prompt_spans(m, &c->prompt_image, 1, spans), seen = 0;
+            for (int i = 0; i < n_spans && seen < 2; i++) /* the second image's first row */
+                if (spans[i].modality && ++seen == 2) c->anchor_prefix = spans[i].start;
+            c->n_anchors = o.n_anchors;
+            size_t rows = (size_t)(m->c.a_queries + 1) * m->c.l_dim;
+            c->anchor_rows = malloc((size_t)o.n_anchors * rows * sizeof(float));
+            if (!c->anchor_rows) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (anchors)");
+        }
+    }
     if (!st) st = ensure_state(c, c->batch, 1, err, errlen);
+    for (int k = 0; !st && k < c->n_anchors; k++) {
+        char e[QALIGN_ERR_LEN - 32];
+        size_t rows = (size_t)(m->c.a_queries + 1) * m->c.l_dim;
+        if ((st = encode_image(c, &o.anchors[k], c->anchor_rows + k * rows, 0, 1, e, sizeof e)) != QALIGN_OK)
+            fail_with(err, errlen, st, "anchors: image %d: %s", k, e);
+    }
     if (st) {
         qalign_ctx_free(c);
         return st;
@@ -1929,8 +2304,8 @@ int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, f
         if (words) words[i] = c->lv.words[i];
         if (weights) weights[i] = c->lv.weights[i];
     }
-    if (lo) *lo = c->lv.lo;
-    if (hi) *hi = c->lv.hi;
+    if (lo) *lo = c->n_anchors ? 0.0f : c->lv.lo;
+    if (hi) *hi = c->n_anchors ? 100.0f : c->lv.hi;
     return c->lv.n;
 }
 
@@ -1946,36 +2321,13 @@ void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
     c->hook_user = user;
 }
 
-static int check_image(const qalign_image *img, char *err, size_t errlen) {
-    if (!img || !img->rgb) return fail_with(err, errlen, QALIGN_ERR_ARG, "no image");
-    if (img->width < 1 || img->height < 1 || img->width > IMAGE_MAX_DIM || img->height > IMAGE_MAX_DIM ||
-        (size_t)img->width * (size_t)img->height > IMAGE_MAX_PIXELS)
-        return fail_with(err, errlen, QALIGN_ERR_INPUT, "image size %dx%d is out of range (1..%d per side, %zu pixels)",
-                    img->width, img->height, IMAGE_MAX_DIM, IMAGE_MAX_PIXELS);
-    return QALIGN_OK;
-}
-
-/* Preprocess img as frame f of n and encode it into visual slot `slot`. */
-static int encode_image(qalign_ctx *c, const qalign_image *img, int slot, int f, int n, char *err, size_t errlen) {
-    int st = check_image(img, err, errlen);
-    if (st) return st;
-    RunState *s = &c->s;
-    s->hook = c->hook;
-    s->hook_user = c->hook_user;
-    Image view = {img->width, img->height, (uint8_t *)img->rgb}; /* read only */
-    double t0 = now_seconds();
-    int old = threads_enter(c);
-    st = preprocess_image(c->m, s, &view, c->pad, f, n, err, errlen);
-    s->seconds.preprocess += now_seconds() - t0;
-    if (!st) encode_frame(c->m, s, slot, f, n);
-    threads_leave(old);
-    return st;
-}
-
 int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen) {
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
+    if (c->prompt_image.n_markers != 1 && !c->n_anchors)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
+                         "by one (it has %d: use qalign_score_prompt, or give anchors)", c->prompt_image.n_markers);
     if (c->pending >= qalign_ctx_batch(c)) return fail_with(err, errlen, QALIGN_ERR_STATE, "the batch is full (qalign_flush first)");
-    int st = encode_image(c, img, c->pending, 0, 1, err, errlen);
+    int st = encode_image(c, img, slot(c, c->pending), 0, 1, err, errlen);
     if (!st) c->pending++;
     return st;
 }
@@ -1988,7 +2340,10 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
     int old = threads_enter(c);
     c->s.hook = c->hook;
     c->s.hook_user = c->hook_user;
-    score_batch(c->m, &c->s, &c->prompt_image, &c->lv, c->pending, 1, out);
+    if (c->n_anchors)
+        for (int k = 0; k < c->pending; k++) compare_image(c, k, &out[k]);
+    else
+        score_batch(c->m, &c->s, &c->prompt_image, &c->lv, c->pending, 1, c->s.slot_rows, NULL, out);
     threads_leave(old);
     c->pending = 0;
     return QALIGN_OK;
@@ -1999,6 +2354,11 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "a video takes 1 to %d frames, not %d", QALIGN_MAX_FRAMES, n_frames);
+    if (c->prompt_video.n_markers != 1 || c->n_anchors)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "videos need a prompt with one <|image|> and no anchors");
+    if (c->preset_prompt && !c->preset->video)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "the %s preset scores images only (its original has no video "
+                         "prompt; a --prompt of your own may take videos)", c->preset->name);
     int st = ensure_state(c, 1, n_frames, err, errlen);
     if (st) return st;
     c->video_n = n_frames;
@@ -2009,21 +2369,31 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
 int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen) {
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k >= c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "all %d frames were given already", c->video_n);
-    int st = encode_image(c, frame, c->video_k, c->video_k, c->video_n, err, errlen);
+    int st = encode_image(c, frame, slot(c, c->video_k), c->video_k, c->video_n, err, errlen);
     if (!st) c->video_k++;
     return st;
 }
 
-int qalign_video_end(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
+int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen) {
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k < c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d of %d frames given", c->video_k, c->video_n);
+    if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result");
     int old = threads_enter(c);
     c->s.hook = c->hook;
     c->s.hook_user = c->hook_user;
-    score_batch(c->m, &c->s, &c->prompt_video, &c->lv, 1, c->video_n, out);
+    score_batch(c->m, &c->s, &c->prompt_video, &c->lv, 1, c->video_n, c->s.slot_rows, NULL, out);
+    /* each frame as an image: its visual rows are in slot f already */
+    for (int f0 = 0; frames && f0 < c->video_n; f0 += qalign_ctx_batch(c)) {
+        int B = c->video_n - f0 < qalign_ctx_batch(c) ? c->video_n - f0 : qalign_ctx_batch(c);
+        score_batch(c->m, &c->s, &c->prompt_image, &c->lv, B, 1, c->s.slot_rows + f0, NULL, frames + f0);
+    }
     threads_leave(old);
     c->video_n = c->video_k = 0;
     return QALIGN_OK;
+}
+
+int qalign_video_end(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
+    return qalign_video_end_frames(c, out, NULL, err, errlen);
 }
 
 void qalign_video_cancel(qalign_ctx *c) { c->video_n = c->video_k = 0; }
@@ -2037,6 +2407,8 @@ static void result_error(qalign_result *r, int status, const char *msg) {
 int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    if (n > 0 && c->prompt_image.n_markers != 1 && !c->n_anchors)
+        return qalign_add_image(c, &imgs[0], err, errlen); /* (its error) */
     int where[QALIGN_MAX_BATCH];     /* out index of each pending image */
     qalign_result got[QALIGN_MAX_BATCH];
     char e[QALIGN_ERR_LEN];
@@ -2050,6 +2422,28 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
             for (int j = 0; j < k; j++) out[where[j]] = got[j];
         }
     }
+    return QALIGN_OK;
+}
+
+int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
+    if (!imgs || !out || n < 1) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
+    if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    if (n != c->prompt_image.n_markers)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d <|image|>, %d images given", c->prompt_image.n_markers, n);
+    int st = ensure_state(c, c->batch, n, err, errlen);
+    if (st) return st;
+    char e[QALIGN_ERR_LEN - 32];
+    for (int k = 0; k < n; k++)
+        if ((st = encode_image(c, &imgs[k], slot(c, k), k, n, e, sizeof e)) != QALIGN_OK) {
+            result_error(out, st, "");
+            snprintf(out->error, sizeof out->error, "image %d: %s", k, e);
+            return QALIGN_OK;
+        }
+    int old = threads_enter(c);
+    c->s.hook = c->hook;
+    c->s.hook_user = c->hook_user;
+    score_batch(c->m, &c->s, &c->prompt_image, &c->lv, 1, 1, c->s.slot_rows, NULL, out);
+    threads_leave(old);
     return QALIGN_OK;
 }
 

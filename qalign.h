@@ -38,8 +38,12 @@
 extern "C" {
 #endif
 
-#define QALIGN_API_VERSION 1
-#define QALIGN_MAX_LEVELS 16   /* level words per context */
+#define QALIGN_API_VERSION 2  /* 2: presets, several images per prompt, per-frame results,
+                                 Compare2Score's anchors (qalign_result grew) */
+#define QALIGN_MAX_LEVELS 16   /* levels per context */
+#define QALIGN_MAX_SYNONYMS 8  /* words averaged into one level (Q-Instruct's boost: 3) */
+#define QALIGN_MAX_MARKERS 8   /* <|image|> markers in one prompt */
+#define QALIGN_MAX_ANCHORS 16  /* anchor images of a comparison scorer (Compare2Score: 5) */
 #define QALIGN_MAX_BATCH 64    /* images per decoder pass */
 #define QALIGN_MAX_FRAMES 100000 /* frames per video */
 #define QALIGN_ERR_LEN 512     /* an err buffer of this size never truncates a message */
@@ -113,30 +117,85 @@ int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *i
 typedef struct qalign_ctx qalign_ctx;
 
 typedef struct {
+    const uint8_t *rgb;     /* height rows of width pixels, 3 bytes each (R, G, B), no padding */
+    int width, height;
+} qalign_image;
+
+typedef struct {
     int threads;            /* OpenMP threads for this context's calls (0: all cores) */
     int batch;              /* images per decoder pass, 1..QALIGN_MAX_BATCH (0: 8). Each decoder
                                weight is read once per pass instead of once per image */
     const char *task;       /* "quality" (default), "aesthetics", or "aesthetic" (pyiqa's word) */
-    const char *prompt;     /* template with "<|image|>" once and optional {task} and {input}
-                               (NULL: one-align's score() prompt, QALIGN_DEFAULT_PROMPT) */
-    const char *levels;     /* "word=weight,..." (NULL: excellent=5,good=4,fair=3,poor=2,bad=1) */
+    const char *prompt;     /* template with "<|image|>" (once per image of the prompt) and
+                               optional {task} and {input}, or the name of one of
+                               qalign_prompts() (NULL: the preset's) */
+    const char *levels;     /* "word=weight,...", a level may average the logits of several
+                               words: "good|high|fine=1,..." (NULL: the preset's) */
     int no_pad;             /* 1: resize the short side and centre-crop (CLIPImageProcessor)
-                               instead of padding to a square first */
+                               instead of padding to a square first; -1: pad even if the
+                               preset does not; 0: as the preset does */
     int precise;            /* 1: bf16 models multiply f32 activations (slower, the fp32
                                reference to ~1e-4) instead of bf16 ones */
+    /* since API version 2 */
+    const char *preset;     /* one of qalign_presets() (NULL: "one-align"): prompt, levels,
+                               padding and temperature as that scorer has them; the fields
+                               above override them */
+    float temperature;      /* the level logits are divided by this before the softmax
+                               (0: the preset's; Compare2Score: 100) */
+    const qalign_image *anchors; /* a comparison scorer's anchor images, in order (Compare2Score:
+                               the 5 of VQA-CityU/Anchor_images). With anchors, the prompt has
+                               two <|image|>: each image is compared with every anchor (anchor
+                               first) and its score is the maximum-likelihood fit of those
+                               comparisons, 0..100. Encoded by qalign_ctx_new: the images need
+                               not outlive the call */
+    int n_anchors;
 } qalign_ctx_options;
 
 #define QALIGN_DEFAULT_PROMPT \
     "USER: How would you rate the {task} of this {input}?\n<|image|>\nASSISTANT: The {task} of the {input} is"
+
+/* The scorers of the Q-Align family, as their original code has them (README "Models"):
+ *   one-align         q-future/one-align's score(): levels excellent..bad weighted 5..1
+ *   q-align           Q-Align's scorer.py (its single-task checkpoints): the same, weighted 1..0
+ *   deqa              DeQA-Score's scorer.py: one-align's quality prompt and weights
+ *   q-instruct        Q-Instruct's boost_qa scorer: good/average/poor, 1/0.5/0, no padding
+ *   q-instruct-boost  the same with boost: each level the mean logit of three synonyms
+ *   compare2score     Compare2Score: two images per prompt, 5 anchors, a fitted 0..100 score */
+typedef struct {
+    const char *name;
+    const char *checkpoint; /* the Hugging Face model(s) it is for */
+    const char *prompt;     /* a template (see qalign_ctx_options.prompt) */
+    const char *levels;     /* a levels spec */
+    int no_pad;             /* 1: no expand2square */
+    float temperature;      /* level logits are divided by this (1; Compare2Score 100) */
+    int n_anchors;          /* anchor images it compares with (Compare2Score: 5), else 0 */
+    const char *tasks;      /* the tasks its prompt was written for, e.g. "quality aesthetics" */
+    int video;              /* 1: the original scores videos with this prompt */
+    const char *source;     /* where the prompt, levels and weights are in the original code */
+} qalign_preset;
+
+/* The presets (n gets their number); qalign_preset_find returns NULL for an unknown name. */
+const qalign_preset *qalign_presets(int *n);
+const qalign_preset *qalign_preset_find(const char *name);
+
+/* Prompt templates that may be given by name as qalign_ctx_options.prompt, among them the
+ * variants of the aesthetics prompt: "score" (the default: Hugging Face score(), used with
+ * task "aesthetics"; pyiqa passes "aesthetic"), "iaa-eval" (Q-Align's iaa_eval.py: the
+ * image before the question). */
+typedef struct {
+    const char *name, *text, *source;
+} qalign_named_prompt;
+const qalign_named_prompt *qalign_prompts(int *n);
 
 /* Make a context (o may be NULL: defaults). Checks the options (task, prompt, levels) and
  * allocates the buffers for a batch of images; a longer video grows them when it comes. */
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *o, qalign_ctx **out, char *err, size_t errlen);
 void qalign_ctx_free(qalign_ctx *c);
 
-/* The context's level words and weights: returns their number n, and sets words[0..n) and
- * weights[0..n) when not NULL (arrays of QALIGN_MAX_LEVELS). lo and hi (may be NULL) get
- * the smallest and largest weight: the score's range. */
+/* The context's levels and weights: returns their number n, and sets words[0..n) (a
+ * level's first word) and weights[0..n) when not NULL (arrays of QALIGN_MAX_LEVELS). lo
+ * and hi (may be NULL) get the score's range: the smallest and largest weight (0 and 100
+ * with anchors). */
 int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, float *lo, float *hi);
 /* The batch size and thread count in effect; the bytes its buffers take now. */
 int qalign_ctx_batch(const qalign_ctx *c);
@@ -146,11 +205,6 @@ size_t qalign_ctx_bytes(const qalign_ctx *c);
 /* ---- scoring -------------------------------------------------------------------------- */
 
 typedef struct {
-    const uint8_t *rgb;     /* height rows of width pixels, 3 bytes each (R, G, B), no padding */
-    int width, height;
-} qalign_image;
-
-typedef struct {
     int status;             /* QALIGN_OK, or why this input has no score (error says more) */
     float score;            /* sum_i probs[i] * weight[i]: 1..5 with the default levels */
     float std;              /* the spread of that distribution, sqrt(sum_i probs[i] *
@@ -158,14 +212,27 @@ typedef struct {
     int n_levels;
     float probs[QALIGN_MAX_LEVELS];  /* softmax of the level logits */
     float logits[QALIGN_MAX_LEVELS]; /* lm_head rows of the level words at the last position */
-    int frames;             /* images in the prompt: 1, or the video's frame count */
+    int frames;             /* images in the prompt: 1, the video's frame count, or the n of
+                               qalign_score_prompt */
     char error[QALIGN_ERR_LEN]; /* when status != QALIGN_OK */
+    /* since API version 2: a context with anchors (Compare2Score). score is then the fitted
+       0..100, std is NaN (the fit has no level distribution), probs and logits are the means
+       over the anchors, and anchor_prefs[k] = softmax(logits_k / T) . weights, the image's
+       preference over anchor k (0: inferior .. 1: superior) */
+    int n_anchors;
+    float anchor_prefs[QALIGN_MAX_ANCHORS];
 } qalign_result;
 
 /* Score n images, out[i] for imgs[i]. An image that cannot be used (e.g. one that does not
  * fit in memory after padding) gets its own error in out[i]; the others are scored. The
  * return value is an error only when nothing could be scored (bad arguments). */
 int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen);
+
+/* Score ONE prompt that has n <|image|> markers, imgs[k] in place of the k-th (e.g.
+ * Compare2Score's "<|image|> <|image|> Compared with the first image, ..."): out gets the
+ * level distribution at the end of that prompt. A context with anchors compares nothing
+ * here: this is one pass of the model. */
+int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen);
 
 /* Score one video given as its frames, in order (one per second, as Q-Align samples them):
  * one prompt with every frame's visual tokens. */
@@ -195,6 +262,9 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen);
 int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen);
 int qalign_video_end(qalign_ctx *c, qalign_result *out, char *err, size_t errlen);
 void qalign_video_cancel(qalign_ctx *c);
+/* qalign_video_end, and also each frame scored as an image (the image prompt, from the
+ * frames' visual tokens already computed: no second vision pass): frames[0..n). */
+int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen);
 
 /* ---- looking inside ------------------------------------------------------------------- */
 

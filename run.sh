@@ -4,18 +4,21 @@
 #   ./run.sh photo.jpg [more images...]          download one-align once, export, score
 #   ./run.sh --model DIR photo.jpg               use a local Hugging Face checkpoint instead
 #   ./run.sh --dtype bf16 -t aesthetics a.jpg    any qalign option is passed through
+#   ./run.sh --preset deqa photo.jpg             another scorer of the family: its checkpoint
+#   ./run.sh --preset compare2score photo.jpg    (and Compare2Score's anchor images)
 #
-# Builds ./qalign if needed; downloads q-future/one-align (about 16.4 GB, resumable, sizes
-# checked) into $QALIGN_CACHE (default ~/.cache/qalign); exports it once to
-# $QALIGN_CACHE/one-align-<dtype>.qalign; later runs go straight to scoring.
+# Builds ./qalign if needed; downloads the preset's checkpoint (q-future/one-align by default,
+# about 16.4 GB, resumable, sizes checked) into $QALIGN_CACHE (default ~/.cache/qalign);
+# exports it once to $QALIGN_CACHE/<name>-<dtype>.qalign; later runs go straight to scoring.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${QALIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qalign}"
-repo="${QALIGN_REPO:-q-future/one-align}"
-base="${QALIGN_HF_URL:-https://huggingface.co}/$repo/resolve/main"
+hf="${QALIGN_HF_URL:-https://huggingface.co}"
 dtype="q8_0"
 model_dir=""
+preset=""
+anchors=""
 args=()
 
 die() { echo "run.sh: error: $*" >&2; exit 1; }
@@ -26,12 +29,26 @@ while [ $# -gt 0 ]; do
         --model) [ $# -ge 2 ] || die "--model needs a directory"; model_dir="$2"; shift 2 ;;
         --dtype) [ $# -ge 2 ] || die "--dtype needs a value"; dtype="$2"; shift 2 ;;
         --cache) [ $# -ge 2 ] || die "--cache needs a directory"; cache="$2"; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --preset) [ $# -ge 2 ] || die "--preset needs a name"; preset="$2"; args+=("$1" "$2"); shift 2 ;;
+        --anchors) [ $# -ge 2 ] || die "--anchors needs a directory"; anchors="$2"; args+=("$1" "$2"); shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done
 case "$dtype" in f32|bf16|q8_0|q4_1) ;; *) die "--dtype must be f32, bf16, q8_0 or q4_1" ;; esac
 [ ${#args[@]} -gt 0 ] || die "no images given (try --help)"
+# the checkpoint of each preset (QALIGN_REPO or --model choose another)
+case "$preset" in
+    ""|one-align) default_repo=q-future/one-align ;;
+    deqa) default_repo=zhiyuanyou/DeQA-Score-Mix3 ;;
+    q-instruct|q-instruct-boost) default_repo=q-future/q-instruct-mplug-owl2 ;;
+    compare2score) default_repo=q-future/Compare2Score ;;
+    q-align) default_repo="" ;;
+    *) die "unknown --preset '$preset' (qalign --help lists them)" ;;
+esac
+repo="${QALIGN_REPO:-$default_repo}"
+[ -n "$repo" ] || [ -n "$model_dir" ] || die "--preset q-align: which of Q-Align's checkpoints? set QALIGN_REPO=q-future/q-align-iqa (or -quality, -image, -iaa-vqa, -aesthetic, -vqa), or give --model DIR"
+base="$hf/$repo/resolve/main"
 
 py=python3
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import numpy' 2>/dev/null && py=/usr/bin/python3
@@ -64,11 +81,60 @@ if [ -z "$model_dir" ]; then
         have="$(stat -c %s "$model_dir/$f")"
         [ -z "$want" ] || [ "$have" = "$want" ] || die "$f: got $have bytes, expected $want (run again to resume)"
     }
-    for f in config.json preprocessor_config.json tokenizer.model pytorch_model.bin.index.json; do fetch "$f"; done
+    for f in config.json preprocessor_config.json tokenizer.model; do fetch "$f"; done
+    index=pytorch_model.bin.index.json  # (or the safetensors index, for repositories that have that)
+    if [ ! -s "$model_dir/$index" ] && ! curl -sfIL "$base/$index" >/dev/null; then index=model.safetensors.index.json; fi
+    fetch "$index"
     for f in $($py -c 'import json,sys; print(" ".join(sorted(set(json.load(open(sys.argv[1]))["weight_map"].values()))))' \
-               "$model_dir/pytorch_model.bin.index.json"); do
+               "$model_dir/$index"); do
         fetch "$f"
     done
+fi
+
+# 2b. Compare2Score's anchors: the images of the Hugging Face dataset VQA-CityU/Anchor_images
+# (its 'train' split, in order) into $cache/anchors/anchor_<k>.<ext>. The dataset's files are
+# listed by the Hub's API: image files are fetched as they are; a dataset stored as parquet
+# needs Python's pyarrow to take the images out (both unverified: no network where this was
+# written; the test serves image files).
+if [ "$preset" = compare2score ] && [ -z "$anchors" ]; then
+    anchors="$cache/anchors"
+    ds="${QALIGN_ANCHORS:-VQA-CityU/Anchor_images}"
+    if [ "$(ls "$anchors" 2>/dev/null | grep -c '^anchor_')" != 5 ]; then
+        command -v curl >/dev/null || die "curl is needed to download $ds (or give --anchors DIR)"
+        mkdir -p "$anchors"
+        listing="$(curl -fsL "$hf/api/datasets/$ds/tree/main?recursive=true")" || die "cannot list the dataset $ds (give --anchors DIR: its 5 images, in the dataset's order)"
+        say "downloading the anchor images of $ds"
+        $py - "$listing" "$hf/datasets/$ds/resolve/main" "$anchors" <<'PY' || die "the anchors of $ds could not be fetched (give --anchors DIR: its 5 images, in the dataset's order)"
+import json, os, subprocess, sys
+listing, base, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+files = sorted(x["path"] for x in listing if x.get("type") == "file")
+images = [f for f in files if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp"))]
+parquet = [f for f in files if f.endswith(".parquet")]
+def get(path, dest):
+    subprocess.run(["curl", "-fsL", "--retry", "3", "-o", dest, f"{base}/{path}"], check=True)
+if images:          # an image folder: load_dataset takes the files in sorted order
+    for k, f in enumerate(images):
+        get(f, os.path.join(out, f"anchor_{k}" + os.path.splitext(f)[1].lower()))
+elif parquet:       # rows in file order, column 'image' = {bytes, path}
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        sys.exit("the dataset is stored as parquet: python3 -m pip install pyarrow, then run again")
+    k = 0
+    for f in parquet:
+        get(f, os.path.join(out, "part.parquet"))
+        for row in pq.read_table(os.path.join(out, "part.parquet")).column("image").to_pylist():
+            data = row["bytes"]
+            ext = ".png" if data[:4] == b"\x89PNG" else ".jpg" if data[:2] == b"\xff\xd8" else ".bmp"
+            with open(os.path.join(out, f"anchor_{k}{ext}"), "wb") as fh:
+                fh.write(data)
+            k += 1
+        os.remove(os.path.join(out, "part.parquet"))
+else:
+    sys.exit("no images or parquet files in the dataset")
+PY
+    fi
+    args+=(--anchors "$anchors")
 fi
 [ -d "$model_dir" ] || die "$model_dir: not a directory"
 

@@ -142,7 +142,8 @@ struct Job {
     ServeRequest req;       /* sources point into body */
     char *body;             /* the request's bytes (owned) */
     char *name;             /* ?name= of a raw-body request (owned), or NULL */
-    int task, scale01;
+    int task;
+    const char *scale;      /* "1-5", "0-1", "0-100", or NULL: the score's own range */
     int n_res;              /* req.n images, or 1 (a video) */
     qalign_result *res;
     Unit *units;
@@ -160,7 +161,8 @@ typedef struct Server {
     ServeOptions o;
     const qalign_model *m;
     qalign_ctx_options co;
-    int default_task, default_scale01;
+    int default_task;
+    const char *default_scale; /* --scale, or NULL */
     qalign_info info;
     const char *model_name; /* the file's name without its directory */
     RowStyle levels;        /* the levels (same in every context): words, lo, hi */
@@ -249,14 +251,22 @@ static void enqueue(Server *s, Job *j) {
 }
 
 /* A job ready to queue from a parsed request: results, units; task and scale checked. */
+/* The name of a scale a request may ask for (a static string), or NULL. */
+static const char *find_scale(const char *v) {
+    static const char *const names[] = {"1-5", "0-1", "0-100"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (!strcmp(v, names[k])) return names[k];
+    return NULL;
+}
+
 static Job *job_new(Server *s, const char *task, const char *scale, char *err, size_t errlen) {
     int t = task ? find_task(task) : s->default_task;
     if (t < 0) return fail(err, errlen, "task must be quality, aesthetics or aesthetic"), NULL;
-    if (scale && strcmp(scale, "1-5") && strcmp(scale, "0-1")) return fail(err, errlen, "scale must be 1-5 or 0-1"), NULL;
+    if (scale && !find_scale(scale)) return fail(err, errlen, "scale must be 1-5, 0-1 or 0-100"), NULL;
     Job *j = calloc(1, sizeof *j);
     if (!j) return fail(err, errlen, "out of memory"), NULL;
     j->task = t;
-    j->scale01 = scale ? !strcmp(scale, "0-1") : s->default_scale01;
+    j->scale = scale ? find_scale(scale) : s->default_scale;
     return j;
 }
 
@@ -271,7 +281,7 @@ static int job_ready(Job *j, char *err, size_t errlen) {
 /* The row of result i of job j, as `qalign --json` prints it (with its '\n'); malloc'ed. */
 static char *job_row(Server *s, const Job *j, int i) {
     RowStyle st;
-    row_style_init(&st, TASK_NAMES[j->task], j->scale01, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
+    row_style_init(&st, TASK_NAMES[j->task], j->scale, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
     const qalign_result *r = &j->res[i];
     const char *path = NULL;
     if (j->req.names) path = j->req.names[i];
@@ -809,8 +819,8 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
         if (rc == 0 && j->req.task && (j->task = find_task(j->req.task)) < 0)
             rc = fail(err, sizeof err, "task must be quality, aesthetics or aesthetic");
         if (rc == 0 && j->req.scale) {
-            if (strcmp(j->req.scale, "1-5") && strcmp(j->req.scale, "0-1")) rc = fail(err, sizeof err, "scale must be 1-5 or 0-1");
-            else j->scale01 = !strcmp(j->req.scale, "0-1");
+            if (!find_scale(j->req.scale)) rc = fail(err, sizeof err, "scale must be 1-5, 0-1 or 0-100");
+            else j->scale = find_scale(j->req.scale);
         }
     } else { /* the body is one image */
         j->req.kind = SERVE_IMAGES;
@@ -1301,7 +1311,7 @@ static int serve_stdio(Server *s, int sig_fd, char *err, size_t errlen) {
 
 /* ---- run -------------------------------------------------------------------------------------- */
 
-int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, int scale01, char *err,
+int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, const char *scale, char *err,
               size_t errlen) {
     if (!!o->listen + !!o->stdio != 1) return fail(err, errlen, "give one of --listen HOST:PORT and --stdio");
     static Server srv; /* one per process: the signal handler's pipe is global anyway */
@@ -1311,7 +1321,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     if (!s->o.api_key && getenv("QALIGN_API_KEY") && getenv("QALIGN_API_KEY")[0]) s->o.api_key = getenv("QALIGN_API_KEY");
     s->m = m;
     s->co = *co;
-    s->default_scale01 = scale01;
+    s->default_scale = scale;
     s->default_task = find_task(co->task ? co->task : "quality");
     if (s->default_task < 0) return fail(err, errlen, "--task must be quality, aesthetics or aesthetic");
     qalign_describe(m, &s->info);
@@ -1330,7 +1340,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);
-    row_style_init(&s->levels, TASK_NAMES[s->default_task], scale01, nl, words, lo, hi);
+    row_style_init(&s->levels, TASK_NAMES[s->default_task], scale, nl, words, lo, hi);
 
     int sig_pipe[2];
     if (pipe(sig_pipe) != 0) {

@@ -62,8 +62,8 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
  * return 0; -1 with a reason in err when the server cannot start (bad options, the address
  * is in use, a context cannot be made). co: the scoring options of every context (its task
  * is the default task; the others are made with the same options when first asked for);
- * scale01: the default scale is 0-1. */
-int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, int scale01, char *err,
+ * scale: the default --scale ("1-5", "0-1", "0-100"), or NULL for the score's own range. */
+int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, const char *scale, char *err,
               size_t errlen);
 
 /* ==== the parsers (serve_parse.c) ===================================================== */

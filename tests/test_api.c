@@ -151,10 +151,18 @@ int main(int argc, char **argv) {
         {{.batch = 65}, QALIGN_ERR_ARG, "batch"},
         {{.threads = -1}, QALIGN_ERR_ARG, "threads"},
         {{.prompt = "no marker"}, QALIGN_ERR_ARG, "<|image|>"},
-        {{.prompt = "<|image|> and <|image|>"}, QALIGN_ERR_ARG, "exactly once"},
+        {{.prompt = "<|image|><|image|><|image|><|image|><|image|><|image|><|image|><|image|><|image|>"}, QALIGN_ERR_ARG,
+         "1 to 8 times"},
         {{.levels = "good=1"}, QALIGN_ERR_ARG, "two words"},
         {{.levels = "good=1,good=0"}, QALIGN_ERR_ARG, "same token"},
         {{.levels = "good=x,bad=0"}, QALIGN_ERR_ARG, "not a number"},
+        {{.levels = "good|high=1,poor|good=0"}, QALIGN_ERR_ARG, "same token"},
+        {{.preset = "two-align"}, QALIGN_ERR_ARG, "one-align"},
+        {{.prompt = "iaa_eval"}, QALIGN_ERR_ARG, "iaa-eval"},
+        {{.preset = "deqa", .task = "aesthetics"}, QALIGN_ERR_ARG, "quality only"},
+        {{.preset = "compare2score", .anchors = imgs, .n_anchors = 4}, QALIGN_ERR_ARG, "5 anchor images"},
+        {{.anchors = imgs, .n_anchors = 5}, QALIGN_ERR_ARG, "two <|image|>"},
+        {{.temperature = -1}, QALIGN_ERR_ARG, "temperature"},
     };
     ok = 1;
     for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
@@ -166,7 +174,32 @@ int main(int argc, char **argv) {
             ok = 0;
         }
     }
-    check(ok, "8 bad options: QALIGN_ERR_ARG, each message names what is wrong");
+    check(ok, "15 bad options: QALIGN_ERR_ARG, each message names what is wrong");
+
+    /* a prompt of two images: scored as one prompt; images one by one need it once */
+    qalign_ctx *two;
+    qalign_result tr;
+    ok = qalign_ctx_new(m, &(qalign_ctx_options){.prompt = "USER: <|image|> then <|image|>\nASSISTANT: The quality is"}, &two,
+                        err, sizeof err) == QALIGN_OK;
+    ok = ok && qalign_add_image(two, &imgs[0], err, sizeof err) == QALIGN_ERR_ARG && strstr(err, "exactly once");
+    ok = ok && qalign_score_images(two, imgs, 1, &tr, err, sizeof err) == QALIGN_ERR_ARG;
+    ok = ok && qalign_score_prompt(two, imgs, 1, &tr, err, sizeof err) == QALIGN_ERR_ARG && strstr(err, "2 <|image|>");
+    ok = ok && qalign_score_prompt(two, imgs, 2, &tr, err, sizeof err) == QALIGN_OK && tr.status == QALIGN_OK &&
+         tr.frames == 2 && tr.n_levels == 5;
+    qalign_ctx_free(two);
+    check(ok, "a prompt with two <|image|>: qalign_score_prompt scores it; one-by-one calls refuse it (QALIGN_ERR_ARG)");
+
+    /* per-frame results equal the frames scored as images */
+    qalign_ctx *pf = NULL;
+    qalign_result vres, fres[3], ires[3];
+    ok = n_imgs >= 3 && qalign_ctx_new(m, NULL, &pf, err, sizeof err) == QALIGN_OK;
+    ok = ok && qalign_video_begin(pf, 3, err, sizeof err) == QALIGN_OK;
+    for (int i = 0; ok && i < 3; i++) ok = qalign_video_frame(pf, &imgs[i], err, sizeof err) == QALIGN_OK;
+    ok = ok && qalign_video_end_frames(pf, &vres, fres, err, sizeof err) == QALIGN_OK && vres.frames == 3;
+    ok = ok && qalign_score_images(pf, imgs, 3, ires, err, sizeof err) == QALIGN_OK;
+    for (int i = 0; ok && i < 3; i++) ok = same(&fres[i], &ires[i]) && fres[i].frames == 1;
+    qalign_ctx_free(pf);
+    check(ok, "qalign_video_end_frames: each frame's result is the same bits as the frame scored as an image");
     qalign_ctx *lv;
     ok = qalign_ctx_new(m, &(qalign_ctx_options){.levels = " good = 1 , poor=0 "}, &lv, err, sizeof err) == QALIGN_OK;
     const char *words[QALIGN_MAX_LEVELS];

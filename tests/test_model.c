@@ -10,7 +10,9 @@
  * code reads. Both start from the same visual rows (the vision tower and abstractor are
  * checked against the upstream fixtures elsewhere). Checked: the final-norm state of the
  * last row and the level logits, for a batch of 3 images, for the same images one at a
- * time, and for a 2-frame video. Prints one line per check; exits non-zero on a failure. */
+ * time, for a 2-frame video, for Compare2Score's comparisons with 5 anchors (their keys and
+ * values cached per anchor) and for Q-Boost's synonym levels. Prints one line per check;
+ * exits non-zero on a failure. */
 #ifndef TESTING
 #define TESTING
 #endif
@@ -115,16 +117,16 @@ static void decoder_naive(const Model *m, float *x, const int *mod, int n, float
     free(xn), free(q), free(k), free(v), free(att), free(o), free(g), free(u), free(row), free(p);
 }
 
-/* The naive sequence for prompt p with the visual rows vis (n_frames * (Q+1), D): final
- * state and the level logits. */
-static void naive_score(const Model *m, const Prompt *p, const float *vis, int n_frames, const Levels *lv, float *final,
-                        float *logits) {
-    int D = m->c.l_dim, rows = n_frames * (m->c.a_queries + 1), n = sequence_length(m, p, n_frames), t = 0;
+/* The naive sequence for prompt p with the visual rows vis[k] (frames * (Q+1), D) in place
+ * of the k-th marker: final state and the level logits (a level's: the mean of its words'). */
+static void naive_score(const Model *m, const Prompt *p, const float *const *vis, int frames, const Levels *lv,
+                        float *final, float *logits) {
+    int D = m->c.l_dim, rows = frames * (m->c.a_queries + 1), n = sequence_length(m, p, frames), t = 0, k = 0;
     float *x = alloc_f((size_t)n * D), *row = alloc_f(D);
     int *mod = calloc((size_t)n, sizeof(int));
     for (int i = 0; i < p->n_ids; i++) {
         if (p->ids[i] == TOKEN_IMAGE_MARKER) {
-            memcpy(x + (size_t)t * D, vis, (size_t)rows * D * sizeof(float));
+            memcpy(x + (size_t)t * D, vis[k++], (size_t)rows * D * sizeof(float));
             for (int r = 0; r < rows; r++) mod[t + r] = 1;
             t += rows;
         } else {
@@ -133,10 +135,14 @@ static void naive_score(const Model *m, const Prompt *p, const float *vis, int n
     }
     decoder_naive(m, x, mod, n, final);
     for (int i = 0; i < lv->n; i++) {
-        matrix_row(row, &m->l.head, lv->ids[i]);
-        double s = 0;
-        for (int d = 0; d < D; d++) s += (double)row[d] * final[d];
-        logits[i] = (float)s;
+        double sum = 0;
+        for (int j = 0; j < lv->n_ids[i]; j++) {
+            matrix_row(row, &m->l.head, lv->ids[i][j]);
+            double s = 0;
+            for (int d = 0; d < D; d++) s += (double)row[d] * final[d];
+            sum += (float)s;
+        }
+        logits[i] = (float)(sum / lv->n_ids[i]);
     }
     free(x), free(row), free(mod);
 }
@@ -199,7 +205,8 @@ int main(int argc, char **argv) {
             }
         }
         for (int i = 0; i < 3; i++) {
-            naive_score(m, &c->prompt_image, vis + i * vis_floats, 1, &c->lv, fin, logits);
+            const float *v1[1] = {vis + i * vis_floats};
+            naive_score(m, &c->prompt_image, v1, 1, &c->lv, fin, logits);
             double ef = max_rel(fast_final + (size_t)i * D, fin, D), el = max_abs_diff(r[i].logits, logits, c->lv.n);
             check(ef <= REL && el <= LOGIT, "image %d of a batch of %d: final state max relative error %.2e, level logits %.2e",
                   i, batch, ef, el);
@@ -209,7 +216,7 @@ int main(int argc, char **argv) {
             check(!memcmp(first[0].logits, r[0].logits, sizeof r[0].logits) && !memcmp(first[2].logits, r[2].logits, sizeof r[2].logits),
                   "batch of 3 and one at a time: the same level logits, bit for bit");
         /* the prefix cache really was used (else this would test less than it says) */
-        check(c->s.prefix_rows > 0, "the prompt's first %d rows came from the prefix cache", c->s.prefix_rows);
+        check(c->s.cache_rows[0] > 0, "the prompt's first %d rows came from the prefix cache", c->s.cache_rows[0]);
         qalign_ctx_free(c);
     }
 
@@ -222,9 +229,44 @@ int main(int argc, char **argv) {
     qalign_video_frame(c, &qi[2], err, sizeof err);
     memcpy(vis, c->s.visual, 2 * vis_floats * sizeof(float));
     if (qalign_video_end(c, &vr, err, sizeof err)) return fprintf(stderr, "%s\n", err), 2;
-    naive_score(m, &c->prompt_video, vis, 2, &c->lv, fin, logits);
+    const float *v2[1] = {vis};
+    naive_score(m, &c->prompt_video, v2, 2, &c->lv, fin, logits);
     double ef = max_rel(c->s.final, fin, D), el = max_abs_diff(vr.logits, logits, c->lv.n);
     check(ef <= REL && el <= LOGIT, "video of 2 frames: final state max relative error %.2e, level logits %.2e", ef, el);
+    qalign_ctx_free(c);
+
+    /* Compare2Score: image 2 against 5 anchors (images 0 1 2 1 0), one decoder pass of B = 5
+     * whose first rows (text, anchor, text) come from each anchor's K/V cache slot, against
+     * the naive two-image sequence per anchor; and Q-Boost's averaged synonyms */
+    qalign_image anchors[5] = {qi[0], qi[1], qi[2], qi[1], qi[0]};
+    if (qalign_ctx_new(m, &(qalign_ctx_options){.preset = "compare2score", .anchors = anchors, .n_anchors = 5}, &c, err,
+                       sizeof err))
+        return fprintf(stderr, "%s\n", err), 2;
+    qalign_result cr;
+    if (qalign_add_image(c, &qi[2], err, sizeof err) || qalign_flush(c, &cr, err, sizeof err)) return fprintf(stderr, "%s\n", err), 2;
+    double ep = 0, elm = 0, mean[QALIGN_MAX_LEVELS] = {0};
+    for (int k = 0; k < 5; k++) {
+        const float *v[2] = {c->anchor_rows + k * vis_floats, c->s.visual};
+        naive_score(m, &c->prompt_image, v, 1, &c->lv, fin, logits);
+        float pr[QALIGN_MAX_LEVELS];
+        double pref = 0;
+        for (int i = 0; i < c->lv.n; i++) pr[i] = logits[i] / 100.0f, mean[i] += logits[i] / 5.0;
+        softmax_ref(pr, c->lv.n);
+        for (int i = 0; i < c->lv.n; i++) pref += pr[i] * c->lv.weights[i];
+        ep = fmax(ep, fabs(pref - cr.anchor_prefs[k]));
+    }
+    for (int i = 0; i < c->lv.n; i++) elm = fmax(elm, fabs(mean[i] - cr.logits[i]));
+    check(cr.status == QALIGN_OK && cr.n_anchors == 5 && ep <= 1e-6 && elm <= LOGIT && c->s.cache_rows[1] > 0 &&
+              c->s.cache_rows[5] == c->s.cache_rows[1],
+          "compare2score: 5 anchors from their K/V caches (%d rows each) vs naive two-image sequences: preferences "
+          "%.2e, mean level logits %.2e", c->s.cache_rows[1], ep, elm);
+    qalign_ctx_free(c);
+    if (qalign_ctx_new(m, &(qalign_ctx_options){.preset = "q-instruct-boost"}, &c, err, sizeof err)) return fprintf(stderr, "%s\n", err), 2;
+    if (qalign_add_image(c, &qi[1], err, sizeof err) || qalign_flush(c, &cr, err, sizeof err)) return fprintf(stderr, "%s\n", err), 2;
+    const float *vb[1] = {c->s.visual};
+    naive_score(m, &c->prompt_image, vb, 1, &c->lv, fin, logits);
+    el = max_abs_diff(cr.logits, logits, c->lv.n);
+    check(c->lv.n == 3 && c->lv.n_ids[0] == 3 && el <= LOGIT, "q-instruct-boost: 3 levels of 3 synonyms, level logits %.2e", el);
     qalign_ctx_free(c);
 
     for (int i = 0; i < 3; i++) image_free(&img[i]);

@@ -110,3 +110,75 @@ def test_run_sh_downloads_exports_scores_and_resumes(server, tiny_ref, workdir, 
     assert ("config.json", 0) in RangeHandler.log
     assert cfg.stat().st_size == (root / "config.json").stat().st_size
     report("run.sh: downloads (resuming a half shard), exports once, scores; second run goes straight to scoring")
+
+
+class HubHandler(RangeHandler):
+    """RangeHandler for two repositories and a dataset: the model repo fake/Compare2Score and
+    the dataset VQA-CityU/Anchor_images (its files, and the Hub API's listing of them)."""
+    anchors = None
+
+    def send_head(self):
+        path = self.path.split("?")[0]
+        if path == "/api/datasets/VQA-CityU/Anchor_images/tree/main":
+            body = json.dumps([{"type": "directory", "path": "data"}] +
+                              [{"type": "file", "path": f"data/{p.name}"} for p in sorted(self.anchors.iterdir())] +
+                              [{"type": "file", "path": "README.md"}]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            import io
+            return io.BytesIO(body)
+        prefix = "/datasets/VQA-CityU/Anchor_images/resolve/main/data/"
+        if path.startswith(prefix):
+            RangeHandler.log.append((path[len(prefix):], 0))
+            data = (self.anchors / path[len(prefix):]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            import io
+            return io.BytesIO(data)
+        self.path = self.path.replace("/fake/Compare2Score/resolve/main", "/fake/one-align/resolve/main")
+        return super().send_head()
+
+
+def test_run_sh_compare2score_fetches_the_anchors(tiny_ref, workdir, qalign_bin):
+    """--preset compare2score: the checkpoint of its repository, then the dataset's anchor
+    images (listed by the Hub API, in sorted order), given to qalign as --anchors."""
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    from PIL import Image
+    import numpy as np
+    root = workdir / "hub_c2s"
+    shutil.copytree(tiny_ref / "checkpoint", root)
+    anchors = workdir / "hub_anchors"
+    anchors.mkdir()
+    for k in range(5):
+        rng = np.random.default_rng(k)
+        Image.fromarray(rng.integers(0, 255, (40 + 7 * k, 50, 3), dtype=np.uint8)).save(anchors / f"{k:05d}.png")
+    HubHandler.anchors = anchors
+    handler = lambda *a, **k: HubHandler(*a, directory=str(root), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        cache = workdir / "runsh_c2s_cache"
+        env = {**os.environ, "QALIGN_HF_URL": f"http://127.0.0.1:{httpd.server_address[1]}",
+               "QALIGN_REPO": "fake/Compare2Score", "QALIGN_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"}
+        photo = tiny_ref / "inputs" / "photo.jpg"
+        r = run([ROOT / "run.sh", "--preset", "compare2score", "--dtype", "f32", "--json", photo], env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout)
+        got = sorted(p.name for p in (cache / "anchors").iterdir())
+        assert got == [f"anchor_{k}.png" for k in range(5)]
+        for k in range(5):
+            assert (cache / "anchors" / f"anchor_{k}.png").read_bytes() == (anchors / f"{k:05d}.png").read_bytes()
+        # the same as qalign with those anchors by hand
+        direct = run([qalign_bin, cache / "Compare2Score-f32.qalign", "--preset", "compare2score", "--anchors", anchors,
+                      "--json", photo], env=env)
+        assert direct.returncode == 0 and json.loads(direct.stdout)["score"] == out["score"]
+        assert out["scale"] == "0-100" and len(out["anchor_prefs"]) == 5
+        RangeHandler.log.clear()
+        r = run([ROOT / "run.sh", "--preset", "compare2score", "--dtype", "f32", photo], env=env)
+        assert r.returncode == 0 and RangeHandler.log == [], RangeHandler.log      # nothing fetched again
+    finally:
+        httpd.shutdown()
+    report("run.sh --preset compare2score: checkpoint and the 5 anchor images fetched (Hub API listing), scored")

@@ -167,10 +167,14 @@ class Reference:
         hd, eps, theta = D // H, c.get("rms_norm_eps", 1e-6), c.get("rope_theta", 10000.0)
         rows, mod = [], []
         emb = W("model.embed_tokens.weight")
+        # visual: one tensor for every marker (its frames' rows flattened), or a list with
+        # one per marker, in order (several images in one prompt, as Compare2Score's)
+        per_marker = list(visual) if isinstance(visual, (list, tuple)) else None
         for t in ids:
             if t == IMAGE_TOKEN_INDEX:
-                rows.append(visual.reshape(-1, D))
-                mod += [1] * visual.reshape(-1, D).shape[0]
+                v = (per_marker.pop(0) if per_marker is not None else visual).reshape(-1, D)
+                rows.append(v)
+                mod += [1] * v.shape[0]
             else:
                 rows.append(emb[t:t + 1])
                 mod.append(0)
@@ -475,3 +479,79 @@ def score_levels(ref, pixels, ids, levels, weights):
     st["level_logits"], st["probs"] = lv, probs
     st["score"] = (probs @ torch.tensor(weights, dtype=lv.dtype)).reshape(1)
     return {k: (v.detach().numpy() if torch.is_tensor(v) else v) for k, v in st.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# the rest of the family: synonyms averaged per level (Q-Instruct's boost), several images
+# in one prompt and the Compare2Score fit, restated from the original scoring code
+
+def score_prompt(ref, pixels_per_marker, ids, level_groups, weights, temperature=1.0):
+    """One prompt with one image per marker (pixels_per_marker: a list of [3,S,S] arrays),
+    each level the mean logit of its words' tokens (level_groups: lists of token ids, as
+    boost_qa/model.py's logits.reshape(-1, 3, 3).mean(1)), probs = softmax(logits / T)."""
+    visual = []
+    for x in pixels_per_marker:
+        v, _ = ref.vision(torch.from_numpy(np.asarray(x)[None]))
+        a, _ = ref.abstractor(v)
+        visual.append(a[0])
+    st = ref.decoder(ids, visual)
+    last = st["logits_last"]
+    lv = torch.stack([last[g].mean() for g in level_groups])
+    probs = torch.softmax(lv / temperature, -1)
+    score = probs @ torch.tensor(weights, dtype=lv.dtype)
+    return {"level_logits": lv.detach().numpy(), "probs": probs.detach().numpy(), "score": float(score),
+            "input_ids": ids}
+
+
+# Compare2Score: pyiqa/archs/q_align/cmp_modelling_mplug_owl2.py (IQA-PyTorch 01ae427) and
+# Q-Future/Compare2Score q_align/model/modeling_mplug_owl2.py, restated (not copied)
+C2S_ANCHOR_MATRIX = np.array(
+    [[5.0000000e-01, 2.5912809e-01, 3.3130276e-04, 1.6087297e-06, 1.1803027e-09],
+     [7.4087191e-01, 5.0000000e-01, 2.4985345e-01, 9.9954158e-02, 1.8675303e-08],
+     [9.9966872e-01, 7.5014657e-01, 5.0000000e-01, 4.9968880e-01, 2.4852838e-01],
+     [9.9999839e-01, 9.0004587e-01, 5.0031120e-01, 5.0000000e-01, 2.5400183e-01],
+     [1.0000000e+00, 1.0000000e+00, 7.5147164e-01, 7.4599814e-01, 5.0000000e-01]], dtype=np.float32)
+C2S_WORDS = ["inferior", "worse", "similar", "better", "superior"]
+C2S_WEIGHTS = np.array([0., 0.25, 0.5, 0.75, 1.], dtype=np.float16)
+
+
+def c2s_preference(level_logits):
+    """The preference over one anchor: numpy, as the original: logits / 100 (here float32
+    logits; the original's are fp16 from the GPU), exp / sum(exp), dot with fp16 weights."""
+    x = np.asarray(level_logits, dtype=np.float32).reshape(1, -1) / 100
+    p = np.exp(x) / np.sum(np.exp(x))
+    return np.dot(p, C2S_WEIGHTS)
+
+
+def c2s_matrix(prefs):
+    """update_matrix: the anchors' 5 x 5 matrix with the image's row p and column 1 - p."""
+    n = C2S_ANCHOR_MATRIX.shape[0]
+    scores = np.squeeze(np.array(prefs))
+    row, col = np.zeros((1, n)), np.zeros((n + 1, 1))
+    row[0, np.arange(n)] = scores
+    col[np.arange(n), 0] = 1 - scores
+    m = np.hstack([np.vstack([C2S_ANCHOR_MATRIX, row]), col])
+    m[n, n] = 0.5
+    return m
+
+
+def c2s_fit(matrix, steps=100, lr=0.1, cdf="normal"):
+    """optimize_score_map_pytorch_cuda on the CPU, float32: seed 0, torch.rand start values,
+    Adam, loss -(sum(c log max(F(s_i - s_j), 1e-6)) - sum(s^2) / 2), F the normal CDF (the
+    HF/pyiqa code; the GitHub scorer.py has a sigmoid), min-max scaled to 0..100.
+    Returns (score of the last image, start values)."""
+    torch.manual_seed(0)
+    c = torch.tensor(matrix, dtype=torch.float32)
+    s = torch.rand(c.shape[0], requires_grad=True)
+    start = s.detach().clone().numpy()
+    opt = torch.optim.Adam([s], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        d = s[:, None] - s
+        f = 0.5 * (1 + torch.erf(d / torch.sqrt(torch.tensor(2.0)))) if cdf == "normal" else torch.sigmoid(d)
+        loss = -(torch.sum(c * torch.log(torch.maximum(f, torch.tensor(1e-6)))) - torch.sum(s ** 2) / 2)
+        loss.backward()
+        opt.step()
+    out = s.detach().numpy()
+    lo, hi = np.min(out), np.max(out)
+    return float((100 * (out - lo) / (hi - lo))[-1]), start
