@@ -391,13 +391,15 @@ static void quantize_row_ref(int8_t *q, float *d, int32_t *c, float *s, const fl
         float amax = 0.0f;
         for (int i = 0; i < QBLOCK; i++) amax = fmaxf(amax, fabsf(xb[i]));
         float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
-        int sum = 0;
+        int sum = 0, nan = 0;
         for (int i = 0; i < QBLOCK; i++) {
-            int v = (int)nearbyintf(xb[i] * id);
-            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            float t = xb[i] * id;
+            nan |= t != t; /* a NaN (from a broken model) stays NaN: the block's scale carries it */
+            int v = t != t ? 0 : t >= 127.0f ? 127 : t <= -127.0f ? -127 : (int)nearbyintf(t);
             q[b * QBLOCK + i] = (int8_t)v;
             sum += v;
         }
+        if (nan) db = NAN;
         d[b] = db;
         c[b] = -128 * sum;
         s[b] = db * (float)sum;
@@ -1388,6 +1390,8 @@ static int read_table(Loader *ld) {
         TableEntry *e = &m->table[i];
         memcpy(e->name, p, 56);
         e->name[56] = 0;
+        for (char *c = e->name; *c; c++) /* names are ASCII; anything else is shown as '?' in messages */
+            if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
         e->dtype = (int)rd_u32(p + 56);
         e->ndim = (int)rd_u32(p + 60);
         for (int d = 0; d < 4; d++) e->shape[d] = rd_u32(p + 64 + 4 * d);
