@@ -93,11 +93,19 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
-build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c image.h common.h
+# what each harness is linked with: the image decoders; the whole library (the model loader);
+# app.c (the result files that --resume reads)
+IMAGE_SRCS         = image.c image_png.c image_jpeg.c
+FUZZ_SRCS          = $(IMAGE_SRCS)
+FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
+FUZZ_SRCS_fuzz_results = app.c $(IMAGE_SRCS)
+.SECONDEXPANSION:
+build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h $$(or $$(FUZZ_SRCS_fuzz_$$*),$$(FUZZ_SRCS)) $(HDRS)
 	@mkdir -p build
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< $(or $(FUZZ_SRCS_fuzz_$*),$(FUZZ_SRCS)) -lm -lpthread
 fuzz-build: $(FUZZ_BINS)
-# Each harness runs FUZZ_SECONDS on its seed corpus (fuzz/corpus/<name>, made by the tests).
+# Each harness runs FUZZ_SECONDS on its seed corpus (build/corpus/<name>, made by the tests:
+# `make test` first, or tests/test_fuzz.py, which also runs each harness for a short while).
 fuzz: fuzz-build
 	@for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p build/corpus/$$n; \
 	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
