@@ -132,7 +132,7 @@ typedef struct {
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;           /* the levels' weight range: --scale 0-1 maps it to [0, 1] */
     char model_id[17];      /* qalign_describe's */
-    char levels_spec[QALIGN_MAX_LEVELS * 64]; /* "word=weight,..." as the context has them */
+    char *levels_spec;      /* "word=weight,..." as the context has them */
     RowSetup setup;         /* what makes the rows: every row records it */
     char scale_name[64];    /* "1-5", "0-1", or the range of the --levels weights */
     Progress pg;
@@ -586,7 +586,7 @@ static ResumeState resume_state(App *app, ResumeTally *t, const char *path, cons
 }
 
 static void resume_say(const ResumeTally *t) {
-    char line[1024];
+    char line[2048]; /* at most about 400 characters are written */
     int n = snprintf(line, sizeof line, "qalign: resume: %zu of %zu input%s done before (rows reused)", t->done, t->total,
                      t->total == 1 ? "" : "s");
     size_t todo = t->total - t->done;
@@ -733,9 +733,12 @@ int main(int argc, char **argv) {
             app.lo);
     if (o->scale01) snprintf(app.scale_name, sizeof app.scale_name, "0-1");
     else snprintf(app.scale_name, sizeof app.scale_name, "%g-%g", app.lo, app.hi);
-    for (int i = 0, n = 0; i < app.n_levels; i++)
-        n += snprintf(app.levels_spec + n, sizeof app.levels_spec - (size_t)n, "%s%s=%g", i ? "," : "", app.words[i],
-                      weights[i]);
+    size_t spec_len = 1;
+    for (int i = 0; i < app.n_levels; i++) spec_len += strlen(app.words[i]) + 32;
+    app.levels_spec = xmalloc(spec_len);
+    for (size_t i = 0, n = 0; i < (size_t)app.n_levels; i++)
+        n += (size_t)snprintf(app.levels_spec + n, spec_len - n, "%s%s=%g", i ? "," : "", app.words[i], weights[i]);
+    if (!app.n_levels) app.levels_spec[0] = 0;
     qalign_info mi;
     qalign_describe(app.m, &mi);
     memcpy(app.model_id, mi.model_id, sizeof app.model_id);
@@ -896,6 +899,7 @@ int main(int argc, char **argv) {
     free(skip);
     free(prompt_rec);
     free(levels_rec);
+    free(app.levels_spec);
     free(inputs);
     free(frames);
     itemlist_free(&items);

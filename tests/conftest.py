@@ -128,6 +128,19 @@ def pytest_make_collect_report(collector):
         _fail_skip(rep)
 
 
+def startable(binary, link):
+    """binary as other programs (run.sh, GNU parallel) can start it, at the path `link`: a
+    symbolic link to it, or in an emulated run a script that starts it through the emulator
+    (only the tests' own Popen calls go through QALIGN_RUNNER)."""
+    link = Path(link)
+    if EMULATED:
+        link.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in RUNNER + [str(binary)]) + ' "$@"\n')
+        link.chmod(0o755)
+    else:
+        link.symlink_to(binary)
+    return link
+
+
 # Tests that do not run under emulation, and why. Everything they check is target-
 # independent C and runs in the native suite.
 SANITIZERS = "sanitizer builds are not run under emulation (LeakSanitizer fails under qemu-user; ASan runs take seconds each): the native suite runs them"

@@ -10,13 +10,12 @@ import http.server
 import json
 import os
 import re
-import shlex
 import shutil
 import threading
 
 import pytest
 
-from conftest import EMULATED, ROOT, RUNNER, report, run
+from conftest import EMULATED, ROOT, report, run, startable
 
 
 def run_sh(workdir):
@@ -30,9 +29,7 @@ def run_sh(workdir):
         d.mkdir()
         for f in ("run.sh", "export.py", "spm.py"):
             (d / f).symlink_to(ROOT / f)
-        (d / "qalign").write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in RUNNER) +
-                                  f" {shlex.quote(str(ROOT / 'qalign'))} \"$@\"\n")
-        (d / "qalign").chmod(0o755)
+        startable(ROOT / "qalign", d / "qalign")
     return d / "run.sh"
 
 
