@@ -79,8 +79,9 @@ typedef struct {
     int format_version;
     int n_tensors;
     const char *weight_type; /* "f32" "bf16" "q8_0" "q4_1" */
-    char model_id[17];      /* 16 hex digits: a hash of the header and the tensor table, which
-                               identifies what produced a result (result files record it) */
+    char model_id[17];      /* 16 hex digits: a hash of the header, the tensor table and
+                               samples of each tensor's data (its first, middle and last 4 KB),
+                               which identifies what produced a result (result files record it) */
     /* vision tower */
     int v_dim, v_layers, v_heads, v_mlp, v_image, v_patch, v_tokens;
     float v_eps;

@@ -270,12 +270,24 @@ def test_06_resume_checks_what_it_resumes(model, workdir, tiny_ref):
         assert resume_line(r.stderr).endswith(f"3 to score: 3 with rows made another way only ({why})"), r.stderr
     r = qa("-q", "--csv", c, "--resume", other, d)
     assert "other model: 3" in resume_line(r.stderr) and len(r.stdout.splitlines()) == 3
+    # the same architecture with other weights (a fine-tune; here the final norm doubled): another model
+    import export as ex
+    data = bytearray(model.read_bytes())
+    for i in range(struct.unpack_from("<I", data, 12)[0]):
+        e = ex.TABLE_ENTRY.unpack_from(data, 1024 + 96 * i)
+        if e[0].rstrip(b"\0") == b"l.norm":
+            n = e[-1] // 4
+            data[e[-2]:e[-2] + 4 * n] = struct.pack(f"<{n}f", *[2 * x for x in struct.unpack_from(f"<{n}f", data, e[-2])])
+    tuned = workdir / "h06_tuned.qalign"
+    tuned.write_bytes(data)
+    r = qa("-q", "--csv", c, "--resume", tuned, d)
+    assert "other model: 3" in resume_line(r.stderr) and len(r.stdout.splitlines()) == 3, r.stderr
     # and each is reused when asked the same way again
     r = qa("-q", "--csv", c, "--resume", "--scale", "0-1", model, d)
     assert r.stdout == "" and "3 of 3 inputs done before" in r.stderr
     rows = read_csv(c)
-    assert len(rows) == 3 * 7 and len({(x["model"], x["prompt"], x["levels"], x["pad"], x["precise"], x["scale"])
-                                       for x in rows}) == 7
+    assert len(rows) == 3 * 8 and len({(x["model"], x["prompt"], x["levels"], x["pad"], x["precise"], x["scale"])
+                                       for x in rows}) == 8
     # --scale 0-1 --resume: the report and --eval use the 0-1 rows only
     html = workdir / "h06.html"
     r = qa("-q", "--csv", c, "--resume", "--scale", "0-1", "--report", html, "--eval", labels, model, d)
