@@ -101,16 +101,21 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
-build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h image.c image_png.c image_jpeg.c image.h common.h
+# what each harness is linked with: the image decoders; the whole library (the model loader);
+# app.c (the result files that --resume reads); the server's parsers (serve_parse.c)
+IMAGE_SRCS         = image.c image_png.c image_jpeg.c
+FUZZ_SRCS          = $(IMAGE_SRCS)
+FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
+FUZZ_SRCS_fuzz_results = app.c $(IMAGE_SRCS)
+FUZZ_SRCS_fuzz_http    = serve_parse.c
+FUZZ_SRCS_fuzz_json    = serve_parse.c
+.SECONDEXPANSION:
+build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h $$(or $$(FUZZ_SRCS_fuzz_$$*),$$(FUZZ_SRCS)) $(HDRS)
 	@mkdir -p build
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< image.c image_png.c image_jpeg.c -lm
-# The server's parsers (serve_parse.c) need nothing else.
-FUZZ_SERVE = build/fuzz_http build/fuzz_json
-$(FUZZ_SERVE): build/fuzz_%: fuzz/fuzz_%.c serve_parse.c serve.h qalign.h common.h
-	@mkdir -p build
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< serve_parse.c
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ $< $(or $(FUZZ_SRCS_fuzz_$*),$(FUZZ_SRCS)) -lm -lpthread
 fuzz-build: $(FUZZ_BINS)
-# Each harness runs FUZZ_SECONDS on its seed corpus (fuzz/corpus/<name>, made by the tests).
+# Each harness runs FUZZ_SECONDS on its seed corpus (build/corpus/<name>, made by the tests:
+# `make test` first, or tests/test_fuzz.py, which also runs each harness for a short while).
 fuzz: fuzz-build
 	@for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p build/corpus/$$n; \
 	  echo "== $$n ($(FUZZ_SECONDS) s)"; \

@@ -18,7 +18,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -499,13 +501,28 @@ static int add_list(ItemList *l, const char *arg, const ExpandOptions *opt, char
     char *p = b.p ? b.p : "";
     char *end = p + b.n;
     int rc = 0;
+    size_t lineno = 0;
     while (p < end && rc == 0) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
         char *le = nl ? nl : end;
         char *s = p, *t = le;
+        lineno++;
         while (s < t && (*s == ' ' || *s == '\t' || *s == '\r')) s++;
         while (t > s && (t[-1] == ' ' || t[-1] == '\t' || t[-1] == '\r')) t--;
-        if (t > s && *s != '#') {
+        if (t > s && *s == '#') { /* a comment; say so if it is also the name of a file */
+            l->n_comments++;
+            char save = *t;
+            *t = 0;
+            struct stat st;
+            if (!l->warning && memchr(s, 0, (size_t)(t - s)) == NULL && stat(s, &st) == 0) {
+                Buf w = {0};
+                buf_printf(&w, "%s line %zu: '%s' is skipped as a comment, but a file of that name exists (write ./%s "
+                               "to score it)", arg, lineno, s, s);
+                l->warning = w.oom ? NULL : w.p;
+                if (w.oom) buf_free(&w);
+            }
+            *t = save;
+        } else if (t > s) {
             char save = *t;
             *t = 0;
             if (memchr(s, 0, (size_t)(t - s)) == NULL) rc = add_explicit(l, s, opt);
@@ -581,6 +598,8 @@ int inputs_expand(const char *const *args, size_t nargs, const ExpandOptions *op
 }
 
 void itemlist_free(ItemList *l) {
+    free(l->warning);
+    l->warning = NULL;
     for (size_t i = 0; i < l->n; i++) {
         free(l->items[i].path);
         free(l->items[i].error);
@@ -674,6 +693,67 @@ const char *video_unavailable_hint(void) {
            "video with --video FRAME... or --frames DIR";
 }
 
+/* --ffmpeg-timeout: how long ffmpeg/ffprobe may stay silent (or take to exit) */
+static double g_video_timeout = VIDEO_DEFAULT_TIMEOUT;
+void video_set_timeout(double seconds) { g_video_timeout = seconds; }
+
+/* Wait until fd has data (or EOF); 0, or -1 with errno (ETIMEDOUT after the timeout). */
+static int wait_readable(int fd) {
+    if (!(g_video_timeout > 0)) return 0;
+    double ms = g_video_timeout * 1000;
+    struct pollfd p = {fd, POLLIN, 0};
+    for (;;) {
+        int k = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms);
+        if (k > 0) return 0;
+        if (k == 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        if (errno != EINTR) return -1;
+    }
+}
+
+/* read() from a child's pipe, giving up after the timeout (errno ETIMEDOUT). */
+static ssize_t read_child(int fd, void *buf, size_t n) {
+    if (wait_readable(fd) != 0) return -1;
+    ssize_t k;
+    do k = read(fd, buf, n);
+    while (k < 0 && errno == EINTR);
+    return k;
+}
+
+/* read_fd_all on a child's pipe. */
+static int read_child_all(int fd, Buf *b, size_t max) {
+    for (;;) {
+        buf_reserve(b, 65536);
+        if (b->oom) { errno = ENOMEM; return -1; }
+        ssize_t k = read_child(fd, b->p + b->n, b->cap - b->n - 1);
+        if (k < 0) return -1;
+        if (k == 0) break;
+        b->n += (size_t)k;
+        b->p[b->n] = 0;
+        if (max && b->n > max) { errno = EFBIG; return -1; }
+    }
+    if (!b->p) buf_reserve(b, 0);
+    if (b->p) b->p[b->n] = 0;
+    return 0;
+}
+
+/* waitpid with a limit (seconds <= 0: none); 0, or -1 when the child is still running. */
+static int wait_child(pid_t pid, int *status, double seconds) {
+    double end = now_seconds() + seconds;
+    for (;;) {
+        pid_t k = waitpid(pid, status, seconds > 0 ? WNOHANG : 0);
+        if (k == pid) return 0;
+        if (k < 0 && errno != EINTR) return 0; /* already reaped (cannot happen): nothing to wait for */
+        if (k == 0) {
+            if (now_seconds() >= end) return -1;
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 /* A child process: stdout on a pipe, stderr into an unlinked temporary file. */
 typedef struct {
     pid_t pid;
@@ -730,10 +810,15 @@ static int child_finish(Child *c, int terminate, const char *path, char *msg, si
         close(c->out);
         c->out = -1;
     }
-    int status = 0, code = -1;
+    int status = 0, code = -1, hung = 0;
     if (c->pid > 0) {
         if (terminate) kill(c->pid, SIGTERM);
-        while (waitpid(c->pid, &status, 0) < 0 && errno == EINTR) {}
+        /* a child that does not exit (after SIGTERM: in 5 s; else within the timeout) is killed */
+        if (wait_child(c->pid, &status, terminate ? 5 : g_video_timeout) != 0) {
+            hung = !terminate;
+            kill(c->pid, SIGKILL);
+            wait_child(c->pid, &status, 0);
+        }
         code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
         c->pid = -1;
     }
@@ -762,6 +847,8 @@ static int child_finish(Child *c, int terminate, const char *path, char *msg, si
         fclose(c->errf);
         c->errf = NULL;
     }
+    if (hung && msg && msglen)
+        snprintf(msg, msglen, "it did not exit %g s after its output ended: killed (--ffmpeg-timeout)", g_video_timeout);
     return code;
 }
 
@@ -784,8 +871,8 @@ static int ffmpeg_has_fps_mode(void) {
     Child c;
     if (child_spawn(argv, &c, NULL, 0) != 0) return cached;
     Buf b = {0};
-    read_fd_all(c.out, &b, 1 << 16);
-    child_finish(&c, 0, NULL, NULL, 0);
+    int rrc = read_child_all(c.out, &b, 1 << 16);
+    child_finish(&c, rrc != 0, NULL, NULL, 0);
     const char *v = b.p ? strstr(b.p, "version ") : NULL;
     if (v) {
         v += 8;
@@ -847,10 +934,14 @@ int video_probe(const char *path, VideoInfo *vi, char *err, size_t errlen) {
         return -1;
     }
     Buf b = {0};
-    int rrc = read_fd_all(c.out, &b, 1 << 20);
+    int rrc = read_child_all(c.out, &b, 1 << 20), timed_out = rrc != 0 && errno == ETIMEDOUT;
     char msg[512];
     int code = child_finish(&c, rrc != 0, path, msg, sizeof msg);
     free(in);
+    if (timed_out) {
+        buf_free(&b);
+        return fail(err, errlen, "ffprobe gave no answer in %g s: stopped it (--ffmpeg-timeout)", g_video_timeout);
+    }
     if (code != 0 || rrc != 0) {
         buf_free(&b);
         return fail(err, errlen, "ffprobe failed: %s", msg[0] ? msg : "no output");
@@ -1016,9 +1107,7 @@ typedef struct {
 static int rd_getc(Reader *r) {
     if (r->pos == r->len) {
         if (r->eof) return -1;
-        ssize_t k;
-        do k = read(r->fd, r->buf, sizeof r->buf);
-        while (k < 0 && errno == EINTR);
+        ssize_t k = read_child(r->fd, r->buf, sizeof r->buf);
         if (k <= 0) {
             r->eof = 1;
             if (k < 0) r->error = errno;
@@ -1040,8 +1129,7 @@ static size_t rd_read(Reader *r, uint8_t *dst, size_t n) {
         got = t;
     }
     while (got < n && !r->eof) {
-        ssize_t k = read(r->fd, dst + got, n - got);
-        if (k < 0 && errno == EINTR) continue;
+        ssize_t k = read_child(r->fd, dst + got, n - got);
         if (k <= 0) {
             r->eof = 1;
             if (k < 0) r->error = errno;
@@ -1212,6 +1300,12 @@ int video_read_frames(const char *path, const VideoInfo *vi, const int64_t *idx,
         rc = 0;
         goto done;
     }
+    if (r->error == ETIMEDOUT) {
+        child_finish(&c, 1, NULL, NULL, 0);
+        fail(err, errlen, "ffmpeg gave no frame for %g s (after %zu of %zu): stopped it (--ffmpeg-timeout)",
+             g_video_timeout, uk, m);
+        goto done;
+    }
     int code = child_finish(&c, bad, path, msg, sizeof msg);
     if (code != 0 && !bad) fail(err, errlen, "ffmpeg failed%s%s", msg[0] ? ": " : "", msg);
     else if (bad) fail(err, errlen, "unexpected data from ffmpeg (truncated or malformed frame)%s%s", msg[0] ? ": " : "", msg);
@@ -1241,12 +1335,16 @@ int video_read(const VideoPlan *plan, VideoFrameFn fn, void *user, char *err, si
 const char *const APP_LEVEL_NAMES[APP_LEVELS] = {"excellent", "good", "fair", "poor", "bad"};
 
 static const char CSV_HEADER[] = "path,task,kind,frames,score,std,scale,p_excellent,p_good,p_fair,p_poor,p_bad,"
-                                 "logit_excellent,logit_good,logit_fair,logit_poor,logit_bad,error\n";
-#define CSV_FIELDS 18
+                                 "logit_excellent,logit_good,logit_fair,logit_poor,logit_bad,error,"
+                                 "model,prompt,levels,pad,precise,max_frames\n";
+#define CSV_FIELDS 24
+/* the start of every JSONL row (a torn tail that starts otherwise is not ours) */
+#define JSON_ROW_START "{\"path\": "
 
 const char *results_csv_header(void) { return CSV_HEADER; }
 
 static int row_failed(const ResultRow *r) { return r->error && r->error[0]; }
+static int empty(const char *s) { return !s || !s[0]; }
 
 static void csv_field(Buf *b, const char *s) {
     if (!s) return;
@@ -1302,6 +1400,7 @@ char *json_quoted(const char *s) {
     return b.p;
 }
 
+/* A number, null when it is not finite: the JSON is valid whatever the value. */
 static void json_num(Buf *b, double v) {
     if (isfinite(v)) buf_printf(b, "%.6f", v);
     else buf_adds(b, "null");
@@ -1317,9 +1416,21 @@ static void default_columns(const ResultRow *r, double *probs, double *logits) {
     }
 }
 
+/* A row that claims success has a finite score (else the writer makes it an error row).
+ * std, probabilities and logits may be NaN: no spread (a comparison scorer's 0-100 score),
+ * a word the row's levels do not have (empty / null). */
+static int row_numbers_finite(const ResultRow *r) { return isfinite(r->score); }
+
 static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
     int bad = row_failed(r), n = r->n_levels ? r->n_levels : APP_LEVELS;
+    const char *error = r->error;
+    if (!bad && !row_numbers_finite(r)) { /* never a success without a score */
+        bad = 1;
+        error = "the model produced a value that is not finite";
+    }
     const char *const *words = r->n_levels ? r->levels : APP_LEVEL_NAMES;
+    const RowSetup *su = &r->setup;
+    int known = su->model != NULL;
     if (fmt == RESULTS_CSV) {
         csv_field(b, r->path);
         buf_addc(b, ',');
@@ -1339,10 +1450,20 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
             if (!bad) csv_num(b, i < APP_LEVELS ? p[i] : l[i - APP_LEVELS]);
         }
         buf_addc(b, ',');
-        if (bad) csv_field(b, r->error);
+        if (bad) csv_field(b, error);
+        buf_addc(b, ',');
+        if (known) {
+            csv_field(b, su->model);
+            buf_addc(b, ',');
+            csv_field(b, su->prompt);
+            buf_addc(b, ',');
+            csv_field(b, su->levels);
+            buf_printf(b, ",%s,%s,", su->pad ? "true" : "false", su->precise ? "true" : "false");
+        } else buf_adds(b, ",,,,,");
+        if (r->max_frames > 0) buf_printf(b, "%d", r->max_frames);
         buf_addc(b, '\n');
     } else {
-        buf_adds(b, "{\"path\": ");
+        buf_adds(b, JSON_ROW_START);
         json_str(b, r->path);
         buf_adds(b, ", \"task\": ");
         json_str(b, r->task);
@@ -1375,8 +1496,17 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
             buf_addc(b, ']');
         }
         buf_adds(b, ", \"error\": ");
-        json_str(b, bad ? r->error : NULL);
-        buf_adds(b, "}\n");
+        json_str(b, bad ? error : NULL);
+        buf_adds(b, ", \"model\": ");
+        json_str(b, known ? su->model : NULL);
+        buf_adds(b, ", \"prompt\": ");
+        json_str(b, known ? su->prompt : NULL);
+        buf_adds(b, ", \"levels\": ");
+        json_str(b, known ? su->levels : NULL);
+        buf_printf(b, ", \"pad\": %s, \"precise\": %s, \"max_frames\": ", known ? su->pad ? "true" : "false" : "null",
+                   known ? su->precise ? "true" : "false" : "null");
+        if (r->max_frames > 0) buf_printf(b, "%d}\n", r->max_frames);
+        else buf_adds(b, "null}\n");
     }
 }
 
@@ -1415,7 +1545,7 @@ int row_style_init(RowStyle *s, const char *task, const char *scale, int n_level
 ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,
                           const char *error) {
     ResultRow row = {.path = path, .task = s->task, .kind = kind, .scale = s->scale, .error = error,
-                     .n_levels = s->n_levels, .levels = s->words};
+                     .n_levels = s->n_levels, .levels = s->words, .setup = s->setup};
     if (!error) {
         double k = s->mapped ? (s->to_hi - s->to_lo) / (s->hi - s->lo) : 1; /* --scale: linear from [lo, hi] */
         row.frames = r->frames;
@@ -1431,13 +1561,44 @@ ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind,
     return row;
 }
 
+/* The text as the rows record it: one line, with backslash, newline, CR and tab written as
+ * \\ \n \r \t (so a CSV row stays one line and the recorded text is exact). */
+static char *one_line(const char *s) {
+    char *o = malloc(2 * strlen(s) + 1), *q = o;
+    if (!o) return NULL;
+    for (; *s; s++) {
+        const char *e = *s == '\\' ? "\\\\" : *s == '\n' ? "\\n" : *s == '\r' ? "\\r" : *s == '\t' ? "\\t" : NULL;
+        if (e) *q++ = e[0], *q++ = e[1];
+        else *q++ = *s;
+    }
+    *q = 0;
+    return o;
+}
+
+int row_setup_make(RowSetup *su, const char *model_id, const qalign_ctx_info *ci) {
+    *su = (RowSetup){.model = strdup(model_id), .prompt = one_line(ci->prompt), .levels = one_line(ci->levels),
+                     .pad = ci->pad, .precise = ci->precise};
+    if (su->model && su->prompt && su->levels) return 0;
+    row_setup_free(su);
+    return -1;
+}
+
+void row_setup_free(RowSetup *su) {
+    free((char *)su->model);
+    free((char *)su->prompt);
+    free((char *)su->levels);
+    *su = (RowSetup){0};
+}
+
 /* ---- RowSet ---- */
 
 struct RowSet {
     ResultRow *rows;
     size_t n, cap;
-    StrMap index;   /* key "task\0path" -> last row */
-    char **keys;    /* owned keys, one per row */
+    StrMap index;   /* "task\0path" -> last row */
+    StrMap like;    /* "task\0path\0scale\0setup...\0max_frames" -> last row */
+    char **keys;    /* owned keys, two per row */
+    long *earlier;  /* per row: the row before it with the same task and path, or -1 */
 };
 
 RowSet *rowset_new(void) { return calloc(1, sizeof(RowSet)); }
@@ -1448,69 +1609,110 @@ static void row_free_strings(ResultRow *r) {
     free((char *)r->kind);
     free((char *)r->scale);
     free((char *)r->error);
+    free((char *)r->setup.model);
+    free((char *)r->setup.prompt);
+    free((char *)r->setup.levels);
 }
 
 void rowset_free(RowSet *s) {
     if (!s) return;
     for (size_t i = 0; i < s->n; i++) {
         row_free_strings(&s->rows[i]);
-        free(s->keys[i]);
+        free(s->keys[2 * i]);
+        free(s->keys[2 * i + 1]);
     }
     free(s->rows);
     free(s->keys);
+    free(s->earlier);
     strmap_free(&s->index);
+    strmap_free(&s->like);
     free(s);
 }
 
 size_t rowset_count(const RowSet *s) { return s ? s->n : 0; }
 const ResultRow *rowset_row(const RowSet *s, size_t i) { return s && i < s->n ? &s->rows[i] : NULL; }
 
-static char *make_key(const char *path, const char *task, size_t *klen) {
-    const char *t = task ? task : "";
-    size_t a = strlen(t), b = strlen(path);
-    char *k = malloc(a + b + 2);
-    if (!k) return NULL;
-    memcpy(k, t, a);
-    k[a] = 0;
-    memcpy(k + a + 1, path, b + 1);
-    *klen = a + 1 + b;
-    return k;
+static void key_part(Buf *b, const char *s) {
+    buf_adds(b, s ? s : "");
+    buf_addc(b, 0);
+}
+
+/* The index keys of a row: (task, path), and everything resume compares but kind/frames.
+ * A row whose setup is unknown gets a "like" key no run can have (an empty model). */
+static char *make_key(const ResultRow *r, int like, size_t *klen) {
+    Buf b = {0};
+    key_part(&b, r->task);
+    key_part(&b, r->path);
+    if (like) {
+        key_part(&b, r->scale);
+        key_part(&b, r->setup.model);
+        if (r->setup.model) {
+            key_part(&b, r->setup.prompt);
+            key_part(&b, r->setup.levels);
+            buf_printf(&b, "%d%d", r->setup.pad != 0, r->setup.precise != 0);
+            buf_addc(&b, 0);
+        }
+        buf_printf(&b, "%d", r->max_frames > 0 ? r->max_frames : 0);
+    }
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    *klen = b.n;
+    return b.p;
+}
+
+static char *dup_nonempty(const char *s, int *oom) {
+    if (empty(s)) return NULL;
+    char *d = strdup(s);
+    if (!d) *oom = 1;
+    return d;
 }
 
 int rowset_add(RowSet *s, const ResultRow *row) {
-    if (!row->path) return -1;
+    if (empty(row->path)) return -1;
     if (s->n == s->cap) {
         size_t nc = s->cap ? s->cap * 2 : 64;
         ResultRow *nr = realloc(s->rows, nc * sizeof *nr);
         if (!nr) return -1;
         s->rows = nr;
-        char **nk = realloc(s->keys, nc * sizeof *nk);
+        char **nk = realloc(s->keys, 2 * nc * sizeof *nk);
         if (!nk) return -1;
         s->keys = nk;
+        long *ne = realloc(s->earlier, nc * sizeof *ne);
+        if (!ne) return -1;
+        s->earlier = ne;
         s->cap = nc;
     }
     ResultRow r = *row;
+    int oom = 0;
     r.n_anchors = 0, r.anchor_prefs = NULL; /* (not kept) */
-    r.path = xstrdup0(row->path);
-    r.task = xstrdup0(row->task);
-    r.kind = xstrdup0(row->kind);
-    r.scale = xstrdup0(row->scale);
-    r.error = row_failed(row) ? xstrdup0(row->error) : NULL;
-    size_t kl;
-    char *key = make_key(row->path, row->task, &kl);
-    if (!r.path || (row->task && !r.task) || (row->kind && !r.kind) || (row->scale && !r.scale) ||
-        (row_failed(row) && !r.error) || !key) {
+    r.path = dup_nonempty(row->path, &oom);
+    r.task = dup_nonempty(row->task, &oom);
+    r.kind = dup_nonempty(row->kind, &oom);
+    r.scale = dup_nonempty(row->scale, &oom);
+    r.error = row_failed(row) ? dup_nonempty(row->error, &oom) : NULL;
+    r.setup.model = dup_nonempty(row->setup.model, &oom);
+    r.setup.prompt = r.setup.model ? dup_nonempty(row->setup.prompt, &oom) : NULL;
+    r.setup.levels = r.setup.model ? dup_nonempty(row->setup.levels, &oom) : NULL;
+    r.n_levels = 0; /* a stored row has the five default words' columns */
+    r.levels = NULL;
+    size_t kl, ll;
+    char *key = oom ? NULL : make_key(&r, 0, &kl), *lkey = key ? make_key(&r, 1, &ll) : NULL;
+    s->earlier[s->n] = key ? strmap_get(&s->index, key, kl) : -1;
+    if (!lkey || strmap_put(&s->index, key, kl, (long)s->n) != 0 || strmap_put(&s->like, lkey, ll, (long)s->n) != 0) {
+        /* (a key already put stays valid: it is freed with the set only if stored; drop both maps' entry by
+         * failing the whole set - callers treat -1 as out of memory and free the set) */
         row_free_strings(&r);
-        free(key);
+        s->keys[2 * s->n] = key;
+        s->keys[2 * s->n + 1] = lkey;
+        s->rows[s->n] = (ResultRow){0};
+        s->n++;
         return -1;
     }
     s->rows[s->n] = r;
-    s->keys[s->n] = key;
-    if (strmap_put(&s->index, key, kl, (long)s->n) != 0) {
-        row_free_strings(&r);
-        free(key);
-        return -1;
-    }
+    s->keys[2 * s->n] = key;
+    s->keys[2 * s->n + 1] = lkey;
     s->n++;
     return 0;
 }
@@ -1518,16 +1720,34 @@ int rowset_add(RowSet *s, const ResultRow *row) {
 const ResultRow *rowset_find(const RowSet *s, const char *path, const char *task) {
     if (!s || !path) return NULL;
     size_t kl;
-    char *key = make_key(path, task, &kl);
+    char *key = make_key(&(ResultRow){.path = path, .task = task}, 0, &kl);
     if (!key) return NULL;
     long i = strmap_get(&s->index, key, kl);
     free(key);
     return i >= 0 ? &s->rows[i] : NULL;
 }
 
-int rowset_done(const RowSet *s, const char *path, const char *task) {
-    const ResultRow *r = rowset_find(s, path, task);
-    return r && !row_failed(r);
+const ResultRow *rowset_find_like(const RowSet *s, const ResultRow *like) {
+    if (!s || !like->path || !like->setup.model) return NULL;
+    size_t kl;
+    char *key = make_key(like, 1, &kl);
+    if (!key) return NULL;
+    long i = strmap_get(&s->like, key, kl);
+    free(key);
+    return i >= 0 ? &s->rows[i] : NULL;
+}
+
+static int same_str(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : "") == 0; }
+
+/* A row found for like is for the same input: same kind, and a frame set has as many frames. */
+static int same_input(const ResultRow *r, const ResultRow *like) {
+    if (!same_str(r->kind, like->kind)) return 0;
+    return !like->kind || strcmp(like->kind, "frames") != 0 || r->frames == like->frames;
+}
+
+int rowset_done_like(const RowSet *s, const ResultRow *like) {
+    const ResultRow *r = rowset_find_like(s, like);
+    return r && !row_failed(r) && like->kind && same_input(r, like);
 }
 
 /* ---- CSV parsing (RFC 4180, lenient) ---- */
@@ -1613,6 +1833,23 @@ static int parse_double(const char *s, double *v) {
     return 0;
 }
 
+/* "true" / "false" -> 1 / 0; -1 otherwise */
+static int parse_bool(const char *s) { return !strcmp(s, "true") ? 1 : !strcmp(s, "false") ? 0 : -1; }
+
+/* A small non-negative integer. */
+static int count_of(double x, int *v) {
+    if (!(x >= 0 && x <= 1e9) || x != floor(x)) return -1;
+    *v = (int)x;
+    return 0;
+}
+
+/* The same from a CSV field ("" -> 0). */
+static int parse_count(const char *s, int *v) {
+    double x;
+    if (!*s) { *v = 0; return 0; }
+    return parse_double(s, &x) != 0 ? -1 : count_of(x, v);
+}
+
 static int csv_to_row(const Fields *f, ResultRow *r) {
     if (f->n != CSV_FIELDS) return -1;
     memset(r, 0, sizeof *r);
@@ -1620,18 +1857,26 @@ static int csv_to_row(const Fields *f, ResultRow *r) {
     if (!r->path[0]) return -1;
     r->task = field(f, 1);
     r->kind = field(f, 2)[0] ? field(f, 2) : NULL;
-    r->frames = atoi(field(f, 3));
+    if (parse_count(field(f, 3), &r->frames) != 0) return -1;
     r->scale = field(f, 6);
     r->error = field(f, 17)[0] ? field(f, 17) : NULL;
+    for (int i = 0; i < APP_MAX_LEVELS; i++) r->probs[i] = r->logits[i] = NAN;
     if (!r->error) {
-        if (parse_double(field(f, 4), &r->score) != 0 || parse_double(field(f, 5), &r->std) != 0) return -1;
-        for (int i = 0; i < APP_LEVELS; i++) { /* empty: a word the run's levels did not have */
-            r->probs[i] = r->logits[i] = NAN;
+        if (parse_double(field(f, 4), &r->score) != 0 || parse_double(field(f, 5), &r->std) != 0 ||
+            !isfinite(r->score) || !isfinite(r->std))
+            return -1;
+        for (int i = 0; i < APP_LEVELS; i++) /* empty: a word the run's levels did not have */
             if ((field(f, 7 + i)[0] && parse_double(field(f, 7 + i), &r->probs[i]) != 0) ||
                 (field(f, 12 + i)[0] && parse_double(field(f, 12 + i), &r->logits[i]) != 0))
                 return -1;
-        }
     } else r->score = r->std = NAN;
+    if (field(f, 18)[0]) { /* the setup: all of it, or none */
+        r->setup.model = field(f, 18);
+        r->setup.prompt = field(f, 19);
+        r->setup.levels = field(f, 20);
+        if ((r->setup.pad = parse_bool(field(f, 21))) < 0 || (r->setup.precise = parse_bool(field(f, 22))) < 0) return -1;
+    } else if (field(f, 19)[0] || field(f, 20)[0] || field(f, 21)[0] || field(f, 22)[0]) return -1;
+    if (parse_count(field(f, 23), &r->max_frames) != 0) return -1;
     return 0;
 }
 
@@ -1703,14 +1948,14 @@ static int jp_string(JP *j, Buf *out) {
 /* Parse {"k": v, ...} with string/number/null/bool values into r; strings in text. */
 static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     JP j = {s, s + len};
-    enum { K_PATH, K_TASK, K_KIND, K_SCALE, K_ERROR, K_N };
-    static const char *const skeys[K_N] = {"path", "task", "kind", "scale", "error"};
+    enum { K_PATH, K_TASK, K_KIND, K_SCALE, K_ERROR, K_MODEL, K_PROMPT, K_LEVELS, K_N };
+    static const char *const skeys[K_N] = {"path", "task", "kind", "scale", "error", "model", "prompt", "levels"};
     long soff[K_N];
     for (int i = 0; i < K_N; i++) soff[i] = -1;
     memset(r, 0, sizeof *r);
     r->score = r->std = NAN;
-    for (int i = 0; i < APP_MAX_LEVELS; i++) r->logits[i] = NAN;
-    int have_score = 0, have_p[APP_LEVELS] = {0};
+    for (int i = 0; i < APP_MAX_LEVELS; i++) r->probs[i] = r->logits[i] = NAN;
+    int have_score = 0, pad = -1, precise = -1;
     text->n = 0;
     jp_ws(&j);
     if (j.p >= j.e || *j.p != '{') return -1;
@@ -1736,24 +1981,33 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
             if (jp_string(&j, text) != 0) goto out;
             if (which >= 0) soff[which] = (long)off;
         } else if (j.e - j.p >= 4 && memcmp(j.p, "null", 4) == 0) j.p += 4;
-        else if (j.e - j.p >= 4 && memcmp(j.p, "true", 4) == 0) j.p += 4;
-        else if (j.e - j.p >= 5 && memcmp(j.p, "false", 5) == 0) j.p += 5;
-        else if (*j.p == '-' || (*j.p >= '0' && *j.p <= '9')) {
-            char num[64];
+        else if ((j.e - j.p >= 4 && memcmp(j.p, "true", 4) == 0) || (j.e - j.p >= 5 && memcmp(j.p, "false", 5) == 0)) {
+            int v = *j.p == 't';
+            j.p += v ? 4 : 5;
+            if (strcmp(key.p, "pad") == 0) pad = v;
+            else if (strcmp(key.p, "precise") == 0) precise = v;
+        } else if (*j.p == '-' || (*j.p >= '0' && *j.p <= '9')) {
+            char small[64], *num = small;
             size_t L = 0;
-            while (j.p < j.e && L < sizeof num - 1 && strchr("+-.eE0123456789", *j.p)) num[L++] = *j.p++;
+            while (j.p + L < j.e && j.p[L] && strchr("+-.eE0123456789", j.p[L])) L++;
+            if (L >= sizeof small && !(num = malloc(L + 1))) goto out; /* %.6f of a large number is long */
+            memcpy(num, j.p, L);
             num[L] = 0;
+            j.p += L;
             double v;
-            if (parse_double(num, &v) != 0) goto out;
+            int bad_num = parse_double(num, &v) != 0;
+            if (num != small) free(num);
+            if (bad_num) goto out;
             if (strcmp(key.p, "score") == 0) { r->score = v; have_score = 1; }
             else if (strcmp(key.p, "std") == 0) r->std = v;
-            else if (strcmp(key.p, "frames") == 0) r->frames = (int)v;
+            else if (strcmp(key.p, "frames") == 0) { if (count_of(v, &r->frames) != 0) goto out; }
+            else if (strcmp(key.p, "max_frames") == 0) { if (count_of(v, &r->max_frames) != 0) goto out; }
             else
                 for (int i = 0; i < APP_LEVELS; i++) {
                     char pk[32], lk[32];
                     snprintf(pk, sizeof pk, "p_%s", APP_LEVEL_NAMES[i]);
                     snprintf(lk, sizeof lk, "logit_%s", APP_LEVEL_NAMES[i]);
-                    if (strcmp(key.p, pk) == 0) { r->probs[i] = v; have_p[i] = 1; }
+                    if (strcmp(key.p, pk) == 0) r->probs[i] = v;
                     if (strcmp(key.p, lk) == 0) r->logits[i] = v;
                 }
         } else goto out; /* nested values are not ours */
@@ -1763,75 +2017,122 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
         goto out;
     }
     jp_ws(&j);
-    if (j.p != j.e || soff[K_PATH] < 0) goto out;
+    if (j.p != j.e || soff[K_PATH] < 0 || text->oom) goto out;
     r->path = text->p + soff[K_PATH];
     if (!r->path[0]) goto out;
-    r->task = soff[K_TASK] >= 0 ? text->p + soff[K_TASK] : NULL;
-    r->kind = soff[K_KIND] >= 0 ? text->p + soff[K_KIND] : NULL;
-    r->scale = soff[K_SCALE] >= 0 ? text->p + soff[K_SCALE] : NULL;
-    r->error = soff[K_ERROR] >= 0 && text->p[soff[K_ERROR]] ? text->p + soff[K_ERROR] : NULL;
-    for (int i = 0; i < APP_LEVELS; i++)
-        if (!have_p[i]) r->probs[i] = NAN; /* a word the run's levels did not have */
-    if (!r->error && !have_score) goto out;
+#define STR(k) (soff[k] >= 0 && text->p[soff[k]] ? text->p + soff[k] : NULL)
+    r->task = STR(K_TASK);
+    r->kind = STR(K_KIND);
+    r->scale = STR(K_SCALE);
+    r->error = STR(K_ERROR);
+    r->setup.model = STR(K_MODEL);
+    r->setup.prompt = STR(K_PROMPT);
+    r->setup.levels = STR(K_LEVELS);
+#undef STR
+    if (r->setup.model && (pad < 0 || precise < 0)) goto out;
+    r->setup.pad = pad > 0;
+    r->setup.precise = precise > 0;
+    if (!r->error && (!have_score || !isfinite(r->score) || !isfinite(r->std))) goto out;
     rc = 0;
 out:
     buf_free(&key);
     return rc;
 }
 
-/* Parse a results file held in memory. *good = bytes of complete rows (where a torn tail
- * starts), *header_ok for CSV: -1 no complete first line, 0 not ours, 1 ours. */
-static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *into, size_t *good, int *torn,
-                         size_t *bad, int *header_ok) {
-    *good = 0;
-    *torn = 0;
-    *bad = 0;
-    *header_ok = -1;
+/* What a results file holds, as parse_results finds it. */
+typedef struct {
+    size_t good;    /* bytes of complete rows: where a torn tail starts (cut it when appending) */
+    int torn;       /* 1: there is such a tail */
+    size_t bad;     /* complete lines that are not rows */
+    size_t rows;
+    int ours;       /* 1: a file of ours (or empty); 0: not, then why says so */
+    char why[160];
+} Parsed;
+
+/* Parse a results file held in memory. -1 only when out of memory. */
+static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *into, Parsed *P) {
+    memset(P, 0, sizeof *P);
+    P->ours = 1;
     if (fmt == RESULTS_CSV) {
-        Fields f = {0};
-        size_t pos = 0;
-        int first = 1, term, rc;
-        while ((rc = csv_record(s, len, &pos, ',', &f, &term)) == 1) {
-            if (!term) { *torn = 1; break; }
-            if (first) {
-                first = 0;
-                /* compare the header line itself (tolerating CRLF) */
-                size_t hl = strlen(CSV_HEADER) - 1;
-                *header_ok = pos >= hl && memcmp(s, CSV_HEADER, hl) == 0 &&
-                             (pos == hl + 1 || (pos == hl + 2 && s[hl] == '\r'));
-                *good = pos;
-                if (!*header_ok) break;
-                continue;
+        size_t hl = strlen(CSV_HEADER) - 1;
+        if (len == 0) return 0;
+        const char *nl = memchr(s, '\n', len);
+        if (!nl) { /* a header torn by a kill: the start of ours (cut, then written again), else not ours */
+            if ((len <= hl && memcmp(s, CSV_HEADER, len) == 0) ||
+                (len == hl + 1 && memcmp(s, CSV_HEADER, hl) == 0 && s[hl] == '\r'))
+                P->torn = 1;
+            else {
+                P->ours = 0;
+                snprintf(P->why, sizeof P->why, "its first line is not qalign's CSV header");
             }
-            *good = pos;
+            return 0;
+        }
+        size_t first = (size_t)(nl - s);
+        if (first && s[first - 1] == '\r') first--;
+        if (first != hl || memcmp(s, CSV_HEADER, hl) != 0) {
+            P->ours = 0;
+            if (first > 10 && memcmp(s, "path,task,", 10) == 0)
+                snprintf(P->why, sizeof P->why, "its columns are those of another version of qalign");
+            else snprintf(P->why, sizeof P->why, "its first line is not qalign's CSV header");
+            return 0;
+        }
+        size_t pos = (size_t)(nl - s) + 1;
+        P->good = pos;
+        Fields f = {0};
+        int term, rc;
+        while ((rc = csv_record(s, len, &pos, ',', &f, &term)) == 1) {
+            if (!term) { P->torn = 1; break; }
+            P->good = pos;
             ResultRow r;
             if (f.n == 1 && field(&f, 0)[0] == 0) continue; /* blank line */
-            if (csv_to_row(&f, &r) != 0) { (*bad)++; continue; }
+            if (csv_to_row(&f, &r) != 0) { P->bad++; continue; }
+            P->rows++;
             if (into && rowset_add(into, &r) != 0) { fields_free(&f); return -1; }
         }
         fields_free(&f);
         return rc < 0 ? -1 : 0;
     }
     Buf text = {0};
-    size_t pos = 0, nrows = 0;
+    size_t pos = 0;
     while (pos < len) {
         const char *nl = memchr(s + pos, '\n', len - pos);
-        if (!nl) { *torn = 1; break; }
+        if (!nl) { /* a row torn by a kill starts as ours do */
+            size_t L = len - pos, k = strlen(JSON_ROW_START), w = 0;
+            while (w < L && strchr(" \t\r", s[pos + w])) w++;
+            if (w == L || memcmp(s + pos, JSON_ROW_START, L < k ? L : k) == 0) P->torn = 1;
+            else P->bad++, P->ours = -1;
+            break;
+        }
         size_t L = (size_t)(nl - (s + pos));
         const char *line = s + pos;
         pos += L + 1;
-        *good = pos;
+        P->good = pos;
         size_t t = L;
         while (t && (line[t - 1] == '\r' || line[t - 1] == ' ')) t--;
         if (t == 0) continue;
         ResultRow r;
-        if (json_to_row(line, t, &text, &r) != 0) { (*bad)++; continue; }
-        nrows++;
+        if (json_to_row(line, t, &text, &r) != 0) { P->bad++; continue; }
+        P->rows++;
         if (into && rowset_add(into, &r) != 0) { buf_free(&text); return -1; }
     }
     buf_free(&text);
-    /* "ours" unless there is something and none of it is a row */
-    *header_ok = (nrows > 0 || *bad == 0) ? 1 : 0;
+    if (P->ours < 0) { /* an unterminated last line that is not the start of a row */
+        P->ours = 0;
+        snprintf(P->why, sizeof P->why, "its last line is not a result row");
+    } else if (P->rows == 0 && P->bad > 0) {
+        P->ours = 0;
+        snprintf(P->why, sizeof P->why, "no line is a result row");
+    }
+    return 0;
+}
+
+int results_parse(const char *data, size_t len, ResultsFormat fmt, RowSet *into, int *torn, size_t *bad, char *err,
+                  size_t errlen) {
+    Parsed P;
+    if (parse_results(data ? data : "", len, fmt, into, &P) != 0) return fail(err, errlen, "out of memory");
+    if (torn) *torn = P.torn;
+    if (bad) *bad = P.bad;
+    if (!P.ours) return fail(err, errlen, "not a qalign results %s (%s)", fmt == RESULTS_CSV ? "CSV" : "JSONL", P.why);
     return 0;
 }
 
@@ -1839,20 +2140,14 @@ int results_read(const char *path, ResultsFormat fmt, RowSet *into, int *torn, s
                  size_t errlen) {
     Buf b = {0};
     int rc = read_file(path, &b, err, errlen);
-    int t = 0, h;
-    size_t good, nb = 0;
+    if (torn) *torn = 0;
+    if (bad) *bad = 0;
     if (rc == 1) rc = 0;
     else if (rc == 0) {
-        if (parse_results(b.p ? b.p : "", b.n, fmt, into, &good, &t, &nb, &h) != 0) rc = fail(err, errlen, "out of memory");
-        else if (h == 0)
-            rc = fmt == RESULTS_CSV
-                     ? fail(err, errlen, "%s is not a qalign results CSV (its first line is not the header %.*s)",
-                            path, (int)strlen(CSV_HEADER) - 1, CSV_HEADER)
-                     : fail(err, errlen, "%s is not a qalign results JSONL (no line is a result row)", path);
+        char e2[256];
+        if (results_parse(b.p, b.n, fmt, into, torn, bad, e2, sizeof e2) != 0) rc = fail(err, errlen, "%s: %s", path, e2);
     }
     buf_free(&b);
-    if (torn) *torn = t;
-    if (bad) *bad = nb;
     return rc;
 }
 
@@ -1862,8 +2157,8 @@ struct ResultsFile {
     char *path;
 };
 
-ResultsFile *results_open(const char *path, ResultsFormat fmt, int resume, RowSet *previous, size_t *dropped,
-                          char *err, size_t errlen) {
+ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous, size_t *dropped, char *err,
+                          size_t errlen) {
     if (dropped) *dropped = 0;
     ResultsFile *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
@@ -1873,50 +2168,59 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, int resume, RowSe
     }
     f->fmt = fmt;
     int need_header = fmt == RESULTS_CSV;
-    if (!resume) {
-        f->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-        if (f->fd < 0) {
-            fail(err, errlen, "cannot create %s: %s", path, strerror(errno));
-            goto bad;
-        }
-    } else {
-        f->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (f->fd < 0) {
-            fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
-            goto bad;
-        }
+    struct stat st;
+    /* O_NONBLOCK: a FIFO without a reader must not hang the open; cleared below */
+    f->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (f->fd < 0 && (errno == EACCES || errno == ENXIO || errno == EISDIR))
+        f->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644); /* e.g. /dev/stdout */
+    if (f->fd < 0 || fstat(f->fd, &st) != 0) {
+        fail(err, errlen, "cannot open %s for appending: %s", path, strerror(errno));
+        goto bad;
+    }
+    fcntl(f->fd, F_SETFL, fcntl(f->fd, F_GETFL) & ~O_NONBLOCK);
+    if (S_ISDIR(st.st_mode)) {
+        fail(err, errlen, "%s is a directory", path);
+        goto bad;
+    }
+    if (S_ISREG(st.st_mode)) { /* what is there must be ours: then append after its last complete row */
         Buf b = {0};
-        if (read_fd_all(f->fd, &b, 0) != 0) {
+        if (lseek(f->fd, 0, SEEK_SET) < 0 || read_fd_all(f->fd, &b, 0) != 0) {
             fail(err, errlen, "cannot read %s: %s", path, strerror(errno));
             buf_free(&b);
             goto bad;
         }
-        size_t good, nbad;
-        int torn, h;
-        if (parse_results(b.p ? b.p : "", b.n, fmt, previous, &good, &torn, &nbad, &h) != 0) {
+        Parsed P;
+        if (parse_results(b.p ? b.p : "", b.n, fmt, previous, &P) != 0) {
             buf_free(&b);
             fail(err, errlen, "out of memory");
             goto bad;
         }
-        if (h == 0) {
+        if (!P.ours) {
             buf_free(&b);
-            fail(err, errlen, "%s is not a qalign results %s; refusing to append to it", path,
-                 fmt == RESULTS_CSV ? "CSV (its first line is not qalign's header)" : "JSONL (no line is a result row)");
+            fail(err, errlen, "%s is not a qalign results %s (%s): refusing to append to it (give a new file)", path,
+                 fmt == RESULTS_CSV ? "CSV" : "JSONL", P.why);
             goto bad;
         }
-        if (good < b.n) {
-            if (ftruncate(f->fd, (off_t)good) != 0) {
+        if (P.torn) {
+            if (ftruncate(f->fd, (off_t)P.good) != 0) {
                 fail(err, errlen, "cannot cut the torn last row of %s: %s", path, strerror(errno));
                 buf_free(&b);
                 goto bad;
             }
-            if (dropped) *dropped = b.n - good;
+            if (dropped) *dropped = b.n - P.good;
         }
-        if (fmt == RESULTS_CSV && h == 1) need_header = 0;
+        if (P.good > 0) need_header = 0;
         buf_free(&b);
+    } else if (previous) {
+        fail(err, errlen, "%s is not a regular file: --resume reads the rows already written", path);
+        goto bad;
     }
-    if (need_header && (write_all(f->fd, CSV_HEADER, strlen(CSV_HEADER)) != 0 || fsync(f->fd) != 0)) {
+    if (need_header && write_all(f->fd, CSV_HEADER, strlen(CSV_HEADER)) != 0) {
         fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        goto bad;
+    }
+    if (need_header && fsync(f->fd) != 0 && errno != EINVAL && errno != EROFS) {
+        fail(err, errlen, "cannot sync %s: %s", path, strerror(errno));
         goto bad;
     }
     return f;
@@ -2094,6 +2398,7 @@ struct Labels {
     StrMap by_path;   /* path -> index (last wins) */
     StrMap by_name;   /* basename -> index, or -2 when several labels share it */
     size_t bad_rows;
+    char first_bad[128];   /* why the first of them was left out */
 };
 
 static int ieq(const char *a, const char *b) {
@@ -2129,7 +2434,11 @@ Labels *labels_load(const char *path, char *err, size_t errlen) {
     Fields f = {0};
     int term, first = 1, r;
     size_t pc = 0, mc = 1;
+    size_t line = 0, next_line = 1;
     while ((r = csv_record(s, len, &pos, delim, &f, &term)) == 1) {
+        line = next_line;
+        for (size_t i = 0; i < f.text.n; i++) next_line += f.text.p[i] == '\n'; /* quoted newlines */
+        next_line++;
         if (f.n == 1 && !field(&f, 0)[0]) continue;
         if (first) {
             first = 0;
@@ -2154,7 +2463,15 @@ Labels *labels_load(const char *path, char *err, size_t errlen) {
         }
         double v;
         if (f.n <= pc || f.n <= mc || !field(&f, pc)[0] || parse_double(field(&f, mc), &v) != 0 || !isfinite(v)) {
-            l->bad_rows++;
+            if (!l->bad_rows++) {
+                if (f.n <= pc || f.n <= mc)
+                    snprintf(l->first_bad, sizeof l->first_bad, "line %zu: %zu field%s, no column %zu", line, f.n,
+                             f.n == 1 ? "" : "s", (pc > mc ? pc : mc) + 1);
+                else if (!field(&f, pc)[0]) snprintf(l->first_bad, sizeof l->first_bad, "line %zu: no path", line);
+                else
+                    snprintf(l->first_bad, sizeof l->first_bad, "line %zu: the MOS '%.60s' is not a number", line,
+                             field(&f, mc));
+            }
             continue;
         }
         if (l->n == l->cap) {
@@ -2192,11 +2509,18 @@ Labels *labels_load(const char *path, char *err, size_t errlen) {
         }
     }
     if (l->n == 0) {
+        if (l->bad_rows)
+            fail(err, errlen, "labels file %s: no usable row of the form path,mos (%s)", path, l->first_bad);
+        else fail(err, errlen, "labels file %s: no rows of the form path,mos", path);
         labels_free(l);
-        fail(err, errlen, "labels file %s: no rows of the form path,mos", path);
         return NULL;
     }
     return l;
+}
+
+size_t labels_skipped(const Labels *l, char *why, size_t whylen) {
+    if (why && whylen) snprintf(why, whylen, "%s", l && l->bad_rows ? l->first_bad : "");
+    return l ? l->bad_rows : 0;
 }
 
 void labels_free(Labels *l) {
@@ -2672,6 +2996,33 @@ Report *report_new(const char *path, const char *title, char *err, size_t errlen
         fail(err, errlen, "out of memory");
         return NULL;
     }
+    /* the page is written at the end, to PATH.tmp renamed over PATH: find out now whether
+     * that can be done, rather than after every input was scored */
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        fail(err, errlen, "cannot write the report %s: it is a directory", path);
+        report_free(r);
+        return NULL;
+    }
+    size_t tl = strlen(path) + 8;
+    char *tmp = malloc(tl);
+    if (!tmp) {
+        fail(err, errlen, "out of memory");
+        report_free(r);
+        return NULL;
+    }
+    snprintf(tmp, tl, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), made = fd >= 0;
+    if (fd < 0 && errno == EEXIST) fd = open(tmp, O_WRONLY | O_CLOEXEC); /* left by a killed run: it is rewritten */
+    if (fd < 0) {
+        fail(err, errlen, "cannot write the report %s: %s: %s", path, tmp, strerror(errno));
+        free(tmp);
+        report_free(r);
+        return NULL;
+    }
+    close(fd);
+    if (made) unlink(tmp);
+    free(tmp);
     r->spool = tmpfile();
     if (!r->spool) {
         fail(err, errlen, "cannot create a temporary file for thumbnails: %s", strerror(errno));
@@ -3105,7 +3456,7 @@ void progress_finish(Progress *p) {
 
 struct Sink {
     SinkOptions o;
-    char *task, *scale;
+    char *task, *scale, *model, *prompt, *levels; /* copies of the options' strings */
     ResultsFile *csv, *jsonl;
     RowSet *prev_csv, *prev_jsonl;
     Report *report;
@@ -3116,20 +3467,93 @@ struct Sink {
     char **seen;       /* every path added in this run (owned) */
     size_t nseen, capseen;
     StrMap seen_map;
-    size_t rows, failed, previous;
+    size_t rows, failed;
     EvalResult ev;
     int have_ev;
 };
 
-static int sink_previous_done_count(Sink *s) {
-    const RowSet *p = s->prev_csv ? s->prev_csv : s->prev_jsonl;
-    size_t c = 0;
-    for (size_t i = 0; p && i < rowset_count(p); i++) {
-        const ResultRow *r = rowset_row(p, i);
-        if (rowset_find(p, r->path, s->task) == r && sink_done(s, r->path)) c++;
+/* like, as this run would write it: the sink's task, scale, setup; a video's max_frames. */
+static ResultRow sink_like(const Sink *s, const ResultRow *like) {
+    ResultRow r = *like;
+    r.task = s->task;
+    r.scale = s->scale;
+    r.setup = s->o.setup;
+    r.max_frames = like->kind && strcmp(like->kind, "video") == 0 ? s->o.max_frames : 0;
+    return r;
+}
+
+/* A row (read from a file) made the way this run makes its rows. */
+static int row_is_this_runs(const Sink *s, const ResultRow *r) {
+    ResultRow me = sink_like(s, r);
+    return same_str(r->task, me.task) && same_str(r->scale, me.scale) && r->setup.model && me.setup.model &&
+           same_str(r->setup.model, me.setup.model) && same_str(r->setup.prompt, me.setup.prompt) &&
+           same_str(r->setup.levels, me.setup.levels) && !r->setup.pad == !me.setup.pad &&
+           !r->setup.precise == !me.setup.precise && r->max_frames == me.max_frames;
+}
+
+/* In what row r (of the same path and task) was made otherwise than like: the number of
+ * differences, and the first of them in *what. */
+static int how_changed(const ResultRow *r, const ResultRow *like, const char **what) {
+    int n = 0;
+    *what = "kind";
+#define DIFF(cond, name) if (cond) { if (!n++) *what = name; }
+    DIFF(!r->setup.model || !same_str(r->setup.model, like->setup.model), "model");
+    DIFF(!same_str(r->setup.prompt, like->setup.prompt), "prompt");
+    DIFF(!same_str(r->setup.levels, like->setup.levels), "levels");
+    DIFF(!r->setup.pad != !like->setup.pad, "pad");
+    DIFF(!r->setup.precise != !like->setup.precise, "precise");
+    DIFF(!same_str(r->scale, like->scale), "scale");
+    DIFF(r->max_frames != like->max_frames, "max_frames");
+#undef DIFF
+    return n;
+}
+
+static ResumeState resume_in(const RowSet *set, const ResultRow *like, char *why, size_t whylen) {
+    const ResultRow *r = rowset_find_like(set, like);
+    if (r) {
+        if (!same_input(r, like)) {
+            fail(why, whylen, "%s", !same_str(r->kind, like->kind) ? "kind" : "frames");
+            return RESUME_CHANGED;
+        }
+        if (row_failed(r)) {
+            fail(why, whylen, "failed");
+            return RESUME_FAILED;
+        }
+        return RESUME_DONE;
     }
-    s->previous = c;
-    return 0;
+    if (!(r = rowset_find(set, like->path, like->task))) return RESUME_NEW;
+    /* say how the closest of its rows (fewest differences, the latest of those) was made otherwise */
+    const char *what = "kind", *w;
+    int best = 1 << 30;
+    for (long i = r - set->rows; i >= 0; i = set->earlier[i]) {
+        int n = how_changed(&set->rows[i], like, &w);
+        if (n < best) best = n, what = w;
+    }
+    fail(why, whylen, "%s", what);
+    return RESUME_CHANGED;
+}
+
+ResumeState sink_resume(const Sink *s, const ResultRow *like, char *why, size_t whylen) {
+    if (why && whylen) why[0] = 0;
+    if (!s || !s->o.resume || !like->path) return RESUME_NEW;
+    ResultRow me = sink_like(s, like);
+    const RowSet *sets[2] = {s->prev_csv, s->prev_jsonl};
+    for (int i = 0; i < 2; i++) {
+        if (!sets[i]) continue;
+        ResumeState st = resume_in(sets[i], &me, why, whylen);
+        if (st != RESUME_DONE) return st;
+    }
+    if (!me.kind) { /* a row was reused for an input that cannot be read now: score it (an error) */
+        fail(why, whylen, "kind");
+        return RESUME_CHANGED;
+    }
+    return RESUME_DONE;
+}
+
+static char *copy_opt(const char *s, int *oom) {
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d) *oom = 1;
+    return d;
 }
 
 Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
@@ -3139,36 +3563,47 @@ Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
         return NULL;
     }
     s->o = *o;
-    s->task = strdup(o->task ? o->task : "quality");
-    s->scale = strdup(o->scale ? o->scale : "1-5");
-    if (!s->task || !s->scale) {
-        fail(err, errlen, "out of memory");
-        goto bad;
-    }
+    int oom = 0;
+    s->task = copy_opt(o->task ? o->task : "quality", &oom);
+    s->scale = copy_opt(o->scale ? o->scale : "1-5", &oom);
+    s->model = copy_opt(o->setup.model, &oom);
+    s->prompt = copy_opt(o->setup.prompt, &oom);
+    s->levels = copy_opt(o->setup.levels, &oom);
+    s->o.setup.model = s->model;
+    s->o.setup.prompt = s->prompt;
+    s->o.setup.levels = s->levels;
+    s->o.csv_path = s->o.jsonl_path = s->o.report_path = s->o.title = NULL; /* not kept */
+    if (oom) goto oom;
     if (o->resume && !o->csv_path && !o->jsonl_path) {
         fail(err, errlen, "--resume needs --csv FILE or --jsonl FILE (the results to continue)");
         goto bad;
     }
     if (o->labels_path && !(s->labels = labels_load(o->labels_path, err, errlen))) goto bad;
+    if (o->report_path) { /* before the results files: an unwritable report fails with nothing written */
+        char title[256];
+        if (o->title) snprintf(title, sizeof title, "%s", o->title);
+        else snprintf(title, sizeof title, "qalign %s", s->task);
+        if (!(s->report = report_new(o->report_path, title, err, errlen))) goto bad;
+    }
     size_t dropped;
     char e2[512];
     if (o->csv_path) {
         if (o->resume && !(s->prev_csv = rowset_new())) goto oom;
-        if (!(s->csv = results_open(o->csv_path, RESULTS_CSV, o->resume, s->prev_csv, &dropped, e2, sizeof e2))) {
+        if (!(s->csv = results_open(o->csv_path, RESULTS_CSV, s->prev_csv, &dropped, e2, sizeof e2))) {
             fail(err, errlen, "%s", e2);
             goto bad;
         }
     }
     if (o->jsonl_path) {
         if (o->resume && !(s->prev_jsonl = rowset_new())) goto oom;
-        if (!(s->jsonl = results_open(o->jsonl_path, RESULTS_JSONL, o->resume, s->prev_jsonl, &dropped, e2, sizeof e2))) {
+        if (!(s->jsonl = results_open(o->jsonl_path, RESULTS_JSONL, s->prev_jsonl, &dropped, e2, sizeof e2))) {
             fail(err, errlen, "%s", e2);
             goto bad;
         }
     }
     if (s->csv && s->jsonl && o->resume) {
         /* A run killed between the two writes of a row leaves it in one file only: copy it
-         * over instead of scoring the item again, so both files are complete. */
+         * over instead of scoring the input again, so both files are complete. */
         RowSet *sets[2] = {s->prev_csv, s->prev_jsonl};
         ResultsFile *files[2] = {s->jsonl, s->csv};
         for (int d = 0; d < 2; d++) {
@@ -3176,20 +3611,13 @@ Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
             size_t n0 = rowset_count(from);
             for (size_t i = 0; i < n0; i++) {
                 const ResultRow *r = rowset_row(from, i);
-                if (rowset_find(from, r->path, r->task) != r || row_failed(r) || rowset_done(to, r->path, r->task))
+                if (rowset_find_like(from, r) != r || row_failed(r) || !row_is_this_runs(s, r) || rowset_done_like(to, r))
                     continue;
                 if (results_write(files[d], r, err, errlen) != 0) goto bad;
                 if (rowset_add(to, r) != 0) goto oom;
             }
         }
     }
-    if (o->report_path) {
-        char title[256];
-        if (o->title) snprintf(title, sizeof title, "%s", o->title);
-        else snprintf(title, sizeof title, "qalign %s", s->task);
-        if (!(s->report = report_new(o->report_path, title, err, errlen))) goto bad;
-    }
-    sink_previous_done_count(s);
     return s;
 oom:
     fail(err, errlen, "out of memory");
@@ -3198,14 +3626,6 @@ bad:
     return NULL;
 }
 
-int sink_done(const Sink *s, const char *path) {
-    if (!s || !s->o.resume || (!s->prev_csv && !s->prev_jsonl)) return 0;
-    if (s->prev_csv && !rowset_done(s->prev_csv, path, s->task)) return 0;
-    if (s->prev_jsonl && !rowset_done(s->prev_jsonl, path, s->task)) return 0;
-    return 1;
-}
-
-size_t sink_previous(const Sink *s) { return s ? s->previous : 0; }
 size_t sink_failures(const Sink *s) { return s ? s->failed : 0; }
 
 static int sink_eval_push(Sink *s, const char *path, double score) {
@@ -3225,15 +3645,23 @@ static int sink_eval_push(Sink *s, const char *path, double score) {
     return 0;
 }
 
+/* A retry (resume) that fails as the row it retries did: that file gets no second row. */
+static int same_failure_as_before(const RowSet *prev, const ResultRow *r) {
+    const ResultRow *p = prev && row_failed(r) ? rowset_find_like(prev, r) : NULL;
+    return p && row_failed(p) && same_str(p->error, r->error) && same_str(p->kind, r->kind);
+}
+
 int sink_add(Sink *s, const ResultRow *row, const Image *img, char *err, size_t errlen) {
     ResultRow r = *row;
     if (!r.task) r.task = s->task;
     if (!r.scale) r.scale = s->scale;
+    if (!r.setup.model) r.setup = s->o.setup;
+    if (!r.max_frames && r.kind && strcmp(r.kind, "video") == 0) r.max_frames = s->o.max_frames;
     int rc = 0;
     s->rows++;
     if (row_failed(&r)) s->failed++;
-    if (s->csv && results_write(s->csv, &r, err, errlen) != 0) rc = -1;
-    if (s->jsonl && results_write(s->jsonl, &r, err, errlen) != 0) rc = -1;
+    if (s->csv && !same_failure_as_before(s->prev_csv, &r) && results_write(s->csv, &r, err, errlen) != 0) rc = -1;
+    if (s->jsonl && !same_failure_as_before(s->prev_jsonl, &r) && results_write(s->jsonl, &r, err, errlen) != 0) rc = -1;
     if (s->report && report_add(s->report, &r, img, err, errlen) != 0) rc = -1;
     if (!row_failed(&r) && sink_eval_push(s, r.path, r.score) != 0) rc = fail(err, errlen, "out of memory");
     if (s->nseen == s->capseen) {
@@ -3253,13 +3681,12 @@ int sink_add(Sink *s, const ResultRow *row, const Image *img, char *err, size_t 
 int sink_finish(Sink *s, FILE *msg, char *err, size_t errlen) {
     int rc = 0;
     char e2[512];
-    /* rows from the earlier run(s) that this run did not redo */
+    /* rows of earlier runs, made the way this run makes them, that this run did not redo */
     const RowSet *p = s->prev_csv ? s->prev_csv : s->prev_jsonl;
     size_t n_prev_ok = 0, n_prev_bad = 0;
     for (size_t i = 0; p && i < rowset_count(p); i++) {
         const ResultRow *r = rowset_row(p, i);
-        if (!r->task || strcmp(r->task, s->task) != 0) continue;
-        if (rowset_find(p, r->path, s->task) != r) continue; /* superseded by a later row */
+        if (!row_is_this_runs(s, r) || rowset_find_like(p, r) != r) continue; /* another way, or superseded */
         if (strmap_get(&s->seen_map, r->path, strlen(r->path)) >= 0) continue;
         if (row_failed(r)) n_prev_bad++;
         else n_prev_ok++;
@@ -3267,6 +3694,10 @@ int sink_finish(Sink *s, FILE *msg, char *err, size_t errlen) {
         if (!row_failed(r) && sink_eval_push(s, r->path, r->score) != 0) rc = fail(err, errlen, "out of memory");
     }
     if (s->labels) {
+        char why[256];
+        size_t skipped = labels_skipped(s->labels, why, sizeof why);
+        if (skipped && msg)
+            fprintf(msg, "eval: %zu line%s of %s left out (%s)\n", skipped, skipped == 1 ? "" : "s", s->o.labels_path, why);
         if (eval_run(s->labels, (const char *const *)s->paths, s->scores, s->n, &s->ev, e2, sizeof e2) == 0) {
             s->have_ev = 1;
             if (msg) eval_print(msg, &s->ev, s->o.labels_path);
@@ -3315,5 +3746,8 @@ void sink_free(Sink *s) {
     strmap_free(&s->seen_map);
     free(s->task);
     free(s->scale);
+    free(s->model);
+    free(s->prompt);
+    free(s->levels);
     free(s);
 }

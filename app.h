@@ -11,10 +11,11 @@
  *
  *  Inputs     An argument is a file, a directory (walked recursively) or @LIST (a text
  *             file, one path per line; blank lines and lines starting with # are
- *             skipped, leading/trailing blanks and a CR are trimmed, relative paths are
- *             relative to the current directory, a line is always a path - never a
- *             nested @list; @- reads the list from stdin). A path that starts with @ is
- *             given as ./@name.
+ *             skipped - a comment line that names an existing file gives a warning
+ *             (ItemList.warning), write ./#name for such a file -, leading/trailing blanks
+ *             and a CR are trimmed, relative paths are relative to the current directory
+ *             (not to the list's), a line is always a path - never a nested @list; @-
+ *             reads the list from stdin). A path that starts with @ is given as ./@name.
  *             Kinds come from the content, never the name: images by image_sniff()
  *             (PNG, JPEG, BMP, PNM); videos by container magic (MP4/MOV/3GP "ftyp" or
  *             a QuickTime atom, Matroska/WebM 1A45DFA3, AVI "RIFF....AVI ", MPEG-TS
@@ -54,22 +55,32 @@
  *             frame is in memory at a time, and ffmpeg is stopped after the last one.
  *             The stream is the first video stream that is not cover art.
  *  Results    CSV columns / JSONL keys (always all of them, in this order):
- *               path,task,kind,frames,score,scale,p_excellent,p_good,p_fair,p_poor,p_bad,error
- *             A failed row has an empty score and probabilities (null in JSONL) and the
+ *               path,task,kind,frames,score,std,scale,p_excellent..p_bad,
+ *               logit_excellent..logit_bad,error,model,prompt,levels,pad,precise,max_frames
+ *             The last six say how the row was made (RowSetup; max_frames only on a video's
+ *             row). A failed row has an empty score and probabilities (null in JSONL) and the
  *             message in error (error is empty / null on success). CSV is RFC 4180
- *             (fields with , " CR LF are quoted, quotes doubled), bytes as they are. JSONL
- *             is UTF-8; bytes of a path that are not valid UTF-8 are written as \udcXX
- *             (Python's surrogateescape: os.fsencode(json.loads(line)["path"]) gives the
- *             original bytes back). Each row is one write() on an O_APPEND descriptor,
- *             then fsync(): a killed run loses at most the row in flight.
- *  Resume     Opening with resume keeps the file; a last row without its newline (the
- *             run was killed while writing it) is cut off. The header of a non-empty
- *             CSV must be qalign's, else it is refused. An item is done when, in every
- *             results file given, the last row with its path and task has no error:
- *             failed items are retried, and a later row supersedes an earlier one. With
- *             both --csv and --jsonl, a row found in one file only (killed between the two
- *             writes, or a file added later) is copied to the other, not scored again.
- *             Without resume the file is created or truncated.
+ *             (fields with , " CR LF are quoted, quotes doubled), bytes as they are; true /
+ *             false for pad and precise, as in JSON. JSONL is UTF-8; bytes of a path that are
+ *             not valid UTF-8 are written as \udcXX (Python's surrogateescape:
+ *             os.fsencode(json.loads(line)["path"]) gives the original bytes back). Each row
+ *             is one write() on an O_APPEND descriptor, then fsync(): a killed run loses at
+ *             most the row in flight.
+ *  Appending  A results file is never truncated: rows are appended to what is there. An
+ *             existing file must be qalign's (a CSV whose first line is this header; a JSONL
+ *             with at least one row and nothing after its last newline that is not the start
+ *             of a row), else it is refused untouched. A last row without its newline (the
+ *             run was killed while writing it) is cut off; so is a CSV that holds nothing
+ *             but the start of the header.
+ *  Resume     With resume the rows already there are read. A row is reused for an input
+ *             when it is the last row with the input's path, task, scale and setup (model,
+ *             prompt, levels, pad, precise, and a video's max_frames), its kind is the
+ *             input's, a frame set's frame count is the same, and it has no error - in every
+ *             results file given. Otherwise the input is scored again: sink_resume() says
+ *             whether it is new, failed before, or was scored another way (and how). A retry
+ *             that fails with the same error as the row it retries adds no row. With both
+ *             --csv and --jsonl, a reusable row found in one file only (killed between the
+ *             two writes, or a file added later) is copied to the other, not scored again.
  *  Eval       labels CSV: path,mos (header optional: a first row whose second field is
  *             not a number; a header may name the columns, e.g. "image,score,...").
  *             A result matches a label by its path as written (after normalisation),
@@ -83,35 +94,29 @@
  *             encoded here) as data: URIs, no external URL, items sorted by score
  *             (descending, then path), five probability bars each, failed items in an
  *             error table. Thumbnails are spooled to a temporary file as they come, so
- *             memory does not grow with them; the page is written to PATH.tmp then renamed.
+ *             memory does not grow with them; the page is written to PATH.tmp then renamed
+ *             over PATH (a report is replaced, not appended to). report_new() creates and
+ *             removes PATH.tmp, so an unwritable place fails before anything is scored.
+ *             With resume, the earlier rows made the same way are in it too.
  *
- * How main() uses it (tests/test_app.c `batch` is a working version with a fake scorer):
+ * How cli.c uses it:
  *
  *   ItemList L = {0};
  *   inputs_expand(inputs, n_inputs, NULL, &L, err, sizeof err)      (-1: fatal)
  *   if (--shard I/N) items_shard(&L, I, N);
- *   Sink *s = sink_open(&(SinkOptions){csv, jsonl, report, labels, resume, task, scale}, ...)
+ *   Sink *s = sink_open(&(SinkOptions){csv, jsonl, report, labels, resume, task, scale, setup}, ...)
  *   int have_video = video_available(why, sizeof why);
  *   Progress pg;  progress_start(&pg, L.n, quiet);
  *   for each Item *it in L:
- *       if (sink_done(s, it->path)) { progress_skip(&pg); continue; }
+ *       if (sink_resume(s, &(ResultRow){path, kind, ...}, ...) == RESUME_DONE) { progress_skip(&pg); continue; }
  *       progress_begin_item(&pg, it->path);
- *       ResultRow row = {.path = it->path, .task = task, .scale = scale};
- *       ITEM_ERROR: row.error = it->error
- *       ITEM_IMAGE: row.kind = "image"; image_load -> preprocess -> score; keep the Image
- *       ITEM_VIDEO: row.kind = "video"; if !have_video: row.error = why + video_unavailable_hint()
- *                   video_plan(path, max_frames, &plan); plan.n == 0 -> error (clip < 1 s);
- *                   plan.n frames -> allocate pixels for plan.n frames (known before decoding);
- *                   video_read(&plan, cb, ...) where cb preprocesses frame k into slot k
- *                   (and copies frame 0 for the thumbnail); score_frames(n = plan.n)
+ *       score it (ITEM_IMAGE, ITEM_VIDEO via video_plan/video_read) or take it->error
  *       errors: progress_note(&pg, "qalign: error: %s: %s", path, msg)
- *       results on stdout: progress_clear(&pg); print_result(...)
+ *       results on stdout: progress_clear(&pg); print the row
  *       sink_add(s, &row, decoded_image_or_NULL, err, sizeof err)   (-1: disk full etc.: fatal)
  *       progress_update(&pg, row.error == NULL)
  *   progress_finish(&pg);  sink_finish(s, stderr, err, sizeof err);  sink_free(s);
- *   exit status: 1 if sink_failures(s) (or any item failed), else 0.
- *   --video FRAME... / --frames DIR: inputs_expand(&DIR, 1, &(ExpandOptions){.natural_sort=1})
- *   gives the frames in order; they are one item (row.kind = "frames", row.frames = count).
+ *   --video FRAME... / --frames DIR: one item (row.kind = "frames", row.frames = count).
  */
 #ifndef QALIGN_APP_H
 #define QALIGN_APP_H
@@ -144,6 +149,8 @@ typedef struct {
     Item *items;        /* sorted, deduplicated */
     size_t n, cap;
     size_t n_skipped;   /* directory entries left out (not media, hidden, special files) */
+    size_t n_comments;  /* @list lines skipped as comments */
+    char *warning;      /* NULL, or (malloc'ed) about a comment line that names an existing file */
 } ItemList;
 
 typedef struct {
@@ -171,6 +178,12 @@ void items_shard(ItemList *l, int index, int count);
 
 /* ======================================================================================
  * 2. Video (ffmpeg/ffprobe as external programs) */
+
+/* ffmpeg and ffprobe are stopped (and the input fails, saying so) when they write nothing on
+ * their output for this many seconds, or do not exit that long after it ended; <= 0: wait
+ * forever. Default VIDEO_DEFAULT_TIMEOUT. Process-wide (the command's --ffmpeg-timeout). */
+#define VIDEO_DEFAULT_TIMEOUT 600
+void video_set_timeout(double seconds);
 
 /* 1 when both ffmpeg and ffprobe are found (on PATH, or QALIGN_FFMPEG / QALIGN_FFPROBE
  * name the programs), else 0 with a reason in why. */
@@ -246,9 +259,21 @@ int video_read(const VideoPlan *plan, VideoFrameFn fn, void *user, char *err, si
 extern const char *const APP_LEVEL_NAMES[APP_LEVELS]; /* excellent good fair poor bad */
 #define APP_MAX_LEVELS 16
 
+/* How a result was made: each row records it, and --resume reuses only rows made the same
+ * way. model == NULL: unknown (the six fields are written empty / null, and such a row is
+ * never reused). */
+typedef struct {
+    const char *model;      /* qalign_describe().model_id */
+    const char *prompt;     /* the prompt template (with <|image|>, {task}, {input}) */
+    const char *levels;     /* "word=weight,..." */
+    int pad;                /* 1: padded to a square (expand2square), 0: --no-pad */
+    int precise;            /* 1: --precise */
+} RowSetup;
+
 /* One result, as every output writes it (stdout --json, --csv, --jsonl, the report): the
  * same field names everywhere. JSON: one flat object, keys in this order
  *   path task kind frames score std scale p_<word>... logit_<word>... error
+ *   model prompt levels pad precise max_frames
  * (score, std, p_*, logit_* null and error a string on a failed row); CSV: the same columns,
  * for the five default level words. */
 typedef struct {
@@ -270,6 +295,8 @@ typedef struct {
     int n_anchors;          /* > 0: a comparison scorer's row (Compare2Score): "anchor_prefs": [the
                                image's preference over each anchor] before "error" */
     const float *anchor_prefs;
+    RowSetup setup;         /* what made it */
+    int max_frames;         /* a video's --max-frames (0: none, and on other rows) */
 } ResultRow;
 
 typedef enum { RESULTS_CSV = 0, RESULTS_JSONL = 1 } ResultsFormat;
@@ -280,20 +307,22 @@ RowSet *rowset_new(void);
 void rowset_free(RowSet *s);
 size_t rowset_count(const RowSet *s);              /* rows, in file order */
 const ResultRow *rowset_row(const RowSet *s, size_t i);
-/* The last row for (path, task), or NULL. */
+/* The last row for (path, task), whatever made it, or NULL. */
 const ResultRow *rowset_find(const RowSet *s, const char *path, const char *task);
-/* 1 iff that last row exists and has no error. */
-int rowset_done(const RowSet *s, const char *path, const char *task);
+/* The last row with like's path, task, scale, setup and max_frames, or NULL. */
+const ResultRow *rowset_find_like(const RowSet *s, const ResultRow *like);
+/* 1 iff that row exists, has no error, and has like's kind (and frame count if "frames"). */
+int rowset_done_like(const RowSet *s, const ResultRow *like);
 /* Add a copy of a row (used by the readers; handy for tests). */
 int rowset_add(RowSet *s, const ResultRow *row);
 
 typedef struct ResultsFile ResultsFile;
 
-/* Open a results file. resume == 0: create/truncate and write the CSV header. resume == 1:
- * read the rows already there into `previous` (may be NULL), cut a torn last row, then
- * append. *dropped (may be NULL) gets the number of bytes cut. */
-ResultsFile *results_open(const char *path, ResultsFormat fmt, int resume, RowSet *previous,
-                          size_t *dropped, char *err, size_t errlen);
+/* Open a results file for appending (created if missing; see "Appending" above). The rows
+ * already there go into previous (may be NULL: checked, not kept). *dropped (may be NULL)
+ * gets the number of bytes of a torn last row that were cut. */
+ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous, size_t *dropped, char *err,
+                          size_t errlen);
 /* Append one row, one write() + fsync(). */
 int results_write(ResultsFile *f, const ResultRow *row, char *err, size_t errlen);
 int results_close(ResultsFile *f, char *err, size_t errlen);
@@ -301,6 +330,10 @@ int results_close(ResultsFile *f, char *err, size_t errlen);
  * the last row was incomplete. Rows that do not parse are skipped and counted in *bad. */
 int results_read(const char *path, ResultsFormat fmt, RowSet *into, int *torn, size_t *bad,
                  char *err, size_t errlen);
+/* The same on bytes in memory (the fuzz harness's entry): -1 for a file that is not a
+ * results file of this format (reason in err) or out of memory. */
+int results_parse(const char *data, size_t len, ResultsFormat fmt, RowSet *into, int *torn, size_t *bad,
+                  char *err, size_t errlen);
 /* Format one row (no file): CSV line or JSON line, with its '\n'. Returns malloc'ed text. */
 char *results_format_row(ResultsFormat fmt, const ResultRow *row);
 const char *results_csv_header(void); /* with its '\n' */
@@ -320,6 +353,7 @@ typedef struct {
     char scale[64];         /* "1-5", "0-1", "0-100" (--scale), or the own range ("1-5" by default) */
     int n_levels;
     const char *words[APP_MAX_LEVELS]; /* the level words (the context's strings) */
+    RowSetup setup;         /* what makes the rows (every row records it; model NULL: unknown) */
 } RowStyle;
 /* scale: "1-5", "0-1", "0-100", or NULL for the score's own range. -1 (nothing set) for
  * another string. */
@@ -329,6 +363,21 @@ int row_style_init(RowStyle *s, const char *task, const char *scale, int n_level
  * points into s, path, kind and error. */
 ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,
                           const char *error);
+/* The setup of a context's rows: the model's id (qalign_describe), the context's prompt
+ * template and levels (qalign_ctx_describe), each one line (backslash, newline, CR, tab written as \\ \n \r \t,
+ * so a CSV row stays one line and the text is exact), pad, precise. Strings malloc'ed (free
+ * with row_setup_free); -1: out of memory. */
+int row_setup_make(RowSetup *su, const char *model_id, const qalign_ctx_info *ci);
+void row_setup_free(RowSetup *su);
+/* The same from an opened model and a context (in the header, so that app.c needs nothing
+ * of the library). */
+static inline int row_setup_of(RowSetup *su, const qalign_model *m, const qalign_ctx *c) {
+    qalign_info mi;
+    qalign_ctx_info ci;
+    qalign_describe(m, &mi);
+    qalign_ctx_describe(c, &ci);
+    return row_setup_make(su, mi.model_id, &ci);
+}
 
 /* ======================================================================================
  * 4. Evaluation */
@@ -344,6 +393,9 @@ typedef struct Labels Labels;
 Labels *labels_load(const char *path, char *err, size_t errlen);
 void labels_free(Labels *l);
 size_t labels_count(const Labels *l);
+/* Lines that were left out (no path, or a MOS that is not a finite number); why gets the
+ * first of them ("line 3: MOS 'good' is not a number"). */
+size_t labels_skipped(const Labels *l, char *why, size_t whylen);
 
 typedef struct {
     size_t n_results;       /* results offered (successful rows) */
@@ -435,25 +487,36 @@ typedef struct {
     const char *labels_path; /* --eval FILE, or NULL */
     int resume;              /* --resume (needs csv_path or jsonl_path) */
     const char *task;        /* "quality" / "aesthetics": resume and eval use rows of this task */
-    const char *scale;       /* "1-5" / "0-1": shown in the report */
+    const char *scale;       /* "1-5" / "0-1": shown in the report; resume compares it */
     const char *title;       /* report title (NULL: "qalign <task>") */
+    RowSetup setup;          /* what makes this run's rows (rows added without one get it) */
+    int max_frames;          /* --max-frames: videos' rows get it */
 } SinkOptions;               /* strings are copied, except labels_path: keep it until sink_finish */
 
 typedef struct Sink Sink;
-/* Open the files and load the labels; with resume, read the rows already written. */
+/* Open the files (appending) and load the labels; with resume, read the rows already written. */
 Sink *sink_open(const SinkOptions *o, char *err, size_t errlen);
-/* 1 when resuming and path is done in every results file (skip it). */
-int sink_done(const Sink *s, const char *path);
+
+typedef enum {
+    RESUME_NEW = 0,     /* no row for this path and task (or not resuming) */
+    RESUME_DONE = 1,    /* a reusable row: skip the input */
+    RESUME_FAILED = 2,  /* the last row made this way is an error: retry */
+    RESUME_CHANGED = 3  /* rows made another way only (why says how) */
+} ResumeState;
+/* What --resume does with an input: like gives its path, kind ("image", "video", "frames",
+ * NULL for an input that cannot be read) and, for "frames", the frame count; task, scale,
+ * setup and max_frames are the sink's. why (may be NULL) gets, for RESUME_CHANGED, the
+ * first difference as one word: "model", "prompt", "levels", "pad", "precise", "scale",
+ * "max_frames", "kind" or "frames"; for RESUME_FAILED "failed". */
+ResumeState sink_resume(const Sink *s, const ResultRow *like, char *why, size_t whylen);
 /* Rows that failed in this run (for the exit status). */
 size_t sink_failures(const Sink *s);
-/* Number of items found done when opening (for a message). */
-size_t sink_previous(const Sink *s);
 /* Record one result: results files, report (thumbnail from img if given), eval. A row with
- * task or scale NULL gets the sink's. -1 means a results file could not be written (disk
- * full...): stop the run, the files hold everything up to the previous row. */
+ * task, scale or setup.model NULL gets the sink's. -1 means a results file could not be
+ * written (disk full...): stop the run, the files hold everything up to the previous row. */
 int sink_add(Sink *s, const ResultRow *row, const Image *img, char *err, size_t errlen);
-/* End of run: add the earlier rows (resume) to eval and report, write the report, print the
- * eval summary to msg (if labels were given; msg may be NULL), close files. */
+/* End of run: add the earlier rows made the same way (resume) to eval and report, write the
+ * report, print the eval summary to msg (if labels were given; msg may be NULL), close files. */
 int sink_finish(Sink *s, FILE *msg, char *err, size_t errlen);
 /* The evaluation computed by sink_finish (0 if there was none). */
 int sink_eval(const Sink *s, EvalResult *out);

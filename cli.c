@@ -94,14 +94,19 @@ static void usage(FILE *f) {
     fprintf(f, /* (in parts: ISO C compilers need not take string literals over 4095 bytes) */
             "output:\n"
             "  --json                  one JSON object per line on stdout (the --jsonl row)\n"
-            "  --csv FILE, --jsonl FILE  append one row per input (flushed as it comes)\n"
-            "  --resume                skip inputs already in the --csv/--jsonl file(s)\n"
+            "  --csv FILE, --jsonl FILE  append one row per input (synced as it comes; never truncated;\n"
+            "                          each row says how it was made: model, prompt, levels, pad, ...)\n"
+            "  --resume                skip inputs that have a good row made the same way in the\n"
+            "                          --csv/--jsonl file(s); failed ones and ones made another way\n"
+            "                          are scored again\n"
             "  --shard I/N             score only the I-th of N deterministic slices of the inputs\n"
             "  --eval LABELS.csv       print SRCC/PLCC/KRCC against path,mos labels\n"
             "  --report FILE.html      a self-contained gallery sorted by score\n"
             "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
-            "  --timings               seconds per stage on stderr, after each batch (cumulative)\n"
-            "                          and at the end\n"
+            "  --timings               seconds per stage on stderr, after each decoder batch (and each\n"
+            "                          video; cumulative) and at the end\n"
+            "  --ffmpeg-timeout S      stop ffmpeg/ffprobe when they stay silent for S seconds (the\n"
+            "                          video fails; default %d; 0 = never)\n"
             "  -q, --quiet             no progress line\n"
             "  --threads N             OpenMP threads (default: all cores)\n"
             "  --batch N               images per decoder pass (default 8): each decoder weight is\n"
@@ -110,7 +115,8 @@ static void usage(FILE *f) {
             "                          the kernel allows) instead of mapping the file: faster per\n"
             "                          image where page faults are slow (VMs), for long runs; the\n"
             "                          copy is not shared with other processes\n"
-            "  -h, --help              this help\n");
+            "  -h, --help              this help\n",
+            VIDEO_DEFAULT_TIMEOUT);
     fprintf(f,
             "other commands:\n"
             "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
@@ -121,7 +127,10 @@ static void usage(FILE *f) {
             "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
             "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
             "                                          pad to square and resize as the model sees it\n"
-            "\npresets (prompt, levels = word=weight, padding; where the original has them):\n");
+            "\nINPUT lists: @LIST has one path per line, relative to the current directory; blanks\n"
+            "around a line are trimmed; blank lines and lines starting with # are skipped. Outputs that\n"
+            "are the same file as an input, the model, the labels or another output are refused.\n");
+    fprintf(f, "\npresets (prompt, levels = word=weight, padding; where the original has them):\n");
     int n;
     const qalign_preset *pr = qalign_presets(&n);
     for (int i = 0; i < n; i++) {
@@ -179,6 +188,7 @@ typedef struct {
     const char *shard;      /* --shard I/N */
     int batch;              /* --batch: images per decoder pass */
     const char *compare[2]; /* --compare A B */
+    double ffmpeg_timeout;  /* --ffmpeg-timeout */
 } Options;
 
 /* --compare: one model's scores, by input */
@@ -237,9 +247,13 @@ static void npy_stage(void *user, const qalign_stage *st) {
         for (int i = 0; i < pad; i++) fputc(' ', f);
         fputc('\n', f);
     }
+    errno = 0;
     size_t wrote = fwrite(st->data, elem, n, f);
-    if (fclose(f) != 0 || wrote != n) {
-        snprintf(app->dump_err, sizeof app->dump_err, "writing %s failed: %s", path, strerror(errno ? errno : EIO));
+    int e = wrote != n || ferror(f) ? errno : 0; /* the reason of a failed write (disk full...) */
+    if (fflush(f) != 0 && !e) e = errno ? errno : EIO;
+    if (fclose(f) != 0 && !e) e = errno ? errno : EIO;
+    if (e || wrote != n) {
+        snprintf(app->dump_err, sizeof app->dump_err, "writing %s failed: %s", path, strerror(e ? e : EIO));
         app->dump_failed = 1;
     }
 }
@@ -248,7 +262,15 @@ static void npy_stage(void *user, const qalign_stage *st) {
 
 /* The row of a result (or an error) as every output writes it. */
 static ResultRow make_row(const App *app, const char *path, const char *kind, const qalign_result *r, const char *error) {
-    return row_from_result(&app->rs, path, kind, r, error);
+    ResultRow row = row_from_result(&app->rs, path, kind, r, error);
+    row.max_frames = kind && !strcmp(kind, "video") ? (int)app->o.max_frames : 0;
+    return row;
+}
+
+/* A failed write to stdout ends the run at once (the results would be lost), with the reason. */
+static void check_stdout(void) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) die("cannot write to stdout: %s", strerror(errno ? errno : EIO));
 }
 
 static void print_row(App *app, const ResultRow *row) {
@@ -264,7 +286,21 @@ static void print_row(App *app, const ResultRow *row) {
         if (row->per_frame) printf("  %s [frame %d]\n", row->path, row->frame);
         else printf("  %s\n", row->path);
     }
-    fflush(stdout);
+    check_stdout();
+}
+
+/* At exit: stdout flushed and closed without an error, and nothing lost on stderr; else 1
+ * (with the reason, where stderr still works). */
+static int close_outputs(int status) {
+    errno = 0;
+    int bad = fflush(stdout) != 0 || ferror(stdout), e = errno;
+    if (fclose(stdout) != 0 && !bad) bad = 1, e = errno;
+    if (bad) {
+        fprintf(stderr, "qalign: error: cannot write to stdout: %s\n", strerror(e ? e : EIO));
+        status = 1;
+    }
+    if (fflush(stderr) != 0 || ferror(stderr)) status = 1;
+    return status;
 }
 
 static void collect(App *app, const char *path, double score, int ok) {
@@ -293,9 +329,9 @@ static void record(App *app, const char *path, const char *kind, const qalign_re
     if (app->collect) {
         collect(app, path, error ? NAN : row.score, !error);
     } else {
-        if (!error || app->o.json) print_row(app, &row);
-        char err[512];
+        char err[512]; /* the files first: if stdout then fails, the row is kept */
         if (app->sink && sink_add(app->sink, &row, thumb, err, sizeof err) != 0) die("%s", err);
+        if (!error || app->o.json) print_row(app, &row);
     }
     progress_update(&app->pg, error == NULL);
 }
@@ -317,8 +353,10 @@ static void note_timings(App *app) {
     if (!app->o.timings) return;
     qalign_timings t;
     qalign_ctx_timings(app->ctx, &t);
-    progress_note(&app->pg, "qalign: timings after %d batches: preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
-                  "decoder %.3f s", ++app->batches, t.preprocess, t.vision, t.abstractor, t.decoder);
+    ++app->batches;
+    progress_note(&app->pg, "qalign: timings after %d batch%s: preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
+                  "decoder %.3f s", app->batches, app->batches == 1 ? "" : "es", t.preprocess, t.vision, t.abstractor,
+                  t.decoder);
 }
 
 /* ---- scoring ---------------------------------------------------------------------------- */
@@ -479,8 +517,8 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
         video_plan_free(&plan);
         return;
     }
-    progress_note(&app->pg, "qalign: %s: %lld frames (%.3f fps, %lld frames in the file)%s; buffers %.0f MB", path,
-                  (long long)plan.n, plan.info.fps, (long long)plan.info.frame_count,
+    progress_note(&app->pg, "qalign: %s: %lld frame%s (%.3f fps, %lld in the file)%s; buffers %.0f MB", path,
+                  (long long)plan.n, plan.n == 1 ? "" : "s", plan.info.fps, (long long)plan.info.frame_count,
                   plan.subsampled ? ", subsampled by --max-frames (deviates from the original)" : "",
                   qalign_ctx_bytes(app->ctx) / 1e6);
     VideoCtx v = {app, {0}};
@@ -516,6 +554,9 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
         else die("unexpected argument '%s' (try --help)", argv[i]);
     }
     if (!in || !out) die("usage: qalign %s FILE OUT.ppm", preprocess ? "--preprocess-only [--size N]" : "--decode");
+    struct stat si, so;
+    if (stat(in, &si) == 0 && stat(out, &so) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
+        die("%s is the input file: refusing to write over it", out);
     char err[256];
     Image img = {0}, res = {0};
     if (image_load(in, &img, err, sizeof err) != 0) die("%s: %s", in, err);
@@ -561,6 +602,134 @@ static void cmd_tokenize(const qalign_model *m, const char *text) {
     free(ids);
 }
 
+/* ---- outputs that would write over inputs ---------------------------------------------- */
+
+/* A file qalign writes: an existing regular file is known by device and inode; one still to
+ * be made by its directory's device and inode and its name. Other things (a terminal,
+ * /dev/null, a pipe) are not compared. */
+typedef struct {
+    const char *what, *path;
+    int kind;               /* 0: not compared, 1: exists, 2: to be made */
+    dev_t dev;
+    ino_t ino;
+    char base[256];
+} OutFile;
+
+static OutFile out_file(const char *what, const char *path) {
+    OutFile f = {what, path, 0, 0, 0, ""};
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISREG(st.st_mode)) f.kind = 1, f.dev = st.st_dev, f.ino = st.st_ino;
+        return f;
+    }
+    if (errno != ENOENT) return f;
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    char dir[4096];
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (!*base || strlen(base) >= sizeof f.base || stat(dir, &st) != 0) return f;
+    f.kind = 2, f.dev = st.st_dev, f.ino = st.st_ino;
+    snprintf(f.base, sizeof f.base, "%s", base);
+    return f;
+}
+
+static int same_out(const OutFile *a, const OutFile *b) {
+    return a->kind && a->kind == b->kind && a->dev == b->dev && a->ino == b->ino &&
+           (a->kind == 1 || strcmp(a->base, b->base) == 0);
+}
+
+static void name_out(const OutFile *f, char *buf, size_t len) {
+    if (!strcmp(f->what, "stdout")) snprintf(buf, len, "stdout");
+    else snprintf(buf, len, "%s %s", f->what, f->path);
+}
+
+/* Refuse to start when an output is another output, or an existing file that is read as
+ * input (what: "the model", "the input", ...). */
+static void check_outputs(const OutFile *out, int n_out, const char *const *in_what, const char *const *in_path,
+                          size_t n_in) {
+    char a[4200], b[4200];
+    for (int i = 0; i < n_out; i++)
+        for (int j = i + 1; j < n_out; j++)
+            if (same_out(&out[i], &out[j])) {
+                name_out(&out[i], a, sizeof a);
+                name_out(&out[j], b, sizeof b);
+                die("%s and %s are the same file: refusing to start", a, b);
+            }
+    for (size_t k = 0; k < n_in; k++) {
+        struct stat st;
+        if (stat(in_path[k], &st) != 0) continue;
+        for (int i = 0; i < n_out; i++)
+            if (out[i].kind == 1 && out[i].dev == st.st_dev && out[i].ino == st.st_ino) {
+                name_out(&out[i], a, sizeof a);
+                die("%s is %s %s: refusing to write over it", a, in_what[k], in_path[k]);
+            }
+    }
+}
+
+static OutFile stdout_file(void) {
+    OutFile f = {"stdout", "stdout", 0, 0, 0, ""};
+    struct stat st;
+    if (fstat(1, &st) == 0 && S_ISREG(st.st_mode)) f.kind = 1, f.dev = st.st_dev, f.ino = st.st_ino;
+    return f;
+}
+
+/* ---- --resume: what is reused, what is scored again and why ------------------------------ */
+
+static const char *const CHANGE_WORDS[] = {"model", "prompt", "levels", "pad", "precise", "scale", "max_frames", "kind",
+                                           "frames"};
+#define N_CHANGE (sizeof CHANGE_WORDS / sizeof CHANGE_WORDS[0])
+
+typedef struct {
+    size_t total, done, fresh, failed, changed, video_sets;
+    size_t why[N_CHANGE];
+} ResumeTally;
+
+/* The state of one input; done ones are skipped. */
+static ResumeState resume_state(App *app, ResumeTally *t, const char *path, const char *kind, int frames) {
+    char why[32];
+    ResultRow like = {.path = path, .kind = kind, .frames = frames};
+    ResumeState st = sink_resume(app->sink, &like, why, sizeof why);
+    if (st == RESUME_DONE && app->o.video) { /* a --video row is named after its first frame only */
+        st = RESUME_CHANGED;
+        t->video_sets++;
+    } else if (st == RESUME_CHANGED)
+        for (size_t i = 0; i < N_CHANGE; i++)
+            if (!strcmp(why, CHANGE_WORDS[i])) t->why[i]++;
+    t->total++;
+    if (st == RESUME_DONE) t->done++;
+    else if (st == RESUME_FAILED) t->failed++;
+    else if (st == RESUME_CHANGED) t->changed++;
+    else t->fresh++;
+    return st;
+}
+
+static void resume_say(const ResumeTally *t) {
+    char line[2048]; /* at most about 400 characters are written */
+    int n = snprintf(line, sizeof line, "qalign: resume: %zu of %zu input%s done before (rows reused)", t->done, t->total,
+                     t->total == 1 ? "" : "s");
+    size_t todo = t->total - t->done;
+    if (todo) {
+        n += snprintf(line + n, sizeof line - (size_t)n, "; %zu to score:", todo);
+        const char *sep = "";
+        if (t->fresh) n += snprintf(line + n, sizeof line - (size_t)n, "%s %zu new", sep, t->fresh), sep = ",";
+        if (t->failed)
+            n += snprintf(line + n, sizeof line - (size_t)n, "%s %zu failed before (retried)", sep, t->failed), sep = ",";
+        if (t->changed - t->video_sets) {
+            n += snprintf(line + n, sizeof line - (size_t)n, "%s %zu with rows made another way only (", sep,
+                          t->changed - t->video_sets);
+            const char *s2 = "";
+            for (size_t i = 0; i < N_CHANGE; i++)
+                if (t->why[i]) n += snprintf(line + n, sizeof line - (size_t)n, "%sother %s: %zu", s2, CHANGE_WORDS[i], t->why[i]), s2 = ", ";
+            n += snprintf(line + n, sizeof line - (size_t)n, ")"), sep = ",";
+        }
+        if (t->video_sets)
+            snprintf(line + n, sizeof line - (size_t)n, "%s a --video set (scored again: its row is named after its "
+                     "first frame only)", sep);
+    }
+    fprintf(stderr, "%s\n", line);
+}
+
 /* ---- main ------------------------------------------------------------------------------- */
 
 /* Open a model file and make the scoring context of the options (decoding --anchors). */
@@ -602,6 +771,9 @@ static void open_scorer(App *app, const char *model_path) {
     float lo, hi;
     int n_levels = qalign_ctx_levels(app->ctx, words, NULL, &lo, &hi);
     if (row_style_init(&app->rs, o->task, o->scale, n_levels, words, lo, hi) != 0) die("--scale must be 1-5, 0-1 or 0-100");
+    if (o->scale && !(hi > lo))
+        die("--scale %s maps the levels' weights onto %s, so they must not all be equal (the levels give them all %g)",
+            o->scale, o->scale, lo);
 }
 
 static void close_scorer(App *app) {
@@ -612,18 +784,20 @@ static void close_scorer(App *app) {
 }
 
 /* Score the items (or the frames / images of one item) with app's context. */
-static void score_inputs(App *app, const ItemList *items, char **frames, int n_frames, const char *frames_name) {
+/* skip (may be NULL): per item (or for the frames), 1 when --resume reuses its row. */
+static void score_inputs(App *app, const ItemList *items, char **frames, int n_frames, const char *frames_name,
+                         const unsigned char *skip) {
     char why[512] = "";
     int have_ffmpeg = video_available(why, sizeof why);
     progress_start(&app->pg, frames ? 1 : items->n, app->o.quiet);
     if (frames) {
-        if (app->sink && sink_done(app->sink, frames_name)) progress_skip(&app->pg); /* --resume: done */
+        if (skip && skip[0]) progress_skip(&app->pg); /* --resume: done */
         else if (app->o.one_prompt) score_one_prompt(app, frames, n_frames);
         else score_frame_files(app, frames_name, frames, n_frames);
     } else {
         for (size_t i = 0; i < items->n; i++) {
             const Item *it = &items->items[i];
-            if (app->sink && sink_done(app->sink, it->path)) {
+            if (skip && skip[i]) {
                 progress_skip(&app->pg);
                 continue;
             }
@@ -673,12 +847,12 @@ static void print_comparison(const App *app, Collected *c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--decode") == 0) return cmd_decode(argc - 2, argv + 2, 0);
-    if (argc > 1 && strcmp(argv[1], "--preprocess-only") == 0) return cmd_decode(argc - 2, argv + 2, 1);
+    if (argc > 1 && strcmp(argv[1], "--decode") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 0));
+    if (argc > 1 && strcmp(argv[1], "--preprocess-only") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 1));
 
     static App app;
     Options *o = &app.o;
-    *o = (Options){.task = "quality", .batch = 8};
+    *o = (Options){.task = "quality", .batch = 8, .ffmpeg_timeout = VIDEO_DEFAULT_TIMEOUT};
     ServeOptions srv = SERVE_DEFAULTS; /* --listen, --stdio and their options (serve.h) */
     const char *tokenize_text = NULL, *model_path = NULL;
     int info = 0, only_positional = 0, n_inputs = 0;
@@ -695,7 +869,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             free(inputs);
-            return 0;
+            return close_outputs(0);
         } else if (!strcmp(a, "-t") || !strcmp(a, "--task")) {
             o->task = VALUE();
             o->task_given = 1;
@@ -735,6 +909,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-mmap")) o->no_mmap = 1;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o->quiet = 1;
         else if (!strcmp(a, "--threads")) o->threads = parse_int(VALUE(), "--threads", 1, 4096);
+        else if (!strcmp(a, "--ffmpeg-timeout")) o->ffmpeg_timeout = parse_int(VALUE(), "--ffmpeg-timeout", 0, 1000000);
         else if (!strcmp(a, "--tokenize")) tokenize_text = VALUE();
         else if (!strcmp(a, "--info")) info = 1;
         else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
@@ -757,29 +932,43 @@ int main(int argc, char **argv) {
     if (!model_path && !o->compare[0]) {
         usage(stderr);
         free(inputs);
-        return 2;
+        return close_outputs(2);
     }
     if (o->sink.resume && !o->sink.csv_path && !o->sink.jsonl_path) die("--resume needs --csv or --jsonl");
     if (o->compare[0] && (o->json || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path ||
                           o->dump_dir || o->per_frame || info || tokenize_text))
         die("--compare prints a table of both models' scores: --json, --csv, --jsonl, --report, --eval, --dump, "
             "--per-frame, --info and --tokenize do not go with it");
-    if (o->one_prompt + o->video + (o->frames_dir != NULL) > 1) die("--one-prompt, --video and --frames exclude each other");
+    if (o->one_prompt && (o->video || o->frames_dir)) die("--one-prompt, --video and --frames exclude each other");
+    if (o->video && o->frames_dir) die("--video and --frames exclude each other (--video: the INPUTs are the frames)");
+    if (o->frames_dir && n_inputs) die("--frames DIR takes the frames from DIR: no other INPUT (got '%s')", inputs[0]);
+    if (o->shard && (o->video || o->frames_dir || o->one_prompt))
+        die("--shard splits a list of inputs; with --%s all %s are one input",
+            o->video ? "video" : o->frames_dir ? "frames" : "one-prompt", o->one_prompt ? "images" : "frames");
     if (o->per_frame && o->dump_dir) die("--per-frame and --dump do not go together (--dump shows one computation)");
     int shard_i = 0, shard_n = 0;
     char err[QALIGN_ERR_LEN];
     if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("--shard: %s", err);
+    if (o->frames_dir) {
+        struct stat sb;
+        if (stat(o->frames_dir, &sb) != 0) die("--frames %s: %s", o->frames_dir, strerror(errno));
+        if (!S_ISDIR(sb.st_mode)) die("--frames %s: not a directory", o->frames_dir);
+    }
+    video_set_timeout(o->ffmpeg_timeout);
 #ifndef _OPENMP
     if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif
 
+    OutFile so = stdout_file();
     if (info || tokenize_text) {
         if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
+        const char *what = "the model";
+        check_outputs(&so, 1, &what, (const char *const *)&model_path, 1);
         if (info) cmd_info(app.m);
         else cmd_tokenize(app.m, tokenize_text);
         qalign_close(app.m);
         free(inputs);
-        return 0;
+        return close_outputs(0);
     }
     if (srv.listen || srv.stdio) { /* a server: requests instead of INPUTs (serve.c) */
         if (n_inputs || o->video || o->frames_dir || o->one_prompt || o->dump_dir || o->shard || o->compare[0] ||
@@ -792,7 +981,7 @@ int main(int argc, char **argv) {
         if (serve_run(&srv, app.m, &co, o->scale, err, sizeof err) != 0) die("%s", err);
         qalign_close(app.m);
         free(inputs);
-        return 0;
+        return close_outputs(0);
     }
     if (n_inputs == 0 && !o->frames_dir) die("no INPUT given (try --help)");
     if (o->dump_dir) o->batch = 1;
@@ -802,6 +991,7 @@ int main(int argc, char **argv) {
     char **frames = NULL;
     int n_frames = 0;
     const char *frames_name = NULL;
+    size_t n_listed = 0;
     if (o->video || o->frames_dir || o->one_prompt) {
         if (o->frames_dir) {
             const char *dir = o->frames_dir;
@@ -814,16 +1004,62 @@ int main(int argc, char **argv) {
         frames = xmalloc((items.n + (size_t)n_inputs + 1) * sizeof(char *));
         if (o->video || o->one_prompt) /* keep the command-line order: frames in time order, images in prompt order */
             for (int i = 0; i < n_inputs; i++) frames[n_frames++] = inputs[i];
-        else
-            for (size_t i = 0; i < items.n; i++)
-                if (items.items[i].kind == ITEM_IMAGE) frames[n_frames++] = items.items[i].path;
-        if (n_frames == 0) die("%s: no frames", frames_name);
+        else /* every media file of DIR is a frame: one that cannot be read fails the set */
+            for (size_t i = 0; i < items.n; i++) frames[n_frames++] = items.items[i].path;
+        if (n_frames == 0)
+            die("--frames %s: no image in it (%zu other file%s skipped)", frames_name, items.n_skipped,
+                items.n_skipped == 1 ? "" : "s");
     } else {
         if (inputs_expand((const char *const *)inputs, (size_t)n_inputs, NULL, &items, err, sizeof err) != 0) die("%s", err);
+        if (items.warning) fprintf(stderr, "qalign: warning: %s\n", items.warning);
+        n_listed = items.n;
+        if (items.n == 0) {
+            char more[160] = "";
+            if (items.n_skipped)
+                snprintf(more, sizeof more, " (%zu file%s in directories skipped: not images or videos)", items.n_skipped,
+                         items.n_skipped == 1 ? "" : "s");
+            if (items.n_comments)
+                snprintf(more + strlen(more), sizeof more - strlen(more), " (%zu list line%s skipped as comments: #)",
+                         items.n_comments, items.n_comments == 1 ? "" : "s");
+            die("nothing to score: no image or video among the INPUTs%s", more);
+        }
         if (o->shard) items_shard(&items, shard_i, shard_n);
+        if (o->shard && items.n == 0)
+            fprintf(stderr, "qalign: shard %d/%d has no input (%zu in all)\n", shard_i, shard_n, n_listed);
     }
     size_t n_items = frames ? 1 : items.n;
     if (o->dump_dir && n_items != 1) die("--dump takes one input (or the frames of one video)");
+
+    /* nothing may write over what is read, nor two outputs into one file */
+    {
+        OutFile out[5];
+        int n_out = 0;
+        char tmp[4200];
+        if (o->sink.csv_path) out[n_out++] = out_file("--csv", o->sink.csv_path);
+        if (o->sink.jsonl_path) out[n_out++] = out_file("--jsonl", o->sink.jsonl_path);
+        if (o->sink.report_path) {
+            out[n_out++] = out_file("--report", o->sink.report_path);
+            snprintf(tmp, sizeof tmp, "%s.tmp", o->sink.report_path);
+            out[n_out++] = out_file("--report's temporary file", tmp);
+        }
+        out[n_out++] = so;
+        size_t n_in = 3 + (size_t)n_inputs + (frames ? (size_t)n_frames : items.n), k = 0;
+        const char **in_what = xmalloc(n_in * sizeof *in_what), **in_path = xmalloc(n_in * sizeof *in_path);
+        if (model_path) in_what[k] = "the model", in_path[k++] = model_path;
+        for (int m = 0; m < 2; m++)
+            if (o->compare[m]) in_what[k] = "the model", in_path[k++] = o->compare[m];
+        if (o->sink.labels_path) in_what[k] = "the --eval labels", in_path[k++] = o->sink.labels_path;
+        for (int i = 0; i < n_inputs; i++)
+            if (inputs[i][0] == '@' && strcmp(inputs[i], "@-")) in_what[k] = "the list", in_path[k++] = inputs[i] + 1;
+        if (frames)
+            for (int i = 0; i < n_frames; i++) in_what[k] = "the frame", in_path[k++] = frames[i];
+        else
+            for (size_t i = 0; i < items.n; i++) in_what[k] = "the input", in_path[k++] = items.items[i].path;
+        check_outputs(out, n_out, in_what, in_path, k);
+        free(in_what);
+        free(in_path);
+    }
+
 
     if (o->compare[0]) { /* each model in turn over the same inputs (one model in memory at a time) */
         Collected col[2] = {{0}};
@@ -833,7 +1069,7 @@ int main(int argc, char **argv) {
             qalign_describe(app.m, &inf);
             fprintf(stderr, "qalign: %s = %s (%s, id %s)\n", k ? "B" : "A", o->compare[k], inf.weight_type, inf.model_id);
             app.collect = &col[k];
-            score_inputs(&app, &items, frames, n_frames, frames_name);
+            score_inputs(&app, &items, frames, n_frames, frames_name, NULL);
             close_scorer(&app);
         }
         print_comparison(&app, col);
@@ -844,10 +1080,11 @@ int main(int argc, char **argv) {
         free(inputs);
         free(frames);
         itemlist_free(&items);
-        return app.failures ? 1 : 0;
+        return close_outputs(app.failures ? 1 : 0);
     }
 
     open_scorer(&app, model_path);
+    if (row_setup_of(&app.rs.setup, app.m, app.ctx) != 0) die("out of memory");
     int nk;
     const qalign_named_prompt *named = qalign_prompts(&nk);
     const char *ptext = NULL;
@@ -881,12 +1118,28 @@ int main(int argc, char **argv) {
 
     o->sink.task = o->task;
     o->sink.scale = app.rs.scale;
+    o->sink.setup = app.rs.setup;
+    o->sink.max_frames = (int)o->max_frames;
     if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
         app.sink = sink_open(&o->sink, err, sizeof err);
         if (!app.sink) die("%s", err);
-        if (sink_previous(app.sink)) fprintf(stderr, "qalign: resuming: %zu inputs already done\n", sink_previous(app.sink));
     }
-    score_inputs(&app, &items, frames, n_frames, frames_name);
+    /* --resume: which inputs have a row to reuse, and why the others are scored */
+    unsigned char *skip = xmalloc(n_items ? n_items : 1);
+    memset(skip, 0, n_items ? n_items : 1);
+    if (o->sink.resume) {
+        ResumeTally t = {0};
+        if (frames) skip[0] = resume_state(&app, &t, frames_name, "frames", n_frames) == RESUME_DONE;
+        else
+            for (size_t i = 0; i < items.n; i++) {
+                const Item *it = &items.items[i];
+                const char *kind = it->kind == ITEM_IMAGE ? "image" : it->kind == ITEM_VIDEO ? "video" : NULL;
+                skip[i] = resume_state(&app, &t, it->path, kind, 0) == RESUME_DONE;
+            }
+        resume_say(&t);
+    }
+    score_inputs(&app, &items, frames, n_frames, frames_name, skip);
+    free(skip);
     if (app.dump_failed) die("--dump: %s", app.dump_err);
     if (app.sink) {
         if (sink_finish(app.sink, stderr, err, sizeof err) != 0) die("%s", err);
@@ -900,9 +1153,10 @@ int main(int argc, char **argv) {
                 "decoder %.3f s, total %.3f s\n", qalign_ctx_threads(app.ctx), qalign_kernels(), t.preprocess, t.vision,
                 t.abstractor, t.decoder, total);
     }
+    row_setup_free(&app.rs.setup);
     free(inputs);
     free(frames);
     itemlist_free(&items);
     close_scorer(&app);
-    return app.failures ? 1 : 0;
+    return close_outputs(app.failures ? 1 : 0);
 }

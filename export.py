@@ -33,7 +33,14 @@ import sys
 import zipfile
 from collections import OrderedDict
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    if __name__ != "__main__":
+        raise
+    print(f"export.py: error: numpy is not installed for {sys.executable}: use /usr/bin/python3 "
+          "(Debian's, which has it) or apt-get install python3-numpy", file=sys.stderr)
+    sys.exit(1)
 
 MAGIC = 0x4E4C4151          # bytes "QALN" read as a little-endian uint32
 # Format versions:
@@ -970,6 +977,23 @@ def write_model(out, cfg, wtype, tok_path, source, log=print):
         struct.pack_into("<f" if typ == "f" else "<I", header, 4 * i, vals[key])
 
     tmp = out + ".partial"
+    try:
+        total = _write_file(tmp, header, table, tok_tensors, plan, source, total, log)
+        os.replace(tmp, out)
+    except OSError as e:    # unwritable place, disk full, ...: one line, and no OUT.partial left behind
+        if e.filename and e.filename != tmp:
+            raise           # reading the checkpoint failed: main's handler names the file
+        die(f"cannot write {out}: {e.strerror or e}")
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    return total
+
+
+def _write_file(tmp, header, table, tok_tensors, plan, source, total, log):
     with open(tmp, "wb") as f:
         f.write(header)
         for name, dt, shape, off, nbytes in table:
@@ -993,7 +1017,8 @@ def write_model(out, cfg, wtype, tok_path, source, log=print):
             if log and (i % 50 == 0 or i == len(table) - 1):
                 log(f"  [{i + 1}/{len(table)}] {name} {list(shape)} -> {f.tell() / 1e9:.2f} GB", )
         assert f.tell() == total
-    os.replace(tmp, out)
+        f.flush()
+        os.fsync(f.fileno())
     return total
 
 
@@ -1128,4 +1153,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:    # a file that cannot be read: one line, not a traceback
+        die(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    except KeyboardInterrupt:
+        die("interrupted")

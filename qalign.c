@@ -397,13 +397,15 @@ static void quantize_row_ref(int8_t *q, float *d, int32_t *c, float *s, const fl
         float amax = 0.0f;
         for (int i = 0; i < QBLOCK; i++) amax = fmaxf(amax, fabsf(xb[i]));
         float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
-        int sum = 0;
+        int sum = 0, nan = 0;
         for (int i = 0; i < QBLOCK; i++) {
-            int v = (int)nearbyintf(xb[i] * id);
-            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            float t = xb[i] * id;
+            nan |= t != t; /* a NaN (from a broken model) stays NaN: the block's scale carries it */
+            int v = t != t ? 0 : t >= 127.0f ? 127 : t <= -127.0f ? -127 : (int)nearbyintf(t);
             q[b * QBLOCK + i] = (int8_t)v;
             sum += v;
         }
+        if (nan) db = NAN;
         d[b] = db;
         c[b] = -128 * sum;
         s[b] = db * (float)sum;
@@ -968,6 +970,7 @@ typedef struct {
     float weights[QALIGN_MAX_LEVELS]; /* score = sum softmax(logits / temperature) * weights */
     float temperature;              /* 1 (Compare2Score: 100) */
     float lo, hi;                   /* smallest and largest weight */
+    char text[QALIGN_MAX_LEVELS * (QALIGN_MAX_SYNONYMS * 32 + 24) + 32]; /* as read: "w|w2=weight,..." (" /T") */
 } Levels;
 
 typedef struct {
@@ -1378,6 +1381,8 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
                         return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' is scored by the same token (%d) as "
                                          "another word of the levels", word, id);
             if (lv->n_ids[lv->n] == 0) memcpy(lv->words[lv->n], word, sizeof word);
+            size_t tl = strlen(lv->text);
+            snprintf(lv->text + tl, sizeof lv->text - tl, "%s%s", lv->n_ids[lv->n] ? "|" : lv->n ? "," : "", word);
             lv->ids[lv->n][lv->n_ids[lv->n]++] = id;
             if (!bar) break;
             w = bar + 1;
@@ -1386,6 +1391,8 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
         memcpy(num, n0, (size_t)(n1 - n0) < sizeof num - 1 ? (size_t)(n1 - n0) : sizeof num - 1);
         lv->weights[lv->n] = strtof(num, &tail);
         if (*tail || !isfinite(lv->weights[lv->n])) return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' is not a number", num);
+        size_t tl = strlen(lv->text);
+        snprintf(lv->text + tl, sizeof lv->text - tl, "=%g", lv->weights[lv->n]);
         lv->n++;
         p = comma ? comma + 1 : end;
     }
@@ -1393,6 +1400,10 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
     if (!(temperature > 0.0f) || !isfinite(temperature))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
     lv->temperature = temperature;
+    if (temperature != 1.0f) {
+        size_t tl = strlen(lv->text);
+        snprintf(lv->text + tl, sizeof lv->text - tl, " /%g", temperature);
+    }
     levels_finish(lv);
     return QALIGN_OK;
 }
@@ -1618,6 +1629,8 @@ static int read_table(Loader *ld) {
         TableEntry *e = &m->table[i];
         memcpy(e->name, p, 56);
         e->name[56] = 0;
+        for (char *c = e->name; *c; c++) /* names are ASCII; anything else is shown as '?' in messages */
+            if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
         e->dtype = (int)rd_u32(p + 56);
         e->ndim = (int)rd_u32(p + 60);
         for (int d = 0; d < 4; d++) e->shape[d] = rd_u32(p + 64 + 4 * d);
@@ -1889,7 +1902,16 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
     if (!ld.status) read_table(&ld);
     if (!ld.status) bind_weights(&ld);
     if (!ld.status) {
+        /* the id: the header, the tensor table, and samples of every tensor's data (its first,
+         * middle and last 4 KB; 12 KB of reading per tensor), so that two files of the same
+         * architecture with other weights (Q-Align and OneAlign, a LoRA merge) differ */
         uint64_t h = fnv1a(m->map, HEADER_BYTES + (size_t)m->n_tensors * TABLE_ENTRY_BYTES, 0xcbf29ce484222325ull);
+        for (int i = 0; i < m->n_tensors; i++) {
+            const uint8_t *d = m->map + m->table[i].offset;
+            size_t n = (size_t)m->table[i].nbytes, k = 4096;
+            if (n <= 3 * k) h = fnv1a(d, n, h);
+            else h = fnv1a(d + n - k, k, fnv1a(d + n / 2 - k / 2, k, fnv1a(d, k, h)));
+        }
         snprintf(m->model_id, sizeof m->model_id, "%016llx", (unsigned long long)h);
     }
 done:
@@ -2050,6 +2072,7 @@ struct qalign_ctx {
     int preset_prompt;      /* the preset's own prompt is used (not an option's) */
     Levels lv;
     Prompt prompt_image, prompt_video; /* the template with {input} = image / video */
+    char *template;         /* the template itself (qalign_ctx_describe) */
     /* with anchors (Compare2Score): each image is compared with every anchor */
     int n_anchors;
     float *anchor_rows;     /* (n_anchors, Q+1, l_dim) the anchors' visual rows */
@@ -2128,6 +2151,7 @@ void qalign_ctx_free(qalign_ctx *c) {
     if (c->have_state) run_state_free(&c->s);
     prompt_free(&c->prompt_image);
     prompt_free(&c->prompt_video);
+    free(c->template);
     free(c->anchor_rows);
     free(c);
 }
@@ -2267,6 +2291,7 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     int st = levels_parse(m, o.levels ? o.levels : pr->levels, o.temperature > 0 ? o.temperature : pr->temperature, &c->lv,
                           err, errlen);
     if (!st && o.temperature < 0) st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
+    if (!st && !(c->template = strdup(tmpl))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
     if (!st && o.n_anchors) { /* the anchors: their visual rows now, their K/V on first use */
@@ -2307,6 +2332,11 @@ int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, f
     if (lo) *lo = c->n_anchors ? 0.0f : c->lv.lo;
     if (hi) *hi = c->n_anchors ? 100.0f : c->lv.hi;
     return c->lv.n;
+}
+
+void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
+    *out = (qalign_ctx_info){.prompt = c->template, .levels = c->lv.text, .pad = c->pad, .precise = c->precise,
+                             .n_anchors = c->n_anchors};
 }
 
 /* With a stage hook every image is scored alone (see qalign.h). */

@@ -83,8 +83,9 @@ typedef struct {
     int format_version;
     int n_tensors;
     const char *weight_type; /* "f32" "bf16" "q8_0" "q4_1" */
-    char model_id[17];      /* 16 hex digits: a hash of the header and the tensor table, which
-                               identifies what produced a result (result files record it) */
+    char model_id[17];      /* 16 hex digits: a hash of the header, the tensor table and
+                               samples of each tensor's data (its first, middle and last 4 KB),
+                               which identifies what produced a result (result files record it) */
     /* vision tower */
     int v_dim, v_layers, v_heads, v_mlp, v_image, v_patch, v_tokens;
     float v_eps;
@@ -197,6 +198,17 @@ void qalign_ctx_free(qalign_ctx *c);
  * and hi (may be NULL) get the score's range: the smallest and largest weight (0 and 100
  * with anchors). */
 int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, float *lo, float *hi);
+/* How the context scores, as result rows record it (strings owned by the context): the
+ * prompt template in use (a preset's or a named prompt, resolved; {task} and {input} not
+ * filled in), the levels in use as text ("word|synonym=weight,...", blanks trimmed, weights
+ * as %g, then " /T" for a temperature T other than 1), whether images are padded to a
+ * square, --precise, and the number of anchor images. */
+typedef struct {
+    const char *prompt;
+    const char *levels;
+    int pad, precise, n_anchors;
+} qalign_ctx_info;
+void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out);
 /* The batch size and thread count in effect; the bytes its buffers take now. */
 int qalign_ctx_batch(const qalign_ctx *c);
 int qalign_ctx_threads(const qalign_ctx *c);

@@ -9,7 +9,10 @@
 #
 # Builds ./qalign if needed; downloads the preset's checkpoint (q-future/one-align by default,
 # about 16.4 GB, resumable, sizes checked) into $QALIGN_CACHE (default ~/.cache/qalign);
-# exports it once to $QALIGN_CACHE/<name>-<dtype>.qalign; later runs go straight to scoring.
+# exports it once to $QALIGN_CACHE/<checkpoint folder>-<id>-<dtype>.qalign, where <id>
+# identifies the checkpoint (its files' names, sizes and times, and its JSON files): a changed
+# or another checkpoint is exported anew, never mistaken for the cached one; later runs go
+# straight to scoring.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -65,13 +68,18 @@ if [ -z "$model_dir" ]; then
     command -v curl >/dev/null || die "curl is needed to download $repo (or give --model DIR)"
     model_dir="$cache/$(basename "$repo")"
     mkdir -p "$model_dir"
-    # remote size of a file (Hugging Face answers HEAD with the size of the LFS object)
+    # remote size of a file (Hugging Face answers HEAD with the size of the LFS object); fails
+    # (with curl's reason on stderr) when the server cannot be reached or has no such file
     remote_size() {
-        curl -sIL "$base/$1" | tr -d '\r' | awk 'tolower($1)=="x-linked-size:"{s=$2} tolower($1)=="content-length:"{c=$2} END{print (s!=""?s:c)}'
+        local head
+        head="$(curl -fsSIL --connect-timeout 20 --max-time 120 "$base/$1")" || return 1
+        printf '%s\n' "$head" | tr -d '\r' |
+            awk 'tolower($1)=="x-linked-size:"{s=$2} tolower($1)=="content-length:"{c=$2} END{print (s!=""?s:c)}'
     }
     fetch() {
         local f="$1" want have
-        want="$(remote_size "$f")"
+        want="$(remote_size "$f" 2>&1)" ||
+            die "cannot get $f from $base: ${want:-no answer} (no network? or give --model DIR with a local checkpoint)"
         have="$(stat -c %s "$model_dir/$f" 2>/dev/null || echo 0)"
         if [ -n "$want" ] && [ "$have" = "$want" ]; then return 0; fi
         # longer than the remote file: not a partial download of it, start again
@@ -85,10 +93,9 @@ if [ -z "$model_dir" ]; then
     index=pytorch_model.bin.index.json  # (or the safetensors index, for repositories that have that)
     if [ ! -s "$model_dir/$index" ] && ! curl -sfIL "$base/$index" >/dev/null; then index=model.safetensors.index.json; fi
     fetch "$index"
-    for f in $($py -c 'import json,sys; print(" ".join(sorted(set(json.load(open(sys.argv[1]))["weight_map"].values()))))' \
-               "$model_dir/$index"); do
-        fetch "$f"
-    done
+    shards="$($py -c 'import json,sys; print(" ".join(sorted(set(json.load(open(sys.argv[1]))["weight_map"].values()))))' \
+               "$model_dir/$index" 2>&1)" || die "$model_dir/$index: ${shards##*$'\n'}"
+    for f in $shards; do fetch "$f"; done
 fi
 
 # 2b. Compare2Score's anchors: the images of the Hugging Face dataset VQA-CityU/Anchor_images
@@ -138,8 +145,23 @@ PY
 fi
 [ -d "$model_dir" ] || die "$model_dir: not a directory"
 
-# 3. export once
-out="$cache/$(basename "$model_dir")-$dtype.qalign"
+# 3. export once per checkpoint: the cached file's name carries the checkpoint's identity
+id="$($py - "$model_dir" 2>&1 <<'EOF'
+import hashlib, os, sys
+d, h = sys.argv[1], hashlib.sha256()
+for name in sorted(os.listdir(d)):
+    p = os.path.join(d, name)
+    if not os.path.isfile(p):
+        continue
+    st = os.stat(p)
+    h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    if name.endswith(".json") and st.st_size < 1 << 24:
+        with open(p, "rb") as f:
+            h.update(f.read())
+print(h.hexdigest()[:12])
+EOF
+)" || die "cannot read $model_dir: ${id##*$'\n'}"
+out="$cache/$(basename "$model_dir")-$id-$dtype.qalign"
 # (re-exported when missing, or when this qalign cannot read it, e.g. after a format change)
 if ! "$here/qalign" --info "$out" >/dev/null 2>&1; then
     mkdir -p "$cache"

@@ -165,7 +165,7 @@ typedef struct Server {
     const char *default_scale; /* --scale, or NULL */
     qalign_info info;
     const char *model_name; /* the file's name without its directory */
-    RowStyle levels;        /* the levels (same in every context): words, lo, hi */
+    RowStyle levels;        /* the levels (same in every context): words, lo, hi; the rows' setup */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* to the worker: units queued, or stop */
@@ -282,6 +282,7 @@ static int job_ready(Job *j, char *err, size_t errlen) {
 static char *job_row(Server *s, const Job *j, int i) {
     RowStyle st;
     row_style_init(&st, TASK_NAMES[j->task], j->scale, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
+    st.setup = s->levels.setup; /* the same in every context: model, prompt template, levels, pad, precise */
     const qalign_result *r = &j->res[i];
     const char *path = NULL;
     if (j->req.names) path = j->req.names[i];
@@ -1341,10 +1342,15 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     float lo, hi;
     int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);
     row_style_init(&s->levels, TASK_NAMES[s->default_task], scale, nl, words, lo, hi);
+    if (row_setup_of(&s->levels.setup, m, s->ctx[s->default_task]) != 0) {
+        qalign_ctx_free(s->ctx[s->default_task]);
+        return fail(err, errlen, "out of memory");
+    }
 
     int sig_pipe[2];
     if (pipe(sig_pipe) != 0) {
         qalign_ctx_free(s->ctx[s->default_task]);
+        row_setup_free(&s->levels.setup);
         return fail(err, errlen, "pipe: %s", strerror(errno));
     }
     fcntl(sig_pipe[1], F_SETFL, fcntl(sig_pipe[1], F_GETFL) | O_NONBLOCK);
@@ -1384,6 +1390,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     }
     if (rc == 0 && s->out_failed) rc = fail(err, errlen, "writing the answers to stdout failed: %s", strerror(s->out_failed));
     for (int t = 0; t < N_TASKS; t++) qalign_ctx_free(s->ctx[t]);
+    row_setup_free(&s->levels.setup);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGPIPE, &old_pipe, NULL);

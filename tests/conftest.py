@@ -7,6 +7,12 @@ Paths (overridable by environment variables):
   QALIGN_REFERENCE  the reference fixtures            (default: $QALIGN_SHARED/reference)
   QALIGN_TOKENIZER  the real LLaMA-2 tokenizer.model  (default: $QALIGN_SHARED/data/tokenizer.model)
 
+CI=true (set by .ci/run): a test that would be skipped fails instead - for a missing tool,
+package or fixture CI must install it - except for the skips this file allows: a CPU that
+lacks an instruction set (reason "missing hardware: ...", e.g. the avx2vnni build on a CPU
+without AVX-VNNI) and, in an emulated run, the tests that do not run under emulation
+(reason "<target> run: ...", NOT_EMULATED below).
+
 Cross-built runs (tests/cross.sh, `make test-aarch64`; see PORTING.md):
   QALIGN_RUNNER     emulator command line, e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu
                     neoverse-n1": every executable the tests start that was built for another
@@ -76,6 +82,65 @@ if EMULATED:
 
     subprocess.Popen.__init__ = _popen_init_emulated
 
+# ---- CI=true: no skip but the allowed ones ---------------------------------------------
+CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+HARDWARE = "missing hardware"   # skip reasons that start so are allowed under CI
+
+
+def emulated_reason(reason):
+    return f"{TARGET or 'emulated'} run: {reason}"
+
+
+def skip_allowed(reason):
+    return reason.startswith(HARDWARE) or (EMULATED and reason.startswith(emulated_reason("")))
+
+
+def _skip_reason(longrepr):
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        text = str(longrepr[2])
+    else:
+        text = str(longrepr)
+    return text[len("Skipped: "):] if text.startswith("Skipped: ") else text
+
+
+def _fail_skip(rep):
+    reason = _skip_reason(rep.longrepr)
+    if skip_allowed(reason):
+        return
+    rep.outcome = "failed"
+    rep.longrepr = (f"CI=true: this would be skipped ({reason}); under CI nothing may be skipped for a missing "
+                    f"tool, package or fixture - install it (.ci/run) - only for missing hardware")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if CI and rep.skipped and not hasattr(rep, "wasxfail"):
+        _fail_skip(rep)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    rep = outcome.get_result()
+    if CI and rep.skipped:   # a whole module skipped (importorskip, allow_module_level)
+        _fail_skip(rep)
+
+
+def startable(binary, link):
+    """binary as other programs (run.sh, GNU parallel) can start it, at the path `link`: a
+    symbolic link to it, or in an emulated run a script that starts it through the emulator
+    (only the tests' own Popen calls go through QALIGN_RUNNER)."""
+    link = Path(link)
+    if EMULATED:
+        link.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in RUNNER + [str(binary)]) + ' "$@"\n')
+        link.chmod(0o755)
+    else:
+        link.symlink_to(binary)
+    return link
+
+
 # Tests that do not run under emulation, and why. Everything they check is target-
 # independent C and runs in the native suite.
 SANITIZERS = "sanitizer builds are not run under emulation (LeakSanitizer fails under qemu-user; ASan runs take seconds each): the native suite runs them"
@@ -83,6 +148,7 @@ SPEED = "speed limits are for native code, not for an emulator"
 MEMORY = "under qemu-user the process's peak memory is the emulator's"
 NOT_EMULATED = {
     "test_images_hostile.py": SANITIZERS,
+    "test_cli.py::test_batch_under_sanitizers_leaks_nothing": SANITIZERS,
     "test_jpeg.py::test_hostile": SANITIZERS,
     "test_tokenizer.py::test_sanitizers": SANITIZERS,
     "test_jpeg.py::test_speed_12mp": SPEED,
@@ -100,7 +166,7 @@ def pytest_collection_modifyitems(config, items):
         name = item.nodeid.split("/")[-1]
         for prefix, reason in NOT_EMULATED.items():
             if name == prefix or name.startswith((prefix + "::", prefix + "[")):
-                item.add_marker(pytest.mark.skip(reason=f"{TARGET or 'emulated'} run: {reason}"))
+                item.add_marker(pytest.mark.skip(reason=emulated_reason(reason)))
 
 
 def run(args, **kw):
@@ -200,7 +266,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def qalign_san():
     """The ASan+UBSan build (make sanitize), built on first use."""
     if EMULATED:
-        pytest.skip(f"{TARGET or 'emulated'} run: {SANITIZERS}")
+        pytest.skip(emulated_reason(SANITIZERS))
     san = ROOT / "qalign-san"
     r = run(["make", "-C", ROOT, "qalign-san"])
     if r.returncode != 0:

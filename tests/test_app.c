@@ -14,8 +14,10 @@
  *                                            driver's own peak RSS (ffmpeg not included)
  *   test_app stats                           stdin "x y" lines -> srcc plcc krcc krcc_bruteforce
  *   test_app eval LABELS                     stdin "HEXPATH SCORE" lines -> EvalResult
- *   test_app write FORMAT OUT [--resume]     stdin "HEXPATH SCORE HEXERROR|-" rows; prints what
- *                                            resume found (done paths as hex)
+ *   test_app write FORMAT OUT [--resume] [MODEL]
+ *                                            stdin "HEXPATH SCORE HEXERROR|-" rows (appended,
+ *                                            made by MODEL, default "m1"); with --resume prints
+ *                                            the rows that are reused ("skip HEXPATH")
  *   test_app read FORMAT FILE                rows as "HEXPATH SCORE HEXERROR|-", then torn/bad
  *   test_app thumb IN OUT.jpg OUT.ppm [SIDE [QUALITY]]
  *                                            decode, downscale, write the thumbnail (PPM) and
@@ -317,6 +319,10 @@ static int cmd_eval(int argc, char **argv) {
 }
 
 static void print_row(const ResultRow *r) {
+    if (!r->path) { /* a row that made the reader fail (cannot happen for rows it returns) */
+        printf("-\n");
+        return;
+    }
     puthex(r->path);
     printf(" %.6f ", r->error ? NAN : r->score);
     if (r->error) puthex(r->error);
@@ -325,17 +331,20 @@ static void print_row(const ResultRow *r) {
            r->frames);
     for (int i = 0; i < APP_LEVELS; i++) printf(" %.6f", r->error ? NAN : r->probs[i]);
     for (int i = 0; i < APP_LEVELS; i++) printf(" %.6f", r->error ? NAN : r->logits[i]);
-    printf("\n");
+    printf(" model=%s levels=%s pad=%d precise=%d max_frames=%d\n", r->setup.model ? r->setup.model : "(null)",
+           r->setup.levels ? r->setup.levels : "(null)", r->setup.pad, r->setup.precise, r->max_frames);
 }
 
 static int cmd_write(int argc, char **argv) {
-    if (argc < 2) return die("%s", "write csv|jsonl OUT [--resume]");
+    if (argc < 2) return die("%s", "write csv|jsonl OUT [--resume] [MODEL]");
     ResultsFormat fmt = strcmp(argv[0], "jsonl") == 0 ? RESULTS_JSONL : RESULTS_CSV;
     int resume = argc > 2 && strcmp(argv[2], "--resume") == 0;
+    const char *model = argc > 2 + resume ? argv[2 + resume] : "m1";
+    RowSetup setup = {model, "USER: <|image|>\nrate it", "excellent=5,good=4,fair=3,poor=2,bad=1", 1, 0};
     char err[512];
     RowSet *prev = rowset_new();
     size_t dropped;
-    ResultsFile *f = results_open(argv[1], fmt, resume, prev, &dropped, err, sizeof err);
+    ResultsFile *f = results_open(argv[1], fmt, resume ? prev : NULL, &dropped, err, sizeof err);
     if (!f) {
         printf("error=%s\n", err);
         rowset_free(prev);
@@ -346,17 +355,16 @@ static int cmd_write(int argc, char **argv) {
     double s;
     while (scanf("%8191s %lf %8191s", hp, &s, he) == 3) {
         char *path = unhex(hp), *e = strcmp(he, "-") ? unhex(he) : NULL;
-        if (rowset_done(prev, path, "quality")) {
+        ResultRow r = {.path = path, .task = "quality", .kind = "image", .frames = e ? 0 : 1, .score = s, .std = 0.5,
+                       .scale = "1-5", .probs = {0.1, 0.2, 0.3, 0.25, 0.15}, .error = e,
+                       .logits = {-1.5, 0.25, 1, 0.5, -0.125}, .setup = setup};
+        if (resume && rowset_done_like(prev, &r)) {
             printf("skip ");
             puthex(path);
             printf("\n");
-        } else {
-            ResultRow r = {.path = path, .task = "quality", .kind = "image", .frames = e ? 0 : 1, .score = s, .std = 0.5, .scale = "1-5",
-                           .probs = {0.1, 0.2, 0.3, 0.25, 0.15}, .error = e, .logits = {-1.5, 0.25, 1, 0.5, -0.125}};
-            if (results_write(f, &r, err, sizeof err) != 0) {
-                printf("error=%s\n", err);
-                return 1;
-            }
+        } else if (results_write(f, &r, err, sizeof err) != 0) {
+            printf("error=%s\n", err);
+            return 1;
         }
         free(path);
         free(e);

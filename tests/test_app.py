@@ -524,6 +524,7 @@ AWKWARD = [
 
 
 WORDS = ["excellent", "good", "fair", "poor", "bad"]
+SETUP_KEYS = ["model", "prompt", "levels", "pad", "precise", "max_frames"]   # how a row was made
 
 
 def write_rows(app, fmt, out, rows, resume=False):
@@ -543,11 +544,12 @@ def test_results_roundtrip(app, tmp_path, fmt):
     if fmt == "csv":
         recs = list(csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")))
         assert recs[0] == ["path", "task", "kind", "frames", "score", "std", "scale"] + [f"p_{w}" for w in WORDS] + \
-            [f"logit_{w}" for w in WORDS] + ["error"]
+            [f"logit_{w}" for w in WORDS] + ["error"] + SETUP_KEYS
         recs = recs[1:]
         for (p, s, e), rec in zip(rows, recs):
             assert os.fsencode(rec[0]) == p
             assert rec[1] == "quality" and rec[6] == "1-5"
+            assert rec[18:] == ["m1", "USER: <|image|>\nrate it", "excellent=5,good=4,fair=3,poor=2,bad=1", "true", "false", ""]
             if e:
                 assert rec[4] == rec[5] == "" and rec[7:17] == [""] * 10 and rec[17] == e
             else:
@@ -560,7 +562,9 @@ def test_results_roundtrip(app, tmp_path, fmt):
             line.decode("utf-8")                                 # valid UTF-8 even for the \xff path
             obj = json.loads(line)
             assert list(obj) == ["path", "task", "kind", "frames", "score", "std", "scale"] + \
-                [f"p_{w}" for w in WORDS] + [f"logit_{w}" for w in WORDS] + ["error"]
+                [f"p_{w}" for w in WORDS] + [f"logit_{w}" for w in WORDS] + ["error"] + SETUP_KEYS
+            assert [obj[k] for k in SETUP_KEYS] == ["m1", "USER: <|image|>\nrate it", "excellent=5,good=4,fair=3,poor=2,bad=1",
+                                                    True, False, None]
             assert e or (obj["p_fair"] == 0.3 and obj["logit_fair"] == 1)
             assert os.fsencode(obj["path"]) == p                 # surrogateescape round trip
             if e:
@@ -572,6 +576,8 @@ def test_results_roundtrip(app, tmp_path, fmt):
     got = [l.split(" ") for l in r.stdout.strip().split("\n")]
     assert got[-1] == ["torn=0", "bad=0"]
     assert [bytes.fromhex(g[0]) for g in got[:-1]] == [p for p, _, _ in rows]
+    assert all(g[-5:] == ["model=m1", "levels=excellent=5,good=4,fair=3,poor=2,bad=1", "pad=1", "precise=0",
+                          "max_frames=0"] for g in got[:-1])
     assert [bytes.fromhex(g[2]).decode() if g[2] != "-" else "" for g in got[:-1]] == [e for _, _, e in rows]
 
 
@@ -603,12 +609,14 @@ def test_resume_torn_row(app, tmp_path, fmt):
         assert len(list(csv.reader(io.StringIO(final.decode(), newline="")))) == 1 + 8
     else:
         assert all(json.loads(l) for l in final.decode().strip().split("\n"))
-    # a torn header: the file is started again
-    out.write_bytes(b"path,ta")
+    # a torn header (CSV) or first row (JSONL): the file is started again
+    out.write_bytes(b"path,ta" if fmt == "csv" else b'{"path": "x.jp')
     write_rows(app, fmt, out, rows[:1], resume=True)
+    if fmt == "jsonl":
+        assert [json.loads(l)["path"] for l in out.read_text().splitlines()] == ["img_0.png"]
     if fmt == "csv":
         assert out.read_bytes().startswith(b"path,task,kind,frames,score,")
-        assert out.read_bytes().count(b"\n") == 2
+        assert len(list(csv.reader(io.StringIO(out.read_text(), newline="")))) == 2
 
 
 def test_resume_refuses_foreign_files(app, tmp_path):
@@ -621,9 +629,23 @@ def test_resume_refuses_foreign_files(app, tmp_path):
     j.write_text('{"a": 1}\n[1, 2]\n')
     r = run([app, "write", "jsonl", j, "--resume"], input="")
     assert r.returncode == 1 and "not a qalign results JSONL" in r.stdout
-    # without --resume the file is started anew
-    r = run([app, "write", "csv", f], input="")
-    assert r.returncode == 0 and f.read_text().startswith("path,task,")
+    # without --resume too: results are appended to a file of ours only, never written over
+    for fmt, p, text in (("csv", f, "name,value\nx,1\n"), ("jsonl", j, '{"a": 1}\n[1, 2]\n')):
+        r = run([app, "write", fmt, p], input="")
+        assert r.returncode == 1 and "refusing to append" in r.stdout and p.read_text() == text
+    # nor to a file whose last line is not ours (not a torn row: it is not cut)
+    k = tmp_path / "notes.jsonl"
+    k.write_text("hello")
+    r = run([app, "write", "jsonl", k], input="")
+    assert r.returncode == 1 and "last line is not a result row" in r.stdout and k.read_text() == "hello"
+    k.write_text("hello")
+    r = run([app, "write", "csv", k], input="")
+    assert r.returncode == 1 and k.read_text() == "hello"
+    # a results CSV with the columns of another qalign version
+    old = tmp_path / "old.csv"
+    old.write_text("path,task,kind,frames,score,std,scale,p_excellent,p_good,p_fair,p_poor,p_bad,error\n")
+    r = run([app, "write", "csv", old], input="")
+    assert r.returncode == 1 and "another version of qalign" in r.stdout
 
 
 # ---- 5. evaluation -----------------------------------------------------------------------------

@@ -15,7 +15,22 @@ import threading
 
 import pytest
 
-from conftest import ROOT, report, run
+from conftest import EMULATED, ROOT, report, run, startable
+
+
+def run_sh(workdir):
+    """run.sh as a user starts it. In an emulated run (tests/cross.sh) qalign is a binary for
+    another CPU that run.sh would start directly: run.sh then runs from a folder of links to
+    it, export.py and spm.py, next to a `qalign` script that starts the binary through qemu."""
+    if not EMULATED:
+        return ROOT / "run.sh"
+    d = workdir / "runsh_emulated"
+    if not d.exists():
+        d.mkdir()
+        for f in ("run.sh", "export.py", "spm.py"):
+            (d / f).symlink_to(ROOT / f)
+        startable(ROOT / "qalign", d / "qalign")
+    return d / "run.sh"
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -75,7 +90,7 @@ def test_run_sh_downloads_exports_scores_and_resumes(server, tiny_ref, workdir, 
     half = (root / shard).read_bytes()[: (root / shard).stat().st_size // 2]
     (cache / "one-align" / shard).write_bytes(half)
 
-    r = run([ROOT / "run.sh", "--dtype", "f32", "--json", photo], env=env)
+    r = run([run_sh(workdir), "--dtype", "f32", "--json", photo], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     ref = json.loads((tiny_ref / "reference.json").read_text())
@@ -85,8 +100,7 @@ def test_run_sh_downloads_exports_scores_and_resumes(server, tiny_ref, workdir, 
     assert got.get(shard) == len(half), f"the partial shard was not resumed: {RangeHandler.log}"
     for f in ("config.json", "preprocessor_config.json", "tokenizer.model", "pytorch_model.bin.index.json"):
         assert f in got
-    model = cache / "one-align-f32.qalign"
-    assert model.exists()
+    (model,) = cache.glob("one-align-*-f32.qalign")       # named after the checkpoint's identity
     needed = ["config.json", "preprocessor_config.json", "tokenizer.model", "pytorch_model.bin.index.json"] + \
         sorted(set(json.loads((root / "pytorch_model.bin.index.json").read_text())["weight_map"].values()))
     for f in needed:
@@ -95,7 +109,7 @@ def test_run_sh_downloads_exports_scores_and_resumes(server, tiny_ref, workdir, 
     # second run: straight to scoring
     RangeHandler.log.clear()
     mtime = model.stat().st_mtime_ns
-    r = run([ROOT / "run.sh", "--dtype", "f32", "-t", "aesthetics", photo], env=env)
+    r = run([run_sh(workdir), "--dtype", "f32", "-t", "aesthetics", photo], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert RangeHandler.log == [], f"second run downloaded {RangeHandler.log}"
     assert model.stat().st_mtime_ns == mtime, "second run exported again"
@@ -105,7 +119,7 @@ def test_run_sh_downloads_exports_scores_and_resumes(server, tiny_ref, workdir, 
     cfg = cache / "one-align" / "config.json"
     cfg.write_bytes(cfg.read_bytes() + b" " * 10)
     RangeHandler.log.clear()
-    r = run([ROOT / "run.sh", "--dtype", "f32", photo], env=env)
+    r = run([run_sh(workdir), "--dtype", "f32", photo], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert ("config.json", 0) in RangeHandler.log
     assert cfg.stat().st_size == (root / "config.json").stat().st_size
@@ -164,7 +178,7 @@ def test_run_sh_compare2score_fetches_the_anchors(tiny_ref, workdir, qalign_bin)
         env = {**os.environ, "QALIGN_HF_URL": f"http://127.0.0.1:{httpd.server_address[1]}",
                "QALIGN_REPO": "fake/Compare2Score", "QALIGN_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"}
         photo = tiny_ref / "inputs" / "photo.jpg"
-        r = run([ROOT / "run.sh", "--preset", "compare2score", "--dtype", "f32", "--json", photo], env=env)
+        r = run([run_sh(workdir), "--preset", "compare2score", "--dtype", "f32", "--json", photo], env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         out = json.loads(r.stdout)
         got = sorted(p.name for p in (cache / "anchors").iterdir())
@@ -172,13 +186,76 @@ def test_run_sh_compare2score_fetches_the_anchors(tiny_ref, workdir, qalign_bin)
         for k in range(5):
             assert (cache / "anchors" / f"anchor_{k}.png").read_bytes() == (anchors / f"{k:05d}.png").read_bytes()
         # the same as qalign with those anchors by hand
-        direct = run([qalign_bin, cache / "Compare2Score-f32.qalign", "--preset", "compare2score", "--anchors", anchors,
+        exported, = cache.glob("Compare2Score-*-f32.qalign")
+        direct = run([qalign_bin, exported, "--preset", "compare2score", "--anchors", anchors,
                       "--json", photo], env=env)
         assert direct.returncode == 0 and json.loads(direct.stdout)["score"] == out["score"]
         assert out["scale"] == "0-100" and len(out["anchor_prefs"]) == 5
         RangeHandler.log.clear()
-        r = run([ROOT / "run.sh", "--preset", "compare2score", "--dtype", "f32", photo], env=env)
+        r = run([run_sh(workdir), "--preset", "compare2score", "--dtype", "f32", photo], env=env)
         assert r.returncode == 0 and RangeHandler.log == [], RangeHandler.log      # nothing fetched again
     finally:
         httpd.shutdown()
     report("run.sh --preset compare2score: checkpoint and the 5 anchor images fetched (Hub API listing), scored")
+
+
+def test_run_sh_without_network_says_so(workdir, tiny_ref):
+    """Issue 11, item 11: no network -> one clear error and a non-zero exit (it used to exit
+    6 or 7 without a word, killed by set -e inside a command substitution)."""
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                   # nothing listens there now: connection refused
+    cache = workdir / "runsh_offline"
+    env = {**os.environ, "QALIGN_HF_URL": f"http://127.0.0.1:{port}", "QALIGN_CACHE": str(cache)}
+    r = run([run_sh(workdir), tiny_ref / "inputs" / "photo.jpg"], env=env, timeout=120)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stderr)
+    assert lines and lines[-1].startswith("run.sh: error: cannot get config.json from http://127.0.0.1:"), r.stderr
+    assert "no network" in lines[-1] and "--model DIR" in lines[-1]
+    # a server without the repository (HTTP 404) is an error too, not a download of the error page
+    r = run([run_sh(workdir), tiny_ref / "inputs" / "photo.jpg"],
+            env={**env, "QALIGN_HF_URL": "http://127.0.0.1:9"}, timeout=120)
+    assert r.returncode == 1 and "run.sh: error: cannot get config.json" in r.stderr
+
+
+def test_run_sh_export_is_keyed_by_the_checkpoint(workdir, tiny_ref):
+    """Issue 11, item 11: two checkpoints in folders of the same name, one weight changed in
+    the second, each get their own export and their own score; a checkpoint changed in place
+    is exported again; an unchanged one is not."""
+    import torch
+    a, b = workdir / "runsh_A" / "checkpoint", workdir / "runsh_B" / "checkpoint"
+    for d in (a, b):
+        shutil.copytree(tiny_ref / "checkpoint", d)
+    index = json.loads((b / "pytorch_model.bin.index.json").read_text())["weight_map"]
+    shard = b / index["model.norm.weight"]
+    sd = torch.load(shard, map_location="cpu")
+    sd["model.norm.weight"] = sd["model.norm.weight"] * 3     # the final norm: every logit changes
+    torch.save(sd, shard)
+    cache = workdir / "runsh_keyed"
+    env = {**os.environ, "QALIGN_CACHE": str(cache)}
+    photo = tiny_ref / "inputs" / "photo.jpg"
+
+    def score(ckpt):
+        r = run([run_sh(workdir), "--dtype", "f32", "--model", ckpt, "--json", photo], env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout)["score"], r.stderr
+
+    sa, err_a = score(a)
+    sb, err_b = score(b)
+    assert "exporting" in err_a and "exporting" in err_b
+    exports = sorted(cache.glob("checkpoint-*-f32.qalign"))
+    assert len(exports) == 2 and abs(sa - sb) > 1e-3, (exports, sa, sb)
+    ref = json.loads((tiny_ref / "reference.json").read_text())
+    assert abs(sa - next(x for x in ref["records"] if x["name"] == "photo__quality")["score"]) <= 2e-4
+    again, err = score(a)                                       # unchanged: the cached export
+    assert again == sa and "exporting" not in err
+    torch.save(torch.load(a / index["model.norm.weight"], map_location="cpu"), a / index["model.norm.weight"])
+    os.utime(a / index["model.norm.weight"], ns=(1, 1))         # the same weights, written anew
+    _, err = score(a)
+    assert "exporting" in err and len(list(cache.glob("checkpoint-*-f32.qalign"))) == 3
+    report(f"run.sh: exports keyed by checkpoint identity: A {sa:.4f}, B (one weight changed) {sb:.4f}; "
+           "a rewritten checkpoint is exported again, an unchanged one is not")

@@ -14,7 +14,7 @@ import platform
 import numpy as np
 import pytest
 
-from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run, logits
+from conftest import EMULATED, HARDWARE, PYTHON, ROOT, TARGET, report, run, logits
 
 FLAGS = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
 NEEDS = {"scalar": [], "avx2": ["avx2", "fma"], "avx2vnni": ["avx2", "fma", "avx_vnni"],
@@ -57,7 +57,7 @@ def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
     if EMULATED:
         pytest.skip(f"{TARGET or 'emulated'} run: the x86 variant builds are tested by the native suite")
     if not can_run(variant):
-        pytest.skip(f"this CPU ({platform.machine()}) cannot run the {variant} build")
+        pytest.skip(f"{HARDWARE}: this CPU ({platform.machine()}) cannot run the {variant} build")
     r = run(["make", "-C", ROOT, "-s", f"build/qalign-{variant}", f"build/test_kernels-{variant}"])
     assert r.returncode == 0, r.stdout + r.stderr
     k = run([ROOT / "build" / f"test_kernels-{variant}"])
