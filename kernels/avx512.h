@@ -153,6 +153,34 @@ static void quantize_row_avx512(int8_t *q, float *d, int32_t *c, float *s, const
     }
 }
 
+/* The same in blocks of 256 (ACT_Q8_256), with the sum of each 32 values for MQ4_256. */
+static void quantize_row_256_avx512(int8_t *q, float *d, int32_t *c, int32_t *c4, const float *x, int K) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int b = 0; b < q256_blocks(K); b++) {
+        int k0 = b * QBLOCK_256, len = q256_len(K, b);
+        __m512 vmax = _mm512_setzero_ps();
+        for (int i = 0; i < len; i += 16) vmax = _mm512_max_ps(vmax, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + k0 + i)));
+        float amax = _mm512_reduce_max_ps(vmax);
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        int sum = 0;
+        for (int j = 0; j < len / QBLOCK; j++) {
+            const float *xj = x + k0 + j * QBLOCK;
+            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xj), vid));
+            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xj + 16), vid));
+            q0 = _mm512_max_epi32(_mm512_min_epi32(q0, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            q1 = _mm512_max_epi32(_mm512_min_epi32(q1, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm_storeu_si128((__m128i *)(q + k0 + j * QBLOCK), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(q + k0 + j * QBLOCK + 16), _mm512_cvtepi32_epi8(q1));
+            int sub = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            c4[k0 / QBLOCK + j] = -8 * sub;
+            sum += sub;
+        }
+        d[b] = db;
+        c[b] = -128 * sum;
+    }
+}
+
 /* --- matmul tiles -------------------------------------------------------------------- */
 
 /* Store 16 outputs of a group (masked at the matrix's last row) with bias and epilogue. */
@@ -321,6 +349,101 @@ static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int 
     TILE_STORE(acc)
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#define UNROLL8 _Pragma("GCC unroll 8")
+#else
+#define UNROLL8
+#endif
+/* int8 activations x MQ8_256 / MQ4_256 weights: per block of up to 256 columns the int32
+ * sums run without any float step; then one convert, d_w d_x and FMA per accumulator.
+ * MQ4_256: per sub-block of 32 columns the sum (nibbles q + 8, started at -8 sum x so that
+ * it is sum q x, which fits 16 bits: |q x| <= 8 x 127 x 32) is scaled by the row's s8
+ * sub-scale into the block's int32 sum with one vpdpwssd (the sub-scale sign-extended to
+ * 16 bits in the low half of each lane, zero in the high half). */
+static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                  const float *bias, int epi, int t0, int nt, int g0,
+                                                                  const int G, const int q4) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = q256_blocks(K);
+    size_t gbytes = q256_group_bytes(W->dtype, K);
+    /* the float totals stay in memory (touched once per block): the registers hold the
+     * int32 sums (and MQ4_256's sub-block sums) */
+    float tot[2][R][16] __attribute__((aligned(64)));
+    memset(tot, 0, sizeof tot);
+    const uint32_t *x = acts_tile(a, t0);
+    size_t tb = acts_tile_blocks(a, t0);
+    const float *xd = a->xdp + tb;
+    const int32_t *xc = a->xcp + tb, *xc4 = a->xc4p + acts_tile_subs(a, t0);
+    const __m512i low4 = _mm512_set1_epi8(15), top = _mm512_set1_epi8((char)0x80), lo16 = _mm512_set1_epi32(0xffff);
+    for (int b = 0; b < nb; b++, xd += R, xc += R) {
+        int len = q256_len(K, b);
+        const uint8_t *b0 = q256_block(W, g0, b), *b1 = b0 + gbytes;
+        __m512i s[2][R];
+        for (int r = 0; r < R; r++) {
+            __m512i c = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(xc[r]);
+            s[0][r] = c;
+            if (G > 1) s[1][r] = c;
+        }
+        if (!q4) {
+            /* 32 columns per iteration: a fixed inner count keeps the sums in registers */
+            for (int j0 = 0; j0 < len / 4; j0 += 8, x += 8 * R)
+                UNROLL8 for (int j = 0; j < 8; j++) { /* quad j0 + j: columns 4(j0+j).. of the block */
+                    __m512i w0 = _mm512_loadu_si512(q8_256_quad(b0, j0 + j)), w1 = _mm512_setzero_si512();
+                    if (G > 1) w1 = _mm512_loadu_si512(q8_256_quad(b1, j0 + j));
+                    if (Q8_SIGNED) w0 = _mm512_xor_si512(w0, top), w1 = _mm512_xor_si512(w1, top);
+                    for (int r = 0; r < R; r++) {
+                        __m512i xv = _mm512_set1_epi32((int)x[j * R + r]);
+                        s[0][r] = dot4_avx512(s[0][r], w0, xv, 1);
+                        if (G > 1) s[1][r] = dot4_avx512(s[1][r], w1, xv, 1);
+                    }
+                }
+        } else {
+            for (int j = 0; j < len / QBLOCK; j++, xc4 += R, x += 8 * R) { /* sub-block j: chunks 4j..4j+3 */
+                __m512i u[2][R];
+                for (int r = 0; r < R; r++) {
+                    u[0][r] = _mm512_set1_epi32(xc4[r]);
+                    if (G > 1) u[1][r] = u[0][r];
+                }
+                UNROLL8 for (int cc = 0; cc < 4; cc++) {
+                    __m512i v0 = _mm512_loadu_si512(q4_256_chunk(b0, 4 * j + cc)), v1 = _mm512_setzero_si512();
+                    if (G > 1) v1 = _mm512_loadu_si512(q4_256_chunk(b1, 4 * j + cc));
+                    UNROLL8 for (int h = 0; h < 2; h++) { /* low nibbles: quad 2cc, high: quad 2cc+1 */
+                        __m512i w0 = h ? _mm512_and_si512(_mm512_srli_epi16(v0, 4), low4) : _mm512_and_si512(v0, low4);
+                        __m512i w1 = h ? _mm512_and_si512(_mm512_srli_epi16(v1, 4), low4) : _mm512_and_si512(v1, low4);
+                        for (int r = 0; r < R; r++) {
+                            __m512i xv = _mm512_set1_epi32((int)x[(2 * cc + h) * R + r]);
+                            u[0][r] = dot4_avx512(u[0][r], w0, xv, 0);
+                            if (G > 1) u[1][r] = dot4_avx512(u[1][r], w1, xv, 0);
+                        }
+                    }
+                }
+                __m512i sc0 = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(b0, len, j))), lo16);
+                __m512i sc1 = G > 1 ? _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(b1, len, j))), lo16) : sc0;
+                for (int r = 0; r < R; r++) {
+#ifdef QA_AVX512_VNNI
+                    s[0][r] = _mm512_dpwssd_epi32(s[0][r], u[0][r], sc0);
+                    if (G > 1) s[1][r] = _mm512_dpwssd_epi32(s[1][r], u[1][r], sc1);
+#else
+                    s[0][r] = _mm512_add_epi32(s[0][r], _mm512_madd_epi16(u[0][r], sc0));
+                    if (G > 1) s[1][r] = _mm512_add_epi32(s[1][r], _mm512_madd_epi16(u[1][r], sc1));
+#endif
+                }
+            }
+        }
+        __m512 d0 = _mm512_loadu_ps(q256_d(b0, W->dtype, len)), d1 = G > 1 ? _mm512_loadu_ps(q256_d(b1, W->dtype, len)) : d0;
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(xd[r]);
+            _mm512_store_ps(tot[0][r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0][r]), _mm512_mul_ps(d0, dx), _mm512_load_ps(tot[0][r])));
+            if (G > 1)
+                _mm512_store_ps(tot[1][r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1][r]), _mm512_mul_ps(d1, dx), _mm512_load_ps(tot[1][r])));
+        }
+    }
+    __m512 acc[2][R];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_load_ps(tot[g][r]);
+    TILE_STORE(acc)
+}
+
 /* The contract's tile(): G (1 or 2) and the weight type as constants for the compiler. */
 static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
                        int g0, int ng) {
@@ -342,6 +465,14 @@ static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, cons
         else if (ng == 2) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 0);
         else if (q4) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 1);
         else tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 0);
+        return 1;
+    }
+    if ((W->dtype == DT_MQ8_256 || W->dtype == DT_MQ4_256) && a->kind == ACT_Q8_256) {
+        int q4 = W->dtype == DT_MQ4_256;
+        if (ng == 2 && q4) tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 1);
+        else if (ng == 2) tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 0);
+        else if (q4) tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 1);
+        else tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 0);
         return 1;
     }
     return 0;
@@ -605,6 +736,7 @@ static const Kernels kernels_avx512 = {
     .tile_rows_q8 = TILE_ROWS_Q8,
     .tile = tile_avx512,
     .quantize_row = quantize_row_avx512,
+    .quantize_row_256 = quantize_row_256_avx512,
     .softmax = softmax_avx512,
     .layernorm = layernorm_avx512,
     .silu_mul = silu_mul_avx512,
