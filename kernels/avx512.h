@@ -595,9 +595,23 @@ static int attention_avx512(float *out, const float *q, int ldq, const float *k,
 /* --- the ViT's attention with bf16 products (AVX512-BF16) ------------------------------
  * vdpbf16ps: q.k summed over pairs of dimensions, p.v over pairs of keys, each product of
  * two bf16 (round to nearest even) added in f32; the softmax stays f32. Non-causal, hd a
- * multiple of 16 up to 64. */
+ * multiple of 16 up to 64. Every conversion to bf16 is vcvtne(2)ps2bf16, the same rounding
+ * as f32_to_bf16; the softmax's passes are fused: the row maximum is taken while the scores
+ * are made, then one pass makes exp and the sum, one scales and rounds to bf16 pairs. */
 #ifdef QA_AVX512_BF16
-static inline uint32_t bf16_pair(float lo, float hi) { return (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16; }
+/* the bf16 pairs (x[2e], x[2e+1]) of n floats (n a multiple of 16, at most 64) into out[e] */
+static inline void bf16_pairs512(uint32_t *out, const float *x, int n, float scale) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int d0 = 0; d0 < n; d0 += 32) {
+        __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(x + d0), sc);
+        __m512 hi = d0 + 16 < n ? _mm512_mul_ps(_mm512_loadu_ps(x + d0 + 16), sc) : _mm512_setzero_ps();
+        __m512i pr = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        if (d0 + 16 < n) _mm512_storeu_si512(out + d0 / 2, pr);
+        else _mm256_storeu_si256((__m256i *)(out + d0 / 2), _mm512_castsi512_si256(pr));
+    }
+}
+/* 16 masks: lanes [0, n) of a 16-wide chunk, none when n <= 0 */
+static inline __mmask16 lanes_below(int n) { return n <= 0 ? (__mmask16)0 : tail_mask(n); }
 
 /* o[r][0..HC*16) = sum_i dot(p[r] pair i, v pair i), R rows of pairs (stride ps uint32) */
 static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo, const uint32_t *p, size_t ps, const uint32_t *vp,
@@ -619,32 +633,43 @@ static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo,
 
 static int attention_bf16_avx512(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                                  int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt) {
-    if (hd % 16 || hd > 64) return 0;
     size_t Tk16 = pad16((size_t)Tk);
     int npairs = (Tk + 1) / 2, hp = hd / 2;
+    /* the workspace kt (2 KVH hd Tk16 floats) holds kp, vp and qp */
+    if (hd % 16 || hd > 64 || (size_t)Tq * H > (size_t)KVH * Tk16) return 0;
     /* kp[kh][e][j] = (k[j][2e], k[j][2e+1]) for j < Tk16 (zero past Tk): 16 keys' q.k per vector
-     * vp[kh][i][d] = (v[2i][d], v[2i+1][d]) for i < npairs (zero past Tk): 16 dims' p.v per vector */
-    uint32_t *kp = (uint32_t *)kt, *vp = kp + (size_t)KVH * hp * Tk16;
-#pragma omp parallel for schedule(static)
-    for (int kh = 0; kh < KVH; kh++) {
-        for (int j0 = 0; j0 < (int)Tk16; j0 += 16)
-            for (int e = 0; e < hp; e++) {
-                uint32_t *row = kp + ((size_t)kh * hp + e) * Tk16 + j0;
-                for (int jj = 0; jj < 16; jj++) {
-                    row[jj] = 0u;
-                    if (j0 + jj < Tk) {
-                        const float *kj = k + (size_t)(j0 + jj) * ldkv + (size_t)kh * hd + 2 * e;
-                        row[jj] = bf16_pair(kj[0], kj[1]);
-                    }
+     * vp[kh][i][d] = (v[2i][d], v[2i+1][d]) for i < npairs (zero past Tk): 16 dims' p.v per vector
+     * qp[h][i][e] = (scale q[i][2e], scale q[i][2e+1]): a block's queries from one place
+     * Each is made reading whole rows of q, k, v in order (a head's slice of a row is 256
+     * bytes, and rows are 4 KB apart: read head by head, every slice is a fresh page). */
+    uint32_t *kp = (uint32_t *)kt, *vp = kp + (size_t)KVH * hp * Tk16, *qp = vp + (size_t)KVH * npairs * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int jb = 0; jb < (int)Tk16 / 16; jb++) /* 16 keys at a time: the lines of kp they fill */
+            for (int j = 16 * jb; j < 16 * jb + 16; j++)
+                for (int kh = 0; kh < KVH; kh++) {
+                    uint32_t pr[32] = {0};
+                    if (j < Tk) bf16_pairs512(pr, k + (size_t)j * ldkv + (size_t)kh * hd, hd, 1.0f);
+                    uint32_t *kph = kp + (size_t)kh * hp * Tk16;
+                    for (int e = 0; e < hp; e++) kph[(size_t)e * Tk16 + j] = pr[e];
+                }
+#pragma omp for schedule(static)
+        for (int i = 0; i < npairs; i++)
+            for (int kh = 0; kh < KVH; kh++) {
+                const float *v0 = v + (size_t)(2 * i) * ldkv + (size_t)kh * hd, *v1 = 2 * i + 1 < Tk ? v0 + ldkv : NULL;
+                uint32_t *row = vp + ((size_t)kh * npairs + i) * hd;
+                for (int d = 0; d < hd; d += 16) { /* (v0[d], v1[d]): low and high halves of each lane */
+                    __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v0 + d)));
+                    __m512i hi = v1 ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v1 + d))) : _mm512_setzero_si512();
+                    _mm512_storeu_si512(row + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
                 }
             }
-        for (int i = 0; i < npairs; i++) {
-            const float *v0 = v + (size_t)(2 * i) * ldkv + (size_t)kh * hd, *v1 = 2 * i + 1 < Tk ? v0 + ldkv : NULL;
-            uint32_t *row = vp + ((size_t)kh * npairs + i) * hd;
-            for (int d = 0; d < hd; d++) row[d] = bf16_pair(v0[d], v1 ? v1[d] : 0.0f);
-        }
+#pragma omp for schedule(static)
+        for (int i = 0; i < Tq; i++)
+            for (int h = 0; h < H; h++) bf16_pairs512(qp + ((size_t)h * Tq + i) * hp, q + (size_t)i * ldq + (size_t)h * hd, hd, scale);
     }
-    float scale = 1.0f / sqrtf((float)hd);
     int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int h = 0; h < H; h++)
@@ -653,13 +678,13 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
             float *S = scratch + (size_t)kernel_thread_id() * scratch_stride;
             const uint32_t *kph = kp + (size_t)kh * hp * Tk16;
             /* scores: S[r][j] = sum_e (scale q[i0+r] pair e) . (k[j] pair e), queries as pairs
-             * qt[e][r] (rows past R zero), 6 rows x 64 keys of accumulators */
+             * qt[e][r] (rows past R zero), 6 rows x 64 keys of accumulators; each row's
+             * maximum over the Tk real keys on the way */
             uint32_t qt[32 * ATT_ROWS];
-            for (int e = 0; e < hp; e++)
-                for (int r = 0; r < ATT_ROWS; r++) {
-                    const float *qr = q + (size_t)(i0 + r) * ldq + (size_t)h * hd + 2 * e;
-                    qt[e * ATT_ROWS + r] = r < R ? bf16_pair(qr[0] * scale, qr[1] * scale) : 0u;
-                }
+            for (int r = 0; r < ATT_ROWS; r++)
+                for (int e = 0; e < hp; e++) qt[e * ATT_ROWS + r] = r < R ? qp[((size_t)h * Tq + i0 + r) * hp + e] : 0u;
+            __m512 vmax[ATT_ROWS];
+            for (int r = 0; r < ATT_ROWS; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
             int j0 = 0;
             for (; j0 + 64 <= (int)Tk16; j0 += 64) {
                 __m512 acc[ATT_ROWS][4];
@@ -678,7 +703,10 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
                     }
                 }
                 for (int r = 0; r < R; r++)
-                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+                    for (int c = 0; c < 4; c++) {
+                        _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+                        vmax[r] = _mm512_mask_max_ps(vmax[r], lanes_below(Tk - j0 - 16 * c), vmax[r], acc[r][c]);
+                    }
             }
             for (; j0 < (int)Tk16; j0 += 16) {
                 __m512 acc[ATT_ROWS];
@@ -688,16 +716,28 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
                     for (int r = 0; r < ATT_ROWS; r++)
                         acc[r] = _mm512_dpbf16_ps(acc[r], kv, (__m512bh)_mm512_set1_epi32((int)qt[e * ATT_ROWS + r]));
                 }
-                for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
+                for (int r = 0; r < R; r++) {
+                    _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
+                    vmax[r] = _mm512_mask_max_ps(vmax[r], lanes_below(Tk - j0), vmax[r], acc[r]);
+                }
             }
-            /* softmax per row (f32), then the row rounded to bf16 pairs in place: pair i of
-             * row r lands in uint32 i of the row, over floats already read (i < 2i) */
+            /* softmax per row (f32): exp(s - max) and its sum in one pass, then the row
+             * scaled and rounded to bf16 pairs in place: pair i of row r lands in uint32 i
+             * of the row, over floats already read (i < 2i) */
             for (int r = 0; r < R; r++) {
                 float *row = S + (size_t)r * Tk16;
-                softmax_avx512(row, Tk);
+                __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
+                for (int j = 0; j < Tk; j += 16) {
+                    __mmask16 m = tail_mask(Tk - j);
+                    __m512 ev = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), mx));
+                    _mm512_mask_storeu_ps(row + j, m, ev);
+                    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, ev));
+                }
+                __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
                 for (int c = 0; 32 * c < Tk; c++) {
-                    __m512 lo = _mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c), row + 32 * c);
-                    __m512 hi = Tk - 32 * c > 16 ? _mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c - 16), row + 32 * c + 16) : _mm512_setzero_ps();
+                    __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c), row + 32 * c), inv);
+                    __m512 hi = Tk - 32 * c > 16 ? _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c - 16), row + 32 * c + 16), inv)
+                                                 : _mm512_setzero_ps();
                     _mm512_storeu_si512(row + 16 * c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
                 }
             }
