@@ -514,7 +514,8 @@ int main(int argc, char **argv) {
     if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif
 
-    if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
+    qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = info || tokenize_text};
+    if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
     if (info || tokenize_text) {
         if (info) cmd_info(app.m);
         else cmd_tokenize(app.m, tokenize_text);

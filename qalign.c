@@ -29,7 +29,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +226,11 @@ typedef struct qalign_model {
     int n_tensors;
     char *path;
     char model_id[17];      /* hash of header + table, hex */
+    /* the helper thread that makes the mapped weights resident (prefetch_start) */
+    pthread_t prefetcher;
+    int prefetching;        /* it was started (and is joined by model_free) */
+    atomic_int prefetch_stop; /* set by model_free: stop after the current chunk */
+    size_t prefetch_from;   /* file offset of the decoder's weights: populated first */
 } Model;
 
 /* ----------------------------------------------------------------------------------------
@@ -1658,8 +1665,45 @@ static const uint8_t *read_whole_file(Loader *ld, int fd, size_t size) {
     return buf;
 }
 
+/* The first image of a mapped model faults its pages in as the matmuls reach them: the
+ * decoder's 4-15 GB on the critical path, read from disk when the page cache does not hold
+ * them. A helper thread started at open makes them resident while the vision tower runs:
+ * madvise(MADV_POPULATE_READ) (Linux 5.14) in 32 MB chunks, the decoder's weights first (the
+ * vision tower's, at the start of the file, are touched at once by the forward pass), one
+ * byte per page where the call is missing. It only reads the mapping; model_free stops it
+ * after its current chunk before unmapping. bench/ANALYSIS.md has what it saves. */
+static void *prefetch_main(void *arg) {
+    Model *m = arg;
+    const size_t chunk = (size_t)32 << 20;
+    long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
+    for (int pass = 0; pass < 2; pass++) { /* [from, end), then [0, from) */
+        size_t lo = pass ? 0 : m->prefetch_from / chunk * chunk, hi = pass ? m->prefetch_from : m->file_size;
+        for (size_t off = lo; off < hi && !atomic_load(&m->prefetch_stop); off += chunk) {
+            size_t len = hi - off < chunk ? hi - off : chunk;
+#if defined(MADV_POPULATE_READ)
+            if (madvise((void *)(m->map + off), len, MADV_POPULATE_READ) == 0) continue;
+#endif
+            volatile uint8_t sink = 0;
+            for (size_t i = 0; i < len; i += (size_t)page) sink ^= m->map[off + i];
+            (void)sink;
+        }
+    }
+    return NULL;
+}
+
+static void prefetch_start(Model *m) {
+    TableEntry *e = find_tensor(m, "l.0.attn_norm.0");
+    m->prefetch_from = e ? (size_t)e->offset : 0;
+    atomic_store(&m->prefetch_stop, 0);
+    m->prefetching = pthread_create(&m->prefetcher, NULL, prefetch_main, m) == 0; /* if not: faults as before */
+}
+
 static void model_free(Model *m) {
     if (!m) return;
+    if (m->prefetching) {
+        atomic_store(&m->prefetch_stop, 1);
+        pthread_join(m->prefetcher, NULL);
+    }
     tokenizer_free(&m->tok);
     free(m->v.layers);
     free(m->a.layers);
@@ -1740,6 +1784,7 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
     if (!ld.status) {
         uint64_t h = fnv1a(m->map, HEADER_BYTES + (size_t)m->n_tensors * TABLE_ENTRY_BYTES, 0xcbf29ce484222325ull);
         snprintf(m->model_id, sizeof m->model_id, "%016llx", (unsigned long long)h);
+        if (!m->copied && !(opt && opt->no_prefetch)) prefetch_start(m);
     }
 done:
     if (fd >= 0) close(fd);

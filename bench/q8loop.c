@@ -41,7 +41,7 @@ static double cpu_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-#define K 1024          /* columns per pass: 2 groups x 16 KB of 8-bit weights, in L1 */
+#define K 1024          /* columns per pass: 2 (or 4) groups x 16 KB of 8-bit weights, in L1 (L2) */
 #define NQ (K / 4)      /* weight quads (64 bytes: 4 columns of 16 rows) per group */
 
 enum { F_SUMS, F_Q8_0, F_NOMUL, F_128, F_256, F_INTSUB, F_Q4_1, F_Q4_256, F_Q4_DPW, FORMS };
@@ -62,19 +62,19 @@ static inline __attribute__((always_inline)) __m512 pass(const uint8_t *w, const
     const int sup = form == F_INTSUB || form == F_Q4_DPW ? 256 : sub;  /* float steps every sup columns */
     const size_t gstride = q4 ? (size_t)NQ * 32 : (size_t)NQ * 64;
     const __m512i low4 = _mm512_set1_epi8(15);
-    __m512 acc[2][12];
-    __m512i tot[2][12];
+    __m512 acc[4][12];
+    __m512i tot[4][12];
     for (int g = 0; g < G; g++)
         for (int r = 0; r < R; r++) acc[g][r] = _mm512_setzero_ps(), tot[g][r] = _mm512_setzero_si512();
     for (long p = 0; p < passes; p++) {
         for (int c0 = 0; c0 < K; c0 += sub) {
-            __m512i s[2][12];
+            __m512i s[4][12];
             UNROLL for (int g = 0; g < G; g++)
                 UNROLL for (int r = 0; r < R; r++)
                     s[g][r] = form == F_Q4_DPW ? _mm512_set1_epi32(xc[(c0 / 32) * R + r]) : _mm512_setzero_si512();
             for (int j0 = c0 / 4; j0 < (c0 + sub) / 4; j0 += 8) /* 32 columns */
                 UNROLL for (int j = j0; j < j0 + 8; j++) {
-                    __m512i wv[2];
+                    __m512i wv[4];
                     UNROLL for (int g = 0; g < G; g++) {
                         if (q4) {
                             __m512i v = _mm512_loadu_si512(w + g * gstride + (size_t)(j / 2) * 64);
@@ -145,6 +145,8 @@ ALL_FORMS(6, 2) /* qalign's q8_0 tile */
 ALL_FORMS(8, 2)
 ALL_FORMS(10, 2)
 ALL_FORMS(4, 2)
+ALL_FORMS(6, 4)
+ALL_FORMS(4, 4)
 
 /* GOP/s of vpdpbusd with twelve independent chains, over n x 12 instructions */
 static double peak(long n) {
@@ -175,18 +177,19 @@ static int cmp_double(const void *a, const void *b) {
 int main(int argc, char **argv) {
     static const struct { const char *name; PassFn fn[FORMS]; int R, G; } tiles[] = {
         {"6 rows x 2 groups", FORM_FNS(6, 2), 6, 2}, {"8 rows x 2 groups", FORM_FNS(8, 2), 8, 2},
-        {"10 rows x 2 groups", FORM_FNS(10, 2), 10, 2}, {"4 rows x 2 groups", FORM_FNS(4, 2), 4, 2}};
+        {"10 rows x 2 groups", FORM_FNS(10, 2), 10, 2}, {"4 rows x 2 groups", FORM_FNS(4, 2), 4, 2},
+        {"6 rows x 4 groups", FORM_FNS(6, 4), 6, 4}, {"4 rows x 4 groups", FORM_FNS(4, 4), 4, 4}};
     double seconds = argc > 1 ? atof(argv[1]) : 0.05; /* per slice */
-    uint8_t *w = aligned_alloc(64, 2 * NQ * 64);
+    uint8_t *w = aligned_alloc(64, 4 * NQ * 64);
     uint32_t *x = aligned_alloc(64, (size_t)NQ * 12 * sizeof(uint32_t));
-    float *d = aligned_alloc(64, 2 * 64 * 16 * sizeof(float)), *xd = aligned_alloc(64, 64 * 12 * sizeof(float));
+    float *d = aligned_alloc(64, 4 * 64 * 16 * sizeof(float)), *xd = aligned_alloc(64, 64 * 12 * sizeof(float));
     float *xs = aligned_alloc(64, 64 * 12 * sizeof(float));
     int32_t *xc = aligned_alloc(64, 64 * 12 * sizeof(int32_t));
-    uint8_t *sc = aligned_alloc(64, 2 * 64 * 16);
+    uint8_t *sc = aligned_alloc(64, 4 * 64 * 16);
     if (!w || !x || !d || !xd || !xs || !xc || !sc) return 1;
-    for (size_t i = 0; i < 2 * NQ * 64; i++) w[i] = (uint8_t)(i * 37u >> 3);
+    for (size_t i = 0; i < 4 * NQ * 64; i++) w[i] = (uint8_t)(i * 37u >> 3);
     for (size_t i = 0; i < (size_t)NQ * 12; i++) x[i] = (uint32_t)(i * 2654435761u);
-    for (size_t i = 0; i < 2 * 64 * 16; i++) d[i] = 1e-3f, sc[i] = (uint8_t)(i & 63);
+    for (size_t i = 0; i < 4 * 64 * 16; i++) d[i] = 1e-3f, sc[i] = (uint8_t)(i & 63);
     for (size_t i = 0; i < 64 * 12; i++) xd[i] = 1e-3f, xs[i] = 1.0f, xc[i] = -(int32_t)i;
     /* The other CPU of this VM may share a core with this one (other tenants' builds
      * halve the vector throughput at times), so each figure is the median of 7 slices,
