@@ -369,7 +369,8 @@ static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, i
     /* the float totals stay in memory (touched once per block): the registers hold the
      * int32 sums (and MQ4_256's sub-block sums) */
     float tot[2][R][16] __attribute__((aligned(64)));
-    memset(tot, 0, sizeof tot);
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) _mm512_store_ps(tot[g][r], _mm512_setzero_ps());
     const uint32_t *x = acts_tile(a, t0);
     size_t tb = acts_tile_blocks(a, t0);
     const float *xd = a->xdp + tb;
