@@ -230,7 +230,9 @@ typedef struct qalign_model {
     pthread_t prefetcher;
     int prefetching;        /* it was started (and is joined by model_free) */
     atomic_int prefetch_stop; /* set by model_free: stop after the current chunk */
-    size_t prefetch_from;   /* file offset of the decoder's weights: populated first */
+    size_t prefetch_range[2][2]; /* [from, to) file offsets: the decoder's layers, then the
+                               vision tower's and the abstractor's weights (not the embedding
+                               table and lm_head, of which a few rows are read) */
 } Model;
 
 /* ----------------------------------------------------------------------------------------
@@ -1668,16 +1670,16 @@ static const uint8_t *read_whole_file(Loader *ld, int fd, size_t size) {
 /* The first image of a mapped model faults its pages in as the matmuls reach them: the
  * decoder's 4-15 GB on the critical path, read from disk when the page cache does not hold
  * them. A helper thread started at open makes them resident while the vision tower runs:
- * madvise(MADV_POPULATE_READ) (Linux 5.14) in 32 MB chunks, the decoder's weights first (the
- * vision tower's, at the start of the file, are touched at once by the forward pass), one
- * byte per page where the call is missing. It only reads the mapping; model_free stops it
- * after its current chunk before unmapping. bench/ANALYSIS.md has what it saves. */
+ * madvise(MADV_POPULATE_READ) (Linux 5.14) in 32 MB chunks, the decoder's layers first, then
+ * the vision tower's and abstractor's weights (which the forward pass is already touching),
+ * one byte per page where the call is missing. It only reads the mapping; model_free stops
+ * it after its current chunk before unmapping. bench/ANALYSIS.md has what it saves. */
 static void *prefetch_main(void *arg) {
     Model *m = arg;
     const size_t chunk = (size_t)32 << 20;
     long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
-    for (int pass = 0; pass < 2; pass++) { /* [from, end), then [0, from) */
-        size_t lo = pass ? 0 : m->prefetch_from / chunk * chunk, hi = pass ? m->prefetch_from : m->file_size;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t lo = m->prefetch_range[pass][0] / (size_t)page * (size_t)page, hi = m->prefetch_range[pass][1];
         for (size_t off = lo; off < hi && !atomic_load(&m->prefetch_stop); off += chunk) {
             size_t len = hi - off < chunk ? hi - off : chunk;
 #if defined(MADV_POPULATE_READ)
@@ -1692,8 +1694,10 @@ static void *prefetch_main(void *arg) {
 }
 
 static void prefetch_start(Model *m) {
-    TableEntry *e = find_tensor(m, "l.0.attn_norm.0");
-    m->prefetch_from = e ? (size_t)e->offset : 0;
+    TableEntry *layers = find_tensor(m, "l.0.attn_norm.0"), *norm = find_tensor(m, "l.norm"), *embed = find_tensor(m, "l.embed");
+    if (!layers || !norm || !embed) return; /* (the loader has checked they are there) */
+    m->prefetch_range[0][0] = (size_t)layers->offset, m->prefetch_range[0][1] = (size_t)norm->offset;
+    m->prefetch_range[1][0] = 0, m->prefetch_range[1][1] = (size_t)embed->offset;
     atomic_store(&m->prefetch_stop, 0);
     m->prefetching = pthread_create(&m->prefetcher, NULL, prefetch_main, m) == 0; /* if not: faults as before */
 }
