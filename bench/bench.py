@@ -399,7 +399,7 @@ def llamacpp_section(a, cache, types, results, batch_tps, out):
                                                      for b in backend.get("backend", [])))
         out()
     out("Random LLaMA-2-7B weights written as GGUF by bench/gguf.py; a prompt of 92 or 736 token ids,")
-    out("evaluated without generation, best of 3 after a warm-up. Ours: the decoder of the per-image run")
+    out("evaluated without generation, best of 2 after a warm-up. Ours: the decoder of the per-image run")
     out("(92 rows, the 15-row text prefix cached, so 77 computed: tokens/s counted both ways) and of the")
     out("batch run (8 sequences of 92 rows per call = 736 rows, 616 computed).")
     out()

@@ -4,7 +4,7 @@
 //
 //   node bench/llamacpp.mjs MODEL.gguf THREADS N1 [N2 ...]
 //
-// For each prompt length N: a fresh context, one warm-up evaluation, then the best of three
+// For each prompt length N: a fresh context, one warm-up evaluation, then the best of two
 // timed evaluations of N token ids (no generation). Prints one JSON line per N, then the
 // CPU backend llama.cpp chose (from its log). build: "never" and skipDownload: a missing
 // binary is an error here, never a download or a compiler run.
@@ -23,7 +23,7 @@ for (const n of lengths.map(Number)) {
     const seq = context.getSequence();
     const tokens = Array.from({length: n}, (_, i) => 1000 + (i * 7919) % 30000);
     let best = Infinity;
-    for (let rep = 0; rep < 4; rep++) {
+    for (let rep = 0; rep < 3; rep++) {
         await seq.clearHistory();
         const t0 = performance.now();
         await seq.evaluateWithoutGeneratingNewTokens(tokens);
