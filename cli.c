@@ -961,7 +961,8 @@ int main(int argc, char **argv) {
 
     OutFile so = stdout_file();
     if (info || tokenize_text) {
-        if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
+        qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1}; /* (nothing is scored) */
+        if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
         const char *what = "the model";
         check_outputs(&so, 1, &what, (const char *const *)&model_path, 1);
         if (info) cmd_info(app.m);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """export.py - turn a Q-Align / OneAlign (mPLUG-Owl2) checkpoint into one qalign model file.
 
-    python3 export.py CHECKPOINT_DIR OUT [--dtype f32|bf16|q8_0|q4_1]
+    python3 export.py CHECKPOINT_DIR OUT [--dtype f32|bf16|q8|q4|q8_0|q4_1|q8_256|q4_256]
     python3 export.py --synthetic one-align|tiny [--dtype T] [--seed N] OUT
     python3 export.py BASE_CHECKPOINT_DIR OUT --lora LORA_DIR [--dtype T]   (LoRA merged in)
 
@@ -48,6 +48,9 @@ MAGIC = 0x4E4C4151          # bytes "QALN" read as a little-endian uint32
 #      plain f32/u8/u32 tensors, matrices in 16-row groups as mf32/mbf16/mq8_0/mq4_1.
 #   2: the five level words' token ids left out of the header (qalign tokenizes the
 #      words itself when it loads the model); the slots after them move up.
+#      Later, same version: matrix types mq8_256 (7) and mq4_256 (8). Files of the other
+#      types are unchanged; a qalign that predates them refuses such a file with "unknown
+#      weight type" / "unknown dtype" and the hint to re-export.
 VERSION = 2
 HEADER_BYTES = 1024
 ALIGN = 64
@@ -56,10 +59,16 @@ ALIGN = 64
 # Weight matrices use the M* types: their rows are grouped by 16 (zero rows pad the last
 # group) and each group is laid out so that one 64-byte load gives the same k-slice of 16
 # rows, which is what the SIMD kernels in qalign.c multiply with (see pack_matrix()).
-DT_F32, DT_U8, DT_U32, DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1 = 0, 1, 2, 3, 4, 5, 6
-DTYPES = {"f32": DT_MF32, "bf16": DT_MBF16, "q8_0": DT_MQ8_0, "q4_1": DT_MQ4_1}
+DT_F32, DT_U8, DT_U32, DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256 = range(9)
+DTYPES = {"f32": DT_MF32, "bf16": DT_MBF16, "q8_0": DT_MQ8_0, "q4_1": DT_MQ4_1,
+          "q8_256": DT_MQ8_256, "q4_256": DT_MQ4_256}
+# Names to remember: the fastest 8-bit and 4-bit types (bench/ANALYSIS.md has the figures).
+ALIASES = {"q8": "q8_256", "q4": "q4_256"}
+QUANTISED = (DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256)
 ROWS = 16                    # rows per group in matrix layouts
-QBLOCK = 32                  # values per quantisation block (along a row)
+QBLOCK = 32                  # values per quantisation block (along a row); every quantised
+                             # type needs rows of whole blocks of 32
+QBLOCK_256 = 256             # columns per block of mq8_256 / mq4_256 (the last may be shorter)
 
 # The header, slot by slot ("f" = float32 stored as its bits, else uint32). qalign.c has
 # the same list as an enum; a test checks that the two agree.
@@ -817,7 +826,7 @@ def tensor_dtype(kind, shape, wtype):
     if kind != "mat":
         return DT_F32
     cols = shape[-1]
-    if wtype in (DT_MQ8_0, DT_MQ4_1) and cols % QBLOCK:
+    if wtype in QUANTISED and cols % QBLOCK:
         wtype = DT_MBF16
     if wtype == DT_MBF16 and cols % 2:
         wtype = DT_MF32
@@ -844,6 +853,47 @@ def quantize(x, dtype):
     return q.reshape(rows, cols), d, lo.astype(np.float32)
 
 
+def pack_256(x, dtype):
+    """mq8_256 / mq4_256 (kernels.h): per group of 16 rows, blocks of up to 256 columns
+    (only the last one of a row shorter, a multiple of 32), each block:
+      mq8_256: L/4 quads of [r][4] u8 = q + 128, then 16 x f32 d       value = d q
+               d = max|x| / 127 over the row's block, q = round(x / d) in -127..127
+      mq4_256: L/8 chunks of [r][4] u8 (low nibble = quad 2c, high = quad 2c+1, nibble =
+               q + 8), then L/32 x 16 s8 sub-scales sc [j][r], then 16 x f32 d
+               value = d sc_j q, q in -8..7. Per 32 columns the scale is q4_0's (the value
+               of largest magnitude lands on -8), stored as an s8 multiple sc of one f32 d
+               per block (d = max |scale| / 127); q is rounded with the stored d sc_j.
+    x: float32 [rows, cols], rows a multiple of 16 (zero rows pad the last group)."""
+    rows, cols = x.shape
+    G = rows // ROWS
+    parts = []      # per block: [G, bytes of the block] uint8
+    for k0 in range(0, cols, QBLOCK_256):
+        L = min(QBLOCK_256, cols - k0)
+        b = x[:, k0:k0 + L]
+        if dtype == DT_MQ8_256:
+            d = (np.abs(b).max(axis=1) / 127.0).astype(np.float32)
+            inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1), 0).astype(np.float32)
+            q = np.clip(np.rint(b * inv[:, None]), -127, 127).astype(np.int16)
+            vals = (q + 128).astype(np.uint8).reshape(G, ROWS, L // 4, 4).transpose(0, 2, 1, 3).reshape(G, ROWS * L)
+            scales = np.zeros((G, 0), np.uint8)
+        else:
+            sb = b.reshape(rows, L // QBLOCK, QBLOCK)
+            ext = np.take_along_axis(sb, np.abs(sb).argmax(axis=2)[:, :, None], axis=2)[:, :, 0]
+            dj = ext / np.float32(-8.0)                                   # [rows, L/32]
+            d = (np.abs(dj).max(axis=1) / 127.0).astype(np.float32)
+            sc = np.clip(np.rint(dj / np.where(d > 0, d, 1)[:, None]), -127, 127)
+            dq = (sc * d[:, None]).astype(np.float32)
+            inv = np.where(dq != 0, 1.0 / np.where(dq != 0, dq, 1), 0).astype(np.float32)
+            q = np.clip(np.rint(sb * inv[:, :, None]), -8, 7).astype(np.int16).reshape(rows, L)
+            nib = (q + 8).astype(np.uint8).reshape(G, ROWS, L // 8, 2, 4)  # [g][r][c][half][i]
+            pairs = nib[:, :, :, 0, :] | (nib[:, :, :, 1, :] << 4)        # [g][r][c][i]
+            vals = pairs.transpose(0, 2, 1, 3).reshape(G, ROWS * L // 2)
+            scales = sc.astype(np.int8).reshape(G, ROWS, L // QBLOCK).transpose(0, 2, 1).reshape(G, L // 2).view(np.uint8)
+        ds = np.ascontiguousarray(d.reshape(G, ROWS), dtype="<f4").view(np.uint8)
+        parts += [vals, scales, ds]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes()
+
+
 def pack_matrix(x, dtype):
     """A [rows, cols] matrix in its file layout, as kernels.h names it ("packed weight
     layouts"; the C code reads it through mf32_group, mbf16_group, mq_block, mq8_quad,
@@ -857,6 +907,7 @@ def pack_matrix(x, dtype):
       MQ4_1: [g][block][ 4 chunks of [r][4] u8 (MQ4_D_OFFSET = 256 bytes), 16 x f32 d,
                          16 x f32 m (MQ4_M_OFFSET = 320) ] (MQ4_BLOCK_BYTES = 384)
              byte (r,i) of chunk c: low nibble = quad 2c, high nibble = quad 2c+1
+      MQ8_256, MQ4_256: blocks of up to 256 columns, see pack_256()
     `x` is a Raw (bf16 sources stay exact for mbf16) or a float32 array."""
     raw = x if isinstance(x, Raw) else Raw(np.asarray(x, dtype=np.float32), "f32")
     rows, cols = raw.shape
@@ -873,6 +924,8 @@ def pack_matrix(x, dtype):
         u16 = raw.data if raw.kind == "bf16" else f32_to_bf16(raw.f32())
         a = padded(u16).reshape(G, ROWS, cols // 2, 2).transpose(0, 2, 1, 3)
         return np.ascontiguousarray(a).astype("<u2").tobytes()
+    if dtype in (DT_MQ8_256, DT_MQ4_256):
+        return pack_256(padded(raw.f32().astype(np.float32)), dtype)
     q, d, m = quantize(raw.f32(), dtype)
     q, d = padded(q), padded(d)
     nb = cols // QBLOCK
@@ -904,6 +957,10 @@ def tensor_nbytes(dtype, shape):
         return padded + 4 * (padded // QBLOCK)
     if dtype == DT_MQ4_1:
         return padded // 2 + 8 * (padded // QBLOCK)
+    if dtype in (DT_MQ8_256, DT_MQ4_256):
+        groups, blocks = (rows + ROWS - 1) // ROWS, (cols + QBLOCK_256 - 1) // QBLOCK_256
+        values = ROWS * cols if dtype == DT_MQ8_256 else ROWS * cols // 2 + cols // 2   # + s8 sub-scales
+        return groups * (values + 4 * ROWS * blocks)
     raise ValueError(dtype)
 
 
@@ -1102,8 +1159,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", help="Hugging Face checkpoint directory")
     ap.add_argument("out", nargs="?", help="output model file")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES),
-                    help="weight type of the matrices (default bf16 = the released values, exact)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES) + sorted(ALIASES),
+                    help="weight type of the matrices (default bf16 = the released values, exact); "
+                         + ", ".join(f"{k} = {v}" for k, v in sorted(ALIASES.items())))
     ap.add_argument("--synthetic", choices=sorted(PRESETS), help="write random weights of this preset")
     ap.add_argument("--seed", type=int, default=0, help="random seed for --synthetic")
     ap.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's, or $QALIGN_TOKENIZER)")
@@ -1114,6 +1172,8 @@ def main():
     a = ap.parse_intermixed_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     log = (lambda *x: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    if a.dtype in ALIASES:
+        a.dtype = ALIASES[a.dtype]
     wtype = DTYPES[a.dtype]
 
     if a.synthetic:

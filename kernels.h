@@ -33,12 +33,13 @@
  * Plain tensors (vectors, tables, the tokenizer) are row-major. Weight matrices are the
  * M* types: rows grouped by PACK_ROWS, laid out so that one 64-byte load holds the same
  * column slice of 16 rows (below). */
-enum { DT_F32 = 0, DT_U8 = 1, DT_U32 = 2, DT_MF32 = 3, DT_MBF16 = 4, DT_MQ8_0 = 5, DT_MQ4_1 = 6, DT_COUNT };
+enum { DT_F32 = 0, DT_U8 = 1, DT_U32 = 2, DT_MF32 = 3, DT_MBF16 = 4, DT_MQ8_0 = 5, DT_MQ4_1 = 6, DT_MQ8_256 = 7,
+       DT_MQ4_256 = 8, DT_COUNT };
 
 /* A weight matrix [rows, cols] (PyTorch Linear layout: out x in), packed as its dtype. */
 typedef struct {
     const void *data;       /* into the model file (read-only) */
-    int dtype;              /* DT_MF32 / DT_MBF16 / DT_MQ8_0 / DT_MQ4_1 */
+    int dtype;              /* DT_MF32 / DT_MBF16 / DT_MQ8_0 / DT_MQ4_1 / DT_MQ8_256 / DT_MQ4_256 */
     int rows, cols;         /* out features, in features */
 } Tensor;
 
@@ -53,9 +54,23 @@ typedef struct {
  *   MQ4_1  [g][b][MQ4_BLOCK_BYTES]        block b = columns 32b..32b+31:
  *            chunk c (c < 4): 64 bytes, row r at 4r..4r+3; low nibble = quad 2c, high
  *            nibble = quad 2c+1 (0..15); then 16 f32 d, then 16 f32 m;
- *            value = d[r] * q + m[r] */
+ *            value = d[r] * q + m[r]
+ *   MQ8_256 [g][b][16 * L + 64]           block b = columns 256b..256b+L-1, L = min(256, K - 256b)
+ *            (K a multiple of 32, so only the last block of a row can be shorter):
+ *            quad j (j < L/4): 64 bytes, row r at 4r..4r+3, u8 = q + 128 (-127 <= q <= 127);
+ *            then 16 f32 d;                         value = d[r] * q
+ *   MQ4_256 [g][b][8.5 * L + 64]          block b as MQ8_256, in sub-blocks of 32 columns:
+ *            chunk c (c < L/8): 64 bytes, row r at 4r..4r+3; low nibble = quad 2c, high
+ *            nibble = quad 2c+1, nibble = q + 8 (-8 <= q <= 7); then per sub-block j
+ *            (j < L/32) 16 s8 sub-scales sc (row r at 16j + r); then 16 f32 d;
+ *            value = d[r] * sc[j][r] * q
+ * MQ8_256 and MQ4_256 are the fast types: per 256 columns the tiles do 64 (or, for MQ4_256,
+ * 8 x 8 plus 8 16-bit scalings of) integer dot products per accumulator before one float
+ * step, where MQ8_0 / MQ4_1 need float arithmetic every 32 columns. */
 #define PACK_ROWS 16   /* output rows per group */
-#define QBLOCK 32      /* values per quantisation block, along a row */
+#define QBLOCK 32      /* values per quantisation block, along a row (MQ8_0, MQ4_1; and the
+                          sub-blocks of MQ4_256); every quantised type needs K % QBLOCK == 0 */
+#define QBLOCK_256 256 /* columns per block of MQ8_256 / MQ4_256 (the last one may be shorter) */
 enum {
     MQ8_QUAD_BYTES = 4 * PACK_ROWS,                   /* 64 */
     MQ8_D_OFFSET = 8 * MQ8_QUAD_BYTES,                /* 512 */
@@ -79,6 +94,35 @@ static inline const float *mq8_d(const uint8_t *blk) { return (const float *)(bl
 static inline const uint8_t *mq4_chunk(const uint8_t *blk, int c) { return blk + c * MQ4_CHUNK_BYTES; }
 static inline const float *mq4_d(const uint8_t *blk) { return (const float *)(blk + MQ4_D_OFFSET); }
 static inline const float *mq4_m(const uint8_t *blk) { return (const float *)(blk + MQ4_M_OFFSET); }
+/* MQ8_256 / MQ4_256: blocks per row, the columns of block b, a block's bytes, block b of group g */
+static inline int q256_blocks(int K) { return (K + QBLOCK_256 - 1) / QBLOCK_256; }
+static inline int q256_len(int K, int b) { return K - b * QBLOCK_256 < QBLOCK_256 ? K - b * QBLOCK_256 : QBLOCK_256; }
+static inline size_t q256_block_bytes(int dtype, int len) {
+    return dtype == DT_MQ8_256 ? (size_t)PACK_ROWS * len + 64 : (size_t)PACK_ROWS * len / 2 + (size_t)len / 2 + 64;
+}
+static inline size_t q256_group_bytes(int dtype, int K) {
+    return (dtype == DT_MQ8_256 ? (size_t)PACK_ROWS * K : (size_t)PACK_ROWS * K / 2 + (size_t)K / 2) + 64 * (size_t)q256_blocks(K);
+}
+static inline const uint8_t *q256_block(const Tensor *W, int g, int b) {
+    return (const uint8_t *)W->data + (size_t)g * q256_group_bytes(W->dtype, W->cols) +
+           (size_t)b * q256_block_bytes(W->dtype, QBLOCK_256);
+}
+/* in a block of len columns: MQ8_256 quad j, MQ4_256 chunk c, sub-scales of sub-block j, d */
+static inline const uint8_t *q8_256_quad(const uint8_t *blk, int j) { return blk + (size_t)j * 64; }
+static inline const uint8_t *q4_256_chunk(const uint8_t *blk, int c) { return blk + (size_t)c * 64; }
+static inline const int8_t *q4_256_sc(const uint8_t *blk, int len, int j) {
+    return (const int8_t *)(blk + (size_t)len * PACK_ROWS / 2 + (size_t)j * PACK_ROWS);
+}
+static inline const float *q256_d(const uint8_t *blk, int dtype, int len) {
+    return (const float *)(blk + q256_block_bytes(dtype, len) - 64);
+}
+/* q of row r, column k (0..len-1) of a block */
+static inline int q8_256_q(const uint8_t *blk, int r, int k) { return (int)q8_256_quad(blk, k / 4)[4 * r + k % 4] - 128; }
+static inline int q4_256_q(const uint8_t *blk, int r, int k) {
+    uint8_t byte = q4_256_chunk(blk, k / 8)[4 * r + k % 4];
+    return ((k / 4) % 2 ? byte >> 4 : byte & 15) - 8;
+}
+
 /* q of row r, column k (0..31) of a block */
 static inline int mq8_q(const uint8_t *blk, int r, int k) { return (int)mq8_quad(blk, k / 4)[4 * r + k % 4] - 128; }
 static inline int mq4_q(const uint8_t *blk, int r, int k) {
@@ -88,38 +132,46 @@ static inline int mq4_q(const uint8_t *blk, int r, int k) {
 
 /* ---- activations, prepared once per matmul input ------------------------------------
  * A matmul multiplies activations x (T, K) by a weight matrix. For its weight type x is
- * used as f32, rounded to bf16, or quantised to int8 in blocks of QBLOCK (d = max|x|/127,
- * q = round(x/d)); the preparation is made once and shared by all the matmuls that read
- * the same x (q/k/v, gate/up). A family with tiles also gets copies interleaved in tiles
- * of R rows (R = its tile_rows_f / tile_rows_q8), so one pointer walks a tile: 4-byte
- * groups (an f32, a bf16 pair or an int8 quad) as (tiles, K/group, R), rows past T zero. */
-typedef enum { ACT_NONE, ACT_F32, ACT_BF16, ACT_Q8 } ActKind;
+ * used as f32, rounded to bf16, or quantised to int8 in blocks (d = max|x|/127,
+ * q = round(x/d)): blocks of QBLOCK for MQ8_0 / MQ4_1 (ACT_Q8), of QBLOCK_256 (the last
+ * one of a row shorter) for MQ8_256 / MQ4_256 (ACT_Q8_256). The preparation is made once
+ * and shared by all the matmuls that read the same x (q/k/v, gate/up). A family with tiles
+ * also gets copies interleaved in tiles of R rows (R = its tile_rows_f / tile_rows_q8), so
+ * one pointer walks a tile: 4-byte groups (an f32, a bf16 pair or an int8 quad) as
+ * (tiles, K/group, R), rows past T zero. */
+typedef enum { ACT_NONE, ACT_F32, ACT_BF16, ACT_Q8, ACT_Q8_256 } ActKind;
 
 typedef struct {
     const float *x;         /* (T, K) the activations */
     int T, K;               /* rows, row length */
     ActKind kind;           /* what the buffers below hold for x (ACT_NONE: nothing yet) */
     uint16_t *xb;           /* ACT_BF16: (T, K) x rounded to bf16 */
-    int8_t *xq;             /* ACT_Q8: (T, K) round(x / d) in -127..127 */
-    float *xd;              /* ACT_Q8: (T, K/32) d of each block */
-    int32_t *xc;            /* ACT_Q8: (T, K/32) -128 * sum of the block's xq (undoes MQ8_0's +128) */
+    int8_t *xq;             /* ACT_Q8, ACT_Q8_256: (T, K) round(x / d) in -127..127 */
+    float *xd;              /* (T, nb) d of each block; nb = acts_blocks(): K/32 or ceil(K/256) */
+    int32_t *xc;            /* (T, nb) -128 * sum of the block's xq (undoes MQ8_0's / MQ8_256's +128) */
     float *xs;              /* ACT_Q8: (T, K/32) d * sum of the block's xq (MQ4_1's m term) */
+    int32_t *xc4;           /* ACT_Q8_256: (T, K/32) -8 * sum of each 32 values' xq (undoes MQ4_256's +8) */
     size_t cap;             /* T*K the buffers hold */
     int bf16_fast;          /* bf16 weights meet bf16 activations (the family has bf16 tiles, not --precise) */
     int R;                  /* rows per tile of the copies below (0: not made) */
     uint32_t *xp;           /* (tiles, K/4 | K/2 | K, R) int8 quads, bf16 pairs or f32 */
-    float *xdp;             /* ACT_Q8: (tiles, K/32, R) as xd */
-    int32_t *xcp;           /* ACT_Q8: (tiles, K/32, R) as xc */
+    float *xdp;             /* (tiles, nb, R) as xd */
+    int32_t *xcp;           /* (tiles, nb, R) as xc */
     float *xsp;             /* ACT_Q8: (tiles, K/32, R) as xs */
+    int32_t *xc4p;          /* ACT_Q8_256: (tiles, K/32, R) as xc4 */
     size_t pcap;            /* 4-byte groups xp holds */
 } Acts;
 
-/* The interleaved tile holding row t0 (a multiple of a->R), and its per-block records. */
+/* Quantisation blocks per row of K values for an int8 kind. */
+static inline int acts_blocks(ActKind kind, int K) { return kind == ACT_Q8_256 ? q256_blocks(K) : K / QBLOCK; }
+/* The interleaved tile holding row t0 (a multiple of a->R), and its per-block and per-32
+ * records (xdp, xcp, xsp: acts_tile_blocks; xc4p: acts_tile_subs). */
 static inline const uint32_t *acts_tile(const Acts *a, int t0) {
-    int per = a->kind == ACT_Q8 ? 4 : a->kind == ACT_BF16 ? 2 : 1;
+    int per = a->kind == ACT_Q8 || a->kind == ACT_Q8_256 ? 4 : a->kind == ACT_BF16 ? 2 : 1;
     return a->xp + (size_t)(t0 / a->R) * (size_t)(a->K / per) * a->R;
 }
-static inline size_t acts_tile_blocks(const Acts *a, int t0) { return (size_t)(t0 / a->R) * (size_t)(a->K / QBLOCK) * a->R; }
+static inline size_t acts_tile_blocks(const Acts *a, int t0) { return (size_t)(t0 / a->R) * (size_t)acts_blocks(a->kind, a->K) * a->R; }
+static inline size_t acts_tile_subs(const Acts *a, int t0) { return (size_t)(t0 / a->R) * (size_t)(a->K / QBLOCK) * a->R; }
 
 /* ---- small scalar pieces every implementation shares -------------------------------- */
 
@@ -199,6 +251,9 @@ typedef struct {
     /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
      * bit-identical to quantize_row_ref */
     void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);
+    /* the same in blocks of QBLOCK_256 (ACT_Q8_256): q, d and c per block, c4 = -8 sum q per
+     * 32 values; bit-identical to quantize_row_256_ref */
+    void (*quantize_row_256)(int8_t *q, float *d, int32_t *c, int32_t *c4, const float *x, int K);
     /* in place over n values, max-subtracted */
     void (*softmax)(float *x, int n);
     /* out (T, C) = LayerNorm(x) * w + b; out may equal x */

@@ -32,7 +32,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +102,7 @@ enum {
     H_COUNT
 };
 
-static const char *const DT_NAMES[DT_COUNT] = {"f32", "u8", "u32", "f32", "bf16", "q8_0", "q4_1"};
+static const char *const DT_NAMES[DT_COUNT] = {"f32", "u8", "u32", "f32", "bf16", "q8_0", "q4_1", "q8_256", "q4_256"};
 
 typedef struct {
     int wtype;              /* weight type the matrices were exported in (DT_M*) */
@@ -227,6 +229,13 @@ typedef struct qalign_model {
     int n_tensors;
     char *path;
     char model_id[17];      /* hash of header + table, hex */
+    /* the helper thread that makes the mapped weights resident (prefetch_start) */
+    pthread_t prefetcher;
+    int prefetching;        /* it was started (and is joined by model_free) */
+    atomic_int prefetch_stop; /* set by model_free: stop after the current chunk */
+    size_t prefetch_range[2][2]; /* [from, to) file offsets: the decoder's layers, then the
+                               vision tower's and the abstractor's weights (not the embedding
+                               table and lm_head, of which a few rows are read) */
 } Model;
 
 /* ----------------------------------------------------------------------------------------
@@ -412,6 +421,32 @@ static void quantize_row_ref(int8_t *q, float *d, int32_t *c, float *s, const fl
     }
 }
 
+/* The same in blocks of QBLOCK_256 (the last one of the row shorter when K is not a multiple
+ * of 256), for MQ8_256 / MQ4_256: q, d and c = -128 sum q per block, and c4 = -8 sum q per 32
+ * values (MQ4_256's sub-blocks). */
+static void quantize_row_256_ref(int8_t *q, float *d, int32_t *c, int32_t *c4, const float *x, int K) {
+    for (int b = 0; b < q256_blocks(K); b++) {
+        int k0 = b * QBLOCK_256, len = q256_len(K, b);
+        float amax = 0.0f;
+        for (int i = 0; i < len; i++) amax = fmaxf(amax, fabsf(x[k0 + i]));
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < len / QBLOCK; j++) {
+            int sub = 0;
+            for (int i = k0 + j * QBLOCK; i < k0 + (j + 1) * QBLOCK; i++) {
+                int v = (int)nearbyintf(x[i] * id);
+                v = v > 127 ? 127 : v < -127 ? -127 : v;
+                q[i] = (int8_t)v;
+                sub += v;
+            }
+            c4[k0 / QBLOCK + j] = -8 * sub;
+            sum += sub;
+        }
+        d[b] = db;
+        c[b] = -128 * sum;
+    }
+}
+
 /* Point the Acts at new activations; nothing is converted until a matmul needs it. */
 static void acts_set(Acts *a, const float *x, int T, int K) {
     CHECK((size_t)T * (size_t)K <= a->cap);
@@ -423,7 +458,7 @@ static void acts_set(Acts *a, const float *x, int T, int K) {
 
 static void acts_prepare(Acts *a, ActKind kind) {
     const Kernels *kern = kernels_cpu();
-    int T = a->T, K = a->K, nb = K / QBLOCK;
+    int T = a->T, K = a->K, nb = acts_blocks(kind, K), ns = K / QBLOCK;
     if (kind == ACT_BF16) {
 #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++)
@@ -437,32 +472,47 @@ static void acts_prepare(Acts *a, ActKind kind) {
             if (kern->quantize_row) kern->quantize_row(q, d, c, s, a->x + (size_t)t * K, K);
             else quantize_row_ref(q, d, c, s, a->x + (size_t)t * K, K);
         }
+    } else if (kind == ACT_Q8_256) {
+#pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            int8_t *q = a->xq + (size_t)t * K;
+            float *d = a->xd + (size_t)t * nb;
+            int32_t *c = a->xc + (size_t)t * nb, *c4 = a->xc4 + (size_t)t * ns;
+            if (kern->quantize_row_256) kern->quantize_row_256(q, d, c, c4, a->x + (size_t)t * K, K);
+            else quantize_row_256_ref(q, d, c, c4, a->x + (size_t)t * K, K);
+        }
     }
+    int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
-    a->R = kind == ACT_Q8 ? kern->tile_rows_q8 : kern->tile_rows_f;
+    a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
     if (!a->R) return;
     /* the tile-interleaved copies the family's tiles read (kernels.h, Acts) */
     int R = a->R, tiles = (T + R - 1) / R;
-    int per = kind == ACT_Q8 ? 4 : kind == ACT_BF16 ? 2 : 1, groups = K / per;
+    int per = int8 ? 4 : kind == ACT_BF16 ? 2 : 1, groups = K / per;
     CHECK((size_t)tiles * R * groups <= a->pcap);
 #pragma omp parallel for schedule(static)
     for (int ti = 0; ti < tiles; ti++) {
         uint32_t *dst = a->xp + (size_t)ti * groups * R;
         for (int r = 0; r < R; r++) {
             int t = ti * R + r;
-            const uint8_t *src = kind == ACT_Q8 ? (const uint8_t *)(a->xq + (size_t)t * K)
+            const uint8_t *src = int8 ? (const uint8_t *)(a->xq + (size_t)t * K)
                                : kind == ACT_BF16 ? (const uint8_t *)(a->xb + (size_t)t * K) : (const uint8_t *)(a->x + (size_t)t * K);
             for (int g = 0; g < groups; g++) {
                 uint32_t v = 0;
                 if (t < T) memcpy(&v, src + 4 * (size_t)g, 4);
                 dst[(size_t)g * R + r] = v;
             }
-            if (kind == ACT_Q8)
+            if (int8)
                 for (int b = 0; b < nb; b++) {
                     size_t i = ((size_t)ti * nb + b) * R + r, j = (size_t)t * nb + b;
                     a->xdp[i] = t < T ? a->xd[j] : 0.0f;
                     a->xcp[i] = t < T ? a->xc[j] : 0;
-                    a->xsp[i] = t < T ? a->xs[j] : 0.0f;
+                    if (kind == ACT_Q8) a->xsp[i] = t < T ? a->xs[j] : 0.0f;
+                }
+            if (kind == ACT_Q8_256)
+                for (int j = 0; j < ns; j++) {
+                    size_t i = ((size_t)ti * ns + j) * R + r;
+                    a->xc4p[i] = t < T ? a->xc4[(size_t)t * ns + j] : 0;
                 }
         }
     }
@@ -472,6 +522,7 @@ static ActKind act_kind_for(const Acts *a, int dtype) {
     switch (dtype) {
     case DT_MBF16: return a->bf16_fast ? ACT_BF16 : ACT_F32;
     case DT_MQ8_0: case DT_MQ4_1: return ACT_Q8;
+    case DT_MQ8_256: case DT_MQ4_256: return ACT_Q8_256;
     default: return ACT_F32;
     }
 }
@@ -514,6 +565,29 @@ static void tile_ref(float *out, int ldo, const Acts *a, const Tensor *W, const 
                             acc[r] += w1 * x[1];
                         }
                     }
+            } else if (W->dtype == DT_MQ8_256 || W->dtype == DT_MQ4_256) {
+                /* per block of up to 256 columns, an exact int32 sum, then one float step:
+                 * q8_256  d_w d_x sum_k q_w q_x
+                 * q4_256  d_w d_x sum_j sc_j (sum_k in sub-block j q_w q_x) */
+                const int8_t *xq = a->xq + (size_t)t * K;
+                int nb256 = q256_blocks(K);
+                for (int b = 0; b < nb256; b++) {
+                    const uint8_t *blk = q256_block(W, g, b);
+                    int len = q256_len(K, b), k0 = b * QBLOCK_256;
+                    float dx = a->xd[(size_t)t * nb256 + b];
+                    for (int r = 0; r < PACK_ROWS; r++) {
+                        int32_t sum = 0;
+                        if (W->dtype == DT_MQ8_256)
+                            for (int k = 0; k < len; k++) sum += q8_256_q(blk, r, k) * xq[k0 + k];
+                        else
+                            for (int j = 0; j < len / QBLOCK; j++) {
+                                int32_t sub = 0;
+                                for (int k = j * QBLOCK; k < (j + 1) * QBLOCK; k++) sub += q4_256_q(blk, r, k) * xq[k0 + k];
+                                sum += q4_256_sc(blk, len, j)[r] * sub;
+                            }
+                        acc[r] += (q256_d(blk, W->dtype, len)[r] * dx) * (float)sum;
+                    }
+                }
             } else {
                 /* per block: q8_0  d_w d_x sum_k q_w q_x;   q4_1  the same + m_w d_x sum_k q_x */
                 const int8_t *xq = a->xq + (size_t)t * K;
@@ -575,6 +649,14 @@ static void matrix_row(float *out, const Tensor *W, int row) {
         case DT_MQ4_1: {
             const uint8_t *blk = mq_block(W, g, k / QBLOCK);
             out[k] = mq4_d(blk)[r] * (float)mq4_q(blk, r, k % QBLOCK) + mq4_m(blk)[r];
+            break;
+        }
+        case DT_MQ8_256: case DT_MQ4_256: {
+            int b = k / QBLOCK_256, len = q256_len(K, b), kb = k % QBLOCK_256;
+            const uint8_t *blk = q256_block(W, g, b);
+            float d = q256_d(blk, W->dtype, len)[r];
+            out[k] = W->dtype == DT_MQ8_256 ? d * (float)q8_256_q(blk, r, kb)
+                                            : d * (float)(q4_256_sc(blk, len, kb / QBLOCK)[r] * q4_256_q(blk, r, kb));
             break;
         }
         }
@@ -1544,7 +1626,7 @@ static int read_config(Loader *ld, Config *c, const uint8_t *h) {
         load_fail(ld, QALIGN_ERR_FORMAT, "widths not divisible by head counts;" HINT_EXPORT);
     c->l_head_dim = c->l_dim / c->l_heads;
     if (c->l_head_dim % 2) load_fail(ld, QALIGN_ERR_FORMAT, "odd decoder head size;" HINT_EXPORT);
-    if (c->wtype < DT_MF32 || c->wtype > DT_MQ4_1) load_fail(ld, QALIGN_ERR_FORMAT, "unknown weight type %d;" HINT_EXPORT, c->wtype);
+    if (c->wtype < DT_MF32 || c->wtype >= DT_COUNT) load_fail(ld, QALIGN_ERR_FORMAT, "unknown weight type %d;" HINT_EXPORT, c->wtype);
     if (c->bos_id < 0 || c->bos_id >= c->l_vocab) load_fail(ld, QALIGN_ERR_FORMAT, "BOS id out of range;" HINT_EXPORT);
     if (!good_eps(c->v_eps) || !good_eps(c->a_eps) || !good_eps(c->a_ffn_eps) || !good_eps(c->l_eps))
         load_fail(ld, QALIGN_ERR_FORMAT, "an eps in the header is not a normal number in (0, 1);" HINT_EXPORT);
@@ -1563,15 +1645,21 @@ static uint64_t dtype_nbytes(int dtype, uint64_t n, uint64_t rows, uint64_t cols
     case DT_MBF16: return 2 * padded;
     case DT_MQ8_0: return padded / QBLOCK * MQ8_BLOCK_BYTES / PACK_ROWS;
     case DT_MQ4_1: return padded / QBLOCK * MQ4_BLOCK_BYTES / PACK_ROWS;
+    case DT_MQ8_256: case DT_MQ4_256:
+        /* cols < 2^24 (read_table): the group size fits easily */
+        return (rows + PACK_ROWS - 1) / PACK_ROWS * (uint64_t)q256_group_bytes(dtype, (int)cols);
     }
     return 0;
 }
 
+static int is_quantised(int dtype) { return dtype == DT_MQ8_0 || dtype == DT_MQ4_1 || dtype == DT_MQ8_256 || dtype == DT_MQ4_256; }
+
 /* The type a matrix of `cols` columns is stored in, in a file of weight type wtype: as
- * export.py's tensor_dtype(), quantised types need whole 32-value blocks per row (else
- * bf16) and bf16 an even row length (else f32). */
+ * export.py's tensor_dtype(), quantised types need rows of whole 32-value blocks (else
+ * bf16; MQ8_256 / MQ4_256 end a row with a shorter block when 256 does not divide it) and
+ * bf16 an even row length (else f32). */
 static int matrix_dtype(int wtype, int64_t cols) {
-    if ((wtype == DT_MQ8_0 || wtype == DT_MQ4_1) && cols % QBLOCK) wtype = DT_MBF16;
+    if (is_quantised(wtype) && cols % QBLOCK) wtype = DT_MBF16;
     if (wtype == DT_MBF16 && cols % 2) wtype = DT_MF32;
     return wtype;
 }
@@ -1645,8 +1733,8 @@ static int read_table(Loader *ld) {
             n *= (uint64_t)e->shape[d];
         }
         int matrix = e->dtype >= DT_MF32;
-        if (matrix && (e->ndim != 2 || ((e->dtype == DT_MQ8_0 || e->dtype == DT_MQ4_1) && e->shape[1] % QBLOCK) ||
-                       (e->dtype == DT_MBF16 && e->shape[1] % 2)))
+        if (matrix && (e->ndim != 2 || (is_quantised(e->dtype) && e->shape[1] % QBLOCK) ||
+                       (e->dtype == DT_MBF16 && e->shape[1] % 2) || e->shape[1] > (1 << 24)))
             return load_fail(ld, QALIGN_ERR_FORMAT, "matrix %s has a shape its type cannot store;" HINT_EXPORT, e->name);
         uint64_t want = dtype_nbytes(e->dtype, n, (uint64_t)e->shape[0], (uint64_t)e->shape[e->ndim - 1]);
         uint64_t aligned = (pos + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
@@ -1822,8 +1910,47 @@ static const uint8_t *read_whole_file(Loader *ld, int fd, size_t size) {
     return buf;
 }
 
+/* The first image of a mapped model faults its pages in as the matmuls reach them: the
+ * decoder's 4-15 GB on the critical path, read from disk when the page cache does not hold
+ * them. A helper thread started at open makes them resident while the vision tower runs:
+ * madvise(MADV_POPULATE_READ) (Linux 5.14) in 32 MB chunks, the decoder's layers first, then
+ * the vision tower's and abstractor's weights (which the forward pass is already touching),
+ * one byte per page where the call is missing. It only reads the mapping; model_free stops
+ * it after its current chunk before unmapping. bench/ANALYSIS.md has what it saves. */
+static void *prefetch_main(void *arg) {
+    Model *m = arg;
+    const size_t chunk = (size_t)32 << 20;
+    long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t lo = m->prefetch_range[pass][0] / (size_t)page * (size_t)page, hi = m->prefetch_range[pass][1];
+        for (size_t off = lo; off < hi && !atomic_load(&m->prefetch_stop); off += chunk) {
+            size_t len = hi - off < chunk ? hi - off : chunk;
+#if defined(MADV_POPULATE_READ)
+            if (madvise((void *)(m->map + off), len, MADV_POPULATE_READ) == 0) continue;
+#endif
+            volatile uint8_t sink = 0;
+            for (size_t i = 0; i < len; i += (size_t)page) sink ^= m->map[off + i];
+            (void)sink;
+        }
+    }
+    return NULL;
+}
+
+static void prefetch_start(Model *m) {
+    TableEntry *layers = find_tensor(m, "l.0.attn_norm.0"), *norm = find_tensor(m, "l.norm"), *embed = find_tensor(m, "l.embed");
+    if (!layers || !norm || !embed) return; /* (the loader has checked they are there) */
+    m->prefetch_range[0][0] = (size_t)layers->offset, m->prefetch_range[0][1] = (size_t)norm->offset;
+    m->prefetch_range[1][0] = 0, m->prefetch_range[1][1] = (size_t)embed->offset;
+    atomic_store(&m->prefetch_stop, 0);
+    m->prefetching = pthread_create(&m->prefetcher, NULL, prefetch_main, m) == 0; /* if not: faults as before */
+}
+
 static void model_free(Model *m) {
     if (!m) return;
+    if (m->prefetching) {
+        atomic_store(&m->prefetch_stop, 1);
+        pthread_join(m->prefetcher, NULL);
+    }
     tokenizer_free(&m->tok);
     free(m->v.layers);
     free(m->a.layers);
@@ -1913,6 +2040,7 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
             else h = fnv1a(d + n - k, k, fnv1a(d + n / 2 - k / 2, k, fnv1a(d, k, h)));
         }
         snprintf(m->model_id, sizeof m->model_id, "%016llx", (unsigned long long)h);
+        if (!m->copied && !(opt && opt->no_prefetch)) prefetch_start(m);
     }
 done:
     if (fd >= 0) close(fd);
@@ -1943,22 +2071,25 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
     a->xd = malloc(nb * sizeof(float));
     a->xc = malloc(nb * sizeof(int32_t));
     a->xs = malloc(nb * sizeof(float));
-    *bytes += cap * 3 + nb * 12;
-    int ok = a->xb && a->xq && a->xd && a->xc && a->xs;
+    a->xc4 = malloc(nb * sizeof(int32_t));
+    *bytes += cap * 3 + nb * 16;
+    int ok = a->xb && a->xq && a->xd && a->xc && a->xs && a->xc4;
     if (kern->tile_rows_f || kern->tile_rows_q8) { /* the interleaved copies */
         a->pcap = cap + PACK_ROWS * max_k;
         a->xp = malloc(a->pcap * sizeof(uint32_t));
         a->xdp = malloc((a->pcap / 8 + 1) * sizeof(float));
         a->xcp = malloc((a->pcap / 8 + 1) * sizeof(int32_t));
         a->xsp = malloc((a->pcap / 8 + 1) * sizeof(float));
-        *bytes += a->pcap * 4 + (a->pcap / 8 + 1) * 12;
-        ok = ok && a->xp && a->xdp && a->xcp && a->xsp;
+        a->xc4p = malloc((a->pcap / 8 + 1) * sizeof(int32_t));
+        *bytes += a->pcap * 4 + (a->pcap / 8 + 1) * 16;
+        ok = ok && a->xp && a->xdp && a->xcp && a->xsp && a->xc4p;
     }
     return ok ? 0 : -1;
 }
 
 static void acts_free(Acts *a) {
-    free(a->xb), free(a->xq), free(a->xd), free(a->xc), free(a->xs), free(a->xp), free(a->xdp), free(a->xcp), free(a->xsp);
+    free(a->xb), free(a->xq), free(a->xd), free(a->xc), free(a->xs), free(a->xc4);
+    free(a->xp), free(a->xdp), free(a->xcp), free(a->xsp), free(a->xc4p);
     memset(a, 0, sizeof *a);
 }
 

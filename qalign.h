@@ -69,6 +69,9 @@ typedef struct qalign_model qalign_model;
 typedef struct {
     int no_mmap;            /* 1: read the file into this process's memory (2 MB pages where
                                the kernel allows) instead of mapping it; see README */
+    int no_prefetch;        /* 1: do not make a mapped file's decoder weights resident on a
+                               helper thread while the first image's vision tower runs (for
+                               a program that opens a model only to look at it) */
 } qalign_open_options;
 
 /* Open a model file: map it (or read it), check the header and walk the tensor table to
@@ -82,7 +85,7 @@ typedef struct {
     uint64_t file_bytes;
     int format_version;
     int n_tensors;
-    const char *weight_type; /* "f32" "bf16" "q8_0" "q4_1" */
+    const char *weight_type; /* "f32" "bf16" "q8_0" "q4_1" "q8_256" "q4_256" */
     char model_id[17];      /* 16 hex digits: a hash of the header, the tensor table and
                                samples of each tensor's data (its first, middle and last 4 KB),
                                which identifies what produced a result (result files record it) */

@@ -38,7 +38,10 @@ while [ $# -gt 0 ]; do
         *) args+=("$1"); shift ;;
     esac
 done
-case "$dtype" in f32|bf16|q8_0|q4_1) ;; *) die "--dtype must be f32, bf16, q8_0 or q4_1" ;; esac
+# q8 and q4 name the fastest 8-bit and 4-bit types (export.py ALIASES); the cache file is
+# named after the type itself
+case "$dtype" in q8) dtype="q8_256" ;; q4) dtype="q4_256" ;; esac
+case "$dtype" in f32|bf16|q8_0|q4_1|q8_256|q4_256) ;; *) die "--dtype must be f32, bf16, q8, q4, q8_0, q4_1, q8_256 or q4_256" ;; esac
 [ ${#args[@]} -gt 0 ] || die "no images given (try --help)"
 # the checkpoint of each preset (QALIGN_REPO or --model choose another)
 case "$preset" in

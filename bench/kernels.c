@@ -1,6 +1,6 @@
 /* bench/kernels.c - GFLOP/s of each matmul kernel and of attention, on one thread.
  *
- *   make build/bench_kernels && ./build/bench_kernels [seconds-per-case]
+ *   make build/bench_kernels && ./build/bench_kernels [seconds-per-case [types, e.g. q8_0,q8_256]]
  *
  * Times are CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), so other work on a
  * shared machine slows the figures less than wall-clock time would. Shapes are the ones
@@ -39,45 +39,79 @@ static Tensor filled_matrix(int dtype, int rows, int cols) {
     return W;
 }
 
+/* GOP/s of vpdpbusd alone on this thread (12 independent chains), where the build has it */
+static double int8_peak(void) {
+#if defined(__AVX512VNNI__)
+    __m512i a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, b = _mm512_set1_epi32(0x01010101), c = _mm512_set1_epi32(0x02020202);
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = _mm512_setzero_si512();
+    long n = 5000000;
+    double t0 = thread_seconds();
+    for (long i = 0; i < n; i++)
+        __asm__ volatile("vpdpbusd %[c], %[b], %[a0]\n\tvpdpbusd %[c], %[b], %[a1]\n\tvpdpbusd %[c], %[b], %[a2]\n\t"
+                         "vpdpbusd %[c], %[b], %[a3]\n\tvpdpbusd %[c], %[b], %[a4]\n\tvpdpbusd %[c], %[b], %[a5]\n\t"
+                         "vpdpbusd %[c], %[b], %[a6]\n\tvpdpbusd %[c], %[b], %[a7]\n\tvpdpbusd %[c], %[b], %[a8]\n\t"
+                         "vpdpbusd %[c], %[b], %[a9]\n\tvpdpbusd %[c], %[b], %[a10]\n\tvpdpbusd %[c], %[b], %[a11]"
+                         : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5),
+                           [a6] "+v"(a6), [a7] "+v"(a7), [a8] "+v"(a8), [a9] "+v"(a9), [a10] "+v"(a10), [a11] "+v"(a11)
+                         : [b] "v"(b), [c] "v"(c));
+    return 12.0 * (double)n * 128 / (thread_seconds() - t0) / 1e9;
+#else
+    return 0;
+#endif
+}
+
+/* ./build/bench_kernels [seconds-per-case [weight types, e.g. q8_0,q8_256]] */
 int main(int argc, char **argv) {
     double budget = argc > 1 ? atof(argv[1]) : 1.0;
+    const char *only = argc > 2 ? argv[2] : NULL;
 #ifdef _OPENMP
     omp_set_num_threads(1);
 #endif
     printf("kernels: %s; one thread; CPU time of the thread\n", qalign_kernels());
+    double pk0 = int8_peak();
     struct { const char *what; int T, N, K; } shapes[] = {
         {"vit qkv/o", 1025, 1024, 1024}, {"vit fc1", 1025, 4096, 1024}, {"vit fc2", 1025, 1024, 4096},
         {"llm q/k/v/o", 77, 4096, 4096}, {"llm gate/up", 77, 11008, 4096}, {"llm down", 77, 4096, 11008},
     };
-    const int types[] = {DT_MF32, DT_MBF16, DT_MBF16, DT_MQ8_0, DT_MQ4_1};
-    const int fast[] = {0, 0, 1, 0, 0};
+    const int types[] = {DT_MF32, DT_MBF16, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
+    const int fast[] = {0, 0, 1, 0, 0, 0, 0};
     size_t cap = (size_t)1025 * 11008;
     float *x = xmalloc(cap * sizeof(float)), *out = xmalloc((size_t)1025 * 11008 * sizeof(float));
     for (size_t i = 0; i < cap; i++) x[i] = (float)((int)(i % 61) - 30) / 30.0f;
-    printf("%-14s %-18s %10s %10s\n", "shape", "weights", "ms/call", "GFLOP/s");
+    /* matmul = preparing the activations (conversion, quantisation, interleaving) + the tiles;
+     * "tiles" times the tiles alone on activations prepared once */
+    printf("%-14s %-18s %10s %10s %10s %12s\n", "shape", "weights", "ms/call", "GFLOP/s", "prep ms", "tiles GFLOP/s");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             if (fast[ti] && !kernels_cpu()->bf16_acts) continue; /* no bf16 x bf16 tiles in this build */
+            if (only && !strstr(only, DT_NAMES[types[ti]])) continue;
             Acts a;
             size_t bytes = 0;
             if (acts_alloc(&a, cap, 11008, fast[ti], &bytes) != 0) return 2;
             Tensor W = filled_matrix(types[ti], shapes[si].N, shapes[si].K);
-            int calls = 0;
-            double t0 = thread_seconds(), t;
-            do {
+            int calls = 0, tcalls = 0;
+            double t = 0, tt = 0;
+            while (t + tt < 2 * budget) { /* alternately, so that both see the same machine */
+                double t0 = thread_seconds();
                 matmul(out, &a, x, shapes[si].T, &W, NULL, EPI_STORE);
-                calls++;
-                t = thread_seconds() - t0;
-            } while (t < budget);
+                double t1 = thread_seconds();
+                matmul_acts(out, W.rows, &a, &W, NULL, EPI_STORE); /* acts already prepared */
+                t += t1 - t0, tt += thread_seconds() - t1;
+                calls++, tcalls++;
+            }
             double flop = 2.0 * shapes[si].T * shapes[si].N * (double)shapes[si].K;
             char name[32];
             snprintf(name, sizeof name, "%s%s", DT_NAMES[types[ti]], types[ti] == DT_MBF16 ? (fast[ti] ? " (bf16 act)" : " (f32 act)") : "");
-            printf("%-14s %-18s %10.2f %10.1f\n", shapes[si].what, name, 1e3 * t / calls, flop * calls / t / 1e9);
+            printf("%-14s %-18s %10.2f %10.1f %10.2f %12.1f\n", shapes[si].what, name, 1e3 * t / calls, flop * calls / t / 1e9,
+                   1e3 * (t / calls - tt / tcalls), flop * tcalls / tt / 1e9);
             fflush(stdout);
             free((void *)W.data);
             acts_free(&a);
         }
     }
+    double pk1 = int8_peak();
+    if (pk0 > 0) printf("vpdpbusd peak on this thread: %.0f GOP/s before, %.0f after\n", pk0, pk1);
+    if (only) return 0;
     /* attention: ViT layer (1025 tokens, 16 heads of 64) and decoder (92 rows, 32 heads of 128) */
     struct { const char *what; int T, H, hd, causal; } att[] = {{"vit attention", 1025, 16, 64, 0}, {"llm attention", 92, 32, 128, 1}};
     for (size_t i = 0; i < 2; i++) {

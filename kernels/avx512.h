@@ -141,6 +141,34 @@ static void quantize_row_avx512(int8_t *q, float *d, int32_t *c, float *s, const
     }
 }
 
+/* The same in blocks of 256 (ACT_Q8_256), with the sum of each 32 values for MQ4_256. */
+static void quantize_row_256_avx512(int8_t *q, float *d, int32_t *c, int32_t *c4, const float *x, int K) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int b = 0; b < q256_blocks(K); b++) {
+        int k0 = b * QBLOCK_256, len = q256_len(K, b);
+        __m512 vmax = _mm512_setzero_ps();
+        for (int i = 0; i < len; i += 16) vmax = _mm512_max_ps(vmax, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + k0 + i)));
+        float amax = _mm512_reduce_max_ps(vmax);
+        float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
+        __m512 vid = _mm512_set1_ps(id);
+        int sum = 0;
+        for (int j = 0; j < len / QBLOCK; j++) {
+            const float *xj = x + k0 + j * QBLOCK;
+            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xj), vid));
+            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xj + 16), vid));
+            q0 = _mm512_max_epi32(_mm512_min_epi32(q0, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            q1 = _mm512_max_epi32(_mm512_min_epi32(q1, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+            _mm_storeu_si128((__m128i *)(q + k0 + j * QBLOCK), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(q + k0 + j * QBLOCK + 16), _mm512_cvtepi32_epi8(q1));
+            int sub = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            c4[k0 / QBLOCK + j] = -8 * sub;
+            sum += sub;
+        }
+        d[b] = db;
+        c[b] = -128 * sum;
+    }
+}
+
 /* --- matmul tiles -------------------------------------------------------------------- */
 
 /* Store 16 outputs of a group (masked at the matrix's last row) with bias and epilogue. */
@@ -309,6 +337,102 @@ static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int 
     TILE_STORE(acc)
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#define UNROLL8 _Pragma("GCC unroll 8")
+#else
+#define UNROLL8
+#endif
+/* int8 activations x MQ8_256 / MQ4_256 weights: per block of up to 256 columns the int32
+ * sums run without any float step; then one convert, d_w d_x and FMA per accumulator.
+ * MQ4_256: per sub-block of 32 columns the sum (nibbles q + 8, started at -8 sum x so that
+ * it is sum q x, which fits 16 bits: |q x| <= 8 x 127 x 32) is scaled by the row's s8
+ * sub-scale into the block's int32 sum with one vpdpwssd (the sub-scale sign-extended to
+ * 16 bits in the low half of each lane, zero in the high half). */
+static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                  const float *bias, int epi, int t0, int nt, int g0,
+                                                                  const int G, const int q4) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = q256_blocks(K);
+    size_t gbytes = q256_group_bytes(W->dtype, K);
+    /* the float totals stay in memory (touched once per block): the registers hold the
+     * int32 sums (and MQ4_256's sub-block sums) */
+    float tot[2][R][16] __attribute__((aligned(64)));
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) _mm512_store_ps(tot[g][r], _mm512_setzero_ps());
+    const uint32_t *x = acts_tile(a, t0);
+    size_t tb = acts_tile_blocks(a, t0);
+    const float *xd = a->xdp + tb;
+    const int32_t *xc = a->xcp + tb, *xc4 = a->xc4p + acts_tile_subs(a, t0);
+    const __m512i low4 = _mm512_set1_epi8(15), top = _mm512_set1_epi8((char)0x80), lo16 = _mm512_set1_epi32(0xffff);
+    for (int b = 0; b < nb; b++, xd += R, xc += R) {
+        int len = q256_len(K, b);
+        const uint8_t *b0 = q256_block(W, g0, b), *b1 = b0 + gbytes;
+        __m512i s[2][R];
+        for (int r = 0; r < R; r++) {
+            __m512i c = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(xc[r]);
+            s[0][r] = c;
+            if (G > 1) s[1][r] = c;
+        }
+        if (!q4) {
+            /* 32 columns per iteration: a fixed inner count keeps the sums in registers */
+            for (int j0 = 0; j0 < len / 4; j0 += 8, x += 8 * R)
+                UNROLL8 for (int j = 0; j < 8; j++) { /* quad j0 + j: columns 4(j0+j).. of the block */
+                    __m512i w0 = _mm512_loadu_si512(q8_256_quad(b0, j0 + j)), w1 = _mm512_setzero_si512();
+                    if (G > 1) w1 = _mm512_loadu_si512(q8_256_quad(b1, j0 + j));
+                    if (Q8_SIGNED) w0 = _mm512_xor_si512(w0, top), w1 = _mm512_xor_si512(w1, top);
+                    for (int r = 0; r < R; r++) {
+                        __m512i xv = _mm512_set1_epi32((int)x[j * R + r]);
+                        s[0][r] = dot4_avx512(s[0][r], w0, xv, 1);
+                        if (G > 1) s[1][r] = dot4_avx512(s[1][r], w1, xv, 1);
+                    }
+                }
+        } else {
+            for (int j = 0; j < len / QBLOCK; j++, xc4 += R, x += 8 * R) { /* sub-block j: chunks 4j..4j+3 */
+                __m512i u[2][R];
+                for (int r = 0; r < R; r++) {
+                    u[0][r] = _mm512_set1_epi32(xc4[r]);
+                    if (G > 1) u[1][r] = u[0][r];
+                }
+                UNROLL8 for (int cc = 0; cc < 4; cc++) {
+                    __m512i v0 = _mm512_loadu_si512(q4_256_chunk(b0, 4 * j + cc)), v1 = _mm512_setzero_si512();
+                    if (G > 1) v1 = _mm512_loadu_si512(q4_256_chunk(b1, 4 * j + cc));
+                    UNROLL8 for (int h = 0; h < 2; h++) { /* low nibbles: quad 2cc, high: quad 2cc+1 */
+                        __m512i w0 = h ? _mm512_and_si512(_mm512_srli_epi16(v0, 4), low4) : _mm512_and_si512(v0, low4);
+                        __m512i w1 = h ? _mm512_and_si512(_mm512_srli_epi16(v1, 4), low4) : _mm512_and_si512(v1, low4);
+                        for (int r = 0; r < R; r++) {
+                            __m512i xv = _mm512_set1_epi32((int)x[(2 * cc + h) * R + r]);
+                            u[0][r] = dot4_avx512(u[0][r], w0, xv, 0);
+                            if (G > 1) u[1][r] = dot4_avx512(u[1][r], w1, xv, 0);
+                        }
+                    }
+                }
+                __m512i sc0 = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(b0, len, j))), lo16);
+                __m512i sc1 = G > 1 ? _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(b1, len, j))), lo16) : sc0;
+                for (int r = 0; r < R; r++) {
+#ifdef QA_AVX512_VNNI
+                    s[0][r] = _mm512_dpwssd_epi32(s[0][r], u[0][r], sc0);
+                    if (G > 1) s[1][r] = _mm512_dpwssd_epi32(s[1][r], u[1][r], sc1);
+#else
+                    s[0][r] = _mm512_add_epi32(s[0][r], _mm512_madd_epi16(u[0][r], sc0));
+                    if (G > 1) s[1][r] = _mm512_add_epi32(s[1][r], _mm512_madd_epi16(u[1][r], sc1));
+#endif
+                }
+            }
+        }
+        __m512 d0 = _mm512_loadu_ps(q256_d(b0, W->dtype, len)), d1 = G > 1 ? _mm512_loadu_ps(q256_d(b1, W->dtype, len)) : d0;
+        for (int r = 0; r < R; r++) {
+            __m512 dx = _mm512_set1_ps(xd[r]);
+            _mm512_store_ps(tot[0][r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0][r]), _mm512_mul_ps(d0, dx), _mm512_load_ps(tot[0][r])));
+            if (G > 1)
+                _mm512_store_ps(tot[1][r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1][r]), _mm512_mul_ps(d1, dx), _mm512_load_ps(tot[1][r])));
+        }
+    }
+    __m512 acc[2][R];
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) acc[g][r] = _mm512_load_ps(tot[g][r]);
+    TILE_STORE(acc)
+}
+
 /* The contract's tile(): G (1 or 2) and the weight type as constants for the compiler. */
 static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
                        int g0, int ng) {
@@ -330,6 +454,14 @@ static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, cons
         else if (ng == 2) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 0);
         else if (q4) tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 1);
         else tile_q_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 0);
+        return 1;
+    }
+    if ((W->dtype == DT_MQ8_256 || W->dtype == DT_MQ4_256) && a->kind == ACT_Q8_256) {
+        int q4 = W->dtype == DT_MQ4_256;
+        if (ng == 2 && q4) tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 1);
+        else if (ng == 2) tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 2, 0);
+        else if (q4) tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 1);
+        else tile_q256_avx512(out, ldo, a, W, bias, epi, t0, nt, g0, 1, 0);
         return 1;
     }
     return 0;
@@ -452,9 +584,23 @@ static int attention_avx512(float *out, const float *q, int ldq, const float *k,
 /* --- the ViT's attention with bf16 products (AVX512-BF16) ------------------------------
  * vdpbf16ps: q.k summed over pairs of dimensions, p.v over pairs of keys, each product of
  * two bf16 (round to nearest even) added in f32; the softmax stays f32. Non-causal, hd a
- * multiple of 16 up to 64. */
+ * multiple of 16 up to 64. Every conversion to bf16 is vcvtne(2)ps2bf16, the same rounding
+ * as f32_to_bf16; the softmax's passes are fused: the row maximum is taken while the scores
+ * are made, then one pass makes exp and the sum, one scales and rounds to bf16 pairs. */
 #ifdef QA_AVX512_BF16
-static inline uint32_t bf16_pair(float lo, float hi) { return (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16; }
+/* the bf16 pairs (x[2e], x[2e+1]) of n floats (n a multiple of 16, at most 64) into out[e] */
+static inline void bf16_pairs512(uint32_t *out, const float *x, int n, float scale) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int d0 = 0; d0 < n; d0 += 32) {
+        __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(x + d0), sc);
+        __m512 hi = d0 + 16 < n ? _mm512_mul_ps(_mm512_loadu_ps(x + d0 + 16), sc) : _mm512_setzero_ps();
+        __m512i pr = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        if (d0 + 16 < n) _mm512_storeu_si512(out + d0 / 2, pr);
+        else _mm256_storeu_si256((__m256i *)(out + d0 / 2), _mm512_castsi512_si256(pr));
+    }
+}
+/* 16 masks: lanes [0, n) of a 16-wide chunk, none when n <= 0 */
+static inline __mmask16 lanes_below(int n) { return n <= 0 ? (__mmask16)0 : tail_mask(n); }
 
 /* o[r][0..HC*16) = sum_i dot(p[r] pair i, v pair i), R rows of pairs (stride ps uint32) */
 static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo, const uint32_t *p, size_t ps, const uint32_t *vp,
@@ -476,32 +622,43 @@ static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo,
 
 static int attention_bf16_avx512(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                                  int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt) {
-    if (hd % 16 || hd > 64) return 0;
     size_t Tk16 = pad16((size_t)Tk);
     int npairs = (Tk + 1) / 2, hp = hd / 2;
+    /* the workspace kt (2 KVH hd Tk16 floats) holds kp, vp and qp */
+    if (hd % 16 || hd > 64 || (size_t)Tq * H > (size_t)KVH * Tk16) return 0;
     /* kp[kh][e][j] = (k[j][2e], k[j][2e+1]) for j < Tk16 (zero past Tk): 16 keys' q.k per vector
-     * vp[kh][i][d] = (v[2i][d], v[2i+1][d]) for i < npairs (zero past Tk): 16 dims' p.v per vector */
-    uint32_t *kp = (uint32_t *)kt, *vp = kp + (size_t)KVH * hp * Tk16;
-#pragma omp parallel for schedule(static)
-    for (int kh = 0; kh < KVH; kh++) {
-        for (int j0 = 0; j0 < (int)Tk16; j0 += 16)
-            for (int e = 0; e < hp; e++) {
-                uint32_t *row = kp + ((size_t)kh * hp + e) * Tk16 + j0;
-                for (int jj = 0; jj < 16; jj++) {
-                    row[jj] = 0u;
-                    if (j0 + jj < Tk) {
-                        const float *kj = k + (size_t)(j0 + jj) * ldkv + (size_t)kh * hd + 2 * e;
-                        row[jj] = bf16_pair(kj[0], kj[1]);
-                    }
+     * vp[kh][i][d] = (v[2i][d], v[2i+1][d]) for i < npairs (zero past Tk): 16 dims' p.v per vector
+     * qp[h][i][e] = (scale q[i][2e], scale q[i][2e+1]): a block's queries from one place
+     * Each is made reading whole rows of q, k, v in order (a head's slice of a row is 256
+     * bytes, and rows are 4 KB apart: read head by head, every slice is a fresh page). */
+    uint32_t *kp = (uint32_t *)kt, *vp = kp + (size_t)KVH * hp * Tk16, *qp = vp + (size_t)KVH * npairs * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int jb = 0; jb < (int)Tk16 / 16; jb++) /* 16 keys at a time: the lines of kp they fill */
+            for (int j = 16 * jb; j < 16 * jb + 16; j++)
+                for (int kh = 0; kh < KVH; kh++) {
+                    uint32_t pr[32] = {0};
+                    if (j < Tk) bf16_pairs512(pr, k + (size_t)j * ldkv + (size_t)kh * hd, hd, 1.0f);
+                    uint32_t *kph = kp + (size_t)kh * hp * Tk16;
+                    for (int e = 0; e < hp; e++) kph[(size_t)e * Tk16 + j] = pr[e];
+                }
+#pragma omp for schedule(static)
+        for (int i = 0; i < npairs; i++)
+            for (int kh = 0; kh < KVH; kh++) {
+                const float *v0 = v + (size_t)(2 * i) * ldkv + (size_t)kh * hd, *v1 = 2 * i + 1 < Tk ? v0 + ldkv : NULL;
+                uint32_t *row = vp + ((size_t)kh * npairs + i) * hd;
+                for (int d = 0; d < hd; d += 16) { /* (v0[d], v1[d]): low and high halves of each lane */
+                    __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v0 + d)));
+                    __m512i hi = v1 ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v1 + d))) : _mm512_setzero_si512();
+                    _mm512_storeu_si512(row + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
                 }
             }
-        for (int i = 0; i < npairs; i++) {
-            const float *v0 = v + (size_t)(2 * i) * ldkv + (size_t)kh * hd, *v1 = 2 * i + 1 < Tk ? v0 + ldkv : NULL;
-            uint32_t *row = vp + ((size_t)kh * npairs + i) * hd;
-            for (int d = 0; d < hd; d++) row[d] = bf16_pair(v0[d], v1 ? v1[d] : 0.0f);
-        }
+#pragma omp for schedule(static)
+        for (int i = 0; i < Tq; i++)
+            for (int h = 0; h < H; h++) bf16_pairs512(qp + ((size_t)h * Tq + i) * hp, q + (size_t)i * ldq + (size_t)h * hd, hd, scale);
     }
-    float scale = 1.0f / sqrtf((float)hd);
     int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int h = 0; h < H; h++)
@@ -510,13 +667,13 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
             float *S = scratch + (size_t)kernel_thread_id() * scratch_stride;
             const uint32_t *kph = kp + (size_t)kh * hp * Tk16;
             /* scores: S[r][j] = sum_e (scale q[i0+r] pair e) . (k[j] pair e), queries as pairs
-             * qt[e][r] (rows past R zero), 6 rows x 64 keys of accumulators */
+             * qt[e][r] (rows past R zero), 6 rows x 64 keys of accumulators; each row's
+             * maximum over the Tk real keys on the way */
             uint32_t qt[32 * ATT_ROWS];
-            for (int e = 0; e < hp; e++)
-                for (int r = 0; r < ATT_ROWS; r++) {
-                    const float *qr = q + (size_t)(i0 + r) * ldq + (size_t)h * hd + 2 * e;
-                    qt[e * ATT_ROWS + r] = r < R ? bf16_pair(qr[0] * scale, qr[1] * scale) : 0u;
-                }
+            for (int r = 0; r < ATT_ROWS; r++)
+                for (int e = 0; e < hp; e++) qt[e * ATT_ROWS + r] = r < R ? qp[((size_t)h * Tq + i0 + r) * hp + e] : 0u;
+            __m512 vmax[ATT_ROWS];
+            for (int r = 0; r < ATT_ROWS; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
             int j0 = 0;
             for (; j0 + 64 <= (int)Tk16; j0 += 64) {
                 __m512 acc[ATT_ROWS][4];
@@ -535,7 +692,10 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
                     }
                 }
                 for (int r = 0; r < R; r++)
-                    for (int c = 0; c < 4; c++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+                    for (int c = 0; c < 4; c++) {
+                        _mm512_storeu_ps(S + (size_t)r * Tk16 + j0 + 16 * c, acc[r][c]);
+                        vmax[r] = _mm512_mask_max_ps(vmax[r], lanes_below(Tk - j0 - 16 * c), vmax[r], acc[r][c]);
+                    }
             }
             for (; j0 < (int)Tk16; j0 += 16) {
                 __m512 acc[ATT_ROWS];
@@ -545,16 +705,28 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
                     for (int r = 0; r < ATT_ROWS; r++)
                         acc[r] = _mm512_dpbf16_ps(acc[r], kv, (__m512bh)_mm512_set1_epi32((int)qt[e * ATT_ROWS + r]));
                 }
-                for (int r = 0; r < R; r++) _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
+                for (int r = 0; r < R; r++) {
+                    _mm512_storeu_ps(S + (size_t)r * Tk16 + j0, acc[r]);
+                    vmax[r] = _mm512_mask_max_ps(vmax[r], lanes_below(Tk - j0), vmax[r], acc[r]);
+                }
             }
-            /* softmax per row (f32), then the row rounded to bf16 pairs in place: pair i of
-             * row r lands in uint32 i of the row, over floats already read (i < 2i) */
+            /* softmax per row (f32): exp(s - max) and its sum in one pass, then the row
+             * scaled and rounded to bf16 pairs in place: pair i of row r lands in uint32 i
+             * of the row, over floats already read (i < 2i) */
             for (int r = 0; r < R; r++) {
                 float *row = S + (size_t)r * Tk16;
-                softmax_avx512(row, Tk);
+                __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
+                for (int j = 0; j < Tk; j += 16) {
+                    __mmask16 m = tail_mask(Tk - j);
+                    __m512 ev = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), mx));
+                    _mm512_mask_storeu_ps(row + j, m, ev);
+                    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, ev));
+                }
+                __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
                 for (int c = 0; 32 * c < Tk; c++) {
-                    __m512 lo = _mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c), row + 32 * c);
-                    __m512 hi = Tk - 32 * c > 16 ? _mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c - 16), row + 32 * c + 16) : _mm512_setzero_ps();
+                    __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c), row + 32 * c), inv);
+                    __m512 hi = Tk - 32 * c > 16 ? _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c - 16), row + 32 * c + 16), inv)
+                                                 : _mm512_setzero_ps();
                     _mm512_storeu_si512(row + 16 * c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
                 }
             }
@@ -593,6 +765,7 @@ static const Kernels kernels_avx512 = {
     .tile_rows_q8 = TILE_ROWS_Q8,
     .tile = tile_avx512,
     .quantize_row = quantize_row_avx512,
+    .quantize_row_256 = quantize_row_256_avx512,
     .softmax = softmax_avx512,
     .layernorm = layernorm_avx512,
     .silu_mul = silu_mul_avx512,

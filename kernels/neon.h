@@ -276,6 +276,68 @@ static void tile_q_neon(float *out, int ldo, const Acts *a, const Tensor *W, con
     for (int r = 0; r < nt; r++)
         store16_neon(out + (size_t)(t0 + r) * ldo + g0 * 16, acc[r], bias, g0 * 16, epi, W->rows - g0 * 16);
 }
+/* int8 activations x q8_256 / q4_256 weights, signed x signed (q8_256's top bit flipped,
+ * q4_256's nibbles minus 8): per block of up to 256 columns the int32 sums run on without a
+ * float step; q4_256 scales each 32 columns' sums by the row's s8 sub-scale (mla). */
+static void tile_q256_neon(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
+                           int g0) {
+    enum { R = TILE_ROWS_Q8 };
+    int K = W->cols, nb = q256_blocks(K), q4 = W->dtype == DT_MQ4_256;
+    float32x4_t acc[R][4];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = vdupq_n_f32(0.0f);
+    const uint32_t *x = acts_tile(a, t0);
+    const float *xd = a->xdp + acts_tile_blocks(a, t0);
+    const uint8x16_t low4 = vdupq_n_u8(15), top = vdupq_n_u8(0x80);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (int b = 0; b < nb; b++, xd += R) {
+        int len = q256_len(K, b);
+        const uint8_t *blk = q256_block(W, g0, b);
+        int32x4_t s[R][4];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < 4; c++) s[r][c] = vdupq_n_s32(0);
+        for (int j = 0; j < len / QBLOCK; j++) { /* 32 columns: 8 quads */
+            int32x4_t u[R][4];
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < 4; c++) u[r][c] = vdupq_n_s32(0);
+            for (int i = 0; i < 8; i++, x += R) {
+                int8x16_t w[4];
+                for (int c = 0; c < 4; c++) {
+                    if (q4) {
+                        uint8x16_t v = vld1q_u8(q4_256_chunk(blk, 4 * j + i / 2) + 16 * c);
+                        w[c] = vsubq_s8(vreinterpretq_s8_u8((i % 2) ? vshrq_n_u8(v, 4) : vandq_u8(v, low4)), eight);
+                    } else {
+                        w[c] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q8_256_quad(blk, 8 * j + i) + 16 * c), top));
+                    }
+                }
+                int8x16_t xv = vreinterpretq_s8_u32(vld1q_u32(x));
+                for (int c = 0; c < 4; c++) {
+                    u[0][c] = DOT_ROW(u[0][c], w[c], xv, 0);
+                    u[1][c] = DOT_ROW(u[1][c], w[c], xv, 1);
+                    u[2][c] = DOT_ROW(u[2][c], w[c], xv, 2);
+                    u[3][c] = DOT_ROW(u[3][c], w[c], xv, 3);
+                }
+            }
+            if (q4) { /* the row's sub-scale, widened to 32 bits, times the 32-column sums */
+                int8x16_t sc8 = vld1q_s8(q4_256_sc(blk, len, j));
+                int16x8_t lo = vmovl_s8(vget_low_s8(sc8)), hi = vmovl_high_s8(sc8);
+                int32x4_t sc[4] = {vmovl_s16(vget_low_s16(lo)), vmovl_high_s16(lo), vmovl_s16(vget_low_s16(hi)), vmovl_high_s16(hi)};
+                for (int r = 0; r < R; r++)
+                    for (int c = 0; c < 4; c++) s[r][c] = vmlaq_s32(s[r][c], u[r][c], sc[c]);
+            } else {
+                for (int r = 0; r < R; r++)
+                    for (int c = 0; c < 4; c++) s[r][c] = vaddq_s32(s[r][c], u[r][c]);
+            }
+        }
+        const float *d = q256_d(blk, W->dtype, len);
+        for (int c = 0; c < 4; c++) {
+            float32x4_t dc = vld1q_f32(d + 4 * c);
+            for (int r = 0; r < R; r++) acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(s[r][c]), vmulq_n_f32(dc, xd[r]));
+        }
+    }
+    for (int r = 0; r < nt; r++)
+        store16_neon(out + (size_t)(t0 + r) * ldo + g0 * 16, acc[r], bias, g0 * 16, epi, W->rows - g0 * 16);
+}
 #undef DOT_ROW
 #undef FMA_ROWS
 
@@ -288,6 +350,10 @@ static int tile_neon(float *out, int ldo, const Acts *a, const Tensor *W, const 
     }
     if ((W->dtype == DT_MQ8_0 || W->dtype == DT_MQ4_1) && a->kind == ACT_Q8) {
         for (int g = g0; g < g0 + ng; g++) tile_q_neon(out, ldo, a, W, bias, epi, t0, nt, g);
+        return 1;
+    }
+    if ((W->dtype == DT_MQ8_256 || W->dtype == DT_MQ4_256) && a->kind == ACT_Q8_256) {
+        for (int g = g0; g < g0 + ng; g++) tile_q256_neon(out, ldo, a, W, bias, epi, t0, nt, g);
         return 1;
     }
     return 0;

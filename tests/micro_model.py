@@ -30,7 +30,7 @@ def tokenizer(path):
 
 
 def write(path, dtype, tok_path, seed=1):
-    """The micro model in dtype ("f32", "bf16", "q8_0", "q4_1") at path."""
+    """The micro model in dtype (a key of export.py DTYPES: "f32", "bf16", "q8_0", ...) at path."""
     import sentencepiece as spm
     cfg = dict(DIMS, v_eps=1e-6, a_eps=1e-5, a_ffn_eps=1e-6, l_eps=1e-6, l_rope_theta=10000.0, l_max_pos=2048,
                l_vocab=spm.SentencePieceProcessor(model_file=str(tok_path)).get_piece_size(),

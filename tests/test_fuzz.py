@@ -39,7 +39,7 @@ def seeds(workdir, qalign_bin, tiny_ref):
     tok = micro_model.tokenizer(d / "micro.model")
     models = CORPUS / "fuzz_model"
     models.mkdir(parents=True, exist_ok=True)
-    for dt in ("f32", "bf16", "q8_0", "q4_1"):
+    for dt in ("f32", "bf16", "q8_0", "q4_1", "q8_256", "q4_256"):
         micro_model.write(models / f"micro_{dt}.qalign", dt, tok)
     results = CORPUS / "fuzz_results"
     results.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,14 @@ static void test_acts(Acts *a, size_t cap, size_t max_k, int bf16) {
 static void matmul_ref(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
     acts_set(a, x, T, W->cols);
     acts_prepare(a, act_kind_for(a, W->dtype));
-    if (a->kind == ACT_Q8)
-        for (int t = 0; t < T; t++) /* the reference quantiser, to test the family's too */
-            quantize_row_ref(a->xq + (size_t)t * a->K, a->xd + (size_t)t * (a->K / QBLOCK), a->xc + (size_t)t * (a->K / QBLOCK),
-                             a->xs + (size_t)t * (a->K / QBLOCK), x + (size_t)t * a->K, a->K);
+    int nb = acts_blocks(a->kind, a->K), ns = a->K / QBLOCK;
+    for (int t = 0; t < T && (a->kind == ACT_Q8 || a->kind == ACT_Q8_256); t++) { /* the reference quantisers, to test the family's too */
+        int8_t *q = a->xq + (size_t)t * a->K;
+        if (a->kind == ACT_Q8)
+            quantize_row_ref(q, a->xd + (size_t)t * nb, a->xc + (size_t)t * nb, a->xs + (size_t)t * nb, x + (size_t)t * a->K, a->K);
+        else
+            quantize_row_256_ref(q, a->xd + (size_t)t * nb, a->xc + (size_t)t * nb, a->xc4 + (size_t)t * ns, x + (size_t)t * a->K, a->K);
+    }
     tile_ref(out, W->rows, a, W, bias, epi, 0, T, 0, (W->rows + PACK_ROWS - 1) / PACK_ROWS);
 }
 
@@ -45,6 +49,10 @@ static void matmul_ref(float *out, Acts *a, const float *x, int T, const Tensor 
 static void quantize_row(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K) {
     if (kernels_cpu()->quantize_row) kernels_cpu()->quantize_row(q, d, c, s, x, K);
     else quantize_row_ref(q, d, c, s, x, K);
+}
+static void quantize_row_256(int8_t *q, float *d, int32_t *c, int32_t *c4, const float *x, int K) {
+    if (kernels_cpu()->quantize_row_256) kernels_cpu()->quantize_row_256(q, d, c, c4, x, K);
+    else quantize_row_256_ref(q, d, c, c4, x, K);
 }
 static void softmax(float *x, int n) {
     if (kernels_cpu()->softmax) kernels_cpu()->softmax(x, n);
@@ -99,6 +107,18 @@ static Tensor random_matrix(int dtype, int rows, int cols) {
         for (size_t i = 0; i < bytes / 4; i++) ((float *)p)[i] = frand() * 0.2f;
     } else if (dtype == DT_MBF16) {
         for (size_t i = 0; i < bytes / 2; i++) ((uint16_t *)p)[i] = f32_to_bf16(frand() * 0.2f);
+    } else if (dtype == DT_MQ8_256 || dtype == DT_MQ4_256) { /* per block: values, (sub-scales,) d */
+        for (size_t g = 0; g < groups; g++)
+            for (int b = 0; b < q256_blocks(cols); b++) {
+                int len = q256_len(cols, b);
+                uint8_t *blk = p + g * q256_group_bytes(dtype, cols) + (size_t)b * q256_block_bytes(dtype, QBLOCK_256);
+                size_t vals = dtype == DT_MQ8_256 ? (size_t)16 * len : (size_t)8 * len;
+                for (size_t i = 0; i < vals; i++) blk[i] = dtype == DT_MQ8_256 ? (uint8_t)(1 + rnd() % 255) : (uint8_t)rnd();
+                if (dtype == DT_MQ4_256)
+                    for (int i = 0; i < len / 2; i++) blk[vals + i] = (uint8_t)(int8_t)(rnd() % 255 - 127);
+                float *d = (float *)(blk + q256_block_bytes(dtype, len) - 64);
+                for (int r = 0; r < PACK_ROWS; r++) d[r] = (0.001f + 0.01f * (frand() + 1.0f)) * (dtype == DT_MQ4_256 ? 0.05f : 1.0f);
+            }
     } else { /* the values (q + 128 bytes, or nibble pairs), then the scales: kernels.h */
         size_t bb = mq_block_bytes(dtype), vals = dtype == DT_MQ8_0 ? MQ8_D_OFFSET : MQ4_D_OFFSET;
         for (size_t g = 0; g < groups * nb; g++) {
@@ -116,8 +136,9 @@ static Tensor random_matrix(int dtype, int rows, int cols) {
 }
 
 static void test_matmul(void) {
-    const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1};
-    const int shapes[][2] = {{16, 32}, {40, 64}, {33, 96}, {100, 256}, {64, 1024}, {1024, 64}, {48, 4096}};
+    const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
+    /* 288 and 800: a shorter last block of 32 for MQ8_256 / MQ4_256 */
+    const int shapes[][2] = {{16, 32}, {40, 64}, {33, 96}, {100, 256}, {24, 288}, {17, 800}, {64, 1024}, {1024, 64}, {48, 4096}};
     const int Ts[] = {1, 2, 5, 7, 8, 9, 17, 33, 77};
     int maxT = 77, maxK = 4096, maxN = 1024;
     float *x = xmalloc((size_t)maxT * maxK * sizeof(float));
@@ -162,15 +183,15 @@ static void test_matmul(void) {
 
 static void test_threads_deterministic(void) {
 #ifdef _OPENMP
-    const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1};
-    int T = 37, N = 200, K = 512;
+    const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
+    int T = 37, N = 200, K = 544;
     float *x = xmalloc((size_t)T * K * sizeof(float)), *o1 = xmalloc((size_t)T * N * sizeof(float)),
           *o2 = xmalloc((size_t)T * N * sizeof(float)), *o3 = xmalloc((size_t)13 * N * sizeof(float));
     for (size_t i = 0; i < (size_t)T * K; i++) x[i] = frand();
     Acts a;
     test_acts(&a, (size_t)T * K, (size_t)K, 1);
     int same = 1;
-    for (size_t ti = 0; ti < 4; ti++) {
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         Tensor W = random_matrix(types[ti], N, K);
         omp_set_num_threads(1);
         matmul(o1, &a, x, T, &W, NULL, EPI_STORE);
@@ -183,7 +204,8 @@ static void test_threads_deterministic(void) {
         free((void *)W.data);
     }
     omp_set_num_threads(omp_get_num_procs());
-    check(same, "matmul results bit-identical for 1 and 3 threads and for a row subset (4 weight types)");
+    check(same, "matmul results bit-identical for 1 and 3 threads and for a row subset (%d weight types)",
+          (int)(sizeof types / sizeof types[0]));
     acts_free(&a);
     free(x);
     free(o1);
@@ -207,6 +229,24 @@ static void test_quantize(void) {
         same &= !memcmp(q1, q2, (size_t)K) && !memcmp(d1, d2, sizeof d1) && !memcmp(c1, c2, sizeof c1) && !memcmp(s1, s2, sizeof s1);
     }
     check(same, "int8 activation quantiser bit-identical to the reference (%d rows of %d)", rows, K);
+    /* blocks of 256 (the last one shorter for K = 4064) */
+    for (int Kb = 4096; Kb >= 4064; Kb -= 32) {
+        int32_t e1[128], e2[128];
+        same = 1;
+        for (int r = 0; r < rows; r++) {
+            for (int i = 0; i < Kb; i++) x[i] = frand() * (r % 3 ? 1.0f : 1000.0f);
+            if (r == 1) memset(x, 0, (size_t)Kb * sizeof(float));
+            if (r == 2) for (int i = 0; i < Kb; i++) x[i] = (float)(i % 255 - 127) / 2.0f;
+            if (r == 4) x[Kb - 1] = 1e4f; /* an outlier in the short last block */
+            memset(c1, 0, sizeof c1), memset(c2, 0, sizeof c2), memset(d1, 0, sizeof d1), memset(d2, 0, sizeof d2);
+            quantize_row_256(q1, d1, c1, e1, x, Kb);
+            quantize_row_256_ref(q2, d2, c2, e2, x, Kb);
+            int nb = q256_blocks(Kb);
+            same &= !memcmp(q1, q2, (size_t)Kb) && !memcmp(d1, d2, (size_t)nb * sizeof d1[0]) &&
+                    !memcmp(c1, c2, (size_t)nb * sizeof c1[0]) && !memcmp(e1, e2, (size_t)(Kb / QBLOCK) * sizeof e1[0]);
+        }
+        check(same, "int8 activation quantiser, blocks of 256, bit-identical to the reference (%d rows of %d)", rows, Kb);
+    }
     free(x);
     free(q1);
     free(q2);
@@ -405,12 +445,12 @@ static void test_elementwise(void) {
 static void test_tiles_present(void) {
     const Kernels *k = kernels_cpu();
     char line[128] = "";
-    int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1};
+    int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     Acts a;
     test_acts(&a, 16 * 64, 64, 1);
     float x[16 * 64], out[16 * 16];
     for (int i = 0; i < 16 * 64; i++) x[i] = frand();
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < (int)(sizeof types / sizeof types[0]); i++) {
         Tensor W = random_matrix(types[i], 16, 64);
         acts_set(&a, x, 16, 64);
         acts_prepare(&a, act_kind_for(&a, W.dtype));

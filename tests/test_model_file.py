@@ -119,7 +119,7 @@ def test_export_refuses_unsupported_configs(tiny_ref, workdir):
 
 def test_synthetic_tiny_model_runs(workdir, qalign_bin, real_tokenizer, tiny_ref):
     scores = {}
-    for dt in ("f32", "bf16", "q8_0", "q4_1"):
+    for dt in ("f32", "bf16", "q8_0", "q4_1", "q8_256", "q4_256", "q8", "q4"):
         p = workdir / f"syn_{dt}.qalign"
         r = run([PYTHON, EXPORT, "-q", "--synthetic", "tiny", "--dtype", dt, "--tokenizer", real_tokenizer, p])
         assert r.returncode == 0, r.stderr
@@ -134,6 +134,9 @@ def test_synthetic_tiny_model_runs(workdir, qalign_bin, real_tokenizer, tiny_ref
     # synthetic weights are bf16 values, so the f32 and bf16 files score the same (with
     # --precise, both multiply f32 activations)
     assert abs(scores["f32"] - scores["bf16"]) < 1e-5
+    # q8 and q4 are other names for q8_256 and q4_256: the same bytes
+    for alias, name in (("q8", "q8_256"), ("q4", "q4_256")):
+        assert (workdir / f"syn_{alias}.qalign").read_bytes() == (workdir / f"syn_{name}.qalign").read_bytes(), alias
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,15 +25,15 @@ KERNELS = {"scalar": set(), "avx2": {"avx2"}, "avx2vnni": {"avx2", "avx-vnni"}, 
            "avx512": {"avx512", "avx512-vnni", "avx512-bf16"}, "avx512-novnni": {"avx512"}}  # "scalar", "openmp"
 # the weight types each build multiplies with SIMD tiles (test_kernels' "simd tiles:" line): every
 # x86 family has int8 tiles, also AVX-512 without VNNI (vpmaddubsw) and AVX2 without AVX-VNNI
-TILES = {"scalar": set(), "avx2": {"f32", "bf16", "q8_0", "q4_1"}, "avx2vnni": {"f32", "bf16", "q8_0", "q4_1"},
-         "avx512": {"f32", "bf16", "q8_0", "q4_1"}, "avx512-novnni": {"f32", "bf16", "q8_0", "q4_1"}}
+ALL = {"f32", "bf16", "q8_0", "q4_1", "q8_256", "q4_256"}
+TILES = {"scalar": set(), "avx2": ALL, "avx2vnni": ALL, "avx512": ALL, "avx512-novnni": ALL}
 
 
 def can_run(variant):
     return platform.machine() in ("x86_64", "AMD64") and all(f" {f}" in FLAGS for f in NEEDS[variant])
 
 
-SCORE_BOUND = {"q8_0": 1.2e-2, "q4_1": 0.2}   # test_accuracy.py, synthetic model
+SCORE_BOUND = {"q8_0": 1.2e-2, "q4_1": 0.2, "q8_256": 2e-2, "q4_256": 0.1}   # test_accuracy.py, synthetic model
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def variant_models(tiny_ref, workdir, real_tokenizer):
     r = run([PYTHON, ROOT / "export.py", "-q", tiny_ref / "checkpoint", p, "--dtype", "f32"])
     assert r.returncode == 0, r.stderr
     out["f32"] = p
-    for dt in ("q8_0", "q4_1"):
+    for dt in SCORE_BOUND:
         p = workdir / f"variant_syn_{dt}.qalign"
         r = run([PYTHON, ROOT / "export.py", "-q", "--synthetic", "tiny", "--seed", "3", "--tokenizer", real_tokenizer,
                  "--dtype", dt, p])
@@ -84,7 +84,7 @@ def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
         d = max(abs(a - b) for a, b in zip(logits(out), rec["level_logits"]))
         worst = max(worst, d)
         assert d <= 2e-4, (variant, name, d)
-        for dt in ("q8_0", "q4_1"):
+        for dt in SCORE_BOUND:
             a = json.loads(run([binary, variant_models[dt], *args, *ppms]).stdout)
             b = json.loads(run([qalign_bin, variant_models[dt], *args, *ppms]).stdout)
             assert abs(a["score"] - b["score"]) <= SCORE_BOUND[dt], (variant, dt, name, a["score"], b["score"])
