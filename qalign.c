@@ -399,6 +399,14 @@ static void rmsnorm_row(float *out, const float *x, const float *w, int C, float
 
 /* --- activations, prepared once per matmul input (Acts: kernels.h) ------------------- */
 
+/* One value x / d as int8: rounded, clamped to [-127, 127]. A NaN (from a broken model)
+ * becomes 0 and sets *nan: its block's scale is made NaN, so the NaN is carried on (and the
+ * score reported as not finite) rather than converted to an int, which C leaves undefined. */
+static int quant_value(float t, int *nan) {
+    *nan |= t != t;
+    return t != t ? 0 : t >= 127.0f ? 127 : t <= -127.0f ? -127 : (int)nearbyintf(t);
+}
+
 /* One row's blocks of 32: q = round(x / d), d = max|x| / 127 (zero block -> d = 0, q = 0). */
 static void quantize_row_ref(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K) {
     for (int b = 0; b < K / QBLOCK; b++) {
@@ -408,9 +416,7 @@ static void quantize_row_ref(int8_t *q, float *d, int32_t *c, float *s, const fl
         float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
         int sum = 0, nan = 0;
         for (int i = 0; i < QBLOCK; i++) {
-            float t = xb[i] * id;
-            nan |= t != t; /* a NaN (from a broken model) stays NaN: the block's scale carries it */
-            int v = t != t ? 0 : t >= 127.0f ? 127 : t <= -127.0f ? -127 : (int)nearbyintf(t);
+            int v = quant_value(xb[i] * id, &nan);
             q[b * QBLOCK + i] = (int8_t)v;
             sum += v;
         }
@@ -430,19 +436,18 @@ static void quantize_row_256_ref(int8_t *q, float *d, int32_t *c, int32_t *c4, c
         float amax = 0.0f;
         for (int i = 0; i < len; i++) amax = fmaxf(amax, fabsf(x[k0 + i]));
         float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
-        int sum = 0;
+        int sum = 0, nan = 0;
         for (int j = 0; j < len / QBLOCK; j++) {
             int sub = 0;
             for (int i = k0 + j * QBLOCK; i < k0 + (j + 1) * QBLOCK; i++) {
-                int v = (int)nearbyintf(x[i] * id);
-                v = v > 127 ? 127 : v < -127 ? -127 : v;
+                int v = quant_value(x[i] * id, &nan);
                 q[i] = (int8_t)v;
                 sub += v;
             }
             c4[k0 / QBLOCK + j] = -8 * sub;
             sum += sub;
         }
-        d[b] = db;
+        d[b] = nan ? NAN : db;
         c[b] = -128 * sum;
     }
 }

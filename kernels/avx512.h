@@ -129,7 +129,11 @@ static void quantize_row_avx512(int8_t *q, float *d, int32_t *c, float *s, const
         __m512 vid = _mm512_set1_ps(id);
         /* cvtps rounds to nearest even, like nearbyintf; |x*id| <= 127 needs no clamp
          * except for rounding of amax*id itself, which the saturating pack handles */
-        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vid)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vid));
+        __m512 p0 = _mm512_mul_ps(x0, vid), p1 = _mm512_mul_ps(x1, vid);
+        /* a NaN product becomes 0 and the block's scale NaN, as in the reference */
+        __mmask16 n0 = _mm512_cmp_ps_mask(p0, p0, _CMP_UNORD_Q), n1 = _mm512_cmp_ps_mask(p1, p1, _CMP_UNORD_Q);
+        __m512i q0 = _mm512_maskz_cvtps_epi32((__mmask16)~n0, p0), q1 = _mm512_maskz_cvtps_epi32((__mmask16)~n1, p1);
+        if (n0 | n1) db = NAN;
         q0 = _mm512_max_epi32(_mm512_min_epi32(q0, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
         q1 = _mm512_max_epi32(_mm512_min_epi32(q1, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
         _mm_storeu_si128((__m128i *)(q + b * QBLOCK), _mm512_cvtepi32_epi8(q0));
@@ -151,11 +155,13 @@ static void quantize_row_256_avx512(int8_t *q, float *d, int32_t *c, int32_t *c4
         float amax = _mm512_reduce_max_ps(vmax);
         float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
         __m512 vid = _mm512_set1_ps(id);
-        int sum = 0;
+        int sum = 0, nan = 0;
         for (int j = 0; j < len / QBLOCK; j++) {
             const float *xj = x + k0 + j * QBLOCK;
-            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xj), vid));
-            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xj + 16), vid));
+            __m512 p0 = _mm512_mul_ps(_mm512_loadu_ps(xj), vid), p1 = _mm512_mul_ps(_mm512_loadu_ps(xj + 16), vid);
+            __mmask16 n0 = _mm512_cmp_ps_mask(p0, p0, _CMP_UNORD_Q), n1 = _mm512_cmp_ps_mask(p1, p1, _CMP_UNORD_Q);
+            __m512i q0 = _mm512_maskz_cvtps_epi32((__mmask16)~n0, p0), q1 = _mm512_maskz_cvtps_epi32((__mmask16)~n1, p1);
+            nan |= n0 | n1; /* NaN products: 0, and the block's scale NaN, as in the reference */
             q0 = _mm512_max_epi32(_mm512_min_epi32(q0, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
             q1 = _mm512_max_epi32(_mm512_min_epi32(q1, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
             _mm_storeu_si128((__m128i *)(q + k0 + j * QBLOCK), _mm512_cvtepi32_epi8(q0));
@@ -164,7 +170,7 @@ static void quantize_row_256_avx512(int8_t *q, float *d, int32_t *c, int32_t *c4
             c4[k0 / QBLOCK + j] = -8 * sub;
             sum += sub;
         }
-        d[b] = db;
+        d[b] = nan ? NAN : db;
         c[b] = -128 * sum;
     }
 }

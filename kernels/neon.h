@@ -126,16 +126,21 @@ static void quantize_row_neon(int8_t *q, float *d, int32_t *c, float *s, const f
         float db = amax / 127.0f, id = db > 0.0f ? 1.0f / db : 0.0f;
         /* fcvtns rounds to nearest even, like nearbyintf */
         int32x4_t vsum = vdupq_n_s32(0), lim = vdupq_n_s32(127), nlim = vdupq_n_s32(-127);
+        uint32x4_t ok = vdupq_n_u32(~0u); /* lanes whose x * id is a number */
         int16x8_t h[4];
         for (int i = 0; i < 8; i += 2) {
-            int32x4_t q0 = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(v[i], id)), lim), nlim);
-            int32x4_t q1 = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(v[i + 1], id)), lim), nlim);
+            /* (fcvtns turns a NaN into 0, as the reference does; the scale then carries it) */
+            float32x4_t p0 = vmulq_n_f32(v[i], id), p1 = vmulq_n_f32(v[i + 1], id);
+            ok = vandq_u32(ok, vandq_u32(vceqq_f32(p0, p0), vceqq_f32(p1, p1)));
+            int32x4_t q0 = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(p0), lim), nlim);
+            int32x4_t q1 = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(p1), lim), nlim);
             vsum = vaddq_s32(vsum, vaddq_s32(q0, q1));
             h[i / 2] = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1));
         }
         vst1q_s8(q + b * QBLOCK, vcombine_s8(vmovn_s16(h[0]), vmovn_s16(h[1])));
         vst1q_s8(q + b * QBLOCK + 16, vcombine_s8(vmovn_s16(h[2]), vmovn_s16(h[3])));
         int sum = vaddvq_s32(vsum);
+        if (vminvq_u32(ok) == 0) db = NAN;
         d[b] = db;
         c[b] = -128 * sum;
         s[b] = db * (float)sum;

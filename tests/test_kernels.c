@@ -224,11 +224,17 @@ static void test_quantize(void) {
         for (int i = 0; i < K; i++) x[i] = frand() * (r % 3 ? 1.0f : 1000.0f);
         if (r == 1) memset(x, 0, (size_t)K * sizeof(float));  /* zero blocks: d = 0, q = 0 */
         if (r == 2) for (int i = 0; i < K; i++) x[i] = (float)(i % 255 - 127) / 2.0f; /* exact halves */
+        if (r == 5) x[7] = NAN, x[K - 1] = NAN; /* a broken model's activations: the block's scale */
+        if (r == 6) x[40] = INFINITY;           /* becomes NaN (its q values are then unused) */
         quantize_row(q1, d1, c1, s1, x, K);
         quantize_row_ref(q2, d2, c2, s2, x, K);
-        same &= !memcmp(q1, q2, (size_t)K) && !memcmp(d1, d2, sizeof d1) && !memcmp(c1, c2, sizeof c1) && !memcmp(s1, s2, sizeof s1);
+        for (int b = 0; b < K / QBLOCK; b++)
+            if (isnan(d1[b]) && isnan(d2[b])) memcpy(q1 + b * QBLOCK, q2 + b * QBLOCK, QBLOCK), c1[b] = c2[b];
+        same &= !memcmp(q1, q2, (size_t)K) && !memcmp(d1, d2, sizeof d1) && !memcmp(c1, c2, sizeof c1) &&
+                !memcmp(s1, s2, sizeof s1) && (r < 5 || r > 6 || (isnan(d1[0]) || isnan(d1[1])));
     }
-    check(same, "int8 activation quantiser bit-identical to the reference (%d rows of %d)", rows, K);
+    check(same, "int8 activation quantiser bit-identical to the reference, NaN/inf blocks with a NaN scale (%d rows of %d)",
+          rows, K);
     /* blocks of 256 (the last one shorter for K = 4064) */
     for (int Kb = 4096; Kb >= 4064; Kb -= 32) {
         int32_t e1[128], e2[128];
@@ -238,10 +244,19 @@ static void test_quantize(void) {
             if (r == 1) memset(x, 0, (size_t)Kb * sizeof(float));
             if (r == 2) for (int i = 0; i < Kb; i++) x[i] = (float)(i % 255 - 127) / 2.0f;
             if (r == 4) x[Kb - 1] = 1e4f; /* an outlier in the short last block */
+            if (r == 5) x[300] = NAN, x[Kb - 1] = NAN;
+            if (r == 6) x[3] = -INFINITY;
             memset(c1, 0, sizeof c1), memset(c2, 0, sizeof c2), memset(d1, 0, sizeof d1), memset(d2, 0, sizeof d2);
             quantize_row_256(q1, d1, c1, e1, x, Kb);
             quantize_row_256_ref(q2, d2, c2, e2, x, Kb);
             int nb = q256_blocks(Kb);
+            for (int b = 0; b < nb; b++)
+                if (isnan(d1[b]) && isnan(d2[b])) {
+                    int k0 = b * QBLOCK_256, len = q256_len(Kb, b);
+                    memcpy(q1 + k0, q2 + k0, (size_t)len), c1[b] = c2[b];
+                    memcpy(e1 + k0 / QBLOCK, e2 + k0 / QBLOCK, (size_t)(len / QBLOCK) * sizeof e1[0]);
+                }
+            if (r == 5 || r == 6) same &= isnan(d1[r == 5 ? 1 : 0]) && isnan(d1[nb - 1]) == (r == 5);
             same &= !memcmp(q1, q2, (size_t)Kb) && !memcmp(d1, d2, (size_t)nb * sizeof d1[0]) &&
                     !memcmp(c1, c2, (size_t)nb * sizeof c1[0]) && !memcmp(e1, e2, (size_t)(Kb / QBLOCK) * sizeof e1[0]);
         }
