@@ -43,14 +43,17 @@ extern char **environ;
 
 static char *xstrdup0(const char *s) { return s ? strdup(s) : NULL; }
 
-/* Read everything from fd (up to max bytes; 0 = no limit). 0, or -1 with errno set. */
-static int read_fd_all(int fd, Buf *b, size_t max) {
+static ssize_t read_child(int fd, void *buf, size_t n);
+
+/* Read everything from fd (up to max bytes; 0 = no limit); a child's pipe (child = 1) with
+ * the --ffmpeg-timeout (read_child). 0, or -1 with errno set. */
+static int read_fd_all(int fd, Buf *b, size_t max, int child) {
     for (;;) {
         buf_reserve(b, 65536);
         if (b->oom) { errno = ENOMEM; return -1; }
-        ssize_t k = read(fd, b->p + b->n, b->cap - b->n - 1);
+        ssize_t k = child ? read_child(fd, b->p + b->n, b->cap - b->n - 1) : read(fd, b->p + b->n, b->cap - b->n - 1);
         if (k < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR && !child) continue;
             return -1;
         }
         if (k == 0) break;
@@ -70,7 +73,7 @@ static int read_file(const char *path, Buf *b, char *err, size_t errlen) {
         if (errno == ENOENT) return 1;
         return fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
     }
-    int rc = read_fd_all(fd, b, 0);
+    int rc = read_fd_all(fd, b, 0, 0);
     int e = errno;
     close(fd);
     if (rc != 0) return fail(err, errlen, "cannot read %s: %s", path, strerror(e));
@@ -485,7 +488,7 @@ static int add_list(ItemList *l, const char *arg, const ExpandOptions *opt, char
     Buf b = {0};
     const char *name = arg + 1;
     if (strcmp(name, "-") == 0) {
-        if (read_fd_all(0, &b, 0) != 0) {
+        if (read_fd_all(0, &b, 0, 0) != 0) {
             int e = errno;
             buf_free(&b);
             return fail(err, errlen, "cannot read the list from stdin: %s", strerror(e));
@@ -722,23 +725,6 @@ static ssize_t read_child(int fd, void *buf, size_t n) {
     return k;
 }
 
-/* read_fd_all on a child's pipe. */
-static int read_child_all(int fd, Buf *b, size_t max) {
-    for (;;) {
-        buf_reserve(b, 65536);
-        if (b->oom) { errno = ENOMEM; return -1; }
-        ssize_t k = read_child(fd, b->p + b->n, b->cap - b->n - 1);
-        if (k < 0) return -1;
-        if (k == 0) break;
-        b->n += (size_t)k;
-        b->p[b->n] = 0;
-        if (max && b->n > max) { errno = EFBIG; return -1; }
-    }
-    if (!b->p) buf_reserve(b, 0);
-    if (b->p) b->p[b->n] = 0;
-    return 0;
-}
-
 /* waitpid with a limit (seconds <= 0: none); 0, or -1 when the child is still running. */
 static int wait_child(pid_t pid, int *status, double seconds) {
     double end = now_seconds() + seconds;
@@ -871,7 +857,7 @@ static int ffmpeg_has_fps_mode(void) {
     Child c;
     if (child_spawn(argv, &c, NULL, 0) != 0) return cached;
     Buf b = {0};
-    int rrc = read_child_all(c.out, &b, 1 << 16);
+    int rrc = read_fd_all(c.out, &b, 1 << 16, 1);
     child_finish(&c, rrc != 0, NULL, NULL, 0);
     const char *v = b.p ? strstr(b.p, "version ") : NULL;
     if (v) {
@@ -934,7 +920,7 @@ int video_probe(const char *path, VideoInfo *vi, char *err, size_t errlen) {
         return -1;
     }
     Buf b = {0};
-    int rrc = read_child_all(c.out, &b, 1 << 20), timed_out = rrc != 0 && errno == ETIMEDOUT;
+    int rrc = read_fd_all(c.out, &b, 1 << 20, 1), timed_out = rrc != 0 && errno == ETIMEDOUT;
     char msg[512];
     int code = child_finish(&c, rrc != 0, path, msg, sizeof msg);
     free(in);
@@ -2184,7 +2170,7 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
     }
     if (S_ISREG(st.st_mode)) { /* what is there must be ours: then append after its last complete row */
         Buf b = {0};
-        if (lseek(f->fd, 0, SEEK_SET) < 0 || read_fd_all(f->fd, &b, 0) != 0) {
+        if (lseek(f->fd, 0, SEEK_SET) < 0 || read_fd_all(f->fd, &b, 0, 0) != 0) {
             fail(err, errlen, "cannot read %s: %s", path, strerror(errno));
             buf_free(&b);
             goto bad;
