@@ -167,7 +167,7 @@ def run_qalign(model, images, threads, extra=()):
     if r.returncode != 0:
         sys.exit(f"bench: qalign failed: {r.stderr[-2000:]}")
     cum = []
-    for m in re.finditer(r"timings after \d+ inputs: preprocess ([\d.]+) s, vision ([\d.]+) s, "
+    for m in re.finditer(r"timings after \d+ batch(?:es)?: preprocess ([\d.]+) s, vision ([\d.]+) s, "
                          r"abstractor ([\d.]+) s, decoder ([\d.]+) s", r.stderr):
         cum.append(dict(zip(STAGES, map(float, m.groups()))))
     rss = re.search(r"maxrss_kb (\d+)", r.stderr)
