@@ -346,9 +346,10 @@ def main():
         for load in loads:
             flags_ = ["--no-mmap"] if load == "--no-mmap" else []
             rows, cum, wall, _ = run_qalign(models[bt], images[:a.batch], a.threads, ["--batch", "8", *flags_])
-            k0 = min(8, len(cum)) - 1
-            steady = sum(cum[-1][k] - cum[k0][k] for k in STAGES) / max(1, len(cum) - 1 - k0)
-            dec = (cum[-1]["decoder"] - cum[k0]["decoder"]) / max(1, len(cum) - 1 - k0)
+            # one --timings line per batch of 8: the images after the first batch
+            after = max(1, a.batch - 8)
+            steady = sum(cum[-1][k] - cum[0][k] for k in STAGES) / after
+            dec = (cum[-1]["decoder"] - cum[0]["decoder"]) / after
             batch_tps[bt, load] = 8 * (92 - 15) / (8 * dec)
             out(f"- {load}: {wall:.1f} s wall in all = **{60 * a.batch / wall:.1f} images/minute** (loading the model "
                 f"and the first batch included); after the first batch {steady:.2f} s per image = "
