@@ -207,6 +207,22 @@ int main(int argc, char **argv) {
     ok = ok && qalign_ctx_levels(lv, words, w, &lo, &hi) == 2 && !strcmp(words[0], "good") && !strcmp(words[1], "poor") &&
          w[0] == 1 && w[1] == 0 && lo == 0 && hi == 1;
     check(ok, "levels with blanks around words and numbers: good=1, poor=0");
+    qalign_ctx_info ci;
+    qalign_ctx_describe(lv, &ci);
+    check(!strcmp(ci.levels, "good=1,poor=0") && ci.pad == 1 && ci.precise == 0 && strstr(ci.prompt, "<|image|>"),
+          "qalign_ctx_describe: the levels as read, blanks trimmed (good=1,poor=0), padding, the prompt template");
+    qalign_ctx_free(lv);
+    ok = qalign_ctx_new(m, &(qalign_ctx_options){.levels = "good|fine = 1,bad=0.5", .temperature = 100, .no_pad = 1,
+                                                 .prompt = "USER: <|image|>\nrate {task}"},
+                        &lv, err, sizeof err) == QALIGN_OK;
+    if (ok) qalign_ctx_describe(lv, &ci);
+    check(ok && !strcmp(ci.levels, "good|fine=1,bad=0.5 /100") && ci.pad == 0 && !strcmp(ci.prompt, "USER: <|image|>\nrate {task}"),
+          "qalign_ctx_describe: synonyms, a temperature, no padding, the given template");
+    qalign_ctx_free(lv);
+    ok = qalign_ctx_new(m, &(qalign_ctx_options){.preset = "q-align"}, &lv, err, sizeof err) == QALIGN_OK;
+    if (ok) qalign_ctx_describe(lv, &ci);
+    check(ok && !strcmp(ci.levels, "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0") && strstr(ci.prompt, "<|image|>"),
+          "qalign_ctx_describe: a preset's own levels and prompt");
     qalign_ctx_free(lv);
 
     /* the model file */
