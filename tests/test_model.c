@@ -149,6 +149,12 @@ static void naive_score(const Model *m, const Prompt *p, const float *const *vis
 
 /* (Comparisons, not fmax: GCC 12 for AArch64 stops with an internal compiler error on an fmax
  * reduction at -O3; and a NaN difference must make the check fail, where fmax would drop it.) */
+/* max(m, |d|), NaN winning. */
+static double max_abs(double m, double d) {
+    d = fabs(d);
+    return d > m || d != d ? d : m;
+}
+
 static double max_rel(const float *a, const float *b, int n) {
     double m = 0, s = 0;
     for (int i = 0; i < n; i++) {
@@ -259,9 +265,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < c->lv.n; i++) pr[i] = logits[i] / 100.0f, mean[i] += logits[i] / 5.0;
         softmax_ref(pr, c->lv.n);
         for (int i = 0; i < c->lv.n; i++) pref += pr[i] * c->lv.weights[i];
-        ep = fmax(ep, fabs(pref - cr.anchor_prefs[k]));
+        ep = max_abs(ep, pref - cr.anchor_prefs[k]);
     }
-    for (int i = 0; i < c->lv.n; i++) elm = fmax(elm, fabs(mean[i] - cr.logits[i]));
+    for (int i = 0; i < c->lv.n; i++) elm = max_abs(elm, mean[i] - cr.logits[i]);
     check(cr.status == QALIGN_OK && cr.n_anchors == 5 && ep <= 1e-6 && elm <= LOGIT && c->s.cache_rows[1] > 0 &&
               c->s.cache_rows[5] == c->s.cache_rows[1],
           "compare2score: 5 anchors from their K/V caches (%d rows each) vs naive two-image sequences: preferences "
