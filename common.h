@@ -18,53 +18,6 @@
 #else
 #define COMMON_HELPER
 #define COMMON_PRINTF(f, a)
-/* Growable byte buffer, always NUL-terminated; `oom` latches allocation failure. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} Buf;
-
-COMMON_HELPER static void buf_reserve(Buf *b, size_t extra) {
-    if (b->oom) return;
-    if (extra > SIZE_MAX - b->n - 1) { b->oom = 1; return; }
-    if (b->n + extra + 1 <= b->cap) return;
-    size_t nc = b->cap ? b->cap : 256;
-    while (nc < b->n + extra + 1) {
-        if (nc > SIZE_MAX / 2) { b->oom = 1; return; }
-        nc *= 2;
-    }
-    char *q = realloc(b->p, nc);
-    if (!q) { b->oom = 1; return; }
-    b->p = q;
-    b->cap = nc;
-}
-COMMON_HELPER static void buf_add(Buf *b, const void *d, size_t n) {
-    buf_reserve(b, n);
-    if (b->oom) return;
-    if (n) memcpy(b->p + b->n, d, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-COMMON_HELPER static void buf_addc(Buf *b, char c) { buf_add(b, &c, 1); }
-COMMON_HELPER static void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
-COMMON_HELPER COMMON_PRINTF(2, 3) static void buf_printf(Buf *b, const char *fmt, ...) {
-    char small[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (k < 0) { b->oom = 1; return; }
-    if ((size_t)k < sizeof small) { buf_add(b, small, (size_t)k); return; }
-    buf_reserve(b, (size_t)k);
-    if (b->oom) return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->n, (size_t)k + 1, fmt, ap);
-    va_end(ap);
-    b->n += (size_t)k;
-}
-COMMON_HELPER static void buf_free(Buf *b) { free(b->p); b->p = NULL; b->n = b->cap = 0; b->oom = 0; }
-
 #endif
 
 /* Write the message to err[0..errlen) (err may be NULL); returns -1, the failure value of
