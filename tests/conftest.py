@@ -226,6 +226,18 @@ def tiny_ref():
 
 
 @pytest.fixture(scope="session")
+def oracle(tiny_ref):
+    """The PyTorch oracle (tests/torch_ref.py) on the tiny checkpoint, with its tokenizer:
+    (torch_ref.Reference, sentencepiece processor)."""
+    import json
+    import sentencepiece as spm
+    import torch_ref as tr
+    cfg = json.loads((tiny_ref / "checkpoint" / "config.json").read_text())
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_ref / "checkpoint" / "tokenizer.model"))
+    return tr.Reference(tr.load_state(tiny_ref / "checkpoint"), cfg), sp
+
+
+@pytest.fixture(scope="session")
 def real_tokenizer():
     if not TOKENIZER.exists():
         pytest.skip(f"real LLaMA-2 tokenizer.model not found at {TOKENIZER} (set QALIGN_TOKENIZER)")

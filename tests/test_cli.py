@@ -64,15 +64,6 @@ def model(tiny_ref, workdir):
     return p
 
 
-@pytest.fixture(scope="module")
-def oracle(tiny_ref):
-    import sentencepiece as spm
-    import torch_ref as tr
-    cfg = json.loads((tiny_ref / "checkpoint" / "config.json").read_text())
-    sp = spm.SentencePieceProcessor(model_file=str(tiny_ref / "checkpoint" / "tokenizer.model"))
-    return tr.Reference(tr.load_state(tiny_ref / "checkpoint"), cfg), sp
-
-
 def oracle_score(oracle, files, template=DEFAULT, task="quality", input_="image",
                  words=("excellent", "good", "fair", "poor", "bad"), weights=(5, 4, 3, 2, 1), pad=True):
     """torch_ref on image files (several = the frames of one video): level logits, probs, score."""

@@ -77,15 +77,6 @@ def model(tiny_ref, workdir):
     return p
 
 
-@pytest.fixture(scope="module")
-def oracle(tiny_ref):
-    import sentencepiece as spm
-    import torch_ref as tr
-    cfg = json.loads((tiny_ref / "checkpoint" / "config.json").read_text())
-    sp = spm.SentencePieceProcessor(model_file=str(tiny_ref / "checkpoint" / "tokenizer.model"))
-    return tr.Reference(tr.load_state(tiny_ref / "checkpoint"), cfg), sp
-
-
 def make_image(path, w, h, seed):
     """A smooth gradient with noise of a seed-dependent strength (images of different
     'quality' for the comparisons)."""
