@@ -75,7 +75,7 @@ int qwen_smart_resize_rule(QwenSmartRule rule, int h, int w, int factor, long mi
     double hb, wb, beta;
     if (h < 1 || w < 1) return fail(err, errlen, "invalid image size %dx%d", w, h);
     if (factor < 1 || factor > 4096) return fail(err, errlen, "invalid resize factor %d", factor);
-    if (min_px < 1 || max_px < 1 || min_px > max_px || max_px > (1L << 40))
+    if (min_px < 1 || max_px < 1 || min_px > max_px || max_px > 1073741824L)
         return fail(err, errlen, "invalid pixel bounds [%ld, %ld]", min_px, max_px);
     {
         double ratio = (double)(h > w ? h : w) / (double)(h > w ? w : h);
