@@ -3,6 +3,7 @@
 #include "bpe.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -492,7 +493,7 @@ static long nfc(uint32_t *cps, size_t n, uint32_t **out)
         return (long)n;
     }
     /* decompose */
-    size_t cap = n * 4 + 16, m = 0;
+    size_t cap = n + 16, m = 0;
     uint32_t *d = malloc(cap * sizeof *d);
     if (!d)
         return -1;
@@ -775,6 +776,10 @@ static int encode_text(const Bpe *b, Work *w, const uint8_t *s, size_t n, Ids *o
 {
     if (!n)
         return 0;
+    if (n > (SIZE_MAX - 1) / 4 / sizeof(uint32_t)) {
+        seterr(err, errlen, "text too long");
+        return -1;
+    }
     uint32_t *cps = malloc(n * sizeof *cps), *norm = NULL;
     uint8_t *buf = NULL;
     int rc = -1;
@@ -923,6 +928,8 @@ char *bpe_decode(const Bpe *b, const int32_t *ids, size_t n, size_t *len)
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= 0 && ids[i] < b->n_vocab)
             total += b->off[ids[i] + 1] - b->off[ids[i]];
+    if (total > (SIZE_MAX - 1) / 3)
+        return NULL;
     uint8_t *raw = malloc(total + 1);
     if (!raw)
         return NULL;
