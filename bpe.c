@@ -512,18 +512,44 @@ static long nfc(uint32_t *cps, size_t n, uint32_t **out)
         memcpy(d + m, tmp, k * sizeof *tmp);
         m += k;
     }
-    /* canonical ordering: stable sort of each run of non-starters by combining class */
-    for (i = 1; i < m; i++) {
-        unsigned cc = uc_ccc(d[i]);
-        if (!cc)
+    /* canonical ordering: stable sort of each run of non-starters by combining class
+     * (insertion sort for short runs, a counting sort for long ones: no quadratic case) */
+    for (i = 0; i < m;) {
+        if (!uc_ccc(d[i])) {
+            i++;
             continue;
-        size_t j = i;
-        uint32_t c = d[i];
-        while (j > 0 && uc_ccc(d[j - 1]) > cc) {
-            d[j] = d[j - 1];
-            j--;
         }
-        d[j] = c;
+        size_t e = i;
+        while (e < m && uc_ccc(d[e]))
+            e++;
+        if (e - i <= 32) {
+            for (size_t a = i + 1; a < e; a++) {
+                uint32_t c = d[a];
+                unsigned cc = uc_ccc(c);
+                size_t j = a;
+                while (j > i && uc_ccc(d[j - 1]) > cc) {
+                    d[j] = d[j - 1];
+                    j--;
+                }
+                d[j] = c;
+            }
+        } else {
+            size_t start[257] = {0};
+            uint32_t *tmp = malloc((e - i) * sizeof *tmp);
+            if (!tmp) {
+                free(d);
+                return -1;
+            }
+            for (size_t a = i; a < e; a++)
+                start[uc_ccc(d[a]) + 1]++;
+            for (int k = 1; k <= 256; k++)
+                start[k] += start[k - 1];
+            for (size_t a = i; a < e; a++)
+                tmp[start[uc_ccc(d[a])]++] = d[a];
+            memcpy(d + i, tmp, (e - i) * sizeof *tmp);
+            free(tmp);
+        }
+        i = e;
     }
     /* canonical composition */
     if (m) {

@@ -102,6 +102,18 @@ def nospecial_json(tmp):
 
 
 @pytest.fixture(scope="session")
+def driver_san():
+    """The driver under AddressSanitizer + UBSan (skipped if the compiler lacks them)."""
+    out = ROOT / "build" / "bpe_driver_san"
+    out.parent.mkdir(exist_ok=True)
+    flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    r = run(CC[:-2] + flags + ["-Wno-unused-function", "-I", ROOT, "-o", out, ROOT / "tests" / "bpe_driver.c"])
+    if r.returncode != 0:
+        pytest.skip("no ASan/UBSan build possible here:\n" + r.stderr[-500:])
+    return out
+
+
+@pytest.fixture(scope="session")
 def driver():
     out = ROOT / "build" / "bpe_driver"
     out.parent.mkdir(exist_ok=True)
@@ -203,6 +215,9 @@ def make_strings(n, rng):
            "this image?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nThe quality of the image is",
            "<|im_start|><|im_start|>", "<|im_start", "<|<|im_end|>|>", "<think>\u0338", "\u0000a\u0000",
            "'S'LL'll'Re", "’s"] + LEVELS
+    marks = ["\u0345", "\u0301", "\u0316", "\u0334", "\u05b0", "\u093c", "\u0308", "\u0323", "\u0f71"]
+    for k in (33, 40, 100, 500):  # runs of combining marks long enough for bpe.c's counting sort
+        out.append("a" + "".join(rng.choice(marks) for _ in range(k)) + " e\u0301")
     while len(out) < n:
         out.append("".join(fragment(rng) for _ in range(rng.randint(1, 12))))
     return out
@@ -423,3 +438,34 @@ def test_speed(blob, driver):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     report(f"bpe: encode {20 * len(text) / float(secs) / 1e6:.1f} MB/s, {int(n) / float(secs) / 1e6:.2f} M ids/s "
            f"({cpu}, one thread)")
+
+
+def test_sanitized(blob, driver, driver_san, tmp):
+    """Encode, decode and hostile blobs under AddressSanitizer + UBSan: same output, no report."""
+    rng = random.Random(SEED + 4)
+    strings = make_strings(1500, rng)
+    recs = [(m, s.encode()) for s in strings for m in (0, 1)]
+    recs += [(2, struct.pack(f"<{k}I", *[rng.randrange(5000) for _ in range(k)])) for k in range(0, 40)]
+    recs += [(0, c) for c in (b"\xff", b"ab\xc3", b"\xed\xa0\x80x")]
+    marks = ["\u0345", "\u0301", "\u0316", "\u0334", "\u05b0", "\u093c"]
+    recs += [(0, ("\n" * 3 + " " * 5000 + "x" + "\u0301" * 3000 + "a" * 20000).encode()),
+             (0, ("e" + "".join(marks[k % 6] for k in range(200000))).encode()),
+             (0, ("o" + "".join(rng.choice(marks) for k in range(300)) + "\u0308").encode())]
+    assert drive(driver_san, blob, recs) == drive(driver, blob, recs)
+    b = blob.read_bytes()
+    for k in range(0, len(b), max(1, len(b) // 60)):
+        p = tmp / "san_trunc.bpe"
+        p.write_bytes(b[:k])
+        r = subprocess.run([str(driver_san), str(p)], input=struct.pack("<II", 0, 5) + b"hello", capture_output=True)
+        assert r.returncode == 3 and b"ERROR" not in r.stderr and b"runtime error" not in r.stderr, (k, r.stderr[-800:])
+
+
+def test_committed_tokenizer_is_what_the_script_makes(hf, tmp):
+    """tests/data/qwen_tokenizer is reproducible: make_tokenizer.py (HF's trainer) rebuilds it
+    byte for byte."""
+    out = tmp / "remade"
+    out.mkdir()
+    r = run([sys.executable, TOK_DIR / "make_tokenizer.py", "--out", out])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / f).read_bytes() == (TOK_DIR / f).read_bytes(), f"{f} differs from what make_tokenizer.py makes"
