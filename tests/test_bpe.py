@@ -429,15 +429,17 @@ def test_hostile_blobs(tmp, blob, driver):
     report(f"bpe: {len(cases)} hostile blobs, {refused} refused with a message, none crashed")
 
 
-def test_speed(blob, driver):
-    """A figure: encode speed on English + CJK text (no oracle; reported, not asserted)."""
+def test_speed(hf, blob, driver, tmp):
+    """Figures: encode speed of bpe.c and of HF tokenizers (its Rust code through node) on the
+    same text, one thread each (reported, not asserted)."""
     rng = random.Random(SEED + 3)
-    text = " ".join(make_strings(400, rng)).encode()
-    line = drive(driver, blob, [(6, struct.pack("<I", 20) + text)])[0]
-    n, secs = line.split()
+    text = " ".join(make_strings(400, rng))
+    raw = text.encode()
+    best = min(float(drive(driver, blob, [(6, struct.pack("<I", 1) + raw)])[0].split()[1]) for _ in range(5))
+    hf_best = oracle(hf, TOK_JSON, "time", [text, 5], tmp)[0]
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    report(f"bpe: encode {20 * len(text) / float(secs) / 1e6:.1f} MB/s, {int(n) / float(secs) / 1e6:.2f} M ids/s "
-           f"({cpu}, one thread)")
+    report(f"bpe: encode of {len(raw)} bytes: bpe.c {best * 1e3:.2f} ms ({len(raw) / best / 1e6:.1f} MB/s), "
+           f"HF tokenizers 0.23.2 {hf_best * 1e3:.2f} ms ({cpu}, one thread each)")
 
 
 def test_sanitized(blob, driver, driver_san, tmp):

@@ -9,6 +9,7 @@
 //   nfc      string -> the normalizer's output
 //   split    string -> byte lengths of the pre-tokenizer's pieces (no normalizer; each
 //            piece is ByteLevel text, one character per byte)
+//   time     [text, repeat] -> [the best time of one encode of text, in seconds]
 import {Tokenizer} from "tokenizers";
 import fs from "fs";
 
@@ -30,6 +31,16 @@ if (mode === "encode") {
     const pt = tok.getPreTokenizer();
     for (const s of items)
         out.push(pt.preTokenizeString(s).map(p => p[0].length));
+} else if (mode === "time") {
+    // [text, repeat] -> [best seconds of one encode of text]
+    const [text, repeat] = items;
+    let best = Infinity;
+    for (let r = 0; r < repeat; r++) {
+        const t0 = performance.now();
+        await tok.encode(text, null, {addSpecialTokens: false});
+        best = Math.min(best, (performance.now() - t0) / 1000);
+    }
+    out.push(best);
 } else {
     console.error("bpe_oracle: unknown mode " + mode);
     process.exit(2);
