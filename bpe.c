@@ -253,8 +253,7 @@ Bpe *bpe_open(const uint8_t *blob, size_t n, char *err, size_t errlen)
         size_t mask = b->msize - 1, h = hash_u64(key) & mask;
         while (b->mkey[h] && b->mkey[h] != key)
             h = (h + 1) & mask;
-        if (b->mkey[h])
-            continue; /* a repeated pair keeps its first (lowest) rank, as HF's map does */
+        /* a repeated pair takes its last rank: HF collects the merges into a map in order */
         b->mkey[h] = key;
         b->mval[h] = (int32_t)k;
         b->merge_res[k] = (int32_t)m;

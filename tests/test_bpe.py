@@ -471,3 +471,19 @@ def test_committed_tokenizer_is_what_the_script_makes(hf, tmp):
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ("tokenizer.json", "tokenizer_config.json"):
         assert (out / f).read_bytes() == (TOK_DIR / f).read_bytes(), f"{f} differs from what make_tokenizer.py makes"
+
+
+def test_repeated_merge_takes_its_last_rank(hf, driver, tmp):
+    """A merge listed twice ranks where it is listed last, as in HF's merge map (the oracle
+    decides: a tokenizer.json whose early merges are repeated at the end of the list)."""
+    tj = json.loads(TOK_JSON.read_text(encoding="utf-8"))
+    tj["model"]["merges"] += [tj["model"]["merges"][k] for k in (0, 1, 2, 5, 8, 13)]
+    p = tmp / "repeated.json"
+    p.write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    b = tmp / "repeated.bpe"
+    b.write_bytes(export.bpe_blob_from_tokenizer_json(p))
+    strings = make_strings(800, random.Random(SEED + 5))
+    want = oracle(hf, p, "encode", strings, tmp)
+    assert want != oracle(hf, TOK_JSON, "encode", strings, tmp), "the repeated merges change nothing: a useless test"
+    got = [ids_of(x) for x in drive(driver, b, [(0, s.encode()) for s in strings])]
+    assert got == want
