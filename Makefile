@@ -102,13 +102,14 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
 # what each harness is linked with: the image decoders; the whole library (the model loader);
-# app.c (the result files that --resume reads); the server's parsers (serve_parse.c)
+# app.c (the result files that --resume reads); the server's parsers (serve_parse.c); bpe.c
 IMAGE_SRCS         = image.c image_png.c image_jpeg.c
 FUZZ_SRCS          = $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
 FUZZ_SRCS_fuzz_results = app.c $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_http    = serve_parse.c
 FUZZ_SRCS_fuzz_json    = serve_parse.c
+FUZZ_SRCS_fuzz_bpe     = bpe.c
 .SECONDEXPANSION:
 build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h $$(or $$(FUZZ_SRCS_fuzz_$$*),$$(FUZZ_SRCS)) $(HDRS)
 	@mkdir -p build
