@@ -487,3 +487,82 @@ def test_repeated_merge_takes_its_last_rank(hf, driver, tmp):
     assert want != oracle(hf, TOK_JSON, "encode", strings, tmp), "the repeated merges change nothing: a useless test"
     got = [ids_of(x) for x in drive(driver, b, [(0, s.encode()) for s in strings])]
     assert got == want
+
+
+def big_tokenizer(path, n_merges, rng):
+    """A tokenizer.json of the real Qwen3.5 size: the test tokenizer's pipeline and added
+    tokens on 256 byte pieces + n_merges merges: the bytes of 8,000 CJK characters, then
+    random pairs of those characters and extensions of such pairs by one more (like a BPE
+    trained on CJK text: pieces deep in the vocabulary are what random text meets).
+    Returns the path and the multi-character pieces (as text)."""
+    tj = json.loads(TOK_JSON.read_text(encoding="utf-8"))
+    base = list(tj["model"]["vocab"])[:256]
+    ch = {b: c for b, c in zip(range(256), bytes_to_unicode_chars())}
+    pieces, seen, merges = list(base), set(base), []
+
+    def add(a, b):
+        if a + b not in seen:
+            seen.add(a + b)
+            pieces.append(a + b)
+            merges.append([a, b])
+
+    chars = [chr(0x4E00 + k) for k in range(8000)]
+    bl = {c: "".join(ch[x] for x in c.encode()) for c in chars}
+    for c in chars:
+        add(bl[c][0], bl[c][1])
+        add(bl[c][:2], bl[c][2])
+    multi = []
+    while len(merges) < n_merges:
+        if multi and rng.random() < 0.3:
+            a = rng.choice(multi)
+            c = rng.choice(chars)
+            if len(a) < 6 and "".join(bl[x] for x in a) + bl[c] not in seen:
+                add("".join(bl[x] for x in a), bl[c])
+                multi.append(a + c)
+            continue
+        a, c = rng.choice(chars), rng.choice(chars)
+        if bl[a] + bl[c] not in seen:
+            add(bl[a], bl[c])
+            multi.append(a + c)
+    tj["model"]["vocab"] = {p: i for i, p in enumerate(pieces)}
+    tj["model"]["merges"] = merges
+    for k, a in enumerate(tj["added_tokens"]):
+        a["id"] = len(pieces) + k
+    path.write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    return path, multi
+
+
+def bytes_to_unicode_chars():
+    """GPT-2's byte -> character map, as a list indexed by byte."""
+    bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    m = dict(zip(bs, cs))
+    return [chr(m[b]) for b in range(256)]
+
+
+def test_real_size_vocabulary(hf, driver, tmp):
+    """At Qwen3.5's size (248,044 pieces, 247,788 merges, 33 added tokens): the same ids as
+    HF on random letter text and the generated strings, and the time bpe_open takes."""
+    rng = random.Random(SEED + 6)
+    p, multi = big_tokenizer(tmp / "big.json", 248044 - 256, rng)
+    b = tmp / "big.bpe"
+    b.write_bytes(export.bpe_blob_from_tokenizer_json(p))
+    strings = ["".join(rng.choice(multi) + rng.choice(["", "", " ", "，"]) for _ in range(rng.randint(3, 30)))
+               for _ in range(300)]
+    strings += make_strings(500, rng)
+    want = oracle(hf, p, "encode", strings, tmp)
+    got = [ids_of(x) for x in drive(driver, b, [(0, s.encode()) for s in strings])]
+    bad = [(s, g, w) for s, g, w in zip(strings, got, want) if g != w]
+    assert not bad, "first mismatches (text, bpe.c, HF):\n" + "\n".join(repr(x) for x in bad[:3])
+    per_id = sum(len(s) for s in strings[:300]) / sum(len(w) for w in want[:300])
+    deep = sum(i >= 20000 for w in want[:300] for i in w) / sum(len(w) for w in want[:300])
+    assert deep > 0.3, f"only {deep:.0%} of the ids are >= 20000: the big vocabulary is hardly used"
+    secs = float(drive(driver, b, [(7, struct.pack("<I", 3))])[0])
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    report(f"bpe: real-size vocabulary ({b.stat().st_size / 1e6:.1f} MB blob): {len(strings)} strings equal to HF "
+           f"({per_id:.1f} characters per id, {deep:.0%} of the ids >= 20000); bpe_open {secs * 1e3:.1f} ms ({cpu})")
