@@ -67,6 +67,7 @@ int main(int argc, char **argv)
     /* bpe_open copies what it keeps: scribble over the blob to prove it */
     memset(blob, 0xA5, nb);
     if (!b) {
+        free(blob);
         printf("%s\n", err);
         return 3;
     }
