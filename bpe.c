@@ -23,6 +23,7 @@ typedef struct {
     uint32_t len;
     const uint8_t *text; /* into Bpe.added_text */
     int special;
+    int normalized;      /* matched in the NFC text (HF's normalized = true), else in the raw text */
 } Added;
 
 struct Bpe {
@@ -46,6 +47,7 @@ struct Bpe {
     Added *added;
     uint8_t *added_text;
     uint8_t added_first[32]; /* bitset: first bytes of added tokens */
+    int n_normalized;        /* added tokens matched after NFC */
 };
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -150,11 +152,13 @@ Bpe *bpe_open(const uint8_t *blob, size_t n, char *err, size_t errlen)
         seterr(err, errlen, "not a byte-level BPE tokenizer blob (bad magic)");
         goto fail;
     }
-    if (rd32(blob + 4) != 1) {
-        seterr(err, errlen, "tokenizer blob version %u is not supported (1 is): re-export the model",
-               rd32(blob + 4));
+    uint32_t version = rd32(blob + 4);
+    if (version != 1 && version != 2) {
+        seterr(err, errlen, "tokenizer blob version %u is not supported (1 and 2 are): re-export the model",
+               version);
         goto fail;
     }
+    size_t entry = version == 1 ? 8 : 12; /* version 2: added tokens carry flags */
     uint32_t nv = rd32(blob + 8), nm = rd32(blob + 12), na = rd32(blob + 16), flags = rd32(blob + 20);
     uint32_t plen = rd32(blob + 24);
     pos = 28;
@@ -268,9 +272,9 @@ Bpe *bpe_open(const uint8_t *blob, size_t n, char *err, size_t errlen)
     {
         size_t p0 = pos, total = 0;
         for (uint32_t k = 0; k < na; k++) {
-            NEED(8, "added tokens");
+            NEED(entry, "added tokens");
             uint32_t len = rd32(blob + pos + 4);
-            pos += 8;
+            pos += entry;
             NEED(len, "added token text");
             pos += len;
             total += len;
@@ -282,13 +286,15 @@ Bpe *bpe_open(const uint8_t *blob, size_t n, char *err, size_t errlen)
         total = 0;
         for (uint32_t k = 0; k < na; k++) {
             uint32_t id = rd32(blob + pos), len = rd32(blob + pos + 4);
-            pos += 8;
-            if (id >= nv || (b->type[id] != TY_ADDED && b->type[id] != TY_SPECIAL) || len == 0) {
+            uint32_t aflags = entry == 12 ? rd32(blob + pos + 8) : 0;
+            pos += entry;
+            if (id >= nv || (b->type[id] != TY_ADDED && b->type[id] != TY_SPECIAL) || len == 0 || aflags > 1) {
                 seterr(err, errlen, "tokenizer blob: added token %u is malformed", k);
                 goto fail;
             }
             memcpy(b->added_text + total, blob + pos, len);
-            b->added[k] = (Added){(int32_t)id, len, b->added_text + total, b->type[id] == TY_SPECIAL};
+            b->added[k] = (Added){(int32_t)id, len, b->added_text + total, b->type[id] == TY_SPECIAL, (int)aflags};
+            b->n_normalized += (int)aflags;
             b->added_first[blob[pos] >> 3] |= (uint8_t)(1u << (blob[pos] & 7));
             pos += len;
             total += len;
@@ -795,9 +801,40 @@ static int bpe_word(const Bpe *b, Work *w, const uint8_t *s, size_t n, Ids *out)
     return 0;
 }
 
-/* Encode one segment without added tokens: NFC, split, BPE. */
-static int encode_text(const Bpe *b, Work *w, const uint8_t *s, size_t n, Ids *out, char *err,
-                       size_t errlen, size_t base)
+/* The added token that matches at s[0..n) (the longest), or -1. Only tokens matched in
+ * this pass: the raw text's (normalized = 0) or the NFC text's (normalized = 1). */
+static int added_at(const Bpe *b, const uint8_t *s, size_t n, int special, int normalized)
+{
+    if (!(b->added_first[s[0] >> 3] & (1u << (s[0] & 7))))
+        return -1;
+    int best = -1;
+    for (int k = 0; k < b->n_added; k++) {
+        const Added *a = &b->added[k];
+        if (a->len <= n && a->normalized == normalized && (special || !a->special) &&
+            !memcmp(a->text, s, a->len) && (best < 0 || a->len > b->added[best].len))
+            best = k;
+    }
+    return best;
+}
+
+/* Split and BPE of normalized code points. buf: room for 4 * k bytes. */
+static int encode_pieces(const Bpe *b, Work *w, const uint32_t *cps, size_t k, uint8_t *buf, Ids *out)
+{
+    for (size_t i = 0; i < k;) {
+        size_t len = match_at(cps, k, i), nb = 0;
+        for (size_t j = i; j < i + len; j++)
+            nb += utf8_put(buf + nb, cps[j]);
+        if (bpe_word(b, w, buf, nb, out))
+            return -1;
+        i += len;
+    }
+    return 0;
+}
+
+/* Encode one segment between raw-text added tokens: NFC, then (as HF's AddedVocabulary)
+ * the added tokens that are matched in normalized text, then split and BPE. */
+static int encode_text(const Bpe *b, Work *w, const uint8_t *s, size_t n, int special, Ids *out,
+                       char *err, size_t errlen, size_t base)
 {
     if (!n)
         return 0;
@@ -806,7 +843,8 @@ static int encode_text(const Bpe *b, Work *w, const uint8_t *s, size_t n, Ids *o
         return -1;
     }
     uint32_t *cps = malloc(n * sizeof *cps), *norm = NULL;
-    uint8_t *buf = NULL;
+    uint8_t *buf = NULL, *nbuf = NULL;
+    size_t *start = NULL;
     int rc = -1;
     if (!cps)
         goto oom;
@@ -822,13 +860,36 @@ static int encode_text(const Bpe *b, Work *w, const uint8_t *s, size_t n, Ids *o
     buf = malloc(4 * (size_t)k + 1);
     if (!buf)
         goto oom;
-    for (size_t i = 0; i < (size_t)k;) {
-        size_t len = match_at(norm, (size_t)k, i), nb = 0;
-        for (size_t j = i; j < i + len; j++)
-            nb += utf8_put(buf + nb, norm[j]);
-        if (bpe_word(b, w, buf, nb, out))
+    if (!b->n_normalized) {
+        if (encode_pieces(b, w, norm, (size_t)k, buf, out))
             goto oom;
-        i += len;
+    } else {
+        /* the NFC text as UTF-8, with the byte offset of each code point */
+        nbuf = malloc(4 * (size_t)k + 1);
+        start = malloc(((size_t)k + 1) * sizeof *start);
+        if (!nbuf || !start)
+            goto oom;
+        size_t nb = 0;
+        for (size_t i = 0; i < (size_t)k; i++) {
+            start[i] = nb;
+            nb += utf8_put(nbuf + nb, norm[i]);
+        }
+        start[k] = nb;
+        size_t from = 0;
+        for (size_t i = 0; i < (size_t)k; i++) {
+            int a = added_at(b, nbuf + start[i], nb - start[i], special, 1);
+            if (a < 0)
+                continue;
+            if (encode_pieces(b, w, norm + from, i - from, buf, out) || ids_push(out, b->added[a].id))
+                goto oom;
+            size_t end = start[i] + b->added[a].len, j = i;
+            while (start[j] < end) /* a match of valid UTF-8 ends on a character boundary */
+                j++;
+            from = j;
+            i = j - 1;
+        }
+        if (encode_pieces(b, w, norm + from, (size_t)k - from, buf, out))
+            goto oom;
     }
     rc = 0;
     goto done;
@@ -839,22 +900,9 @@ done:
         free(norm);
     free(cps);
     free(buf);
+    free(nbuf);
+    free(start);
     return rc;
-}
-
-/* The added token that matches at s[0..n) (the longest), or -1. */
-static int added_at(const Bpe *b, const uint8_t *s, size_t n, int special)
-{
-    if (!(b->added_first[s[0] >> 3] & (1u << (s[0] & 7))))
-        return -1;
-    int best = -1;
-    for (int k = 0; k < b->n_added; k++) {
-        const Added *a = &b->added[k];
-        if (a->len <= n && (special || !a->special) && !memcmp(a->text, s, a->len) &&
-            (best < 0 || a->len > b->added[best].len))
-            best = k;
-    }
-    return best;
 }
 
 int bpe_encode(const Bpe *b, const char *utf8, size_t len, int special, int32_t **ids, size_t *n,
@@ -867,18 +915,18 @@ int bpe_encode(const Bpe *b, const char *utf8, size_t len, int special, int32_t 
     *n = 0;
     size_t start = 0, i = 0;
     while (i < len) {
-        int k = added_at(b, s + i, len - i, special);
+        int k = added_at(b, s + i, len - i, special, 0);
         if (k < 0) {
             i++;
             continue;
         }
-        if (encode_text(b, &w, s + start, i - start, &out, err, errlen, start) ||
+        if (encode_text(b, &w, s + start, i - start, special, &out, err, errlen, start) ||
             ids_push(&out, b->added[k].id))
             goto fail;
         i += b->added[k].len;
         start = i;
     }
-    if (encode_text(b, &w, s + start, len - start, &out, err, errlen, start))
+    if (encode_text(b, &w, s + start, len - start, special, &out, err, errlen, start))
         goto fail;
     if (!out.v && !(out.v = malloc(sizeof *out.v)))
         goto fail;

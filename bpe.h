@@ -6,7 +6,8 @@
  *
  *   1. added tokens are found first, in the raw text (leftmost-longest, as HF's
  *      AddedVocabulary); the text between them goes through 2-4;
- *   2. normalizer NFC (HF's tables are Unicode 9.0: see tools/gen_unicode.py);
+ *   2. normalizer NFC (HF's tables are Unicode 9.0: see tools/gen_unicode.py); added tokens
+ *      marked "normalized" are then found in the NFC text (Qwen's are not so marked);
  *   3. pre-tokenizer Split(pattern, Isolated) with the pattern
  *        (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}
  *        | ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
@@ -22,14 +23,17 @@
  * model file); bpe_open copies what it needs, so the blob may be freed or unmapped after.
  *
  * Blob layout, all integers little-endian u32 unless said:
- *   "QBPE" magic, version (1), n_vocab, n_merges, n_added, flags (bit 0: ignore_merges),
+ *   "QBPE" magic, version (2; 1 is read too), n_vocab, n_merges, n_added, flags (bit 0:
+ *   ignore_merges),
  *   pattern_len, pattern bytes (must be the pattern above: anything else is refused),
  *   offsets[n_vocab + 1], bytes[offsets[n_vocab]]   id i's bytes = bytes[offsets[i]..offsets[i+1])
  *                                                    (its decoded bytes; empty = no such id)
  *   types[n_vocab] (u8: 0 none, 1 BPE piece, 2 added token, 3 added special token)
  *   merges[n_merges][3] = (left id, right id, merged id), rank order
- *   added[n_added]: id, content length, content bytes (the text that is matched)
+ *   added[n_added]: id, content length, flags (bit 0: normalized; version 2 only),
+ *                   content bytes (the text that is matched)
  * Library code: no exit(), no output; errors come back as one-line messages in err.
+ * A Bpe is read-only after bpe_open: any number of threads may encode and decode with it.
  */
 #ifndef QALIGN_BPE_H
 #define QALIGN_BPE_H

@@ -1009,7 +1009,7 @@ def tokenizer_tensors(path):
 
 QWEN35_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
                         r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-BPE_BLOB_VERSION = 1
+BPE_BLOB_VERSION = 2
 
 
 def _byte_level_map():
@@ -1073,15 +1073,29 @@ def bpe_blob_from_tokenizer_json(tokenizer_json, tokenizer_config_json=None):
         content = a.get("content")
         if not isinstance(content, str) or not content:
             die(f"added token {i}: no content")
-        if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or a.get("normalized"):
-            die(f"added token {i} ({content!r}): lstrip/rstrip/single_word/normalized are not supported")
+        if a.get("lstrip") or a.get("rstrip") or a.get("single_word"):
+            die(f"added token {i} ({content!r}): lstrip/rstrip/single_word are not supported")
         if i in added and added[i][0] != content:
             die(f"added token {i}: {added[i][0]!r} in one file, {content!r} in the other")
         special = bool(a.get("special")) or (i in added and added[i][1])
-        added[i] = (content, special)
-    for i, (content, special) in added.items():
-        if i in toks and types.get(i) == 1 and toks[i] != content.encode("utf-8"):
-            die(f"added token {i} ({content!r}) has the id of vocabulary entry {toks[i]!r}")
+        # HF's AddedToken defaults normalized to "not special" when the field is absent
+        normalized = bool(a.get("normalized", not special))
+        if i in added and added[i][2] != normalized:
+            die(f"added token {i} ({content!r}): normalized differs between the two files")
+        added[i] = (content, special, normalized)
+    # HF numbers added tokens itself (AddedVocabulary.add_tokens): in order, each after the
+    # model's vocabulary and the added tokens before it; one whose text is a vocabulary entry
+    # would take that entry's id. bpe.c takes the ids of the files, so they must be those.
+    expect = len(vocab)
+    for i in sorted(added):
+        content = added[i][0]
+        if content in vocab:
+            die(f"added token {i} ({content!r}) is also vocabulary entry {vocab[content]}: not supported")
+        if i != expect:
+            die(f"added token {content!r} has id {i} in the files, but Hugging Face tokenizers would "
+                f"give it {expect} (added tokens follow the vocabulary, in order, without gaps)")
+        expect += 1
+    for i, (content, special, _n) in added.items():
         # ByteLevel's decoder maps a token's characters back to bytes, or, if one of them is
         # not a byte-level character, keeps the token's UTF-8 as it is
         try:
@@ -1110,7 +1124,7 @@ def bpe_blob_from_tokenizer_json(tokenizer_json, tokenizer_config_json=None):
     out += b"".join(struct.pack("<3I", *m) for m in merges)
     for i in sorted(added):
         c = added[i][0].encode("utf-8")
-        out += struct.pack("<2I", i, len(c)) + c
+        out += struct.pack("<3I", i, len(c), int(added[i][2])) + c
     return bytes(out)
 
 

@@ -566,3 +566,36 @@ def test_real_size_vocabulary(hf, driver, tmp):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     report(f"bpe: real-size vocabulary ({b.stat().st_size / 1e6:.1f} MB blob): {len(strings)} strings equal to HF "
            f"({per_id:.1f} characters per id, {deep:.0%} of the ids >= 20000); bpe_open {secs * 1e3:.1f} ms ({cpu})")
+
+
+def test_normalized_added_tokens(hf, driver, tmp):
+    """Added tokens marked normalized are found in the NFC text, the others in the raw text
+    (HF's AddedVocabulary); Qwen's are all raw, this checks the other kind against the oracle:
+    "<think>" etc. normalized, and three extra tokens "Ω" U+03A9 (normalized: U+2126 OHM SIGN
+    matches too), "e\\u0301x" (raw: only the decomposed spelling matches), "ǅ" (normalized)."""
+    tj = json.loads(TOK_JSON.read_text(encoding="utf-8"))
+    for a in tj["added_tokens"]:
+        if a["content"] in ("<think>", "</think>", "<tool_call>", "<|im_start|>"):
+            a["normalized"] = True
+    nxt = tj["added_tokens"][-1]["id"] + 1
+    for k, (c, norm) in enumerate((("\u03a9", True), ("e\u0301x", False), ("\u01c5", True))):
+        tj["added_tokens"].append({"id": nxt + k, "content": c, "single_word": False, "lstrip": False,
+                                   "rstrip": False, "normalized": norm, "special": False})
+    p = tmp / "normalized.json"
+    p.write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+    b = tmp / "normalized.bpe"
+    b.write_bytes(export.bpe_blob_from_tokenizer_json(p))
+    rng = random.Random(SEED + 7)
+    extra = ["\u03a9", "\u2126", "\u2126\u0301", "\u03a9\u0345", "e\u0301x", "\u00e9x", "\u01c5", "D\u017e",
+             "<think>\u0338", "<think>", "<|im_start|>\u0338", "x<tool_call>\u0301y", "<thin\u2126k>", "Ω<think>Ω"]
+    strings = make_strings(1500, rng)
+    strings += ["".join(rng.choice(extra + [" ", "a", "\u0301"]) for _ in range(rng.randint(1, 8))) for _ in range(1500)]
+    want = oracle(hf, p, "encode", strings, tmp)
+    assert want != oracle(hf, TOK_JSON, "encode", strings, tmp)
+    got = [ids_of(x) for x in drive(driver, b, [(0, s.encode()) for s in strings])]
+    bad = [(s, g, w) for s, g, w in zip(strings, got, want) if g != w]
+    assert not bad, "first mismatches (text, bpe.c, HF):\n" + "\n".join(repr(x) for x in bad[:5])
+    ids = [w for w in want[:400]] + [[nxt, nxt + 1, nxt + 2, 197, nxt]]
+    dec = oracle(hf, p, "decode", ids, tmp)
+    lines = drive(driver, b, [(2, struct.pack(f"<{len(x)}I", *x)) for x in ids])
+    assert [bytes.fromhex(x).decode() for x in lines] == dec
