@@ -1,6 +1,6 @@
 /* fuzz_bpe.c - libFuzzer harness for bpe.c (Qwen3.5's byte-level BPE; make fuzz). A small
  * vocabulary is built here (the 256 bytes, merges of a few English words and of "é", two
- * added tokens). The first input byte picks what the rest is:
+ * added tokens, one matched in the raw text, one in the NFC text). The first input byte picks what the rest is:
  *   0, 1  text for bpe_encode (special = 1 / 0): it must succeed exactly when the text is
  *         valid UTF-8 (checked here independently), fail with a one-line reason otherwise;
  *         the ids must be in range; their decode must be valid UTF-8 and, for ASCII text
@@ -72,7 +72,7 @@ static void build(void)
     size_t n = 0, cap = 0;
     uint8_t *p = NULL;
     putb(&p, &n, &cap, "QBPE", 4);
-    put32(&p, &n, &cap, 1);
+    put32(&p, &n, &cap, 2);
     put32(&p, &n, &cap, (uint32_t)nv);
     put32(&p, &n, &cap, (uint32_t)nm);
     put32(&p, &n, &cap, 2);
@@ -103,6 +103,7 @@ static void build(void)
     for (int k = 0; k < 2; k++) {
         put32(&p, &n, &cap, (uint32_t)(np + k));
         put32(&p, &n, &cap, (uint32_t)strlen(ADDED[k]));
+        put32(&p, &n, &cap, (uint32_t)k); /* "<think>" is matched in the NFC text */
         putb(&p, &n, &cap, ADDED[k], strlen(ADDED[k]));
     }
     blob = p;
