@@ -38,13 +38,13 @@ ifndef NO_OMP
   endif
 endif
 
-# The library (qalign.h): the model, its kernels, the tokenizer, image decoding and
+# The library (qalign.h): the model, its kernels, the tokenizers (SentencePiece, byte-level BPE), image decoding and
 # preprocessing. The command line (cli.c, app.c) uses it through qalign.h only.
-LIB_SRCS = qalign.c kernels.c tokenizer.c image.c image_png.c image_jpeg.c image_qwen.c
+LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c image_qwen.c
 # serve.c / serve_parse.c: --listen and --stdio (serve.h), on the same public headers.
 CLI_SRCS = cli.c app.c serve.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h image.h image_qwen.h app.h serve.h
+HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_qwen.h app.h serve.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean
@@ -102,13 +102,14 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
 # what each harness is linked with: the image decoders; the whole library (the model loader);
-# app.c (the result files that --resume reads); the server's parsers (serve_parse.c)
+# app.c (the result files that --resume reads); the server's parsers (serve_parse.c); bpe.c
 IMAGE_SRCS         = image.c image_png.c image_jpeg.c
 FUZZ_SRCS          = $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
 FUZZ_SRCS_fuzz_results = app.c $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_http    = serve_parse.c
 FUZZ_SRCS_fuzz_json    = serve_parse.c
+FUZZ_SRCS_fuzz_bpe     = bpe.c
 .SECONDEXPANSION:
 build/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_decode.h $$(or $$(FUZZ_SRCS_fuzz_$$*),$$(FUZZ_SRCS)) $(HDRS)
 	@mkdir -p build

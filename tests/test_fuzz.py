@@ -1,6 +1,7 @@
 """libFuzzer smoke runs: every fuzz/fuzz_*.c harness (ASan + UBSan) for QALIGN_FUZZ_SECONDS
 (default 10; .ci/run uses 20): the image decoders, the server's HTTP and JSON request parsers,
-the model loader (fuzz_model) and the CSV/JSONL reader --resume relies on (fuzz_results).
+the model loader (fuzz_model), the CSV/JSONL reader --resume relies on (fuzz_results) and
+Qwen3.5's byte-level BPE tokenizer (fuzz_bpe).
 Seeded with the corpora the image tests write to build/corpus (when they ran first), the seeds
 in fuzz/corpus/<harness>, the fixture images, and what this file makes: micro models in every
 weight type for fuzz_model, and CSV/JSONL result files that qalign wrote for fuzz_results. A

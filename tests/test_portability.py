@@ -23,7 +23,7 @@ import pytest
 
 from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run, logits
 
-SRCS = ["qalign.c", "kernels.c", "tokenizer.c", "image.c", "image_png.c", "image_jpeg.c", "image_qwen.c", "app.c", "cli.c",
+SRCS = ["qalign.c", "kernels.c", "tokenizer.c", "bpe.c", "image.c", "image_png.c", "image_jpeg.c", "image_qwen.c", "app.c", "cli.c",
         "serve.c", "serve_parse.c", "examples/score.c"]
 BINARY_SRCS = [s for s in SRCS if not s.startswith("examples/")]   # what ./qalign is made of
 STD = ["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Wno-unused-parameter"]
@@ -210,6 +210,32 @@ def test_big_endian_tokenizer_matches_native(real_tokenizer, workdir):
     assert a.stdout == b.stdout, "s390x tokenizer ids differ from the native ones"
     report(f"portability: s390x (big-endian) tokenizer gives the native ids for {2 * len(strings)} cases")
 
+
+
+def test_big_endian_bpe_matches_native(workdir):
+    """bpe.c (Qwen3.5's byte-level BPE) on s390x: the same ids, decodes, NFC and splits as
+    native for the test tokenizer (the blob is little-endian on every host)."""
+    import export
+    from test_bpe import TOK_CONFIG, TOK_JSON, make_strings
+    import random
+    src = ["tests/bpe_driver.c"]
+    exe = cross_build(S390X, "s390x/bpe_driver", ["-Werror", "-Wno-unused-function"], src)
+    native = OUT / "bpe_driver_native"
+    r = run(["cc", *STD, "-Werror", "-Wno-unused-function", "-O2", "-I", ROOT, "-o", native, *[ROOT / s for s in src]])
+    assert r.returncode == 0, r.stderr
+    blob = workdir / "endian.bpe"
+    blob.write_bytes(export.bpe_blob_from_tokenizer_json(TOK_JSON, TOK_CONFIG))
+    strings = [s.encode() for s in make_strings(600, random.Random(7))]
+    rng = random.Random(8)
+    recs = [(m, s) for s in strings for m in (0, 1, 4, 5)]
+    recs += [(2, struct.pack(f"<{k}I", *[rng.randrange(4100) for _ in range(k)])) for k in range(60)]
+    data = b"".join(struct.pack("<II", mode, len(b)) + b for mode, b in recs)
+    a = run([native, blob], input=data, text=False)
+    b = run([*S390X["qemu"], exe, blob], input=data, text=False)
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    assert a.stdout.count(b"\n") == len(recs)
+    assert a.stdout == b.stdout, "s390x byte-level BPE output differs from the native one"
+    report(f"portability: s390x (big-endian) byte-level BPE gives the native output for {len(recs)} cases")
 
 # ---- 3. 32-bit ---------------------------------------------------------------------------
 
