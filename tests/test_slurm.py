@@ -14,6 +14,7 @@ job steps), then removes the directory, also when it fails.
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -251,6 +252,13 @@ def dataset(tmp_path_factory, qalign_bin, model):
     return w, "all.txt", w / "one.jsonl"
 
 
+def readme_line(start):
+    """The line of README.md's "Past one machine" section that starts so."""
+    text = (ROOT / "README.md").read_text()
+    sec = text[text.index("## Past one machine"):]
+    return next(l for l in sec.splitlines() if l.startswith(start))
+
+
 def merge(*args, cwd):
     return run([PYTHON, MERGE, *args], cwd=cwd, timeout=120)
 
@@ -269,11 +277,14 @@ def test_slurm_array_requeue_merge(qalign_bin, model, dataset):
         def diag():
             logs = "".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted((w / "logs").iterdir()))
             return sl.cmd("squeue", check=False).stdout + logs + sl.logs()
-        # README's command, with this test's CPUs per task and log place; --batch 4 so that
-        # rows come often enough to cancel a task in the middle of its slice.
-        r = sl.cmd("sbatch", "--parsable", f"--array=1-{shards}", "--cpus-per-task=1", "-D", w,
-                   "--output", w / "logs" / "task-%a.log", SBATCH_SCRIPT, model, lst, "out", "--batch", "4",
-                   timeout=60, env=dict(sl.env, QALIGN_BIN=str(qalign_bin)))
+        # README's command, with 4 tasks of 1 CPU, this test's log place and --batch 4 (so
+        # that rows come often enough to cancel a task in the middle of its slice)
+        sb = readme_line("sbatch --array=1-8 ").split()
+        assert sb[:4] == ["sbatch", "--array=1-8", "examples/slurm/score_array.sbatch", "model.qalign"], sb
+        sb = [tool("sbatch"), "--parsable", f"--array=1-{shards}", "--cpus-per-task=1", "-D", str(w), "--output",
+              str(w / "logs" / "task-%a.log"), str(SBATCH_SCRIPT), str(model), *sb[4:], "--batch", "4"]
+        r = run(sb, cwd=w, env=dict(sl.env, QALIGN_BIN=str(qalign_bin)), timeout=60)
+        assert r.returncode == 0, r.stderr
         job = r.stdout.strip().split(";")[0]
         t_submit = time.monotonic()
         part = out / f"part-{victim}-of-{shards}.jsonl"
@@ -306,11 +317,13 @@ def test_slurm_array_requeue_merge(qalign_bin, model, dataset):
                      rf"{in_slice - done_before} to score: {in_slice - len(before)} new"
                      + (rf", {failed_before} failed before \(retried\)" if failed_before else "$"), log, re.M), log
     # merged: the single process's rows, byte for byte, in its order; the failures listed
-    parts = sorted(out.glob(f"part-*-of-{shards}.jsonl"))
-    assert len(parts) == shards
-    r = merge(lst, *parts, "-o", "merged.jsonl", cwd=w)
+    assert len(list(out.glob(f"part-*-of-{shards}.jsonl"))) == shards
+    mg = readme_line("python3 examples/slurm/merge.py ")
+    assert mg == "python3 examples/slurm/merge.py all.txt out/part-*-of-8.jsonl -o scores.jsonl", mg
+    mg = mg.replace("python3 examples/slurm/", f"{shlex.quote(PYTHON)} {shlex.quote(str(MERGE.parent))}/")
+    r = run(["bash", "-c", mg.replace("-of-8", f"-of-{shards}")], cwd=w, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert (w / "merged.jsonl").read_bytes() == one.read_bytes()
+    assert (w / "scores.jsonl").read_bytes() == one.read_bytes()
     failed = sorted(l for l in r.stderr.splitlines() if l.startswith("merge: failed: "))
     assert failed == ["merge: failed: data/cut.jpg: JPEG: truncated file (premature end of entropy-coded data)",
                       "merge: failed: data/empty.jpg: empty file",
