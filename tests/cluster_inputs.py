@@ -33,3 +33,15 @@ def make_dataset(d, n_good=196, seed=24):
         (d / name).write_bytes(full[: len(full) // 3] if data is None else data)
         names.append(name)
     return sorted(names)
+
+
+_MADE = {}
+
+
+def shared_dataset(tmp_path_factory):
+    """(directory, names): make_dataset's files, made once per pytest session for every
+    test module that asks (they only read them)."""
+    if "data" not in _MADE:
+        d = tmp_path_factory.mktemp("cluster_data")
+        _MADE["data"] = d, make_dataset(d)
+    return _MADE["data"]

@@ -20,13 +20,28 @@ from pathlib import Path
 
 import pytest
 
-from cluster_inputs import make_dataset
+from cluster_inputs import shared_dataset
 from conftest import PYTHON, ROOT, report, run
 
 sys.path.insert(0, str(ROOT / "python"))
 
 EXPORT = ROOT / "export.py"
 QA_ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+LIMIT = 170   # seconds per test
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    """Each test here ends within 170 seconds, whatever hangs (its fixtures' cleanup runs)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"{__name__}: over {LIMIT} s")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(LIMIT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def qalign_procs(model):
@@ -56,8 +71,8 @@ def inputs(tmp_path_factory, qalign_bin, model):
     """(paths in a shuffled order, one process's rows for them): ~200 absolute paths, one
     of them missing."""
     from qalign import Scorer
-    d = tmp_path_factory.mktemp("dask_data")
-    paths = [str(d / n) for n in make_dataset(d)] + [str(d / "missing.jpg")]
+    d, names = shared_dataset(tmp_path_factory)
+    paths = [str(d / n) for n in names] + [str(d / "missing.jpg")]
     random.Random(24).shuffle(paths)
     with Scorer(model, binary=qalign_bin, threads=1) as q:
         rows = q.score(paths, raise_errors=False)
@@ -105,10 +120,10 @@ def test_dask_bag_and_dataframe(cluster, model, qalign_bin, inputs):
     paths, ref = inputs
     few = paths[:37]
     with DaskScorer(client, model, binary=qalign_bin, threads=1, chunk=4) as q:
-        got = q.score_bag(db.from_sequence(few, npartitions=4)).compute()
+        got = client.compute(q.score_bag(db.from_sequence(few, npartitions=4))).result(timeout=120)
         assert got == ref[:37]
         ddf = dd.from_pandas(pd.DataFrame({"path": few, "n": range(37)}), npartitions=3)
-        out = q.score_column(ddf, "path").compute()
+        out = client.compute(q.score_column(ddf, "path")).result(timeout=120)
         st = q.status()
     assert list(out["path"]) == few and list(out["n"]) == list(range(37))
     assert list(out.columns[2:]) == [k for k in ref[0] if k != "path"]

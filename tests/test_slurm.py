@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_inputs import make_dataset
+from cluster_inputs import shared_dataset
 from conftest import PYTHON, ROOT, report, run
 
 EXPORT = ROOT / "export.py"
@@ -33,6 +33,21 @@ SBATCH_SCRIPT = ROOT / "examples" / "slurm" / "score_array.sbatch"
 MERGE = ROOT / "examples" / "slurm" / "merge.py"
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 QA_ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+LIMIT = 170   # seconds per test
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    """Each test here ends within 170 seconds, whatever hangs (its fixtures' cleanup runs)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"{__name__}: over {LIMIT} s")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(LIMIT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def tool(name):
@@ -223,6 +238,18 @@ def complete_lines(p):
     return data.split(b"\n")[:-1]
 
 
+def running_with(sl, name):
+    """pids of this cluster's processes with `name` in an argument of their command line."""
+    pids = []
+    for pid in sl.ours():
+        try:
+            if any(name.encode() in a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")):
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
 def job_fields(sl, job):
     """{field: value} of `scontrol show job -o JOB` (one array task)."""
     r = sl.cmd("scontrol", "-o", "show", "job", job, check=False)
@@ -242,7 +269,8 @@ def dataset(tmp_path_factory, qalign_bin, model):
     """(work dir, list file name, the single-process run's JSONL): ~200 inputs as
     data/NAME in the list, plus one that does not exist; one qalign process over the list."""
     w = tmp_path_factory.mktemp("slurm_data")
-    names = make_dataset(w / "data")
+    d, names = shared_dataset(tmp_path_factory)
+    (w / "data").symlink_to(d)
     (w / "all.txt").write_text("# the inputs of tests/test_slurm.py\n" + "".join(f"data/{n}\n" for n in names)
                                + "data/missing.jpg\n")
     r = run([qalign_bin, "-q", "--jsonl", "one.jsonl", model, "@all.txt"], cwd=w, env=QA_ENV, timeout=300)
@@ -290,9 +318,11 @@ def test_slurm_array_requeue_merge(qalign_bin, model, dataset):
         part = out / f"part-{victim}-of-{shards}.jsonl"
         in_slice = len(range(victim - 1, n_inputs, shards))
         wait_for(f"task {victim} to write its first rows", lambda: len(complete_lines(part)) >= 4, 90, 0.02, diag)
+        assert running_with(sl, part.name), f"task {victim}'s qalign is not among the cluster's processes"
         sl.cmd("scancel", f"{job}_{victim}")
         wait_for(f"task {victim} to be cancelled",
                  lambda: job_fields(sl, f"{job}_{victim}").get("JobState") == "CANCELLED", 60, 0.2, diag)
+        wait_for(f"task {victim}'s qalign to end", lambda: not running_with(sl, part.name), 30, 0.1, diag)
         before = complete_lines(part)
         assert 4 <= len(before) < in_slice, f"task {victim} was not cancelled in the middle: {len(before)} of {in_slice} rows"
         sl.cmd("scontrol", "requeue", f"{job}_{victim}")
@@ -376,3 +406,35 @@ def test_merge_refuses(dataset):
           "data/elsewhere.jpg: in ")
     report("slurm: merge.py refuses a lost row, a row in two parts, two results, rows of another model, "
            "a path not in the list; accepts a failure followed by its retry's result")
+
+
+def test_sbatch_script_alone(qalign_bin, model, dataset):
+    """score_array.sbatch run as Slurm would run one task (its environment set by hand):
+    the slice it writes, SHARDS= over the array's size, a second run reusing every row,
+    parts of another split refused, the usage line."""
+    w, lst, one = dataset
+    t = w / "alone"
+    t.mkdir()
+    (t / "data").symlink_to(w / "data")
+    names = [json.loads(x)["path"] for x in complete_lines(one)][:30]
+    (t / "few.txt").write_text("".join(f"{n}\n" for n in names))
+    env = dict(QA_ENV, QALIGN_BIN=str(qalign_bin), SLURM_ARRAY_TASK_ID="2", SLURM_ARRAY_TASK_MAX="2")
+    env.pop("SHARDS", None)
+
+    def task(**kw):
+        return run(["bash", SBATCH_SCRIPT, model, "few.txt", "out"], cwd=t, env=dict(env, **kw), timeout=120)
+
+    r = task(SHARDS="3")                                 # task 2 of 3, run on its own
+    assert "score_array: task 2/3 (restart 0)" in r.stderr, r.stderr
+    rows = [json.loads(x) for x in complete_lines(t / "out" / "part-2-of-3.jsonl")]
+    assert [x["path"] for x in rows] == sorted(names)[1::3]
+    assert r.returncode == (1 if any(x["error"] for x in rows) else 0), r.stderr
+    r = task(SHARDS="3")
+    assert f"resume: {sum(1 for x in rows if not x['error'])} of {len(rows)} inputs done before" in r.stderr
+    assert len(complete_lines(t / "out" / "part-2-of-3.jsonl")) == len(rows)
+    r = task()                                           # N = 2 next to parts of a split into 3
+    assert r.returncode == 2 and "is from a split into 3 parts, this task's is into 2" in r.stderr, r.stderr
+    assert not (t / "out" / "part-2-of-2.jsonl").exists()
+    r = run(["bash", SBATCH_SCRIPT, model], cwd=t, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("usage: sbatch --array=1-N"), r.stderr
+    report("slurm: score_array.sbatch alone: its slice, SHARDS=, a rerun reusing every row, another split refused")
