@@ -78,7 +78,7 @@ class QAlignWorker(WorkerPlugin):
     def status(self):
         """What this worker's qalign has done, and where each running partition is."""
         return {"images": self.images, "partitions": self.partitions, "restarts": self.restarts,
-                "current": {k: list(v) for k, v in self.current.items()},
+                "current": {k: list(v) for k, v in list(self.current.items())},
                 "pid": self._scorer._p.pid if self._scorer is not None and self._scorer._p is not None else None}
 
     def _score_chunk(self, items, task, scale):

@@ -193,3 +193,31 @@ def test_dask_worker_killed_mid_partition(cluster, model, qalign_bin, inputs):
     report(f"dask: 2 workers (1 thread each), {len(paths)} inputs in partitions of {size}: worker killed after "
            f"{done} of {total} rows of a partition; rescored, rows = one process's, in order, none twice; "
            f"cluster up in {t_up:.1f} s, run {t_done - t0:.1f} s ({t_done - t_kill:.1f} s after the kill)")
+
+
+def test_dask_qalign_killed_mid_partition(cluster, model, qalign_bin, inputs):
+    """A worker's qalign process (not the worker) killed in the middle of a partition: the
+    plugin starts another and scores that chunk again; the rows are still one process's."""
+    from qalign_dask import DaskScorer
+    from distributed import wait
+    client, _ = cluster
+    paths, ref = inputs
+    some = paths[:80]
+    with DaskScorer(client, model, binary=qalign_bin, threads=1, chunk=4) as q:
+        futures = q.submit(some, partition_size=40)
+        end = time.monotonic() + 90
+        victim = None
+        while victim is None:
+            assert time.monotonic() < end and not all(f.done() for f in futures), q.status()
+            for addr, s in q.status().items():
+                if any(4 <= done <= total - 8 for done, total in (s or {}).get("current", {}).values()):
+                    victim = addr, s["pid"]
+            time.sleep(0.02)
+        os.kill(victim[1], signal.SIGKILL)
+        wait(futures, timeout=120)
+        rows = [r for part in client.gather(futures) for r in part]
+        st = q.status()
+    assert rows == ref[:80]
+    assert st[victim[0]]["restarts"] == 1 and st[victim[0]]["pid"] != victim[1], st
+    report("dask: a worker's qalign killed mid-partition: restarted by the plugin, the chunk scored again, "
+           "rows = one process's")
