@@ -1,4 +1,4 @@
-/* image_jpeg.c - baseline and progressive Huffman JPEG decoder (8-bit).
+/* image_jpeg.c - baseline and progressive JPEG decoder (8-bit, Huffman or arithmetic).
  *
  * Goal: byte-for-byte the pixels of Pillow 9.4's Image.open(f).convert("RGB"),
  * i.e. of libjpeg-turbo 2.1.5 with its default decompression settings as
@@ -24,20 +24,42 @@
  *     (Motion-JPEG style), quantisation tables are latched at the first scan
  *     of each component, k > 63 in corrupt blocks lands on coefficient 63.
  *
- * Refused with a one-line reason: arithmetic coding, lossless/hierarchical
- * frames, precision other than 8 bits, 2 or more than 4 components,
- * fractional sampling ratios, more than 10 blocks per MCU, sizes over 65500 or
- * over the image.h caps, and whatever else libjpeg itself rejects.
- * Truncated or corrupt entropy data (where libjpeg would warn and substitute
- * zeros), bad Huffman codes, missing or misnumbered restart markers, invalid
- * progressions and a missing EOI are errors; never a partial image. Bytes of
- * garbage between markers are skipped as libjpeg does (they change nothing).
+ *   - arithmetic coding (SOF9 sequential, SOF10 progressive, DAC conditioning)
+ *     as jdarith.c decodes it: Qe state machine of T.81 Table D.2, statistics
+ *     bins reset per scan and per restart interval, zero data after a marker.
+ *
+ * Corrupt entropy data is decoded as libjpeg-turbo decodes it, with a warning
+ * (Image.warning: the first one, and how many followed) instead of an error:
+ *   - a bad Huffman code costs 17 bits and decodes as symbol 0 (jdhuff.c);
+ *   - a marker inside a Huffman scan ("premature end of data segment"): the
+ *     current MCU is finished with zero bits and the rest of the restart
+ *     interval is left as it is (zero coefficients: flat grey in a single
+ *     scan) -- except where libjpeg-turbo's sequential fast path would have
+ *     run into that marker (no restart interval, >= 512 bytes per block of
+ *     data left after the MCU), whose output depends on its input buffering:
+ *     refused;
+ *   - bytes of garbage before a marker are skipped; misnumbered or missing
+ *     restart markers are resynchronised as jpeg_resync_to_restart does;
+ *   - a progressive refinement code of size > 1 counts as size 1; scans out
+ *     of progression order are decoded anyway (jdphuff.c only warns);
+ *   - arithmetic data that decodes to an impossible value ends decoding of
+ *     that restart interval (jdarith.c).
+ * What Pillow refuses stays refused: a file that ends inside a scan or
+ * before EOI (Pillow: "image file is truncated"), DC overflow in a
+ * progressive scan, bad tables or markers.
+ * Refused with a one-line reason as well: lossless/hierarchical frames,
+ * precision other than 8 bits, 2 or more than 4 components, fractional
+ * sampling ratios, more than 10 blocks per MCU, sizes over 65500 or over the
+ * image.h caps, and whatever else libjpeg itself rejects.
  * A well-formed file whose scans simply stop early (a component never sent, a
  * progression ending before the last refinement) decodes as libjpeg decodes
  * it, without a warning: missing coefficients are zero (then smoothed).
+ * Pillow 9.4 itself cannot decode an arithmetic-coded file whose scan data
+ * crosses its 64 KB read chunks ("broken data stream": jdarith.c cannot
+ * suspend); those decode here as libjpeg-turbo's djpeg decodes them.
  *
  * Layout (top-down): tables -> decoder state -> markers -> Huffman tables ->
- * bit reader -> entropy decoding (baseline, progressive) -> IDCT (plain and
+ * bit reader -> entropy decoding (baseline, progressive, arithmetic) -> IDCT (plain and
  * smoothed) -> upsampling -> colour conversion -> driver.
  */
 #include "image.h"
@@ -134,6 +156,7 @@ typedef struct {
     int latched;            /* qt was copied at the first scan containing the component */
     uint16_t qt[64];        /* latched quantisation table, natural order */
     int pred;               /* DC predictor of the current scan */
+    int dc_ctx;             /* arithmetic: DC conditioning context (0, 4, 8, 12, 16) */
     int coef_bits[64];      /* progressive: Al of the last scan per zigzag index, -1 = never coded */
     int16_t *coef;          /* multi-scan files: bwp*bhp blocks of 64 coefficients (natural order) */
     uint8_t *plane;         /* decoded samples: bh*8 rows of stride bw*8 */
@@ -143,13 +166,23 @@ typedef struct {
     uint8_t *row;           /* one upsampled output row (W bytes + slack) */
 } Comp;
 
-/* Entropy-coded segment reader. */
+/* Entropy-coded segment reader (Huffman). */
 typedef struct {
-    size_t pos;             /* next byte to load */
+    size_t pos;             /* next byte to load (at a marker: its first FF) */
     uint64_t acc;           /* bit accumulator, next bit in the most significant position */
-    int n;                  /* number of valid bits in acc */
+    int n;                  /* number of valid bits in acc; the bits below are zero */
     int stop;               /* a marker or the end of the buffer was reached: no more data bytes */
+    int marker;             /* the marker code that stopped the reader, -1 = end of the buffer */
 } BitReader;
+
+/* Arithmetic decoder registers (jdarith.c: C, A, CT). */
+typedef struct {
+    int64_t c;              /* code register + bit buffer */
+    int64_t a;              /* interval size */
+    int ct;                 /* bits left in the buffer part of c; -16 = start, -1 = gave up */
+    size_t pos;             /* next byte to read (at a marker: its first FF) */
+    int marker;             /* a marker was met: zero data from now on */
+} ArithReader;
 
 /* Colour space of the JPEG data (jdapimin.c default_decompress_parms). */
 enum { CS_GRAY, CS_YCC, CS_RGB, CS_CMYK, CS_YCCK };
@@ -171,11 +204,13 @@ typedef struct {
     unsigned restart_interval; /* DRI value (MCUs per restart interval, 0 = none) */
     int saw_jfif;           /* an APP0 "JFIF\0" marker of at least 14 bytes was seen */
     int saw_adobe;          /* an APP14 "Adobe" marker of at least 12 bytes was seen */
+    uint8_t arith_L[16], arith_U[16], arith_K[16]; /* DAC conditioning (defaults 0, 1, 5) */
     int adobe_transform;    /* its transform byte (last one seen) */
 
     /* frame */
     int sof_seen;           /* SOF parsed */
-    int progressive;        /* SOF2 */
+    int progressive;        /* SOF2, SOF10 */
+    int arith;              /* SOF9, SOF10: arithmetic coding */
     int W, H;               /* image size */
     int nc;                 /* number of components (1, 3 or 4) */
     Comp comp[MAX_COMPS];   /* components in SOF order */
@@ -194,6 +229,18 @@ typedef struct {
     unsigned eobrun;        /* progressive AC: blocks left in the current end-of-band run */
     unsigned restarts_left; /* MCUs left before the next restart marker */
     int next_rst;           /* number (0..7) of the next expected RSTn */
+    int insufficient;       /* Huffman: a marker cut this segment short; MCUs are skipped until a restart */
+    int blocks_in_mcu;      /* blocks per MCU of the current scan */
+    int insufficient_mcu;   /* Huffman: the current MCU is skipped */
+    size_t mcu_left;        /* bytes from the current MCU's first data byte to the end of the file (at most) */
+    ArithReader ar;         /* arithmetic decoder */
+    uint8_t dc_stats[16][64], ac_stats[16][256]; /* arithmetic statistics bins per table slot */
+    uint8_t fixed_bin;      /* the fixed-probability bin (state 113) */
+
+    /* warnings (libjpeg's WARNMS): the first message and how many there were */
+    size_t discarded;       /* bytes skipped before the next marker */
+    int nwarn;
+    char warn[112];
 
     /* YCbCr -> RGB tables (jdcolor.c build_ycc_rgb_table) */
     int cr_r[256];          /* round(1.402 * (cr - 128)) */
@@ -217,6 +264,19 @@ static void fail(Dec *d, const char *fmt, ...) {
     longjmp(d->jb, 1);
 }
 
+/* A libjpeg warning: corrupt data that is decoded anyway. The first message is kept. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void warn(Dec *d, const char *fmt, ...) {
+    if (d->nwarn++ == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(d->warn, sizeof d->warn, fmt, ap);
+        va_end(ap);
+    }
+}
+
 static void *xcalloc(Dec *d, size_t a, size_t b, const char *what) {
     size_t n;
     void *p;
@@ -232,13 +292,16 @@ static void *xcalloc(Dec *d, size_t a, size_t b, const char *what) {
 
 static unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
 
-/* Find the next marker from d->pos as libjpeg's next_marker does: skip any
- * non-FF bytes, FF fill bytes and FF00 pairs. Returns the marker code with
- * d->pos just past it, or -1 at the end of the buffer. */
+/* Find the next marker from *pos as libjpeg's next_marker does: skip any
+ * non-FF bytes, FF fill bytes and FF00 pairs (counted in d->discarded: one
+ * warning per marker). Returns the marker code with *pos just past it, or -1
+ * at the end of the buffer. */
 static int next_marker(Dec *d, size_t *pos) {
     size_t p = *pos;
     for (;;) {
+        size_t q = p;
         while (p < d->len && d->buf[p] != 0xFF) p++;
+        d->discarded += p - q;
         while (p < d->len && d->buf[p] == 0xFF) p++;
         if (p >= d->len) {
             *pos = p;
@@ -246,9 +309,14 @@ static int next_marker(Dec *d, size_t *pos) {
         }
         if (d->buf[p] != 0) {
             *pos = p + 1;
+            if (d->discarded) {
+                warn(d, "corrupt JPEG data: %zu extraneous bytes before marker 0x%02X", d->discarded, d->buf[p]);
+                d->discarded = 0;
+            }
             return d->buf[p];
         }
         p++; /* FF 00: stuffed data outside a scan, discarded */
+        d->discarded += 2;
     }
 }
 
@@ -319,8 +387,9 @@ static void parse_dri(Dec *d) {
     d->restart_interval = rd16(p);
 }
 
-/* DAC (arithmetic conditioning): only validated as libjpeg's get_dac does;
- * an arithmetic-coded frame is refused at its SOF anyway. */
+/* DAC (arithmetic conditioning) as libjpeg's get_dac: index 0..15 sets the
+ * DC bounds L (low nibble) <= U (high nibble) of that slot, 16..31 the AC
+ * threshold K of slot index-16. */
 static void parse_dac(Dec *d) {
     size_t n;
     const uint8_t *p = segment(d, 0xCC, &n);
@@ -328,7 +397,13 @@ static void parse_dac(Dec *d) {
     for (size_t i = 0; i < n; i += 2) {
         int index = p[i], val = p[i + 1];
         if (index >= 32) fail(d, "bad DAC table index %d", index);
-        if (index < 16 && (val & 15) > (val >> 4)) fail(d, "bad DAC value 0x%02X", val);
+        if (index >= 16) {
+            d->arith_K[index - 16] = (uint8_t)val;
+        } else {
+            if ((val & 15) > (val >> 4)) fail(d, "bad DAC value 0x%02X", val);
+            d->arith_L[index] = (uint8_t)(val & 15);
+            d->arith_U[index] = (uint8_t)(val >> 4);
+        }
     }
 }
 
@@ -358,7 +433,8 @@ static void parse_sof(Dec *d, int marker) {
     if (d->nc != 1 && d->nc != 3 && d->nc != 4) fail(d, "unsupported number of components (%d)", d->nc);
     if (d->W > MAX_DIM || d->H > MAX_DIM)
         fail(d, "image too large (%dx%d; JPEG limit is %d per side)", d->W, d->H, MAX_DIM);
-    d->progressive = marker == 0xC2;
+    d->progressive = marker == 0xC2 || marker == 0xCA;
+    d->arith = marker == 0xC9 || marker == 0xCA;
     d->maxh = d->maxv = 1;
     for (int i = 0; i < d->nc; i++) {
         Comp *c = &d->comp[i];
@@ -436,9 +512,10 @@ static void build_huff(Dec *d, HuffTable *t, const HuffSpec *hs, int is_dc, int 
 /* ========================================================================== */
 
 /* Load bytes into the accumulator until it holds more than 56 bits or a
- * marker / the end of the buffer is met (the reader then stops for good; the
- * caller decides whether missing bits are an error). FF 00 is a data FF; FF
- * fill bytes before 00 are swallowed as libjpeg does. */
+ * marker / the end of the buffer is met (the reader then stops: at a marker
+ * br->pos is left on an FF before it and br->marker holds its code; at the
+ * end of the buffer br->marker is -1). FF 00 is a data FF; FF fill bytes
+ * before 00 are swallowed as libjpeg does. */
 static void br_fill(Dec *d) {
     BitReader *br = &d->br;
     const uint8_t *buf = d->buf;
@@ -450,14 +527,22 @@ static void br_fill(Dec *d) {
         unsigned b;
         if (p >= len) {
             br->stop = 1;
+            br->marker = -1;
             break;
         }
         b = buf[p];
         if (b == 0xFF) {
             size_t q = p + 1;
             while (q < len && buf[q] == 0xFF) q++;
-            if (q >= len || buf[q] != 0) { /* a marker (or the file ends): data is over */
+            if (q >= len) { /* the file ends inside FF fill bytes */
                 br->stop = 1;
+                br->marker = -1;
+                break;
+            }
+            if (buf[q] != 0) { /* a marker: the data is over */
+                br->stop = 1;
+                br->marker = buf[q];
+                p = q - 1;
                 break;
             }
             p = q + 1;
@@ -472,12 +557,24 @@ static void br_fill(Dec *d) {
     br->n = n;
 }
 
-#if defined(__GNUC__)
-__attribute__((noreturn))
-#endif
-static void truncated(Dec *d) {
-    if (d->br.pos >= d->len) fail(d, "truncated file (premature end of entropy-coded data)");
-    fail(d, "corrupt data (entropy-coded segment ends too early)");
+/* Bits are needed that the segment does not hold. At the end of the file
+ * Pillow has no more data to give libjpeg: refused as truncated. At a marker
+ * libjpeg-turbo's jpeg_fill_bit_buffer warns once and supplies zero bits; the
+ * MCU is finished with them and the rest of the segment is skipped. Its
+ * sequential fast path (decode_mcu_fast: no restart interval, >= 512 bytes
+ * per block left in its input buffer) would instead have run into the marker
+ * with a misaligned bit buffer and left garbage coefficients behind, which
+ * depend on how Pillow fed it the file: such files are refused. */
+static void out_of_bits(Dec *d) {
+    BitReader *br = &d->br;
+    if (br->marker < 0) fail(d, "truncated file (premature end of entropy-coded data)");
+    if (!d->insufficient) {
+        if (!d->progressive && !d->restart_interval && d->mcu_left >= (size_t)512 * d->blocks_in_mcu)
+            fail(d, "corrupt data (marker 0x%02X inside the entropy-coded data)", br->marker);
+        warn(d, "corrupt JPEG data: premature end of data segment");
+        d->insufficient = 1;
+    }
+    br->n = 64; /* zero bits (those below the valid ones are zero) */
 }
 
 static inline unsigned get_bits(Dec *d, int s) {
@@ -486,7 +583,7 @@ static inline unsigned get_bits(Dec *d, int s) {
     if (s == 0) return 0;
     if (br->n < s) {
         br_fill(d);
-        if (br->n < s) truncated(d);
+        if (br->n < s) out_of_bits(d);
     }
     v = (unsigned)(br->acc >> (64 - s));
     br->acc <<= s;
@@ -498,13 +595,16 @@ static inline int extend(unsigned v, int s) {
     return s == 0 ? 0 : (v < (1u << (s - 1)) ? (int)v - (int)((1u << s) - 1) : (int)v);
 }
 
+/* One Huffman symbol. A code that matches no table entry (jpeg_huff_decode
+ * reaching length 17) costs 17 bits and stands for symbol 0 (DC: difference
+ * 0; AC: end of block), as libjpeg-turbo substitutes. */
 static inline int huff_decode(Dec *d, const HuffTable *t) {
     BitReader *br = &d->br;
-    if (br->n < 16) br_fill(d);
+    if (br->n < 17) br_fill(d);
     unsigned e = t->fast[br->acc >> (64 - FAST_BITS)];
     if (e) {
         int l = (int)(e >> 8);
-        if (l > br->n) truncated(d);
+        if (l > br->n) out_of_bits(d);
         br->acc <<= l;
         br->n -= l;
         return (int)(e & 255);
@@ -516,29 +616,81 @@ static inline int huff_decode(Dec *d, const HuffTable *t) {
         code = (int32_t)(peek >> (16 - l));
         if (code <= t->maxcode[l]) break;
     }
+    if (l > br->n) out_of_bits(d); /* zero bits were peeked: the same code */
     if (l > 16) {
-        if (br->n < 16 && br->stop) truncated(d);
-        fail(d, "corrupt data (bad Huffman code)");
+        br->acc <<= 17;
+        br->n -= 17;
+        warn(d, "corrupt JPEG data: bad Huffman code");
+        return 0;
     }
-    if (l > br->n) truncated(d);
     br->acc <<= l;
     br->n -= l;
     return t->vals[(code + t->valoff[l]) & 255];
 }
 
-/* At a restart point: drop the remaining bits, find the marker (skipping
- * garbage as libjpeg does), require the expected RSTn and reset predictions. */
-static void process_restart(Dec *d) {
-    size_t p = d->br.pos;
-    int m = next_marker(d, &p);
-    if (m < 0) fail(d, "truncated file (missing restart marker)");
-    if (m != 0xD0 + d->next_rst)
-        fail(d, "corrupt data (expected restart marker RST%d, found marker 0x%02X)", d->next_rst, m);
-    d->br.pos = p;
-    d->br.acc = 0;
-    d->br.n = 0;
-    d->br.stop = 0;
+/* jdmarker.c read_restart_marker + jpeg_resync_to_restart. `um` is a marker
+ * already met by the entropy decoder (0: look for one from *p). Returns the
+ * marker left unread (0: it was the expected RSTn or was given up, and data
+ * resumes at *p; else the next segment is treated as empty). */
+static int restart_marker(Dec *d, int um, size_t *p) {
+    int want = d->next_rst;
+    if (um == 0) {
+        um = next_marker(d, p);
+        if (um < 0) fail(d, "truncated file (missing restart marker)");
+    }
+    if (um == 0xD0 + want) {
+        um = 0;
+    } else {
+        warn(d, "corrupt JPEG data: found marker 0x%02X instead of RST%d", um, want);
+        for (;;) {
+            int action;
+            if (um < 0xC0) action = 2;                     /* invalid marker: look further */
+            else if (um < 0xD0 || um > 0xD7) action = 3;  /* a real marker: leave it */
+            else if (um == 0xD0 + ((want + 1) & 7) || um == 0xD0 + ((want + 2) & 7)) action = 3;
+            else if (um == 0xD0 + ((want + 7) & 7) || um == 0xD0 + ((want + 6) & 7)) action = 2;
+            else action = 1;                               /* the wanted one, or too far away */
+            if (action == 1) {
+                um = 0;
+                break;
+            }
+            if (action == 3) break;
+            um = next_marker(d, p);
+            if (um < 0) fail(d, "truncated file (missing restart marker)");
+        }
+    }
     d->next_rst = (d->next_rst + 1) & 7;
+    return um;
+}
+
+/* At a restart point of a Huffman scan: drop the remaining bits, read the
+ * marker, reset predictions (jdhuff.c / jdphuff.c process_restart). */
+static void process_restart(Dec *d) {
+    BitReader *br = &d->br;
+    size_t p;
+    int um = 0;
+    if (!d->insufficient) d->discarded += (size_t)br->n / 8;
+    if (br->stop && br->marker < 0) fail(d, "truncated file (missing restart marker)");
+    if (br->stop) {
+        um = br->marker;
+        p = br->pos;
+        while (d->buf[p] == 0xFF) p++;
+        p++; /* just past the marker code */
+    } else {
+        p = br->pos;
+    }
+    um = restart_marker(d, um, &p);
+    br->acc = 0;
+    br->n = 0;
+    if (um) { /* left unread: the reader stays stopped in front of it */
+        br->stop = 1;
+        br->marker = um;
+        br->pos = p - 2;
+    } else {
+        br->stop = 0;
+        br->marker = 0;
+        br->pos = p;
+        d->insufficient = 0;
+    }
     for (int i = 0; i < d->ns; i++) d->sc[i]->pred = 0;
     d->eobrun = 0;
     d->restarts_left = d->restart_interval;
@@ -622,7 +774,7 @@ static void decode_ac_refine(Dec *d, Comp *c, int16_t *blk) {
             int rs = huff_decode(d, t);
             int r = rs >> 4, s = rs & 15, val = 0;
             if (s) {
-                if (s != 1) fail(d, "corrupt data (bad refinement coefficient size)");
+                if (s != 1) warn(d, "corrupt JPEG data: bad Huffman code"); /* jdphuff.c: taken as size 1 */
                 val = get_bits(d, 1) ? p1 : -p1;
             } else if (r != 15) {
                 d->eobrun = (1u << r) + get_bits(d, r);
@@ -650,8 +802,8 @@ static void decode_ac_refine(Dec *d, Comp *c, int16_t *blk) {
     }
 }
 
-/* Validate a progressive scan and update coef_bits (jdphuff.c start_pass;
- * inconsistencies libjpeg only warns about are errors here). */
+/* Validate a progressive scan and update coef_bits (jdphuff.c / jdarith.c
+ * start_pass: bad parameters are errors, scans out of order only warnings). */
 static void check_progression(Dec *d) {
     int dc = d->Ss == 0, bad = 0;
     if (dc) {
@@ -665,10 +817,12 @@ static void check_progression(Dec *d) {
     if (bad) fail(d, "invalid progressive scan (Ss=%d Se=%d Ah=%d Al=%d)", d->Ss, d->Se, d->Ah, d->Al);
     for (int i = 0; i < d->ns; i++) {
         int *cb = d->sc[i]->coef_bits;
-        if (!dc && cb[0] < 0) fail(d, "invalid progression (AC scan before the first DC scan)");
+        int ci = (int)(d->sc[i] - d->comp);
+        if (!dc && cb[0] < 0) warn(d, "corrupt JPEG data: AC scan of component %d before its DC scan", ci);
         for (int k = d->Ss; k <= d->Se; k++) {
             int expected = cb[k] < 0 ? 0 : cb[k];
-            if (d->Ah != expected) fail(d, "invalid progression (coefficient %d refined out of order)", k);
+            if (d->Ah != expected)
+                warn(d, "corrupt JPEG data: component %d coefficient %d refined out of order", ci, k);
             cb[k] = d->Al;
         }
     }
@@ -911,14 +1065,271 @@ static void idct_component_smooth(const Dec *d, Comp *c) {
     }
 }
 
+static int16_t *coef_block(Comp *c, int by, int bx) { return c->coef + ((size_t)by * c->bwp + bx) * 64; }
+
+/* ========================================================================== */
+/* Entropy decoding: arithmetic (T.81 Annex D and F.1.4.4 / G.1.3.3)         */
+/* ========================================================================== */
+
+/* T.81 Table D.2, one entry per state: Qe, next state after an LPS (bit 7 set
+ * where the MPS sense switches), next state after an MPS. State 113 is the
+ * fixed 0.5 estimate jdarith.c uses for sign and refinement bits. */
+static const struct {
+    uint16_t qe;
+    uint8_t nlps, nmps;
+} QE[114] = {
+    {0x5a1d, 0x81, 1},   {0x2586, 14, 2},     {0x1114, 16, 3},     {0x080b, 18, 4},     {0x03d8, 20, 5},
+    {0x01da, 23, 6},     {0x00e5, 25, 7},     {0x006f, 28, 8},     {0x0036, 30, 9},     {0x001a, 33, 10},
+    {0x000d, 35, 11},    {0x0006, 9, 12},     {0x0003, 10, 13},    {0x0001, 12, 13},    {0x5a7f, 0x8f, 15},
+    {0x3f25, 36, 16},    {0x2cf2, 38, 17},    {0x207c, 39, 18},    {0x17b9, 40, 19},    {0x1182, 42, 20},
+    {0x0cef, 43, 21},    {0x09a1, 45, 22},    {0x072f, 46, 23},    {0x055c, 48, 24},    {0x0406, 49, 25},
+    {0x0303, 51, 26},    {0x0240, 52, 27},    {0x01b1, 54, 28},    {0x0144, 56, 29},    {0x00f5, 57, 30},
+    {0x00b7, 59, 31},    {0x008a, 60, 32},    {0x0068, 62, 33},    {0x004e, 63, 34},    {0x003b, 32, 35},
+    {0x002c, 33, 9},     {0x5ae1, 0xa5, 37},  {0x484c, 64, 38},    {0x3a0d, 65, 39},    {0x2ef1, 67, 40},
+    {0x261f, 68, 41},    {0x1f33, 69, 42},    {0x19a8, 70, 43},    {0x1518, 72, 44},    {0x1177, 73, 45},
+    {0x0e74, 74, 46},    {0x0bfb, 75, 47},    {0x09f8, 77, 48},    {0x0861, 78, 49},    {0x0706, 79, 50},
+    {0x05cd, 48, 51},    {0x04de, 50, 52},    {0x040f, 50, 53},    {0x0363, 51, 54},    {0x02d4, 52, 55},
+    {0x025c, 53, 56},    {0x01f8, 54, 57},    {0x01a4, 55, 58},    {0x0160, 56, 59},    {0x0125, 57, 60},
+    {0x00f6, 58, 61},    {0x00cb, 59, 62},    {0x00ab, 61, 63},    {0x008f, 61, 32},    {0x5b12, 0xc1, 65},
+    {0x4d04, 80, 66},    {0x412c, 81, 67},    {0x37d8, 82, 68},    {0x2fe8, 83, 69},    {0x293c, 84, 70},
+    {0x2379, 86, 71},    {0x1edf, 87, 72},    {0x1aa9, 87, 73},    {0x174e, 72, 74},    {0x1424, 72, 75},
+    {0x119c, 74, 76},    {0x0f6b, 74, 77},    {0x0d51, 75, 78},    {0x0bb6, 77, 79},    {0x0a40, 77, 48},
+    {0x5832, 0xd0, 81},  {0x4d1c, 88, 82},    {0x438e, 89, 83},    {0x3bdd, 90, 84},    {0x34ee, 91, 85},
+    {0x2eae, 92, 86},    {0x299a, 93, 87},    {0x2516, 86, 71},    {0x5570, 0xd8, 89},  {0x4ca9, 95, 90},
+    {0x44d9, 96, 91},    {0x3e22, 97, 92},    {0x3824, 99, 93},    {0x32b4, 99, 94},    {0x2e17, 93, 86},
+    {0x56a8, 0xdf, 96},  {0x4f46, 101, 97},   {0x47e5, 102, 98},   {0x41cf, 103, 99},   {0x3c3d, 104, 100},
+    {0x375e, 99, 93},    {0x5231, 105, 102},  {0x4c0f, 106, 103},  {0x4639, 107, 104},  {0x415e, 103, 99},
+    {0x5627, 0xe9, 106}, {0x50e7, 108, 107},  {0x4b85, 109, 103},  {0x5597, 110, 109},  {0x504f, 111, 107},
+    {0x5a10, 0xee, 111}, {0x5522, 112, 109},  {0x59eb, 0xf0, 111}, {0x5a1d, 113, 113}};
+
+/* Next byte of arithmetic-coded data. Running off the end of the file is an
+ * error: jdarith.c cannot suspend, so Pillow gets no image either. */
+static int ar_byte(Dec *d) {
+    if (d->ar.pos >= d->len) fail(d, "truncated file (premature end of arithmetic-coded data)");
+    return d->buf[d->ar.pos++];
+}
+
+/* Decode one binary decision with statistics bin *st (bit 7: the MPS, bits
+ * 0..6: the state). Renormalisation reads bytes as D.2.6 (FF 00 = FF, FF
+ * fill bytes swallowed); after a marker, zero bytes are supplied. */
+static int ar_decode(Dec *d, uint8_t *st) {
+    ArithReader *r = &d->ar;
+    while (r->a < 0x8000) {
+        if (--r->ct < 0) {
+            int data = 0;
+            if (!r->marker) {
+                data = ar_byte(d);
+                if (data == 0xFF) {
+                    do data = ar_byte(d);
+                    while (data == 0xFF);
+                    if (data == 0) {
+                        data = 0xFF;
+                    } else { /* a marker: legal here, zero data from now on */
+                        r->marker = data;
+                        r->pos -= 2; /* on the FF just before the code */
+                        data = 0;
+                    }
+                }
+            }
+            r->c = (r->c << 8) | data;
+            if ((r->ct += 8) < 0)
+                if (++r->ct == 0) r->a = 0x8000; /* the two initial bytes are in */
+        }
+        r->a <<= 1;
+    }
+    int sv = *st, i = sv & 0x7F;
+    int64_t qe = QE[i].qe;
+    int64_t t = r->a - qe;
+    r->a = t;
+    t <<= r->ct;
+    if (r->c >= t) {
+        r->c -= t;
+        if (r->a < qe) { /* conditional exchange: the MPS after all */
+            r->a = qe;
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nmps);
+        } else {
+            r->a = qe;
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nlps);
+            sv ^= 0x80;
+        }
+    } else if (r->a < 0x8000) {
+        if (r->a < qe) {
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nlps);
+            sv ^= 0x80;
+        } else {
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nmps);
+        }
+    }
+    return sv >> 7;
+}
+
+/* Impossible data (magnitude or spectral overflow): jdarith.c warns and
+ * decodes nothing more until the next restart marker. */
+static void ar_give_up(Dec *d) {
+    warn(d, "corrupt JPEG data: arithmetic code bad");
+    d->ar.ct = -1;
+}
+
+/* Reset the statistics of the scan's components (start of scan, restart). */
+static void ar_reset(Dec *d) {
+    for (int i = 0; i < d->ns; i++) {
+        Comp *c = d->sc[i];
+        if (!d->progressive || (d->Ss == 0 && d->Ah == 0)) {
+            memset(d->dc_stats[c->td], 0, sizeof d->dc_stats[0]);
+            c->pred = 0;
+            c->dc_ctx = 0;
+        }
+        if (!d->progressive || d->Ss) memset(d->ac_stats[c->ta], 0, sizeof d->ac_stats[0]);
+    }
+    d->ar.c = 0;
+    d->ar.a = 0;
+    d->ar.ct = -16;
+    d->fixed_bin = 113;
+    d->restarts_left = d->restart_interval;
+}
+
+static void ar_restart(Dec *d) {
+    ArithReader *r = &d->ar;
+    size_t p = r->pos;
+    int um = r->marker;
+    if (um) {
+        while (d->buf[p] == 0xFF) p++;
+        p++;
+    }
+    um = restart_marker(d, um, &p);
+    r->marker = um;
+    r->pos = um ? p - 2 : p;
+    ar_reset(d);
+}
+
+/* A DC difference (F.1.4.4.1 / Figures F.19-F.24) added to the predictor
+ * (16 bits, as jdarith.c keeps it); 0 when the data is impossible. */
+static int ar_dc(Dec *d, Comp *c) {
+    int tbl = c->td, sign, m, v;
+    uint8_t *st = d->dc_stats[tbl] + c->dc_ctx;
+    if (ar_decode(d, st) == 0) {
+        c->dc_ctx = 0;
+        return 1;
+    }
+    sign = ar_decode(d, st + 1);
+    st += 2 + sign;
+    if ((m = ar_decode(d, st)) != 0) {
+        st = d->dc_stats[tbl] + 20;
+        while (ar_decode(d, st)) {
+            if ((m <<= 1) == 0x8000) {
+                ar_give_up(d);
+                return 0;
+            }
+            st++;
+        }
+    }
+    if (m < (int)((1L << d->arith_L[tbl]) >> 1)) c->dc_ctx = 0;
+    else if (m > (int)((1L << d->arith_U[tbl]) >> 1)) c->dc_ctx = 12 + sign * 4;
+    else c->dc_ctx = 4 + sign * 4;
+    v = m;
+    st += 14;
+    while (m >>= 1)
+        if (ar_decode(d, st)) v |= m;
+    v += 1;
+    if (sign) v = -v;
+    c->pred = (c->pred + v) & 0xffff;
+    return 1;
+}
+
+/* AC coefficients k0..k1 of a block (F.1.4.4.2 / Figure F.20), scaled by 2^Al. */
+static void ar_ac(Dec *d, Comp *c, int16_t *blk, int k0, int k1, int Al) {
+    int tbl = c->ta;
+    for (int k = k0; k <= k1; k++) {
+        uint8_t *st = d->ac_stats[tbl] + 3 * (k - 1);
+        int sign, m, v;
+        if (ar_decode(d, st)) break; /* end of block */
+        while (ar_decode(d, st + 1) == 0) {
+            st += 3;
+            if (++k > k1) {
+                ar_give_up(d);
+                return;
+            }
+        }
+        sign = ar_decode(d, &d->fixed_bin);
+        st += 2;
+        if ((m = ar_decode(d, st)) != 0) {
+            if (ar_decode(d, st)) {
+                m <<= 1;
+                st = d->ac_stats[tbl] + (k <= d->arith_K[tbl] ? 189 : 217);
+                while (ar_decode(d, st)) {
+                    if ((m <<= 1) == 0x8000) {
+                        ar_give_up(d);
+                        return;
+                    }
+                    st++;
+                }
+            }
+        }
+        v = m;
+        st += 14;
+        while (m >>= 1)
+            if (ar_decode(d, st)) v |= m;
+        v += 1;
+        if (sign) v = -v;
+        blk[ZIGZAG[k]] = (int16_t)(uint16_t)((unsigned)v << Al);
+    }
+}
+
+/* Successive-approximation AC refinement (G.1.3.3). */
+static void ar_ac_refine(Dec *d, Comp *c, int16_t *blk) {
+    int tbl = c->ta, kex, p1 = 1 << d->Al, m1 = -1 * (1 << d->Al);
+    for (kex = d->Se; kex > 0; kex--) /* end of block of the earlier stages */
+        if (blk[ZIGZAG[kex]]) break;
+    for (int k = d->Ss; k <= d->Se; k++) {
+        uint8_t *st = d->ac_stats[tbl] + 3 * (k - 1);
+        if (k > kex && ar_decode(d, st)) break;
+        for (;;) {
+            int16_t *coef = blk + ZIGZAG[k];
+            if (*coef) { /* already nonzero: one correction bit */
+                if (ar_decode(d, st + 2)) *coef = (int16_t)(*coef + (*coef < 0 ? m1 : p1));
+                break;
+            }
+            if (ar_decode(d, st + 1)) { /* newly nonzero */
+                *coef = (int16_t)(ar_decode(d, &d->fixed_bin) ? m1 : p1);
+                break;
+            }
+            st += 3;
+            if (++k > d->Se) {
+                ar_give_up(d);
+                return;
+            }
+        }
+    }
+}
+
+static void ar_block(Dec *d, Comp *c, int16_t *blk) {
+    if (d->progressive && d->Ss == 0 && d->Ah) { /* DC refinement: no give-up check in jdarith.c */
+        if (ar_decode(d, &d->fixed_bin)) blk[0] = (int16_t)(blk[0] | (1 << d->Al));
+        return;
+    }
+    if (d->ar.ct == -1) return;
+    if (!d->progressive) {
+        if (!ar_dc(d, c)) return;
+        blk[0] = (int16_t)(uint16_t)c->pred;
+        ar_ac(d, c, blk, 1, 63, 0);
+    } else if (d->Ss == 0) {
+        if (!ar_dc(d, c)) return;
+        blk[0] = (int16_t)(uint16_t)((unsigned)c->pred << d->Al);
+    } else if (d->Ah == 0) {
+        ar_ac(d, c, blk, d->Ss, d->Se, d->Al);
+    } else {
+        ar_ac_refine(d, c, blk);
+    }
+}
+
 /* ========================================================================== */
 /* Scan decoding                                                              */
 /* ========================================================================== */
 
-static int16_t *coef_block(Comp *c, int by, int bx) { return c->coef + ((size_t)by * c->bwp + bx) * 64; }
-
 static void decode_block(Dec *d, Comp *c, int16_t *blk) {
-    if (!d->progressive) decode_block_seq(d, c, blk);
+    if (d->arith) ar_block(d, c, blk);
+    else if (d->insufficient_mcu) return; /* the segment ran out before this MCU: left as it is */
+    else if (!d->progressive) decode_block_seq(d, c, blk);
     else if (d->Ss == 0) {
         if (d->Ah == 0) decode_dc_first(d, c, blk);
         else decode_dc_refine(d, blk);
@@ -928,8 +1339,16 @@ static void decode_block(Dec *d, Comp *c, int16_t *blk) {
 
 static void before_mcu(Dec *d) {
     if (d->restart_interval) {
-        if (d->restarts_left == 0) process_restart(d);
+        if (d->restarts_left == 0) {
+            if (d->arith) ar_restart(d);
+            else process_restart(d);
+        }
         d->restarts_left--;
+    }
+    if (!d->arith) {
+        BitReader *br = &d->br;
+        d->insufficient_mcu = d->insufficient;
+        d->mcu_left = d->len - (br->pos - (size_t)br->n / 8);
     }
 }
 
@@ -940,12 +1359,21 @@ static void decode_scan(Dec *d) {
     d->br.acc = 0;
     d->br.n = 0;
     d->br.stop = 0;
+    d->br.marker = 0;
     d->eobrun = 0;
     d->next_rst = 0;
+    d->insufficient = 0;
     d->restarts_left = d->restart_interval;
+    d->blocks_in_mcu = 0;
     for (int i = 0; i < d->ns; i++) {
         d->sc[i]->pred = 0;
         comp_qm(d->sc[i], qm[i]);
+        d->blocks_in_mcu += d->ns == 1 ? 1 : d->sc[i]->h * d->sc[i]->v;
+    }
+    if (d->arith) {
+        d->ar.pos = d->pos;
+        d->ar.marker = 0;
+        ar_reset(d);
     }
     if (d->ns == 1) {
         /* non-interleaved: one block per MCU over the component's own blocks */
@@ -983,10 +1411,17 @@ static void decode_scan(Dec *d) {
                 }
             }
     }
-    /* the remaining bits of the last byte are padding; the marker loop goes on
-     * from the first byte not loaded */
-    d->pos = d->br.pos;
+    if (d->arith) {
+        /* the marker loop goes on from the first byte not read (or the marker met) */
+        d->pos = d->ar.pos;
+    } else {
+        /* the remaining bits of the last byte are padding; the marker loop goes
+         * on from the first byte not loaded (bytes loaded but unused are not
+         * counted as extraneous at the end of a scan, as in libjpeg) */
+        d->pos = d->br.pos;
+    }
 }
+
 
 /* ========================================================================== */
 /* Upsampling (jdsample.c, fancy upsampling on)                               */
@@ -1242,7 +1677,7 @@ static void parse_sos(Dec *d) {
     }
     if (d->progressive) check_progression(d);
     /* derive the Huffman tables this scan uses */
-    for (int i = 0; i < ns; i++) {
+    for (int i = 0; i < ns && !d->arith; i++) {
         Comp *c = d->sc[i];
         int need_dc = !d->progressive || (d->Ss == 0 && d->Ah == 0);
         int need_ac = !d->progressive || d->Ss != 0;
@@ -1262,6 +1697,11 @@ static void parse_sos(Dec *d) {
 static void decode_all(Dec *d) {
     if (d->len < 2 || d->buf[0] != 0xFF || d->buf[1] != 0xD8) fail(d, "not a JPEG file (no SOI marker)");
     d->pos = 2;
+    for (int i = 0; i < 16; i++) { /* libjpeg's get_soi defaults */
+        d->arith_L[i] = 0;
+        d->arith_U[i] = 1;
+        d->arith_K[i] = 5;
+    }
     for (;;) {
         int m = next_marker(d, &d->pos);
         if (m < 0) {
@@ -1270,10 +1710,8 @@ static void decode_all(Dec *d) {
         }
         switch (m) {
         case 0xD8: fail(d, "corrupt file (duplicate SOI marker)");
-        case 0xC0: case 0xC1: case 0xC2: parse_sof(d, m); break;
-        case 0xC9: case 0xCA: case 0xCB: case 0xCD: case 0xCE: case 0xCF:
-            fail(d, "unsupported JPEG: arithmetic coding (SOF%d)", m - 0xC0);
-        case 0xC3: case 0xC5: case 0xC6: case 0xC7: case 0xC8:
+        case 0xC0: case 0xC1: case 0xC2: case 0xC9: case 0xCA: parse_sof(d, m); break;
+        case 0xC3: case 0xC5: case 0xC6: case 0xC7: case 0xC8: case 0xCB: case 0xCD: case 0xCE: case 0xCF:
             fail(d, "unsupported JPEG: lossless or hierarchical frame (SOF%d)", m - 0xC0);
         case 0xC4: parse_dht(d); break;
         case 0xDB: parse_dqt(d); break;
@@ -1309,9 +1747,15 @@ static void free_dec(Dec *d) {
 }
 
 int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    return jpeg_decode_warn(buf, len, out, NULL, 0, err, errlen);
+}
+
+int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                     size_t errlen) {
     Dec *d;
     out->w = out->h = 0;
     out->rgb = NULL;
+    if (warn && warnlen) warn[0] = '\0';
     if (!buf || len == 0) {
         if (err && errlen) snprintf(err, errlen, "empty file");
         return -1;
@@ -1340,6 +1784,8 @@ int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t er
         }
     }
     convert_rows(d);
+    if (warn && warnlen && d->nwarn > 1) snprintf(warn, warnlen, "%s (and %d more)", d->warn, d->nwarn - 1);
+    else if (warn && warnlen && d->nwarn == 1) snprintf(warn, warnlen, "%s", d->warn);
     *out = d->img;
     free_dec(d);
     free(d);
