@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -116,7 +117,24 @@ def arith_corpus():
             C.append((f"jpegtran {mode} restart 1B {w}x{h}", jpegtran(src, "-restart", "1B")))
         src = pillow_jpeg(w, h, seed=i, quality=60, subsampling=2, progressive=True)
         C.append((f"jpegtran Pillow progressive 4:2:0 {w}x{h}", jpegtran(src, "-progressive", "-restart", "3B")))
-    # a scan script that stops early (DC only, AC never refined): block smoothing as libjpeg
+    # scan scripts (cjpeg -scans): sequential scans per component; progressive scripts that
+    # stop early (DC only; AC never refined: libjpeg's block smoothing) or refine DC in steps
+    scripts = {"sequential Y | Cb | Cr": "0; 1; 2;", "sequential Y | Cb Cr": "0; 1 2;",
+               "sequential Cr | Y Cb": "2; 0 1;",
+               "progressive DC only": "0 1 2: 0 0 0 0;",
+               "progressive DC + AC 1-5 Al 1": "0 1 2: 0 0 0 0; 0: 1 5 0 1; 1: 1 5 0 1; 2: 1 5 0 1;",
+               "progressive DC refined": "0 1 2: 0 0 0 2; 0 1 2: 0 0 2 1; 0 1 2: 0 0 1 0; 0: 1 63 0 1; 0: 1 63 1 0;"
+                                         " 1: 1 63 0 0; 2: 1 63 0 0;"}
+    for w, h in [(33, 17), (101, 67)]:
+        a = photo(w, h, 5)
+        for sn, script in scripts.items():
+            sp = os.path.join(tempfile.gettempdir(), f"qalign_scans_{os.getpid()}.txt")
+            with open(sp, "w") as f:
+                f.write(script)
+            try:
+                C.append((f"cjpeg -scans {sn} {w}x{h}", cjpeg(a, "-scans", sp, "-sample", "2x2")))
+            finally:
+                os.unlink(sp)
     # DAC conditioning other than the defaults (data decodes differently, in Pillow too)
     for w, h in [(33, 17), (101, 67)]:
         a = photo(w, h, 7)
