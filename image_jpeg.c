@@ -34,19 +34,19 @@
  *   - a marker inside a Huffman scan ("premature end of data segment"): the
  *     current MCU is finished with zero bits and the rest of the restart
  *     interval is left as it is (zero coefficients: flat grey in a single
- *     scan) -- except where libjpeg-turbo's sequential fast path would have
- *     run into that marker (no restart interval, >= 512 bytes per block of
- *     data left after the MCU), whose output depends on its input buffering:
- *     refused;
+ *     scan);
  *   - bytes of garbage before a marker are skipped; misnumbered or missing
  *     restart markers are resynchronised as jpeg_resync_to_restart does;
  *   - a progressive refinement code of size > 1 counts as size 1; scans out
  *     of progression order are decoded anyway (jdphuff.c only warns);
  *   - arithmetic data that decodes to an impossible value ends decoding of
  *     that restart interval (jdarith.c).
- * What Pillow refuses stays refused: a file that ends inside a scan or
- * before EOI (Pillow: "image file is truncated"), DC overflow in a
- * progressive scan, bad tables or markers.
+ * What Pillow refuses stays refused: a file that ends inside a scan, a
+ * multi-scan file without EOI (Pillow: "image file is truncated"), DC
+ * overflow in a progressive scan, bad tables or markers. A single-scan file
+ * that ends (or ends inside a marker segment) after its scan is an image for
+ * Pillow if libjpeg-turbo finished the scan without asking for bytes past the
+ * end: decided by replaying its bit buffer and Pillow's 64 KB reads.
  * Refused with a one-line reason as well: lossless/hierarchical frames,
  * precision other than 8 bits, 2 or more than 4 components, fractional
  * sampling ratios, more than 10 blocks per MCU, sizes over 65500 or over the
@@ -60,7 +60,8 @@
  *
  * Layout (top-down): tables -> decoder state -> markers -> Huffman tables ->
  * bit reader -> entropy decoding (baseline, progressive, arithmetic) -> IDCT (plain and
- * smoothed) -> upsampling -> colour conversion -> driver.
+ * smoothed) -> libjpeg-turbo's buffering replayed -> scan decoding -> upsampling ->
+ * colour conversion -> driver.
  */
 #include "image.h"
 
@@ -138,6 +139,7 @@ typedef struct {
     int32_t maxcode[18];    /* largest code of length l, -1 if none; [17] is a sentinel */
     int32_t valoff[18];     /* index into vals = code + valoff[l] */
     uint16_t fast[1 << FAST_BITS]; /* peeked FAST_BITS bits -> (length << 8 | symbol), 0 = longer code */
+    uint16_t look8[256];    /* libjpeg-turbo's own 8-bit look-up: (length << 8 | symbol), 9 << 8 = longer */
     uint8_t vals[256];      /* symbols, copied from the spec */
 } HuffTable;
 
@@ -230,9 +232,20 @@ typedef struct {
     unsigned restarts_left; /* MCUs left before the next restart marker */
     int next_rst;           /* number (0..7) of the next expected RSTn */
     int insufficient;       /* Huffman: a marker cut this segment short; MCUs are skipped until a restart */
-    int blocks_in_mcu;      /* blocks per MCU of the current scan */
     int insufficient_mcu;   /* Huffman: the current MCU is skipped */
-    size_t mcu_left;        /* bytes from the current MCU's first data byte to the end of the file (at most) */
+    int rows_done;          /* a single-scan file's scan is complete: Pillow has every row */
+    /* libjpeg-turbo's sequential Huffman decoder reproduced with its input buffering */
+    int emulate;            /* decode sequential Huffman scans this way */
+    int want_emulation;     /* the first pass stopped because that is needed */
+    uint64_t lj_gb;         /* get_buffer */
+    int lj_bl;              /* bits_left */
+    size_t lj_nib;          /* next_input_byte */
+    int lj_um;              /* unread_marker */
+    size_t lj_fed;          /* end of what Pillow has handed libjpeg so far (64 KB reads) */
+    jmp_buf mcu_jb;         /* suspension: the MCU starts over with more data */
+    uint64_t lj_s_gb;       /* the state at the start of the MCU */
+    int lj_s_bl, lj_s_pred[4];
+    size_t lj_s_nib;
     ArithReader ar;         /* arithmetic decoder */
     uint8_t dc_stats[16][64], ac_stats[16][256]; /* arithmetic statistics bins per table slot */
     uint8_t fixed_bin;      /* the fixed-probability bin (state 113) */
@@ -323,15 +336,92 @@ static int next_marker(Dec *d, size_t *pos) {
 /* Read a marker segment's length; returns the payload start and sets *n to
  * the payload size. A length field below 2 is an error for table and frame
  * markers; for skipped markers libjpeg just skips nothing, and so do we. */
+/* The file ends, or ends inside a marker segment, after the scans. libjpeg
+ * then waits for more data. A multi-scan file has no image yet (Pillow:
+ * "image file is truncated"); a single-scan file has all its rows, which Pillow
+ * keeps, if libjpeg did not already wait for bytes past the end while decoding
+ * the scan: exact for arithmetic scans (their reader is libjpeg's); a Huffman
+ * file is decoded again with libjpeg-turbo's buffering to find out. */
+#if defined(__GNUC__)
+__attribute__((noreturn))
+#endif
+static void end_of_file(Dec *d, const char *what) {
+    if (d->rows_done) {
+        if (d->arith || d->emulate) longjmp(d->jb, 2);
+        d->want_emulation = 1;
+    }
+    fail(d, "truncated file (%s)", what);
+}
+
+/* A marker segment of length L at d->pos that the file cuts short: does
+ * libjpeg's jdmarker.c meet an error in the bytes that are there (1), or run
+ * out of data first and wait (0)? */
+static int cut_segment_fails(const Dec *d, int marker, unsigned L) {
+    const uint8_t *b = d->buf + d->pos;
+    size_t have = d->len - d->pos, q = 2;
+    long left = (long)L - 2;
+    switch (marker) {
+    case 0xC4: /* get_dht */
+        while (left > 16) {
+            if (have < q + 17) return 0;
+            int index = b[q], count = 0;
+            for (int i = 1; i <= 16; i++) count += b[q + i];
+            left -= 17;
+            if (count > 256 || count > left) return 1;
+            if (have < q + 17 + (size_t)count) return 0;
+            if ((index & 0x0F) >= 4 || (index & 0xE0)) return 1;
+            q += 17 + (size_t)count;
+            left -= count;
+        }
+        return left != 0;
+    case 0xDB: /* get_dqt */
+        while (left > 0) {
+            if (have <= q) return 0;
+            if ((b[q] & 15) >= 4) return 1;
+            size_t need = 1 + ((b[q] >> 4) ? 128 : 64);
+            if (have < q + need) return 0;
+            q += need;
+            left -= (long)need;
+        }
+        return left != 0;
+    case 0xDD: return L != 4; /* get_dri */
+    case 0xCC: /* get_dac */
+        for (; left > 0; q += 2, left -= 2) {
+            if (have < q + 2) return 0;
+            if (b[q] >= 32 || (b[q] < 16 && (b[q + 1] & 15) > (b[q + 1] >> 4))) return 1;
+        }
+        return left != 0;
+    case 0xDA: { /* get_sos: checks, then "expected EOI" for a second scan */
+        if (have < 3) return 0;
+        int ns = b[2];
+        if (L != (unsigned)(ns * 2 + 6) || ns < 1 || ns > 4) return 1;
+        for (int i = 0; i < ns; i++) {
+            int ci;
+            if (have < 5 + 2 * (size_t)i) return 0;
+            for (ci = 0; ci < d->nc && ci < 4; ci++)
+                if (d->comp[ci].id == b[3 + 2 * i]) break;
+            if (ci >= d->nc || ci >= 4) return 1;
+        }
+        return have >= 6 + 2 * (size_t)ns;
+    }
+    default:
+        if (marker >= 0xC0 && marker <= 0xCF) return have >= 8; /* get_sof: a second frame */
+        return 0; /* APPn, COM, DNL: skipped */
+    }
+}
+
 static const uint8_t *segment(Dec *d, int marker, size_t *n) {
     unsigned L;
-    if (d->len - d->pos < 2) fail(d, "truncated file (in marker 0x%02X)", marker);
+    if (d->len - d->pos < 2) end_of_file(d, "in a marker segment");
     L = rd16(d->buf + d->pos);
     if (L < 2) {
         if (marker == 0xC4 || marker == 0xDB || marker == 0xCC) fail(d, "bad marker length (marker 0x%02X)", marker);
         L = 2;
     }
-    if (d->len - d->pos < L) fail(d, "truncated file (in marker 0x%02X)", marker);
+    if (d->len - d->pos < L) {
+        if (d->rows_done && cut_segment_fails(d, marker, L)) fail(d, "corrupt marker segment 0x%02X", marker);
+        end_of_file(d, "in a marker segment");
+    }
     *n = L - 2;
     d->pos += L;
     return d->buf + d->pos - L + 2;
@@ -498,6 +588,10 @@ static void build_huff(Dec *d, HuffTable *t, const HuffSpec *hs, int is_dc, int 
         for (int i = 0; i < nsym; i++)
             if (hs->vals[i] > 15) fail(d, "bad Huffman table (DC symbol %d)", hs->vals[i]);
     memset(t->fast, 0, sizeof t->fast);
+    for (int i = 0; i < 256; i++) t->look8[i] = 9 << 8;
+    for (int i = 0; i < nsym && size[i] <= 8; i++)
+        for (unsigned j = 0; j < (1u << (8 - size[i])); j++)
+            t->look8[(code[i] << (8 - size[i])) + j] = (uint16_t)(size[i] << 8 | hs->vals[i]);
     for (int i = 0; i < nsym; i++) {
         if (size[i] > FAST_BITS) break;
         int shift = FAST_BITS - size[i];
@@ -560,17 +654,13 @@ static void br_fill(Dec *d) {
 /* Bits are needed that the segment does not hold. At the end of the file
  * Pillow has no more data to give libjpeg: refused as truncated. At a marker
  * libjpeg-turbo's jpeg_fill_bit_buffer warns once and supplies zero bits; the
- * MCU is finished with them and the rest of the segment is skipped. Its
- * sequential fast path (decode_mcu_fast: no restart interval, >= 512 bytes
- * per block left in its input buffer) would instead have run into the marker
- * with a misaligned bit buffer and left garbage coefficients behind, which
- * depend on how Pillow fed it the file: such files are refused. */
+ * MCU is finished with them and the rest of the segment is skipped. (Its
+ * sequential fast path, decode_mcu_fast, feeds zero bytes in place of the
+ * marker, then decodes the MCU again with the slow path: the same values.) */
 static void out_of_bits(Dec *d) {
     BitReader *br = &d->br;
     if (br->marker < 0) fail(d, "truncated file (premature end of entropy-coded data)");
     if (!d->insufficient) {
-        if (!d->progressive && !d->restart_interval && d->mcu_left >= (size_t)512 * d->blocks_in_mcu)
-            fail(d, "corrupt data (marker 0x%02X inside the entropy-coded data)", br->marker);
         warn(d, "corrupt JPEG data: premature end of data segment");
         d->insufficient = 1;
     }
@@ -1326,6 +1416,264 @@ static void ar_block(Dec *d, Comp *c, int16_t *blk) {
 /* Scan decoding                                                              */
 /* ========================================================================== */
 
+/* ========================================================================== */
+/* libjpeg-turbo's sequential Huffman decoding, buffering included            */
+/* ========================================================================== */
+
+/* The coefficients come out the same as from decode_scan; what this adds is
+ * WHEN libjpeg-turbo reads which byte. Pillow hands libjpeg the file in 64 KB
+ * reads, and a file whose only scan ends without EOI is an image for Pillow
+ * if libjpeg finished the scan without asking for bytes past the end of the
+ * file, and "image file is truncated" if it asked. jdhuff.c decodes an MCU
+ * with decode_mcu_fast (loads 6 bytes when <= 16 bits are left; a marker reads
+ * as zero bytes) when there is no restart interval, no marker met yet and at
+ * least 512 bytes per block of the MCU left in its input buffer; otherwise
+ * with decode_mcu_slow (jpeg_fill_bit_buffer: up to 57 bits, suspends when
+ * the buffer is empty). A fast MCU that met a marker is decoded again by the
+ * slow path. Used only for that question (second pass, see end_of_file):
+ * single-scan sequential Huffman files. */
+
+static inline int lj_in(const Dec *d, size_t i) { return i < d->len ? d->buf[i] : 0; }
+
+/* Out of input: Pillow gives libjpeg the next 64 KB and the MCU starts over. */
+static void lj_suspend(Dec *d) {
+    if (d->lj_fed >= d->len) fail(d, "truncated file (premature end of entropy-coded data)");
+    d->lj_fed = d->lj_fed + 65536 < d->len ? d->lj_fed + 65536 : d->len;
+    longjmp(d->mcu_jb, 1);
+}
+
+/* jpeg_fill_bit_buffer */
+static void lj_fill(Dec *d, int nbits) {
+    if (!d->lj_um) {
+        while (d->lj_bl < 57) {
+            int c;
+            if (d->lj_nib >= d->lj_fed) lj_suspend(d);
+            c = d->buf[d->lj_nib++];
+            if (c == 0xFF) {
+                do {
+                    if (d->lj_nib >= d->lj_fed) lj_suspend(d);
+                    c = d->buf[d->lj_nib++];
+                } while (c == 0xFF);
+                if (c == 0) {
+                    c = 0xFF;
+                } else {
+                    d->lj_um = c;
+                    break;
+                }
+            }
+            d->lj_gb = d->lj_gb << 8 | (uint64_t)c;
+            d->lj_bl += 8;
+        }
+        if (!d->lj_um) return;
+    }
+    if (nbits > d->lj_bl) {
+        if (!d->insufficient) {
+            warn(d, "corrupt JPEG data: premature end of data segment");
+            d->insufficient = 1;
+        }
+        d->lj_gb <<= (57 - d->lj_bl) & 63;
+        d->lj_bl = 57;
+    }
+}
+
+static inline int lj_get(Dec *d, int n) {
+    d->lj_bl -= n;
+    return (int)(d->lj_gb >> (d->lj_bl & 63)) & ((1 << n) - 1);
+}
+
+static inline void lj_check(Dec *d, int n) {
+    if (d->lj_bl < n) lj_fill(d, n);
+}
+
+/* HUFF_DECODE + jpeg_huff_decode */
+static int lj_huff_slow(Dec *d, const HuffTable *t) {
+    int nb;
+    if (d->lj_bl < 8) {
+        lj_fill(d, 0);
+        if (d->lj_bl < 8) {
+            nb = 1;
+            goto slow;
+        }
+    }
+    {
+        int e = t->look8[(d->lj_gb >> ((d->lj_bl - 8) & 63)) & 0xFF];
+        if ((nb = e >> 8) <= 8) {
+            d->lj_bl -= nb;
+            return e & 0xFF;
+        }
+    }
+slow:
+    lj_check(d, nb);
+    int32_t code = lj_get(d, nb);
+    while (code > t->maxcode[nb]) {
+        code <<= 1;
+        lj_check(d, 1);
+        code |= lj_get(d, 1);
+        nb++;
+    }
+    if (nb > 16) {
+        warn(d, "corrupt JPEG data: bad Huffman code");
+        return 0;
+    }
+    return t->vals[(code + t->valoff[nb]) & 0xFF];
+}
+
+/* GET_BYTE of the fast path: a marker is backed out, but the buffer still shifts */
+static inline void lj_byte_fast(Dec *d) {
+    int c0 = lj_in(d, d->lj_nib++), c1 = lj_in(d, d->lj_nib);
+    d->lj_gb = d->lj_gb << 8 | (uint64_t)c0;
+    d->lj_bl += 8;
+    if (c0 == 0xFF) {
+        d->lj_nib++;
+        if (c1 != 0) {
+            d->lj_um = c1;
+            d->lj_nib -= 2;
+            d->lj_gb &= ~(uint64_t)0xFF;
+        }
+    }
+}
+
+static inline void lj_fill_fast(Dec *d) {
+    if (d->lj_bl <= 16)
+        for (int i = 0; i < 6; i++) lj_byte_fast(d);
+}
+
+/* HUFF_DECODE_FAST */
+static int lj_huff_fast(Dec *d, const HuffTable *t) {
+    lj_fill_fast(d);
+    int s = t->look8[(d->lj_gb >> ((d->lj_bl - 8) & 63)) & 0xFF];
+    int nb = s >> 8;
+    d->lj_bl -= nb;
+    s &= 0xFF;
+    if (nb > 8) {
+        s = (int)(d->lj_gb >> (d->lj_bl & 63)) & ((1 << nb) - 1);
+        while (s > t->maxcode[nb]) {
+            s <<= 1;
+            s |= lj_get(d, 1);
+            nb++;
+        }
+        s = nb > 16 ? 0 : t->vals[(s + t->valoff[nb]) & 0xFF];
+    }
+    return s;
+}
+
+/* One MCU, fast or slow path (decode_mcu_fast / decode_mcu_slow). */
+static void lj_mcu(Dec *d, int fast, int16_t *const *blk, Comp *const *bc, int nb) {
+    for (int i = 0; i < nb; i++) {
+        Comp *c = bc[i];
+        int16_t *b = blk[i];
+        const HuffTable *dc = &d->dct[c->td], *ac = &d->act[c->ta];
+        int s = fast ? lj_huff_fast(d, dc) : lj_huff_slow(d, dc);
+        if (s) {
+            if (fast) lj_fill_fast(d);
+            else lj_check(d, s);
+            s = extend((unsigned)lj_get(d, s), s);
+        }
+        c->pred = (int)((unsigned)c->pred + (unsigned)s);
+        b[0] = (int16_t)c->pred;
+        for (int k = 1; k < 64; k++) {
+            s = fast ? lj_huff_fast(d, ac) : lj_huff_slow(d, ac);
+            int r = s >> 4;
+            s &= 15;
+            if (s) {
+                k += r;
+                if (fast) lj_fill_fast(d);
+                else lj_check(d, s);
+                b[ZIGZAG[k]] = (int16_t)extend((unsigned)lj_get(d, s), s);
+            } else {
+                if (r != 15) break;
+                k += 15;
+            }
+        }
+    }
+}
+
+static void lj_restore(Dec *d) {
+    d->lj_gb = d->lj_s_gb;
+    d->lj_bl = d->lj_s_bl;
+    d->lj_nib = d->lj_s_nib;
+    d->lj_um = 0;
+    for (int i = 0; i < d->ns; i++) d->sc[i]->pred = d->lj_s_pred[i];
+}
+
+/* One MCU as decode_mcu: fast path if it may, slow path if it met a marker;
+ * a suspension (more input needed) starts it over, blocks zeroed again. */
+static void lj_decode_one(Dec *d, int16_t *const *blk, Comp *const *bc, int nb, int16_t (*buf)[64]) {
+    d->lj_s_gb = d->lj_gb;
+    d->lj_s_bl = d->lj_bl;
+    d->lj_s_nib = d->lj_nib;
+    for (int i = 0; i < d->ns; i++) d->lj_s_pred[i] = d->sc[i]->pred;
+    if (setjmp(d->mcu_jb)) lj_restore(d);
+    if (!d->multiscan) memset(buf, 0, (size_t)nb * sizeof buf[0]);
+    if (!d->restart_interval && !d->lj_um && d->lj_fed - d->lj_nib >= (size_t)512 * nb) {
+        lj_mcu(d, 1, blk, bc, nb);
+        if (!d->lj_um) return;
+        lj_restore(d); /* the fast path's coefficients stay in the blocks */
+    }
+    lj_mcu(d, 0, blk, bc, nb);
+}
+
+/* jdhuff.c process_restart: unused bits dropped, the marker read (or resynchronised). */
+static void lj_restart(Dec *d) {
+    size_t p = d->lj_nib;
+    d->discarded += (size_t)(d->lj_bl > 0 ? d->lj_bl : 0) / 8;
+    d->lj_bl = 0;
+    d->lj_um = restart_marker(d, d->lj_um, &p);
+    d->lj_nib = p;
+    for (int i = 0; i < d->ns; i++) d->sc[i]->pred = 0;
+    if (!d->lj_um) d->insufficient = 0;
+    d->restarts_left = d->restart_interval;
+}
+
+/* A sequential Huffman scan, as decode_scan does it. */
+static void decode_scan_emulated(Dec *d, int16_t (*qm)[64]) {
+    int16_t buf[MAX_MCU_BLKS][64];
+    int16_t *blk[MAX_MCU_BLKS];
+    Comp *bc[MAX_MCU_BLKS];
+    int bx0[MAX_MCU_BLKS], by0[MAX_MCU_BLKS], qi[MAX_MCU_BLKS];
+    int one = d->ns == 1;
+    int rows = one ? d->sc[0]->bh : d->mcuy, cols = one ? d->sc[0]->bw : d->mcux;
+    size_t need = (size_t)d->pos + 65535;
+    need -= need % 65536; /* what Pillow had read when libjpeg found this scan */
+    if (need > d->len) need = d->len;
+    if (d->lj_fed < need) d->lj_fed = need;
+    d->lj_gb = 0;
+    d->lj_bl = 0;
+    d->lj_nib = d->pos;
+    d->lj_um = 0;
+    for (int my = 0; my < rows; my++)
+        for (int mx = 0; mx < cols; mx++) {
+            int nb = 0;
+            for (int i = 0; i < d->ns; i++) {
+                Comp *c = d->sc[i];
+                int h = one ? 1 : c->h, v = one ? 1 : c->v;
+                for (int y = 0; y < v; y++)
+                    for (int x = 0; x < h; x++) {
+                        by0[nb] = my * v + y;
+                        bx0[nb] = mx * h + x;
+                        bc[nb] = c;
+                        qi[nb] = i;
+                        blk[nb] = d->multiscan ? coef_block(c, by0[nb], bx0[nb]) : buf[nb];
+                        nb++;
+                    }
+            }
+            if (d->restart_interval) {
+                if (d->restarts_left == 0) lj_restart(d);
+                d->restarts_left--;
+            }
+            if (!d->insufficient) lj_decode_one(d, blk, bc, nb, buf);
+            else if (!d->multiscan) memset(buf, 0, sizeof buf);
+            if (!d->multiscan)
+                for (int i = 0; i < nb; i++) {
+                    Comp *c = bc[i];
+                    if (by0[i] < c->bh && bx0[i] < c->bw)
+                        idct_islow(buf[i], qm[qi[i]], c->plane + (size_t)by0[i] * 8 * c->stride + (size_t)bx0[i] * 8,
+                                   c->stride);
+                }
+        }
+    d->pos = d->lj_um ? d->lj_nib - 2 : d->lj_nib;
+}
+
 static void decode_block(Dec *d, Comp *c, int16_t *blk) {
     if (d->arith) ar_block(d, c, blk);
     else if (d->insufficient_mcu) return; /* the segment ran out before this MCU: left as it is */
@@ -1345,11 +1693,7 @@ static void before_mcu(Dec *d) {
         }
         d->restarts_left--;
     }
-    if (!d->arith) {
-        BitReader *br = &d->br;
-        d->insufficient_mcu = d->insufficient;
-        d->mcu_left = d->len - (br->pos - (size_t)br->n / 8);
-    }
+    if (!d->arith) d->insufficient_mcu = d->insufficient;
 }
 
 static void decode_scan(Dec *d) {
@@ -1364,16 +1708,18 @@ static void decode_scan(Dec *d) {
     d->next_rst = 0;
     d->insufficient = 0;
     d->restarts_left = d->restart_interval;
-    d->blocks_in_mcu = 0;
     for (int i = 0; i < d->ns; i++) {
         d->sc[i]->pred = 0;
         comp_qm(d->sc[i], qm[i]);
-        d->blocks_in_mcu += d->ns == 1 ? 1 : d->sc[i]->h * d->sc[i]->v;
     }
     if (d->arith) {
         d->ar.pos = d->pos;
         d->ar.marker = 0;
         ar_reset(d);
+    }
+    if (d->emulate && !d->arith && !d->progressive) {
+        decode_scan_emulated(d, qm);
+        return;
     }
     if (d->ns == 1) {
         /* non-interleaved: one block per MCU over the component's own blocks */
@@ -1692,6 +2038,7 @@ static void parse_sos(Dec *d) {
     }
     decode_scan(d);
     d->nscans++;
+    if (!d->multiscan) d->rows_done = 1;
 }
 
 static void decode_all(Dec *d) {
@@ -1705,7 +2052,7 @@ static void decode_all(Dec *d) {
     for (;;) {
         int m = next_marker(d, &d->pos);
         if (m < 0) {
-            if (d->nscans) fail(d, "truncated file (no EOI marker after the last scan)");
+            if (d->nscans) end_of_file(d, "no EOI marker after the last scan");
             fail(d, "truncated file (no image data)");
         }
         switch (m) {
@@ -1750,8 +2097,8 @@ int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t er
     return jpeg_decode_warn(buf, len, out, NULL, 0, err, errlen);
 }
 
-int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
-                     size_t errlen) {
+static int decode_pass(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                       size_t errlen, int emulate, int *want_emulation) {
     Dec *d;
     out->w = out->h = 0;
     out->rgb = NULL;
@@ -1769,13 +2116,21 @@ int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, siz
     d->len = len;
     d->err = err;
     d->errlen = errlen;
-    if (setjmp(d->jb)) {
+    d->emulate = emulate;
+    d->lj_fed = len < 65536 ? len : 65536;
+    switch (setjmp(d->jb)) {
+    case 0:
+        decode_all(d);
+        break;
+    case 2: /* the single scan is complete and the file ends: Pillow has the image */
+        break;
+    default:
+        *want_emulation = d->want_emulation;
         image_free(&d->img);
         free_dec(d);
         free(d);
         return -1;
     }
-    decode_all(d);
     if (d->multiscan) {
         int smooth = smoothing_wanted(d);
         for (int i = 0; i < d->nc; i++) {
@@ -1790,4 +2145,13 @@ int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, siz
     free_dec(d);
     free(d);
     return 0;
+}
+
+/* Usually one pass; see end_of_file for the second. */
+int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                     size_t errlen) {
+    int again = 0;
+    if (decode_pass(buf, len, out, warn, warnlen, err, errlen, 0, &again) == 0) return 0;
+    if (!again) return -1;
+    return decode_pass(buf, len, out, warn, warnlen, err, errlen, 1, &again);
 }
