@@ -381,12 +381,14 @@ static void flush_images(App *app) {
  * at the end, or before a video or an error, so that results stay in input order). */
 static void score_image(App *app, const char *path) {
     char err[QALIGN_ERR_LEN];
+    char warn[160];
     Image img = {0};
-    if (image_load(path, &img, err, sizeof err) != 0) {
+    if (image_load_warn(path, &img, warn, sizeof warn, err, sizeof err) != 0) {
         flush_images(app);
         record(app, path, "image", NULL, err, NULL);
         return;
     }
+    if (warn[0]) fprintf(stderr, "qalign: warning: %s: %s\n", path, warn); /* decoded as Pillow decodes it */
     int b = qalign_pending(app->ctx);
     qalign_image qi = as_qimage(&img);
     int st = qalign_add_image(app->ctx, &qi, err, sizeof err);
@@ -559,7 +561,9 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
         die("%s is the input file: refusing to write over it", out);
     char err[256];
     Image img = {0}, res = {0};
-    if (image_load(in, &img, err, sizeof err) != 0) die("%s: %s", in, err);
+    char warn[160];
+    if (image_load_warn(in, &img, warn, sizeof warn, err, sizeof err) != 0) die("%s: %s", in, err);
+    if (warn[0]) fprintf(stderr, "qalign: warning: %s: %s\n", in, warn); /* decoded as Pillow decodes it */
     Image *w = &img;
     if (preprocess) {
         static const uint8_t fill[3] = {122, 116, 104};

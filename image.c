@@ -114,12 +114,18 @@ const char *image_format_name(ImageFormat f) {
 }
 
 int image_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    return image_decode_warn(buf, len, out, NULL, 0, err, errlen);
+}
+
+int image_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                      size_t errlen) {
     char why[256];
     int rc;
     ImageFormat f;
 
     out->w = out->h = 0;
     out->rgb = NULL;
+    if (warn && warnlen) warn[0] = '\0';
     if (!buf || len == 0) return fail(err, errlen, "empty file");
     f = image_sniff(buf, len);
     why[0] = '\0';
@@ -127,7 +133,7 @@ int image_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t e
     case IMG_PNM: rc = pnm_decode(buf, len, out, why, sizeof why); break;
     case IMG_BMP: rc = bmp_decode(buf, len, out, why, sizeof why); break;
     case IMG_PNG: rc = png_decode(buf, len, out, why, sizeof why); break;
-    case IMG_JPEG: rc = jpeg_decode(buf, len, out, why, sizeof why); break;
+    case IMG_JPEG: rc = jpeg_decode_warn(buf, len, out, warn, warnlen, why, sizeof why); break;
     default:
         return fail(err, errlen, "unrecognised image format (expected PNG, JPEG, BMP or PNM)");
     }
@@ -144,6 +150,10 @@ int image_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t e
 }
 
 int image_load(const char *path, Image *out, char *err, size_t errlen) {
+    return image_load_warn(path, out, NULL, 0, err, errlen);
+}
+
+int image_load_warn(const char *path, Image *out, char *warn, size_t warnlen, char *err, size_t errlen) {
     FILE *fp;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
@@ -151,6 +161,7 @@ int image_load(const char *path, Image *out, char *err, size_t errlen) {
 
     out->w = out->h = 0;
     out->rgb = NULL;
+    if (warn && warnlen) warn[0] = '\0';
     if (!path) return fail(err, errlen, "no file name");
     fp = fopen(path, "rb");
     if (!fp) return fail(err, errlen, "cannot open: %s", strerror(errno));
@@ -188,7 +199,7 @@ int image_load(const char *path, Image *out, char *err, size_t errlen) {
         free(buf);
         return fail(err, errlen, "empty file");
     }
-    rc = image_decode(buf, len, out, err, errlen);
+    rc = image_decode_warn(buf, len, out, warn, warnlen, err, errlen);
     free(buf);
     return rc;
 }

@@ -7,7 +7,8 @@
  * to err[0..errlen). No function here prints, exits or aborts.
  *
  * Files: image.c (format sniffing, PPM/PGM, BMP, preprocessing),
- *        image_png.c (inflate + PNG), image_jpeg.c (baseline/progressive JPEG).
+ *        image_png.c (inflate + PNG), image_jpeg.c (baseline/progressive JPEG,
+ *        Huffman or arithmetic).
  */
 #ifndef QALIGN_IMAGE_H
 #define QALIGN_IMAGE_H
@@ -37,6 +38,12 @@ const char *image_format_name(ImageFormat f);
 int image_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
 /* Read a file and decode it. */
 int image_load(const char *path, Image *out, char *err, size_t errlen);
+/* The same, and on success warn[0..warnlen) receives "" or, for a file decoded
+ * despite corrupt data (a JPEG that libjpeg-turbo, hence Pillow, decodes with
+ * warnings), the first warning and how many followed. warn may be NULL. */
+int image_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                      size_t errlen);
+int image_load_warn(const char *path, Image *out, char *warn, size_t warnlen, char *err, size_t errlen);
 /* Wrap raw RGB24 pixels (e.g. frames piped from ffmpeg); copies them. */
 int image_from_rgb(const uint8_t *rgb, int w, int h, Image *out, char *err, size_t errlen);
 void image_free(Image *img);
@@ -70,6 +77,8 @@ int pnm_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
 int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
 int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
 int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
+int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                     size_t errlen);
 
 /* Checked size arithmetic shared by the decoders: return 0 on overflow. */
 int image_mul_size(size_t a, size_t b, size_t *out);

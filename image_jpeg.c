@@ -1,4 +1,4 @@
-/* image_jpeg.c - baseline and progressive Huffman JPEG decoder (8-bit).
+/* image_jpeg.c - baseline and progressive JPEG decoder (8-bit, Huffman or arithmetic).
  *
  * Goal: byte-for-byte the pixels of Pillow 9.4's Image.open(f).convert("RGB"),
  * i.e. of libjpeg-turbo 2.1.5 with its default decompression settings as
@@ -24,21 +24,44 @@
  *     (Motion-JPEG style), quantisation tables are latched at the first scan
  *     of each component, k > 63 in corrupt blocks lands on coefficient 63.
  *
- * Refused with a one-line reason: arithmetic coding, lossless/hierarchical
- * frames, precision other than 8 bits, 2 or more than 4 components,
- * fractional sampling ratios, more than 10 blocks per MCU, sizes over 65500 or
- * over the image.h caps, and whatever else libjpeg itself rejects.
- * Truncated or corrupt entropy data (where libjpeg would warn and substitute
- * zeros), bad Huffman codes, missing or misnumbered restart markers, invalid
- * progressions and a missing EOI are errors; never a partial image. Bytes of
- * garbage between markers are skipped as libjpeg does (they change nothing).
+ *   - arithmetic coding (SOF9 sequential, SOF10 progressive, DAC conditioning)
+ *     as jdarith.c decodes it: Qe state machine of T.81 Table D.2, statistics
+ *     bins reset per scan and per restart interval, zero data after a marker.
+ *
+ * Corrupt entropy data is decoded as libjpeg-turbo decodes it, with a warning
+ * (Image.warning: the first one, and how many followed) instead of an error:
+ *   - a bad Huffman code costs 17 bits and decodes as symbol 0 (jdhuff.c);
+ *   - a marker inside a Huffman scan ("premature end of data segment"): the
+ *     current MCU is finished with zero bits and the rest of the restart
+ *     interval is left as it is (zero coefficients: flat grey in a single
+ *     scan);
+ *   - bytes of garbage before a marker are skipped; misnumbered or missing
+ *     restart markers are resynchronised as jpeg_resync_to_restart does;
+ *   - a progressive refinement code of size > 1 counts as size 1; scans out
+ *     of progression order are decoded anyway (jdphuff.c only warns);
+ *   - arithmetic data that decodes to an impossible value ends decoding of
+ *     that restart interval (jdarith.c).
+ * What Pillow refuses stays refused: a file that ends inside a scan, a
+ * multi-scan file without EOI (Pillow: "image file is truncated"), DC
+ * overflow in a progressive scan, bad tables or markers. A single-scan file
+ * that ends (or ends inside a marker segment) after its scan is an image for
+ * Pillow if libjpeg-turbo finished the scan without asking for bytes past the
+ * end: decided by replaying its bit buffer and Pillow's 64 KB reads.
+ * Refused with a one-line reason as well: lossless/hierarchical frames,
+ * precision other than 8 bits, 2 or more than 4 components, fractional
+ * sampling ratios, more than 10 blocks per MCU, sizes over 65500 or over the
+ * image.h caps, and whatever else libjpeg itself rejects.
  * A well-formed file whose scans simply stop early (a component never sent, a
  * progression ending before the last refinement) decodes as libjpeg decodes
  * it, without a warning: missing coefficients are zero (then smoothed).
+ * Pillow 9.4 itself cannot decode an arithmetic-coded file whose scan data
+ * crosses its 64 KB read chunks ("broken data stream": jdarith.c cannot
+ * suspend); those decode here as libjpeg-turbo's djpeg decodes them.
  *
  * Layout (top-down): tables -> decoder state -> markers -> Huffman tables ->
- * bit reader -> entropy decoding (baseline, progressive) -> IDCT (plain and
- * smoothed) -> upsampling -> colour conversion -> driver.
+ * bit reader -> entropy decoding (baseline, progressive, arithmetic) -> IDCT (plain and
+ * smoothed) -> libjpeg-turbo's buffering replayed -> scan decoding -> upsampling ->
+ * colour conversion -> driver.
  */
 #include "image.h"
 
@@ -116,6 +139,7 @@ typedef struct {
     int32_t maxcode[18];    /* largest code of length l, -1 if none; [17] is a sentinel */
     int32_t valoff[18];     /* index into vals = code + valoff[l] */
     uint16_t fast[1 << FAST_BITS]; /* peeked FAST_BITS bits -> (length << 8 | symbol), 0 = longer code */
+    uint16_t look8[256];    /* libjpeg-turbo's own 8-bit look-up: (length << 8 | symbol), 9 << 8 = longer */
     uint8_t vals[256];      /* symbols, copied from the spec */
 } HuffTable;
 
@@ -134,6 +158,7 @@ typedef struct {
     int latched;            /* qt was copied at the first scan containing the component */
     uint16_t qt[64];        /* latched quantisation table, natural order */
     int pred;               /* DC predictor of the current scan */
+    int dc_ctx;             /* arithmetic: DC conditioning context (0, 4, 8, 12, 16) */
     int coef_bits[64];      /* progressive: Al of the last scan per zigzag index, -1 = never coded */
     int16_t *coef;          /* multi-scan files: bwp*bhp blocks of 64 coefficients (natural order) */
     uint8_t *plane;         /* decoded samples: bh*8 rows of stride bw*8 */
@@ -143,13 +168,23 @@ typedef struct {
     uint8_t *row;           /* one upsampled output row (W bytes + slack) */
 } Comp;
 
-/* Entropy-coded segment reader. */
+/* Entropy-coded segment reader (Huffman). */
 typedef struct {
-    size_t pos;             /* next byte to load */
+    size_t pos;             /* next byte to load (at a marker: its first FF) */
     uint64_t acc;           /* bit accumulator, next bit in the most significant position */
-    int n;                  /* number of valid bits in acc */
+    int n;                  /* number of valid bits in acc; the bits below are zero */
     int stop;               /* a marker or the end of the buffer was reached: no more data bytes */
+    int marker;             /* the marker code that stopped the reader, -1 = end of the buffer */
 } BitReader;
+
+/* Arithmetic decoder registers (jdarith.c: C, A, CT). */
+typedef struct {
+    int64_t c;              /* code register + bit buffer */
+    int64_t a;              /* interval size */
+    int ct;                 /* bits left in the buffer part of c; -16 = start, -1 = gave up */
+    size_t pos;             /* next byte to read (at a marker: its first FF) */
+    int marker;             /* a marker was met: zero data from now on */
+} ArithReader;
 
 /* Colour space of the JPEG data (jdapimin.c default_decompress_parms). */
 enum { CS_GRAY, CS_YCC, CS_RGB, CS_CMYK, CS_YCCK };
@@ -171,11 +206,13 @@ typedef struct {
     unsigned restart_interval; /* DRI value (MCUs per restart interval, 0 = none) */
     int saw_jfif;           /* an APP0 "JFIF\0" marker of at least 14 bytes was seen */
     int saw_adobe;          /* an APP14 "Adobe" marker of at least 12 bytes was seen */
+    uint8_t arith_L[16], arith_U[16], arith_K[16]; /* DAC conditioning (defaults 0, 1, 5) */
     int adobe_transform;    /* its transform byte (last one seen) */
 
     /* frame */
     int sof_seen;           /* SOF parsed */
-    int progressive;        /* SOF2 */
+    int progressive;        /* SOF2, SOF10 */
+    int arith;              /* SOF9, SOF10: arithmetic coding */
     int W, H;               /* image size */
     int nc;                 /* number of components (1, 3 or 4) */
     Comp comp[MAX_COMPS];   /* components in SOF order */
@@ -194,6 +231,29 @@ typedef struct {
     unsigned eobrun;        /* progressive AC: blocks left in the current end-of-band run */
     unsigned restarts_left; /* MCUs left before the next restart marker */
     int next_rst;           /* number (0..7) of the next expected RSTn */
+    int insufficient;       /* Huffman: a marker cut this segment short; MCUs are skipped until a restart */
+    int insufficient_mcu;   /* Huffman: the current MCU is skipped */
+    int rows_done;          /* a single-scan file's scan is complete: Pillow has every row */
+    /* libjpeg-turbo's sequential Huffman decoder reproduced with its input buffering */
+    int emulate;            /* decode sequential Huffman scans this way */
+    int want_emulation;     /* the first pass stopped because that is needed */
+    uint64_t lj_gb;         /* get_buffer */
+    int lj_bl;              /* bits_left */
+    size_t lj_nib;          /* next_input_byte */
+    int lj_um;              /* unread_marker */
+    size_t lj_fed;          /* end of what Pillow has handed libjpeg so far (64 KB reads) */
+    jmp_buf mcu_jb;         /* suspension: the MCU starts over with more data */
+    uint64_t lj_s_gb;       /* the state at the start of the MCU */
+    int lj_s_bl, lj_s_pred[4];
+    size_t lj_s_nib;
+    ArithReader ar;         /* arithmetic decoder */
+    uint8_t dc_stats[16][64], ac_stats[16][256]; /* arithmetic statistics bins per table slot */
+    uint8_t fixed_bin;      /* the fixed-probability bin (state 113) */
+
+    /* warnings (libjpeg's WARNMS): the first message and how many there were */
+    size_t discarded;       /* bytes skipped before the next marker */
+    int nwarn;
+    char warn[112];
 
     /* YCbCr -> RGB tables (jdcolor.c build_ycc_rgb_table) */
     int cr_r[256];          /* round(1.402 * (cr - 128)) */
@@ -217,6 +277,19 @@ static void fail(Dec *d, const char *fmt, ...) {
     longjmp(d->jb, 1);
 }
 
+/* A libjpeg warning: corrupt data that is decoded anyway. The first message is kept. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void warn(Dec *d, const char *fmt, ...) {
+    if (d->nwarn++ == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(d->warn, sizeof d->warn, fmt, ap);
+        va_end(ap);
+    }
+}
+
 static void *xcalloc(Dec *d, size_t a, size_t b, const char *what) {
     size_t n;
     void *p;
@@ -232,13 +305,16 @@ static void *xcalloc(Dec *d, size_t a, size_t b, const char *what) {
 
 static unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
 
-/* Find the next marker from d->pos as libjpeg's next_marker does: skip any
- * non-FF bytes, FF fill bytes and FF00 pairs. Returns the marker code with
- * d->pos just past it, or -1 at the end of the buffer. */
+/* Find the next marker from *pos as libjpeg's next_marker does: skip any
+ * non-FF bytes, FF fill bytes and FF00 pairs (counted in d->discarded: one
+ * warning per marker). Returns the marker code with *pos just past it, or -1
+ * at the end of the buffer. */
 static int next_marker(Dec *d, size_t *pos) {
     size_t p = *pos;
     for (;;) {
+        size_t q = p;
         while (p < d->len && d->buf[p] != 0xFF) p++;
+        d->discarded += p - q;
         while (p < d->len && d->buf[p] == 0xFF) p++;
         if (p >= d->len) {
             *pos = p;
@@ -246,24 +322,106 @@ static int next_marker(Dec *d, size_t *pos) {
         }
         if (d->buf[p] != 0) {
             *pos = p + 1;
+            if (d->discarded) {
+                warn(d, "corrupt JPEG data: %zu extraneous bytes before marker 0x%02X", d->discarded, d->buf[p]);
+                d->discarded = 0;
+            }
             return d->buf[p];
         }
         p++; /* FF 00: stuffed data outside a scan, discarded */
+        d->discarded += 2;
     }
 }
 
 /* Read a marker segment's length; returns the payload start and sets *n to
  * the payload size. A length field below 2 is an error for table and frame
  * markers; for skipped markers libjpeg just skips nothing, and so do we. */
+/* The file ends, or ends inside a marker segment, after the scans. libjpeg
+ * then waits for more data. A multi-scan file has no image yet (Pillow:
+ * "image file is truncated"); a single-scan file has all its rows, which Pillow
+ * keeps, if libjpeg did not already wait for bytes past the end while decoding
+ * the scan: exact for arithmetic scans (their reader is libjpeg's); a Huffman
+ * file is decoded again with libjpeg-turbo's buffering to find out. */
+#if defined(__GNUC__)
+__attribute__((noreturn))
+#endif
+static void end_of_file(Dec *d, const char *what) {
+    if (d->rows_done) {
+        if (d->arith || d->emulate) longjmp(d->jb, 2);
+        d->want_emulation = 1;
+    }
+    fail(d, "truncated file (%s)", what);
+}
+
+/* A marker segment of length L at d->pos that the file cuts short: does
+ * libjpeg's jdmarker.c meet an error in the bytes that are there (1), or run
+ * out of data first and wait (0)? */
+static int cut_segment_fails(const Dec *d, int marker, unsigned L) {
+    const uint8_t *b = d->buf + d->pos;
+    size_t have = d->len - d->pos, q = 2;
+    long left = (long)L - 2;
+    switch (marker) {
+    case 0xC4: /* get_dht */
+        while (left > 16) {
+            if (have < q + 17) return 0;
+            int index = b[q], count = 0;
+            for (int i = 1; i <= 16; i++) count += b[q + i];
+            left -= 17;
+            if (count > 256 || count > left) return 1;
+            if (have < q + 17 + (size_t)count) return 0;
+            if ((index & 0x0F) >= 4 || (index & 0xE0)) return 1;
+            q += 17 + (size_t)count;
+            left -= count;
+        }
+        return left != 0;
+    case 0xDB: /* get_dqt */
+        while (left > 0) {
+            if (have <= q) return 0;
+            if ((b[q] & 15) >= 4) return 1;
+            size_t need = 1 + ((b[q] >> 4) ? 128 : 64);
+            if (have < q + need) return 0;
+            q += need;
+            left -= (long)need;
+        }
+        return left != 0;
+    case 0xDD: return L != 4; /* get_dri */
+    case 0xCC: /* get_dac */
+        for (; left > 0; q += 2, left -= 2) {
+            if (have < q + 2) return 0;
+            if (b[q] >= 32 || (b[q] < 16 && (b[q + 1] & 15) > (b[q + 1] >> 4))) return 1;
+        }
+        return left != 0;
+    case 0xDA: { /* get_sos: checks, then "expected EOI" for a second scan */
+        if (have < 3) return 0;
+        int ns = b[2];
+        if (L != (unsigned)(ns * 2 + 6) || ns < 1 || ns > 4) return 1;
+        for (int i = 0; i < ns; i++) {
+            int ci;
+            if (have < 5 + 2 * (size_t)i) return 0;
+            for (ci = 0; ci < d->nc && ci < 4; ci++)
+                if (d->comp[ci].id == b[3 + 2 * i]) break;
+            if (ci >= d->nc || ci >= 4) return 1;
+        }
+        return have >= 6 + 2 * (size_t)ns;
+    }
+    default:
+        if (marker >= 0xC0 && marker <= 0xCF) return have >= 8; /* get_sof: a second frame */
+        return 0; /* APPn, COM, DNL: skipped */
+    }
+}
+
 static const uint8_t *segment(Dec *d, int marker, size_t *n) {
     unsigned L;
-    if (d->len - d->pos < 2) fail(d, "truncated file (in marker 0x%02X)", marker);
+    if (d->len - d->pos < 2) end_of_file(d, "in a marker segment");
     L = rd16(d->buf + d->pos);
     if (L < 2) {
         if (marker == 0xC4 || marker == 0xDB || marker == 0xCC) fail(d, "bad marker length (marker 0x%02X)", marker);
         L = 2;
     }
-    if (d->len - d->pos < L) fail(d, "truncated file (in marker 0x%02X)", marker);
+    if (d->len - d->pos < L) {
+        if (d->rows_done && cut_segment_fails(d, marker, L)) fail(d, "corrupt marker segment 0x%02X", marker);
+        end_of_file(d, "in a marker segment");
+    }
     *n = L - 2;
     d->pos += L;
     return d->buf + d->pos - L + 2;
@@ -319,8 +477,9 @@ static void parse_dri(Dec *d) {
     d->restart_interval = rd16(p);
 }
 
-/* DAC (arithmetic conditioning): only validated as libjpeg's get_dac does;
- * an arithmetic-coded frame is refused at its SOF anyway. */
+/* DAC (arithmetic conditioning) as libjpeg's get_dac: index 0..15 sets the
+ * DC bounds L (low nibble) <= U (high nibble) of that slot, 16..31 the AC
+ * threshold K of slot index-16. */
 static void parse_dac(Dec *d) {
     size_t n;
     const uint8_t *p = segment(d, 0xCC, &n);
@@ -328,7 +487,13 @@ static void parse_dac(Dec *d) {
     for (size_t i = 0; i < n; i += 2) {
         int index = p[i], val = p[i + 1];
         if (index >= 32) fail(d, "bad DAC table index %d", index);
-        if (index < 16 && (val & 15) > (val >> 4)) fail(d, "bad DAC value 0x%02X", val);
+        if (index >= 16) {
+            d->arith_K[index - 16] = (uint8_t)val;
+        } else {
+            if ((val & 15) > (val >> 4)) fail(d, "bad DAC value 0x%02X", val);
+            d->arith_L[index] = (uint8_t)(val & 15);
+            d->arith_U[index] = (uint8_t)(val >> 4);
+        }
     }
 }
 
@@ -358,7 +523,8 @@ static void parse_sof(Dec *d, int marker) {
     if (d->nc != 1 && d->nc != 3 && d->nc != 4) fail(d, "unsupported number of components (%d)", d->nc);
     if (d->W > MAX_DIM || d->H > MAX_DIM)
         fail(d, "image too large (%dx%d; JPEG limit is %d per side)", d->W, d->H, MAX_DIM);
-    d->progressive = marker == 0xC2;
+    d->progressive = marker == 0xC2 || marker == 0xCA;
+    d->arith = marker == 0xC9 || marker == 0xCA;
     d->maxh = d->maxv = 1;
     for (int i = 0; i < d->nc; i++) {
         Comp *c = &d->comp[i];
@@ -422,6 +588,10 @@ static void build_huff(Dec *d, HuffTable *t, const HuffSpec *hs, int is_dc, int 
         for (int i = 0; i < nsym; i++)
             if (hs->vals[i] > 15) fail(d, "bad Huffman table (DC symbol %d)", hs->vals[i]);
     memset(t->fast, 0, sizeof t->fast);
+    for (int i = 0; i < 256; i++) t->look8[i] = 9 << 8;
+    for (int i = 0; i < nsym && size[i] <= 8; i++)
+        for (unsigned j = 0; j < (1u << (8 - size[i])); j++)
+            t->look8[(code[i] << (8 - size[i])) + j] = (uint16_t)(size[i] << 8 | hs->vals[i]);
     for (int i = 0; i < nsym; i++) {
         if (size[i] > FAST_BITS) break;
         int shift = FAST_BITS - size[i];
@@ -436,9 +606,10 @@ static void build_huff(Dec *d, HuffTable *t, const HuffSpec *hs, int is_dc, int 
 /* ========================================================================== */
 
 /* Load bytes into the accumulator until it holds more than 56 bits or a
- * marker / the end of the buffer is met (the reader then stops for good; the
- * caller decides whether missing bits are an error). FF 00 is a data FF; FF
- * fill bytes before 00 are swallowed as libjpeg does. */
+ * marker / the end of the buffer is met (the reader then stops: at a marker
+ * br->pos is left on an FF before it and br->marker holds its code; at the
+ * end of the buffer br->marker is -1). FF 00 is a data FF; FF fill bytes
+ * before 00 are swallowed as libjpeg does. */
 static void br_fill(Dec *d) {
     BitReader *br = &d->br;
     const uint8_t *buf = d->buf;
@@ -450,14 +621,22 @@ static void br_fill(Dec *d) {
         unsigned b;
         if (p >= len) {
             br->stop = 1;
+            br->marker = -1;
             break;
         }
         b = buf[p];
         if (b == 0xFF) {
             size_t q = p + 1;
             while (q < len && buf[q] == 0xFF) q++;
-            if (q >= len || buf[q] != 0) { /* a marker (or the file ends): data is over */
+            if (q >= len) { /* the file ends inside FF fill bytes */
                 br->stop = 1;
+                br->marker = -1;
+                break;
+            }
+            if (buf[q] != 0) { /* a marker: the data is over */
+                br->stop = 1;
+                br->marker = buf[q];
+                p = q - 1;
                 break;
             }
             p = q + 1;
@@ -472,12 +651,20 @@ static void br_fill(Dec *d) {
     br->n = n;
 }
 
-#if defined(__GNUC__)
-__attribute__((noreturn))
-#endif
-static void truncated(Dec *d) {
-    if (d->br.pos >= d->len) fail(d, "truncated file (premature end of entropy-coded data)");
-    fail(d, "corrupt data (entropy-coded segment ends too early)");
+/* Bits are needed that the segment does not hold. At the end of the file
+ * Pillow has no more data to give libjpeg: refused as truncated. At a marker
+ * libjpeg-turbo's jpeg_fill_bit_buffer warns once and supplies zero bits; the
+ * MCU is finished with them and the rest of the segment is skipped. (Its
+ * sequential fast path, decode_mcu_fast, feeds zero bytes in place of the
+ * marker, then decodes the MCU again with the slow path: the same values.) */
+static void out_of_bits(Dec *d) {
+    BitReader *br = &d->br;
+    if (br->marker < 0) fail(d, "truncated file (premature end of entropy-coded data)");
+    if (!d->insufficient) {
+        warn(d, "corrupt JPEG data: premature end of data segment");
+        d->insufficient = 1;
+    }
+    br->n = 64; /* zero bits (those below the valid ones are zero) */
 }
 
 static inline unsigned get_bits(Dec *d, int s) {
@@ -486,7 +673,7 @@ static inline unsigned get_bits(Dec *d, int s) {
     if (s == 0) return 0;
     if (br->n < s) {
         br_fill(d);
-        if (br->n < s) truncated(d);
+        if (br->n < s) out_of_bits(d);
     }
     v = (unsigned)(br->acc >> (64 - s));
     br->acc <<= s;
@@ -498,13 +685,16 @@ static inline int extend(unsigned v, int s) {
     return s == 0 ? 0 : (v < (1u << (s - 1)) ? (int)v - (int)((1u << s) - 1) : (int)v);
 }
 
+/* One Huffman symbol. A code that matches no table entry (jpeg_huff_decode
+ * reaching length 17) costs 17 bits and stands for symbol 0 (DC: difference
+ * 0; AC: end of block), as libjpeg-turbo substitutes. */
 static inline int huff_decode(Dec *d, const HuffTable *t) {
     BitReader *br = &d->br;
-    if (br->n < 16) br_fill(d);
+    if (br->n < 17) br_fill(d);
     unsigned e = t->fast[br->acc >> (64 - FAST_BITS)];
     if (e) {
         int l = (int)(e >> 8);
-        if (l > br->n) truncated(d);
+        if (l > br->n) out_of_bits(d);
         br->acc <<= l;
         br->n -= l;
         return (int)(e & 255);
@@ -516,29 +706,81 @@ static inline int huff_decode(Dec *d, const HuffTable *t) {
         code = (int32_t)(peek >> (16 - l));
         if (code <= t->maxcode[l]) break;
     }
+    if (l > br->n) out_of_bits(d); /* zero bits were peeked: the same code */
     if (l > 16) {
-        if (br->n < 16 && br->stop) truncated(d);
-        fail(d, "corrupt data (bad Huffman code)");
+        br->acc <<= 17;
+        br->n -= 17;
+        warn(d, "corrupt JPEG data: bad Huffman code");
+        return 0;
     }
-    if (l > br->n) truncated(d);
     br->acc <<= l;
     br->n -= l;
     return t->vals[(code + t->valoff[l]) & 255];
 }
 
-/* At a restart point: drop the remaining bits, find the marker (skipping
- * garbage as libjpeg does), require the expected RSTn and reset predictions. */
-static void process_restart(Dec *d) {
-    size_t p = d->br.pos;
-    int m = next_marker(d, &p);
-    if (m < 0) fail(d, "truncated file (missing restart marker)");
-    if (m != 0xD0 + d->next_rst)
-        fail(d, "corrupt data (expected restart marker RST%d, found marker 0x%02X)", d->next_rst, m);
-    d->br.pos = p;
-    d->br.acc = 0;
-    d->br.n = 0;
-    d->br.stop = 0;
+/* jdmarker.c read_restart_marker + jpeg_resync_to_restart. `um` is a marker
+ * already met by the entropy decoder (0: look for one from *p). Returns the
+ * marker left unread (0: it was the expected RSTn or was given up, and data
+ * resumes at *p; else the next segment is treated as empty). */
+static int restart_marker(Dec *d, int um, size_t *p) {
+    int want = d->next_rst;
+    if (um == 0) {
+        um = next_marker(d, p);
+        if (um < 0) fail(d, "truncated file (missing restart marker)");
+    }
+    if (um == 0xD0 + want) {
+        um = 0;
+    } else {
+        warn(d, "corrupt JPEG data: found marker 0x%02X instead of RST%d", um, want);
+        for (;;) {
+            int action;
+            if (um < 0xC0) action = 2;                     /* invalid marker: look further */
+            else if (um < 0xD0 || um > 0xD7) action = 3;  /* a real marker: leave it */
+            else if (um == 0xD0 + ((want + 1) & 7) || um == 0xD0 + ((want + 2) & 7)) action = 3;
+            else if (um == 0xD0 + ((want + 7) & 7) || um == 0xD0 + ((want + 6) & 7)) action = 2;
+            else action = 1;                               /* the wanted one, or too far away */
+            if (action == 1) {
+                um = 0;
+                break;
+            }
+            if (action == 3) break;
+            um = next_marker(d, p);
+            if (um < 0) fail(d, "truncated file (missing restart marker)");
+        }
+    }
     d->next_rst = (d->next_rst + 1) & 7;
+    return um;
+}
+
+/* At a restart point of a Huffman scan: drop the remaining bits, read the
+ * marker, reset predictions (jdhuff.c / jdphuff.c process_restart). */
+static void process_restart(Dec *d) {
+    BitReader *br = &d->br;
+    size_t p;
+    int um = 0;
+    if (!d->insufficient) d->discarded += (size_t)br->n / 8;
+    if (br->stop && br->marker < 0) fail(d, "truncated file (missing restart marker)");
+    if (br->stop) {
+        um = br->marker;
+        p = br->pos;
+        while (d->buf[p] == 0xFF) p++;
+        p++; /* just past the marker code */
+    } else {
+        p = br->pos;
+    }
+    um = restart_marker(d, um, &p);
+    br->acc = 0;
+    br->n = 0;
+    if (um) { /* left unread: the reader stays stopped in front of it */
+        br->stop = 1;
+        br->marker = um;
+        br->pos = p - 2;
+    } else {
+        br->stop = 0;
+        br->marker = 0;
+        br->pos = p;
+        d->insufficient = 0;
+    }
     for (int i = 0; i < d->ns; i++) d->sc[i]->pred = 0;
     d->eobrun = 0;
     d->restarts_left = d->restart_interval;
@@ -622,7 +864,7 @@ static void decode_ac_refine(Dec *d, Comp *c, int16_t *blk) {
             int rs = huff_decode(d, t);
             int r = rs >> 4, s = rs & 15, val = 0;
             if (s) {
-                if (s != 1) fail(d, "corrupt data (bad refinement coefficient size)");
+                if (s != 1) warn(d, "corrupt JPEG data: bad Huffman code"); /* jdphuff.c: taken as size 1 */
                 val = get_bits(d, 1) ? p1 : -p1;
             } else if (r != 15) {
                 d->eobrun = (1u << r) + get_bits(d, r);
@@ -650,8 +892,8 @@ static void decode_ac_refine(Dec *d, Comp *c, int16_t *blk) {
     }
 }
 
-/* Validate a progressive scan and update coef_bits (jdphuff.c start_pass;
- * inconsistencies libjpeg only warns about are errors here). */
+/* Validate a progressive scan and update coef_bits (jdphuff.c / jdarith.c
+ * start_pass: bad parameters are errors, scans out of order only warnings). */
 static void check_progression(Dec *d) {
     int dc = d->Ss == 0, bad = 0;
     if (dc) {
@@ -665,10 +907,12 @@ static void check_progression(Dec *d) {
     if (bad) fail(d, "invalid progressive scan (Ss=%d Se=%d Ah=%d Al=%d)", d->Ss, d->Se, d->Ah, d->Al);
     for (int i = 0; i < d->ns; i++) {
         int *cb = d->sc[i]->coef_bits;
-        if (!dc && cb[0] < 0) fail(d, "invalid progression (AC scan before the first DC scan)");
+        int ci = (int)(d->sc[i] - d->comp);
+        if (!dc && cb[0] < 0) warn(d, "corrupt JPEG data: AC scan of component %d before its DC scan", ci);
         for (int k = d->Ss; k <= d->Se; k++) {
             int expected = cb[k] < 0 ? 0 : cb[k];
-            if (d->Ah != expected) fail(d, "invalid progression (coefficient %d refined out of order)", k);
+            if (d->Ah != expected)
+                warn(d, "corrupt JPEG data: component %d coefficient %d refined out of order", ci, k);
             cb[k] = d->Al;
         }
     }
@@ -911,14 +1155,529 @@ static void idct_component_smooth(const Dec *d, Comp *c) {
     }
 }
 
+static int16_t *coef_block(Comp *c, int by, int bx) { return c->coef + ((size_t)by * c->bwp + bx) * 64; }
+
+/* ========================================================================== */
+/* Entropy decoding: arithmetic (T.81 Annex D and F.1.4.4 / G.1.3.3)         */
+/* ========================================================================== */
+
+/* T.81 Table D.2, one entry per state: Qe, next state after an LPS (bit 7 set
+ * where the MPS sense switches), next state after an MPS. State 113 is the
+ * fixed 0.5 estimate jdarith.c uses for sign and refinement bits. */
+static const struct {
+    uint16_t qe;
+    uint8_t nlps, nmps;
+} QE[114] = {
+    {0x5a1d, 0x81, 1},   {0x2586, 14, 2},     {0x1114, 16, 3},     {0x080b, 18, 4},     {0x03d8, 20, 5},
+    {0x01da, 23, 6},     {0x00e5, 25, 7},     {0x006f, 28, 8},     {0x0036, 30, 9},     {0x001a, 33, 10},
+    {0x000d, 35, 11},    {0x0006, 9, 12},     {0x0003, 10, 13},    {0x0001, 12, 13},    {0x5a7f, 0x8f, 15},
+    {0x3f25, 36, 16},    {0x2cf2, 38, 17},    {0x207c, 39, 18},    {0x17b9, 40, 19},    {0x1182, 42, 20},
+    {0x0cef, 43, 21},    {0x09a1, 45, 22},    {0x072f, 46, 23},    {0x055c, 48, 24},    {0x0406, 49, 25},
+    {0x0303, 51, 26},    {0x0240, 52, 27},    {0x01b1, 54, 28},    {0x0144, 56, 29},    {0x00f5, 57, 30},
+    {0x00b7, 59, 31},    {0x008a, 60, 32},    {0x0068, 62, 33},    {0x004e, 63, 34},    {0x003b, 32, 35},
+    {0x002c, 33, 9},     {0x5ae1, 0xa5, 37},  {0x484c, 64, 38},    {0x3a0d, 65, 39},    {0x2ef1, 67, 40},
+    {0x261f, 68, 41},    {0x1f33, 69, 42},    {0x19a8, 70, 43},    {0x1518, 72, 44},    {0x1177, 73, 45},
+    {0x0e74, 74, 46},    {0x0bfb, 75, 47},    {0x09f8, 77, 48},    {0x0861, 78, 49},    {0x0706, 79, 50},
+    {0x05cd, 48, 51},    {0x04de, 50, 52},    {0x040f, 50, 53},    {0x0363, 51, 54},    {0x02d4, 52, 55},
+    {0x025c, 53, 56},    {0x01f8, 54, 57},    {0x01a4, 55, 58},    {0x0160, 56, 59},    {0x0125, 57, 60},
+    {0x00f6, 58, 61},    {0x00cb, 59, 62},    {0x00ab, 61, 63},    {0x008f, 61, 32},    {0x5b12, 0xc1, 65},
+    {0x4d04, 80, 66},    {0x412c, 81, 67},    {0x37d8, 82, 68},    {0x2fe8, 83, 69},    {0x293c, 84, 70},
+    {0x2379, 86, 71},    {0x1edf, 87, 72},    {0x1aa9, 87, 73},    {0x174e, 72, 74},    {0x1424, 72, 75},
+    {0x119c, 74, 76},    {0x0f6b, 74, 77},    {0x0d51, 75, 78},    {0x0bb6, 77, 79},    {0x0a40, 77, 48},
+    {0x5832, 0xd0, 81},  {0x4d1c, 88, 82},    {0x438e, 89, 83},    {0x3bdd, 90, 84},    {0x34ee, 91, 85},
+    {0x2eae, 92, 86},    {0x299a, 93, 87},    {0x2516, 86, 71},    {0x5570, 0xd8, 89},  {0x4ca9, 95, 90},
+    {0x44d9, 96, 91},    {0x3e22, 97, 92},    {0x3824, 99, 93},    {0x32b4, 99, 94},    {0x2e17, 93, 86},
+    {0x56a8, 0xdf, 96},  {0x4f46, 101, 97},   {0x47e5, 102, 98},   {0x41cf, 103, 99},   {0x3c3d, 104, 100},
+    {0x375e, 99, 93},    {0x5231, 105, 102},  {0x4c0f, 106, 103},  {0x4639, 107, 104},  {0x415e, 103, 99},
+    {0x5627, 0xe9, 106}, {0x50e7, 108, 107},  {0x4b85, 109, 103},  {0x5597, 110, 109},  {0x504f, 111, 107},
+    {0x5a10, 0xee, 111}, {0x5522, 112, 109},  {0x59eb, 0xf0, 111}, {0x5a1d, 113, 113}};
+
+/* Next byte of arithmetic-coded data. Running off the end of the file is an
+ * error: jdarith.c cannot suspend, so Pillow gets no image either. */
+static int ar_byte(Dec *d) {
+    if (d->ar.pos >= d->len) fail(d, "truncated file (premature end of arithmetic-coded data)");
+    return d->buf[d->ar.pos++];
+}
+
+/* Decode one binary decision with statistics bin *st (bit 7: the MPS, bits
+ * 0..6: the state). Renormalisation reads bytes as D.2.6 (FF 00 = FF, FF
+ * fill bytes swallowed); after a marker, zero bytes are supplied. */
+static int ar_decode(Dec *d, uint8_t *st) {
+    ArithReader *r = &d->ar;
+    while (r->a < 0x8000) {
+        if (--r->ct < 0) {
+            int data = 0;
+            if (!r->marker) {
+                data = ar_byte(d);
+                if (data == 0xFF) {
+                    do data = ar_byte(d);
+                    while (data == 0xFF);
+                    if (data == 0) {
+                        data = 0xFF;
+                    } else { /* a marker: legal here, zero data from now on */
+                        r->marker = data;
+                        r->pos -= 2; /* on the FF just before the code */
+                        data = 0;
+                    }
+                }
+            }
+            r->c = (r->c << 8) | data;
+            if ((r->ct += 8) < 0)
+                if (++r->ct == 0) r->a = 0x8000; /* the two initial bytes are in */
+        }
+        r->a <<= 1;
+    }
+    int sv = *st, i = sv & 0x7F;
+    int64_t qe = QE[i].qe;
+    int64_t t = r->a - qe;
+    r->a = t;
+    t <<= r->ct;
+    if (r->c >= t) {
+        r->c -= t;
+        if (r->a < qe) { /* conditional exchange: the MPS after all */
+            r->a = qe;
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nmps);
+        } else {
+            r->a = qe;
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nlps);
+            sv ^= 0x80;
+        }
+    } else if (r->a < 0x8000) {
+        if (r->a < qe) {
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nlps);
+            sv ^= 0x80;
+        } else {
+            *st = (uint8_t)((sv & 0x80) ^ QE[i].nmps);
+        }
+    }
+    return sv >> 7;
+}
+
+/* Impossible data (magnitude or spectral overflow): jdarith.c warns and
+ * decodes nothing more until the next restart marker. */
+static void ar_give_up(Dec *d) {
+    warn(d, "corrupt JPEG data: arithmetic code bad");
+    d->ar.ct = -1;
+}
+
+/* Reset the statistics of the scan's components (start of scan, restart). */
+static void ar_reset(Dec *d) {
+    for (int i = 0; i < d->ns; i++) {
+        Comp *c = d->sc[i];
+        if (!d->progressive || (d->Ss == 0 && d->Ah == 0)) {
+            memset(d->dc_stats[c->td], 0, sizeof d->dc_stats[0]);
+            c->pred = 0;
+            c->dc_ctx = 0;
+        }
+        if (!d->progressive || d->Ss) memset(d->ac_stats[c->ta], 0, sizeof d->ac_stats[0]);
+    }
+    d->ar.c = 0;
+    d->ar.a = 0;
+    d->ar.ct = -16;
+    d->fixed_bin = 113;
+    d->restarts_left = d->restart_interval;
+}
+
+static void ar_restart(Dec *d) {
+    ArithReader *r = &d->ar;
+    size_t p = r->pos;
+    int um = r->marker;
+    if (um) {
+        while (d->buf[p] == 0xFF) p++;
+        p++;
+    }
+    um = restart_marker(d, um, &p);
+    r->marker = um;
+    r->pos = um ? p - 2 : p;
+    ar_reset(d);
+}
+
+/* A DC difference (F.1.4.4.1 / Figures F.19-F.24) added to the predictor
+ * (16 bits, as jdarith.c keeps it); 0 when the data is impossible. */
+static int ar_dc(Dec *d, Comp *c) {
+    int tbl = c->td, sign, m, v;
+    uint8_t *st = d->dc_stats[tbl] + c->dc_ctx;
+    if (ar_decode(d, st) == 0) {
+        c->dc_ctx = 0;
+        return 1;
+    }
+    sign = ar_decode(d, st + 1);
+    st += 2 + sign;
+    if ((m = ar_decode(d, st)) != 0) {
+        st = d->dc_stats[tbl] + 20;
+        while (ar_decode(d, st)) {
+            if ((m <<= 1) == 0x8000) {
+                ar_give_up(d);
+                return 0;
+            }
+            st++;
+        }
+    }
+    if (m < (int)((1L << d->arith_L[tbl]) >> 1)) c->dc_ctx = 0;
+    else if (m > (int)((1L << d->arith_U[tbl]) >> 1)) c->dc_ctx = 12 + sign * 4;
+    else c->dc_ctx = 4 + sign * 4;
+    v = m;
+    st += 14;
+    while (m >>= 1)
+        if (ar_decode(d, st)) v |= m;
+    v += 1;
+    if (sign) v = -v;
+    c->pred = (c->pred + v) & 0xffff;
+    return 1;
+}
+
+/* AC coefficients k0..k1 of a block (F.1.4.4.2 / Figure F.20), scaled by 2^Al. */
+static void ar_ac(Dec *d, Comp *c, int16_t *blk, int k0, int k1, int Al) {
+    int tbl = c->ta;
+    for (int k = k0; k <= k1; k++) {
+        uint8_t *st = d->ac_stats[tbl] + 3 * (k - 1);
+        int sign, m, v;
+        if (ar_decode(d, st)) break; /* end of block */
+        while (ar_decode(d, st + 1) == 0) {
+            st += 3;
+            if (++k > k1) {
+                ar_give_up(d);
+                return;
+            }
+        }
+        sign = ar_decode(d, &d->fixed_bin);
+        st += 2;
+        if ((m = ar_decode(d, st)) != 0) {
+            if (ar_decode(d, st)) {
+                m <<= 1;
+                st = d->ac_stats[tbl] + (k <= d->arith_K[tbl] ? 189 : 217);
+                while (ar_decode(d, st)) {
+                    if ((m <<= 1) == 0x8000) {
+                        ar_give_up(d);
+                        return;
+                    }
+                    st++;
+                }
+            }
+        }
+        v = m;
+        st += 14;
+        while (m >>= 1)
+            if (ar_decode(d, st)) v |= m;
+        v += 1;
+        if (sign) v = -v;
+        blk[ZIGZAG[k]] = (int16_t)(uint16_t)((unsigned)v << Al);
+    }
+}
+
+/* Successive-approximation AC refinement (G.1.3.3). */
+static void ar_ac_refine(Dec *d, Comp *c, int16_t *blk) {
+    int tbl = c->ta, kex, p1 = 1 << d->Al, m1 = -1 * (1 << d->Al);
+    for (kex = d->Se; kex > 0; kex--) /* end of block of the earlier stages */
+        if (blk[ZIGZAG[kex]]) break;
+    for (int k = d->Ss; k <= d->Se; k++) {
+        uint8_t *st = d->ac_stats[tbl] + 3 * (k - 1);
+        if (k > kex && ar_decode(d, st)) break;
+        for (;;) {
+            int16_t *coef = blk + ZIGZAG[k];
+            if (*coef) { /* already nonzero: one correction bit */
+                if (ar_decode(d, st + 2)) *coef = (int16_t)(*coef + (*coef < 0 ? m1 : p1));
+                break;
+            }
+            if (ar_decode(d, st + 1)) { /* newly nonzero */
+                *coef = (int16_t)(ar_decode(d, &d->fixed_bin) ? m1 : p1);
+                break;
+            }
+            st += 3;
+            if (++k > d->Se) {
+                ar_give_up(d);
+                return;
+            }
+        }
+    }
+}
+
+static void ar_block(Dec *d, Comp *c, int16_t *blk) {
+    if (d->progressive && d->Ss == 0 && d->Ah) { /* DC refinement: no give-up check in jdarith.c */
+        if (ar_decode(d, &d->fixed_bin)) blk[0] = (int16_t)(blk[0] | (1 << d->Al));
+        return;
+    }
+    if (d->ar.ct == -1) return;
+    if (!d->progressive) {
+        if (!ar_dc(d, c)) return;
+        blk[0] = (int16_t)(uint16_t)c->pred;
+        ar_ac(d, c, blk, 1, 63, 0);
+    } else if (d->Ss == 0) {
+        if (!ar_dc(d, c)) return;
+        blk[0] = (int16_t)(uint16_t)((unsigned)c->pred << d->Al);
+    } else if (d->Ah == 0) {
+        ar_ac(d, c, blk, d->Ss, d->Se, d->Al);
+    } else {
+        ar_ac_refine(d, c, blk);
+    }
+}
+
 /* ========================================================================== */
 /* Scan decoding                                                              */
 /* ========================================================================== */
 
-static int16_t *coef_block(Comp *c, int by, int bx) { return c->coef + ((size_t)by * c->bwp + bx) * 64; }
+/* ========================================================================== */
+/* libjpeg-turbo's sequential Huffman decoding, buffering included            */
+/* ========================================================================== */
+
+/* The coefficients come out the same as from decode_scan; what this adds is
+ * WHEN libjpeg-turbo reads which byte. Pillow hands libjpeg the file in 64 KB
+ * reads, and a file whose only scan ends without EOI is an image for Pillow
+ * if libjpeg finished the scan without asking for bytes past the end of the
+ * file, and "image file is truncated" if it asked. jdhuff.c decodes an MCU
+ * with decode_mcu_fast (loads 6 bytes when <= 16 bits are left; a marker reads
+ * as zero bytes) when there is no restart interval, no marker met yet and at
+ * least 512 bytes per block of the MCU left in its input buffer; otherwise
+ * with decode_mcu_slow (jpeg_fill_bit_buffer: up to 57 bits, suspends when
+ * the buffer is empty). A fast MCU that met a marker is decoded again by the
+ * slow path. Used only for that question (second pass, see end_of_file):
+ * single-scan sequential Huffman files. */
+
+static inline int lj_in(const Dec *d, size_t i) { return i < d->len ? d->buf[i] : 0; }
+
+/* Out of input: Pillow gives libjpeg the next 64 KB and the MCU starts over. */
+static void lj_suspend(Dec *d) {
+    if (d->lj_fed >= d->len) fail(d, "truncated file (premature end of entropy-coded data)");
+    d->lj_fed = d->lj_fed + 65536 < d->len ? d->lj_fed + 65536 : d->len;
+    longjmp(d->mcu_jb, 1);
+}
+
+/* jpeg_fill_bit_buffer */
+static void lj_fill(Dec *d, int nbits) {
+    if (!d->lj_um) {
+        while (d->lj_bl < 57) {
+            int c;
+            if (d->lj_nib >= d->lj_fed) lj_suspend(d);
+            c = d->buf[d->lj_nib++];
+            if (c == 0xFF) {
+                do {
+                    if (d->lj_nib >= d->lj_fed) lj_suspend(d);
+                    c = d->buf[d->lj_nib++];
+                } while (c == 0xFF);
+                if (c == 0) {
+                    c = 0xFF;
+                } else {
+                    d->lj_um = c;
+                    break;
+                }
+            }
+            d->lj_gb = d->lj_gb << 8 | (uint64_t)c;
+            d->lj_bl += 8;
+        }
+        if (!d->lj_um) return;
+    }
+    if (nbits > d->lj_bl) {
+        if (!d->insufficient) {
+            warn(d, "corrupt JPEG data: premature end of data segment");
+            d->insufficient = 1;
+        }
+        d->lj_gb <<= (57 - d->lj_bl) & 63;
+        d->lj_bl = 57;
+    }
+}
+
+static inline int lj_get(Dec *d, int n) {
+    d->lj_bl -= n;
+    return (int)(d->lj_gb >> (d->lj_bl & 63)) & ((1 << n) - 1);
+}
+
+static inline void lj_check(Dec *d, int n) {
+    if (d->lj_bl < n) lj_fill(d, n);
+}
+
+/* HUFF_DECODE + jpeg_huff_decode */
+static int lj_huff_slow(Dec *d, const HuffTable *t) {
+    int nb;
+    if (d->lj_bl < 8) {
+        lj_fill(d, 0);
+        if (d->lj_bl < 8) {
+            nb = 1;
+            goto slow;
+        }
+    }
+    {
+        int e = t->look8[(d->lj_gb >> ((d->lj_bl - 8) & 63)) & 0xFF];
+        if ((nb = e >> 8) <= 8) {
+            d->lj_bl -= nb;
+            return e & 0xFF;
+        }
+    }
+slow:
+    lj_check(d, nb);
+    int32_t code = lj_get(d, nb);
+    while (code > t->maxcode[nb]) {
+        code <<= 1;
+        lj_check(d, 1);
+        code |= lj_get(d, 1);
+        nb++;
+    }
+    if (nb > 16) {
+        warn(d, "corrupt JPEG data: bad Huffman code");
+        return 0;
+    }
+    return t->vals[(code + t->valoff[nb]) & 0xFF];
+}
+
+/* GET_BYTE of the fast path: a marker is backed out, but the buffer still shifts */
+static inline void lj_byte_fast(Dec *d) {
+    int c0 = lj_in(d, d->lj_nib++), c1 = lj_in(d, d->lj_nib);
+    d->lj_gb = d->lj_gb << 8 | (uint64_t)c0;
+    d->lj_bl += 8;
+    if (c0 == 0xFF) {
+        d->lj_nib++;
+        if (c1 != 0) {
+            d->lj_um = c1;
+            d->lj_nib -= 2;
+            d->lj_gb &= ~(uint64_t)0xFF;
+        }
+    }
+}
+
+static inline void lj_fill_fast(Dec *d) {
+    if (d->lj_bl <= 16)
+        for (int i = 0; i < 6; i++) lj_byte_fast(d);
+}
+
+/* HUFF_DECODE_FAST */
+static int lj_huff_fast(Dec *d, const HuffTable *t) {
+    lj_fill_fast(d);
+    int s = t->look8[(d->lj_gb >> ((d->lj_bl - 8) & 63)) & 0xFF];
+    int nb = s >> 8;
+    d->lj_bl -= nb;
+    s &= 0xFF;
+    if (nb > 8) {
+        s = (int)(d->lj_gb >> (d->lj_bl & 63)) & ((1 << nb) - 1);
+        while (s > t->maxcode[nb]) {
+            s <<= 1;
+            s |= lj_get(d, 1);
+            nb++;
+        }
+        s = nb > 16 ? 0 : t->vals[(s + t->valoff[nb]) & 0xFF];
+    }
+    return s;
+}
+
+/* One MCU, fast or slow path (decode_mcu_fast / decode_mcu_slow). */
+static void lj_mcu(Dec *d, int fast, int16_t *const *blk, Comp *const *bc, int nb) {
+    for (int i = 0; i < nb; i++) {
+        Comp *c = bc[i];
+        int16_t *b = blk[i];
+        const HuffTable *dc = &d->dct[c->td], *ac = &d->act[c->ta];
+        int s = fast ? lj_huff_fast(d, dc) : lj_huff_slow(d, dc);
+        if (s) {
+            if (fast) lj_fill_fast(d);
+            else lj_check(d, s);
+            s = extend((unsigned)lj_get(d, s), s);
+        }
+        c->pred = (int)((unsigned)c->pred + (unsigned)s);
+        b[0] = (int16_t)c->pred;
+        for (int k = 1; k < 64; k++) {
+            s = fast ? lj_huff_fast(d, ac) : lj_huff_slow(d, ac);
+            int r = s >> 4;
+            s &= 15;
+            if (s) {
+                k += r;
+                if (fast) lj_fill_fast(d);
+                else lj_check(d, s);
+                b[ZIGZAG[k]] = (int16_t)extend((unsigned)lj_get(d, s), s);
+            } else {
+                if (r != 15) break;
+                k += 15;
+            }
+        }
+    }
+}
+
+static void lj_restore(Dec *d) {
+    d->lj_gb = d->lj_s_gb;
+    d->lj_bl = d->lj_s_bl;
+    d->lj_nib = d->lj_s_nib;
+    d->lj_um = 0;
+    for (int i = 0; i < d->ns; i++) d->sc[i]->pred = d->lj_s_pred[i];
+}
+
+/* One MCU as decode_mcu: fast path if it may, slow path if it met a marker;
+ * a suspension (more input needed) starts it over, blocks zeroed again. */
+static void lj_decode_one(Dec *d, int16_t *const *blk, Comp *const *bc, int nb, int16_t (*buf)[64]) {
+    d->lj_s_gb = d->lj_gb;
+    d->lj_s_bl = d->lj_bl;
+    d->lj_s_nib = d->lj_nib;
+    for (int i = 0; i < d->ns; i++) d->lj_s_pred[i] = d->sc[i]->pred;
+    if (setjmp(d->mcu_jb)) lj_restore(d);
+    if (!d->multiscan) memset(buf, 0, (size_t)nb * sizeof buf[0]);
+    if (!d->restart_interval && !d->lj_um && d->lj_fed - d->lj_nib >= (size_t)512 * nb) {
+        lj_mcu(d, 1, blk, bc, nb);
+        if (!d->lj_um) return;
+        lj_restore(d); /* the fast path's coefficients stay in the blocks */
+    }
+    lj_mcu(d, 0, blk, bc, nb);
+}
+
+/* jdhuff.c process_restart: unused bits dropped, the marker read (or resynchronised). */
+static void lj_restart(Dec *d) {
+    size_t p = d->lj_nib;
+    d->discarded += (size_t)(d->lj_bl > 0 ? d->lj_bl : 0) / 8;
+    d->lj_bl = 0;
+    d->lj_um = restart_marker(d, d->lj_um, &p);
+    d->lj_nib = p;
+    for (int i = 0; i < d->ns; i++) d->sc[i]->pred = 0;
+    if (!d->lj_um) d->insufficient = 0;
+    d->restarts_left = d->restart_interval;
+}
+
+/* A sequential Huffman scan, as decode_scan does it. */
+static void decode_scan_emulated(Dec *d, int16_t (*qm)[64]) {
+    int16_t buf[MAX_MCU_BLKS][64];
+    int16_t *blk[MAX_MCU_BLKS];
+    Comp *bc[MAX_MCU_BLKS];
+    int bx0[MAX_MCU_BLKS], by0[MAX_MCU_BLKS], qi[MAX_MCU_BLKS];
+    int one = d->ns == 1;
+    int rows = one ? d->sc[0]->bh : d->mcuy, cols = one ? d->sc[0]->bw : d->mcux;
+    size_t need = (size_t)d->pos + 65535;
+    need -= need % 65536; /* what Pillow had read when libjpeg found this scan */
+    if (need > d->len) need = d->len;
+    if (d->lj_fed < need) d->lj_fed = need;
+    d->lj_gb = 0;
+    d->lj_bl = 0;
+    d->lj_nib = d->pos;
+    d->lj_um = 0;
+    for (int my = 0; my < rows; my++)
+        for (int mx = 0; mx < cols; mx++) {
+            int nb = 0;
+            for (int i = 0; i < d->ns; i++) {
+                Comp *c = d->sc[i];
+                int h = one ? 1 : c->h, v = one ? 1 : c->v;
+                for (int y = 0; y < v; y++)
+                    for (int x = 0; x < h; x++) {
+                        by0[nb] = my * v + y;
+                        bx0[nb] = mx * h + x;
+                        bc[nb] = c;
+                        qi[nb] = i;
+                        blk[nb] = d->multiscan ? coef_block(c, by0[nb], bx0[nb]) : buf[nb];
+                        nb++;
+                    }
+            }
+            if (d->restart_interval) {
+                if (d->restarts_left == 0) lj_restart(d);
+                d->restarts_left--;
+            }
+            if (!d->insufficient) lj_decode_one(d, blk, bc, nb, buf);
+            else if (!d->multiscan) memset(buf, 0, sizeof buf);
+            if (!d->multiscan)
+                for (int i = 0; i < nb; i++) {
+                    Comp *c = bc[i];
+                    if (by0[i] < c->bh && bx0[i] < c->bw)
+                        idct_islow(buf[i], qm[qi[i]], c->plane + (size_t)by0[i] * 8 * c->stride + (size_t)bx0[i] * 8,
+                                   c->stride);
+                }
+        }
+    d->pos = d->lj_um ? d->lj_nib - 2 : d->lj_nib;
+}
 
 static void decode_block(Dec *d, Comp *c, int16_t *blk) {
-    if (!d->progressive) decode_block_seq(d, c, blk);
+    if (d->arith) ar_block(d, c, blk);
+    else if (d->insufficient_mcu) return; /* the segment ran out before this MCU: left as it is */
+    else if (!d->progressive) decode_block_seq(d, c, blk);
     else if (d->Ss == 0) {
         if (d->Ah == 0) decode_dc_first(d, c, blk);
         else decode_dc_refine(d, blk);
@@ -928,9 +1687,13 @@ static void decode_block(Dec *d, Comp *c, int16_t *blk) {
 
 static void before_mcu(Dec *d) {
     if (d->restart_interval) {
-        if (d->restarts_left == 0) process_restart(d);
+        if (d->restarts_left == 0) {
+            if (d->arith) ar_restart(d);
+            else process_restart(d);
+        }
         d->restarts_left--;
     }
+    if (!d->arith) d->insufficient_mcu = d->insufficient;
 }
 
 static void decode_scan(Dec *d) {
@@ -940,12 +1703,23 @@ static void decode_scan(Dec *d) {
     d->br.acc = 0;
     d->br.n = 0;
     d->br.stop = 0;
+    d->br.marker = 0;
     d->eobrun = 0;
     d->next_rst = 0;
+    d->insufficient = 0;
     d->restarts_left = d->restart_interval;
     for (int i = 0; i < d->ns; i++) {
         d->sc[i]->pred = 0;
         comp_qm(d->sc[i], qm[i]);
+    }
+    if (d->arith) {
+        d->ar.pos = d->pos;
+        d->ar.marker = 0;
+        ar_reset(d);
+    }
+    if (d->emulate && !d->arith && !d->progressive) {
+        decode_scan_emulated(d, qm);
+        return;
     }
     if (d->ns == 1) {
         /* non-interleaved: one block per MCU over the component's own blocks */
@@ -983,10 +1757,17 @@ static void decode_scan(Dec *d) {
                 }
             }
     }
-    /* the remaining bits of the last byte are padding; the marker loop goes on
-     * from the first byte not loaded */
-    d->pos = d->br.pos;
+    if (d->arith) {
+        /* the marker loop goes on from the first byte not read (or the marker met) */
+        d->pos = d->ar.pos;
+    } else {
+        /* the remaining bits of the last byte are padding; the marker loop goes
+         * on from the first byte not loaded (bytes loaded but unused are not
+         * counted as extraneous at the end of a scan, as in libjpeg) */
+        d->pos = d->br.pos;
+    }
 }
+
 
 /* ========================================================================== */
 /* Upsampling (jdsample.c, fancy upsampling on)                               */
@@ -1242,7 +2023,7 @@ static void parse_sos(Dec *d) {
     }
     if (d->progressive) check_progression(d);
     /* derive the Huffman tables this scan uses */
-    for (int i = 0; i < ns; i++) {
+    for (int i = 0; i < ns && !d->arith; i++) {
         Comp *c = d->sc[i];
         int need_dc = !d->progressive || (d->Ss == 0 && d->Ah == 0);
         int need_ac = !d->progressive || d->Ss != 0;
@@ -1257,23 +2038,27 @@ static void parse_sos(Dec *d) {
     }
     decode_scan(d);
     d->nscans++;
+    if (!d->multiscan) d->rows_done = 1;
 }
 
 static void decode_all(Dec *d) {
     if (d->len < 2 || d->buf[0] != 0xFF || d->buf[1] != 0xD8) fail(d, "not a JPEG file (no SOI marker)");
     d->pos = 2;
+    for (int i = 0; i < 16; i++) { /* libjpeg's get_soi defaults */
+        d->arith_L[i] = 0;
+        d->arith_U[i] = 1;
+        d->arith_K[i] = 5;
+    }
     for (;;) {
         int m = next_marker(d, &d->pos);
         if (m < 0) {
-            if (d->nscans) fail(d, "truncated file (no EOI marker after the last scan)");
+            if (d->nscans) end_of_file(d, "no EOI marker after the last scan");
             fail(d, "truncated file (no image data)");
         }
         switch (m) {
         case 0xD8: fail(d, "corrupt file (duplicate SOI marker)");
-        case 0xC0: case 0xC1: case 0xC2: parse_sof(d, m); break;
-        case 0xC9: case 0xCA: case 0xCB: case 0xCD: case 0xCE: case 0xCF:
-            fail(d, "unsupported JPEG: arithmetic coding (SOF%d)", m - 0xC0);
-        case 0xC3: case 0xC5: case 0xC6: case 0xC7: case 0xC8:
+        case 0xC0: case 0xC1: case 0xC2: case 0xC9: case 0xCA: parse_sof(d, m); break;
+        case 0xC3: case 0xC5: case 0xC6: case 0xC7: case 0xC8: case 0xCB: case 0xCD: case 0xCE: case 0xCF:
             fail(d, "unsupported JPEG: lossless or hierarchical frame (SOF%d)", m - 0xC0);
         case 0xC4: parse_dht(d); break;
         case 0xDB: parse_dqt(d); break;
@@ -1309,9 +2094,15 @@ static void free_dec(Dec *d) {
 }
 
 int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    return jpeg_decode_warn(buf, len, out, NULL, 0, err, errlen);
+}
+
+static int decode_pass(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                       size_t errlen, int emulate, int *want_emulation) {
     Dec *d;
     out->w = out->h = 0;
     out->rgb = NULL;
+    if (warn && warnlen) warn[0] = '\0';
     if (!buf || len == 0) {
         if (err && errlen) snprintf(err, errlen, "empty file");
         return -1;
@@ -1325,13 +2116,21 @@ int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t er
     d->len = len;
     d->err = err;
     d->errlen = errlen;
-    if (setjmp(d->jb)) {
+    d->emulate = emulate;
+    d->lj_fed = len < 65536 ? len : 65536;
+    switch (setjmp(d->jb)) {
+    case 0:
+        decode_all(d);
+        break;
+    case 2: /* the single scan is complete and the file ends: Pillow has the image */
+        break;
+    default:
+        *want_emulation = d->want_emulation;
         image_free(&d->img);
         free_dec(d);
         free(d);
         return -1;
     }
-    decode_all(d);
     if (d->multiscan) {
         int smooth = smoothing_wanted(d);
         for (int i = 0; i < d->nc; i++) {
@@ -1340,8 +2139,19 @@ int jpeg_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t er
         }
     }
     convert_rows(d);
+    if (warn && warnlen && d->nwarn > 1) snprintf(warn, warnlen, "%s (and %d more)", d->warn, d->nwarn - 1);
+    else if (warn && warnlen && d->nwarn == 1) snprintf(warn, warnlen, "%s", d->warn);
     *out = d->img;
     free_dec(d);
     free(d);
     return 0;
+}
+
+/* Usually one pass; see end_of_file for the second. */
+int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
+                     size_t errlen) {
+    int again = 0;
+    if (decode_pass(buf, len, out, warn, warnlen, err, errlen, 0, &again) == 0) return 0;
+    if (!again) return -1;
+    return decode_pass(buf, len, out, warn, warnlen, err, errlen, 1, &again);
 }

@@ -9,8 +9,9 @@
  *
  * Policy (Pillow where it is well defined, an error where the file is corrupt):
  *   - every chunk up to IEND must be complete and have a correct CRC (Pillow
- *     checks only the chunks before the first IDAT); IEND is required;
- *     anything after IEND is ignored.
+ *     checks only the chunks before the first IDAT); anything after IEND is
+ *     ignored. As in Pillow (PngImageFile.load_end), the file may end, or end
+ *     inside a chunk, anywhere after the image data: a missing or cut IEND.
  *   - IHDR must come first. Image data is the first run of consecutive IDAT
  *     chunks (later IDATs are ignored, as Pillow does).
  *   - the zlib stream must be complete and its Adler-32 correct (Pillow stops
@@ -695,12 +696,18 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
     while (!seen_iend) {
         uint32_t n;
         const uint8_t *type, *data;
-        if (len - pos < 8) return fail(err, errlen, pos == len ? "missing IEND chunk (truncated file)" : "truncated chunk header");
+        if (len - pos < 8) {
+            if (idat_state) break; /* after the image data: Pillow stops reading here */
+            return fail(err, errlen, pos == len ? "missing IEND chunk (truncated file)" : "truncated chunk header");
+        }
         n = rd32(buf + pos);
         type = buf + pos + 4;
         if (n > 0x7FFFFFFFu) return fail(err, errlen, "invalid chunk length");
         if (!is_cid(type)) return fail(err, errlen, "invalid chunk type");
-        if (len - pos - 8 < (size_t)n + 4) return fail(err, errlen, "truncated %.4s chunk", (const char *)type);
+        if (len - pos - 8 < (size_t)n + 4) {
+            if (idat_state && !is_type(type, "IDAT")) break;
+            return fail(err, errlen, "truncated %.4s chunk", (const char *)type);
+        }
         data = buf + pos + 8;
         if (crc_update(crct, 0, type, 4 + (size_t)n) != rd32(data + n))
             return fail(err, errlen, "bad CRC in %.4s chunk", (const char *)type);
@@ -787,6 +794,7 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
         size_t q = 8, o = 0;
         int state = 0;
         for (;;) {
+            if (state == 1 && o == idat_len) break; /* the file may end right after the image data */
             uint32_t n = rd32(buf + q);
             const uint8_t *type = buf + q + 4;
             if (is_type(type, "IDAT")) {

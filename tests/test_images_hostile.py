@@ -5,8 +5,8 @@ per format (fixed seed), absurd dimensions, a zero-length file and wrong magic n
 Every run must end with exit status 0 (a valid image, then equal to Pillow's decode) or 1
 with exactly one line `qalign: error: FILE: reason` on stderr - never a crash, a hang or a
 sanitizer report. BMP and PNM must also agree with Pillow on what is refused; a PNG may
-be refused where Pillow is lenient (bad CRC after the first IDAT, bad Adler-32, missing
-IEND: a corrupt file is an error here), which is counted in the report.
+be refused where Pillow is lenient (bad CRC after the first IDAT, bad Adler-32: a corrupt
+file is an error here), which is counted in the report.
 """
 import os
 import random
