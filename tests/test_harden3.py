@@ -146,3 +146,61 @@ def test_03_users_tmp_file_untouched(model, photo, workdir):
     assert r.returncode == 0, r.stderr
     assert mine.read_text() == "my notes\n" and is_report(d / "rep.html")
     assert not [p for p in d.iterdir() if p.name not in ("rep.html", "rep.html.tmp")]
+
+
+# ---- 4, 7 (and 10's numpy array): the Python client ---------------------------------------
+
+@pytest.fixture()
+def client(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.syspath_prepend(str(ROOT / "python"))
+    import qalign
+    return qalign
+
+
+def test_04_scorer_paths_after_chdir(model, tiny_ref, workdir, client, monkeypatch):
+    a, b = workdir / "h3_04a", workdir / "h3_04b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x.jpg").write_bytes((tiny_ref / "inputs" / "photo.jpg").read_bytes())
+    (b / "x.jpg").write_bytes((tiny_ref / "inputs" / "gray.jpg").read_bytes())
+    want = json.loads(qa("--json", model, b / "x.jpg").stdout)
+    monkeypatch.chdir(a)
+    with client.Scorer(model, binary=BIN, threads=1) as q:
+        monkeypatch.chdir(b)
+        rows = q.score(["x.jpg", Path("x.jpg")])
+    assert [r["path"] for r in rows] == ["x.jpg", "x.jpg"]          # the caller's string
+    assert rows[0]["score"] == want["score"] and rows[1]["score"] == want["score"]   # b's file, not a's
+    report("harden3 4: Scorer scores ./x.jpg of the directory it is called in after os.chdir, row path as given")
+
+
+def test_07_scorer_timeout_kills_a_silent_child(model, photo, workdir, client):
+    hang = workdir / "h3_07_hang"
+    hang.write_text("#!/bin/sh\nexec sleep 300\n")      # takes requests into a pipe nobody reads, never answers
+    hang.chmod(0o755)
+    for inputs, what in (([photo], "gave no answer"), ([bytes(1 << 20)] * 4, "did not take a request")):
+        q = client.Scorer(model, binary=hang, timeout=2, window=4)
+        pid = q._p.pid
+        t0 = time.time()
+        with pytest.raises(client.QAlignError, match=f"{what} within 2 s.*killed"):
+            q.score(inputs)
+        assert time.time() - t0 < 20
+        with pytest.raises(ProcessLookupError):   # killed and reaped
+            os.kill(pid, 0)
+        with pytest.raises(client.QAlignError, match="closed"):
+            q.score([photo])
+        q.close()
+    with pytest.raises(ValueError, match="timeout"):
+        client.Scorer(model, binary=BIN, timeout=0)
+    import inspect
+    assert inspect.signature(client.Scorer).parameters["timeout"].default == 1800
+    report("harden3 7: Scorer(timeout=2): a silent child and one that takes no request are killed, QAlignError in ~2 s")
+
+
+def test_10_numpy_without_rows(model, client):
+    np = pytest.importorskip("numpy")
+    with client.Scorer(model, binary=BIN, threads=1) as q:
+        for shape in ((0, 5, 3), (4, 0, 3)):
+            with pytest.raises(ValueError, match=rf"shape \({shape[0]}, {shape[1]}, 3\) has no pixels: height x width "
+                                                 rf"is {shape[0]} x {shape[1]}"):
+                q.score([np.zeros(shape, np.uint8)])
