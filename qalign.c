@@ -78,6 +78,12 @@ static int fail_with(char *err, size_t errlen, int status, const char *fmt, ...)
         }                                                                                         \
     } while (0)
 
+/* An API entry point's pointer argument that must not be NULL: QALIGN_ERR_ARG naming it. */
+#define NEED(ptr, name) \
+    do {                                                                                             \
+        if (!(ptr)) return fail_with(err, errlen, QALIGN_ERR_ARG, "%s is NULL", name);             \
+    } while (0)
+
 #define HINT_EXPORT " ---> re-run export.py to write a model file for this version of qalign"
 
 
@@ -1978,6 +1984,7 @@ static uint64_t fnv1a(const uint8_t *p, size_t n, uint64_t h) {
 }
 
 int qalign_open(const char *path, const qalign_open_options *opt, qalign_model **out, char *err, size_t errlen) {
+    NEED(out, "out (where the model goes)");
     *out = NULL;
     if (!path) return fail_with(err, errlen, QALIGN_ERR_ARG, "no model path");
     Model *m = calloc(1, sizeof *m);
@@ -2381,6 +2388,7 @@ static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
 }
 
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_ctx **out, char *err, size_t errlen) {
+    NEED(out, "out (where the context goes)");
     *out = NULL;
     qalign_ctx_options o = opt ? *opt : (qalign_ctx_options){0};
     if (!m) return fail_with(err, errlen, QALIGN_ERR_ARG, "no model");
@@ -2426,7 +2434,9 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     snprintf(c->task, sizeof c->task, "%s", task);
     int st = levels_parse(m, o.levels ? o.levels : pr->levels, o.temperature > 0 ? o.temperature : pr->temperature, &c->lv,
                           err, errlen);
-    if (!st && o.temperature < 0) st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
+    if (!st && (o.temperature < 0 || isnan(o.temperature)))
+        st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number (0: the preset's), not %g",
+                       (double)o.temperature);
     if (!st && !(c->template = strdup(tmpl))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
@@ -2461,6 +2471,7 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
 }
 
 int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, float *lo, float *hi) {
+    if (!c) return 0;
     for (int i = 0; i < c->lv.n; i++) {
         if (words) words[i] = c->lv.words[i];
         if (weights) weights[i] = c->lv.weights[i];
@@ -2471,23 +2482,32 @@ int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, f
 }
 
 void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
+    if (!out) return;
+    if (!c) {
+        *out = (qalign_ctx_info){0};
+        return;
+    }
     *out = (qalign_ctx_info){.prompt = c->template, .levels = c->lv.text, .pad = c->pad, .precise = c->precise,
                              .n_anchors = c->n_anchors};
 }
 
 /* With a stage hook every image is scored alone (see qalign.h). */
-int qalign_ctx_batch(const qalign_ctx *c) { return c->hook ? 1 : c->batch; }
-int qalign_ctx_threads(const qalign_ctx *c) { return c->threads; }
-size_t qalign_ctx_bytes(const qalign_ctx *c) { return c->have_state ? c->s.bytes : 0; }
+int qalign_ctx_batch(const qalign_ctx *c) { return !c ? 0 : c->hook ? 1 : c->batch; }
+int qalign_ctx_threads(const qalign_ctx *c) { return c ? c->threads : 0; }
+size_t qalign_ctx_bytes(const qalign_ctx *c) { return c && c->have_state ? c->s.bytes : 0; }
 
-void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) { *out = c->have_state ? c->s.seconds : c->seconds; }
+void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) {
+    if (out) *out = !c ? (qalign_timings){0} : c->have_state ? c->s.seconds : c->seconds;
+}
 
 void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
+    if (!c) return;
     c->hook = fn;
     c->hook_user = user;
 }
 
 int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
     if (c->prompt_image.n_markers != 1 && !c->n_anchors)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
@@ -2498,9 +2518,10 @@ int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t e
     return st;
 }
 
-int qalign_pending(const qalign_ctx *c) { return c->pending; }
+int qalign_pending(const qalign_ctx *c) { return c ? c->pending : 0; }
 
 int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (c->pending == 0) return QALIGN_OK;
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result array");
     int old = threads_enter(c);
@@ -2516,6 +2537,7 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
 }
 
 int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (c->pending) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d images are pending (qalign_flush first)", c->pending);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
@@ -2533,6 +2555,7 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
 }
 
 int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k >= c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "all %d frames were given already", c->video_n);
     int st = encode_image(c, frame, slot(c, c->video_k), c->video_k, c->video_n, err, errlen);
@@ -2541,6 +2564,7 @@ int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size
 }
 
 int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k < c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d of %d frames given", c->video_k, c->video_n);
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result");
@@ -2562,7 +2586,9 @@ int qalign_video_end(qalign_ctx *c, qalign_result *out, char *err, size_t errlen
     return qalign_video_end_frames(c, out, NULL, err, errlen);
 }
 
-void qalign_video_cancel(qalign_ctx *c) { c->video_n = c->video_k = 0; }
+void qalign_video_cancel(qalign_ctx *c) {
+    if (c) c->video_n = c->video_k = 0;
+}
 
 static void result_error(qalign_result *r, int status, const char *msg) {
     memset(r, 0, sizeof *r);
@@ -2571,6 +2597,7 @@ static void result_error(qalign_result *r, int status, const char *msg) {
 }
 
 int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     if (n > 0 && c->prompt_image.n_markers != 1 && !c->n_anchors)
@@ -2592,6 +2619,7 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
 }
 
 int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!imgs || !out || n < 1) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     if (n != c->prompt_image.n_markers)
@@ -2614,6 +2642,7 @@ int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
 }
 
 int qalign_score_video(qalign_ctx *c, const qalign_image *frames, int n, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!frames || !out) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad frame array");
     int st = qalign_video_begin(c, n, err, errlen);
     if (st) return st;
@@ -2630,8 +2659,10 @@ int qalign_score_video(qalign_ctx *c, const qalign_image *frames, int n, qalign_
 }
 
 void qalign_describe(const qalign_model *m, qalign_info *o) {
-    const Config *c = &m->c;
+    if (!o) return;
     memset(o, 0, sizeof *o);
+    if (!m) return;
+    const Config *c = &m->c;
     o->path = m->path;
     o->file_bytes = m->file_size;
     o->format_version = QALIGN_VERSION;

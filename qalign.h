@@ -22,6 +22,9 @@
  * function prints, exits or aborts on bad input; a condition that can only come from a
  * bug in qalign is reported on stderr and aborts ("qalign: internal error ...").
  * Strings passed in are copied; pointers returned stay valid as long as their object.
+ * A NULL where a model, a context, an image array or an output is expected is refused with
+ * QALIGN_ERR_ARG and a message naming it; functions without a status ignore a NULL (those
+ * returning a number return 0, qalign_describe and qalign_ctx_describe zero their output).
  *
  * Threads: each call of a context runs on the calling thread plus the OpenMP threads of
  * that context (qalign_ctx_options.threads). Results do not depend on the thread count,
@@ -145,7 +148,8 @@ typedef struct {
                                padding and temperature as that scorer has them; the fields
                                above override them */
     float temperature;      /* the level logits are divided by this before the softmax
-                               (0: the preset's; Compare2Score: 100) */
+                               (0: the preset's; Compare2Score: 100); negative, infinite or
+                               NaN: QALIGN_ERR_ARG */
     const qalign_image *anchors; /* a comparison scorer's anchor images, in order (Compare2Score:
                                the 5 of VQA-CityU/Anchor_images). With anchors, the prompt has
                                two <|image|>: each image is compared with every anchor (anchor

@@ -204,3 +204,19 @@ def test_10_numpy_without_rows(model, client):
             with pytest.raises(ValueError, match=rf"shape \({shape[0]}, {shape[1]}, 3\) has no pixels: height x width "
                                                  rf"is {shape[0]} x {shape[1]}"):
                 q.score([np.zeros(shape, np.uint8)])
+
+
+# ---- 6 -----------------------------------------------------------------------------------
+
+def test_06_c_api_null_arguments(model):
+    import re
+    r = run(["make", "-s", "-C", ROOT, "build/test_api_null"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run([ROOT / "build" / "test_api_null", model], timeout=120)
+    assert r.returncode == 0 and "0 failed" in r.stdout, (r.returncode, r.stdout[-3000:], r.stderr[-2000:])
+    # every function qalign.h declares is called with NULL there
+    decls = set(re.findall(r"^[A-Za-z_][\w \*]*?\b(qalign_\w+)\(", (ROOT / "qalign.h").read_text(), re.M))
+    driver = (ROOT / "tests" / "test_api_null.c").read_text()
+    missing = sorted(f for f in decls if f + "(" not in driver)
+    assert not missing, f"qalign.h functions not checked with NULL in tests/test_api_null.c: {missing}"
+    report(f"harden3 6: {len(decls)} qalign.h functions called with NULL: {r.stdout.strip().splitlines()[-1]}")
