@@ -953,7 +953,7 @@ int main(int argc, char **argv) {
     if (o->per_frame && o->dump_dir) die("--per-frame and --dump do not go together (--dump shows one computation)");
     int shard_i = 0, shard_n = 0;
     char err[QALIGN_ERR_LEN];
-    if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("--shard: %s", err);
+    if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("%s", err); /* (names --shard) */
     if (o->frames_dir) {
         struct stat sb;
         if (stat(o->frames_dir, &sb) != 0) die("--frames %s: %s", o->frames_dir, strerror(errno));

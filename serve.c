@@ -67,7 +67,7 @@ static int parse_long(const char *v, long lo, long hi, long *out) {
     return 0;
 }
 
-/* "64M", "100000", "1G", "512K" */
+/* "64M", "100000", "1G", "512K", "1T" (1 byte to 1 TB) */
 static int parse_size(const char *v, int64_t *out) {
     char *end;
     errno = 0;
@@ -77,6 +77,7 @@ static int parse_size(const char *v, int64_t *out) {
     if (*end == 'K' || *end == 'k') mul = 1024, end++;
     else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
     else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+    else if (*end == 'T' || *end == 't') mul = 1024.0 * 1024 * 1024 * 1024, end++;
     if (*end == 'B' || *end == 'b') end++;
     if (*end || x * mul < 1 || x * mul > (double)((int64_t)1 << 40)) return -1;
     *out = (int64_t)(x * mul);
@@ -86,7 +87,7 @@ static int parse_size(const char *v, int64_t *out) {
 int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen) {
     const char *a = argv[i];
     static const char *const with_value[] = {"--listen", "--batch-wait", "--max-body", "--max-queue", "--max-connections",
-                                             "--timeout", "--api-key", NULL};
+                                             "--timeout", "--api-key", "--api-key-file", NULL};
     if (!strcmp(a, "--stdio")) {
         o->stdio = 1;
         return 1;
@@ -104,7 +105,8 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
         if (parse_long(v, 0, 60000, &x)) return fail(err, errlen, "--batch-wait expects milliseconds in [0, 60000], got '%s'", v);
         o->batch_wait_ms = (int)x;
     } else if (!strcmp(a, "--max-body")) {
-        if (parse_size(v, &o->max_body)) return fail(err, errlen, "--max-body expects a size such as 64M (1 B to 1 TB), got '%s'", v);
+        if (parse_size(v, &o->max_body))
+            return fail(err, errlen, "--max-body expects a size from 1 to 1T bytes, such as 64M, 1G or 1T, got '%s'", v);
     } else if (!strcmp(a, "--max-queue")) {
         if (parse_long(v, 1, 100000, &x)) return fail(err, errlen, "--max-queue expects an integer in [1, 100000], got '%s'", v);
         o->max_queue = (int)x;
@@ -117,9 +119,24 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
         double t = strtod(v, &end);
         if (end == v || *end || !(t >= 0.1 && t <= 86400)) return fail(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
         o->timeout = t;
+    } else if (!strcmp(a, "--api-key-file")) {
+        char key[4096];
+        FILE *f = fopen(v, "r");
+        if (!f) return fail(err, errlen, "--api-key-file %s: %s", v, strerror(errno));
+        size_t n = fread(key, 1, sizeof key - 1, f);
+        int bad = ferror(f);
+        fclose(f);
+        if (bad) return fail(err, errlen, "--api-key-file %s: cannot read it", v);
+        key[n] = 0;
+        key[strcspn(key, "\r\n")] = 0; /* the first line */
+        while (n && (key[strlen(key) - 1] == ' ' || key[strlen(key) - 1] == '\t')) key[strlen(key) - 1] = 0, n--;
+        if (!key[0]) return fail(err, errlen, "--api-key-file %s: the first line is empty", v);
+        if (!(o->api_key = strdup(key))) return fail(err, errlen, "out of memory");
     } else {
         if (!v[0]) return fail(err, errlen, "--api-key is empty");
-        o->api_key = v;
+        /* a copy, then the argument blanked: /proc/PID/cmdline (ps) no longer shows it */
+        if (!(o->api_key = strdup(v))) return fail(err, errlen, "out of memory");
+        memset(argv[i + 1], 0, strlen(argv[i + 1]));
     }
     return 2;
 }
@@ -807,6 +824,9 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
                 snprintf(err, sizeof err, "the body was not received within %.3g s", deadline - t0);
                 respond_error(c, 408, err, NULL, 0);
                 c->drain = 1;
+            } else if (n == 0) { /* the client closed its side early: it may still read the answer */
+                snprintf(err, sizeof err, "the body ended after %zu of its %zu bytes (Content-Length)", got, len);
+                respond_error(c, 400, err, NULL, 0);
             }
             return 0;
         }
@@ -817,6 +837,14 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
     int rc;
     if (rq->json) {
         rc = serve_parse_json(j->body, len, 0, &j->req, err, sizeof err);
+        /* a parameter in both the query string and the body must say the same */
+        if (rc == 0 && qt && j->req.task && strcmp(task, j->req.task))
+            rc = fail(err, sizeof err, "task is '%s' in the query string but '%.64s' in the JSON body", task, j->req.task);
+        if (rc == 0 && qs && j->req.scale && strcmp(scale, j->req.scale))
+            rc = fail(err, sizeof err, "scale is '%s' in the query string but '%.64s' in the JSON body", scale, j->req.scale);
+        if (rc == 0 && qn && j->req.names && (j->req.n_names != 1 || !j->req.names[0] || strcmp(name, j->req.names[0])))
+            rc = fail(err, sizeof err, "name is given in the query string and %s in the JSON body",
+                      j->req.n_names == 1 ? "another one" : "names");
         if (rc == 0 && j->req.task && (j->task = find_task(j->req.task)) < 0)
             rc = fail(err, sizeof err, "task must be quality, aesthetics or aesthetic");
         if (rc == 0 && j->req.scale) {

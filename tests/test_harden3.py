@@ -220,3 +220,121 @@ def test_06_c_api_null_arguments(model):
     missing = sorted(f for f in decls if f + "(" not in driver)
     assert not missing, f"qalign.h functions not checked with NULL in tests/test_api_null.c: {missing}"
     report(f"harden3 6: {len(decls)} qalign.h functions called with NULL: {r.stdout.strip().splitlines()[-1]}")
+
+
+# ---- 8, 9, 10: the server -------------------------------------------------------------------
+
+class Srv:
+    """qalign --listen 127.0.0.1:0 ... MODEL, until the with-block ends."""
+
+    def __init__(self, model, *args, env=None):
+        import re
+        self.p = subprocess.Popen([str(BIN), "--listen", "127.0.0.1:0", *map(str, args), str(model)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **(env or {})))
+        self.lines = []
+        for line in self.p.stderr:
+            self.lines.append(line)
+            m = re.search(r"listening on http://[\d.]+:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        else:
+            raise AssertionError("the server did not start: " + "".join(self.lines))
+        threading.Thread(target=lambda: [self.lines.append(l) for l in self.p.stderr], daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.p.kill()
+        self.p.wait()
+
+    def request(self, method, path, body=None, headers=None):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def raw(self, data, half_close=False, wait=10):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=wait)
+        try:
+            s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
+        finally:
+            s.close()
+
+
+def test_08_api_key_hidden_and_from_a_file(model, photo, workdir):
+    key = "s3cret-key-4242"
+    with Srv(model, "--api-key", key) as s:
+        cmdline = open(f"/proc/{s.p.pid}/cmdline", "rb").read()
+        assert key.encode() not in cmdline, cmdline
+        assert s.request("GET", "/metrics")[0] == 401
+        assert s.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})[0] == 200
+    kf = workdir / "h3_08.key"
+    kf.write_text("from-a-file\n# a comment line is not part of it\n")
+    with Srv(model, "--api-key-file", kf) as s:
+        assert s.request("GET", "/metrics", headers={"Authorization": "Bearer from-a-file"})[0] == 200
+        assert s.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})[0] == 401
+    for bad, needle in ((workdir / "h3_08_missing.key", "No such file"), (workdir / "h3_08_empty.key", "empty")):
+        if "empty" in str(bad):
+            bad.write_text("\n")
+        r = qa("--listen", "127.0.0.1:0", "--api-key-file", bad, model, timeout=30)
+        one_line(r, "--api-key-file", needle)
+    h = qa("--help").stdout
+    assert "$QALIGN_API_KEY or" in h and "--api-key-file FILE" in h
+    report("harden3 8: --api-key blanked in /proc/PID/cmdline; --api-key-file; --help points to both")
+
+
+def test_09_repeated_query_parameter_and_body_conflicts(model, photo):
+    import base64
+    img = photo.read_bytes()
+    body = json.dumps({"images": [base64.b64encode(img).decode()], "task": "aesthetics"}).encode()
+    with Srv(model) as s:
+        st, out = s.request("POST", "/score?task=quality&task=aesthetics", img)
+        assert st == 400 and b"'task' given twice" in out, (st, out)
+        st, out = s.request("POST", "/score?name=a&scale=0-1&name=b", img)
+        assert st == 400 and b"'name' given twice" in out, (st, out)
+        js = {"Content-Type": "application/json"}
+        st, out = s.request("POST", "/score?task=quality", body, js)
+        assert st == 400 and b"task is 'quality' in the query string but 'aesthetics' in the JSON body" in out, out
+        st, out = s.request("POST", "/score?task=aesthetics", body, js)         # the same: fine
+        assert st == 200 and json.loads(out)["results"][0]["task"] == "aesthetics"
+        named = json.dumps({"images": [base64.b64encode(img).decode()], "names": ["x.jpg"]}).encode()
+        st, out = s.request("POST", "/score?name=y.jpg", named, js)
+        assert st == 400 and b"name is given in the query string and another one in the JSON body" in out, out
+        st, out = s.request("POST", "/score?scale=0-1", img)
+        assert st == 200 and json.loads(out)["scale"] == "0-1"
+    report("harden3 9: repeated query parameters and query/body conflicts: 400")
+
+
+def test_10_messages(model, photo, tiny_ref):
+    with Srv(model) as s:
+        out = s.raw(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400") and b"Content-Length out of range" in out, out
+        out = s.raw(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 10, half_close=True)
+        assert out.startswith(b"HTTP/1.1 400") and b"the body ended after 10 of its 100 bytes" in out, out
+    r = qa("--stdio", "--max-body", "1T", model, input="", timeout=30)
+    assert r.returncode == 0, r.stderr                                     # 1 TB is allowed: 1T is taken
+    one_line(qa("--stdio", "--max-body", "2T", model, input="", timeout=30), "from 1 to 1T bytes")
+    for shard in ("0/2", "3/2", "a"):
+        line = one_line(qa("--shard", shard, model, photo))
+        assert line.count("--shard") == 1, line
+    report("harden3 10: Content-Length out of range, short body + half-close: 400 with the reason; --max-body 1T; "
+           "--shard says its name once")
