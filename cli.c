@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "app.h"
+#include "common.h"
 #include "image.h"
 #include "qalign.h"
 #include "serve.h"
@@ -128,6 +129,9 @@ static void usage(FILE *f) {
             "                                          and q8_0): per-input scores and differences, the\n"
             "                                          largest and mean |difference|, SRCC and PLCC\n"
             "  qalign --info MODEL                     the model's header and the compiled kernels\n"
+            "  qalign --verify MODEL                   check every tensor against the checksum export.py\n"
+            "                                          wrote (reads the whole file); with --listen or\n"
+            "                                          --stdio: before serving (/health says so)\n"
             "  qalign --tokenize TEXT MODEL            TEXT's token ids (with BOS)\n"
             "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
             "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
@@ -860,7 +864,7 @@ int main(int argc, char **argv) {
     *o = (Options){.task = "quality", .batch = 8, .ffmpeg_timeout = VIDEO_DEFAULT_TIMEOUT};
     ServeOptions srv = SERVE_DEFAULTS; /* --listen, --stdio and their options (serve.h) */
     const char *tokenize_text = NULL, *model_path = NULL;
-    int info = 0, only_positional = 0, n_inputs = 0;
+    int info = 0, verify = 0, only_positional = 0, n_inputs = 0;
     char **inputs = xmalloc((size_t)argc * sizeof(char *));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -917,6 +921,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ffmpeg-timeout")) o->ffmpeg_timeout = parse_int(VALUE(), "--ffmpeg-timeout", 0, 1000000);
         else if (!strcmp(a, "--tokenize")) tokenize_text = VALUE();
         else if (!strcmp(a, "--info")) info = 1;
+        else if (!strcmp(a, "--verify")) verify = 1;
         else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
             die("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
         else {
@@ -965,6 +970,20 @@ int main(int argc, char **argv) {
 #endif
 
     OutFile so = stdout_file();
+    if (verify && !srv.listen && !srv.stdio) { /* qalign --verify MODEL */
+        if (n_inputs || info || tokenize_text) die("--verify takes the MODEL only (or goes with --listen / --stdio)");
+        qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1};
+        if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
+        qalign_info inf;
+        qalign_describe(app.m, &inf);
+        double t0 = now_seconds();
+        if (qalign_verify(app.m, err, sizeof err) != QALIGN_OK) die("%s", err);
+        printf("%s: the header, the table and all %d tensors match their checksums (%.2f GB in %.1f s)\n", model_path,
+               qalign_checksums(app.m), inf.file_bytes / 1e9, now_seconds() - t0);
+        qalign_close(app.m);
+        free(inputs);
+        return close_outputs(0);
+    }
     if (info || tokenize_text) {
         qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1}; /* (nothing is scored) */
         if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
@@ -982,6 +1001,10 @@ int main(int argc, char **argv) {
             die("--listen and --stdio take requests, not INPUTs, --video, --frames, --one-prompt, --dump, --shard, "
                 "--compare, --per-frame, --csv, --jsonl, --report or --eval");
         if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
+        if (verify) { /* before serving: a damaged file does not start */
+            if (qalign_verify(app.m, err, sizeof err) != QALIGN_OK) die("%s", err);
+            srv.verified = 1;
+        }
         qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
                                  .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset};
         if (serve_run(&srv, app.m, &co, o->scale, err, sizeof err) != 0) die("%s", err);

@@ -96,6 +96,14 @@ static int fail_with(char *err, size_t errlen, int status, const char *fmt, ...)
 #define HEADER_BYTES 1024
 #define TABLE_ENTRY_BYTES 96
 #define TENSOR_ALIGN 64
+/* The checksum section (export.py write_sums), at the first multiple of 64 after the last
+ * tensor, ending the file: magic "QSUM", its version, n_tensors, the piece size, the XXH64 of
+ * the header and table, then one u64 per tensor in table order. Files without it (exported
+ * before it was added) load as before; qalign_verify says they cannot be verified. */
+#define SUMS_MAGIC 0x4D555351u   /* "QSUM" */
+#define SUMS_VERSION 1
+#define SUMS_PIECE 4096
+#define SUMS_HEAD 24
 #define N_LEVELS 5               /* the default level words */
 
 enum {
@@ -235,6 +243,8 @@ typedef struct qalign_model {
     int n_tensors;
     char *path;
     char model_id[17];      /* hash of header + table, hex */
+    const uint8_t *sums;    /* the checksum section after the last tensor (read_sums), or NULL
+                               for a file written before export.py added it */
     /* the helper thread that makes the mapped weights resident (prefetch_start) */
     pthread_t prefetcher;
     int prefetching;        /* it was started (and is joined by model_free) */
@@ -1759,6 +1769,12 @@ static int read_table(Loader *ld) {
                              e->name, (unsigned long long)(e->offset + e->nbytes), m->file_size);
         pos = e->offset + e->nbytes;
     }
+    /* after the last tensor: nothing (a file from before checksums), or the checksum section */
+    uint64_t sums = (pos + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+    if (pos != m->file_size && sums + SUMS_HEAD + 8 * (uint64_t)m->n_tensors == m->file_size &&
+        rd_u32(h + sums) == SUMS_MAGIC && rd_u32(h + sums + 4) == SUMS_VERSION &&
+        rd_u32(h + sums + 8) == (uint32_t)m->n_tensors && rd_u32(h + sums + 12) == SUMS_PIECE)
+        m->sums = h + sums, pos = m->file_size;
     if (pos != m->file_size)
         load_fail(ld, QALIGN_ERR_FORMAT, "the tensor table ends at byte %llu but the file has %zu bytes;" HINT_EXPORT,
                   (unsigned long long)pos, m->file_size);
@@ -2065,6 +2081,81 @@ done:
 }
 
 void qalign_close(qalign_model *m) { model_free(m); }
+
+/* XXH64 (seed 0) of p[0..n), as the xxHash specification (xxhash.h, XXH64) defines it. */
+static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static const uint64_t XP1 = 0x9E3779B185EBCA87ull, XP2 = 0xC2B2AE3D27D4EB4Full, XP3 = 0x165667B19E3779F9ull,
+                      XP4 = 0x85EBCA77C2B2AE63ull, XP5 = 0x27D4EB2F165667C5ull;
+static uint64_t xxh_round(uint64_t acc, uint64_t in) { return rotl64(acc + in * XP2, 31) * XP1; }
+static uint64_t xxh_merge(uint64_t h, uint64_t v) { return (h ^ xxh_round(0, v)) * XP1 + XP4; }
+static uint64_t xxh64(const uint8_t *p, size_t n) {
+    const uint8_t *end = p + n;
+    uint64_t h;
+    if (n >= 32) {
+        uint64_t v1 = XP1 + XP2, v2 = XP2, v3 = 0, v4 = 0 - XP1;
+        for (; end - p >= 32; p += 32) {
+            v1 = xxh_round(v1, rd_u64(p)), v2 = xxh_round(v2, rd_u64(p + 8));
+            v3 = xxh_round(v3, rd_u64(p + 16)), v4 = xxh_round(v4, rd_u64(p + 24));
+        }
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xxh_merge(xxh_merge(xxh_merge(xxh_merge(h, v1), v2), v3), v4);
+    } else {
+        h = XP5;
+    }
+    h += (uint64_t)n;
+    for (; end - p >= 8; p += 8) h = rotl64(h ^ xxh_round(0, rd_u64(p)), 27) * XP1 + XP4;
+    if (end - p >= 4) h = rotl64(h ^ (uint64_t)rd_u32(p) * XP1, 23) * XP2 + XP3, p += 4;
+    for (; p < end; p++) h = rotl64(h ^ *p * XP5, 11) * XP1;
+    h ^= h >> 33, h *= XP2, h ^= h >> 29, h *= XP3, h ^= h >> 32;
+    return h;
+}
+
+/* A tensor's checksum: XXH64 of the little-endian XXH64s of its 4096-byte pieces (the last
+ * may be shorter), so that export.py's numpy can hash all pieces of a tensor at once and
+ * this loop can run on every core. dig: room for the pieces' digests. */
+static uint64_t tensor_sum(const uint8_t *p, size_t n, uint8_t *dig) {
+    size_t pieces = (n + SUMS_PIECE - 1) / SUMS_PIECE;
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < pieces; k++) {
+        size_t len = n - k * SUMS_PIECE < SUMS_PIECE ? n - k * SUMS_PIECE : SUMS_PIECE;
+        uint64_t d = xxh64(p + k * SUMS_PIECE, len);
+        for (int b = 0; b < 8; b++) dig[8 * k + (size_t)b] = (uint8_t)(d >> (8 * b));
+    }
+    return xxh64(dig, 8 * pieces);
+}
+
+int qalign_verify(const qalign_model *m, char *err, size_t errlen) {
+    NEED(m, "the model");
+    if (!m->sums)
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "%s has no checksums (it was written by an export.py before "
+                         "they were added): it cannot be verified;" HINT_EXPORT, m->path);
+    size_t most = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if ((size_t)m->table[i].nbytes > most) most = (size_t)m->table[i].nbytes;
+    uint8_t *dig = malloc((most + SUMS_PIECE - 1) / SUMS_PIECE * 8 + 8);
+    if (!dig) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    int bad = 0, first = -1;
+    uint64_t head = xxh64(m->map, HEADER_BYTES + (size_t)m->n_tensors * TABLE_ENTRY_BYTES);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TableEntry *e = &m->table[i];
+        if (tensor_sum(m->map + e->offset, (size_t)e->nbytes, dig) != rd_u64(m->sums + SUMS_HEAD + 8 * (size_t)i)) {
+            if (first < 0) first = i;
+            bad++;
+        }
+    }
+    free(dig);
+    if (head != rd_u64(m->sums + 16))
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "%s: the header or tensor table does not match its checksum%s: "
+                         "the file is damaged (copy it again, or re-run export.py)", m->path,
+                         bad ? " (and tensors do not either)" : "");
+    if (bad)
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "%s: tensor %s does not match its checksum%s%.0d%s: the file is "
+                         "damaged (copy it again, or re-run export.py)", m->path, m->table[first].name,
+                         bad > 1 ? " (and " : "", bad > 1 ? bad - 1 : 0, bad > 1 ? " more tensors)" : "");
+    return QALIGN_OK;
+}
+
+int qalign_checksums(const qalign_model *m) { return m && m->sums ? m->n_tensors : 0; }
 
 /* ----------------------------------------------------------------------------------------
  * Back matter 3: the run state's buffers. */

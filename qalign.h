@@ -111,6 +111,14 @@ typedef struct {
 
 void qalign_describe(const qalign_model *m, qalign_info *out);
 
+/* Check every tensor (and the header and table) against the checksums export.py wrote:
+ * QALIGN_OK, or QALIGN_ERR_FORMAT naming the first damaged tensor (or saying that the file
+ * has no checksums: exported before they were added). Reads the whole file (a few seconds
+ * per GB); opening a model never does this. qalign_checksums: how many tensors have a
+ * checksum (0: none). */
+int qalign_verify(const qalign_model *m, char *err, size_t errlen);
+int qalign_checksums(const qalign_model *m);
+
 /* The kernels compiled into this library, e.g. "scalar avx512 avx512-vnni avx512-bf16 openmp". */
 const char *qalign_kernels(void);
 

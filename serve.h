@@ -35,9 +35,10 @@ typedef struct {
                                 of body); also the idle keep-alive limit (default 10) */
     const char *api_key;     /* --api-key KEY, --api-key-file FILE (or $QALIGN_API_KEY):
                                 Authorization: Bearer KEY */
+    int verified;            /* qalign --verify checked the model file before serving (/health) */
 } ServeOptions;
 
-#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL}
+#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL, 0}
 
 /* The options' part of `qalign --help`. */
 #define SERVE_USAGE \

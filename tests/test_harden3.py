@@ -338,3 +338,98 @@ def test_10_messages(model, photo, tiny_ref):
         assert line.count("--shard") == 1, line
     report("harden3 10: Content-Length out of range, short body + half-close: 400 with the reason; --max-body 1T; "
            "--shard says its name once")
+
+
+# ---- 12: model checksums ----------------------------------------------------------------------
+
+def file_sums_by_xxhash(data):
+    """The checksum section as the xxhash library (the reference implementation's Python
+    binding) computes it from the file's bytes: (header+table hash, [per-tensor sums])."""
+    import struct
+    import xxhash
+    import export as ex
+    n = struct.unpack_from("<I", data, 12)[0]
+    table_end = 1024 + 96 * n
+    sums = []
+    for i in range(n):
+        e = ex.TABLE_ENTRY.unpack_from(data, 1024 + 96 * i)
+        off, nbytes = e[-2], e[-1]
+        t = data[off:off + nbytes]
+        digs = b"".join(struct.pack("<Q", xxhash.xxh64_intdigest(t[k:k + 4096])) for k in range(0, len(t), 4096))
+        sums.append(xxhash.xxh64_intdigest(digs))
+    return xxhash.xxh64_intdigest(data[:table_end]), sums, n
+
+
+def tensor_span(data, name):
+    import struct
+    import export as ex
+    n = struct.unpack_from("<I", data, 12)[0]
+    for i in range(n):
+        e = ex.TABLE_ENTRY.unpack_from(data, 1024 + 96 * i)
+        if e[0].rstrip(b"\0").decode() == name:
+            return e[-2], e[-1]
+    raise KeyError(name)
+
+
+def test_12_model_checksums(model, photo, workdir):
+    import struct
+    data = model.read_bytes()
+    head, sums, n = file_sums_by_xxhash(data)
+    last_end = max(o + b for o, b in (tensor_span(data, ex_name) for ex_name in [
+        __import__("export").TABLE_ENTRY.unpack_from(data, 1024 + 96 * (n - 1))[0].rstrip(b"\0").decode()]))
+    sec = (last_end + 63) // 64 * 64
+    assert len(data) == sec + 24 + 8 * n                                      # the section ends the file
+    magic, version, count, piece, h = struct.unpack_from("<IIIIQ", data, sec)
+    assert (magic, version, count, piece) == (0x4D555351, 1, n, 4096) and data[sec:sec + 4] == b"QSUM"
+    assert h == head and list(struct.unpack_from(f"<{n}Q", data, sec + 24)) == sums   # = the xxhash library's
+    r = qa("--verify", model)
+    assert r.returncode == 0 and f"all {n} tensors match their checksums" in r.stdout, r.stdout + r.stderr
+    want = json.loads(qa("--json", model, photo).stdout)
+
+    # a flipped bit inside a weight: loading does not look (it still scores), --verify names the tensor
+    off, nbytes = tensor_span(data, "l.1.down")
+    bad = bytearray(data)
+    bad[off + nbytes // 2] ^= 0x10
+    p = workdir / "h3_12_flipped.qalign"
+    p.write_bytes(bad)
+    r = qa("--json", p, photo)
+    assert r.returncode == 0 and json.loads(r.stdout)["score"] is not None, r.stderr
+    for extra in ((), ("--no-mmap",)):
+        one_line(qa("--verify", *extra, p), str(p), "tensor l.1.down does not match its checksum", "damaged")
+    off2, _ = tensor_span(data, "v.0.k.w")
+    bad[off2 + 5] ^= 1
+    p.write_bytes(bad)
+    one_line(qa("--verify", p), "tensor v.0.k.w does not match its checksum (and 1 more tensors)")
+    # the header (a CLIP mean, still in range)
+    hdr = bytearray(data)
+    hdr[4 * 34] ^= 1
+    p.write_bytes(hdr)
+    one_line(qa("--verify", p), "the header or tensor table does not match its checksum")
+    # a file from before checksums (no section): loads and scores the same; --verify says it cannot
+    old = workdir / "h3_12_old.qalign"
+    old.write_bytes(data[:last_end])
+    r = qa("--json", old, photo)
+    assert r.returncode == 0 and json.loads(r.stdout)["score"] == want["score"], r.stderr
+    one_line(qa("--verify", old), "has no checksums", "re-run export.py")
+    # a damaged section (cut short, or something after it): refused at load, as a padded file
+    for blob in (data[:-3], data + b"\0" * 8):
+        p.write_bytes(blob)
+        one_line(qa(p, photo), "re-run export.py")
+    # the server: /health says whether the file was verified before serving
+    for args, verified in (((), False), (("--verify",), True)):
+        with Srv(model, *args) as s:
+            st, out = s.request("GET", "/health")
+            health = json.loads(out)
+            assert st == 200 and health["checksums"] is True and health["verified"] is verified, health
+    one_line(qa("--listen", "127.0.0.1:0", "--verify", old, timeout=30), "has no checksums")
+    assert '"$here/qalign" --verify "$out"' in (ROOT / "run.sh").read_text()
+    # speed: export.py's numpy XXH64 (vectorised over a tensor's pieces) and qalign --verify
+    import export as ex
+    blob = os.urandom(64 << 20)
+    t0 = time.time()
+    ex.tensor_sum(blob)
+    np_rate = 64 / 1024 / (time.time() - t0)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    report(f"harden3 12: checksums = the xxhash library's ({n} tensors + header); a flipped bit named by --verify "
+           f"(mapped and --no-mmap), header damage, an old file (loads, cannot be verified), /health verified; "
+           f"export.py's numpy XXH64 {np_rate:.2f} GB/s on {cpu}")
