@@ -117,12 +117,15 @@ static void usage(FILE *f) {
             "  --threads N             OpenMP threads (default: all cores)\n"
             "  --batch N               images per decoder pass (default 8): each decoder weight is\n"
             "                          read once per batch; a killed run loses at most one batch\n"
+            "  --max-pixels N          refuse images over N pixels (width x height; K, M, G = 1e3, 1e6,\n"
+            "                          1e9), read from the file's header before decoding (default:\n"
+            "                          Pillow's limit, %zu; a server's default is 40M)\n"
             "  --no-mmap               read the model into this process's memory (2 MB pages where\n"
             "                          the kernel allows) instead of mapping the file: faster per\n"
             "                          image where page faults are slow (VMs), for long runs; the\n"
             "                          copy is not shared with other processes\n"
             "  -h, --help              this help\n",
-            VIDEO_DEFAULT_TIMEOUT);
+            VIDEO_DEFAULT_TIMEOUT, (size_t)IMAGE_MAX_PIXELS);
     fprintf(f,
             "other commands:\n"
             "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
@@ -198,6 +201,7 @@ typedef struct {
     int batch;              /* --batch: images per decoder pass */
     const char *compare[2]; /* --compare A B */
     double ffmpeg_timeout;  /* --ffmpeg-timeout */
+    int64_t max_pixels;     /* --max-pixels, 0: not given (the decoders' own limit; a server: 40 M) */
 } Options;
 
 /* --compare: one model's scores, by input */
@@ -372,6 +376,13 @@ static void note_timings(App *app) {
 
 static qalign_image as_qimage(const Image *img) { return (qalign_image){img->rgb, img->w, img->h}; }
 
+/* An image file, within --max-pixels when given (checked from its header, before decoding). */
+static size_t g_max_pixels;
+static int load_image(const char *path, Image *img, char *err, size_t errlen) {
+    ImageLimits lim = {g_max_pixels, "--max-pixels", 0, NULL};
+    return image_load_max(path, &lim, img, err, errlen);
+}
+
 /* Score the images added so far as one decoder pass, then record them in order. */
 static void flush_images(App *app) {
     int n = qalign_pending(app->ctx);
@@ -391,7 +402,7 @@ static void flush_images(App *app) {
 static void score_image(App *app, const char *path) {
     char err[QALIGN_ERR_LEN];
     Image img = {0};
-    if (image_load(path, &img, err, sizeof err) != 0) {
+    if (load_image(path, &img, err, sizeof err) != 0) {
         flush_images(app);
         record(app, path, "image", NULL, err, NULL);
         return;
@@ -446,7 +457,7 @@ static void score_one_prompt(App *app, char **files, int n) {
     int loaded = 0;
     for (; loaded < n; loaded++) {
         img[loaded] = (Image){0};
-        if (image_load(files[loaded], &img[loaded], err, sizeof err) != 0) break;
+        if (load_image(files[loaded], &img[loaded], err, sizeof err) != 0) break;
         qi[loaded] = as_qimage(&img[loaded]);
     }
     qalign_result r;
@@ -472,7 +483,7 @@ static void score_frame_files(App *app, const char *name, char **files, int n) {
     Image first = {0};
     for (int f = 0; f < n; f++) {
         Image img = {0};
-        int rc = image_load(files[f], &img, err, sizeof err);
+        int rc = load_image(files[f], &img, err, sizeof err);
         if (rc == 0) {
             qalign_image qi = as_qimage(&img);
             rc = qalign_video_frame(app->ctx, &qi, err, sizeof err);
@@ -758,7 +769,7 @@ static void open_scorer(App *app, const char *model_path) {
         for (size_t i = 0; i < L.n; i++) {
             if (L.items[i].kind != ITEM_IMAGE) continue;
             if (n_anchors == QALIGN_MAX_ANCHORS) die("--anchors %s: more than %d images", dir, QALIGN_MAX_ANCHORS);
-            if (image_load(L.items[i].path, &anchor_img[n_anchors], err, sizeof err) != 0)
+            if (load_image(L.items[i].path, &anchor_img[n_anchors], err, sizeof err) != 0)
                 die("--anchors: %s: %s", L.items[i].path, err);
             anchors[n_anchors] = as_qimage(&anchor_img[n_anchors]);
             n_anchors++;
@@ -921,6 +932,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ffmpeg-timeout")) o->ffmpeg_timeout = parse_int(VALUE(), "--ffmpeg-timeout", 0, 1000000);
         else if (!strcmp(a, "--tokenize")) tokenize_text = VALUE();
         else if (!strcmp(a, "--info")) info = 1;
+        else if (!strcmp(a, "--max-pixels")) {
+            const char *v = VALUE();
+            if (serve_parse_pixels(v, &o->max_pixels))
+                die("--max-pixels expects a pixel count such as 40M or 250000 (1 to 1T), got '%s'", v);
+        }
         else if (!strcmp(a, "--verify")) verify = 1;
         else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
             die("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
@@ -965,6 +981,8 @@ int main(int argc, char **argv) {
         if (!S_ISDIR(sb.st_mode)) die("--frames %s: not a directory", o->frames_dir);
     }
     video_set_timeout(o->ffmpeg_timeout);
+    g_max_pixels = (size_t)o->max_pixels;
+    if (o->max_pixels) srv.max_pixels = o->max_pixels;
 #ifndef _OPENMP
     if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif

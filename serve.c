@@ -84,10 +84,25 @@ static int parse_size(const char *v, int64_t *out) {
     return 0;
 }
 
+/* "40M", "1G", "250000": pixels (K, M, G, T = 1e3, 1e6, 1e9, 1e12; 1 to 1e12) */
+int serve_parse_pixels(const char *v, int64_t *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || !(x >= 0)) return -1;
+    if (*end == 'K' || *end == 'k') x *= 1e3, end++;
+    else if (*end == 'M' || *end == 'm') x *= 1e6, end++;
+    else if (*end == 'G' || *end == 'g') x *= 1e9, end++;
+    else if (*end == 'T' || *end == 't') x *= 1e12, end++;
+    if (*end || x < 1 || x > 1e12) return -1;
+    *out = (int64_t)x;
+    return 0;
+}
+
 int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen) {
     const char *a = argv[i];
     static const char *const with_value[] = {"--listen", "--batch-wait", "--max-body", "--max-queue", "--max-connections",
-                                             "--timeout", "--api-key", "--api-key-file", NULL};
+                                             "--timeout", "--api-key", "--api-key-file", "--max-request-pixels", NULL};
     if (!strcmp(a, "--stdio")) {
         o->stdio = 1;
         return 1;
@@ -119,6 +134,9 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
         double t = strtod(v, &end);
         if (end == v || *end || !(t >= 0.1 && t <= 86400)) return fail(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
         o->timeout = t;
+    } else if (!strcmp(a, "--max-request-pixels")) {
+        if (serve_parse_pixels(v, &o->max_request_pixels))
+            return fail(err, errlen, "--max-request-pixels expects a count such as 400M or 1G (1 to 1T), got '%s'", v);
     } else if (!strcmp(a, "--api-key-file")) {
         char key[4096];
         FILE *f = fopen(v, "r");
@@ -164,6 +182,7 @@ struct Job {
     int n_res;              /* req.n images, or 1 (a video) */
     qalign_result *res;
     Unit *units;
+    int64_t pixels_left;    /* what is left of --max-request-pixels (the worker's) */
     int remaining;          /* units not scored yet */
     int done;
     double t_start;         /* when its head was complete */
@@ -287,7 +306,8 @@ static Job *job_new(Server *s, const char *task, const char *scale, char *err, s
     return j;
 }
 
-static int job_ready(Job *j, char *err, size_t errlen) {
+static int job_ready(Server *s, Job *j, char *err, size_t errlen) {
+    j->pixels_left = s->o.max_request_pixels;
     j->n_res = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
     j->res = calloc((size_t)j->n_res, sizeof *j->res);
     j->units = calloc((size_t)j->n_res, sizeof *j->units);
@@ -313,7 +333,7 @@ static char *job_row(Server *s, const Job *j, int i) {
 /* ---- the worker ---------------------------------------------------------------------------- */
 
 /* Read a regular file (stdio requests) of at most max bytes and decode it. */
-static int load_file(const char *path, int64_t max, Image *img, char *err, size_t errlen) {
+static int load_file(const char *path, int64_t max, const ImageLimits *lim, Image *img, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the worker */
     if (fd < 0) return fail(err, errlen, "cannot open: %s", strerror(errno));
     struct stat sb;
@@ -338,14 +358,23 @@ static int load_file(const char *path, int64_t max, Image *img, char *err, size_
         got += (size_t)r;
     }
     close(fd);
-    int rc = image_decode(buf, got, img, err, errlen);
+    int rc = image_decode_max(buf, got, lim, img, err, errlen);
     free(buf);
     return rc;
 }
 
-static int load_source(Server *s, const ServeSource *src, Image *img, char *err, size_t errlen) {
+/* Decode one image of job j (the worker): within --max-pixels and what is left of the
+ * request's --max-request-pixels, both checked from the header before decoding. */
+static int load_source(Server *s, Job *j, const ServeSource *src, Image *img, char *err, size_t errlen) {
     double t0 = now_seconds();
-    int rc = src->path ? load_file(src->path, s->o.max_body, img, err, errlen) : image_decode(src->data, src->len, img, err, errlen);
+    ImageLimits lim = {(size_t)s->o.max_pixels, "--max-pixels", (size_t)(j->pixels_left > 0 ? j->pixels_left : 0),
+                       "what is left of the request's --max-request-pixels"};
+    int rc = -1;
+    if (j->pixels_left <= 0) fail(err, errlen, "the request's images used up its --max-request-pixels (%lld) before this one",
+                                  (long long)s->o.max_request_pixels);
+    else if (src->path) rc = load_file(src->path, s->o.max_body, &lim, img, err, errlen);
+    else rc = image_decode_max(src->data, src->len, &lim, img, err, errlen);
+    if (rc == 0) j->pixels_left -= (int64_t)img->w * img->h;
     pthread_mutex_lock(&s->mu);
     s->decode_seconds += now_seconds() - t0;
     pthread_mutex_unlock(&s->mu);
@@ -366,7 +395,7 @@ static int add_unit(Server *s, qalign_ctx *ctx, Unit *u) {
     Job *j = u->job;
     char err[QALIGN_ERR_LEN];
     Image img;
-    if (load_source(s, &j->req.items[u->index], &img, err, sizeof err) != 0) {
+    if (load_source(s, j, &j->req.items[u->index], &img, err, sizeof err) != 0) {
         set_error(&j->res[u->index], QALIGN_ERR_INPUT, err);
         return -1;
     }
@@ -392,7 +421,7 @@ static void score_video(Server *s, qalign_ctx *ctx, Job *j) {
     for (int f = 0; f < n; f++) {
         Image img;
         const ServeSource *src = &j->req.items[f];
-        st = load_source(s, src, &img, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
+        st = load_source(s, j, src, &img, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
         if (st == QALIGN_OK) {
             qalign_image qi = {img.rgb, img.w, img.h};
             st = qalign_video_frame(ctx, &qi, err, sizeof err);
@@ -863,7 +892,7 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
             j->req.items[0].len = len;
         }
     }
-    if (rc == 0) rc = job_ready(j, err, sizeof err);
+    if (rc == 0) rc = job_ready(s, j, err, sizeof err);
     if (rc != 0) {
         job_free(j);
         release_slot(s);
@@ -1237,7 +1266,7 @@ static void stdio_line(Server *s, char *line, size_t n) {
     }
     j->req = req;
     j->body = line;
-    if (job_ready(j, err, sizeof err) != 0) {
+    if (job_ready(s, j, err, sizeof err) != 0) {
         out_error(s, req.id, err);
         job_free(j);
         return;

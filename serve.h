@@ -36,9 +36,14 @@ typedef struct {
     const char *api_key;     /* --api-key KEY, --api-key-file FILE (or $QALIGN_API_KEY):
                                 Authorization: Bearer KEY */
     int verified;            /* qalign --verify checked the model file before serving (/health) */
+    int64_t max_pixels;      /* --max-pixels N: an image's width x height, checked from its header
+                                before it is decoded (default 40 M) */
+    int64_t max_request_pixels; /* --max-request-pixels N: the decoded pixels of one request's
+                                images (or video frames) together (default 400 M) */
 } ServeOptions;
 
-#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL, 0}
+#define SERVE_MAX_PIXELS 40000000
+#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL, 0, SERVE_MAX_PIXELS, 400000000}
 
 /* The options' part of `qalign --help`. */
 #define SERVE_USAGE \
@@ -56,12 +61,18 @@ typedef struct {
     "  --api-key KEY           require 'Authorization: Bearer KEY'. Better: $QALIGN_API_KEY or\n" \
     "                          --api-key-file FILE (its first line), which ps cannot show (qalign\n" \
     "                          blanks a KEY on its command line once read, but not at once)\n" \
-    "  --api-key-file FILE     the key is FILE's first line\n"
+    "  --api-key-file FILE     the key is FILE's first line\n" \
+    "  --max-pixels N          an image's width x height at most (default 40M here; K, M, G = 1e3,\n" \
+    "                          1e6, 1e9), read from its header before it is decoded\n" \
+    "  --max-request-pixels N  the images (or frames) of one request together (default 400M); the\n" \
+    "                          images past it get an error\n"
 
 /* If argv[i] is one of the options above, parse it (and its value, argv[i + 1]) into o and
  * return how many arguments it took (1 or 2); 0 if argv[i] is not one of them; -1 with a
  * reason in err for a bad or missing value. */
 int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen);
+/* A pixel count such as "40M" (K, M, G, T = 1e3 .. 1e12), 1 to 1e12: 0, or -1. */
+int serve_parse_pixels(const char *v, int64_t *out);
 
 /* Serve until EOF on stdin (--stdio) or SIGTERM/SIGINT, then answer what is in flight and
  * return 0; -1 with a reason in err when the server cannot start (bad options, the address

@@ -433,3 +433,70 @@ def test_12_model_checksums(model, photo, workdir):
     report(f"harden3 12: checksums = the xxhash library's ({n} tensors + header); a flipped bit named by --verify "
            f"(mapped and --no-mmap), header damage, an old file (loads, cannot be verified), /health verified; "
            f"export.py's numpy XXH64 {np_rate:.2f} GB/s on {cpu}")
+
+
+# ---- 5: --max-pixels ------------------------------------------------------------------------
+
+def zeros_png(path, w, h):
+    """A w x h 8-bit gray PNG of zeros, written without holding the pixels (the issue's
+    13000 x 13000 one is 493 KB)."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    z = zlib.compressobj(9)
+    row = bytes(w + 1)
+    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) +
+                     chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_05_max_pixels(model, workdir):
+    from PIL import Image
+    import base64
+    d = workdir / "h3_05"
+    d.mkdir()
+    small, big = [], []
+    for ext, fmt in (("png", "PNG"), ("jpg", "JPEG"), ("bmp", "BMP"), ("ppm", "PPM"), ("pgm", "PPM")):
+        for size, bucket in ((30, small), (41, big)):
+            p = d / f"{size}.{ext}"
+            Image.new("L" if ext == "pgm" else "RGB", (size, size), (90,) if ext == "pgm" else (90, 120, 30)).save(p, fmt)
+            bucket.append(p)
+    # the CLI: --max-pixels 1600 takes 30 x 30 (900), refuses 41 x 41 (1681) of every format
+    r = qa("--json", "--max-pixels", "1.6K", model, *small, *big)
+    rows = {Path(x["path"]).name: x for x in map(json.loads, r.stdout.splitlines())}
+    assert r.returncode == 1 and len(rows) == 10, r.stderr
+    for p in small:
+        assert rows[p.name]["score"] is not None, rows[p.name]
+    for p in big:
+        assert "image of 41x41 = 1681 pixels, more than --max-pixels (1600)" in rows[p.name]["error"], rows[p.name]
+    one_line(qa("--max-pixels", "0", model, small[0]), "--max-pixels expects")
+    assert "--max-pixels N" in qa("--help").stdout and "a server's default is 40M" in qa("--help").stdout
+    # the issue's PNG: 13000 x 13000 zeros, 169 Mpixels. Refused from its header: no time, no memory
+    bomb = zeros_png(d / "bomb.png", 13000, 13000)
+    t0 = time.time()
+    r = qa("--json", "--max-pixels", "40M", model, bomb)
+    took = time.time() - t0
+    assert "13000x13000 = 169000000 pixels, more than --max-pixels (40000000)" in json.loads(r.stdout)["error"]
+    assert took < 3, took
+    # the server: 40 M by default, and a budget per request
+    with Srv(model, "--max-request-pixels", "5000") as s:
+        t0 = time.time()
+        st, out = s.request("POST", "/score", bomb.read_bytes())
+        assert st == 400 and b"more than --max-pixels (40000000)" in out and time.time() - t0 < 3, (st, out)
+        js = {"Content-Type": "application/json"}
+        imgs = [base64.b64encode(small[0].read_bytes()).decode()] * 5 + [base64.b64encode(small[1].read_bytes()).decode()]
+        st, out = s.request("POST", "/score", json.dumps({"images": imgs}).encode(), js)
+        res = json.loads(out)["results"]
+        assert st == 200 and [x["error"] is None for x in res] == [True] * 5 + [False], res
+        assert "more than what is left of the request's --max-request-pixels (500)" in res[5]["error"], res[5]
+        st, out = s.request("POST", "/score", json.dumps({"images": imgs[:2]}).encode(), js)   # a new budget
+        assert st == 200 and all(x["error"] is None for x in json.loads(out)["results"])
+    r = run([BIN, "--stdio", "--max-pixels", "1000", model], timeout=60,
+            input=json.dumps({"id": 1, "path": str(big[0])}) + "\n" + json.dumps({"id": 2, "path": str(small[0])}) + "\n")
+    ans = {x["id"]: x for x in map(json.loads, r.stdout.splitlines())}
+    assert "more than --max-pixels (1000)" in ans[1]["error"] and ans[2]["score"] is not None, r.stdout
+    report(f"harden3 5: --max-pixels from the header for PNG, JPEG, BMP, PPM, PGM; the issue's 13000x13000 PNG "
+           f"refused in {took:.2f} s; server default 40M and --max-request-pixels")
