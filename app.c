@@ -2505,6 +2505,13 @@ Labels *labels_load(const char *path, char *err, size_t errlen) {
         return NULL;
     }
     for (size_t i = 0; i < l->n; i++) {
+        long same = strmap_get(&l->by_path, l->path[i], strlen(l->path[i]));
+        if (same >= 0 && l->mos[same] != l->mos[i]) { /* one path, two labels: which would be used is a guess */
+            fail(err, errlen, "labels file %s: %s has two different labels, %g and %g: keep one", path, l->path[i],
+                 l->mos[same], l->mos[i]);
+            labels_free(l);
+            return NULL;
+        }
         const char *bn = path_basename(l->path[i]);
         long prev = strmap_get(&l->by_name, bn, strlen(bn));
         if (strmap_put(&l->by_path, l->path[i], strlen(l->path[i]), (long)i) != 0 ||

@@ -6,6 +6,7 @@
  * usage and model errors end the program with one line on stderr and status 1 (2 for a
  * missing MODEL); an input that cannot be scored is an error line (and row), the others
  * are still scored, and the exit status is 1 if any failed. */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -752,6 +753,42 @@ static void resume_say(const ResumeTally *t) {
 
 /* ---- main ------------------------------------------------------------------------------- */
 
+static const char *base_name(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+/* --anchors DIR: say which of its files are not taken as anchor images, and why (one line). */
+static void anchors_skipped(const char *dir, const ItemList *L) {
+    char line[2048] = "";
+    size_t n = 0;
+    for (size_t i = 0; i < L->n; i++)
+        if (L->items[i].kind != ITEM_IMAGE) {
+            size_t u = strlen(line);
+            snprintf(line + u, sizeof line - u, "%s%s (%s)", n++ ? ", " : "", base_name(L->items[i].path),
+                     L->items[i].kind == ITEM_VIDEO ? "a video" : L->items[i].error ? L->items[i].error : "not an image");
+        }
+    DIR *d = L->n_skipped ? opendir(dir) : NULL; /* files the walk left out: not media, hidden, special */
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *full = malloc(strlen(dir) + strlen(e->d_name) + 2);
+        struct stat sb;
+        int is_dir = 0;
+        if (full) {
+            sprintf(full, "%s/%s", dir, e->d_name);
+            is_dir = stat(full, &sb) == 0 && S_ISDIR(sb.st_mode); /* (walked: its files are listed) */
+            free(full);
+        }
+        if (is_dir) continue;
+        int listed = 0;
+        for (size_t i = 0; i < L->n && !listed; i++) listed = !strcmp(base_name(L->items[i].path), e->d_name);
+        size_t u = strlen(line);
+        if (!listed) snprintf(line + u, sizeof line - u, "%s%s (not an image)", n++ ? ", " : "", e->d_name);
+    }
+    if (d) closedir(d);
+    if (n) fprintf(stderr, "qalign: warning: --anchors %s: %zu file%s skipped: %s\n", dir, n, n == 1 ? "" : "s", line);
+}
+
 /* Open a model file and make the scoring context of the options (decoding --anchors). */
 static void open_scorer(App *app, const char *model_path) {
     Options *o = &app->o;
@@ -766,6 +803,7 @@ static void open_scorer(App *app, const char *model_path) {
         struct stat sb;
         if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--anchors %s: not a directory", dir);
         if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &L, err, sizeof err) != 0) die("%s", err);
+        anchors_skipped(dir, &L);
         for (size_t i = 0; i < L.n; i++) {
             if (L.items[i].kind != ITEM_IMAGE) continue;
             if (n_anchors == QALIGN_MAX_ANCHORS) die("--anchors %s: more than %d images", dir, QALIGN_MAX_ANCHORS);
@@ -783,6 +821,8 @@ static void open_scorer(App *app, const char *model_path) {
     int st = qalign_ctx_new(app->m, &co, &app->ctx, err, sizeof err);
     for (int i = 0; i < n_anchors; i++) image_free(&anchor_img[i]);
     if (st) die("%s%s", st == QALIGN_ERR_ARG ? "--" : "", err); /* argument errors start with the option's name */
+    static int noted;
+    if (qalign_ctx_notes(app->ctx) && !noted++) fprintf(stderr, "qalign: note: %s\n", qalign_ctx_notes(app->ctx));
     const qalign_preset *pr = qalign_preset_find(o->preset ? o->preset : "one-align");
     if (pr && pr->n_anchors && !n_anchors && !o->one_prompt)
         die("--preset %s compares each image with %d anchor images: give --anchors DIR (./run.sh --preset %s fetches "
@@ -858,9 +898,16 @@ static void print_comparison(const App *app, Collected *c) {
     if (n == 0) {
         printf("compare: no input was scored by both models\n");
     } else {
+        int flat_a = 1, flat_b = 1;
+        for (size_t i = 1; i < n; i++) flat_a = flat_a && x[i] == x[0], flat_b = flat_b && y[i] == y[0];
+        const char *why = n == 1   ? " (one input: no correlation)"
+                          : flat_a && flat_b ? " (nan: every score of A and of B is the same)"
+                          : flat_a ? " (nan: every score of A is the same)"
+                          : flat_b ? " (nan: every score of B is the same)"
+                          : n == 2 ? " (of 2 inputs: always +1 or -1)" : "";
         printf("compare: %zu inputs scored by both (scale %s): max |B - A| %.4f (%s), mean |B - A| %.4f, "
-               "SRCC %.4f, PLCC %.4f\n", n, app->rs.scale, maxd, a->path[worst], sumd / (double)n,
-               stats_srcc(x, y, n), stats_plcc(x, y, n));
+               "SRCC %.4f, PLCC %.4f%s\n", n, app->rs.scale, maxd, a->path[worst], sumd / (double)n,
+               stats_srcc(x, y, n), stats_plcc(x, y, n), why);
     }
     free(x);
     free(y);
@@ -1071,6 +1118,12 @@ int main(int argc, char **argv) {
             die("nothing to score: no image or video among the INPUTs%s", more);
         }
         if (o->shard) items_shard(&items, shard_i, shard_n);
+        size_t n_images = 0, n_videos = 0;
+        for (size_t i = 0; i < items.n; i++) n_images += items.items[i].kind == ITEM_IMAGE, n_videos += items.items[i].kind == ITEM_VIDEO;
+        if (o->per_frame && n_images)
+            fprintf(stderr, "qalign: warning: --per-frame scores the frames of videos; %s%zu image%s among the inputs %s "
+                    "scored once, as %s\n", n_videos ? "the " : "", n_images, n_images == 1 ? "" : "s",
+                    n_images == 1 ? "is" : "are", n_images == 1 ? "an image" : "images");
         if (o->shard && items.n == 0)
             fprintf(stderr, "qalign: shard %d/%d has no input (%zu in all)\n", shard_i, shard_n, n_listed);
     }

@@ -1074,6 +1074,7 @@ typedef struct {
     float temperature;              /* 1 (Compare2Score: 100) */
     float lo, hi;                   /* smallest and largest weight */
     char text[QALIGN_MAX_LEVELS * (QALIGN_MAX_SYNONYMS * 32 + 24) + 32]; /* as read: "w|w2=weight,..." (" /T") */
+    char note[1024];                /* words of several pieces: which piece is scored (qalign_ctx_notes) */
 } Levels;
 
 typedef struct {
@@ -1449,6 +1450,22 @@ static int level_word_id(const Model *m, const char *word) {
     return n >= 2 && n <= 64 ? ids[1] : -1;
 }
 
+/* The number of pieces word tokenizes to (without BOS); the first two go to piece[0..1]
+ * as text. */
+static int level_word_pieces(const Model *m, const char *word, char piece[2][40]) {
+    int ids[64], n = tokenizer_encode(&m->tok, word, strlen(word), 1, ids, 64);
+    for (int k = 0; k < 2; k++) {
+        piece[k][0] = 0;
+        if (k + 1 < n && n <= 64) {
+            const Tokenizer *t = &m->tok;
+            int id = ids[k + 1];
+            size_t len = t->offsets[id + 1] - t->offsets[id];
+            snprintf(piece[k], 40, "%.*s", (int)(len < 39 ? len : 39), t->blob + t->offsets[id]);
+        }
+    }
+    return n - 1;
+}
+
 /* [a, b) without the blanks around it */
 static void trim(const char **a, const char **b) {
     while (*a < *b && isspace((unsigned char)**a)) (*a)++;
@@ -1483,6 +1500,14 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
                     if (lv->ids[i][j] == id)
                         return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' is scored by the same token (%d) as "
                                          "another word of the levels", word, id);
+            char piece[2][40];
+            int np = level_word_pieces(m, word, piece);
+            if (np > 1) { /* tokenizer(word).input_ids[1], as the originals: the first piece stands for it */
+                size_t nl = strlen(lv->note);
+                snprintf(lv->note + nl, sizeof lv->note - nl, "%slevel word '%s' is %d pieces ('%s' '%s'%s): only the "
+                         "first, '%s', is scored (as the original code's input_ids[1])", nl ? "; " : "", word, np,
+                         piece[0], piece[1], np > 2 ? " ..." : "", piece[0]);
+            }
             if (lv->n_ids[lv->n] == 0) memcpy(lv->words[lv->n], word, sizeof word);
             size_t tl = strlen(lv->text);
             snprintf(lv->text + tl, sizeof lv->text - tl, "%s%s", lv->n_ids[lv->n] ? "|" : lv->n ? "," : "", word);
@@ -2497,6 +2522,13 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
     const char *tmpl = prompt_text(o.prompt ? o.prompt : pr->prompt);
+    for (const char *q = tmpl ? strchr(tmpl, '{') : NULL; q; q = strchr(q + 1, '{')) { /* {task} {input}, nothing else */
+        size_t k = 1;
+        while (isalnum((unsigned char)q[k]) || q[k] == '_') k++;
+        if (k > 1 && q[k] == '}' && strncmp(q, "{task}", 6) && strncmp(q, "{input}", 7))
+            return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: unknown placeholder %.*s (the template fills in "
+                             "{task} and {input} only)", (int)(k + 1 < 40 ? k + 1 : 40), q);
+    }
     if (!tmpl) {
         char names[256] = "";
         for (size_t i = 0; i < sizeof PROMPTS / sizeof PROMPTS[0]; i++)
@@ -2581,6 +2613,8 @@ void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
     *out = (qalign_ctx_info){.prompt = c->template, .levels = c->lv.text, .pad = c->pad, .precise = c->precise,
                              .n_anchors = c->n_anchors};
 }
+
+const char *qalign_ctx_notes(const qalign_ctx *c) { return c && c->lv.note[0] ? c->lv.note : NULL; }
 
 /* With a stage hook every image is scored alone (see qalign.h). */
 int qalign_ctx_batch(const qalign_ctx *c) { return !c ? 0 : c->hook ? 1 : c->batch; }

@@ -224,6 +224,9 @@ typedef struct {
     int pad, precise, n_anchors;
 } qalign_ctx_info;
 void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out);
+/* What the caller should tell the user once about how the context scores, on one line, or
+ * NULL: e.g. that a level word is several tokens and only its first is scored. */
+const char *qalign_ctx_notes(const qalign_ctx *c);
 /* The batch size and thread count in effect; the bytes its buffers take now. */
 int qalign_ctx_batch(const qalign_ctx *c);
 int qalign_ctx_threads(const qalign_ctx *c);

@@ -1397,6 +1397,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
         return -1;
     }
     s->co.batch = qalign_ctx_batch(s->ctx[s->default_task]);
+    if (qalign_ctx_notes(s->ctx[s->default_task])) fprintf(stderr, "qalign: note: %s\n", qalign_ctx_notes(s->ctx[s->default_task]));
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);

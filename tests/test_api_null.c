@@ -57,7 +57,8 @@ int main(int argc, char **argv) {
     check(1, "qalign_describe(m, NULL)");
     check(qalign_tokenize(NULL, "x", 1, NULL, 0) == -1 && qalign_tokenize(m, NULL, 1, NULL, 0) == -1,
           "qalign_tokenize(NULL model / NULL text) = -1");
-    /* VERIFY_NULL */
+    check(qalign_verify(NULL, err, sizeof err) == QALIGN_ERR_ARG && strstr(err, "model"), "qalign_verify(NULL)");
+    check(qalign_checksums(NULL) == 0, "qalign_checksums(NULL) = 0");
     check(qalign_presets(NULL) != NULL && qalign_prompts(NULL) != NULL && qalign_preset_find(NULL) == NULL,
           "qalign_presets(NULL), qalign_prompts(NULL), qalign_preset_find(NULL)");
     check(qalign_kernels() != NULL && strcmp(qalign_status_name(-1), "unknown status") == 0, "qalign_kernels, qalign_status_name(-1)");
@@ -84,6 +85,7 @@ int main(int argc, char **argv) {
     qalign_ctx_describe(NULL, &ci);
     check(ci.prompt == NULL && ci.levels == NULL, "qalign_ctx_describe(NULL, &info) zeroes it");
     qalign_ctx_describe(c, NULL);
+    check(qalign_ctx_notes(NULL) == NULL && qalign_ctx_notes(c) == NULL, "qalign_ctx_notes(NULL), (c) = NULL");
     check(qalign_ctx_batch(NULL) == 0 && qalign_ctx_threads(NULL) == 0 && qalign_ctx_bytes(NULL) == 0 &&
           qalign_pending(NULL) == 0, "qalign_ctx_batch/threads/bytes, qalign_pending (NULL) = 0");
     memset(&t, 0xAB, sizeof t);

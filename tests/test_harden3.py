@@ -500,3 +500,58 @@ def test_05_max_pixels(model, workdir):
     assert "more than --max-pixels (1000)" in ans[1]["error"] and ans[2]["score"] is not None, r.stdout
     report(f"harden3 5: --max-pixels from the header for PNG, JPEG, BMP, PPM, PGM; the issue's 13000x13000 PNG "
            f"refused in {took:.2f} s; server default 40M and --max-request-pixels")
+
+
+# ---- 11: what was accepted silently -----------------------------------------------------------
+
+def test_11_silently_accepted(model, photo, tiny_ref, workdir):
+    import shutil
+    import sentencepiece as spm
+    from PIL import Image
+    gray = tiny_ref / "inputs" / "gray.jpg"
+    # --per-frame on images: a warning
+    r = qa("-q", "--per-frame", model, photo)
+    assert r.returncode == 0 and "warning: --per-frame scores the frames of videos; 1 image among the inputs is " \
+                                 "scored once" in r.stderr, r.stderr
+    # an unknown {placeholder} in --prompt: refused (a typo would change every score)
+    one_line(qa("--prompt", "USER: rate the {taks} of this {input}\n<|image|>\nASSISTANT:", model, photo),
+             "unknown placeholder {taks}", "{task} and {input}")
+    assert qa("-q", "--prompt", "USER: {\"json\": 1} rate the {task}\n<|image|>\nASSISTANT:", model, photo).returncode == 0
+    # a level word of several pieces: which piece is scored, said once (sentencepiece's pieces)
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_ref / "checkpoint" / "tokenizer.model"))
+    word = "qualityish"
+    pieces = sp.encode(word, out_type=str)
+    assert len(pieces) > 1
+    r = qa("--json", "--levels", f"{word}=1,bad=0", model, photo, gray)
+    assert r.returncode == 0, r.stderr
+    notes = [l for l in r.stderr.splitlines() if "note:" in l]
+    assert len(notes) == 1 and f"level word '{word}' is {len(pieces)} pieces ('{pieces[0]}' '{pieces[1]}'" in notes[0] \
+        and f"only the first, '{pieces[0]}', is scored" in notes[0], r.stderr
+    # --anchors DIR: what was skipped is listed
+    anc = workdir / "h3_11_anchors"
+    anc.mkdir()
+    for k in range(5):
+        Image.new("RGB", (20 + k, 20), (40 * k, 90, 200 - 30 * k)).save(anc / f"anchor_{k}.png")
+    (anc / "README.txt").write_text("the anchors\n")
+    (anc / "broken.jpg").write_bytes(b"not a jpeg at all")
+    r = qa("--preset", "compare2score", "--anchors", anc, "--json", model, photo)
+    assert r.returncode == 0, r.stderr
+    w = [l for l in r.stderr.splitlines() if "--anchors" in l]
+    assert len(w) == 1 and "2 files skipped" in w[0] and "broken.jpg (" in w[0] and "README.txt (not an image)" in w[0], r.stderr
+    # conflicting --eval labels for one path: refused, naming it; the same label twice is fine
+    lab = workdir / "h3_11_labels.csv"
+    lab.write_text(f"path,mos\n{photo},3.5\n{gray},2\n{photo},4.25\n")
+    one_line(qa("--eval", lab, model, photo, gray), f"{photo} has two different labels, 3.5 and 4.25")
+    lab.write_text(f"path,mos\n{photo},3.5\n{gray},2\n{photo},3.5\n")
+    assert qa("-q", "--eval", lab, model, photo, gray).returncode == 0
+    # --compare: why SRCC is +-1 (2 inputs) or nan (constant scores)
+    r = qa("--compare", model, model, "-q", photo, gray)
+    assert r.returncode == 0 and "SRCC 1.0000, PLCC 1.0000 (of 2 inputs: always +1 or -1)" in r.stdout, r.stdout
+    same = workdir / "h3_11_same"
+    same.mkdir()
+    for k in range(3):
+        shutil.copy(photo, same / f"c{k}.jpg")
+    r = qa("--compare", model, model, "-q", same)
+    assert r.returncode == 0 and "(nan: every score of A and of B is the same)" in r.stdout, r.stdout
+    report(f"harden3 11: --per-frame on images warns; {{taks}} refused; a {len(pieces)}-piece level word noted once; --anchors lists "
+           "2 skipped files; conflicting --eval labels refused; --compare explains +-1 and nan (NaN temperature: test_06)")
