@@ -1577,7 +1577,8 @@ static int build_prompt(const Model *m, const char *tmpl, const char *task, cons
  *
  * The file has ONE table of tensors (name, dtype, shape, offset, size) written by export.py.
  * The loader walks it once: every tensor must start at the next 64-byte boundary after the
- * previous one, and the last must end exactly at the end of the file. Then every tensor
+ * previous one, and the last must end exactly at the end of the file, or at the checksum
+ * section (SUMS_*) that does. Then every tensor
  * the model needs is looked up by name and its dtype and shape checked against the header;
  * a missing, misshapen, duplicate, mistyped or unknown tensor is an error that says to
  * re-run export.py. Nothing is trusted: every header field is range-checked first. */
