@@ -16,7 +16,9 @@
  * Memory: a request holds a queue slot from the end of its head to its answer, and its body
  * (at most --max-body bytes; base64 is decoded in place) only while it holds one, so the
  * bodies take at most --max-queue x --max-body; images are decoded one at a time by the
- * worker. A body over --max-body is refused from its Content-Length, before it is read.
+ * worker, each within --max-pixels and what is left of its request's --max-request-pixels
+ * (both checked from the image's header, before it is decoded). A body over --max-body is
+ * refused from its Content-Length, before it is read.
  */
 #include <arpa/inet.h>
 #include <errno.h>

@@ -6,8 +6,9 @@
  * when first asked for) and takes from the queue up to --batch images of one task per
  * decoder pass, waiting at most --batch-wait ms for company; the scores are the CLI's,
  * bit for bit, whatever the batch (qalign.h guarantees it). Images stay encoded until the
- * worker decodes them one at a time, so memory is the model, the run state and at most
- * --max-queue request bodies of at most --max-body bytes each.
+ * worker decodes them one at a time, so memory is the model, the run state, at most
+ * --max-queue request bodies of at most --max-body bytes each, and the image being decoded
+ * (--max-pixels, checked from its header first; --max-request-pixels per request).
  *
  * serve_parse.c holds the parsers of untrusted bytes, as plain functions of a buffer (no
  * sockets, no threads, no allocation beyond the request's item lists) so that the
