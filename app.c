@@ -3057,10 +3057,11 @@ Report *report_new(const char *path, const char *title, char *err, size_t errlen
      * (opened now: a FIFO needs its reader already); anything else that is not a regular file
      * is refused. Whether the directory takes a new file is found out now, rather than after
      * every input was scored. */
-    struct stat st;
+    struct stat st, lst;
     const char *target = path;
     char *resolved = NULL;
-    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+    int exists = stat(path, &st) == 0; /* (through symbolic links: /dev/stdout is one) */
+    if (!(exists && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) && lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode)) {
         if (!(resolved = realpath(path, NULL))) {
             fail(err, errlen, "cannot write the report %s: it is a symbolic link to %s", path,
                  errno == ENOENT ? "a file that does not exist" : strerror(errno));
@@ -3069,9 +3070,8 @@ Report *report_new(const char *path, const char *title, char *err, size_t errlen
         }
         target = resolved;
     }
-    int exists = stat(target, &st) == 0;
     if (exists && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
-        r->direct_fd = open(target, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        r->direct_fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
         if (r->direct_fd < 0) {
             fail(err, errlen, "cannot write the report %s: %s", path,
                  errno == ENXIO ? "a FIFO that nobody reads (start its reader first)" : strerror(errno));

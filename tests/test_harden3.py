@@ -127,6 +127,14 @@ def test_02_report_targets_that_are_not_regular_files(model, photo, workdir):
     for opt in ("--report", "--csv"):
         one_line(qa("-q", opt, blk, model, photo), "a block device")
         assert stat.S_ISBLK(os.lstat(blk).st_mode)
+    # a character device: written in place (the issue's --report /dev/full, on a private node
+    # of the same device, so that an old qalign cannot replace the machine's /dev/full)
+    full = d / "full"
+    os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    one_line(qa("-q", "--report", full, model, photo), f"cannot write {full}: No space left on device")
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    r = qa("-q", "--report", "/dev/stdout", model, photo)              # stdout a pipe: /dev/stdout -> pipe:[...]
+    assert r.returncode == 0 and "<!DOCTYPE html>" in r.stdout and os.path.islink("/dev/stdout"), r.stderr
     # --csv into a FIFO / character device is written in place, as before
     r = qa("-q", "--jsonl", "/dev/null", model, photo)
     assert r.returncode == 0, r.stderr
