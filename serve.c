@@ -149,7 +149,7 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
         if (bad) return fail(err, errlen, "--api-key-file %s: cannot read it", v);
         key[n] = 0;
         key[strcspn(key, "\r\n")] = 0; /* the first line */
-        while (n && (key[strlen(key) - 1] == ' ' || key[strlen(key) - 1] == '\t')) key[strlen(key) - 1] = 0, n--;
+        for (size_t k = strlen(key); k > 0 && (key[k - 1] == ' ' || key[k - 1] == '\t'); k--) key[k - 1] = 0;
         if (!key[0]) return fail(err, errlen, "--api-key-file %s: the first line is empty", v);
         if (!(o->api_key = strdup(key))) return fail(err, errlen, "out of memory");
     } else {
