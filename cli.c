@@ -535,6 +535,9 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
     if (rc == 0 && plan.n == 0) snprintf(err, sizeof err, "shorter than one second: the original loader takes no frame");
     if (rc == 0 && plan.n > QALIGN_MAX_FRAMES)
         snprintf(err, sizeof err, "%lld frames is more than qalign takes (use --max-frames)", (long long)plan.n);
+    if (rc == 0 && g_max_pixels && (size_t)plan.info.width * (size_t)plan.info.height > g_max_pixels) /* before ffmpeg */
+        rc = -1, snprintf(err, sizeof err, "frames of %dx%d = %zu pixels, more than --max-pixels (%zu)", plan.info.width,
+                          plan.info.height, (size_t)plan.info.width * (size_t)plan.info.height, g_max_pixels);
     if (rc != 0 || plan.n == 0 || plan.n > QALIGN_MAX_FRAMES) {
         record(app, path, "video", NULL, err, NULL);
         video_plan_free(&plan);

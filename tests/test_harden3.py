@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, PYTHON, ROOT, report, run
+from test_cli import make_video, need_ffmpeg
 
 EXPORT = ROOT / "export.py"
 
@@ -563,3 +564,12 @@ def test_11_silently_accepted(model, photo, tiny_ref, workdir):
     assert r.returncode == 0 and "(nan: every score of A and of B is the same)" in r.stdout, r.stdout
     report(f"harden3 11: --per-frame on images warns; {{taks}} refused; a {len(pieces)}-piece level word noted once; --anchors lists "
            "2 skipped files; conflicting --eval labels refused; --compare explains +-1 and nan (NaN temperature: test_06)")
+
+
+@need_ffmpeg
+def test_05_max_pixels_videos(model, workdir):
+    clip = make_video(workdir / "h3_05_clip.mp4", rate="5", seconds=2.0, size="64x48")
+    r = qa("--json", "--max-pixels", "3000", model, clip)
+    assert r.returncode == 1 and "frames of 64x48 = 3072 pixels, more than --max-pixels (3000)" in \
+        json.loads(r.stdout)["error"], r.stdout + r.stderr
+    assert qa("-q", "--max-pixels", "3072", model, clip).returncode == 0
