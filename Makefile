@@ -78,6 +78,9 @@ build/%: tests/%.c $(SRCS) $(HDRS)
 build/test_api: tests/test_api.c libqalign.a qalign.h image.h
 	@mkdir -p build
 	$(CC) $(CFLAGS) -I. -o $@ $< libqalign.a $(LDLIBS)
+build/test_api_null: tests/test_api_null.c libqalign.a qalign.h
+	@mkdir -p build
+	$(CC) $(CFLAGS) -I. -o $@ $< libqalign.a $(LDLIBS)
 
 TEST_BINS = $(patsubst tests/%.c,build/%,$(wildcard tests/test_*.c))
 

@@ -11,6 +11,10 @@
  *   6. progress line
  *   7. sink
  */
+/* realpath() (a --report that is a symbolic link) is XSI, outside plain POSIX 2008 */
+#ifndef _XOPEN_SOURCE
+#define _XOPEN_SOURCE 700
+#endif
 #include "app.h"
 #include "common.h"
 
@@ -42,6 +46,12 @@ extern char **environ;
 
 
 static char *xstrdup0(const char *s) { return s ? strdup(s) : NULL; }
+
+/* what a file that is not a regular one is, for messages */
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : S_ISLNK(m) ? "a symbolic link"
+                                                                                                       : "not a regular file";
+}
 
 static ssize_t read_child(int fd, void *buf, size_t n);
 
@@ -2155,6 +2165,12 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
     f->fmt = fmt;
     int need_header = fmt == RESULTS_CSV;
     struct stat st;
+    if (stat(path, &st) == 0 && (S_ISBLK(st.st_mode) || S_ISSOCK(st.st_mode))) { /* refused before it is opened */
+        f->fd = -1;
+        fail(err, errlen, "%s is %s: rows are appended to a regular file, or written into a FIFO or character device",
+             path, file_kind(st.st_mode));
+        goto bad;
+    }
     /* O_NONBLOCK: a FIFO without a reader must not hang the open; cleared below */
     f->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644);
     if (f->fd < 0 && (errno == EACCES || errno == ENXIO || errno == EISDIR))
@@ -2166,6 +2182,11 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
     fcntl(f->fd, F_SETFL, fcntl(f->fd, F_GETFL) & ~O_NONBLOCK);
     if (S_ISDIR(st.st_mode)) {
         fail(err, errlen, "%s is a directory", path);
+        goto bad;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) { /* a block device, a socket */
+        fail(err, errlen, "%s is %s: rows are appended to a regular file, or written into a FIFO or character device",
+             path, file_kind(st.st_mode));
         goto bad;
     }
     if (S_ISREG(st.st_mode)) { /* what is there must be ours: then append after its last complete row */
@@ -2484,6 +2505,13 @@ Labels *labels_load(const char *path, char *err, size_t errlen) {
         return NULL;
     }
     for (size_t i = 0; i < l->n; i++) {
+        long same = strmap_get(&l->by_path, l->path[i], strlen(l->path[i]));
+        if (same >= 0 && l->mos[same] != l->mos[i]) { /* one path, two labels: which would be used is a guess */
+            fail(err, errlen, "labels file %s: %s has two different labels, %g and %g: keep one", path, l->path[i],
+                 l->mos[same], l->mos[i]);
+            labels_free(l);
+            return NULL;
+        }
         const char *bn = path_basename(l->path[i]);
         long prev = strmap_get(&l->by_name, bn, strlen(bn));
         if (strmap_put(&l->by_path, l->path[i], strlen(l->path[i]), (long)i) != 0 ||
@@ -2970,10 +2998,50 @@ typedef struct {
 
 struct Report {
     char *path, *title;
+    char *target;   /* the regular file the page replaces (path, or where its symbolic link points) */
+    int direct_fd;  /* a FIFO or character device: written in place, no rename (-1: none) */
     FILE *spool;
     REntry *e;
     size_t n, cap;
 };
+
+/* A new file beside `target` (in its directory) under a random name, created with
+ * O_EXCL | O_NOFOLLOW: never an existing file, never through a symbolic link someone put
+ * there. Its name goes to *tmp (malloc'ed). The fd, or -1 with errno set. */
+static int temp_beside(const char *target, char **tmp) {
+    size_t tl = strlen(target) + 32;
+    *tmp = malloc(tl);
+    if (!*tmp) {
+        errno = ENOMEM;
+        return -1;
+    }
+    static unsigned long long counter;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned long long rnd = 0;
+        int ufd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (ufd >= 0) {
+            if (read(ufd, &rnd, sizeof rnd) != (ssize_t)sizeof rnd) rnd = 0;
+            close(ufd);
+        }
+        rnd ^= (unsigned long long)time(NULL) * 0x9E3779B97F4A7C15ull ^ (unsigned long long)getpid() << 32 ^ ++counter;
+        snprintf(*tmp, tl, "%s.%016llx.tmp", target, rnd);
+        int fd = open(*tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd >= 0 || errno != EEXIST) {
+            if (fd < 0) {
+                int e = errno;
+                free(*tmp);
+                *tmp = NULL;
+                errno = e;
+            }
+            return fd;
+        }
+    }
+    free(*tmp);
+    *tmp = NULL;
+    errno = EEXIST;
+    return -1;
+}
+
 
 Report *report_new(const char *path, const char *title, char *err, size_t errlen) {
     Report *r = calloc(1, sizeof *r);
@@ -2982,33 +3050,61 @@ Report *report_new(const char *path, const char *title, char *err, size_t errlen
         fail(err, errlen, "out of memory");
         return NULL;
     }
-    /* the page is written at the end, to PATH.tmp renamed over PATH: find out now whether
-     * that can be done, rather than after every input was scored */
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        fail(err, errlen, "cannot write the report %s: it is a directory", path);
+    r->direct_fd = -1;
+    /* The page is written at the end to a new temporary file beside the target (random name,
+     * O_EXCL | O_NOFOLLOW), then renamed over it. A symbolic link is followed once, here: its
+     * target is replaced, the link stays. A FIFO or a character device is written in place
+     * (opened now: a FIFO needs its reader already); anything else that is not a regular file
+     * is refused. Whether the directory takes a new file is found out now, rather than after
+     * every input was scored. */
+    struct stat st, lst;
+    const char *target = path;
+    char *resolved = NULL;
+    int exists = stat(path, &st) == 0; /* (through symbolic links: /dev/stdout is one) */
+    if (!(exists && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) && lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+        if (!(resolved = realpath(path, NULL))) {
+            fail(err, errlen, "cannot write the report %s: it is a symbolic link to %s", path,
+                 errno == ENOENT ? "a file that does not exist" : strerror(errno));
+            report_free(r);
+            return NULL;
+        }
+        target = resolved;
+    }
+    if (exists && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
+        r->direct_fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (r->direct_fd < 0) {
+            fail(err, errlen, "cannot write the report %s: %s", path,
+                 errno == ENXIO ? "a FIFO that nobody reads (start its reader first)" : strerror(errno));
+            free(resolved);
+            report_free(r);
+            return NULL;
+        }
+        fcntl(r->direct_fd, F_SETFL, fcntl(r->direct_fd, F_GETFL) & ~O_NONBLOCK);
+    } else if (exists && !S_ISREG(st.st_mode)) {
+        fail(err, errlen, "cannot write the report %s: it is %s (a report replaces a regular file, or is written into a "
+             "FIFO or character device)", path, file_kind(st.st_mode));
+        free(resolved);
         report_free(r);
         return NULL;
+    } else {
+        char *tmp = NULL;
+        int fd = temp_beside(target, &tmp);
+        if (fd < 0) {
+            fail(err, errlen, "cannot write the report %s: %s", path, strerror(errno));
+            free(resolved);
+            report_free(r);
+            return NULL;
+        }
+        close(fd);
+        unlink(tmp);
+        free(tmp);
     }
-    size_t tl = strlen(path) + 8;
-    char *tmp = malloc(tl);
-    if (!tmp) {
+    r->target = resolved ? resolved : strdup(path);
+    if (!r->target) {
         fail(err, errlen, "out of memory");
         report_free(r);
         return NULL;
     }
-    snprintf(tmp, tl, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), made = fd >= 0;
-    if (fd < 0 && errno == EEXIST) fd = open(tmp, O_WRONLY | O_CLOEXEC); /* left by a killed run: it is rewritten */
-    if (fd < 0) {
-        fail(err, errlen, "cannot write the report %s: %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        report_free(r);
-        return NULL;
-    }
-    close(fd);
-    if (made) unlink(tmp);
-    free(tmp);
     r->spool = tmpfile();
     if (!r->spool) {
         fail(err, errlen, "cannot create a temporary file for thumbnails: %s", strerror(errno));
@@ -3027,6 +3123,8 @@ void report_free(Report *r) {
         free(r->e[i].error);
     }
     free(r->e);
+    free(r->target);
+    if (r->direct_fd >= 0) close(r->direct_fd);
     if (r->spool) fclose(r->spool);
     free(r->path);
     free(r->title);
@@ -3207,18 +3305,15 @@ int report_write(Report *r, const char *summary, char *err, size_t errlen) {
     g_sort_report = r;
     qsort(ok, nok, sizeof *ok, cmp_entry);
     qsort(bad, nbad, sizeof *bad, cmp_entry_path);
-    size_t tl = strlen(r->path) + 16;
-    char *tmp = malloc(tl);
+    char *tmp = NULL;
     FILE *f = NULL;
     int rc = -1;
-    if (!tmp) {
-        fail(err, errlen, "out of memory");
-        goto out;
-    }
-    snprintf(tmp, tl, "%s.tmp", r->path);
-    f = fopen(tmp, "wb");
-    if (!f) {
-        fail(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+    /* a FIFO / character device in place; else a new temporary file renamed over the target */
+    int fd = r->direct_fd >= 0 ? dup(r->direct_fd) : temp_beside(r->target, &tmp);
+    if (fd < 0 || !(f = fdopen(fd, "wb"))) {
+        fail(err, errlen, "cannot write the report %s: %s", r->path, strerror(errno));
+        if (fd >= 0) close(fd);
+        if (tmp) remove(tmp);
         goto out;
     }
     Buf b = {0};
@@ -3286,24 +3381,24 @@ int report_write(Report *r, const char *summary, char *err, size_t errlen) {
         fail(err, errlen, "out of memory writing the report");
         buf_free(&b);
         fclose(f);
-        remove(tmp);
+        if (tmp) remove(tmp);
         goto out;
     }
-    if (fwrite(b.p, 1, b.n, f) != b.n || fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        fail(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+    if (fwrite(b.p, 1, b.n, f) != b.n || fflush(f) != 0 || (tmp && fsync(fileno(f)) != 0)) {
+        fail(err, errlen, "cannot write %s: %s", tmp ? tmp : r->path, strerror(errno));
         buf_free(&b);
         fclose(f);
-        remove(tmp);
+        if (tmp) remove(tmp);
         goto out;
     }
     buf_free(&b);
     if (fclose(f) != 0) {
-        fail(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
-        remove(tmp);
+        fail(err, errlen, "cannot write %s: %s", tmp ? tmp : r->path, strerror(errno));
+        if (tmp) remove(tmp);
         goto out;
     }
-    if (rename(tmp, r->path) != 0) {
-        fail(err, errlen, "cannot rename %s to %s: %s", tmp, r->path, strerror(errno));
+    if (tmp && rename(tmp, r->target) != 0) {
+        fail(err, errlen, "cannot rename %s to %s: %s", tmp, r->target, strerror(errno));
         remove(tmp);
         goto out;
     }

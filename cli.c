@@ -6,6 +6,7 @@
  * usage and model errors end the program with one line on stderr and status 1 (2 for a
  * missing MODEL); an input that cannot be scored is an error line (and row), the others
  * are still scored, and the exit status is 1 if any failed. */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "app.h"
 #include "image.h"
@@ -95,13 +97,18 @@ static void usage(FILE *f) {
             "output:\n"
             "  --json                  one JSON object per line on stdout (the --jsonl row)\n"
             "  --csv FILE, --jsonl FILE  append one row per input (synced as it comes; never truncated;\n"
-            "                          each row says how it was made: model, prompt, levels, pad, ...)\n"
+            "                          each row says how it was made: model, prompt, levels, pad, ...;\n"
+            "                          a FIFO or character device is written in place, a block device\n"
+            "                          or socket refused)\n"
             "  --resume                skip inputs that have a good row made the same way in the\n"
             "                          --csv/--jsonl file(s); failed ones and ones made another way\n"
             "                          are scored again\n"
             "  --shard I/N             score only the I-th of N deterministic slices of the inputs\n"
             "  --eval LABELS.csv       print SRCC/PLCC/KRCC against path,mos labels\n"
-            "  --report FILE.html      a self-contained gallery sorted by score\n"
+            "  --report FILE.html      a self-contained gallery sorted by score, written to a new file\n"
+            "                          beside FILE (random name) and renamed over FILE at the end;\n"
+            "                          a FIFO or character device is written in place, other files\n"
+            "                          that are not regular (devices, sockets) are refused\n"
             "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
             "  --timings               seconds per stage on stderr, after each decoder batch (and each\n"
             "                          video; cumulative) and at the end\n"
@@ -111,18 +118,24 @@ static void usage(FILE *f) {
             "  --threads N             OpenMP threads (default: all cores)\n"
             "  --batch N               images per decoder pass (default 8): each decoder weight is\n"
             "                          read once per batch; a killed run loses at most one batch\n"
+            "  --max-pixels N          refuse images over N pixels (width x height; K, M, G = 1e3, 1e6,\n"
+            "                          1e9), read from the file's header before decoding (default:\n"
+            "                          Pillow's limit, %zu; a server's default is 40M)\n"
             "  --no-mmap               read the model into this process's memory (2 MB pages where\n"
             "                          the kernel allows) instead of mapping the file: faster per\n"
             "                          image where page faults are slow (VMs), for long runs; the\n"
             "                          copy is not shared with other processes\n"
             "  -h, --help              this help\n",
-            VIDEO_DEFAULT_TIMEOUT);
+            VIDEO_DEFAULT_TIMEOUT, (size_t)IMAGE_MAX_PIXELS);
     fprintf(f,
             "other commands:\n"
             "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
             "                                          and q8_0): per-input scores and differences, the\n"
             "                                          largest and mean |difference|, SRCC and PLCC\n"
             "  qalign --info MODEL                     the model's header and the compiled kernels\n"
+            "  qalign --verify MODEL                   check every tensor against the checksum export.py\n"
+            "                                          wrote (reads the whole file); with --listen or\n"
+            "                                          --stdio: before serving (/health says so)\n"
             "  qalign --tokenize TEXT MODEL            TEXT's token ids (with BOS)\n"
             "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
             "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
@@ -189,6 +202,7 @@ typedef struct {
     int batch;              /* --batch: images per decoder pass */
     const char *compare[2]; /* --compare A B */
     double ffmpeg_timeout;  /* --ffmpeg-timeout */
+    int64_t max_pixels;     /* --max-pixels, 0: not given (the decoders' own limit; a server: 40 M) */
 } Options;
 
 /* --compare: one model's scores, by input */
@@ -363,6 +377,19 @@ static void note_timings(App *app) {
 
 static qalign_image as_qimage(const Image *img) { return (qalign_image){img->rgb, img->w, img->h}; }
 
+static double wall_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* An image file, within --max-pixels when given (checked from its header, before decoding). */
+static size_t g_max_pixels;
+static int load_image(const char *path, Image *img, char *warn, size_t warnlen, char *err, size_t errlen) {
+    ImageLimits lim = {g_max_pixels, "--max-pixels", 0, NULL};
+    return image_load_max(path, &lim, img, warn, warnlen, err, errlen);
+}
+
 /* Score the images added so far as one decoder pass, then record them in order. */
 static void flush_images(App *app) {
     int n = qalign_pending(app->ctx);
@@ -383,7 +410,7 @@ static void score_image(App *app, const char *path) {
     char err[QALIGN_ERR_LEN];
     char warn[160];
     Image img = {0};
-    if (image_load_warn(path, &img, warn, sizeof warn, err, sizeof err) != 0) {
+    if (load_image(path, &img, warn, sizeof warn, err, sizeof err) != 0) {
         flush_images(app);
         record(app, path, "image", NULL, err, NULL);
         return;
@@ -439,7 +466,7 @@ static void score_one_prompt(App *app, char **files, int n) {
     int loaded = 0;
     for (; loaded < n; loaded++) {
         img[loaded] = (Image){0};
-        if (image_load(files[loaded], &img[loaded], err, sizeof err) != 0) break;
+        if (load_image(files[loaded], &img[loaded], NULL, 0, err, sizeof err) != 0) break;
         qi[loaded] = as_qimage(&img[loaded]);
     }
     qalign_result r;
@@ -465,7 +492,7 @@ static void score_frame_files(App *app, const char *name, char **files, int n) {
     Image first = {0};
     for (int f = 0; f < n; f++) {
         Image img = {0};
-        int rc = image_load(files[f], &img, err, sizeof err);
+        int rc = load_image(files[f], &img, NULL, 0, err, sizeof err);
         if (rc == 0) {
             qalign_image qi = as_qimage(&img);
             rc = qalign_video_frame(app->ctx, &qi, err, sizeof err);
@@ -510,6 +537,9 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
     if (rc == 0 && plan.n == 0) snprintf(err, sizeof err, "shorter than one second: the original loader takes no frame");
     if (rc == 0 && plan.n > QALIGN_MAX_FRAMES)
         snprintf(err, sizeof err, "%lld frames is more than qalign takes (use --max-frames)", (long long)plan.n);
+    if (rc == 0 && g_max_pixels && (size_t)plan.info.width * (size_t)plan.info.height > g_max_pixels) /* before ffmpeg */
+        rc = -1, snprintf(err, sizeof err, "frames of %dx%d = %zu pixels, more than --max-pixels (%zu)", plan.info.width,
+                          plan.info.height, (size_t)plan.info.width * (size_t)plan.info.height, g_max_pixels);
     if (rc != 0 || plan.n == 0 || plan.n > QALIGN_MAX_FRAMES) {
         record(app, path, "video", NULL, err, NULL);
         video_plan_free(&plan);
@@ -562,7 +592,7 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
     char err[256];
     Image img = {0}, res = {0};
     char warn[160];
-    if (image_load_warn(in, &img, warn, sizeof warn, err, sizeof err) != 0) die("%s: %s", in, err);
+    if (load_image(in, &img, warn, sizeof warn, err, sizeof err) != 0) die("%s: %s", in, err);
     if (warn[0]) fprintf(stderr, "qalign: warning: %s: %s\n", in, warn); /* decoded as Pillow decodes it */
     Image *w = &img;
     if (preprocess) {
@@ -736,6 +766,42 @@ static void resume_say(const ResumeTally *t) {
 
 /* ---- main ------------------------------------------------------------------------------- */
 
+static const char *base_name(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+/* --anchors DIR: say which of its files are not taken as anchor images, and why (one line). */
+static void anchors_skipped(const char *dir, const ItemList *L) {
+    char line[2048] = "";
+    size_t n = 0;
+    for (size_t i = 0; i < L->n; i++)
+        if (L->items[i].kind != ITEM_IMAGE) {
+            size_t u = strlen(line);
+            snprintf(line + u, sizeof line - u, "%s%s (%s)", n++ ? ", " : "", base_name(L->items[i].path),
+                     L->items[i].kind == ITEM_VIDEO ? "a video" : L->items[i].error ? L->items[i].error : "not an image");
+        }
+    DIR *d = L->n_skipped ? opendir(dir) : NULL; /* files the walk left out: not media, hidden, special */
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *full = malloc(strlen(dir) + strlen(e->d_name) + 2);
+        struct stat sb;
+        int is_dir = 0;
+        if (full) {
+            sprintf(full, "%s/%s", dir, e->d_name);
+            is_dir = stat(full, &sb) == 0 && S_ISDIR(sb.st_mode); /* (walked: its files are listed) */
+            free(full);
+        }
+        if (is_dir) continue;
+        int listed = 0;
+        for (size_t i = 0; i < L->n && !listed; i++) listed = !strcmp(base_name(L->items[i].path), e->d_name);
+        size_t u = strlen(line);
+        if (!listed) snprintf(line + u, sizeof line - u, "%s%s (not an image)", n++ ? ", " : "", e->d_name);
+    }
+    if (d) closedir(d);
+    if (n) fprintf(stderr, "qalign: warning: --anchors %s: %zu file%s skipped: %s\n", dir, n, n == 1 ? "" : "s", line);
+}
+
 /* Open a model file and make the scoring context of the options (decoding --anchors). */
 static void open_scorer(App *app, const char *model_path) {
     Options *o = &app->o;
@@ -750,10 +816,11 @@ static void open_scorer(App *app, const char *model_path) {
         struct stat sb;
         if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--anchors %s: not a directory", dir);
         if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &L, err, sizeof err) != 0) die("%s", err);
+        anchors_skipped(dir, &L);
         for (size_t i = 0; i < L.n; i++) {
             if (L.items[i].kind != ITEM_IMAGE) continue;
             if (n_anchors == QALIGN_MAX_ANCHORS) die("--anchors %s: more than %d images", dir, QALIGN_MAX_ANCHORS);
-            if (image_load(L.items[i].path, &anchor_img[n_anchors], err, sizeof err) != 0)
+            if (load_image(L.items[i].path, &anchor_img[n_anchors], NULL, 0, err, sizeof err) != 0)
                 die("--anchors: %s: %s", L.items[i].path, err);
             anchors[n_anchors] = as_qimage(&anchor_img[n_anchors]);
             n_anchors++;
@@ -767,6 +834,8 @@ static void open_scorer(App *app, const char *model_path) {
     int st = qalign_ctx_new(app->m, &co, &app->ctx, err, sizeof err);
     for (int i = 0; i < n_anchors; i++) image_free(&anchor_img[i]);
     if (st) die("%s%s", st == QALIGN_ERR_ARG ? "--" : "", err); /* argument errors start with the option's name */
+    static int noted;
+    if (qalign_ctx_notes(app->ctx) && !noted++) fprintf(stderr, "qalign: note: %s\n", qalign_ctx_notes(app->ctx));
     const qalign_preset *pr = qalign_preset_find(o->preset ? o->preset : "one-align");
     if (pr && pr->n_anchors && !n_anchors && !o->one_prompt)
         die("--preset %s compares each image with %d anchor images: give --anchors DIR (./run.sh --preset %s fetches "
@@ -842,9 +911,16 @@ static void print_comparison(const App *app, Collected *c) {
     if (n == 0) {
         printf("compare: no input was scored by both models\n");
     } else {
+        int flat_a = 1, flat_b = 1;
+        for (size_t i = 1; i < n; i++) flat_a = flat_a && x[i] == x[0], flat_b = flat_b && y[i] == y[0];
+        const char *why = n == 1   ? " (one input: no correlation)"
+                          : flat_a && flat_b ? " (nan: every score of A and of B is the same)"
+                          : flat_a ? " (nan: every score of A is the same)"
+                          : flat_b ? " (nan: every score of B is the same)"
+                          : n == 2 ? " (of 2 inputs: always +1 or -1)" : "";
         printf("compare: %zu inputs scored by both (scale %s): max |B - A| %.4f (%s), mean |B - A| %.4f, "
-               "SRCC %.4f, PLCC %.4f\n", n, app->rs.scale, maxd, a->path[worst], sumd / (double)n,
-               stats_srcc(x, y, n), stats_plcc(x, y, n));
+               "SRCC %.4f, PLCC %.4f%s\n", n, app->rs.scale, maxd, a->path[worst], sumd / (double)n,
+               stats_srcc(x, y, n), stats_plcc(x, y, n), why);
     }
     free(x);
     free(y);
@@ -859,7 +935,7 @@ int main(int argc, char **argv) {
     *o = (Options){.task = "quality", .batch = 8, .ffmpeg_timeout = VIDEO_DEFAULT_TIMEOUT};
     ServeOptions srv = SERVE_DEFAULTS; /* --listen, --stdio and their options (serve.h) */
     const char *tokenize_text = NULL, *model_path = NULL;
-    int info = 0, only_positional = 0, n_inputs = 0;
+    int info = 0, verify = 0, only_positional = 0, n_inputs = 0;
     char **inputs = xmalloc((size_t)argc * sizeof(char *));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -916,6 +992,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ffmpeg-timeout")) o->ffmpeg_timeout = parse_int(VALUE(), "--ffmpeg-timeout", 0, 1000000);
         else if (!strcmp(a, "--tokenize")) tokenize_text = VALUE();
         else if (!strcmp(a, "--info")) info = 1;
+        else if (!strcmp(a, "--max-pixels")) {
+            const char *v = VALUE();
+            if (serve_parse_pixels(v, &o->max_pixels))
+                die("--max-pixels expects a pixel count such as 40M or 250000 (1 to 1T), got '%s'", v);
+        }
+        else if (!strcmp(a, "--verify")) verify = 1;
         else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
             die("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
         else {
@@ -952,18 +1034,34 @@ int main(int argc, char **argv) {
     if (o->per_frame && o->dump_dir) die("--per-frame and --dump do not go together (--dump shows one computation)");
     int shard_i = 0, shard_n = 0;
     char err[QALIGN_ERR_LEN];
-    if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("--shard: %s", err);
+    if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("%s", err); /* (names --shard) */
     if (o->frames_dir) {
         struct stat sb;
         if (stat(o->frames_dir, &sb) != 0) die("--frames %s: %s", o->frames_dir, strerror(errno));
         if (!S_ISDIR(sb.st_mode)) die("--frames %s: not a directory", o->frames_dir);
     }
     video_set_timeout(o->ffmpeg_timeout);
+    g_max_pixels = (size_t)o->max_pixels;
+    if (o->max_pixels) srv.max_pixels = o->max_pixels;
 #ifndef _OPENMP
     if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif
 
     OutFile so = stdout_file();
+    if (verify && !srv.listen && !srv.stdio) { /* qalign --verify MODEL */
+        if (n_inputs || info || tokenize_text) die("--verify takes the MODEL only (or goes with --listen / --stdio)");
+        qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1};
+        if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
+        qalign_info inf;
+        qalign_describe(app.m, &inf);
+        double t0 = wall_seconds();
+        if (qalign_verify(app.m, err, sizeof err) != QALIGN_OK) die("%s", err);
+        printf("%s: the header, the table and all %d tensors match their checksums (%.2f GB in %.1f s)\n", model_path,
+               qalign_checksums(app.m), inf.file_bytes / 1e9, wall_seconds() - t0);
+        qalign_close(app.m);
+        free(inputs);
+        return close_outputs(0);
+    }
     if (info || tokenize_text) {
         qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1}; /* (nothing is scored) */
         if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
@@ -981,6 +1079,10 @@ int main(int argc, char **argv) {
             die("--listen and --stdio take requests, not INPUTs, --video, --frames, --one-prompt, --dump, --shard, "
                 "--compare, --per-frame, --csv, --jsonl, --report or --eval");
         if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
+        if (verify) { /* before serving: a damaged file does not start */
+            if (qalign_verify(app.m, err, sizeof err) != QALIGN_OK) die("%s", err);
+            srv.verified = 1;
+        }
         qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
                                  .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset};
         if (serve_run(&srv, app.m, &co, o->scale, err, sizeof err) != 0) die("%s", err);
@@ -1029,6 +1131,12 @@ int main(int argc, char **argv) {
             die("nothing to score: no image or video among the INPUTs%s", more);
         }
         if (o->shard) items_shard(&items, shard_i, shard_n);
+        size_t n_images = 0, n_videos = 0;
+        for (size_t i = 0; i < items.n; i++) n_images += items.items[i].kind == ITEM_IMAGE, n_videos += items.items[i].kind == ITEM_VIDEO;
+        if (o->per_frame && n_images)
+            fprintf(stderr, "qalign: warning: --per-frame scores the frames of videos; %s%zu image%s among the inputs %s "
+                    "scored once, as %s\n", n_videos ? "the " : "", n_images, n_images == 1 ? "" : "s",
+                    n_images == 1 ? "is" : "are", n_images == 1 ? "an image" : "images");
         if (o->shard && items.n == 0)
             fprintf(stderr, "qalign: shard %d/%d has no input (%zu in all)\n", shard_i, shard_n, n_listed);
     }
@@ -1039,14 +1147,10 @@ int main(int argc, char **argv) {
     {
         OutFile out[5];
         int n_out = 0;
-        char tmp[4200];
         if (o->sink.csv_path) out[n_out++] = out_file("--csv", o->sink.csv_path);
         if (o->sink.jsonl_path) out[n_out++] = out_file("--jsonl", o->sink.jsonl_path);
-        if (o->sink.report_path) {
+        if (o->sink.report_path) /* (its temporary file is new: made with O_EXCL under a random name) */
             out[n_out++] = out_file("--report", o->sink.report_path);
-            snprintf(tmp, sizeof tmp, "%s.tmp", o->sink.report_path);
-            out[n_out++] = out_file("--report's temporary file", tmp);
-        }
         out[n_out++] = so;
         size_t n_in = 3 + (size_t)n_inputs + (frames ? (size_t)n_frames : items.n), k = 0;
         const char **in_what = xmalloc(n_in * sizeof *in_what), **in_path = xmalloc(n_in * sizeof *in_path);

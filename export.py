@@ -22,7 +22,9 @@ Model file layout (all little-endian; the C loader in qalign.c reads exactly thi
     [0, 1024)   header: 256 x uint32 slots, see HEADER_FIELDS (floats as float32 bits)
     [1024, ...) tensor table: n_tensors x 96-byte entries, see TABLE_ENTRY
     then        tensor data, each tensor starting at a multiple of 64 bytes, in table order;
-                the last tensor ends exactly at the end of the file.
+    then        at the next multiple of 64, the checksum section (see write_sums), which
+                ends the file. (Files exported before it was added end with the last
+                tensor: they load as before, and `qalign --verify` says they have none.)
 """
 import argparse
 import json
@@ -1129,6 +1131,96 @@ def bpe_blob_from_tokenizer_json(tokenizer_json, tokenizer_config_json=None):
 
 
 # ----------------------------------------------------------------------------------------
+# Checksums: XXH64 in numpy, many equal-length messages at once
+
+SUMS_MAGIC = 0x4D555351     # "QSUM"
+SUMS_VERSION = 1
+SUMS_PIECE = 4096           # a tensor's checksum is the XXH64 of its pieces' XXH64s
+_U = np.uint64
+_XP1, _XP2, _XP3, _XP4, _XP5 = (_U(0x9E3779B185EBCA87), _U(0xC2B2AE3D27D4EB4F), _U(0x165667B19E3779F9),
+                                _U(0x85EBCA77C2B2AE63), _U(0x27D4EB2F165667C5))
+
+
+def _rotl(x, r):
+    return (x << _U(r)) | (x >> _U(64 - r))
+
+
+def _xround(acc, x):
+    return _rotl(acc + x * _XP2, 31) * _XP1
+
+
+def xxh64_rows(a):
+    """XXH64 (seed 0, the xxHash specification's algorithm) of each row of a uint8 array
+    [B, L]: the rows' 32-byte stripes advance together, one numpy step per stripe."""
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    B, L = a.shape
+    with np.errstate(over="ignore"):
+        n = L // 32
+        if n:
+            w = np.ascontiguousarray(a[:, :32 * n]).view("<u8").reshape(B, n, 4)
+            v = np.empty((B, 4), dtype=_U)
+            v[:] = np.array([int(_XP1) + int(_XP2) & (2**64 - 1), int(_XP2), 0, 2**64 - int(_XP1)], dtype=_U)
+            t = np.empty_like(v)
+            s31, s33 = _U(31), _U(33)
+            for i in range(n):        # v = rotl(v + x * P2, 31) * P1, in place
+                np.multiply(w[:, i, :], _XP2, out=t)
+                v += t
+                np.left_shift(v, s31, out=t)
+                v >>= s33
+                v |= t
+                v *= _XP1
+            h = _rotl(v[:, 0], 1) + _rotl(v[:, 1], 7) + _rotl(v[:, 2], 12) + _rotl(v[:, 3], 18)
+            for k in range(4):
+                h = (h ^ _xround(_U(0), v[:, k])) * _XP1 + _XP4
+        else:
+            h = np.full(B, _XP5, dtype=_U)
+        h = h + _U(L)
+        off = 32 * n
+        while L - off >= 8:
+            k = np.ascontiguousarray(a[:, off:off + 8]).view("<u8")[:, 0]
+            h = _rotl(h ^ _xround(_U(0), k), 27) * _XP1 + _XP4
+            off += 8
+        if L - off >= 4:
+            k = np.ascontiguousarray(a[:, off:off + 4]).view("<u4")[:, 0].astype(_U)
+            h = _rotl(h ^ k * _XP1, 23) * _XP2 + _XP3
+            off += 4
+        while off < L:
+            h = _rotl(h ^ a[:, off].astype(_U) * _XP5, 11) * _XP1
+            off += 1
+        h = h ^ (h >> _U(33))
+        h = h * _XP2
+        h = h ^ (h >> _U(29))
+        h = h * _XP3
+        h = h ^ (h >> _U(32))
+    return h
+
+
+def xxh64(data):
+    return int(xxh64_rows(np.frombuffer(bytes(data), dtype=np.uint8).reshape(1, -1))[0])
+
+
+def tensor_sum(data):
+    """A tensor's checksum (qalign.c tensor_sum): XXH64 of the little-endian XXH64s of its
+    4096-byte pieces, the last one possibly shorter."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    full = b.size // SUMS_PIECE
+    digs = [xxh64_rows(b[:full * SUMS_PIECE].reshape(full, SUMS_PIECE))] if full else []
+    if b.size % SUMS_PIECE:
+        digs.append(xxh64_rows(b[full * SUMS_PIECE:].reshape(1, -1)))
+    d = np.concatenate(digs).astype("<u8") if digs else np.zeros(0, "<u8")
+    return xxh64(d.tobytes())
+
+
+def write_sums(f, head_and_table, sums):
+    """The checksum section, at the next multiple of 64: magic, version, n_tensors, piece
+    size (u32 each), the XXH64 of the header and tensor table (u64), then each tensor's
+    checksum (u64) in table order. It ends the file."""
+    pad_to(f, ALIGN)
+    f.write(struct.pack("<IIIIQ", SUMS_MAGIC, SUMS_VERSION, len(sums), SUMS_PIECE, xxh64(head_and_table)))
+    f.write(np.array(sums, dtype="<u8").tobytes())
+
+
+# ----------------------------------------------------------------------------------------
 # Writer
 
 def pad_to(f, align):
@@ -1186,12 +1278,14 @@ def write_model(out, cfg, wtype, tok_path, source, log=print):
 
 def _write_file(tmp, header, table, tok_tensors, plan, source, total, log):
     with open(tmp, "wb") as f:
-        f.write(header)
+        head = bytearray(header)
         for name, dt, shape, off, nbytes in table:
             if len(name.encode()) >= 56 or len(shape) > 4:
                 die(f"internal: tensor name/shape too long: {name}")
             dims = list(shape) + [1] * (4 - len(shape))
-            f.write(TABLE_ENTRY.pack(name.encode(), dt, len(shape), *dims, off, nbytes))
+            head += TABLE_ENTRY.pack(name.encode(), dt, len(shape), *dims, off, nbytes)
+        f.write(head)
+        sums = []
         tok_data = {name: data for name, _s, _d, data in tok_tensors}
         srcs = {name: (src, shape, part) for name, shape, _k, src, part in plan}
         for i, (name, dt, shape, off, nbytes) in enumerate(table):
@@ -1205,9 +1299,12 @@ def _write_file(tmp, header, table, tok_tensors, plan, source, total, log):
             if len(data) != nbytes:
                 die(f"internal: {name} encoded to {len(data)} bytes, expected {nbytes}")
             f.write(data)
+            sums.append(tensor_sum(data))
             if log and (i % 50 == 0 or i == len(table) - 1):
                 log(f"  [{i + 1}/{len(table)}] {name} {list(shape)} -> {f.tell() / 1e9:.2f} GB", )
         assert f.tell() == total
+        write_sums(f, bytes(head), sums)
+        total = f.tell()
         f.flush()
         os.fsync(f.fileno())
     return total

@@ -40,6 +40,22 @@ int image_mul_size(size_t a, size_t b, size_t *out) {
     return 1;
 }
 
+/* The limits of the image_decode_max in progress on this thread (NULL: none). */
+static _Thread_local const ImageLimits *t_limits;
+
+int image_within_limit(long long w, long long h, char *err, size_t errlen) {
+    const ImageLimits *L = t_limits;
+    if (!L || w < 1 || h < 1) return 0;
+    unsigned long long n = (unsigned long long)w * (unsigned long long)h;
+    for (int k = 0; k < 2; k++) {
+        size_t lim = k ? L->pixels2 : L->pixels;
+        const char *name = k ? L->name2 : L->name;
+        if (lim && n > lim)
+            return fail(err, errlen, "image of %lldx%lld = %llu pixels, more than %s (%zu)", w, h, n, name ? name : "the limit", lim);
+    }
+    return 0;
+}
+
 /* Check w x h against the caps; 0 if acceptable. Used before any allocation,
  * also by decoders that want to refuse early (before reading pixel data). */
 static int check_dims(long long w, long long h, char *err, size_t errlen) {
@@ -49,7 +65,7 @@ static int check_dims(long long w, long long h, char *err, size_t errlen) {
     if ((unsigned long long)w * (unsigned long long)h > (unsigned long long)IMAGE_MAX_PIXELS)
         return fail(err, errlen, "image too large (%lldx%lld, limit %zu pixels)", w, h,
                     (size_t)IMAGE_MAX_PIXELS);
-    return 0;
+    return image_within_limit(w, h, err, errlen);
 }
 
 int image_alloc(Image *img, int w, int h, char *err, size_t errlen) {
@@ -147,6 +163,24 @@ int image_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, si
         return fail(err, errlen, "%s: %s", image_format_name(f), why[0] ? why : "decoding failed");
     }
     return 0;
+}
+
+int image_decode_max(const uint8_t *buf, size_t len, const ImageLimits *lim, Image *out, char *warn, size_t warnlen,
+                     char *err, size_t errlen) {
+    const ImageLimits *old = t_limits;
+    t_limits = lim;
+    int rc = image_decode_warn(buf, len, out, warn, warnlen, err, errlen);
+    t_limits = old;
+    return rc;
+}
+
+int image_load_max(const char *path, const ImageLimits *lim, Image *out, char *warn, size_t warnlen, char *err,
+                   size_t errlen) {
+    const ImageLimits *old = t_limits;
+    t_limits = lim;
+    int rc = image_load_warn(path, out, warn, warnlen, err, errlen);
+    t_limits = old;
+    return rc;
 }
 
 int image_load(const char *path, Image *out, char *err, size_t errlen) {
@@ -799,6 +833,7 @@ int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
     if (w == 0 || h == 0) return fail(err, errlen, "invalid image size");
     if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM || w * h > (uint64_t)IMAGE_MAX_PIXELS)
         return fail(err, errlen, "image too large (%llux%llu)", (unsigned long long)w, (unsigned long long)h);
+    if (image_within_limit((long long)w, (long long)h, err, errlen)) return -1;
 
     colors = colors_field ? colors_field : (bits < 64 ? (uint64_t)1 << bits : 0);
     if (base && offset == 14 + (uint64_t)hsize && bits <= 8) offset += 4 * colors;

@@ -44,6 +44,19 @@ int image_load(const char *path, Image *out, char *err, size_t errlen);
 int image_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, size_t warnlen, char *err,
                       size_t errlen);
 int image_load_warn(const char *path, Image *out, char *warn, size_t warnlen, char *err, size_t errlen);
+/* The same with lower limits on width x height, checked by every decoder from the file's
+ * header, before any pixel buffer is allocated or any pixel decoded (PNG: IHDR, JPEG: SOF,
+ * BMP: the info header, PNM: the header). An image over one is refused with "image of WxH
+ * = N pixels, more than NAME (LIMIT)", the first limit first. A limit of 0 is none. */
+typedef struct {
+    size_t pixels;  const char *name;        /* e.g. --max-pixels */
+    size_t pixels2; const char *name2;       /* e.g. what is left of a request's budget */
+} ImageLimits;
+/* warn as in image_decode_warn (may be NULL). */
+int image_decode_max(const uint8_t *buf, size_t len, const ImageLimits *lim, Image *out, char *warn, size_t warnlen,
+                     char *err, size_t errlen);
+int image_load_max(const char *path, const ImageLimits *lim, Image *out, char *warn, size_t warnlen, char *err,
+                   size_t errlen);
 /* Wrap raw RGB24 pixels (e.g. frames piped from ffmpeg); copies them. */
 int image_from_rgb(const uint8_t *rgb, int w, int h, Image *out, char *err, size_t errlen);
 void image_free(Image *img);
@@ -82,6 +95,9 @@ int jpeg_decode_warn(const uint8_t *buf, size_t len, Image *out, char *warn, siz
 
 /* Checked size arithmetic shared by the decoders: return 0 on overflow. */
 int image_mul_size(size_t a, size_t b, size_t *out);
+/* A decoder's header says w x h: 0 if within the limit of the image_decode_max in progress
+ * on this thread (if any), else -1 with the reason. (image_alloc checks it too.) */
+int image_within_limit(long long w, long long h, char *err, size_t errlen);
 /* Allocate an Image of w x h after checking IMAGE_MAX_DIM/IMAGE_MAX_PIXELS. */
 int image_alloc(Image *img, int w, int h, char *err, size_t errlen);
 

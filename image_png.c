@@ -733,6 +733,7 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
             if (w == 0 || h == 0) return fail(err, errlen, "invalid image size %ux%u", (unsigned)w, (unsigned)h);
             if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM || (uint64_t)w * h > (uint64_t)IMAGE_MAX_PIXELS)
                 return fail(err, errlen, "image too large (%ux%u)", (unsigned)w, (unsigned)h);
+            if (image_within_limit(w, h, err, errlen)) return -1; /* image_decode_max */
             p.w = (int)w;
             p.h = (int)h;
             p.channels = p.ctype == 0 || p.ctype == 3 ? 1 : p.ctype == 4 ? 2 : p.ctype == 2 ? 3 : 4;

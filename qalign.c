@@ -78,6 +78,12 @@ static int fail_with(char *err, size_t errlen, int status, const char *fmt, ...)
         }                                                                                         \
     } while (0)
 
+/* An API entry point's pointer argument that must not be NULL: QALIGN_ERR_ARG naming it. */
+#define NEED(ptr, name) \
+    do {                                                                                             \
+        if (!(ptr)) return fail_with(err, errlen, QALIGN_ERR_ARG, "%s is NULL", name);             \
+    } while (0)
+
 #define HINT_EXPORT " ---> re-run export.py to write a model file for this version of qalign"
 
 
@@ -90,6 +96,14 @@ static int fail_with(char *err, size_t errlen, int status, const char *fmt, ...)
 #define HEADER_BYTES 1024
 #define TABLE_ENTRY_BYTES 96
 #define TENSOR_ALIGN 64
+/* The checksum section (export.py write_sums), at the first multiple of 64 after the last
+ * tensor, ending the file: magic "QSUM", its version, n_tensors, the piece size, the XXH64 of
+ * the header and table, then one u64 per tensor in table order. Files without it (exported
+ * before it was added) load as before; qalign_verify says they cannot be verified. */
+#define SUMS_MAGIC 0x4D555351u   /* "QSUM" */
+#define SUMS_VERSION 1
+#define SUMS_PIECE 4096
+#define SUMS_HEAD 24
 #define N_LEVELS 5               /* the default level words */
 
 enum {
@@ -229,6 +243,8 @@ typedef struct qalign_model {
     int n_tensors;
     char *path;
     char model_id[17];      /* hash of header + table, hex */
+    const uint8_t *sums;    /* the checksum section after the last tensor (read_sums), or NULL
+                               for a file written before export.py added it */
     /* the helper thread that makes the mapped weights resident (prefetch_start) */
     pthread_t prefetcher;
     int prefetching;        /* it was started (and is joined by model_free) */
@@ -1058,6 +1074,7 @@ typedef struct {
     float temperature;              /* 1 (Compare2Score: 100) */
     float lo, hi;                   /* smallest and largest weight */
     char text[QALIGN_MAX_LEVELS * (QALIGN_MAX_SYNONYMS * 32 + 24) + 32]; /* as read: "w|w2=weight,..." (" /T") */
+    char note[1024];                /* words of several pieces: which piece is scored (qalign_ctx_notes) */
 } Levels;
 
 typedef struct {
@@ -1433,6 +1450,22 @@ static int level_word_id(const Model *m, const char *word) {
     return n >= 2 && n <= 64 ? ids[1] : -1;
 }
 
+/* The number of pieces word tokenizes to (without BOS); the first two go to piece[0..1]
+ * as text. */
+static int level_word_pieces(const Model *m, const char *word, char piece[2][40]) {
+    int ids[64], n = tokenizer_encode(&m->tok, word, strlen(word), 1, ids, 64);
+    for (int k = 0; k < 2; k++) {
+        piece[k][0] = 0;
+        if (k + 1 < n && n <= 64) {
+            const Tokenizer *t = &m->tok;
+            int id = ids[k + 1];
+            size_t len = t->offsets[id + 1] - t->offsets[id];
+            snprintf(piece[k], 40, "%.*s", (int)(len < 39 ? len : 39), t->blob + t->offsets[id]);
+        }
+    }
+    return n - 1;
+}
+
 /* [a, b) without the blanks around it */
 static void trim(const char **a, const char **b) {
     while (*a < *b && isspace((unsigned char)**a)) (*a)++;
@@ -1467,6 +1500,14 @@ static int levels_parse(const Model *m, const char *spec, float temperature, Lev
                     if (lv->ids[i][j] == id)
                         return fail_with(err, errlen, QALIGN_ERR_ARG, "levels: '%s' is scored by the same token (%d) as "
                                          "another word of the levels", word, id);
+            char piece[2][40];
+            int np = level_word_pieces(m, word, piece);
+            if (np > 1) { /* tokenizer(word).input_ids[1], as the originals: the first piece stands for it */
+                size_t nl = strlen(lv->note);
+                snprintf(lv->note + nl, sizeof lv->note - nl, "%slevel word '%s' is %d pieces ('%s' '%s'%s): only the "
+                         "first, '%s', is scored (as the original code's input_ids[1])", nl ? "; " : "", word, np,
+                         piece[0], piece[1], np > 2 ? " ..." : "", piece[0]);
+            }
             if (lv->n_ids[lv->n] == 0) memcpy(lv->words[lv->n], word, sizeof word);
             size_t tl = strlen(lv->text);
             snprintf(lv->text + tl, sizeof lv->text - tl, "%s%s", lv->n_ids[lv->n] ? "|" : lv->n ? "," : "", word);
@@ -1536,7 +1577,8 @@ static int build_prompt(const Model *m, const char *tmpl, const char *task, cons
  *
  * The file has ONE table of tensors (name, dtype, shape, offset, size) written by export.py.
  * The loader walks it once: every tensor must start at the next 64-byte boundary after the
- * previous one, and the last must end exactly at the end of the file. Then every tensor
+ * previous one, and the last must end exactly at the end of the file, or at the checksum
+ * section (SUMS_*) that does. Then every tensor
  * the model needs is looked up by name and its dtype and shape checked against the header;
  * a missing, misshapen, duplicate, mistyped or unknown tensor is an error that says to
  * re-run export.py. Nothing is trusted: every header field is range-checked first. */
@@ -1753,6 +1795,12 @@ static int read_table(Loader *ld) {
                              e->name, (unsigned long long)(e->offset + e->nbytes), m->file_size);
         pos = e->offset + e->nbytes;
     }
+    /* after the last tensor: nothing (a file from before checksums), or the checksum section */
+    uint64_t sums = (pos + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+    if (pos != m->file_size && sums + SUMS_HEAD + 8 * (uint64_t)m->n_tensors == m->file_size &&
+        rd_u32(h + sums) == SUMS_MAGIC && rd_u32(h + sums + 4) == SUMS_VERSION &&
+        rd_u32(h + sums + 8) == (uint32_t)m->n_tensors && rd_u32(h + sums + 12) == SUMS_PIECE)
+        m->sums = h + sums, pos = m->file_size;
     if (pos != m->file_size)
         load_fail(ld, QALIGN_ERR_FORMAT, "the tensor table ends at byte %llu but the file has %zu bytes;" HINT_EXPORT,
                   (unsigned long long)pos, m->file_size);
@@ -1978,6 +2026,7 @@ static uint64_t fnv1a(const uint8_t *p, size_t n, uint64_t h) {
 }
 
 int qalign_open(const char *path, const qalign_open_options *opt, qalign_model **out, char *err, size_t errlen) {
+    NEED(out, "out (where the model goes)");
     *out = NULL;
     if (!path) return fail_with(err, errlen, QALIGN_ERR_ARG, "no model path");
     Model *m = calloc(1, sizeof *m);
@@ -2058,6 +2107,81 @@ done:
 }
 
 void qalign_close(qalign_model *m) { model_free(m); }
+
+/* XXH64 (seed 0) of p[0..n), as the xxHash specification (xxhash.h, XXH64) defines it. */
+static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static const uint64_t XP1 = 0x9E3779B185EBCA87ull, XP2 = 0xC2B2AE3D27D4EB4Full, XP3 = 0x165667B19E3779F9ull,
+                      XP4 = 0x85EBCA77C2B2AE63ull, XP5 = 0x27D4EB2F165667C5ull;
+static uint64_t xxh_round(uint64_t acc, uint64_t in) { return rotl64(acc + in * XP2, 31) * XP1; }
+static uint64_t xxh_merge(uint64_t h, uint64_t v) { return (h ^ xxh_round(0, v)) * XP1 + XP4; }
+static uint64_t xxh64(const uint8_t *p, size_t n) {
+    const uint8_t *end = p + n;
+    uint64_t h;
+    if (n >= 32) {
+        uint64_t v1 = XP1 + XP2, v2 = XP2, v3 = 0, v4 = 0 - XP1;
+        for (; end - p >= 32; p += 32) {
+            v1 = xxh_round(v1, rd_u64(p)), v2 = xxh_round(v2, rd_u64(p + 8));
+            v3 = xxh_round(v3, rd_u64(p + 16)), v4 = xxh_round(v4, rd_u64(p + 24));
+        }
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xxh_merge(xxh_merge(xxh_merge(xxh_merge(h, v1), v2), v3), v4);
+    } else {
+        h = XP5;
+    }
+    h += (uint64_t)n;
+    for (; end - p >= 8; p += 8) h = rotl64(h ^ xxh_round(0, rd_u64(p)), 27) * XP1 + XP4;
+    if (end - p >= 4) h = rotl64(h ^ (uint64_t)rd_u32(p) * XP1, 23) * XP2 + XP3, p += 4;
+    for (; p < end; p++) h = rotl64(h ^ *p * XP5, 11) * XP1;
+    h ^= h >> 33, h *= XP2, h ^= h >> 29, h *= XP3, h ^= h >> 32;
+    return h;
+}
+
+/* A tensor's checksum: XXH64 of the little-endian XXH64s of its 4096-byte pieces (the last
+ * may be shorter), so that export.py's numpy can hash all pieces of a tensor at once and
+ * this loop can run on every core. dig: room for the pieces' digests. */
+static uint64_t tensor_sum(const uint8_t *p, size_t n, uint8_t *dig) {
+    size_t pieces = (n + SUMS_PIECE - 1) / SUMS_PIECE;
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < pieces; k++) {
+        size_t len = n - k * SUMS_PIECE < SUMS_PIECE ? n - k * SUMS_PIECE : SUMS_PIECE;
+        uint64_t d = xxh64(p + k * SUMS_PIECE, len);
+        for (int b = 0; b < 8; b++) dig[8 * k + (size_t)b] = (uint8_t)(d >> (8 * b));
+    }
+    return xxh64(dig, 8 * pieces);
+}
+
+int qalign_verify(const qalign_model *m, char *err, size_t errlen) {
+    NEED(m, "the model");
+    if (!m->sums)
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "%s has no checksums (it was written by an export.py before "
+                         "they were added): it cannot be verified;" HINT_EXPORT, m->path);
+    size_t most = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if ((size_t)m->table[i].nbytes > most) most = (size_t)m->table[i].nbytes;
+    uint8_t *dig = malloc((most + SUMS_PIECE - 1) / SUMS_PIECE * 8 + 8);
+    if (!dig) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    int bad = 0, first = -1;
+    uint64_t head = xxh64(m->map, HEADER_BYTES + (size_t)m->n_tensors * TABLE_ENTRY_BYTES);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const TableEntry *e = &m->table[i];
+        if (tensor_sum(m->map + e->offset, (size_t)e->nbytes, dig) != rd_u64(m->sums + SUMS_HEAD + 8 * (size_t)i)) {
+            if (first < 0) first = i;
+            bad++;
+        }
+    }
+    free(dig);
+    if (head != rd_u64(m->sums + 16))
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "%s: the header or tensor table does not match its checksum%s: "
+                         "the file is damaged (copy it again, or re-run export.py)", m->path,
+                         bad ? " (and tensors do not either)" : "");
+    if (bad)
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "%s: tensor %s does not match its checksum%s%.0d%s: the file is "
+                         "damaged (copy it again, or re-run export.py)", m->path, m->table[first].name,
+                         bad > 1 ? " (and " : "", bad > 1 ? bad - 1 : 0, bad > 1 ? " more tensors)" : "");
+    return QALIGN_OK;
+}
+
+int qalign_checksums(const qalign_model *m) { return m && m->sums ? m->n_tensors : 0; }
 
 /* ----------------------------------------------------------------------------------------
  * Back matter 3: the run state's buffers. */
@@ -2381,6 +2505,7 @@ static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
 }
 
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_ctx **out, char *err, size_t errlen) {
+    NEED(out, "out (where the context goes)");
     *out = NULL;
     qalign_ctx_options o = opt ? *opt : (qalign_ctx_options){0};
     if (!m) return fail_with(err, errlen, QALIGN_ERR_ARG, "no model");
@@ -2398,6 +2523,13 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
     const char *tmpl = prompt_text(o.prompt ? o.prompt : pr->prompt);
+    for (const char *q = tmpl ? strchr(tmpl, '{') : NULL; q; q = strchr(q + 1, '{')) { /* {task} {input}, nothing else */
+        size_t k = 1;
+        while (isalnum((unsigned char)q[k]) || q[k] == '_') k++;
+        if (k > 1 && q[k] == '}' && strncmp(q, "{task}", 6) && strncmp(q, "{input}", 7))
+            return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: unknown placeholder %.*s (the template fills in "
+                             "{task} and {input} only)", (int)(k + 1 < 40 ? k + 1 : 40), q);
+    }
     if (!tmpl) {
         char names[256] = "";
         for (size_t i = 0; i < sizeof PROMPTS / sizeof PROMPTS[0]; i++)
@@ -2426,7 +2558,9 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     snprintf(c->task, sizeof c->task, "%s", task);
     int st = levels_parse(m, o.levels ? o.levels : pr->levels, o.temperature > 0 ? o.temperature : pr->temperature, &c->lv,
                           err, errlen);
-    if (!st && o.temperature < 0) st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
+    if (!st && (o.temperature < 0 || isnan(o.temperature)))
+        st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number (0: the preset's), not %g",
+                       (double)o.temperature);
     if (!st && !(c->template = strdup(tmpl))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
@@ -2461,6 +2595,7 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
 }
 
 int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, float *lo, float *hi) {
+    if (!c) return 0;
     for (int i = 0; i < c->lv.n; i++) {
         if (words) words[i] = c->lv.words[i];
         if (weights) weights[i] = c->lv.weights[i];
@@ -2471,23 +2606,34 @@ int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, f
 }
 
 void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
+    if (!out) return;
+    if (!c) {
+        *out = (qalign_ctx_info){0};
+        return;
+    }
     *out = (qalign_ctx_info){.prompt = c->template, .levels = c->lv.text, .pad = c->pad, .precise = c->precise,
                              .n_anchors = c->n_anchors};
 }
 
-/* With a stage hook every image is scored alone (see qalign.h). */
-int qalign_ctx_batch(const qalign_ctx *c) { return c->hook ? 1 : c->batch; }
-int qalign_ctx_threads(const qalign_ctx *c) { return c->threads; }
-size_t qalign_ctx_bytes(const qalign_ctx *c) { return c->have_state ? c->s.bytes : 0; }
+const char *qalign_ctx_notes(const qalign_ctx *c) { return c && c->lv.note[0] ? c->lv.note : NULL; }
 
-void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) { *out = c->have_state ? c->s.seconds : c->seconds; }
+/* With a stage hook every image is scored alone (see qalign.h). */
+int qalign_ctx_batch(const qalign_ctx *c) { return !c ? 0 : c->hook ? 1 : c->batch; }
+int qalign_ctx_threads(const qalign_ctx *c) { return c ? c->threads : 0; }
+size_t qalign_ctx_bytes(const qalign_ctx *c) { return c && c->have_state ? c->s.bytes : 0; }
+
+void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) {
+    if (out) *out = !c ? (qalign_timings){0} : c->have_state ? c->s.seconds : c->seconds;
+}
 
 void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
+    if (!c) return;
     c->hook = fn;
     c->hook_user = user;
 }
 
 int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
     if (c->prompt_image.n_markers != 1 && !c->n_anchors)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
@@ -2498,9 +2644,10 @@ int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t e
     return st;
 }
 
-int qalign_pending(const qalign_ctx *c) { return c->pending; }
+int qalign_pending(const qalign_ctx *c) { return c ? c->pending : 0; }
 
 int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (c->pending == 0) return QALIGN_OK;
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result array");
     int old = threads_enter(c);
@@ -2516,6 +2663,7 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
 }
 
 int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (c->pending) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d images are pending (qalign_flush first)", c->pending);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
@@ -2533,6 +2681,7 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
 }
 
 int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k >= c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "all %d frames were given already", c->video_n);
     int st = encode_image(c, frame, slot(c, c->video_k), c->video_k, c->video_n, err, errlen);
@@ -2541,6 +2690,7 @@ int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size
 }
 
 int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k < c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d of %d frames given", c->video_k, c->video_n);
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result");
@@ -2562,7 +2712,9 @@ int qalign_video_end(qalign_ctx *c, qalign_result *out, char *err, size_t errlen
     return qalign_video_end_frames(c, out, NULL, err, errlen);
 }
 
-void qalign_video_cancel(qalign_ctx *c) { c->video_n = c->video_k = 0; }
+void qalign_video_cancel(qalign_ctx *c) {
+    if (c) c->video_n = c->video_k = 0;
+}
 
 static void result_error(qalign_result *r, int status, const char *msg) {
     memset(r, 0, sizeof *r);
@@ -2571,6 +2723,7 @@ static void result_error(qalign_result *r, int status, const char *msg) {
 }
 
 int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     if (n > 0 && c->prompt_image.n_markers != 1 && !c->n_anchors)
@@ -2592,6 +2745,7 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
 }
 
 int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!imgs || !out || n < 1) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     if (n != c->prompt_image.n_markers)
@@ -2614,6 +2768,7 @@ int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
 }
 
 int qalign_score_video(qalign_ctx *c, const qalign_image *frames, int n, qalign_result *out, char *err, size_t errlen) {
+    NEED(c, "the context");
     if (!frames || !out) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad frame array");
     int st = qalign_video_begin(c, n, err, errlen);
     if (st) return st;
@@ -2630,8 +2785,10 @@ int qalign_score_video(qalign_ctx *c, const qalign_image *frames, int n, qalign_
 }
 
 void qalign_describe(const qalign_model *m, qalign_info *o) {
-    const Config *c = &m->c;
+    if (!o) return;
     memset(o, 0, sizeof *o);
+    if (!m) return;
+    const Config *c = &m->c;
     o->path = m->path;
     o->file_bytes = m->file_size;
     o->format_version = QALIGN_VERSION;

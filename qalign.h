@@ -22,6 +22,9 @@
  * function prints, exits or aborts on bad input; a condition that can only come from a
  * bug in qalign is reported on stderr and aborts ("qalign: internal error ...").
  * Strings passed in are copied; pointers returned stay valid as long as their object.
+ * A NULL where a model, a context, an image array or an output is expected is refused with
+ * QALIGN_ERR_ARG and a message naming it; functions without a status ignore a NULL (those
+ * returning a number return 0, qalign_describe and qalign_ctx_describe zero their output).
  *
  * Threads: each call of a context runs on the calling thread plus the OpenMP threads of
  * that context (qalign_ctx_options.threads). Results do not depend on the thread count,
@@ -108,6 +111,14 @@ typedef struct {
 
 void qalign_describe(const qalign_model *m, qalign_info *out);
 
+/* Check every tensor (and the header and table) against the checksums export.py wrote:
+ * QALIGN_OK, or QALIGN_ERR_FORMAT naming the first damaged tensor (or saying that the file
+ * has no checksums: exported before they were added). Reads the whole file (a few seconds
+ * per GB); opening a model never does this. qalign_checksums: how many tensors have a
+ * checksum (0: none). */
+int qalign_verify(const qalign_model *m, char *err, size_t errlen);
+int qalign_checksums(const qalign_model *m);
+
 /* The kernels compiled into this library, e.g. "scalar avx512 avx512-vnni avx512-bf16 openmp". */
 const char *qalign_kernels(void);
 
@@ -145,7 +156,8 @@ typedef struct {
                                padding and temperature as that scorer has them; the fields
                                above override them */
     float temperature;      /* the level logits are divided by this before the softmax
-                               (0: the preset's; Compare2Score: 100) */
+                               (0: the preset's; Compare2Score: 100); negative, infinite or
+                               NaN: QALIGN_ERR_ARG */
     const qalign_image *anchors; /* a comparison scorer's anchor images, in order (Compare2Score:
                                the 5 of VQA-CityU/Anchor_images). With anchors, the prompt has
                                two <|image|>: each image is compared with every anchor (anchor
@@ -212,6 +224,9 @@ typedef struct {
     int pad, precise, n_anchors;
 } qalign_ctx_info;
 void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out);
+/* What the caller should tell the user once about how the context scores, on one line, or
+ * NULL: e.g. that a level word is several tokens and only its first is scored. */
+const char *qalign_ctx_notes(const qalign_ctx *c);
 /* The batch size and thread count in effect; the bytes its buffers take now. */
 int qalign_ctx_batch(const qalign_ctx *c);
 int qalign_ctx_threads(const qalign_ctx *c);

@@ -170,6 +170,8 @@ if ! "$here/qalign" --info "$out" >/dev/null 2>&1; then
     mkdir -p "$cache"
     say "exporting $model_dir -> $out ($dtype)"
     $py "$here/export.py" "$model_dir" "$out" --dtype "$dtype" || die "export failed"
+    # once, after the export: every tensor against the checksum export.py wrote
+    "$here/qalign" --verify "$out" >&2 || { rm -f "$out"; die "the new export $out is damaged (removed): run again"; }
 fi
 
 # 4. score

@@ -16,7 +16,9 @@
  * Memory: a request holds a queue slot from the end of its head to its answer, and its body
  * (at most --max-body bytes; base64 is decoded in place) only while it holds one, so the
  * bodies take at most --max-queue x --max-body; images are decoded one at a time by the
- * worker. A body over --max-body is refused from its Content-Length, before it is read.
+ * worker, each within --max-pixels and what is left of its request's --max-request-pixels
+ * (both checked from the image's header, before it is decoded). A body over --max-body is
+ * refused from its Content-Length, before it is read.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -67,7 +69,7 @@ static int parse_long(const char *v, long lo, long hi, long *out) {
     return 0;
 }
 
-/* "64M", "100000", "1G", "512K" */
+/* "64M", "100000", "1G", "512K", "1T" (1 byte to 1 TB) */
 static int parse_size(const char *v, int64_t *out) {
     char *end;
     errno = 0;
@@ -77,16 +79,32 @@ static int parse_size(const char *v, int64_t *out) {
     if (*end == 'K' || *end == 'k') mul = 1024, end++;
     else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
     else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+    else if (*end == 'T' || *end == 't') mul = 1024.0 * 1024 * 1024 * 1024, end++;
     if (*end == 'B' || *end == 'b') end++;
     if (*end || x * mul < 1 || x * mul > (double)((int64_t)1 << 40)) return -1;
     *out = (int64_t)(x * mul);
     return 0;
 }
 
+/* "40M", "1G", "250000": pixels (K, M, G, T = 1e3, 1e6, 1e9, 1e12; 1 to 1e12) */
+int serve_parse_pixels(const char *v, int64_t *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || !(x >= 0)) return -1;
+    if (*end == 'K' || *end == 'k') x *= 1e3, end++;
+    else if (*end == 'M' || *end == 'm') x *= 1e6, end++;
+    else if (*end == 'G' || *end == 'g') x *= 1e9, end++;
+    else if (*end == 'T' || *end == 't') x *= 1e12, end++;
+    if (*end || x < 1 || x > 1e12) return -1;
+    *out = (int64_t)x;
+    return 0;
+}
+
 int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen) {
     const char *a = argv[i];
     static const char *const with_value[] = {"--listen", "--batch-wait", "--max-body", "--max-queue", "--max-connections",
-                                             "--timeout", "--api-key", NULL};
+                                             "--timeout", "--api-key", "--api-key-file", "--max-request-pixels", NULL};
     if (!strcmp(a, "--stdio")) {
         o->stdio = 1;
         return 1;
@@ -104,7 +122,8 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
         if (parse_long(v, 0, 60000, &x)) return fail(err, errlen, "--batch-wait expects milliseconds in [0, 60000], got '%s'", v);
         o->batch_wait_ms = (int)x;
     } else if (!strcmp(a, "--max-body")) {
-        if (parse_size(v, &o->max_body)) return fail(err, errlen, "--max-body expects a size such as 64M (1 B to 1 TB), got '%s'", v);
+        if (parse_size(v, &o->max_body))
+            return fail(err, errlen, "--max-body expects a size from 1 to 1T bytes, such as 64M, 1G or 1T, got '%s'", v);
     } else if (!strcmp(a, "--max-queue")) {
         if (parse_long(v, 1, 100000, &x)) return fail(err, errlen, "--max-queue expects an integer in [1, 100000], got '%s'", v);
         o->max_queue = (int)x;
@@ -117,9 +136,27 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
         double t = strtod(v, &end);
         if (end == v || *end || !(t >= 0.1 && t <= 86400)) return fail(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
         o->timeout = t;
+    } else if (!strcmp(a, "--max-request-pixels")) {
+        if (serve_parse_pixels(v, &o->max_request_pixels))
+            return fail(err, errlen, "--max-request-pixels expects a count such as 400M or 1G (1 to 1T), got '%s'", v);
+    } else if (!strcmp(a, "--api-key-file")) {
+        char key[4096];
+        FILE *f = fopen(v, "r");
+        if (!f) return fail(err, errlen, "--api-key-file %s: %s", v, strerror(errno));
+        size_t n = fread(key, 1, sizeof key - 1, f);
+        int bad = ferror(f);
+        fclose(f);
+        if (bad) return fail(err, errlen, "--api-key-file %s: cannot read it", v);
+        key[n] = 0;
+        key[strcspn(key, "\r\n")] = 0; /* the first line */
+        for (size_t k = strlen(key); k > 0 && (key[k - 1] == ' ' || key[k - 1] == '\t'); k--) key[k - 1] = 0;
+        if (!key[0]) return fail(err, errlen, "--api-key-file %s: the first line is empty", v);
+        if (!(o->api_key = strdup(key))) return fail(err, errlen, "out of memory");
     } else {
         if (!v[0]) return fail(err, errlen, "--api-key is empty");
-        o->api_key = v;
+        /* a copy, then the argument blanked: /proc/PID/cmdline (ps) no longer shows it */
+        if (!(o->api_key = strdup(v))) return fail(err, errlen, "out of memory");
+        memset(argv[i + 1], 0, strlen(argv[i + 1]));
     }
     return 2;
 }
@@ -147,6 +184,7 @@ struct Job {
     int n_res;              /* req.n images, or 1 (a video) */
     qalign_result *res;
     Unit *units;
+    int64_t pixels_left;    /* what is left of --max-request-pixels (the worker's) */
     int remaining;          /* units not scored yet */
     int done;
     double t_start;         /* when its head was complete */
@@ -270,7 +308,8 @@ static Job *job_new(Server *s, const char *task, const char *scale, char *err, s
     return j;
 }
 
-static int job_ready(Job *j, char *err, size_t errlen) {
+static int job_ready(Server *s, Job *j, char *err, size_t errlen) {
+    j->pixels_left = s->o.max_request_pixels;
     j->n_res = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
     j->res = calloc((size_t)j->n_res, sizeof *j->res);
     j->units = calloc((size_t)j->n_res, sizeof *j->units);
@@ -296,7 +335,7 @@ static char *job_row(Server *s, const Job *j, int i) {
 /* ---- the worker ---------------------------------------------------------------------------- */
 
 /* Read a regular file (stdio requests) of at most max bytes and decode it. */
-static int load_file(const char *path, int64_t max, Image *img, char *err, size_t errlen) {
+static int load_file(const char *path, int64_t max, const ImageLimits *lim, Image *img, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the worker */
     if (fd < 0) return fail(err, errlen, "cannot open: %s", strerror(errno));
     struct stat sb;
@@ -321,14 +360,23 @@ static int load_file(const char *path, int64_t max, Image *img, char *err, size_
         got += (size_t)r;
     }
     close(fd);
-    int rc = image_decode(buf, got, img, err, errlen);
+    int rc = image_decode_max(buf, got, lim, img, NULL, 0, err, errlen);
     free(buf);
     return rc;
 }
 
-static int load_source(Server *s, const ServeSource *src, Image *img, char *err, size_t errlen) {
+/* Decode one image of job j (the worker): within --max-pixels and what is left of the
+ * request's --max-request-pixels, both checked from the header before decoding. */
+static int load_source(Server *s, Job *j, const ServeSource *src, Image *img, char *err, size_t errlen) {
     double t0 = now_seconds();
-    int rc = src->path ? load_file(src->path, s->o.max_body, img, err, errlen) : image_decode(src->data, src->len, img, err, errlen);
+    ImageLimits lim = {(size_t)s->o.max_pixels, "--max-pixels", (size_t)(j->pixels_left > 0 ? j->pixels_left : 0),
+                       "what is left of the request's --max-request-pixels"};
+    int rc = -1;
+    if (j->pixels_left <= 0) fail(err, errlen, "the request's images used up its --max-request-pixels (%lld) before this one",
+                                  (long long)s->o.max_request_pixels);
+    else if (src->path) rc = load_file(src->path, s->o.max_body, &lim, img, err, errlen);
+    else rc = image_decode_max(src->data, src->len, &lim, img, NULL, 0, err, errlen);
+    if (rc == 0) j->pixels_left -= (int64_t)img->w * img->h;
     pthread_mutex_lock(&s->mu);
     s->decode_seconds += now_seconds() - t0;
     pthread_mutex_unlock(&s->mu);
@@ -349,7 +397,7 @@ static int add_unit(Server *s, qalign_ctx *ctx, Unit *u) {
     Job *j = u->job;
     char err[QALIGN_ERR_LEN];
     Image img;
-    if (load_source(s, &j->req.items[u->index], &img, err, sizeof err) != 0) {
+    if (load_source(s, j, &j->req.items[u->index], &img, err, sizeof err) != 0) {
         set_error(&j->res[u->index], QALIGN_ERR_INPUT, err);
         return -1;
     }
@@ -375,7 +423,7 @@ static void score_video(Server *s, qalign_ctx *ctx, Job *j) {
     for (int f = 0; f < n; f++) {
         Image img;
         const ServeSource *src = &j->req.items[f];
-        st = load_source(s, src, &img, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
+        st = load_source(s, j, src, &img, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
         if (st == QALIGN_OK) {
             qalign_image qi = {img.rgb, img.w, img.h};
             st = qalign_video_frame(ctx, &qi, err, sizeof err);
@@ -618,8 +666,10 @@ static void http_health(Conn *c, int keep) {
     pthread_mutex_unlock(&s->mu);
     buf_printf(&b, "{\"status\": \"%s\", \"model\": ", stopping ? "stopping" : "ok");
     buf_json(&b, s->model_name);
-    buf_printf(&b, ", \"model_id\": \"%s\", \"weights\": \"%s\", \"queue\": %d, \"queued_images\": %d, \"max_queue\": %d, "
-               "\"batch\": %d, \"images_scored\": %llu}\n", s->info.model_id, s->info.weight_type, admitted, queued,
+    buf_printf(&b, ", \"model_id\": \"%s\", \"checksums\": %s, \"verified\": %s", s->info.model_id,
+               qalign_checksums(s->m) ? "true" : "false", s->o.verified ? "true" : "false");
+    buf_printf(&b, ", \"weights\": \"%s\", \"queue\": %d, \"queued_images\": %d, \"max_queue\": %d, "
+               "\"batch\": %d, \"images_scored\": %llu}\n", s->info.weight_type, admitted, queued,
                s->o.max_queue, s->co.batch, (unsigned long long)images);
     if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
     else respond(c, 200, "application/json", b.p, b.n, NULL, keep);
@@ -807,6 +857,9 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
                 snprintf(err, sizeof err, "the body was not received within %.3g s", deadline - t0);
                 respond_error(c, 408, err, NULL, 0);
                 c->drain = 1;
+            } else if (n == 0) { /* the client closed its side early: it may still read the answer */
+                snprintf(err, sizeof err, "the body ended after %zu of its %zu bytes (Content-Length)", got, len);
+                respond_error(c, 400, err, NULL, 0);
             }
             return 0;
         }
@@ -817,6 +870,14 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
     int rc;
     if (rq->json) {
         rc = serve_parse_json(j->body, len, 0, &j->req, err, sizeof err);
+        /* a parameter in both the query string and the body must say the same */
+        if (rc == 0 && qt && j->req.task && strcmp(task, j->req.task))
+            rc = fail(err, sizeof err, "task is '%s' in the query string but '%.64s' in the JSON body", task, j->req.task);
+        if (rc == 0 && qs && j->req.scale && strcmp(scale, j->req.scale))
+            rc = fail(err, sizeof err, "scale is '%s' in the query string but '%.64s' in the JSON body", scale, j->req.scale);
+        if (rc == 0 && qn && j->req.names && (j->req.n_names != 1 || !j->req.names[0] || strcmp(name, j->req.names[0])))
+            rc = fail(err, sizeof err, "name is given in the query string and %s in the JSON body",
+                      j->req.n_names == 1 ? "another one" : "names");
         if (rc == 0 && j->req.task && (j->task = find_task(j->req.task)) < 0)
             rc = fail(err, sizeof err, "task must be quality, aesthetics or aesthetic");
         if (rc == 0 && j->req.scale) {
@@ -833,7 +894,7 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
             j->req.items[0].len = len;
         }
     }
-    if (rc == 0) rc = job_ready(j, err, sizeof err);
+    if (rc == 0) rc = job_ready(s, j, err, sizeof err);
     if (rc != 0) {
         job_free(j);
         release_slot(s);
@@ -1207,7 +1268,7 @@ static void stdio_line(Server *s, char *line, size_t n) {
     }
     j->req = req;
     j->body = line;
-    if (job_ready(j, err, sizeof err) != 0) {
+    if (job_ready(s, j, err, sizeof err) != 0) {
         out_error(s, req.id, err);
         job_free(j);
         return;
@@ -1338,6 +1399,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
         return -1;
     }
     s->co.batch = qalign_ctx_batch(s->ctx[s->default_task]);
+    if (qalign_ctx_notes(s->ctx[s->default_task])) fprintf(stderr, "qalign: note: %s\n", qalign_ctx_notes(s->ctx[s->default_task]));
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);

@@ -6,8 +6,9 @@
  * when first asked for) and takes from the queue up to --batch images of one task per
  * decoder pass, waiting at most --batch-wait ms for company; the scores are the CLI's,
  * bit for bit, whatever the batch (qalign.h guarantees it). Images stay encoded until the
- * worker decodes them one at a time, so memory is the model, the run state and at most
- * --max-queue request bodies of at most --max-body bytes each.
+ * worker decodes them one at a time, so memory is the model, the run state, at most
+ * --max-queue request bodies of at most --max-body bytes each, and the image being decoded
+ * (--max-pixels, checked from its header first; --max-request-pixels per request).
  *
  * serve_parse.c holds the parsers of untrusted bytes, as plain functions of a buffer (no
  * sockets, no threads, no allocation beyond the request's item lists) so that the
@@ -33,10 +34,17 @@ typedef struct {
     int max_connections;     /* --max-connections N: open HTTP connections (default 128) */
     double timeout;          /* --timeout S: a request must arrive within S s (plus 1 s per MB
                                 of body); also the idle keep-alive limit (default 10) */
-    const char *api_key;     /* --api-key KEY (or $QALIGN_API_KEY): Authorization: Bearer KEY */
+    const char *api_key;     /* --api-key KEY, --api-key-file FILE (or $QALIGN_API_KEY):
+                                Authorization: Bearer KEY */
+    int verified;            /* qalign --verify checked the model file before serving (/health) */
+    int64_t max_pixels;      /* --max-pixels N: an image's width x height, checked from its header
+                                before it is decoded (default 40 M) */
+    int64_t max_request_pixels; /* --max-request-pixels N: the decoded pixels of one request's
+                                images (or video frames) together (default 400 M) */
 } ServeOptions;
 
-#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL}
+#define SERVE_MAX_PIXELS 40000000
+#define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL, 0, SERVE_MAX_PIXELS, 400000000}
 
 /* The options' part of `qalign --help`. */
 #define SERVE_USAGE \
@@ -46,17 +54,26 @@ typedef struct {
     "  --stdio                 JSON lines: one request per line on stdin, one answer per line\n" \
     "                          on stdout ({\"id\", \"path\"|\"image\"|\"frames\", \"task\", \"scale\"})\n" \
     "  --batch-wait MS         longest a request waits for others to share its batch (10)\n" \
-    "  --max-body SIZE         largest request body / stdin line, e.g. 64M (default 64M)\n" \
+    "  --max-body SIZE         largest request body / stdin line, e.g. 64M, 1G (1 to 1T; default 64M)\n" \
     "  --max-queue N           requests admitted at once; more get 503 (default 32)\n" \
     "  --max-connections N     open connections at once; more get 503 (default 128)\n" \
     "  --timeout S             a request must arrive within S seconds, plus 1 s per MB of\n" \
     "                          body, else 408; idle keep-alive connections close (default 10)\n" \
-    "  --api-key KEY           require 'Authorization: Bearer KEY' (default $QALIGN_API_KEY)\n"
+    "  --api-key KEY           require 'Authorization: Bearer KEY'. Better: $QALIGN_API_KEY or\n" \
+    "                          --api-key-file FILE (its first line), which ps cannot show (qalign\n" \
+    "                          blanks a KEY on its command line once read, but not at once)\n" \
+    "  --api-key-file FILE     the key is FILE's first line\n" \
+    "  --max-pixels N          an image's width x height at most (default 40M here; K, M, G = 1e3,\n" \
+    "                          1e6, 1e9), read from its header before it is decoded\n" \
+    "  --max-request-pixels N  the images (or frames) of one request together (default 400M); the\n" \
+    "                          images past it get an error\n"
 
 /* If argv[i] is one of the options above, parse it (and its value, argv[i + 1]) into o and
  * return how many arguments it took (1 or 2); 0 if argv[i] is not one of them; -1 with a
  * reason in err for a bad or missing value. */
 int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen);
+/* A pixel count such as "40M" (K, M, G, T = 1e3 .. 1e12), 1 to 1e12: 0, or -1. */
+int serve_parse_pixels(const char *v, int64_t *out);
 
 /* Serve until EOF on stdin (--stdio) or SIGTERM/SIGINT, then answer what is in flight and
  * return 0; -1 with a reason in err when the server cannot start (bad options, the address
@@ -79,7 +96,7 @@ typedef struct {
     const char *path;        size_t path_len;        /* the target up to '?' */
     const char *query;       size_t query_len;       /* after '?' (NULL: none) */
     int minor;               /* HTTP/1.minor: 0 or 1 */
-    int64_t content_length;  /* -1: no Content-Length; INT64_MAX: more than that */
+    int64_t content_length;  /* -1: no Content-Length (one over INT64_MAX: 400 "out of range") */
     int chunked;             /* a Transfer-Encoding was given (the server refuses it: 411) */
     int keep_alive;          /* the client keeps the connection (1.1 default, 1.0 with keep-alive) */
     int expect_continue;     /* Expect: 100-continue */
@@ -98,8 +115,8 @@ int http_parse_head(const char *buf, size_t len, HttpRequest *req, char *err, si
  * into out[0..outlen) with a NUL. Returns 1 if found, 0 if absent, -1 if it is malformed,
  * longer than outlen - 1 or contains a NUL. */
 int http_query_get(const char *query, size_t len, const char *name, char *out, size_t outlen);
-/* 0 if every parameter of the query is one of the NULL-terminated names, else -1 with
- * the first other one named in err. */
+/* 0 if every parameter of the query is one of the NULL-terminated names, each at most once,
+ * else -1 with the first other or repeated one named in err. */
 int http_query_check(const char *query, size_t len, const char *const *names, char *err, size_t errlen);
 
 /* Decode base64 (RFC 4648 standard alphabet, padding optional) in place: s[0..len) becomes

@@ -38,7 +38,8 @@ static int head_field(HttpRequest *req, const char *name, size_t nl, const char 
         for (size_t i = 0; i < vl; i++) {
             if (v[i] < '0' || v[i] > '9') return HEAD_FAIL(400, "Content-Length is not a number");
             int d = v[i] - '0';
-            n = n > (INT64_MAX - d) / 10 ? INT64_MAX : n * 10 + d;
+            if (n > (INT64_MAX - d) / 10) return HEAD_FAIL(400, "Content-Length out of range");
+            n = n * 10 + d;
         }
         if (req->content_length >= 0 && req->content_length != n) return HEAD_FAIL(400, "two different Content-Length headers");
         req->content_length = n;
@@ -224,14 +225,19 @@ typedef struct {
     const char *const *names;
     char *err;
     size_t errlen;
+    unsigned seen;          /* the names met so far (bit k: names[k]) */
 } CheckCtx;
 
 static int check_pair(void *user, const char *k, size_t kl, const char *v, size_t vl) {
     CheckCtx *c = user;
     char key[64];
     if (pct_decode(k, kl, key, sizeof key) >= 0)
-        for (const char *const *n = c->names; *n; n++)
-            if (!strcmp(key, *n)) return 0;
+        for (int i = 0; c->names[i]; i++)
+            if (!strcmp(key, c->names[i])) {
+                if (i < 32 && (c->seen >> i & 1)) return fail(c->err, c->errlen, "query parameter '%s' given twice", key);
+                if (i < 32) c->seen |= 1u << i;
+                return 0;
+            }
     char shown[40];
     size_t m = 0;
     for (size_t i = 0; i < kl && m + 1 < sizeof shown; i++) /* printable characters only */
@@ -241,7 +247,7 @@ static int check_pair(void *user, const char *k, size_t kl, const char *v, size_
 }
 
 int http_query_check(const char *query, size_t len, const char *const *names, char *err, size_t errlen) {
-    CheckCtx c = {names, err, errlen};
+    CheckCtx c = {names, err, errlen, 0};
     return each_pair(query, len, check_pair, &c) ? -1 : 0;
 }
 

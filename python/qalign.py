@@ -67,6 +67,9 @@ def _image_bytes(x):
     if hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "tobytes"):   # a numpy array
         if len(x.shape) != 3 or x.shape[2] != 3 or str(x.dtype) != "uint8":
             raise TypeError(f"an image array must be HxWx3 uint8, not {tuple(x.shape)} {x.dtype}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"an image array of shape {tuple(x.shape)} has no pixels: height x width is "
+                             f"{x.shape[0]} x {x.shape[1]}, at least 1 x 1 is needed")
         return _ppm(int(x.shape[1]), int(x.shape[0]), x.tobytes(order="C")), None
     raise TypeError(f"cannot score a {type(x).__name__}: give a path, bytes, a PIL.Image or an HxWx3 uint8 array")
 
@@ -84,9 +87,14 @@ def _label(i, x):
 
 
 class Scorer:
-    """Scores through `qalign --stdio MODEL`, one process for the Scorer's life."""
+    """Scores through `qalign --stdio MODEL`, one process for the Scorer's life.
 
-    def __init__(self, model, binary=None, threads=None, task=None, scale=None, batch=None, args=(), window=16):
+    timeout: seconds the program may take to give the next answer while requests are in
+    flight (and to take a request), default 1800; past it the program is killed and the call
+    raises QAlignError (the Scorer is closed then). None: wait for ever."""
+
+    def __init__(self, model, binary=None, threads=None, task=None, scale=None, batch=None, args=(), window=16,
+                 timeout=1800):
         if binary is None:
             here = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "qalign")
             binary = os.environ.get("QALIGN_BIN") or shutil.which("qalign") or here
@@ -101,21 +109,91 @@ class Scorer:
             cmd += ["--batch", str(batch)]
         cmd += [str(a) for a in args] + ["--", os.fspath(model)]
         self.window = max(1, int(window))
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        self.timeout = timeout
         self._next = 0
         self._stderr = collections.deque(maxlen=200)
+        self._answers, self._eof, self._cv = collections.deque(), False, threading.Condition()
+        self._p = None
         try:
             self._p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as e:
             raise QAlignError(f"cannot start {cmd[0]}: {e}") from None
-        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain = threading.Thread(target=self._read_stderr, args=(self._p,), daemon=True)
         self._drain.start()
+        self._reader = threading.Thread(target=self._read_stdout, args=(self._p,), daemon=True)
+        self._reader.start()
 
-    def _read_stderr(self):
-        for line in self._p.stderr:
+    def _read_stderr(self, p):
+        for line in p.stderr:
             self._stderr.append(line.decode("utf-8", "replace").rstrip("\n"))
 
+    def _read_stdout(self, p):   # answers are read by a thread, so that waiting for one can time out
+        try:
+            for line in p.stdout:
+                with self._cv:
+                    self._answers.append(line)
+                    self._cv.notify()
+        except (OSError, ValueError):
+            pass
+        with self._cv:
+            self._eof = True
+            self._cv.notify()
+
+    def _stuck(self, doing):
+        """The program took longer than timeout: kill it, close this Scorer, the exception."""
+        p, self._p = self._p, None
+        if p is not None:
+            p.kill()
+            p.wait()
+            self._reader.join(5)
+            self._drain.join(5)
+            for f in (p.stdin, p.stdout, p.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        return QAlignError(f"qalign --stdio {doing} within {self.timeout:g} s (Scorer(timeout=...)): it was killed "
+                           f"and this Scorer is closed")
+
+    def _send(self, data):
+        fired = threading.Event()
+        p = self._p
+
+        def kill():
+            fired.set()
+            p.kill()
+        timer = threading.Timer(self.timeout, kill) if self.timeout is not None else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            p.stdin.write(data)
+            p.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            if fired.is_set():
+                raise self._stuck("did not take a request") from None
+            raise self._died() from None
+        finally:
+            if timer:
+                timer.cancel()
+        if fired.is_set():
+            raise self._stuck("did not take a request") from None
+
+    def _answer(self):
+        """The next answer line, or b"" when the program ended."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._answers or self._eof, timeout=self.timeout):
+                raise self._stuck("gave no answer")
+            return self._answers.popleft() if self._answers else b""
+
     def _died(self):
-        self._p.wait()
+        try:
+            self._p.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self._p.kill()
+            self._p.wait()
         self._drain.join(5)
         tail = " / ".join(l for l in self._stderr if l) or "no message"
         return QAlignError(f"qalign --stdio ended (status {self._p.returncode}): {tail}")
@@ -131,35 +209,35 @@ class Scorer:
                 x = images[sent]
                 req = {"id": self._next}
                 if isinstance(x, (str, os.PathLike)):
-                    path = os.fspath(x)
-                    req["path"] = os.fsdecode(path) if isinstance(path, bytes) else path
+                    # absolute: the program resolves paths in the directory it started in, the
+                    # caller's may have changed since (os.chdir)
+                    req["path"] = os.path.abspath(os.fsdecode(os.fspath(x)))
                 else:
                     req["image"] = base64.b64encode(_image_bytes(x)[0]).decode("ascii")
                 if task:
                     req["task"] = task
                 if scale:
                     req["scale"] = scale
-                try:
-                    self._p.stdin.write(json.dumps(req).encode("utf-8") + b"\n")
-                    self._p.stdin.flush()
-                except (BrokenPipeError, OSError):
-                    raise self._died() from None
+                self._send(json.dumps(req).encode("utf-8") + b"\n")
                 pending[self._next] = sent
                 self._next += 1
                 sent += 1
-            line = self._p.stdout.readline()
+            line = self._answer()
             if not line:
                 raise self._died()
             row = json.loads(line)
             rid = row.pop("id", None)
             if rid not in pending:
                 raise QAlignError(row.get("error") or f"an answer to no request: {line[:200]!r}")
-            rows[pending.pop(rid)] = row
+            i = pending.pop(rid)
+            if isinstance(images[i], (str, os.PathLike)) and "path" in row:
+                row["path"] = os.fsdecode(os.fspath(images[i]))   # the caller's string, as given
+            rows[i] = row
         return _check(rows, [_label(i, x) for i, x in enumerate(images)], raise_errors)
 
     def close(self):
         """End the program (it answers what it has first)."""
-        if self._p is None:
+        if getattr(self, "_p", None) is None:
             return
         p, self._p = self._p, None
         try:
@@ -171,6 +249,7 @@ class Scorer:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        self._reader.join(5)
         p.stdout.close()
         self._drain.join(5)
         p.stderr.close()
