@@ -1713,14 +1713,14 @@ static void key_part(Buf *b, const char *s) {
  * A row whose setup is unknown gets a "like" key no run can have (an empty model). */
 static char *make_key(const ResultRow *r, int like, size_t *klen) {
     Buf b = {0};
-    key_part(&b, r->task);
+    key_part(&b, r->question ? NULL : r->task); /* (an answer's row: its question instead) */
     key_part(&b, r->path);
     if (like) {
-        key_part(&b, r->scale);
+        key_part(&b, r->question ? NULL : r->scale);
         key_part(&b, r->setup.model);
         if (r->setup.model) {
             key_part(&b, r->setup.prompt);
-            key_part(&b, r->setup.levels);
+            key_part(&b, r->question ? NULL : r->setup.levels);
             buf_printf(&b, "%d%d", r->setup.pad != 0, r->setup.precise != 0);
             buf_addc(&b, 0);
         }
@@ -3624,7 +3624,7 @@ static int row_is_this_runs(const Sink *s, const ResultRow *r) {
     ResultRow me = sink_like(s, r);
     return same_str(r->task, me.task) && same_str(r->scale, me.scale) && r->setup.model && me.setup.model &&
            same_str(r->setup.model, me.setup.model) && same_str(r->setup.prompt, me.setup.prompt) &&
-           same_str(r->setup.levels, me.setup.levels) && !r->setup.pad == !me.setup.pad &&
+           (me.question || same_str(r->setup.levels, me.setup.levels)) && !r->setup.pad == !me.setup.pad &&
            !r->setup.precise == !me.setup.precise && r->max_frames == me.max_frames && !r->question == !me.question &&
            same_str(r->question, me.question) && same_str(r->decoding, me.decoding);
 }
@@ -3637,10 +3637,10 @@ static int how_changed(const ResultRow *r, const ResultRow *like, const char **w
 #define DIFF(cond, name) if (cond) { if (!n++) *what = name; }
     DIFF(!r->setup.model || !same_str(r->setup.model, like->setup.model), "model");
     DIFF(!same_str(r->setup.prompt, like->setup.prompt), "prompt");
-    DIFF(!same_str(r->setup.levels, like->setup.levels), "levels");
+    DIFF(!like->question && !same_str(r->setup.levels, like->setup.levels), "levels");
     DIFF(!r->setup.pad != !like->setup.pad, "pad");
     DIFF(!r->setup.precise != !like->setup.precise, "precise");
-    DIFF(!same_str(r->scale, like->scale), "scale");
+    DIFF(!like->question && !same_str(r->scale, like->scale), "scale");
     DIFF(r->max_frames != like->max_frames, "max_frames");
     DIFF(!r->question != !like->question || !same_str(r->question, like->question), "question");
     DIFF(!same_str(r->decoding, like->decoding), "decoding");
@@ -3661,7 +3661,7 @@ static ResumeState resume_in(const RowSet *set, const ResultRow *like, char *why
         }
         return RESUME_DONE;
     }
-    if (!(r = rowset_find(set, like->path, like->task))) return RESUME_NEW;
+    if (!(r = rowset_find(set, like->path, like->question ? NULL : like->task))) return RESUME_NEW;
     /* say how the closest of its rows (fewest differences, the latest of those) was made otherwise */
     const char *what = "kind", *w;
     int best = 1 << 30;

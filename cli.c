@@ -1393,6 +1393,7 @@ int main(int argc, char **argv) {
     o->sink.task = o->task;
     o->sink.scale = app.rs.scale;
     o->sink.setup = app.rs.setup;
+    if (o->ask) o->sink.setup.prompt = app.ask_template; /* answers' rows record the question template */
     o->sink.max_frames = (int)o->max_frames;
     if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
         app.sink = sink_open(&o->sink, err, sizeof err);
