@@ -3064,80 +3064,99 @@ static int ensure_gen_state(qalign_ctx *c, int frames, int rows, int seq, char *
     return QALIGN_OK;
 }
 
-/* Answer B prompts p whose visual rows are ready: sequence b's j-th image is img[b * per + j]
- * (per = markers * frames), its answer out[b] (status, error set for any failure). */
-static void ask_run(qalign_ctx *c, const Prompt *p, int frames, const float *const *img, int B, const qalign_ask_options *o,
-                    qalign_answer *const *out, const int *index) {
+/* One answer to generate: its prompt, its visual rows (img[j] the j-th image, a marker's
+ * frames one after the other), its options (checked), where it goes. */
+typedef struct {
+    const Prompt *p;
+    int frames;             /* images per marker */
+    const float *const *img;
+    const qalign_ask_options *o;
+    qalign_answer *out;
+    int index;              /* on_token's seq */
+} AskSeq;
+
+/* Answer B prompts whose visual rows are ready, stepped together (each with its own prompt,
+ * cache, options and stop): q[b].out gets the answer, or an error. */
+static void ask_run(qalign_ctx *c, const AskSeq *q, int B) {
     const Model *m = c->m;
     const Config *cf = &m->c;
     RunState *s = &c->s;
-    int V = cf->l_vocab, D = cf->l_dim, per = p->n_markers * frames, rows = sequence_length(m, p, frames);
-    int max_new = o->max_tokens, cap = ask_cap(m, rows, max_new);
+    int V = cf->l_vocab, D = cf->l_dim, max_cap = 1, max_rows = 1;
+    if (B < 1 || B > QALIGN_MAX_BATCH) return;
+    for (int b = 0; b < B; b++) {
+        int rows = sequence_length(m, q[b].p, q[b].frames), cap = ask_cap(m, rows, q[b].o->max_tokens);
+        max_cap = cap > max_cap ? cap : max_cap;
+        max_rows = rows > max_rows ? rows : max_rows;
+    }
     GenSeq *g = calloc((size_t)B, sizeof *g);
     GenSeq **act = calloc((size_t)B, sizeof *act);
     float *logits = malloc((size_t)B * V * sizeof(float));
     Cand *cand = malloc((size_t)V * sizeof *cand);
     double *pr = malloc((size_t)V * sizeof *pr);
-    uint8_t *mod = malloc((size_t)rows), zero = 0;
+    uint8_t *mod = malloc((size_t)max_rows), zero = 0;
     if (!g || !act || !logits || !cand || !pr || !mod) {
-        for (int b = 0; b < B; b++) answer_error(out[b], QALIGN_ERR_NOMEM, "out of memory");
+        for (int b = 0; b < B; b++) answer_error(q[b].out, QALIGN_ERR_NOMEM, "out of memory");
         goto done;
     }
-    Span spans[MAX_SPANS];
-    int n_spans = prompt_spans(m, p, frames, spans);
-    for (int si = 0; si < n_spans; si++) memset(mod + spans[si].start, spans[si].modality, (size_t)(spans[si].end - spans[si].start));
-    size_t per_seq = (size_t)cf->l_layers * cap * (size_t)(cf->l_kv_heads * cf->l_head_dim);
-    rope_tables(s->rope_cos, s->rope_sin, cap, cf->l_head_dim, cf->l_rope_theta);
+    rope_tables(s->rope_cos, s->rope_sin, max_cap, cf->l_head_dim, cf->l_rope_theta);
     int n_act = 0;
     for (int b = 0; b < B; b++) {
-        GenSeq *q = &g[b];
-        qalign_answer *a = out[b];
+        GenSeq *gs = &g[b];
+        qalign_answer *a = q[b].out;
+        const Prompt *p = q[b].p;
+        int rows = sequence_length(m, p, q[b].frames), max_new = q[b].o->max_tokens, cap = ask_cap(m, rows, max_new);
+        size_t per_seq = (size_t)cf->l_layers * cap * (size_t)(cf->l_kv_heads * cf->l_head_dim);
         a->prompt_rows = rows;
-        a->frames = per;
-        q->cap = cap, q->max_new = max_new, q->index = index[b];
-        q->kc = malloc(per_seq * sizeof(float));
-        q->vc = malloc(per_seq * sizeof(float));
-        q->ids = malloc((size_t)max_new * sizeof(int));
-        q->text = malloc(q->text_cap = 256);
-        if (!q->kc || !q->vc || !q->ids || !q->text) {
+        a->frames = p->n_markers * q[b].frames;
+        gs->cap = cap, gs->max_new = max_new, gs->index = q[b].index;
+        gs->kc = malloc(per_seq * sizeof(float));
+        gs->vc = malloc(per_seq * sizeof(float));
+        gs->ids = malloc((size_t)max_new * sizeof(int));
+        gs->text = malloc(gs->text_cap = 256);
+        if (!gs->kc || !gs->vc || !gs->ids || !gs->text) {
             answer_error(a, QALIGN_ERR_NOMEM, "out of memory: the K/V cache of %d rows needs %.0f MB", cap,
                          2.0 * per_seq * sizeof(float) / 1e6);
-            q->done = GEN_FAILED;
+            gs->done = GEN_FAILED;
             continue;
         }
         /* prefill: every row of the prompt, then the first token from the last row */
+        Span spans[MAX_SPANS];
+        int n_spans = prompt_spans(m, p, q[b].frames, spans);
+        for (int si = 0; si < n_spans; si++)
+            memset(mod + spans[si].start, spans[si].modality, (size_t)(spans[si].end - spans[si].start));
         double t0 = now_seconds();
-        sequence_rows(m, p, frames, img + (size_t)b * per, 0, rows, s->x);
-        gen_layers(m, s, &q, 1, rows, mod, logits + (size_t)b * V);
+        sequence_rows(m, p, q[b].frames, q[b].img, 0, rows, s->x);
+        gen_layers(m, s, &gs, 1, rows, mod, logits + (size_t)b * V);
         a->prefill_seconds = now_seconds() - t0;
         s->seconds.decoder += a->prefill_seconds;
-        act[n_act++] = q;
+        act[n_act++] = gs;
     }
     /* one token for every running sequence, then one decoder step for all of them */
     for (int step = 0; n_act > 0; step++) {
         double t0 = now_seconds();
         int still = 0;
         for (int i = 0; i < n_act; i++) {
-            GenSeq *q = act[i];
-            qalign_answer *a = out[q - g];
-            int id = pick_token(logits + (size_t)(step == 0 ? q - g : i) * V, V, o, step, cand, pr);
+            GenSeq *gs = act[i];
+            const AskSeq *as = &q[gs - g];
+            qalign_answer *a = as->out;
+            int id = pick_token(logits + (size_t)(step == 0 ? gs - g : i) * V, V, as->o, step, cand, pr);
             if (id < 0) {
-                q->done = GEN_FAILED;
+                gs->done = GEN_FAILED;
                 answer_error(a, QALIGN_ERR_NUMERIC, "the model computed a value that is not a finite number (NaN or "
                              "infinity); the model file may be damaged:" HINT_EXPORT);
                 continue;
             }
-            if (id == cf->eos_id) q->done = GEN_EOS;
+            if (id == cf->eos_id) gs->done = GEN_EOS;
             else {
-                q->ids[q->n_ids++] = id;
-                if (q->n_ids == q->max_new || q->n >= q->cap) q->done = GEN_LENGTH;
+                gs->ids[gs->n_ids++] = id;
+                if (gs->n_ids == gs->max_new || gs->n >= gs->cap) gs->done = GEN_LENGTH;
             }
-            if (gen_text(m, q, o, o->stop, id) != QALIGN_OK) {
-                q->done = GEN_FAILED;
+            if (gen_text(m, gs, as->o, as->o->stop, id) != QALIGN_OK) {
+                gs->done = GEN_FAILED;
                 answer_error(a, QALIGN_ERR_NOMEM, "out of memory");
                 continue;
             }
-            if (!q->done) act[still++] = q;
+            if (!gs->done) act[still++] = gs;
         }
         n_act = still;
         if (n_act == 0) break;
@@ -3146,17 +3165,17 @@ static void ask_run(qalign_ctx *c, const Prompt *p, int frames, const float *con
         gen_layers(m, s, act, n_act, 1, &zero, logits);
         double dt = now_seconds() - t0;
         s->seconds.decoder += dt;
-        for (int i = 0; i < n_act; i++) out[act[i] - g]->decode_seconds += dt;
+        for (int i = 0; i < n_act; i++) q[act[i] - g].out->decode_seconds += dt;
     }
     for (int b = 0; b < B; b++) {
-        GenSeq *q = &g[b];
-        qalign_answer *a = out[b];
-        if (q->done == GEN_FAILED) continue;
-        a->text = q->text, q->text = NULL;
+        GenSeq *gs = &g[b];
+        qalign_answer *a = q[b].out;
+        if (gs->done == GEN_FAILED) continue;
+        a->text = gs->text, gs->text = NULL;
         strip_blanks(a->text);
-        a->tokens = q->ids, q->ids = NULL;
-        a->n_tokens = q->n_ids;
-        a->finish = q->done == GEN_EOS ? "eos" : q->done == GEN_STOP ? "stop" : "length";
+        a->tokens = gs->ids, gs->ids = NULL;
+        a->n_tokens = gs->n_ids;
+        a->finish = gs->done == GEN_EOS ? "eos" : gs->done == GEN_STOP ? "stop" : "length";
     }
 done:
     for (int b = 0; g && b < B; b++) free(g[b].kc), free(g[b].vc), free(g[b].ids), free(g[b].text);
@@ -3189,52 +3208,120 @@ static int ask_begin(qalign_ctx *c, const char *question, const qalign_ask_optio
     return st;
 }
 
+/* One image per answer, each with its prompt and options (checked): in chunks of the
+ * context's batch, each chunk's images encoded and then generated together. scores (may be
+ * NULL): score[i] from the same visual rows, with the context's scoring prompt. */
+static void ask_each(qalign_ctx *c, const qalign_image *const *imgs, const Prompt *const *p,
+                     const qalign_ask_options *const *o, int n, qalign_answer *out, qalign_result *scores) {
+    int B = c->batch;
+    for (int i0 = 0; i0 < n; i0 += B) {
+        int nb = n - i0 < B ? n - i0 : B, k = 0, max_rows = nb, max_cap = 1, st;
+        AskSeq seq[QALIGN_MAX_BATCH];
+        const float *rowsp[QALIGN_MAX_BATCH];
+        int where[QALIGN_MAX_BATCH];
+        char e[QALIGN_ERR_LEN];
+        for (int i = i0; i < i0 + nb; i++) {
+            if (!p[i]) continue; /* (its answer has its error already) */
+            int rows = sequence_length(c->m, p[i], 1), cap = ask_cap(c->m, rows, o[i]->max_tokens);
+            max_rows = rows > max_rows ? rows : max_rows;
+            max_cap = cap > max_cap ? cap : max_cap;
+        }
+        if ((st = ensure_gen_state(c, 1, max_rows, max_cap, e, sizeof e)) != QALIGN_OK) {
+            for (int i = i0; i < i0 + nb; i++)
+                if (p[i]) answer_error(&out[i], st, "%s", e);
+            continue;
+        }
+        for (int i = i0; i < i0 + nb; i++) {
+            if (!p[i]) continue;
+            if ((st = encode_image(c, imgs[i], slot(c, k), 0, 1, e, sizeof e)) != QALIGN_OK) {
+                answer_error(&out[i], st, "%s", e);
+                if (scores) result_error(&scores[i], st, e);
+                continue;
+            }
+            rowsp[k] = slot(c, k);
+            where[k] = i;
+            seq[k] = (AskSeq){p[i], 1, &rowsp[k], o[i], &out[i], i};
+            k++;
+        }
+        if (!k) continue;
+        int old = threads_enter(c);
+        if (scores) { /* the scores from the same visual rows */
+            qalign_result res[QALIGN_MAX_BATCH];
+            score_batch(c->m, &c->s, &c->prompt_image, &c->lv, k, 1, rowsp, NULL, res);
+            for (int j = 0; j < k; j++) scores[where[j]] = res[j];
+        }
+        ask_run(c, seq, k);
+        threads_leave(old);
+    }
+}
+
+/* A question's prompt for one image, with its row count checked against the context. */
+static int ask_one_prompt(qalign_ctx *c, const char *question, const qalign_ask_options *opt, qalign_ask_options *o,
+                          Prompt *p, char *err, size_t errlen) {
+    int st = ask_begin(c, question, opt, 1, o, p, err, errlen);
+    if (st) return st;
+    if (p->n_markers != 1) {
+        prompt_free(p);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> once to ask about images one by "
+                         "one (it has %d: use qalign_ask_prompt)", p->n_markers);
+    }
+    int rows = sequence_length(c->m, p, 1);
+    if (rows >= c->m->c.l_max_pos) {
+        prompt_free(p);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d rows, the model's context is %d", rows, c->m->c.l_max_pos);
+    }
+    return QALIGN_OK;
+}
+
 int qalign_ask_images(qalign_ctx *c, const qalign_image *imgs, int n, const char *question, const qalign_ask_options *opt,
                       qalign_answer *out, char *err, size_t errlen) {
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
     qalign_ask_options o;
     Prompt p;
-    int st = ask_begin(c, question, opt, 1, &o, &p, err, errlen);
+    int st = ask_one_prompt(c, question, opt, &o, &p, err, errlen);
     if (st) return st;
-    if (p.n_markers != 1) {
+    const qalign_image **ip = malloc((size_t)(n ? n : 1) * sizeof *ip);
+    const Prompt **pp = malloc((size_t)(n ? n : 1) * sizeof *pp);
+    const qalign_ask_options **op = malloc((size_t)(n ? n : 1) * sizeof *op);
+    if (!ip || !pp || !op) {
+        free(ip), free(pp), free(op);
         prompt_free(&p);
-        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> once to ask about images one by "
-                         "one (it has %d: use qalign_ask_prompt)", p.n_markers);
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     }
-    int rows = sequence_length(c->m, &p, 1), cap = ask_cap(c->m, rows, o.max_tokens);
-    if (rows >= c->m->c.l_max_pos) {
-        prompt_free(&p);
-        return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d rows, the model's context is %d", rows, c->m->c.l_max_pos);
-    }
-    int B = c->batch;
-    for (int i0 = 0; i0 < n; i0 += B) {
-        int nb = n - i0 < B ? n - i0 : B, k = 0, index[QALIGN_MAX_BATCH];
-        qalign_answer *dst[QALIGN_MAX_BATCH];
-        const float *rowsp[QALIGN_MAX_BATCH];
-        char e[QALIGN_ERR_LEN];
-        if ((st = ensure_gen_state(c, 1, rows > nb ? rows : nb, cap, e, sizeof e)) != QALIGN_OK) {
-            for (int i = i0; i < i0 + nb; i++) answer_error(&out[i], st, "%s", e);
-            continue;
-        }
-        for (int i = i0; i < i0 + nb; i++) {
-            if ((st = encode_image(c, &imgs[i], slot(c, k), 0, 1, e, sizeof e)) != QALIGN_OK) {
-                answer_error(&out[i], st, "%s", e);
-                continue;
-            }
-            rowsp[k] = slot(c, k), dst[k] = &out[i], index[k] = i, k++;
-        }
-        if (!k) continue;
-        int old = threads_enter(c);
-        if (o.scores) { /* the scores from the same visual rows */
-            qalign_result res[QALIGN_MAX_BATCH];
-            score_batch(c->m, &c->s, &c->prompt_image, &c->lv, k, 1, rowsp, NULL, res);
-            for (int j = 0; j < k; j++) o.scores[index[j]] = res[j];
-        }
-        ask_run(c, &p, 1, rowsp, k, &o, dst, index);
-        threads_leave(old);
-    }
+    for (int i = 0; i < n; i++) ip[i] = &imgs[i], pp[i] = &p, op[i] = &o;
+    ask_each(c, ip, pp, op, n, out, o.scores);
+    free(ip), free(pp), free(op);
     prompt_free(&p);
+    return QALIGN_OK;
+}
+
+int qalign_ask_batch(qalign_ctx *c, const qalign_ask_item *items, int n, qalign_answer *out, char *err, size_t errlen) {
+    if (!c || n < 0 || (n > 0 && (!items || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad item array");
+    if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    int k = n ? n : 1;
+    const qalign_image **ip = calloc((size_t)k, sizeof *ip);
+    Prompt *prompts = calloc((size_t)k, sizeof *prompts);
+    const Prompt **pp = calloc((size_t)k, sizeof *pp);
+    qalign_ask_options *opts = calloc((size_t)k, sizeof *opts);
+    const qalign_ask_options **op = calloc((size_t)k, sizeof *op);
+    if (!ip || !prompts || !pp || !opts || !op) {
+        free(ip), free(prompts), free(pp), free(opts), free(op);
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        ip[i] = items[i].image;
+        op[i] = &opts[i];
+        pp[i] = NULL;
+        int st = ask_one_prompt(c, items[i].question, items[i].options, &opts[i], &prompts[i], out[i].error, sizeof out[i].error);
+        if (st) out[i].status = st;
+        else if (!items[i].image) answer_error(&out[i], QALIGN_ERR_ARG, "no image");
+        else pp[i] = &prompts[i];
+    }
+    ask_each(c, ip, pp, op, n, out, NULL);
+    for (int i = 0; i < n; i++) prompt_free(&prompts[i]);
+    free(ip), free(prompts), free(pp), free(opts), free(op);
     return QALIGN_OK;
 }
 
@@ -3266,8 +3353,8 @@ int qalign_ask_prompt(qalign_ctx *c, const qalign_image *imgs, int n, const char
             prompt_free(&p);
             return QALIGN_OK;
         }
-    int old = threads_enter(c), index = 0;
-    qalign_answer *dst = out;
+    int old = threads_enter(c);
+    AskSeq seq = {&p, frames, (const float *const *)c->s.slot_rows, &o, out, 0};
     if (o.scores) { /* the score of the same images: a video's (one marker, the frames), or the scoring prompt's */
         const Prompt *sp = frames > 1 ? &c->prompt_video : &c->prompt_image;
         if (frames > 1 ? sp->n_markers != 1 : sp->n_markers != n)
@@ -3275,7 +3362,7 @@ int qalign_ask_prompt(qalign_ctx *c, const qalign_image *imgs, int n, const char
         else
             score_batch(c->m, &c->s, sp, &c->lv, 1, frames, (const float *const *)c->s.slot_rows, NULL, o.scores);
     }
-    ask_run(c, &p, frames, (const float *const *)c->s.slot_rows, 1, &o, &dst, &index);
+    ask_run(c, &seq, 1);
     threads_leave(old);
     prompt_free(&p);
     return QALIGN_OK;

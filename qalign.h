@@ -345,6 +345,16 @@ typedef struct {
  * token for all of them). Greedy answers are the same whatever the batch and threads. */
 int qalign_ask_images(qalign_ctx *c, const qalign_image *imgs, int n, const char *question, const qalign_ask_options *o,
                       qalign_answer *out, char *err, size_t errlen);
+/* Several questions at once, each about one image with its own options (items may differ in
+ * question, options and seed): generated together, up to the context's batch size per
+ * decoder pass, each answer the same as alone. A bad question or option is that answer's
+ * error (out[i].status), not the call's. options' scores are not used here. */
+typedef struct {
+    const qalign_image *image;
+    const char *question;
+    const qalign_ask_options *options; /* NULL: greedy, 256 tokens */
+} qalign_ask_item;
+int qalign_ask_batch(qalign_ctx *c, const qalign_ask_item *items, int n, qalign_answer *out, char *err, size_t errlen);
 /* Answer ONE prompt about n images: the template has n <|image|> (each image in place of
  * one, e.g. Co-Instruct's "The first image: <|image|>\nThe second image: <|image|>"), or
  * one <|image|> that stands for all n (a video's frames, as scoring has them). */
