@@ -288,3 +288,84 @@ def test_bad_input(models, tiny_ref, qalign_bin):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("qalign: ") and what in lines[0], (args, r.stderr)
     report(f"ask: {len(cases)} kinds of bad input: one-line error, non-zero exit")
+
+
+def test_server_answers_as_the_cli(models, tiny_ref, qalign_bin):
+    """POST /ask (image body, query parameters), the JSON form, --stdio's "question": the --json
+    rows of the CLI; concurrent askers with different questions and options share decoder passes
+    and each gets the answer it gets alone; bad requests get a 400."""
+    import threading
+    from test_serve import ENV, Server, b64, metrics, quote, request
+    inp = tiny_ref / "inputs"
+    model = models["f32"]
+    qs = [QUESTIONS[0], QUESTIONS[1], "Is it sharp?", "What is wrong with it?"]
+    want = {}
+    for q in qs:
+        for f in IMAGES:
+            (row,) = ask(qalign_bin, model, q, [inp / f])
+            want[(q, f)] = row
+    sampled = ask(qalign_bin, model, qs[0], [inp / "photo.jpg"], "--temperature", "0.7", "--seed", "5")[0]
+    with Server(qalign_bin, model, "--batch-wait", "300") as srv:
+        st, _, body = request(srv.port, "POST", f"/ask?question={quote(qs[0])}&max_tokens={N_TOKENS}",
+                              body=open(inp / "photo.jpg", "rb").read())
+        row = json.loads(body)
+        assert st == 200 and row["tokens"] == want[(qs[0], "photo.jpg")]["tokens"]
+        assert {k: v for k, v in row.items() if k != "path"} == {k: v for k, v in want[(qs[0], "photo.jpg")].items()
+                                                                 if k != "path"}
+        doc = {"images": [b64(inp / f) for f in IMAGES], "names": IMAGES, "question": qs[1], "max_tokens": N_TOKENS}
+        st, _, body = request(srv.port, "POST", "/ask", body=json.dumps(doc), headers={"Content-Type": "application/json"})
+        assert st == 200
+        for r in json.loads(body)["results"]:
+            assert r["tokens"] == want[(qs[1], r["path"])]["tokens"] and r["path"] in IMAGES
+        # concurrent askers: other questions, a sampled one among them
+        got, errors = {}, []
+
+        def one(q, f, extra=""):
+            try:
+                st, _, body = request(srv.port, "POST", f"/ask?question={quote(q)}&max_tokens={N_TOKENS}{extra}",
+                                      body=open(inp / f, "rb").read())
+                got[(q, f, extra)] = (st, json.loads(body))
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+        before = metrics(srv.port)
+        jobs = [(q, f, "") for q in qs for f in IMAGES[:2]] + [(qs[0], "photo.jpg", "&temperature=0.7&seed=5")]
+        threads = [threading.Thread(target=one, args=j) for j in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        for (q, f, extra), (st, row) in got.items():
+            assert st == 200, row
+            assert row["tokens"] == (sampled if extra else want[(q, f)])["tokens"], (q, f, extra)
+        after = metrics(srv.port)
+        tokens = after["qalign_generated_tokens_total"] - before["qalign_generated_tokens_total"]
+        assert tokens == sum(len(r["tokens"]) for _, r in got.values())
+        assert after["qalign_generation_sequences_per_pass"] > 1.0
+        assert after["qalign_generation_tokens_per_second"] > 0
+        for path, body, hdr in [(f"/ask?max_tokens=3", open(inp / "photo.jpg", "rb").read(), {}),
+                                (f"/ask?question=x&max_tokens=0", open(inp / "photo.jpg", "rb").read(), {}),
+                                (f"/ask?question=x&temperature=hot", open(inp / "photo.jpg", "rb").read(), {}),
+                                (f"/ask?question=%20", open(inp / "photo.jpg", "rb").read(), {}),
+                                (f"/ask?question=x", json.dumps({"image": b64(inp / "gray.jpg"), "question": "y"}),
+                                 {"Content-Type": "application/json"}),
+                                ("/score", json.dumps({"image": b64(inp / "gray.jpg"), "question": "y"}),
+                                 {"Content-Type": "application/json"}),
+                                ("/ask", json.dumps({"image": b64(inp / "gray.jpg"), "max_tokens": 3}),
+                                 {"Content-Type": "application/json"})]:
+            st, _, body = request(srv.port, "POST", path, body=body, headers=hdr)
+            assert st == 400 and "error" in json.loads(body), (path, st, body)
+        rc, log = srv.stop()
+        assert rc == 0, log
+    lines = [json.dumps({"id": i, "path": str(inp / f), "question": qs[i % 2], "max_tokens": N_TOKENS})
+             for i, f in enumerate(IMAGES)] + ['{"id": 9, "path": "x.jpg", "max_tokens": 3}']
+    r = subprocess.run([str(qalign_bin), "--stdio", str(model)], input="\n".join(lines) + "\n", capture_output=True,
+                       text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = {json.loads(x)["id"]: json.loads(x) for x in r.stdout.splitlines()}
+    for i, f in enumerate(IMAGES):
+        assert out[i]["tokens"] == want[(qs[i % 2], f)]["tokens"]
+    assert "question" in out[9]["error"]
+    report(f"ask: server: POST /ask, JSON and --stdio answers = the CLI's; {len(jobs)} concurrent askers "
+           f"(different questions, a sampled one) shared decoder passes "
+           f"({after['qalign_generation_sequences_per_pass']:.1f} answers per pass), each its answer alone; 7 kinds of 400")
