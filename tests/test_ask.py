@@ -369,3 +369,31 @@ def test_server_answers_as_the_cli(models, tiny_ref, qalign_bin):
     report(f"ask: server: POST /ask, JSON and --stdio answers = the CLI's; {len(jobs)} concurrent askers "
            f"(different questions, a sampled one) shared decoder passes "
            f"({after['qalign_generation_sequences_per_pass']:.1f} answers per pass), each its answer alone; 7 kinds of 400")
+
+
+def test_python_client_ask(models, tiny_ref, qalign_bin, monkeypatch):
+    from test_serve import Server
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    sys.path.insert(0, str(ROOT / "python"))
+    import qalign as client
+    from PIL import Image
+    inp = tiny_ref / "inputs"
+    model = models["f32"]
+    path = str(inp / "gray.jpg")
+    want = ask(qalign_bin, model, QUESTIONS[0], [path])[0]
+    sampled = ask(qalign_bin, model, QUESTIONS[0], [path], "--temperature", "0.8", "--top-k", "5", "--seed", "2")[0]
+    inputs = [path, open(path, "rb").read(), Image.open(path)]
+    with Server(qalign_bin, model) as s:
+        for scorer in (client.Scorer(model, binary=qalign_bin), client.HTTPScorer(s.url)):
+            with scorer as q:
+                rows = q.ask(inputs, QUESTIONS[0], max_tokens=N_TOKENS)
+                assert [r["tokens"] for r in rows] == [want["tokens"]] * 3
+                assert rows[0]["answer"] == want["answer"] and rows[0]["path"] == path and rows[1]["path"] is None
+                (r,) = q.ask([path], QUESTIONS[0], max_tokens=N_TOKENS, temperature=0.8, top_k=5, seed=2)
+                assert r["tokens"] == sampled["tokens"]
+                with pytest.raises(client.QAlignError, match="max_tokens"):
+                    q.ask([path], "Why?", max_tokens=0)
+                with pytest.raises(TypeError, match="unknown decoding"):
+                    q.ask([path], "Why?", beams=4)
+        s.stop()
+    report("ask: python/qalign.py: Scorer.ask and HTTPScorer.ask give the CLI's answers (greedy and seeded)")
