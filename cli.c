@@ -119,6 +119,19 @@ static void usage(FILE *f) {
             "  -h, --help              this help\n",
             VIDEO_DEFAULT_TIMEOUT);
     fprintf(f,
+            "answers in words (Q-Instruct, Co-Instruct, any mPLUG-Owl2 chat checkpoint):\n"
+            "  --ask QUESTION          answer QUESTION about each INPUT (a video: its frames in one\n"
+            "                          prompt; --one-prompt: all images in one); prints the answer, then\n"
+            "                          the file (as it comes on a terminal); --json rows add question,\n"
+            "                          answer, tokens, finish, decoding; --csv has its own columns\n"
+            "  --prompt TEXT|NAME      with --ask: a template with <|image|> and {question}, or\n"
+            "                          mplug-owl2 (default: \"USER: <|image|>{question} ASSISTANT:\") or\n"
+            "                          co-instruct (Co-Instruct's, first..eighth image for several)\n"
+            "  --max-tokens N          tokens to generate at most (default 256; up to the model's context)\n"
+            "  --temperature T         0: greedy (the default); > 0: sample, with --top-p P, --top-k K\n"
+            "                          and --seed S (the same seed, the same answer)\n"
+            "  --score                 with --ask: the score too, from the same pass over the image\n");
+    fprintf(f,
             "other commands:\n"
             "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
             "                                          and q8_0): per-input scores and differences, the\n"
