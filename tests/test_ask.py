@@ -397,3 +397,38 @@ def test_python_client_ask(models, tiny_ref, qalign_bin, monkeypatch):
                     q.ask([path], "Why?", beams=4)
         s.stop()
     report("ask: python/qalign.py: Scorer.ask and HTTPScorer.ask give the CLI's answers (greedy and seeded)")
+
+
+def test_library_edges(models, tiny_ref):
+    """tests/test_ask.c: the stop text, streaming, qalign_ask_batch's per-item errors."""
+    r = run(["make", "-C", ROOT, "-s", "build/test_ask"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run([ROOT / "build" / "test_ask", models["f32"], tiny_ref / "inputs" / "photo.jpg"])
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[-1].endswith(" 0 failed"), r.stdout + r.stderr
+    report(f"ask: test_ask.c (stop text, streaming, per-item errors, K/V bytes): {lines[-1]}")
+
+
+def test_streams_to_a_terminal(models, tiny_ref, qalign_bin):
+    """On a terminal the answer is printed as it is generated: the same line as without one."""
+    import os
+    import pty
+    img = tiny_ref / "inputs" / "photo.jpg"
+    args = [qalign_bin, "--ask", QUESTIONS[0], "--max-tokens", N_TOKENS, "-q", models["f32"], img]
+    plain = run(args).stdout
+    master, slave = pty.openpty()
+    p = subprocess.Popen([str(a) for a in args], stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(60) == 0
+    assert out.decode().replace("\r\n", "\n") == plain
+    report("ask: on a terminal the answer streams, token by token, into the same line")
