@@ -604,6 +604,11 @@ static void record_answer(App *app, const char *path, const char *kind, int fram
         progress_note(&app->pg, "qalign: error: %s: %s", path, error);
     }
     char err[512];
+    if (app->o.timings && !error) /* prefill and decode speeds of this answer (decode: shared with its batch) */
+        progress_note(&app->pg, "qalign: generation: %s: prefill %d rows in %.3f s (%.1f rows/s), decode %d tokens in "
+                      "%.3f s (%.2f tokens/s)", path, a->prompt_rows, a->prefill_seconds,
+                      a->prefill_seconds > 0 ? a->prompt_rows / a->prefill_seconds : 0.0, a->n_tokens, a->decode_seconds,
+                      a->decode_seconds > 0 ? (a->n_tokens - 1) / a->decode_seconds : 0.0);
     if (app->sink && sink_add(app->sink, &row, NULL, err, sizeof err) != 0) die("%s", err);
     if (app->o.json) {
         progress_clear(&app->pg);
