@@ -1619,9 +1619,9 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
         pthread_mutex_unlock(&s->mu);
         pthread_join(worker, NULL);
         if (rc == 0)
-            fprintf(stderr, "qalign: stopped: %llu requests received, %llu answered, %llu images and %llu videos scored\n",
-                    (unsigned long long)s->received, (unsigned long long)s->answered, (unsigned long long)s->images,
-                    (unsigned long long)s->videos);
+            fprintf(stderr, "qalign: stopped: %llu requests received, %llu answered, %llu images and %llu videos scored, "
+                    "%llu questions answered\n", (unsigned long long)s->received, (unsigned long long)s->answered,
+                    (unsigned long long)s->images, (unsigned long long)s->videos, (unsigned long long)s->asked);
     }
     if (rc == 0 && s->out_failed) rc = fail(err, errlen, "writing the answers to stdout failed: %s", strerror(s->out_failed));
     for (int t = 0; t < N_TASKS; t++) qalign_ctx_free(s->ctx[t]);
