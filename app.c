@@ -1334,6 +1334,7 @@ static const char ANSWER_CSV_HEADER[] = "path,task,kind,frames,score,std,scale,q
 #define JSON_ROW_START "{\"path\": "
 
 const char *results_csv_header(void) { return CSV_HEADER; }
+const char *results_answer_csv_header(void) { return ANSWER_CSV_HEADER; }
 
 static int row_failed(const ResultRow *r) { return r->error && r->error[0]; }
 static int empty(const char *s) { return !s || !s[0]; }
@@ -2144,7 +2145,7 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     r->setup.model = STR(K_MODEL);
     r->setup.prompt = STR(K_PROMPT);
     r->setup.levels = STR(K_LEVELS);
-    r->answer = STR(K_ANSWER);
+    r->answer = soff[K_ANSWER] >= 0 ? text->p + soff[K_ANSWER] : NULL; /* (may be empty) */
     r->decoding = STR(K_DECODING);
     if (soff[K_QUESTION] >= 0) r->question = text->p + soff[K_QUESTION];
 #undef STR

@@ -348,6 +348,7 @@ int results_parse(const char *data, size_t len, ResultsFormat fmt, RowSet *into,
 /* Format one row (no file): CSV line or JSON line, with its '\n'. Returns malloc'ed text. */
 char *results_format_row(ResultsFormat fmt, const ResultRow *row);
 const char *results_csv_header(void); /* with its '\n' */
+const char *results_answer_csv_header(void); /* RESULTS_CSV_ANSWERS's, with its '\n' */
 /* s as a JSON string literal (quotes included), escaped as every row is: bytes that are not
  * UTF-8 become \udcXX (Python's surrogateescape). Malloc'ed; NULL if out of memory. */
 char *json_quoted(const char *s);
