@@ -1684,6 +1684,8 @@ static void row_free_strings(ResultRow *r) {
     free((char *)r->setup.prompt);
     free((char *)r->setup.levels);
     free((char *)r->question);
+    free((char *)r->answer);
+    free((char *)r->finish);
     free((char *)r->decoding);
 }
 
@@ -1775,10 +1777,12 @@ int rowset_add(RowSet *s, const ResultRow *row) {
     r.setup.levels = r.setup.model ? dup_nonempty(row->setup.levels, &oom) : NULL;
     r.n_levels = 0; /* a stored row has the five default words' columns */
     r.levels = NULL;
-    r.answer = NULL, r.tokens = NULL, r.n_tokens = 0, r.finish = NULL; /* (not kept) */
+    r.tokens = NULL, r.n_tokens = 0; /* (not kept) */
     r.question = row->question ? strdup(row->question) : NULL;
+    r.answer = row->question && row->answer ? strdup(row->answer) : NULL;
+    r.finish = row->question ? dup_nonempty(row->finish, &oom) : NULL;
     r.decoding = row->question ? dup_nonempty(row->decoding, &oom) : NULL;
-    if (row->question && !r.question) oom = 1;
+    if ((row->question && !r.question) || (r.question && row->answer && !r.answer)) oom = 1;
     size_t kl, ll;
     char *key = oom ? NULL : make_key(&r, 0, &kl), *lkey = key ? make_key(&r, 1, &ll) : NULL;
     s->earlier[s->n] = key ? strmap_get(&s->index, key, kl) : -1;
