@@ -81,12 +81,20 @@ def run(model, image, n, tokens, threads, batch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("models", nargs="+")
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--from-cache", action="store_true",
+                    help="the full-size files bench.py made (one-align-{q8_0,q8_256,q4_256}.qalign in its cache)")
+    ap.add_argument("--cache", default=os.environ.get("QALIGN_BENCH_CACHE", Path.home() / ".cache" / "qalign" / "bench"))
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", default="1,8", help="answers stepped together, e.g. 1,8")
     ap.add_argument("--image", default=str(ROOT / "bench" / "gen.ppm"))
     a = ap.parse_args()
+    if a.from_cache:
+        a.models += [str(p) for t in ("q8_0", "q8_256", "q4_256") for p in [Path(a.cache) / f"one-align-{t}.qalign"]
+                     if p.exists()]
+    if not a.models:
+        raise SystemExit("generate.py: no model file (give some, or --from-cache after bench.py made them)")
     if not Path(a.image).exists():
         import numpy as np
         rng = np.random.default_rng(0)
