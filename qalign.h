@@ -291,9 +291,11 @@ int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *fr
  * it (qs = DEFAULT_IMAGE_TOKEN + query). */
 #define QALIGN_ASK_PROMPT "USER: <|image|>{question} ASSISTANT:"
 
-/* Called once per generated token (EOS included, then id = eos and text = ""): seq is the
- * answer's index in the call, text the UTF-8 bytes that token completes (may be "", e.g.
- * the first bytes of a character or of the stop string; never split inside a character). */
+/* Called once per generated token, EOS included (then id = eos): seq is the answer's index
+ * in the call (qalign_ask_images: the image's), text the UTF-8 bytes that are certain after
+ * it (may be "": the first bytes of a character, or text that may be the start of the stop
+ * text, wait for the next token; the last call gives the rest). Joined, the texts are the
+ * answer before its blanks are stripped; never split inside a character. */
 typedef void (*qalign_token_fn)(void *user, int seq, int id, const char *text);
 
 typedef struct {
