@@ -11,7 +11,8 @@
  * This file is the model, top to bottom, and reads in this order:
  *   config (the file header) -> weights (views into the file) -> run state ->
  *   kernels (the scalar reference of each, and where a CPU family's faster one is used) ->
- *   vision tower -> visual abstractor -> LLaMA-2 decoder -> scoring ->
+ *   vision tower -> visual abstractor -> LLaMA-2 decoder -> scoring -> Compare2Score ->
+ *   answers in words (text generation with a K/V cache per answer) ->
  *   then the back matter: a context's levels and prompt, loading a model file, the run
  *   state's buffers, and the API of qalign.h.
  * Above each block of C is the PyTorch line (Q-Future/Q-Align, q_align/model/) it
