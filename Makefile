@@ -132,6 +132,7 @@ fuzz: fuzz-build
 bench: qalign
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/serve.py
+	$(PYTHON) bench/generate.py --from-cache
 
 clean:
 	rm -rf qalign qalign-san build libqalign.a libqalign.so examples/score

@@ -1334,10 +1334,17 @@ static const char CSV_HEADER[] = "path,task,kind,frames,score,std,scale,p_excell
                                  "logit_excellent,logit_good,logit_fair,logit_poor,logit_bad,error,"
                                  "model,prompt,levels,pad,precise,max_frames\n";
 #define CSV_FIELDS 24
+static const char *const CSV_HEADERS[1] = {CSV_HEADER};
+/* --ask's results (RESULTS_CSV_ANSWERS): the answer instead of the level columns; score, std,
+ * scale and levels are empty unless --score is given too */
+static const char ANSWER_CSV_HEADER[] = "path,task,kind,frames,score,std,scale,question,answer,tokens,finish,error,"
+                                        "model,prompt,levels,decoding,pad,precise,max_frames\n";
+#define ANSWER_CSV_FIELDS 19
 /* the start of every JSONL row (a torn tail that starts otherwise is not ours) */
 #define JSON_ROW_START "{\"path\": "
 
 const char *results_csv_header(void) { return CSV_HEADER; }
+const char *results_answer_csv_header(void) { return ANSWER_CSV_HEADER; }
 
 static int row_failed(const ResultRow *r) { return r->error && r->error[0]; }
 static int empty(const char *s) { return !s || !s[0]; }
@@ -1417,10 +1424,67 @@ static void default_columns(const ResultRow *r, double *probs, double *logits) {
  * a word the row's levels do not have (empty / null). */
 static int row_numbers_finite(const ResultRow *r) { return isfinite(r->score); }
 
+/* The generated ids as text: "1 2 3" (CSV) or "[1, 2, 3]" (JSON) */
+static void token_list(Buf *b, const ResultRow *r, int json) {
+    if (json) buf_addc(b, '[');
+    for (int i = 0; i < r->n_tokens; i++) buf_printf(b, i ? json ? ", %d" : " %d" : "%d", r->tokens[i]);
+    if (json) buf_addc(b, ']');
+}
+
+/* An answer's row (--ask) in the CSV of answers */
+static void format_answer_csv(Buf *b, const ResultRow *r, int bad, const char *error) {
+    const RowSetup *su = &r->setup;
+    int known = su->model != NULL, sc = r->scored && !bad;
+    csv_field(b, r->path);
+    buf_addc(b, ',');
+    csv_field(b, r->scored ? r->task : NULL);
+    buf_addc(b, ',');
+    csv_field(b, r->kind);
+    buf_printf(b, ",%d,", r->frames);
+    if (sc) csv_num(b, r->score);
+    buf_addc(b, ',');
+    if (sc) csv_num(b, r->std);
+    buf_addc(b, ',');
+    csv_field(b, r->scored ? r->scale : NULL);
+    buf_addc(b, ',');
+    csv_field(b, r->question);
+    buf_addc(b, ',');
+    if (!bad) csv_field(b, r->answer);
+    buf_addc(b, ',');
+    if (!bad) token_list(b, r, 0);
+    buf_addc(b, ',');
+    if (!bad) csv_field(b, r->finish);
+    buf_addc(b, ',');
+    if (bad) csv_field(b, error);
+    buf_addc(b, ',');
+    if (known) {
+        csv_field(b, su->model);
+        buf_addc(b, ',');
+        csv_field(b, su->prompt);
+        buf_addc(b, ',');
+        if (r->scored) csv_field(b, su->levels);
+        buf_addc(b, ',');
+        csv_field(b, r->decoding);
+        buf_printf(b, ",%s,%s,", su->pad ? "true" : "false", su->precise ? "true" : "false");
+    } else buf_adds(b, ",,,,,,");
+    if (r->max_frames > 0) buf_printf(b, "%d", r->max_frames);
+    buf_addc(b, '\n');
+}
+
 static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
-    int bad = row_failed(r), n = r->n_levels ? r->n_levels : APP_LEVELS;
+    int bad = row_failed(r), n = r->n_levels ? r->n_levels : APP_LEVELS, ans = r->question != NULL;
+    int sc = !ans || r->scored; /* the row has a score */
     const char *error = r->error;
-    if (!bad && !row_numbers_finite(r)) { /* never a success without a score */
+    if (ans && !bad && !r->answer) { /* never a success without an answer */
+        bad = 1;
+        error = "no answer";
+    }
+    if (fmt == RESULTS_CSV_ANSWERS) {
+        if (sc && !bad && !row_numbers_finite(r)) bad = 1, error = "the model produced a value that is not finite";
+        format_answer_csv(b, r, bad, error);
+        return;
+    }
+    if (sc && !bad && !row_numbers_finite(r)) { /* never a success without a score */
         bad = 1;
         error = "the model produced a value that is not finite";
     }
@@ -1461,12 +1525,15 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
     } else {
         buf_adds(b, JSON_ROW_START);
         json_str(b, r->path);
-        buf_adds(b, ", \"task\": ");
-        json_str(b, r->task);
+        if (sc) {
+            buf_adds(b, ", \"task\": ");
+            json_str(b, r->task);
+        }
         buf_adds(b, ", \"kind\": ");
         json_str(b, r->kind);
         buf_printf(b, ", \"frames\": %d", r->frames);
         if (r->per_frame) buf_printf(b, ", \"frame\": %d", r->frame);
+        if (sc) {
         buf_adds(b, ", \"score\": ");
         json_num(b, bad ? NAN : r->score);
         buf_adds(b, ", \"std\": ");
@@ -1483,6 +1550,18 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
                 json_num(b, bad ? NAN : k ? r->logits[i] : r->probs[i]);
                 buf_free(&key);
             }
+        }
+        if (ans) {
+            buf_adds(b, ", \"question\": ");
+            json_str(b, r->question);
+            buf_adds(b, ", \"answer\": ");
+            json_str(b, bad ? NULL : r->answer);
+            buf_adds(b, ", \"tokens\": ");
+            if (bad) buf_adds(b, "null");
+            else token_list(b, r, 1);
+            buf_adds(b, ", \"finish\": ");
+            json_str(b, bad ? NULL : r->finish);
+        }
         if (r->n_anchors > 0 && !bad) {
             buf_adds(b, ", \"anchor_prefs\": [");
             for (int i = 0; i < r->n_anchors; i++) {
@@ -1497,8 +1576,14 @@ static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
         json_str(b, known ? su->model : NULL);
         buf_adds(b, ", \"prompt\": ");
         json_str(b, known ? su->prompt : NULL);
-        buf_adds(b, ", \"levels\": ");
-        json_str(b, known ? su->levels : NULL);
+        if (sc) {
+            buf_adds(b, ", \"levels\": ");
+            json_str(b, known ? su->levels : NULL);
+        }
+        if (ans) {
+            buf_adds(b, ", \"decoding\": ");
+            json_str(b, known ? r->decoding : NULL);
+        }
         buf_printf(b, ", \"pad\": %s, \"precise\": %s, \"max_frames\": ", known ? su->pad ? "true" : "false" : "null",
                    known ? su->precise ? "true" : "false" : "null");
         if (r->max_frames > 0) buf_printf(b, "%d}\n", r->max_frames);
@@ -1608,6 +1693,10 @@ static void row_free_strings(ResultRow *r) {
     free((char *)r->setup.model);
     free((char *)r->setup.prompt);
     free((char *)r->setup.levels);
+    free((char *)r->question);
+    free((char *)r->answer);
+    free((char *)r->finish);
+    free((char *)r->decoding);
 }
 
 void rowset_free(RowSet *s) {
@@ -1637,16 +1726,21 @@ static void key_part(Buf *b, const char *s) {
  * A row whose setup is unknown gets a "like" key no run can have (an empty model). */
 static char *make_key(const ResultRow *r, int like, size_t *klen) {
     Buf b = {0};
-    key_part(&b, r->task);
+    key_part(&b, r->question ? NULL : r->task); /* (an answer's row: its question instead) */
     key_part(&b, r->path);
     if (like) {
-        key_part(&b, r->scale);
+        key_part(&b, r->question ? NULL : r->scale);
         key_part(&b, r->setup.model);
         if (r->setup.model) {
             key_part(&b, r->setup.prompt);
-            key_part(&b, r->setup.levels);
+            key_part(&b, r->question ? NULL : r->setup.levels);
             buf_printf(&b, "%d%d", r->setup.pad != 0, r->setup.precise != 0);
             buf_addc(&b, 0);
+        }
+        if (r->question) { /* an answer: the same question, asked the same way */
+            buf_addc(&b, 'Q');
+            key_part(&b, r->question);
+            key_part(&b, r->decoding);
         }
         buf_printf(&b, "%d", r->max_frames > 0 ? r->max_frames : 0);
     }
@@ -1693,6 +1787,12 @@ int rowset_add(RowSet *s, const ResultRow *row) {
     r.setup.levels = r.setup.model ? dup_nonempty(row->setup.levels, &oom) : NULL;
     r.n_levels = 0; /* a stored row has the five default words' columns */
     r.levels = NULL;
+    r.tokens = NULL, r.n_tokens = 0; /* (not kept) */
+    r.question = row->question ? strdup(row->question) : NULL;
+    r.answer = row->question && row->answer ? strdup(row->answer) : NULL;
+    r.finish = row->question ? dup_nonempty(row->finish, &oom) : NULL;
+    r.decoding = row->question ? dup_nonempty(row->decoding, &oom) : NULL;
+    if ((row->question && !r.question) || (r.question && row->answer && !r.answer)) oom = 1;
     size_t kl, ll;
     char *key = oom ? NULL : make_key(&r, 0, &kl), *lkey = key ? make_key(&r, 1, &ll) : NULL;
     s->earlier[s->n] = key ? strmap_get(&s->index, key, kl) : -1;
@@ -1876,6 +1976,35 @@ static int csv_to_row(const Fields *f, ResultRow *r) {
     return 0;
 }
 
+/* A row of the CSV of answers */
+static int csv_to_answer_row(const Fields *f, ResultRow *r) {
+    if (f->n != ANSWER_CSV_FIELDS) return -1;
+    memset(r, 0, sizeof *r);
+    r->path = field(f, 0);
+    if (!r->path[0]) return -1;
+    r->task = field(f, 1)[0] ? field(f, 1) : NULL;
+    r->kind = field(f, 2)[0] ? field(f, 2) : NULL;
+    if (parse_count(field(f, 3), &r->frames) != 0) return -1;
+    r->scored = field(f, 4)[0] != 0;
+    r->score = r->std = NAN;
+    for (int i = 0; i < APP_MAX_LEVELS; i++) r->probs[i] = r->logits[i] = NAN;
+    if (r->scored && (parse_double(field(f, 4), &r->score) != 0 || parse_double(field(f, 5), &r->std) != 0)) return -1;
+    r->scale = field(f, 6)[0] ? field(f, 6) : NULL;
+    r->question = field(f, 7);
+    r->answer = field(f, 8);
+    r->finish = field(f, 10)[0] ? field(f, 10) : NULL;
+    r->error = field(f, 11)[0] ? field(f, 11) : NULL;
+    if (field(f, 12)[0]) {
+        r->setup.model = field(f, 12);
+        r->setup.prompt = field(f, 13);
+        r->setup.levels = field(f, 14)[0] ? field(f, 14) : NULL;
+        r->decoding = field(f, 15);
+        if ((r->setup.pad = parse_bool(field(f, 16))) < 0 || (r->setup.precise = parse_bool(field(f, 17))) < 0) return -1;
+    }
+    if (parse_count(field(f, 18), &r->max_frames) != 0) return -1;
+    return 0;
+}
+
 /* ---- JSON (one flat object per line) ---- */
 
 typedef struct {
@@ -1944,8 +2073,9 @@ static int jp_string(JP *j, Buf *out) {
 /* Parse {"k": v, ...} with string/number/null/bool values into r; strings in text. */
 static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     JP j = {s, s + len};
-    enum { K_PATH, K_TASK, K_KIND, K_SCALE, K_ERROR, K_MODEL, K_PROMPT, K_LEVELS, K_N };
-    static const char *const skeys[K_N] = {"path", "task", "kind", "scale", "error", "model", "prompt", "levels"};
+    enum { K_PATH, K_TASK, K_KIND, K_SCALE, K_ERROR, K_MODEL, K_PROMPT, K_LEVELS, K_QUESTION, K_ANSWER, K_DECODING, K_N };
+    static const char *const skeys[K_N] = {"path", "task", "kind", "scale", "error", "model", "prompt", "levels",
+                                           "question", "answer", "decoding"};
     long soff[K_N];
     for (int i = 0; i < K_N; i++) soff[i] = -1;
     memset(r, 0, sizeof *r);
@@ -2006,6 +2136,11 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
                     if (strcmp(key.p, pk) == 0) r->probs[i] = v;
                     if (strcmp(key.p, lk) == 0) r->logits[i] = v;
                 }
+        } else if (*j.p == '[' && strcmp(key.p, "tokens") == 0) { /* an answer's ids: skipped */
+            while (j.p < j.e && *j.p != ']' && (*j.p == '[' || *j.p == ',' || *j.p == ' ' || (*j.p >= '0' && *j.p <= '9')))
+                j.p++;
+            if (j.p >= j.e || *j.p != ']') goto out;
+            j.p++;
         } else goto out; /* nested values are not ours */
         jp_ws(&j);
         if (j.p < j.e && *j.p == ',') { j.p++; continue; }
@@ -2024,7 +2159,19 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     r->setup.model = STR(K_MODEL);
     r->setup.prompt = STR(K_PROMPT);
     r->setup.levels = STR(K_LEVELS);
+    r->answer = soff[K_ANSWER] >= 0 ? text->p + soff[K_ANSWER] : NULL; /* (may be empty) */
+    r->decoding = STR(K_DECODING);
+    if (soff[K_QUESTION] >= 0) r->question = text->p + soff[K_QUESTION];
 #undef STR
+    r->scored = have_score;
+    if (r->question) { /* an answer */
+        if (r->setup.model && (pad < 0 || precise < 0)) goto out;
+        r->setup.pad = pad > 0;
+        r->setup.precise = precise > 0;
+        if (!r->error && !r->answer && !(soff[K_ANSWER] >= 0)) goto out;
+        rc = 0;
+        goto out;
+    }
     if (r->setup.model && (pad < 0 || precise < 0)) goto out;
     r->setup.pad = pad > 0;
     r->setup.precise = precise > 0;
@@ -2049,7 +2196,8 @@ typedef struct {
 static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *into, Parsed *P) {
     memset(P, 0, sizeof *P);
     P->ours = 1;
-    if (fmt == RESULTS_CSV) {
+    if (fmt != RESULTS_JSONL) {
+        const char *CSV_HEADER = fmt == RESULTS_CSV_ANSWERS ? ANSWER_CSV_HEADER : CSV_HEADERS[0];
         size_t hl = strlen(CSV_HEADER) - 1;
         if (len == 0) return 0;
         const char *nl = memchr(s, '\n', len);
@@ -2067,7 +2215,11 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
         if (first && s[first - 1] == '\r') first--;
         if (first != hl || memcmp(s, CSV_HEADER, hl) != 0) {
             P->ours = 0;
-            if (first > 10 && memcmp(s, "path,task,", 10) == 0)
+            const char *other = fmt == RESULTS_CSV_ANSWERS ? CSV_HEADERS[0] : ANSWER_CSV_HEADER;
+            if (first == strlen(other) - 1 && memcmp(s, other, first) == 0)
+                snprintf(P->why, sizeof P->why, "it holds %s, not %s", fmt == RESULTS_CSV_ANSWERS ? "scores" : "answers (--ask)",
+                         fmt == RESULTS_CSV_ANSWERS ? "answers (--ask)" : "scores");
+            else if (first > 10 && memcmp(s, "path,task,", 10) == 0)
                 snprintf(P->why, sizeof P->why, "its columns are those of another version of qalign");
             else snprintf(P->why, sizeof P->why, "its first line is not qalign's CSV header");
             return 0;
@@ -2081,7 +2233,7 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
             P->good = pos;
             ResultRow r;
             if (f.n == 1 && field(&f, 0)[0] == 0) continue; /* blank line */
-            if (csv_to_row(&f, &r) != 0) { P->bad++; continue; }
+            if ((fmt == RESULTS_CSV_ANSWERS ? csv_to_answer_row(&f, &r) : csv_to_row(&f, &r)) != 0) { P->bad++; continue; }
             P->rows++;
             if (into && rowset_add(into, &r) != 0) { fields_free(&f); return -1; }
         }
@@ -2128,7 +2280,7 @@ int results_parse(const char *data, size_t len, ResultsFormat fmt, RowSet *into,
     if (parse_results(data ? data : "", len, fmt, into, &P) != 0) return fail(err, errlen, "out of memory");
     if (torn) *torn = P.torn;
     if (bad) *bad = P.bad;
-    if (!P.ours) return fail(err, errlen, "not a qalign results %s (%s)", fmt == RESULTS_CSV ? "CSV" : "JSONL", P.why);
+    if (!P.ours) return fail(err, errlen, "not a qalign results %s (%s)", fmt != RESULTS_JSONL ? "CSV" : "JSONL", P.why);
     return 0;
 }
 
@@ -2163,7 +2315,8 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
         return NULL;
     }
     f->fmt = fmt;
-    int need_header = fmt == RESULTS_CSV;
+    int need_header = fmt != RESULTS_JSONL;
+    const char *CSV_HEADER = fmt == RESULTS_CSV_ANSWERS ? ANSWER_CSV_HEADER : CSV_HEADERS[0];
     struct stat st;
     if (stat(path, &st) == 0 && (S_ISBLK(st.st_mode) || S_ISSOCK(st.st_mode))) { /* refused before it is opened */
         f->fd = -1;
@@ -2205,7 +2358,7 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
         if (!P.ours) {
             buf_free(&b);
             fail(err, errlen, "%s is not a qalign results %s (%s): refusing to append to it (give a new file)", path,
-                 fmt == RESULTS_CSV ? "CSV" : "JSONL", P.why);
+                 fmt != RESULTS_JSONL ? "CSV" : "JSONL", P.why);
             goto bad;
         }
         if (P.torn) {
@@ -3538,6 +3691,7 @@ void progress_finish(Progress *p) {
 struct Sink {
     SinkOptions o;
     char *task, *scale, *model, *prompt, *levels; /* copies of the options' strings */
+    char *question, *decoding;
     ResultsFile *csv, *jsonl;
     RowSet *prev_csv, *prev_jsonl;
     Report *report;
@@ -3560,6 +3714,8 @@ static ResultRow sink_like(const Sink *s, const ResultRow *like) {
     r.scale = s->scale;
     r.setup = s->o.setup;
     r.max_frames = like->kind && strcmp(like->kind, "video") == 0 ? s->o.max_frames : 0;
+    r.question = s->o.answers ? s->o.question : NULL;
+    r.decoding = s->o.answers ? s->o.decoding : NULL;
     return r;
 }
 
@@ -3568,8 +3724,9 @@ static int row_is_this_runs(const Sink *s, const ResultRow *r) {
     ResultRow me = sink_like(s, r);
     return same_str(r->task, me.task) && same_str(r->scale, me.scale) && r->setup.model && me.setup.model &&
            same_str(r->setup.model, me.setup.model) && same_str(r->setup.prompt, me.setup.prompt) &&
-           same_str(r->setup.levels, me.setup.levels) && !r->setup.pad == !me.setup.pad &&
-           !r->setup.precise == !me.setup.precise && r->max_frames == me.max_frames;
+           (me.question || same_str(r->setup.levels, me.setup.levels)) && !r->setup.pad == !me.setup.pad &&
+           !r->setup.precise == !me.setup.precise && r->max_frames == me.max_frames && !r->question == !me.question &&
+           same_str(r->question, me.question) && same_str(r->decoding, me.decoding);
 }
 
 /* In what row r (of the same path and task) was made otherwise than like: the number of
@@ -3580,11 +3737,13 @@ static int how_changed(const ResultRow *r, const ResultRow *like, const char **w
 #define DIFF(cond, name) if (cond) { if (!n++) *what = name; }
     DIFF(!r->setup.model || !same_str(r->setup.model, like->setup.model), "model");
     DIFF(!same_str(r->setup.prompt, like->setup.prompt), "prompt");
-    DIFF(!same_str(r->setup.levels, like->setup.levels), "levels");
+    DIFF(!like->question && !same_str(r->setup.levels, like->setup.levels), "levels");
     DIFF(!r->setup.pad != !like->setup.pad, "pad");
     DIFF(!r->setup.precise != !like->setup.precise, "precise");
-    DIFF(!same_str(r->scale, like->scale), "scale");
+    DIFF(!like->question && !same_str(r->scale, like->scale), "scale");
     DIFF(r->max_frames != like->max_frames, "max_frames");
+    DIFF(!r->question != !like->question || !same_str(r->question, like->question), "question");
+    DIFF(!same_str(r->decoding, like->decoding), "decoding");
 #undef DIFF
     return n;
 }
@@ -3602,7 +3761,7 @@ static ResumeState resume_in(const RowSet *set, const ResultRow *like, char *why
         }
         return RESUME_DONE;
     }
-    if (!(r = rowset_find(set, like->path, like->task))) return RESUME_NEW;
+    if (!(r = rowset_find(set, like->path, like->question ? NULL : like->task))) return RESUME_NEW;
     /* say how the closest of its rows (fewest differences, the latest of those) was made otherwise */
     const char *what = "kind", *w;
     int best = 1 << 30;
@@ -3653,6 +3812,10 @@ Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
     s->o.setup.model = s->model;
     s->o.setup.prompt = s->prompt;
     s->o.setup.levels = s->levels;
+    s->question = copy_opt(o->question, &oom);
+    s->decoding = copy_opt(o->decoding, &oom);
+    s->o.question = s->question;
+    s->o.decoding = s->decoding;
     s->o.csv_path = s->o.jsonl_path = s->o.report_path = s->o.title = NULL; /* not kept */
     if (oom) goto oom;
     if (o->resume && !o->csv_path && !o->jsonl_path) {
@@ -3670,7 +3833,7 @@ Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
     char e2[512];
     if (o->csv_path) {
         if (o->resume && !(s->prev_csv = rowset_new())) goto oom;
-        if (!(s->csv = results_open(o->csv_path, RESULTS_CSV, s->prev_csv, &dropped, e2, sizeof e2))) {
+        if (!(s->csv = results_open(o->csv_path, o->answers ? RESULTS_CSV_ANSWERS : RESULTS_CSV, s->prev_csv, &dropped, e2, sizeof e2))) {
             fail(err, errlen, "%s", e2);
             goto bad;
         }
@@ -3744,7 +3907,8 @@ int sink_add(Sink *s, const ResultRow *row, const Image *img, char *err, size_t 
     if (s->csv && !same_failure_as_before(s->prev_csv, &r) && results_write(s->csv, &r, err, errlen) != 0) rc = -1;
     if (s->jsonl && !same_failure_as_before(s->prev_jsonl, &r) && results_write(s->jsonl, &r, err, errlen) != 0) rc = -1;
     if (s->report && report_add(s->report, &r, img, err, errlen) != 0) rc = -1;
-    if (!row_failed(&r) && sink_eval_push(s, r.path, r.score) != 0) rc = fail(err, errlen, "out of memory");
+    if (!row_failed(&r) && (!r.question || r.scored) && sink_eval_push(s, r.path, r.score) != 0)
+        rc = fail(err, errlen, "out of memory");
     if (s->nseen == s->capseen) {
         size_t nc = s->capseen ? s->capseen * 2 : 256;
         char **ns = realloc(s->seen, nc * sizeof *ns);
@@ -3830,5 +3994,7 @@ void sink_free(Sink *s) {
     free(s->model);
     free(s->prompt);
     free(s->levels);
+    free(s->question);
+    free(s->decoding);
     free(s);
 }

@@ -297,9 +297,20 @@ typedef struct {
     const float *anchor_prefs;
     RowSetup setup;         /* what made it */
     int max_frames;         /* a video's --max-frames (0: none, and on other rows) */
+    /* an answer (--ask): question != NULL. JSON: "question", "answer", "tokens", "finish" before
+       "error" and "decoding" before "pad"; the score's keys (task, score, std, scale, p_*, logit_*,
+       levels) only when scored (--ask with --score). Resume compares question and decoding too. */
+    const char *question;
+    const char *answer;     /* the decoded text (NULL on a failed row) */
+    const int *tokens;      /* (n_tokens) the generated ids, EOS not included */
+    int n_tokens;
+    const char *finish;     /* "eos", "stop", "length" */
+    const char *decoding;   /* how it was generated, e.g. "greedy max_tokens=256" */
+    int scored;             /* 1: the score's fields are set too */
 } ResultRow;
 
-typedef enum { RESULTS_CSV = 0, RESULTS_JSONL = 1 } ResultsFormat;
+/* RESULTS_CSV_ANSWERS: the CSV of --ask, its own header (ANSWER columns, app.c) */
+typedef enum { RESULTS_CSV = 0, RESULTS_JSONL = 1, RESULTS_CSV_ANSWERS = 2 } ResultsFormat;
 
 /* Rows read back from a results file. Strings are owned by the set. */
 typedef struct RowSet RowSet;
@@ -337,6 +348,7 @@ int results_parse(const char *data, size_t len, ResultsFormat fmt, RowSet *into,
 /* Format one row (no file): CSV line or JSON line, with its '\n'. Returns malloc'ed text. */
 char *results_format_row(ResultsFormat fmt, const ResultRow *row);
 const char *results_csv_header(void); /* with its '\n' */
+const char *results_answer_csv_header(void); /* RESULTS_CSV_ANSWERS's, with its '\n' */
 /* s as a JSON string literal (quotes included), escaped as every row is: bytes that are not
  * UTF-8 become \udcXX (Python's surrogateescape). Malloc'ed; NULL if out of memory. */
 char *json_quoted(const char *s);
@@ -491,6 +503,9 @@ typedef struct {
     const char *title;       /* report title (NULL: "qalign <task>") */
     RowSetup setup;          /* what makes this run's rows (rows added without one get it) */
     int max_frames;          /* --max-frames: videos' rows get it */
+    int answers;             /* --ask: the rows are answers (the CSV has the answer columns) */
+    const char *question;    /* --ask: the question and how answers are made (resume compares them) */
+    const char *decoding;
 } SinkOptions;               /* strings are copied, except labels_path: keep it until sink_finish */
 
 typedef struct Sink Sink;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "app.h"
 #include "image.h"
@@ -128,6 +129,19 @@ static void usage(FILE *f) {
             "  -h, --help              this help\n",
             VIDEO_DEFAULT_TIMEOUT, (size_t)IMAGE_MAX_PIXELS);
     fprintf(f,
+            "answers in words (Q-Instruct, Co-Instruct, any mPLUG-Owl2 chat checkpoint):\n"
+            "  --ask QUESTION          answer QUESTION about each INPUT (a video: its frames in one\n"
+            "                          prompt; --one-prompt: all images in one); prints the answer, then\n"
+            "                          the file (as it comes on a terminal); --json rows add question,\n"
+            "                          answer, tokens, finish, decoding; --csv has its own columns\n"
+            "  --prompt TEXT|NAME      with --ask: a template with <|image|> and {question}, or\n"
+            "                          mplug-owl2 (default: \"USER: <|image|>{question} ASSISTANT:\") or\n"
+            "                          co-instruct (Co-Instruct's, first..eighth image for several)\n"
+            "  --max-tokens N          tokens to generate at most (default 256; up to the model's context)\n"
+            "  --temperature T         0: greedy (the default); > 0: sample, with --top-p P, --top-k K\n"
+            "                          and --seed S (the same seed, the same answer)\n"
+            "  --score                 with --ask: the score too, from the same pass over the image\n");
+    fprintf(f,
             "other commands:\n"
             "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
             "                                          and q8_0): per-input scores and differences, the\n"
@@ -203,6 +217,15 @@ typedef struct {
     const char *compare[2]; /* --compare A B */
     double ffmpeg_timeout;  /* --ffmpeg-timeout */
     int64_t max_pixels;     /* --max-pixels, 0: not given (the decoders' own limit; a server: 40 M) */
+    /* --ask: answers in words */
+    const char *ask;        /* the question, or NULL: scoring */
+    int score;              /* --score: the score too, from the same visual rows */
+    int max_tokens;         /* --max-tokens (default 256) */
+    float temperature;      /* --temperature (0: greedy) */
+    float top_p;            /* --top-p */
+    int top_k;              /* --top-k */
+    uint64_t seed;          /* --seed */
+    const char *decoding_flag; /* the first decoding option given (they need --ask) */
 } Options;
 
 /* --compare: one model's scores, by input */
@@ -227,6 +250,13 @@ typedef struct {
     const char *pending_path[QALIGN_MAX_BATCH]; /* the images waiting for the decoder */
     Image pending_thumb[QALIGN_MAX_BATCH];      /* their report thumbnails (if a report is written) */
     Collected *collect;     /* --compare: results go here instead of stdout and files */
+    /* --ask */
+    Image asked[QALIGN_MAX_BATCH]; /* images waiting for their answers (paths in pending_path) */
+    int n_asked;
+    int stream;             /* stdout is a terminal (and not --json): print answers as they come */
+    int streamed;           /* some of the current answer is on stdout */
+    char ask_template[1024];/* the question template for one image, as rows record it */
+    char decoding[192];     /* how answers are generated, as rows record it */
 } App;
 
 /* ---- --dump: each stage of the computation as DIR/<name>.npy -------------------------- */
@@ -564,6 +594,191 @@ static void score_video(App *app, const char *path, int have_ffmpeg, const char 
     video_plan_free(&plan);
 }
 
+/* ---- --ask: answers in words ------------------------------------------------------------ */
+
+/* Streaming to a terminal: each token's text as it comes (one answer at a time). */
+static void print_token(void *user, int seq, int id, const char *text) {
+    App *app = user;
+    (void)seq, (void)id;
+    if (!*text) return;
+    if (!app->streamed) { /* the answer is stripped as upstream strips it: no leading blanks */
+        while (*text == ' ' || *text == '\n' || *text == '\t' || *text == '\r') text++;
+        if (!*text) return;
+        progress_clear(&app->pg);
+    }
+    fputs(text, stdout);
+    fflush(stdout);
+    app->streamed = 1;
+}
+
+/* One answer (a, and the score r with --score) or an error: stdout, result files, counters. */
+static void record_answer(App *app, const char *path, const char *kind, int frames, const qalign_answer *a,
+                          const qalign_result *r, const char *error) {
+    if (!error && a && a->status != QALIGN_OK) error = a->error;
+    if (!error && r && r->status != QALIGN_OK) error = r->error;
+    ResultRow row;
+    if (r && !error) {
+        row = make_row(app, path, kind, r, NULL);
+        row.scored = 1;
+    } else {
+        row = make_row(app, path, kind, NULL, error ? error : "");
+        row.error = error;
+        row.scored = app->o.score;
+    }
+    row.frames = error ? 0 : frames;
+    row.setup.prompt = app->ask_template;
+    row.question = app->o.ask;
+    row.decoding = app->decoding;
+    if (!error) row.answer = a->text, row.tokens = a->tokens, row.n_tokens = a->n_tokens, row.finish = a->finish;
+    if (error) {
+        app->failures++;
+        if (app->streamed) fputc('\n', stdout), app->streamed = 0;
+        progress_note(&app->pg, "qalign: error: %s: %s", path, error);
+    }
+    char err[512];
+    if (app->o.timings && !error) /* prefill and decode speeds of this answer (decode: shared with its batch) */
+        progress_note(&app->pg, "qalign: generation: %s: prefill %d rows in %.3f s (%.1f rows/s), decode %d tokens in "
+                      "%.3f s (%.2f tokens/s)", path, a->prompt_rows, a->prefill_seconds,
+                      a->prefill_seconds > 0 ? a->prompt_rows / a->prefill_seconds : 0.0, a->n_tokens, a->decode_seconds,
+                      a->decode_seconds > 0 ? (a->n_tokens - 1) / a->decode_seconds : 0.0);
+    if (app->sink && sink_add(app->sink, &row, NULL, err, sizeof err) != 0) die("%s", err);
+    if (app->o.json) {
+        progress_clear(&app->pg);
+        char *line = results_format_row(RESULTS_JSONL, &row);
+        if (!line) die("out of memory");
+        fputs(line, stdout);
+        free(line);
+    } else if (!error) {
+        progress_clear(&app->pg);
+        if (!app->streamed) {
+            if (row.scored) printf("%.4f  ", row.score);
+            fputs(a->text, stdout);
+        }
+        printf("  %s\n", path);
+    }
+    app->streamed = 0;
+    check_stdout();
+    progress_update(&app->pg, error == NULL);
+}
+
+static qalign_ask_options ask_options_of(App *app, int stream, qalign_result *scores) {
+    const Options *o = &app->o;
+    return (qalign_ask_options){.max_tokens = o->max_tokens, .temperature = o->temperature, .top_p = o->top_p,
+                                .top_k = o->top_k, .seed = o->seed, .prompt = o->prompt,
+                                .on_token = stream ? print_token : NULL, .user = app, .scores = scores};
+}
+
+/* Answer the images loaded so far (one call: they are generated together). */
+static void ask_flush(App *app) {
+    int n = app->n_asked;
+    if (n == 0) return;
+    qalign_image qi[QALIGN_MAX_BATCH];
+    qalign_answer ans[QALIGN_MAX_BATCH];
+    qalign_result res[QALIGN_MAX_BATCH];
+    for (int i = 0; i < n; i++) qi[i] = as_qimage(&app->asked[i]);
+    qalign_ask_options ao = ask_options_of(app, app->stream, app->o.score ? res : NULL);
+    char err[QALIGN_ERR_LEN];
+    if (qalign_ask_images(app->ctx, qi, n, app->o.ask, &ao, ans, err, sizeof err) != QALIGN_OK) die("--ask: %s", err);
+    for (int i = 0; i < n; i++) {
+        record_answer(app, app->pending_path[i], "image", 1, &ans[i], app->o.score ? &res[i] : NULL, NULL);
+        qalign_answer_free(&ans[i]);
+        image_free(&app->asked[i]);
+    }
+    app->n_asked = 0;
+    note_timings(app);
+}
+
+static void ask_image(App *app, const char *path) {
+    char err[QALIGN_ERR_LEN];
+    Image img = {0};
+    if (image_load(path, &img, err, sizeof err) != 0) {
+        ask_flush(app);
+        record_answer(app, path, "image", 0, NULL, NULL, err);
+        return;
+    }
+    app->pending_path[app->n_asked] = path;
+    app->asked[app->n_asked++] = img;
+    if (app->n_asked == (app->stream ? 1 : qalign_ctx_batch(app->ctx))) ask_flush(app);
+}
+
+/* Several images as one prompt: a video's frames (one <|image|>) or --one-prompt's images. */
+static void ask_images_prompt(App *app, const char *name, const char *kind, Image *img, int n) {
+    qalign_image *qi = xmalloc((size_t)n * sizeof *qi);
+    for (int i = 0; i < n; i++) qi[i] = as_qimage(&img[i]);
+    qalign_answer a;
+    qalign_result r;
+    qalign_ask_options ao = ask_options_of(app, app->stream, app->o.score ? &r : NULL);
+    char tmpl[1024], err[QALIGN_ERR_LEN];
+    if (!app->o.one_prompt) { /* the frames stand for one <|image|> */
+        if (qalign_ask_template(app->o.prompt, 1, tmpl, sizeof tmpl) < 0) die("--prompt: unknown template");
+        ao.prompt = tmpl;
+    }
+    int st = qalign_ask_prompt(app->ctx, qi, n, app->o.ask, &ao, &a, err, sizeof err);
+    if (st == QALIGN_ERR_NOMEM) record_answer(app, name, kind, 0, NULL, NULL, err);
+    else if (st != QALIGN_OK) die("--ask: %s", err);
+    else record_answer(app, name, kind, n, &a, app->o.score ? &r : NULL, NULL);
+    if (st == QALIGN_OK) qalign_answer_free(&a);
+    free(qi);
+    note_timings(app);
+}
+
+/* Image files as one prompt (--one-prompt) or the frames of one video (--video, --frames). */
+static void ask_files(App *app, const char *name, char **files, int n) {
+    const char *kind = app->o.one_prompt ? "prompt" : "frames";
+    char err[QALIGN_ERR_LEN - 64], msg[QALIGN_ERR_LEN];
+    Image *img = xmalloc((size_t)n * sizeof *img);
+    int loaded = 0;
+    for (; loaded < n; loaded++) {
+        img[loaded] = (Image){0};
+        if (image_load(files[loaded], &img[loaded], err, sizeof err) != 0) break;
+    }
+    if (loaded < n) {
+        snprintf(msg, sizeof msg, "%s: %s", files[loaded], err);
+        record_answer(app, name, kind, 0, NULL, NULL, msg);
+    } else ask_images_prompt(app, name, kind, img, n);
+    for (int i = 0; i < loaded; i++) image_free(&img[i]);
+    free(img);
+}
+
+typedef struct {
+    Image *frames;
+    int64_t n;
+} FrameStore;
+
+static int keep_frame(void *user, int64_t k, int64_t index, const Image *frame, char *err, size_t errlen) {
+    FrameStore *fs = user;
+    (void)index;
+    if (image_from_rgb(frame->rgb, frame->w, frame->h, &fs->frames[k], err, errlen) != 0) return 1;
+    fs->n = k + 1;
+    return 0;
+}
+
+/* A video file: its frames as Q-Align samples them, all in one prompt. */
+static void ask_video(App *app, const char *path, int have_ffmpeg, const char *why) {
+    char err[QALIGN_ERR_LEN] = "", msg[QALIGN_ERR_LEN + 64];
+    if (!have_ffmpeg) {
+        snprintf(msg, sizeof msg, "%s; %s", why, video_unavailable_hint());
+        record_answer(app, path, "video", 0, NULL, NULL, msg);
+        return;
+    }
+    VideoPlan plan = {0};
+    int rc = video_plan(path, app->o.max_frames, &plan, err, sizeof err);
+    if (rc == 0 && plan.n == 0) snprintf(err, sizeof err, "shorter than one second: the original loader takes no frame");
+    if (rc == 0 && plan.n > QALIGN_MAX_FRAMES)
+        snprintf(err, sizeof err, "%lld frames is more than qalign takes (use --max-frames)", (long long)plan.n);
+    if (rc != 0 || plan.n == 0 || plan.n > QALIGN_MAX_FRAMES) {
+        record_answer(app, path, "video", 0, NULL, NULL, err);
+        video_plan_free(&plan);
+        return;
+    }
+    FrameStore fs = {xmalloc((size_t)plan.n * sizeof(Image)), 0};
+    if (video_read(&plan, keep_frame, &fs, err, sizeof err) != 0) record_answer(app, path, "video", 0, NULL, NULL, err);
+    else ask_images_prompt(app, path, "video", fs.frames, (int)fs.n);
+    for (int64_t k = 0; k < fs.n; k++) image_free(&fs.frames[k]);
+    free(fs.frames);
+    video_plan_free(&plan);
+}
+
 /* ---- the other commands ----------------------------------------------------------------- */
 
 static int parse_int(const char *s, const char *flag, long lo, long hi) {
@@ -711,7 +926,7 @@ static OutFile stdout_file(void) {
 /* ---- --resume: what is reused, what is scored again and why ------------------------------ */
 
 static const char *const CHANGE_WORDS[] = {"model", "prompt", "levels", "pad", "precise", "scale", "max_frames", "kind",
-                                           "frames"};
+                                           "frames", "question", "decoding"};
 #define N_CHANGE (sizeof CHANGE_WORDS / sizeof CHANGE_WORDS[0])
 
 typedef struct {
@@ -828,7 +1043,7 @@ static void open_scorer(App *app, const char *model_path) {
         itemlist_free(&L);
         if (n_anchors == 0) die("--anchors %s: no images", dir);
     }
-    qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
+    qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->ask ? NULL : o->prompt,
                              .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset,
                              .anchors = n_anchors ? anchors : NULL, .n_anchors = n_anchors};
     int st = qalign_ctx_new(app->m, &co, &app->ctx, err, sizeof err);
@@ -837,7 +1052,7 @@ static void open_scorer(App *app, const char *model_path) {
     static int noted;
     if (qalign_ctx_notes(app->ctx) && !noted++) fprintf(stderr, "qalign: note: %s\n", qalign_ctx_notes(app->ctx));
     const qalign_preset *pr = qalign_preset_find(o->preset ? o->preset : "one-align");
-    if (pr && pr->n_anchors && !n_anchors && !o->one_prompt)
+    if (pr && pr->n_anchors && !n_anchors && !o->one_prompt && !o->ask)
         die("--preset %s compares each image with %d anchor images: give --anchors DIR (./run.sh --preset %s fetches "
             "the official ones), or score one comparison with --one-prompt ANCHOR IMAGE", pr->name, pr->n_anchors, pr->name);
     const char *words[QALIGN_MAX_LEVELS];
@@ -863,7 +1078,28 @@ static void score_inputs(App *app, const ItemList *items, char **frames, int n_f
     char why[512] = "";
     int have_ffmpeg = video_available(why, sizeof why);
     progress_start(&app->pg, frames ? 1 : items->n, app->o.quiet);
-    if (frames) {
+    if (app->o.ask) { /* answers in words */
+        if (frames) {
+            if (skip && skip[0]) progress_skip(&app->pg);
+            else ask_files(app, frames_name, frames, n_frames);
+        }
+        for (size_t i = 0; !frames && i < items->n; i++) {
+            const Item *it = &items->items[i];
+            if (skip && skip[i]) {
+                progress_skip(&app->pg);
+                continue;
+            }
+            progress_begin_item(&app->pg, it->path);
+            if (it->kind == ITEM_ERROR) {
+                ask_flush(app);
+                record_answer(app, it->path, NULL, 0, NULL, NULL, it->error);
+            } else if (it->kind == ITEM_VIDEO) {
+                ask_flush(app);
+                ask_video(app, it->path, have_ffmpeg, why);
+            } else ask_image(app, it->path);
+        }
+        ask_flush(app);
+    } else if (frames) {
         if (skip && skip[0]) progress_skip(&app->pg); /* --resume: done */
         else if (app->o.one_prompt) score_one_prompt(app, frames, n_frames);
         else score_frame_files(app, frames_name, frames, n_frames);
@@ -965,6 +1201,32 @@ int main(int argc, char **argv) {
             o->compare[1] = VALUE();
         }
         else if (!strcmp(a, "--preset")) o->preset = VALUE();
+        else if (!strcmp(a, "--ask")) {
+            o->ask = VALUE();
+            const char *q = o->ask;
+            while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') q++;
+            if (!*q) die("--ask: the question is empty");
+        } else if (!strcmp(a, "--score")) o->score = 1;
+        else if (!strcmp(a, "--max-tokens") || !strcmp(a, "--temperature") || !strcmp(a, "--top-p") ||
+                 !strcmp(a, "--top-k") || !strcmp(a, "--seed")) {
+            const char *v = VALUE();
+            char *end;
+            errno = 0;
+            if (!o->decoding_flag) o->decoding_flag = a;
+            if (!strcmp(a, "--max-tokens")) o->max_tokens = parse_int(v, a, 1, 1000000);
+            else if (!strcmp(a, "--top-k")) o->top_k = parse_int(v, a, 0, 1000000);
+            else if (!strcmp(a, "--seed")) {
+                unsigned long long sd = strtoull(v, &end, 10);
+                if (errno || *end || end == v || *v == '-') die("--seed expects an integer in [0, 2^64), got '%s'", v);
+                o->seed = sd;
+            } else {
+                double d = strtod(v, &end);
+                float *dst = !strcmp(a, "--temperature") ? &o->temperature : &o->top_p;
+                if (errno || *end || end == v || !isfinite(d) || d < 0 || (dst == &o->top_p && d > 1))
+                    die("%s expects a number in [0, %s], got '%s'", a, dst == &o->top_p ? "1" : "inf)", v);
+                *dst = (float)d;
+            }
+        }
         else if (!strcmp(a, "--video")) o->video = 1;
         else if (!strcmp(a, "--frames")) o->frames_dir = VALUE();
         else if (!strcmp(a, "--max-frames")) o->max_frames = parse_int(VALUE(), "--max-frames", 1, QALIGN_MAX_FRAMES);
@@ -1021,6 +1283,14 @@ int main(int argc, char **argv) {
         return close_outputs(2);
     }
     if (o->sink.resume && !o->sink.csv_path && !o->sink.jsonl_path) die("--resume needs --csv or --jsonl");
+    if (o->decoding_flag && !o->ask) die("%s goes with --ask QUESTION", o->decoding_flag);
+    if (o->score && !o->ask) die("--score goes with --ask QUESTION (scoring is what qalign does without --ask)");
+    if (o->ask && (o->compare[0] || o->dump_dir || o->per_frame || o->anchors_dir || info || tokenize_text))
+        die("--ask does not go with --compare, --dump, --per-frame, --anchors, --info or --tokenize");
+    if (o->ask && !o->score && (o->sink.report_path || o->sink.labels_path))
+        die("--report and --eval need scores: give --score with --ask");
+    if (o->ask && o->sink.report_path) die("--report shows scores, not answers: use --json, --jsonl or --csv with --ask");
+    if (!o->max_tokens) o->max_tokens = 256;
     if (o->compare[0] && (o->json || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path ||
                           o->dump_dir || o->per_frame || info || tokenize_text))
         die("--compare prints a table of both models' scores: --json, --csv, --jsonl, --report, --eval, --dump, "
@@ -1202,16 +1472,37 @@ int main(int argc, char **argv) {
     for (int k = 0; k < nk && !strstr(pname, "<|image|>"); k++)
         if (!strcmp(named[k].name, pname)) ptext = named[k].text;
     if (!ptext) ptext = pname;
-    if (o->task_given && strcmp(o->task, "quality") && !strstr(ptext, "{task}"))
+    if (o->ask) { /* the question template, the decoding, and the limits of the model file */
+        qalign_info inf;
+        qalign_describe(app.m, &inf);
+        int nk2, n_img = o->one_prompt ? n_frames : 1;
+        if (qalign_ask_template(o->prompt, n_img, app.ask_template, sizeof app.ask_template) < 0) {
+            const qalign_named_prompt *ap = qalign_ask_prompts(&nk2);
+            char names[128] = "";
+            for (int k = 0; k < nk2; k++) snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", ap[k].name);
+            die("--prompt: '%s' is neither a template with <|image|> nor one of %s", o->prompt, names);
+        }
+        if (o->max_tokens > inf.l_max_pos)
+            die("--max-tokens %d is more than the context length in the model file (%d)", o->max_tokens, inf.l_max_pos);
+        if (o->temperature == 0) snprintf(app.decoding, sizeof app.decoding, "greedy max_tokens=%d", o->max_tokens);
+        else
+            snprintf(app.decoding, sizeof app.decoding, "sample temperature=%g top_p=%g top_k=%d seed=%llu max_tokens=%d",
+                     o->temperature, o->top_p, o->top_k, (unsigned long long)o->seed, o->max_tokens);
+        app.stream = !o->json && isatty(1);
+        o->sink.answers = 1;
+        o->sink.question = o->ask;
+        o->sink.decoding = app.decoding;
+    }
+    if (!o->ask && o->task_given && strcmp(o->task, "quality") && !strstr(ptext, "{task}"))
         die("--task %s: the prompt has no {task} to put it in (it rates what it says)", o->task);
-    if (!o->one_prompt) { /* several <|image|>: only as a comparison (anchors) or with --one-prompt */
+    if (!o->one_prompt && !o->ask) { /* several <|image|>: only as a comparison (anchors) or with --one-prompt */
         int markers = 0;
         for (const char *q = strstr(ptext, "<|image|>"); q; q = strstr(q + 1, "<|image|>")) markers++;
         if (markers != 1 && !o->anchors_dir)
             die("--prompt: it must contain <|image|> exactly once to score images one by one (it has %d: use "
                 "--one-prompt for the images of one prompt, or --anchors)", markers);
     }
-    for (int i = 0; i < app.rs.n_levels && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
+    for (int i = 0; i < app.rs.n_levels && (!o->ask || o->score) && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
         int k = 0;
         while (k < APP_LEVELS && strcmp(app.rs.words[i], APP_LEVEL_NAMES[k])) k++;
         if (k == APP_LEVELS)
@@ -1228,6 +1519,7 @@ int main(int argc, char **argv) {
     o->sink.task = o->task;
     o->sink.scale = app.rs.scale;
     o->sink.setup = app.rs.setup;
+    if (o->ask) o->sink.setup.prompt = app.ask_template; /* answers' rows record the question template */
     o->sink.max_frames = (int)o->max_frames;
     if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
         app.sink = sink_open(&o->sink, err, sizeof err);

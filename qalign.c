@@ -11,7 +11,8 @@
  * This file is the model, top to bottom, and reads in this order:
  *   config (the file header) -> weights (views into the file) -> run state ->
  *   kernels (the scalar reference of each, and where a CPU family's faster one is used) ->
- *   vision tower -> visual abstractor -> LLaMA-2 decoder -> scoring ->
+ *   vision tower -> visual abstractor -> LLaMA-2 decoder -> scoring -> Compare2Score ->
+ *   answers in words (text generation with a K/V cache per answer) ->
  *   then the back matter: a context's levels and prompt, loading a model file, the run
  *   state's buffers, and the API of qalign.h.
  * Above each block of C is the PyTorch line (Q-Future/Q-Align, q_align/model/) it
@@ -1357,6 +1358,326 @@ static double compare_fit(const float *pref) {
     double lo = x[0], hi = x[0];
     for (int i = 1; i < N; i++) lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
     return hi > lo ? 100.0 * (x[N - 1] - lo) / (hi - lo) : NAN;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Answers in words: text generation after the prompt, as Q-Instruct's run_mplug_owl2.py
+ * (and every mPLUG-Owl2 chat) does it:
+ *   output_ids = model.generate(input_ids, images=image_tensor, max_new_tokens=N,
+ *                               do_sample=T > 0, temperature=T, top_p=P, top_k=K,
+ *                               use_cache=True, stopping_criteria=[KeywordsStoppingCriteria([stop_str])])
+ *   outputs = tokenizer.batch_decode(output_ids[:, input_token_len:])[0].strip()
+ *   if outputs.endswith(stop_str): outputs = outputs[:-len(stop_str)]; outputs = outputs.strip()
+ * The prompt's rows go through the layers once (prefill); every layer's keys and values of
+ * every row stay in the sequence's own K/V cache, sized for prompt + max_tokens rows. Then
+ * each new token is one row per sequence at position n, attending to its cache; B sequences
+ * step together (each decoder weight read once per token for all of them), each with its
+ * own position and its own stop. The LM head runs on the last row only:
+ *   logits = self.lm_head(hidden_states[:, -1, :])
+ *   next_token = torch.argmax(logits, -1)       # greedy: ties go to the lowest id
+ * or, sampling, HF's warpers in their order: logits / T, top-k, top-p, then a draw from a
+ * counter-based generator (seed, token index): the same seed gives the same answer
+ * whatever else is in the batch. */
+
+typedef struct {
+    float *kc, *vc;         /* (l_layers, cap, kvd) RoPE'd keys, values of rows [0, n) */
+    int cap, n;             /* rows the cache holds, rows filled */
+    int max_new;            /* tokens to generate at most */
+    int *ids, n_ids;        /* (max_new) generated ids, EOS not included */
+    int done;               /* 0 running, else GEN_EOS / GEN_STOP / GEN_LENGTH / GEN_FAILED */
+    char *text;             /* (text_cap) the decoded answer so far (cut at the stop text) */
+    size_t text_cap, text_len, sent; /* bytes of text given to on_token */
+    int index;              /* its answer's index in the call (on_token's seq) */
+} GenSeq;
+
+enum { GEN_RUNNING, GEN_EOS, GEN_STOP, GEN_LENGTH, GEN_FAILED };
+
+static float *gen_k(const Model *m, const GenSeq *g, int l) {
+    return g->kc + (size_t)l * g->cap * (size_t)(m->c.l_kv_heads * m->c.l_head_dim);
+}
+static float *gen_v(const Model *m, const GenSeq *g, int l) {
+    return g->vc + (size_t)l * g->cap * (size_t)(m->c.l_kv_heads * m->c.l_head_dim);
+}
+
+/* The decoder over nn new rows of each of B sequences (in s->x as (B, nn, D), modality
+ * mod[i] for the i-th new row of every sequence), at positions g[b]->n .. g[b]->n + nn - 1,
+ * then logits (B, l_vocab) of each sequence's last row. Keys and values of the new rows
+ * go to each sequence's cache; rope tables in s must cover the caches' rows. */
+static void gen_layers(const Model *m, RunState *s, GenSeq *const *g, int B, int nn, const uint8_t *mod, float *logits) {
+    const Config *c = &m->c;
+    int D = c->l_dim, H = c->l_heads, KVH = c->l_kv_heads, hd = c->l_head_dim, kvd = KVH * hd;
+    float *x = s->x, *xn = s->xn;
+    Acts *a = &s->acts;
+    CHECK(B >= 1 && nn >= 1 && (size_t)B * nn <= (size_t)s->max_rows);
+    for (int b = 0; b < B; b++) CHECK(g[b]->n + nn <= g[b]->cap && g[b]->cap <= s->max_seq);
+    for (int l = 0; l < c->l_layers; l++) {
+        const DecoderLayer *L = &m->l.layers[l];
+        int n_out = l == c->l_layers - 1 ? 1 : nn, rows = B * nn;
+        /* hidden_states = self.input_layernorm(hidden_states, modality_indicators) */
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < rows; r++) rmsnorm_row(xn + (size_t)r * D, x + (size_t)r * D, L->attn_norm[mod[r % nn]], D, c->l_eps);
+        /* key_states = self.k_proj(hidden_states, modality_indicators); value_states likewise:
+         * the rows of one modality gathered, projected once, put in each sequence's cache */
+        for (int md = 0; md < 2; md++) {
+            int cnt = 0;
+            for (int r = 0; r < rows; r++)
+                if (mod[r % nn] == md) memcpy(s->att + (size_t)cnt++ * D, xn + (size_t)r * D, (size_t)D * sizeof(float));
+            if (!cnt) continue;
+            acts_set(a, s->att, cnt, D);
+            matmul_acts(s->q, kvd, a, &L->wk[md], NULL, EPI_STORE);
+            matmul_acts(s->tmp, kvd, a, &L->wv[md], NULL, EPI_STORE);
+            cnt = 0;
+            for (int r = 0; r < rows; r++) {
+                if (mod[r % nn] != md) continue;
+                const GenSeq *q = g[r / nn];
+                size_t at = (size_t)(q->n + r % nn) * kvd;
+                memcpy(gen_k(m, q, l) + at, s->q + (size_t)cnt * kvd, (size_t)kvd * sizeof(float));
+                memcpy(gen_v(m, q, l) + at, s->tmp + (size_t)cnt * kvd, (size_t)kvd * sizeof(float));
+                cnt++;
+            }
+        }
+        /* key_states = apply_rotary_pos_emb(key_states, cos, sin, position_ids) */
+        for (int b = 0; b < B; b++)
+            rope(gen_k(m, g[b], l) + (size_t)g[b]->n * kvd, nn, g[b]->n, KVH, hd, s->rope_cos, s->rope_sin);
+        if (n_out < nn) /* the last layer: only each sequence's last row goes on */
+            for (int b = 0; b < B; b++) {
+                memmove(x + (size_t)b * n_out * D, x + ((size_t)b * nn + nn - n_out) * D, (size_t)n_out * D * sizeof(float));
+                memmove(xn + (size_t)b * n_out * D, xn + ((size_t)b * nn + nn - n_out) * D, (size_t)n_out * D * sizeof(float));
+            }
+        /* query_states = apply_rotary_pos_emb(self.q_proj(hidden_states), ...)
+         * attn_output = softmax(q @ k^T / sqrt(hd) + causal_mask) @ v  over the cache's rows */
+        matmul(s->q, a, xn, B * n_out, &L->wq, NULL, EPI_STORE);
+        for (int b = 0; b < B; b++) {
+            float *qb = s->q + (size_t)b * n_out * D;
+            int first = g[b]->n + nn - n_out;
+            rope(qb, n_out, first, H, hd, s->rope_cos, s->rope_sin);
+            attention(s->att + (size_t)b * n_out * D, qb, D, gen_k(m, g[b], l), gen_v(m, g[b], l), kvd, n_out,
+                      g[b]->n + nn, H, KVH, hd, 1, first, s->scores, s->scores_stride, s->kt);
+        }
+        /* hidden_states = residual + self.o_proj(attn_output) */
+        matmul(x, a, s->att, B * n_out, &L->wo, NULL, EPI_ADD);
+        /* hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states, modality_indicators)) */
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < B * n_out; r++)
+            rmsnorm_row(xn + (size_t)r * D, x + (size_t)r * D, L->mlp_norm[mod[nn - n_out + r % n_out]], D, c->l_eps);
+        swiglu_mlp(m, s, L, x, xn, B * n_out);
+    }
+    for (int b = 0; b < B; b++) g[b]->n += nn;
+    /* hidden_states = self.norm(hidden_states); logits = self.lm_head(hidden_states[:, -1, :]) */
+    for (int b = 0; b < B; b++) rmsnorm_row(xn + (size_t)b * D, x + (size_t)b * D, m->l.norm, D, c->l_eps);
+    matmul(logits, a, xn, B, &m->l.head, NULL, EPI_STORE);
+}
+
+/* A counter-based generator: a uniform double in [0, 1) from (seed, counter) alone
+ * (two rounds of splitmix64's finaliser). */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double uniform01(uint64_t seed, uint64_t counter) {
+    uint64_t h = mix64(mix64(seed + 0x9e3779b97f4a7c15ull) + counter * 0x9e3779b97f4a7c15ull);
+    return (double)(h >> 11) * 0x1p-53;
+}
+
+typedef struct {
+    float logit;
+    int id;
+} Cand;
+static int by_logit(const void *pa, const void *pb) {
+    const Cand *a = pa, *b = pb;
+    return a->logit > b->logit ? -1 : a->logit < b->logit ? 1 : (a->id > b->id) - (a->id < b->id);
+}
+
+/* The next token from logits (V): greedy (temperature 0) or sampled (step: the token's
+ * index in its answer, the generator's counter). cand and p (V each) are scratch. -1 if a
+ * logit is not finite. */
+static int pick_token(const float *logits, int V, const qalign_ask_options *o, int step, Cand *cand, double *p) {
+    int best = 0;
+    for (int v = 0; v < V; v++) {
+        if (!isfinite(logits[v])) return -1;
+        if (logits[v] > logits[best]) best = v; /* the first of equal maxima, as torch.argmax */
+    }
+    if (o->temperature == 0.0f) return best;
+    /* logits / temperature, then top-k, then top-p, over the tokens sorted most likely
+     * first (equal logits: the lower id first) */
+    for (int v = 0; v < V; v++) cand[v] = (Cand){logits[v], v};
+    qsort(cand, (size_t)V, sizeof *cand, by_logit);
+    int k = o->top_k > 0 && o->top_k < V ? o->top_k : V;
+    double sum = 0.0, top = (double)cand[0].logit / o->temperature;
+    for (int i = 0; i < k; i++) sum += p[i] = exp((double)cand[i].logit / o->temperature - top);
+    if (o->top_p > 0.0f && o->top_p < 1.0f) { /* the fewest tokens whose mass reaches top_p */
+        double cum = 0.0;
+        int keep = 0;
+        while (keep < k && cum < o->top_p * sum) cum += p[keep++];
+        k = keep > 0 ? keep : 1;
+        sum = 0.0;
+        for (int i = 0; i < k; i++) sum += p[i];
+    }
+    double u = uniform01(o->seed, (uint64_t)step) * sum, cum = 0.0;
+    for (int i = 0; i < k; i++) {
+        cum += p[i];
+        if (u < cum) return cand[i].id;
+    }
+    return cand[k - 1].id;
+}
+
+/* Blanks as Python's str.strip() sees them (ASCII ones, U+0085, U+00A0, U+1680,
+ * U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000): bytes of one at s[0..n), or 0. */
+static int blank_at(const unsigned char *s, size_t n) {
+    if (n >= 1 && (s[0] == ' ' || (s[0] >= 9 && s[0] <= 13) || (s[0] >= 0x1c && s[0] <= 0x1f))) return 1;
+    if (n >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
+    if (n >= 3 && s[0] == 0xE1 && s[1] == 0x9A && s[2] == 0x80) return 3;
+    if (n >= 3 && s[0] == 0xE2 && s[1] == 0x80 && (s[2] <= 0x8A || s[2] == 0xA8 || s[2] == 0xA9 || s[2] == 0xAF)) return 3;
+    if (n >= 3 && s[0] == 0xE2 && s[1] == 0x81 && s[2] == 0x9F) return 3;
+    if (n >= 3 && s[0] == 0xE3 && s[1] == 0x80 && s[2] == 0x80) return 3;
+    return 0;
+}
+/* s without leading and trailing blanks, in place */
+static void strip_blanks(char *s) {
+    size_t n = strlen(s), a = 0;
+    int k;
+    while (a < n && (k = blank_at((const unsigned char *)s + a, n - a)) > 0) a += (size_t)k;
+    memmove(s, s + a, n - a + 1);
+    n -= a;
+    for (int again = 1; again && n > 0;) { /* trailing: try each blank's length */
+        again = 0;
+        for (size_t len = 1; len <= 3 && len <= n; len++)
+            if (blank_at((const unsigned char *)s + n - len, len) == (int)len) {
+                n -= len, again = 1;
+                break;
+            }
+    }
+    s[n] = 0;
+}
+
+/* Bytes at the end of g's ids that are the start of a character still incomplete: the
+ * byte pieces after which more may come (not shown while streaming). */
+static int gen_pending_bytes(const Model *m, const GenSeq *g) {
+    const Tokenizer *t = &m->tok;
+    for (int j = 1; j <= 3 && j <= g->n_ids; j++) {
+        int id = g->ids[g->n_ids - j];
+        if (t->types[id] != SP_BYTE) return 0;
+        const char *pc = t->blob + t->offsets[id];
+        unsigned hi = (unsigned)strtoul(pc + 3, NULL, 16);
+        if ((hi & 0xC0) == 0x80) continue;    /* a continuation byte: look further back */
+        int need = hi >= 0xF0 ? 4 : hi >= 0xE0 ? 3 : hi >= 0xC0 ? 2 : 1;
+        return need > j ? j : 0;
+    }
+    return 0;
+}
+
+/* After a token was appended to g->ids: decode, look for the stop text, and give on_token
+ * the bytes that are now certain. Returns QALIGN_OK or QALIGN_ERR_NOMEM. */
+static int gen_text(const Model *m, GenSeq *g, const qalign_ask_options *o, const char *stop, int id) {
+    int hold = g->done ? 0 : gen_pending_bytes(m, g);
+    for (;;) {
+        int len = tokenizer_decode(&m->tok, g->ids, g->n_ids - hold, g->text, g->text_cap);
+        if (len < 0) return QALIGN_ERR_NOMEM;
+        if ((size_t)len < g->text_cap) {
+            g->text_len = (size_t)len;
+            break;
+        }
+        char *t = realloc(g->text, (size_t)len + 64);
+        if (!t) return QALIGN_ERR_NOMEM;
+        g->text = t, g->text_cap = (size_t)len + 64;
+    }
+    size_t certain = g->text_len;
+    if (*stop) {
+        char *at = strstr(g->text, stop);
+        if (at) {
+            g->text_len = certain = (size_t)(at - g->text);
+            g->text[certain] = 0;
+            g->done = GEN_STOP;
+        } else if (!g->done) { /* an end that may become the stop text is not shown yet */
+            size_t sl = strlen(stop);
+            for (size_t k = sl - 1; k > 0; k--)
+                if (k <= certain && !memcmp(g->text + certain - k, stop, k)) {
+                    certain -= k;
+                    break;
+                }
+        }
+    }
+    if (o->on_token) {
+        if (certain < g->sent) certain = g->sent;
+        char save = g->text[certain];
+        g->text[certain] = 0;
+        o->on_token(o->user, g->index, id, g->text + g->sent);
+        g->text[certain] = save;
+        g->sent = certain;
+    }
+    return QALIGN_OK;
+}
+
+static const qalign_named_prompt ASK_PROMPTS[] = {
+    {"mplug-owl2", QALIGN_ASK_PROMPT,
+     "Q-Future/Q-Align q_align/conversation.py conv_mplug_owl2 (TWO_NO_SYS, sep ' ', sep2 '</s>') with "
+     "qs = DEFAULT_IMAGE_TOKEN + query as Q-Instruct eval_scripts/mplug_owl_2/run_mplug_owl2.py builds it"},
+    {"co-instruct", "USER: The image: <|image|> {question} ASSISTANT:",
+     "q-future/co-instruct model card (Chat: Single Image; Double Image Comparison: \"USER: The first image: "
+     "<|image|>\\nThe second image: <|image|>{question} ASSISTANT:\", first .. eighth for more images)"},
+};
+
+const qalign_named_prompt *qalign_ask_prompts(int *n) {
+    *n = (int)(sizeof ASK_PROMPTS / sizeof ASK_PROMPTS[0]);
+    return ASK_PROMPTS;
+}
+
+int qalign_ask_template(const char *prompt, int n_images, char *out, size_t cap) {
+    static const char *const ORD[QALIGN_MAX_MARKERS] = {"first", "second", "third", "fourth", "fifth", "sixth",
+                                                        "seventh", "eighth"};
+    char buf[1024];
+    const char *t = prompt ? prompt : "mplug-owl2";
+    if (!strstr(t, "<|image|>")) {
+        if (!strcmp(t, "co-instruct") && n_images > 1 && n_images <= QALIGN_MAX_MARKERS) {
+            size_t len = (size_t)snprintf(buf, sizeof buf, "USER: ");
+            for (int i = 0; i < n_images; i++)
+                len += (size_t)snprintf(buf + len, sizeof buf - len, "%sThe %s image: <|image|>", i ? "\n" : "", ORD[i]);
+            snprintf(buf + len, sizeof buf - len, "{question} ASSISTANT:");
+            t = buf;
+        } else {
+            size_t i = 0;
+            while (i < sizeof ASK_PROMPTS / sizeof ASK_PROMPTS[0] && strcmp(ASK_PROMPTS[i].name, t)) i++;
+            if (i == sizeof ASK_PROMPTS / sizeof ASK_PROMPTS[0]) return -1;
+            t = ASK_PROMPTS[i].text;
+        }
+    }
+    size_t len = strlen(t);
+    if (len >= cap) return -2;
+    memcpy(out, t, len + 1);
+    return (int)len;
+}
+
+/* The prompt of a question: the template with {question} replaced (the question's own
+ * braces are left as they are), tokenized as tokenizer_image_token does. */
+static int ask_prompt(const Model *m, const char *tmpl, const char *question, Prompt *p, char *err, size_t errlen) {
+    memset(p, 0, sizeof *p);
+    if (strstr(question, "<|image|>")) return fail_with(err, errlen, QALIGN_ERR_ARG, "the question must not contain <|image|>");
+    size_t ql = strlen(question), len = 0;
+    for (const char *s = tmpl; *s;) len += strncmp(s, "{question}", 10) ? (s++, 1) : (s += 10, ql);
+    char *text = malloc(len + 1);
+    if (!text) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (prompt)");
+    len = 0;
+    for (const char *s = tmpl; *s;)
+        if (strncmp(s, "{question}", 10)) text[len++] = *s++;
+        else memcpy(text + len, question, ql), len += ql, s += 10;
+    text[len] = 0;
+    int n = tokenizer_max_ids(len);
+    p->ids = n > 0 ? malloc((size_t)n * sizeof(int)) : NULL;
+    p->n_ids = p->ids ? tokenize_prompt(&m->tok, text, p->ids, n) : -1;
+    free(text);
+    if (!p->ids || p->n_ids < 0 || p->n_ids > n) {
+        free(p->ids);
+        p->ids = NULL;
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (prompt)");
+    }
+    for (int i = 0; i < p->n_ids; i++) p->n_markers += p->ids[i] == TOKEN_IMAGE_MARKER;
+    if (p->n_markers < 1 || p->n_markers > QALIGN_MAX_MARKERS) {
+        free(p->ids);
+        p->ids = NULL;
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> 1 to %d times", QALIGN_MAX_MARKERS);
+    }
+    return QALIGN_OK;
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -2806,9 +3127,401 @@ void qalign_describe(const qalign_model *m, qalign_info *o) {
     memcpy(o->fill, c->fill, sizeof o->fill);
     memcpy(o->mean, c->mean, sizeof o->mean);
     memcpy(o->std, c->std, sizeof o->std);
+    o->l_max_pos = c->l_max_pos;
 }
 
 int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *ids, int cap) {
     if (!m || !text || cap < 0 || (cap > 0 && !ids)) return -1;
     return tokenizer_encode(&m->tok, text, strlen(text), add_bos, ids, cap);
+}
+
+/* ---- answers in words (the generation itself is after Compare2Score) ---- */
+
+size_t qalign_kv_bytes_per_token(const qalign_model *m) {
+    return 2 * (size_t)m->c.l_layers * (size_t)m->c.l_kv_heads * (size_t)m->c.l_head_dim * sizeof(float);
+}
+
+int qalign_detokenize(const qalign_model *m, const int *ids, int n, char *out, size_t cap) {
+    if (!m) return -1;
+    return tokenizer_decode(&m->tok, ids, n, out, cap);
+}
+
+void qalign_answer_free(qalign_answer *a) {
+    if (!a) return;
+    free(a->text);
+    free(a->tokens);
+    a->text = NULL;
+    a->tokens = NULL;
+    a->n_tokens = 0;
+}
+
+static void answer_error(qalign_answer *a, int status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static void answer_error(qalign_answer *a, int status, const char *fmt, ...) {
+    a->status = status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->error, sizeof a->error, fmt, ap);
+    va_end(ap);
+}
+
+/* The options in effect (o may be NULL: greedy, 256 tokens), checked. */
+static int ask_options(const Model *m, const char *question, const qalign_ask_options *in, qalign_ask_options *o,
+                       char *err, size_t errlen) {
+    *o = in ? *in : (qalign_ask_options){256, 0.0f, 0.0f, 0, 0, NULL, NULL, NULL, NULL, NULL};
+    if (!question) return fail_with(err, errlen, QALIGN_ERR_ARG, "no question");
+    const char *q = question;
+    int k;
+    while (*q && (k = blank_at((const unsigned char *)q, strlen(q))) > 0) q += k;
+    if (!*q) return fail_with(err, errlen, QALIGN_ERR_ARG, "the question is empty");
+    if (o->max_tokens < 1 || o->max_tokens > m->c.l_max_pos)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "max_tokens must be in [1, %d] (the context length in the model "
+                         "file), got %d", m->c.l_max_pos, o->max_tokens);
+    if (!isfinite(o->temperature) || o->temperature < 0.0f)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a finite number >= 0 (0: greedy), got %g",
+                         (double)o->temperature);
+    if (!isfinite(o->top_p) || o->top_p < 0.0f || o->top_p > 1.0f)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "top_p must be in [0, 1], got %g", (double)o->top_p);
+    if (o->top_k < 0) return fail_with(err, errlen, QALIGN_ERR_ARG, "top_k must be >= 0, got %d", o->top_k);
+    if (!o->prompt) o->prompt = "mplug-owl2";
+    if (!o->stop) o->stop = "</s>";
+    return QALIGN_OK;
+}
+
+/* Rows of a sequence's cache: the prompt's and max_tokens - 1 more (the last token is not
+ * fed back), at most the model's context. */
+static int ask_cap(const Model *m, int rows, int max_new) {
+    long cap = (long)rows + max_new - 1;
+    return cap > m->c.l_max_pos ? (rows > m->c.l_max_pos ? rows : m->c.l_max_pos) : (int)cap;
+}
+
+/* The run state fits a prefill of `rows` rows, caches of `seq` rows and `frames` visual
+ * slots (grown from what it is, never shrunk). */
+static int ensure_gen_state(qalign_ctx *c, int frames, int rows, int seq, char *err, size_t errlen) {
+    int st = ensure_state(c, c->batch, frames, err, errlen);
+    if (st) return st;
+    RunState *s = &c->s;
+    if (s->max_rows >= rows && s->max_seq >= seq) return QALIGN_OK;
+    RunState was = *s;
+    c->seconds = s->seconds;
+    run_state_free(s);
+    c->have_state = 0;
+    s->max_batch = was.max_batch;
+    s->n_frames = was.n_frames;
+    s->max_slots = was.max_slots;
+    s->max_seq = was.max_seq > seq ? was.max_seq : seq;
+    s->max_rows = was.max_rows > rows ? was.max_rows : rows;
+    if (run_state_alloc(s, &c->m->c, was.max_prefix, was.n_caches, c->threads, c->precise) != QALIGN_OK)
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory: a prompt of %d rows and %d rows of cache need "
+                         "%.0f MB of buffers", rows, seq, s->bytes / 1e6);
+    s->seconds = c->seconds;
+    c->have_state = 1;
+    return QALIGN_OK;
+}
+
+/* One answer to generate: its prompt, its visual rows (img[j] the j-th image, a marker's
+ * frames one after the other), its options (checked), where it goes. */
+typedef struct {
+    const Prompt *p;
+    int frames;             /* images per marker */
+    const float *const *img;
+    const qalign_ask_options *o;
+    qalign_answer *out;
+    int index;              /* on_token's seq */
+} AskSeq;
+
+/* Answer B prompts whose visual rows are ready, stepped together (each with its own prompt,
+ * cache, options and stop): q[b].out gets the answer, or an error. */
+static void ask_run(qalign_ctx *c, const AskSeq *q, int B) {
+    const Model *m = c->m;
+    const Config *cf = &m->c;
+    RunState *s = &c->s;
+    int V = cf->l_vocab, D = cf->l_dim, max_cap = 1, max_rows = 1;
+    if (B < 1 || B > QALIGN_MAX_BATCH) return;
+    for (int b = 0; b < B; b++) {
+        int rows = sequence_length(m, q[b].p, q[b].frames), cap = ask_cap(m, rows, q[b].o->max_tokens);
+        max_cap = cap > max_cap ? cap : max_cap;
+        max_rows = rows > max_rows ? rows : max_rows;
+    }
+    GenSeq *g = calloc((size_t)B, sizeof *g);
+    GenSeq **act = calloc((size_t)B, sizeof *act);
+    float *logits = malloc((size_t)B * V * sizeof(float));
+    Cand *cand = malloc((size_t)V * sizeof *cand);
+    double *pr = malloc((size_t)V * sizeof *pr);
+    uint8_t *mod = malloc((size_t)max_rows), zero = 0;
+    if (!g || !act || !logits || !cand || !pr || !mod) {
+        for (int b = 0; b < B; b++) answer_error(q[b].out, QALIGN_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    rope_tables(s->rope_cos, s->rope_sin, max_cap, cf->l_head_dim, cf->l_rope_theta);
+    int n_act = 0;
+    for (int b = 0; b < B; b++) {
+        GenSeq *gs = &g[b];
+        qalign_answer *a = q[b].out;
+        const Prompt *p = q[b].p;
+        int rows = sequence_length(m, p, q[b].frames), max_new = q[b].o->max_tokens, cap = ask_cap(m, rows, max_new);
+        size_t per_seq = (size_t)cf->l_layers * cap * (size_t)(cf->l_kv_heads * cf->l_head_dim);
+        a->prompt_rows = rows;
+        a->frames = p->n_markers * q[b].frames;
+        gs->cap = cap, gs->max_new = max_new, gs->index = q[b].index;
+        gs->kc = malloc(per_seq * sizeof(float));
+        gs->vc = malloc(per_seq * sizeof(float));
+        gs->ids = malloc((size_t)max_new * sizeof(int));
+        gs->text = malloc(gs->text_cap = 256);
+        if (!gs->kc || !gs->vc || !gs->ids || !gs->text) {
+            answer_error(a, QALIGN_ERR_NOMEM, "out of memory: the K/V cache of %d rows needs %.0f MB", cap,
+                         2.0 * per_seq * sizeof(float) / 1e6);
+            gs->done = GEN_FAILED;
+            continue;
+        }
+        /* prefill: every row of the prompt, then the first token from the last row */
+        Span spans[MAX_SPANS];
+        int n_spans = prompt_spans(m, p, q[b].frames, spans);
+        for (int si = 0; si < n_spans; si++)
+            memset(mod + spans[si].start, spans[si].modality, (size_t)(spans[si].end - spans[si].start));
+        double t0 = now_seconds();
+        sequence_rows(m, p, q[b].frames, q[b].img, 0, rows, s->x);
+        gen_layers(m, s, &gs, 1, rows, mod, logits + (size_t)b * V);
+        a->prefill_seconds = now_seconds() - t0;
+        s->seconds.decoder += a->prefill_seconds;
+        act[n_act++] = gs;
+    }
+    /* one token for every running sequence, then one decoder step for all of them */
+    for (int step = 0; n_act > 0; step++) {
+        double t0 = now_seconds();
+        int still = 0;
+        for (int i = 0; i < n_act; i++) {
+            GenSeq *gs = act[i];
+            const AskSeq *as = &q[gs - g];
+            qalign_answer *a = as->out;
+            int id = pick_token(logits + (size_t)(step == 0 ? gs - g : i) * V, V, as->o, step, cand, pr);
+            if (id < 0) {
+                gs->done = GEN_FAILED;
+                answer_error(a, QALIGN_ERR_NUMERIC, "the model computed a value that is not a finite number (NaN or "
+                             "infinity); the model file may be damaged:" HINT_EXPORT);
+                continue;
+            }
+            if (id == cf->eos_id) gs->done = GEN_EOS;
+            else {
+                gs->ids[gs->n_ids++] = id;
+                if (gs->n_ids == gs->max_new || gs->n >= gs->cap) gs->done = GEN_LENGTH;
+            }
+            if (gen_text(m, gs, as->o, as->o->stop, id) != QALIGN_OK) {
+                gs->done = GEN_FAILED;
+                answer_error(a, QALIGN_ERR_NOMEM, "out of memory");
+                continue;
+            }
+            if (!gs->done) act[still++] = gs;
+        }
+        n_act = still;
+        if (n_act == 0) break;
+        /* inputs_embeds = self.embed_tokens(next_tokens): one text row per sequence */
+        for (int i = 0; i < n_act; i++) matrix_row(s->x + (size_t)i * D, &m->l.embed, act[i]->ids[act[i]->n_ids - 1]);
+        gen_layers(m, s, act, n_act, 1, &zero, logits);
+        double dt = now_seconds() - t0;
+        s->seconds.decoder += dt;
+        for (int i = 0; i < n_act; i++) q[act[i] - g].out->decode_seconds += dt;
+    }
+    for (int b = 0; b < B; b++) {
+        GenSeq *gs = &g[b];
+        qalign_answer *a = q[b].out;
+        if (gs->done == GEN_FAILED) continue;
+        a->text = gs->text, gs->text = NULL;
+        strip_blanks(a->text);
+        a->tokens = gs->ids, gs->ids = NULL;
+        a->n_tokens = gs->n_ids;
+        a->finish = gs->done == GEN_EOS ? "eos" : gs->done == GEN_STOP ? "stop" : "length";
+    }
+done:
+    for (int b = 0; g && b < B; b++) free(g[b].kc), free(g[b].vc), free(g[b].ids), free(g[b].text);
+    free(g), free(act), free(logits), free(cand), free(pr), free(mod);
+}
+
+static int ask_begin(qalign_ctx *c, const char *question, const qalign_ask_options *in, int n_images, qalign_ask_options *o,
+                     Prompt *p, char *err, size_t errlen) {
+    memset(p, 0, sizeof *p);
+    if (!c) return fail_with(err, errlen, QALIGN_ERR_ARG, "no context");
+    if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    int st = ask_options(c->m, question, in, o, err, errlen);
+    if (st) return st;
+    if (o->scores && c->n_anchors)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "scores: a comparison scorer (anchors) does not score answers' images");
+    size_t need = strlen(o->prompt) + 512;
+    char *tmpl = malloc(need);
+    if (!tmpl) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    if (qalign_ask_template(o->prompt, n_images, tmpl, need) < 0) {
+        int nn;
+        const qalign_named_prompt *np = qalign_ask_prompts(&nn);
+        char names[128] = "";
+        for (int i = 0; i < nn; i++) snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", np[i].name);
+        free(tmpl);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: '%s' is neither a template with <|image|> nor one of %s",
+                         o->prompt, names);
+    }
+    st = ask_prompt(c->m, tmpl, question, p, err, errlen);
+    free(tmpl);
+    return st;
+}
+
+/* One image per answer, each with its prompt and options (checked): in chunks of the
+ * context's batch, each chunk's images encoded and then generated together. scores (may be
+ * NULL): score[i] from the same visual rows, with the context's scoring prompt. */
+static void ask_each(qalign_ctx *c, const qalign_image *const *imgs, const Prompt *const *p,
+                     const qalign_ask_options *const *o, int n, qalign_answer *out, qalign_result *scores) {
+    int B = c->batch;
+    for (int i0 = 0; i0 < n; i0 += B) {
+        int nb = n - i0 < B ? n - i0 : B, k = 0, max_rows = nb, max_cap = 1, st;
+        AskSeq seq[QALIGN_MAX_BATCH];
+        const float *rowsp[QALIGN_MAX_BATCH];
+        int where[QALIGN_MAX_BATCH];
+        char e[QALIGN_ERR_LEN];
+        for (int i = i0; i < i0 + nb; i++) {
+            if (!p[i]) continue; /* (its answer has its error already) */
+            int rows = sequence_length(c->m, p[i], 1), cap = ask_cap(c->m, rows, o[i]->max_tokens);
+            max_rows = rows > max_rows ? rows : max_rows;
+            max_cap = cap > max_cap ? cap : max_cap;
+        }
+        if ((st = ensure_gen_state(c, 1, max_rows, max_cap, e, sizeof e)) != QALIGN_OK) {
+            for (int i = i0; i < i0 + nb; i++)
+                if (p[i]) answer_error(&out[i], st, "%s", e);
+            continue;
+        }
+        for (int i = i0; i < i0 + nb; i++) {
+            if (!p[i]) continue;
+            if ((st = encode_image(c, imgs[i], slot(c, k), 0, 1, e, sizeof e)) != QALIGN_OK) {
+                answer_error(&out[i], st, "%s", e);
+                if (scores) result_error(&scores[i], st, e);
+                continue;
+            }
+            rowsp[k] = slot(c, k);
+            where[k] = i;
+            seq[k] = (AskSeq){p[i], 1, &rowsp[k], o[i], &out[i], i};
+            k++;
+        }
+        if (!k) continue;
+        int old = threads_enter(c);
+        if (scores) { /* the scores from the same visual rows */
+            qalign_result res[QALIGN_MAX_BATCH];
+            score_batch(c->m, &c->s, &c->prompt_image, &c->lv, k, 1, rowsp, NULL, res);
+            for (int j = 0; j < k; j++) scores[where[j]] = res[j];
+        }
+        ask_run(c, seq, k);
+        threads_leave(old);
+    }
+}
+
+/* A question's prompt for one image, with its row count checked against the context. */
+static int ask_one_prompt(qalign_ctx *c, const char *question, const qalign_ask_options *opt, qalign_ask_options *o,
+                          Prompt *p, char *err, size_t errlen) {
+    int st = ask_begin(c, question, opt, 1, o, p, err, errlen);
+    if (st) return st;
+    if (p->n_markers != 1) {
+        prompt_free(p);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> once to ask about images one by "
+                         "one (it has %d: use qalign_ask_prompt)", p->n_markers);
+    }
+    int rows = sequence_length(c->m, p, 1);
+    if (rows >= c->m->c.l_max_pos) {
+        prompt_free(p);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d rows, the model's context is %d", rows, c->m->c.l_max_pos);
+    }
+    return QALIGN_OK;
+}
+
+int qalign_ask_images(qalign_ctx *c, const qalign_image *imgs, int n, const char *question, const qalign_ask_options *opt,
+                      qalign_answer *out, char *err, size_t errlen) {
+    if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
+    for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
+    qalign_ask_options o;
+    Prompt p;
+    int st = ask_one_prompt(c, question, opt, &o, &p, err, errlen);
+    if (st) return st;
+    const qalign_image **ip = malloc((size_t)(n ? n : 1) * sizeof *ip);
+    const Prompt **pp = malloc((size_t)(n ? n : 1) * sizeof *pp);
+    const qalign_ask_options **op = malloc((size_t)(n ? n : 1) * sizeof *op);
+    if (!ip || !pp || !op) {
+        free(ip), free(pp), free(op);
+        prompt_free(&p);
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++) ip[i] = &imgs[i], pp[i] = &p, op[i] = &o;
+    ask_each(c, ip, pp, op, n, out, o.scores);
+    free(ip), free(pp), free(op);
+    prompt_free(&p);
+    return QALIGN_OK;
+}
+
+int qalign_ask_batch(qalign_ctx *c, const qalign_ask_item *items, int n, qalign_answer *out, char *err, size_t errlen) {
+    if (!c || n < 0 || (n > 0 && (!items || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad item array");
+    if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    int k = n ? n : 1;
+    const qalign_image **ip = calloc((size_t)k, sizeof *ip);
+    Prompt *prompts = calloc((size_t)k, sizeof *prompts);
+    const Prompt **pp = calloc((size_t)k, sizeof *pp);
+    qalign_ask_options *opts = calloc((size_t)k, sizeof *opts);
+    const qalign_ask_options **op = calloc((size_t)k, sizeof *op);
+    if (!ip || !prompts || !pp || !opts || !op) {
+        free(ip), free(prompts), free(pp), free(opts), free(op);
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        ip[i] = items[i].image;
+        op[i] = &opts[i];
+        pp[i] = NULL;
+        int st = ask_one_prompt(c, items[i].question, items[i].options, &opts[i], &prompts[i], out[i].error, sizeof out[i].error);
+        if (st) out[i].status = st;
+        else if (!items[i].image) answer_error(&out[i], QALIGN_ERR_ARG, "no image");
+        else pp[i] = &prompts[i];
+    }
+    ask_each(c, ip, pp, op, n, out, NULL);
+    for (int i = 0; i < n; i++) prompt_free(&prompts[i]);
+    free(ip), free(prompts), free(pp), free(opts), free(op);
+    return QALIGN_OK;
+}
+
+int qalign_ask_prompt(qalign_ctx *c, const qalign_image *imgs, int n, const char *question, const qalign_ask_options *opt,
+                      qalign_answer *out, char *err, size_t errlen) {
+    if (!imgs || !out || n < 1 || n > QALIGN_MAX_FRAMES) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
+    memset(out, 0, sizeof *out);
+    qalign_ask_options o;
+    Prompt p;
+    int st = ask_begin(c, question, opt, n, &o, &p, err, errlen);
+    if (st) return st;
+    if (p.n_markers != n && p.n_markers != 1) {
+        prompt_free(&p);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d <|image|>, %d images given", p.n_markers, n);
+    }
+    int frames = p.n_markers == n ? 1 : n, rows = sequence_length(c->m, &p, frames), cap = ask_cap(c->m, rows, o.max_tokens);
+    if (rows >= c->m->c.l_max_pos) {
+        prompt_free(&p);
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d rows, the model's context is %d", rows, c->m->c.l_max_pos);
+    }
+    char e[QALIGN_ERR_LEN - 32];
+    if ((st = ensure_gen_state(c, n, rows, cap, err, errlen)) != QALIGN_OK) {
+        prompt_free(&p);
+        return st;
+    }
+    for (int k = 0; k < n; k++)
+        if ((st = encode_image(c, &imgs[k], slot(c, k), k, n, e, sizeof e)) != QALIGN_OK) {
+            answer_error(out, st, "image %d: %s", k, e);
+            prompt_free(&p);
+            return QALIGN_OK;
+        }
+    int old = threads_enter(c);
+    AskSeq seq = {&p, frames, (const float *const *)c->s.slot_rows, &o, out, 0};
+    if (o.scores) { /* the score of the same images: a video's (one marker, the frames), or the scoring prompt's */
+        const Prompt *sp = frames > 1 ? &c->prompt_video : &c->prompt_image;
+        if (frames > 1 ? sp->n_markers != 1 : sp->n_markers != n)
+            result_error(o.scores, QALIGN_ERR_ARG, "the scoring prompt does not have an <|image|> for each image");
+        else
+            score_batch(c->m, &c->s, sp, &c->lv, 1, frames, (const float *const *)c->s.slot_rows, NULL, o.scores);
+    }
+    ask_run(c, &seq, 1);
+    threads_leave(old);
+    prompt_free(&p);
+    return QALIGN_OK;
 }

@@ -107,6 +107,8 @@ typedef struct {
     /* preprocessing */
     uint8_t fill[3];
     float mean[3], std[3];
+    int l_max_pos;          /* the decoder's context (max_position_embeddings): the most tokens
+                               qalign_ask_options.max_tokens may ask for */
 } qalign_info;
 
 void qalign_describe(const qalign_model *m, qalign_info *out);
@@ -295,6 +297,95 @@ void qalign_video_cancel(qalign_ctx *c);
 /* qalign_video_end, and also each frame scored as an image (the image prompt, from the
  * frames' visual tokens already computed: no second vision pass): frames[0..n). */
 int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen);
+
+/* ---- answers in words (text generation) ---------------------------------------------- */
+
+/* The prompt of upstream's conv_mplug_owl2 conversation (Q-Align / mPLUG-Owl2
+ * conversation.py: roles USER/ASSISTANT, TWO_NO_SYS, sep " ", sep2 "</s>") with the image
+ * before the question, as Q-Instruct's eval_scripts/mplug_owl_2/run_mplug_owl2.py builds
+ * it (qs = DEFAULT_IMAGE_TOKEN + query). */
+#define QALIGN_ASK_PROMPT "USER: <|image|>{question} ASSISTANT:"
+
+/* Called once per generated token, EOS included (then id = eos): seq is the answer's index
+ * in the call (qalign_ask_images: the image's), text the UTF-8 bytes that are certain after
+ * it (may be "": the first bytes of a character, or text that may be the start of the stop
+ * text, wait for the next token; the last call gives the rest). Joined, the texts are the
+ * answer before its blanks are stripped; never split inside a character. */
+typedef void (*qalign_token_fn)(void *user, int seq, int id, const char *text);
+
+typedef struct {
+    int max_tokens;         /* tokens to generate at most, 1 .. the model's context (0: 256) */
+    float temperature;      /* 0: greedy (argmax, ties to the lowest id); > 0: sampling */
+    float top_p;            /* sampling: keep the most likely tokens up to this probability
+                               mass (0 or 1: all) */
+    int top_k;              /* sampling: keep the k most likely tokens (0: all) */
+    uint64_t seed;          /* sampling: the same seed gives the same answer, whatever the
+                               batch, the threads or the other answers of the call */
+    const char *prompt;     /* template with <|image|> and {question}, or the name of one of
+                               qalign_ask_prompts() (NULL: "mplug-owl2", QALIGN_ASK_PROMPT) */
+    const char *stop;       /* the answer ends before this text (NULL: "</s>", upstream's
+                               stop_str; "": only EOS and max_tokens end it) */
+    qalign_token_fn on_token; /* streaming (may be NULL) */
+    void *user;
+    qalign_result *scores;  /* not NULL: also score each answer's images with the context's
+                               scoring prompt and levels, from the same visual rows (no second
+                               vision pass): scores[i] for out[i] */
+} qalign_ask_options;
+
+/* The named question templates (qalign_ask_options.prompt), each with where it comes from:
+ *   mplug-owl2    QALIGN_ASK_PROMPT (Q-Instruct, OneAlign, every mPLUG-Owl2 chat)
+ *   co-instruct   q-future/co-instruct's model card: "USER: The image: <|image|> {question}
+ *                 ASSISTANT:" for one image; for n > 1 "USER: The first image: <|image|>\nThe
+ *                 second image: <|image|>{question} ASSISTANT:" (first .. eighth, joined by \n) */
+const qalign_named_prompt *qalign_ask_prompts(int *n);
+/* The template of a name (or a template itself, returned as it is) for a prompt of n_images
+ * images, written to out (cap bytes, NUL included); returns its length, or -1 for an unknown
+ * name or a template without <|image|> (or -2 if cap is too small). */
+int qalign_ask_template(const char *prompt, int n_images, char *out, size_t cap);
+
+typedef struct {
+    int status;             /* QALIGN_OK, or why there is no answer (error says more) */
+    char error[QALIGN_ERR_LEN];
+    char *text;             /* the answer: decoded, cut at the stop text, blanks stripped as
+                               upstream's outputs.strip() (malloc'd: qalign_answer_free) */
+    int *tokens;            /* (n_tokens) the generated ids, EOS not included */
+    int n_tokens;
+    const char *finish;     /* "eos", "stop" (the stop text), "length" (max_tokens or the
+                               model's context) */
+    int prompt_rows;        /* decoder rows of the prompt (text tokens + visual rows) */
+    int frames;             /* images in the prompt */
+    double prefill_seconds, decode_seconds;
+} qalign_answer;
+
+/* Answer the question about each of n images, out[i] for imgs[i] (each its own prompt; up
+ * to the context's batch size of answers are generated together, one decoder pass per
+ * token for all of them). Greedy answers are the same whatever the batch and threads. */
+int qalign_ask_images(qalign_ctx *c, const qalign_image *imgs, int n, const char *question, const qalign_ask_options *o,
+                      qalign_answer *out, char *err, size_t errlen);
+/* Several questions at once, each about one image with its own options (items may differ in
+ * question, options and seed): generated together, up to the context's batch size per
+ * decoder pass, each answer the same as alone. A bad question or option is that answer's
+ * error (out[i].status), not the call's. options' scores are not used here. */
+typedef struct {
+    const qalign_image *image;
+    const char *question;
+    const qalign_ask_options *options; /* NULL: greedy, 256 tokens */
+} qalign_ask_item;
+int qalign_ask_batch(qalign_ctx *c, const qalign_ask_item *items, int n, qalign_answer *out, char *err, size_t errlen);
+/* Answer ONE prompt about n images: the template has n <|image|> (each image in place of
+ * one, e.g. Co-Instruct's "The first image: <|image|>\nThe second image: <|image|>"), or
+ * one <|image|> that stands for all n (a video's frames, as scoring has them). */
+int qalign_ask_prompt(qalign_ctx *c, const qalign_image *imgs, int n, const char *question, const qalign_ask_options *o,
+                      qalign_answer *out, char *err, size_t errlen);
+void qalign_answer_free(qalign_answer *a);
+
+/* The bytes per token of a sequence's K/V cache (2 * layers * kv_heads * head_dim * 4). */
+size_t qalign_kv_bytes_per_token(const qalign_model *m);
+
+/* Text of token ids as sentencepiece's decode gives it (BOS/EOS give nothing, byte pieces
+ * joined into UTF-8, "▁" a space, the first piece's leading space dropped). Writes at most
+ * cap bytes with a NUL, returns the whole text's length, or -1 (an id out of range). */
+int qalign_detokenize(const qalign_model *m, const int *ids, int n, char *out, size_t cap);
 
 /* ---- looking inside ------------------------------------------------------------------- */
 

@@ -189,6 +189,13 @@ struct Job {
     int done;
     double t_start;         /* when its head was complete */
     Job *next_done;
+    /* a question (POST /ask, or "question" on stdin): answered in words instead of scored */
+    int ask;
+    const char *question;   /* req.question or qbuf */
+    char *qbuf;             /* ?question= (owned) */
+    qalign_ask_options ao;
+    char decoding[192];     /* how, as rows record it */
+    qalign_answer *ans;     /* n_res */
 };
 
 #define N_BATCH_BUCKETS 7   /* 1 2 4 8 16 32 64 */
@@ -224,6 +231,9 @@ typedef struct Server {
     double latency_sum, decode_seconds;
     qalign_timings timings[N_TASKS];
     uint64_t received, answered;
+    uint64_t asked, gen_tokens, gen_passes, gen_sequences; /* answers, tokens generated, decoder passes */
+    double gen_seconds;     /* wall time of the generation calls */
+    char ask_template[256]; /* the question template rows record */
 
     int stop_pipe[2];       /* HTTP: the write end is closed when stopping: idle connections wake */
     pthread_mutex_t out_mu; /* stdio: answers are written one line at a time */
@@ -256,6 +266,9 @@ static void job_free(Job *j) {
     free(j->name);
     free(j->res);
     free(j->units);
+    for (int i = 0; j->ans && i < j->n_res; i++) qalign_answer_free(&j->ans[i]);
+    free(j->ans);
+    free(j->qbuf);
     free(j);
 }
 
@@ -313,7 +326,49 @@ static int job_ready(Server *s, Job *j, char *err, size_t errlen) {
     j->n_res = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
     j->res = calloc((size_t)j->n_res, sizeof *j->res);
     j->units = calloc((size_t)j->n_res, sizeof *j->units);
-    if (!j->res || !j->units) return fail(err, errlen, "out of memory");
+    if (j->ask) j->ans = calloc((size_t)j->n_res, sizeof *j->ans);
+    if (!j->res || !j->units || (j->ask && !j->ans)) return fail(err, errlen, "out of memory");
+    return 0;
+}
+
+/* A question and its decoding options (text, "" when absent) into j: checked here so that a
+ * bad request gets its 400 before it waits. */
+static int job_question(Server *s, Job *j, const char *question, const char *const dec[5], char *err, size_t errlen) {
+    const char *q = question;
+    while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') q++;
+    if (!*q) return fail(err, errlen, "the question is empty");
+    if (strstr(question, "<|image|>")) return fail(err, errlen, "the question must not contain <|image|>");
+    j->ask = 1;
+    j->question = question;
+    j->ao = (qalign_ask_options){.max_tokens = 256};
+    for (int k = 0; k < 5; k++) {
+        const char *v = dec[k];
+        if (!v || !*v) continue;
+        char *end;
+        errno = 0;
+        if (k == 0 || k == 3) { /* max_tokens, top_k */
+            long x = strtol(v, &end, 10);
+            long hi = k == 0 ? s->info.l_max_pos : 1000000;
+            if (errno || *end || x < (k == 0 ? 1 : 0) || x > hi)
+                return fail(err, errlen, "%s must be an integer in [%d, %ld], got '%s'", SERVE_DECODING_KEYS[k], k == 0, hi, v);
+            if (k == 0) j->ao.max_tokens = (int)x;
+            else j->ao.top_k = (int)x;
+        } else if (k == 4) {
+            unsigned long long x = strtoull(v, &end, 10);
+            if (errno || *end || *v == '-') return fail(err, errlen, "seed must be an integer in [0, 2^64), got '%s'", v);
+            j->ao.seed = x;
+        } else {
+            double x = strtod(v, &end);
+            if (errno || *end || !isfinite(x) || x < 0 || (k == 2 && x > 1))
+                return fail(err, errlen, "%s must be a number in [0, %s], got '%s'", SERVE_DECODING_KEYS[k], k == 2 ? "1" : "inf)", v);
+            if (k == 1) j->ao.temperature = (float)x;
+            else j->ao.top_p = (float)x;
+        }
+    }
+    if (j->ao.temperature == 0) snprintf(j->decoding, sizeof j->decoding, "greedy max_tokens=%d", j->ao.max_tokens);
+    else
+        snprintf(j->decoding, sizeof j->decoding, "sample temperature=%g top_p=%g top_k=%d seed=%llu max_tokens=%d",
+                 j->ao.temperature, j->ao.top_p, j->ao.top_k, (unsigned long long)j->ao.seed, j->ao.max_tokens);
     return 0;
 }
 
@@ -327,8 +382,19 @@ static char *job_row(Server *s, const Job *j, int i) {
     if (j->req.names) path = j->req.names[i];
     else if (j->name) path = j->name;
     else if (j->req.items[i].path) path = j->req.items[i].path; /* stdin: the file (a video: its first frame) */
-    ResultRow row = row_from_result(&st, path, j->req.kind == SERVE_VIDEO ? "frames" : "image", r,
-                                    r->status == QALIGN_OK ? NULL : r->error);
+    const char *kind = j->req.kind == SERVE_VIDEO ? "frames" : "image";
+    if (j->ask) { /* an answer: the row of qalign --ask --json */
+        const qalign_answer *a = &j->ans[i];
+        qalign_result none = {0};
+        ResultRow row = row_from_result(&st, path, kind, &none, a->status == QALIGN_OK ? NULL : a->error);
+        row.frames = a->status == QALIGN_OK ? a->frames : 0;
+        row.setup.prompt = s->ask_template;
+        row.question = j->question;
+        row.decoding = j->decoding;
+        if (a->status == QALIGN_OK) row.answer = a->text, row.tokens = a->tokens, row.n_tokens = a->n_tokens, row.finish = a->finish;
+        return results_format_row(RESULTS_JSONL, &row);
+    }
+    ResultRow row = row_from_result(&st, path, kind, r, r->status == QALIGN_OK ? NULL : r->error);
     return results_format_row(RESULTS_JSONL, &row);
 }
 
@@ -462,7 +528,7 @@ static void unit_done(Server *s, Unit *u) {
 static Unit *take_image(Server *s, int task) {
     Unit *prev = NULL;
     for (Unit *u = s->qhead; u; prev = u, u = u->next) {
-        if (u->job->task != task || u->job->req.kind == SERVE_VIDEO) continue;
+        if (u->job->task != task || u->job->req.kind == SERVE_VIDEO || u->job->ask) continue;
         if (prev) prev->next = u->next;
         else s->qhead = u->next;
         if (s->qtail == u) s->qtail = prev;
@@ -471,6 +537,103 @@ static Unit *take_image(Server *s, int task) {
         return u;
     }
     return NULL;
+}
+
+/* The first queued question about one image (of task) after the head, taken off the queue (mu held). */
+static Unit *take_ask(Server *s, int task) {
+    Unit *prev = NULL;
+    for (Unit *u = s->qhead; u; prev = u, u = u->next) {
+        if (u->job->task != task || u->job->req.kind == SERVE_VIDEO || !u->job->ask) continue;
+        if (prev) prev->next = u->next;
+        else s->qhead = u->next;
+        if (s->qtail == u) s->qtail = prev;
+        u->next = NULL;
+        s->queued--;
+        return u;
+    }
+    return NULL;
+}
+
+static void set_answer_error(qalign_answer *a, int status, const char *msg) {
+    qalign_answer_free(a);
+    memset(a, 0, sizeof *a);
+    a->status = status ? status : QALIGN_ERR_INPUT;
+    snprintf(a->error, sizeof a->error, "%s", msg);
+}
+
+/* Questions about images, several requests' at once: every answer generated in the same
+ * decoder passes (each its own question, options, cache and stop). mu not held. */
+static void ask_units(Server *s, qalign_ctx *ctx, Unit **batch, int nb) {
+    Image img[QALIGN_MAX_BATCH];
+    qalign_image qi[QALIGN_MAX_BATCH];
+    qalign_ask_item items[QALIGN_MAX_BATCH];
+    qalign_answer out[QALIGN_MAX_BATCH];
+    Unit *who[QALIGN_MAX_BATCH];
+    int k = 0;
+    char err[QALIGN_ERR_LEN];
+    for (int b = 0; b < nb; b++) {
+        Job *j = batch[b]->job;
+        if (load_source(s, j, &j->req.items[batch[b]->index], &img[k], err, sizeof err) != 0) {
+            set_answer_error(&j->ans[batch[b]->index], QALIGN_ERR_INPUT, err);
+            continue;
+        }
+        qi[k] = (qalign_image){img[k].rgb, img[k].w, img[k].h};
+        items[k] = (qalign_ask_item){&qi[k], j->question, &j->ao};
+        who[k++] = batch[b];
+    }
+    double t0 = now_seconds();
+    int st = k ? qalign_ask_batch(ctx, items, k, out, err, sizeof err) : QALIGN_OK;
+    double dt = now_seconds() - t0;
+    uint64_t tokens = 0;
+    int most = 0;
+    for (int b = 0; b < k; b++) {
+        Job *j = who[b]->job;
+        if (st != QALIGN_OK) set_answer_error(&j->ans[who[b]->index], st, err);
+        else j->ans[who[b]->index] = out[b], tokens += (uint64_t)out[b].n_tokens, most = out[b].n_tokens > most ? out[b].n_tokens : most;
+        image_free(&img[b]);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->gen_tokens += tokens;
+    s->gen_seconds += dt;
+    s->gen_passes += (uint64_t)most;
+    s->gen_sequences += (uint64_t)k;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A question about a video's frames (one prompt). mu not held. */
+static void ask_video(Server *s, qalign_ctx *ctx, Job *j) {
+    char err[QALIGN_ERR_LEN - 96], msg[QALIGN_ERR_LEN];
+    int n = j->req.n, loaded = 0;
+    Image *img = calloc((size_t)n, sizeof *img);
+    qalign_image *qi = calloc((size_t)n, sizeof *qi);
+    if (!img || !qi) {
+        set_answer_error(&j->ans[0], QALIGN_ERR_NOMEM, "out of memory");
+        free(img), free(qi);
+        return;
+    }
+    for (; loaded < n; loaded++) {
+        const ServeSource *src = &j->req.items[loaded];
+        if (load_source(s, j, src, &img[loaded], err, sizeof err) != 0) {
+            if (src->path) snprintf(msg, sizeof msg, "frame %.80s: %s", src->path, err);
+            else snprintf(msg, sizeof msg, "frame %d: %s", loaded, err);
+            set_answer_error(&j->ans[0], QALIGN_ERR_INPUT, msg);
+            break;
+        }
+        qi[loaded] = (qalign_image){img[loaded].rgb, img[loaded].w, img[loaded].h};
+    }
+    if (loaded == n) {
+        double t0 = now_seconds();
+        int st = qalign_ask_prompt(ctx, qi, n, j->question, &j->ao, &j->ans[0], err, sizeof err);
+        if (st != QALIGN_OK) set_answer_error(&j->ans[0], st, err);
+        pthread_mutex_lock(&s->mu);
+        s->gen_tokens += (uint64_t)j->ans[0].n_tokens;
+        s->gen_passes += (uint64_t)j->ans[0].n_tokens;
+        s->gen_sequences++;
+        s->gen_seconds += now_seconds() - t0;
+        pthread_mutex_unlock(&s->mu);
+    }
+    for (int f = 0; f < loaded; f++) image_free(&img[f]);
+    free(img), free(qi);
 }
 
 static void note_timings(Server *s) { /* mu held */
@@ -495,12 +658,47 @@ static void *worker_main(void *arg) {
             if (!s->qhead) s->qtail = NULL;
             s->queued--;
             pthread_mutex_unlock(&s->mu);
-            if (!ctx) set_error(&head->job->res[head->index], QALIGN_ERR_NOMEM, err);
+            if (!ctx) {
+                set_error(&head->job->res[head->index], QALIGN_ERR_NOMEM, err);
+                if (head->job->ask) set_answer_error(&head->job->ans[head->index], QALIGN_ERR_NOMEM, err);
+            } else if (head->job->ask) ask_video(s, ctx, head->job);
             else score_video(s, ctx, head->job);
             pthread_mutex_lock(&s->mu);
-            if (ctx && head->job->res[0].status == QALIGN_OK) s->videos++, s->frames += (uint64_t)head->job->req.n;
+            if (ctx && head->job->ask) s->asked += head->job->ans[0].status == QALIGN_OK;
+            else if (ctx && head->job->res[0].status == QALIGN_OK) s->videos++, s->frames += (uint64_t)head->job->req.n;
             note_timings(s);
             unit_done(s, head);
+        } else if (head->job->ask) {
+            /* questions about images: every request's that is queued, up to the batch size, share
+               the decoder passes; waiting for company as the scoring batches do */
+            Unit *batch[QALIGN_MAX_BATCH];
+            int nb = 0, cap = qalign_ctx_batch(ctx);
+            double deadline = head->job->t_start + s->o.batch_wait_ms / 1000.0;
+            for (;;) {
+                Unit *u = take_ask(s, task);
+                if (u) {
+                    batch[nb++] = u;
+                    if (nb == cap) break;
+                    continue;
+                }
+                if (nb == 0 || s->stop_worker || now_seconds() >= deadline) break;
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                double wait = deadline - now_seconds();
+                if (wait <= 0) break;
+                ts.tv_sec += (time_t)wait;
+                ts.tv_nsec += (long)((wait - floor(wait)) * 1e9);
+                if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
+            }
+            pthread_mutex_unlock(&s->mu);
+            ask_units(s, ctx, batch, nb);
+            pthread_mutex_lock(&s->mu);
+            for (int b = 0; b < nb; b++) {
+                s->asked += batch[b]->job->ans[batch[b]->index].status == QALIGN_OK;
+                unit_done(s, batch[b]);
+            }
+            note_timings(s);
         } else {
             /* a batch: images of this task in arrival order, up to the context's batch size;
                wait for company until batch-wait after the head's request arrived */
@@ -696,6 +894,19 @@ static void http_metrics(Conn *c, int keep) {
                    "# HELP qalign_frames_scored_total Frames of the videos scored.\n"
                    "# TYPE qalign_frames_scored_total counter\nqalign_frames_scored_total %llu\n",
                (unsigned long long)s->images, (unsigned long long)s->videos, (unsigned long long)s->frames);
+    buf_printf(&b, "# HELP qalign_answers_total Questions answered (POST /ask, or a question on stdin).\n"
+                   "# TYPE qalign_answers_total counter\nqalign_answers_total %llu\n"
+                   "# HELP qalign_generated_tokens_total Tokens generated in answers (EOS not counted).\n"
+                   "# TYPE qalign_generated_tokens_total counter\nqalign_generated_tokens_total %llu\n"
+                   "# HELP qalign_generation_seconds_total Wall time of the generation calls (prefill and decode).\n"
+                   "# TYPE qalign_generation_seconds_total counter\nqalign_generation_seconds_total %.6f\n"
+                   "# HELP qalign_generation_tokens_per_second Tokens generated per second of generation, since start.\n"
+                   "# TYPE qalign_generation_tokens_per_second gauge\nqalign_generation_tokens_per_second %.3f\n"
+                   "# HELP qalign_generation_sequences_per_pass Answers stepped together per decoder pass, on average.\n"
+                   "# TYPE qalign_generation_sequences_per_pass gauge\nqalign_generation_sequences_per_pass %.3f\n",
+               (unsigned long long)s->asked, (unsigned long long)s->gen_tokens, s->gen_seconds,
+               s->gen_seconds > 0 ? (double)s->gen_tokens / s->gen_seconds : 0.0,
+               s->gen_passes ? (double)s->gen_tokens / (double)s->gen_passes : 0.0);
     qalign_timings t = {0};
     for (int k = 0; k < N_TASKS; k++) {
         t.preprocess += s->timings[k].preprocess;
@@ -757,8 +968,10 @@ static void http_answer(Conn *c, Job *j, int keep) {
     Server *s = c->s;
     if (!j->req.many) {
         const qalign_result *r = &j->res[0];
-        if (r->status != QALIGN_OK) {
-            respond_error(c, r->status == QALIGN_ERR_INPUT ? 400 : 500, r->error, NULL, keep);
+        int st = j->ask ? j->ans[0].status : r->status;
+        if (st != QALIGN_OK) {
+            respond_error(c, st == QALIGN_ERR_INPUT || st == QALIGN_ERR_ARG ? 400 : 500, j->ask ? j->ans[0].error : r->error,
+                          NULL, keep);
             return;
         }
         char *row = job_row(s, j, 0);
@@ -784,10 +997,12 @@ static void http_answer(Conn *c, Job *j, int keep) {
 
 /* POST /score once the head is read: checks, a slot, the body, the queue, the answer. Returns
  * whether the connection may serve another request. */
-static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, double t0) {
+static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, double t0, int ask) {
     Server *s = c->s;
-    char err[512], task[32], scale[16], name[4096];
+    char err[512], task[32], scale[16], name[4096], question[4096] = "", dec[5][40] = {"", "", "", "", ""};
     static const char *const params[] = {"task", "scale", "name", NULL};
+    static const char *const ask_params[] = {"task", "scale", "name", "question", "max_tokens", "temperature", "top_p",
+                                             "top_k", "seed", NULL};
     if (rq->chunked) {
         c->drain = 1;
         return respond_error(c, 411, "send the body with a Content-Length (chunked bodies are not accepted)", NULL, 0), 0;
@@ -802,12 +1017,15 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
         c->drain = 1;
         return respond_error(c, 413, err, NULL, 0), 0;
     }
-    int qt = 0, qs = 0, qn = 0;
-    if (http_query_check(rq->query, rq->query_len, params, err, sizeof err) != 0 ||
+    int qt = 0, qs = 0, qn = 0, qq = 0;
+    for (int k = 0; ask && k < 5 && qq >= 0; k++)
+        if (http_query_get(rq->query, rq->query_len, SERVE_DECODING_KEYS[k], dec[k], sizeof dec[k]) < 0) qq = -1;
+    if (ask && qq >= 0) qq = http_query_get(rq->query, rq->query_len, "question", question, sizeof question);
+    if (qq < 0 || http_query_check(rq->query, rq->query_len, ask ? ask_params : params, err, sizeof err) != 0 ||
         (qt = http_query_get(rq->query, rq->query_len, "task", task, sizeof task)) < 0 ||
         (qs = http_query_get(rq->query, rq->query_len, "scale", scale, sizeof scale)) < 0 ||
         (qn = http_query_get(rq->query, rq->query_len, "name", name, sizeof name)) < 0) {
-        if (qt < 0 || qs < 0 || qn < 0) snprintf(err, sizeof err, "a malformed or too long query parameter");
+        if (qt < 0 || qs < 0 || qn < 0 || qq < 0) snprintf(err, sizeof err, "a malformed or too long query parameter");
         c->drain = 1;
         return respond_error(c, 400, err, NULL, 0), 0;
     }
@@ -894,6 +1112,18 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
             j->req.items[0].len = len;
         }
     }
+    if (rc == 0 && !ask && j->req.question) rc = fail(err, sizeof err, "a question goes to POST /ask");
+    if (rc == 0 && ask) { /* the question: in the query or in the JSON body, not both */
+        if (qq && j->req.question) rc = fail(err, sizeof err, "the question is given twice (query and body)");
+        else if (!qq && !j->req.question) rc = fail(err, sizeof err, "POST /ask needs a question (?question=... or \"question\")");
+        else if (qq && !(j->qbuf = strdup(question))) rc = fail(err, sizeof err, "out of memory");
+        for (int k = 0; rc == 0 && k < 5; k++)
+            if (dec[k][0] && j->req.decoding[k][0]) rc = fail(err, sizeof err, "%s is given twice", SERVE_DECODING_KEYS[k]);
+            else if (!j->req.decoding[k][0]) memcpy(j->req.decoding[k], dec[k], sizeof dec[k]);
+        const char *dv[5];
+        for (int k = 0; k < 5; k++) dv[k] = j->req.decoding[k];
+        if (rc == 0) rc = job_question(s, j, j->qbuf ? j->qbuf : j->req.question, dv, err, sizeof err);
+    }
     if (rc == 0) rc = job_ready(s, j, err, sizeof err);
     if (rc != 0) {
         job_free(j);
@@ -957,24 +1187,26 @@ static int http_one(Conn *c) {
     pthread_mutex_unlock(&s->mu);
     const char *p = rq.path;
     size_t pl = rq.path_len;
-    int is_score = pl == 6 && !memcmp(p, "/score", 6), is_health = pl == 7 && !memcmp(p, "/health", 7),
+    int is_ask = pl == 4 && !memcmp(p, "/ask", 4);
+    int is_score = (pl == 6 && !memcmp(p, "/score", 6)) || is_ask, is_health = pl == 7 && !memcmp(p, "/health", 7),
         is_metrics = pl == 8 && !memcmp(p, "/metrics", 8);
     int is_post = rq.method_len == 4 && !memcmp(rq.method, "POST", 4);
     int is_get = rq.method_len == 3 && !memcmp(rq.method, "GET", 3);
     int has_body = rq.chunked || rq.content_length > 0;
     if (!is_score && !is_health && !is_metrics) {
         c->drain = has_body;
-        respond_error(c, 404, "not found: the endpoints are POST /score, GET /health and GET /metrics", NULL, keep && !has_body);
+        respond_error(c, 404, "not found: the endpoints are POST /score, POST /ask, GET /health and GET /metrics", NULL,
+                      keep && !has_body);
     } else if (is_score ? !is_post : !is_get) {
         c->drain = has_body;
-        respond_error(c, 405, is_score ? "/score takes POST" : "this endpoint takes GET",
+        respond_error(c, 405, is_ask ? "/ask takes POST" : is_score ? "/score takes POST" : "this endpoint takes GET",
                       is_score ? "Allow: POST\r\n" : "Allow: GET\r\n", keep && !has_body);
     } else if (!is_health && !authorized(s, &rq)) {
         c->drain = has_body;
         respond_error(c, 401, "missing or wrong API key (send Authorization: Bearer KEY)", "WWW-Authenticate: Bearer\r\n",
                       keep && !has_body);
     } else if (is_score) {
-        return http_score(c, &rq, (size_t)hl, keep, t0);
+        return http_score(c, &rq, (size_t)hl, keep, t0, is_ask);
     } else {
         keep = keep && !has_body; /* a GET with a body: answer, do not read it, close */
         c->drain = has_body;
@@ -1268,7 +1500,9 @@ static void stdio_line(Server *s, char *line, size_t n) {
     }
     j->req = req;
     j->body = line;
-    if (job_ready(s, j, err, sizeof err) != 0) {
+    const char *dv[5];
+    for (int k = 0; k < 5; k++) dv[k] = j->req.decoding[k];
+    if ((req.question && job_question(s, j, j->req.question, dv, err, sizeof err) != 0) || job_ready(s, j, err, sizeof err) != 0) {
         out_error(s, req.id, err);
         job_free(j);
         return;
@@ -1387,6 +1621,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     s->default_task = find_task(co->task ? co->task : "quality");
     if (s->default_task < 0) return fail(err, errlen, "--task must be quality, aesthetics or aesthetic");
     qalign_describe(m, &s->info);
+    qalign_ask_template(NULL, 1, s->ask_template, sizeof s->ask_template);
     s->model_name = strrchr(s->info.path, '/') ? strrchr(s->info.path, '/') + 1 : s->info.path;
 
     /* the default task's context now: bad --levels or --prompt end the program here */
@@ -1446,9 +1681,9 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
         pthread_mutex_unlock(&s->mu);
         pthread_join(worker, NULL);
         if (rc == 0)
-            fprintf(stderr, "qalign: stopped: %llu requests received, %llu answered, %llu images and %llu videos scored\n",
-                    (unsigned long long)s->received, (unsigned long long)s->answered, (unsigned long long)s->images,
-                    (unsigned long long)s->videos);
+            fprintf(stderr, "qalign: stopped: %llu requests received, %llu answered, %llu images and %llu videos scored, "
+                    "%llu questions answered\n", (unsigned long long)s->received, (unsigned long long)s->answered,
+                    (unsigned long long)s->images, (unsigned long long)s->videos, (unsigned long long)s->asked);
     }
     if (rc == 0 && s->out_failed) rc = fail(err, errlen, "writing the answers to stdout failed: %s", strerror(s->out_failed));
     for (int t = 0; t < N_TASKS; t++) qalign_ctx_free(s->ctx[t]);

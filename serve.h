@@ -144,13 +144,22 @@ typedef struct {
     const char *task;        /* NULL: the server's default */
     const char *scale;       /* NULL: the server's default */
     char *id;                /* stdin: the "id" value as JSON text (malloc'ed), or NULL */
+    const char *question;    /* "question": answer it (qalign --ask) instead of scoring; NULL: score */
+    char decoding[5][40];    /* "max_tokens", "temperature", "top_p", "top_k", "seed" as given (JSON
+                                numbers, as text; "" when absent) */
 } ServeRequest;
+/* The decoding keys of a request, in ServeRequest.decoding's order (also the query parameters
+ * of POST /ask). */
+extern const char *const SERVE_DECODING_KEYS[5];
 
 /* Parse one JSON request in text[0..len) (modified in place).
  * HTTP (stdio = 0):   {"images": [B64, ...], "names": [S|null, ...]}  or  {"image": B64, "name": S}
  *                     or {"video": [B64 frame, ...], "name": S}; optional "task", "scale".
  * stdin (stdio = 1):  {"id": ANY, "path": S}  or  {"id": ANY, "image": B64, "name": S}
  *                     or {"id": ANY, "frames": [S, ...]}; optional "task", "scale".
+ * Both: optional "question" (a string: the request is answered in words, as qalign --ask
+ * does, instead of scored) and, with it, the numbers "max_tokens", "temperature", "top_p",
+ * "top_k", "seed".
  * Unknown keys, duplicate keys, two sources and anything not JSON are refused. On failure
  * returns -1 with a reason in err; r->id is still set when the id could be read. */
 int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *err, size_t errlen);

@@ -548,12 +548,15 @@ static int jarray(Json *j, ServeRequest *r, const char *key, int what, int max) 
     return 0;
 }
 
-enum { K_ID, K_IMAGES, K_IMAGE, K_VIDEO, K_NAMES, K_NAME, K_TASK, K_SCALE, K_PATH, K_FRAMES, K_COUNT };
-static const char *const KEYS[K_COUNT] = {"id", "images", "image", "video", "names", "name", "task", "scale", "path", "frames"};
+enum { K_ID, K_IMAGES, K_IMAGE, K_VIDEO, K_NAMES, K_NAME, K_TASK, K_SCALE, K_PATH, K_FRAMES, K_QUESTION, K_DEC0, K_COUNT = K_DEC0 + 5 };
+static const char *const KEYS[K_COUNT] = {"id", "images", "image", "video", "names", "name", "task", "scale", "path", "frames",
+                                          "question", "max_tokens", "temperature", "top_p", "top_k", "seed"};
+const char *const SERVE_DECODING_KEYS[5] = {"max_tokens", "temperature", "top_p", "top_k", "seed"};
+#define ASK_KEYS (1u << K_QUESTION | 31u << K_DEC0)
 /* the keys of each mode: HTTP, stdin */
 static const unsigned MODE_KEYS[2] = {
-    1u << K_IMAGES | 1u << K_IMAGE | 1u << K_VIDEO | 1u << K_NAMES | 1u << K_NAME | 1u << K_TASK | 1u << K_SCALE,
-    1u << K_ID | 1u << K_IMAGE | 1u << K_NAME | 1u << K_TASK | 1u << K_SCALE | 1u << K_PATH | 1u << K_FRAMES};
+    1u << K_IMAGES | 1u << K_IMAGE | 1u << K_VIDEO | 1u << K_NAMES | 1u << K_NAME | 1u << K_TASK | 1u << K_SCALE | ASK_KEYS,
+    1u << K_ID | 1u << K_IMAGE | 1u << K_NAME | 1u << K_TASK | 1u << K_SCALE | 1u << K_PATH | 1u << K_FRAMES | ASK_KEYS};
 
 static int member(Json *j, ServeRequest *r, int k) {
     char *v;
@@ -599,11 +602,28 @@ static int member(Json *j, ServeRequest *r, int k) {
         r->names[0] = v;
         r->n_names = 1;
         return 0;
-    default: /* task, scale */
+    case K_QUESTION:
+        if (jstr_value(j, "question", 0, &v, &n)) return -1;
+        r->question = v;
+        return 0;
+    case K_TASK:
+    case K_SCALE:
         if (jstr_value(j, KEYS[k], 0, &v, &n)) return -1;
         if (k == K_TASK) r->task = v;
         else r->scale = v;
         return 0;
+    default: { /* a decoding number */
+        jws(j);
+        char *s = j->p;
+        if (j->p >= j->end || !(*j->p == '-' || (*j->p >= '0' && *j->p <= '9')))
+            return fail(j->err, j->errlen, "'%s' must be a number", KEYS[k]);
+        if (jskip(j, 1)) return -1;
+        size_t L = (size_t)(j->p - s);
+        if (L >= sizeof r->decoding[0]) return fail(j->err, j->errlen, "'%s': too long a number", KEYS[k]);
+        memcpy(r->decoding[k - K_DEC0], s, L);
+        r->decoding[k - K_DEC0][L] = 0;
+        return 0;
+    }
     }
 }
 
@@ -635,8 +655,10 @@ int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *e
                     shown[m++] = (unsigned char)key[i] >= 0x20 && key[i] != 0x7F && key[i] != '\'' ? key[i] : '?';
                 shown[m] = 0;
                 return fail(err, errlen, "unknown key '%s' (expected %s)", shown,
-                                stdio ? "id, path, image, name, frames, task, scale"
-                                      : "images, names, image, name, video, task, scale");
+                                stdio ? "id, path, image, name, frames, task, scale, question, max_tokens, "
+                                        "temperature, top_p, top_k, seed"
+                                      : "images, names, image, name, video, task, scale, question, max_tokens, "
+                                        "temperature, top_p, top_k, seed");
             }
             if (seen & (1u << k)) return fail(err, errlen, "'%s' given twice", KEYS[k]);
             unsigned sources = 1u << K_IMAGES | 1u << K_IMAGE | 1u << K_VIDEO | 1u << K_PATH | 1u << K_FRAMES;
@@ -662,6 +684,7 @@ int serve_parse_json(char *text, size_t len, int stdio, ServeRequest *r, char *e
     if ((seen & (1u << K_NAMES)) && !(seen & (1u << K_IMAGES))) return fail(err, errlen, "'names' goes with 'images'");
     if ((seen & (1u << K_NAME)) && !(seen & (1u << K_IMAGE | 1u << K_VIDEO)))
         return fail(err, errlen, "'name' goes with %s", stdio ? "'image'" : "'image' or 'video'");
+    if ((seen & (31u << K_DEC0)) && !r->question) return fail(err, errlen, "the decoding options go with 'question'");
     if (r->names && r->n_names != (r->kind == SERVE_VIDEO ? 1 : r->n)) /* a video has one name */
         return fail(err, errlen, "%d names for %d images", r->n_names, r->n);
     return 0;

@@ -630,3 +630,87 @@ int tokenize_prompt(const Tokenizer *t, const char *prompt, int *ids, int max_id
         chunk = end + mark_len;
     }
 }
+
+/* ==================================================================================
+ * Decoding ids to text (sentencepiece's DecodeIds)
+ * ================================================================================== */
+
+/* Appends n bytes to out[0..cap) at *len (counting what does not fit). */
+static void put_bytes(char *out, size_t cap, size_t *len, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++, (*len)++)
+        if (*len + 1 < cap)
+            out[*len] = s[i];
+}
+
+/* A run of byte pieces: well-formed UTF-8 characters are copied, every other byte
+ * becomes U+FFFD on its own, as sentencepiece's decoder does. */
+static void put_byte_run(char *out, size_t cap, size_t *len, const unsigned char *b, size_t n)
+{
+    for (size_t i = 0, k; i < n; i += k) {
+        k = utf8_char_len(b + i, n - i);
+        if (k)
+            put_bytes(out, cap, len, (const char *)b + i, k);
+        else
+            put_bytes(out, cap, len, "\xEF\xBF\xBD", 3), k = 1;
+    }
+}
+
+int tokenizer_decode(const Tokenizer *t, const int *ids, int n, char *out, size_t cap)
+{
+    static const char SPACE[] = "\xE2\x96\x81"; /* U+2581, sentencepiece's space */
+    size_t len = 0;
+    if (!t || n < 0 || (n > 0 && !ids) || (cap > 0 && !out))
+        return -1;
+    unsigned char run[64];
+    size_t run_n = 0;
+    int bos_ws = 1; /* the first surface piece loses the space of its dummy prefix */
+    for (int i = 0; i <= n; i++) {
+        int id = i < n ? ids[i] : -1, type = id >= 0 && id < t->n_vocab ? t->types[id] : 0;
+        if (i < n && (id < 0 || id >= t->n_vocab))
+            return -1;
+        if (type == SP_BYTE) {
+            int b = byte_of_piece(piece_ptr(t, id), piece_len(t, id));
+            if (run_n == sizeof run) { /* a long run: flush its whole characters first */
+                size_t keep = 0;
+                while (keep < 3 && keep < run_n && (run[run_n - 1 - keep] & 0xC0) == 0x80)
+                    keep++;
+                if (keep < run_n && run[run_n - 1 - keep] >= 0xC0)
+                    keep++;
+                else
+                    keep = 0;
+                put_byte_run(out, cap, &len, run, run_n - keep);
+                memmove(run, run + run_n - keep, keep);
+                run_n = keep;
+            }
+            run[run_n++] = (unsigned char)(b < 0 ? 0 : b);
+            bos_ws = 0;
+            continue;
+        }
+        if (run_n) {
+            put_byte_run(out, cap, &len, run, run_n);
+            run_n = 0;
+        }
+        if (i == n || type == SP_CONTROL)
+            continue;
+        if (type == SP_UNKNOWN) {
+            put_bytes(out, cap, &len, " \xE2\x81\x87 ", 5); /* " ⁇ " */
+            bos_ws = 0;
+            continue;
+        }
+        const char *p = piece_ptr(t, id);
+        int pl = piece_len(t, id);
+        if (bos_ws && t->add_dummy_prefix && pl >= 3 && !memcmp(p, SPACE, 3))
+            p += 3, pl -= 3;
+        for (int k = 0; k < pl;) {
+            if (k + 3 <= pl && !memcmp(p + k, SPACE, 3))
+                put_bytes(out, cap, &len, " ", 1), k += 3;
+            else
+                put_bytes(out, cap, &len, p + k, 1), k++;
+        }
+        bos_ws = 0;
+    }
+    if (cap > 0)
+        out[len + 1 < cap ? len : cap - 1] = '\0';
+    return len > INT_MAX - 1 ? -1 : (int)len;
+}

@@ -70,4 +70,13 @@ int tokenizer_max_ids(size_t len);
  * tokenizer_encode. */
 int tokenize_prompt(const Tokenizer *t, const char *prompt, int *ids, int max_ids);
 
+/* Ids to UTF-8 text exactly as sentencepiece's DecodeIds: control pieces (BOS, EOS)
+ * give nothing, the unknown piece " \xE2\x81\x87 " (" ⁇ "), runs of byte pieces <0xNN>
+ * are joined into UTF-8 (each byte that is not part of a well-formed character
+ * becomes U+FFFD), "▁" becomes a space, and the first piece that gives text loses
+ * the space of its dummy prefix. Writes at most cap bytes including a NUL and
+ * returns the length of the whole text (like snprintf), or -1 for an id out of
+ * range or invalid arguments. */
+int tokenizer_decode(const Tokenizer *t, const int *ids, int n, char *out, size_t cap);
+
 #endif

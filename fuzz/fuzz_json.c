@@ -3,7 +3,8 @@
  * from its own copy of exactly its bytes, and base64-decoded. Traps if a parse breaks its
  * contract: a refusal without a one-line reason; an accepted request without items, with
  * more than the limits, with bytes, paths or names outside the buffer or not NUL-terminated
- * in it, with a source that is neither bytes nor a path; an id on an HTTP body; base64
+ * in it (the question too), decoding options without a question or not NUL-terminated,
+ * with a source that is neither bytes nor a path; an id on an HTTP body; base64
  * output longer than 3/4 of its input. Seeds: fuzz/corpus/fuzz_json. */
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (int i = 0; r.names && i < r.n_names; i++) string_inside(buf, size, r.names[i]);
             string_inside(buf, size, r.task);
             string_inside(buf, size, r.scale);
+            string_inside(buf, size, r.question);
+            for (int k = 0; k < 5; k++) { /* decoding numbers: only with a question, NUL-terminated */
+                if (!memchr(r.decoding[k], 0, sizeof r.decoding[k])) __builtin_trap();
+                if (r.decoding[k][0] && !r.question) __builtin_trap();
+            }
             if (r.id && strlen(r.id) > size) __builtin_trap();
         }
         serve_request_free(&r);

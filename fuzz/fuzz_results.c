@@ -4,7 +4,7 @@
  *   make fuzz            (builds build/fuzz_results, runs it on build/corpus/fuzz_results:
  *                         CSV and JSONL files that tests/test_fuzz.py makes with qalign)
  *
- * The input is read as a CSV and as a JSONL results file. Every row the reader returns is
+ * The input is read as a CSV of scores, a CSV of answers (--ask) and a JSONL results file. Every row the reader returns is
  * written back by the one writer (results_format_row) in both formats, and each of those
  * lines must read back as exactly one row with the same path, task, error, setup and score:
  * what qalign writes, it can resume from. A row read as a success has a finite score.
@@ -23,12 +23,15 @@
 
 static int same(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : "") == 0; }
 
+/* A row with a score: a scoring row, or an answer with --score */
+static int has_score(const ResultRow *r) { return !r->question || r->scored; }
+
 static void roundtrip(const ResultRow *r) {
     for (int f = 0; f < 2; f++) {
-        ResultsFormat fmt = f ? RESULTS_JSONL : RESULTS_CSV;
+        ResultsFormat fmt = f ? RESULTS_JSONL : r->question ? RESULTS_CSV_ANSWERS : RESULTS_CSV;
         char *line = results_format_row(fmt, r);
         if (!line) abort(); /* out of memory */
-        const char *header = fmt == RESULTS_CSV ? results_csv_header() : "";
+        const char *header = fmt == RESULTS_CSV ? results_csv_header() : fmt == RESULTS_CSV_ANSWERS ? results_answer_csv_header() : "";
         size_t hl = strlen(header), ll = strlen(line);
         char *text = malloc(hl + ll + 1);
         if (!text) abort();
@@ -41,15 +44,17 @@ static void roundtrip(const ResultRow *r) {
         if (!s || results_parse(text, hl + ll, fmt, s, &torn, &bad, err, sizeof err) != 0) BROKEN("a written row is not a results file");
         if (rowset_count(s) != 1 || torn || bad) BROKEN("a written row does not read back as one row");
         const ResultRow *b = rowset_row(s, 0);
-        if (!same(b->path, r->path) || !same(b->task, r->task) || !same(b->kind, r->kind) || b->frames != r->frames ||
+        if (!same(b->path, r->path) || (has_score(r) && !same(b->task, r->task)) || !same(b->kind, r->kind) ||
+            b->frames != r->frames || !b->question != !r->question || !same(b->question, r->question) ||
+            (r->question && r->setup.model && !same(b->decoding, r->decoding)) ||
             !same(b->error, r->error) || !same(b->setup.model, r->setup.model) ||
-            !same(b->setup.prompt, r->setup.prompt) || !same(b->setup.levels, r->setup.levels) ||
+            !same(b->setup.prompt, r->setup.prompt) || (has_score(r) && !same(b->setup.levels, r->setup.levels)) ||
             (r->setup.model && (b->setup.pad != r->setup.pad || b->setup.precise != r->setup.precise)) ||
             b->max_frames != r->max_frames)
             BROKEN("a written row reads back with another path, task, kind, frames, error or setup");
-        if (!(r->error && r->error[0]) && !(fabs(b->score - r->score) <= 1e-6 && fabs(b->std - r->std) <= 1e-6))
+        if (!(r->error && r->error[0]) && has_score(r) && !(fabs(b->score - r->score) <= 1e-6 && fabs(b->std - r->std) <= 1e-6))
             BROKEN("a written row reads back with another score or std");
-        if (!rowset_find(s, r->path, r->task) || rowset_find_like(s, b) != (b->setup.model ? b : NULL)) BROKEN("a row read back is not found by its path or its setup");
+        if (!rowset_find(s, r->path, r->question ? NULL : r->task) || rowset_find_like(s, b) != (b->setup.model ? b : NULL)) BROKEN("a row read back is not found by its path or its setup");
         rowset_free(s);
         free(text);
         free(line);
@@ -57,8 +62,8 @@ static void roundtrip(const ResultRow *r) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    for (int f = 0; f < 2; f++) {
-        ResultsFormat fmt = f ? RESULTS_JSONL : RESULTS_CSV;
+    for (int f = 0; f < 3; f++) {
+        ResultsFormat fmt = f == 0 ? RESULTS_CSV : f == 1 ? RESULTS_JSONL : RESULTS_CSV_ANSWERS;
         RowSet *s = rowset_new();
         if (!s) abort();
         int torn = -1;
@@ -71,8 +76,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (size_t i = 0; i < rowset_count(s); i++) {
                 const ResultRow *r = rowset_row(s, i);
                 if (!r->path || !r->path[0]) BROKEN("a row without a path");
-                if (!(r->error && r->error[0]) && !(isfinite(r->score) && isfinite(r->std))) BROKEN("a row read as a success has a score that is not finite");
-                const ResultRow *last = rowset_find(s, r->path, r->task);
+                if (!(r->error && r->error[0]) && has_score(r) && !(isfinite(r->score) && isfinite(r->std))) BROKEN("a row read as a success has a score that is not finite");
+                const ResultRow *last = rowset_find(s, r->path, r->question ? NULL : r->task);
                 if (!last || !same(last->path, r->path)) BROKEN("a row is not found by its path");
                 roundtrip(r);
             }

@@ -10,6 +10,10 @@ library only.
     with HTTPScorer("http://127.0.0.1:8080", api_key=None) as q: # a `qalign --listen` server
         rows = q.score([open("a.jpg", "rb").read(), pil_image, numpy_array])
 
+    with Scorer("q-instruct-q8_0.qalign") as q:                   # answers in words (qalign --ask)
+        rows = q.ask(["a.jpg"], "Describe the quality of this image.", max_tokens=128)
+    print(rows[0]["answer"], rows[0]["tokens"])
+
 An input is a path (str or os.PathLike), bytes (an image file's contents: JPEG, PNG, BMP,
 PPM/PGM), a PIL.Image or an HxWx3 uint8 array (both sent as binary PPM, so no pixel
 changes on the way; a PIL image is converted to RGB first). numpy and PIL are never
@@ -19,6 +23,10 @@ Each result is the dict `qalign --json` prints for that input: path, task, kind,
 score, std, scale, p_<word> and logit_<word> for each level word, error. `path` is the path
 given (None for the other kinds). A failure raises QAlignError with the server's message,
 unless score(..., raise_errors=False): then the failed input's dict has its "error".
+
+ask(images, question, max_tokens=, temperature=, top_p=, top_k=, seed=) answers the question
+about each image (greedy unless temperature > 0); each result is the `qalign --ask --json` row:
+path, kind, frames, question, answer, tokens, finish, error, model, prompt, decoding, ...
 
 Scorer starts the program once (the model is mapped once) and keeps it running until
 close() or the end of the `with`; images are streamed to it, up to `window` at a time, and
@@ -36,6 +44,18 @@ import threading
 import urllib.parse
 
 __all__ = ["Scorer", "HTTPScorer", "QAlignError"]
+
+_DECODING = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+
+
+def _decoding(question, decoding):
+    """The request fields of a question and its decoding options (None: the default)."""
+    unknown = sorted(set(decoding) - set(_DECODING))
+    if unknown:
+        raise TypeError(f"unknown decoding option(s) {', '.join(unknown)} (expected {', '.join(_DECODING)})")
+    if not isinstance(question, str):
+        raise TypeError("the question must be a str")
+    return {"question": question, **{k: v for k, v in decoding.items() if v is not None}}
 
 
 class QAlignError(Exception):
@@ -200,6 +220,14 @@ class Scorer:
 
     def score(self, images, task=None, scale=None, raise_errors=True):
         """One result dict per input, in order."""
+        return self._run(images, {}, task, scale, raise_errors)
+
+    def ask(self, images, question, raise_errors=True, **decoding):
+        """The answer to question about each image: one `qalign --ask --json` row per input, in
+        order. decoding: max_tokens (default 256), temperature (0: greedy), top_p, top_k, seed."""
+        return self._run(images, _decoding(question, decoding), None, None, raise_errors)
+
+    def _run(self, images, fields, task, scale, raise_errors):
         if self._p is None:
             raise QAlignError("this Scorer is closed")
         images = list(images)
@@ -218,6 +246,7 @@ class Scorer:
                     req["task"] = task
                 if scale:
                     req["scale"] = scale
+                req.update(fields)
                 self._send(json.dumps(req).encode("utf-8") + b"\n")
                 pending[self._next] = sent
                 self._next += 1
@@ -332,6 +361,21 @@ class HTTPScorer:
             if scale:
                 req["scale"] = scale
             data = self._request("POST", "/score", json.dumps(req).encode("utf-8"), "application/json")
+            rows += json.loads(data)["results"]
+        return _check(rows, [_label(i, x) for i, x in enumerate(images)], raise_errors)
+
+    def ask(self, images, question, raise_errors=True, **decoding):
+        """The answer to question about each image (POST /ask): one row per input, in order.
+        decoding: max_tokens (default 256), temperature (0: greedy), top_p, top_k, seed."""
+        images = list(images)
+        fields = _decoding(question, decoding)
+        rows = []
+        for start in range(0, len(images), self.chunk):
+            part = [_image_bytes(x) for x in images[start:start + self.chunk]]
+            req = {"images": [base64.b64encode(data).decode("ascii") for data, _ in part], **fields}
+            if any(name is not None for _, name in part):
+                req["names"] = [name for _, name in part]
+            data = self._request("POST", "/ask", json.dumps(req).encode("utf-8"), "application/json")
             rows += json.loads(data)["results"]
         return _check(rows, [_label(i, x) for i, x in enumerate(images)], raise_errors)
 

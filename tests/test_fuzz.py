@@ -54,6 +54,13 @@ def seeds(workdir, qalign_bin, tiny_ref):
         assert r.returncode == 1, r.stderr                      # the missing file: an error row
     r = run([qalign_bin, "-q", "--video", "--csv", c, "--jsonl", j, m, *imgs])
     assert r.returncode == 0, r.stderr
+    ac, aj = results / "answers.csv", results / "answers.jsonl"  # --ask rows (their own CSV columns)
+    for f in (ac, aj):
+        f.unlink(missing_ok=True)
+    for extra in (["--max-tokens", "3"], ["--max-tokens", "2", "--score", "--temperature", "0.5", "--seed", "1"]):
+        r = run([qalign_bin, "-q", "--ask", "Why, \"really\"?\n", *extra, "--csv", ac, "--jsonl", aj, m, *imgs,
+                 d / "missing.jpg"])
+        assert r.returncode == 1, r.stderr
     return models, results
 
 

@@ -11,6 +11,7 @@
  *   mode 1  tokenizer_encode(add_bos=1)     ids
  *   mode 2  tokenize_prompt                 ids (the text is cut at its first NUL)
  *   mode 3  tokenizer_encode(add_bos=1)     "<count> <seconds>" (timing)
+ *   mode 4  tokenizer_decode of the bytes read as int32 ids   the text in hex
  * Every call is made twice: first into a 3-id buffer with guard values after it
  * (checks the "returns the size needed, writes at most max_ids" contract), then
  * into a buffer of exactly the returned size. Exit 3 if tokenizer_init fails
@@ -102,6 +103,34 @@ int main(int argc, char **argv)
         size_t len = le32(rec + 4);
         char *s = read_exact(stdin, len);
         s[len] = '\0';
+
+        if (mode == 4) { /* tokenizer_decode of the record's int32 ids: the text as hex */
+            int n_ids = (int)(len / 4), *dids = malloc(((size_t)n_ids + 1) * sizeof *dids);
+            for (int k = 0; k < n_ids; k++)
+                dids[k] = (int)le32((const uint8_t *)s + 4 * k);
+            char tiny[4] = {'x', 'x', 'x', 'x'};
+            int need = tokenizer_decode(&t, dids, n_ids, tiny, 3);
+            if (need < 0) {
+                printf("ERR\n");
+            } else if (tiny[3] != 'x' || (need >= 3 && tiny[2] != 0) || (need < 3 && tiny[need] != 0)) {
+                printf("CONTRACT: decode wrote past cap or without its NUL\n");
+                return 4;
+            } else {
+                char *text = malloc((size_t)need + 1);
+                int got = tokenizer_decode(&t, dids, n_ids, text, (size_t)need + 1);
+                if (got != need || text[need] != 0 || memcmp(text, tiny, need < 2 ? (size_t)need : 2)) {
+                    printf("CONTRACT: second decode differs\n");
+                    return 4;
+                }
+                for (int k = 0; k < got; k++)
+                    printf("%02x", (unsigned char)text[k]);
+                putchar('\n');
+                free(text);
+            }
+            free(dids);
+            free(s);
+            continue;
+        }
 
         int small[SMALL + 4];
         for (int k = 0; k < SMALL + 4; k++)

@@ -555,3 +555,40 @@ def c2s_fit(matrix, steps=100, lr=0.1, cdf="normal"):
     out = s.detach().numpy()
     lo, hi = np.min(out), np.max(out)
     return float((100 * (out - lo) / (hi - lo))[-1]), start
+
+
+# ---------------------------------------------------------------------------------------
+# answers in words: the greedy loop of model.generate(..., do_sample=False) over the forward
+# pass above, recomputed from the whole sequence at every step (no K/V cache: an oracle that
+# shares nothing with qalign's cache), and the conv_mplug_owl2 prompt
+
+ASK_PROMPT = "USER: <|image|>{question} ASSISTANT:"
+
+
+def ask_prompt_ids(sp, question, template=ASK_PROMPT):
+    """tokenizer_image_token(template with {question} filled in)."""
+    return prompt_ids_template(sp, template.replace("{question}", question))
+
+
+def greedy(ref, visual, ids, max_new, eos_id=2):
+    """Greedy decoding after the prompt `ids` (IMAGE_TOKEN_INDEX where `visual` goes, as in
+    Reference.decoder): next = argmax(lm_head(h[-1])) until EOS or max_new tokens. Returns
+    (tokens without EOS, margins): margins[i] = top-1 minus top-2 logit at step i, how far the
+    step is from a tie."""
+    out, margins = [], []
+    for _ in range(max_new):
+        logits = ref.decoder(list(ids) + out, visual)["logits_last"]
+        top = torch.topk(logits, 2)
+        margins.append(float(top.values[0] - top.values[1]))
+        nxt = int(torch.argmax(logits))
+        if nxt == eos_id:
+            break
+        out.append(nxt)
+    return out, margins
+
+
+def visual_rows(ref, pixels):
+    """The abstractor's output for images (N, 3, S, S): (N, Q+1, D)."""
+    v, _ = ref.vision(torch.from_numpy(pixels))
+    a, _ = ref.abstractor(v)
+    return a

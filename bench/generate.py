@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""bench/generate.py - answers in words: how fast `qalign --ask` prefills and decodes.
+
+    python3 bench/generate.py MODEL.qalign [MODEL ...] [--tokens 32] [--threads N] [--batch 1,8]
+
+For each model file (full-size: `python3 export.py --synthetic one-align --dtype q4_256 F`,
+or the files bench.py caches in ~/.cache/qalign/bench): one warm-up answer, then the best of
+two of `qalign --ask Q --max-tokens N --timings` on one image (greedy; a random-weight model
+never says EOS, so every answer is N tokens), and the same with --batch B images at once
+(B answers stepped together: tokens/s of all of them). It prints prefill rows/s (the prompt:
+65 visual rows + the text), decode tokens/s, the bytes of decoder weights each decode step
+reads (the text rows' k/v projections, q/o, the MLP and lm_head, at the file's bytes per
+weight: an estimate) and the GB/s that makes, against bench/peak.c's read bandwidth (decode
+is memory bound: that is the physical limit). Figures name the CPU.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def sh(cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+
+
+def info(model):
+    txt = sh([ROOT / "qalign", "--info", model]).stdout
+    g = lambda pat: [int(x) for x in re.search(pat, txt).groups()]  # noqa: E731
+    size = int(re.search(r"\((\d+) bytes", txt).group(1))
+    wtype = re.search(r"weights\s+(\S+)", txt).group(1)
+    vd, vl, vm, vt = g(r"vision\s+dim (\d+), layers (\d+), heads \d+, mlp (\d+), image \d+, patch \d+, tokens (\d+)")
+    al, aq, am = g(r"abstractor\s+layers (\d+), heads \d+, queries (\d+), mlp (\d+)")
+    D, L, H, KV, F, V = g(r"decoder\s+dim (\d+), layers (\d+), heads (\d+), kv heads (\d+), mlp (\d+), vocab (\d+)")
+    kvd = D // H * KV
+    vit = vl * (4 * vd * vd + 2 * vd * vm) + vt * vd
+    abst = al * (4 * vd * vd + 3 * vd * am) + vd * D
+    dec_all = L * (2 * D * D + 4 * kvd * D + 3 * D * F) + 2 * V * D
+    per_token = L * (2 * D * D + 2 * kvd * D + 3 * D * F) + V * D   # text rows: multiway[0] k/v; lm_head
+    bpw = size / (vit + abst + dec_all)
+    return {"type": wtype, "bytes": size, "per_token": per_token * bpw, "kv": 2 * L * kvd * 4}
+
+
+def cpu():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def run(model, image, n, tokens, threads, batch):
+    args = [ROOT / "qalign", "--ask", "Describe the quality of this image.", "--max-tokens", tokens, "--timings", "-q",
+            "--json", "--batch", batch, "--threads", threads, model, *([image] * 1)]
+    if n > 1:  # n copies of the image (distinct paths: inputs are deduplicated)
+        d = Path(tempfile.mkdtemp(prefix="qalign-gen-"))
+        paths = []
+        for i in range(n):
+            p = d / f"img{i}.jpg"
+            if not p.exists():
+                os.symlink(image, p)
+            paths.append(p)
+        args = args[:-1] + paths
+    r = sh(args)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr)
+    gens = [re.search(r"prefill (\d+) rows in ([\d.]+) s .* decode (\d+) tokens in ([\d.]+) s", l)
+            for l in r.stderr.splitlines() if "generation:" in l]
+    rows, pre, toks, dec = (float(x) for x in gens[0].groups())
+    # answers of a batch are stepped together: the batch's decode time is the longest one
+    dec_all = max(float(g.group(4)) for g in gens)
+    steps = sum(float(g.group(3)) - 1 for g in gens)
+    return {"prefill_rows_per_s": rows / pre, "decode_tokens_per_s": steps / dec_all, "rows": int(rows),
+            "tokens": int(toks), "answers": len(gens)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--from-cache", action="store_true",
+                    help="the full-size files bench.py made (one-align-{q8_0,q8_256,q4_256}.qalign in its cache)")
+    ap.add_argument("--cache", default=os.environ.get("QALIGN_BENCH_CACHE", Path.home() / ".cache" / "qalign" / "bench"))
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch", default="1,8", help="answers stepped together, e.g. 1,8")
+    ap.add_argument("--image", default=str(ROOT / "bench" / "gen.ppm"))
+    a = ap.parse_args()
+    if a.from_cache:
+        a.models += [str(p) for t in ("q8_0", "q8_256", "q4_256") for p in [Path(a.cache) / f"one-align-{t}.qalign"]
+                     if p.exists()]
+    if not a.models:
+        raise SystemExit("generate.py: no model file (give some, or --from-cache after bench.py made them)")
+    if not Path(a.image).exists():
+        import numpy as np
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        Path(a.image).write_bytes(b"P6 640 480 255\n" + img.tobytes())
+    (ROOT / "build").mkdir(exist_ok=True)
+    sh(["cc", "-O2", "-march=native", "-fopenmp", ROOT / "bench" / "peak.c", "-o", ROOT / "build" / "peak"])
+    peak = dict(l.split() for l in sh([ROOT / "build" / "peak"], env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+                .stdout.splitlines())
+    read = float(peak.get("read_gbs", "nan"))
+    print(f"CPU: {cpu()}, {a.threads} threads; read bandwidth (bench/peak.c) {read:.1f} GB/s")
+    print("| type | file GB | answers at once | prompt rows | prefill rows/s | decode tokens/s | weights read / step GB | "
+          "decode GB/s | % of read peak | K/V MB per token |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m in a.models:
+        inf = info(m)
+        for b in [int(x) for x in a.batch.split(",")]:
+            run(m, a.image, b, 4, a.threads, b)  # warm-up: the page cache, the buffers
+            best = max((run(m, a.image, b, a.tokens, a.threads, b) for _ in range(2)),
+                       key=lambda r: r["decode_tokens_per_s"])
+            steps_per_s = best["decode_tokens_per_s"] / b
+            gbs = inf["per_token"] * steps_per_s / 1e9
+            print(f"| {inf['type']} | {inf['bytes'] / 1e9:.1f} | {b} | {best['rows']} | {best['prefill_rows_per_s']:.1f} | "
+                  f"{best['decode_tokens_per_s']:.2f} | {inf['per_token'] / 1e9:.2f} | {gbs:.1f} | "
+                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
