@@ -1619,7 +1619,7 @@ static const qalign_named_prompt ASK_PROMPTS[] = {
 };
 
 const qalign_named_prompt *qalign_ask_prompts(int *n) {
-    *n = (int)(sizeof ASK_PROMPTS / sizeof ASK_PROMPTS[0]);
+    if (n) *n = (int)(sizeof ASK_PROMPTS / sizeof ASK_PROMPTS[0]);
     return ASK_PROMPTS;
 }
 
@@ -1628,6 +1628,7 @@ int qalign_ask_template(const char *prompt, int n_images, char *out, size_t cap)
                                                         "seventh", "eighth"};
     char buf[1024];
     const char *t = prompt ? prompt : "mplug-owl2";
+    if (!out) cap = 0; /* only the length is asked for */
     if (!strstr(t, "<|image|>")) {
         if (!strcmp(t, "co-instruct") && n_images > 1 && n_images <= QALIGN_MAX_MARKERS) {
             size_t len = (size_t)snprintf(buf, sizeof buf, "USER: ");
@@ -3138,6 +3139,7 @@ int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *i
 /* ---- answers in words (the generation itself is after Compare2Score) ---- */
 
 size_t qalign_kv_bytes_per_token(const qalign_model *m) {
+    if (!m) return 0;
     return 2 * (size_t)m->c.l_layers * (size_t)m->c.l_kv_heads * (size_t)m->c.l_head_dim * sizeof(float);
 }
 

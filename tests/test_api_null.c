@@ -122,6 +122,27 @@ int main(int argc, char **argv) {
     check(qalign_video_frame(c, &img, err, sizeof err) == QALIGN_OK, "qalign_video_frame(c, img)");
     arg_error(qalign_video_end(c, NULL, err, sizeof err), "result", "qalign_video_end(c, NULL)");
     check(qalign_video_end(c, &r, NULL, 0) == QALIGN_OK && r.status == QALIGN_OK, "qalign_video_end(c, &r, NULL err)");
+    /* answers in words */
+    {
+        qalign_answer a;
+        qalign_ask_item it = {&img, NULL, NULL};
+        int np = -1;
+        char tb[256];
+        arg_error(qalign_ask_images(NULL, &img, 1, "q?", NULL, &a, err, sizeof err), "context", "qalign_ask_images(NULL ctx)");
+        arg_error(qalign_ask_images(c, NULL, 1, "q?", NULL, &a, err, sizeof err), "image", "qalign_ask_images(NULL images)");
+        arg_error(qalign_ask_images(c, &img, 1, NULL, NULL, &a, err, sizeof err), "question", "qalign_ask_images(NULL question)");
+        arg_error(qalign_ask_prompt(NULL, &img, 1, "q?", NULL, &a, err, sizeof err), "context", "qalign_ask_prompt(NULL ctx)");
+        arg_error(qalign_ask_prompt(c, &img, 1, "q?", NULL, NULL, err, sizeof err), "image", "qalign_ask_prompt(NULL out)");
+        arg_error(qalign_ask_batch(NULL, &it, 1, &a, err, sizeof err), "item", "qalign_ask_batch(NULL ctx)");
+        arg_error(qalign_ask_batch(c, NULL, 1, &a, err, sizeof err), "item", "qalign_ask_batch(NULL items)");
+        qalign_answer_free(NULL);
+        check(1, "qalign_answer_free(NULL)");
+        check(qalign_ask_prompts(NULL) != NULL && qalign_ask_prompts(&np) != NULL && np > 0, "qalign_ask_prompts(NULL)");
+        check(qalign_ask_template(NULL, 1, NULL, 100) == -2 && qalign_ask_template(NULL, 1, tb, sizeof tb) > 0,
+              "qalign_ask_template(NULL out) = -2, (NULL prompt) = the default");
+        check(qalign_kv_bytes_per_token(NULL) == 0, "qalign_kv_bytes_per_token(NULL) = 0");
+        check(qalign_detokenize(NULL, NULL, 0, tb, sizeof tb) == -1, "qalign_detokenize(NULL model) = -1");
+    }
     qalign_ctx_free(c);
     qalign_close(m);
     printf("%d passed, %d failed\n", n_pass, n_fail);
