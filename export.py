@@ -1080,6 +1080,257 @@ def _write_file(tmp, header, table, tok_tensors, plan, source, total, log):
 
 
 # ----------------------------------------------------------------------------------------
+# Qwen3.5 (Q-ReAlign): model_type qwen3_5. A second family in the same file format
+# (header of 256 u32 slots, 96-byte tensor table, 64-byte aligned data, the same weight
+# types); its magic "QAQ5" is the family marker, so the loader knows which model it reads
+# and the mPLUG-Owl2 loader refuses it. qwen35.c reads exactly this.
+
+QWEN_MAGIC = 0x35514151      # bytes "QAQ5" read as a little-endian uint32
+# Versions: 1: first (vision tower, hybrid Gated DeltaNet / gated attention decoder).
+QWEN_VERSION = 1
+QWEN_MAX_LAYERS = 128        # layer types live in header slots 128..255
+QWEN_HEADER_FIELDS = [
+    ("magic", "u"), ("version", "u"), ("header_bytes", "u"), ("n_tensors", "u"), ("wtype", "u"),
+    # vision tower
+    ("v_dim", "u"), ("v_layers", "u"), ("v_heads", "u"), ("v_mlp", "u"), ("v_patch", "u"),
+    ("v_temporal", "u"), ("v_merge", "u"), ("v_npos", "u"), ("v_out", "u"), ("v_eps", "f"),
+    ("v_rope_theta", "f"),
+    # decoder
+    ("l_dim", "u"), ("l_layers", "u"), ("l_heads", "u"), ("l_kv_heads", "u"), ("l_head_dim", "u"),
+    ("l_mlp", "u"), ("l_vocab", "u"), ("l_eps", "f"), ("l_rope_theta", "f"), ("l_rot_dim", "u"),
+    ("mrope_t", "u"), ("mrope_h", "u"), ("mrope_w", "u"), ("mrope_interleaved", "u"),
+    ("g_k_heads", "u"), ("g_v_heads", "u"), ("g_k_dim", "u"), ("g_v_dim", "u"), ("g_conv", "u"),
+    ("tied", "u"),
+    # special token ids (0xFFFFFFFF: unknown)
+    ("image_token", "u"), ("video_token", "u"), ("vision_start", "u"), ("vision_end", "u"),
+    # image processor: min/max pixels, mean, std
+    ("min_pixels", "u"), ("max_pixels", "u"),
+    ("mean_r", "f"), ("mean_g", "f"), ("mean_b", "f"), ("std_r", "f"), ("std_g", "f"), ("std_b", "f"),
+]
+QWEN_LAYER_SLOT = 128        # slot 128 + l: 0 = linear_attention (Gated DeltaNet), 1 = full_attention
+
+
+def qwen_read_config(d):
+    """config.json (+ preprocessor_config.json) of a qwen3_5 checkpoint -> flat cfg dict."""
+    with open(os.path.join(d, "config.json")) as f:
+        c = json.load(f)
+    if c.get("model_type") != "qwen3_5":
+        die(f"config.json: model_type is {c.get('model_type')!r}, not qwen3_5")
+    pp = {}
+    if os.path.exists(os.path.join(d, "preprocessor_config.json")):
+        with open(os.path.join(d, "preprocessor_config.json")) as f:
+            pp = json.load(f)
+    return qwen_config(c, pp)
+
+
+def qwen_config(c, pp):
+    tc, vc = c.get("text_config"), c.get("vision_config")
+    if tc is None or vc is None:
+        die("config.json: text_config / vision_config missing")
+    # rope: transformers 5 keeps it in rope_parameters; older files in rope_theta + rope_scaling
+    rp = tc.get("rope_parameters") or dict(tc.get("rope_scaling") or {}, rope_theta=tc.get("rope_theta", 1e7),
+                                           partial_rotary_factor=tc.get("partial_rotary_factor", 0.25))
+    hd = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
+    rot = int(hd * rp.get("partial_rotary_factor", 1.0))
+    sec = rp.get("mrope_section", [11, 11, 10])
+    L = tc["num_hidden_layers"]
+    lt = tc.get("layer_types") or ["full_attention" if (i + 1) % tc.get("full_attention_interval", 4) == 0
+                                   else "linear_attention" for i in range(L)]
+    problems = []
+    if len(lt) != L or any(t not in ("linear_attention", "full_attention") for t in lt):
+        problems.append("layer_types must list linear_attention / full_attention once per layer")
+    if L > QWEN_MAX_LAYERS:
+        problems.append(f"more than {QWEN_MAX_LAYERS} layers")
+    if not tc.get("attn_output_gate", True):
+        problems.append("attn_output_gate false is not supported")
+    if tc.get("hidden_act", "silu") != "silu" or vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        problems.append("activations other than silu / gelu_pytorch_tanh are not supported")
+    if vc.get("deepstack_visual_indexes"):
+        problems.append("DeepStack (deepstack_visual_indexes) is not supported")
+    if len(sec) != 3 or sum(sec) != rot // 2:
+        problems.append(f"mrope_section {sec} must have 3 parts summing to rotary dims / 2 = {rot // 2}")
+    if not rp.get("mrope_interleaved", True):
+        problems.append("mrope_interleaved false is not supported")
+    if rp.get("rope_type", rp.get("type", "default")) != "default":
+        problems.append(f"rope_type {rp.get('rope_type')!r} is not supported")
+    if tc.get("attention_bias", False):
+        problems.append("attention_bias is not supported")
+    npos = vc.get("num_position_embeddings", 2304)
+    if int(round(npos ** 0.5)) ** 2 != npos:
+        problems.append("num_position_embeddings must be a square")
+    size = pp.get("size") or {}
+    mean = [float(x) for x in pp.get("image_mean", [0.5, 0.5, 0.5])]
+    std = [float(x) for x in pp.get("image_std", [0.5, 0.5, 0.5])]
+    unk = 0xFFFFFFFF
+    cfg = dict(
+        v_dim=vc["hidden_size"], v_layers=vc["depth"], v_heads=vc["num_heads"], v_mlp=vc["intermediate_size"],
+        v_patch=vc.get("patch_size", 16), v_temporal=vc.get("temporal_patch_size", 2),
+        v_merge=vc.get("spatial_merge_size", 2), v_npos=npos, v_out=vc.get("out_hidden_size", tc["hidden_size"]),
+        v_eps=1e-6, v_rope_theta=float((vc.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        v_channels=vc.get("in_channels", 3),
+        l_dim=tc["hidden_size"], l_layers=L, l_heads=tc["num_attention_heads"],
+        l_kv_heads=tc["num_key_value_heads"], l_head_dim=hd, l_mlp=tc["intermediate_size"],
+        l_vocab=tc["vocab_size"], l_eps=tc.get("rms_norm_eps", 1e-6), l_rope_theta=float(rp.get("rope_theta", 1e7)),
+        l_rot_dim=rot, mrope_t=sec[0], mrope_h=sec[1], mrope_w=sec[2], mrope_interleaved=1,
+        g_k_heads=tc["linear_num_key_heads"], g_v_heads=tc["linear_num_value_heads"],
+        g_k_dim=tc["linear_key_head_dim"], g_v_dim=tc["linear_value_head_dim"],
+        g_conv=tc.get("linear_conv_kernel_dim", 4),
+        tied=int(bool(c.get("tie_word_embeddings", tc.get("tie_word_embeddings", False)))),
+        image_token=c.get("image_token_id", unk), video_token=c.get("video_token_id", unk),
+        vision_start=c.get("vision_start_token_id", unk), vision_end=c.get("vision_end_token_id", unk),
+        min_pixels=int(size.get("shortest_edge", pp.get("min_pixels", 65536))),
+        max_pixels=int(size.get("longest_edge", pp.get("max_pixels", 16777216))),
+        mean=mean, std=std, layer_types=[int(t == "full_attention") for t in lt],
+    )
+    if cfg["v_channels"] != 3:
+        problems.append("in_channels must be 3")
+    if cfg["v_dim"] % cfg["v_heads"] or (cfg["v_dim"] // cfg["v_heads"]) % 4:
+        problems.append("vision head size must be a multiple of 4 (2-D rotary)")
+    if cfg["l_heads"] % cfg["l_kv_heads"] or cfg["g_v_heads"] % cfg["g_k_heads"]:
+        problems.append("head counts must divide (GQA, value heads per key head)")
+    if cfg["v_out"] != cfg["l_dim"]:
+        problems.append("vision out_hidden_size must equal the text hidden_size")
+    if rot % 2 or rot > hd:
+        problems.append("bad rotary dims")
+    if problems:
+        die("unsupported Qwen3.5 configuration: " + "; ".join(problems))
+    return cfg
+
+
+def qwen_tensor_plan(cfg):
+    """(file name, shape, kind, [HF source names], how) in file order. Several HF matrices
+    that read the same input are stacked into one ("rows": concatenated along the output
+    dimension), so the C code runs one matmul: the Gated DeltaNet's qkv|z|b|a, the attention's
+    q(+gate)|k|v, the MLP's gate|up."""
+    V, T = "model.visual.", "model.language_model."
+    D, Dl, P = cfg["v_dim"], cfg["l_dim"], cfg["v_patch"]
+    K = 3 * cfg["v_temporal"] * P * P
+    M4 = D * cfg["v_merge"] ** 2
+    plan = [("v.patch", (D, K), "mat", [V + "patch_embed.proj.weight"], "flat"),
+            ("v.patch.b", (D,), "vec", [V + "patch_embed.proj.bias"], None),
+            ("v.pos", (cfg["v_npos"], D), "vec", [V + "pos_embed.weight"], None)]
+    for i in range(cfg["v_layers"]):
+        b, n = f"{V}blocks.{i}.", f"v.{i}."
+        plan += [(n + "ln1.w", (D,), "vec", [b + "norm1.weight"], None), (n + "ln1.b", (D,), "vec", [b + "norm1.bias"], None),
+                 (n + "qkv", (3 * D, D), "mat", [b + "attn.qkv.weight"], None),
+                 (n + "qkv.b", (3 * D,), "vec", [b + "attn.qkv.bias"], None),
+                 (n + "proj", (D, D), "mat", [b + "attn.proj.weight"], None),
+                 (n + "proj.b", (D,), "vec", [b + "attn.proj.bias"], None),
+                 (n + "ln2.w", (D,), "vec", [b + "norm2.weight"], None), (n + "ln2.b", (D,), "vec", [b + "norm2.bias"], None),
+                 (n + "fc1", (cfg["v_mlp"], D), "mat", [b + "mlp.linear_fc1.weight"], None),
+                 (n + "fc1.b", (cfg["v_mlp"],), "vec", [b + "mlp.linear_fc1.bias"], None),
+                 (n + "fc2", (D, cfg["v_mlp"]), "mat", [b + "mlp.linear_fc2.weight"], None),
+                 (n + "fc2.b", (D,), "vec", [b + "mlp.linear_fc2.bias"], None)]
+    plan += [("v.merge.ln.w", (D,), "vec", [V + "merger.norm.weight"], None),
+             ("v.merge.ln.b", (D,), "vec", [V + "merger.norm.bias"], None),
+             ("v.merge.fc1", (M4, M4), "mat", [V + "merger.linear_fc1.weight"], None),
+             ("v.merge.fc1.b", (M4,), "vec", [V + "merger.linear_fc1.bias"], None),
+             ("v.merge.fc2", (Dl, M4), "mat", [V + "merger.linear_fc2.weight"], None),
+             ("v.merge.fc2.b", (Dl,), "vec", [V + "merger.linear_fc2.bias"], None)]
+    nk, nv, dk, dv = cfg["g_k_heads"], cfg["g_v_heads"], cfg["g_k_dim"], cfg["g_v_dim"]
+    conv = 2 * nk * dk + nv * dv
+    nh, nkv, hd = cfg["l_heads"], cfg["l_kv_heads"], cfg["l_head_dim"]
+    for i, full in enumerate(cfg["layer_types"]):
+        b, n = f"{T}layers.{i}.", f"l.{i}."
+        plan.append((n + "in_norm", (Dl,), "vec", [b + "input_layernorm.weight"], None))
+        if full:
+            a = b + "self_attn."
+            plan += [(n + "qkv", (2 * nh * hd + 2 * nkv * hd, Dl), "mat",
+                      [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], "rows"),
+                     (n + "q_norm", (hd,), "vec", [a + "q_norm.weight"], None),
+                     (n + "k_norm", (hd,), "vec", [a + "k_norm.weight"], None),
+                     (n + "o", (Dl, nh * hd), "mat", [a + "o_proj.weight"], None)]
+        else:
+            a = b + "linear_attn."
+            plan += [(n + "in_proj", (conv + nv * dv + 2 * nv, Dl), "mat",
+                      [a + "in_proj_qkv.weight", a + "in_proj_z.weight", a + "in_proj_b.weight", a + "in_proj_a.weight"], "rows"),
+                     (n + "conv", (conv, cfg["g_conv"]), "vec", [a + "conv1d.weight"], "flat"),
+                     (n + "dt_bias", (nv,), "vec", [a + "dt_bias"], None),
+                     (n + "A_log", (nv,), "vec", [a + "A_log"], None),
+                     (n + "norm", (dv,), "vec", [a + "norm.weight"], None),
+                     (n + "out", (Dl, nv * dv), "mat", [a + "out_proj.weight"], None)]
+        plan += [(n + "post_norm", (Dl,), "vec", [b + "post_attention_layernorm.weight"], None),
+                 (n + "gate_up", (2 * cfg["l_mlp"], Dl), "mat", [b + "mlp.gate_proj.weight", b + "mlp.up_proj.weight"], "rows"),
+                 (n + "down", (Dl, cfg["l_mlp"]), "mat", [b + "mlp.down_proj.weight"], None)]
+    plan += [("l.norm", (Dl,), "vec", [T + "norm.weight"], None),
+             ("l.embed", (cfg["l_vocab"], Dl), "mat", [T + "embed_tokens.weight"], None)]
+    if not cfg["tied"]:
+        plan.append(("l.head", (cfg["l_vocab"], Dl), "mat", ["lm_head.weight"], None))
+    return plan
+
+
+def qwen_fetch(get, name, shape, srcs, how):
+    """The tensor `name` from the HF tensors srcs (get(hf_name) -> Raw), as Raw of `shape`."""
+    parts = [get(s) for s in srcs]
+    if how == "rows":
+        kinds = {p.kind for p in parts}
+        if kinds == {"bf16"}:
+            data, kind = np.concatenate([p.data.reshape(p.shape[0], -1) for p in parts]), "bf16"
+        else:
+            data, kind = np.concatenate([p.f32().reshape(p.shape[0], -1) for p in parts]), "f32"
+        r = Raw(data, kind)
+    else:
+        r = parts[0]
+        if how == "flat" or r.shape != tuple(shape):
+            r = Raw(r.data.reshape(-1), r.kind) if int(np.prod(r.shape)) == int(np.prod(shape)) else r
+    if int(np.prod(r.shape)) != int(np.prod(shape)):
+        die(f"tensor {srcs[0]} has shape {list(parts[0].shape)}, expected {list(shape)} from config.json; "
+            "is this a Qwen3.5 checkpoint matching its config?")
+    return Raw(r.data.reshape(shape), r.kind)
+
+
+def qwen_write_model(out, cfg, wtype, get, log=print):
+    plan = qwen_tensor_plan(cfg)
+    wplan = [(name, shape, kind, (srcs, how), None) for name, shape, kind, srcs, how in plan]
+    entries = [(name, tensor_dtype(kind, shape, wtype), shape) for name, shape, kind, _s, _h in plan]
+    offset = HEADER_BYTES + TABLE_ENTRY.size * len(entries)
+    table = []
+    for name, dt, shape in entries:
+        offset = (offset + ALIGN - 1) // ALIGN * ALIGN
+        nbytes = tensor_nbytes(dt, shape)
+        table.append((name, dt, shape, offset, nbytes))
+        offset += nbytes
+    vals = dict(cfg, magic=QWEN_MAGIC, version=QWEN_VERSION, header_bytes=HEADER_BYTES,
+                n_tensors=len(entries), wtype=wtype)
+    for i, c in enumerate("rgb"):
+        vals[f"mean_{c}"], vals[f"std_{c}"] = cfg["mean"][i], cfg["std"][i]
+    header = bytearray(HEADER_BYTES)
+    assert len(QWEN_HEADER_FIELDS) <= QWEN_LAYER_SLOT
+    for i, (key, typ) in enumerate(QWEN_HEADER_FIELDS):
+        v = vals[key]
+        struct.pack_into("<f" if typ == "f" else "<I", header, 4 * i, v if typ == "f" else int(v) & 0xFFFFFFFF)
+    for i, full in enumerate(cfg["layer_types"]):
+        struct.pack_into("<I", header, 4 * (QWEN_LAYER_SLOT + i), full)
+    source = lambda name, src, shape, part: qwen_fetch(get, name, shape, *src)  # noqa: E731
+    tmp = out + ".partial"
+    try:
+        total = _write_file(tmp, header, table, [], wplan, source, offset, log)
+        os.replace(tmp, out)
+    except OSError as e:
+        if e.filename and e.filename != tmp:
+            raise
+        die(f"cannot write {out}: {e.strerror or e}")
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    return total
+
+
+def qwen_export(d, out, wtype, log):
+    cfg = qwen_read_config(d)
+    ckpt = Checkpoint(d)
+    missing = [s for _n, _sh, _k, srcs, _h in qwen_tensor_plan(cfg) for s in srcs if s not in ckpt]
+    if missing:
+        die(f"{d}: {len(missing)} tensors the config needs are missing, e.g. {missing[0]} "
+            "(is this a Qwen3.5 / Q-ReAlign checkpoint in the released layout?)")
+    log(f"export.py: Qwen3.5 {d} -> {out}")
+    return qwen_write_model(out, cfg, wtype, ckpt.get, log=log)
+
+
+# ----------------------------------------------------------------------------------------
 # Synthetic models (random weights; dims of a preset)
 
 PRESETS = {
@@ -1168,6 +1419,9 @@ def main():
     ap.add_argument("--lora", metavar="DIR",
                     help="merge a Q-Align LoRA adapter (adapter_config.json, adapter_model.bin|.safetensors, "
                          "non_lora_trainables.bin) into the checkpoint, as q_align/model/builder.py does")
+    ap.add_argument("--model", metavar="DIR",
+                    help="a Qwen3.5 / Q-ReAlign checkpoint directory (config.json model_type qwen3_5, "
+                         "*.safetensors [+ index]); OUT is then the only positional argument")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_intermixed_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -1175,6 +1429,24 @@ def main():
     if a.dtype in ALIASES:
         a.dtype = ALIASES[a.dtype]
     wtype = DTYPES[a.dtype]
+
+    qwen_dir = a.model
+    if not qwen_dir and a.checkpoint and a.out and not a.synthetic and os.path.isdir(a.checkpoint):
+        try:
+            with open(os.path.join(a.checkpoint, "config.json")) as f:
+                if json.load(f).get("model_type") == "qwen3_5":
+                    qwen_dir = a.checkpoint
+        except (OSError, ValueError):
+            pass
+    if qwen_dir:
+        out = a.out or (a.checkpoint if qwen_dir != a.checkpoint else None)
+        if not out or a.synthetic or a.lora:
+            ap.error("usage: export.py --model QWEN35_DIR OUT [--dtype T]")
+        if not os.path.isdir(qwen_dir):
+            die(f"{qwen_dir}: not a directory")
+        total = qwen_export(qwen_dir, out, wtype, log)
+        log(f"export.py: wrote {out} ({total / 1e9:.3f} GB)")
+        return
 
     if a.synthetic:
         if a.lora:
