@@ -214,8 +214,12 @@ typedef struct {
     int used;               /* bound by the loader (each tensor exactly once) */
 } TableEntry;
 
+struct Qwen35; /* the Qwen3.5 family (Q-ReAlign), qwen35.c */
+#define QWEN_MAGIC 0x35514151u /* "QAQ5": the header magic of a Qwen3.5 model file */
+
 typedef struct qalign_model {
     Config c;
+    struct Qwen35 *qwen;    /* a Qwen3.5 model (qwen35.c), or NULL: this file's mPLUG-Owl2 */
     VisionWeights v;
     AbstractorWeights a;
     DecoderWeights l;
@@ -1567,6 +1571,9 @@ static int load_fail(Loader *ld, int status, const char *fmt, ...) {
     return status;
 }
 
+static int qwen_load(Loader *ld, Model *m); /* qwen35.c */
+static void qwen_free(struct Qwen35 *q);
+
 static uint32_t rd_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
@@ -1957,6 +1964,7 @@ static void model_free(Model *m) {
         pthread_join(m->prefetcher, NULL);
     }
     tokenizer_free(&m->tok);
+    qwen_free(m->qwen);
     free(m->v.layers);
     free(m->a.layers);
     free(m->l.layers);
@@ -2026,13 +2034,14 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
     }
     if (!m->map) goto done;
     uint32_t magic = rd_u32(m->map), version = rd_u32(m->map + 4);
-    if (magic != QALIGN_MAGIC) load_fail(&ld, QALIGN_ERR_FORMAT, "not a qalign model file (bad magic);" HINT_EXPORT);
+    if (magic == QWEN_MAGIC) qwen_load(&ld, m);
+    else if (magic != QALIGN_MAGIC) load_fail(&ld, QALIGN_ERR_FORMAT, "not a qalign model file (bad magic);" HINT_EXPORT);
     else if (version != QALIGN_VERSION)
         load_fail(&ld, QALIGN_ERR_FORMAT, "model file version %u, this qalign reads version %d;" HINT_EXPORT, version, QALIGN_VERSION);
     else if (rd_u32(m->map + 8) != HEADER_BYTES) load_fail(&ld, QALIGN_ERR_FORMAT, "bad header size;" HINT_EXPORT);
-    if (!ld.status) read_config(&ld, &m->c, m->map);
-    if (!ld.status) read_table(&ld);
-    if (!ld.status) bind_weights(&ld);
+    if (!ld.status && !m->qwen) read_config(&ld, &m->c, m->map);
+    if (!ld.status && !m->qwen) read_table(&ld);
+    if (!ld.status && !m->qwen) bind_weights(&ld);
     if (!ld.status) {
         /* the id: the header, the tensor table, and samples of every tensor's data (its first,
          * middle and last 4 KB; 12 KB of reading per tensor), so that two files of the same
@@ -2194,6 +2203,9 @@ static int run_state_alloc(RunState *s, const Config *c, int max_prefix, int n_c
     }
     return QALIGN_OK;
 }
+
+/* The Qwen3.5 family (Q-ReAlign): its model, on the kernels and loader above. */
+#include "qwen35.c"
 
 /* ----------------------------------------------------------------------------------------
  * Back matter 4: the API (qalign.h). */

@@ -579,12 +579,19 @@ def make_fixtures(d, cfg=None, seed=0):
     cfg = cfg or TINY
     write_checkpoint(os.path.join(d, "checkpoint"), cfg, seed)
     model = Qwen35(os.path.join(d, "checkpoint"), torch.float64)
+    model32 = Qwen35(os.path.join(d, "checkpoint"), torch.float32)
     for name, ids, px, grids in records(cfg):
-        st = {}
+        st, st32 = {}, {}
         with torch.no_grad():
             model.forward(ids, torch.from_numpy(px), grids, LEVEL_IDS, st)
+            model32.forward(ids, torch.from_numpy(px), grids, LEVEL_IDS, st32, chunk=False)
         rd = os.path.join(d, "ref", name)
         os.makedirs(rd, exist_ok=True)
+        # the same model in float32 (recurrent delta rule): how far float32 itself lands
+        # from float64 at each stage, the yardstick for the C code's float32 stages
+        os.makedirs(os.path.join(d, "ref32", name), exist_ok=True)
+        for k, v in st32.items():
+            np.save(os.path.join(d, "ref32", name, k + ".npy"), v.numpy())
         np.save(os.path.join(rd, "input_ids.npy"), np.array(ids, np.int32))
         np.save(os.path.join(rd, "pixel_values.npy"), px.astype(np.float32))
         np.save(os.path.join(rd, "grid_thw.npy"), np.array(grids, np.int32).reshape(-1, 3))
