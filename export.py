@@ -1103,6 +1103,9 @@ QWEN_HEADER_FIELDS = [
     ("tied", "u"),
     # special token ids (0xFFFFFFFF: unknown)
     ("image_token", "u"), ("video_token", "u"), ("vision_start", "u"), ("vision_end", "u"),
+    # the chat template's generation prompt by default: 1 opens a thinking block
+    # ("<think>\n"), 0 closes it ("<think>\n\n</think>\n\n")
+    ("think_open", "u"),
     # image processor: min/max pixels, mean, std
     ("min_pixels", "u"), ("max_pixels", "u"),
     ("mean_r", "f"), ("mean_g", "f"), ("mean_b", "f"), ("std_r", "f"), ("std_g", "f"), ("std_b", "f"),
@@ -1178,7 +1181,7 @@ def qwen_config(c, pp):
         tied=int(bool(c.get("tie_word_embeddings", tc.get("tie_word_embeddings", False)))),
         image_token=c.get("image_token_id", unk), video_token=c.get("video_token_id", unk),
         vision_start=c.get("vision_start_token_id", unk), vision_end=c.get("vision_end_token_id", unk),
-        min_pixels=int(size.get("shortest_edge", pp.get("min_pixels", 65536))),
+        think_open=1, min_pixels=int(size.get("shortest_edge", pp.get("min_pixels", 65536))),
         max_pixels=int(size.get("longest_edge", pp.get("max_pixels", 16777216))),
         mean=mean, std=std, layer_types=[int(t == "full_attention") for t in lt],
     )
@@ -1195,6 +1198,49 @@ def qwen_config(c, pp):
     if problems:
         die("unsupported Qwen3.5 configuration: " + "; ".join(problems))
     return cfg
+
+
+def qwen_chat_think_open(d):
+    """Whether the checkpoint's chat template, with add_generation_prompt and no
+    enable_thinking, opens a thinking block: Qwen3.5's templates either test
+    `enable_thinking is defined and enable_thinking is false` (thinking on by default) or
+    `... is true` (off by default, as the 0.8B's). No template found: on (Qwen3.5's default)."""
+    texts = []
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            with open(p, encoding="utf-8") as f:
+                t = f.read()
+            if name.endswith(".json"):
+                try:
+                    t = json.loads(t).get("chat_template") or ""
+                except ValueError:
+                    t = ""
+                if isinstance(t, list):
+                    t = " ".join(x.get("template", "") for x in t)
+            texts.append(t)
+    for t in texts:
+        if "enable_thinking is false" in t:
+            return 1
+        if "enable_thinking is true" in t:
+            return 0
+    return 1
+
+
+def qwen_tokenizer_tensor(d):
+    """The tokenizer blob of bpe.c (export.py's bpe_blob_from_tokenizer_json) as a u8 tensor,
+    or None when the checkpoint has no tokenizer.json."""
+    tj = os.path.join(d, "tokenizer.json")
+    if not os.path.exists(tj):
+        return None
+    make = globals().get("bpe_blob_from_tokenizer_json")
+    if make is None:   # (the tokenizer's export lands from the qwen-tok branch)
+        print("export.py: warning: this export.py cannot convert tokenizer.json yet: no tokenizer written",
+              file=sys.stderr)
+        return None
+    tc = os.path.join(d, "tokenizer_config.json")
+    blob = make(tj, tc if os.path.exists(tc) else None)
+    return ("tok.bpe", (len(blob),), DT_U8, bytes(blob))
 
 
 def qwen_tensor_plan(cfg):
@@ -1279,15 +1325,17 @@ def qwen_fetch(get, name, shape, srcs, how):
     return Raw(r.data.reshape(shape), r.kind)
 
 
-def qwen_write_model(out, cfg, wtype, get, log=print):
+def qwen_write_model(out, cfg, wtype, get, tok=None, log=print):
     plan = qwen_tensor_plan(cfg)
     wplan = [(name, shape, kind, (srcs, how), None) for name, shape, kind, srcs, how in plan]
-    entries = [(name, tensor_dtype(kind, shape, wtype), shape) for name, shape, kind, _s, _h in plan]
+    entries = [(name, tensor_dtype(kind, shape, wtype), shape, None) for name, shape, kind, _s, _h in plan]
+    tok_tensors = [tok] if tok else []
+    entries += [(name, dt, shape, len(data)) for name, shape, dt, data in tok_tensors]
     offset = HEADER_BYTES + TABLE_ENTRY.size * len(entries)
     table = []
-    for name, dt, shape in entries:
+    for name, dt, shape, nb in entries:
         offset = (offset + ALIGN - 1) // ALIGN * ALIGN
-        nbytes = tensor_nbytes(dt, shape)
+        nbytes = tensor_nbytes(dt, shape) if nb is None else nb
         table.append((name, dt, shape, offset, nbytes))
         offset += nbytes
     vals = dict(cfg, magic=QWEN_MAGIC, version=QWEN_VERSION, header_bytes=HEADER_BYTES,
@@ -1304,7 +1352,7 @@ def qwen_write_model(out, cfg, wtype, get, log=print):
     source = lambda name, src, shape, part: qwen_fetch(get, name, shape, *src)  # noqa: E731
     tmp = out + ".partial"
     try:
-        total = _write_file(tmp, header, table, [], wplan, source, offset, log)
+        total = _write_file(tmp, header, table, tok_tensors, wplan, source, offset, log)
         os.replace(tmp, out)
     except OSError as e:
         if e.filename and e.filename != tmp:
@@ -1326,8 +1374,12 @@ def qwen_export(d, out, wtype, log):
     if missing:
         die(f"{d}: {len(missing)} tensors the config needs are missing, e.g. {missing[0]} "
             "(is this a Qwen3.5 / Q-ReAlign checkpoint in the released layout?)")
+    cfg["think_open"] = qwen_chat_think_open(d)
+    tok = qwen_tokenizer_tensor(d)
+    if tok is None:
+        log(f"export.py: warning: {d} has no tokenizer.json: the model file can only be run with token ids")
     log(f"export.py: Qwen3.5 {d} -> {out}")
-    return qwen_write_model(out, cfg, wtype, ckpt.get, log=log)
+    return qwen_write_model(out, cfg, wtype, ckpt.get, tok=tok, log=log)
 
 
 # ----------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@
 #include "kernels.h"
 #include "qalign.h"
 #include "tokenizer.h"
+#include "bpe.h"
 
 
 /* ----------------------------------------------------------------------------------------
@@ -241,6 +242,8 @@ typedef struct qalign_model {
                                vision tower's and the abstractor's weights (not the embedding
                                table and lm_head, of which a few rows are read) */
 } Model;
+
+static int qwen_word_id(const Model *m, const char *word); /* qwen35.c */
 
 /* ----------------------------------------------------------------------------------------
  * Run state: every activation buffer of a context, allocated once for the largest job it
@@ -1391,6 +1394,22 @@ static const qalign_preset PRESETS[] = {
      "good|high|fine=1,average|medium|acceptable=0.5,poor|low|bad=0", 1, 1.0f, 0, "quality", 0,
      "Q-Future/Q-Instruct boost_qa/model.py:L27-L28 (9 words, weights), L41 (logits.reshape(-1, 3, 3).mean(1): a "
      "level's logit is the mean of its 3 synonyms'), L37 (no expand2square)"},
+    /* Q-ReAlign (Qwen3.5 models): the prompt is the question of the task (qwen35.c qwen_texts) in
+     * the chat template; the form (hf / swift) is in the name */
+    {"q-realign-mini", "q-future/Q-ReAlign-Mini-0.8B", "Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "chaofengc/IQA-PyTorch pyiqa/archs/qrealign_arch.py (TASKS, LEVELS, WEIGHTS; apply_chat_template("
+     "add_generation_prompt=True) + stem, as Q-Future/Q-ReAlign README Quick Run); qalign/levels.py"},
+    {"q-realign-lite", "q-future/Q-ReAlign-Lite-4B", "Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "as q-realign-mini"},
+    {"q-realign-pro", "q-future/Q-ReAlign-Pro-9B", "Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "as q-realign-mini"},
+    {"q-realign-swift", "q-future/Q-ReAlign-*", "Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "Q-Future/Q-ReAlign qalign/scorer.py (ms-swift template qwen3_5, enable_thinking false, then the ids of "
+     "\" \" + stem), qalign/prompts.py PROMPTS[task][0] and STEMS"},
     {"compare2score", "q-future/Compare2Score", "compare2score",
      "inferior=0,worse=0.25,similar=0.5,better=0.75,superior=1", 0, 100.0f, C2S_ANCHORS, "quality", 0,
      "chaofengc/IQA-PyTorch pyiqa/archs/q_align/cmp_modelling_mplug_owl2.py:L303, L306 (levels, weights), L307-L313 "
@@ -1433,6 +1452,7 @@ static void levels_finish(Levels *lv) {
 /* The id a level word is scored by: the first token after BOS of tokenizer(word), as
  * upstream takes tokenizer(word).input_ids[1]. -1 if the word gives no token. */
 static int level_word_id(const Model *m, const char *word) {
+    if (m->qwen) return qwen_word_id(m, word);
     int ids[64], n = tokenizer_encode(&m->tok, word, strlen(word), 1, ids, 64);
     return n >= 2 && n <= 64 ? ids[1] : -1;
 }
@@ -2204,9 +2224,6 @@ static int run_state_alloc(RunState *s, const Config *c, int max_prefix, int n_c
     return QALIGN_OK;
 }
 
-/* The Qwen3.5 family (Q-ReAlign): its model, on the kernels and loader above. */
-#include "qwen35.c"
-
 /* ----------------------------------------------------------------------------------------
  * Back matter 4: the API (qalign.h). */
 
@@ -2232,7 +2249,9 @@ struct qalign_ctx {
     qalign_stage_fn hook;
     void *hook_user;
     qalign_timings seconds; /* carried over when the run state is reallocated */
+    struct QwenCtx *qw;     /* a Qwen3.5 model's context (qwen35.c), or NULL */
 };
+static void qwen_ctx_free(struct QwenCtx *x); /* qwen35.c */
 
 const char *qalign_status_name(int status) {
     static const char *const names[] = {"ok", "i/o error", "bad model file", "invalid argument", "out of memory",
@@ -2296,6 +2315,7 @@ static void prompt_free(Prompt *p) {
 
 void qalign_ctx_free(qalign_ctx *c) {
     if (!c) return;
+    qwen_ctx_free(c->qw);
     if (c->have_state) run_state_free(&c->s);
     prompt_free(&c->prompt_image);
     prompt_free(&c->prompt_video);
@@ -2392,6 +2412,10 @@ static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
     }
 }
 
+/* The Qwen3.5 family (Q-ReAlign): its model and its scoring, on the kernels, the loader and
+ * the context above; the API functions below hand a Qwen3.5 context over to it. */
+#include "qwen35.c"
+
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_ctx **out, char *err, size_t errlen) {
     *out = NULL;
     qalign_ctx_options o = opt ? *opt : (qalign_ctx_options){0};
@@ -2399,7 +2423,7 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     if (o.threads < 0 || o.threads > 4096) return fail_with(err, errlen, QALIGN_ERR_ARG, "threads must be in [0, 4096], got %d", o.threads);
     if (o.batch < 0 || o.batch > QALIGN_MAX_BATCH)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "batch must be in [1, %d], got %d", QALIGN_MAX_BATCH, o.batch);
-    const qalign_preset *pr = qalign_preset_find(o.preset ? o.preset : "one-align");
+    const qalign_preset *pr = qalign_preset_find(o.preset ? o.preset : m->qwen ? "q-realign-mini" : "one-align");
     if (!pr) {
         char names[256] = "";
         for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++)
@@ -2409,7 +2433,10 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     const char *task = o.task ? o.task : "quality";
     if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
-    const char *tmpl = prompt_text(o.prompt ? o.prompt : pr->prompt);
+    if ((m->qwen != NULL) != qwen_is_preset(pr))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "preset: %s is for %s models, this is a%s model", pr->name,
+                         m->qwen ? "mPLUG-Owl2 (Q-Align)" : "Qwen3.5 (Q-ReAlign)", m->qwen ? " Qwen3.5" : "n mPLUG-Owl2");
+    const char *tmpl = m->qwen ? pr->prompt : prompt_text(o.prompt ? o.prompt : pr->prompt);
     if (!tmpl) {
         char names[256] = "";
         for (size_t i = 0; i < sizeof PROMPTS / sizeof PROMPTS[0]; i++)
@@ -2440,6 +2467,15 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
                           err, errlen);
     if (!st && o.temperature < 0) st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number");
     if (!st && !(c->template = strdup(tmpl))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    if (!st && m->qwen) {
+        st = qwen_ctx_init(c, &o, err, errlen);
+        if (st) {
+            qalign_ctx_free(c);
+            return st;
+        }
+        *out = c;
+        return QALIGN_OK;
+    }
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
     if (!st && o.n_anchors) { /* the anchors: their visual rows now, their K/V on first use */
@@ -2490,9 +2526,15 @@ void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
 /* With a stage hook every image is scored alone (see qalign.h). */
 int qalign_ctx_batch(const qalign_ctx *c) { return c->hook ? 1 : c->batch; }
 int qalign_ctx_threads(const qalign_ctx *c) { return c->threads; }
-size_t qalign_ctx_bytes(const qalign_ctx *c) { return c->have_state ? c->s.bytes : 0; }
+size_t qalign_ctx_bytes(const qalign_ctx *c) {
+    if (c->qw) return c->qw->have_state ? c->qw->s.bytes : 0;
+    return c->have_state ? c->s.bytes : 0;
+}
 
-void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) { *out = c->have_state ? c->s.seconds : c->seconds; }
+void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) {
+    if (c->qw) *out = c->qw->seconds;
+    else *out = c->have_state ? c->s.seconds : c->seconds;
+}
 
 void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
     c->hook = fn;
@@ -2500,6 +2542,7 @@ void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
 }
 
 int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen) {
+    if (c->qw) return qwen_add_image(c, img, err, errlen);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
     if (c->prompt_image.n_markers != 1 && !c->n_anchors)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
@@ -2513,6 +2556,7 @@ int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t e
 int qalign_pending(const qalign_ctx *c) { return c->pending; }
 
 int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
+    if (c->qw) return qwen_flush(c, out, err, errlen);
     if (c->pending == 0) return QALIGN_OK;
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result array");
     int old = threads_enter(c);
@@ -2528,6 +2572,7 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
 }
 
 int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
+    if (c->qw) return qwen_video_begin(c, n_frames, err, errlen);
     if (c->pending) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d images are pending (qalign_flush first)", c->pending);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
@@ -2545,6 +2590,7 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
 }
 
 int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen) {
+    if (c->qw) return qwen_video_frame(c, frame, err, errlen);
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k >= c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "all %d frames were given already", c->video_n);
     int st = encode_image(c, frame, slot(c, c->video_k), c->video_k, c->video_n, err, errlen);
@@ -2553,6 +2599,7 @@ int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size
 }
 
 int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen) {
+    if (c->qw) return qwen_video_end_frames(c, out, frames, err, errlen);
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k < c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d of %d frames given", c->video_k, c->video_n);
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result");
@@ -2585,7 +2632,7 @@ static void result_error(qalign_result *r, int status, const char *msg) {
 int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
-    if (n > 0 && c->prompt_image.n_markers != 1 && !c->n_anchors)
+    if (n > 0 && !c->qw && c->prompt_image.n_markers != 1 && !c->n_anchors)
         return qalign_add_image(c, &imgs[0], err, errlen); /* (its error) */
     int where[QALIGN_MAX_BATCH];     /* out index of each pending image */
     qalign_result got[QALIGN_MAX_BATCH];
@@ -2606,6 +2653,7 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
 int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
     if (!imgs || !out || n < 1) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    if (c->qw) return qwen_score_prompt(c, imgs, n, out, err, errlen);
     if (n != c->prompt_image.n_markers)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d <|image|>, %d images given", c->prompt_image.n_markers, n);
     int st = ensure_state(c, c->batch, n, err, errlen);
@@ -2643,7 +2691,12 @@ int qalign_score_video(qalign_ctx *c, const qalign_image *frames, int n, qalign_
 
 void qalign_describe(const qalign_model *m, qalign_info *o) {
     const Config *c = &m->c;
+    if (m->qwen) {
+        qwen_describe(m, o);
+        return;
+    }
     memset(o, 0, sizeof *o);
+    o->family = "mplug-owl2";
     o->path = m->path;
     o->file_bytes = m->file_size;
     o->format_version = QALIGN_VERSION;
@@ -2665,5 +2718,6 @@ void qalign_describe(const qalign_model *m, qalign_info *o) {
 
 int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *ids, int cap) {
     if (!m || !text || cap < 0 || (cap > 0 && !ids)) return -1;
+    if (m->qwen) return qwen_tokenize(m, text, ids, cap);
     return tokenizer_encode(&m->tok, text, strlen(text), add_bos, ids, cap);
 }

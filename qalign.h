@@ -104,6 +104,10 @@ typedef struct {
     /* preprocessing */
     uint8_t fill[3];
     float mean[3], std[3];
+    /* the model family: "mplug-owl2" (Q-Align, OneAlign, ...) or "qwen3.5" (Q-ReAlign); for
+       a Qwen3.5 model the v_ and l_ fields are its vision tower's and decoder's, a_ are 0 */
+    const char *family;
+    int l_linear_layers;    /* Qwen3.5: Gated DeltaNet layers among l_layers (the rest attention) */
 } qalign_info;
 
 void qalign_describe(const qalign_model *m, qalign_info *out);

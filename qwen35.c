@@ -32,7 +32,7 @@ enum {
     Q_L_DIM, Q_L_LAYERS, Q_L_HEADS, Q_L_KV_HEADS, Q_L_HEAD_DIM, Q_L_MLP, Q_L_VOCAB, Q_L_EPS, Q_L_ROPE_THETA,
     Q_L_ROT_DIM, Q_MROPE_T, Q_MROPE_H, Q_MROPE_W, Q_MROPE_INTERLEAVED,
     Q_G_K_HEADS, Q_G_V_HEADS, Q_G_K_DIM, Q_G_V_DIM, Q_G_CONV, Q_TIED,
-    Q_IMAGE_TOKEN, Q_VIDEO_TOKEN, Q_VISION_START, Q_VISION_END, Q_MIN_PIXELS, Q_MAX_PIXELS,
+    Q_IMAGE_TOKEN, Q_VIDEO_TOKEN, Q_VISION_START, Q_VISION_END, Q_THINK_OPEN, Q_MIN_PIXELS, Q_MAX_PIXELS,
     Q_MEAN_R, Q_MEAN_G, Q_MEAN_B, Q_STD_R, Q_STD_G, Q_STD_B,
     Q_COUNT
 };
@@ -61,7 +61,8 @@ typedef struct {
     int g_k_heads, g_v_heads, g_k_dim, g_v_dim, g_conv; /* Gated DeltaNet */
     int tied;               /* lm_head = embed_tokens */
     int image_token, video_token, vision_start, vision_end;
-    int min_pixels, max_pixels;
+    int think_open;         /* the chat template's generation prompt opens a thinking block */
+    int min_pixels, max_pixels; /* preprocessor_config size.shortest_edge / longest_edge */
     float mean[3], std[3];
     uint8_t full[QWEN_MAX_LAYERS]; /* layer_types: 1 full_attention, 0 linear_attention */
 } QwenConfig;
@@ -110,6 +111,7 @@ typedef struct Qwen35 {
     const float *norm;                /* (l_dim) final norm */
     Tensor embed;                     /* (l_vocab, l_dim) */
     Tensor head;                      /* (l_vocab, l_dim) lm_head, or embed when tied */
+    Bpe *bpe;                         /* the tokenizer (tok.bpe), or NULL (a file of token ids only) */
 } Qwen35;
 
 /* ----------------------------------------------------------------------------------------
@@ -566,15 +568,14 @@ static void qwen_layer(const Qwen35 *q, QwenState *s, int l, int S) {
 }
 
 /* ----------------------------------------------------------------------------------------
- * The whole model on one prompt: ids (S) with n_images groups of image tokens, patches of
- * image k (gh*gw rows of v_in) -> the logits of n_levels token ids at the last position. */
+ * The decoder on one prompt: ids (S) with n_images groups of image tokens, tokens[k] the
+ * visual tokens of image k (its merged grid, grids[k] = (gh, gw) patches) -> the logits of
+ * n_levels token ids at the last position. */
 
-static int qwen_forward(const Qwen35 *q, QwenState *s, const int *ids, int S, const float *const *patches,
-                        const int (*grids)[2], int n_images, const int *level_ids, int n_levels, float *logits,
-                        char *err, size_t errlen) {
-    const QwenConfig *c = &q->c;
-    int Dl = c->l_dim, m2 = c->v_merge * c->v_merge;
-    int n_img_tokens = 0, want = 0, max_patches = 0;
+static int qwen_check_prompt(const QwenConfig *c, const int *ids, int S, const int (*grids)[2], int n_images, char *err,
+                             size_t errlen) {
+    int m2 = c->v_merge * c->v_merge, n_img_tokens = 0, want = 0;
+    if (S < 1) return fail_with(err, errlen, QALIGN_ERR_ARG, "empty prompt");
     for (int i = 0; i < S; i++) {
         if (ids[i] < 0 || ids[i] >= c->l_vocab) return fail_with(err, errlen, QALIGN_ERR_ARG, "token id %d out of range", ids[i]);
         n_img_tokens += ids[i] == c->image_token;
@@ -584,26 +585,34 @@ static int qwen_forward(const Qwen35 *q, QwenState *s, const int *ids, int S, co
             return fail_with(err, errlen, QALIGN_ERR_ARG, "image %d: patch grid %dx%d is not a multiple of %d", k, grids[k][0],
                              grids[k][1], c->v_merge);
         want += grids[k][0] * grids[k][1] / m2;
-        if (grids[k][0] * grids[k][1] > max_patches) max_patches = grids[k][0] * grids[k][1];
     }
     if (want != n_img_tokens)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d image tokens, the images give %d", n_img_tokens, want);
-    if (s->max_seq < S || s->max_patches < max_patches) {
-        int st = qwen_state_alloc(s, c, max_patches, S, s->n_threads ? s->n_threads : 1, 0);
+    return QALIGN_OK;
+}
+
+static int qwen_decode(const Qwen35 *q, QwenState *s, const int *ids, int S, const float *const *tokens,
+                       const int (*grids)[2], int n_images, const int *level_ids, int n_levels, float *logits, char *err,
+                       size_t errlen) {
+    const QwenConfig *c = &q->c;
+    int Dl = c->l_dim, m2 = c->v_merge * c->v_merge;
+    int st = qwen_check_prompt(c, ids, S, grids, n_images, err, errlen);
+    if (st) return st;
+    if (s->max_seq < S) {
+        st = qwen_state_alloc(s, c, s->max_patches, S, s->n_threads ? s->n_threads : 1, s->acts.bf16_fast ? 0 : 1);
         if (st) return fail_with(err, errlen, st, "out of memory");
     }
     /* inputs_embeds = self.get_input_embeddings()(input_ids)
      * inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds) */
+    int row = 0;
     for (int i = 0; i < S; i++)
         if (ids[i] != c->image_token) matrix_row(s->x + (size_t)i * Dl, &q->embed, ids[i]);
-    int row = 0;
     for (int k = 0; k < n_images; k++) {
         while (row < S && ids[row] != c->image_token) row++;
         int n = grids[k][0] * grids[k][1] / m2;
-        qwen_vision(q, s, patches[k], grids[k][0], grids[k][1], s->x + (size_t)row * Dl);
+        memcpy(s->x + (size_t)row * Dl, tokens[k], (size_t)n * Dl * sizeof(float));
         row += n;
     }
-    if (n_images) qwen_stage(s, "vit_merger", s->x, S, Dl); /* (the rows of the images, in place) */
     qwen_stage(s, "embeds", s->x, S, Dl);
     if (qwen_positions(c, ids, S, grids, n_images, s->pos) != 0)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "image tokens do not match the images' grids");
@@ -619,6 +628,7 @@ static int qwen_forward(const Qwen35 *q, QwenState *s, const int *ids, int S, co
     rmsnorm1p(last, Dl, s->x + (size_t)(S - 1) * Dl, Dl, q->norm, 1, Dl, c->l_eps);
     qwen_stage(s, "final_norm", last, 1, Dl);
     for (int i = 0; i < n_levels; i++) {
+        if (level_ids[i] < 0 || level_ids[i] >= c->l_vocab) return fail_with(err, errlen, QALIGN_ERR_ARG, "level id out of range");
         matrix_row(s->row, &q->head, level_ids[i]);
         double acc = 0.0;
         for (int d = 0; d < Dl; d++) acc += (double)s->row[d] * last[d];
@@ -626,6 +636,32 @@ static int qwen_forward(const Qwen35 *q, QwenState *s, const int *ids, int S, co
     }
     qwen_stage(s, "level_logits", logits, 1, n_levels);
     return QALIGN_OK;
+}
+
+/* The whole model: images as patch rows (gh*gw, v_in) -> vision tower -> qwen_decode
+ * (tests/test_qwen.c runs it on the oracle's pixels). */
+COMMON_HELPER static int qwen_forward(const Qwen35 *q, QwenState *s, const int *ids, int S, const float *const *patches,
+                        const int (*grids)[2], int n_images, const int *level_ids, int n_levels, float *logits,
+                        char *err, size_t errlen) {
+    const QwenConfig *c = &q->c;
+    int st = qwen_check_prompt(c, ids, S, grids, n_images, err, errlen), m2 = c->v_merge * c->v_merge;
+    if (st) return st;
+    float *tokens[QALIGN_MAX_MARKERS] = {0};
+    if (n_images > QALIGN_MAX_MARKERS) return fail_with(err, errlen, QALIGN_ERR_ARG, "too many images");
+    for (int k = 0; k < n_images && !st; k++) {
+        int n = grids[k][0] * grids[k][1];
+        if (s->max_patches < n && qwen_state_alloc(s, c, n, s->max_seq, s->n_threads ? s->n_threads : 1, 0))
+            st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+        else if (!(tokens[k] = malloc((size_t)(n / m2) * c->l_dim * sizeof(float))))
+            st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+        else {
+            qwen_vision(q, s, patches[k], grids[k][0], grids[k][1], tokens[k]);
+            qwen_stage(s, "vit_merger", tokens[k], n / m2, c->l_dim);
+        }
+    }
+    if (!st) st = qwen_decode(q, s, ids, S, (const float *const *)tokens, grids, n_images, level_ids, n_levels, logits, err, errlen);
+    for (int k = 0; k < n_images; k++) free(tokens[k]);
+    return st;
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -649,7 +685,7 @@ static int qwen_read_config(Loader *ld, QwenConfig *c, const uint8_t *h) {
     c->g_v_dim = (int)U(Q_G_V_DIM), c->g_conv = (int)U(Q_G_CONV), c->tied = (int)U(Q_TIED);
     c->image_token = (int)U(Q_IMAGE_TOKEN), c->video_token = (int)U(Q_VIDEO_TOKEN);
     c->vision_start = (int)U(Q_VISION_START), c->vision_end = (int)U(Q_VISION_END);
-    c->min_pixels = (int)U(Q_MIN_PIXELS), c->max_pixels = (int)U(Q_MAX_PIXELS);
+    c->min_pixels = (int)U(Q_MIN_PIXELS), c->max_pixels = (int)U(Q_MAX_PIXELS), c->think_open = (int)U(Q_THINK_OPEN);
     for (int i = 0; i < 3; i++) c->mean[i] = F(Q_MEAN_R + i), c->std[i] = F(Q_STD_R + i);
     int interleaved = (int)U(Q_MROPE_INTERLEAVED);
     const struct { const char *name; int v; } dims[] = {
@@ -740,6 +776,13 @@ static int qwen_bind(Loader *ld, Qwen35 *q) {
     q->norm = bind_vec(ld, "l.norm", Dl, 0);
     q->embed = bind_mat(ld, "l.embed", c->l_vocab, Dl);
     q->head = c->tied ? q->embed : bind_mat(ld, "l.head", c->l_vocab, Dl);
+    TableEntry *tok = find_tensor(ld->m, "tok.bpe");
+    if (tok && !ld->status) {
+        const uint8_t *blob = bind(ld, "tok.bpe", tok->shape[0], 0, DT_U8);
+        char e[256];
+        if (blob && !(q->bpe = bpe_open(blob, (size_t)tok->shape[0], e, sizeof e)))
+            return load_fail(ld, QALIGN_ERR_FORMAT, "tokenizer: %s;" HINT_EXPORT, e);
+    }
     if (!ld->status)
         for (int i = 0; i < ld->m->n_tensors; i++)
             if (!ld->m->table[i].used)
@@ -749,6 +792,7 @@ static int qwen_bind(Loader *ld, Qwen35 *q) {
 
 static void qwen_free(Qwen35 *q) {
     if (!q) return;
+    if (q->bpe) bpe_free(q->bpe);
     free(q->vl);
     free(q->l);
     free(q);
@@ -767,4 +811,434 @@ static int qwen_load(Loader *ld, Model *m) {
     m->c.wtype = q->c.wtype; /* bind_mat / messages read the weight type from here */
     if (read_table(ld)) return ld->status;
     return qwen_bind(ld, q);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Tokenizer (bpe.c, from the file's tok.bpe) and the level words. */
+
+/* The id a level word is scored by: the first token of " " + word, as Q-ReAlign's
+ * scorer.py, README and pyiqa take processor.tokenizer(" " + w).input_ids[0]. -1: none. */
+static int qwen_word_id(const Model *m, const char *word) {
+    const Qwen35 *q = m->qwen;
+    if (!q->bpe) return -1;
+    char buf[256];
+    snprintf(buf, sizeof buf, " %s", word);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int id = -1;
+    if (bpe_encode(q->bpe, buf, strlen(buf), 0, &ids, &n, NULL, 0) == 0 && n > 0) id = ids[0];
+    free(ids);
+    return id;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Image preprocessing (the Qwen2-VL image processor's PIL path):
+ *   resized_height, resized_width = smart_resize(height, width, factor=patch*merge,
+ *                                                min_pixels, max_pixels)
+ *   image = resize(image, (h, w), BICUBIC) ; rescale 1/255 ; normalize(mean, std)
+ *   patches: (grid_h/merge, grid_w/merge, merge, merge) blocks, each patch (C, T, P, P)
+ * form 1 (ms-swift's qwen_vl_utils.smart_resize): h = max(f, round(h / f) f) first, no
+ * max(f, .) in the shrinking branch. */
+
+static void qwen_smart_resize(int h, int w, int f, long min_px, long max_px, int swift, int *oh, int *ow) {
+    double hb = nearbyint((double)h / f) * f, wb = nearbyint((double)w / f) * f; /* Python round: half to even */
+    if (swift) hb = hb > f ? hb : f, wb = wb > f ? wb : f;
+    if (hb * wb > (double)max_px) {
+        double beta = sqrt((double)h * w / (double)max_px);
+        hb = floor(h / beta / f) * f, wb = floor(w / beta / f) * f;
+        if (!swift) hb = hb > f ? hb : f, wb = wb > f ? wb : f;
+    } else if (hb * wb < (double)min_px) {
+        double beta = sqrt((double)min_px / ((double)h * w));
+        hb = ceil(h * beta / f) * f, wb = ceil(w * beta / f) * f;
+    }
+    *oh = (int)hb, *ow = (int)wb;
+}
+
+/* img -> patch rows (gh*gw, v_in) in merge-block order; *out is malloc'd */
+static int qwen_preprocess(const QwenConfig *c, const Image *img, int swift, float **out, int *gh, int *gw, char *err,
+                           size_t errlen) {
+    int f = c->v_patch * c->v_merge, oh, ow, P = c->v_patch, m = c->v_merge, T = c->v_temporal;
+    if ((img->w > img->h ? img->w / img->h : img->h / img->w) > 200)
+        return fail_with(err, errlen, QALIGN_ERR_INPUT, "image %dx%d: aspect ratio above 200", img->w, img->h);
+    qwen_smart_resize(img->h, img->w, f, swift ? 4 * 32 * 32 : c->min_pixels, c->max_pixels, swift, &oh, &ow);
+    if (oh < f || ow < f) return fail_with(err, errlen, QALIGN_ERR_INPUT, "image %dx%d is too small", img->w, img->h);
+    Image rs = {0};
+    char e[256];
+    if (image_resize_bicubic(img, ow, oh, &rs, e, sizeof e) != 0) return fail_with(err, errlen, QALIGN_ERR_INPUT, "%s", e);
+    *gh = oh / P, *gw = ow / P;
+    size_t n = (size_t)(*gh) * (*gw);
+    float *px = malloc(n * (size_t)c->v_in * sizeof(float));
+    if (!px) {
+        free(rs.rgb);
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (%zu patches)", n);
+    }
+    size_t i = 0;
+    for (int br = 0; br < *gh / m; br++)
+        for (int bc = 0; bc < *gw / m; bc++)
+            for (int ir = 0; ir < m; ir++)
+                for (int ic = 0; ic < m; ic++, i++) {
+                    float *row = px + i * (size_t)c->v_in;
+                    int y0 = (br * m + ir) * P, x0 = (bc * m + ic) * P;
+                    for (int ch = 0; ch < 3; ch++)
+                        for (int t = 0; t < T; t++)
+                            for (int y = 0; y < P; y++)
+                                for (int x = 0; x < P; x++) {
+                                    uint8_t v = rs.rgb[((size_t)(y0 + y) * ow + (x0 + x)) * 3 + ch];
+                                    /* rescale in float64 then float32, normalise in float32 */
+                                    float r = (float)(v * (1.0 / 255.0));
+                                    *row++ = (r - c->mean[ch]) / c->std[ch];
+                                }
+                }
+    free(rs.rgb);
+    *out = px;
+    return QALIGN_OK;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Scoring in a context (the API of qalign.h for this family; qalign.c's functions hand
+ * over to these when the model is a Qwen3.5 one). The prompt, as the originals build it:
+ *   <|im_start|>user\n ( <|vision_start|> <|image_pad|> x tokens <|vision_end|> ) per image
+ *   QUESTION <|im_end|>\n<|im_start|>assistant\n GEN STEM
+ * form "hf" (README Quick Run, pyiqa qrealign): GEN = the chat template's generation
+ *   prompt (<think>\n, or <think>\n\n</think>\n\n for a template off by default), then
+ *   STEM without a leading space, tokenized with it as one text;
+ * form "swift" (qalign/scorer.py): GEN = <think>\n\n</think>\n\n, then the ids of
+ *   " " + STEM appended. */
+
+typedef struct QwenCtx {
+    int swift;              /* prompt form: 0 hf, 1 swift */
+    int *head, n_head;      /* ids before the first image */
+    int *tail, n_tail;      /* ids after the last image: question, turn end, GEN, stem */
+    int *vtail, n_vtail;    /* the same for a video */
+    float *tok[QALIGN_MAX_BATCH > 8 ? QALIGN_MAX_BATCH : 8]; /* pending images' (or sampled frames') visual tokens */
+    int grid[QALIGN_MAX_BATCH > 8 ? QALIGN_MAX_BATCH : 8][2];
+    int n_tok;              /* how many of them */
+    int vid_keep[8];        /* a video's sampled frame indices */
+    QwenState s;
+    int have_state;
+    qalign_timings seconds;
+} QwenCtx;
+
+#define QWEN_VIDEO_FRAMES 8 /* Q-ReAlign configs data.frames_per_video */
+#define QWEN_VIDEO_SIDE 448 /* scorer.sample_frames: long side to 448 */
+
+static int qwen_is_preset(const qalign_preset *p) { return strncmp(p->name, "q-realign", 9) == 0; }
+
+static int qwen_encode_text(const Qwen35 *q, const char *text, int **ids, int *n, char *err, size_t errlen) {
+    int32_t *t = NULL;
+    size_t k = 0;
+    char e[256];
+    if (bpe_encode(q->bpe, text, strlen(text), 1, &t, &k, e, sizeof e))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: %s", e);
+    int *grown = realloc(*ids, ((size_t)*n + k + 1) * sizeof(int));
+    if (!grown) {
+        free(t);
+        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < k; i++) grown[*n + i] = t[i];
+    *ids = grown, *n += (int)k;
+    free(t);
+    return QALIGN_OK;
+}
+
+/* The question and stem of a task (qalign/prompts.py, pyiqa TASKS) */
+static void qwen_texts(const char *task, int swift, int video, const char *user_prompt, char *question, size_t qn,
+                       char *stem, size_t sn) {
+    int aes = strncmp(task, "aesthetic", 9) == 0;
+    const char *what = aes ? "aesthetics" : "quality";
+    if (user_prompt) snprintf(question, qn, "%s", user_prompt);
+    else if (video) snprintf(question, qn, "Can you rate the %s of this video?", what);
+    else if (aes && swift) snprintf(question, qn, "How is the aesthetics of this image?");
+    else snprintf(question, qn, "Can you rate the %s of this picture?", what);
+    snprintf(stem, sn, "The %s of the %s is", what, video ? "video" : "image");
+}
+
+static int qwen_build_tail(const Qwen35 *q, int swift, const char *question, const char *stem, int **ids, int *n,
+                           char *err, size_t errlen) {
+    char text[2048];
+    const char *gen = swift || !q->c.think_open ? "<think>\n\n</think>\n\n" : "<think>\n";
+    snprintf(text, sizeof text, "%s<|im_end|>\n<|im_start|>assistant\n%s%s", question, gen, swift ? "" : stem);
+    int st = qwen_encode_text(q, text, ids, n, err, errlen);
+    if (!st && swift) {
+        snprintf(text, sizeof text, " %s", stem);
+        st = qwen_encode_text(q, text, ids, n, err, errlen);
+    }
+    return st;
+}
+
+static void qwen_ctx_free(QwenCtx *x) {
+    if (!x) return;
+    free(x->head), free(x->tail), free(x->vtail);
+    for (int i = 0; i < (int)(sizeof x->tok / sizeof x->tok[0]); i++) free(x->tok[i]);
+    if (x->have_state) qwen_state_free(&x->s);
+    free(x);
+}
+
+static int qwen_ctx_init(qalign_ctx *c, const qalign_ctx_options *o, char *err, size_t errlen) {
+    const Qwen35 *q = c->m->qwen;
+    if (!q->bpe) return fail_with(err, errlen, QALIGN_ERR_FORMAT, "this Qwen3.5 model file has no tokenizer;" HINT_EXPORT);
+    if (o->n_anchors) return fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: not available for Qwen3.5 models");
+    if (o->prompt && strstr(o->prompt, "<|image|>"))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: for a Qwen3.5 model give the question only (the chat "
+                         "template places the image first)");
+    QwenCtx *x = calloc(1, sizeof *x);
+    if (!x) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    c->qw = x;
+    x->swift = strstr(c->preset->name, "swift") != NULL;
+    char question[1024], stem[256];
+    int st = qwen_encode_text(q, "<|im_start|>user\n", &x->head, &x->n_head, err, errlen);
+    qwen_texts(c->task, x->swift, 0, o->prompt, question, sizeof question, stem, sizeof stem);
+    if (!st) st = qwen_build_tail(q, x->swift, question, stem, &x->tail, &x->n_tail, err, errlen);
+    qwen_texts(c->task, x->swift, 1, o->prompt, question, sizeof question, stem, sizeof stem);
+    if (!st) st = qwen_build_tail(q, x->swift, question, stem, &x->vtail, &x->n_vtail, err, errlen);
+    if (!st) {
+        size_t need = strlen(question) + 64;
+        free(c->template);
+        c->template = malloc(need);
+        if (!c->template) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+        else snprintf(c->template, need, "%s [%s form]", o->prompt ? o->prompt : "(the preset's question)", x->swift ? "swift" : "hf");
+    }
+    return st;
+}
+
+/* Preprocess and encode one image: its visual tokens go to slot k of the pending list. */
+static int qwen_encode(qalign_ctx *c, const qalign_image *img, int k, int video, char *err, size_t errlen) {
+    QwenCtx *x = c->qw;
+    const Qwen35 *q = c->m->qwen;
+    int st = check_image(img, err, errlen);
+    if (st) return st;
+    Image view = {img->width, img->height, (uint8_t *)img->rgb}, small = {0};
+    int old = threads_enter(c);
+    double t0 = now_seconds();
+    if (video && (img->width > QWEN_VIDEO_SIDE || img->height > QWEN_VIDEO_SIDE)) {
+        /* s = 448 / max(w, h); (max(1, int(w * s)), max(1, int(h * s))), Pillow BICUBIC */
+        double s = (double)QWEN_VIDEO_SIDE / (img->width > img->height ? img->width : img->height);
+        int w = (int)(img->width * s), h = (int)(img->height * s);
+        char e[256];
+        if (image_resize_bicubic(&view, w > 1 ? w : 1, h > 1 ? h : 1, &small, e, sizeof e) != 0) {
+            threads_leave(old);
+            return fail_with(err, errlen, QALIGN_ERR_INPUT, "%s", e);
+        }
+        view = small;
+    }
+    float *px = NULL;
+    int gh = 0, gw = 0;
+    st = qwen_preprocess(&q->c, &view, x->swift || video, &px, &gh, &gw, err, errlen);
+    free(small.rgb);
+    x->seconds.preprocess += now_seconds() - t0;
+    if (!st && (!x->have_state || x->s.max_patches < gh * gw)) {
+        int seq = x->have_state ? x->s.max_seq : 0;
+        x->s.hook = NULL;
+        st = qwen_state_alloc(&x->s, &q->c, gh * gw, seq > 0 ? seq : 1, c->threads, c->precise);
+        x->have_state = !st;
+        if (st) fail_with(err, errlen, st, "out of memory: an image of %d patches", gh * gw);
+    }
+    if (!st) {
+        size_t ntok = (size_t)gh * gw / (q->c.v_merge * q->c.v_merge);
+        free(x->tok[k]);
+        if (!(x->tok[k] = malloc(ntok * q->c.l_dim * sizeof(float)))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    }
+    if (!st) {
+        t0 = now_seconds();
+        qwen_vision(q, &x->s, px, gh, gw, x->tok[k]);
+        x->seconds.vision += now_seconds() - t0;
+        x->grid[k][0] = gh, x->grid[k][1] = gw;
+    }
+    free(px);
+    threads_leave(old);
+    return st;
+}
+
+/* One prompt over slots [0, n) (one image, or a video's sampled frames) -> r */
+static void qwen_score_slots(qalign_ctx *c, int n, int video, qalign_result *r) {
+    QwenCtx *x = c->qw;
+    const Qwen35 *q = c->m->qwen;
+    const int *tail = video ? x->vtail : x->tail;
+    int n_tail = video ? x->n_vtail : x->n_tail, m2 = q->c.v_merge * q->c.v_merge;
+    int S = x->n_head + n_tail;
+    for (int k = 0; k < n; k++) S += 2 + x->grid[k][0] * x->grid[k][1] / m2;
+    memset(r, 0, sizeof *r);
+    int *ids = malloc((size_t)S * sizeof(int));
+    const float *toks[8];
+    char e[QALIGN_ERR_LEN];
+    int st = ids ? QALIGN_OK : fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory");
+    if (!st && x->s.max_seq < S) {
+        int mp = x->s.max_patches;
+        st = qwen_state_alloc(&x->s, &q->c, mp, S, c->threads, c->precise);
+        x->have_state = !st;
+        if (st) fail_with(e, sizeof e, st, "out of memory: a sequence of %d tokens", S);
+    }
+    if (st) {
+        free(ids);
+        r->status = st;
+        snprintf(r->error, sizeof r->error, "%s", e);
+        return;
+    }
+    int i = 0;
+    memcpy(ids, x->head, (size_t)x->n_head * sizeof(int)), i = x->n_head;
+    for (int k = 0; k < n; k++) {
+        ids[i++] = q->c.vision_start;
+        for (int j = 0; j < x->grid[k][0] * x->grid[k][1] / m2; j++) ids[i++] = q->c.image_token;
+        ids[i++] = q->c.vision_end;
+        toks[k] = x->tok[k];
+    }
+    memcpy(ids + i, tail, (size_t)n_tail * sizeof(int));
+    int old = threads_enter(c);
+    double t0 = now_seconds();
+    /* the level words' logits (a level of synonyms: the mean of theirs) */
+    int lid[QALIGN_MAX_LEVELS * QALIGN_MAX_SYNONYMS], nl = 0;
+    for (int l = 0; l < c->lv.n; l++)
+        for (int j = 0; j < c->lv.n_ids[l]; j++) lid[nl++] = c->lv.ids[l][j];
+    float lg[QALIGN_MAX_LEVELS * QALIGN_MAX_SYNONYMS];
+    x->s.hook = NULL;
+    st = qwen_decode(q, &x->s, ids, S, toks, (const int(*)[2])x->grid, n, lid, nl, lg, e, sizeof e);
+    x->seconds.decoder += now_seconds() - t0;
+    threads_leave(old);
+    free(ids);
+    if (st) {
+        r->status = st;
+        snprintf(r->error, sizeof r->error, "%s", e);
+        return;
+    }
+    r->n_levels = c->lv.n;
+    r->frames = n;
+    nl = 0;
+    for (int l = 0; l < c->lv.n; l++) {
+        double sum = 0.0;
+        for (int j = 0; j < c->lv.n_ids[l]; j++) sum += lg[nl++];
+        r->logits[l] = (float)(sum / c->lv.n_ids[l]);
+        r->probs[l] = r->logits[l] / c->lv.temperature;
+    }
+    softmax_ref(r->probs, c->lv.n);
+    double score = 0.0, var = 0.0;
+    for (int l = 0; l < c->lv.n; l++) score += (double)r->probs[l] * c->lv.weights[l];
+    for (int l = 0; l < c->lv.n; l++) var += (double)r->probs[l] * (c->lv.weights[l] - score) * (c->lv.weights[l] - score);
+    r->score = (float)score, r->std = (float)sqrt(var);
+    int finite = isfinite(r->score) && isfinite(r->std);
+    for (int l = 0; l < c->lv.n; l++) finite = finite && isfinite(r->logits[l]);
+    if (!finite) {
+        r->status = QALIGN_ERR_NUMERIC;
+        snprintf(r->error, sizeof r->error, "the model computed a value that is not a finite number (NaN or infinity); "
+                 "the model file may be damaged:" HINT_EXPORT);
+    }
+}
+
+static int qwen_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen) {
+    if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
+    if (c->pending >= qalign_ctx_batch(c)) return fail_with(err, errlen, QALIGN_ERR_STATE, "the batch is full (qalign_flush first)");
+    int st = qwen_encode(c, img, c->pending, 0, err, errlen);
+    if (!st) c->pending++;
+    return st;
+}
+
+static int qwen_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
+    if (c->pending == 0) return QALIGN_OK;
+    if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result array");
+    QwenCtx *x = c->qw;
+    for (int k = 0; k < c->pending; k++) {
+        /* each image its own prompt: move its tokens to slot 0 */
+        float *t = x->tok[0];
+        int g0 = x->grid[0][0], g1 = x->grid[0][1];
+        x->tok[0] = x->tok[k], x->grid[0][0] = x->grid[k][0], x->grid[0][1] = x->grid[k][1];
+        x->tok[k] = t, x->grid[k][0] = g0, x->grid[k][1] = g1;
+        qwen_score_slots(c, 1, 0, &out[k]);
+        t = x->tok[0], x->tok[0] = x->tok[k], x->tok[k] = t;
+        x->grid[k][0] = x->grid[0][0], x->grid[k][1] = x->grid[0][1], x->grid[0][0] = g0, x->grid[0][1] = g1;
+    }
+    c->pending = 0;
+    return QALIGN_OK;
+}
+
+/* scorer.sample_frames: [int(round(i)) for i in np.linspace(0, max(n - 1, 0), 8)] */
+static int qwen_video_begin(qalign_ctx *c, int n, char *err, size_t errlen) {
+    if (c->pending) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d images are pending (qalign_flush first)", c->pending);
+    if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
+    if (n < 1 || n > QALIGN_MAX_FRAMES)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "a video takes 1 to %d frames, not %d", QALIGN_MAX_FRAMES, n);
+    for (int i = 0; i < QWEN_VIDEO_FRAMES; i++)
+        c->qw->vid_keep[i] = (int)nearbyint((double)(n - 1) * i / (QWEN_VIDEO_FRAMES - 1));
+    c->video_n = n, c->video_k = 0;
+    c->qw->n_tok = 0;
+    return QALIGN_OK;
+}
+
+static int qwen_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen) {
+    if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
+    if (c->video_k >= c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "all %d frames were given already", c->video_n);
+    QwenCtx *x = c->qw;
+    int st = QALIGN_OK;
+    /* a frame index may be sampled twice (fewer than 8 frames): encoded once per use */
+    for (int i = 0; i < QWEN_VIDEO_FRAMES && !st; i++)
+        if (x->vid_keep[i] == c->video_k) {
+            st = qwen_encode(c, frame, x->n_tok, 1, err, errlen);
+            if (!st) x->n_tok++;
+        }
+    if (!st) c->video_k++;
+    return st;
+}
+
+static int qwen_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen) {
+    if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
+    if (c->video_k < c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d of %d frames given", c->video_k, c->video_n);
+    if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result");
+    qwen_score_slots(c, c->qw->n_tok, 1, out);
+    for (int f = 0; frames && f < c->video_n; f++) {
+        memset(&frames[f], 0, sizeof frames[f]);
+        frames[f].status = QALIGN_ERR_ARG;
+        snprintf(frames[f].error, sizeof frames[f].error, "per-frame scores: not available for Qwen3.5 models (a video "
+                 "is scored from %d sampled frames)", QWEN_VIDEO_FRAMES);
+    }
+    c->video_n = c->video_k = 0;
+    c->qw->n_tok = 0;
+    return QALIGN_OK;
+}
+
+static int qwen_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_result *out, char *err, size_t errlen) {
+    if (n > QWEN_VIDEO_FRAMES) return fail_with(err, errlen, QALIGN_ERR_ARG, "at most %d images in one prompt", QWEN_VIDEO_FRAMES);
+    for (int k = 0; k < n; k++) {
+        char e[QALIGN_ERR_LEN - 32];
+        int st = qwen_encode(c, &imgs[k], k, 0, e, sizeof e);
+        if (st) {
+            memset(out, 0, sizeof *out);
+            out->status = st;
+            snprintf(out->error, sizeof out->error, "image %d: %s", k, e);
+            return QALIGN_OK;
+        }
+    }
+    (void)err, (void)errlen;
+    qwen_score_slots(c, n, 0, out);
+    return QALIGN_OK;
+}
+
+static int qwen_tokenize(const qalign_model *m, const char *text, int *ids, int cap) {
+    const Qwen35 *q = m->qwen;
+    int32_t *t = NULL;
+    size_t n = 0;
+    if (!q->bpe || bpe_encode(q->bpe, text, strlen(text), 1, &t, &n, NULL, 0)) return -1;
+    for (size_t i = 0; i < n && (int)i < cap; i++) ids[i] = t[i];
+    free(t);
+    return (int)n;
+}
+
+static void qwen_describe(const qalign_model *m, qalign_info *o) {
+    const QwenConfig *c = &m->qwen->c;
+    memset(o, 0, sizeof *o);
+    o->family = "qwen3.5";
+    o->path = m->path;
+    o->file_bytes = m->file_size;
+    o->format_version = QWEN_VERSION;
+    o->n_tensors = m->n_tensors;
+    o->weight_type = DT_NAMES[c->wtype];
+    memcpy(o->model_id, m->model_id, sizeof o->model_id);
+    o->v_dim = c->v_dim, o->v_layers = c->v_layers, o->v_heads = c->v_heads, o->v_mlp = c->v_mlp;
+    o->v_patch = c->v_patch, o->v_eps = c->v_eps;
+    o->l_dim = c->l_dim, o->l_layers = c->l_layers, o->l_heads = c->l_heads, o->l_kv_heads = c->l_kv_heads;
+    o->l_mlp = c->l_mlp, o->l_vocab = c->l_vocab, o->l_eps = c->l_eps, o->l_rope_theta = c->l_rope_theta;
+    for (int l = 0; l < c->l_layers; l++) o->l_linear_layers += !c->full[l];
+    o->bos_id = o->unk_id = -1;
+    o->eos_id = m->qwen->bpe ? bpe_token_id(m->qwen->bpe, "<|im_end|>") : -1;
+    static const char *const words[5] = {"excellent", "good", "fair", "poor", "bad"};
+    for (int i = 0; i < 5; i++) o->level_ids[i] = qwen_word_id(m, words[i]);
+    memcpy(o->mean, c->mean, sizeof o->mean);
+    memcpy(o->std, c->std, sizeof o->std);
 }

@@ -431,7 +431,7 @@ TINY = dict(
         layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention",
                      "full_attention", "linear_attention"],
         linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=24,
-        linear_num_key_heads=2, linear_num_value_heads=4, attn_output_gate=True, vocab_size=520,
+        linear_num_key_heads=2, linear_num_value_heads=4, attn_output_gate=True, vocab_size=4096,
         full_attention_interval=4, max_position_embeddings=262144,
         rope_parameters=dict(rope_type="default", rope_theta=10000000.0, partial_rotary_factor=0.5,
                              mrope_section=[3, 3, 2], mrope_interleaved=True),
@@ -442,7 +442,8 @@ TINY = dict(
         out_hidden_size=64, num_position_embeddings=36, deepstack_visual_indexes=[], initializer_range=0.02,
     ),
     architectures=["Qwen3_5ForConditionalGeneration"], model_type="qwen3_5",
-    image_token_id=516, video_token_id=517, vision_start_token_id=514, vision_end_token_id=515,
+    # the ids of tests/data/qwen_tokenizer (4056 pieces, then the 33 added tokens as Qwen3.5's)
+    image_token_id=4068, video_token_id=4069, vision_start_token_id=4065, vision_end_token_id=4066,
     tie_word_embeddings=True,
 )
 LEVEL_IDS = [101, 202, 303, 404, 505]
@@ -542,6 +543,11 @@ def write_checkpoint(d, cfg, seed=0, f32_names=("A_log", "dt_bias")):
               merge_size=2, size=dict(shortest_edge=65536, longest_edge=16777216))
     with open(os.path.join(d, "preprocessor_config.json"), "w") as f:
         json.dump(pp, f, indent=2)
+    tok = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "qwen_tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.exists(os.path.join(tok, name)):
+            with open(os.path.join(tok, name), "rb") as a, open(os.path.join(d, name), "wb") as b:
+                b.write(a.read())
 
 
 def records(cfg, seed=1):
@@ -553,7 +559,7 @@ def records(cfg, seed=1):
     vs, ve, ip = cfg["vision_start_token_id"], cfg["vision_end_token_id"], cfg["image_token_id"]
 
     def text(n):
-        return [int(x) for x in rng.integers(0, 500, n)]
+        return [int(x) for x in rng.integers(0, 4000, n)]
 
     def image(h, w):
         # still image: the two temporal copies of each patch are equal
