@@ -3,6 +3,7 @@
 #include "bpe.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -492,7 +493,7 @@ static long nfc(uint32_t *cps, size_t n, uint32_t **out)
         return (long)n;
     }
     /* decompose */
-    size_t cap = n * 4 + 16, m = 0;
+    size_t cap = n + 16, m = 0;
     uint32_t *d = malloc(cap * sizeof *d);
     if (!d)
         return -1;
@@ -511,18 +512,44 @@ static long nfc(uint32_t *cps, size_t n, uint32_t **out)
         memcpy(d + m, tmp, k * sizeof *tmp);
         m += k;
     }
-    /* canonical ordering: stable sort of each run of non-starters by combining class */
-    for (i = 1; i < m; i++) {
-        unsigned cc = uc_ccc(d[i]);
-        if (!cc)
+    /* canonical ordering: stable sort of each run of non-starters by combining class
+     * (insertion sort for short runs, a counting sort for long ones: no quadratic case) */
+    for (i = 0; i < m;) {
+        if (!uc_ccc(d[i])) {
+            i++;
             continue;
-        size_t j = i;
-        uint32_t c = d[i];
-        while (j > 0 && uc_ccc(d[j - 1]) > cc) {
-            d[j] = d[j - 1];
-            j--;
         }
-        d[j] = c;
+        size_t e = i;
+        while (e < m && uc_ccc(d[e]))
+            e++;
+        if (e - i <= 32) {
+            for (size_t a = i + 1; a < e; a++) {
+                uint32_t c = d[a];
+                unsigned cc = uc_ccc(c);
+                size_t j = a;
+                while (j > i && uc_ccc(d[j - 1]) > cc) {
+                    d[j] = d[j - 1];
+                    j--;
+                }
+                d[j] = c;
+            }
+        } else {
+            size_t start[257] = {0};
+            uint32_t *tmp = malloc((e - i) * sizeof *tmp);
+            if (!tmp) {
+                free(d);
+                return -1;
+            }
+            for (size_t a = i; a < e; a++)
+                start[uc_ccc(d[a]) + 1]++;
+            for (int k = 1; k <= 256; k++)
+                start[k] += start[k - 1];
+            for (size_t a = i; a < e; a++)
+                tmp[start[uc_ccc(d[a])]++] = d[a];
+            memcpy(d + i, tmp, (e - i) * sizeof *tmp);
+            free(tmp);
+        }
+        i = e;
     }
     /* canonical composition */
     if (m) {
@@ -775,6 +802,10 @@ static int encode_text(const Bpe *b, Work *w, const uint8_t *s, size_t n, Ids *o
 {
     if (!n)
         return 0;
+    if (n > (SIZE_MAX - 1) / 4 / sizeof(uint32_t)) {
+        seterr(err, errlen, "text too long");
+        return -1;
+    }
     uint32_t *cps = malloc(n * sizeof *cps), *norm = NULL;
     uint8_t *buf = NULL;
     int rc = -1;
@@ -923,6 +954,8 @@ char *bpe_decode(const Bpe *b, const int32_t *ids, size_t n, size_t *len)
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= 0 && ids[i] < b->n_vocab)
             total += b->off[ids[i] + 1] - b->off[ids[i]];
+    if (total > (SIZE_MAX - 1) / 3)
+        return NULL;
     uint8_t *raw = malloc(total + 1);
     if (!raw)
         return NULL;

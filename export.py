@@ -995,6 +995,126 @@ def tokenizer_tensors(path):
 
 
 # ----------------------------------------------------------------------------------------
+# Byte-level BPE tokenizer (Qwen3.5): tokenizer.json (+ tokenizer_config.json) -> the blob
+# that bpe.c reads (bpe_open; layout in bpe.h). Stdlib only. The model-file writer stores
+# the blob as one u8 tensor.
+#
+# What is written is the tokenizer transformers' Qwen3_5Tokenizer builds on load
+# (src/transformers/models/qwen3_5/tokenization_qwen3_5.py, commit dd7a585c07f2): the
+# vocabulary and merges of tokenizer.json inside a pipeline of its own - NFC, Split with
+# QWEN35_SPLIT_PATTERN (whatever pattern the file declares: released files carry an older
+# one without \p{M}), ByteLevel without prefix space or regex, BPE without unk token, byte
+# fallback or ignore_merges, ByteLevel decoder - plus the added tokens of tokenizer.json
+# and of tokenizer_config.json's added_tokens_decoder.
+
+QWEN35_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                        r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+BPE_BLOB_VERSION = 1
+
+
+def _byte_level_map():
+    """GPT-2's bytes_to_unicode, inverted: character -> byte."""
+    bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def bpe_blob_from_tokenizer_json(tokenizer_json, tokenizer_config_json=None):
+    """Read a Qwen3.5 tokenizer.json (path) and, if given, its tokenizer_config.json (path),
+    and return the tokenizer blob for bpe.c as bytes. Merges may be "a b" strings or
+    [a, b] pairs. Exits with a one-line error (die) on what bpe.c cannot reproduce."""
+    def load(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            die(f"{path}: {e}")
+
+    tj = load(tokenizer_json)
+    model = tj.get("model") or {}
+    if model.get("type", "BPE") != "BPE" or not isinstance(model.get("vocab"), dict):
+        die(f"{tokenizer_json}: not a BPE tokenizer (model.type {model.get('type')!r})")
+    byte_of = _byte_level_map()
+    vocab = model["vocab"]
+    n_vocab = 1 + max([-1] + [int(i) for i in vocab.values()])
+    toks, types = {}, {}
+    for s, i in vocab.items():
+        i = int(i)
+        try:
+            toks[i] = bytes(byte_of[ch] for ch in s)
+        except KeyError:
+            die(f"{tokenizer_json}: vocabulary entry {s!r} is not byte-level (a character outside "
+                "the 256 of ByteLevel)")
+        types[i] = 1
+    piece_id = {}
+    for i, s in toks.items():
+        if s in piece_id:
+            die(f"{tokenizer_json}: vocabulary ids {piece_id[s]} and {i} are the same bytes")
+        piece_id[s] = i
+    merges = []
+    for k, m in enumerate(model.get("merges") or []):
+        pair = m.split(" ") if isinstance(m, str) else list(m)
+        if len(pair) != 2 or pair[0] not in vocab or pair[1] not in vocab or pair[0] + pair[1] not in vocab:
+            die(f"{tokenizer_json}: merge {k} ({m!r}) is malformed or names pieces not in the vocabulary")
+        merges.append((int(vocab[pair[0]]), int(vocab[pair[1]]), int(vocab[pair[0] + pair[1]])))
+
+    added = {}
+    rows = [(int(a["id"]), a) for a in tj.get("added_tokens") or []]
+    if tokenizer_config_json:
+        tc = load(tokenizer_config_json)
+        rows += [(int(i), a) for i, a in (tc.get("added_tokens_decoder") or {}).items()]
+    for i, a in rows:
+        content = a.get("content")
+        if not isinstance(content, str) or not content:
+            die(f"added token {i}: no content")
+        if a.get("lstrip") or a.get("rstrip") or a.get("single_word") or a.get("normalized"):
+            die(f"added token {i} ({content!r}): lstrip/rstrip/single_word/normalized are not supported")
+        if i in added and added[i][0] != content:
+            die(f"added token {i}: {added[i][0]!r} in one file, {content!r} in the other")
+        special = bool(a.get("special")) or (i in added and added[i][1])
+        added[i] = (content, special)
+    for i, (content, special) in added.items():
+        if i in toks and types.get(i) == 1 and toks[i] != content.encode("utf-8"):
+            die(f"added token {i} ({content!r}) has the id of vocabulary entry {toks[i]!r}")
+        # ByteLevel's decoder maps a token's characters back to bytes, or, if one of them is
+        # not a byte-level character, keeps the token's UTF-8 as it is
+        try:
+            toks[i] = bytes(byte_of[ch] for ch in content)
+        except KeyError:
+            toks[i] = content.encode("utf-8")
+        types[i] = 3 if special else 2
+        n_vocab = max(n_vocab, i + 1)
+    if n_vocab >= 1 << 24:
+        die(f"{tokenizer_json}: {n_vocab} ids is more than bpe.c takes")
+
+    pat = QWEN35_SPLIT_PATTERN.encode("utf-8")
+    offsets = [0]
+    blob_bytes = bytearray()
+    type_arr = bytearray(n_vocab)
+    for i in range(n_vocab):
+        blob_bytes += toks.get(i, b"")
+        offsets.append(len(blob_bytes))
+        type_arr[i] = types.get(i, 0)
+    out = bytearray(b"QBPE")
+    out += struct.pack("<6I", BPE_BLOB_VERSION, n_vocab, len(merges), len(added), 0, len(pat))
+    out += pat
+    out += struct.pack(f"<{n_vocab + 1}I", *offsets)
+    out += blob_bytes
+    out += type_arr
+    out += b"".join(struct.pack("<3I", *m) for m in merges)
+    for i in sorted(added):
+        c = added[i][0].encode("utf-8")
+        out += struct.pack("<2I", i, len(c)) + c
+    return bytes(out)
+
+
+# ----------------------------------------------------------------------------------------
 # Writer
 
 def pad_to(f, align):

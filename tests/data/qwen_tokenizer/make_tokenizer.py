@@ -3,7 +3,7 @@
 tokenizer_config.json) with Hugging Face tokenizers (npm package `tokenizers`, pinned in
 tests/node/package.json).
 
-    /usr/bin/python3 tests/data/qwen_tokenizer/make_tokenizer.py     (needs node + npm)
+    /usr/bin/python3 tests/data/qwen_tokenizer/make_tokenizer.py [--out DIR]   (needs node + npm)
 
 Deterministic: the training text comes from a seeded generator below, the library's BPE
 trainer is deterministic for a given text, and the post-processing is plain Python.
@@ -234,6 +234,7 @@ def skeleton():
 
 
 def main():
+    out_dir = Path(sys.argv[2]) if len(sys.argv) == 3 and sys.argv[1] == "--out" else HERE
     if not (NODE_DIR / "node_modules" / "tokenizers").is_dir():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
     rng = random.Random(SEED)
@@ -265,7 +266,7 @@ def main():
     tok["added_tokens"] = [{"id": first + i, "content": c, "single_word": False, "lstrip": False,
                             "rstrip": False, "normalized": False, "special": sp}
                            for i, (c, sp) in enumerate(ADDED)]
-    (HERE / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=1) + "\n",
+    (out_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=1) + "\n",
                                          encoding="utf-8")
     config = {
         "add_bos_token": False, "add_prefix_space": False,
@@ -277,7 +278,7 @@ def main():
         "pad_token": "<|endoftext|>", "split_special_tokens": False,
         "tokenizer_class": "Qwen3_5Tokenizer", "unk_token": None,
     }
-    (HERE / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
                                                 encoding="utf-8")
     print(f"{len(vocab)} BPE pieces ({len(merges)} merges) + {len(ADDED)} added tokens "
           f"({first}..{first + len(ADDED) - 1})")
