@@ -1396,17 +1396,17 @@ static const qalign_preset PRESETS[] = {
      "level's logit is the mean of its 3 synonyms'), L37 (no expand2square)"},
     /* Q-ReAlign (Qwen3.5 models): the prompt is the question of the task (qwen35.c qwen_texts) in
      * the chat template; the form (hf / swift) is in the name */
-    {"q-realign-mini", "q-future/Q-ReAlign-Mini-0.8B", "Can you rate the {task} of this picture?",
+    {"q-realign-mini", "q-future/Q-ReAlign-Mini-0.8B", "<|image|>Can you rate the {task} of this picture?",
      "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
      "chaofengc/IQA-PyTorch pyiqa/archs/qrealign_arch.py (TASKS, LEVELS, WEIGHTS; apply_chat_template("
      "add_generation_prompt=True) + stem, as Q-Future/Q-ReAlign README Quick Run); qalign/levels.py"},
-    {"q-realign-lite", "q-future/Q-ReAlign-Lite-4B", "Can you rate the {task} of this picture?",
+    {"q-realign-lite", "q-future/Q-ReAlign-Lite-4B", "<|image|>Can you rate the {task} of this picture?",
      "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
      "as q-realign-mini"},
-    {"q-realign-pro", "q-future/Q-ReAlign-Pro-9B", "Can you rate the {task} of this picture?",
+    {"q-realign-pro", "q-future/Q-ReAlign-Pro-9B", "<|image|>Can you rate the {task} of this picture?",
      "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
      "as q-realign-mini"},
-    {"q-realign-swift", "q-future/Q-ReAlign-*", "Can you rate the {task} of this picture?",
+    {"q-realign-swift", "q-future/Q-ReAlign-*", "<|image|>Can you rate the {task} of this picture?",
      "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
      "Q-Future/Q-ReAlign qalign/scorer.py (ms-swift template qwen3_5, enable_thinking false, then the ids of "
      "\" \" + stem), qalign/prompts.py PROMPTS[task][0] and STEMS"},

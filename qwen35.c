@@ -978,27 +978,58 @@ static int qwen_ctx_init(qalign_ctx *c, const qalign_ctx_options *o, char *err, 
     const Qwen35 *q = c->m->qwen;
     if (!q->bpe) return fail_with(err, errlen, QALIGN_ERR_FORMAT, "this Qwen3.5 model file has no tokenizer;" HINT_EXPORT);
     if (o->n_anchors) return fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: not available for Qwen3.5 models");
-    if (o->prompt && strstr(o->prompt, "<|image|>"))
-        return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: for a Qwen3.5 model give the question only (the chat "
-                         "template places the image first)");
+    /* a prompt of one's own: the question, with the image first as the chat template puts it
+     * ("<|image|>" at its start may be given or not); {task} and {input} filled in */
+    char user[1024] = "";
+    if (o->prompt) {
+        const char *p = o->prompt, *t = c->task;
+        if (!strncmp(p, "<|image|>", 9)) p += 9;
+        if (strstr(p, "<|image|>"))
+            return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: a Qwen3.5 prompt has its one image first (the chat "
+                             "template's place): give the question, optionally after <|image|>");
+        for (size_t n = 0; *p && n + 16 < sizeof user;) {
+            if (!strncmp(p, "{task}", 6)) n += (size_t)snprintf(user + n, sizeof user - n, "%s", strncmp(t, "aesthetic", 9) ? "quality" : "aesthetics"), p += 6;
+            else if (!strncmp(p, "{input}", 7)) n += (size_t)snprintf(user + n, sizeof user - n, "picture"), p += 7;
+            else user[n++] = *p++, user[n] = 0;
+        }
+    }
     QwenCtx *x = calloc(1, sizeof *x);
     if (!x) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     c->qw = x;
     x->swift = strstr(c->preset->name, "swift") != NULL;
     char question[1024], stem[256];
     int st = qwen_encode_text(q, "<|im_start|>user\n", &x->head, &x->n_head, err, errlen);
-    qwen_texts(c->task, x->swift, 0, o->prompt, question, sizeof question, stem, sizeof stem);
+    qwen_texts(c->task, x->swift, 0, o->prompt ? user : NULL, question, sizeof question, stem, sizeof stem);
     if (!st) st = qwen_build_tail(q, x->swift, question, stem, &x->tail, &x->n_tail, err, errlen);
-    qwen_texts(c->task, x->swift, 1, o->prompt, question, sizeof question, stem, sizeof stem);
+    char shown[1400];
+    snprintf(shown, sizeof shown, "<|image|>%s [%s form: %s]", question, x->swift ? "swift" : "hf", stem);
+    qwen_texts(c->task, x->swift, 1, o->prompt ? user : NULL, question, sizeof question, stem, sizeof stem);
     if (!st) st = qwen_build_tail(q, x->swift, question, stem, &x->vtail, &x->n_vtail, err, errlen);
     if (!st) {
-        size_t need = strlen(question) + 64;
         free(c->template);
-        c->template = malloc(need);
-        if (!c->template) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
-        else snprintf(c->template, need, "%s [%s form]", o->prompt ? o->prompt : "(the preset's question)", x->swift ? "swift" : "hf");
+        if (!(c->template = strdup(shown))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     }
     return st;
+}
+
+/* The context's stage hook (qalign_ctx_set_stage_hook, --dump) sees this family's stages:
+ * pixel_values (patch rows), vit_embed, vit_block{i}, vit_merger, input_ids, embeds,
+ * layer{i}, final_norm, level_logits (README "--dump"). */
+static void qwen_hook(void *user, const char *name, const float *data, int rows, int cols) {
+    qalign_ctx *c = user;
+    if (!c->hook) return;
+    qalign_stage st = {name, 'f', data, 2, {rows, cols, 1, 1}, -1};
+    c->hook(c->hook_user, &st);
+}
+
+static void qwen_hook_ids(qalign_ctx *c, const int *ids, int n) {
+    if (!c->hook) return;
+    int64_t *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    if (!v) return;
+    for (int i = 0; i < n; i++) v[i] = ids[i];
+    qalign_stage st = {"input_ids", 'i', v, 1, {n, 1, 1, 1}, -1};
+    c->hook(c->hook_user, &st);
+    free(v);
 }
 
 /* Preprocess and encode one image: its visual tokens go to slot k of the pending list. */
@@ -1040,7 +1071,10 @@ static int qwen_encode(qalign_ctx *c, const qalign_image *img, int k, int video,
     }
     if (!st) {
         t0 = now_seconds();
+        x->s.hook = c->hook ? qwen_hook : NULL, x->s.hook_user = c;
+        qwen_stage(&x->s, "pixel_values", px, gh * gw, q->c.v_in);
         qwen_vision(q, &x->s, px, gh, gw, x->tok[k]);
+        qwen_stage(&x->s, "vit_merger", x->tok[k], gh * gw / (q->c.v_merge * q->c.v_merge), q->c.l_dim);
         x->seconds.vision += now_seconds() - t0;
         x->grid[k][0] = gh, x->grid[k][1] = gw;
     }
@@ -1090,7 +1124,8 @@ static void qwen_score_slots(qalign_ctx *c, int n, int video, qalign_result *r) 
     for (int l = 0; l < c->lv.n; l++)
         for (int j = 0; j < c->lv.n_ids[l]; j++) lid[nl++] = c->lv.ids[l][j];
     float lg[QALIGN_MAX_LEVELS * QALIGN_MAX_SYNONYMS];
-    x->s.hook = NULL;
+    x->s.hook = c->hook ? qwen_hook : NULL, x->s.hook_user = c;
+    qwen_hook_ids(c, ids, S);
     st = qwen_decode(q, &x->s, ids, S, toks, (const int(*)[2])x->grid, n, lid, nl, lg, e, sizeof e);
     x->seconds.decoder += now_seconds() - t0;
     threads_leave(old);

@@ -6,6 +6,7 @@ outputs of every stage, in float64, for four prompts: one image, a wide image, t
 (66 tokens: two GDN chunks), text only. export.py turns it into model files of every weight
 type; build/test_qwen runs the C forward pass and writes each stage, compared here.
 """
+import math
 import os
 import shutil
 import subprocess
@@ -162,3 +163,105 @@ def test_damaged_file_says_reexport(fixtures):
     open(bad, "wb").write(d2)
     r = subprocess.run([DRIVER, bad, fixtures, fixtures], capture_output=True, text=True)
     assert r.returncode != 0 and "re-run export.py" in r.stderr, r.stderr
+
+
+# ---- end to end: the CLI on image files against PIL + HF tokenizers + the oracle ----------
+
+NODE_DIR = os.path.join(HERE, "node")
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    """HF tokenizers (npm, the official Rust binding) as the tokenizer oracle, as test_bpe."""
+    for tool in ("node", "npm"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed (Debian: apt-get install -y nodejs npm)")
+    if not os.path.isfile(os.path.join(NODE_DIR, "node_modules", "tokenizers", "package.json")):
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+    tj = os.path.join(HERE, "data", "qwen_tokenizer", "tokenizer.json")
+
+    def encode(texts, tmp):
+        src, dst = os.path.join(tmp, "enc_in.json"), os.path.join(tmp, "enc_out.json")
+        with open(src, "w") as f:
+            import json
+            json.dump(texts, f)
+        r = subprocess.run(["node", os.path.join(NODE_DIR, "bpe_oracle.mjs"), tj, "encode", src, dst],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        import json
+        return json.load(open(dst))
+    return encode
+
+
+def smart_resize(h, w, factor, min_px, max_px, swift):
+    """transformers' qwen2_vl smart_resize (hf form) / qwen_vl_utils' (swift form)."""
+    hb, wb = round(h / factor) * factor, round(w / factor) * factor
+    if swift:
+        hb, wb = max(factor, hb), max(factor, wb)
+    if hb * wb > max_px:
+        beta = math.sqrt(h * w / max_px)
+        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
+        if not swift:
+            hb, wb = max(factor, hb), max(factor, wb)
+    elif hb * wb < min_px:
+        beta = math.sqrt(min_px / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return hb, wb
+
+
+def pil_patches(path, min_px, max_px, swift, P=16, m=2, T=2):
+    """The Qwen2-VL image processor's PIL path: resize bicubic, rescale, normalise, and
+    the patch rows in merge-block order (its reshape/transpose)."""
+    from PIL import Image
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    rh, rw = smart_resize(h, w, P * m, min_px, max_px, swift)
+    a = np.asarray(img.resize((rw, rh), Image.BICUBIC))
+    x = (a.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = ((x - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1)
+    x = np.stack([x] * T)                                       # (T, C, H, W)
+    gh, gw = rh // P, rw // P
+    x = x.reshape(1, T, 3, gh // m, m, P, gw // m, m, P).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gh * gw, 3 * T * P * P), (gh, gw)
+
+
+@pytest.mark.parametrize("preset", ["q-realign-mini", "q-realign-swift"])
+def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
+    """./qalign MODEL image.png --dump: the patch rows equal PIL's path, the prompt ids equal
+    HF tokenizers' encoding of the chat-template text (the form of the preset), and the
+    level logits equal the oracle's on those inputs (f32, within 2e-4)."""
+    from PIL import Image
+    swift = preset.endswith("swift")
+    model = export(fixtures, "f32")
+    rng = np.random.default_rng(5)
+    img = os.path.join(str(tmp_path), "img.png")
+    Image.fromarray((rng.random((70, 100, 3)) * 255).astype(np.uint8)).save(img)
+    dump = os.path.join(str(tmp_path), "dump")
+    r = subprocess.run([os.path.join(ROOT, "qalign"), model, img, "--preset", preset, "--dump", dump],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr
+    px, (gh, gw) = pil_patches(img, 4096 if swift else 65536, 16777216, swift)
+    got_px = np.load(os.path.join(dump, "pixel_values.npy"))
+    assert got_px.shape == px.shape and np.array_equal(got_px, px)
+    n = gh * gw // 4
+    think = "<think>\n\n</think>\n\n" if swift else "<think>\n"   # the test template thinks by default
+    text = ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>"
+            "Can you rate the quality of this picture?<|im_end|>\n<|im_start|>assistant\n" + think)
+    stem = "The quality of the image is"
+    enc = hf_tokenizer([text + stem, text, " " + stem] + [" " + w for w in ("excellent", "good", "fair", "poor", "bad")],
+                       str(tmp_path))
+    ids = enc[1] + enc[2] if swift else enc[0]
+    levels = [e[0] for e in enc[3:]]
+    got_ids = np.load(os.path.join(dump, "input_ids.npy")).reshape(-1).tolist()
+    assert got_ids == ids
+    oracle = qwen_ref.Qwen35(os.path.join(fixtures, "checkpoint"))
+    with torch.no_grad():
+        lv = oracle.forward(ids, torch.from_numpy(px), [(1, gh, gw)], levels).numpy()
+    got = np.load(os.path.join(dump, "level_logits.npy")).reshape(-1)
+    assert float(np.abs(got - lv).max()) < 2e-4, (got, lv)
+    p = np.exp(lv - lv.max())
+    p /= p.sum()
+    score = float((p * np.array([1, 0.75, 0.5, 0.25, 0])).sum())
+    printed = float(r.stdout.split()[0])
+    assert abs(printed - score) < 1e-3, (r.stdout, score)
