@@ -1445,7 +1445,7 @@ def qwen_fetch(get, name, shape, srcs, how):
     return Raw(r.data.reshape(shape), r.kind)
 
 
-def qwen_write_model(out, cfg, wtype, get, tok=None, log=print):
+def qwen_write_model(out, cfg, wtype, get, tok=None, log=print, synthetic=None):
     plan = qwen_tensor_plan(cfg)
     wplan = [(name, shape, kind, (srcs, how), None) for name, shape, kind, srcs, how in plan]
     entries = [(name, tensor_dtype(kind, shape, wtype), shape, None) for name, shape, kind, _s, _h in plan]
@@ -1470,6 +1470,8 @@ def qwen_write_model(out, cfg, wtype, get, tok=None, log=print):
     for i, full in enumerate(cfg["layer_types"]):
         struct.pack_into("<I", header, 4 * (QWEN_LAYER_SLOT + i), full)
     source = lambda name, src, shape, part: qwen_fetch(get, name, shape, *src)  # noqa: E731
+    if synthetic:
+        source = lambda name, src, shape, part: synthetic(name, shape)  # noqa: E731
     tmp = out + ".partial"
     try:
         total = _write_file(tmp, header, table, tok_tensors, wplan, source, offset, log)
@@ -1485,6 +1487,87 @@ def qwen_write_model(out, cfg, wtype, get, tok=None, log=print):
             except OSError:
                 pass
     return total
+
+
+# Full-size configurations of Q-ReAlign's backbones (Qwen3.5-0.8B / 4B / 9B), for random
+# models of the real shapes: numbers from /work/notes/qwen_configs.md (the qwen-img helper's
+# survey of the released config.json files, two independent sources each).
+QWEN_SYNTHETIC = {
+    "q-realign-mini": dict(hidden=1024, mlp=3584, layers=24, heads=8, kv=2, gk=16, gv=16, vdepth=12, vdim=768,
+                           vmlp=3072, vheads=12, tied=True),
+    "q-realign-lite": dict(hidden=2560, mlp=9216, layers=32, heads=16, kv=4, gk=16, gv=32, vdepth=24, vdim=1024,
+                           vmlp=4096, vheads=16, tied=True),
+    "q-realign-pro": dict(hidden=4096, mlp=12288, layers=32, heads=16, kv=4, gk=16, gv=32, vdepth=27, vdim=1152,
+                          vmlp=4304, vheads=16, tied=False),
+}
+
+
+def qwen_synthetic_config(name):
+    p = QWEN_SYNTHETIC[name]
+    c = dict(model_type="qwen3_5", tie_word_embeddings=p["tied"],
+             image_token_id=248056, video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
+             text_config=dict(hidden_size=p["hidden"], intermediate_size=p["mlp"], num_hidden_layers=p["layers"],
+                              num_attention_heads=p["heads"], num_key_value_heads=p["kv"], head_dim=256,
+                              rms_norm_eps=1e-6, vocab_size=248320, linear_conv_kernel_dim=4,
+                              linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=p["gk"],
+                              linear_num_value_heads=p["gv"], full_attention_interval=4,
+                              rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
+                                                   mrope_section=[11, 11, 10], mrope_interleaved=True)),
+             vision_config=dict(depth=p["vdepth"], hidden_size=p["vdim"], intermediate_size=p["vmlp"],
+                                num_heads=p["vheads"], patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                                out_hidden_size=p["hidden"], num_position_embeddings=2304))
+    pp = dict(size=dict(shortest_edge=65536, longest_edge=16777216), image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return qwen_config(c, pp)
+
+
+class QwenSyntheticSource:
+    """Random weights by file tensor name: matrices N(0, (0.8/sqrt(fan_in))^2), norm weights
+    near their identity (0 for the (1 + w) norms, 1 for LayerNorm / RMSNormGated), small
+    biases, A_log = log U(1, 16), dt_bias 1; bf16 like the releases."""
+
+    def __init__(self, cfg, seed):
+        self.src = SyntheticSource(cfg, seed)      # its pool of normals
+        self.rng, self.normals = self.src.rng, self.src.normals
+
+    def __call__(self, name, shape):
+        n, leaf = int(np.prod(shape)), name.split(".")[-1]
+        if leaf in ("in_norm", "post_norm", "q_norm", "k_norm") or name == "l.norm":
+            x = 0.05 * self.normals(n)
+        elif leaf == "w" or leaf == "norm":
+            x = 1.0 + 0.05 * self.normals(n)
+        elif leaf == "b":
+            x = 0.02 * self.normals(n)
+        elif leaf == "A_log":
+            x = np.log(self.rng.uniform(1.0, 16.0, n)).astype(np.float32)
+        elif leaf == "dt_bias":
+            x = np.ones(n, np.float32)
+        elif leaf == "conv":
+            x = 0.3 * self.normals(n)
+        elif name == "v.pos":
+            x = 0.5 * self.normals(n)
+        elif name in ("l.embed", "l.head"):
+            x = 0.02 * self.normals(n)
+        else:
+            x = (0.8 / np.sqrt(shape[-1])) * self.normals(n)
+        return Raw(f32_to_bf16(x.reshape(shape)), "bf16")
+
+
+def qwen_export_synthetic(name, out, wtype, seed, log):
+    cfg = qwen_synthetic_config(name)
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "data", "qwen_tokenizer")
+    tok = qwen_tokenizer_tensor(here) if os.path.exists(os.path.join(here, "tokenizer.json")) else None
+    if tok:
+        # the small test tokenizer stands in for Qwen3.5's (its special ids, not the released ones)
+        with open(os.path.join(here, "tokenizer.json"), encoding="utf-8") as f:
+            added = {a["content"]: a["id"] for a in json.load(f).get("added_tokens", [])}
+        cfg.update(image_token=added["<|image_pad|>"], video_token=added["<|video_pad|>"],
+                   vision_start=added["<|vision_start|>"], vision_end=added["<|vision_end|>"])
+    cfg["think_open"] = 1
+    log(f"export.py: synthetic {name} (random weights, test tokenizer), {DT_NAMES_PY[wtype]} -> {out}")
+    return qwen_write_model(out, cfg, wtype, None, tok=tok, log=log, synthetic=QwenSyntheticSource(cfg, seed))
+
+
+DT_NAMES_PY = {v: k for k, v in DTYPES.items()}
 
 
 def qwen_export(d, out, wtype, log):
@@ -1585,7 +1668,8 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES) + sorted(ALIASES),
                     help="weight type of the matrices (default bf16 = the released values, exact); "
                          + ", ".join(f"{k} = {v}" for k, v in sorted(ALIASES.items())))
-    ap.add_argument("--synthetic", choices=sorted(PRESETS), help="write random weights of this preset")
+    ap.add_argument("--synthetic", choices=sorted(PRESETS) + sorted(QWEN_SYNTHETIC),
+                    help="write random weights of this preset (q-realign-*: Qwen3.5 at full size)")
     ap.add_argument("--seed", type=int, default=0, help="random seed for --synthetic")
     ap.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's, or $QALIGN_TOKENIZER)")
     ap.add_argument("--lora", metavar="DIR",
@@ -1620,6 +1704,13 @@ def main():
         log(f"export.py: wrote {out} ({total / 1e9:.3f} GB)")
         return
 
+    if a.synthetic in QWEN_SYNTHETIC:
+        out = a.out or a.checkpoint
+        if not out or (a.out and a.checkpoint) or a.lora:
+            ap.error("usage: export.py --synthetic PRESET [--dtype T] OUT")
+        total = qwen_export_synthetic(a.synthetic, out, wtype, a.seed, log)
+        log(f"export.py: wrote {out} ({total / 1e9:.3f} GB)")
+        return
     if a.synthetic:
         if a.lora:
             ap.error("--lora needs a checkpoint (the base model), not --synthetic")
