@@ -265,3 +265,38 @@ def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
     score = float((p * np.array([1, 0.75, 0.5, 0.25, 0])).sum())
     printed = float(r.stdout.split()[0])
     assert abs(printed - score) < 1e-3, (r.stdout, score)
+
+
+def test_cli_video_frames(fixtures, hf_tokenizer, tmp_path):
+    """--frames DIR (11 frames): Q-ReAlign's 8 frames by linspace, each one image of one user
+    turn, the video question and stem; ids against HF tokenizers, logits against the oracle."""
+    from PIL import Image
+    model = export(fixtures, "f32")
+    rng = np.random.default_rng(7)
+    fdir = os.path.join(str(tmp_path), "frames")
+    os.makedirs(fdir)
+    frames = [(rng.random((90, 160, 3)) * 255).astype(np.uint8) for _ in range(11)]
+    for i, a in enumerate(frames):
+        Image.fromarray(a).save(os.path.join(fdir, f"f{i:03d}.png"))
+    dump = os.path.join(str(tmp_path), "dump")
+    r = subprocess.run([os.path.join(ROOT, "qalign"), model, "--frames", fdir, "--preset", "q-realign-swift", "--dump", dump],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr
+    keep = [int(round(i)) for i in np.linspace(0, 10, 8)]
+    pxs, grids = [], []
+    for k in keep:
+        px, g = pil_patches(os.path.join(fdir, f"f{k:03d}.png"), 4096, 16777216, True)
+        pxs.append(px)
+        grids.append((1,) + g)
+    n = [g[1] * g[2] // 4 for g in grids]
+    text = "<|im_start|>user\n" + "".join("<|vision_start|>" + "<|image_pad|>" * k + "<|vision_end|>" for k in n)
+    text += "Can you rate the quality of this video?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    enc = hf_tokenizer([text, " The quality of the video is"] + [" " + w for w in ("excellent", "good", "fair", "poor", "bad")],
+                       str(tmp_path))
+    ids = enc[0] + enc[1]
+    assert np.load(os.path.join(dump, "input_ids.npy")).reshape(-1).tolist() == ids
+    oracle = qwen_ref.Qwen35(os.path.join(fixtures, "checkpoint"))
+    with torch.no_grad():
+        lv = oracle.forward(ids, torch.from_numpy(np.concatenate(pxs)), grids, [e[0] for e in enc[2:]]).numpy()
+    got = np.load(os.path.join(dump, "level_logits.npy")).reshape(-1)
+    assert float(np.abs(got - lv).max()) < 2e-4, (got, lv)
