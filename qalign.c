@@ -50,6 +50,7 @@
 #include "qalign.h"
 #include "tokenizer.h"
 #include "bpe.h"
+#include "image_qwen.h"
 
 
 /* ----------------------------------------------------------------------------------------

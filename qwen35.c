@@ -832,65 +832,26 @@ static int qwen_word_id(const Model *m, const char *word) {
 }
 
 /* ----------------------------------------------------------------------------------------
- * Image preprocessing (the Qwen2-VL image processor's PIL path):
+ * Image preprocessing: image_qwen.c (the Qwen2-VL image processor, both official paths):
  *   resized_height, resized_width = smart_resize(height, width, factor=patch*merge,
  *                                                min_pixels, max_pixels)
- *   image = resize(image, (h, w), BICUBIC) ; rescale 1/255 ; normalize(mean, std)
- *   patches: (grid_h/merge, grid_w/merge, merge, merge) blocks, each patch (C, T, P, P)
- * form 1 (ms-swift's qwen_vl_utils.smart_resize): h = max(f, round(h / f) f) first, no
- * max(f, .) in the shrinking branch. */
+ *   hf:    torchvision resize (uint8 antialiased bicubic), as transformers 5 runs it
+ *   swift: qwen_vl_utils.fetch_image (its smart_resize, min 4096) and Pillow's bicubic
+ *   then rescale + normalise (fused, float32) and patchify in merge-block order.
+ * The hf path takes min/max pixels, mean and std from the checkpoint's preprocessor_config. */
 
-static void qwen_smart_resize(int h, int w, int f, long min_px, long max_px, int swift, int *oh, int *ow) {
-    double hb = nearbyint((double)h / f) * f, wb = nearbyint((double)w / f) * f; /* Python round: half to even */
-    if (swift) hb = hb > f ? hb : f, wb = wb > f ? wb : f;
-    if (hb * wb > (double)max_px) {
-        double beta = sqrt((double)h * w / (double)max_px);
-        hb = floor(h / beta / f) * f, wb = floor(w / beta / f) * f;
-        if (!swift) hb = hb > f ? hb : f, wb = wb > f ? wb : f;
-    } else if (hb * wb < (double)min_px) {
-        double beta = sqrt((double)min_px / ((double)h * w));
-        hb = ceil(h * beta / f) * f, wb = ceil(w * beta / f) * f;
-    }
-    *oh = (int)hb, *ow = (int)wb;
-}
-
-/* img -> patch rows (gh*gw, v_in) in merge-block order; *out is malloc'd */
 static int qwen_preprocess(const QwenConfig *c, const Image *img, int swift, float **out, int *gh, int *gw, char *err,
                            size_t errlen) {
-    int f = c->v_patch * c->v_merge, oh, ow, P = c->v_patch, m = c->v_merge, T = c->v_temporal;
-    if ((img->w > img->h ? img->w / img->h : img->h / img->w) > 200)
-        return fail_with(err, errlen, QALIGN_ERR_INPUT, "image %dx%d: aspect ratio above 200", img->w, img->h);
-    qwen_smart_resize(img->h, img->w, f, swift ? 4 * 32 * 32 : c->min_pixels, c->max_pixels, swift, &oh, &ow);
-    if (oh < f || ow < f) return fail_with(err, errlen, QALIGN_ERR_INPUT, "image %dx%d is too small", img->w, img->h);
-    Image rs = {0};
+    QwenVisionPrep p;
+    qwen_prep_init(&p, swift ? QWEN_PATH_SWIFT : QWEN_PATH_HF);
+    p.patch = c->v_patch, p.merge = c->v_merge, p.temporal = c->v_temporal;
+    if (!swift) p.min_pixels = c->min_pixels, p.max_pixels = c->max_pixels;
+    for (int i = 0; i < 3; i++) p.mean[i] = c->mean[i], p.std[i] = c->std[i];
+    int gt = 0;
     char e[256];
-    if (image_resize_bicubic(img, ow, oh, &rs, e, sizeof e) != 0) return fail_with(err, errlen, QALIGN_ERR_INPUT, "%s", e);
-    *gh = oh / P, *gw = ow / P;
-    size_t n = (size_t)(*gh) * (*gw);
-    float *px = malloc(n * (size_t)c->v_in * sizeof(float));
-    if (!px) {
-        free(rs.rgb);
-        return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (%zu patches)", n);
-    }
-    size_t i = 0;
-    for (int br = 0; br < *gh / m; br++)
-        for (int bc = 0; bc < *gw / m; bc++)
-            for (int ir = 0; ir < m; ir++)
-                for (int ic = 0; ic < m; ic++, i++) {
-                    float *row = px + i * (size_t)c->v_in;
-                    int y0 = (br * m + ir) * P, x0 = (bc * m + ic) * P;
-                    for (int ch = 0; ch < 3; ch++)
-                        for (int t = 0; t < T; t++)
-                            for (int y = 0; y < P; y++)
-                                for (int x = 0; x < P; x++) {
-                                    uint8_t v = rs.rgb[((size_t)(y0 + y) * ow + (x0 + x)) * 3 + ch];
-                                    /* rescale in float64 then float32, normalise in float32 */
-                                    float r = (float)(v * (1.0 / 255.0));
-                                    *row++ = (r - c->mean[ch]) / c->std[ch];
-                                }
-                }
-    free(rs.rgb);
-    *out = px;
+    float *rows = qwen_pixel_rows(img->rgb, img->w, img->h, &p, &gt, gh, gw, e, sizeof e);
+    if (!rows) return fail_with(err, errlen, QALIGN_ERR_INPUT, "%s", e);
+    *out = rows;
     return QALIGN_OK;
 }
 
@@ -1042,11 +1003,11 @@ static int qwen_encode(qalign_ctx *c, const qalign_image *img, int k, int video,
     int old = threads_enter(c);
     double t0 = now_seconds();
     if (video && (img->width > QWEN_VIDEO_SIDE || img->height > QWEN_VIDEO_SIDE)) {
-        /* s = 448 / max(w, h); (max(1, int(w * s)), max(1, int(h * s))), Pillow BICUBIC */
-        double s = (double)QWEN_VIDEO_SIDE / (img->width > img->height ? img->width : img->height);
-        int w = (int)(img->width * s), h = (int)(img->height * s);
+        /* scorer.sample_frames: the long side to 448 (truncating), Pillow BICUBIC */
+        int w, h;
+        qwen_frame_size(img->width, img->height, QWEN_VIDEO_SIDE, &w, &h);
         char e[256];
-        if (image_resize_bicubic(&view, w > 1 ? w : 1, h > 1 ? h : 1, &small, e, sizeof e) != 0) {
+        if (image_resize_bicubic(&view, w, h, &small, e, sizeof e) != 0) {
             threads_leave(old);
             return fail_with(err, errlen, QALIGN_ERR_INPUT, "%s", e);
         }
@@ -1190,8 +1151,9 @@ static int qwen_video_begin(qalign_ctx *c, int n, char *err, size_t errlen) {
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n < 1 || n > QALIGN_MAX_FRAMES)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "a video takes 1 to %d frames, not %d", QALIGN_MAX_FRAMES, n);
-    for (int i = 0; i < QWEN_VIDEO_FRAMES; i++)
-        c->qw->vid_keep[i] = (int)nearbyint((double)(n - 1) * i / (QWEN_VIDEO_FRAMES - 1));
+    long keep[QWEN_VIDEO_FRAMES];
+    qwen_frame_indices(n, QWEN_VIDEO_FRAMES, keep);
+    for (int i = 0; i < QWEN_VIDEO_FRAMES; i++) c->qw->vid_keep[i] = (int)keep[i];
     c->video_n = n, c->video_k = 0;
     c->qw->n_tok = 0;
     return QALIGN_OK;

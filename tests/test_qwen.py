@@ -194,41 +194,19 @@ def hf_tokenizer():
     return encode
 
 
-def smart_resize(h, w, factor, min_px, max_px, swift):
-    """transformers' qwen2_vl smart_resize (hf form) / qwen_vl_utils' (swift form)."""
-    hb, wb = round(h / factor) * factor, round(w / factor) * factor
-    if swift:
-        hb, wb = max(factor, hb), max(factor, wb)
-    if hb * wb > max_px:
-        beta = math.sqrt(h * w / max_px)
-        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
-        if not swift:
-            hb, wb = max(factor, hb), max(factor, wb)
-    elif hb * wb < min_px:
-        beta = math.sqrt(min_px / (h * w))
-        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
-    return hb, wb
-
-
-def pil_patches(path, min_px, max_px, swift, P=16, m=2, T=2):
-    """The Qwen2-VL image processor's PIL path: resize bicubic, rescale, normalise, and
-    the patch rows in merge-block order (its reshape/transpose)."""
-    from PIL import Image
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    rh, rw = smart_resize(h, w, P * m, min_px, max_px, swift)
-    a = np.asarray(img.resize((rw, rh), Image.BICUBIC))
-    x = (a.astype(np.float64) * (1 / 255)).astype(np.float32)
-    x = ((x - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1)
-    x = np.stack([x] * T)                                       # (T, C, H, W)
-    gh, gw = rh // P, rw // P
-    x = x.reshape(1, T, 3, gh // m, m, P, gw // m, m, P).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(gh * gw, 3 * T * P * P), (gh, gw)
+def pixel_rows(path, swift):
+    """The processor's pixel rows from the line-by-line Python ports of test_qwen_image.py
+    (transformers' / qwen_vl_utils' smart_resize, ATen's uint8 antialiased bicubic or
+    Pillow's, torchvision's fused normalisation, the HF patchify)."""
+    import test_qwen_image as tqi
+    mn = 4096 if swift else 65536
+    _resized, rows, grid = tqi.oracle_pipeline(path, 1 if swift else 0, "pil" if swift else "torch", "fused", mn, 16777216)
+    return rows, (grid[1], grid[2])
 
 
 @pytest.mark.parametrize("preset", ["q-realign-mini", "q-realign-swift"])
 def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
-    """./qalign MODEL image.png --dump: the patch rows equal PIL's path, the prompt ids equal
+    """./qalign MODEL image.png --dump: the patch rows equal the processor's (Python ports), the prompt ids equal
     HF tokenizers' encoding of the chat-template text (the form of the preset), and the
     level logits equal the oracle's on those inputs (f32, within 2e-4)."""
     from PIL import Image
@@ -241,7 +219,7 @@ def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
     r = subprocess.run([os.path.join(ROOT, "qalign"), model, img, "--preset", preset, "--dump", dump],
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert r.returncode == 0, r.stderr
-    px, (gh, gw) = pil_patches(img, 4096 if swift else 65536, 16777216, swift)
+    px, (gh, gw) = pixel_rows(img, swift)
     got_px = np.load(os.path.join(dump, "pixel_values.npy"))
     assert got_px.shape == px.shape and np.array_equal(got_px, px)
     n = gh * gw // 4
@@ -285,7 +263,7 @@ def test_cli_video_frames(fixtures, hf_tokenizer, tmp_path):
     keep = [int(round(i)) for i in np.linspace(0, 10, 8)]
     pxs, grids = [], []
     for k in keep:
-        px, g = pil_patches(os.path.join(fdir, f"f{k:03d}.png"), 4096, 16777216, True)
+        px, g = pixel_rows(os.path.join(fdir, f"f{k:03d}.png"), True)
         pxs.append(px)
         grids.append((1,) + g)
     n = [g[1] * g[2] // 4 for g in grids]
