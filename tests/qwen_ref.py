@@ -49,8 +49,8 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
-def read_safetensors(path):
-    """name -> float64 torch tensor (bf16 widened exactly)."""
+def read_safetensors(path, dtype=np.float64):
+    """name -> torch tensor of dtype (float64 by default; bf16 widened exactly)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         meta = json.loads(f.read(n))
@@ -67,7 +67,7 @@ def read_safetensors(path):
             arr = u.view(np.float32)
         else:
             arr = np.frombuffer(raw, dtype=_ST_TO_NP[info["dtype"]])
-        out[name] = torch.from_numpy(arr.astype(np.float64).reshape(info["shape"]))
+        out[name] = torch.from_numpy(arr.astype(dtype).reshape(info["shape"]))
     return out
 
 
@@ -91,7 +91,7 @@ class Qwen35:
         idx = os.path.join(ckpt_dir, "model.safetensors.index.json")
         files = sorted(set(json.load(open(idx))["weight_map"].values())) if os.path.exists(idx) else ["model.safetensors"]
         for fn in files:
-            sd.update(read_safetensors(os.path.join(ckpt_dir, fn)))
+            sd.update(read_safetensors(os.path.join(ckpt_dir, fn), np.float32 if dtype == torch.float32 else np.float64))
         self.dtype = dtype
         self.w = {k: v.to(dtype) for k, v in sd.items()}
         tc = self.tc
