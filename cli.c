@@ -144,7 +144,9 @@ static void usage(FILE *f) {
         print_quoted(f, np ? np->text : pr[i].prompt);
         fprintf(f, "\n      levels   %s%s\n", pr[i].levels,
                 pr[i].temperature != 1.0f ? " (logits divided by 100 before the softmax)" : "");
-        fprintf(f, "      image    %s; tasks: %s%s%s\n", pr[i].no_pad ? "no padding (resize, centre-crop)" : "expand2square",
+        fprintf(f, "      image    %s; tasks: %s%s%s\n",
+                !strncmp(pr[i].name, "q-realign", 9) ? "Qwen3.5 model files: smart_resize to multiples of 32"
+                : pr[i].no_pad ? "no padding (resize, centre-crop)" : "expand2square",
                 pr[i].tasks, pr[i].video ? "; videos" : "; images only",
                 pr[i].n_anchors ? "; needs --anchors (5 images), score 0-100 from a maximum-likelihood fit" : "");
         fprintf(f, "      source   %s\n", pr[i].source);
