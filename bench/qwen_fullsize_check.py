@@ -32,6 +32,6 @@ r = subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), '..
 print(r.stderr)
 got = np.fromfile(o + '/level_logits.f32', '<f4')
 print('oracle f32', ref); print('C       ', got); print('max abs diff', np.abs(got - ref).max())
-for name in ['vit_merger', 'layer0', 'layer3', 'layer23', 'final_norm']:
+for name in ['vit_embed', 'vit_block0', 'vit_block11', 'vit_merger', 'layer0', 'layer3', 'layer23', 'final_norm']:
     g = np.fromfile(o + f'/{name}.f32', '<f4').reshape(-1); rr = st[name].numpy().reshape(-1)
     print(name, 'rel %.2e' % (np.abs(g - rr).max() / np.abs(rr).max()))
