@@ -2434,6 +2434,9 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     const char *task = o.task ? o.task : "quality";
     if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
+    if (m->qwen && !m->qwen->bpe)
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "this Qwen3.5 model file has no tokenizer (its checkpoint had no "
+                         "tokenizer.json);" HINT_EXPORT);
     if ((m->qwen != NULL) != qwen_is_preset(pr))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "preset: %s is for %s models, this is a%s model", pr->name,
                          m->qwen ? "mPLUG-Owl2 (Q-Align)" : "Qwen3.5 (Q-ReAlign)", m->qwen ? " Qwen3.5" : "n mPLUG-Owl2");

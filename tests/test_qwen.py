@@ -278,3 +278,19 @@ def test_cli_video_frames(fixtures, hf_tokenizer, tmp_path):
         lv = oracle.forward(ids, torch.from_numpy(np.concatenate(pxs)), grids, [e[0] for e in enc[2:]]).numpy()
     got = np.load(os.path.join(dump, "level_logits.npy")).reshape(-1)
     assert float(np.abs(got - lv).max()) < 2e-4, (got, lv)
+
+
+def test_no_tokenizer_is_refused_clearly(fixtures, tmp_path):
+    """A checkpoint without tokenizer.json exports (token ids only) but cannot score images:
+    one line saying so, exit status 1."""
+    ck = os.path.join(str(tmp_path), "ck")
+    os.makedirs(ck)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copy(os.path.join(fixtures, "checkpoint", name), ck)
+    out = os.path.join(str(tmp_path), "notok.qalign")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--model", ck, out, "--dtype", "f32", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([os.path.join(ROOT, "qalign"), out, os.path.join(fixtures, "checkpoint", "config.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "no tokenizer" in r.stderr and "re-run export.py" in r.stderr, r.stderr
