@@ -425,16 +425,16 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
     /* mixed_qkv = causal_conv1d_fn(mixed_qkv, self.conv1d.weight.squeeze(1), None, activation="silu")
      *   = silu(F.conv1d(x, w, padding=K-1, groups=conv_dim)[:, :, :seq_len]) */
 #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < conv; ch++) {
-        const float *w = L->conv + (size_t)ch * K;
-        for (int t = 0; t < S; t++) {
-            float acc = 0.0f;
-            for (int j = 0; j < K; j++) {
-                int src = t - (K - 1) + j;
-                if (src >= 0) acc += w[j] * s->proj[(size_t)src * W + ch];
-            }
-            s->q[(size_t)t * conv + ch] = silu1(acc);
+    for (int t = 0; t < S; t++) {
+        float *o = s->q + (size_t)t * conv;
+        for (int ch = 0; ch < conv; ch++) o[ch] = 0.0f;
+        for (int j = 0; j < K; j++) { /* tap j reads row t - (K - 1) + j (zero before the start) */
+            int src = t - (K - 1) + j;
+            if (src < 0) continue;
+            const float *in = s->proj + (size_t)src * W;
+            for (int ch = 0; ch < conv; ch++) o[ch] += L->conv[(size_t)ch * K + j] * in[ch];
         }
+        for (int ch = 0; ch < conv; ch++) o[ch] = silu1(o[ch]);
     }
     /* query = l2norm(query), key = l2norm(key) (use_qk_l2norm_in_kernel), query *= dk ** -0.5 */
     float qscale = 1.0f / sqrtf((float)dk);
