@@ -204,8 +204,9 @@ def pixel_rows(path, swift):
     return rows, (grid[1], grid[2])
 
 
-@pytest.mark.parametrize("preset", ["q-realign-mini", "q-realign-swift"])
-def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
+@pytest.mark.parametrize("preset,task", [("q-realign-mini", "quality"), ("q-realign-swift", "quality"),
+                                         ("q-realign-mini", "aesthetics"), ("q-realign-swift", "aesthetics")])
+def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset, task):
     """./qalign MODEL image.png --dump: the patch rows equal the processor's (Python ports), the prompt ids equal
     HF tokenizers' encoding of the chat-template text (the form of the preset), and the
     level logits equal the oracle's on those inputs (f32, within 2e-4)."""
@@ -216,7 +217,7 @@ def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
     img = os.path.join(str(tmp_path), "img.png")
     Image.fromarray((rng.random((70, 100, 3)) * 255).astype(np.uint8)).save(img)
     dump = os.path.join(str(tmp_path), "dump")
-    r = subprocess.run([os.path.join(ROOT, "qalign"), model, img, "--preset", preset, "--dump", dump],
+    r = subprocess.run([os.path.join(ROOT, "qalign"), model, img, "--preset", preset, "--task", task, "--dump", dump],
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert r.returncode == 0, r.stderr
     px, (gh, gw) = pixel_rows(img, swift)
@@ -224,9 +225,12 @@ def test_cli_score_end_to_end(fixtures, hf_tokenizer, tmp_path, preset):
     assert got_px.shape == px.shape and np.array_equal(got_px, px)
     n = gh * gw // 4
     think = "<think>\n\n</think>\n\n" if swift else "<think>\n"   # the test template thinks by default
-    text = ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>"
-            "Can you rate the quality of this picture?<|im_end|>\n<|im_start|>assistant\n" + think)
-    stem = "The quality of the image is"
+    # pyiqa's TASKS (hf form); qalign/prompts.py PROMPTS[task][0] (swift form)
+    question = ("How is the aesthetics of this image?" if swift else "Can you rate the aesthetics of this picture?") \
+        if task == "aesthetics" else "Can you rate the quality of this picture?"
+    text = ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>" + question +
+            "<|im_end|>\n<|im_start|>assistant\n" + think)
+    stem = f"The {task} of the image is"
     enc = hf_tokenizer([text + stem, text, " " + stem] + [" " + w for w in ("excellent", "good", "fair", "poor", "bad")],
                        str(tmp_path))
     ids = enc[1] + enc[2] if swift else enc[0]
