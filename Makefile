@@ -44,7 +44,7 @@ LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c
 # serve.c / serve_parse.c: --listen and --stdio (serve.h), on the same public headers.
 CLI_SRCS = cli.c app.c serve.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_qwen.h app.h serve.h
+HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_qwen.h app.h serve.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean
