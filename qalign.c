@@ -647,7 +647,9 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     ActKind kind = act_kind_for(a, W->dtype);
     if (a->kind != kind) acts_prepare(a, kind);
     int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
-#pragma omp parallel for schedule(static)
+    /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
+     * not, instead of waiting for it at the end (each output is still one tile's sum) */
+#pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < pairs; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
         for (int t0 = 0; t0 < T; t0 += RT) {

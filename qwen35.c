@@ -453,7 +453,7 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
      *   state *= exp(g_t);  kv_mem = k_t^T state;  delta = (v_t - kv_mem) * beta_t;
      *   state += k_t delta^T;  out_t = q_t^T state */
     int rep = nv / nk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic)
     for (int h = 0; h < nv; h++) {
         float *st = s->state + (size_t)h * dk * dv;
         memset(st, 0, (size_t)dk * dv * sizeof(float));

@@ -509,7 +509,7 @@ static inline __attribute__((always_inline)) void att_pv_avx512(float *o, int ld
 static int attention_avx512(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk,
                             int H, int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride,
                             float *kt) {
-    if (hd % 16 || hd > 128) return 0;
+    if (hd % 16 || (hd > 128 && hd != 256)) return 0;
     /* keys transposed per kv head: kt[kh][d][j], j padded to 16, so that 16 keys' scores
      * for one query are one FMA chain over d */
     size_t Tk16 = pad16((size_t)Tk);
@@ -526,7 +526,7 @@ static int attention_avx512(float *out, const float *q, int ldq, const float *k,
     }
     float scale = 1.0f / sqrtf((float)hd);
     int group = H / KVH, blocks = (Tq + ATT_ROWS - 1) / ATT_ROWS;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
     for (int h = 0; h < H; h++)
         for (int ib = 0; ib < blocks; ib++) {
             int i0 = ib * ATT_ROWS, R = Tq - i0 < ATT_ROWS ? Tq - i0 : ATT_ROWS, kh = h / group;
@@ -536,7 +536,7 @@ static int attention_avx512(float *out, const float *q, int ldq, const float *k,
             /* scores: S[r][j] = (scale * q[i0+r]) . k[j]; the block's queries, scaled and
              * transposed to qt[d][r] (rows past R zero), are broadcast from one place, and
              * each d feeds ATT_ROWS x 64 keys of accumulators */
-            float qt[128 * ATT_ROWS];
+            float qt[256 * ATT_ROWS];
             for (int d = 0; d < hd; d++)
                 for (int r = 0; r < ATT_ROWS; r++) qt[d * ATT_ROWS + r] = r < R ? q[(size_t)(i0 + r) * ldq + (size_t)h * hd + d] * scale : 0.0f;
             int j0 = 0;
@@ -581,6 +581,9 @@ static int attention_avx512(float *out, const float *q, int ldq, const float *k,
                 for (int r0 = 0; r0 < R; r0 += 6) { PV_ROWS(R - r0 < 6 ? R - r0 : 6, 4) }
             else if (HC == 8) /* hd 128 (LLaMA): 3 rows x 8 vectors */
                 for (int r0 = 0; r0 < R; r0 += 3) { PV_ROWS(R - r0 < 3 ? R - r0 : 3, 8) }
+            else if (HC == 16) /* hd 256 (Qwen3.5's decoder): as hd 128, once per half of the columns */
+                for (int c0 = 0; c0 < hd; c0 += 128, o += 128, vh += 128)
+                    for (int r0 = 0; r0 < R; r0 += 3) { PV_ROWS(R - r0 < 3 ? R - r0 : 3, 8) }
             else
                 for (int r0 = 0; r0 < R; r0++) { PV_COLS(HC) }
         }

@@ -267,13 +267,24 @@ static void test_quantize(void) {
     free(q2);
 }
 
+typedef struct { int Tq, Tk, H, KVH, hd, causal, q_offset; } AttCase;
+static void test_attention_cases(const AttCase *cases, size_t n);
 static void test_attention(void) {
-    struct { int Tq, Tk, H, KVH, hd, causal, q_offset; } cases[] = {
+    static const AttCase cases[] = {
         {17, 17, 4, 4, 16, 0, 0},     {1025, 1025, 2, 2, 64, 0, 0}, {9, 9 + 17, 4, 4, 16, 0, 0},
         {36, 36, 4, 4, 16, 1, 0},     {92, 92, 2, 2, 128, 1, 0},    {1, 92, 2, 2, 128, 1, 91},
         {77, 92, 4, 2, 32, 1, 15},    {30, 30, 3, 1, 48, 1, 0},     {20, 20, 2, 2, 8, 1, 0},
         {70, 70, 2, 2, 80, 0, 0},
     };
+    test_attention_cases(cases, sizeof cases / sizeof cases[0]);
+}
+/* head_dim 256 (Qwen3.5's decoder: 8 query heads on 2 kv heads); run after the bf16 test,
+ * whose random inputs stay the ones it was written with */
+static void test_attention_hd256(void) {
+    static const AttCase cases[] = {{200, 200, 8, 2, 256, 1, 0}, {1, 200, 8, 2, 256, 1, 199}, {33, 33, 2, 2, 256, 0, 0}};
+    test_attention_cases(cases, sizeof cases / sizeof cases[0]);
+}
+static void test_attention_cases(const AttCase *cases, size_t ncases) {
     size_t maxsz = 1025 * 4 * 128;
     float *q = xmalloc(maxsz * sizeof(float)), *k = xmalloc(maxsz * sizeof(float)), *v = xmalloc(maxsz * sizeof(float));
     float *o1 = xmalloc(maxsz * sizeof(float)), *o2 = xmalloc(maxsz * sizeof(float));
@@ -283,7 +294,7 @@ static void test_attention(void) {
 #endif
     size_t stride = ATT_SCRATCH_ROWS * pad16(1040);
     float *scratch = xmalloc((size_t)threads * stride * sizeof(float)), *kt = xmalloc(maxsz * sizeof(float));
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    for (size_t c = 0; c < ncases; c++) {
         int Tq = cases[c].Tq, Tk = cases[c].Tk, H = cases[c].H, KVH = cases[c].KVH, hd = cases[c].hd;
         int ldq = H * hd, ldkv = KVH * hd;
         for (size_t i = 0; i < (size_t)Tq * ldq; i++) q[i] = frand() * 3;
@@ -487,6 +498,7 @@ int main(void) {
     test_threads_deterministic();
     test_attention();
     test_attention_bf16();
+    test_attention_hd256();
     test_elementwise();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
