@@ -74,6 +74,11 @@ build/%: tests/%.c $(SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
 
+# bench/qwen_stages.c: seconds per stage of the Qwen3.5 forward (white-box, as test_qwen)
+build/qwen_stages: bench/qwen_stages.c $(SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
+
 # test_api embeds qalign as a user would: qalign.h and libqalign.a only
 build/test_api: tests/test_api.c libqalign.a qalign.h image.h
 	@mkdir -p build

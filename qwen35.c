@@ -119,6 +119,9 @@ typedef struct Qwen35 {
 
 typedef void (*qwen_stage_fn)(void *user, const char *name, const float *data, int rows, int cols);
 
+/* Seconds per stage, summed over forward passes (bench/qwen_stages.c prints them) */
+enum { QS_PATCH, QS_VIT_ATT, QS_VIT_MLP, QS_MERGER, QS_GDN, QS_ATT, QS_MLP, QS_HEAD, QS_COUNT };
+
 typedef struct {
     int max_patches;        /* patch rows of the largest image */
     int max_seq;            /* decoder rows */
@@ -141,7 +144,15 @@ typedef struct {
     qwen_stage_fn hook;
     void *hook_user;
     size_t bytes;
+    double sec[QS_COUNT];   /* seconds per stage (QS_*), cumulative */
 } QwenState;
+
+/* add the time since *t to stage k; *t = now */
+static void qwen_tick(QwenState *s, int k, double *t) {
+    double n = now_seconds();
+    s->sec[k] += n - *t;
+    *t = n;
+}
 
 static void qwen_stage(QwenState *s, const char *name, const float *data, int rows, int cols) {
     if (s->hook) s->hook(s->hook_user, name, data, rows, cols);
@@ -285,6 +296,7 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
     const QwenConfig *c = &q->c;
     int D = c->v_dim, H = c->v_heads, hd = D / H, m = c->v_merge, N = gh * gw, side = c->v_side;
     int vit_bf16 = s->acts.bf16_fast && c->wtype != DT_MF32; /* not f32, not --precise */
+    double t = now_seconds();
     /* hidden_states = self.proj(hidden_states.view(-1, C, T, P, P)).view(-1, self.embed_dim) */
     matmul(s->vx, &s->acts, patches, N, &q->patch, q->patch_b, EPI_STORE);
     /* pos_embeds = (self.pos_embed(interp_indices) * interp_weights[:, :, None]).sum(1)
@@ -314,7 +326,9 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
             cs[j + nf] = cs[j + 3 * nf] = cosf(fc), sn[j + nf] = sn[j + 3 * nf] = sinf(fc);
         }
     }
+    qwen_tick(s, QS_PATCH, &t);
     qwen_stage(s, "vit_embed", s->vx, N, D);
+    t = now_seconds();
     for (int l = 0; l < c->v_layers; l++) {
         const QwenVisionLayer *L = &q->vl[l];
         /* hidden_states = hidden_states + self.attn(self.norm1(hidden_states), ...) */
@@ -336,6 +350,7 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
                   s->scores_stride, s->kt);
         /* attn_output = self.proj(attn_output) */
         matmul(s->vx, &s->acts, s->vatt, N, &L->proj, L->proj_b, EPI_ADD);
+        qwen_tick(s, QS_VIT_ATT, &t);
         /* hidden_states = hidden_states + self.mlp(self.norm2(hidden_states))
          * mlp: linear_fc2(act_fn(linear_fc1(x))), act gelu_pytorch_tanh */
         layernorm(s->vxn, s->vx, L->ln2_w, L->ln2_b, N, D, c->v_eps);
@@ -344,9 +359,11 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < nm; i++) s->vmlp[i] = vit_bf16 ? gelu_tanh_fast1(s->vmlp[i]) : gelu_tanh1(s->vmlp[i]);
         matmul(s->vx, &s->acts, s->vmlp, N, &L->fc2, L->fc2_b, EPI_ADD);
+        qwen_tick(s, QS_VIT_MLP, &t);
         char name[32];
         snprintf(name, sizeof name, "vit_block%d", l);
         qwen_stage(s, name, s->vx, N, D);
+        t = now_seconds();
     }
     /* Qwen3_5VisionPatchMerger: x = self.norm(x).view(-1, self.hidden_size)
      *                           x = self.linear_fc2(self.act_fn(self.linear_fc1(x)))  (nn.GELU) */
@@ -357,6 +374,7 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n4; i++) s->vmlp[i] = gelu_erf1(s->vmlp[i]);
     matmul(out, &s->acts, s->vmlp, M, &q->mfc2, q->mfc2_b, EPI_STORE);
+    qwen_tick(s, QS_MERGER, &t);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -555,11 +573,13 @@ static void qwen_layer(const Qwen35 *q, QwenState *s, int l, int S) {
     const QwenConfig *c = &q->c;
     const QwenLayer *L = &q->l[l];
     int Dl = c->l_dim, F = c->l_mlp;
+    double t = now_seconds();
     /* hidden_states = self.input_layernorm(hidden_states) */
     rmsnorm1p(s->xn, Dl, s->x, Dl, L->in_norm, S, Dl, c->l_eps);
     /* hidden_states = residual + (self.linear_attn(...) | self.self_attn(...)) */
     if (c->full[l]) qwen_attention(q, s, L, S);
     else qwen_gdn(q, s, L, S);
+    qwen_tick(s, c->full[l] ? QS_ATT : QS_GDN, &t);
     /* hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
      * mlp: down_proj(act_fn(gate_proj(x)) * up_proj(x)) */
     rmsnorm1p(s->xn, Dl, s->x, Dl, L->post_norm, S, Dl, c->l_eps);
@@ -571,6 +591,7 @@ static void qwen_layer(const Qwen35 *q, QwenState *s, int l, int S) {
         for (int i = 0; i < F; i++) h[i] = silu1(g[i]) * g[F + i];
     }
     matmul(s->x, &s->acts, s->hb, S, &L->down, NULL, EPI_ADD);
+    qwen_tick(s, QS_MLP, &t);
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -631,6 +652,7 @@ static int qwen_decode(const Qwen35 *q, QwenState *s, const int *ids, int S, con
     }
     /* hidden_states = self.norm(hidden_states); logits = self.lm_head(hidden_states[:, -1]) */
     float *last = s->xn;
+    double t = now_seconds();
     rmsnorm1p(last, Dl, s->x + (size_t)(S - 1) * Dl, Dl, q->norm, 1, Dl, c->l_eps);
     qwen_stage(s, "final_norm", last, 1, Dl);
     for (int i = 0; i < n_levels; i++) {
@@ -640,6 +662,7 @@ static int qwen_decode(const Qwen35 *q, QwenState *s, const int *ids, int S, con
         for (int d = 0; d < Dl; d++) acc += (double)s->row[d] * last[d];
         logits[i] = (float)acc;
     }
+    qwen_tick(s, QS_HEAD, &t);
     qwen_stage(s, "level_logits", logits, 1, n_levels);
     return QALIGN_OK;
 }

@@ -1,0 +1,96 @@
+/* bench/qwen_stages.c - seconds per stage of a Qwen3.5 forward pass (qwen35.c), one image.
+ *
+ *   build/qwen_stages MODEL WIDTH HEIGHT [REPEATS] [precise]
+ *
+ * The image size goes through smart_resize with the model's min/max pixels (as the CLI's
+ * preprocessing does), the patch rows are random, the prompt is the hf form's length (the
+ * chat template's 4 tokens, the image's visual tokens, vision_end, 30 text tokens). Runs the
+ * forward REPEATS times (default 3) and prints the fastest run as one line of key=value:
+ * visual tokens, decoder rows, then seconds per stage (QwenState.sec). White-box: it
+ * includes qalign.c, as tests/test_qwen.c does. */
+#ifndef TESTING
+#define TESTING
+#endif
+#include "../qalign.c"
+#include "../kernels.c"
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: qwen_stages MODEL WIDTH HEIGHT [REPEATS] [precise]\n");
+        return 2;
+    }
+    int w = atoi(argv[2]), h = atoi(argv[3]), reps = argc > 4 ? atoi(argv[4]) : 3;
+    int precise = argc > 5 && strcmp(argv[5], "precise") == 0;
+    if (w <= 0 || h <= 0 || reps <= 0) {
+        fprintf(stderr, "qwen_stages: bad size or repeat count\n");
+        return 2;
+    }
+    char err[QALIGN_ERR_LEN];
+    qalign_open_options oo = {0, 1};
+    qalign_model *m;
+    if (qalign_open(argv[1], &oo, &m, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (!m->qwen) {
+        fprintf(stderr, "qwen_stages: %s is not a Qwen3.5 model\n", argv[1]);
+        return 1;
+    }
+    const Qwen35 *q = m->qwen;
+    const QwenConfig *c = &q->c;
+    int oh, ow, f = c->v_patch * c->v_merge;
+    if (qwen_smart_resize(h, w, f, c->min_pixels, c->max_pixels, &oh, &ow, err, sizeof err)) {
+        fprintf(stderr, "qwen_stages: %s\n", err);
+        return 1;
+    }
+    int grid[1][2] = {{oh / c->v_patch, ow / c->v_patch}}, N = grid[0][0] * grid[0][1], tokens = N / 4;
+    int S = 4 + tokens + 1 + 30;
+    int *ids = malloc((size_t)S * sizeof *ids);
+    float *px = malloc((size_t)N * c->v_in * sizeof *px);
+    if (!ids || !px) return 1;
+    int pre[4] = {248045, 846, 198, c->vision_start}, i = 0;
+    for (int k = 0; k < 4; k++) ids[i++] = pre[k];
+    for (int k = 0; k < tokens; k++) ids[i++] = c->image_token;
+    ids[i++] = c->vision_end;
+    for (int k = 0; k < 30; k++) ids[i++] = 1000 + k;
+    uint32_t r = 12345;
+    for (size_t k = 0; k < (size_t)N * c->v_in; k++) {
+        r = r * 1664525u + 1013904223u;
+        px[k] = (float)(r >> 8) / 8388608.0f - 1.0f;
+    }
+    int lv[5] = {1000, 2000, 3000, 4000, 5000};
+    QwenState s;
+    memset(&s, 0, sizeof s);
+#ifdef _OPENMP
+    int n_threads = omp_get_max_threads();
+#else
+    int n_threads = 1;
+#endif
+    if (qwen_state_alloc(&s, c, N, S, n_threads, precise)) {
+        fprintf(stderr, "qwen_stages: out of memory\n");
+        return 1;
+    }
+    double best = 1e30, sec[QS_COUNT] = {0};
+    float logits[5];
+    const float *patches[1] = {px};
+    for (int k = 0; k < reps; k++) {
+        memset(s.sec, 0, sizeof s.sec);
+        double t0 = now_seconds();
+        if (qwen_forward(q, &s, ids, S, patches, (const int(*)[2])grid, 1, lv, 5, logits, err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        double t = now_seconds() - t0;
+        if (t < best) best = t, memcpy(sec, s.sec, sizeof sec);
+    }
+    static const char *names[QS_COUNT] = {"patch_embed", "vit_attention", "vit_mlp", "merger",
+                                          "gdn", "attention", "mlp", "lm_head"};
+    printf("size=%dx%d resized=%dx%d visual_tokens=%d rows=%d threads=%d", w, h, ow, oh, tokens, S, n_threads);
+    for (int k = 0; k < QS_COUNT; k++) printf(" %s=%.4f", names[k], sec[k]);
+    printf(" vision=%.4f decoder=%.4f total=%.4f\n", sec[QS_PATCH] + sec[QS_VIT_ATT] + sec[QS_VIT_MLP] + sec[QS_MERGER],
+           sec[QS_GDN] + sec[QS_ATT] + sec[QS_MLP] + sec[QS_HEAD], best);
+    qwen_state_free(&s);
+    qalign_close(m);
+    free(ids), free(px);
+    return 0;
+}
