@@ -138,6 +138,7 @@ bench: qalign
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/serve.py
 	$(PYTHON) bench/generate.py --from-cache
+	$(PYTHON) bench/qwen.py
 
 clean:
 	rm -rf qalign qalign-san build libqalign.a libqalign.so examples/score
