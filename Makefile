@@ -5,6 +5,7 @@
 #   make SCALAR=1        no -march=native: only the portable scalar kernels are compiled in
 #   make test            build, then run the whole test suite (pytest, ends with its summary)
 #   make test-real       golden values with the real one-align weights (QALIGN_REAL_MODEL=FILE)
+#                        and Q-ReAlign's against its PyTorch oracle (QALIGN_REAL_QWEN_MODEL=FILE)
 #   make sanitize        ./qalign-san: -O1 -g with AddressSanitizer + UBSan (used by the tests
 #                        on hostile inputs when present)
 #   make fuzz            libFuzzer harnesses in fuzz/, each run FUZZ_SECONDS (needs clang)
@@ -91,7 +92,7 @@ test: qalign examples/score $(TEST_BINS)
 # to enable it, unless QALIGN_REAL_MODEL names a one-align model file.
 .PHONY: test-real
 test-real: qalign
-	$(PYTHON) -m pytest -q -rs tests/real_weights.py
+	$(PYTHON) -m pytest -q -rs tests/real_weights.py tests/real_weights_qwen.py
 
 # ---- sanitizers -------------------------------------------------------------------------
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
