@@ -105,11 +105,14 @@ if [ -z "$model_dir" ]; then
                 "$model_dir/config.json" 2>/dev/null)" || family=""
     index=""
     if [ "$family" = qwen3_5 ]; then
-        # Qwen3.5 (Q-ReAlign): the byte-level BPE tokenizer and, where the repository has one,
-        # the chat template as its own file; the weights as model.safetensors, or as shards
-        # named by model.safetensors.index.json
-        for f in preprocessor_config.json tokenizer.json tokenizer_config.json; do fetch "$f"; done
-        if remote_has chat_template.jinja; then fetch chat_template.jinja; fi
+        # Qwen3.5 (Q-ReAlign): the byte-level BPE tokenizer; the image processor's settings
+        # (preprocessor_config.json, or processor_config.json as transformers 5 saves them) and
+        # the chat template as its own file, where the repository has them; the weights as
+        # model.safetensors, or as shards named by model.safetensors.index.json
+        for f in tokenizer.json tokenizer_config.json; do fetch "$f"; done
+        for f in preprocessor_config.json processor_config.json chat_template.jinja; do
+            if remote_has "$f"; then fetch "$f"; fi
+        done
         if remote_has model.safetensors.index.json; then index=model.safetensors.index.json; else shards=model.safetensors; fi
     else
         for f in preprocessor_config.json tokenizer.model; do fetch "$f"; done

@@ -149,7 +149,13 @@ def oracle_inputs(ckpt, image, swift):
     """pixel rows, grid and prompt ids of one image in one prompt form, from the oracles"""
     import numpy as np
     import test_qwen_image as tqi
-    pp = json.loads((ckpt / "preprocessor_config.json").read_text())
+    # the image processor's settings as transformers 5 reads them: processor_config.json's
+    # "image_processor" first, else preprocessor_config.json, else the released values
+    pp = {}
+    if (ckpt / "processor_config.json").is_file():
+        pp = json.loads((ckpt / "processor_config.json").read_text()).get("image_processor") or {}
+    if not pp and (ckpt / "preprocessor_config.json").is_file():
+        pp = json.loads((ckpt / "preprocessor_config.json").read_text())
     size = pp.get("size") or {}
     if swift:   # qwen_vl_utils: min 4 x 32^2 pixels, max 16384 x 32^2, Pillow's bicubic
         _, px, grid = tqi.oracle_pipeline(image, 1, "pil", "fused", 4096, 16777216)

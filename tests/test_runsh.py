@@ -314,7 +314,8 @@ def test_run_sh_q_realign_downloads_exports_verifies_scores(workdir, qalign_bin)
     """run.sh --preset q-realign-mini / -lite with a local server in the Hub's place, serving
     the tiny Qwen3.5 checkpoint of tests/qwen_ref.py under the real repository names: Mini
     as one model.safetensors with a chat_template.jinja (thinking off by default, as the
-    0.8B's), Lite sharded with an index and no template file. Each run must fetch exactly the
+    0.8B's), Lite sharded with an index, no template file and processor_config.json in the
+    place of preprocessor_config.json (transformers 5's layout). Each run must fetch exactly the
     checkpoint's files (a wrong name is a 404 and stops it), resume a partial download,
     export, verify the export (`qalign --verify`), and score: the same score as export.py +
     qalign on the served folder, level logits as the PyTorch oracle's on the same inputs."""
@@ -342,6 +343,12 @@ def test_run_sh_q_realign_downloads_exports_verifies_scores(workdir, qalign_bin)
     (mini / "chat_template.jinja").write_text(tpl.replace(on, off))
     shard_safetensors(lite / "model.safetensors", lite)
     (lite / "model.safetensors").unlink()
+    # Lite: the image processor's settings as transformers 5's save_pretrained writes them
+    # (processor_config.json, nested), with a min_pixels of its own that changes the pixels
+    pp = json.loads((lite / "preprocessor_config.json").read_text())
+    pp["size"]["shortest_edge"] = 32768
+    (lite / "processor_config.json").write_text(json.dumps({"image_processor": pp, "processor_class": "Qwen3VLProcessor"}))
+    (lite / "preprocessor_config.json").unlink()
 
     handler = lambda *a, **k: QwenHubHandler(*a, directory=str(root), **k)  # noqa: E731
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -394,7 +401,10 @@ def test_run_sh_q_realign_downloads_exports_verifies_scores(workdir, qalign_bin)
             assert results[preset] == direct(ckpt, preset, preset), (results[preset], preset)
             # and as the oracle computes on the pixel rows of the processor's Python port and
             # the prompt ids qalign used (their text is checked against HF tokenizers in test_qwen.py)
-            _, px, (_, gh, gw) = tqi.oracle_pipeline(img, 0, "torch", "fused", 65536, 16777216)
+            pp = json.loads((ckpt / "preprocessor_config.json").read_text()) if ckpt == mini else \
+                json.loads((ckpt / "processor_config.json").read_text())["image_processor"]
+            _, px, (_, gh, gw) = tqi.oracle_pipeline(img, 0, "torch", "fused", pp["size"]["shortest_edge"],
+                                                     pp["size"]["longest_edge"])
             assert np.array_equal(np.load(dump / "pixel_values.npy"), px)
             ids = np.load(dump / "input_ids.npy").reshape(-1).tolist()
             # the level words are whole tokens of the test vocabulary ("Ġexcellent", ...)
