@@ -97,8 +97,15 @@ if [ -z "$model_dir" ]; then
         have="$(stat -c %s "$model_dir/$f")"
         [ -z "$want" ] || [ "$have" = "$want" ] || die "$f: got $have bytes, expected $want (run again to resume)"
     }
-    # whether a file is on the server (for the files a checkpoint may or may not have)
-    remote_has() { [ -s "$model_dir/$1" ] || curl -sfIL --connect-timeout 20 --max-time 120 "$base/$1" >/dev/null; }
+    # whether the server has a file a checkpoint may or may not have: yes, no (HTTP 404), or
+    # an error (no answer, another status), not taken for a no
+    remote_has() {
+        local code
+        [ -s "$model_dir/$1" ] && return 0
+        code="$(curl -sIL -o /dev/null -w '%{http_code}' --connect-timeout 20 --max-time 120 "$base/$1")" ||
+            die "cannot ask $base for $1 (no network? or give --model DIR with a local checkpoint)"
+        case "$code" in 2??) return 0 ;; 404) return 1 ;; *) die "cannot ask $base for $1: HTTP $code" ;; esac
+    }
     fetch config.json
     # (a config.json that does not parse is export.py's to report)
     family="$($py -c 'import json,sys; print(json.load(open(sys.argv[1])).get("model_type", ""))' \

@@ -272,9 +272,13 @@ class QwenHubHandler(RangeHandler):
     /q-future/<repo>/resolve/main/<file> is served from <root>/<repo>/<file>; any other
     path is a 404, as on the Hub. Every request is logged (method, path) in `requests`."""
     requests = []
+    broken = None          # a file name answered with HTTP 500
 
     def send_head(self):
         QwenHubHandler.requests.append((self.command, self.path))
+        if self.broken and self.path.endswith("/" + self.broken):
+            self.send_error(500)
+            return None
         m = re.match(r"/q-future/([^/]+)/resolve/main/([^/?]+)$", self.path.split("?")[0])
         if not m:
             self.send_error(404)
@@ -433,7 +437,14 @@ def test_run_sh_q_realign_downloads_exports_verifies_scores(workdir, qalign_bin)
         assert r.returncode == 0, r.stderr[-3000:]
         assert RangeHandler.log == [] and model.stat().st_mtime_ns == mtime and "exporting" not in r.stderr
         assert json.loads(r.stdout)["score"] == results["q-realign-mini"]
+
+        # a server error on a file the checkpoint may lack is an error, not taken for "absent"
+        QwenHubHandler.broken = "chat_template.jinja"
+        r = run([run_sh(workdir), "--preset", "q-realign-mini", "--json", img],
+                env=dict(env, QALIGN_CACHE=str(workdir / "runsh_qwen_cache_500")))
+        assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith("chat_template.jinja: HTTP 500"), r.stderr
     finally:
+        QwenHubHandler.broken = None
         httpd.shutdown()
     report(f"run.sh --preset q-realign-mini/-lite: Qwen3.5 checkpoint (single file + chat_template.jinja, resumed; "
            f"sharded) downloaded, exported, verified, scored {results['q-realign-mini']:.4f} / "
