@@ -28,7 +28,7 @@ Variables:
 
 The oracle needs about 4x the checkpoint's size in memory (float32 weights): ~8 GB for Mini.
 The bounds per weight type are ESTIMATES (no machine this was written on had the weights):
-report what it prints (see README, "Q-ReAlign (Qwen3.5)") so that they can be set from
+report what it prints (README, "Checking the real Q-ReAlign weights") so that they can be set from
 measurements.
 """
 import json
