@@ -328,6 +328,8 @@ static void stage(RunState *s, const char *name, char type, const void *data, in
 
 /* The kernels compiled in ("scalar", the family's instruction sets, "openmp"): --info, logs. */
 const char *qalign_kernels(void) { return kernels_cpu()->names; }
+/* The family in use and why (kernels.c): --info, /health. */
+const char *qalign_kernels_why(void) { return kernels_why(); }
 
 /* --- elementwise --------------------------------------------------------------------- */
 
@@ -490,6 +492,10 @@ static void acts_prepare(Acts *a, ActKind kind) {
     int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
     a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
+    if (kern->flat_rows && int8) { /* the tiles read xq, xd, ... as they are */
+        a->R = kern->flat_rows;
+        return;
+    }
     if (!a->R) return;
     /* the tile-interleaved copies the family's tiles read (kernels.h, Acts) */
     int R = a->R, tiles = (T + R - 1) / R;
@@ -1988,6 +1994,12 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
     Loader ld = {m, QALIGN_OK, err, errlen};
     int fd = -1;
     struct stat st;
+    char kerr[QALIGN_ERR_LEN];
+    if (kernels_choose(opt ? opt->kernels : NULL, kerr, sizeof kerr) != 0) { /* the CPU family, once per process */
+        ld.status = QALIGN_ERR_ARG;
+        if (err && errlen) snprintf(err, errlen, "%s", kerr);
+        goto done;
+    }
     if (!host_is_little_endian()) {
         load_fail(&ld, QALIGN_ERR_FORMAT, "model files are little-endian and this host is big-endian; qalign does not support big-endian hosts");
         goto done;
