@@ -92,8 +92,34 @@ $(OBJ)/%.o: %.c $(HDRS)
 	$(CC) $(CFLAGS) -fPIC -c -o $@ $<
 libqalign.a: $(LIB_OBJS)
 	rm -f $@ && $(AR) rcs $@ $^
-libqalign.so: $(LIB_OBJS)
-	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+# the shared library exports qalign_* only (libqalign.map); soname libqalign.so.$(SOVERSION)
+VERSION   = 0.21.0
+SOVERSION = 0
+libqalign.so: $(LIB_OBJS) libqalign.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libqalign.so.$(SOVERSION) -Wl,--version-script=libqalign.map -o $@ $(LIB_OBJS) $(LDLIBS)
+
+# ---- install (PREFIX, DESTDIR) -----------------------------------------------------------
+PREFIX     ?= /usr/local
+BINDIR      = $(PREFIX)/bin
+LIBDIR      = $(PREFIX)/lib
+INCDIR      = $(PREFIX)/include
+PCDIR       = $(LIBDIR)/pkgconfig
+INSTALLED   = $(BINDIR)/qalign $(LIBDIR)/libqalign.so.$(VERSION) $(LIBDIR)/libqalign.so.$(SOVERSION) \
+              $(LIBDIR)/libqalign.so $(LIBDIR)/libqalign.a $(INCDIR)/qalign.h $(INCDIR)/qalign/image.h $(PCDIR)/qalign.pc
+install: qalign libqalign.so libqalign.a
+	mkdir -p $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/qalign $(DESTDIR)$(PCDIR)
+	cp qalign $(DESTDIR)$(BINDIR)/qalign
+	cp libqalign.so $(DESTDIR)$(LIBDIR)/libqalign.so.$(VERSION)
+	ln -sf libqalign.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libqalign.so.$(SOVERSION)
+	ln -sf libqalign.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libqalign.so
+	cp libqalign.a $(DESTDIR)$(LIBDIR)/libqalign.a
+	cp qalign.h $(DESTDIR)$(INCDIR)/qalign.h
+	cp image.h $(DESTDIR)$(INCDIR)/qalign/image.h
+	printf 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: qalign\nDescription: image and video quality scoring (Q-Align) in C\nVersion: %s\nLibs: -L$${libdir} -lqalign\nLibs.private: -lm -lpthread %s\nCflags: -I$${includedir} -I$${includedir}/qalign\n' \
+	    '$(PREFIX)' '$(LIBDIR)' '$(INCDIR)' '$(VERSION)' '$(OMP_FLAG)' > $(DESTDIR)$(PCDIR)/qalign.pc
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(INCDIR)/qalign 2>/dev/null
 
 # examples/score.c: a program that embeds qalign through qalign.h
 examples/%: examples/%.c libqalign.a qalign.h image.h

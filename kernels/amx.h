@@ -130,6 +130,20 @@ static void amx_configure(int rows0, int rows1, int kb, int ng) {
  * family's float step (fmaf rounds once, as vfmadd does) */
 static inline void amx_scale(float (*acc)[32], const int32_t (*s)[32], const int32_t *add, size_t add_stride,
                              const float *dx, size_t dx_stride, const float *d0, const float *d1, int nt, int ng) {
+#ifdef QA_AVX512 /* the same, 16 lanes at a time */
+    const __m512 dv0 = _mm512_loadu_ps(d0), dv1 = ng > 1 ? _mm512_loadu_ps(d1) : dv0;
+    for (int m = 0; m < nt; m++) {
+        __m512 x = _mm512_set1_ps(dx[(size_t)m * dx_stride]);
+        __m512i c = _mm512_set1_epi32(add ? add[(size_t)m * add_stride] : 0);
+        __m512 v0 = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_load_si512(&s[m][0]), c));
+        _mm512_storeu_ps(&acc[m][0], _mm512_fmadd_ps(v0, _mm512_mul_ps(dv0, x), _mm512_loadu_ps(&acc[m][0])));
+        if (ng > 1) {
+            __m512 v1 = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_load_si512(&s[m][16]), c));
+            _mm512_storeu_ps(&acc[m][16], _mm512_fmadd_ps(v1, _mm512_mul_ps(dv1, x), _mm512_loadu_ps(&acc[m][16])));
+        }
+    }
+    return;
+#endif
     for (int m = 0; m < nt; m++) {
         float x = dx[(size_t)m * dx_stride];
         int32_t c = add ? add[(size_t)m * add_stride] : 0;
@@ -160,6 +174,15 @@ static void amx_store_out(float *out, int ldo, const float (*acc)[32], const Ten
 /* 4-bit chunks (4 x 64 bytes: low nibble quad 2c, high quad 2c + 1) as 8 quads of bytes,
  * plus off (MQ4_256 stores q + 8 and is undone by -8 sum x instead: off 0 for both) */
 static inline void amx_widen4(uint8_t *dst /* [8][64] */, const uint8_t *chunks) {
+#ifdef QA_AVX512
+    const __m512i low4 = _mm512_set1_epi8(15);
+    for (int c = 0; c < 4; c++) {
+        __m512i v = _mm512_loadu_si512(chunks + 64 * c);
+        _mm512_store_si512(dst + 128 * c, _mm512_and_si512(v, low4));
+        _mm512_store_si512(dst + 128 * c + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+    }
+    return;
+#endif
     for (int c = 0; c < 4; c++)
         for (int i = 0; i < 64; i++) {
             uint8_t v = chunks[64 * c + i];
@@ -168,17 +191,46 @@ static inline void amx_widen4(uint8_t *dst /* [8][64] */, const uint8_t *chunks)
         }
 }
 
-/* int8 activations x MQ8_0 / MQ4_1 / MQ8_256 / MQ4_256 */
+/* q4_256: the sub-block sums c of sub-block j (+ -8 sum x) times the rows' sub-scales, into s */
+static inline void amx_q4_sub(int32_t (*s)[32], const int32_t (*c)[32], const int32_t *xc4, size_t stride, const int8_t *sc0,
+                              const int8_t *sc1, int nt, int ng) {
+#ifdef QA_AVX512
+    __m512i scv0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc0)), scv1 = scv0;
+    if (ng > 1) scv1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc1));
+    for (int m = 0; m < nt; m++) {
+        __m512i off = _mm512_set1_epi32(xc4[(size_t)m * stride]);
+        _mm512_store_si512(&s[m][0], _mm512_add_epi32(_mm512_load_si512(&s[m][0]),
+                                                      _mm512_mullo_epi32(_mm512_add_epi32(_mm512_load_si512(&c[m][0]), off), scv0)));
+        if (ng > 1)
+            _mm512_store_si512(&s[m][16], _mm512_add_epi32(_mm512_load_si512(&s[m][16]),
+                                                           _mm512_mullo_epi32(_mm512_add_epi32(_mm512_load_si512(&c[m][16]), off), scv1)));
+    }
+#else
+    for (int m = 0; m < nt; m++) {
+        int32_t off = xc4[(size_t)m * stride];
+        for (int n = 0; n < 16; n++) s[m][n] += (c[m][n] + off) * sc0[n];
+        if (ng > 1)
+            for (int n = 0; n < 16; n++) s[m][16 + n] += (c[m][16 + n] + off) * sc1[n];
+    }
+#endif
+}
+
+/* int8 activations x MQ8_0 / MQ4_1 / MQ8_256 / MQ4_256.
+ * The sums of a block (or q4_256 sub-block) leave the tiles by a tile store, and a vector
+ * load right after a tile store waits for it (measured: half of the time); so the float
+ * step of each block runs one block late, while the unit works on the next: c[2] / s[2]
+ * alternate, u is the step pending. */
 static void tile_q_amx(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
                        int g0, int ng) {
     int K = W->cols, two = nt > 16, dt = W->dtype;
     int blocks = acts_blocks(a->kind, K), subs = K / QBLOCK;
     int q256 = dt == DT_MQ8_256 || dt == DT_MQ4_256, q4 = dt == DT_MQ4_1 || dt == DT_MQ4_256;
     int kb = dt == DT_MQ8_256 ? 64 : 32; /* bytes of A a row per step: q8_256 64, the others a 32-column block */
-    float acc[AMX_ROWS][32];
-    int32_t s[AMX_ROWS][32] __attribute__((aligned(64)));
-    int32_t c[AMX_ROWS][32] __attribute__((aligned(64)));
-    uint8_t wb[2][16][64] __attribute__((aligned(64))); /* widened nibbles, or a padded last step */
+    float acc[AMX_ROWS][32] __attribute__((aligned(64)));
+    int32_t s[AMX_ROWS][32] __attribute__((aligned(64)));         /* q4_256: the block's sum */
+    int32_t c[2][AMX_ROWS][32] __attribute__((aligned(64)));      /* tile sums, alternating */
+    uint8_t wb[2][2][8][64] __attribute__((aligned(64)));         /* widened nibbles, alternating */
+    uint8_t wp[2][16][64] __attribute__((aligned(64)));           /* a padded last step */
     uint8_t ab[AMX_ROWS][64] __attribute__((aligned(64)));
     memset(acc, 0, sizeof acc);
     const int8_t *x = a->xq + (size_t)t0 * K;
@@ -187,66 +239,81 @@ static void tile_q_amx(float *out, int ldo, const Acts *a, const Tensor *W, cons
     const float *xs = a->xs + (size_t)t0 * blocks;
     amx_configure(two ? 16 : nt, two ? nt - 16 : 0, kb, ng);
     if (!q256) { /* blocks of 32: one step each */
-        size_t bb = mq_block_bytes(dt);
-        const uint8_t *b0 = mq_block(W, g0, 0), *b1 = b0 + (size_t)(K / QBLOCK) * bb;
-        for (int b = 0; b < K / QBLOCK; b++, b0 += bb, b1 += bb) {
-            const uint8_t *w0 = b0, *w1 = b1;
-            if (q4) {
-                amx_widen4(&wb[0][0][0], b0);
-                if (ng > 1) amx_widen4(&wb[1][0][0], b1);
-                w0 = &wb[0][0][0], w1 = &wb[1][0][0];
-            }
-            AMX_ZERO_C();
-            AMX_STEP(AMX_DP_I8, x + (size_t)b * QBLOCK, K, w0, w1);
-            AMX_STORE_C(c);
-            amx_scale(acc, (const int32_t(*)[32])c, q4 ? NULL : xc + b, (size_t)blocks, xd + b, (size_t)blocks,
-                      q4 ? mq4_d(b0) : mq8_d(b0), q4 ? mq4_d(b1) : mq8_d(b1), nt, ng);
-            if (q4) /* + m_w d_x sum x */
-                for (int m = 0; m < nt; m++)
-                    for (int g = 0; g < ng; g++)
-                        for (int n = 0; n < 16; n++)
-                            acc[m][16 * g + n] = fmaf(mq4_m(g ? b1 : b0)[n], xs[(size_t)m * blocks + b], acc[m][16 * g + n]);
-        }
-    } else {
-        size_t gbytes = q256_group_bytes(dt, K);
-        for (int b = 0; b < blocks; b++) {
-            int len = q256_len(K, b), k0 = b * QBLOCK_256;
-            const uint8_t *b0 = q256_block(W, g0, b), *b1 = b0 + gbytes;
-            if (dt == DT_MQ8_256) { /* the block's int32 sums in the tiles, 64 columns a step */
+        size_t bb = mq_block_bytes(dt), gstride = (size_t)(K / QBLOCK) * bb;
+        const uint8_t *base = mq_block(W, g0, 0);
+        int nb = K / QBLOCK;
+        for (int b = 0; b <= nb; b++) {
+            if (b < nb) {
+                const uint8_t *b0 = base + (size_t)b * bb, *w0 = b0, *w1 = b0 + gstride;
+                if (q4) {
+                    amx_widen4(&wb[b & 1][0][0][0], b0);
+                    if (ng > 1) amx_widen4(&wb[b & 1][1][0][0], b0 + gstride);
+                    w0 = &wb[b & 1][0][0][0], w1 = &wb[b & 1][1][0][0];
+                }
                 AMX_ZERO_C();
-                int k = 0;
+                AMX_STEP(AMX_DP_I8, x + (size_t)b * QBLOCK, K, w0, w1);
+            }
+            if (b > 0) { /* the float step of block u = b - 1 */
+                int u = b - 1;
+                const uint8_t *b0 = base + (size_t)u * bb, *b1 = b0 + gstride;
+                amx_scale(acc, (const int32_t(*)[32])c[u & 1], q4 ? NULL : xc + u, (size_t)blocks, xd + u, (size_t)blocks,
+                          q4 ? mq4_d(b0) : mq8_d(b0), q4 ? mq4_d(b1) : mq8_d(b1), nt, ng);
+                if (q4) /* + m_w d_x sum x */
+                    for (int m = 0; m < nt; m++)
+                        for (int g = 0; g < ng; g++)
+                            for (int n = 0; n < 16; n++)
+                                acc[m][16 * g + n] = fmaf(mq4_m(g ? b1 : b0)[n], xs[(size_t)m * blocks + u], acc[m][16 * g + n]);
+            }
+            if (b < nb) AMX_STORE_C(c[b & 1]);
+        }
+    } else if (dt == DT_MQ8_256) { /* a block's int32 sums in the tiles, 64 columns a step */
+        size_t gbytes = q256_group_bytes(dt, K);
+        for (int b = 0; b <= blocks; b++) {
+            if (b < blocks) {
+                int len = q256_len(K, b), k0 = b * QBLOCK_256, k = 0;
+                const uint8_t *b0 = q256_block(W, g0, b), *b1 = b0 + gbytes;
+                AMX_ZERO_C();
                 for (; k + 64 <= len; k += 64)
                     AMX_STEP(AMX_DP_I8, x + k0 + k, K, q8_256_quad(b0, k / 4), q8_256_quad(b1, k / 4));
                 if (k < len) { /* 32 columns left: zero-padded to a whole step */
                     memset(ab, 0, sizeof ab);
-                    memset(wb, 0, sizeof wb);
+                    memset(wp, 0, sizeof wp);
                     for (int m = 0; m < nt; m++) memcpy(ab[m], x + (size_t)m * K + k0 + k, 32);
-                    memcpy(wb[0], q8_256_quad(b0, k / 4), 8 * 64);
-                    if (ng > 1) memcpy(wb[1], q8_256_quad(b1, k / 4), 8 * 64);
-                    AMX_STEP(AMX_DP_I8, &ab[0][0], 64, &wb[0][0][0], &wb[1][0][0]);
-                }
-                AMX_STORE_C(s);
-                for (int m = 0; m < nt; m++) /* s + (-128 sum x): the AVX-512 family's start value */
-                    for (int n = 0; n < 16 * ng; n++) s[m][n] += xc[(size_t)m * blocks + b];
-            } else { /* per sub-block of 32: sum q x (nibbles q + 8, -8 sum x), times the row's sub-scale */
-                memset(s, 0, sizeof s);
-                for (int j = 0; j < len / QBLOCK; j++) {
-                    amx_widen4(&wb[0][0][0], q4_256_chunk(b0, 4 * j));
-                    if (ng > 1) amx_widen4(&wb[1][0][0], q4_256_chunk(b1, 4 * j));
-                    AMX_ZERO_C();
-                    AMX_STEP(AMX_DP_I8, x + k0 + j * QBLOCK, K, &wb[0][0][0], &wb[1][0][0]);
-                    AMX_STORE_C(c);
-                    const int8_t *sc0 = q4_256_sc(b0, len, j), *sc1 = q4_256_sc(b1, len, j);
-                    for (int m = 0; m < nt; m++) {
-                        int32_t off = xc4[(size_t)m * subs + k0 / QBLOCK + j];
-                        for (int n = 0; n < 16; n++) s[m][n] += (c[m][n] + off) * sc0[n];
-                        if (ng > 1)
-                            for (int n = 0; n < 16; n++) s[m][16 + n] += (c[m][16 + n] + off) * sc1[n];
-                    }
+                    memcpy(wp[0], q8_256_quad(b0, k / 4), 8 * 64);
+                    if (ng > 1) memcpy(wp[1], q8_256_quad(b1, k / 4), 8 * 64);
+                    AMX_STEP(AMX_DP_I8, &ab[0][0], 64, &wp[0][0][0], &wp[1][0][0]);
                 }
             }
-            amx_scale(acc, (const int32_t(*)[32])s, NULL, 0, xd + b, (size_t)blocks, q256_d(b0, dt, len),
-                      q256_d(b1, dt, len), nt, ng);
+            if (b > 0) { /* block u: + (-128 sum x), the AVX-512 family's start value, then the float step */
+                int u = b - 1, len = q256_len(K, u);
+                const uint8_t *b0 = q256_block(W, g0, u), *b1 = b0 + gbytes;
+                amx_scale(acc, (const int32_t(*)[32])c[u & 1], xc + u, (size_t)blocks, xd + u, (size_t)blocks,
+                          q256_d(b0, dt, len), q256_d(b1, dt, len), nt, ng);
+            }
+            if (b < blocks) AMX_STORE_C(c[b & 1]);
+        }
+    } else { /* q4_256: per sub-block of 32 columns (nibbles q + 8, -8 sum x), times the row's sub-scale */
+        size_t gbytes = q256_group_bytes(dt, K);
+        memset(s, 0, sizeof s);
+        for (int i = 0; i <= subs; i++) { /* sub-block i of the row: block i / 8, sub-block i % 8 of it */
+            if (i < subs) {
+                int b = i / 8, j = i % 8;
+                const uint8_t *b0 = q256_block(W, g0, b);
+                amx_widen4(&wb[i & 1][0][0][0], q4_256_chunk(b0, 4 * j));
+                if (ng > 1) amx_widen4(&wb[i & 1][1][0][0], q4_256_chunk(b0 + gbytes, 4 * j));
+                AMX_ZERO_C();
+                AMX_STEP(AMX_DP_I8, x + (size_t)i * QBLOCK, K, &wb[i & 1][0][0][0], &wb[i & 1][1][0][0]);
+            }
+            if (i > 0) {
+                int u = i - 1, b = u / 8, j = u % 8, len = q256_len(K, b);
+                const uint8_t *b0 = q256_block(W, g0, b), *b1 = b0 + gbytes;
+                amx_q4_sub(s, (const int32_t(*)[32])c[u & 1], xc4 + u, (size_t)subs, q4_256_sc(b0, len, j), q4_256_sc(b1, len, j), nt, ng);
+                if (j == len / QBLOCK - 1) { /* the block's last sub-block: its float step */
+                    amx_scale(acc, (const int32_t(*)[32])s, NULL, 0, xd + b, (size_t)blocks, q256_d(b0, dt, len), q256_d(b1, dt, len), nt, ng);
+                    memset(s, 0, sizeof s);
+                }
+            }
+            if (i < subs) AMX_STORE_C(c[i & 1]);
         }
     }
     AMX_RELEASE();
