@@ -22,13 +22,10 @@
 #include <stdlib.h>
 #include <pthread.h>
 
-static const Kernels kernels_scalar = {.names = "scalar" KERNELS_OPENMP};
-
 #if !defined(QA_DISPATCH)
 /* ---- one family, fixed at compile time ---------------------------------------------------- */
 #if defined(QA_SCALAR)
-#define FAMILY kernels_scalar
-#define FAMILY_NAME "scalar"
+#define FAMILY_SCALAR 1
 #elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #include "kernels/avx512.h"
 #define FAMILY kernels_avx512
@@ -56,6 +53,10 @@ static const Kernels kernels_scalar = {.names = "scalar" KERNELS_OPENMP};
 #define FAMILY_NAME "neon"
 #endif
 #else
+#define FAMILY_SCALAR 1
+#endif
+#ifdef FAMILY_SCALAR
+static const Kernels kernels_scalar = {.names = "scalar" KERNELS_OPENMP};
 #define FAMILY kernels_scalar
 #define FAMILY_NAME "scalar"
 #endif
@@ -90,6 +91,7 @@ const char *kernels_family_list(void) { return FAMILY_NAME; }
 
 #else /* QA_DISPATCH */
 /* ---- the best family this CPU and OS allow, chosen at run time ----------------------------- */
+static const Kernels kernels_scalar = {.names = "scalar" KERNELS_OPENMP};
 
 typedef struct {
     const char *name;
@@ -154,7 +156,7 @@ static void detect_cpu(void) {
     if (max >= 1) __cpuid(1, a, b, c1, d);
     if (max >= 7) __cpuid_count(7, 0, a, b7, c7, d7);
     if (max >= 7) __cpuid_count(7, 1, a71, b, c, d);
-    if (__get_cpuid_max(0x80000000u, NULL) >= 0x80000001u) __cpuid(0x80000001u, a, b, ce1, d);
+    if ((unsigned)__get_cpuid_max(0x80000000u, NULL) >= 0x80000001u) __cpuid(0x80000001u, a, b, ce1, d);
     /* the OS saves the registers (XCR0): ymm (bits 1, 2), zmm and mask registers (5, 6, 7),
      * AMX tile config and data (17, 18) */
     uint64_t xcr0 = (c1 >> 27 & 1) ? xgetbv0() : 0;
