@@ -97,6 +97,7 @@ VERSION   = 0.21.0
 SOVERSION = 0
 libqalign.so: $(LIB_OBJS) libqalign.map
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libqalign.so.$(SOVERSION) -Wl,--version-script=libqalign.map -o $@ $(LIB_OBJS) $(LDLIBS)
+	ln -sf libqalign.so libqalign.so.$(SOVERSION)   # what programs linked here load (LD_LIBRARY_PATH=.)
 
 # ---- install (PREFIX, DESTDIR) -----------------------------------------------------------
 PREFIX     ?= /usr/local
@@ -188,7 +189,7 @@ bench: qalign
 	$(PYTHON) bench/serve.py
 
 clean:
-	rm -rf qalign qalign-san build libqalign.a libqalign.so examples/score
+	rm -rf qalign qalign-san build libqalign.a libqalign.so libqalign.so.* examples/score
 
 # Kernel micro-benchmark (one thread, GFLOP/s per weight type and shape).
 build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS) $(FAM_OBJS)
