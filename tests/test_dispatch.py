@@ -171,3 +171,12 @@ def test_install_pkgconfig_uninstall(tiny_f32, tiny_ref, qalign_bin, workdir):
     assert not left, f"make uninstall left {left}"
     report(f"dispatch: make install (soname libqalign.so.0, {len(exported)} exported symbols), the example via "
            f"pkg-config prints qalign's score {want}; make uninstall leaves no file")
+
+
+def test_health_names_the_family(qalign_bin, tiny_f32):
+    from test_serve import ENV, Server, request
+    with Server(qalign_bin, tiny_f32, env={**ENV, "QALIGN_KERNELS": "avx2" if X86 else "scalar"}) as s:
+        st, _, body = request(s.port, "GET", "/health")
+    h = json.loads(body)
+    assert st == 200 and h["kernels"].startswith(("avx2: QALIGN_KERNELS", "scalar: QALIGN_KERNELS")), h
+    report(f"dispatch: /health says \"kernels\": \"{h['kernels'][:40]}...\"")
