@@ -69,7 +69,7 @@ void kernels_set_table(const Kernels *k) { test_table = k; }
 const Kernels *kernels_cpu(void) { return &FAMILY; }
 #endif
 const char *kernels_family(void) { return FAMILY_NAME; }
-const char *kernels_why(void) { return "fixed at compile time (a build without run-time dispatch)"; }
+const char *kernels_why(void) { return FAMILY_NAME ": fixed at compile time (a build without run-time dispatch)"; }
 int kernels_choose(const char *want, char *err, size_t errlen) {
     const char *env = getenv("QALIGN_KERNELS");
     if (!want || !*want) want = env && *env ? env : NULL;
