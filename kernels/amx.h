@@ -489,6 +489,8 @@ static const Kernels kernels_amx = {
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
     .attention = attention_avx512,
+#endif
+#ifdef QA_AVX512_BF16
     .attention_bf16 = attention_bf16_avx512,
     .bf16_acts = 1,
 #endif
