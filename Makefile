@@ -135,9 +135,9 @@ build/%: tests/%.c $(SRCS) $(HDRS) $(FAM_OBJS)
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)
 
 # bench/qwen_stages.c: seconds per stage of the Qwen3.5 forward (white-box, as test_qwen)
-build/qwen_stages: bench/qwen_stages.c $(SRCS) $(HDRS)
+build/qwen_stages: bench/qwen_stages.c $(SRCS) $(HDRS) $(FAM_OBJS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)
 
 # test_api embeds qalign as a user would: qalign.h and libqalign.a only
 build/test_api: tests/test_api.c libqalign.a qalign.h image.h

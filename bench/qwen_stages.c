@@ -26,7 +26,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     char err[QALIGN_ERR_LEN];
-    qalign_open_options oo = {0, 1};
+    qalign_open_options oo;
+    memset(&oo, 0, sizeof oo);
+    oo.no_prefetch = 1;
     qalign_model *m;
     if (qalign_open(argv[1], &oo, &m, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
