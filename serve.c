@@ -39,7 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "app.h"
+#include "results.h"
 #include "common.h"
 #include "image.h"
 #include "qalign.h"

@@ -1,5 +1,5 @@
 /* fuzz_results.c - libFuzzer harness for the result-file reader that --resume relies on
- * (app.c: results_parse for CSV and JSONL, the RowSet and its lookups) and for the writer.
+ * (results.c: results_parse for CSV and JSONL, the RowSet and its lookups) and for the writer.
  *
  *   make fuzz            (builds build/fuzz_results, runs it on build/corpus/fuzz_results:
  *                         CSV and JSONL files that tests/test_fuzz.py makes with qalign)

@@ -1,6 +1,6 @@
 """The command line end to end: ./qalign on the tiny reference model (exported in f32).
 
-app.c's machinery has its own unit tests (tests/test_app.py); these go through the real
+The batch side's machinery (app.h) has its own unit tests (tests/test_app.py); these go through the real
 binary and model (cli.c on qalign.h), and check results against tests/torch_ref.py (the
 independent PyTorch oracle) wherever a number can be checked:
 
