@@ -47,7 +47,7 @@ APP_SRCS = app_util.c inputs.c video.c results.c evaluate.c report.c progress.c 
 APP_HDRS = app.h app_util.h inputs.h video.h results.h evaluate.h report.h progress.h sink.h
 CLI_SRCS = cli.c $(APP_SRCS) serve.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h
+HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean

@@ -171,7 +171,9 @@ static void usage(FILE *f) {
         print_quoted(f, np ? np->text : pr[i].prompt);
         fprintf(f, "\n      levels   %s%s\n", pr[i].levels,
                 pr[i].temperature != 1.0f ? " (logits divided by 100 before the softmax)" : "");
-        fprintf(f, "      image    %s; tasks: %s%s%s\n", pr[i].no_pad ? "no padding (resize, centre-crop)" : "expand2square",
+        fprintf(f, "      image    %s; tasks: %s%s%s\n",
+                !strncmp(pr[i].name, "q-realign", 9) ? "Qwen3.5 model files: smart_resize to multiples of 32"
+                : pr[i].no_pad ? "no padding (resize, centre-crop)" : "expand2square",
                 pr[i].tasks, pr[i].video ? "; videos" : "; images only",
                 pr[i].n_anchors ? "; needs --anchors (5 images), score 0-100 from a maximum-likelihood fit" : "");
         fprintf(f, "      source   %s\n", pr[i].source);
@@ -827,6 +829,7 @@ static void cmd_info(const qalign_model *m) {
     printf("file        %s (%llu bytes, %d tensors, format version %d, id %s)\n", c.path, (unsigned long long)c.file_bytes,
            c.n_tensors, c.format_version, c.model_id);
     printf("weights     %s\n", c.weight_type);
+    printf("family      %s%s\n", c.family, c.l_linear_layers ? " (decoder: Gated DeltaNet and attention layers)" : "");
     printf("kernels     %s\n", qalign_kernels());
     printf("vision      dim %d, layers %d, heads %d, mlp %d, image %d, patch %d, tokens %d, eps %g\n", c.v_dim, c.v_layers,
            c.v_heads, c.v_mlp, c.v_image, c.v_patch, c.v_tokens, c.v_eps);

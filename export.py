@@ -1311,6 +1311,392 @@ def _write_file(tmp, header, table, tok_tensors, plan, source, total, log):
 
 
 # ----------------------------------------------------------------------------------------
+# Qwen3.5 (Q-ReAlign): model_type qwen3_5. A second family in the same file format
+# (header of 256 u32 slots, 96-byte tensor table, 64-byte aligned data, the same weight
+# types); its magic "QAQ5" is the family marker, so the loader knows which model it reads
+# and the mPLUG-Owl2 loader refuses it. qwen35.c reads exactly this.
+
+QWEN_MAGIC = 0x35514151      # bytes "QAQ5" read as a little-endian uint32
+# Versions: 1: first (vision tower, hybrid Gated DeltaNet / gated attention decoder).
+QWEN_VERSION = 1
+QWEN_MAX_LAYERS = 128        # layer types live in header slots 128..255
+QWEN_HEADER_FIELDS = [
+    ("magic", "u"), ("version", "u"), ("header_bytes", "u"), ("n_tensors", "u"), ("wtype", "u"),
+    # vision tower
+    ("v_dim", "u"), ("v_layers", "u"), ("v_heads", "u"), ("v_mlp", "u"), ("v_patch", "u"),
+    ("v_temporal", "u"), ("v_merge", "u"), ("v_npos", "u"), ("v_out", "u"), ("v_eps", "f"),
+    ("v_rope_theta", "f"),
+    # decoder
+    ("l_dim", "u"), ("l_layers", "u"), ("l_heads", "u"), ("l_kv_heads", "u"), ("l_head_dim", "u"),
+    ("l_mlp", "u"), ("l_vocab", "u"), ("l_eps", "f"), ("l_rope_theta", "f"), ("l_rot_dim", "u"),
+    ("mrope_t", "u"), ("mrope_h", "u"), ("mrope_w", "u"), ("mrope_interleaved", "u"),
+    ("g_k_heads", "u"), ("g_v_heads", "u"), ("g_k_dim", "u"), ("g_v_dim", "u"), ("g_conv", "u"),
+    ("tied", "u"),
+    # special token ids (0xFFFFFFFF: unknown)
+    ("image_token", "u"), ("video_token", "u"), ("vision_start", "u"), ("vision_end", "u"),
+    # the chat template's generation prompt by default: 1 opens a thinking block
+    # ("<think>\n"), 0 closes it ("<think>\n\n</think>\n\n")
+    ("think_open", "u"),
+    # image processor: min/max pixels, mean, std
+    ("min_pixels", "u"), ("max_pixels", "u"),
+    ("mean_r", "f"), ("mean_g", "f"), ("mean_b", "f"), ("std_r", "f"), ("std_g", "f"), ("std_b", "f"),
+]
+QWEN_LAYER_SLOT = 128        # slot 128 + l: 0 = linear_attention (Gated DeltaNet), 1 = full_attention
+
+
+def qwen_read_config(d):
+    """config.json (+ preprocessor_config.json) of a qwen3_5 checkpoint -> flat cfg dict."""
+    with open(os.path.join(d, "config.json")) as f:
+        c = json.load(f)
+    if c.get("model_type") != "qwen3_5":
+        die(f"config.json: model_type is {c.get('model_type')!r}, not qwen3_5")
+    pp = {}
+    if os.path.exists(os.path.join(d, "preprocessor_config.json")):
+        with open(os.path.join(d, "preprocessor_config.json")) as f:
+            pp = json.load(f)
+    return qwen_config(c, pp)
+
+
+def qwen_config(c, pp):
+    tc, vc = c.get("text_config"), c.get("vision_config")
+    if tc is None or vc is None:
+        die("config.json: text_config / vision_config missing")
+    # rope: transformers 5 keeps it in rope_parameters; older files in rope_theta + rope_scaling
+    rp = tc.get("rope_parameters") or dict(tc.get("rope_scaling") or {}, rope_theta=tc.get("rope_theta", 1e7),
+                                           partial_rotary_factor=tc.get("partial_rotary_factor", 0.25))
+    hd = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
+    rot = int(hd * rp.get("partial_rotary_factor", 1.0))
+    sec = rp.get("mrope_section", [11, 11, 10])
+    L = tc["num_hidden_layers"]
+    lt = tc.get("layer_types") or ["full_attention" if (i + 1) % tc.get("full_attention_interval", 4) == 0
+                                   else "linear_attention" for i in range(L)]
+    problems = []
+    if len(lt) != L or any(t not in ("linear_attention", "full_attention") for t in lt):
+        problems.append("layer_types must list linear_attention / full_attention once per layer")
+    if L > QWEN_MAX_LAYERS:
+        problems.append(f"more than {QWEN_MAX_LAYERS} layers")
+    if not tc.get("attn_output_gate", True):
+        problems.append("attn_output_gate false is not supported")
+    if tc.get("hidden_act", "silu") != "silu" or vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        problems.append("activations other than silu / gelu_pytorch_tanh are not supported")
+    if vc.get("deepstack_visual_indexes"):
+        problems.append("DeepStack (deepstack_visual_indexes) is not supported")
+    if len(sec) != 3 or sum(sec) != rot // 2:
+        problems.append(f"mrope_section {sec} must have 3 parts summing to rotary dims / 2 = {rot // 2}")
+    if not rp.get("mrope_interleaved", True):
+        problems.append("mrope_interleaved false is not supported")
+    if rp.get("rope_type", rp.get("type", "default")) != "default":
+        problems.append(f"rope_type {rp.get('rope_type')!r} is not supported")
+    if tc.get("attention_bias", False):
+        problems.append("attention_bias is not supported")
+    npos = vc.get("num_position_embeddings", 2304)
+    if int(round(npos ** 0.5)) ** 2 != npos:
+        problems.append("num_position_embeddings must be a square")
+    size = pp.get("size") or {}
+    mean = [float(x) for x in pp.get("image_mean", [0.5, 0.5, 0.5])]
+    std = [float(x) for x in pp.get("image_std", [0.5, 0.5, 0.5])]
+    unk = 0xFFFFFFFF
+    cfg = dict(
+        v_dim=vc["hidden_size"], v_layers=vc["depth"], v_heads=vc["num_heads"], v_mlp=vc["intermediate_size"],
+        v_patch=vc.get("patch_size", 16), v_temporal=vc.get("temporal_patch_size", 2),
+        v_merge=vc.get("spatial_merge_size", 2), v_npos=npos, v_out=vc.get("out_hidden_size", tc["hidden_size"]),
+        v_eps=1e-6, v_rope_theta=float((vc.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        v_channels=vc.get("in_channels", 3),
+        l_dim=tc["hidden_size"], l_layers=L, l_heads=tc["num_attention_heads"],
+        l_kv_heads=tc["num_key_value_heads"], l_head_dim=hd, l_mlp=tc["intermediate_size"],
+        l_vocab=tc["vocab_size"], l_eps=tc.get("rms_norm_eps", 1e-6), l_rope_theta=float(rp.get("rope_theta", 1e7)),
+        l_rot_dim=rot, mrope_t=sec[0], mrope_h=sec[1], mrope_w=sec[2], mrope_interleaved=1,
+        g_k_heads=tc["linear_num_key_heads"], g_v_heads=tc["linear_num_value_heads"],
+        g_k_dim=tc["linear_key_head_dim"], g_v_dim=tc["linear_value_head_dim"],
+        g_conv=tc.get("linear_conv_kernel_dim", 4),
+        tied=int(bool(c.get("tie_word_embeddings", tc.get("tie_word_embeddings", False)))),
+        image_token=c.get("image_token_id", unk), video_token=c.get("video_token_id", unk),
+        vision_start=c.get("vision_start_token_id", unk), vision_end=c.get("vision_end_token_id", unk),
+        think_open=1, min_pixels=int(size.get("shortest_edge", pp.get("min_pixels", 65536))),
+        max_pixels=int(size.get("longest_edge", pp.get("max_pixels", 16777216))),
+        mean=mean, std=std, layer_types=[int(t == "full_attention") for t in lt],
+    )
+    if cfg["v_channels"] != 3:
+        problems.append("in_channels must be 3")
+    if cfg["v_dim"] % cfg["v_heads"] or (cfg["v_dim"] // cfg["v_heads"]) % 4:
+        problems.append("vision head size must be a multiple of 4 (2-D rotary)")
+    if cfg["l_heads"] % cfg["l_kv_heads"] or cfg["g_v_heads"] % cfg["g_k_heads"]:
+        problems.append("head counts must divide (GQA, value heads per key head)")
+    if cfg["v_out"] != cfg["l_dim"]:
+        problems.append("vision out_hidden_size must equal the text hidden_size")
+    if rot % 2 or rot > hd:
+        problems.append("bad rotary dims")
+    if problems:
+        die("unsupported Qwen3.5 configuration: " + "; ".join(problems))
+    return cfg
+
+
+def qwen_chat_think_open(d):
+    """Whether the checkpoint's chat template, with add_generation_prompt and no
+    enable_thinking, opens a thinking block: Qwen3.5's templates either test
+    `enable_thinking is defined and enable_thinking is false` (thinking on by default) or
+    `... is true` (off by default, as the 0.8B's). No template found: on (Qwen3.5's default)."""
+    texts = []
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            with open(p, encoding="utf-8") as f:
+                t = f.read()
+            if name.endswith(".json"):
+                try:
+                    t = json.loads(t).get("chat_template") or ""
+                except ValueError:
+                    t = ""
+                if isinstance(t, list):
+                    t = " ".join(x.get("template", "") for x in t)
+            texts.append(t)
+    for t in texts:
+        if "enable_thinking is false" in t:
+            return 1
+        if "enable_thinking is true" in t:
+            return 0
+    return 1
+
+
+def qwen_tokenizer_tensor(d):
+    """The tokenizer blob of bpe.c (export.py's bpe_blob_from_tokenizer_json) as a u8 tensor,
+    or None when the checkpoint has no tokenizer.json."""
+    tj = os.path.join(d, "tokenizer.json")
+    if not os.path.exists(tj):
+        return None
+    make = globals().get("bpe_blob_from_tokenizer_json")
+    if make is None:   # (the tokenizer's export lands from the qwen-tok branch)
+        print("export.py: warning: this export.py cannot convert tokenizer.json yet: no tokenizer written",
+              file=sys.stderr)
+        return None
+    tc = os.path.join(d, "tokenizer_config.json")
+    blob = make(tj, tc if os.path.exists(tc) else None)
+    return ("tok.bpe", (len(blob),), DT_U8, bytes(blob))
+
+
+def qwen_tensor_plan(cfg):
+    """(file name, shape, kind, [HF source names], how) in file order. Several HF matrices
+    that read the same input are stacked into one ("rows": concatenated along the output
+    dimension), so the C code runs one matmul: the Gated DeltaNet's qkv|z|b|a, the attention's
+    q(+gate)|k|v, the MLP's gate|up."""
+    V, T = "model.visual.", "model.language_model."
+    D, Dl, P = cfg["v_dim"], cfg["l_dim"], cfg["v_patch"]
+    K = 3 * cfg["v_temporal"] * P * P
+    M4 = D * cfg["v_merge"] ** 2
+    plan = [("v.patch", (D, K), "mat", [V + "patch_embed.proj.weight"], "flat"),
+            ("v.patch.b", (D,), "vec", [V + "patch_embed.proj.bias"], None),
+            ("v.pos", (cfg["v_npos"], D), "vec", [V + "pos_embed.weight"], None)]
+    for i in range(cfg["v_layers"]):
+        b, n = f"{V}blocks.{i}.", f"v.{i}."
+        plan += [(n + "ln1.w", (D,), "vec", [b + "norm1.weight"], None), (n + "ln1.b", (D,), "vec", [b + "norm1.bias"], None),
+                 (n + "qkv", (3 * D, D), "mat", [b + "attn.qkv.weight"], None),
+                 (n + "qkv.b", (3 * D,), "vec", [b + "attn.qkv.bias"], None),
+                 (n + "proj", (D, D), "mat", [b + "attn.proj.weight"], None),
+                 (n + "proj.b", (D,), "vec", [b + "attn.proj.bias"], None),
+                 (n + "ln2.w", (D,), "vec", [b + "norm2.weight"], None), (n + "ln2.b", (D,), "vec", [b + "norm2.bias"], None),
+                 (n + "fc1", (cfg["v_mlp"], D), "mat", [b + "mlp.linear_fc1.weight"], None),
+                 (n + "fc1.b", (cfg["v_mlp"],), "vec", [b + "mlp.linear_fc1.bias"], None),
+                 (n + "fc2", (D, cfg["v_mlp"]), "mat", [b + "mlp.linear_fc2.weight"], None),
+                 (n + "fc2.b", (D,), "vec", [b + "mlp.linear_fc2.bias"], None)]
+    plan += [("v.merge.ln.w", (D,), "vec", [V + "merger.norm.weight"], None),
+             ("v.merge.ln.b", (D,), "vec", [V + "merger.norm.bias"], None),
+             ("v.merge.fc1", (M4, M4), "mat", [V + "merger.linear_fc1.weight"], None),
+             ("v.merge.fc1.b", (M4,), "vec", [V + "merger.linear_fc1.bias"], None),
+             ("v.merge.fc2", (Dl, M4), "mat", [V + "merger.linear_fc2.weight"], None),
+             ("v.merge.fc2.b", (Dl,), "vec", [V + "merger.linear_fc2.bias"], None)]
+    nk, nv, dk, dv = cfg["g_k_heads"], cfg["g_v_heads"], cfg["g_k_dim"], cfg["g_v_dim"]
+    conv = 2 * nk * dk + nv * dv
+    nh, nkv, hd = cfg["l_heads"], cfg["l_kv_heads"], cfg["l_head_dim"]
+    for i, full in enumerate(cfg["layer_types"]):
+        b, n = f"{T}layers.{i}.", f"l.{i}."
+        plan.append((n + "in_norm", (Dl,), "vec", [b + "input_layernorm.weight"], None))
+        if full:
+            a = b + "self_attn."
+            plan += [(n + "qkv", (2 * nh * hd + 2 * nkv * hd, Dl), "mat",
+                      [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], "rows"),
+                     (n + "q_norm", (hd,), "vec", [a + "q_norm.weight"], None),
+                     (n + "k_norm", (hd,), "vec", [a + "k_norm.weight"], None),
+                     (n + "o", (Dl, nh * hd), "mat", [a + "o_proj.weight"], None)]
+        else:
+            a = b + "linear_attn."
+            plan += [(n + "in_proj", (conv + nv * dv + 2 * nv, Dl), "mat",
+                      [a + "in_proj_qkv.weight", a + "in_proj_z.weight", a + "in_proj_b.weight", a + "in_proj_a.weight"], "rows"),
+                     (n + "conv", (conv, cfg["g_conv"]), "vec", [a + "conv1d.weight"], "flat"),
+                     (n + "dt_bias", (nv,), "vec", [a + "dt_bias"], None),
+                     (n + "A_log", (nv,), "vec", [a + "A_log"], None),
+                     (n + "norm", (dv,), "vec", [a + "norm.weight"], None),
+                     (n + "out", (Dl, nv * dv), "mat", [a + "out_proj.weight"], None)]
+        plan += [(n + "post_norm", (Dl,), "vec", [b + "post_attention_layernorm.weight"], None),
+                 (n + "gate_up", (2 * cfg["l_mlp"], Dl), "mat", [b + "mlp.gate_proj.weight", b + "mlp.up_proj.weight"], "rows"),
+                 (n + "down", (Dl, cfg["l_mlp"]), "mat", [b + "mlp.down_proj.weight"], None)]
+    plan += [("l.norm", (Dl,), "vec", [T + "norm.weight"], None),
+             ("l.embed", (cfg["l_vocab"], Dl), "mat", [T + "embed_tokens.weight"], None)]
+    if not cfg["tied"]:
+        plan.append(("l.head", (cfg["l_vocab"], Dl), "mat", ["lm_head.weight"], None))
+    return plan
+
+
+def qwen_fetch(get, name, shape, srcs, how):
+    """The tensor `name` from the HF tensors srcs (get(hf_name) -> Raw), as Raw of `shape`."""
+    parts = [get(s) for s in srcs]
+    if how == "rows":
+        kinds = {p.kind for p in parts}
+        if kinds == {"bf16"}:
+            data, kind = np.concatenate([p.data.reshape(p.shape[0], -1) for p in parts]), "bf16"
+        else:
+            data, kind = np.concatenate([p.f32().reshape(p.shape[0], -1) for p in parts]), "f32"
+        r = Raw(data, kind)
+    else:
+        r = parts[0]
+        if how == "flat" or r.shape != tuple(shape):
+            r = Raw(r.data.reshape(-1), r.kind) if int(np.prod(r.shape)) == int(np.prod(shape)) else r
+    if int(np.prod(r.shape)) != int(np.prod(shape)):
+        die(f"tensor {srcs[0]} has shape {list(parts[0].shape)}, expected {list(shape)} from config.json; "
+            "is this a Qwen3.5 checkpoint matching its config?")
+    return Raw(r.data.reshape(shape), r.kind)
+
+
+def qwen_write_model(out, cfg, wtype, get, tok=None, log=print, synthetic=None):
+    plan = qwen_tensor_plan(cfg)
+    wplan = [(name, shape, kind, (srcs, how), None) for name, shape, kind, srcs, how in plan]
+    entries = [(name, tensor_dtype(kind, shape, wtype), shape, None) for name, shape, kind, _s, _h in plan]
+    tok_tensors = [tok] if tok else []
+    entries += [(name, dt, shape, len(data)) for name, shape, dt, data in tok_tensors]
+    offset = HEADER_BYTES + TABLE_ENTRY.size * len(entries)
+    table = []
+    for name, dt, shape, nb in entries:
+        offset = (offset + ALIGN - 1) // ALIGN * ALIGN
+        nbytes = tensor_nbytes(dt, shape) if nb is None else nb
+        table.append((name, dt, shape, offset, nbytes))
+        offset += nbytes
+    vals = dict(cfg, magic=QWEN_MAGIC, version=QWEN_VERSION, header_bytes=HEADER_BYTES,
+                n_tensors=len(entries), wtype=wtype)
+    for i, c in enumerate("rgb"):
+        vals[f"mean_{c}"], vals[f"std_{c}"] = cfg["mean"][i], cfg["std"][i]
+    header = bytearray(HEADER_BYTES)
+    assert len(QWEN_HEADER_FIELDS) <= QWEN_LAYER_SLOT
+    for i, (key, typ) in enumerate(QWEN_HEADER_FIELDS):
+        v = vals[key]
+        struct.pack_into("<f" if typ == "f" else "<I", header, 4 * i, v if typ == "f" else int(v) & 0xFFFFFFFF)
+    for i, full in enumerate(cfg["layer_types"]):
+        struct.pack_into("<I", header, 4 * (QWEN_LAYER_SLOT + i), full)
+    source = lambda name, src, shape, part: qwen_fetch(get, name, shape, *src)  # noqa: E731
+    if synthetic:
+        source = lambda name, src, shape, part: synthetic(name, shape)  # noqa: E731
+    tmp = out + ".partial"
+    try:
+        total = _write_file(tmp, header, table, tok_tensors, wplan, source, offset, log)
+        os.replace(tmp, out)
+    except OSError as e:
+        if e.filename and e.filename != tmp:
+            raise
+        die(f"cannot write {out}: {e.strerror or e}")
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    return total
+
+
+# Full-size configurations of Q-ReAlign's backbones (Qwen3.5-0.8B / 4B / 9B), for random
+# models of the real shapes: numbers from /work/notes/qwen_configs.md (the qwen-img helper's
+# survey of the released config.json files, two independent sources each).
+QWEN_SYNTHETIC = {
+    "q-realign-mini": dict(hidden=1024, mlp=3584, layers=24, heads=8, kv=2, gk=16, gv=16, vdepth=12, vdim=768,
+                           vmlp=3072, vheads=12, tied=True),
+    "q-realign-lite": dict(hidden=2560, mlp=9216, layers=32, heads=16, kv=4, gk=16, gv=32, vdepth=24, vdim=1024,
+                           vmlp=4096, vheads=16, tied=True),
+    "q-realign-pro": dict(hidden=4096, mlp=12288, layers=32, heads=16, kv=4, gk=16, gv=32, vdepth=27, vdim=1152,
+                          vmlp=4304, vheads=16, tied=False),
+}
+
+
+def qwen_synthetic_config(name):
+    p = QWEN_SYNTHETIC[name]
+    c = dict(model_type="qwen3_5", tie_word_embeddings=p["tied"],
+             image_token_id=248056, video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
+             text_config=dict(hidden_size=p["hidden"], intermediate_size=p["mlp"], num_hidden_layers=p["layers"],
+                              num_attention_heads=p["heads"], num_key_value_heads=p["kv"], head_dim=256,
+                              rms_norm_eps=1e-6, vocab_size=248320, linear_conv_kernel_dim=4,
+                              linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=p["gk"],
+                              linear_num_value_heads=p["gv"], full_attention_interval=4,
+                              rope_parameters=dict(rope_type="default", rope_theta=1e7, partial_rotary_factor=0.25,
+                                                   mrope_section=[11, 11, 10], mrope_interleaved=True)),
+             vision_config=dict(depth=p["vdepth"], hidden_size=p["vdim"], intermediate_size=p["vmlp"],
+                                num_heads=p["vheads"], patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                                out_hidden_size=p["hidden"], num_position_embeddings=2304))
+    pp = dict(size=dict(shortest_edge=65536, longest_edge=16777216), image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return qwen_config(c, pp)
+
+
+class QwenSyntheticSource:
+    """Random weights by file tensor name: matrices N(0, (0.8/sqrt(fan_in))^2), norm weights
+    near their identity (0 for the (1 + w) norms, 1 for LayerNorm / RMSNormGated), small
+    biases, A_log = log U(1, 16), dt_bias 1; bf16 like the releases."""
+
+    def __init__(self, cfg, seed):
+        self.src = SyntheticSource(cfg, seed)      # its pool of normals
+        self.rng, self.normals = self.src.rng, self.src.normals
+
+    def __call__(self, name, shape):
+        n, leaf = int(np.prod(shape)), name.split(".")[-1]
+        if leaf in ("in_norm", "post_norm", "q_norm", "k_norm") or name == "l.norm":
+            x = 0.05 * self.normals(n)
+        elif leaf == "w" or leaf == "norm":
+            x = 1.0 + 0.05 * self.normals(n)
+        elif leaf == "b":
+            x = 0.02 * self.normals(n)
+        elif leaf == "A_log":
+            x = np.log(self.rng.uniform(1.0, 16.0, n)).astype(np.float32)
+        elif leaf == "dt_bias":
+            x = np.ones(n, np.float32)
+        elif leaf == "conv":
+            x = 0.3 * self.normals(n)
+        elif name == "v.pos":
+            x = 0.5 * self.normals(n)
+        elif name in ("l.embed", "l.head"):
+            x = 0.02 * self.normals(n)
+        else:
+            x = (0.8 / np.sqrt(shape[-1])) * self.normals(n)
+        return Raw(f32_to_bf16(x.reshape(shape)), "bf16")
+
+
+def qwen_export_synthetic(name, out, wtype, seed, log):
+    cfg = qwen_synthetic_config(name)
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "data", "qwen_tokenizer")
+    tok = qwen_tokenizer_tensor(here) if os.path.exists(os.path.join(here, "tokenizer.json")) else None
+    if tok:
+        # the small test tokenizer stands in for Qwen3.5's (its special ids, not the released ones)
+        with open(os.path.join(here, "tokenizer.json"), encoding="utf-8") as f:
+            added = {a["content"]: a["id"] for a in json.load(f).get("added_tokens", [])}
+        cfg.update(image_token=added["<|image_pad|>"], video_token=added["<|video_pad|>"],
+                   vision_start=added["<|vision_start|>"], vision_end=added["<|vision_end|>"])
+    cfg["think_open"] = 1
+    log(f"export.py: synthetic {name} (random weights, test tokenizer), {DT_NAMES_PY[wtype]} -> {out}")
+    return qwen_write_model(out, cfg, wtype, None, tok=tok, log=log, synthetic=QwenSyntheticSource(cfg, seed))
+
+
+DT_NAMES_PY = {v: k for k, v in DTYPES.items()}
+
+
+def qwen_export(d, out, wtype, log):
+    cfg = qwen_read_config(d)
+    ckpt = Checkpoint(d)
+    missing = [s for _n, _sh, _k, srcs, _h in qwen_tensor_plan(cfg) for s in srcs if s not in ckpt]
+    if missing:
+        die(f"{d}: {len(missing)} tensors the config needs are missing, e.g. {missing[0]} "
+            "(is this a Qwen3.5 / Q-ReAlign checkpoint in the released layout?)")
+    cfg["think_open"] = qwen_chat_think_open(d)
+    tok = qwen_tokenizer_tensor(d)
+    if tok is None:
+        log(f"export.py: warning: {d} has no tokenizer.json: the model file can only be run with token ids")
+    log(f"export.py: Qwen3.5 {d} -> {out}")
+    return qwen_write_model(out, cfg, wtype, ckpt.get, tok=tok, log=log)
+
+
+# ----------------------------------------------------------------------------------------
 # Synthetic models (random weights; dims of a preset)
 
 PRESETS = {
@@ -1393,12 +1779,16 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES) + sorted(ALIASES),
                     help="weight type of the matrices (default bf16 = the released values, exact); "
                          + ", ".join(f"{k} = {v}" for k, v in sorted(ALIASES.items())))
-    ap.add_argument("--synthetic", choices=sorted(PRESETS), help="write random weights of this preset")
+    ap.add_argument("--synthetic", choices=sorted(PRESETS) + sorted(QWEN_SYNTHETIC),
+                    help="write random weights of this preset (q-realign-*: Qwen3.5 at full size)")
     ap.add_argument("--seed", type=int, default=0, help="random seed for --synthetic")
     ap.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's, or $QALIGN_TOKENIZER)")
     ap.add_argument("--lora", metavar="DIR",
                     help="merge a Q-Align LoRA adapter (adapter_config.json, adapter_model.bin|.safetensors, "
                          "non_lora_trainables.bin) into the checkpoint, as q_align/model/builder.py does")
+    ap.add_argument("--model", metavar="DIR",
+                    help="a Qwen3.5 / Q-ReAlign checkpoint directory (config.json model_type qwen3_5, "
+                         "*.safetensors [+ index]); OUT is then the only positional argument")
     ap.add_argument("-q", "--quiet", action="store_true")
     a = ap.parse_intermixed_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -1407,6 +1797,31 @@ def main():
         a.dtype = ALIASES[a.dtype]
     wtype = DTYPES[a.dtype]
 
+    qwen_dir = a.model
+    if not qwen_dir and a.checkpoint and a.out and not a.synthetic and os.path.isdir(a.checkpoint):
+        try:
+            with open(os.path.join(a.checkpoint, "config.json")) as f:
+                if json.load(f).get("model_type") == "qwen3_5":
+                    qwen_dir = a.checkpoint
+        except (OSError, ValueError):
+            pass
+    if qwen_dir:
+        out = a.out or (a.checkpoint if qwen_dir != a.checkpoint else None)
+        if not out or a.synthetic or a.lora:
+            ap.error("usage: export.py --model QWEN35_DIR OUT [--dtype T]")
+        if not os.path.isdir(qwen_dir):
+            die(f"{qwen_dir}: not a directory")
+        total = qwen_export(qwen_dir, out, wtype, log)
+        log(f"export.py: wrote {out} ({total / 1e9:.3f} GB)")
+        return
+
+    if a.synthetic in QWEN_SYNTHETIC:
+        out = a.out or a.checkpoint
+        if not out or (a.out and a.checkpoint) or a.lora:
+            ap.error("usage: export.py --synthetic PRESET [--dtype T] OUT")
+        total = qwen_export_synthetic(a.synthetic, out, wtype, a.seed, log)
+        log(f"export.py: wrote {out} ({total / 1e9:.3f} GB)")
+        return
     if a.synthetic:
         if a.lora:
             ap.error("--lora needs a checkpoint (the base model), not --synthetic")

@@ -50,6 +50,8 @@
 #include "kernels.h"
 #include "qalign.h"
 #include "tokenizer.h"
+#include "bpe.h"
+#include "image_qwen.h"
 
 
 /* ----------------------------------------------------------------------------------------
@@ -229,8 +231,12 @@ typedef struct {
     int used;               /* bound by the loader (each tensor exactly once) */
 } TableEntry;
 
+struct Qwen35; /* the Qwen3.5 family (Q-ReAlign), qwen35.c */
+#define QWEN_MAGIC 0x35514151u /* "QAQ5": the header magic of a Qwen3.5 model file */
+
 typedef struct qalign_model {
     Config c;
+    struct Qwen35 *qwen;    /* a Qwen3.5 model (qwen35.c), or NULL: this file's mPLUG-Owl2 */
     VisionWeights v;
     AbstractorWeights a;
     DecoderWeights l;
@@ -254,6 +260,8 @@ typedef struct qalign_model {
                                vision tower's and the abstractor's weights (not the embedding
                                table and lm_head, of which a few rows are read) */
 } Model;
+
+static int qwen_word_id(const Model *m, const char *word); /* qwen35.c */
 
 /* ----------------------------------------------------------------------------------------
  * Run state: every activation buffer of a context, allocated once for the largest job it
@@ -1726,6 +1734,22 @@ static const qalign_preset PRESETS[] = {
      "good|high|fine=1,average|medium|acceptable=0.5,poor|low|bad=0", 1, 1.0f, 0, "quality", 0,
      "Q-Future/Q-Instruct boost_qa/model.py:L27-L28 (9 words, weights), L41 (logits.reshape(-1, 3, 3).mean(1): a "
      "level's logit is the mean of its 3 synonyms'), L37 (no expand2square)"},
+    /* Q-ReAlign (Qwen3.5 models): the prompt is the question of the task (qwen35.c qwen_texts) in
+     * the chat template; the form (hf / swift) is in the name */
+    {"q-realign-mini", "q-future/Q-ReAlign-Mini-0.8B", "<|image|>Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "chaofengc/IQA-PyTorch pyiqa/archs/qrealign_arch.py (TASKS, LEVELS, WEIGHTS; apply_chat_template("
+     "add_generation_prompt=True) + stem, as Q-Future/Q-ReAlign README Quick Run); qalign/levels.py"},
+    {"q-realign-lite", "q-future/Q-ReAlign-Lite-4B", "<|image|>Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "as q-realign-mini"},
+    {"q-realign-pro", "q-future/Q-ReAlign-Pro-9B", "<|image|>Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "as q-realign-mini"},
+    {"q-realign-swift", "q-future/Q-ReAlign-*", "<|image|>Can you rate the {task} of this picture?",
+     "excellent=1,good=0.75,fair=0.5,poor=0.25,bad=0", 1, 1.0f, 0, "quality aesthetics aesthetic", 1,
+     "Q-Future/Q-ReAlign qalign/scorer.py (ms-swift template qwen3_5, enable_thinking false, then the ids of "
+     "\" \" + stem), qalign/prompts.py PROMPTS[task][0] and STEMS"},
     {"compare2score", "q-future/Compare2Score", "compare2score",
      "inferior=0,worse=0.25,similar=0.5,better=0.75,superior=1", 0, 100.0f, C2S_ANCHORS, "quality", 0,
      "chaofengc/IQA-PyTorch pyiqa/archs/q_align/cmp_modelling_mplug_owl2.py:L303, L306 (levels, weights), L307-L313 "
@@ -1768,6 +1792,7 @@ static void levels_finish(Levels *lv) {
 /* The id a level word is scored by: the first token after BOS of tokenizer(word), as
  * upstream takes tokenizer(word).input_ids[1]. -1 if the word gives no token. */
 static int level_word_id(const Model *m, const char *word) {
+    if (m->qwen) return qwen_word_id(m, word);
     int ids[64], n = tokenizer_encode(&m->tok, word, strlen(word), 1, ids, 64);
     return n >= 2 && n <= 64 ? ids[1] : -1;
 }
@@ -1930,6 +1955,9 @@ static int load_fail(Loader *ld, int status, const char *fmt, ...) {
     }
     return status;
 }
+
+static int qwen_load(Loader *ld, Model *m); /* qwen35.c */
+static void qwen_free(struct Qwen35 *q);
 
 static uint32_t rd_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -2327,6 +2355,7 @@ static void model_free(Model *m) {
         pthread_join(m->prefetcher, NULL);
     }
     tokenizer_free(&m->tok);
+    qwen_free(m->qwen);
     free(m->v.layers);
     free(m->a.layers);
     free(m->l.layers);
@@ -2397,13 +2426,14 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
     }
     if (!m->map) goto done;
     uint32_t magic = rd_u32(m->map), version = rd_u32(m->map + 4);
-    if (magic != QALIGN_MAGIC) load_fail(&ld, QALIGN_ERR_FORMAT, "not a qalign model file (bad magic);" HINT_EXPORT);
+    if (magic == QWEN_MAGIC) qwen_load(&ld, m);
+    else if (magic != QALIGN_MAGIC) load_fail(&ld, QALIGN_ERR_FORMAT, "not a qalign model file (bad magic);" HINT_EXPORT);
     else if (version != QALIGN_VERSION)
         load_fail(&ld, QALIGN_ERR_FORMAT, "model file version %u, this qalign reads version %d;" HINT_EXPORT, version, QALIGN_VERSION);
     else if (rd_u32(m->map + 8) != HEADER_BYTES) load_fail(&ld, QALIGN_ERR_FORMAT, "bad header size;" HINT_EXPORT);
-    if (!ld.status) read_config(&ld, &m->c, m->map);
-    if (!ld.status) read_table(&ld);
-    if (!ld.status) bind_weights(&ld);
+    if (!ld.status && !m->qwen) read_config(&ld, &m->c, m->map);
+    if (!ld.status && !m->qwen) read_table(&ld);
+    if (!ld.status && !m->qwen) bind_weights(&ld);
     if (!ld.status) {
         /* the id: the header, the tensor table, and samples of every tensor's data (its first,
          * middle and last 4 KB; 12 KB of reading per tensor), so that two files of the same
@@ -2666,7 +2696,9 @@ struct qalign_ctx {
     qalign_stage_fn hook;
     void *hook_user;
     qalign_timings seconds; /* carried over when the run state is reallocated */
+    struct QwenCtx *qw;     /* a Qwen3.5 model's context (qwen35.c), or NULL */
 };
+static void qwen_ctx_free(struct QwenCtx *x); /* qwen35.c */
 
 const char *qalign_status_name(int status) {
     static const char *const names[] = {"ok", "i/o error", "bad model file", "invalid argument", "out of memory",
@@ -2730,6 +2762,7 @@ static void prompt_free(Prompt *p) {
 
 void qalign_ctx_free(qalign_ctx *c) {
     if (!c) return;
+    qwen_ctx_free(c->qw);
     if (c->have_state) run_state_free(&c->s);
     prompt_free(&c->prompt_image);
     prompt_free(&c->prompt_video);
@@ -2826,6 +2859,10 @@ static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
     }
 }
 
+/* The Qwen3.5 family (Q-ReAlign): its model and its scoring, on the kernels, the loader and
+ * the context above; the API functions below hand a Qwen3.5 context over to it. */
+#include "qwen35.c"
+
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_ctx **out, char *err, size_t errlen) {
     NEED(out, "out (where the context goes)");
     *out = NULL;
@@ -2834,7 +2871,7 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     if (o.threads < 0 || o.threads > 4096) return fail_with(err, errlen, QALIGN_ERR_ARG, "threads must be in [0, 4096], got %d", o.threads);
     if (o.batch < 0 || o.batch > QALIGN_MAX_BATCH)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "batch must be in [1, %d], got %d", QALIGN_MAX_BATCH, o.batch);
-    const qalign_preset *pr = qalign_preset_find(o.preset ? o.preset : "one-align");
+    const qalign_preset *pr = qalign_preset_find(o.preset ? o.preset : m->qwen ? "q-realign-mini" : "one-align");
     if (!pr) {
         char names[256] = "";
         for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++)
@@ -2844,7 +2881,13 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     const char *task = o.task ? o.task : "quality";
     if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
-    const char *tmpl = prompt_text(o.prompt ? o.prompt : pr->prompt);
+    if (m->qwen && !m->qwen->bpe)
+        return fail_with(err, errlen, QALIGN_ERR_FORMAT, "this Qwen3.5 model file has no tokenizer (its checkpoint had no "
+                         "tokenizer.json);" HINT_EXPORT);
+    if ((m->qwen != NULL) != qwen_is_preset(pr))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "preset: %s is for %s models, this is a%s model", pr->name,
+                         m->qwen ? "mPLUG-Owl2 (Q-Align)" : "Qwen3.5 (Q-ReAlign)", m->qwen ? " Qwen3.5" : "n mPLUG-Owl2");
+    const char *tmpl = m->qwen ? pr->prompt : prompt_text(o.prompt ? o.prompt : pr->prompt);
     for (const char *q = tmpl ? strchr(tmpl, '{') : NULL; q; q = strchr(q + 1, '{')) { /* {task} {input}, nothing else */
         size_t k = 1;
         while (isalnum((unsigned char)q[k]) || q[k] == '_') k++;
@@ -2884,6 +2927,15 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
         st = fail_with(err, errlen, QALIGN_ERR_ARG, "temperature must be a positive number (0: the preset's), not %g",
                        (double)o.temperature);
     if (!st && !(c->template = strdup(tmpl))) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+    if (!st && m->qwen) {
+        st = qwen_ctx_init(c, &o, err, errlen);
+        if (st) {
+            qalign_ctx_free(c);
+            return st;
+        }
+        *out = c;
+        return QALIGN_OK;
+    }
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
     if (!st && o.n_anchors) { /* the anchors: their visual rows now, their K/V on first use */
@@ -2942,10 +2994,17 @@ const char *qalign_ctx_notes(const qalign_ctx *c) { return c && c->lv.note[0] ? 
 /* With a stage hook every image is scored alone (see qalign.h). */
 int qalign_ctx_batch(const qalign_ctx *c) { return !c ? 0 : c->hook ? 1 : c->batch; }
 int qalign_ctx_threads(const qalign_ctx *c) { return c ? c->threads : 0; }
-size_t qalign_ctx_bytes(const qalign_ctx *c) { return c && c->have_state ? c->s.bytes : 0; }
+size_t qalign_ctx_bytes(const qalign_ctx *c) {
+    if (!c) return 0;
+    if (c->qw) return c->qw->have_state ? c->qw->s.bytes : 0;
+    return c->have_state ? c->s.bytes : 0;
+}
 
 void qalign_ctx_timings(const qalign_ctx *c, qalign_timings *out) {
-    if (out) *out = !c ? (qalign_timings){0} : c->have_state ? c->s.seconds : c->seconds;
+    if (!out) return;
+    if (!c) *out = (qalign_timings){0};
+    else if (c->qw) *out = c->qw->seconds;
+    else *out = c->have_state ? c->s.seconds : c->seconds;
 }
 
 void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
@@ -2956,6 +3015,7 @@ void qalign_ctx_set_stage_hook(qalign_ctx *c, qalign_stage_fn fn, void *user) {
 
 int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t errlen) {
     NEED(c, "the context");
+    if (c->qw) return qwen_add_image(c, img, err, errlen);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
     if (c->prompt_image.n_markers != 1 && !c->n_anchors)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
@@ -2970,6 +3030,7 @@ int qalign_pending(const qalign_ctx *c) { return c ? c->pending : 0; }
 
 int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
     NEED(c, "the context");
+    if (c->qw) return qwen_flush(c, out, err, errlen);
     if (c->pending == 0) return QALIGN_OK;
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result array");
     int old = threads_enter(c);
@@ -2986,6 +3047,7 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
 
 int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
     NEED(c, "the context");
+    if (c->qw) return qwen_video_begin(c, n_frames, err, errlen);
     if (c->pending) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d images are pending (qalign_flush first)", c->pending);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
@@ -3004,6 +3066,7 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
 
 int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size_t errlen) {
     NEED(c, "the context");
+    if (c->qw) return qwen_video_frame(c, frame, err, errlen);
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k >= c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "all %d frames were given already", c->video_n);
     int st = encode_image(c, frame, slot(c, c->video_k), c->video_k, c->video_n, err, errlen);
@@ -3013,6 +3076,7 @@ int qalign_video_frame(qalign_ctx *c, const qalign_image *frame, char *err, size
 
 int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *frames, char *err, size_t errlen) {
     NEED(c, "the context");
+    if (c->qw) return qwen_video_end_frames(c, out, frames, err, errlen);
     if (!c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "no video in progress (qalign_video_begin first)");
     if (c->video_k < c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "%d of %d frames given", c->video_k, c->video_n);
     if (!out) return fail_with(err, errlen, QALIGN_ERR_ARG, "no result");
@@ -3048,7 +3112,7 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
     NEED(c, "the context");
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
-    if (n > 0 && c->prompt_image.n_markers != 1 && !c->n_anchors)
+    if (n > 0 && !c->qw && c->prompt_image.n_markers != 1 && !c->n_anchors)
         return qalign_add_image(c, &imgs[0], err, errlen); /* (its error) */
     int where[QALIGN_MAX_BATCH];     /* out index of each pending image */
     qalign_result got[QALIGN_MAX_BATCH];
@@ -3070,6 +3134,7 @@ int qalign_score_prompt(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
     NEED(c, "the context");
     if (!imgs || !out || n < 1) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    if (c->qw) return qwen_score_prompt(c, imgs, n, out, err, errlen);
     if (n != c->prompt_image.n_markers)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "the prompt has %d <|image|>, %d images given", c->prompt_image.n_markers, n);
     int st = ensure_state(c, c->batch, n, err, errlen);
@@ -3111,6 +3176,11 @@ void qalign_describe(const qalign_model *m, qalign_info *o) {
     memset(o, 0, sizeof *o);
     if (!m) return;
     const Config *c = &m->c;
+    if (m->qwen) {
+        qwen_describe(m, o);
+        return;
+    }
+    o->family = "mplug-owl2";
     o->path = m->path;
     o->file_bytes = m->file_size;
     o->format_version = QALIGN_VERSION;
@@ -3133,18 +3203,19 @@ void qalign_describe(const qalign_model *m, qalign_info *o) {
 
 int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *ids, int cap) {
     if (!m || !text || cap < 0 || (cap > 0 && !ids)) return -1;
+    if (m->qwen) return qwen_tokenize(m, text, ids, cap);
     return tokenizer_encode(&m->tok, text, strlen(text), add_bos, ids, cap);
 }
 
 /* ---- answers in words (the generation itself is after Compare2Score) ---- */
 
 size_t qalign_kv_bytes_per_token(const qalign_model *m) {
-    if (!m) return 0;
+    if (!m || m->qwen) return 0; /* (a Qwen3.5 model does not generate here) */
     return 2 * (size_t)m->c.l_layers * (size_t)m->c.l_kv_heads * (size_t)m->c.l_head_dim * sizeof(float);
 }
 
 int qalign_detokenize(const qalign_model *m, const int *ids, int n, char *out, size_t cap) {
-    if (!m) return -1;
+    if (!m || m->qwen) return -1;
     return tokenizer_decode(&m->tok, ids, n, out, cap);
 }
 
@@ -3346,6 +3417,8 @@ static int ask_begin(qalign_ctx *c, const char *question, const qalign_ask_optio
                      Prompt *p, char *err, size_t errlen) {
     memset(p, 0, sizeof *p);
     if (!c) return fail_with(err, errlen, QALIGN_ERR_ARG, "no context");
+    if (c->qw) return fail_with(err, errlen, QALIGN_ERR_ARG, "answers in words are for mPLUG-Owl2 models (Q-Instruct, "
+                                "Co-Instruct, OneAlign); this is a Qwen3.5 model, which only scores for now");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     int st = ask_options(c->m, question, in, o, err, errlen);
     if (st) return st;

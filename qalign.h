@@ -109,6 +109,10 @@ typedef struct {
     float mean[3], std[3];
     int l_max_pos;          /* the decoder's context (max_position_embeddings): the most tokens
                                qalign_ask_options.max_tokens may ask for */
+    /* the model family: "mplug-owl2" (Q-Align, OneAlign, ...) or "qwen3.5" (Q-ReAlign); for
+       a Qwen3.5 model the v_ and l_ fields are its vision tower's and decoder's, a_ are 0 */
+    const char *family;
+    int l_linear_layers;    /* Qwen3.5: Gated DeltaNet layers among l_layers (the rest attention) */
 } qalign_info;
 
 void qalign_describe(const qalign_model *m, qalign_info *out);
@@ -379,12 +383,14 @@ int qalign_ask_prompt(qalign_ctx *c, const qalign_image *imgs, int n, const char
                       qalign_answer *out, char *err, size_t errlen);
 void qalign_answer_free(qalign_answer *a);
 
-/* The bytes per token of a sequence's K/V cache (2 * layers * kv_heads * head_dim * 4). */
+/* The bytes per token of a sequence's K/V cache (2 * layers * kv_heads * head_dim * 4); 0 for
+ * NULL or a model that does not generate answers (Qwen3.5, for now). */
 size_t qalign_kv_bytes_per_token(const qalign_model *m);
 
 /* Text of token ids as sentencepiece's decode gives it (BOS/EOS give nothing, byte pieces
  * joined into UTF-8, "▁" a space, the first piece's leading space dropped). Writes at most
- * cap bytes with a NUL, returns the whole text's length, or -1 (an id out of range). */
+ * cap bytes with a NUL, returns the whole text's length, or -1 (an id out of range, NULL, or a
+ * Qwen3.5 model). */
 int qalign_detokenize(const qalign_model *m, const int *ids, int n, char *out, size_t cap);
 
 /* ---- looking inside ------------------------------------------------------------------- */
