@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -33,21 +34,8 @@ extern char **environ;
 
 const char *const APP_LEVEL_NAMES[APP_LEVELS] = {"excellent", "good", "fair", "poor", "bad"};
 
-static const char CSV_HEADER[] = "path,task,kind,frames,score,std,scale,p_excellent,p_good,p_fair,p_poor,p_bad,"
-                                 "logit_excellent,logit_good,logit_fair,logit_poor,logit_bad,error,"
-                                 "model,prompt,levels,pad,precise,max_frames\n";
-#define CSV_FIELDS 24
-static const char *const CSV_HEADERS[1] = {CSV_HEADER};
-/* --ask's results (RESULTS_CSV_ANSWERS): the answer instead of the level columns; score, std,
- * scale and levels are empty unless --score is given too */
-static const char ANSWER_CSV_HEADER[] = "path,task,kind,frames,score,std,scale,question,answer,tokens,finish,error,"
-                                        "model,prompt,levels,decoding,pad,precise,max_frames\n";
-#define ANSWER_CSV_FIELDS 19
 /* the start of every JSONL row (a torn tail that starts otherwise is not ours) */
 #define JSON_ROW_START "{\"path\": "
-
-const char *results_csv_header(void) { return CSV_HEADER; }
-const char *results_answer_csv_header(void) { return ANSWER_CSV_HEADER; }
 
 int row_failed(const ResultRow *r) { return r->error && r->error[0]; }
 static int empty(const char *s) { return !s || !s[0]; }
@@ -134,164 +122,244 @@ static void token_list(Buf *b, const ResultRow *r, int json) {
     if (json) buf_addc(b, ']');
 }
 
-/* An answer's row (--ask) in the CSV of answers */
-static void format_answer_csv(Buf *b, const ResultRow *r, int bad, const char *error) {
-    const RowSetup *su = &r->setup;
-    int known = su->model != NULL, sc = r->scored && !bad;
-    csv_field(b, r->path);
-    buf_addc(b, ',');
-    csv_field(b, r->scored ? r->task : NULL);
-    buf_addc(b, ',');
-    csv_field(b, r->kind);
-    buf_printf(b, ",%d,", r->frames);
-    if (sc) csv_num(b, r->score);
-    buf_addc(b, ',');
-    if (sc) csv_num(b, r->std);
-    buf_addc(b, ',');
-    csv_field(b, r->scored ? r->scale : NULL);
-    buf_addc(b, ',');
-    csv_field(b, r->question);
-    buf_addc(b, ',');
-    if (!bad) csv_field(b, r->answer);
-    buf_addc(b, ',');
-    if (!bad) token_list(b, r, 0);
-    buf_addc(b, ',');
-    if (!bad) csv_field(b, r->finish);
-    buf_addc(b, ',');
-    if (bad) csv_field(b, error);
-    buf_addc(b, ',');
-    if (known) {
-        csv_field(b, su->model);
-        buf_addc(b, ',');
-        csv_field(b, su->prompt);
-        buf_addc(b, ',');
-        if (r->scored) csv_field(b, su->levels);
-        buf_addc(b, ',');
-        csv_field(b, r->decoding);
-        buf_printf(b, ",%s,%s,", su->pad ? "true" : "false", su->precise ? "true" : "false");
-    } else buf_adds(b, ",,,,,,");
-    if (r->max_frames > 0) buf_printf(b, "%d", r->max_frames);
-    buf_addc(b, '\n');
+/* ---- the row schema ----
+ * One table of columns, in the order every format writes them. The CSV writer, the JSON
+ * writer, the CSV header and both readers go through it. A column is in some of the three
+ * formats (F_*); JSON writes a key only when its condition (W_*) holds, a CSV always has
+ * the column (empty when there is nothing to say). C_P and C_LOGIT stand for one column
+ * per level word: p_<word>, logit_<word> - the row's own words in JSON, the file's words in
+ * a CSV (the five default words unless the run's levels have another word). */
+enum { F_CSV = 1, F_ANS = 2, F_JSON = 4 };
+enum { W_ALWAYS, W_SCORED, W_ANSWER, W_FRAME, W_ANCHORS, W_WARNING };
+typedef enum {
+    C_PATH, C_TASK, C_KIND, C_FRAMES, C_FRAME, C_SCORE, C_STD, C_SCALE, C_P, C_LOGIT, C_QUESTION, C_ANSWER, C_TOKENS,
+    C_FINISH, C_PREFS, C_WARNING, C_ERROR, C_MODEL, C_PROMPT, C_LEVELS, C_DECODING, C_PAD, C_PRECISE, C_MAX_FRAMES, C_N
+} ColId;
+static const struct Column {
+    ColId id;
+    const char *name;  /* C_P, C_LOGIT: the prefix of the per-word names */
+    int formats;
+    int when;          /* JSON */
+} COLUMNS[C_N] = {
+    {C_PATH, "path", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_TASK, "task", F_CSV | F_ANS | F_JSON, W_SCORED},
+    {C_KIND, "kind", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_FRAMES, "frames", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_FRAME, "frame", F_JSON, W_FRAME},                 /* --per-frame: the frame, from 0 */
+    {C_SCORE, "score", F_CSV | F_ANS | F_JSON, W_SCORED},
+    {C_STD, "std", F_CSV | F_ANS | F_JSON, W_SCORED},
+    {C_SCALE, "scale", F_CSV | F_ANS | F_JSON, W_SCORED},
+    {C_P, "p_", F_CSV | F_JSON, W_SCORED},
+    {C_LOGIT, "logit_", F_CSV | F_JSON, W_SCORED},
+    {C_QUESTION, "question", F_ANS | F_JSON, W_ANSWER},
+    {C_ANSWER, "answer", F_ANS | F_JSON, W_ANSWER},
+    {C_TOKENS, "tokens", F_ANS | F_JSON, W_ANSWER},
+    {C_FINISH, "finish", F_ANS | F_JSON, W_ANSWER},
+    {C_PREFS, "anchor_prefs", F_JSON, W_ANCHORS},        /* a comparison scorer's preferences */
+    {C_WARNING, "warning", F_JSON, W_WARNING},           /* decoded with a warning (corrupt JPEG data) */
+    {C_ERROR, "error", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_MODEL, "model", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_PROMPT, "prompt", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_LEVELS, "levels", F_CSV | F_ANS | F_JSON, W_SCORED},
+    {C_DECODING, "decoding", F_ANS | F_JSON, W_ANSWER},
+    {C_PAD, "pad", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_PRECISE, "precise", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+    {C_MAX_FRAMES, "max_frames", F_CSV | F_ANS | F_JSON, W_ALWAYS},
+};
+
+static int format_flag(ResultsFormat fmt) { return fmt == RESULTS_CSV ? F_CSV : fmt == RESULTS_CSV_ANSWERS ? F_ANS : F_JSON; }
+
+/* The level words of a CSV: n words (0: the five default ones). */
+typedef struct {
+    int n;
+    const char *const *words;
+} Words;
+static Words words_or_default(Words w) { return w.n ? w : (Words){APP_LEVELS, APP_LEVEL_NAMES}; }
+
+/* The header of a CSV of format fmt with level words w, with its '\n' (malloc'ed). */
+static char *csv_header(ResultsFormat fmt, Words w) {
+    Buf b = {0};
+    w = words_or_default(w);
+    int first = 1;
+    for (int c = 0; c < C_N; c++) {
+        if (!(COLUMNS[c].formats & format_flag(fmt))) continue;
+        int per_word = COLUMNS[c].id == C_P || COLUMNS[c].id == C_LOGIT;
+        for (int i = 0; i < (per_word ? w.n : 1); i++) {
+            if (!first) buf_addc(&b, ',');
+            first = 0;
+            if (!per_word) buf_adds(&b, COLUMNS[c].name);
+            else {
+                Buf name = {0};
+                buf_printf(&name, "%s%s", COLUMNS[c].name, w.words[i]);
+                csv_field(&b, name.oom ? "" : name.p);
+                buf_free(&name);
+            }
+        }
+    }
+    buf_addc(&b, '\n');
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    return b.p;
 }
 
-static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) {
-    int bad = row_failed(r), n = r->n_levels ? r->n_levels : APP_LEVELS, ans = r->question != NULL;
-    int sc = !ans || r->scored; /* the row has a score */
-    const char *error = r->error;
-    if (ans && !bad && !r->answer) { /* never a success without an answer */
-        bad = 1;
-        error = "no answer";
+/* A value of a row's column, as both writers write it. */
+typedef enum { V_NULL, V_STR, V_NUM, V_INT, V_BOOL, V_TOKENS, V_PREFS } ValType;
+typedef struct {
+    ValType t;
+    const char *s;
+    double x;
+    int i;
+} Val;
+
+/* What a row says, worked out once for all its columns. */
+typedef struct {
+    const ResultRow *r;
+    int bad;               /* written as a failed row */
+    const char *error;
+    int sc;                /* the row has a score (--ask without --score: not) */
+    int ans;               /* an answer's row (--ask) */
+    int known;             /* its setup is known */
+    double p[APP_MAX_LEVELS], l[APP_MAX_LEVELS]; /* a CSV: per file word, NaN where the row has no such word */
+} RowView;
+
+static RowView row_view(ResultsFormat fmt, const ResultRow *r, Words fw) {
+    RowView v = {.r = r, .bad = row_failed(r), .error = r->error, .ans = r->question != NULL, .known = r->setup.model != NULL};
+    v.sc = fmt == RESULTS_CSV_ANSWERS ? r->scored : !v.ans || r->scored;
+    if (v.ans && !v.bad && !r->answer) v.bad = 1, v.error = "no answer"; /* never a success without an answer */
+    if ((!v.ans || r->scored) && !v.bad && !row_numbers_finite(r)) /* never a success without a score */
+        v.bad = 1, v.error = "the model produced a value that is not finite";
+    if (fmt == RESULTS_CSV) { /* the file's words: a row's values under them */
+        fw = words_or_default(fw);
+        const char *const *rw = r->n_levels ? r->levels : APP_LEVEL_NAMES;
+        for (int k = 0; k < fw.n; k++) {
+            v.p[k] = v.l[k] = NAN;
+            for (int i = 0; i < (r->n_levels ? r->n_levels : APP_LEVELS); i++)
+                if (!strcmp(rw[i], fw.words[k])) v.p[k] = r->probs[i], v.l[k] = r->logits[i];
+        }
     }
-    if (fmt == RESULTS_CSV_ANSWERS) {
-        if (sc && !bad && !row_numbers_finite(r)) bad = 1, error = "the model produced a value that is not finite";
-        format_answer_csv(b, r, bad, error);
-        return;
-    }
-    if (sc && !bad && !row_numbers_finite(r)) { /* never a success without a score */
-        bad = 1;
-        error = "the model produced a value that is not finite";
-    }
-    const char *const *words = r->n_levels ? r->levels : APP_LEVEL_NAMES;
+    return v;
+}
+
+/* Column c (word k of a per-word column) of the row; NULL / NaN written as empty (CSV) or null. */
+static Val col_value(const RowView *v, ResultsFormat fmt, ColId c, int k) {
+    const ResultRow *r = v->r;
     const RowSetup *su = &r->setup;
-    int known = su->model != NULL;
-    if (fmt == RESULTS_CSV) {
-        csv_field(b, r->path);
-        buf_addc(b, ',');
-        csv_field(b, r->task);
-        buf_addc(b, ',');
-        csv_field(b, r->kind);
-        buf_printf(b, ",%d,", r->frames);
-        if (!bad) csv_num(b, r->score);
-        buf_addc(b, ',');
-        if (!bad) csv_num(b, r->std);
-        buf_addc(b, ',');
-        csv_field(b, r->scale);
-        double p[APP_LEVELS], l[APP_LEVELS];
-        default_columns(r, p, l);
-        for (int i = 0; i < 2 * APP_LEVELS; i++) { /* the columns are the five default words' */
-            buf_addc(b, ',');
-            if (!bad) csv_num(b, i < APP_LEVELS ? p[i] : l[i - APP_LEVELS]);
-        }
-        buf_addc(b, ',');
-        if (bad) csv_field(b, error);
-        buf_addc(b, ',');
-        if (known) {
-            csv_field(b, su->model);
-            buf_addc(b, ',');
-            csv_field(b, su->prompt);
-            buf_addc(b, ',');
-            csv_field(b, su->levels);
-            buf_printf(b, ",%s,%s,", su->pad ? "true" : "false", su->precise ? "true" : "false");
-        } else buf_adds(b, ",,,,,");
-        if (r->max_frames > 0) buf_printf(b, "%d", r->max_frames);
-        buf_addc(b, '\n');
-    } else {
-        buf_adds(b, JSON_ROW_START);
-        json_str(b, r->path);
-        if (sc) {
-            buf_adds(b, ", \"task\": ");
-            json_str(b, r->task);
-        }
-        buf_adds(b, ", \"kind\": ");
-        json_str(b, r->kind);
-        buf_printf(b, ", \"frames\": %d", r->frames);
-        if (r->per_frame) buf_printf(b, ", \"frame\": %d", r->frame);
-        if (sc) {
-        buf_adds(b, ", \"score\": ");
-        json_num(b, bad ? NAN : r->score);
-        buf_adds(b, ", \"std\": ");
-        json_num(b, bad ? NAN : r->std);
-        buf_adds(b, ", \"scale\": ");
-        json_str(b, r->scale);
-        for (int k = 0; k < 2; k++)
-            for (int i = 0; i < n; i++) {
-                Buf key = {0};
-                buf_printf(&key, "%s_%s", k ? "logit" : "p", words[i]);
-                buf_adds(b, ", ");
-                json_str(b, key.oom ? "" : key.p);
-                buf_adds(b, ": ");
-                json_num(b, bad ? NAN : k ? r->logits[i] : r->probs[i]);
-                buf_free(&key);
-            }
-        }
-        if (ans) {
-            buf_adds(b, ", \"question\": ");
-            json_str(b, r->question);
-            buf_adds(b, ", \"answer\": ");
-            json_str(b, bad ? NULL : r->answer);
-            buf_adds(b, ", \"tokens\": ");
-            if (bad) buf_adds(b, "null");
-            else token_list(b, r, 1);
-            buf_adds(b, ", \"finish\": ");
-            json_str(b, bad ? NULL : r->finish);
-        }
-        if (r->n_anchors > 0 && !bad) {
-            buf_adds(b, ", \"anchor_prefs\": [");
-            for (int i = 0; i < r->n_anchors; i++) {
-                if (i) buf_adds(b, ", ");
-                json_num(b, r->anchor_prefs[i]);
-            }
-            buf_addc(b, ']');
-        }
-        buf_adds(b, ", \"error\": ");
-        json_str(b, bad ? error : NULL);
-        buf_adds(b, ", \"model\": ");
-        json_str(b, known ? su->model : NULL);
-        buf_adds(b, ", \"prompt\": ");
-        json_str(b, known ? su->prompt : NULL);
-        if (sc) {
-            buf_adds(b, ", \"levels\": ");
-            json_str(b, known ? su->levels : NULL);
-        }
-        if (ans) {
-            buf_adds(b, ", \"decoding\": ");
-            json_str(b, known ? r->decoding : NULL);
-        }
-        buf_printf(b, ", \"pad\": %s, \"precise\": %s, \"max_frames\": ", known ? su->pad ? "true" : "false" : "null",
-                   known ? su->precise ? "true" : "false" : "null");
-        if (r->max_frames > 0) buf_printf(b, "%d}\n", r->max_frames);
-        else buf_adds(b, "null}\n");
+    int json = fmt == RESULTS_JSONL;
+#define STR(x) (Val){.t = (x) ? V_STR : V_NULL, .s = (x)}
+    switch (c) {
+    case C_PATH: return STR(r->path);
+    case C_TASK: return STR(v->sc ? r->task : NULL);
+    case C_KIND: return STR(r->kind);
+    case C_FRAMES: return (Val){.t = V_INT, .i = r->frames};
+    case C_FRAME: return (Val){.t = V_INT, .i = r->frame};
+    case C_SCORE: return (Val){.t = V_NUM, .x = v->sc && !v->bad ? r->score : NAN};
+    case C_STD: return (Val){.t = V_NUM, .x = v->sc && !v->bad ? r->std : NAN};
+    case C_SCALE: return STR(v->sc ? r->scale : NULL);
+    case C_P:
+    case C_LOGIT: {
+        double x = v->bad ? NAN : !json ? (c == C_P ? v->p[k] : v->l[k]) : c == C_P ? r->probs[k] : r->logits[k];
+        return (Val){.t = V_NUM, .x = x};
     }
+    case C_QUESTION: return STR(r->question);
+    case C_ANSWER: return STR(v->bad ? NULL : r->answer);
+    case C_TOKENS: return (Val){.t = v->bad ? V_NULL : V_TOKENS};
+    case C_FINISH: return STR(v->bad ? NULL : r->finish);
+    case C_PREFS: return (Val){.t = V_PREFS};
+    case C_WARNING: return STR(r->warning);
+    case C_ERROR: return STR(v->bad ? v->error : NULL);
+    case C_MODEL: return STR(v->known ? su->model : NULL);
+    case C_PROMPT: return STR(v->known ? su->prompt : NULL);
+    case C_LEVELS: return STR(v->known && v->sc ? su->levels : NULL);
+    case C_DECODING: return STR(v->known ? r->decoding : NULL);
+    case C_PAD: return (Val){.t = v->known ? V_BOOL : V_NULL, .i = su->pad};
+    case C_PRECISE: return (Val){.t = v->known ? V_BOOL : V_NULL, .i = su->precise};
+    case C_MAX_FRAMES: return (Val){.t = r->max_frames > 0 ? V_INT : V_NULL, .i = r->max_frames};
+    default: return (Val){.t = V_NULL};
+    }
+#undef STR
+}
+
+static void put_val(Buf *b, const Val *x, const ResultRow *r, int json) {
+    switch (x->t) {
+    case V_NULL: if (json) buf_adds(b, "null"); break;
+    case V_STR: if (json) json_str(b, x->s); else csv_field(b, x->s); break;
+    case V_NUM: if (json) json_num(b, x->x); else csv_num(b, x->x); break;
+    case V_INT: buf_printf(b, "%d", x->i); break;
+    case V_BOOL: buf_adds(b, x->i ? "true" : "false"); break;
+    case V_TOKENS: token_list(b, r, json); break;
+    case V_PREFS:
+        buf_addc(b, '[');
+        for (int i = 0; i < r->n_anchors; i++) {
+            if (i) buf_adds(b, ", ");
+            json_num(b, r->anchor_prefs[i]);
+        }
+        buf_addc(b, ']');
+        break;
+    }
+}
+
+/* Does JSON write column c for this row? */
+static int json_has(const RowView *v, int when) {
+    const ResultRow *r = v->r;
+    switch (when) {
+    case W_SCORED: return v->sc;
+    case W_ANSWER: return v->ans;
+    case W_FRAME: return r->per_frame;
+    case W_ANCHORS: return r->n_anchors > 0 && !v->bad;
+    case W_WARNING: return r->warning && r->warning[0];
+    default: return 1;
+    }
+}
+
+/* A row in format fmt; fw: a CSV's level words. */
+static void format_row_words(Buf *b, ResultsFormat fmt, const ResultRow *r, Words fw) {
+    RowView v = row_view(fmt, r, fw);
+    int json = fmt == RESULTS_JSONL, first = 1;
+    const char *const *words = r->n_levels ? r->levels : APP_LEVEL_NAMES;
+    int n_words = json ? (r->n_levels ? r->n_levels : APP_LEVELS) : words_or_default(fw).n;
+    if (!json) words = words_or_default(fw).words;
+    for (int c = 0; c < C_N; c++) {
+        const struct Column *col = &COLUMNS[c];
+        if (!(col->formats & format_flag(fmt)) || (json && !json_has(&v, col->when))) continue;
+        int per_word = col->id == C_P || col->id == C_LOGIT;
+        for (int i = 0; i < (per_word ? n_words : 1); i++) {
+            if (json) {
+                buf_adds(b, first ? "{" : ", ");
+                if (!per_word) json_str(b, col->name);
+                else {
+                    Buf key = {0};
+                    buf_printf(&key, "%s%s", col->name, words[i]);
+                    json_str(b, key.oom ? "" : key.p);
+                    buf_free(&key);
+                }
+                buf_adds(b, ": ");
+            } else if (!first) buf_addc(b, ',');
+            first = 0;
+            Val x = col_value(&v, fmt, col->id, i);
+            put_val(b, &x, r, json);
+        }
+    }
+    buf_adds(b, json ? "}\n" : "\n");
+}
+
+static void format_row(Buf *b, ResultsFormat fmt, const ResultRow *r) { format_row_words(b, fmt, r, (Words){0}); }
+
+/* The two default headers, made from the table once. */
+static pthread_once_t headers_once = PTHREAD_ONCE_INIT;
+static char *default_headers[2];
+static void make_headers(void) {
+    default_headers[0] = csv_header(RESULTS_CSV, (Words){0});
+    default_headers[1] = csv_header(RESULTS_CSV_ANSWERS, (Words){0});
+}
+const char *results_csv_header(void) {
+    pthread_once(&headers_once, make_headers);
+    return default_headers[0] ? default_headers[0] : "";
+}
+const char *results_answer_csv_header(void) {
+    pthread_once(&headers_once, make_headers);
+    return default_headers[1] ? default_headers[1] : "";
 }
 
 char *results_format_row(ResultsFormat fmt, const ResultRow *row) {
@@ -400,6 +468,8 @@ static void row_free_strings(ResultRow *r) {
     free((char *)r->answer);
     free((char *)r->finish);
     free((char *)r->decoding);
+    for (int i = 0; i < r->n_levels; i++) free((char *)r->levels[i]);
+    free((void *)r->levels);
 }
 
 void rowset_free(RowSet *s) {
@@ -479,7 +549,7 @@ int rowset_add(RowSet *s, const ResultRow *row) {
     }
     ResultRow r = *row;
     int oom = 0;
-    r.n_anchors = 0, r.anchor_prefs = NULL; /* (not kept) */
+    r.n_anchors = 0, r.anchor_prefs = NULL, r.warning = NULL; /* (not kept) */
     r.path = dup_nonempty(row->path, &oom);
     r.task = dup_nonempty(row->task, &oom);
     r.kind = dup_nonempty(row->kind, &oom);
@@ -488,8 +558,12 @@ int rowset_add(RowSet *s, const ResultRow *row) {
     r.setup.model = dup_nonempty(row->setup.model, &oom);
     r.setup.prompt = r.setup.model ? dup_nonempty(row->setup.prompt, &oom) : NULL;
     r.setup.levels = r.setup.model ? dup_nonempty(row->setup.levels, &oom) : NULL;
-    r.n_levels = 0; /* a stored row has the five default words' columns */
-    r.levels = NULL;
+    r.n_levels = 0, r.levels = NULL; /* the row's own level words (none: the five default ones) */
+    const char **words = row->n_levels > 0 ? calloc((size_t)row->n_levels, sizeof *words) : NULL;
+    if (row->n_levels > 0 && !words) oom = 1;
+    for (int i = 0; words && i < row->n_levels && i < APP_MAX_LEVELS; i++)
+        if ((words[r.n_levels++] = strdup(row->levels[i])) == NULL) oom = 1;
+    r.levels = words;
     r.tokens = NULL, r.n_tokens = 0; /* (not kept) */
     r.question = row->question ? strdup(row->question) : NULL;
     r.answer = row->question && row->answer ? strdup(row->answer) : NULL;
@@ -569,62 +643,89 @@ static int parse_count(const char *s, int *v) {
     return parse_double(s, &x) != 0 ? -1 : count_of(x, v);
 }
 
-static int csv_to_row(const Fields *f, ResultRow *r) {
-    if (f->n != CSV_FIELDS) return -1;
+/* A CSV record of format fmt (level words fw) as a row: the fields are taken in the
+ * table's order; strings point into f. */
+static int csv_to_row(const Fields *f, ResultsFormat fmt, Words fw, ResultRow *r) {
+    const char *v[C_N] = {0}, *pv[APP_MAX_LEVELS], *lv[APP_MAX_LEVELS];
+    Words w = words_or_default(fw);
+    size_t k = 0;
+    for (int c = 0; c < C_N; c++) {
+        const struct Column *col = &COLUMNS[c];
+        if (!(col->formats & format_flag(fmt))) continue;
+        int per_word = col->id == C_P || col->id == C_LOGIT;
+        for (int i = 0; i < (per_word ? w.n : 1); i++, k++) {
+            if (k >= f->n) return -1;
+            if (!per_word) v[col->id] = field(f, k);
+            else (col->id == C_P ? pv : lv)[i] = field(f, k);
+        }
+    }
+    if (k != f->n) return -1;
+#define OPT(c) (v[c][0] ? v[c] : NULL)
     memset(r, 0, sizeof *r);
-    r->path = field(f, 0);
+    r->path = v[C_PATH];
     if (!r->path[0]) return -1;
-    r->task = field(f, 1);
-    r->kind = field(f, 2)[0] ? field(f, 2) : NULL;
-    if (parse_count(field(f, 3), &r->frames) != 0) return -1;
-    r->scale = field(f, 6);
-    r->error = field(f, 17)[0] ? field(f, 17) : NULL;
+    r->task = OPT(C_TASK);
+    r->kind = OPT(C_KIND);
+    if (parse_count(v[C_FRAMES], &r->frames) != 0) return -1;
+    r->scale = OPT(C_SCALE);
+    r->error = OPT(C_ERROR);
+    r->score = r->std = NAN;
     for (int i = 0; i < APP_MAX_LEVELS; i++) r->probs[i] = r->logits[i] = NAN;
-    if (!r->error) {
-        if (parse_double(field(f, 4), &r->score) != 0 || parse_double(field(f, 5), &r->std) != 0 ||
-            !isfinite(r->score) || !isfinite(r->std))
+    r->n_levels = fw.n;
+    r->levels = fw.n ? fw.words : NULL;
+    if (fmt == RESULTS_CSV_ANSWERS) {
+        r->scored = v[C_SCORE][0] != 0;
+        if (r->scored && (parse_double(v[C_SCORE], &r->score) != 0 || parse_double(v[C_STD], &r->std) != 0)) return -1;
+        r->question = v[C_QUESTION];
+        r->answer = v[C_ANSWER];
+        r->finish = OPT(C_FINISH);
+    } else if (!r->error) {
+        if (parse_double(v[C_SCORE], &r->score) != 0 || !isfinite(r->score) || /* std empty: no spread (Compare2Score) */
+            (v[C_STD][0] && (parse_double(v[C_STD], &r->std) != 0 || !isfinite(r->std))))
             return -1;
-        for (int i = 0; i < APP_LEVELS; i++) /* empty: a word the run's levels did not have */
-            if ((field(f, 7 + i)[0] && parse_double(field(f, 7 + i), &r->probs[i]) != 0) ||
-                (field(f, 12 + i)[0] && parse_double(field(f, 12 + i), &r->logits[i]) != 0))
+        for (int i = 0; i < w.n; i++) /* empty: a word the run's levels did not have */
+            if ((pv[i][0] && parse_double(pv[i], &r->probs[i]) != 0) || (lv[i][0] && parse_double(lv[i], &r->logits[i]) != 0))
                 return -1;
-    } else r->score = r->std = NAN;
-    if (field(f, 18)[0]) { /* the setup: all of it, or none */
-        r->setup.model = field(f, 18);
-        r->setup.prompt = field(f, 19);
-        r->setup.levels = field(f, 20);
-        if ((r->setup.pad = parse_bool(field(f, 21))) < 0 || (r->setup.precise = parse_bool(field(f, 22))) < 0) return -1;
-    } else if (field(f, 19)[0] || field(f, 20)[0] || field(f, 21)[0] || field(f, 22)[0]) return -1;
-    if (parse_count(field(f, 23), &r->max_frames) != 0) return -1;
+    }
+    if (v[C_MODEL][0]) { /* the setup: all of it, or none */
+        r->setup.model = v[C_MODEL];
+        r->setup.prompt = v[C_PROMPT];
+        r->setup.levels = fmt == RESULTS_CSV_ANSWERS ? OPT(C_LEVELS) : v[C_LEVELS];
+        if (fmt == RESULTS_CSV_ANSWERS) r->decoding = v[C_DECODING];
+        if ((r->setup.pad = parse_bool(v[C_PAD])) < 0 || (r->setup.precise = parse_bool(v[C_PRECISE])) < 0) return -1;
+    } else if (fmt == RESULTS_CSV && (v[C_PROMPT][0] || v[C_LEVELS][0] || v[C_PAD][0] || v[C_PRECISE][0])) return -1;
+    if (parse_count(v[C_MAX_FRAMES], &r->max_frames) != 0) return -1;
+#undef OPT
     return 0;
 }
 
-/* A row of the CSV of answers */
-static int csv_to_answer_row(const Fields *f, ResultRow *r) {
-    if (f->n != ANSWER_CSV_FIELDS) return -1;
-    memset(r, 0, sizeof *r);
-    r->path = field(f, 0);
-    if (!r->path[0]) return -1;
-    r->task = field(f, 1)[0] ? field(f, 1) : NULL;
-    r->kind = field(f, 2)[0] ? field(f, 2) : NULL;
-    if (parse_count(field(f, 3), &r->frames) != 0) return -1;
-    r->scored = field(f, 4)[0] != 0;
-    r->score = r->std = NAN;
-    for (int i = 0; i < APP_MAX_LEVELS; i++) r->probs[i] = r->logits[i] = NAN;
-    if (r->scored && (parse_double(field(f, 4), &r->score) != 0 || parse_double(field(f, 5), &r->std) != 0)) return -1;
-    r->scale = field(f, 6)[0] ? field(f, 6) : NULL;
-    r->question = field(f, 7);
-    r->answer = field(f, 8);
-    r->finish = field(f, 10)[0] ? field(f, 10) : NULL;
-    r->error = field(f, 11)[0] ? field(f, 11) : NULL;
-    if (field(f, 12)[0]) {
-        r->setup.model = field(f, 12);
-        r->setup.prompt = field(f, 13);
-        r->setup.levels = field(f, 14)[0] ? field(f, 14) : NULL;
-        r->decoding = field(f, 15);
-        if ((r->setup.pad = parse_bool(field(f, 16))) < 0 || (r->setup.precise = parse_bool(field(f, 17))) < 0) return -1;
+/* The level words of a CSV header (fields h): those of its p_ columns, when the header is
+ * exactly the one fmt writes for them. 0, or -1 (not such a header). */
+static int csv_header_words(ResultsFormat fmt, const char *line, size_t len, const Fields *h, Words *out,
+                            const char **store) {
+    int n = 0;
+    if (fmt == RESULTS_CSV) {
+        size_t at = 0; /* the first p_ column */
+        for (int c = 0; c < C_N && COLUMNS[c].id != C_P; c++) at += (COLUMNS[c].formats & F_CSV) != 0;
+        while (at + (size_t)n < h->n && !strncmp(field(h, at + (size_t)n), "p_", 2) && n < APP_MAX_LEVELS) {
+            store[n] = field(h, at + (size_t)n) + 2;
+            n++;
+        }
+        if (n == 0) return -1;
     }
-    if (parse_count(field(f, 18), &r->max_frames) != 0) return -1;
+    Words w = {n, store};
+    if (n == APP_LEVELS) { /* the five default words: as rows of today's files have them */
+        int same = 1;
+        for (int i = 0; i < n; i++) same &= !strcmp(store[i], APP_LEVEL_NAMES[i]);
+        if (same) w.n = 0, w.words = NULL;
+    }
+    char *want = csv_header(fmt, n ? (Words){n, store} : (Words){0});
+    if (!want) return -1;
+    size_t wl = strlen(want) - 1;
+    int ok = len == wl && memcmp(line, want, wl) == 0;
+    free(want);
+    if (!ok) return -1;
+    *out = w;
     return 0;
 }
 
@@ -694,8 +795,22 @@ static int jp_string(JP *j, Buf *out) {
 }
 
 /* Parse {"k": v, ...} with string/number/null/bool values into r; strings in text. */
-static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
+/* The index of level word w among the n found so far (offsets into text), added if new; -1
+ * when there are too many. */
+static int json_word(Buf *text, long *woff, int *n, const char *w) {
+    for (int i = 0; i < *n; i++)
+        if (!strcmp(text->p + woff[i], w)) return i;
+    if (*n == APP_MAX_LEVELS) return -1;
+    woff[*n] = (long)text->n;
+    buf_adds(text, w);
+    buf_addc(text, 0);
+    return text->oom ? -1 : (*n)++;
+}
+
+static int json_to_row(const char *s, size_t len, Buf *text, const char **words, ResultRow *r) {
     JP j = {s, s + len};
+    long woff[APP_MAX_LEVELS];
+    int nw = 0;
     enum { K_PATH, K_TASK, K_KIND, K_SCALE, K_ERROR, K_MODEL, K_PROMPT, K_LEVELS, K_QUESTION, K_ANSWER, K_DECODING, K_N };
     static const char *const skeys[K_N] = {"path", "task", "kind", "scale", "error", "model", "prompt", "levels",
                                            "question", "answer", "decoding"};
@@ -751,16 +866,16 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
             else if (strcmp(key.p, "std") == 0) r->std = v;
             else if (strcmp(key.p, "frames") == 0) { if (count_of(v, &r->frames) != 0) goto out; }
             else if (strcmp(key.p, "max_frames") == 0) { if (count_of(v, &r->max_frames) != 0) goto out; }
-            else
-                for (int i = 0; i < APP_LEVELS; i++) {
-                    char pk[32], lk[32];
-                    snprintf(pk, sizeof pk, "p_%s", APP_LEVEL_NAMES[i]);
-                    snprintf(lk, sizeof lk, "logit_%s", APP_LEVEL_NAMES[i]);
-                    if (strcmp(key.p, pk) == 0) r->probs[i] = v;
-                    if (strcmp(key.p, lk) == 0) r->logits[i] = v;
-                }
-        } else if (*j.p == '[' && strcmp(key.p, "tokens") == 0) { /* an answer's ids: skipped */
-            while (j.p < j.e && *j.p != ']' && (*j.p == '[' || *j.p == ',' || *j.p == ' ' || (*j.p >= '0' && *j.p <= '9')))
+            else if (!strncmp(key.p, "p_", 2) || !strncmp(key.p, "logit_", 6)) { /* the row's level words */
+                int p = key.p[0] == 'p', i = json_word(text, woff, &nw, key.p + (p ? 2 : 6));
+                if (i < 0) goto out;
+                (p ? r->probs : r->logits)[i] = v;
+            }
+        } else if (*j.p == '[' && (strcmp(key.p, "tokens") == 0 || strcmp(key.p, "anchor_prefs") == 0)) {
+            /* an answer's ids, a comparison scorer's preferences: flat lists of numbers, skipped */
+            int prefs = key.p[0] == 'a';
+            while (j.p < j.e && *j.p != ']' && (*j.p == '[' || *j.p == ',' || *j.p == ' ' || (*j.p >= '0' && *j.p <= '9') ||
+                                                 (prefs && strchr("+-.eEnul", *j.p))))
                 j.p++;
             if (j.p >= j.e || *j.p != ']') goto out;
             j.p++;
@@ -774,6 +889,13 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     if (j.p != j.e || soff[K_PATH] < 0 || text->oom) goto out;
     r->path = text->p + soff[K_PATH];
     if (!r->path[0]) goto out;
+    int default_words = nw == APP_LEVELS;
+    for (int i = 0; i < nw; i++) {
+        words[i] = text->p + woff[i];
+        default_words &= !strcmp(words[i], APP_LEVEL_NAMES[i]);
+    }
+    r->n_levels = default_words ? 0 : nw; /* (none: the five default words, as a CSV's row) */
+    r->levels = default_words || !nw ? NULL : words;
 #define STR(k) (soff[k] >= 0 && text->p[soff[k]] ? text->p + soff[k] : NULL)
     r->task = STR(K_TASK);
     r->kind = STR(K_KIND);
@@ -798,7 +920,7 @@ static int json_to_row(const char *s, size_t len, Buf *text, ResultRow *r) {
     if (r->setup.model && (pad < 0 || precise < 0)) goto out;
     r->setup.pad = pad > 0;
     r->setup.precise = precise > 0;
-    if (!r->error && (!have_score || !isfinite(r->score) || !isfinite(r->std))) goto out;
+    if (!r->error && (!have_score || !isfinite(r->score) || isinf(r->std))) goto out; /* std null: no spread (Compare2Score) */
     rc = 0;
 out:
     buf_free(&key);
@@ -813,20 +935,28 @@ typedef struct {
     size_t rows;
     int ours;       /* 1: a file of ours (or empty); 0: not, then why says so */
     char why[160];
+    int n_words;    /* a CSV of scores: its level words (0: the five default ones), malloc'ed */
+    char *words[APP_MAX_LEVELS];
 } Parsed;
+
+static void parsed_free(Parsed *P) {
+    for (int i = 0; i < P->n_words; i++) free(P->words[i]);
+    P->n_words = 0;
+}
 
 /* Parse a results file held in memory. -1 only when out of memory. */
 static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *into, Parsed *P) {
     memset(P, 0, sizeof *P);
     P->ours = 1;
     if (fmt != RESULTS_JSONL) {
-        const char *CSV_HEADER = fmt == RESULTS_CSV_ANSWERS ? ANSWER_CSV_HEADER : CSV_HEADERS[0];
-        size_t hl = strlen(CSV_HEADER) - 1;
+        const char *CSV_HEADER = fmt == RESULTS_CSV_ANSWERS ? results_answer_csv_header() : results_csv_header();
+        size_t hl = strlen(CSV_HEADER) - 1, pl = strlen("path,task,kind,frames,score,std,scale,p_");
         if (len == 0) return 0;
         const char *nl = memchr(s, '\n', len);
         if (!nl) { /* a header torn by a kill: the start of ours (cut, then written again), else not ours */
             if ((len <= hl && memcmp(s, CSV_HEADER, len) == 0) ||
-                (len == hl + 1 && memcmp(s, CSV_HEADER, hl) == 0 && s[hl] == '\r'))
+                (len == hl + 1 && memcmp(s, CSV_HEADER, hl) == 0 && s[hl] == '\r') ||
+                (fmt == RESULTS_CSV && len > pl && memcmp(s, CSV_HEADER, pl) == 0)) /* other level words */
                 P->torn = 1;
             else {
                 P->ours = 0;
@@ -836,9 +966,15 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
         }
         size_t first = (size_t)(nl - s);
         if (first && s[first - 1] == '\r') first--;
-        if (first != hl || memcmp(s, CSV_HEADER, hl) != 0) {
+        Fields hf = {0};
+        size_t hpos = 0;
+        int hterm;
+        Words fw = {0};
+        const char *store[APP_MAX_LEVELS];
+        if (csv_record(s, first, &hpos, ',', &hf, &hterm) != 1 || csv_header_words(fmt, s, first, &hf, &fw, store) != 0) {
+            fields_free(&hf);
             P->ours = 0;
-            const char *other = fmt == RESULTS_CSV_ANSWERS ? CSV_HEADERS[0] : ANSWER_CSV_HEADER;
+            const char *other = fmt == RESULTS_CSV_ANSWERS ? results_csv_header() : results_answer_csv_header();
             if (first == strlen(other) - 1 && memcmp(s, other, first) == 0)
                 snprintf(P->why, sizeof P->why, "it holds %s, not %s", fmt == RESULTS_CSV_ANSWERS ? "scores" : "answers (--ask)",
                          fmt == RESULTS_CSV_ANSWERS ? "answers (--ask)" : "scores");
@@ -847,6 +983,8 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
             else snprintf(P->why, sizeof P->why, "its first line is not qalign's CSV header");
             return 0;
         }
+        for (int i = 0; i < fw.n; i++)
+            if (!(P->words[P->n_words++] = strdup(fw.words[i]))) { fields_free(&hf); return -1; }
         size_t pos = (size_t)(nl - s) + 1;
         P->good = pos;
         Fields f = {0};
@@ -856,10 +994,11 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
             P->good = pos;
             ResultRow r;
             if (f.n == 1 && field(&f, 0)[0] == 0) continue; /* blank line */
-            if ((fmt == RESULTS_CSV_ANSWERS ? csv_to_answer_row(&f, &r) : csv_to_row(&f, &r)) != 0) { P->bad++; continue; }
+            if (csv_to_row(&f, fmt, fw, &r) != 0) { P->bad++; continue; }
             P->rows++;
-            if (into && rowset_add(into, &r) != 0) { fields_free(&f); return -1; }
+            if (into && rowset_add(into, &r) != 0) { fields_free(&f); fields_free(&hf); return -1; }
         }
+        fields_free(&hf);
         fields_free(&f);
         return rc < 0 ? -1 : 0;
     }
@@ -882,7 +1021,8 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
         while (t && (line[t - 1] == '\r' || line[t - 1] == ' ')) t--;
         if (t == 0) continue;
         ResultRow r;
-        if (json_to_row(line, t, &text, &r) != 0) { P->bad++; continue; }
+        const char *words[APP_MAX_LEVELS];
+        if (json_to_row(line, t, &text, words, &r) != 0) { P->bad++; continue; }
         P->rows++;
         if (into && rowset_add(into, &r) != 0) { buf_free(&text); return -1; }
     }
@@ -900,7 +1040,9 @@ static int parse_results(const char *s, size_t len, ResultsFormat fmt, RowSet *i
 int results_parse(const char *data, size_t len, ResultsFormat fmt, RowSet *into, int *torn, size_t *bad, char *err,
                   size_t errlen) {
     Parsed P;
-    if (parse_results(data ? data : "", len, fmt, into, &P) != 0) return fail(err, errlen, "out of memory");
+    int prc = parse_results(data ? data : "", len, fmt, into, &P);
+    parsed_free(&P);
+    if (prc != 0) return fail(err, errlen, "out of memory");
     if (torn) *torn = P.torn;
     if (bad) *bad = P.bad;
     if (!P.ours) return fail(err, errlen, "not a qalign results %s (%s)", fmt != RESULTS_JSONL ? "CSV" : "JSONL", P.why);
@@ -926,10 +1068,42 @@ struct ResultsFile {
     int fd;
     ResultsFormat fmt;
     char *path;
+    int n_words;    /* a CSV of scores: its level columns' words (0: the five default ones) */
+    char *words[APP_MAX_LEVELS];
 };
+
+static void results_free(ResultsFile *f) {
+    for (int i = 0; i < f->n_words; i++) free(f->words[i]);
+    free(f->path);
+    free(f);
+}
+
+static int has_word(Words w, const char *word) {
+    w = words_or_default(w);
+    for (int i = 0; i < w.n; i++)
+        if (!strcmp(w.words[i], word)) return 1;
+    return 0;
+}
+
+/* A new CSV's level columns: the five default words when the run's are among them (the files
+ * of every run before the column table), else the run's own. */
+static int file_words(ResultsFile *f, Words run) {
+    int all_default = 1;
+    for (int i = 0; i < run.n; i++) all_default &= has_word((Words){0}, run.words[i]);
+    if (all_default) return 0;
+    for (int i = 0; i < run.n; i++)
+        if (!(f->words[f->n_words++] = strdup(run.words[i]))) return -1;
+    return 0;
+}
 
 ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous, size_t *dropped, char *err,
                           size_t errlen) {
+    return results_open_levels(path, fmt, 0, NULL, previous, dropped, err, errlen);
+}
+
+ResultsFile *results_open_levels(const char *path, ResultsFormat fmt, int n_levels, const char *const *levels,
+                                 RowSet *previous, size_t *dropped, char *err, size_t errlen) {
+    Words run = {n_levels, levels};
     if (dropped) *dropped = 0;
     ResultsFile *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
@@ -939,7 +1113,6 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
     }
     f->fmt = fmt;
     int need_header = fmt != RESULTS_JSONL;
-    const char *CSV_HEADER = fmt == RESULTS_CSV_ANSWERS ? ANSWER_CSV_HEADER : CSV_HEADERS[0];
     struct stat st;
     if (stat(path, &st) == 0 && (S_ISBLK(st.st_mode) || S_ISSOCK(st.st_mode))) { /* refused before it is opened */
         f->fd = -1;
@@ -974,16 +1147,31 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
         }
         Parsed P;
         if (parse_results(b.p ? b.p : "", b.n, fmt, previous, &P) != 0) {
+            parsed_free(&P);
             buf_free(&b);
             fail(err, errlen, "out of memory");
             goto bad;
         }
         if (!P.ours) {
+            parsed_free(&P);
             buf_free(&b);
             fail(err, errlen, "%s is not a qalign results %s (%s): refusing to append to it (give a new file)", path,
                  fmt != RESULTS_JSONL ? "CSV" : "JSONL", P.why);
             goto bad;
         }
+        if (fmt == RESULTS_CSV && P.good > 0) { /* the file's level columns must hold the run's words */
+            for (int i = 0; i < P.n_words; i++) f->words[f->n_words++] = P.words[i];
+            P.n_words = 0;
+            Words fw = {f->n_words, (const char *const *)f->words}, rw = words_or_default(run);
+            for (int i = 0; i < rw.n; i++)
+                if (!has_word(fw, rw.words[i])) {
+                    fail(err, errlen, "%s has level columns for other words than this run's (no p_%s): give a new file",
+                         path, rw.words[i]);
+                    buf_free(&b);
+                    goto bad;
+                }
+        }
+        parsed_free(&P);
         if (P.torn) {
             if (ftruncate(f->fd, (off_t)P.good) != 0) {
                 fail(err, errlen, "cannot cut the torn last row of %s: %s", path, strerror(errno));
@@ -998,10 +1186,21 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
         fail(err, errlen, "%s is not a regular file: --resume reads the rows already written", path);
         goto bad;
     }
-    if (need_header && write_all(f->fd, CSV_HEADER, strlen(CSV_HEADER)) != 0) {
+    if (need_header && fmt == RESULTS_CSV && file_words(f, run) != 0) {
+        fail(err, errlen, "out of memory");
+        goto bad;
+    }
+    char *header = need_header ? csv_header(fmt, (Words){f->n_words, (const char *const *)f->words}) : NULL;
+    if (need_header && !header) {
+        fail(err, errlen, "out of memory");
+        goto bad;
+    }
+    if (need_header && write_all(f->fd, header, strlen(header)) != 0) {
+        free(header);
         fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
         goto bad;
     }
+    free(header);
     if (need_header && fsync(f->fd) != 0 && errno != EINVAL && errno != EROFS) {
         fail(err, errlen, "cannot sync %s: %s", path, strerror(errno));
         goto bad;
@@ -1009,14 +1208,13 @@ ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous,
     return f;
 bad:
     if (f->fd >= 0) close(f->fd);
-    free(f->path);
-    free(f);
+    results_free(f);
     return NULL;
 }
 
 int results_write(ResultsFile *f, const ResultRow *row, char *err, size_t errlen) {
     Buf b = {0};
-    format_row(&b, f->fmt, row);
+    format_row_words(&b, f->fmt, row, (Words){f->n_words, (const char *const *)f->words});
     if (b.oom) {
         buf_free(&b);
         return fail(err, errlen, "out of memory");
@@ -1033,7 +1231,6 @@ int results_close(ResultsFile *f, char *err, size_t errlen) {
     if (!f) return 0;
     int rc = 0;
     if (close(f->fd) != 0) rc = fail(err, errlen, "cannot close %s: %s", f->path, strerror(errno));
-    free(f->path);
-    free(f);
+    results_free(f);
     return rc;
 }

@@ -74,9 +74,10 @@ typedef struct {
     const char *scale;      /* "1-5" or "0-1" */
     double probs[APP_MAX_LEVELS]; /* per level word: excellent, good, fair, poor, bad by default */
     const char *error;      /* NULL (or "") on success; else why it failed (score unused) */
+    const char *warning;    /* JSON only, when set: decoded with a warning (corrupt JPEG data), scored all the same */
     double logits[APP_MAX_LEVELS]; /* per level word; NaN where unknown */
     int n_levels;           /* 0: the five default words (APP_LEVEL_NAMES) */
-    const char *const *levels; /* else the words (JSON only: result files take the default five) */
+    const char *const *levels; /* else the words (a CSV: its own words' columns, results_open_levels) */
     /* JSON only, and only when set (other rows are unchanged): */
     int per_frame;          /* 1: the row of one frame of a video (--per-frame): "frame": k after "frames" */
     int frame;              /* that frame, from 0 */
@@ -133,6 +134,11 @@ typedef struct ResultsFile ResultsFile;
 ResultsFile *results_open(const char *path, ResultsFormat fmt, RowSet *previous, size_t *dropped, char *err,
                           size_t errlen);
 /* Append one row, one write() + fsync(). */
+/* The same for a run whose rows have these level words (n_levels 0: the five default ones):
+ * a new CSV of scores gets p_/logit_ columns for them (for the five default words when the
+ * run's are among those); an existing one must have a column for each of them. */
+ResultsFile *results_open_levels(const char *path, ResultsFormat fmt, int n_levels, const char *const *levels,
+                                 RowSet *previous, size_t *dropped, char *err, size_t errlen);
 int results_write(ResultsFile *f, const ResultRow *row, char *err, size_t errlen);
 int results_close(ResultsFile *f, char *err, size_t errlen);
 /* Read a results file without opening it for writing (missing file = 0 rows). *torn: 1 if

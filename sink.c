@@ -160,6 +160,7 @@ Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
     s->o.question = s->question;
     s->o.decoding = s->decoding;
     s->o.csv_path = s->o.jsonl_path = s->o.report_path = s->o.title = NULL; /* not kept */
+    s->o.levels = NULL, s->o.n_levels = 0;
     if (oom) goto oom;
     if (o->resume && !o->csv_path && !o->jsonl_path) {
         fail(err, errlen, "--resume needs --csv FILE or --jsonl FILE (the results to continue)");
@@ -176,7 +177,8 @@ Sink *sink_open(const SinkOptions *o, char *err, size_t errlen) {
     char e2[512];
     if (o->csv_path) {
         if (o->resume && !(s->prev_csv = rowset_new())) goto oom;
-        if (!(s->csv = results_open(o->csv_path, o->answers ? RESULTS_CSV_ANSWERS : RESULTS_CSV, s->prev_csv, &dropped, e2, sizeof e2))) {
+        if (!(s->csv = results_open_levels(o->csv_path, o->answers ? RESULTS_CSV_ANSWERS : RESULTS_CSV, o->n_levels, o->levels,
+                                           s->prev_csv, &dropped, e2, sizeof e2))) {
             fail(err, errlen, "%s", e2);
             goto bad;
         }

@@ -29,6 +29,8 @@ typedef struct {
     int answers;             /* --ask: the rows are answers (the CSV has the answer columns) */
     const char *question;    /* --ask: the question and how answers are made (resume compares them) */
     const char *decoding;
+    int n_levels;            /* the run's level words (0: the five default ones): a new CSV's p_ and */
+    const char *const *levels; /* logit_ columns (results_open_levels); used by sink_open only */
 } SinkOptions;               /* strings are copied, except labels_path: keep it until sink_finish */
 
 typedef struct Sink Sink;
