@@ -1,10 +1,16 @@
-# qalign.c - build, test, fuzz, bench.
+# qalign.c - build, test, fuzz, bench, install.
 #
-#   make                 optimised build for this CPU (-O3 -march=native, OpenMP if found)
+#   make                 the portable build (-O3, OpenMP if found): every kernel family of this
+#                        architecture compiled in, the best one the CPU allows chosen at run time
+#                        (QALIGN_KERNELS=name forces one); the rest at the baseline -march=x86-64
+#   make NATIVE=1        one family, the build CPU's (-march=native), chosen at compile time
 #   make NO_OMP=1        same without OpenMP (single thread, still correct)
-#   make SCALAR=1        no -march=native: only the portable scalar kernels are compiled in
+#   make SCALAR=1        no -march flag and no dispatch: the family the compiler's own target
+#                        implies (none: the portable scalar kernels); the cross builds use it
+#   make install PREFIX=/usr/local   qalign, libqalign.so/.a, qalign.h, qalign.pc; make uninstall
 #   make test            build, then run the whole test suite (pytest, ends with its summary)
 #   make test-real       golden values with the real one-align weights (QALIGN_REAL_MODEL=FILE)
+#                        and Q-ReAlign's against its PyTorch oracle (QALIGN_REAL_QWEN_MODEL=FILE)
 #   make sanitize        ./qalign-san: -O1 -g with AddressSanitizer + UBSan (used by the tests
 #                        on hostile inputs when present)
 #   make fuzz            libFuzzer harnesses in fuzz/, each run FUZZ_SECONDS (needs clang)
@@ -19,13 +25,35 @@ CFLAGS  ?= -O3
 CFLAGS  += -std=c11 -D_POSIX_C_SOURCE=200809L -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-parameter
 LDLIBS  += -lm -lpthread
 
-# -march=native enables the SIMD kernels this CPU has (AVX2/AVX-512/NEON), chosen at
-# compile time. SCALAR=1 leaves it out, so only the plain C loops are built.
-ifndef SCALAR
+# Kernel families (kernels.c). The portable build compiles kernels_family.c once per family
+# of the target architecture, each with its own flags, and picks one at run time; NATIVE=1
+# compiles the whole program for this CPU (-march=native) with its one family; SCALAR=1 adds
+# no flag (the family follows the compiler's target: the cross builds set -march in CC).
+ARCH := $(firstword $(subst -, ,$(shell $(CC) -dumpmachine 2>/dev/null)))
+FAMILY_FLAGS_avx2        = -march=x86-64-v3
+FAMILY_FLAGS_avx2-vnni   = -march=x86-64-v3 -mavxvnni
+FAMILY_FLAGS_avx512      = -march=x86-64-v4
+FAMILY_FLAGS_avx512-vnni = -march=x86-64-v4 -mavx512vnni
+FAMILY_FLAGS_avx512-bf16 = -march=x86-64-v4 -mavx512vnni -mavx512bf16
+FAMILY_FLAGS_amx         = -march=x86-64-v4 -mavx512vnni -mavx512bf16 -mamx-tile -mamx-int8 -mamx-bf16
+FAMILY_FLAGS_neon        =
+FAMILY_FLAGS_neon-dotprod = -march=armv8.2-a+dotprod
+FAMILIES =
+ifdef NATIVE
   ifeq ($(shell $(CC) -march=native -x c -E /dev/null >/dev/null 2>&1 && echo ok),ok)
     CFLAGS += -march=native
   endif
+else ifndef SCALAR
+  ifeq ($(ARCH),x86_64)
+    FAMILIES = amx avx512-bf16 avx512-vnni avx512 avx2-vnni avx2
+    CFLAGS += -march=x86-64 -DQA_DISPATCH
+  else ifeq ($(ARCH),aarch64)
+    FAMILIES = neon-dotprod neon
+    CFLAGS += -DQA_DISPATCH
+  endif
 endif
+OBJ ?= build/obj
+FAM_OBJS = $(patsubst %,$(OBJ)/family_%.o,$(FAMILIES))
 
 # OpenMP: used when the compiler has it, unless NO_OMP=1. Without it the pragmas are
 # ignored and everything runs on one thread.
@@ -50,21 +78,53 @@ SRCS     = $(LIB_SRCS) $(CLI_SRCS)
 HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h
 AR      ?= ar
 
-.PHONY: all test sanitize fuzz fuzz-build bench clean
+.PHONY: all test sanitize fuzz fuzz-build bench clean install uninstall
 all: qalign libqalign.a libqalign.so examples/score
 
-qalign: $(SRCS) $(HDRS)
-	$(CC) $(CFLAGS) -o $@ $(SRCS) $(LDLIBS)
+qalign: $(SRCS) $(HDRS) $(FAM_OBJS)
+	$(CC) $(CFLAGS) -o $@ $(SRCS) $(FAM_OBJS) $(LDLIBS)
+
+# one object per kernel family, with that family's target flags (kernels_family.c)
+$(OBJ)/family_%.o: kernels_family.c $(HDRS)
+	@mkdir -p $(OBJ)
+	$(CC) $(CFLAGS) $(FAMILY_FLAGS_$*) -DQA_FAMILY_FN=kernels_family_$(subst -,_,$*) -fPIC -c -o $@ $<
 
 # libqalign.a and libqalign.so: position-independent objects in build/obj/
-LIB_OBJS = $(patsubst %.c,build/obj/%.o,$(LIB_SRCS))
-build/obj/%.o: %.c $(HDRS)
-	@mkdir -p build/obj
+LIB_OBJS = $(patsubst %.c,$(OBJ)/%.o,$(LIB_SRCS)) $(FAM_OBJS)
+$(OBJ)/%.o: %.c $(HDRS)
+	@mkdir -p $(OBJ)
 	$(CC) $(CFLAGS) -fPIC -c -o $@ $<
 libqalign.a: $(LIB_OBJS)
 	rm -f $@ && $(AR) rcs $@ $^
-libqalign.so: $(LIB_OBJS)
-	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+# the shared library exports qalign_* only (libqalign.map); soname libqalign.so.$(SOVERSION)
+VERSION   = 0.21.0
+SOVERSION = 0
+libqalign.so: $(LIB_OBJS) libqalign.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libqalign.so.$(SOVERSION) -Wl,--version-script=libqalign.map -o $@ $(LIB_OBJS) $(LDLIBS)
+	ln -sf libqalign.so libqalign.so.$(SOVERSION)   # what programs linked here load (LD_LIBRARY_PATH=.)
+
+# ---- install (PREFIX, DESTDIR) -----------------------------------------------------------
+PREFIX     ?= /usr/local
+BINDIR      = $(PREFIX)/bin
+LIBDIR      = $(PREFIX)/lib
+INCDIR      = $(PREFIX)/include
+PCDIR       = $(LIBDIR)/pkgconfig
+INSTALLED   = $(BINDIR)/qalign $(LIBDIR)/libqalign.so.$(VERSION) $(LIBDIR)/libqalign.so.$(SOVERSION) \
+              $(LIBDIR)/libqalign.so $(LIBDIR)/libqalign.a $(INCDIR)/qalign.h $(INCDIR)/qalign/image.h $(PCDIR)/qalign.pc
+install: qalign libqalign.so libqalign.a
+	mkdir -p $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/qalign $(DESTDIR)$(PCDIR)
+	cp qalign $(DESTDIR)$(BINDIR)/qalign
+	cp libqalign.so $(DESTDIR)$(LIBDIR)/libqalign.so.$(VERSION)
+	ln -sf libqalign.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libqalign.so.$(SOVERSION)
+	ln -sf libqalign.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libqalign.so
+	cp libqalign.a $(DESTDIR)$(LIBDIR)/libqalign.a
+	cp qalign.h $(DESTDIR)$(INCDIR)/qalign.h
+	cp image.h $(DESTDIR)$(INCDIR)/qalign/image.h
+	printf 'prefix=%s\nlibdir=%s\nincludedir=%s\n\nName: qalign\nDescription: image and video quality scoring (Q-Align) in C\nVersion: %s\nLibs: -L$${libdir} -lqalign\nLibs.private: -lm -lpthread %s\nCflags: -I$${includedir} -I$${includedir}/qalign\n' \
+	    '$(PREFIX)' '$(LIBDIR)' '$(INCDIR)' '$(VERSION)' '$(OMP_FLAG)' > $(DESTDIR)$(PCDIR)/qalign.pc
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(INCDIR)/qalign 2>/dev/null
 
 # examples/score.c: a program that embeds qalign through qalign.h
 examples/%: examples/%.c libqalign.a qalign.h image.h
@@ -73,9 +133,9 @@ examples/%: examples/%.c libqalign.a qalign.h image.h
 # C test drivers. White-box ones (test_kernels, test_model) #include qalign.c and
 # kernels.c with -DTESTING to reach their static functions; the others use the headers.
 TEST_LINK = $(filter-out qalign.c kernels.c cli.c serve.c,$(SRCS))
-build/%: tests/%.c $(SRCS) $(HDRS)
+build/%: tests/%.c $(SRCS) $(HDRS) $(FAM_OBJS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)
 
 # test_api embeds qalign as a user would: qalign.h and libqalign.a only
 build/test_api: tests/test_api.c libqalign.a qalign.h image.h
@@ -94,7 +154,7 @@ test: qalign examples/score $(TEST_BINS)
 # to enable it, unless QALIGN_REAL_MODEL names a one-align model file.
 .PHONY: test-real
 test-real: qalign
-	$(PYTHON) -m pytest -q -rs tests/real_weights.py
+	$(PYTHON) -m pytest -q -rs tests/real_weights.py tests/real_weights_qwen.py
 
 # ---- sanitizers -------------------------------------------------------------------------
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -138,12 +198,12 @@ bench: qalign
 	$(PYTHON) bench/generate.py --from-cache
 
 clean:
-	rm -rf qalign qalign-san build libqalign.a libqalign.so examples/score
+	rm -rf qalign qalign-san build libqalign.a libqalign.so libqalign.so.* examples/score
 
 # Kernel micro-benchmark (one thread, GFLOP/s per weight type and shape).
-build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS)
+build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS) $(FAM_OBJS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(LDLIBS)
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)
 
 # The q8_0 inner loop from L1 in four forms, each adding one cost (bench/ANALYSIS.md).
 build/q8loop: bench/q8loop.c
@@ -157,7 +217,8 @@ VARIANT_FLAGS_scalar     = -O3
 VARIANT_FLAGS_avx2       = -O3 -march=x86-64-v3
 VARIANT_FLAGS_avx2vnni   = -O3 -march=x86-64-v3 -mavxvnni
 VARIANT_FLAGS_avx512     = -O3 -march=x86-64-v4 -mavx512vnni -mavx512bf16
-VARIANT_FLAGS_avx512-novnni = -O3 -march=skylake-avx512
+VARIANT_FLAGS_avx512-novnni = -O3 -march=x86-64-v4
+VARIANT_FLAGS_avx512vnni = -O3 -march=x86-64-v4 -mavx512vnni
 OMP_FLAG := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo -fopenmp)
 BASE_FLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-parameter $(OMP_FLAG)
 build/qalign-%: $(SRCS) $(HDRS)

@@ -837,6 +837,7 @@ static void cmd_info(const qalign_model *m) {
     printf("weights     %s\n", c.weight_type);
     printf("family      %s%s\n", c.family, c.l_linear_layers ? " (decoder: Gated DeltaNet and attention layers)" : "");
     printf("kernels     %s\n", qalign_kernels());
+    printf("family      %s\n", qalign_kernels_why());
     printf("vision      dim %d, layers %d, heads %d, mlp %d, image %d, patch %d, tokens %d, eps %g\n", c.v_dim, c.v_layers,
            c.v_heads, c.v_mlp, c.v_image, c.v_patch, c.v_tokens, c.v_eps);
     printf("abstractor  layers %d, heads %d, queries %d, mlp %d, eps %g, ffn eps %g\n", c.a_layers, c.a_heads, c.a_queries,

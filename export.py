@@ -1345,13 +1345,20 @@ QWEN_LAYER_SLOT = 128        # slot 128 + l: 0 = linear_attention (Gated DeltaNe
 
 
 def qwen_read_config(d):
-    """config.json (+ preprocessor_config.json) of a qwen3_5 checkpoint -> flat cfg dict."""
+    """config.json (+ the image processor's settings) of a qwen3_5 checkpoint -> flat cfg dict.
+    The image processor's settings are read as transformers 5 reads them: the "image_processor"
+    entry of processor_config.json (what its save_pretrained writes) first, else
+    preprocessor_config.json (the older layout, as in Qwen's own repositories)."""
     with open(os.path.join(d, "config.json")) as f:
         c = json.load(f)
     if c.get("model_type") != "qwen3_5":
         die(f"config.json: model_type is {c.get('model_type')!r}, not qwen3_5")
     pp = {}
-    if os.path.exists(os.path.join(d, "preprocessor_config.json")):
+    nested = os.path.join(d, "processor_config.json")
+    if os.path.exists(nested):
+        with open(nested) as f:
+            pp = json.load(f).get("image_processor") or {}
+    if not pp and os.path.exists(os.path.join(d, "preprocessor_config.json")):
         with open(os.path.join(d, "preprocessor_config.json")) as f:
             pp = json.load(f)
     return qwen_config(c, pp)

@@ -270,9 +270,26 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
+    /* > 0: for int8 activations tile() reads the row-major buffers (xq, xd, xc, xs, xc4)
+     * directly, flat_rows rows per call (t0 a multiple of it, nt <= it), and no interleaved
+     * copies are made for them (AMX: a tile register loads rows with a stride). f32 and bf16
+     * activations keep tile_rows_f and their interleaved copies. */
+    int flat_rows;
+    /* run once before the family is adopted (kernels.c): a small fixed problem against the
+     * same arithmetic in plain C; 0 if the results agree, else -1 with the reason in why */
+    int (*self_check)(char *why, size_t n);
 } Kernels;
 
-/* The family this build uses (kernels.c); a table of NULLs for the scalar build. */
+/* The family this process uses (kernels.c): in the portable build the best one the CPU and
+ * OS allow, or the one QALIGN_KERNELS / kernels_choose() names, chosen on the first call;
+ * otherwise the one compiled in. A table of NULLs for the scalar family. */
 const Kernels *kernels_cpu(void);
+/* Its name ("scalar", "avx2", "avx512-bf16", "amx", "neon-dotprod", ...) and why it runs. */
+const char *kernels_family(void);
+const char *kernels_why(void);
+/* Ask for a family by name (NULL or "": QALIGN_KERNELS if set, else the best; "auto": the
+ * best). Once per process: asking later for another than the one running is an error.
+ * 0, or -1 with a one-line message in err. */
+int kernels_choose(const char *want, char *err, size_t errlen);
 
 #endif

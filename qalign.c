@@ -353,6 +353,8 @@ static void stage(RunState *s, const char *name, char type, const void *data, in
 
 /* The kernels compiled in ("scalar", the family's instruction sets, "openmp"): --info, logs. */
 const char *qalign_kernels(void) { return kernels_cpu()->names; }
+/* The family in use and why (kernels.c): --info, /health. */
+const char *qalign_kernels_why(void) { return kernels_why(); }
 
 /* --- elementwise --------------------------------------------------------------------- */
 
@@ -515,6 +517,10 @@ static void acts_prepare(Acts *a, ActKind kind) {
     int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
     a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
+    if (kern->flat_rows && int8) { /* the tiles read xq, xd, ... as they are */
+        a->R = kern->flat_rows;
+        return;
+    }
     if (!a->R) return;
     /* the tile-interleaved copies the family's tiles read (kernels.h, Acts) */
     int R = a->R, tiles = (T + R - 1) / R;
@@ -2388,6 +2394,12 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
     Loader ld = {m, QALIGN_OK, err, errlen};
     int fd = -1;
     struct stat st;
+    char kerr[QALIGN_ERR_LEN];
+    if (kernels_choose(opt ? opt->kernels : NULL, kerr, sizeof kerr) != 0) { /* the CPU family, once per process */
+        ld.status = QALIGN_ERR_ARG;
+        if (err && errlen) snprintf(err, errlen, "%s", kerr);
+        goto done;
+    }
     if (!host_is_little_endian()) {
         load_fail(&ld, QALIGN_ERR_FORMAT, "model files are little-endian and this host is big-endian; qalign does not support big-endian hosts");
         goto done;
@@ -2538,6 +2550,11 @@ int qalign_checksums(const qalign_model *m) { return m && m->sums ? m->n_tensors
 /* ----------------------------------------------------------------------------------------
  * Back matter 3: the run state's buffers. */
 
+static void *malloc64(size_t n) {
+    void *p = NULL;
+    return posix_memalign(&p, 64, n ? n : 1) == 0 ? p : NULL;
+}
+
 /* Buffers for matmul inputs of up to cap = T*K values, rows of up to max_k (the tiles pad
  * T up to a multiple of their rows, at most 16); *bytes grows by their size. 0, or -1 if
  * memory ran out. bf16_fast: bf16 weights may meet bf16 activations. */
@@ -2547,8 +2564,8 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
     a->cap = cap;
     a->bf16_fast = kern->bf16_acts && bf16_fast;
     size_t nb = cap / QBLOCK + 1;
-    a->xb = malloc(cap * sizeof(uint16_t));
-    a->xq = malloc(cap);
+    a->xb = malloc64(cap * sizeof(uint16_t));
+    a->xq = malloc64(cap);
     a->xd = malloc(nb * sizeof(float));
     a->xc = malloc(nb * sizeof(int32_t));
     a->xs = malloc(nb * sizeof(float));
@@ -2591,8 +2608,10 @@ static void run_state_free(RunState *s) {
 }
 
 /* count x size bytes, counted in s->bytes; *ok = 0 if they cannot be had */
+/* 64-byte aligned (a cache line): a tile's rows then start on a line each (AMX loads and
+ * stores rows of 64 bytes; a row split over two lines measured 2-3x slower) */
 static void *state_alloc(RunState *s, int *ok, size_t count, size_t size) {
-    void *p = malloc(count ? count * size : 1);
+    void *p = malloc64(count ? count * size : 1);
     s->bytes += count * size;
     if (!p) *ok = 0;
     return p;

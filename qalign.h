@@ -75,6 +75,12 @@ typedef struct {
     int no_prefetch;        /* 1: do not make a mapped file's decoder weights resident on a
                                helper thread while the first image's vision tower runs (for
                                a program that opens a model only to look at it) */
+    const char *kernels;    /* NULL or "": QALIGN_KERNELS if set, else the best kernel family
+                               this CPU allows; else a family's name ("scalar", "avx2",
+                               "avx512-bf16", "amx", "neon", ...: see qalign_kernels_why).
+                               One family per process: the first qalign_open decides, a later
+                               one asking for another fails (QALIGN_ERR_ARG), as does a family
+                               the CPU lacks */
 } qalign_open_options;
 
 /* Open a model file: map it (or read it), check the header and walk the tensor table to
@@ -127,6 +133,10 @@ int qalign_checksums(const qalign_model *m);
 
 /* The kernels compiled into this library, e.g. "scalar avx512 avx512-vnni avx512-bf16 openmp". */
 const char *qalign_kernels(void);
+/* The kernel family this process runs and why, e.g. "amx: the best this CPU allows (this CPU:
+ * avx2 fma ... amx_int8)" or "avx2: QALIGN_KERNELS (...)". Chosen at the first qalign_open (or
+ * kernel use); builds without run-time dispatch (make NATIVE=1) say so. */
+const char *qalign_kernels_why(void);
 
 /* Token ids of text (with a leading BOS if add_bos), as sentencepiece encodes it. Writes at
  * most cap ids and returns how many the text needs (retry with a larger buffer if that is

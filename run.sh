@@ -6,6 +6,7 @@
 #   ./run.sh --dtype bf16 -t aesthetics a.jpg    any qalign option is passed through
 #   ./run.sh --preset deqa photo.jpg             another scorer of the family: its checkpoint
 #   ./run.sh --preset compare2score photo.jpg    (and Compare2Score's anchor images)
+#   ./run.sh --preset q-realign-mini photo.jpg   Q-ReAlign (Qwen3.5): Mini 0.8B (also -lite, -pro)
 #
 # Builds ./qalign if needed; downloads the preset's checkpoint (q-future/one-align by default,
 # about 16.4 GB, resumable, sizes checked) into $QALIGN_CACHE (default ~/.cache/qalign);
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
         --cache) [ $# -ge 2 ] || die "--cache needs a directory"; cache="$2"; shift 2 ;;
         --preset) [ $# -ge 2 ] || die "--preset needs a name"; preset="$2"; args+=("$1" "$2"); shift 2 ;;
         --anchors) [ $# -ge 2 ] || die "--anchors needs a directory"; anchors="$2"; args+=("$1" "$2"); shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -50,6 +51,10 @@ case "$preset" in
     q-instruct|q-instruct-boost) default_repo=q-future/q-instruct-mplug-owl2 ;;
     compare2score) default_repo=q-future/Compare2Score ;;
     q-align) default_repo="" ;;
+    # Q-ReAlign (Qwen3.5); q-realign-swift is a prompt form, scored on Mini unless QALIGN_REPO says
+    q-realign-mini|q-realign-swift) default_repo=q-future/Q-ReAlign-Mini-0.8B ;;
+    q-realign-lite) default_repo=q-future/Q-ReAlign-Lite-4B ;;
+    q-realign-pro) default_repo=q-future/Q-ReAlign-Pro-9B ;;
     *) die "unknown --preset '$preset' (qalign --help lists them)" ;;
 esac
 repo="${QALIGN_REPO:-$default_repo}"
@@ -92,12 +97,40 @@ if [ -z "$model_dir" ]; then
         have="$(stat -c %s "$model_dir/$f")"
         [ -z "$want" ] || [ "$have" = "$want" ] || die "$f: got $have bytes, expected $want (run again to resume)"
     }
-    for f in config.json preprocessor_config.json tokenizer.model; do fetch "$f"; done
-    index=pytorch_model.bin.index.json  # (or the safetensors index, for repositories that have that)
-    if [ ! -s "$model_dir/$index" ] && ! curl -sfIL "$base/$index" >/dev/null; then index=model.safetensors.index.json; fi
-    fetch "$index"
-    shards="$($py -c 'import json,sys; print(" ".join(sorted(set(json.load(open(sys.argv[1]))["weight_map"].values()))))' \
-               "$model_dir/$index" 2>&1)" || die "$model_dir/$index: ${shards##*$'\n'}"
+    # whether the server has a file a checkpoint may or may not have: yes, no (HTTP 404), or
+    # an error (no answer, another status), not taken for a no
+    remote_has() {
+        local code
+        [ -s "$model_dir/$1" ] && return 0
+        code="$(curl -sIL -o /dev/null -w '%{http_code}' --connect-timeout 20 --max-time 120 "$base/$1")" ||
+            die "cannot ask $base for $1 (no network? or give --model DIR with a local checkpoint)"
+        case "$code" in 2??) return 0 ;; 404) return 1 ;; *) die "cannot ask $base for $1: HTTP $code" ;; esac
+    }
+    fetch config.json
+    # (a config.json that does not parse is export.py's to report)
+    family="$($py -c 'import json,sys; print(json.load(open(sys.argv[1])).get("model_type", ""))' \
+                "$model_dir/config.json" 2>/dev/null)" || family=""
+    index=""
+    if [ "$family" = qwen3_5 ]; then
+        # Qwen3.5 (Q-ReAlign): the byte-level BPE tokenizer; the image processor's settings
+        # (preprocessor_config.json, or processor_config.json as transformers 5 saves them) and
+        # the chat template as its own file, where the repository has them; the weights as
+        # model.safetensors, or as shards named by model.safetensors.index.json
+        for f in tokenizer.json tokenizer_config.json; do fetch "$f"; done
+        for f in preprocessor_config.json processor_config.json chat_template.jinja; do
+            if remote_has "$f"; then fetch "$f"; fi
+        done
+        if remote_has model.safetensors.index.json; then index=model.safetensors.index.json; else shards=model.safetensors; fi
+    else
+        for f in preprocessor_config.json tokenizer.model; do fetch "$f"; done
+        index=pytorch_model.bin.index.json  # (or the safetensors index, for repositories that have that)
+        if [ ! -s "$model_dir/$index" ] && ! curl -sfIL "$base/$index" >/dev/null; then index=model.safetensors.index.json; fi
+    fi
+    if [ -n "$index" ]; then
+        fetch "$index"
+        shards="$($py -c 'import json,sys; print(" ".join(sorted(set(json.load(open(sys.argv[1]))["weight_map"].values()))))' \
+                   "$model_dir/$index" 2>&1)" || die "$model_dir/$index: ${shards##*$'\n'}"
+    fi
     for f in $shards; do fetch "$f"; done
 fi
 

@@ -889,8 +889,10 @@ static void http_health(Conn *c, int keep) {
     buf_printf(&b, ", \"model_id\": \"%s\", \"checksums\": %s, \"verified\": %s", s->info.model_id,
                qalign_checksums(s->m) ? "true" : "false", s->o.verified ? "true" : "false");
     buf_printf(&b, ", \"weights\": \"%s\", \"queue\": %d, \"queued_images\": %d, \"max_queue\": %d, "
-               "\"batch\": %d, \"images_scored\": %llu}\n", s->info.weight_type, admitted, queued,
+               "\"batch\": %d, \"images_scored\": %llu, \"kernels\": ", s->info.weight_type, admitted, queued,
                s->o.max_queue, s->co.batch, (unsigned long long)images);
+    buf_json(&b, qalign_kernels_why()); /* the kernel family and why it runs */
+    buf_adds(&b, "}\n");
     if (b.oom) respond_error(c, 500, "out of memory", NULL, 0);
     else respond(c, 200, "application/json", b.p, b.n, NULL, keep);
     free(b.p);

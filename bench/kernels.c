@@ -11,8 +11,9 @@
 #include "../qalign.c"
 #include "../kernels.c"
 
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
+static void *xmalloc(size_t n) { /* 64-byte aligned, as qalign's buffers */
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 1) != 0) p = NULL;
     if (!p) {
         fprintf(stderr, "out of memory\n");
         exit(2);

@@ -60,6 +60,11 @@ def real_model():
 
 @pytest.fixture(scope="module")
 def figures():
+    return fetch_figures()
+
+
+def fetch_figures():
+    """Q-Align's example images in $QALIGN_CACHE/q-align-fig (fetched when missing), MD5-checked."""
     cache = Path(os.environ.get("QALIGN_CACHE", Path.home() / ".cache" / "qalign")) / "q-align-fig"
     cache.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -11,6 +11,10 @@
 #endif
 #include "../qalign.c"
 #include "../kernels.c"
+/* the AMX family's tile code on the C model of the tile unit (kernels/amx_emu.h): runs on
+ * every machine */
+#define QA_AMX_EMULATE 1
+#include "../kernels/amx.h"
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -297,7 +301,6 @@ static void test_attention(void) {
     free(q); free(k); free(v); free(o1); free(o2); free(scratch); free(kt);
 }
 
-#ifdef QA_AVX512_BF16
 /* attention_bf16's arithmetic in plain C: scores from bf16(q * scale) . bf16(k), f32 softmax,
  * bf16(p) . bf16(v), all sums in f32 (in a different order than the kernel's) */
 static void attention_bf16_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
@@ -322,12 +325,14 @@ static void attention_bf16_emulated(float *out, const float *q, int ldq, const f
             }
         }
 }
-#endif
 
 /* The ViT's bf16 attention: against the same arithmetic in plain C (tight), and against
  * f32 attention (the error bf16 costs, bounded for attention of ViT-like magnitudes). */
 static void test_attention_bf16(void) {
-#ifdef QA_AVX512_BF16
+    if (!kernels_cpu()->attention_bf16) {
+        printf("skip attention_bf16: this family has none\n");
+        return;
+    }
     struct { int Tq, Tk, H, hd; } cases[] = {{17, 17, 4, 16}, {1025, 1025, 2, 64}, {9, 26, 4, 16}, {33, 33, 2, 32},
                                              {1, 1, 1, 16}, {40, 63, 3, 48}, {65, 65, 2, 64}};
     size_t maxsz = 1025 * 4 * 128;
@@ -356,9 +361,6 @@ static void test_attention_bf16(void) {
               Tq, Tk, H, hd, e_same, e_f32);
     }
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
-#else
-    printf("skip attention_bf16: this build has no AVX512-BF16 kernels\n");
-#endif
 }
 
 static void test_elementwise(void) {
@@ -469,7 +471,7 @@ static void test_tiles_present(void) {
         Tensor W = random_matrix(types[i], 16, 64);
         acts_set(&a, x, 16, 64);
         acts_prepare(&a, act_kind_for(&a, W.dtype));
-        if (k->tile && k->tile(out, 16, &a, &W, NULL, EPI_STORE, 0, a.R ? a.R : 4, 0, 1)) {
+        if (k->tile && k->tile(out, 16, &a, &W, NULL, EPI_STORE, 0, a.R ? (a.R < 16 ? a.R : 16) : 4, 0, 1)) {
             size_t used = strlen(line);
             snprintf(line + used, sizeof line - used, " %s", DT_NAMES[types[i]]);
         }
@@ -479,8 +481,288 @@ static void test_tiles_present(void) {
     printf("simd tiles:%s\n", line[0] ? line : " none");
 }
 
-int main(void) {
-    printf("kernels compiled in: %s\n", qalign_kernels());
+/* ---- the C model of the AMX tile unit (kernels/amx_emu.h) against hand-worked products ---- */
+
+static void emu_config(int t, int rows, int colsb, AmxConfig *c) {
+    c->palette = 1;
+    c->rows[t] = (uint8_t)rows;
+    c->colsb[t] = (uint16_t)colsb;
+}
+
+/* Does fn(), run in a child process, stop with the emulator's fault (SIGABRT)? */
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int emu_faults(void (*fn)(void)) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(3);
+        fn();
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT;
+}
+static void bad_shape(void) { /* C.rows 3, A.rows 2 */
+    AmxConfig c;
+    memset(&c, 0, sizeof c);
+    emu_config(0, 2, 8, &c), emu_config(1, 2, 12, &c), emu_config(2, 3, 12, &c);
+    amx_emu_loadconfig(&c);
+    amx_emu_dpbsud(2, 0, 1);
+}
+static void bad_k(void) { /* A.colsb 8 but B.rows 3 */
+    AmxConfig c;
+    memset(&c, 0, sizeof c);
+    emu_config(0, 2, 8, &c), emu_config(1, 3, 12, &c), emu_config(2, 2, 12, &c);
+    amx_emu_loadconfig(&c);
+    amx_emu_dpbsud(2, 0, 1);
+}
+static void bad_rows(void) { /* 17 rows */
+    AmxConfig c;
+    memset(&c, 0, sizeof c);
+    emu_config(0, 17, 64, &c);
+    amx_emu_loadconfig(&c);
+}
+static void bad_unconfigured(void) {
+    AmxConfig c;
+    memset(&c, 0, sizeof c);
+    emu_config(0, 2, 8, &c);
+    amx_emu_loadconfig(&c);
+    amx_emu_zero(3);
+}
+static void bad_same_tile(void) {
+    AmxConfig c;
+    memset(&c, 0, sizeof c);
+    emu_config(0, 4, 16, &c), emu_config(1, 4, 16, &c);
+    amx_emu_loadconfig(&c);
+    amx_emu_dpbsud(0, 1, 1);
+}
+
+static void test_tile_unit_model(void) {
+    AmxConfig c;
+    /* TDPBSUD: A 3 x 8 s8 (K = 8), B 2 x 12 u8 (N = 3), C 3 x 12, A read with a stride of 20
+     * bytes (garbage between), C stored with a stride of 16 into a buffer that must keep its
+     * bytes past colsb; C starts from given values */
+    {
+        int8_t A[3][20];
+        memset(A, 99, sizeof A);
+        const int8_t a[3][8] = {{1, 2, 3, 4, -1, -2, -3, -4}, {0, 0, 0, 1, 5, 0, 0, 0}, {-128, 0, 0, 0, 0, 0, 0, 127}};
+        for (int i = 0; i < 3; i++) memcpy(A[i], a[i], 8);
+        const uint8_t B[2][12] = {{1, 1, 1, 1, 0, 1, 0, 2, 255, 0, 0, 0}, {1, 1, 1, 1, 2, 0, 0, 0, 0, 0, 0, 255}};
+        int32_t C0[3][3] = {{0, 0, 0}, {100, 0, 0}, {0, 0, INT32_MAX}};
+        /* by hand: row 0: 1+2+3+4-1-2-3-4 = 0; 2*1+4*2-1*2 = 8; 1*255-4*255 = -765
+         *          row 1: 1+5 = 6 (+100); 1*2+5*2 = 12; 0
+         *          row 2: -128+127 = -1; 0; -128*255+127*255 = -255 (+INT32_MAX: wraps) */
+        const int32_t want[3][3] = {{0, 8, -765}, {106, 12, 0}, {-1, 0, (int32_t)((uint32_t)INT32_MAX - 255u)}};
+        int32_t out[3][4];
+        memset(out, 0x55, sizeof out);
+        memset(&c, 0, sizeof c);
+        emu_config(0, 3, 8, &c), emu_config(1, 2, 12, &c), emu_config(2, 3, 12, &c);
+        amx_emu_loadconfig(&c);
+        amx_emu_loadd(0, A, 20);
+        amx_emu_loadd(1, B, 12);
+        amx_emu_loadd(2, C0, 12);
+        amx_emu_dpbsud(2, 0, 1);
+        amx_emu_stored(2, out, 16);
+        int ok = 1;
+        for (int i = 0; i < 3; i++) {
+            for (int j = 0; j < 3; j++) ok &= out[i][j] == want[i][j];
+            ok &= out[i][3] == 0x55555555;
+        }
+        /* wrap-around: INT32_MAX + 1 * 1 */
+        int32_t big = INT32_MAX, got = 0;
+        int8_t one[4] = {1, 0, 0, 0};
+        uint8_t uone[4] = {1, 0, 0, 0};
+        memset(&c, 0, sizeof c);
+        emu_config(0, 1, 4, &c), emu_config(1, 1, 4, &c), emu_config(2, 1, 4, &c);
+        amx_emu_loadconfig(&c);
+        amx_emu_loadd(2, &big, 4), amx_emu_loadd(0, one, 4), amx_emu_loadd(1, uone, 4);
+        amx_emu_dpbsud(2, 0, 1);
+        amx_emu_stored(2, &got, 4);
+        ok &= got == INT32_MIN;
+        check(ok, "tile unit model: tdpbsud 3x8 . 8x3 by hand (strided load, store keeps bytes past colsb, int32 wraps)");
+    }
+    /* TDPBF16PS: A 2 x 2 pairs, B 2 x 2 pairs; then the documented order (even product added,
+     * rounded, then the odd one), denormal inputs as zero, and a full 16 x 64 tile */
+    {
+        const float af[2][4] = {{1.5f, 2, -1, 0.5f}, {3, 0, 0, 0}}, bf[2][4] = {{2, 1, 0, -4}, {1, 1, 8, 2}};
+        uint16_t A[2][4], B[2][4];
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 4; j++) A[i][j] = f32_to_bf16(af[i][j]), B[i][j] = f32_to_bf16(bf[i][j]);
+        /* by hand: C00 = 1.5*2 + 2*1 - 1*1 + 0.5*1 = 4.5; C01 = 1.5*0 + 2*-4 - 1*8 + 0.5*2 = -15;
+         * C10 = 3*2 = 6; C11 = 0 */
+        float out[2][2], want[2][2] = {{4.5f, -15}, {6, 0}};
+        memset(&c, 0, sizeof c);
+        emu_config(0, 2, 8, &c), emu_config(1, 2, 8, &c), emu_config(2, 2, 8, &c);
+        amx_emu_loadconfig(&c);
+        amx_emu_loadd(0, A, 8), amx_emu_loadd(1, B, 8);
+        amx_emu_zero(2);
+        amx_emu_dpbf16ps(2, 0, 1);
+        amx_emu_stored(2, out, 8);
+        int ok = !memcmp(out, want, sizeof out);
+        /* C = 2^24, products 1 and 1: the pair's sum first, 2^24 + 2 (the manual's one at a
+         * time would round 2^24 + 1 to 2^24, twice); a denormal input: 0 */
+        float acc[2] = {16777216.0f, 0.0f}, res[2];
+        uint16_t a1[2][2] = {{f32_to_bf16(1), f32_to_bf16(1)}, {0x0001, f32_to_bf16(1)}};
+        uint16_t b1[2] = {f32_to_bf16(1), f32_to_bf16(0)};
+        uint16_t b2[2] = {0x7f00 /* 2^127 */, 0};
+        memset(&c, 0, sizeof c);
+        emu_config(0, 1, 4, &c), emu_config(1, 1, 4, &c), emu_config(2, 1, 4, &c);
+        amx_emu_loadconfig(&c);
+        amx_emu_loadd(2, &acc[0], 4), amx_emu_loadd(0, a1[0], 4), amx_emu_loadd(1, (uint16_t[2]){f32_to_bf16(1), f32_to_bf16(1)}, 4);
+        amx_emu_dpbf16ps(2, 0, 1);
+        amx_emu_stored(2, &res[0], 4);
+        amx_emu_loadd(2, &acc[1], 4), amx_emu_loadd(0, a1[1], 4), amx_emu_loadd(1, b2, 4);
+        amx_emu_dpbf16ps(2, 0, 1);
+        amx_emu_stored(2, &res[1], 4);
+        ok &= res[0] == 16777218.0f && res[1] == 0.0f;
+        (void)b1;
+        check(ok, "tile unit model: tdpbf16ps 2x2 pairs by hand, the unit's order (2^24 + (1 + 1)), a denormal input 0");
+    }
+    /* a full tile (16 x 64) and a partial one (5 x 12 of A, 3 rows of B), against plain loops */
+    {
+        int ok = 1;
+        for (int shape = 0; shape < 2; shape++) {
+            int M = shape ? 5 : 16, KB = shape ? 12 : 64, N = shape ? 7 : 16;
+            int8_t A[16][64];
+            uint8_t B[16][64];
+            int32_t C[16][16];
+            for (int i = 0; i < 16; i++)
+                for (int j = 0; j < 64; j++) A[i][j] = (int8_t)rnd(), B[i][j] = (uint8_t)rnd();
+            memset(&c, 0, sizeof c);
+            emu_config(0, M, KB, &c), emu_config(1, KB / 4, 4 * N, &c), emu_config(2, M, 4 * N, &c);
+            amx_emu_loadconfig(&c);
+            amx_emu_loadd(0, A, 64), amx_emu_loadd(1, B, 64);
+            amx_emu_zero(2);
+            amx_emu_dpbsud(2, 0, 1);
+            memset(C, 0, sizeof C);
+            amx_emu_stored(2, C, 64);
+            for (int m = 0; m < 16; m++)
+                for (int n = 0; n < 16; n++) {
+                    int32_t w = 0;
+                    if (m < M && n < N)
+                        for (int k = 0; k < KB; k++) w += A[m][k] * B[k / 4][4 * n + k % 4];
+                    ok &= C[m][n] == w;
+                }
+        }
+        amx_emu_release();
+        check(ok, "tile unit model: 16x64 . 64x16 and a partial 5x12 . 12x7 tile against plain loops");
+    }
+    check(emu_faults(bad_shape) && emu_faults(bad_k) && emu_faults(bad_rows) && emu_faults(bad_unconfigured) &&
+              emu_faults(bad_same_tile),
+          "tile unit model: faults (rows, K, > 16 rows, unconfigured tile, one tile twice) stop the program");
+}
+
+/* The model against the unit itself (where the CPU has one): random tiles through TDPBSUD
+ * and TDPBF16PS, full and partial shapes, bit for bit. Compiled for AMX by function
+ * attribute (the rest of this file is baseline x86-64); called only after kernels_set("amx")
+ * succeeded (the CPU has it, the OS granted the tile state). */
+#if (defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || (defined(__x86_64__) && defined(__clang__) && __clang_major__ >= 12)
+#include <immintrin.h>
+#define AMX_TARGET __attribute__((target("amx-tile,amx-int8,amx-bf16")))
+AMX_TARGET static void real_tiles(const AmxConfig *c, const void *A, const void *B, void *C, int bf16) {
+    _tile_loadconfig(c);
+    _tile_loadd(0, A, 64);
+    _tile_loadd(1, B, 64);
+    _tile_loadd(2, C, 64);
+    if (bf16) _tile_dpbf16ps(2, 0, 1);
+    else _tile_dpbsud(2, 0, 1);
+    _tile_stored(2, C, 64);
+    _tile_release();
+}
+static void test_tile_unit_real(void) {
+    int same_i8 = 1, same_bf16 = 1, trials = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        int M = trial % 3 ? 16 : 1 + (int)(rnd() % 16), KB = trial % 3 ? 64 : 4 * (1 + (int)(rnd() % 16)), N = trial % 3 ? 16 : 1 + (int)(rnd() % 16);
+        uint8_t A[16][64], B[16][64];
+        uint32_t C1[16][16], C2[16][16];
+        int bf16 = trial % 2;
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 64; j += 2) {
+                if (bf16) { /* values of mixed magnitudes, some tiny, some cancelling */
+                    float v = frand() * (rnd() % 4 == 0 ? 4096.0f : 1.0f) * (rnd() % 16 == 0 ? 1e-36f : 1.0f);
+                    uint16_t h = f32_to_bf16(v), w = f32_to_bf16(frand() * 8.0f);
+                    memcpy(&A[i][j], &h, 2), memcpy(&B[i][j], &w, 2);
+                } else {
+                    A[i][j] = (uint8_t)rnd(), A[i][j + 1] = (uint8_t)rnd(), B[i][j] = (uint8_t)rnd(), B[i][j + 1] = (uint8_t)rnd();
+                }
+            }
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 16; j++) {
+                float f = frand() * 100.0f;
+                C1[i][j] = bf16 ? 0 : rnd();
+                if (bf16) memcpy(&C1[i][j], &f, 4);
+            }
+        memcpy(C2, C1, sizeof C1);
+        AmxConfig c;
+        memset(&c, 0, sizeof c);
+        emu_config(0, M, KB, &c), emu_config(1, KB / 4, 4 * N, &c), emu_config(2, M, 4 * N, &c);
+        real_tiles(&c, A, B, C1, bf16);
+        amx_emu_loadconfig(&c);
+        amx_emu_loadd(0, A, 64), amx_emu_loadd(1, B, 64), amx_emu_loadd(2, C2, 64);
+        if (bf16) amx_emu_dpbf16ps(2, 0, 1);
+        else amx_emu_dpbsud(2, 0, 1);
+        amx_emu_stored(2, C2, 64);
+        amx_emu_release();
+        int same = !memcmp(C1, C2, sizeof C1);
+        if (bf16) same_bf16 &= same;
+        else same_i8 &= same;
+        trials++;
+    }
+    check(same_i8 && same_bf16, "tile unit model = the real unit, bit for bit: %d random tdpbsud / tdpbf16ps tiles "
+          "(full and partial shapes)%s%s", trials, same_i8 ? "" : "; tdpbsud differs", same_bf16 ? "" : "; tdpbf16ps differs");
+}
+#else
+static void test_tile_unit_real(void) { printf("skip the real tile unit: this compiler cannot target it\n"); }
+#endif
+
+/* Every int8 weight type (and bf16 with bf16_exact) through two families gives the same
+ * bits: the AMX family's float steps are the AVX-512 family's. */
+static void compare_families(const Kernels *k1, const char *n1, const Kernels *k2, const char *n2, int bf16_exact) {
+    const int types[] = {DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256, DT_MBF16};
+    const int shapes[][2] = {{40, 64}, {33, 96}, {24, 288}, {17, 800}, {64, 1024}, {48, 4096}};
+    const int Ts[] = {1, 7, 16, 17, 33, 77};
+    int maxT = 77, maxK = 4096, maxN = 64;
+    float *x = xmalloc((size_t)maxT * maxK * sizeof(float)), *bias = xmalloc((size_t)maxN * sizeof(float));
+    float *o1 = xmalloc((size_t)maxT * maxN * sizeof(float)), *o2 = xmalloc((size_t)maxT * maxN * sizeof(float));
+    for (int i = 0; i < maxN; i++) bias[i] = frand();
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int same = 1, cases = 0;
+        double worst = 0;
+        if (types[ti] == DT_MBF16 && !bf16_exact) continue; /* the families differ in activation type */
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            Tensor W = random_matrix(types[ti], shapes[si][0], shapes[si][1]);
+            for (size_t tj = 0; tj < sizeof Ts / sizeof Ts[0]; tj++) {
+                int T = Ts[tj], K = W.cols, N = W.rows;
+                for (size_t i = 0; i < (size_t)T * K; i++) x[i] = frand() * (i % 97 == 0 ? 8.0f : 1.0f);
+                for (int epi = EPI_STORE; epi <= EPI_ADD; epi++) {
+                    for (size_t i = 0; i < (size_t)T * N; i++) o1[i] = o2[i] = frand();
+                    for (int f = 0; f < 2; f++) {
+                        Acts a;
+                        kernels_set_table(f ? k2 : k1);
+                        test_acts(&a, (size_t)T * K, (size_t)K, 1);
+                        matmul(f ? o2 : o1, &a, x, T, &W, epi == EPI_ADD ? bias : NULL, epi);
+                        acts_free(&a);
+                    }
+                    same &= !memcmp(o1, o2, (size_t)T * N * sizeof(float));
+                    double rel = max_diff(o1, o2, (size_t)T * N) / (max_abs(o2, (size_t)T * N) + 1e-30);
+                    worst = rel > worst ? rel : worst;
+                    cases++;
+                }
+            }
+            free((void *)W.data);
+        }
+        check(same, "matmul %-6s %s = %s bit for bit (%d cases; max relative difference %.1e)", DT_NAMES[types[ti]], n1, n2,
+              cases, worst);
+    }
+    free(x), free(bias), free(o1), free(o2);
+}
+
+/* All of the checks above, on the family kernels_cpu() now returns. */
+static void test_family(void) {
+    rng_state = 0x9E3779B97F4A7C15ull; /* every family on the same data */
     test_tiles_present();
     test_quantize();
     test_matmul();
@@ -488,6 +770,58 @@ int main(void) {
     test_attention();
     test_attention_bf16();
     test_elementwise();
+}
+
+/* Usage: test_kernels [FAMILY... | all]. Without arguments: the family this CPU gets, the
+ * AMX family on the model of the tile unit ("amx-emulated"), and where the CPU has AMX, the
+ * real unit against the model. With names: those families (each must run here); "all":
+ * every family of the build this CPU can run. */
+int main(int argc, char **argv) {
+    printf("kernels compiled in: %s\n", qalign_kernels());
+    printf("family: %s\n", kernels_why());
+    int all = argc == 2 && !strcmp(argv[1], "all");
+    char families[256];
+    if (argc > 1 && !all) {
+        families[0] = 0;
+        for (int i = 1; i < argc; i++) {
+            size_t used = strlen(families);
+            snprintf(families + used, sizeof families - used, "%s%s", i > 1 ? " " : "", argv[i]);
+        }
+    } else {
+        snprintf(families, sizeof families, "%s amx-emulated", all ? kernels_family_list() : kernels_family());
+    }
+    test_tile_unit_model();
+    int real_amx = 0;
+    for (char *tok = strtok(families, " "); tok; tok = strtok(NULL, " ")) {
+        if (!strcmp(tok, "amx-emulated")) {
+            kernels_set_table(&kernels_amx);
+        } else if (kernels_set(tok) != 0) {
+            if (all) {
+                printf("family %s: not on this CPU\n", tok);
+                continue;
+            }
+            check(0, "family %s: not in this build or not on this CPU", tok);
+            continue;
+        }
+        real_amx |= !strcmp(tok, "amx");
+        printf("family %s: %s\n", tok, qalign_kernels());
+        if (kernels_cpu()->self_check) {
+            char why[256] = "";
+            check(kernels_cpu()->self_check(why, sizeof why) == 0, "%s start-up self-check %s", tok, why);
+        }
+        test_family();
+    }
+    /* the AMX family on the real unit against the same code on the model of it, and against
+     * the AVX-512 family (int8: the same float steps, so the same bits) */
+    if ((argc == 1 || real_amx) && kernels_set("amx") == 0) {
+        const Kernels *real = kernels_cpu();
+        test_tile_unit_real();
+        compare_families(real, "amx", &kernels_amx, "amx-emulated", 0);
+        if (kernels_set("avx512-bf16") == 0) compare_families(real, "amx", kernels_cpu(), "avx512-bf16", 1);
+    } else if (argc == 1) {
+        printf("skip amx on the real unit: this CPU or OS has none (%s)\n", kernels_why());
+    }
+    kernels_set_table(NULL);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -23,8 +23,9 @@ import pytest
 
 from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run, logits
 
-SRCS = ["qalign.c", "kernels.c", "tokenizer.c", "bpe.c", "image.c", "image_png.c", "image_jpeg.c", "image_jpeg_enc.c", "image_qwen.c", "app_util.c", "inputs.c", "video.c", "results.c",
-        "evaluate.c", "report.c", "progress.c", "sink.c", "cli.c",
+SRCS = ["qalign.c", "kernels.c", "kernels_family.c", "tokenizer.c", "bpe.c", "image.c", "image_png.c", "image_jpeg.c",
+        "image_jpeg_enc.c", "image_qwen.c", "app_util.c", "inputs.c", "video.c", "results.c", "evaluate.c", "report.c",
+        "progress.c", "sink.c", "cli.c",
         "serve.c", "serve_parse.c", "examples/score.c"]
 BINARY_SRCS = [s for s in SRCS if not s.startswith("examples/")]   # what ./qalign is made of
 STD = ["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Wno-unused-parameter"]
@@ -42,6 +43,11 @@ CONFIGS = {
     "clang-x86-64-scalar-noomp": (["clang"], ["-O0"], "clang"),
     "clang-avx2vnni-omp": (["clang"], ["-O0", "-march=x86-64-v3", "-mavxvnni", "-fopenmp"], "clang"),
     "clang-avx512-omp": (["clang"], ["-O0", "-march=x86-64-v4", "-mavx512vnni", "-mavx512bf16", "-fopenmp"], "clang"),
+    # the portable build's dispatcher and its AMX family (kernels_family.c with the AMX flags)
+    "gcc-dispatch-amx-omp": (["gcc"], ["-O1", "-DQA_DISPATCH", "-march=x86-64-v4", "-mavx512vnni", "-mavx512bf16",
+                                       "-mamx-tile", "-mamx-int8", "-mamx-bf16", "-fopenmp"], "gcc"),
+    "clang-dispatch-amx-noomp": (["clang"], ["-O0", "-DQA_DISPATCH", "-march=x86-64-v4", "-mavx512vnni", "-mavx512bf16",
+                                             "-mamx-tile", "-mamx-int8", "-mamx-bf16"], "clang"),
     "gcc-aarch64-dotprod-omp": (["aarch64-linux-gnu-gcc"], ["-O1", "-march=armv8.2-a+dotprod", "-fopenmp"],
                                 "gcc-aarch64-linux-gnu"),
     "clang-aarch64-noomp": (["clang", "--target=aarch64-linux-gnu"], ["-O0"], "gcc-aarch64-linux-gnu"),

@@ -1,5 +1,8 @@
 """The other x86 builds: scalar only (SCALAR), AVX2+FMA, AVX2 with AVX-VNNI, AVX-512 with VNNI
-and BF16, and AVX-512 without either (Skylake-SP/X, -march=skylake-avx512).
+and BF16, with VNNI only (Ice Lake), and without either (Skylake-SP/X: -march=x86-64-v4).
+Each is also the native form of one family of the portable build (run-time dispatch, `make`):
+the portable qalign under QALIGN_KERNELS=<that family> must print the same bytes (and the AMX
+family, whose int8 tiles give the AVX-512 VNNI family's bits, the AVX-512 build's).
 
 `make` picks one kernel set for the build machine (-march=native); these builds make sure
 the others are right too. Each variant this CPU can run is built, its kernel tests run,
@@ -9,6 +12,7 @@ test_accuracy.py, on the well-conditioned synthetic model: not exactly, because 
 rounding turns last-bit float differences (a layernorm summed in another order) into
 whole quantisation steps now and then."""
 import json
+import os
 import platform
 
 import numpy as np
@@ -19,14 +23,20 @@ from conftest import EMULATED, HARDWARE, PYTHON, ROOT, TARGET, report, run, logi
 FLAGS = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
 NEEDS = {"scalar": [], "avx2": ["avx2", "fma"], "avx2vnni": ["avx2", "fma", "avx_vnni"],
          "avx512": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16"],
+         "avx512vnni": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni"],
          "avx512-novnni": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]}
+# the portable build's family (QALIGN_KERNELS) that is each of these builds' kernels; the AMX
+# family's int8 tiles give the AVX-512 VNNI family's bits, the rest is that family's code
+FAMILY = {"scalar": ["scalar"], "avx2": ["avx2"], "avx2vnni": ["avx2-vnni"], "avx512": ["avx512-bf16", "amx"],
+          "avx512vnni": ["avx512-vnni"], "avx512-novnni": ["avx512"]}
 RECORDS = ["photo__quality", "gray__aesthetics", "video__quality"]
 KERNELS = {"scalar": set(), "avx2": {"avx2"}, "avx2vnni": {"avx2", "avx-vnni"},   # kernel_names() beyond
-           "avx512": {"avx512", "avx512-vnni", "avx512-bf16"}, "avx512-novnni": {"avx512"}}  # "scalar", "openmp"
+           "avx512": {"avx512", "avx512-vnni", "avx512-bf16"}, "avx512vnni": {"avx512", "avx512-vnni"},
+           "avx512-novnni": {"avx512"}}  # "scalar", "openmp"
 # the weight types each build multiplies with SIMD tiles (test_kernels' "simd tiles:" line): every
 # x86 family has int8 tiles, also AVX-512 without VNNI (vpmaddubsw) and AVX2 without AVX-VNNI
 ALL = {"f32", "bf16", "q8_0", "q4_1", "q8_256", "q4_256"}
-TILES = {"scalar": set(), "avx2": ALL, "avx2vnni": ALL, "avx512": ALL, "avx512-novnni": ALL}
+TILES = {"scalar": set(), "avx2": ALL, "avx2vnni": ALL, "avx512": ALL, "avx512vnni": ALL, "avx512-novnni": ALL}
 
 
 def can_run(variant):
@@ -68,7 +78,11 @@ def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
     assert set(tiles.split(":", 1)[1].split()) - {"none"} == TILES[variant], tiles
     binary = ROOT / "build" / f"qalign-{variant}"
     refj = json.loads((tiny_ref / "reference.json").read_text())
-    worst = 0.0
+    worst, same = 0.0, 0
+    # the families of the portable build (make NATIVE=1 has none) that this CPU runs
+    portable = "compile time" not in run([qalign_bin, "--info", variant_models["f32"]]).stdout
+    families = [f for f in FAMILY[variant] if portable and run([qalign_bin, "--info", variant_models["f32"]],
+                                                               env={**os.environ, "QALIGN_KERNELS": f}).returncode == 0]
     for name in RECORDS:
         rec = next(x for x in refj["records"] if x["name"] == name)
         files = [tiny_ref / f for f in rec["input_files"]]
@@ -88,4 +102,13 @@ def test_variant_build(variant, tiny_ref, variant_models, qalign_bin, workdir):
             a = json.loads(run([binary, variant_models[dt], *args, *ppms]).stdout)
             b = json.loads(run([qalign_bin, variant_models[dt], *args, *ppms]).stdout)
             assert abs(a["score"] - b["score"]) <= SCORE_BOUND[dt], (variant, dt, name, a["score"], b["score"])
-    report(f"variant {variant:13s} ({compiled}; {tiles}): kernel tests pass; fixture logits max |d| {worst:.1e}")
+        # the portable build running this build's family: the same output, bit for bit
+        for fam in families:
+            for dt in ["f32", *SCORE_BOUND]:
+                a = run([binary, variant_models[dt], *args, *ppms])
+                b = run([qalign_bin, variant_models[dt], *args, *ppms], env={**os.environ, "QALIGN_KERNELS": fam})
+                assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+                assert a.stdout == b.stdout, (variant, fam, dt, name, a.stdout, b.stdout)
+                same += 1
+    report(f"variant {variant:13s} ({compiled}; {tiles}): kernel tests pass; fixture logits max |d| {worst:.1e}; "
+           f"portable build with QALIGN_KERNELS={'/'.join(families) or '-'}: {same} outputs identical")
