@@ -8,8 +8,13 @@ count, functions and the longest function. Then totals: functions, median / p90 
 function length (lines from the signature to the closing brace), the functions over 120
 lines, #if count and the comment:code ratio. A function is recognised as the project writes
 them: a line at column 0 that names it and ends in '{' (or is followed by a line '{'),
-closed by a '}' at column 0. Generated tables (bpe_unicode.h) are listed but left out of
-the function figures only if they hold none.
+closed by a '}' at column 0. Generated tables (bpe_unicode.h) hold no functions, so they
+do not enter the function figures.
+
+The figures of issue 22's refactor are kept beside it: stats_before.txt / duplicates_before.txt
+(main at fcf72d6, where the refactor started), stats_main_077ff3d.txt / duplicates_main_077ff3d.txt
+(main with qwen-model and dispatch merged, the like-for-like base) and stats_after.txt /
+duplicates_after.txt (the refactor branch with that main merged).
 """
 import glob, os, re, statistics, sys
 
