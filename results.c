@@ -675,7 +675,8 @@ static int csv_to_row(const Fields *f, ResultsFormat fmt, Words fw, ResultRow *r
     r->levels = fw.n ? fw.words : NULL;
     if (fmt == RESULTS_CSV_ANSWERS) {
         r->scored = v[C_SCORE][0] != 0;
-        if (r->scored && (parse_double(v[C_SCORE], &r->score) != 0 || parse_double(v[C_STD], &r->std) != 0)) return -1;
+        if (r->scored && (parse_double(v[C_SCORE], &r->score) != 0 || (v[C_STD][0] && parse_double(v[C_STD], &r->std) != 0)))
+            return -1; /* (std empty: no spread) */
         r->question = v[C_QUESTION];
         r->answer = v[C_ANSWER];
         r->finish = OPT(C_FINISH);
@@ -892,7 +893,7 @@ static int json_to_row(const char *s, size_t len, Buf *text, const char **words,
     int default_words = nw == APP_LEVELS;
     for (int i = 0; i < nw; i++) {
         words[i] = text->p + woff[i];
-        default_words &= !strcmp(words[i], APP_LEVEL_NAMES[i]);
+        default_words &= i < APP_LEVELS && !strcmp(words[i], APP_LEVEL_NAMES[i]);
     }
     r->n_levels = default_words ? 0 : nw; /* (none: the five default words, as a CSV's row) */
     r->levels = default_words || !nw ? NULL : words;
