@@ -835,7 +835,7 @@ static void cmd_info(const qalign_model *m) {
     printf("file        %s (%llu bytes, %d tensors, format version %d, id %s)\n", c.path, (unsigned long long)c.file_bytes,
            c.n_tensors, c.format_version, c.model_id);
     printf("weights     %s\n", c.weight_type);
-    printf("family      %s%s\n", c.family, c.l_linear_layers ? " (decoder: Gated DeltaNet and attention layers)" : "");
+    printf("model       %s%s\n", c.family, c.l_linear_layers ? " (decoder: Gated DeltaNet and attention layers)" : "");
     printf("kernels     %s\n", qalign_kernels());
     printf("family      %s\n", qalign_kernels_why());
     printf("vision      dim %d, layers %d, heads %d, mlp %d, image %d, patch %d, tokens %d, eps %g\n", c.v_dim, c.v_layers,

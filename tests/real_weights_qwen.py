@@ -79,7 +79,7 @@ def real_model():
             f"mlp {vc['intermediate_size']},",
             f"decoder     dim {tc['hidden_size']}, layers {tc['num_hidden_layers']}, heads {tc['num_attention_heads']}, "
             f"kv heads {tc['num_key_value_heads']}, mlp {tc['intermediate_size']}, vocab {tc['vocab_size']},"]
-    if "family      qwen3.5" not in info or not all(w in info for w in want):
+    if "model       qwen3.5" not in info or not all(w in info for w in want):
         pytest.fail(f"{p} is not an export of {CHECKPOINT} (a Qwen3.5 checkpoint):\n{info}")
     wtype = next(line.split()[1] for line in info.splitlines() if line.startswith("weights"))
     return p, wtype, info
