@@ -67,12 +67,15 @@ ifndef NO_OMP
 endif
 
 # The library (qalign.h): the model, its kernels, the tokenizers (SentencePiece, byte-level BPE), image decoding and
-# preprocessing. The command line (cli.c, app.c) uses it through qalign.h only.
-LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c image_qwen.c
+# preprocessing. The command line (cli.c and the batch side, APP_SRCS) uses it through qalign.h only.
+LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c image_jpeg_enc.c image_qwen.c
 # serve.c / serve_parse.c: --listen and --stdio (serve.h), on the same public headers.
-CLI_SRCS = cli.c app.c serve.c serve_parse.c
+# The batch side (app.h): inputs, video, result rows and files, evaluation, report, progress, sink.
+APP_SRCS = app_util.c inputs.c video.c results.c evaluate.c report.c progress.c sink.c
+APP_HDRS = app.h app_util.h inputs.h video.h results.h evaluate.h report.h progress.h sink.h
+CLI_SRCS = cli.c $(APP_SRCS) serve.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_qwen.h app.h serve.h
+HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean install uninstall
@@ -170,11 +173,11 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
 # what each harness is linked with: the image decoders; the whole library (the model loader);
-# app.c (the result files that --resume reads); the server's parsers (serve_parse.c); bpe.c
-IMAGE_SRCS         = image.c image_png.c image_jpeg.c
+# the batch side (the result files that --resume reads); the server's parsers (serve_parse.c); bpe.c
+IMAGE_SRCS         = image.c image_png.c image_jpeg.c image_jpeg_enc.c
 FUZZ_SRCS          = $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
-FUZZ_SRCS_fuzz_results = app.c $(IMAGE_SRCS)
+FUZZ_SRCS_fuzz_results = $(APP_SRCS) $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_http    = serve_parse.c
 FUZZ_SRCS_fuzz_json    = serve_parse.c
 FUZZ_SRCS_fuzz_bpe     = bpe.c

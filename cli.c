@@ -250,6 +250,8 @@ typedef struct {
     int failures;           /* inputs that could not be scored */
     int batches;            /* decoder passes so far (for --timings) */
     const char *pending_path[QALIGN_MAX_BATCH]; /* the images waiting for the decoder */
+    char pending_warn[QALIGN_MAX_BATCH][160];   /* their decoders' warnings ("" if none) */
+    const char *row_warning;                    /* the warning of the row being recorded (NULL: none) */
     Image pending_thumb[QALIGN_MAX_BATCH];      /* their report thumbnails (if a report is written) */
     Collected *collect;     /* --compare: results go here instead of stdout and files */
     /* --ask */
@@ -368,6 +370,7 @@ static void record(App *app, const char *path, const char *kind, const qalign_re
                    const Image *thumb) {
     if (!error && r->status != QALIGN_OK) error = r->error;
     ResultRow row = make_row(app, path, kind, r, error);
+    row.warning = app->row_warning;
     if (error) {
         app->failures++;
         progress_note(&app->pg, "qalign: error: %s: %s", path, error);
@@ -430,7 +433,9 @@ static void flush_images(App *app) {
     char err[QALIGN_ERR_LEN];
     if (qalign_flush(app->ctx, res, err, sizeof err) != QALIGN_OK) die("%s", err);
     for (int b = 0; b < n; b++) {
+        app->row_warning = app->pending_warn[b][0] ? app->pending_warn[b] : NULL; /* the row says it too */
         record(app, app->pending_path[b], "image", &res[b], NULL, app->pending_thumb[b].rgb ? &app->pending_thumb[b] : NULL);
+        app->row_warning = NULL;
         image_free(&app->pending_thumb[b]);
     }
     note_timings(app);
@@ -459,6 +464,7 @@ static void score_image(App *app, const char *path) {
     }
     if (st != QALIGN_OK) die("%s", err);
     app->pending_path[b] = path;
+    snprintf(app->pending_warn[b], sizeof app->pending_warn[b], "%s", warn);
     app->pending_thumb[b] = (Image){0};
     if (app->sink) thumb_downscale(&img, 160, &app->pending_thumb[b], err, sizeof err); /* for the report */
     image_free(&img);
@@ -1506,12 +1512,12 @@ int main(int argc, char **argv) {
             die("--prompt: it must contain <|image|> exactly once to score images one by one (it has %d: use "
                 "--one-prompt for the images of one prompt, or --anchors)", markers);
     }
-    for (int i = 0; i < app.rs.n_levels && (!o->ask || o->score) && (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path); i++) {
+    for (int i = 0; i < app.rs.n_levels && (!o->ask || o->score) && o->sink.report_path; i++) {
         int k = 0;
         while (k < APP_LEVELS && strcmp(app.rs.words[i], APP_LEVEL_NAMES[k])) k++;
         if (k == APP_LEVELS)
-            die("--levels: the --csv/--jsonl/--report results have probability columns for excellent good fair "
-                "poor bad only, not '%s' (use --json for other words)", app.rs.words[i]);
+            die("--levels: the --report shows probability bars for excellent good fair poor bad only, not '%s' "
+                "(--csv, --jsonl and --json take any words)", app.rs.words[i]);
     }
     if (o->dump_dir) { /* create DIR (one level) now, rather than fail after scoring */
         struct stat sb;
@@ -1525,6 +1531,8 @@ int main(int argc, char **argv) {
     o->sink.setup = app.rs.setup;
     if (o->ask) o->sink.setup.prompt = app.ask_template; /* answers' rows record the question template */
     o->sink.max_frames = (int)o->max_frames;
+    o->sink.n_levels = app.rs.n_levels; /* a CSV's level columns */
+    o->sink.levels = app.rs.words;
     if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
         app.sink = sink_open(&o->sink, err, sizeof err);
         if (!app.sink) die("%s", err);

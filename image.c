@@ -1387,3 +1387,107 @@ void image_normalize(const Image *img, const float mean[3], const float std[3], 
         }
     }
 }
+
+/* ---- thumbnails: an area-average downscale ---- */
+
+/* Area-average weights of output cells over input cells along one axis. */
+typedef struct {
+    int *start, *count;
+    float *w;     /* per output cell, count weights */
+    int maxc;
+} ThumbAxis;
+
+static int thumb_axis_make(ThumbAxis *a, int in, int out) {
+    double scale = (double)in / out;
+    a->maxc = (int)ceil(scale) + 2;
+    a->start = malloc((size_t)out * sizeof(int));
+    a->count = malloc((size_t)out * sizeof(int));
+    a->w = malloc((size_t)out * (size_t)a->maxc * sizeof(float));
+    if (!a->start || !a->count || !a->w) return -1;
+    for (int o = 0; o < out; o++) {
+        double x0 = o * scale, x1 = (o + 1) * scale;
+        int s = (int)floor(x0), e = (int)ceil(x1);
+        if (e > in) e = in;
+        if (s >= e) s = e - 1;
+        int c = 0;
+        double tot = 0;
+        for (int i = s; i < e && c < a->maxc; i++) {
+            double lo = i > x0 ? i : x0, hi = i + 1 < x1 ? i + 1 : x1;
+            double wgt = hi - lo;
+            if (wgt <= 0) wgt = 0;
+            a->w[(size_t)o * a->maxc + c++] = (float)wgt;
+            tot += wgt;
+        }
+        for (int k = 0; k < c; k++) a->w[(size_t)o * a->maxc + k] = tot > 0 ? (float)(a->w[(size_t)o * a->maxc + k] / tot) : 1.0f / c;
+        a->start[o] = s;
+        a->count[o] = c;
+    }
+    return 0;
+}
+static void thumb_axis_free(ThumbAxis *a) {
+    free(a->start);
+    free(a->count);
+    free(a->w);
+}
+
+int thumb_downscale(const Image *in, int max_side, Image *out, char *err, size_t errlen) {
+    memset(out, 0, sizeof *out);
+    if (!in || !in->rgb || in->w < 1 || in->h < 1) return fail(err, errlen, "no image");
+    if (max_side < 1) max_side = 1;
+    int w = in->w, h = in->h, tw, th;
+    if (w >= h) {
+        tw = w < max_side ? w : max_side;
+        th = (int)llround((double)h * tw / w);
+    } else {
+        th = h < max_side ? h : max_side;
+        tw = (int)llround((double)w * th / h);
+    }
+    if (tw < 1) tw = 1;
+    if (th < 1) th = 1;
+    if (image_alloc(out, tw, th, err, errlen) != 0) return -1;
+    if (tw == w && th == h) {
+        memcpy(out->rgb, in->rgb, (size_t)w * h * 3);
+        return 0;
+    }
+    ThumbAxis ax = {0}, ay = {0};
+    float *tmp = malloc((size_t)h * tw * 3 * sizeof(float));
+    int rc = -1;
+    if (!tmp || thumb_axis_make(&ax, w, tw) != 0 || thumb_axis_make(&ay, h, th) != 0) {
+        fail(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int y = 0; y < h; y++) {
+        const uint8_t *row = in->rgb + (size_t)y * w * 3;
+        float *t = tmp + (size_t)y * tw * 3;
+        for (int o = 0; o < tw; o++) {
+            float s0 = 0, s1 = 0, s2 = 0;
+            const float *wt = ax.w + (size_t)o * ax.maxc;
+            const uint8_t *p = row + (size_t)ax.start[o] * 3;
+            for (int k = 0; k < ax.count[o]; k++, p += 3) {
+                s0 += wt[k] * p[0];
+                s1 += wt[k] * p[1];
+                s2 += wt[k] * p[2];
+            }
+            t[o * 3] = s0;
+            t[o * 3 + 1] = s1;
+            t[o * 3 + 2] = s2;
+        }
+    }
+    for (int o = 0; o < th; o++) {
+        const float *wt = ay.w + (size_t)o * ay.maxc;
+        uint8_t *dst = out->rgb + (size_t)o * tw * 3;
+        for (int x = 0; x < tw * 3; x++) {
+            float s = 0;
+            for (int k = 0; k < ay.count[o]; k++) s += wt[k] * tmp[((size_t)(ay.start[o] + k) * tw * 3) + x];
+            int v = (int)(s + 0.5f);
+            dst[x] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+    }
+    rc = 0;
+out:
+    if (rc != 0) image_free(out);
+    thumb_axis_free(&ax);
+    thumb_axis_free(&ay);
+    free(tmp);
+    return rc;
+}

@@ -85,6 +85,11 @@ void image_normalize(const Image *img, const float mean[3], const float std[3], 
 /* The whole Q-Align image pipeline: expand2square(fill) then bicubic to S x S. */
 int image_preprocess(const Image *in, const uint8_t fill[3], int S, Image *out, char *err, size_t errlen);
 
+/* Thumbnails (the report): downscale so the long side is at most max_side (never upscales), area-average filter. */
+int thumb_downscale(const Image *in, int max_side, Image *out, char *err, size_t errlen);
+/* Baseline JFIF, 4:4:4, standard Huffman tables, IJG quality scaling (1..100). */
+int jpeg_encode(const Image *img, int quality, uint8_t **out, size_t *len, char *err, size_t errlen);
+
 /* --- per-format decoders (called by image_decode; exposed for fuzzers) ---- */
 int pnm_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);
 int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen);

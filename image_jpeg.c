@@ -64,6 +64,7 @@
  * colour conversion -> driver.
  */
 #include "image.h"
+#include "image_jpeg.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -83,7 +84,7 @@
 /* Natural (row-major) position of the k-th zigzag coefficient. Entries 64..79
  * are 63, like libjpeg's jpeg_natural_order, so that a corrupt run length that
  * pushes k past 63 stores into coefficient 63 instead of outside the block. */
-static const uint8_t ZIGZAG[80] = {
+const uint8_t jpeg_zigzag[80] = {
     0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,
     12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6,  7,  14, 21, 28,
     35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
@@ -93,11 +94,11 @@ static const uint8_t ZIGZAG[80] = {
 /* The example Huffman tables of the JPEG standard (ITU T.81 K.3), which
  * libjpeg-turbo installs in slots 0 and 1 of a sequential file that defines
  * none there. Index 0 of the count arrays is unused. */
-static const uint8_t STD_DC_LUM_BITS[17] = {0, 0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0};
-static const uint8_t STD_DC_CHR_BITS[17] = {0, 0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
-static const uint8_t STD_DC_VALS[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
-static const uint8_t STD_AC_LUM_BITS[17] = {0, 0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d};
-static const uint8_t STD_AC_LUM_VALS[162] = {
+const uint8_t jpeg_std_dc_lum_bits[17] = {0, 0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0};
+const uint8_t jpeg_std_dc_chr_bits[17] = {0, 0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
+const uint8_t jpeg_std_dc_vals[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+const uint8_t jpeg_std_ac_lum_bits[17] = {0, 0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d};
+const uint8_t jpeg_std_ac_lum_vals[162] = {
     0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61,
     0x07, 0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52,
     0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0a, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x25,
@@ -109,8 +110,8 @@ static const uint8_t STD_AC_LUM_VALS[162] = {
     0xb7, 0xb8, 0xb9, 0xba, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xca, 0xd2, 0xd3,
     0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xd9, 0xda, 0xe1, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8,
     0xe9, 0xea, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa};
-static const uint8_t STD_AC_CHR_BITS[17] = {0, 0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77};
-static const uint8_t STD_AC_CHR_VALS[162] = {
+const uint8_t jpeg_std_ac_chr_bits[17] = {0, 0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77};
+const uint8_t jpeg_std_ac_chr_vals[162] = {
     0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61,
     0x71, 0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33,
     0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1, 0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17, 0x18,
@@ -436,7 +437,7 @@ static void parse_dqt(Dec *d) {
         if (t >= 4) fail(d, "bad DQT table index %d", t);
         if (n < need) fail(d, "bad DQT marker length");
         for (int i = 0; i < 64; i++)
-            d->qtab[t][ZIGZAG[i]] = (uint16_t)(prec ? rd16(p + 1 + 2 * i) : p[1 + i]);
+            d->qtab[t][jpeg_zigzag[i]] = (uint16_t)(prec ? rd16(p + 1 + 2 * i) : p[1 + i]);
         d->qdef[t] = 1;
         p += need;
         n -= need;
@@ -804,7 +805,7 @@ static void decode_block_seq(Dec *d, Comp *c, int16_t *blk) {
         s = rs & 15;
         if (s) {
             k += r;
-            blk[ZIGZAG[k]] = (int16_t)extend(get_bits(d, s), s);
+            blk[jpeg_zigzag[k]] = (int16_t)extend(get_bits(d, s), s);
         } else {
             if (r != 15) break;
             k += 15;
@@ -840,7 +841,7 @@ static void decode_ac_first(Dec *d, Comp *c, int16_t *blk) {
         int r = rs >> 4, s = rs & 15;
         if (s) {
             k += r;
-            blk[ZIGZAG[k]] = (int16_t)(extend(get_bits(d, s), s) * (1 << d->Al));
+            blk[jpeg_zigzag[k]] = (int16_t)(extend(get_bits(d, s), s) * (1 << d->Al));
         } else if (r == 15) {
             k += 15;
         } else {
@@ -872,7 +873,7 @@ static void decode_ac_refine(Dec *d, Comp *c, int16_t *blk) {
             }
             /* skip r zero coefficients (refining the nonzero ones on the way) */
             do {
-                int16_t *coef = blk + ZIGZAG[k];
+                int16_t *coef = blk + jpeg_zigzag[k];
                 if (*coef != 0) {
                     refine_coef(d, coef, p1);
                 } else {
@@ -880,12 +881,12 @@ static void decode_ac_refine(Dec *d, Comp *c, int16_t *blk) {
                 }
                 k++;
             } while (k <= d->Se);
-            if (val) blk[ZIGZAG[k]] = (int16_t)val;
+            if (val) blk[jpeg_zigzag[k]] = (int16_t)val;
         }
     }
     if (d->eobrun > 0) {
         for (; k <= d->Se; k++) {
-            int16_t *coef = blk + ZIGZAG[k];
+            int16_t *coef = blk + jpeg_zigzag[k];
             if (*coef != 0) refine_coef(d, coef, p1);
         }
         d->eobrun--;
@@ -1361,7 +1362,7 @@ static void ar_ac(Dec *d, Comp *c, int16_t *blk, int k0, int k1, int Al) {
             if (ar_decode(d, st)) v |= m;
         v += 1;
         if (sign) v = -v;
-        blk[ZIGZAG[k]] = (int16_t)(uint16_t)((unsigned)v << Al);
+        blk[jpeg_zigzag[k]] = (int16_t)(uint16_t)((unsigned)v << Al);
     }
 }
 
@@ -1369,12 +1370,12 @@ static void ar_ac(Dec *d, Comp *c, int16_t *blk, int k0, int k1, int Al) {
 static void ar_ac_refine(Dec *d, Comp *c, int16_t *blk) {
     int tbl = c->ta, kex, p1 = 1 << d->Al, m1 = -1 * (1 << d->Al);
     for (kex = d->Se; kex > 0; kex--) /* end of block of the earlier stages */
-        if (blk[ZIGZAG[kex]]) break;
+        if (blk[jpeg_zigzag[kex]]) break;
     for (int k = d->Ss; k <= d->Se; k++) {
         uint8_t *st = d->ac_stats[tbl] + 3 * (k - 1);
         if (k > kex && ar_decode(d, st)) break;
         for (;;) {
-            int16_t *coef = blk + ZIGZAG[k];
+            int16_t *coef = blk + jpeg_zigzag[k];
             if (*coef) { /* already nonzero: one correction bit */
                 if (ar_decode(d, st + 2)) *coef = (int16_t)(*coef + (*coef < 0 ? m1 : p1));
                 break;
@@ -1579,7 +1580,7 @@ static void lj_mcu(Dec *d, int fast, int16_t *const *blk, Comp *const *bc, int n
                 k += r;
                 if (fast) lj_fill_fast(d);
                 else lj_check(d, s);
-                b[ZIGZAG[k]] = (int16_t)extend((unsigned)lj_get(d, s), s);
+                b[jpeg_zigzag[k]] = (int16_t)extend((unsigned)lj_get(d, s), s);
             } else {
                 if (r != 15) break;
                 k += 15;
@@ -1967,10 +1968,10 @@ static void start_frame(Dec *d) {
     /* sequential files: libjpeg-turbo's jinit_huff_decoder fills empty slots
      * 0 and 1 with the standard tables */
     if (!d->progressive) {
-        std_table(&d->dcs[0], STD_DC_LUM_BITS, STD_DC_VALS, 12);
-        std_table(&d->acs[0], STD_AC_LUM_BITS, STD_AC_LUM_VALS, 162);
-        std_table(&d->dcs[1], STD_DC_CHR_BITS, STD_DC_VALS, 12);
-        std_table(&d->acs[1], STD_AC_CHR_BITS, STD_AC_CHR_VALS, 162);
+        std_table(&d->dcs[0], jpeg_std_dc_lum_bits, jpeg_std_dc_vals, 12);
+        std_table(&d->acs[0], jpeg_std_ac_lum_bits, jpeg_std_ac_lum_vals, 162);
+        std_table(&d->dcs[1], jpeg_std_dc_chr_bits, jpeg_std_dc_vals, 12);
+        std_table(&d->acs[1], jpeg_std_ac_chr_bits, jpeg_std_ac_chr_vals, 162);
     }
     build_ycc_tables(d);
     d->started = 1;

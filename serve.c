@@ -39,7 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "app.h"
+#include "inputs.h"
+#include "results.h"
 #include "common.h"
 #include "image.h"
 #include "qalign.h"
@@ -183,6 +184,8 @@ struct Job {
     const char *scale;      /* "1-5", "0-1", "0-100", or NULL: the score's own range */
     int n_res;              /* req.n images, or 1 (a video) */
     qalign_result *res;
+    char (*warn)[160];      /* per result: the decoder's warning ("" if none): the row's "warning" */
+    unsigned char *unread;  /* per result: 1 when the input is no image qalign reads (the row's kind is null) */
     Unit *units;
     int64_t pixels_left;    /* what is left of --max-request-pixels (the worker's) */
     int remaining;          /* units not scored yet */
@@ -265,6 +268,8 @@ static void job_free(Job *j) {
     free(j->body);
     free(j->name);
     free(j->res);
+    free(j->warn);
+    free(j->unread);
     free(j->units);
     for (int i = 0; j->ans && i < j->n_res; i++) qalign_answer_free(&j->ans[i]);
     free(j->ans);
@@ -325,9 +330,11 @@ static int job_ready(Server *s, Job *j, char *err, size_t errlen) {
     j->pixels_left = s->o.max_request_pixels;
     j->n_res = j->req.kind == SERVE_VIDEO ? 1 : j->req.n;
     j->res = calloc((size_t)j->n_res, sizeof *j->res);
+    j->warn = calloc((size_t)j->n_res, sizeof *j->warn);
+    j->unread = calloc((size_t)j->n_res, 1);
     j->units = calloc((size_t)j->n_res, sizeof *j->units);
     if (j->ask) j->ans = calloc((size_t)j->n_res, sizeof *j->ans);
-    if (!j->res || !j->units || (j->ask && !j->ans)) return fail(err, errlen, "out of memory");
+    if (!j->res || !j->warn || !j->unread || !j->units || (j->ask && !j->ans)) return fail(err, errlen, "out of memory");
     return 0;
 }
 
@@ -382,7 +389,8 @@ static char *job_row(Server *s, const Job *j, int i) {
     if (j->req.names) path = j->req.names[i];
     else if (j->name) path = j->name;
     else if (j->req.items[i].path) path = j->req.items[i].path; /* stdin: the file (a video: its first frame) */
-    const char *kind = j->req.kind == SERVE_VIDEO ? "frames" : "image";
+    const char *kind = j->req.kind == SERVE_VIDEO ? "frames" : j->unread[i] ? NULL : "image"; /* as the CLI's rows */
+    const char *warning = j->req.kind != SERVE_VIDEO && j->warn[i][0] ? j->warn[i] : NULL;
     if (j->ask) { /* an answer: the row of qalign --ask --json */
         const qalign_answer *a = &j->ans[i];
         qalign_result none = {0};
@@ -395,15 +403,17 @@ static char *job_row(Server *s, const Job *j, int i) {
         return results_format_row(RESULTS_JSONL, &row);
     }
     ResultRow row = row_from_result(&st, path, kind, r, r->status == QALIGN_OK ? NULL : r->error);
+    row.warning = warning;
     return results_format_row(RESULTS_JSONL, &row);
 }
 
 /* ---- the worker ---------------------------------------------------------------------------- */
 
 /* Read a regular file (stdio requests) of at most max bytes and decode it. */
-static int load_file(const char *path, int64_t max, const ImageLimits *lim, Image *img, char *err, size_t errlen) {
+static int load_file(const char *path, int64_t max, const ImageLimits *lim, Image *img, char *warn, size_t warnlen,
+                     char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the worker */
-    if (fd < 0) return fail(err, errlen, "cannot open: %s", strerror(errno));
+    if (fd < 0) return fail(err, errlen, "%s", strerror(errno)); /* (the CLI's words: sniff_path) */
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
@@ -426,23 +436,35 @@ static int load_file(const char *path, int64_t max, const ImageLimits *lim, Imag
         got += (size_t)r;
     }
     close(fd);
-    int rc = image_decode_max(buf, got, lim, img, NULL, 0, err, errlen);
+    int rc = image_decode_max(buf, got, lim, img, warn, warnlen, err, errlen);
     free(buf);
     return rc;
 }
 
 /* Decode one image of job j (the worker): within --max-pixels and what is left of the
  * request's --max-request-pixels, both checked from the header before decoding. */
-static int load_source(Server *s, Job *j, const ServeSource *src, Image *img, char *err, size_t errlen) {
+static int load_source(Server *s, Job *j, const ServeSource *src, Image *img, int index, char *err, size_t errlen) {
     double t0 = now_seconds();
+    char *warn = index >= 0 ? j->warn[index] : NULL;
+    size_t warnlen = index >= 0 ? sizeof j->warn[index] : 0;
     ImageLimits lim = {(size_t)s->o.max_pixels, "--max-pixels", (size_t)(j->pixels_left > 0 ? j->pixels_left : 0),
                        "what is left of the request's --max-request-pixels"};
     int rc = -1;
     if (j->pixels_left <= 0) fail(err, errlen, "the request's images used up its --max-request-pixels (%lld) before this one",
                                   (long long)s->o.max_request_pixels);
-    else if (src->path) rc = load_file(src->path, s->o.max_body, &lim, img, err, errlen);
-    else rc = image_decode_max(src->data, src->len, &lim, img, NULL, 0, err, errlen);
+    else if (src->path) rc = load_file(src->path, s->o.max_body, &lim, img, warn, warnlen, err, errlen);
+    else rc = image_decode_max(src->data, src->len, &lim, img, warn, warnlen, err, errlen);
     if (rc == 0) j->pixels_left -= (int64_t)img->w * img->h;
+    else if (index >= 0 && j->pixels_left > 0) { /* no image at all: the row says what the CLI's says */
+        const char *format;
+        char why[256];
+        ItemKind k = src->path ? sniff_path(src->path, &format, why, sizeof why)
+                               : sniff_bytes((const uint8_t *)src->data, src->len, &format, why, sizeof why);
+        if (k == ITEM_ERROR) {
+            j->unread[index] = 1;
+            fail(err, errlen, "%s", why);
+        }
+    }
     pthread_mutex_lock(&s->mu);
     s->decode_seconds += now_seconds() - t0;
     pthread_mutex_unlock(&s->mu);
@@ -463,7 +485,7 @@ static int add_unit(Server *s, qalign_ctx *ctx, Unit *u) {
     Job *j = u->job;
     char err[QALIGN_ERR_LEN];
     Image img;
-    if (load_source(s, j, &j->req.items[u->index], &img, err, sizeof err) != 0) {
+    if (load_source(s, j, &j->req.items[u->index], &img, u->index, err, sizeof err) != 0) {
         set_error(&j->res[u->index], QALIGN_ERR_INPUT, err);
         return -1;
     }
@@ -489,7 +511,7 @@ static void score_video(Server *s, qalign_ctx *ctx, Job *j) {
     for (int f = 0; f < n; f++) {
         Image img;
         const ServeSource *src = &j->req.items[f];
-        st = load_source(s, j, src, &img, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
+        st = load_source(s, j, src, &img, -1, err, sizeof err) ? QALIGN_ERR_INPUT : QALIGN_OK;
         if (st == QALIGN_OK) {
             qalign_image qi = {img.rgb, img.w, img.h};
             st = qalign_video_frame(ctx, &qi, err, sizeof err);
@@ -573,7 +595,7 @@ static void ask_units(Server *s, qalign_ctx *ctx, Unit **batch, int nb) {
     char err[QALIGN_ERR_LEN];
     for (int b = 0; b < nb; b++) {
         Job *j = batch[b]->job;
-        if (load_source(s, j, &j->req.items[batch[b]->index], &img[k], err, sizeof err) != 0) {
+        if (load_source(s, j, &j->req.items[batch[b]->index], &img[k], batch[b]->index, err, sizeof err) != 0) {
             set_answer_error(&j->ans[batch[b]->index], QALIGN_ERR_INPUT, err);
             continue;
         }
@@ -613,7 +635,7 @@ static void ask_video(Server *s, qalign_ctx *ctx, Job *j) {
     }
     for (; loaded < n; loaded++) {
         const ServeSource *src = &j->req.items[loaded];
-        if (load_source(s, j, src, &img[loaded], err, sizeof err) != 0) {
+        if (load_source(s, j, src, &img[loaded], -1, err, sizeof err) != 0) {
             if (src->path) snprintf(msg, sizeof msg, "frame %.80s: %s", src->path, err);
             else snprintf(msg, sizeof msg, "frame %d: %s", loaded, err);
             set_answer_error(&j->ans[0], QALIGN_ERR_INPUT, msg);

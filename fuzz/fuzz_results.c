@@ -1,5 +1,5 @@
 /* fuzz_results.c - libFuzzer harness for the result-file reader that --resume relies on
- * (app.c: results_parse for CSV and JSONL, the RowSet and its lookups) and for the writer.
+ * (results.c: results_parse for CSV and JSONL, the RowSet and its lookups) and for the writer.
  *
  *   make fuzz            (builds build/fuzz_results, runs it on build/corpus/fuzz_results:
  *                         CSV and JSONL files that tests/test_fuzz.py makes with qalign)
@@ -52,7 +52,7 @@ static void roundtrip(const ResultRow *r) {
             (r->setup.model && (b->setup.pad != r->setup.pad || b->setup.precise != r->setup.precise)) ||
             b->max_frames != r->max_frames)
             BROKEN("a written row reads back with another path, task, kind, frames, error or setup");
-        if (!(r->error && r->error[0]) && has_score(r) && !(fabs(b->score - r->score) <= 1e-6 && fabs(b->std - r->std) <= 1e-6))
+        if (!(r->error && r->error[0]) && has_score(r) && !(fabs(b->score - r->score) <= 1e-6 && (isnan(r->std) ? isnan(b->std) : fabs(b->std - r->std) <= 1e-6)))
             BROKEN("a written row reads back with another score or std");
         if (!rowset_find(s, r->path, r->question ? NULL : r->task) || rowset_find_like(s, b) != (b->setup.model ? b : NULL)) BROKEN("a row read back is not found by its path or its setup");
         rowset_free(s);
@@ -76,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (size_t i = 0; i < rowset_count(s); i++) {
                 const ResultRow *r = rowset_row(s, i);
                 if (!r->path || !r->path[0]) BROKEN("a row without a path");
-                if (!(r->error && r->error[0]) && has_score(r) && !(isfinite(r->score) && isfinite(r->std))) BROKEN("a row read as a success has a score that is not finite");
+                if (!(r->error && r->error[0]) && has_score(r) && !(isfinite(r->score) && !isinf(r->std))) BROKEN("a row read as a success has a score that is not finite (std: NaN = no spread)");
                 const ResultRow *last = rowset_find(s, r->path, r->question ? NULL : r->task);
                 if (!last || !same(last->path, r->path)) BROKEN("a row is not found by its path");
                 roundtrip(r);

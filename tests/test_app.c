@@ -1,5 +1,5 @@
-/* test_app.c - driver for tests/test_app.py: calls app.c directly (built by the Makefile
- * rule build/%: with -DTESTING, linked with app.c, image*.c and tokenizer.c).
+/* test_app.c - driver for tests/test_app.py: calls the batch side (app.h) directly (built by the Makefile
+ * rule build/%: with -DTESTING, linked with the batch side, image*.c and tokenizer.c).
  *
  *   test_app indices COUNT NUM DEN [MAX]     n, then the indices (one line), then the
  *                                            --max-frames subsample if MAX

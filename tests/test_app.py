@@ -1,4 +1,4 @@
-"""app.c: inputs, video frames through ffmpeg, result files and resume, evaluation, the HTML
+"""The batch side (app.h: inputs.c, video.c, results.c, evaluate.c, report.c, progress.c, sink.c): inputs, video frames through ffmpeg, result files and resume, evaluation, the HTML
 gallery and the progress line - driven through tests/test_app.c (build/test_app).
 
 What is checked, and against what:
@@ -571,7 +571,7 @@ def test_results_roundtrip(app, tmp_path, fmt):
                 assert obj["score"] is None and obj["error"] == e
             else:
                 assert abs(obj["score"] - s) < 1e-6 and obj["error"] is None
-    # and back through app.c's own reader
+    # and back through results.c's own reader
     r = drv(app, "read", fmt, out)
     got = [l.split(" ") for l in r.stdout.strip().split("\n")]
     assert got[-1] == ["torn=0", "bad=0"]

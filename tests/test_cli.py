@@ -1,6 +1,6 @@
 """The command line end to end: ./qalign on the tiny reference model (exported in f32).
 
-app.c's machinery has its own unit tests (tests/test_app.py); these go through the real
+The batch side's machinery (app.h) has its own unit tests (tests/test_app.py); these go through the real
 binary and model (cli.c on qalign.h), and check results against tests/torch_ref.py (the
 independent PyTorch oracle) wherever a number can be checked:
 
@@ -537,8 +537,8 @@ def test_levels_and_scale(qalign_bin, model, oracle, tiny_ref):
 
 def test_levels_in_result_files(qalign_bin, model, tiny_ref, workdir):
     """p_excellent..p_bad hold each word's probability, whatever the --levels order (empty for a
-    word the levels do not have); words without a column are refused for result files (not
-    written under another word's name)."""
+    word the levels do not have); levels with another word get their own words' columns, and
+    a file's columns are never written under another word's name."""
     img = tiny_ref / "inputs" / "photo.jpg"
     default, rev, two = (workdir / f"cli_lvcsv_{n}.csv" for n in ("default", "rev", "two"))
     assert qa(qalign_bin, model, "--csv", default, img).returncode == 0
@@ -551,7 +551,16 @@ def test_levels_in_result_files(qalign_bin, model, tiny_ref, workdir):
     assert t["scale"] == "0-1" and abs(float(t["score"]) - out["score"]) <= 1e-6
     assert (float(t["p_poor"]), float(t["p_good"])) == pytest.approx(tuple(probs(out)), abs=1e-6)
     assert t["p_excellent"] == t["p_fair"] == t["p_bad"] == t["logit_bad"] == ""     # words the levels do not have
-    r = qa(qalign_bin, model, "--csv", workdir / "cli_lvcsv_bad.csv", "--levels", "good=1,average=0.5,poor=0", img)
+    # a word outside the five: the CSV's columns are the levels' own words (the --json line's values),
+    # and a file with other columns is refused; --report draws bars for the five words only
+    other = workdir / "cli_lvcsv_other.csv"
+    out = jsonl(qa(qalign_bin, model, "--json", "--csv", other, "--levels", "good=1,average=0.5,poor=0", img).stdout)[0]
+    (o,) = read_csv(other)
+    assert list(o)[7:13] == ["p_good", "p_average", "p_poor", "logit_good", "logit_average", "logit_poor"], list(o)
+    assert [float(o[f"p_{w}"]) for w in ("good", "average", "poor")] == pytest.approx(probs(out), abs=1e-6)
+    r = qa(qalign_bin, model, "--csv", other, img)
+    assert r.returncode == 1 and "level columns" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = qa(qalign_bin, model, "--report", workdir / "cli_lvcsv_bad.html", "--levels", "good=1,average=0.5,poor=0", img)
     assert r.returncode == 1 and "'average'" in r.stderr and r.stdout == ""
     for bad, needle in (("good", "word=weight"), ("good=1", "at least two"), ("good=x,bad=1", "not a number"),
                         ("good=1,=2", "word=weight")):

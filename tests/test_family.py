@@ -15,6 +15,7 @@ independent PyTorch oracle (tests/torch_ref.py) and the original scorers' prompt
     std for every preset, --compare (figures recomputed here), the presets in --help and
     the README, the errors, and export.py's layout checks.
 """
+import csv
 import json
 import os
 import re
@@ -501,3 +502,52 @@ def test_make_test_real_says_how_to_enable_it(model, workdir):
     # a file that is not a one-align export is refused, not scored against one-align's values
     r = run([PYTHON, "-m", "pytest", "-q", ROOT / "tests" / "real_weights.py"], env=dict(env, QALIGN_REAL_MODEL=str(model)))
     assert r.returncode == 1 and "not a one-align export" in r.stdout, r.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------
+# every preset writes --csv / --jsonl and resumes them (one row schema, level columns from the levels)
+
+@pytest.mark.parametrize("preset,extra", [("q-instruct", []), ("q-instruct-boost", []), ("compare2score", ["--anchors"]),
+                                          ("one-align", ["--levels", "high=3,middling=2,low=1"])],
+                         ids=["q-instruct", "q-instruct-boost", "compare2score", "custom-levels"])
+def test_preset_result_files_and_resume(preset, extra, model, anchors, images, workdir):
+    extra = ["--anchors", anchors] if extra == ["--anchors"] else extra
+    words = ["high", "middling", "low"] if "--levels" in extra else PRESETS[preset][1][:3] if preset == "q-instruct-boost" \
+        else PRESETS[preset][1]
+    csv_path, jsonl_path = workdir / f"family_files_{preset}.csv", workdir / f"family_files_{preset}.jsonl"
+    args = [model, "--preset", preset, *extra, "--csv", csv_path, "--jsonl", jsonl_path]
+    r = qa(*args, "--json", *images[:2])
+    assert r.returncode == 0, r.stderr
+    printed = {x["path"]: x for x in jsonl(r.stdout)}
+    # the CSV: the level columns are the preset's words (the test's table), the values the --json line's
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(csv_path, newline="") as f:
+        header = next(csv.reader(f))
+    assert header[7:7 + 2 * len(words)] == [f"p_{w}" for w in words] + [f"logit_{w}" for w in words], header
+    assert header[:7] == ["path", "task", "kind", "frames", "score", "std", "scale"]
+    assert header[7 + 2 * len(words):] == ["error", "model", "prompt", "levels", "pad", "precise", "max_frames"]
+    assert len(rows) == 2
+    for row in rows:
+        want = printed[row["path"]]
+        assert row["score"] == f"{want['score']:.6f}"
+        for w in words:
+            assert row[f"p_{w}"] == f"{want[f'p_{w}']:.6f}" and row[f"logit_{w}"] == f"{want[f'logit_{w}']:.6f}"
+    # the JSONL: the --json lines themselves
+    assert [json.loads(x) for x in jsonl_path.read_text().splitlines()] == list(printed.values())
+    # --resume: both files' rows are reused, nothing is scored or written again
+    before = csv_path.read_bytes(), jsonl_path.read_bytes()
+    r2 = qa(*args, "--resume", *images[:2])
+    assert r2.returncode == 0 and "2 of 2 inputs done before" in r2.stderr, r2.stderr
+    assert (csv_path.read_bytes(), jsonl_path.read_bytes()) == before
+    # a third image: appended under the same columns
+    r3 = qa(*args, "--resume", *images[:3])
+    assert r3.returncode == 0 and "2 of 3 inputs done before" in r3.stderr, r3.stderr
+    with open(csv_path, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    # another run's words cannot go into these columns
+    if preset != "one-align":
+        r4 = qa(model, "--csv", csv_path, images[2])
+        assert r4.returncode != 0 and "level columns" in r4.stderr and len(r4.stderr.strip().splitlines()) == 1, r4.stderr
+    report(f"family: --preset {preset}{' --levels' if '--levels' in extra else ''}: --csv/--jsonl with p_/logit_ columns "
+           f"{' '.join(words)}, --resume reuses both")

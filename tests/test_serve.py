@@ -753,12 +753,40 @@ def test_stdio(qalign_bin, model, files, expected):
     nulls = by_id["null"]
     assert [strip(x) for x in nulls if "path" in x] == [expected["aesthetic", "1-5"][good[0]]]
     assert sorted(x["error"].split(" ")[0] for x in nulls if "path" not in x) == ["a", "bad"]   # long line, bad JSON
-    assert "cannot open" in by_id["3.5"][0]["error"] and by_id["3.5"][0]["score"] is None
+    assert by_id["3.5"][0]["error"] == "No such file or directory" and by_id["3.5"][0]["kind"] is None   # the CLI's words
     assert strip(by_id['"bad"'][0]) == expected["quality", "1-5"][files.decodable_bad[0]]
-    assert by_id['"fifo"'][0]["error"] == "not a regular file"
+    assert by_id['"fifo"'][0]["error"] == "not a regular file" and by_id['"fifo"'][0]["kind"] is None
     assert "task must be" in by_id['"t"'][0]["error"] and "unknown key 'url'" in by_id['"k"'][0]["error"]
     report(f"serve: --stdio: {len(reqs) + 2} requests (paths, base64, frames, bad lines) answered once each, "
            f"rows = the CLI's")
+
+
+def test_stdio_rows_of_unreadable_inputs_are_the_clis(qalign_bin, model, files, workdir):
+    """A missing file, a file that is no image, a directory and a JPEG decoded with a warning:
+    the --stdio row is byte for byte the row `qalign --json` prints for the same path (kind null
+    and the CLI's words for an input that is no image; "warning" for corrupt JPEG data, the text
+    of the CLI's warning line)."""
+    d = workdir / "stdio_unreadable"
+    d.mkdir(exist_ok=True)
+    (d / "notes.txt").write_text("certainly not an image\n")
+    jpg = next(p for p in files.good if open(p, "rb").read(2) == b"\xff\xd8")
+    data = bytearray(open(jpg, "rb").read())
+    at = data.rfind(b"\xff\xda") + 300
+    data[at:at + 4] = b"\xff\xd0\xff\xd0"        # restart markers where none belong: corrupt data, decodable
+    (d / "warned.jpg").write_bytes(bytes(data))
+    paths = [str(d / "missing.png"), str(d / "notes.txt"), str(d / "warned.jpg")]
+    for p in paths:
+        cli = run([qalign_bin, "--json", model, p], env=ENV)
+        srv = run([qalign_bin, "--stdio", model], input=json.dumps({"path": p}) + "\n", env=ENV, timeout=120)
+        assert srv.returncode == 0, srv.stderr
+        assert srv.stdout.replace('{"id": null, ', "{", 1) == cli.stdout, (p, srv.stdout, cli.stdout)   # but its id
+        row = json.loads(cli.stdout)
+        if p.endswith("warned.jpg"):
+            assert row["error"] is None and f"qalign: warning: {p}: {row['warning']}" in cli.stderr, (row, cli.stderr)
+        else:
+            assert row["kind"] is None and "warning" not in row and row["error"] in (
+                "No such file or directory", "not an image or video qalign can read (unknown format)"), row
+    report("serve: --stdio rows of a missing file, a text file and a JPEG decoded with a warning = the CLI's rows")
 
 
 # ---------------------------------------------------------------------------------------
@@ -780,7 +808,7 @@ def test_python_client(qalign_bin, model, files, expected, monkeypatch):
                 assert rows == [want, anonymous, anonymous, anonymous], rows
                 other = q.score([files.good[2]], task="aesthetics", scale="0-1")
                 assert other == [expected["aesthetics", "0-1"][files.good[2]]]
-                with pytest.raises(client.QAlignError, match="unrecognised image format"):
+                with pytest.raises(client.QAlignError, match=r"not an image or video qalign can read \(unknown format\)"):
                     q.score([path, b"certainly not an image"])
                 with pytest.raises(client.QAlignError, match=r"JPEG: "):
                     q.score([files.decodable_bad[0]])
