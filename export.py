@@ -1608,7 +1608,7 @@ def qwen_write_model(out, cfg, wtype, get, tok=None, log=print, synthetic=None):
 
 
 # Full-size configurations of Q-ReAlign's backbones (Qwen3.5-0.8B / 4B / 9B), for random
-# models of the real shapes: numbers from /work/notes/qwen_configs.md (the qwen-img helper's
+# models of the real shapes: numbers from docs/qwen35-configs.md (a
 # survey of the released config.json files, two independent sources each).
 QWEN_SYNTHETIC = {
     "q-realign-mini": dict(hidden=1024, mlp=3584, layers=24, heads=8, kv=2, gk=16, gv=16, vdepth=12, vdim=768,

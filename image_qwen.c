@@ -1,6 +1,6 @@
 /* image_qwen.c - the Qwen3.5 (Q-ReAlign) image processor: smart_resize, the two bicubic
  * resamplers the official paths use, rescale + normalise, and the patchify into vision rows.
- * See image_qwen.h for the API and the two pixel paths; /work/notes/qwen_prompts.md for the
+ * See image_qwen.h for the API and the two pixel paths; docs/qwen35-prompts.md for the
  * sources and the evidence.
  *
  * Contents (top-down):

@@ -11,7 +11,7 @@
  *      the patches of each 2 x 2 merge block consecutive, a still image repeated over the
  *      temporal pair; grid (t, h, w) = (1, oh / 16, ow / 16).
  *
- * Two official paths differ in steps 1-2 (see /work/notes/qwen_prompts.md, section 3):
+ * Two official paths differ in steps 1-2 (see docs/qwen35-prompts.md, section 3):
  *   QWEN_PATH_HF     transformers 5 AutoProcessor (README Quick Run, pyiqa `qrealign`):
  *                    transformers' smart_resize with min/max from preprocessor_config, then
  *                    torchvision's resize of a uint8 tensor (BICUBIC, antialias=True), which on
