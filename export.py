@@ -1259,6 +1259,12 @@ def write_model(out, cfg, wtype, tok_path, source, log=print):
     for i, (key, typ) in enumerate(HEADER_FIELDS):
         struct.pack_into("<f" if typ == "f" else "<I", header, 4 * i, vals[key])
 
+    return _write_out(out, header, table, tok_tensors, plan, source, total, log)
+
+
+def _write_out(out, header, table, tok_tensors, plan, source, total, log):
+    """Write the model file as OUT.partial, then rename it to OUT: an interrupted export
+    leaves no OUT behind. Returns the file's size."""
     tmp = out + ".partial"
     try:
         total = _write_file(tmp, header, table, tok_tensors, plan, source, total, log)
@@ -1590,21 +1596,7 @@ def qwen_write_model(out, cfg, wtype, get, tok=None, log=print, synthetic=None):
     source = lambda name, src, shape, part: qwen_fetch(get, name, shape, *src)  # noqa: E731
     if synthetic:
         source = lambda name, src, shape, part: synthetic(name, shape)  # noqa: E731
-    tmp = out + ".partial"
-    try:
-        total = _write_file(tmp, header, table, tok_tensors, wplan, source, offset, log)
-        os.replace(tmp, out)
-    except OSError as e:
-        if e.filename and e.filename != tmp:
-            raise
-        die(f"cannot write {out}: {e.strerror or e}")
-    finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-    return total
+    return _write_out(out, header, table, tok_tensors, wplan, source, offset, log)
 
 
 # Full-size configurations of Q-ReAlign's backbones (Qwen3.5-0.8B / 4B / 9B), for random
