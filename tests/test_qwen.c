@@ -61,7 +61,7 @@ int main(int argc, char **argv) {
     }
     out_dir = argv[3];
     char err[QALIGN_ERR_LEN];
-    qalign_open_options oo = {0, 1};
+    qalign_open_options oo = {.no_prefetch = 1};
     qalign_model *m;
     if (qalign_open(argv[1], &oo, &m, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
