@@ -888,7 +888,7 @@ def test_two_servers_behind_nginx(qalign_bin, model, files, expected, workdir):
                     st, _, data = request(port, "POST", f"/score?name={quote(good)}", open(good, "rb").read())
                     assert st == 200 and json.loads(data) == expected["quality", "1-5"][good], data
             st, _, data = request(port, "POST", "/score", b"nonsense")
-            assert st == 400 and "unrecognised" in json.loads(data)["error"]
+            assert st == 400 and "not an image" in json.loads(data)["error"]  # the CLI's words (issue 22)
             served = [metrics(x.port).get('qalign_requests_total{code="200"}', 0) for x in (a, b)]
         finally:
             ng.send_signal(signal.SIGQUIT)
