@@ -561,6 +561,20 @@ static Unit *take_image(Server *s, int task) {
     return NULL;
 }
 
+/* A batch waits for company: sleep until more work arrives or the deadline passes (mu held).
+ * 0 when it should stop waiting (stopping, or the deadline passed). */
+static int wait_for_company(Server *s, double deadline) {
+    double wait = deadline - now_seconds();
+    if (s->stop_worker || wait <= 0) return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)wait;
+    ts.tv_nsec += (long)((wait - floor(wait)) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
+    return 1;
+}
+
 /* The first queued question about one image (of task) after the head, taken off the queue (mu held). */
 static Unit *take_ask(Server *s, int task) {
     Unit *prev = NULL;
@@ -703,15 +717,7 @@ static void *worker_main(void *arg) {
                     if (nb == cap) break;
                     continue;
                 }
-                if (nb == 0 || s->stop_worker || now_seconds() >= deadline) break;
-                struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                double wait = deadline - now_seconds();
-                if (wait <= 0) break;
-                ts.tv_sec += (time_t)wait;
-                ts.tv_nsec += (long)((wait - floor(wait)) * 1e9);
-                if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-                pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
+                if (nb == 0 || !wait_for_company(s, deadline)) break;
             }
             pthread_mutex_unlock(&s->mu);
             ask_units(s, ctx, batch, nb);
@@ -738,15 +744,7 @@ static void *worker_main(void *arg) {
                     if (nb == cap) break;
                     continue;
                 }
-                if (nb == 0 || s->stop_worker || now_seconds() >= deadline) break;
-                struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                double wait = deadline - now_seconds();
-                if (wait <= 0) break;
-                ts.tv_sec += (time_t)wait;
-                ts.tv_nsec += (long)((wait - floor(wait)) * 1e9);
-                if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-                pthread_cond_timedwait(&s->work_cv, &s->mu, &ts);
+                if (nb == 0 || !wait_for_company(s, deadline)) break;
             }
             if (nb) {
                 qalign_result res[QALIGN_MAX_BATCH];

@@ -1,7 +1,10 @@
 """The dataset the cluster tests (test_slurm.py, test_dask.py) score: ~200 JPEGs large enough
 that decoding them makes a run last a few seconds on the tiny model (so that a task or a
 worker can be killed in the middle of it), plus inputs that cannot be scored."""
+import signal
+
 import numpy as np
+import pytest
 from PIL import Image
 
 # name -> bytes of inputs that fail, each in its own way
@@ -45,3 +48,21 @@ def shared_dataset(tmp_path_factory):
         d = tmp_path_factory.mktemp("cluster_data")
         _MADE["data"] = d, make_dataset(d)
     return _MADE["data"]
+
+
+LIMIT = 170   # seconds per test
+
+
+@pytest.fixture(autouse=True)
+def time_limit(request):
+    """Autouse in the modules that import it: each test ends within LIMIT seconds, whatever
+    hangs (its fixtures' cleanup runs)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"{request.module.__name__}: over {LIMIT} s")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(LIMIT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -20,28 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster_inputs import shared_dataset
+from cluster_inputs import shared_dataset, time_limit  # noqa: F401 (autouse: each test ends within 170 s)
 from conftest import PYTHON, ROOT, report, run
 
 sys.path.insert(0, str(ROOT / "python"))
 
 EXPORT = ROOT / "export.py"
 QA_ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-LIMIT = 170   # seconds per test
-
-
-@pytest.fixture(autouse=True)
-def time_limit():
-    """Each test here ends within 170 seconds, whatever hangs (its fixtures' cleanup runs)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"{__name__}: over {LIMIT} s")
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(LIMIT)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def qalign_procs(model):

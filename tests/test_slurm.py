@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_inputs import shared_dataset
+from cluster_inputs import shared_dataset, time_limit  # noqa: F401 (autouse: each test ends within 170 s)
 from conftest import PYTHON, ROOT, report, run
 
 EXPORT = ROOT / "export.py"
@@ -33,21 +33,6 @@ SBATCH_SCRIPT = ROOT / "examples" / "slurm" / "score_array.sbatch"
 MERGE = ROOT / "examples" / "slurm" / "merge.py"
 SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 QA_ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-LIMIT = 170   # seconds per test
-
-
-@pytest.fixture(autouse=True)
-def time_limit():
-    """Each test here ends within 170 seconds, whatever hangs (its fixtures' cleanup runs)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"{__name__}: over {LIMIT} s")
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(LIMIT)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def tool(name):
