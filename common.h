@@ -86,4 +86,19 @@ COMMON_HELPER COMMON_PRINTF(2, 3) static void buf_printf(Buf *b, const char *fmt
 }
 COMMON_HELPER static void buf_free(Buf *b) { free(b->p); b->p = NULL; b->n = b->cap = 0; b->oom = 0; }
 
+/* The words of a list as a sentence, "a, b or c" (for messages; cut at len). The k-th word
+ * is *(const char *const *)((const char *)first + k * stride): a list of strings (stride
+ * sizeof(char *)) or the name fields of a table of structs. */
+COMMON_HELPER static const char *words_or(char *out, size_t len, const void *first, size_t stride, int n) {
+    size_t u = 0;
+    out[0] = 0;
+    for (int k = 0; k < n && u < len; k++) {
+        const char *w = *(const char *const *)((const char *)first + (size_t)k * stride);
+        int m = snprintf(out + u, len - u, "%s%s", k == 0 ? "" : k == n - 1 ? " or " : ", ", w);
+        if (m < 0) break;
+        u += (size_t)m;
+    }
+    return out;
+}
+
 #endif

@@ -1781,6 +1781,26 @@ const qalign_named_prompt *qalign_prompts(int *n) {
     return PROMPTS;
 }
 
+static const char *const TASKS[] = {"quality", "aesthetics", "aesthetic"};
+static const qalign_scale SCALES[] = {{"1-5", 1, 5}, {"0-1", 0, 1}, {"0-100", 0, 100}};
+
+const char *const *qalign_tasks(int *n) {
+    if (n) *n = (int)(sizeof TASKS / sizeof TASKS[0]);
+    return TASKS;
+}
+
+const qalign_scale *qalign_scales(int *n) {
+    if (n) *n = (int)(sizeof SCALES / sizeof SCALES[0]);
+    return SCALES;
+}
+
+/* task is one of TASKS */
+static int task_known(const char *task) {
+    for (size_t i = 0; i < sizeof TASKS / sizeof TASKS[0]; i++)
+        if (!strcmp(task, TASKS[i])) return 1;
+    return 0;
+}
+
 /* A prompt option: a template (it has "<|image|>"), or the name of one. NULL if unknown. */
 static const char *prompt_text(const char *prompt) {
     if (strstr(prompt, "<|image|>")) return prompt;
@@ -2900,7 +2920,7 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
         return fail_with(err, errlen, QALIGN_ERR_ARG, "preset: unknown '%s' (one of %s)", o.preset, names);
     }
     const char *task = o.task ? o.task : "quality";
-    if (strcmp(task, "quality") && strcmp(task, "aesthetics") && strcmp(task, "aesthetic"))
+    if (!task_known(task))
         return fail_with(err, errlen, QALIGN_ERR_ARG, "task must be quality, aesthetics or aesthetic, got '%s'", task);
     if (m->qwen && !m->qwen->bpe)
         return fail_with(err, errlen, QALIGN_ERR_FORMAT, "this Qwen3.5 model file has no tokenizer (its checkpoint had no "

@@ -219,6 +219,17 @@ typedef struct {
 } qalign_named_prompt;
 const qalign_named_prompt *qalign_prompts(int *n);
 
+/* The words a task may be (qalign_ctx_options.task): "quality", "aesthetics", "aesthetic"
+ * (pyiqa's wording of the aesthetics prompt), in that order; n (may be NULL) gets their number. */
+const char *const *qalign_tasks(int *n);
+/* The ranges a score may be mapped onto linearly from the levels' weight range (qalign's
+ * --scale): "1-5", "0-1", "0-100"; n (may be NULL) gets their number. */
+typedef struct {
+    const char *name;
+    double lo, hi;
+} qalign_scale;
+const qalign_scale *qalign_scales(int *n);
+
 /* Make a context (o may be NULL: defaults). Checks the options (task, prompt, levels) and
  * allocates the buffers for a batch of images; a longer video grows them when it comes. */
 int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *o, qalign_ctx **out, char *err, size_t errlen);

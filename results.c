@@ -374,7 +374,8 @@ char *results_format_row(ResultsFormat fmt, const ResultRow *row) {
 
 int row_style_init(RowStyle *s, const char *task, const char *scale, int n_levels, const char *const *words, float lo,
                    float hi) {
-    static const struct { const char *name; double lo, hi; } scales[] = {{"1-5", 1, 5}, {"0-1", 0, 1}, {"0-100", 0, 100}};
+    int n_scales;
+    const qalign_scale *scales = qalign_scales(&n_scales);
     memset(s, 0, sizeof *s);
     s->task = task;
     s->lo = lo;
@@ -383,7 +384,7 @@ int row_style_init(RowStyle *s, const char *task, const char *scale, int n_level
     for (int i = 0; i < s->n_levels; i++) s->words[i] = words[i];
     snprintf(s->scale, sizeof s->scale, "%g-%g", lo, hi);
     if (!scale) return 0;
-    for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++)
+    for (int k = 0; k < n_scales; k++)
         if (!strcmp(scale, scales[k].name)) {
             s->mapped = hi > lo;
             s->to_lo = scales[k].lo;

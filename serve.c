@@ -164,8 +164,8 @@ int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_
 
 /* ---- the server's state ---------------------------------------------------------------- */
 
-enum { TASK_QUALITY, TASK_AESTHETICS, TASK_AESTHETIC, N_TASKS };
-static const char *const TASK_NAMES[N_TASKS] = {"quality", "aesthetics", "aesthetic"};
+#define N_TASKS 3      /* qalign_tasks()'s number (serve_run checks it); a context each */
+#define TASK_NAME(k) (qalign_tasks(NULL)[k])
 
 typedef struct Job Job;
 
@@ -285,8 +285,22 @@ static void set_error(qalign_result *r, int status, const char *msg) {
 
 static int find_task(const char *t) {
     for (int k = 0; k < N_TASKS; k++)
-        if (!strcmp(t, TASK_NAMES[k])) return k;
+        if (!strcmp(t, TASK_NAME(k))) return k;
     return -1;
+}
+
+/* "task must be quality, aesthetics or aesthetic" */
+static int fail_task(char *err, size_t errlen) {
+    char w[128];
+    return fail(err, errlen, "task must be %s", words_or(w, sizeof w, qalign_tasks(NULL), sizeof(char *), N_TASKS));
+}
+
+/* "scale must be 1-5, 0-1 or 0-100" */
+static int fail_scale(char *err, size_t errlen) {
+    int n;
+    const qalign_scale *sc = qalign_scales(&n);
+    char w[128];
+    return fail(err, errlen, "scale must be %s", words_or(w, sizeof w, &sc[0].name, sizeof sc[0], n));
 }
 
 /* Queue every unit of job j (mu held). */
@@ -309,16 +323,17 @@ static void enqueue(Server *s, Job *j) {
 /* A job ready to queue from a parsed request: results, units; task and scale checked. */
 /* The name of a scale a request may ask for (a static string), or NULL. */
 static const char *find_scale(const char *v) {
-    static const char *const names[] = {"1-5", "0-1", "0-100"};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-        if (!strcmp(v, names[k])) return names[k];
+    int n;
+    const qalign_scale *sc = qalign_scales(&n);
+    for (int k = 0; k < n; k++)
+        if (!strcmp(v, sc[k].name)) return sc[k].name;
     return NULL;
 }
 
 static Job *job_new(Server *s, const char *task, const char *scale, char *err, size_t errlen) {
     int t = task ? find_task(task) : s->default_task;
-    if (t < 0) return fail(err, errlen, "task must be quality, aesthetics or aesthetic"), NULL;
-    if (scale && !find_scale(scale)) return fail(err, errlen, "scale must be 1-5, 0-1 or 0-100"), NULL;
+    if (t < 0) return fail_task(err, errlen), NULL;
+    if (scale && !find_scale(scale)) return fail_scale(err, errlen), NULL;
     Job *j = calloc(1, sizeof *j);
     if (!j) return fail(err, errlen, "out of memory"), NULL;
     j->task = t;
@@ -382,7 +397,7 @@ static int job_question(Server *s, Job *j, const char *question, const char *con
 /* The row of result i of job j, as `qalign --json` prints it (with its '\n'); malloc'ed. */
 static char *job_row(Server *s, const Job *j, int i) {
     RowStyle st;
-    row_style_init(&st, TASK_NAMES[j->task], j->scale, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
+    row_style_init(&st, TASK_NAME(j->task), j->scale, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
     st.setup = s->levels.setup; /* the same in every context: model, prompt template, levels, pad, precise */
     const qalign_result *r = &j->res[i];
     const char *path = NULL;
@@ -474,7 +489,7 @@ static int load_source(Server *s, Job *j, const ServeSource *src, Image *img, in
 static qalign_ctx *task_ctx(Server *s, int task, char *err, size_t errlen) {
     if (!s->ctx[task]) {
         qalign_ctx_options co = s->co;
-        co.task = TASK_NAMES[task];
+        co.task = TASK_NAME(task);
         if (qalign_ctx_new(s->m, &co, &s->ctx[task], err, errlen) != QALIGN_OK) s->ctx[task] = NULL;
     }
     return s->ctx[task];
@@ -1119,9 +1134,9 @@ static int http_score(Conn *c, const HttpRequest *rq, size_t hl, int keep, doubl
             rc = fail(err, sizeof err, "name is given in the query string and %s in the JSON body",
                       j->req.n_names == 1 ? "another one" : "names");
         if (rc == 0 && j->req.task && (j->task = find_task(j->req.task)) < 0)
-            rc = fail(err, sizeof err, "task must be quality, aesthetics or aesthetic");
+            rc = fail_task(err, sizeof err);
         if (rc == 0 && j->req.scale) {
-            if (!find_scale(j->req.scale)) rc = fail(err, sizeof err, "scale must be 1-5, 0-1 or 0-100");
+            if (!find_scale(j->req.scale)) rc = fail_scale(err, sizeof err);
             else j->scale = find_scale(j->req.scale);
         }
     } else { /* the body is one image */
@@ -1641,7 +1656,10 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     s->co = *co;
     s->default_scale = scale;
     s->default_task = find_task(co->task ? co->task : "quality");
-    if (s->default_task < 0) return fail(err, errlen, "--task must be quality, aesthetics or aesthetic");
+    int n_tasks;
+    qalign_tasks(&n_tasks);
+    if (n_tasks != N_TASKS) return fail(err, errlen, "internal: serve.c knows %d tasks, qalign.h %d", N_TASKS, n_tasks);
+    if (s->default_task < 0) return fail_task(err, errlen);
     qalign_describe(m, &s->info);
     qalign_ask_template(NULL, 1, s->ask_template, sizeof s->ask_template);
     s->model_name = strrchr(s->info.path, '/') ? strrchr(s->info.path, '/') + 1 : s->info.path;
@@ -1660,7 +1678,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);
-    row_style_init(&s->levels, TASK_NAMES[s->default_task], scale, nl, words, lo, hi);
+    row_style_init(&s->levels, TASK_NAME(s->default_task), scale, nl, words, lo, hi);
     if (row_setup_of(&s->levels.setup, m, s->ctx[s->default_task]) != 0) {
         qalign_ctx_free(s->ctx[s->default_task]);
         return fail(err, errlen, "out of memory");
