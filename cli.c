@@ -20,6 +20,7 @@
 
 #include "app.h"
 #include "image.h"
+#include "options.h"
 #include "qalign.h"
 #include "serve.h"
 
@@ -55,6 +56,8 @@ static void print_quoted(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* --help: what qalign does, the option table section by section (options.c), the presets and
+ * the named prompts. */
 static void usage(FILE *f) {
     fprintf(f,
             "usage: qalign [options] MODEL INPUT...\n"
@@ -64,99 +67,11 @@ static void usage(FILE *f) {
             "image files (JPEG, PNG, BMP, PPM/PGM), videos (with ffmpeg on PATH), directories\n"
             "(recursive) or @LIST (a file of paths). One line per input: the score and the\n"
             "probabilities of the levels (excellent good fair poor bad with the default preset).\n"
-            "\n"
-            "scoring:\n"
-            "  --preset NAME           score as one of the family's scorers does (below; default\n"
-            "                          one-align); the flags below override what it sets\n"
-            "  -t, --task quality|aesthetics|aesthetic   what to rate (default quality; 'aesthetic'\n"
-            "                          is pyiqa's wording of the aesthetics prompt)\n"
-            "  --scale 1-5|0-1|0-100   map the score linearly from the levels' weight range (1-5\n"
-            "                          for one-align, 0-1 for q-align and q-instruct, 0-100 for\n"
-            "                          compare2score) to this range (default: the weights' range)\n"
-            "  --video                 all INPUTs are the frames of ONE video, in order (1 per second)\n"
-            "  --frames DIR            the images in DIR (natural order) are the frames of one video\n"
-            "  --max-frames N          videos: take at most N of the 1-fps frames, evenly spaced\n"
-            "                          (deviates from the original loader, which has no limit)\n"
-            "  --per-frame             videos: also score each frame as an image (the frames' visual\n"
-            "                          tokens are reused); printed after the video's line (--json: one\n"
-            "                          line per frame with \"frame\": k); result files get the video's row\n"
-            "  --one-prompt            all INPUTs are the images of ONE prompt, one per <|image|>, in\n"
-            "                          order (e.g. compare2score without anchors: anchor, image)\n"
-            "  --anchors DIR           the anchor images of a comparison scorer (compare2score: the 5\n"
-            "                          of VQA-CityU/Anchor_images, natural order; run.sh fetches them)\n"
-            "  --prompt TEXT|NAME      prompt template with <|image|> and optional {task} {input}, or the\n"
-            "                          name of one below\n"
-            "  --levels W=X,...        level words and weights (default excellent=5,good=4,fair=3,\n"
-            "                          poor=2,bad=1); W may be several words W1|W2|W3 whose logits are\n"
-            "                          averaged; --csv/--jsonl/--report take words among excellent good\n"
-            "                          fair poor bad only\n"
-            "  --no-pad, --pad         no expand2square (resize the short side and centre-crop), or\n"
-            "                          expand2square even where the preset has none\n"
-            "  --precise               bf16 models: f32 activations (slower; reproduces the fp32\n"
-            "                          reference to 1e-4) instead of bf16 ones\n");
-    fprintf(f, /* (in parts: ISO C compilers need not take string literals over 4095 bytes) */
-            "output:\n"
-            "  --json                  one JSON object per line on stdout (the --jsonl row)\n"
-            "  --csv FILE, --jsonl FILE  append one row per input (synced as it comes; never truncated;\n"
-            "                          each row says how it was made: model, prompt, levels, pad, ...;\n"
-            "                          a FIFO or character device is written in place, a block device\n"
-            "                          or socket refused)\n"
-            "  --resume                skip inputs that have a good row made the same way in the\n"
-            "                          --csv/--jsonl file(s); failed ones and ones made another way\n"
-            "                          are scored again\n"
-            "  --shard I/N             score only the I-th of N deterministic slices of the inputs\n"
-            "  --eval LABELS.csv       print SRCC/PLCC/KRCC against path,mos labels\n"
-            "  --report FILE.html      a self-contained gallery sorted by score, written to a new file\n"
-            "                          beside FILE (random name) and renamed over FILE at the end;\n"
-            "                          a FIFO or character device is written in place, other files\n"
-            "                          that are not regular (devices, sockets) are refused\n"
-            "  --dump DIR              write every intermediate array as DIR/<name>.npy (one input)\n"
-            "  --timings               seconds per stage on stderr, after each decoder batch (and each\n"
-            "                          video; cumulative) and at the end\n"
-            "  --ffmpeg-timeout S      stop ffmpeg/ffprobe when they stay silent for S seconds (the\n"
-            "                          video fails; default %d; 0 = never)\n"
-            "  -q, --quiet             no progress line\n"
-            "  --threads N             OpenMP threads (default: all cores)\n"
-            "  --batch N               images per decoder pass (default 8): each decoder weight is\n"
-            "                          read once per batch; a killed run loses at most one batch\n"
-            "  --max-pixels N          refuse images over N pixels (width x height; K, M, G = 1e3, 1e6,\n"
-            "                          1e9), read from the file's header before decoding (default:\n"
-            "                          Pillow's limit, %zu; a server's default is 40M)\n"
-            "  --no-mmap               read the model into this process's memory (2 MB pages where\n"
-            "                          the kernel allows) instead of mapping the file: faster per\n"
-            "                          image where page faults are slow (VMs), for long runs; the\n"
-            "                          copy is not shared with other processes\n"
-            "  -h, --help              this help\n",
-            VIDEO_DEFAULT_TIMEOUT, (size_t)IMAGE_MAX_PIXELS);
-    fprintf(f,
-            "answers in words (Q-Instruct, Co-Instruct, any mPLUG-Owl2 chat checkpoint):\n"
-            "  --ask QUESTION          answer QUESTION about each INPUT (a video: its frames in one\n"
-            "                          prompt; --one-prompt: all images in one); prints the answer, then\n"
-            "                          the file (as it comes on a terminal); --json rows add question,\n"
-            "                          answer, tokens, finish, decoding; --csv has its own columns\n"
-            "  --prompt TEXT|NAME      with --ask: a template with <|image|> and {question}, or\n"
-            "                          mplug-owl2 (default: \"USER: <|image|>{question} ASSISTANT:\") or\n"
-            "                          co-instruct (Co-Instruct's, first..eighth image for several)\n"
-            "  --max-tokens N          tokens to generate at most (default 256; up to the model's context)\n"
-            "  --temperature T         0: greedy (the default); > 0: sample, with --top-p P, --top-k K\n"
-            "                          and --seed S (the same seed, the same answer)\n"
-            "  --score                 with --ask: the score too, from the same pass over the image\n");
-    fprintf(f,
-            "other commands:\n"
-            "  qalign --compare A B INPUT...           score the INPUTs with two model files (e.g. bf16\n"
-            "                                          and q8_0): per-input scores and differences, the\n"
-            "                                          largest and mean |difference|, SRCC and PLCC\n"
-            "  qalign --info MODEL                     the model's header and the compiled kernels\n"
-            "  qalign --verify MODEL                   check every tensor against the checksum export.py\n"
-            "                                          wrote (reads the whole file); with --listen or\n"
-            "                                          --stdio: before serving (/health says so)\n"
-            "  qalign --tokenize TEXT MODEL            TEXT's token ids (with BOS)\n"
-            "  qalign --decode FILE OUT.ppm            decode an image to 8-bit RGB (binary PPM)\n"
-            "  qalign --preprocess-only [--size N] FILE OUT.ppm\n"
-            "                                          pad to square and resize as the model sees it\n"
-            "\nINPUT lists: @LIST has one path per line, relative to the current directory; blanks\n"
-            "around a line are trimmed; blank lines and lines starting with # are skipped. Outputs that\n"
-            "are the same file as an input, the model, the labels or another output are refused.\n");
+            "\n");
+    for (int sec = SEC_SCORING; sec <= SEC_COMMANDS; sec++) options_help(f, sec);
+    fprintf(f, "\nINPUT lists: @LIST has one path per line, relative to the current directory; blanks\n"
+               "around a line are trimmed; blank lines and lines starting with # are skipped. Outputs that\n"
+               "are the same file as an input, the model, the labels or another output are refused.\n");
     fprintf(f, "\npresets (prompt, levels = word=weight, padding; where the original has them):\n");
     int n;
     const qalign_preset *pr = qalign_presets(&n);
@@ -189,46 +104,8 @@ static void usage(FILE *f) {
     fprintf(f, "The aesthetics prompt in the three ways the originals word it: -t aesthetics (Hugging Face\n"
                "score(), the default), -t aesthetic (pyiqa), --prompt iaa-eval -t aesthetics (Q-Align's\n"
                "iaa_eval.py: the image first).\n");
-    fputs(SERVE_USAGE, f);
+    options_help(f, SEC_SERVING);
 }
-
-typedef struct {
-    const char *preset;     /* --preset, NULL = the library's default (one-align) */
-    const char *task;       /* "quality", "aesthetics" or "aesthetic" */
-    int task_given;         /* -t was given */
-    const char *prompt;     /* template or name (--prompt), NULL: the preset's */
-    const char *levels;     /* --levels spec, or NULL */
-    int no_pad;             /* --no-pad (1), --pad (-1) */
-    int video;              /* --video: inputs are frames of one video */
-    const char *frames_dir; /* --frames DIR */
-    int64_t max_frames;     /* --max-frames, 0 = no limit */
-    int per_frame;          /* --per-frame */
-    int one_prompt;         /* --one-prompt: the inputs are the images of one prompt */
-    const char *anchors_dir;/* --anchors DIR */
-    int json;               /* JSON lines on stdout */
-    const char *scale;      /* --scale: "1-5", "0-1", "0-100", or NULL (the score's own range) */
-    int quiet;              /* -q */
-    int precise;            /* --precise */
-    int no_mmap;            /* --no-mmap */
-    int timings;            /* --timings */
-    int threads;            /* --threads, 0 = default */
-    const char *dump_dir;   /* --dump */
-    SinkOptions sink;       /* --csv --jsonl --report --eval --resume */
-    const char *shard;      /* --shard I/N */
-    int batch;              /* --batch: images per decoder pass */
-    const char *compare[2]; /* --compare A B */
-    double ffmpeg_timeout;  /* --ffmpeg-timeout */
-    int64_t max_pixels;     /* --max-pixels, 0: not given (the decoders' own limit; a server: 40 M) */
-    /* --ask: answers in words */
-    const char *ask;        /* the question, or NULL: scoring */
-    int score;              /* --score: the score too, from the same visual rows */
-    int max_tokens;         /* --max-tokens (default 256) */
-    float temperature;      /* --temperature (0: greedy) */
-    float top_p;            /* --top-p */
-    int top_k;              /* --top-k */
-    uint64_t seed;          /* --seed */
-    const char *decoding_flag; /* the first decoding option given (they need --ask) */
-} Options;
 
 /* --compare: one model's scores, by input */
 typedef struct {
@@ -261,6 +138,7 @@ typedef struct {
     int streamed;           /* some of the current answer is on stdout */
     char ask_template[1024];/* the question template for one image, as rows record it */
     char decoding[192];     /* how answers are generated, as rows record it */
+    int shard_i, shard_n;   /* --shard I/N */
 } App;
 
 /* ---- --dump: each stage of the computation as DIR/<name>.npy -------------------------- */
@@ -1172,137 +1050,25 @@ static void print_comparison(const App *app, Collected *c) {
     free(y);
 }
 
-int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--decode") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 0));
-    if (argc > 1 && strcmp(argv[1], "--preprocess-only") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 1));
+/* ---- check: which options go together ------------------------------------------------- */
 
-    static App app;
-    Options *o = &app.o;
-    *o = (Options){.task = "quality", .batch = 8, .ffmpeg_timeout = VIDEO_DEFAULT_TIMEOUT};
-    ServeOptions srv = SERVE_DEFAULTS; /* --listen, --stdio and their options (serve.h) */
-    const char *tokenize_text = NULL, *model_path = NULL;
-    int info = 0, verify = 0, only_positional = 0, n_inputs = 0;
-    char **inputs = xmalloc((size_t)argc * sizeof(char *));
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (only_positional || a[0] != '-' || !a[1]) {
-            if (!model_path && !o->compare[0]) model_path = a;
-            else inputs[n_inputs++] = argv[i];
-            continue;
-        }
-#define VALUE() (i + 1 < argc ? argv[++i] : (die("%s needs a value (try --help)", a), ""))
-        if (!strcmp(a, "--")) only_positional = 1;
-        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            free(inputs);
-            return close_outputs(0);
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--task")) {
-            o->task = VALUE();
-            o->task_given = 1;
-            if (strcmp(o->task, "quality") && strcmp(o->task, "aesthetics") && strcmp(o->task, "aesthetic"))
-                die("--task must be quality, aesthetics or aesthetic, got '%s'", o->task);
-        } else if (!strcmp(a, "--scale")) {
-            o->scale = VALUE();
-            if (strcmp(o->scale, "0-1") && strcmp(o->scale, "1-5") && strcmp(o->scale, "0-100"))
-                die("--scale must be 1-5, 0-1 or 0-100, got '%s'", o->scale);
-        } else if (!strcmp(a, "--compare")) {
-            if (o->compare[0]) die("--compare given twice");
-            o->compare[0] = VALUE();
-            o->compare[1] = VALUE();
-        }
-        else if (!strcmp(a, "--preset")) o->preset = VALUE();
-        else if (!strcmp(a, "--ask")) {
-            o->ask = VALUE();
-            const char *q = o->ask;
-            while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r') q++;
-            if (!*q) die("--ask: the question is empty");
-        } else if (!strcmp(a, "--score")) o->score = 1;
-        else if (!strcmp(a, "--max-tokens") || !strcmp(a, "--temperature") || !strcmp(a, "--top-p") ||
-                 !strcmp(a, "--top-k") || !strcmp(a, "--seed")) {
-            const char *v = VALUE();
-            char *end;
-            errno = 0;
-            if (!o->decoding_flag) o->decoding_flag = a;
-            if (!strcmp(a, "--max-tokens")) o->max_tokens = parse_int(v, a, 1, 1000000);
-            else if (!strcmp(a, "--top-k")) o->top_k = parse_int(v, a, 0, 1000000);
-            else if (!strcmp(a, "--seed")) {
-                unsigned long long sd = strtoull(v, &end, 10);
-                if (errno || *end || end == v || *v == '-') die("--seed expects an integer in [0, 2^64), got '%s'", v);
-                o->seed = sd;
-            } else {
-                double d = strtod(v, &end);
-                float *dst = !strcmp(a, "--temperature") ? &o->temperature : &o->top_p;
-                if (errno || *end || end == v || !isfinite(d) || d < 0 || (dst == &o->top_p && d > 1))
-                    die("%s expects a number in [0, %s], got '%s'", a, dst == &o->top_p ? "1" : "inf)", v);
-                *dst = (float)d;
-            }
-        }
-        else if (!strcmp(a, "--video")) o->video = 1;
-        else if (!strcmp(a, "--frames")) o->frames_dir = VALUE();
-        else if (!strcmp(a, "--max-frames")) o->max_frames = parse_int(VALUE(), "--max-frames", 1, QALIGN_MAX_FRAMES);
-        else if (!strcmp(a, "--per-frame")) o->per_frame = 1;
-        else if (!strcmp(a, "--one-prompt")) o->one_prompt = 1;
-        else if (!strcmp(a, "--anchors")) o->anchors_dir = VALUE();
-        else if (!strcmp(a, "--prompt")) o->prompt = VALUE();
-        else if (!strcmp(a, "--levels")) o->levels = VALUE();
-        else if (!strcmp(a, "--no-pad")) o->no_pad = 1;
-        else if (!strcmp(a, "--pad")) o->no_pad = -1;
-        else if (!strcmp(a, "--precise")) o->precise = 1;
-        else if (!strcmp(a, "--json")) o->json = 1;
-        else if (!strcmp(a, "--csv")) o->sink.csv_path = VALUE();
-        else if (!strcmp(a, "--jsonl")) o->sink.jsonl_path = VALUE();
-        else if (!strcmp(a, "--report")) o->sink.report_path = VALUE();
-        else if (!strcmp(a, "--eval")) o->sink.labels_path = VALUE();
-        else if (!strcmp(a, "--resume")) o->sink.resume = 1;
-        else if (!strcmp(a, "--shard")) o->shard = VALUE();
-        else if (!strcmp(a, "--batch")) o->batch = parse_int(VALUE(), "--batch", 1, QALIGN_MAX_BATCH);
-        else if (!strcmp(a, "--dump")) o->dump_dir = VALUE();
-        else if (!strcmp(a, "--timings")) o->timings = 1;
-        else if (!strcmp(a, "--no-mmap")) o->no_mmap = 1;
-        else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o->quiet = 1;
-        else if (!strcmp(a, "--threads")) o->threads = parse_int(VALUE(), "--threads", 1, 4096);
-        else if (!strcmp(a, "--ffmpeg-timeout")) o->ffmpeg_timeout = parse_int(VALUE(), "--ffmpeg-timeout", 0, 1000000);
-        else if (!strcmp(a, "--tokenize")) tokenize_text = VALUE();
-        else if (!strcmp(a, "--info")) info = 1;
-        else if (!strcmp(a, "--max-pixels")) {
-            const char *v = VALUE();
-            if (serve_parse_pixels(v, &o->max_pixels))
-                die("--max-pixels expects a pixel count such as 40M or 250000 (1 to 1T), got '%s'", v);
-        }
-        else if (!strcmp(a, "--verify")) verify = 1;
-        else if (!strcmp(a, "--decode") || !strcmp(a, "--preprocess-only"))
-            die("%s must be the first argument: qalign %s FILE OUT.ppm", a, a);
-        else {
-            char why[256];
-            int took = serve_option(&srv, argc, argv, i, why, sizeof why);
-            if (took < 0) die("%s", why);
-            if (took == 0) die("unknown option '%s' (try --help)", a);
-            i += took - 1;
-        }
-#undef VALUE
-    }
-    if (o->compare[0] && model_path) { /* a positional before --compare was an input */
-        memmove(inputs + 1, inputs, (size_t)n_inputs * sizeof *inputs);
-        inputs[0] = (char *)model_path;
-        n_inputs++;
-        model_path = NULL;
-    }
-    if (!model_path && !o->compare[0]) {
-        usage(stderr);
-        free(inputs);
-        return close_outputs(2);
-    }
+/* The options as a whole (each value was checked when parsed): one line and exit 1 when they
+ * do not go together; then the settings that are global to the run. */
+static void check_options(App *app) {
+    Options *o = &app->o;
+    int n_inputs = o->n_inputs;
+    char **inputs = o->inputs;
     if (o->sink.resume && !o->sink.csv_path && !o->sink.jsonl_path) die("--resume needs --csv or --jsonl");
     if (o->decoding_flag && !o->ask) die("%s goes with --ask QUESTION", o->decoding_flag);
     if (o->score && !o->ask) die("--score goes with --ask QUESTION (scoring is what qalign does without --ask)");
-    if (o->ask && (o->compare[0] || o->dump_dir || o->per_frame || o->anchors_dir || info || tokenize_text))
+    if (o->ask && (o->compare[0] || o->dump_dir || o->per_frame || o->anchors_dir || o->info || o->tokenize_text))
         die("--ask does not go with --compare, --dump, --per-frame, --anchors, --info or --tokenize");
     if (o->ask && !o->score && (o->sink.report_path || o->sink.labels_path))
         die("--report and --eval need scores: give --score with --ask");
     if (o->ask && o->sink.report_path) die("--report shows scores, not answers: use --json, --jsonl or --csv with --ask");
     if (!o->max_tokens) o->max_tokens = 256;
     if (o->compare[0] && (o->json || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path ||
-                          o->dump_dir || o->per_frame || info || tokenize_text))
+                          o->dump_dir || o->per_frame || o->info || o->tokenize_text))
         die("--compare prints a table of both models' scores: --json, --csv, --jsonl, --report, --eval, --dump, "
             "--per-frame, --info and --tokenize do not go with it");
     if (o->one_prompt && (o->video || o->frames_dir)) die("--one-prompt, --video and --frames exclude each other");
@@ -1312,9 +1078,8 @@ int main(int argc, char **argv) {
         die("--shard splits a list of inputs; with --%s all %s are one input",
             o->video ? "video" : o->frames_dir ? "frames" : "one-prompt", o->one_prompt ? "images" : "frames");
     if (o->per_frame && o->dump_dir) die("--per-frame and --dump do not go together (--dump shows one computation)");
-    int shard_i = 0, shard_n = 0;
     char err[QALIGN_ERR_LEN];
-    if (o->shard && shard_parse(o->shard, &shard_i, &shard_n, err, sizeof err) != 0) die("%s", err); /* (names --shard) */
+    if (o->shard && shard_parse(o->shard, &app->shard_i, &app->shard_n, err, sizeof err) != 0) die("%s", err); /* (names --shard) */
     if (o->frames_dir) {
         struct stat sb;
         if (stat(o->frames_dir, &sb) != 0) die("--frames %s: %s", o->frames_dir, strerror(errno));
@@ -1322,158 +1087,181 @@ int main(int argc, char **argv) {
     }
     video_set_timeout(o->ffmpeg_timeout);
     g_max_pixels = (size_t)o->max_pixels;
-    if (o->max_pixels) srv.max_pixels = o->max_pixels;
+    if (o->max_pixels) o->srv.max_pixels = o->max_pixels;
 #ifndef _OPENMP
     if (o->threads > 1) fprintf(stderr, "qalign: warning: built without OpenMP, --threads %d ignored\n", o->threads);
 #endif
+}
 
+/* ---- the commands on a model file: verify, info, tokenize, serve ----------------------- */
+
+/* qalign --verify MODEL */
+static int cmd_verify(App *app) {
+    const Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
+    if (o->n_inputs || o->info || o->tokenize_text) die("--verify takes the MODEL only (or goes with --listen / --stdio)");
+    qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1};
+    if (qalign_open(o->model_path, &oo, &app->m, err, sizeof err)) die("%s", err);
+    qalign_info inf;
+    qalign_describe(app->m, &inf);
+    double t0 = wall_seconds();
+    if (qalign_verify(app->m, err, sizeof err) != QALIGN_OK) die("%s", err);
+    printf("%s: the header, the table and all %d tensors match their checksums (%.2f GB in %.1f s)\n", o->model_path,
+           qalign_checksums(app->m), inf.file_bytes / 1e9, wall_seconds() - t0);
+    qalign_close(app->m);
+    return 0;
+}
+
+/* qalign --info MODEL, qalign --tokenize TEXT MODEL */
+static int cmd_model(App *app) {
+    const Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
+    qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1}; /* (nothing is scored) */
+    if (qalign_open(o->model_path, &oo, &app->m, err, sizeof err)) die("%s", err);
+    const char *what = "the model";
     OutFile so = stdout_file();
-    if (verify && !srv.listen && !srv.stdio) { /* qalign --verify MODEL */
-        if (n_inputs || info || tokenize_text) die("--verify takes the MODEL only (or goes with --listen / --stdio)");
-        qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1};
-        if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
-        qalign_info inf;
-        qalign_describe(app.m, &inf);
-        double t0 = wall_seconds();
-        if (qalign_verify(app.m, err, sizeof err) != QALIGN_OK) die("%s", err);
-        printf("%s: the header, the table and all %d tensors match their checksums (%.2f GB in %.1f s)\n", model_path,
-               qalign_checksums(app.m), inf.file_bytes / 1e9, wall_seconds() - t0);
-        qalign_close(app.m);
-        free(inputs);
-        return close_outputs(0);
-    }
-    if (info || tokenize_text) {
-        qalign_open_options oo = {.no_mmap = o->no_mmap, .no_prefetch = 1}; /* (nothing is scored) */
-        if (qalign_open(model_path, &oo, &app.m, err, sizeof err)) die("%s", err);
-        const char *what = "the model";
-        check_outputs(&so, 1, &what, (const char *const *)&model_path, 1);
-        if (info) cmd_info(app.m);
-        else cmd_tokenize(app.m, tokenize_text);
-        qalign_close(app.m);
-        free(inputs);
-        return close_outputs(0);
-    }
-    if (srv.listen || srv.stdio) { /* a server: requests instead of INPUTs (serve.c) */
-        if (n_inputs || o->video || o->frames_dir || o->one_prompt || o->dump_dir || o->shard || o->compare[0] ||
-            o->per_frame || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path)
-            die("--listen and --stdio take requests, not INPUTs, --video, --frames, --one-prompt, --dump, --shard, "
-                "--compare, --per-frame, --csv, --jsonl, --report or --eval");
-        if (qalign_open(model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app.m, err, sizeof err)) die("%s", err);
-        if (verify) { /* before serving: a damaged file does not start */
-            if (qalign_verify(app.m, err, sizeof err) != QALIGN_OK) die("%s", err);
-            srv.verified = 1;
-        }
-        qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
-                                 .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset};
-        if (serve_run(&srv, app.m, &co, o->scale, err, sizeof err) != 0) die("%s", err);
-        qalign_close(app.m);
-        free(inputs);
-        return close_outputs(0);
-    }
-    if (n_inputs == 0 && !o->frames_dir) die("no INPUT given (try --help)");
-    if (o->dump_dir) o->batch = 1;
+    check_outputs(&so, 1, &what, &o->model_path, 1);
+    if (o->info) cmd_info(app->m);
+    else cmd_tokenize(app->m, o->tokenize_text);
+    qalign_close(app->m);
+    return 0;
+}
 
-    /* what to score: frames of one video, the images of one prompt, or a list of images/videos */
-    ItemList items = {0};
-    char **frames = NULL;
-    int n_frames = 0;
-    const char *frames_name = NULL;
-    size_t n_listed = 0;
+/* qalign --listen HOST:PORT MODEL, qalign --stdio MODEL: requests instead of INPUTs (serve.c) */
+static int cmd_serve(App *app) {
+    Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
+    if (o->n_inputs || o->video || o->frames_dir || o->one_prompt || o->dump_dir || o->shard || o->compare[0] ||
+        o->per_frame || o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path)
+        die("--listen and --stdio take requests, not INPUTs, --video, --frames, --one-prompt, --dump, --shard, "
+            "--compare, --per-frame, --csv, --jsonl, --report or --eval");
+    if (qalign_open(o->model_path, &(qalign_open_options){.no_mmap = o->no_mmap}, &app->m, err, sizeof err)) die("%s", err);
+    if (o->verify) { /* before serving: a damaged file does not start */
+        if (qalign_verify(app->m, err, sizeof err) != QALIGN_OK) die("%s", err);
+        o->srv.verified = 1;
+    }
+    qalign_ctx_options co = {.threads = o->threads, .batch = o->batch, .task = o->task, .prompt = o->prompt,
+                             .levels = o->levels, .no_pad = o->no_pad, .precise = o->precise, .preset = o->preset};
+    if (serve_run(&o->srv, app->m, &co, o->scale, err, sizeof err) != 0) die("%s", err);
+    qalign_close(app->m);
+    return 0;
+}
+
+/* ---- the commands on INPUTs: score (or ask), compare ------------------------------------- */
+
+/* What to score: the frames of one video or the images of one prompt (frames), or a list of
+ * images and videos (items). */
+typedef struct {
+    ItemList items;
+    char **frames;
+    int n_frames;
+    const char *frames_name;
+    size_t n_items;         /* 1 (frames) or items.n */
+} Work;
+
+static void gather_inputs(App *app, Work *w) {
+    const Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
     if (o->video || o->frames_dir || o->one_prompt) {
         if (o->frames_dir) {
             const char *dir = o->frames_dir;
-            if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &items, err, sizeof err) != 0) die("%s", err);
-            frames_name = o->frames_dir;
+            if (inputs_expand(&dir, 1, &(ExpandOptions){.natural_sort = 1}, &w->items, err, sizeof err) != 0) die("%s", err);
+            w->frames_name = o->frames_dir;
         } else {
-            if (n_inputs == 0) die("%s needs the images as INPUTs", o->video ? "--video" : "--one-prompt");
-            frames_name = inputs[0];
+            if (o->n_inputs == 0) die("%s needs the images as INPUTs", o->video ? "--video" : "--one-prompt");
+            w->frames_name = o->inputs[0];
         }
-        frames = xmalloc((items.n + (size_t)n_inputs + 1) * sizeof(char *));
+        w->frames = xmalloc((w->items.n + (size_t)o->n_inputs + 1) * sizeof(char *));
         if (o->video || o->one_prompt) /* keep the command-line order: frames in time order, images in prompt order */
-            for (int i = 0; i < n_inputs; i++) frames[n_frames++] = inputs[i];
+            for (int i = 0; i < o->n_inputs; i++) w->frames[w->n_frames++] = o->inputs[i];
         else /* every media file of DIR is a frame: one that cannot be read fails the set */
-            for (size_t i = 0; i < items.n; i++) frames[n_frames++] = items.items[i].path;
-        if (n_frames == 0)
-            die("--frames %s: no image in it (%zu other file%s skipped)", frames_name, items.n_skipped,
-                items.n_skipped == 1 ? "" : "s");
+            for (size_t i = 0; i < w->items.n; i++) w->frames[w->n_frames++] = w->items.items[i].path;
+        if (w->n_frames == 0)
+            die("--frames %s: no image in it (%zu other file%s skipped)", w->frames_name, w->items.n_skipped,
+                w->items.n_skipped == 1 ? "" : "s");
     } else {
-        if (inputs_expand((const char *const *)inputs, (size_t)n_inputs, NULL, &items, err, sizeof err) != 0) die("%s", err);
-        if (items.warning) fprintf(stderr, "qalign: warning: %s\n", items.warning);
-        n_listed = items.n;
-        if (items.n == 0) {
+        ItemList *items = &w->items;
+        if (inputs_expand((const char *const *)o->inputs, (size_t)o->n_inputs, NULL, items, err, sizeof err) != 0)
+            die("%s", err);
+        if (items->warning) fprintf(stderr, "qalign: warning: %s\n", items->warning);
+        size_t n_listed = items->n;
+        if (items->n == 0) {
             char more[160] = "";
-            if (items.n_skipped)
-                snprintf(more, sizeof more, " (%zu file%s in directories skipped: not images or videos)", items.n_skipped,
-                         items.n_skipped == 1 ? "" : "s");
-            if (items.n_comments)
+            if (items->n_skipped)
+                snprintf(more, sizeof more, " (%zu file%s in directories skipped: not images or videos)", items->n_skipped,
+                         items->n_skipped == 1 ? "" : "s");
+            if (items->n_comments)
                 snprintf(more + strlen(more), sizeof more - strlen(more), " (%zu list line%s skipped as comments: #)",
-                         items.n_comments, items.n_comments == 1 ? "" : "s");
+                         items->n_comments, items->n_comments == 1 ? "" : "s");
             die("nothing to score: no image or video among the INPUTs%s", more);
         }
-        if (o->shard) items_shard(&items, shard_i, shard_n);
+        if (o->shard) items_shard(items, app->shard_i, app->shard_n);
         size_t n_images = 0, n_videos = 0;
-        for (size_t i = 0; i < items.n; i++) n_images += items.items[i].kind == ITEM_IMAGE, n_videos += items.items[i].kind == ITEM_VIDEO;
+        for (size_t i = 0; i < items->n; i++) n_images += items->items[i].kind == ITEM_IMAGE, n_videos += items->items[i].kind == ITEM_VIDEO;
         if (o->per_frame && n_images)
             fprintf(stderr, "qalign: warning: --per-frame scores the frames of videos; %s%zu image%s among the inputs %s "
                     "scored once, as %s\n", n_videos ? "the " : "", n_images, n_images == 1 ? "" : "s",
                     n_images == 1 ? "is" : "are", n_images == 1 ? "an image" : "images");
-        if (o->shard && items.n == 0)
-            fprintf(stderr, "qalign: shard %d/%d has no input (%zu in all)\n", shard_i, shard_n, n_listed);
+        if (o->shard && items->n == 0)
+            fprintf(stderr, "qalign: shard %d/%d has no input (%zu in all)\n", app->shard_i, app->shard_n, n_listed);
     }
-    size_t n_items = frames ? 1 : items.n;
-    if (o->dump_dir && n_items != 1) die("--dump takes one input (or the frames of one video)");
+    w->n_items = w->frames ? 1 : w->items.n;
+    if (o->dump_dir && w->n_items != 1) die("--dump takes one input (or the frames of one video)");
+}
 
-    /* nothing may write over what is read, nor two outputs into one file */
-    {
-        OutFile out[5];
-        int n_out = 0;
-        if (o->sink.csv_path) out[n_out++] = out_file("--csv", o->sink.csv_path);
-        if (o->sink.jsonl_path) out[n_out++] = out_file("--jsonl", o->sink.jsonl_path);
-        if (o->sink.report_path) /* (its temporary file is new: made with O_EXCL under a random name) */
-            out[n_out++] = out_file("--report", o->sink.report_path);
-        out[n_out++] = so;
-        size_t n_in = 3 + (size_t)n_inputs + (frames ? (size_t)n_frames : items.n), k = 0;
-        const char **in_what = xmalloc(n_in * sizeof *in_what), **in_path = xmalloc(n_in * sizeof *in_path);
-        if (model_path) in_what[k] = "the model", in_path[k++] = model_path;
-        for (int m = 0; m < 2; m++)
-            if (o->compare[m]) in_what[k] = "the model", in_path[k++] = o->compare[m];
-        if (o->sink.labels_path) in_what[k] = "the --eval labels", in_path[k++] = o->sink.labels_path;
-        for (int i = 0; i < n_inputs; i++)
-            if (inputs[i][0] == '@' && strcmp(inputs[i], "@-")) in_what[k] = "the list", in_path[k++] = inputs[i] + 1;
-        if (frames)
-            for (int i = 0; i < n_frames; i++) in_what[k] = "the frame", in_path[k++] = frames[i];
-        else
-            for (size_t i = 0; i < items.n; i++) in_what[k] = "the input", in_path[k++] = items.items[i].path;
-        check_outputs(out, n_out, in_what, in_path, k);
-        free(in_what);
-        free(in_path);
+/* Nothing may write over what is read, nor two outputs into one file. */
+static void check_overwrites(const App *app, const Work *w) {
+    const Options *o = &app->o;
+    OutFile out[5];
+    int n_out = 0;
+    if (o->sink.csv_path) out[n_out++] = out_file("--csv", o->sink.csv_path);
+    if (o->sink.jsonl_path) out[n_out++] = out_file("--jsonl", o->sink.jsonl_path);
+    if (o->sink.report_path) /* (its temporary file is new: made with O_EXCL under a random name) */
+        out[n_out++] = out_file("--report", o->sink.report_path);
+    out[n_out++] = stdout_file();
+    size_t n_in = 3 + (size_t)o->n_inputs + (w->frames ? (size_t)w->n_frames : w->items.n), k = 0;
+    const char **in_what = xmalloc(n_in * sizeof *in_what), **in_path = xmalloc(n_in * sizeof *in_path);
+    if (o->model_path) in_what[k] = "the model", in_path[k++] = o->model_path;
+    for (int m = 0; m < 2; m++)
+        if (o->compare[m]) in_what[k] = "the model", in_path[k++] = o->compare[m];
+    if (o->sink.labels_path) in_what[k] = "the --eval labels", in_path[k++] = o->sink.labels_path;
+    for (int i = 0; i < o->n_inputs; i++)
+        if (o->inputs[i][0] == '@' && strcmp(o->inputs[i], "@-")) in_what[k] = "the list", in_path[k++] = o->inputs[i] + 1;
+    if (w->frames)
+        for (int i = 0; i < w->n_frames; i++) in_what[k] = "the frame", in_path[k++] = w->frames[i];
+    else
+        for (size_t i = 0; i < w->items.n; i++) in_what[k] = "the input", in_path[k++] = w->items.items[i].path;
+    check_outputs(out, n_out, in_what, in_path, k);
+    free(in_what);
+    free(in_path);
+}
+
+/* qalign --compare A B INPUT...: each model in turn over the same inputs (one model in memory
+ * at a time), then the table. */
+static int cmd_compare(App *app, Work *w) {
+    const Options *o = &app->o;
+    Collected col[2] = {{0}};
+    for (int k = 0; k < 2; k++) {
+        open_scorer(app, o->compare[k]);
+        qalign_info inf;
+        qalign_describe(app->m, &inf);
+        fprintf(stderr, "qalign: %s = %s (%s, id %s)\n", k ? "B" : "A", o->compare[k], inf.weight_type, inf.model_id);
+        app->collect = &col[k];
+        score_inputs(app, &w->items, w->frames, w->n_frames, w->frames_name, NULL);
+        close_scorer(app);
     }
-
-
-    if (o->compare[0]) { /* each model in turn over the same inputs (one model in memory at a time) */
-        Collected col[2] = {{0}};
-        for (int k = 0; k < 2; k++) {
-            open_scorer(&app, o->compare[k]);
-            qalign_info inf;
-            qalign_describe(app.m, &inf);
-            fprintf(stderr, "qalign: %s = %s (%s, id %s)\n", k ? "B" : "A", o->compare[k], inf.weight_type, inf.model_id);
-            app.collect = &col[k];
-            score_inputs(&app, &items, frames, n_frames, frames_name, NULL);
-            close_scorer(&app);
-        }
-        print_comparison(&app, col);
-        for (int k = 0; k < 2; k++) {
-            for (size_t i = 0; i < col[k].n; i++) free(col[k].path[i]);
-            free(col[k].path), free(col[k].score), free(col[k].ok);
-        }
-        free(inputs);
-        free(frames);
-        itemlist_free(&items);
-        return close_outputs(app.failures ? 1 : 0);
+    print_comparison(app, col);
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < col[k].n; i++) free(col[k].path[i]);
+        free(col[k].path), free(col[k].score), free(col[k].ok);
     }
+    return app->failures ? 1 : 0;
+}
 
-    open_scorer(&app, model_path);
-    if (row_setup_of(&app.rs.setup, app.m, app.ctx) != 0) die("out of memory");
+/* The prompt and --ask's template and decoding, checked against the model file and the
+ * context (after open_scorer). */
+static void check_prompt(App *app, const Work *w) {
+    Options *o = &app->o;
     int nk;
     const qalign_named_prompt *named = qalign_prompts(&nk);
     const char *ptext = NULL;
@@ -1484,9 +1272,9 @@ int main(int argc, char **argv) {
     if (!ptext) ptext = pname;
     if (o->ask) { /* the question template, the decoding, and the limits of the model file */
         qalign_info inf;
-        qalign_describe(app.m, &inf);
-        int nk2, n_img = o->one_prompt ? n_frames : 1;
-        if (qalign_ask_template(o->prompt, n_img, app.ask_template, sizeof app.ask_template) < 0) {
+        qalign_describe(app->m, &inf);
+        int nk2, n_img = o->one_prompt ? w->n_frames : 1;
+        if (qalign_ask_template(o->prompt, n_img, app->ask_template, sizeof app->ask_template) < 0) {
             const qalign_named_prompt *ap = qalign_ask_prompts(&nk2);
             char names[128] = "";
             for (int k = 0; k < nk2; k++) snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", ap[k].name);
@@ -1494,14 +1282,14 @@ int main(int argc, char **argv) {
         }
         if (o->max_tokens > inf.l_max_pos)
             die("--max-tokens %d is more than the context length in the model file (%d)", o->max_tokens, inf.l_max_pos);
-        if (o->temperature == 0) snprintf(app.decoding, sizeof app.decoding, "greedy max_tokens=%d", o->max_tokens);
+        if (o->temperature == 0) snprintf(app->decoding, sizeof app->decoding, "greedy max_tokens=%d", o->max_tokens);
         else
-            snprintf(app.decoding, sizeof app.decoding, "sample temperature=%g top_p=%g top_k=%d seed=%llu max_tokens=%d",
+            snprintf(app->decoding, sizeof app->decoding, "sample temperature=%g top_p=%g top_k=%d seed=%llu max_tokens=%d",
                      o->temperature, o->top_p, o->top_k, (unsigned long long)o->seed, o->max_tokens);
-        app.stream = !o->json && isatty(1);
+        app->stream = !o->json && isatty(1);
         o->sink.answers = 1;
         o->sink.question = o->ask;
-        o->sink.decoding = app.decoding;
+        o->sink.decoding = app->decoding;
     }
     if (!o->ask && o->task_given && strcmp(o->task, "quality") && !strstr(ptext, "{task}"))
         die("--task %s: the prompt has no {task} to put it in (it rates what it says)", o->task);
@@ -1512,64 +1300,117 @@ int main(int argc, char **argv) {
             die("--prompt: it must contain <|image|> exactly once to score images one by one (it has %d: use "
                 "--one-prompt for the images of one prompt, or --anchors)", markers);
     }
-    for (int i = 0; i < app.rs.n_levels && (!o->ask || o->score) && o->sink.report_path; i++) {
+}
+
+/* The result files, report and labels (--csv --jsonl --report --eval), then --resume: which
+ * inputs have a row to reuse (skip, per item), and why the others are scored. */
+static unsigned char *open_sink(App *app, const Work *w) {
+    Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
+    o->sink.task = o->task;
+    o->sink.scale = app->rs.scale;
+    o->sink.setup = app->rs.setup;
+    if (o->ask) o->sink.setup.prompt = app->ask_template; /* answers' rows record the question template */
+    o->sink.max_frames = (int)o->max_frames;
+    o->sink.n_levels = app->rs.n_levels; /* a CSV's level columns */
+    o->sink.levels = app->rs.words;
+    if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
+        app->sink = sink_open(&o->sink, err, sizeof err);
+        if (!app->sink) die("%s", err);
+    }
+    unsigned char *skip = xmalloc(w->n_items ? w->n_items : 1);
+    memset(skip, 0, w->n_items ? w->n_items : 1);
+    if (o->sink.resume) {
+        ResumeTally t = {0};
+        if (w->frames) skip[0] = resume_state(app, &t, w->frames_name, "frames", w->n_frames) == RESUME_DONE;
+        else
+            for (size_t i = 0; i < w->items.n; i++) {
+                const Item *it = &w->items.items[i];
+                const char *kind = it->kind == ITEM_IMAGE ? "image" : it->kind == ITEM_VIDEO ? "video" : NULL;
+                skip[i] = resume_state(app, &t, it->path, kind, 0) == RESUME_DONE;
+            }
+        resume_say(&t);
+    }
+    return skip;
+}
+
+/* qalign MODEL INPUT... (and with --ask QUESTION) */
+static int cmd_score(App *app, Work *w) {
+    Options *o = &app->o;
+    char err[QALIGN_ERR_LEN];
+    open_scorer(app, o->model_path);
+    if (row_setup_of(&app->rs.setup, app->m, app->ctx) != 0) die("out of memory");
+    check_prompt(app, w);
+    for (int i = 0; i < app->rs.n_levels && (!o->ask || o->score) && o->sink.report_path; i++) {
         int k = 0;
-        while (k < APP_LEVELS && strcmp(app.rs.words[i], APP_LEVEL_NAMES[k])) k++;
+        while (k < APP_LEVELS && strcmp(app->rs.words[i], APP_LEVEL_NAMES[k])) k++;
         if (k == APP_LEVELS)
             die("--levels: the --report shows probability bars for excellent good fair poor bad only, not '%s' "
-                "(--csv, --jsonl and --json take any words)", app.rs.words[i]);
+                "(--csv, --jsonl and --json take any words)", app->rs.words[i]);
     }
     if (o->dump_dir) { /* create DIR (one level) now, rather than fail after scoring */
         struct stat sb;
         if (mkdir(o->dump_dir, 0777) != 0 && errno != EEXIST) die("--dump %s: %s", o->dump_dir, strerror(errno));
         if (stat(o->dump_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) die("--dump %s: not a directory", o->dump_dir);
-        qalign_ctx_set_stage_hook(app.ctx, npy_stage, &app);
+        qalign_ctx_set_stage_hook(app->ctx, npy_stage, app);
     }
-
-    o->sink.task = o->task;
-    o->sink.scale = app.rs.scale;
-    o->sink.setup = app.rs.setup;
-    if (o->ask) o->sink.setup.prompt = app.ask_template; /* answers' rows record the question template */
-    o->sink.max_frames = (int)o->max_frames;
-    o->sink.n_levels = app.rs.n_levels; /* a CSV's level columns */
-    o->sink.levels = app.rs.words;
-    if (o->sink.csv_path || o->sink.jsonl_path || o->sink.report_path || o->sink.labels_path) {
-        app.sink = sink_open(&o->sink, err, sizeof err);
-        if (!app.sink) die("%s", err);
-    }
-    /* --resume: which inputs have a row to reuse, and why the others are scored */
-    unsigned char *skip = xmalloc(n_items ? n_items : 1);
-    memset(skip, 0, n_items ? n_items : 1);
-    if (o->sink.resume) {
-        ResumeTally t = {0};
-        if (frames) skip[0] = resume_state(&app, &t, frames_name, "frames", n_frames) == RESUME_DONE;
-        else
-            for (size_t i = 0; i < items.n; i++) {
-                const Item *it = &items.items[i];
-                const char *kind = it->kind == ITEM_IMAGE ? "image" : it->kind == ITEM_VIDEO ? "video" : NULL;
-                skip[i] = resume_state(&app, &t, it->path, kind, 0) == RESUME_DONE;
-            }
-        resume_say(&t);
-    }
-    score_inputs(&app, &items, frames, n_frames, frames_name, skip);
+    unsigned char *skip = open_sink(app, w);
+    score_inputs(app, &w->items, w->frames, w->n_frames, w->frames_name, skip);
     free(skip);
-    if (app.dump_failed) die("--dump: %s", app.dump_err);
-    if (app.sink) {
-        if (sink_finish(app.sink, stderr, err, sizeof err) != 0) die("%s", err);
-        sink_free(app.sink);
+    if (app->dump_failed) die("--dump: %s", app->dump_err);
+    if (app->sink) {
+        if (sink_finish(app->sink, stderr, err, sizeof err) != 0) die("%s", err);
+        sink_free(app->sink);
     }
     if (o->timings) {
         qalign_timings t;
-        qalign_ctx_timings(app.ctx, &t);
+        qalign_ctx_timings(app->ctx, &t);
         double total = t.preprocess + t.vision + t.abstractor + t.decoder;
         fprintf(stderr, "qalign: timings (%d threads, %s): preprocess %.3f s, vision %.3f s, abstractor %.3f s, "
-                "decoder %.3f s, total %.3f s\n", qalign_ctx_threads(app.ctx), qalign_kernels(), t.preprocess, t.vision,
+                "decoder %.3f s, total %.3f s\n", qalign_ctx_threads(app->ctx), qalign_kernels(), t.preprocess, t.vision,
                 t.abstractor, t.decoder, total);
     }
-    row_setup_free(&app.rs.setup);
-    free(inputs);
-    free(frames);
-    itemlist_free(&items);
-    close_scorer(&app);
-    return close_outputs(app.failures ? 1 : 0);
+    row_setup_free(&app->rs.setup);
+    close_scorer(app);
+    return app->failures ? 1 : 0;
+}
+
+/* The INPUTs, listed and checked, then scored (or compared). */
+static int cmd_inputs(App *app) {
+    Options *o = &app->o;
+    if (o->n_inputs == 0 && !o->frames_dir) die("no INPUT given (try --help)");
+    if (o->dump_dir) o->batch = 1;
+    Work w = {0};
+    gather_inputs(app, &w);
+    check_overwrites(app, &w);
+    int status = o->compare[0] ? cmd_compare(app, &w) : cmd_score(app, &w);
+    free(w.frames);
+    itemlist_free(&w.items);
+    return status;
+}
+
+/* ---- main: parse, check, run one command ------------------------------------------------- */
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--decode") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 0));
+    if (argc > 1 && strcmp(argv[1], "--preprocess-only") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 1));
+
+    static App app;
+    Options *o = &app.o;
+    char err[QALIGN_ERR_LEN];
+    options_init(o);
+    if (options_parse(o, argc, argv, err, sizeof err) != 0) die("%s", err);
+    int status;
+    if (o->help) usage(stdout), status = 0;
+    else if (o->help_markdown) options_markdown(stdout), status = 0;
+    else if (!o->model_path && !o->compare[0]) usage(stderr), status = 2;
+    else {
+        check_options(&app);
+        if (o->verify && !o->srv.listen && !o->srv.stdio) status = cmd_verify(&app);
+        else if (o->info || o->tokenize_text) status = cmd_model(&app);
+        else if (o->srv.listen || o->srv.stdio) status = cmd_serve(&app);
+        else status = cmd_inputs(&app);
+    }
+    options_free(o);
+    return close_outputs(status);
 }

@@ -59,8 +59,7 @@ static void buf_json(Buf *b, const char *t) {
     free(q);
 }
 
-/* ---- options ----------------------------------------------------------------------------- */
-
+/* the port of --listen (its options are parsed by options.c, the CLI's table) */
 static int parse_long(const char *v, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -68,98 +67,6 @@ static int parse_long(const char *v, long lo, long hi, long *out) {
     if (errno || end == v || *end || x < lo || x > hi) return -1;
     *out = x;
     return 0;
-}
-
-/* "64M", "100000", "1G", "512K", "1T" (1 byte to 1 TB) */
-static int parse_size(const char *v, int64_t *out) {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || !(x >= 0)) return -1;
-    double mul = 1;
-    if (*end == 'K' || *end == 'k') mul = 1024, end++;
-    else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
-    else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
-    else if (*end == 'T' || *end == 't') mul = 1024.0 * 1024 * 1024 * 1024, end++;
-    if (*end == 'B' || *end == 'b') end++;
-    if (*end || x * mul < 1 || x * mul > (double)((int64_t)1 << 40)) return -1;
-    *out = (int64_t)(x * mul);
-    return 0;
-}
-
-/* "40M", "1G", "250000": pixels (K, M, G, T = 1e3, 1e6, 1e9, 1e12; 1 to 1e12) */
-int serve_parse_pixels(const char *v, int64_t *out) {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || !(x >= 0)) return -1;
-    if (*end == 'K' || *end == 'k') x *= 1e3, end++;
-    else if (*end == 'M' || *end == 'm') x *= 1e6, end++;
-    else if (*end == 'G' || *end == 'g') x *= 1e9, end++;
-    else if (*end == 'T' || *end == 't') x *= 1e12, end++;
-    if (*end || x < 1 || x > 1e12) return -1;
-    *out = (int64_t)x;
-    return 0;
-}
-
-int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen) {
-    const char *a = argv[i];
-    static const char *const with_value[] = {"--listen", "--batch-wait", "--max-body", "--max-queue", "--max-connections",
-                                             "--timeout", "--api-key", "--api-key-file", "--max-request-pixels", NULL};
-    if (!strcmp(a, "--stdio")) {
-        o->stdio = 1;
-        return 1;
-    }
-    int k = 0;
-    while (with_value[k] && strcmp(a, with_value[k])) k++;
-    if (!with_value[k]) return 0;
-    if (i + 1 >= argc) return fail(err, errlen, "%s needs a value (try --help)", a);
-    const char *v = argv[i + 1];
-    long x;
-    if (!strcmp(a, "--listen")) {
-        if (!strrchr(v, ':')) return fail(err, errlen, "--listen expects HOST:PORT (e.g. 127.0.0.1:8080), got '%s'", v);
-        o->listen = v;
-    } else if (!strcmp(a, "--batch-wait")) {
-        if (parse_long(v, 0, 60000, &x)) return fail(err, errlen, "--batch-wait expects milliseconds in [0, 60000], got '%s'", v);
-        o->batch_wait_ms = (int)x;
-    } else if (!strcmp(a, "--max-body")) {
-        if (parse_size(v, &o->max_body))
-            return fail(err, errlen, "--max-body expects a size from 1 to 1T bytes, such as 64M, 1G or 1T, got '%s'", v);
-    } else if (!strcmp(a, "--max-queue")) {
-        if (parse_long(v, 1, 100000, &x)) return fail(err, errlen, "--max-queue expects an integer in [1, 100000], got '%s'", v);
-        o->max_queue = (int)x;
-    } else if (!strcmp(a, "--max-connections")) {
-        if (parse_long(v, 1, 100000, &x))
-            return fail(err, errlen, "--max-connections expects an integer in [1, 100000], got '%s'", v);
-        o->max_connections = (int)x;
-    } else if (!strcmp(a, "--timeout")) {
-        char *end;
-        double t = strtod(v, &end);
-        if (end == v || *end || !(t >= 0.1 && t <= 86400)) return fail(err, errlen, "--timeout expects seconds in [0.1, 86400], got '%s'", v);
-        o->timeout = t;
-    } else if (!strcmp(a, "--max-request-pixels")) {
-        if (serve_parse_pixels(v, &o->max_request_pixels))
-            return fail(err, errlen, "--max-request-pixels expects a count such as 400M or 1G (1 to 1T), got '%s'", v);
-    } else if (!strcmp(a, "--api-key-file")) {
-        char key[4096];
-        FILE *f = fopen(v, "r");
-        if (!f) return fail(err, errlen, "--api-key-file %s: %s", v, strerror(errno));
-        size_t n = fread(key, 1, sizeof key - 1, f);
-        int bad = ferror(f);
-        fclose(f);
-        if (bad) return fail(err, errlen, "--api-key-file %s: cannot read it", v);
-        key[n] = 0;
-        key[strcspn(key, "\r\n")] = 0; /* the first line */
-        for (size_t k = strlen(key); k > 0 && (key[k - 1] == ' ' || key[k - 1] == '\t'); k--) key[k - 1] = 0;
-        if (!key[0]) return fail(err, errlen, "--api-key-file %s: the first line is empty", v);
-        if (!(o->api_key = strdup(key))) return fail(err, errlen, "out of memory");
-    } else {
-        if (!v[0]) return fail(err, errlen, "--api-key is empty");
-        /* a copy, then the argument blanked: /proc/PID/cmdline (ps) no longer shows it */
-        if (!(o->api_key = strdup(v))) return fail(err, errlen, "out of memory");
-        memset(argv[i + 1], 0, strlen(argv[i + 1]));
-    }
-    return 2;
 }
 
 /* ---- the server's state ---------------------------------------------------------------- */

@@ -25,6 +25,7 @@
 
 /* ==== the server (serve.c) ============================================================ */
 
+/* The server's options, parsed from the CLI's option table (options.c). */
 typedef struct {
     const char *listen;      /* --listen HOST:PORT (HOST may be empty: 127.0.0.1), or NULL */
     int stdio;               /* --stdio */
@@ -45,35 +46,6 @@ typedef struct {
 
 #define SERVE_MAX_PIXELS 40000000
 #define SERVE_DEFAULTS {NULL, 0, 10, (int64_t)64 << 20, 32, 128, 10.0, NULL, 0, SERVE_MAX_PIXELS, 400000000}
-
-/* The options' part of `qalign --help`. */
-#define SERVE_USAGE \
-    "serving (see README, 'As a server'):\n" \
-    "  --listen HOST:PORT      HTTP/1.1 server: POST /score, GET /health, GET /metrics\n" \
-    "                          (HOST empty: 127.0.0.1; port 0: any free port, printed)\n" \
-    "  --stdio                 JSON lines: one request per line on stdin, one answer per line\n" \
-    "                          on stdout ({\"id\", \"path\"|\"image\"|\"frames\", \"task\", \"scale\"})\n" \
-    "  --batch-wait MS         longest a request waits for others to share its batch (10)\n" \
-    "  --max-body SIZE         largest request body / stdin line, e.g. 64M, 1G (1 to 1T; default 64M)\n" \
-    "  --max-queue N           requests admitted at once; more get 503 (default 32)\n" \
-    "  --max-connections N     open connections at once; more get 503 (default 128)\n" \
-    "  --timeout S             a request must arrive within S seconds, plus 1 s per MB of\n" \
-    "                          body, else 408; idle keep-alive connections close (default 10)\n" \
-    "  --api-key KEY           require 'Authorization: Bearer KEY'. Better: $QALIGN_API_KEY or\n" \
-    "                          --api-key-file FILE (its first line), which ps cannot show (qalign\n" \
-    "                          blanks a KEY on its command line once read, but not at once)\n" \
-    "  --api-key-file FILE     the key is FILE's first line\n" \
-    "  --max-pixels N          an image's width x height at most (default 40M here; K, M, G = 1e3,\n" \
-    "                          1e6, 1e9), read from its header before it is decoded\n" \
-    "  --max-request-pixels N  the images (or frames) of one request together (default 400M); the\n" \
-    "                          images past it get an error\n"
-
-/* If argv[i] is one of the options above, parse it (and its value, argv[i + 1]) into o and
- * return how many arguments it took (1 or 2); 0 if argv[i] is not one of them; -1 with a
- * reason in err for a bad or missing value. */
-int serve_option(ServeOptions *o, int argc, char **argv, int i, char *err, size_t errlen);
-/* A pixel count such as "40M" (K, M, G, T = 1e3 .. 1e12), 1 to 1e12: 0, or -1. */
-int serve_parse_pixels(const char *v, int64_t *out);
 
 /* Serve until EOF on stdin (--stdio) or SIGTERM/SIGINT, then answer what is in flight and
  * return 0; -1 with a reason in err when the server cannot start (bad options, the address
