@@ -73,9 +73,9 @@ LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c
 # The batch side (app.h): inputs, video, result rows and files, evaluation, report, progress, sink.
 APP_SRCS = app_util.c inputs.c video.c results.c evaluate.c report.c progress.c sink.c
 APP_HDRS = app.h app_util.h inputs.h video.h results.h evaluate.h report.h progress.h sink.h
-CLI_SRCS = cli.c options.c $(APP_SRCS) serve.c serve_parse.c
+CLI_SRCS = cli.c options.c $(APP_SRCS) serve.c serve_http.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h options.h
+HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h serve_state.h options.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean install uninstall
@@ -132,7 +132,7 @@ examples/%: examples/%.c libqalign.a qalign.h image.h
 
 # C test drivers. White-box ones (test_kernels, test_model) #include qalign.c and
 # kernels.c with -DTESTING to reach their static functions; the others use the headers.
-TEST_LINK = $(filter-out qalign.c kernels.c cli.c options.c serve.c,$(SRCS))
+TEST_LINK = $(filter-out qalign.c kernels.c cli.c options.c serve.c serve_http.c,$(SRCS))
 build/%: tests/%.c $(SRCS) $(HDRS) $(FAM_OBJS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)

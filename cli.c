@@ -1402,7 +1402,6 @@ int main(int argc, char **argv) {
     if (options_parse(o, argc, argv, err, sizeof err) != 0) die("%s", err);
     int status;
     if (o->help) usage(stdout), status = 0;
-    else if (o->help_markdown) options_markdown(stdout), status = 0;
     else if (!o->model_path && !o->compare[0]) usage(stderr), status = 2;
     else {
         check_options(&app);

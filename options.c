@@ -1,5 +1,5 @@
 /* options.c - the qalign command's option table (options.h) and what iterates over it:
- * the argv loop, the options' part of --help and the README's Markdown table.
+ * the argv loop and the options' part of --help.
  *
  * A row: name, alias, the value's name in --help, how many values it takes, where they go
  * (a setter and a field of Options; lo and hi are the setter's range or value), the commands
@@ -119,7 +119,7 @@ static int set_decoding_float(Options *o, const Option *opt, const char *given, 
     errno = 0;
     double d = strtod(v[0], &end);
     if (errno || *end || end == v[0] || !isfinite(d) || d < (double)opt->lo || (opt->hi >= 0 && d > (double)opt->hi))
-        return fail(err, errlen, "%s expects a number in [%ld, %s], got '%s'", given, opt->lo, opt->hi >= 0 ? "1" : "inf)", v[0]);
+        return fail(err, errlen, "%s expects a number in [%ld, %s, got '%s'", given, opt->lo, opt->hi >= 0 ? "1]" : "inf)", v[0]);
     *AT(o, opt, float) = (float)d;
     return 0;
 }
@@ -385,8 +385,6 @@ static const Option OPTIONS[] = {
      "pad to square and resize as the model sees it"},
     {"--size", NULL, "N", 1, set_elsewhere, 0, 0, 0, CMD_PREPROCESS, SEC_COMMANDS, NULL,
      "with --preprocess-only: the side of the square (default 448)"},
-    {"--help-markdown", NULL, NULL, 0, set_flag, F(help_markdown), 1, 0, CMD_HELP, SEC_COMMANDS, "qalign --help-markdown",
-     "the options as a Markdown table (the README's)"},
     /* serving */
     {"--listen", NULL, "HOST:PORT", 1, set_listen, 0, 0, 0, SERVE, SEC_SERVING, NULL,
      "HTTP/1.1 server: POST /score, GET /health, GET /metrics\n"
@@ -456,7 +454,7 @@ int options_parse(Options *o, int argc, char **argv, char *err, size_t errlen) {
         if (i + opt->nargs >= argc) return fail(err, errlen, "%s needs a value (try --help)", a);
         if (opt->set(o, opt, a, argv + i + 1, err, errlen) != 0) return -1;
         i += opt->nargs;
-        if (o->help || o->help_markdown) return 0;
+        if (o->help) return 0;
     }
     if (o->compare[0] && o->model_path) { /* a positional before --compare was an input */
         memmove(o->inputs + 1, o->inputs, (size_t)o->n_inputs * sizeof *o->inputs);
@@ -473,21 +471,20 @@ void options_free(Options *o) {
     o->n_inputs = 0;
 }
 
-/* ---- --help and the README's table --------------------------------------------------------- */
+/* ---- --help --------------------------------------------------------- */
 
-/* s with the placeholders filled in: {tasks} and {scales} (the library's lists, '|'), and the
- * defaults that live in other headers; in Markdown (md), '|' is escaped and lines are joined.
- * Returns the number of characters written. */
-static int put_text(FILE *f, const char *s, int md) {
+/* s with the placeholders filled in: {tasks} and {scales} (the library's lists, joined by '|')
+ * and the defaults that live in other headers. Returns the number of characters written. */
+static int put_text(FILE *f, const char *s) {
     int w = 0, n;
     while (*s) {
         if (!strncmp(s, "{tasks}", 7)) {
             const char *const *t = qalign_tasks(&n);
-            for (int k = 0; k < n; k++) w += fprintf(f, "%s%s", k ? md ? "\\|" : "|" : "", t[k]);
+            for (int k = 0; k < n; k++) w += fprintf(f, "%s%s", k ? "|" : "", t[k]);
             s += 7;
         } else if (!strncmp(s, "{scales}", 8)) {
             const qalign_scale *sc = qalign_scales(&n);
-            for (int k = 0; k < n; k++) w += fprintf(f, "%s%s", k ? md ? "\\|" : "|" : "", sc[k].name);
+            for (int k = 0; k < n; k++) w += fprintf(f, "%s%s", k ? "|" : "", sc[k].name);
             s += 8;
         } else if (!strncmp(s, "{max_pixels}", 12)) {
             w += fprintf(f, "%zu", (size_t)IMAGE_MAX_PIXELS);
@@ -495,10 +492,6 @@ static int put_text(FILE *f, const char *s, int md) {
         } else if (!strncmp(s, "{ffmpeg_timeout}", 16)) {
             w += fprintf(f, "%d", VIDEO_DEFAULT_TIMEOUT);
             s += 16;
-        } else if (md && *s == '|') {
-            w += fprintf(f, "\\|"), s++;
-        } else if (md && *s == '\n') {
-            fputc(' ', f), w++, s++;
         } else {
             fputc(*s++, f), w++;
         }
@@ -509,7 +502,7 @@ static int put_text(FILE *f, const char *s, int md) {
 /* "-t, --task quality|aesthetics|aesthetic"; returns its width */
 static int put_name(FILE *f, const Option *opt) {
     int w = fprintf(f, "%s%s%s", opt->alias ? opt->alias : "", opt->alias ? ", " : "", opt->name);
-    if (opt->arg) w += fprintf(f, " ") + put_text(f, opt->arg, 0);
+    if (opt->arg) w += fprintf(f, " ") + put_text(f, opt->arg);
     return w;
 }
 
@@ -534,36 +527,11 @@ void options_help(FILE *f, int section) {
             size_t len = nl ? (size_t)(nl - s) : strlen(s);
             char line[256];
             snprintf(line, sizeof line, "%.*s", (int)len, s);
-            put_text(f, line, 0);
+            put_text(f, line);
             fputc('\n', f);
             if (!nl) break;
             fprintf(f, "%*s", col, "");
             s = nl + 1;
         }
-    }
-}
-
-static const struct { unsigned bit; const char *name; } CMD_NAMES[] = {
-    {CMD_SCORE, "score"}, {CMD_ASK, "ask"}, {CMD_COMPARE, "compare"}, {CMD_SERVE, "serve"}, {CMD_INFO, "info"},
-    {CMD_VERIFY, "verify"}, {CMD_TOKENIZE, "tokenize"}, {CMD_DECODE, "decode"}, {CMD_PREPROCESS, "preprocess-only"},
-    {CMD_HELP, "help"}};
-
-void options_markdown(FILE *f) {
-    fputs("| option | value | commands | what it does |\n| --- | --- | --- | --- |\n", f);
-    for (int k = 0; k < N_OPTIONS; k++) {
-        const Option *opt = &OPTIONS[k];
-        fprintf(f, "| `%s`%s%s%s | ", opt->name, opt->alias ? " `" : "", opt->alias ? opt->alias : "", opt->alias ? "`" : "");
-        if (opt->arg) {
-            fputc('`', f);
-            put_text(f, opt->arg, 1);
-            fputc('`', f);
-        }
-        fputs(" | ", f);
-        int first = 1;
-        for (size_t c = 0; c < sizeof CMD_NAMES / sizeof CMD_NAMES[0]; c++)
-            if (opt->cmds & CMD_NAMES[c].bit) fprintf(f, "%s%s", first ? "" : ", ", CMD_NAMES[c].name), first = 0;
-        fputs(" | ", f);
-        put_text(f, opt->help, 1);
-        fputs(" |\n", f);
     }
 }

@@ -1,7 +1,7 @@
 /* options.h - the qalign command's options as one table (options.c): each row says the
  * option's name, its value, where the value goes (a setter and a field of Options), the
- * commands it applies to and its help text. The argv loop, the options' part of `--help`
- * and the README's option table (`qalign --help-markdown`) all iterate over that table, so
+ * commands it applies to and its help text. The argv loop and the options' part of `--help`
+ * iterate over that table (and tests/test_options.py checks the README names each row), so
  * a new option is one row; the server's options (--listen, --stdio, ...) are rows too and go
  * into Options.srv (serve.h's ServeOptions).
  *
@@ -55,7 +55,6 @@ typedef struct {
     const char *decoding_flag; /* the first decoding option given (they need --ask) */
     /* the other commands */
     int help;               /* -h, --help */
-    int help_markdown;      /* --help-markdown */
     int info;               /* --info */
     int verify;             /* --verify */
     const char *tokenize_text; /* --tokenize TEXT */
@@ -115,8 +114,6 @@ void options_free(Options *o);
 
 /* One section (SEC_*) of --help: its title, then its options. */
 void options_help(FILE *f, int section);
-/* The README's option table (Markdown): option, value, commands, what it does. */
-void options_markdown(FILE *f);
 
 /* A pixel count such as "40M" (K, M, G, T = 1e3 .. 1e12), 1 to 1e12: 0, or -1. */
 int options_parse_pixels(const char *v, int64_t *out);

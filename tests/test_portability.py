@@ -25,8 +25,8 @@ from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run, logits
 
 SRCS = ["qalign.c", "kernels.c", "kernels_family.c", "tokenizer.c", "bpe.c", "image.c", "image_png.c", "image_jpeg.c",
         "image_jpeg_enc.c", "image_qwen.c", "app_util.c", "inputs.c", "video.c", "results.c", "evaluate.c", "report.c",
-        "progress.c", "sink.c", "cli.c",
-        "serve.c", "serve_parse.c", "examples/score.c"]
+        "progress.c", "sink.c", "cli.c", "options.c",
+        "serve.c", "serve_http.c", "serve_parse.c", "examples/score.c"]
 BINARY_SRCS = [s for s in SRCS if not s.startswith("examples/")]   # what ./qalign is made of
 STD = ["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 OUT = ROOT / "build" / "portability"
