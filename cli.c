@@ -1,5 +1,8 @@
-/* cli.c - the qalign command: options, what to score (files, directories, @lists, videos),
- * the batch loop, and where results go (stdout, result files, report, evaluation).
+/* cli.c - the qalign command: what to score (files, directories, @lists, videos), the batch
+ * loop, and where results go (stdout, result files, report, evaluation). main parses the
+ * options (the table in options.c), checks which go together (check_options) and runs one
+ * command: score (or --ask), --compare, --info / --tokenize, --verify, --listen / --stdio
+ * (serve.c), --decode / --preprocess-only.
  *
  * The model is used through qalign.h only; app.h does inputs, videos, result files, the
  * report and the progress line; image.h decodes. This is the only place that exits:
@@ -141,7 +144,7 @@ typedef struct {
     int shard_i, shard_n;   /* --shard I/N */
 } App;
 
-/* ---- --dump: each stage of the computation as DIR/<name>.npy -------------------------- */
+/* ---- --dump: each stage of the computation as DIR/<name>.npy ---------------------------- */
 
 static void npy_stage(void *user, const qalign_stage *st) {
     App *app = user;
@@ -739,7 +742,7 @@ static void cmd_tokenize(const qalign_model *m, const char *text) {
     free(ids);
 }
 
-/* ---- outputs that would write over inputs ---------------------------------------------- */
+/* ---- outputs that would write over inputs ----------------------------------------------- */
 
 /* A file qalign writes: an existing regular file is known by device and inode; one still to
  * be made by its directory's device and inode and its name. Other things (a terminal,
@@ -811,7 +814,7 @@ static OutFile stdout_file(void) {
     return f;
 }
 
-/* ---- --resume: what is reused, what is scored again and why ------------------------------ */
+/* ---- --resume: what is reused, what is scored again and why ----------------------------- */
 
 static const char *const CHANGE_WORDS[] = {"model", "prompt", "levels", "pad", "precise", "scale", "max_frames", "kind",
                                            "frames", "question", "decoding"};
@@ -867,7 +870,7 @@ static void resume_say(const ResumeTally *t) {
     fprintf(stderr, "%s\n", line);
 }
 
-/* ---- main ------------------------------------------------------------------------------- */
+/* ---- the scoring context: the model file, --anchors ------------------------------------- */
 
 static const char *base_name(const char *p) {
     const char *s = strrchr(p, '/');
@@ -946,7 +949,8 @@ static void open_scorer(App *app, const char *model_path) {
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int n_levels = qalign_ctx_levels(app->ctx, words, NULL, &lo, &hi);
-    if (row_style_init(&app->rs, o->task, o->scale, n_levels, words, lo, hi) != 0) die("--scale must be 1-5, 0-1 or 0-100");
+    if (row_style_init(&app->rs, o->task, o->scale, n_levels, words, lo, hi) != 0) /* (options.c checked it) */
+        die("--scale %s: not one of qalign_scales()", o->scale);
     if (o->scale && !(hi > lo))
         die("--scale %s maps the levels' weights onto %s, so they must not all be equal (the levels give them all %g)",
             o->scale, o->scale, lo);
@@ -1050,7 +1054,7 @@ static void print_comparison(const App *app, Collected *c) {
     free(y);
 }
 
-/* ---- check: which options go together ------------------------------------------------- */
+/* ---- check: which options go together --------------------------------------------------- */
 
 /* The options as a whole (each value was checked when parsed): one line and exit 1 when they
  * do not go together; then the settings that are global to the run. */
@@ -1093,7 +1097,7 @@ static void check_options(App *app) {
 #endif
 }
 
-/* ---- the commands on a model file: verify, info, tokenize, serve ----------------------- */
+/* ---- the commands on a model file: verify, info, tokenize, serve ------------------------ */
 
 /* qalign --verify MODEL */
 static int cmd_verify(App *app) {
@@ -1147,7 +1151,7 @@ static int cmd_serve(App *app) {
     return 0;
 }
 
-/* ---- the commands on INPUTs: score (or ask), compare ------------------------------------- */
+/* ---- the commands on INPUTs: score (or ask), compare ------------------------------------ */
 
 /* What to score: the frames of one video or the images of one prompt (frames), or a list of
  * images and videos (items). */
@@ -1389,7 +1393,7 @@ static int cmd_inputs(App *app) {
     return status;
 }
 
-/* ---- main: parse, check, run one command ------------------------------------------------- */
+/* ---- main: parse, check, run one command ------------------------------------------------ */
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--decode") == 0) return close_outputs(cmd_decode(argc - 2, argv + 2, 0));

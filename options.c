@@ -20,7 +20,7 @@
 #define F(field) offsetof(Options, field)
 #define AT(o, opt, type) ((type *)((char *)(o) + (opt)->off))
 
-/* ---- the setters: where a value goes ------------------------------------------------------ */
+/* ---- the setters: where a value goes ---------------------------------------------------- */
 
 typedef int Setter(Options *o, const Option *opt, const char *given, char **v, char *err, size_t errlen);
 
@@ -171,7 +171,7 @@ static int set_elsewhere(Options *o, const Option *opt, const char *given, char 
     return fail(err, errlen, "unknown option '%s' (try --help)", given);
 }
 
-/* ---- the server's setters ---------------------------------------------------------------- */
+/* ---- the server's setters --------------------------------------------------------------- */
 
 static int set_listen(Options *o, const Option *opt, const char *given, char **v, char *err, size_t errlen) {
     if (!strrchr(v[0], ':')) return fail(err, errlen, "--listen expects HOST:PORT (e.g. 127.0.0.1:8080), got '%s'", v[0]);
@@ -240,7 +240,7 @@ static int set_api_key_file(Options *o, const Option *opt, const char *given, ch
     return 0;
 }
 
-/* ---- the table ------------------------------------------------------------------------------ */
+/* ---- the table -------------------------------------------------------------------------- */
 
 #define ASK (CMD_ASK)
 #define RUN (CMD_RUN)
@@ -420,7 +420,7 @@ const Option *options_table(int *n) {
     return OPTIONS;
 }
 
-/* ---- parsing -------------------------------------------------------------------------------- */
+/* ---- parsing ---------------------------------------------------------------------------- */
 
 void options_init(Options *o) {
     *o = (Options){.task = "quality", .batch = 8, .ffmpeg_timeout = VIDEO_DEFAULT_TIMEOUT,
@@ -471,7 +471,7 @@ void options_free(Options *o) {
     o->n_inputs = 0;
 }
 
-/* ---- --help --------------------------------------------------------- */
+/* ---- --help ----------------------------------------------------------------------------- */
 
 /* s with the placeholders filled in: {tasks} and {scales} (the library's lists, joined by '|')
  * and the defaults that live in other headers. Returns the number of characters written. */

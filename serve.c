@@ -1,5 +1,6 @@
-/* serve.c - qalign as a service (serve.h): `--listen HOST:PORT` (HTTP/1.1) and `--stdio`
- * (JSON lines), on qalign.h, image.h and app.h's result rows.
+/* serve.c - qalign as a service (serve.h): the queue, the worker, `--stdio` (JSON lines) and
+ * serve_run; the HTTP/1.1 side of `--listen HOST:PORT` is serve_http.c, the state both share
+ * serve_state.h; built on qalign.h, image.h and the result rows (results.h).
  *
  * Threads and what they own:
  *   main       HTTP: accepts connections (one thread each) until SIGTERM/SIGINT; stdio: reads
@@ -20,21 +21,15 @@
  * (both checked from the image's header, before it is decoded). A body over --max-body is
  * refused from its Content-Length, before it is read.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -249,7 +244,7 @@ char *job_row(Server *s, const Job *j, int i) {
     return results_format_row(RESULTS_JSONL, &row);
 }
 
-/* ---- the worker ---------------------------------------------------------------------------- */
+/* ---- the worker ------------------------------------------------------------------------- */
 
 /* Read a regular file (stdio requests) of at most max bytes and decode it. */
 static int load_file(const char *path, int64_t max, const ImageLimits *lim, Image *img, char *warn, size_t warnlen,
@@ -622,7 +617,7 @@ void release_slot(Server *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
-/* ---- stdio ------------------------------------------------------------------------------------ */
+/* ---- stdio ------------------------------------------------------------------------------ */
 
 /* One answer line on stdout (whole, under out_mu). */
 static void out_line(Server *s, const char *line, size_t n) {
@@ -813,7 +808,7 @@ static int serve_stdio(Server *s, int sig_fd, char *err, size_t errlen) {
     return 0;
 }
 
-/* ---- run -------------------------------------------------------------------------------------- */
+/* ---- run -------------------------------------------------------------------------------- */
 
 int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_options *co, const char *scale, char *err,
               size_t errlen) {
