@@ -69,7 +69,9 @@ endif
 # The library (qalign.h): the model, its kernels, the tokenizers (SentencePiece, byte-level BPE), image decoding and
 # preprocessing. The command line (cli.c and the batch side, APP_SRCS) uses it through qalign.h only.
 LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c image_jpeg_enc.c image_qwen.c
-# serve.c / serve_parse.c: --listen and --stdio (serve.h), on the same public headers.
+# cli.c is main and the commands; options.c the option table (options.h) that parses argv and writes --help.
+# serve.c / serve_http.c / serve_parse.c: --listen and --stdio (serve.h; serve_state.h between the first two),
+# on the same public headers.
 # The batch side (app.h): inputs, video, result rows and files, evaluation, report, progress, sink.
 APP_SRCS = app_util.c inputs.c video.c results.c evaluate.c report.c progress.c sink.c
 APP_HDRS = app.h app_util.h inputs.h video.h results.h evaluate.h report.h progress.h sink.h
