@@ -384,7 +384,7 @@ static const Option OPTIONS[] = {
      "qalign --preprocess-only [--size N] FILE OUT.ppm",
      "pad to square and resize as the model sees it"},
     {"--size", NULL, "N", 1, set_elsewhere, 0, 0, 0, CMD_PREPROCESS, SEC_COMMANDS, NULL,
-     "with --preprocess-only: the side of the square (default 448)"},
+     "the side of the square (default 448)"},
     /* serving */
     {"--listen", NULL, "HOST:PORT", 1, set_listen, 0, 0, 0, SERVE, SEC_SERVING, NULL,
      "HTTP/1.1 server: POST /score, GET /health, GET /metrics\n"
