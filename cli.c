@@ -949,8 +949,7 @@ static void open_scorer(App *app, const char *model_path) {
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int n_levels = qalign_ctx_levels(app->ctx, words, NULL, &lo, &hi);
-    if (row_style_init(&app->rs, o->task, o->scale, n_levels, words, lo, hi) != 0) /* (options.c checked it) */
-        die("--scale %s: not one of qalign_scales()", o->scale);
+    row_style_init(&app->rs, o->task, qalign_scale_find(o->scale), n_levels, words, lo, hi); /* (options.c checked it) */
     if (o->scale && !(hi > lo))
         die("--scale %s maps the levels' weights onto %s, so they must not all be equal (the levels give them all %g)",
             o->scale, o->scale, lo);

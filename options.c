@@ -81,13 +81,12 @@ static int set_task(Options *o, const Option *opt, const char *given, char **v, 
 
 static int set_scale(Options *o, const Option *opt, const char *given, char **v, char *err, size_t errlen) {
     int n;
-    const qalign_scale *sc = qalign_scales(&n);
+    const qalign_scale *sc = qalign_scales(&n), *found = qalign_scale_find(v[0]);
     char w[128];
-    for (int k = 0; k < n; k++)
-        if (!strcmp(v[0], sc[k].name)) {
-            o->scale = sc[k].name;
-            return 0;
-        }
+    if (found) {
+        o->scale = found->name;
+        return 0;
+    }
     return fail(err, errlen, "--scale must be %s, got '%s'", words_or(w, sizeof w, &sc[0].name, sizeof sc[0], n), v[0]);
 }
 

@@ -1794,6 +1794,12 @@ const qalign_scale *qalign_scales(int *n) {
     return SCALES;
 }
 
+const qalign_scale *qalign_scale_find(const char *name) {
+    for (size_t i = 0; name && i < sizeof SCALES / sizeof SCALES[0]; i++)
+        if (!strcmp(SCALES[i].name, name)) return &SCALES[i];
+    return NULL;
+}
+
 /* task is one of TASKS */
 static int task_known(const char *task) {
     for (size_t i = 0; i < sizeof TASKS / sizeof TASKS[0]; i++)

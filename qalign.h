@@ -229,6 +229,8 @@ typedef struct {
     double lo, hi;
 } qalign_scale;
 const qalign_scale *qalign_scales(int *n);
+/* The scale of that name, or NULL (also for NULL). */
+const qalign_scale *qalign_scale_find(const char *name);
 
 /* Make a context (o may be NULL: defaults). Checks the options (task, prompt, levels) and
  * allocates the buffers for a batch of images; a longer video grows them when it comes. */

@@ -372,10 +372,8 @@ char *results_format_row(ResultsFormat fmt, const ResultRow *row) {
     return b.p;
 }
 
-int row_style_init(RowStyle *s, const char *task, const char *scale, int n_levels, const char *const *words, float lo,
-                   float hi) {
-    int n_scales;
-    const qalign_scale *scales = qalign_scales(&n_scales);
+void row_style_init(RowStyle *s, const char *task, const qalign_scale *scale, int n_levels, const char *const *words,
+                    float lo, float hi) {
     memset(s, 0, sizeof *s);
     s->task = task;
     s->lo = lo;
@@ -383,16 +381,11 @@ int row_style_init(RowStyle *s, const char *task, const char *scale, int n_level
     s->n_levels = n_levels < APP_MAX_LEVELS ? n_levels : APP_MAX_LEVELS;
     for (int i = 0; i < s->n_levels; i++) s->words[i] = words[i];
     snprintf(s->scale, sizeof s->scale, "%g-%g", lo, hi);
-    if (!scale) return 0;
-    for (int k = 0; k < n_scales; k++)
-        if (!strcmp(scale, scales[k].name)) {
-            s->mapped = hi > lo;
-            s->to_lo = scales[k].lo;
-            s->to_hi = scales[k].hi;
-            snprintf(s->scale, sizeof s->scale, "%s", scale);
-            return 0;
-        }
-    return -1;
+    if (!scale) return;
+    s->mapped = hi > lo;
+    s->to_lo = scale->lo;
+    s->to_hi = scale->hi;
+    snprintf(s->scale, sizeof s->scale, "%s", scale->name);
 }
 
 ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,

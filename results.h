@@ -171,10 +171,9 @@ typedef struct {
     const char *words[APP_MAX_LEVELS]; /* the level words (the context's strings) */
     RowSetup setup;         /* what makes the rows (every row records it; model NULL: unknown) */
 } RowStyle;
-/* scale: "1-5", "0-1", "0-100", or NULL for the score's own range. -1 (nothing set) for
- * another string. */
-int row_style_init(RowStyle *s, const char *task, const char *scale, int n_levels, const char *const *words, float lo,
-                   float hi);
+/* scale: one of qalign_scales() (qalign_scale_find), or NULL for the score's own range. */
+void row_style_init(RowStyle *s, const char *task, const qalign_scale *scale, int n_levels, const char *const *words,
+                    float lo, float hi);
 /* The row of a result r, or (error != NULL) of an input that failed (r unused). The row
  * points into s, path, kind and error. */
 ResultRow row_from_result(const RowStyle *s, const char *path, const char *kind, const qalign_result *r,

@@ -145,11 +145,8 @@ void enqueue(Server *s, Job *j) {
 /* A job ready to queue from a parsed request: results, units; task and scale checked. */
 /* The name of a scale a request may ask for (a static string), or NULL. */
 const char *find_scale(const char *v) {
-    int n;
-    const qalign_scale *sc = qalign_scales(&n);
-    for (int k = 0; k < n; k++)
-        if (!strcmp(v, sc[k].name)) return sc[k].name;
-    return NULL;
+    const qalign_scale *sc = qalign_scale_find(v);
+    return sc ? sc->name : NULL;
 }
 
 Job *job_new(Server *s, const char *task, const char *scale, char *err, size_t errlen) {
@@ -219,7 +216,7 @@ int job_question(Server *s, Job *j, const char *question, const char *const dec[
 /* The row of result i of job j, as `qalign --json` prints it (with its '\n'); malloc'ed. */
 char *job_row(Server *s, const Job *j, int i) {
     RowStyle st;
-    row_style_init(&st, TASK_NAME(j->task), j->scale, s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
+    row_style_init(&st, TASK_NAME(j->task), qalign_scale_find(j->scale), s->levels.n_levels, s->levels.words, s->levels.lo, s->levels.hi);
     st.setup = s->levels.setup; /* the same in every context: model, prompt template, levels, pad, precise */
     const qalign_result *r = &j->res[i];
     const char *path = NULL;
@@ -844,7 +841,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     const char *words[QALIGN_MAX_LEVELS];
     float lo, hi;
     int nl = qalign_ctx_levels(s->ctx[s->default_task], words, NULL, &lo, &hi);
-    row_style_init(&s->levels, TASK_NAME(s->default_task), scale, nl, words, lo, hi);
+    row_style_init(&s->levels, TASK_NAME(s->default_task), qalign_scale_find(scale), nl, words, lo, hi);
     if (row_setup_of(&s->levels.setup, m, s->ctx[s->default_task]) != 0) {
         qalign_ctx_free(s->ctx[s->default_task]);
         return fail(err, errlen, "out of memory");

@@ -62,8 +62,8 @@ int main(int argc, char **argv) {
     check(qalign_presets(NULL) != NULL && qalign_prompts(NULL) != NULL && qalign_preset_find(NULL) == NULL,
           "qalign_presets(NULL), qalign_prompts(NULL), qalign_preset_find(NULL)");
     check(qalign_tasks(NULL) != NULL && !strcmp(qalign_tasks(NULL)[0], "quality") && qalign_scales(NULL) != NULL &&
-              !strcmp(qalign_scales(NULL)[0].name, "1-5"),
-          "qalign_tasks(NULL), qalign_scales(NULL)");
+              !strcmp(qalign_scales(NULL)[0].name, "1-5") && qalign_scale_find(NULL) == NULL,
+          "qalign_tasks(NULL), qalign_scales(NULL), qalign_scale_find(NULL)");
     check(qalign_kernels() != NULL && qalign_kernels_why() != NULL && strcmp(qalign_status_name(-1), "unknown status") == 0, "qalign_kernels, qalign_kernels_why, qalign_status_name(-1)");
     qalign_close(NULL);
     qalign_ctx_free(NULL);
