@@ -7,7 +7,8 @@
  *   3. PPM writer
  *   4. PNM decoder (P1..P6), following Pillow's PpmImagePlugin exactly
  *   5. BMP decoder, following Pillow's BmpImagePlugin exactly
- *   6. preprocessing: expand2square, Pillow's bicubic resampler, normalisation
+ *   6. preprocessing: expand2square or resize + centre-crop, Pillow's bicubic resampler,
+ *      normalisation
  *
  * Library code: never prints, exits or aborts; every failure returns -1 with a
  * one-line reason in err (see image.h).
@@ -1357,13 +1358,33 @@ int image_resize_bicubic(const Image *in, int ow, int oh, Image *out, char *err,
     return rc;
 }
 
-int image_preprocess(const Image *in, const uint8_t fill[3], int S, Image *out, char *err, size_t errlen) {
+/* Resize the short side to S (the long side int(S * long / short)), then cut the centred
+ * S x S: CLIPImageProcessor's resize + center_crop (top = (h - S) / 2, left = (w - S) / 2). */
+static int resize_crop(const Image *in, int S, Image *out, char *err, size_t errlen) {
+    int w = in->w, h = in->h, shrt = w < h ? w : h, lng = w < h ? h : w;
+    int nl = (int)((double)S * lng / shrt), nw = w <= h ? S : nl, nh = w <= h ? nl : S;
+    Image rs = {0};
+    if (image_resize_bicubic(in, nw, nh, &rs, err, errlen) != 0) return -1;
+    if (image_alloc(out, S, S, err, errlen) != 0) {
+        image_free(&rs);
+        return -1;
+    }
+    int top = (nh - S) / 2, left = (nw - S) / 2;
+    for (int y = 0; y < S; y++)
+        memcpy(out->rgb + (size_t)y * S * 3, rs.rgb + ((size_t)(y + top) * nw + left) * 3, (size_t)S * 3);
+    image_free(&rs);
+    return 0;
+}
+
+int image_preprocess(const Image *in, ImagePrep mode, const uint8_t fill[3], int S, Image *out, char *err,
+                     size_t errlen) {
     Source s;
     int side, ox, oy, rc;
     out->w = out->h = 0;
     out->rgb = NULL;
     if (check_image(in, err, errlen)) return -1;
     if (S < 1 || S > 65536) return fail(err, errlen, "invalid output size %d", S);
+    if (mode == IMAGE_CROP) return resize_crop(in, S, out, err, errlen);
     square_geometry(in, &side, &ox, &oy);
     /* The padded square is never materialised: rows are produced on demand. */
     if (src_init(&s, in, side, side, ox, oy, fill, err, errlen)) return -1;

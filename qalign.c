@@ -1174,31 +1174,16 @@ static void level_result(const Model *m, RunState *s, const Levels *lv, const fl
     }
 }
 
-/* Preprocess a decoded image into the model's input (3, S, S):
- *   pad:  expand2square(img, fill) then resize to S x S (Q-Align's score())
- *   else: resize the short side to S (the long side int(S * long / short)) then centre-crop
- *         S x S, as CLIPImageProcessor does without the padding
- * Pillow's bicubic either way. The S x S uint8 image goes to the stage hook. */
+/* Preprocess a decoded image into the model's input (3, S, S): image_preprocess (image.h)
+ * pads to a square with the model's fill (Q-Align's score(): expand2square) or, without
+ * the padding, resizes the short side and centre-crops (CLIPImageProcessor); Pillow's
+ * bicubic either way. The S x S uint8 image goes to the stage hook. */
 static int preprocess_image(const Model *m, RunState *s, const Image *img, int pad, int frame, int n_frames, char *err,
                             size_t errlen) {
     int S = m->c.v_image;
     Image sq = {0};
-    if (pad) {
-        if (image_preprocess(img, m->c.fill, S, &sq, err, errlen) != 0) return QALIGN_ERR_INPUT;
-    } else {
-        int w = img->w, h = img->h, shrt = w < h ? w : h, lng = w < h ? h : w;
-        int nl = (int)((double)S * lng / shrt), nw = w <= h ? S : nl, nh = w <= h ? nl : S;
-        Image rs = {0};
-        if (image_resize_bicubic(img, nw, nh, &rs, err, errlen) != 0) return QALIGN_ERR_INPUT;
-        if (image_alloc(&sq, S, S, err, errlen) != 0) {
-            image_free(&rs);
-            return QALIGN_ERR_INPUT;
-        }
-        int top = (nh - S) / 2, left = (nw - S) / 2;
-        for (int y = 0; y < S; y++)
-            memcpy(sq.rgb + (size_t)y * S * 3, rs.rgb + ((size_t)(y + top) * nw + left) * 3, (size_t)S * 3);
-        image_free(&rs);
-    }
+    if (image_preprocess(img, pad ? IMAGE_PAD : IMAGE_CROP, m->c.fill, S, &sq, err, errlen) != 0)
+        return QALIGN_ERR_INPUT;
     image_normalize(&sq, m->c.mean, m->c.std, s->pixels);
     stage(s, "resized_rgb", 'u', sq.rgb, frame, 4, (int64_t)n_frames, (int64_t)S, (int64_t)S, (int64_t)3);
     image_free(&sq);
