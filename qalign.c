@@ -883,7 +883,9 @@ static void abstractor_forward(const Model *m, RunState *s, const float *image, 
  * Compare2Score, that text and an anchor image): their keys and values come from a slot of
  * the K/V cache, and only the other nn = n - start rows, held in s->x as (B, nn, D), go
  * through the layers. The matmuls take all B*nn rows at once, so each weight matrix is read
- * once per batch; attention runs per sequence. */
+ * once per batch; attention runs per sequence. Its naive twin (one sequence, every row
+ * through every layer, no cache, no batch) is decoder_naive in tests/test_model.c, which
+ * checks this fast path against it. */
 
 typedef struct {
     int start, end;         /* rows [start, end) */
@@ -1288,11 +1290,12 @@ static void score_batch(const Model *m, RunState *s, const Prompt *p, const Leve
  * p_k = softmax(logits / 100) @ [0, .25, .5, .75, 1] over inferior worse similar better
  * superior is its preference over anchor k (score_batch with the context's levels). With
  * the anchors' preferences among themselves (a fixed 5 x 5 matrix), p gives the scores of
- * all 6 images by maximum likelihood, min-max scaled to 0..100 (compare_fit). (The API
- * side, qalign_flush, computes each anchor's visual rows and the keys and values of the
- * prompt up to the second image once per context; an image then costs one vision pass and
- * one decoder pass of B = 5 over its own rows, where the original runs both images through
- * the whole model once per anchor.) */
+ * all 6 images by maximum likelihood, min-max scaled to 0..100 (compare_fit). The whole
+ * method is here: the fit, then the anchors (anchors_init: qalign_ctx_new encodes their
+ * visual rows once; anchors_prepare: the keys and values of the prompt up to the second
+ * image, once per run state) and compare_image, which qalign_flush calls per image. An
+ * image then costs one vision pass and one decoder pass of B = 5 over its own rows, where
+ * the original runs both images through the whole model once per anchor. */
 
 #define C2S_ANCHORS 5
 #define C2S_STEPS 100           /* num_iterations=100 (the GitHub scorer.py and IQA_dataset_eval.py
@@ -1359,6 +1362,89 @@ static double compare_fit(const float *pref) {
     double lo = x[0], hi = x[0];
     for (int i = 1; i < N; i++) lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
     return hi > lo ? 100.0 * (x[N - 1] - lo) / (hi - lo) : NAN;
+}
+
+/* A comparison scorer's anchors: their visual rows, encoded once by qalign_ctx_new, and where
+ * the second image starts in the comparison prompt. */
+typedef struct {
+    int n;                  /* anchor images (C2S_ANCHORS); 0: not a comparison scorer */
+    float *rows;            /* (n, Q+1, l_dim) the anchors' visual rows */
+    int prefix;             /* rows of the comparison prompt before the second image */
+} Anchors;
+
+/* Anchor k's visual rows (Q+1, l_dim) */
+static float *anchor_rows(const Model *m, const Anchors *an, int k) {
+    return an->rows + (size_t)k * (m->c.a_queries + 1) * m->c.l_dim;
+}
+
+/* n anchors for the comparison prompt p (two <|image|>: the anchor, then the image): the
+ * prefix and room for their rows (filled by the caller). */
+static int anchors_init(const Model *m, const Prompt *p, int n, Anchors *an, char *err, size_t errlen) {
+    if (p->n_markers != 2)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: the prompt must have two <|image|> (the anchor, then "
+                         "the image), it has %d", p->n_markers);
+    Span spans[MAX_SPANS];
+    int n_spans = prompt_spans(m, p, 1, spans), seen = 0;
+    for (int i = 0; i < n_spans && seen < 2; i++) /* the second image's first row */
+        if (spans[i].modality && ++seen == 2) an->prefix = spans[i].start;
+    an->n = n;
+    an->rows = malloc((size_t)n * (m->c.a_queries + 1) * m->c.l_dim * sizeof(float));
+    if (!an->rows) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (anchors)");
+    return QALIGN_OK;
+}
+
+/* The anchors' part of the comparison prompt p (text, anchor k, text), as cache slot 1 + k:
+ * once per run state. */
+static void anchors_prepare(const Model *m, RunState *s, const Prompt *p, const Anchors *an) {
+    if (s->cache_rows[1] == an->prefix) return;
+    double t0 = now_seconds();
+    for (int k = 0; k < an->n; k++) {
+        const float *img[2] = {anchor_rows(m, an, k), anchor_rows(m, an, k)}; /* (only the first is read) */
+        cache_prefix(m, s, p, 1, img, an->prefix, 1 + k);
+    }
+    s->seconds.decoder += now_seconds() - t0;
+}
+
+/* Compare2Score: the image with visual rows `image` against every anchor (score_batch of
+ * prompt p and levels lv with B = the anchors, each sequence's first rows from its anchor's
+ * cache slot), then the fit. With a stage hook every comparison is computed whole, one at
+ * a time (the same numbers). */
+static void compare_image(const Model *m, RunState *s, const Prompt *p, const Levels *lv, const Anchors *an,
+                          const float *image, qalign_result *out) {
+    int A = an->n, L = lv->n;
+    const float *img[2 * QALIGN_MAX_ANCHORS];
+    int cache[QALIGN_MAX_ANCHORS];
+    qalign_result r[QALIGN_MAX_ANCHORS];
+    for (int a = 0; a < A; a++) {
+        img[2 * a] = anchor_rows(m, an, a); /* images = [anchor_image, image] */
+        img[2 * a + 1] = image;
+        cache[a] = 1 + a;
+    }
+    if (s->hook) {
+        for (int a = 0; a < A; a++) score_batch(m, s, p, lv, 1, 1, img + 2 * a, NULL, &r[a]);
+    } else {
+        anchors_prepare(m, s, p, an);
+        score_batch(m, s, p, lv, A, 1, img, cache, r);
+    }
+    memset(out, 0, sizeof *out);
+    out->n_levels = L;
+    out->frames = 1;
+    out->n_anchors = A;
+    for (int a = 0; a < A; a++) {
+        if (r[a].status != QALIGN_OK) {
+            *out = r[a];
+            return;
+        }
+        out->anchor_prefs[a] = r[a].score; /* probabilities.append(np.dot(softmax(output_logits), self.weight_tensor)) */
+        for (int i = 0; i < L; i++) out->probs[i] += r[a].probs[i] / A, out->logits[i] += r[a].logits[i] / A;
+    }
+    out->score = (float)compare_fit(out->anchor_prefs);
+    out->std = NAN;
+    if (!isfinite(out->score)) {
+        out->status = QALIGN_ERR_NUMERIC;
+        snprintf(out->error, sizeof out->error, "the comparisons with the anchors gave every image the same score: no "
+                 "0..100 scale (are the anchors 5 different images?)");
+    }
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -2691,10 +2777,7 @@ struct qalign_ctx {
     Levels lv;
     Prompt prompt_image, prompt_video; /* the template with {input} = image / video */
     char *template;         /* the template itself (qalign_ctx_describe) */
-    /* with anchors (Compare2Score): each image is compared with every anchor */
-    int n_anchors;
-    float *anchor_rows;     /* (n_anchors, Q+1, l_dim) the anchors' visual rows */
-    int anchor_prefix;      /* rows of the comparison prompt before the second image */
+    Anchors anchors;        /* with anchors (Compare2Score): each image is compared with every anchor */
     RunState s;
     int have_state;
     int pending;            /* images encoded (visual slots 0..pending-1), waiting for the decoder */
@@ -2735,7 +2818,7 @@ static void threads_leave(int old) {
  * batch reallocates it; the K/V caches survive only while the state does). */
 static int ensure_state(qalign_ctx *c, int batch, int n_frames, char *err, size_t errlen) {
     RunState *s = &c->s;
-    if (c->n_anchors && batch < c->n_anchors) batch = c->n_anchors; /* one decoder pass per anchor */
+    if (c->anchors.n && batch < c->anchors.n) batch = c->anchors.n; /* one decoder pass per anchor */
     if (c->have_state && s->max_batch >= batch && s->n_frames >= n_frames) return QALIGN_OK;
     if (c->have_state) {
         batch = batch > s->max_batch ? batch : s->max_batch;
@@ -2747,14 +2830,14 @@ static int ensure_state(qalign_ctx *c, int batch, int n_frames, char *err, size_
     const Model *m = c->m;
     int seq = sequence_length(m, &c->prompt_image, 1), seqv = sequence_length(m, &c->prompt_video, n_frames);
     int prefix = c->prompt_image.n_ids > c->prompt_video.n_ids ? c->prompt_image.n_ids : c->prompt_video.n_ids;
-    prefix = prefix > c->anchor_prefix ? prefix : c->anchor_prefix;
+    prefix = prefix > c->anchors.prefix ? prefix : c->anchors.prefix;
     memset(s, 0, sizeof *s);
     s->max_batch = batch;
     s->n_frames = n_frames;
     s->max_seq = seq > seqv ? seq : seqv;
     s->max_rows = batch * seq > seqv ? batch * seq : seqv;
     s->max_slots = batch > n_frames ? batch : n_frames;
-    if (run_state_alloc(s, &m->c, prefix, 1 + c->n_anchors, c->threads, c->precise) != QALIGN_OK)
+    if (run_state_alloc(s, &m->c, prefix, 1 + c->anchors.n, c->threads, c->precise) != QALIGN_OK)
         return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory: %d frames need %.0f MB of buffers", n_frames, s->bytes / 1e6);
     s->seconds = c->seconds;
     c->have_state = 1;
@@ -2773,7 +2856,7 @@ void qalign_ctx_free(qalign_ctx *c) {
     prompt_free(&c->prompt_image);
     prompt_free(&c->prompt_video);
     free(c->template);
-    free(c->anchor_rows);
+    free(c->anchors.rows);
     free(c);
 }
 
@@ -2807,62 +2890,6 @@ static int encode_image(qalign_ctx *c, const qalign_image *img, float *out, int 
 static float *slot(qalign_ctx *c, int k) {
     CHECK(k < c->s.max_slots);
     return c->s.visual + (size_t)k * (c->m->c.a_queries + 1) * c->m->c.l_dim;
-}
-
-/* The anchors' part of the comparison prompt (text, anchor k, text), as cache slot 1 + k:
- * once per run state. */
-static void anchors_prepare(qalign_ctx *c) {
-    RunState *s = &c->s;
-    if (s->cache_rows[1] == c->anchor_prefix) return;
-    size_t rows = (size_t)(c->m->c.a_queries + 1) * c->m->c.l_dim;
-    double t0 = now_seconds();
-    for (int k = 0; k < c->n_anchors; k++) {
-        const float *img[2] = {c->anchor_rows + k * rows, c->anchor_rows + k * rows}; /* (only the first is read) */
-        cache_prefix(c->m, s, &c->prompt_image, 1, img, c->anchor_prefix, 1 + k);
-    }
-    s->seconds.decoder += now_seconds() - t0;
-}
-
-/* Compare2Score: the image in visual slot k against every anchor (score_batch with B = the
- * anchors, each sequence's first rows from its anchor's cache slot), then the fit. With a
- * stage hook every comparison is computed whole, one at a time (the same numbers). */
-static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
-    RunState *s = &c->s;
-    int A = c->n_anchors, L = c->lv.n;
-    size_t rows = (size_t)(c->m->c.a_queries + 1) * c->m->c.l_dim;
-    const float *img[2 * QALIGN_MAX_ANCHORS];
-    int cache[QALIGN_MAX_ANCHORS];
-    qalign_result r[QALIGN_MAX_ANCHORS];
-    for (int a = 0; a < A; a++) {
-        img[2 * a] = c->anchor_rows + a * rows; /* images = [anchor_image, image] */
-        img[2 * a + 1] = slot(c, k);
-        cache[a] = 1 + a;
-    }
-    if (s->hook) {
-        for (int a = 0; a < A; a++) score_batch(c->m, s, &c->prompt_image, &c->lv, 1, 1, img + 2 * a, NULL, &r[a]);
-    } else {
-        anchors_prepare(c);
-        score_batch(c->m, s, &c->prompt_image, &c->lv, A, 1, img, cache, r);
-    }
-    memset(out, 0, sizeof *out);
-    out->n_levels = L;
-    out->frames = 1;
-    out->n_anchors = A;
-    for (int a = 0; a < A; a++) {
-        if (r[a].status != QALIGN_OK) {
-            *out = r[a];
-            return;
-        }
-        out->anchor_prefs[a] = r[a].score; /* probabilities.append(np.dot(softmax(output_logits), self.weight_tensor)) */
-        for (int i = 0; i < L; i++) out->probs[i] += r[a].probs[i] / A, out->logits[i] += r[a].logits[i] / A;
-    }
-    out->score = (float)compare_fit(out->anchor_prefs);
-    out->std = NAN;
-    if (!isfinite(out->score)) {
-        out->status = QALIGN_ERR_NUMERIC;
-        snprintf(out->error, sizeof out->error, "the comparisons with the anchors gave every image the same score: no "
-                 "0..100 scale (are the anchors 5 different images?)");
-    }
 }
 
 /* The Qwen3.5 family (Q-ReAlign): its model and its scoring, on the kernels, the loader and
@@ -2944,26 +2971,12 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     }
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
-    if (!st && o.n_anchors) { /* the anchors: their visual rows now, their K/V on first use */
-        Span spans[MAX_SPANS];
-        if (c->prompt_image.n_markers != 2) {
-            st = fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: the prompt must have two <|image|> (the anchor, then "
-                           "the image), it has %d", c->prompt_image.n_markers);
-        } else {
-            int n_spans = prompt_spans(m, &c->prompt_image, 1, spans), seen = 0;
-            for (int i = 0; i < n_spans && seen < 2; i++) /* the second image's first row */
-                if (spans[i].modality && ++seen == 2) c->anchor_prefix = spans[i].start;
-            c->n_anchors = o.n_anchors;
-            size_t rows = (size_t)(m->c.a_queries + 1) * m->c.l_dim;
-            c->anchor_rows = malloc((size_t)o.n_anchors * rows * sizeof(float));
-            if (!c->anchor_rows) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (anchors)");
-        }
-    }
+    if (!st && o.n_anchors) /* the anchors: their visual rows now, their K/V on first use */
+        st = anchors_init(m, &c->prompt_image, o.n_anchors, &c->anchors, err, errlen);
     if (!st) st = ensure_state(c, c->batch, 1, err, errlen);
-    for (int k = 0; !st && k < c->n_anchors; k++) {
+    for (int k = 0; !st && k < c->anchors.n; k++) {
         char e[QALIGN_ERR_LEN - 32];
-        size_t rows = (size_t)(m->c.a_queries + 1) * m->c.l_dim;
-        if ((st = encode_image(c, &o.anchors[k], c->anchor_rows + k * rows, 0, 1, e, sizeof e)) != QALIGN_OK)
+        if ((st = encode_image(c, &o.anchors[k], anchor_rows(m, &c->anchors, k), 0, 1, e, sizeof e)) != QALIGN_OK)
             fail_with(err, errlen, st, "anchors: image %d: %s", k, e);
     }
     if (st) {
@@ -2980,8 +2993,8 @@ int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, f
         if (words) words[i] = c->lv.words[i];
         if (weights) weights[i] = c->lv.weights[i];
     }
-    if (lo) *lo = c->n_anchors ? 0.0f : c->lv.lo;
-    if (hi) *hi = c->n_anchors ? 100.0f : c->lv.hi;
+    if (lo) *lo = c->anchors.n ? 0.0f : c->lv.lo;
+    if (hi) *hi = c->anchors.n ? 100.0f : c->lv.hi;
     return c->lv.n;
 }
 
@@ -2992,7 +3005,7 @@ void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
         return;
     }
     *out = (qalign_ctx_info){.prompt = c->template, .levels = c->lv.text, .pad = c->pad, .precise = c->precise,
-                             .n_anchors = c->n_anchors};
+                             .n_anchors = c->anchors.n};
 }
 
 const char *qalign_ctx_notes(const qalign_ctx *c) { return c && c->lv.note[0] ? c->lv.note : NULL; }
@@ -3023,7 +3036,7 @@ int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t e
     NEED(c, "the context");
     if (c->qw) return qwen_add_image(c, img, err, errlen);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
-    if (c->prompt_image.n_markers != 1 && !c->n_anchors)
+    if (c->prompt_image.n_markers != 1 && !c->anchors.n)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
                          "by one (it has %d: use qalign_score_prompt, or give anchors)", c->prompt_image.n_markers);
     if (c->pending >= qalign_ctx_batch(c)) return fail_with(err, errlen, QALIGN_ERR_STATE, "the batch is full (qalign_flush first)");
@@ -3042,8 +3055,9 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
     int old = threads_enter(c);
     c->s.hook = c->hook;
     c->s.hook_user = c->hook_user;
-    if (c->n_anchors)
-        for (int k = 0; k < c->pending; k++) compare_image(c, k, &out[k]);
+    if (c->anchors.n)
+        for (int k = 0; k < c->pending; k++)
+            compare_image(c->m, &c->s, &c->prompt_image, &c->lv, &c->anchors, slot(c, k), &out[k]);
     else
         score_batch(c->m, &c->s, &c->prompt_image, &c->lv, c->pending, 1, c->s.slot_rows, NULL, out);
     threads_leave(old);
@@ -3058,7 +3072,7 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "a video takes 1 to %d frames, not %d", QALIGN_MAX_FRAMES, n_frames);
-    if (c->prompt_video.n_markers != 1 || c->n_anchors)
+    if (c->prompt_video.n_markers != 1 || c->anchors.n)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "videos need a prompt with one <|image|> and no anchors");
     if (c->preset_prompt && !c->preset->video)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "the %s preset scores images only (its original has no video "
@@ -3118,7 +3132,7 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
     NEED(c, "the context");
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
-    if (n > 0 && !c->qw && c->prompt_image.n_markers != 1 && !c->n_anchors)
+    if (n > 0 && !c->qw && c->prompt_image.n_markers != 1 && !c->anchors.n)
         return qalign_add_image(c, &imgs[0], err, errlen); /* (its error) */
     int where[QALIGN_MAX_BATCH];     /* out index of each pending image */
     qalign_result got[QALIGN_MAX_BATCH];
@@ -3428,7 +3442,7 @@ static int ask_begin(qalign_ctx *c, const char *question, const qalign_ask_optio
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     int st = ask_options(c->m, question, in, o, err, errlen);
     if (st) return st;
-    if (o->scores && c->n_anchors)
+    if (o->scores && c->anchors.n)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "scores: a comparison scorer (anchors) does not score answers' images");
     size_t need = strlen(o->prompt) + 512;
     char *tmpl = malloc(need);
