@@ -25,29 +25,24 @@
  *
  * Tests may #include this file (with TESTING defined) to reach its static functions.
  */
-/* MAP_ANONYMOUS and madvise() (for no_mmap) are outside POSIX 2008; everything else is in it */
+/* (for the tests that #include kernels.c after this file: its syscall() is outside POSIX 2008) */
 #ifndef _DEFAULT_SOURCE
 #define _DEFAULT_SOURCE 1
 #endif
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common.h"
 #include "image.h"
 #include "kernels.h"
+#include "platform.h"
 #include "qalign.h"
 #include "tokenizer.h"
 #include "bpe.h"
@@ -243,22 +238,15 @@ typedef struct qalign_model {
     Tokenizer tok;
     int level_ids[N_LEVELS]; /* token ids of excellent good fair poor bad (tokenized at load) */
     /* the file's bytes */
-    const uint8_t *map;     /* (file_size) read-only mapping of the whole file, or its copy (no_mmap) */
+    MappedFile file;        /* the mapping, or its copy (no_mmap), and its prefetcher (platform.h) */
+    const uint8_t *map;     /* (file_size) = file.data: the whole file, read-only */
     size_t file_size;
-    int copied;             /* map is an anonymous copy (no_mmap), not a file mapping */
     TableEntry *table;      /* (n_tensors) */
     int n_tensors;
     char *path;
     char model_id[17];      /* hash of header + table, hex */
     const uint8_t *sums;    /* the checksum section after the last tensor (read_sums), or NULL
                                for a file written before export.py added it */
-    /* the helper thread that makes the mapped weights resident (prefetch_start) */
-    pthread_t prefetcher;
-    int prefetching;        /* it was started (and is joined by model_free) */
-    atomic_int prefetch_stop; /* set by model_free: stop after the current chunk */
-    size_t prefetch_range[2][2]; /* [from, to) file offsets: the decoder's layers, then the
-                               vision tower's and the abstractor's weights (not the embedding
-                               table and lm_head, of which a few rows are read) */
 } Model;
 
 static int qwen_word_id(const Model *m, const char *word); /* qwen35.c */
@@ -2345,106 +2333,27 @@ static int host_is_little_endian(void) {
     return *(const uint8_t *)&one == 1;
 }
 
-/* no_mmap: the file read into this process's own memory, made read-only afterwards.
- * A file mapping costs a page fault per 4 KB page on first use and a TLB entry per 4 KB
- * while the matmuls stream through 7-15 GB of weights; anonymous memory can be backed by
- * 2 MB pages (MADV_HUGEPAGE, where the kernel has transparent huge pages). Touching every
- * page before read() fills it makes the kernel allocate the big pages up front instead of
- * faulting 4 KB at a time inside the copy. On our test VM this loads a cached 9 GB model in
- * 2 s when the memory was used before (fresh memory costs the hypervisor about 1 GB/s; a
- * mapping faults in at about 1 GB/s) and makes each image 20-40 % faster; see README. The
- * price: the copy is private to this process, not shared through the page cache. */
-static const uint8_t *read_whole_file(Loader *ld, int fd, size_t size) {
-    uint8_t *buf;
-#if defined(MAP_ANONYMOUS)
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return load_fail(ld, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into: %s", size, strerror(errno)), NULL;
-    buf = p;
-#if defined(MADV_HUGEPAGE)
-    madvise(p, size, MADV_HUGEPAGE); /* a hint: without THP it fails and nothing changes */
-#endif
-    long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < size; i += (size_t)page) buf[i] = 0;
-#else
-    buf = malloc(size);
-    if (!buf) return load_fail(ld, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into", size), NULL;
-#endif
-    for (size_t done = 0; done < size;) {
-        size_t want = size - done < ((size_t)1 << 30) ? size - done : ((size_t)1 << 30);
-        ssize_t got = read(fd, buf + done, want);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-            if (got < 0) load_fail(ld, QALIGN_ERR_IO, "read failed: %s", strerror(errno));
-            else load_fail(ld, QALIGN_ERR_FORMAT, "the file shrank while being read;" HINT_EXPORT);
-#if defined(MAP_ANONYMOUS)
-            munmap(buf, size);
-#else
-            free(buf);
-#endif
-            return NULL;
-        }
-        done += (size_t)got;
-    }
-#if defined(MAP_ANONYMOUS)
-    mprotect(buf, size, PROT_READ); /* weights stay read-only, as in the mapping */
-#endif
-    return buf;
-}
-
-/* The first image of a mapped model faults its pages in as the matmuls reach them: the
- * decoder's 4-15 GB on the critical path, read from disk when the page cache does not hold
- * them. A helper thread started at open makes them resident while the vision tower runs:
- * madvise(MADV_POPULATE_READ) (Linux 5.14) in 32 MB chunks, the decoder's layers first, then
- * the vision tower's and abstractor's weights (which the forward pass is already touching),
- * one byte per page where the call is missing. It only reads the mapping; model_free stops
- * it after its current chunk before unmapping. bench/ANALYSIS.md has what it saves. */
-static void *prefetch_main(void *arg) {
-    Model *m = arg;
-    const size_t chunk = (size_t)32 << 20;
-    long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
-    for (int pass = 0; pass < 2; pass++) {
-        size_t lo = m->prefetch_range[pass][0] / (size_t)page * (size_t)page, hi = m->prefetch_range[pass][1];
-        for (size_t off = lo; off < hi && !atomic_load(&m->prefetch_stop); off += chunk) {
-            size_t len = hi - off < chunk ? hi - off : chunk;
-#if defined(MADV_POPULATE_READ)
-            if (madvise((void *)(m->map + off), len, MADV_POPULATE_READ) == 0) continue;
-#endif
-            volatile uint8_t sink = 0;
-            for (size_t i = 0; i < len; i += (size_t)page) sink ^= m->map[off + i];
-            (void)sink;
-        }
-    }
-    return NULL;
-}
-
+/* The first image of a mapped model faults its pages in as the matmuls reach them; a helper
+ * thread started at open (platform_prefetch) makes them resident while the vision tower runs:
+ * the decoder's layers first, then the vision tower's and the abstractor's weights (which the
+ * forward pass is already touching); not the embedding table and lm_head, of which a few rows
+ * are read. */
 static void prefetch_start(Model *m) {
     TableEntry *layers = find_tensor(m, "l.0.attn_norm.0"), *norm = find_tensor(m, "l.norm"), *embed = find_tensor(m, "l.embed");
     if (!layers || !norm || !embed) return; /* (the loader has checked they are there) */
-    m->prefetch_range[0][0] = (size_t)layers->offset, m->prefetch_range[0][1] = (size_t)norm->offset;
-    m->prefetch_range[1][0] = 0, m->prefetch_range[1][1] = (size_t)embed->offset;
-    atomic_store(&m->prefetch_stop, 0);
-    m->prefetching = pthread_create(&m->prefetcher, NULL, prefetch_main, m) == 0; /* if not: faults as before */
+    const size_t ranges[2][2] = {{(size_t)layers->offset, (size_t)norm->offset}, {0, (size_t)embed->offset}};
+    platform_prefetch(&m->file, ranges, 2);
 }
 
 static void model_free(Model *m) {
     if (!m) return;
-    if (m->prefetching) {
-        atomic_store(&m->prefetch_stop, 1);
-        pthread_join(m->prefetcher, NULL);
-    }
+    platform_unmap(&m->file); /* (stops the prefetcher first) */
     tokenizer_free(&m->tok);
     qwen_free(m->qwen);
     free(m->v.layers);
     free(m->a.layers);
     free(m->l.layers);
     free(m->table);
-#if defined(MAP_ANONYMOUS)
-    if (m->map) munmap((void *)m->map, m->file_size); /* the mapping or its anonymous copy */
-#else
-    if (m->map && m->copied) free((void *)m->map);
-    else if (m->map) munmap((void *)m->map, m->file_size);
-#endif
     free(m->path);
     free(m);
 }
@@ -2465,9 +2374,8 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
         return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     }
     Loader ld = {m, QALIGN_OK, err, errlen};
-    int fd = -1;
-    struct stat st;
     char kerr[QALIGN_ERR_LEN];
+    int st;
     if (kernels_choose(opt ? opt->kernels : NULL, kerr, sizeof kerr) != 0) { /* the CPU family, once per process */
         ld.status = QALIGN_ERR_ARG;
         if (err && errlen) snprintf(err, errlen, "%s", kerr);
@@ -2477,39 +2385,13 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
         load_fail(&ld, QALIGN_ERR_FORMAT, "model files are little-endian and this host is big-endian; qalign does not support big-endian hosts");
         goto done;
     }
-    /* O_NONBLOCK: a FIFO or a device must not block the open; only regular files are read */
-    if ((fd = open(path, O_RDONLY | O_NONBLOCK)) < 0) {
-        load_fail(&ld, QALIGN_ERR_IO, "cannot open model file: %s", strerror(errno));
+    st = platform_map(path, opt && opt->no_mmap, HEADER_BYTES, &m->file, kerr, sizeof kerr);
+    if (st) {
+        load_fail(&ld, st, "%s%s", kerr, st == QALIGN_ERR_FORMAT ? ";" HINT_EXPORT : "");
         goto done;
     }
-    if (fstat(fd, &st) != 0) {
-        load_fail(&ld, QALIGN_ERR_IO, "cannot stat: %s", strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        load_fail(&ld, QALIGN_ERR_IO, "not a regular file");
-        goto done;
-    }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
-        load_fail(&ld, QALIGN_ERR_NOMEM, "the model (%lld bytes) does not fit in this machine's address space (32-bit build?)",
-                  (long long)st.st_size);
-        goto done;
-    }
-    m->file_size = (size_t)st.st_size;
-    if (m->file_size < HEADER_BYTES) {
-        load_fail(&ld, QALIGN_ERR_FORMAT, "the file is %zu bytes, too small for a qalign model (truncated?);" HINT_EXPORT, m->file_size);
-        goto done;
-    }
-    if (opt && opt->no_mmap) {
-        m->map = read_whole_file(&ld, fd, m->file_size);
-        m->copied = 1;
-    } else {
-        void *map = mmap(NULL, m->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) load_fail(&ld, QALIGN_ERR_IO, "cannot mmap %zu bytes: %s", m->file_size, strerror(errno));
-        else m->map = map;
-    }
-    if (!m->map) goto done;
+    m->map = m->file.data;
+    m->file_size = m->file.size;
     uint32_t magic = rd_u32(m->map), version = rd_u32(m->map + 4);
     if (magic == QWEN_MAGIC) qwen_load(&ld, m);
     else if (magic != QALIGN_MAGIC) load_fail(&ld, QALIGN_ERR_FORMAT, "not a qalign model file (bad magic);" HINT_EXPORT);
@@ -2531,10 +2413,9 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
             else h = fnv1a(d + n - k, k, fnv1a(d + n / 2 - k / 2, k, fnv1a(d, k, h)));
         }
         snprintf(m->model_id, sizeof m->model_id, "%016llx", (unsigned long long)h);
-        if (!m->copied && !(opt && opt->no_prefetch)) prefetch_start(m);
+        if (!(opt && opt->no_prefetch)) prefetch_start(m);
     }
 done:
-    if (fd >= 0) close(fd);
     if (ld.status) {
         model_free(m);
         return ld.status;
