@@ -778,192 +778,226 @@ static int bmp_is_dib(const uint8_t *buf, size_t len) {
     return hs == 12 || hs == 40 || hs == 64 || hs == 108 || hs == 124;
 }
 
-int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
-    BmpInfo bi;
-    uint32_t hsize, compression = 0, colors_field = 0, masks[4] = {0, 0, 0, 0};
+/* What the file and info headers say (BmpImagePlugin._bitmap up to the palette). */
+typedef struct {
+    uint32_t hsize, compression, masks[4];
     uint64_t offset, colors, w, h;
     unsigned bits;
-    int direction = -1, padding, mode_p = 0;
-    size_t pos, base;
-    const uint8_t *hd;
+    int direction;  /* -1 bottom-up, 1 top-down */
+    int padding;    /* bytes per palette entry: 3 (OS/2 v1) or 4 */
+    size_t pos;     /* the file position after the info header (and bit field masks) */
+    size_t base;    /* where the info header starts: 14, or 0 for a headerless DIB */
+} BmpHeader;
 
-    out->w = out->h = 0;
-    out->rgb = NULL;
-    memset(&bi, 0, sizeof bi);
+/* The file header (or none, for a DIB) and the info header, checked against the limits. */
+static int bmp_header(const uint8_t *buf, size_t len, BmpHeader *H, char *err, size_t errlen) {
+    const uint8_t *hd;
+    memset(H, 0, sizeof *H);
+    H->direction = -1;
     if (len >= 2 && buf[0] == 'B' && buf[1] == 'M') { /* file header: magic, size, reserved, data offset */
         if (len < 14) return fail(err, errlen, "truncated header");
-        offset = le32(buf + 10);
-        base = 14;
+        H->offset = le32(buf + 10);
+        H->base = 14;
     } else if (bmp_is_dib(buf, len)) { /* headerless DIB: pixels follow the palette */
-        offset = 0;
-        base = 0;
+        H->offset = 0;
+        H->base = 0;
     } else {
         return fail(err, errlen, "bad magic number");
     }
-    if (len - base < 4) return fail(err, errlen, "truncated header");
-    hsize = le32(buf + base);
-    if (hsize != 12 && hsize != 40 && hsize != 64 && hsize != 108 && hsize != 124)
-        return fail(err, errlen, "unsupported header size (%u)", (unsigned)hsize);
-    if (len - base - 4 < hsize - 4) return fail(err, errlen, "truncated header");
-    hd = buf + base + 4;
-    pos = base + (size_t)hsize;
-    if (hsize == 12) {
-        w = le16(hd);
-        h = le16(hd + 2);
-        bits = le16(hd + 6);
-        padding = 3;
+    if (len - H->base < 4) return fail(err, errlen, "truncated header");
+    H->hsize = le32(buf + H->base);
+    if (H->hsize != 12 && H->hsize != 40 && H->hsize != 64 && H->hsize != 108 && H->hsize != 124)
+        return fail(err, errlen, "unsupported header size (%u)", (unsigned)H->hsize);
+    if (len - H->base - 4 < H->hsize - 4) return fail(err, errlen, "truncated header");
+    hd = buf + H->base + 4;
+    H->pos = H->base + (size_t)H->hsize;
+    if (H->hsize == 12) {
+        H->w = le16(hd);
+        H->h = le16(hd + 2);
+        H->bits = le16(hd + 6);
+        H->padding = 3;
     } else {
         int y_flip = hd[7] == 0xFF;
-        direction = y_flip ? 1 : -1;
-        w = le32(hd);
-        h = y_flip ? ((uint64_t)1 << 32) - le32(hd + 4) : le32(hd + 4);
-        bits = le16(hd + 10);
-        compression = le32(hd + 12);
-        colors_field = le32(hd + 28);
-        padding = 4;
-        if (compression == 3) { /* BI_BITFIELDS */
-            if (hsize - 4 >= 52) {
-                for (int i = 0; i < 4; i++) masks[i] = le32(hd + 36 + 4 * i);
+        H->direction = y_flip ? 1 : -1;
+        H->w = le32(hd);
+        H->h = y_flip ? ((uint64_t)1 << 32) - le32(hd + 4) : le32(hd + 4);
+        H->bits = le16(hd + 10);
+        H->compression = le32(hd + 12);
+        H->colors = le32(hd + 28); /* the colour count field (0: 1 << bits, below) */
+        H->padding = 4;
+        if (H->compression == 3) { /* BI_BITFIELDS */
+            if (H->hsize - 4 >= 52) {
+                for (int i = 0; i < 4; i++) H->masks[i] = le32(hd + 36 + 4 * i);
             } else {
-                if (len - pos < 12) return fail(err, errlen, "truncated bit field masks");
-                for (int i = 0; i < 3; i++) masks[i] = le32(buf + pos + 4 * i);
-                pos += 12;
+                if (len - H->pos < 12) return fail(err, errlen, "truncated bit field masks");
+                for (int i = 0; i < 3; i++) H->masks[i] = le32(buf + H->pos + 4 * i);
+                H->pos += 12;
             }
         }
     }
-    if (w == 0 || h == 0) return fail(err, errlen, "invalid image size");
-    if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM || w * h > (uint64_t)IMAGE_MAX_PIXELS)
-        return fail(err, errlen, "image too large (%llux%llu)", (unsigned long long)w, (unsigned long long)h);
-    if (image_within_limit((long long)w, (long long)h, err, errlen)) return -1;
+    if (H->w == 0 || H->h == 0) return fail(err, errlen, "invalid image size");
+    if (H->w > IMAGE_MAX_DIM || H->h > IMAGE_MAX_DIM || H->w * H->h > (uint64_t)IMAGE_MAX_PIXELS)
+        return fail(err, errlen, "image too large (%llux%llu)", (unsigned long long)H->w, (unsigned long long)H->h);
+    if (image_within_limit((long long)H->w, (long long)H->h, err, errlen)) return -1;
+    if (!H->colors) H->colors = H->bits < 64 ? (uint64_t)1 << H->bits : 0;
+    if (H->base && H->offset == 14 + (uint64_t)H->hsize && H->bits <= 8) H->offset += 4 * H->colors;
+    return 0;
+}
 
-    colors = colors_field ? colors_field : (bits < 64 ? (uint64_t)1 << bits : 0);
-    if (base && offset == 14 + (uint64_t)hsize && bits <= 8) offset += 4 * colors;
-
-    switch (bits) { /* BIT2MODE */
-    case 1: bi.raw = RAW_P1; mode_p = 1; break;
-    case 4: bi.raw = RAW_P4; mode_p = 1; break;
-    case 8: bi.raw = RAW_P8; mode_p = 1; break;
-    case 16: bi.raw = RAW_BGR15; break;
-    case 24: bi.raw = RAW_BGR; break;
-    case 32: bi.raw = RAW_32; bi.pos[0] = 2; bi.pos[1] = 1; bi.pos[2] = 0; break;
-    default: return fail(err, errlen, "unsupported pixel depth (%u)", bits);
+/* The pixel layout from the depth (BIT2MODE) and the bit field masks; *mode_p: a palette. */
+static int bmp_layout(const BmpHeader *H, BmpInfo *bi, int *mode_p, char *err, size_t errlen) {
+    *mode_p = 0;
+    switch (H->bits) { /* BIT2MODE */
+    case 1: bi->raw = RAW_P1; *mode_p = 1; break;
+    case 4: bi->raw = RAW_P4; *mode_p = 1; break;
+    case 8: bi->raw = RAW_P8; *mode_p = 1; break;
+    case 16: bi->raw = RAW_BGR15; break;
+    case 24: bi->raw = RAW_BGR; break;
+    case 32: bi->raw = RAW_32; bi->pos[0] = 2; bi->pos[1] = 1; bi->pos[2] = 0; break;
+    default: return fail(err, errlen, "unsupported pixel depth (%u)", H->bits);
     }
-    if (compression == 3) {
-        uint32_t r = masks[0], g = masks[1], b = masks[2], a = masks[3];
-        if (bits == 32) {
+    if (H->compression == 3) {
+        uint32_t r = H->masks[0], g = H->masks[1], b = H->masks[2], a = H->masks[3];
+        if (H->bits == 32) {
             if (r == 0xFF0000 && g == 0xFF00 && b == 0xFF && (a == 0 || a == 0xFF000000u)) { /* BGRX / BGRA */
-                bi.pos[0] = 2; bi.pos[1] = 1; bi.pos[2] = 0;
+                bi->pos[0] = 2; bi->pos[1] = 1; bi->pos[2] = 0;
             } else if (r == 0xFF000000u && g == 0xFF0000 && b == 0xFF00 && (a == 0 || a == 0xFF)) { /* XBGR / ABGR */
-                bi.pos[0] = 3; bi.pos[1] = 2; bi.pos[2] = 1;
+                bi->pos[0] = 3; bi->pos[1] = 2; bi->pos[2] = 1;
             } else if (r == 0xFF && g == 0xFF00 && b == 0xFF0000 && a == 0xFF000000u) { /* RGBA */
-                bi.pos[0] = 0; bi.pos[1] = 1; bi.pos[2] = 2;
+                bi->pos[0] = 0; bi->pos[1] = 1; bi->pos[2] = 2;
             } else if (r == 0 && g == 0 && b == 0 && a == 0) { /* BGRA */
-                bi.pos[0] = 2; bi.pos[1] = 1; bi.pos[2] = 0;
+                bi->pos[0] = 2; bi->pos[1] = 1; bi->pos[2] = 0;
             } else {
                 return fail(err, errlen, "unsupported bit field masks");
             }
-        } else if (bits == 24 && r == 0xFF0000 && g == 0xFF00 && b == 0xFF) {
-            bi.raw = RAW_BGR;
-        } else if (bits == 16 && r == 0xF800 && g == 0x7E0 && b == 0x1F) {
-            bi.raw = RAW_BGR16;
-        } else if (bits == 16 && r == 0x7C00 && g == 0x3E0 && b == 0x1F) {
-            bi.raw = RAW_BGR15;
+        } else if (H->bits == 24 && r == 0xFF0000 && g == 0xFF00 && b == 0xFF) {
+            bi->raw = RAW_BGR;
+        } else if (H->bits == 16 && r == 0xF800 && g == 0x7E0 && b == 0x1F) {
+            bi->raw = RAW_BGR16;
+        } else if (H->bits == 16 && r == 0x7C00 && g == 0x3E0 && b == 0x1F) {
+            bi->raw = RAW_BGR15;
         } else {
             return fail(err, errlen, "unsupported bit field masks");
         }
-    } else if (compression != 0 && compression != 1 && compression != 2) {
-        return fail(err, errlen, "unsupported compression (%u)", (unsigned)compression);
+    } else if (H->compression != 0 && H->compression != 1 && H->compression != 2) {
+        return fail(err, errlen, "unsupported compression (%u)", (unsigned)H->compression);
     }
+    return 0;
+}
 
-    if (mode_p) { /* palette: read padding * colors bytes (a short read is fine) */
-        uint64_t want, i;
-        size_t got, entries;
-        const uint8_t *pal = buf + pos;
-        int gray = 1;
-        if (colors == 0 || colors > 65536) return fail(err, errlen, "unsupported palette size (%llu)", (unsigned long long)colors);
-        want = (uint64_t)padding * colors;
-        got = len - pos < want ? len - pos : (size_t)want;
-        pos += got;
-        for (i = 0; i < colors && gray; i++) {
-            unsigned val = colors == 2 ? (i ? 255 : 0) : (unsigned)(i & 255);
-            size_t at = (size_t)i * (size_t)padding;
-            if (at + 3 > got || pal[at] != val || pal[at + 1] != val || pal[at + 2] != val) gray = 0;
-        }
-        if (gray) {
-            bi.raw = colors == 2 ? RAW_1 : RAW_L;
-        } else {
-            entries = got / (size_t)padding; /* putpalette: len * 8 / bits of BGR(X) */
-            if (entries > 256) return fail(err, errlen, "invalid palette size");
-            for (i = 0; i < 256; i++) bi.pal[i][0] = bi.pal[i][1] = bi.pal[i][2] = (uint8_t)i;
-            for (i = 0; i < entries; i++) {
-                bi.pal[i][0] = pal[i * (size_t)padding + 2];
-                bi.pal[i][1] = pal[i * (size_t)padding + 1];
-                bi.pal[i][2] = pal[i * (size_t)padding];
-            }
-        }
+/* The palette at *pos: padding * colors bytes (a short read is fine); an all-gray one makes
+ * the image mode "1" or "L". *pos moves past what was read. */
+static int bmp_palette(const uint8_t *buf, size_t len, const BmpHeader *H, size_t *pos, BmpInfo *bi, char *err,
+                       size_t errlen) {
+    uint64_t want, i, colors = H->colors;
+    size_t got, entries, padding = (size_t)H->padding;
+    const uint8_t *pal = buf + *pos;
+    int gray = 1;
+    if (colors == 0 || colors > 65536) return fail(err, errlen, "unsupported palette size (%llu)", (unsigned long long)colors);
+    want = (uint64_t)padding * colors;
+    got = len - *pos < want ? len - *pos : (size_t)want;
+    *pos += got;
+    for (i = 0; i < colors && gray; i++) {
+        unsigned val = colors == 2 ? (i ? 255 : 0) : (unsigned)(i & 255);
+        size_t at = (size_t)i * padding;
+        if (at + 3 > got || pal[at] != val || pal[at + 1] != val || pal[at + 2] != val) gray = 0;
     }
-    if (offset == 0) offset = pos; /* offset or self.fp.tell() */
+    if (gray) {
+        bi->raw = colors == 2 ? RAW_1 : RAW_L;
+        return 0;
+    }
+    entries = got / padding; /* putpalette: len * 8 / bits of BGR(X) */
+    if (entries > 256) return fail(err, errlen, "invalid palette size");
+    for (i = 0; i < 256; i++) bi->pal[i][0] = bi->pal[i][1] = bi->pal[i][2] = (uint8_t)i;
+    for (i = 0; i < entries; i++) {
+        bi->pal[i][0] = pal[i * padding + 2];
+        bi->pal[i][1] = pal[i * padding + 1];
+        bi->pal[i][2] = pal[i * padding];
+    }
+    return 0;
+}
 
-    if (compression == 1 || compression == 2) { /* BmpRleDecoder */
-        uint8_t *data;
-        int y;
-        if (bi.raw != RAW_L && bi.raw != RAW_P1 && bi.raw != RAW_P4 && bi.raw != RAW_P8)
-            return fail(err, errlen, "RLE compression with %u bits per pixel is not supported", bits);
-        if (bi.raw != RAW_L) bi.raw = RAW_P8;
-        data = calloc((size_t)w * (size_t)h, 1);
-        if (!data) return fail(err, errlen, "out of memory");
-        if (offset > len || bmp_rle(buf, len, (size_t)offset, (int)w, (int)h, compression == 2, data, err, errlen) ||
-            image_alloc(out, (int)w, (int)h, err, errlen)) {
-            if (offset > len) fail(err, errlen, "not enough image data");
-            free(data);
-            return -1;
-        }
-        for (y = 0; y < out->h; y++) {
-            int dy = direction < 0 ? out->h - 1 - y : y;
-            bmp_row(&bi, data + (size_t)y * (size_t)out->w, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
-        }
+/* RLE8/RLE4 pixels at offset (BmpRleDecoder) into out. */
+static int bmp_rle_pixels(const uint8_t *buf, size_t len, const BmpHeader *H, uint64_t offset, BmpInfo *bi, Image *out,
+                          char *err, size_t errlen) {
+    uint64_t w = H->w, h = H->h;
+    uint8_t *data;
+    int y;
+    if (bi->raw != RAW_L && bi->raw != RAW_P1 && bi->raw != RAW_P4 && bi->raw != RAW_P8)
+        return fail(err, errlen, "RLE compression with %u bits per pixel is not supported", H->bits);
+    if (bi->raw != RAW_L) bi->raw = RAW_P8;
+    data = calloc((size_t)w * (size_t)h, 1);
+    if (!data) return fail(err, errlen, "out of memory");
+    if (offset > len || bmp_rle(buf, len, (size_t)offset, (int)w, (int)h, H->compression == 2, data, err, errlen) ||
+        image_alloc(out, (int)w, (int)h, err, errlen)) {
+        if (offset > len) fail(err, errlen, "not enough image data");
         free(data);
-        return 0;
+        return -1;
     }
+    for (y = 0; y < out->h; y++) {
+        int dy = H->direction < 0 ? out->h - 1 - y : y;
+        bmp_row(bi, data + (size_t)y * (size_t)out->w, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+    }
+    free(data);
+    return 0;
+}
 
-    { /* raw rows: stride from the header's bits, row size from the layout */
-        uint64_t stride = ((w * bits + 31) >> 3) & ~(uint64_t)3;
-        uint64_t rowbytes = (w * (uint64_t)raw_bits(bi.raw) + 7) / 8;
-        int y;
-        if (stride < rowbytes) {
-            /* Only a 1/4-bit file with a gray palette read as 8-bit L gets here.
-             * Pillow's raw decoder refuses it, but opened by file name Pillow
-             * memory-maps it instead (when offset + h * stride fits in the file):
-             * rows start stride bytes apart and overlap, and the last one may
-             * run past the end of the file, where the mapping reads zeros. */
-            uint8_t *row;
-            if (bi.raw != RAW_L || offset > len || len - offset < stride * h)
-                return fail(err, errlen, "rows too short for the pixel format");
-            if (image_alloc(out, (int)w, (int)h, err, errlen)) return -1;
-            row = calloc((size_t)rowbytes, 1);
-            if (!row) {
-                image_free(out);
-                return fail(err, errlen, "out of memory");
-            }
-            for (y = 0; y < out->h; y++) {
-                int dy = direction < 0 ? out->h - 1 - y : y;
-                size_t at = (size_t)offset + (size_t)y * (size_t)stride, n = len - at < rowbytes ? len - at : rowbytes;
-                memset(row, 0, (size_t)rowbytes);
-                memcpy(row, buf + at, n);
-                bmp_row(&bi, row, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
-            }
-            free(row);
-            return 0;
-        }
-        if (offset > len || len - offset < stride * (h - 1) + rowbytes)
-            return fail(err, errlen, "truncated pixel data");
+/* Raw rows at offset into out: stride from the header's bits, row size from the layout. */
+static int bmp_raw_pixels(const uint8_t *buf, size_t len, const BmpHeader *H, uint64_t offset, const BmpInfo *bi,
+                          Image *out, char *err, size_t errlen) {
+    uint64_t w = H->w, h = H->h;
+    uint64_t stride = ((w * H->bits + 31) >> 3) & ~(uint64_t)3;
+    uint64_t rowbytes = (w * (uint64_t)raw_bits(bi->raw) + 7) / 8;
+    int y;
+    if (stride < rowbytes) {
+        /* Only a 1/4-bit file with a gray palette read as 8-bit L gets here.
+         * Pillow's raw decoder refuses it, but opened by file name Pillow
+         * memory-maps it instead (when offset + h * stride fits in the file):
+         * rows start stride bytes apart and overlap, and the last one may
+         * run past the end of the file, where the mapping reads zeros. */
+        uint8_t *row;
+        if (bi->raw != RAW_L || offset > len || len - offset < stride * h)
+            return fail(err, errlen, "rows too short for the pixel format");
         if (image_alloc(out, (int)w, (int)h, err, errlen)) return -1;
-        for (y = 0; y < out->h; y++) {
-            int dy = direction < 0 ? out->h - 1 - y : y;
-            bmp_row(&bi, buf + offset + (size_t)y * stride, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+        row = calloc((size_t)rowbytes, 1);
+        if (!row) {
+            image_free(out);
+            return fail(err, errlen, "out of memory");
         }
+        for (y = 0; y < out->h; y++) {
+            int dy = H->direction < 0 ? out->h - 1 - y : y;
+            size_t at = (size_t)offset + (size_t)y * (size_t)stride, n = len - at < rowbytes ? len - at : rowbytes;
+            memset(row, 0, (size_t)rowbytes);
+            memcpy(row, buf + at, n);
+            bmp_row(bi, row, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+        }
+        free(row);
         return 0;
     }
+    if (offset > len || len - offset < stride * (h - 1) + rowbytes)
+        return fail(err, errlen, "truncated pixel data");
+    if (image_alloc(out, (int)w, (int)h, err, errlen)) return -1;
+    for (y = 0; y < out->h; y++) {
+        int dy = H->direction < 0 ? out->h - 1 - y : y;
+        bmp_row(bi, buf + offset + (size_t)y * stride, out->w, out->rgb + (size_t)dy * (size_t)out->w * 3);
+    }
+    return 0;
+}
+
+int bmp_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    BmpHeader H;
+    BmpInfo bi;
+    int mode_p;
+    size_t pos;
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    memset(&bi, 0, sizeof bi);
+    if (bmp_header(buf, len, &H, err, errlen) || bmp_layout(&H, &bi, &mode_p, err, errlen)) return -1;
+    pos = H.pos;
+    if (mode_p && bmp_palette(buf, len, &H, &pos, &bi, err, errlen)) return -1;
+    uint64_t offset = H.offset ? H.offset : pos; /* offset or self.fp.tell() */
+    if (H.compression == 1 || H.compression == 2) return bmp_rle_pixels(buf, len, &H, offset, &bi, out, err, errlen);
+    return bmp_raw_pixels(buf, len, &H, offset, &bi, out, err, errlen);
 }
 
 /* ========================================================================== */
