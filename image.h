@@ -7,8 +7,9 @@
  * to err[0..errlen). No function here prints, exits or aborts.
  *
  * Files: image.c (format sniffing, PPM/PGM, BMP, preprocessing),
- *        image_png.c (inflate + PNG), image_jpeg.c (baseline/progressive JPEG,
- *        Huffman or arithmetic).
+ *        image_png.c (inflate + PNG), image_jpeg.c + image_jpeg_scan.c (baseline/
+ *        progressive JPEG, Huffman or arithmetic: markers and colour / entropy
+ *        decoding and IDCT), image_jpeg_enc.c (the report's JPEG encoder).
  */
 #ifndef QALIGN_IMAGE_H
 #define QALIGN_IMAGE_H
