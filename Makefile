@@ -68,7 +68,7 @@ endif
 
 # The library (qalign.h): the model, its kernels, the tokenizers (SentencePiece, byte-level BPE), image decoding and
 # preprocessing. The command line (cli.c and the batch side, APP_SRCS) uses it through qalign.h only.
-LIB_SRCS = qalign.c platform.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c image_jpeg_scan.c image_jpeg_enc.c image_qwen.c
+LIB_SRCS = qalign.c platform.c kernels.c tokenizer.c bpe.c image.c image_bmp.c image_png.c image_jpeg.c image_jpeg_scan.c image_jpeg_enc.c image_qwen.c
 # serve.c / serve_parse.c: --listen and --stdio (serve.h), on the same public headers.
 # The batch side (app.h): inputs, video, result rows and files, evaluation, report, progress, sink.
 APP_SRCS = app_util.c inputs.c video.c results.c evaluate.c report.c progress.c sink.c
@@ -174,7 +174,7 @@ FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
 # what each harness is linked with: the image decoders; the whole library (the model loader);
 # the batch side (the result files that --resume reads); the server's parsers (serve_parse.c); bpe.c
-IMAGE_SRCS         = image.c image_png.c image_jpeg.c image_jpeg_scan.c image_jpeg_enc.c
+IMAGE_SRCS         = image.c image_bmp.c image_png.c image_jpeg.c image_jpeg_scan.c image_jpeg_enc.c
 FUZZ_SRCS          = $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
 FUZZ_SRCS_fuzz_results = $(APP_SRCS) $(IMAGE_SRCS)

@@ -6,7 +6,7 @@
  * human-readable reason (without the file name: the caller adds it) is written
  * to err[0..errlen). No function here prints, exits or aborts.
  *
- * Files: image.c (format sniffing, PPM/PGM, BMP, preprocessing),
+ * Files: image.c (format sniffing, PPM/PGM, preprocessing), image_bmp.c (BMP),
  *        image_png.c (inflate + PNG), image_jpeg.c + image_jpeg_scan.c (baseline/
  *        progressive JPEG, Huffman or arithmetic: markers and colour / entropy
  *        decoding and IDCT), image_jpeg_enc.c (the report's JPEG encoder).

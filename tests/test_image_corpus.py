@@ -77,7 +77,8 @@ def san_driver(tmp):
     src.write_text(DRIVER)
     flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     r = run(["cc", "-std=c11", "-D_POSIX_C_SOURCE=200809L", *flags, "-I", ROOT, "-o", exe, src,
-             ROOT / "image.c", ROOT / "image_png.c", ROOT / "image_jpeg.c", ROOT / "image_jpeg_scan.c", "-lm"])
+             ROOT / "image.c", ROOT / "image_bmp.c", ROOT / "image_png.c", ROOT / "image_jpeg.c",
+             ROOT / "image_jpeg_scan.c", "-lm"])
     if r.returncode != 0:
         pytest.fail(r.stderr[-3000:])
     return exe

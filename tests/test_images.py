@@ -142,7 +142,8 @@ def build_driver(workdir, name, flags):
     exe = workdir / name
     src.write_text(DRIVER_C)
     r = run(["cc", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-O2", *flags, "-I", ROOT, "-o", exe, src,
-             ROOT / "image.c", ROOT / "image_png.c", ROOT / "image_jpeg.c", ROOT / "image_jpeg_scan.c", "-lm"])
+             ROOT / "image.c", ROOT / "image_bmp.c", ROOT / "image_png.c", ROOT / "image_jpeg.c",
+             ROOT / "image_jpeg_scan.c", "-lm"])
     assert r.returncode == 0, r.stderr
     return exe
 
