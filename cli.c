@@ -828,8 +828,9 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
         qalign_info c;
         if (qalign_open(model, &(qalign_open_options){.no_prefetch = 1}, &m, err, sizeof err)) die("%s", err);
         qalign_describe(m, &c);
-        if (strcmp(c.family, "mplug-owl2") != 0)
-            die("%s: a %s model file: --preprocess-only shows the mPLUG-Owl2 family's preprocessing", model, c.family);
+        if (c.v_image <= 0) /* (Q-ReAlign's: smart_resize, each image at about its own size) */
+            die("%s: this model sees each image at its own size, not as a fixed square: --preprocess-only shows "
+                "the square ones", model);
         memcpy(fill, c.fill, sizeof fill);
         if (!size) size = c.v_image;
         qalign_close(m);
