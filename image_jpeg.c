@@ -125,7 +125,7 @@ const uint8_t jpeg_std_ac_chr_vals[162] = {
 /* Errors                                                                     */
 /* ========================================================================== */
 
-void jpegd_fail(Dec *d, const char *fmt, ...) {
+_Noreturn void jpegd_fail(Dec *d, const char *fmt, ...) {
     if (d->err && d->errlen) {
         va_list ap;
         va_start(ap, fmt);

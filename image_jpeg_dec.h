@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common.h"
+
 #define MAX_COMPS    4      /* Pillow handles 1, 3 and 4 components */
 #define MAX_DIM      65500  /* libjpeg's JPEG_MAX_DIMENSION */
 #define MAX_MCU_BLKS 10     /* libjpeg's D_MAX_BLOCKS_IN_MCU */
@@ -152,14 +154,8 @@ typedef struct {
 
 /* image_jpeg.c: errors (jpegd_fail longjmps to the driver with the message; jpegd_warn
  * counts a libjpeg warning, keeping the first) and the marker search. */
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3), noreturn))
-#endif
-void jpegd_fail(Dec *d, const char *fmt, ...);
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-void jpegd_warn(Dec *d, const char *fmt, ...);
+COMMON_PRINTF(2, 3) _Noreturn void jpegd_fail(Dec *d, const char *fmt, ...);
+COMMON_PRINTF(2, 3) void jpegd_warn(Dec *d, const char *fmt, ...);
 int jpegd_next_marker(Dec *d, size_t *pos);
 
 /* image_jpeg_scan.c: one scan's entropy-coded data, the progression check before it, and

@@ -15,15 +15,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "platform.h"
 #include "qalign.h"
 
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...) {
+/* The message to err[0..errlen); returns status. */
+COMMON_PRINTF(4, 5) static int fail_status(char *err, size_t errlen, int status, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);
@@ -65,7 +62,7 @@ static int read_whole(int fd, size_t size, const uint8_t **out, char *err, size_
 #if defined(MAP_ANONYMOUS)
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
-        return fail(err, errlen, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into: %s", size,
+        return fail_status(err, errlen, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into: %s", size,
                     strerror(errno));
     buf = p;
 #if defined(MADV_HUGEPAGE)
@@ -76,15 +73,15 @@ static int read_whole(int fd, size_t size, const uint8_t **out, char *err, size_
     for (size_t i = 0; i < size; i += page) buf[i] = 0;
 #else
     buf = malloc(size);
-    if (!buf) return fail(err, errlen, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into", size);
+    if (!buf) return fail_status(err, errlen, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into", size);
 #endif
     for (size_t done = 0; done < size;) {
         size_t want = size - done < ((size_t)1 << 30) ? size - done : ((size_t)1 << 30);
         ssize_t got = read(fd, buf + done, want);
         if (got < 0 && errno == EINTR) continue;
         if (got <= 0) {
-            int st = got < 0 ? fail(err, errlen, QALIGN_ERR_IO, "read failed: %s", strerror(errno))
-                             : fail(err, errlen, QALIGN_ERR_FORMAT, "the file shrank while being read");
+            int st = got < 0 ? fail_status(err, errlen, QALIGN_ERR_IO, "read failed: %s", strerror(errno))
+                             : fail_status(err, errlen, QALIGN_ERR_FORMAT, "the file shrank while being read");
             release(buf, size, 1);
             return st;
         }
@@ -102,12 +99,12 @@ static int open_regular(const char *path, int *fd, size_t *size, char *err, size
     struct stat st;
     /* O_NONBLOCK: a FIFO or a device must not block the open; only regular files are read */
     if ((*fd = open(path, O_RDONLY | O_NONBLOCK)) < 0)
-        return fail(err, errlen, QALIGN_ERR_IO, "cannot open model file: %s", strerror(errno));
-    if (fstat(*fd, &st) != 0) return fail(err, errlen, QALIGN_ERR_IO, "cannot stat: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode)) return fail(err, errlen, QALIGN_ERR_IO, "not a regular file");
+        return fail_status(err, errlen, QALIGN_ERR_IO, "cannot open model file: %s", strerror(errno));
+    if (fstat(*fd, &st) != 0) return fail_status(err, errlen, QALIGN_ERR_IO, "cannot stat: %s", strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fail_status(err, errlen, QALIGN_ERR_IO, "not a regular file");
     fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) & ~O_NONBLOCK);
     if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX)
-        return fail(err, errlen, QALIGN_ERR_NOMEM, "the model (%lld bytes) does not fit in this machine's address "
+        return fail_status(err, errlen, QALIGN_ERR_NOMEM, "the model (%lld bytes) does not fit in this machine's address "
                     "space (32-bit build?)", (long long)st.st_size);
     *size = (size_t)st.st_size;
     return QALIGN_OK;
@@ -119,13 +116,13 @@ int platform_map(const char *path, int copy, size_t min_size, MappedFile *out, c
     size_t size = 0;
     int st = open_regular(path, &fd, &size, err, errlen);
     if (!st && size < min_size)
-        st = fail(err, errlen, QALIGN_ERR_FORMAT, "the file is %zu bytes, too small for a qalign model (truncated?)", size);
+        st = fail_status(err, errlen, QALIGN_ERR_FORMAT, "the file is %zu bytes, too small for a qalign model (truncated?)", size);
     if (!st && copy) {
         st = read_whole(fd, size, &out->data, err, errlen);
         out->copied = 1;
     } else if (!st) {
         void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) st = fail(err, errlen, QALIGN_ERR_IO, "cannot mmap %zu bytes: %s", size, strerror(errno));
+        if (map == MAP_FAILED) st = fail_status(err, errlen, QALIGN_ERR_IO, "cannot mmap %zu bytes: %s", size, strerror(errno));
         else out->data = map;
     }
     if (fd >= 0) close(fd);
