@@ -69,7 +69,9 @@ static int read_whole(int fd, size_t size, const uint8_t **out, char *err, size_
     madvise(p, size, MADV_HUGEPAGE); /* a hint: without THP it fails and nothing changes */
 #endif
     size_t page = page_size();
+#if defined(_OPENMP) /* the page touching on every thread (without OpenMP: on this one) */
 #pragma omp parallel for schedule(static)
+#endif
     for (size_t i = 0; i < size; i += page) buf[i] = 0;
 #else
     buf = malloc(size);
