@@ -17,8 +17,9 @@
  *   state's buffers, and the API of qalign.h.
  * Above each block of C is the PyTorch line (Q-Future/Q-Align, q_align/model/) it
  * implements. There are no intrinsics here: the SIMD kernels are in kernels/<family>.h,
- * behind the contract of kernels.h. Image decoding and preprocessing are in image.c, the
- * tokenizer in tokenizer.c, the command line in cli.c.
+ * behind the contract of kernels.h. Image decoding and preprocessing are in image.c
+ * (image_preprocess), the mapping of the model file (mmap, huge pages, the prefetch thread)
+ * in platform.c, the tokenizer in tokenizer.c, the command line in cli.c.
  *
  *   python3 export.py CHECKPOINT_DIR model.qalign     # once
  *   make && ./qalign model.qalign photo.jpg
@@ -1995,7 +1996,9 @@ static int build_prompt(const Model *m, const char *tmpl, const char *task, cons
  * section (SUMS_*) that does. Then every tensor
  * the model needs is looked up by name and its dtype and shape checked against the header;
  * a missing, misshapen, duplicate, mistyped or unknown tensor is an error that says to
- * re-run export.py. Nothing is trusted: every header field is range-checked first. */
+ * re-run export.py. Nothing is trusted: every header field is range-checked first. The
+ * bytes themselves come from platform_map (platform.c): a read-only mapping, or a copy on
+ * 2 MB pages with no_mmap. */
 
 typedef struct {
     Model *m;
