@@ -821,7 +821,8 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
         else die("unexpected argument '%s' (try --help)", argv[i]);
     }
     if (!in || !out)
-        die("usage: qalign %s FILE OUT.ppm", preprocess ? "--preprocess-only [--size N] [--no-pad] [--model MODEL]" : "--decode");
+        die("usage: qalign %s FILE OUT.ppm",
+            preprocess ? "--preprocess-only [--size N] [--no-pad] [--model MODEL]" : "--decode");
     if (model) { /* the model's fill colour and input size */
         char err[QALIGN_ERR_LEN];
         qalign_model *m;

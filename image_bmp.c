@@ -281,7 +281,8 @@ static int bmp_palette(const uint8_t *buf, size_t len, const BmpHeader *H, size_
     size_t got, entries, padding = (size_t)H->padding;
     const uint8_t *pal = buf + *pos;
     int gray = 1;
-    if (colors == 0 || colors > 65536) return fail(err, errlen, "unsupported palette size (%llu)", (unsigned long long)colors);
+    if (colors == 0 || colors > 65536)
+        return fail(err, errlen, "unsupported palette size (%llu)", (unsigned long long)colors);
     want = (uint64_t)padding * colors;
     got = len - *pos < want ? len - *pos : (size_t)want;
     *pos += got;

@@ -118,13 +118,15 @@ int platform_map(const char *path, int copy, size_t min_size, MappedFile *out, c
     size_t size = 0;
     int st = open_regular(path, &fd, &size, err, errlen);
     if (!st && size < min_size)
-        st = fail_status(err, errlen, QALIGN_ERR_FORMAT, "the file is %zu bytes, too small for a qalign model (truncated?)", size);
+        st = fail_status(err, errlen, QALIGN_ERR_FORMAT, "the file is %zu bytes, too small for a qalign model "
+                         "(truncated?)", size);
     if (!st && copy) {
         st = read_whole(fd, size, &out->data, err, errlen);
         out->copied = 1;
     } else if (!st) {
         void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) st = fail_status(err, errlen, QALIGN_ERR_IO, "cannot mmap %zu bytes: %s", size, strerror(errno));
+        if (map == MAP_FAILED)
+            st = fail_status(err, errlen, QALIGN_ERR_IO, "cannot mmap %zu bytes: %s", size, strerror(errno));
         else out->data = map;
     }
     if (fd >= 0) close(fd);
