@@ -653,7 +653,14 @@ def test_preprocess_only_pad_crop_and_model_fill(qalign_bin, model, tiny_ref, wo
         assert r.returncode == 0, r.stderr
         r = qa(qalign_bin, "--preprocess-only", "--model", other, *pre, img, d / "o.ppm")
         assert r.returncode == 0 and np.array_equal(np.load(dump / "resized_rgb.npy")[0], read_ppm(d / "o.ppm"))
-    for args, needle in ((["--frob", img, d / "x.ppm"], "unknown option '--frob'"),
+    # a model without a fixed square input (Q-ReAlign's Qwen3.5: each image at about its own size)
+    import qwen_ref
+    qwen_ref.make_fixtures(str(d / "qwen"))
+    qwen = d / "qwen_tiny.qalign"
+    r = run([PYTHON, EXPORT, "-q", "--model", d / "qwen" / "checkpoint", qwen, "--dtype", "f32"])
+    assert r.returncode == 0, r.stderr
+    for args, needle in ((["--model", qwen, img, d / "x.ppm"], "not as a fixed square"),
+                         (["--frob", img, d / "x.ppm"], "unknown option '--frob'"),
                          (["--model", d / "missing.qalign", img, d / "x.ppm"], "missing.qalign"),
                          (["--model", img, img, d / "x.ppm"], "in_640x480.png"),
                          (["--size", "0", img, d / "x.ppm"], "--size"),
@@ -661,7 +668,7 @@ def test_preprocess_only_pad_crop_and_model_fill(qalign_bin, model, tiny_ref, wo
         r = qa(qalign_bin, "--preprocess-only", *args)
         assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     report(f"cli: --preprocess-only (pad / --no-pad, the model's fill and size) byte-exact vs Pillow on {n} images; "
-           f"= the scorer's resized_rgb")
+           f"= the scorer's resized_rgb; a Qwen3.5 model (no fixed square) refused with one line")
 
 
 def test_task_aesthetic(qalign_bin, model, oracle, tiny_ref, workdir):
