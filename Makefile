@@ -68,7 +68,7 @@ endif
 
 # The library (qalign.h): the model, its kernels, the tokenizers (SentencePiece, byte-level BPE), image decoding and
 # preprocessing. The command line (cli.c and the batch side, APP_SRCS) uses it through qalign.h only.
-LIB_SRCS = qalign.c kernels.c tokenizer.c bpe.c image.c image_png.c image_jpeg.c image_jpeg_enc.c image_qwen.c
+LIB_SRCS = qalign.c platform.c kernels.c tokenizer.c bpe.c image.c image_bmp.c image_png.c image_jpeg.c image_jpeg_scan.c image_jpeg_enc.c image_qwen.c
 # cli.c is main and the commands; options.c the option table (options.h) that parses argv and writes --help.
 # serve.c / serve_http.c / serve_parse.c: --listen and --stdio (serve.h; serve_state.h between the first two),
 # on the same public headers.
@@ -77,7 +77,7 @@ APP_SRCS = app_util.c inputs.c video.c results.c evaluate.c report.c progress.c 
 APP_HDRS = app.h app_util.h inputs.h video.h results.h evaluate.h report.h progress.h sink.h
 CLI_SRCS = cli.c options.c $(APP_SRCS) serve.c serve_http.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
-HDRS     = qalign.h qwen35.c common.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_qwen.h $(APP_HDRS) serve.h serve_state.h options.h
+HDRS     = qalign.h qwen35.c common.h platform.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_jpeg_dec.h image_qwen.h $(APP_HDRS) serve.h serve_state.h options.h
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean install uninstall
@@ -176,7 +176,7 @@ FUZZ_FLAGS    = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover
 FUZZ_BINS     = $(patsubst fuzz/%.c,build/%,$(wildcard fuzz/fuzz_*.c))
 # what each harness is linked with: the image decoders; the whole library (the model loader);
 # the batch side (the result files that --resume reads); the server's parsers (serve_parse.c); bpe.c
-IMAGE_SRCS         = image.c image_png.c image_jpeg.c image_jpeg_enc.c
+IMAGE_SRCS         = image.c image_bmp.c image_png.c image_jpeg.c image_jpeg_scan.c image_jpeg_enc.c
 FUZZ_SRCS          = $(IMAGE_SRCS)
 FUZZ_SRCS_fuzz_model   = $(LIB_SRCS)
 FUZZ_SRCS_fuzz_results = $(APP_SRCS) $(IMAGE_SRCS)

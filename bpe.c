@@ -133,16 +133,186 @@ static size_t pow2_at_least(size_t n)
     return s;
 }
 
+/* The blob being read: bytes [pos, n) are left; errors go to err. */
+typedef struct {
+    const uint8_t *blob;
+    size_t n, pos;
+    char *err;
+    size_t errlen;
+} Reader;
+
+/* 0 if k more bytes are there, else -1 naming what was cut off */
+static int need(Reader *r, size_t k, const char *what)
+{
+    if (k > r->n - r->pos) {
+        seterr(r->err, r->errlen, "tokenizer blob truncated (%s)", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int oom(Reader *r)
+{
+    seterr(r->err, r->errlen, "out of memory");
+    return -1;
+}
+
+/* The vocabulary: nv + 1 increasing offsets from 0, the tokens' bytes, their types. */
+static int read_vocab(Bpe *b, Reader *r, uint32_t nv)
+{
+    const uint8_t *blob = r->blob;
+    if (need(r, 4 * ((size_t)nv + 1), "offsets"))
+        return -1;
+    b->off = malloc(4 * ((size_t)nv + 1));
+    if (!b->off)
+        return oom(r);
+    for (size_t i = 0; i <= nv; i++) {
+        b->off[i] = rd32(blob + r->pos + 4 * i);
+        if (i && b->off[i] < b->off[i - 1]) {
+            seterr(r->err, r->errlen, "tokenizer blob: offsets not increasing at id %zu", i);
+            return -1;
+        }
+    }
+    r->pos += 4 * ((size_t)nv + 1);
+    if (b->off[0] != 0) {
+        seterr(r->err, r->errlen, "tokenizer blob: first offset is not 0");
+        return -1;
+    }
+    if (need(r, b->off[nv], "token bytes"))
+        return -1;
+    b->bytes = malloc(b->off[nv] + 1);
+    if (!b->bytes)
+        return oom(r);
+    memcpy(b->bytes, blob + r->pos, b->off[nv]);
+    r->pos += b->off[nv];
+    if (need(r, nv, "types"))
+        return -1;
+    b->type = malloc(nv);
+    if (!b->type)
+        return oom(r);
+    memcpy(b->type, blob + r->pos, nv);
+    r->pos += nv;
+    for (uint32_t i = 0; i < nv; i++)
+        if (b->type[i] > TY_SPECIAL) {
+            seterr(r->err, r->errlen, "tokenizer blob: bad token type %u at id %u", b->type[i], i);
+            return -1;
+        }
+    return 0;
+}
+
+/* The BPE pieces by their bytes (an open-addressing table), and the one-byte pieces. */
+static int index_pieces(Bpe *b, Reader *r, uint32_t nv)
+{
+    b->tsize = pow2_at_least(2 * (size_t)nv);
+    b->tslot = calloc(b->tsize, sizeof *b->tslot);
+    if (!b->tslot)
+        return oom(r);
+    for (int i = 0; i < 256; i++)
+        b->byte_id[i] = -1;
+    for (uint32_t i = 0; i < nv; i++) {
+        if (b->type[i] != TY_BPE)
+            continue;
+        const uint8_t *s = b->bytes + b->off[i];
+        size_t len = b->off[i + 1] - b->off[i];
+        if (len == 0) {
+            seterr(r->err, r->errlen, "tokenizer blob: BPE piece %u is empty", i);
+            return -1;
+        }
+        if (piece_id(b, s, len) >= 0) {
+            seterr(r->err, r->errlen, "tokenizer blob: BPE piece %u duplicates piece %d", i, piece_id(b, s, len));
+            return -1;
+        }
+        size_t mask = b->tsize - 1, h = hash_bytes(s, len) & mask;
+        while (b->tslot[h])
+            h = (h + 1) & mask;
+        b->tslot[h] = (int32_t)i + 1;
+        if (len == 1)
+            b->byte_id[s[0]] = (int32_t)i;
+    }
+    return 0;
+}
+
+/* nm merges (left, right, result), ranked in order, in a table keyed by the pair. */
+static int read_merges(Bpe *b, Reader *r, uint32_t nm, uint32_t nv)
+{
+    if (need(r, 12 * (size_t)nm, "merges"))
+        return -1;
+    b->n_merges = (int32_t)nm;
+    b->merge_res = malloc(4 * ((size_t)nm + 1));
+    b->msize = pow2_at_least(2 * (size_t)nm + 2);
+    b->mkey = calloc(b->msize, sizeof *b->mkey);
+    b->mval = malloc(b->msize * sizeof *b->mval);
+    if (!b->merge_res || !b->mkey || !b->mval)
+        return oom(r);
+    for (uint32_t k = 0; k < nm; k++) {
+        const uint8_t *p = r->blob + r->pos + 12 * (size_t)k;
+        uint32_t l = rd32(p), rt = rd32(p + 4), m = rd32(p + 8);
+        if (l >= nv || rt >= nv || m >= nv || b->type[l] != TY_BPE || b->type[rt] != TY_BPE ||
+            b->type[m] != TY_BPE) {
+            seterr(r->err, r->errlen, "tokenizer blob: merge %u names a token that is not a BPE piece", k);
+            return -1;
+        }
+        uint64_t key = ((uint64_t)l << 32 | rt) + 1;
+        size_t mask = b->msize - 1, h = hash_u64(key) & mask;
+        while (b->mkey[h] && b->mkey[h] != key)
+            h = (h + 1) & mask;
+        /* a repeated pair takes its last rank: HF collects the merges into a map in order */
+        b->mkey[h] = key;
+        b->mval[h] = (int32_t)k;
+        b->merge_res[k] = (int32_t)m;
+    }
+    r->pos += 12 * (size_t)nm;
+    return 0;
+}
+
+/* na added tokens, entries of `entry` bytes (id, length[, flags]) each followed by its text:
+ * sized in a first pass, copied into one buffer in a second. */
+static int read_added(Bpe *b, Reader *r, uint32_t na, uint32_t nv, size_t entry)
+{
+    const uint8_t *blob = r->blob;
+    b->n_added = (int)na;
+    b->added = calloc(na + 1, sizeof *b->added);
+    if (!b->added)
+        return oom(r);
+    size_t p0 = r->pos, total = 0;
+    for (uint32_t k = 0; k < na; k++) {
+        if (need(r, entry, "added tokens"))
+            return -1;
+        uint32_t len = rd32(blob + r->pos + 4);
+        r->pos += entry;
+        if (need(r, len, "added token text"))
+            return -1;
+        r->pos += len;
+        total += len;
+    }
+    b->added_text = malloc(total + 1);
+    if (!b->added_text)
+        return oom(r);
+    size_t pos = p0;
+    total = 0;
+    for (uint32_t k = 0; k < na; k++) {
+        uint32_t id = rd32(blob + pos), len = rd32(blob + pos + 4);
+        uint32_t aflags = entry == 12 ? rd32(blob + pos + 8) : 0;
+        pos += entry;
+        if (id >= nv || (b->type[id] != TY_ADDED && b->type[id] != TY_SPECIAL) || len == 0 || aflags > 1) {
+            seterr(r->err, r->errlen, "tokenizer blob: added token %u is malformed", k);
+            return -1;
+        }
+        memcpy(b->added_text + total, blob + pos, len);
+        b->added[k] = (Added){(int32_t)id, len, b->added_text + total, b->type[id] == TY_SPECIAL, (int)aflags};
+        b->n_normalized += (int)aflags;
+        b->added_first[blob[pos] >> 3] |= (uint8_t)(1u << (blob[pos] & 7));
+        pos += len;
+        total += len;
+    }
+    return 0;
+}
+
+/* The blob: "QBPE", version, vocab / merge / added counts, flags, the split pattern, then
+ * the vocabulary, the merges and the added tokens, and nothing after them. */
 Bpe *bpe_open(const uint8_t *blob, size_t n, char *err, size_t errlen)
 {
-    size_t pos = 0;
-#define NEED(k, what)                                                                   \
-    do {                                                                                \
-        if ((size_t)(k) > n - pos) {                                                    \
-            seterr(err, errlen, "tokenizer blob truncated (%s)", what);                 \
-            goto fail;                                                                  \
-        }                                                                               \
-    } while (0)
+    Reader r = {blob, n, 0, err, errlen};
     Bpe *b = calloc(1, sizeof *b);
     if (!b) {
         seterr(err, errlen, "out of memory");
@@ -161,156 +331,31 @@ Bpe *bpe_open(const uint8_t *blob, size_t n, char *err, size_t errlen)
     size_t entry = version == 1 ? 8 : 12; /* version 2: added tokens carry flags */
     uint32_t nv = rd32(blob + 8), nm = rd32(blob + 12), na = rd32(blob + 16), flags = rd32(blob + 20);
     uint32_t plen = rd32(blob + 24);
-    pos = 28;
+    r.pos = 28;
     if (nv == 0 || nv > (1u << 24) || nm > (1u << 24) || na > nv) {
         seterr(err, errlen, "tokenizer blob: implausible sizes (vocab %u, merges %u, added %u)", nv, nm, na);
         goto fail;
     }
     b->n_vocab = (int)nv;
     b->ignore_merges = flags & 1;
-    NEED(plen, "pattern");
-    if (plen != sizeof QWEN35_PATTERN - 1 || memcmp(blob + pos, QWEN35_PATTERN, plen) != 0) {
+    if (need(&r, plen, "pattern"))
+        goto fail;
+    if (plen != sizeof QWEN35_PATTERN - 1 || memcmp(blob + r.pos, QWEN35_PATTERN, plen) != 0) {
         seterr(err, errlen, "tokenizer: unsupported pre-tokenizer split pattern (only Qwen3.5's is implemented)");
         goto fail;
     }
-    pos += plen;
-    NEED(4 * ((size_t)nv + 1), "offsets");
-    b->off = malloc(4 * ((size_t)nv + 1));
-    if (!b->off)
-        goto oom;
-    for (size_t i = 0; i <= nv; i++) {
-        b->off[i] = rd32(blob + pos + 4 * i);
-        if (i && b->off[i] < b->off[i - 1]) {
-            seterr(err, errlen, "tokenizer blob: offsets not increasing at id %zu", i);
-            goto fail;
-        }
-    }
-    pos += 4 * ((size_t)nv + 1);
-    if (b->off[0] != 0) {
-        seterr(err, errlen, "tokenizer blob: first offset is not 0");
+    r.pos += plen;
+    if (read_vocab(b, &r, nv) || index_pieces(b, &r, nv) || read_merges(b, &r, nm, nv) ||
+        read_added(b, &r, na, nv, entry))
         goto fail;
-    }
-    NEED(b->off[nv], "token bytes");
-    b->bytes = malloc(b->off[nv] + 1);
-    if (!b->bytes)
-        goto oom;
-    memcpy(b->bytes, blob + pos, b->off[nv]);
-    pos += b->off[nv];
-    NEED(nv, "types");
-    b->type = malloc(nv);
-    if (!b->type)
-        goto oom;
-    memcpy(b->type, blob + pos, nv);
-    pos += nv;
-    for (uint32_t i = 0; i < nv; i++)
-        if (b->type[i] > TY_SPECIAL) {
-            seterr(err, errlen, "tokenizer blob: bad token type %u at id %u", b->type[i], i);
-            goto fail;
-        }
-
-    /* BPE pieces by bytes */
-    b->tsize = pow2_at_least(2 * (size_t)nv);
-    b->tslot = calloc(b->tsize, sizeof *b->tslot);
-    if (!b->tslot)
-        goto oom;
-    for (int i = 0; i < 256; i++)
-        b->byte_id[i] = -1;
-    for (uint32_t i = 0; i < nv; i++) {
-        if (b->type[i] != TY_BPE)
-            continue;
-        const uint8_t *s = b->bytes + b->off[i];
-        size_t len = b->off[i + 1] - b->off[i];
-        if (len == 0) {
-            seterr(err, errlen, "tokenizer blob: BPE piece %u is empty", i);
-            goto fail;
-        }
-        if (piece_id(b, s, len) >= 0) {
-            seterr(err, errlen, "tokenizer blob: BPE piece %u duplicates piece %d", i, piece_id(b, s, len));
-            goto fail;
-        }
-        size_t mask = b->tsize - 1, h = hash_bytes(s, len) & mask;
-        while (b->tslot[h])
-            h = (h + 1) & mask;
-        b->tslot[h] = (int32_t)i + 1;
-        if (len == 1)
-            b->byte_id[s[0]] = (int32_t)i;
-    }
-
-    /* merges */
-    NEED(12 * (size_t)nm, "merges");
-    b->n_merges = (int32_t)nm;
-    b->merge_res = malloc(4 * ((size_t)nm + 1));
-    b->msize = pow2_at_least(2 * (size_t)nm + 2);
-    b->mkey = calloc(b->msize, sizeof *b->mkey);
-    b->mval = malloc(b->msize * sizeof *b->mval);
-    if (!b->merge_res || !b->mkey || !b->mval)
-        goto oom;
-    for (uint32_t k = 0; k < nm; k++) {
-        const uint8_t *p = blob + pos + 12 * (size_t)k;
-        uint32_t l = rd32(p), r = rd32(p + 4), m = rd32(p + 8);
-        if (l >= nv || r >= nv || m >= nv || b->type[l] != TY_BPE || b->type[r] != TY_BPE ||
-            b->type[m] != TY_BPE) {
-            seterr(err, errlen, "tokenizer blob: merge %u names a token that is not a BPE piece", k);
-            goto fail;
-        }
-        uint64_t key = ((uint64_t)l << 32 | r) + 1;
-        size_t mask = b->msize - 1, h = hash_u64(key) & mask;
-        while (b->mkey[h] && b->mkey[h] != key)
-            h = (h + 1) & mask;
-        /* a repeated pair takes its last rank: HF collects the merges into a map in order */
-        b->mkey[h] = key;
-        b->mval[h] = (int32_t)k;
-        b->merge_res[k] = (int32_t)m;
-    }
-    pos += 12 * (size_t)nm;
-
-    /* added tokens */
-    b->n_added = (int)na;
-    b->added = calloc(na + 1, sizeof *b->added);
-    if (!b->added)
-        goto oom;
-    {
-        size_t p0 = pos, total = 0;
-        for (uint32_t k = 0; k < na; k++) {
-            NEED(entry, "added tokens");
-            uint32_t len = rd32(blob + pos + 4);
-            pos += entry;
-            NEED(len, "added token text");
-            pos += len;
-            total += len;
-        }
-        b->added_text = malloc(total + 1);
-        if (!b->added_text)
-            goto oom;
-        pos = p0;
-        total = 0;
-        for (uint32_t k = 0; k < na; k++) {
-            uint32_t id = rd32(blob + pos), len = rd32(blob + pos + 4);
-            uint32_t aflags = entry == 12 ? rd32(blob + pos + 8) : 0;
-            pos += entry;
-            if (id >= nv || (b->type[id] != TY_ADDED && b->type[id] != TY_SPECIAL) || len == 0 || aflags > 1) {
-                seterr(err, errlen, "tokenizer blob: added token %u is malformed", k);
-                goto fail;
-            }
-            memcpy(b->added_text + total, blob + pos, len);
-            b->added[k] = (Added){(int32_t)id, len, b->added_text + total, b->type[id] == TY_SPECIAL, (int)aflags};
-            b->n_normalized += (int)aflags;
-            b->added_first[blob[pos] >> 3] |= (uint8_t)(1u << (blob[pos] & 7));
-            pos += len;
-            total += len;
-        }
-    }
-    if (pos != n) {
-        seterr(err, errlen, "tokenizer blob: %zu bytes left over at its end", n - pos);
+    if (r.pos != n) {
+        seterr(err, errlen, "tokenizer blob: %zu bytes left over at its end", n - r.pos);
         goto fail;
     }
     return b;
-oom:
-    seterr(err, errlen, "out of memory");
 fail:
     bpe_free(b);
     return NULL;
-#undef NEED
 }
 
 int bpe_n_vocab(const Bpe *b) { return b->n_vocab; }

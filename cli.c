@@ -678,18 +678,44 @@ static int parse_int(const char *s, const char *flag, long lo, long hi) {
     return (int)v;
 }
 
+/* --decode FILE OUT.ppm, --preprocess-only [--size N] [--no-pad] [--model MODEL] FILE OUT.ppm:
+ * the decoded RGB, or the S x S image the model sees (image_preprocess: padded with the
+ * model's fill, or resized and centre-cropped with --no-pad; fill and S from MODEL). */
 static int cmd_decode(int argc, char **argv, int preprocess) {
-    int size = 448;
-    const char *in = NULL, *out = NULL;
+    int size = 0;
+    ImagePrep mode = IMAGE_PAD;
+    uint8_t fill[3] = IMAGE_OWL2_FILL;
+    const char *in = NULL, *out = NULL, *model = NULL;
     for (int i = 0; i < argc; i++) {
-        if (preprocess && strcmp(argv[i], "--size") == 0) {
-            if (++i >= argc) die("--size needs a value");
-            size = parse_int(argv[i], "--size", 1, 1 << 16);
-        } else if (!in) in = argv[i];
+        if (preprocess && (!strcmp(argv[i], "--size") || !strcmp(argv[i], "--model"))) {
+            if (i + 1 >= argc) die("%s needs a value", argv[i]);
+            if (!strcmp(argv[i], "--size")) size = parse_int(argv[i + 1], "--size", 1, 1 << 16);
+            else model = argv[i + 1];
+            i++;
+        } else if (preprocess && !strcmp(argv[i], "--no-pad")) mode = IMAGE_CROP;
+        else if (preprocess && !strcmp(argv[i], "--pad")) mode = IMAGE_PAD;
+        else if (!strncmp(argv[i], "--", 2)) die("unknown option '%s' (try --help)", argv[i]);
+        else if (!in) in = argv[i];
         else if (!out) out = argv[i];
         else die("unexpected argument '%s' (try --help)", argv[i]);
     }
-    if (!in || !out) die("usage: qalign %s FILE OUT.ppm", preprocess ? "--preprocess-only [--size N]" : "--decode");
+    if (!in || !out)
+        die("usage: qalign %s FILE OUT.ppm",
+            preprocess ? "--preprocess-only [--size N] [--no-pad] [--model MODEL]" : "--decode");
+    if (model) { /* the model's fill colour and input size */
+        char err[QALIGN_ERR_LEN];
+        qalign_model *m;
+        qalign_info c;
+        if (qalign_open(model, &(qalign_open_options){.no_prefetch = 1}, &m, err, sizeof err)) die("%s", err);
+        qalign_describe(m, &c);
+        if (c.v_image <= 0) /* (Q-ReAlign's: smart_resize, each image at about its own size) */
+            die("%s: this model sees each image at its own size, not as a fixed square: --preprocess-only shows "
+                "the square ones", model);
+        memcpy(fill, c.fill, sizeof fill);
+        if (!size) size = c.v_image;
+        qalign_close(m);
+    }
+    if (!size) size = IMAGE_OWL2_SIZE;
     struct stat si, so;
     if (stat(in, &si) == 0 && stat(out, &so) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
         die("%s is the input file: refusing to write over it", out);
@@ -700,8 +726,7 @@ static int cmd_decode(int argc, char **argv, int preprocess) {
     if (warn[0]) fprintf(stderr, "qalign: warning: %s: %s\n", in, warn); /* decoded as Pillow decodes it */
     Image *w = &img;
     if (preprocess) {
-        static const uint8_t fill[3] = {122, 116, 104};
-        if (image_preprocess(&img, fill, size, &res, err, sizeof err) != 0) die("%s: %s", in, err);
+        if (image_preprocess(&img, mode, fill, size, &res, err, sizeof err) != 0) die("%s: %s", in, err);
         w = &res;
     }
     if (image_write_ppm(out, w, err, sizeof err) != 0) die("%s: %s", out, err);

@@ -6,9 +6,10 @@
  * human-readable reason (without the file name: the caller adds it) is written
  * to err[0..errlen). No function here prints, exits or aborts.
  *
- * Files: image.c (format sniffing, PPM/PGM, BMP, preprocessing),
- *        image_png.c (inflate + PNG), image_jpeg.c (baseline/progressive JPEG,
- *        Huffman or arithmetic).
+ * Files: image.c (format sniffing, PPM/PGM, preprocessing), image_bmp.c (BMP),
+ *        image_png.c (inflate + PNG), image_jpeg.c + image_jpeg_scan.c (baseline/
+ *        progressive JPEG, Huffman or arithmetic: markers and colour / entropy
+ *        decoding and IDCT), image_jpeg_enc.c (the report's JPEG encoder).
  */
 #ifndef QALIGN_IMAGE_H
 #define QALIGN_IMAGE_H
@@ -82,8 +83,18 @@ int image_resize_bicubic(const Image *in, int ow, int oh, Image *out, char *err,
  * chw must hold 3*h*w floats. */
 void image_normalize(const Image *img, const float mean[3], const float std[3], float *chw);
 
-/* The whole Q-Align image pipeline: expand2square(fill) then bicubic to S x S. */
-int image_preprocess(const Image *in, const uint8_t fill[3], int S, Image *out, char *err, size_t errlen);
+/* The mPLUG-Owl2 family's image pipeline (Q-Align, OneAlign, Q-Instruct, DeQA-Score, ...),
+ * up to the S x S uint8 image that image_normalize turns into pixel_values:
+ *   IMAGE_PAD:  expand2square(fill), then Pillow bicubic to S x S (Q-Align's score())
+ *   IMAGE_CROP: Pillow bicubic of the short side to S (the long side int(S * long / short)),
+ *               then the centred S x S (CLIPImageProcessor's resize + center_crop; fill unused)
+ * S in [1, 65536]. A model file holds its fill and S (qalign_describe: fill, v_image); the
+ * defaults below are the CLIP-L/14-448 ones every released model of the family uses. */
+typedef enum { IMAGE_PAD = 0, IMAGE_CROP = 1 } ImagePrep;
+#define IMAGE_OWL2_FILL {122, 116, 104}   /* int(255 * x) for x in the CLIP image mean */
+#define IMAGE_OWL2_SIZE 448
+int image_preprocess(const Image *in, ImagePrep mode, const uint8_t fill[3], int S, Image *out, char *err,
+                     size_t errlen);
 
 /* Thumbnails (the report): downscale so the long side is at most max_side (never upscales), area-average filter. */
 int thumb_downscale(const Image *in, int max_side, Image *out, char *err, size_t errlen);

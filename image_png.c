@@ -672,27 +672,44 @@ static int check_ancillary(const Png *p, const uint8_t *type, const uint8_t *d, 
     return 0;
 }
 
-int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
-    static const uint8_t SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+/* IHDR: size, depth and colour type (only the combinations Pillow has a mode for). */
+static int png_ihdr(Png *p, const uint8_t *data, uint32_t n, char *err, size_t errlen) {
+    static const int OK[17][7] = {
+        /* depth x colour type (0..6): 1 = Pillow has a mode for it */
+        [1] = {1, 0, 0, 1, 0, 0, 0}, [2] = {1, 0, 0, 1, 0, 0, 0},  [4] = {1, 0, 0, 1, 0, 0, 0},
+        [8] = {1, 0, 1, 1, 1, 0, 1}, [16] = {1, 0, 1, 0, 1, 0, 1},
+    };
+    uint32_t w, h;
+    if (n < 13) return fail(err, errlen, "truncated IHDR chunk");
+    w = rd32(data);
+    h = rd32(data + 4);
+    p->depth = data[8];
+    p->ctype = data[9];
+    if (p->depth > 16 || p->ctype > 6 || !OK[p->depth][p->ctype])
+        return fail(err, errlen, "unsupported bit depth %d for colour type %d", data[8], data[9]);
+    if (data[11] != 0) return fail(err, errlen, "unknown filter method");
+    p->interlaced = data[12] != 0;
+    if (w == 0 || h == 0) return fail(err, errlen, "invalid image size %ux%u", (unsigned)w, (unsigned)h);
+    if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM || (uint64_t)w * h > (uint64_t)IMAGE_MAX_PIXELS)
+        return fail(err, errlen, "image too large (%ux%u)", (unsigned)w, (unsigned)h);
+    if (image_within_limit(w, h, err, errlen)) return -1; /* image_decode_max */
+    p->w = (int)w;
+    p->h = (int)h;
+    p->channels = p->ctype == 0 || p->ctype == 3 ? 1 : p->ctype == 4 ? 2 : p->ctype == 2 ? 3 : 4;
+    return 0;
+}
+
+/* Walk and verify every chunk up to IEND (or the end of the file after the image data, where
+ * Pillow stops reading): the header and the palette into p, the size of the first run of
+ * IDAT chunks into *idat_len. */
+static int png_chunks(const uint8_t *buf, size_t len, Png *p, size_t *idat_len, char *err, size_t errlen) {
     uint32_t crct[256];
-    Png p;
-    size_t pos = 8, idat_len = 0, need = 0;
+    size_t pos = 8;
     int seen_ihdr = 0, seen_iend = 0, idat_state = 0; /* 0 none yet, 1 in the first run, 2 after it */
     int have_plte = 0;  /* a PLTE chunk preceded the image data (palette images) */
     int trns_index = 0; /* Pillow's info["transparency"] is a palette index */
-    uint8_t *idat = NULL;
-    Inflate z;
-    int rc = -1;
-
-    out->w = out->h = 0;
-    out->rgb = NULL;
-    memset(&p, 0, sizeof p);
-    memset(&z, 0, sizeof z);
-    if (len < 8 || memcmp(buf, SIG, 8) != 0) return fail(err, errlen, "bad signature");
     crc_table_init(crct);
-    for (int i = 0; i < 256; i++) p.pal[i][0] = p.pal[i][1] = p.pal[i][2] = (uint8_t)i;
-
-    /* ---- pass 1: walk and verify all chunks up to IEND; collect IDAT size ---- */
+    *idat_len = 0;
     while (!seen_iend) {
         uint32_t n;
         const uint8_t *type, *data;
@@ -714,35 +731,14 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
         if (!seen_ihdr && !is_type(type, "IHDR")) return fail(err, errlen, "missing IHDR chunk");
 
         if (is_type(type, "IHDR")) {
-            static const int OK[17][7] = {
-                /* depth x colour type (0..6): 1 = Pillow has a mode for it */
-                [1] = {1, 0, 0, 1, 0, 0, 0}, [2] = {1, 0, 0, 1, 0, 0, 0},  [4] = {1, 0, 0, 1, 0, 0, 0},
-                [8] = {1, 0, 1, 1, 1, 0, 1}, [16] = {1, 0, 1, 0, 1, 0, 1},
-            };
-            uint32_t w, h;
             if (seen_ihdr) return fail(err, errlen, "duplicate IHDR chunk");
-            if (n < 13) return fail(err, errlen, "truncated IHDR chunk");
-            w = rd32(data);
-            h = rd32(data + 4);
-            p.depth = data[8];
-            p.ctype = data[9];
-            if (p.depth > 16 || p.ctype > 6 || !OK[p.depth][p.ctype])
-                return fail(err, errlen, "unsupported bit depth %d for colour type %d", data[8], data[9]);
-            if (data[11] != 0) return fail(err, errlen, "unknown filter method");
-            p.interlaced = data[12] != 0;
-            if (w == 0 || h == 0) return fail(err, errlen, "invalid image size %ux%u", (unsigned)w, (unsigned)h);
-            if (w > IMAGE_MAX_DIM || h > IMAGE_MAX_DIM || (uint64_t)w * h > (uint64_t)IMAGE_MAX_PIXELS)
-                return fail(err, errlen, "image too large (%ux%u)", (unsigned)w, (unsigned)h);
-            if (image_within_limit(w, h, err, errlen)) return -1; /* image_decode_max */
-            p.w = (int)w;
-            p.h = (int)h;
-            p.channels = p.ctype == 0 || p.ctype == 3 ? 1 : p.ctype == 4 ? 2 : p.ctype == 2 ? 3 : 4;
+            if (png_ihdr(p, data, n, err, errlen)) return -1;
             seen_ihdr = 1;
         } else if (is_type(type, "IDAT")) {
             if (idat_state == 0) idat_state = 1;
             if (idat_state == 1) {
-                if (idat_len + n < idat_len) return fail(err, errlen, "image data too large");
-                idat_len += n;
+                if (*idat_len + n < *idat_len) return fail(err, errlen, "image data too large");
+                *idat_len += n;
             }
         } else {
             if (idat_state == 1) idat_state = 2;
@@ -750,20 +746,20 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
                 seen_iend = 1;
             } else if (is_type(type, "PLTE")) {
                 /* used for palette images when it precedes the image data */
-                if (p.ctype == 3 && idat_state == 0) {
+                if (p->ctype == 3 && idat_state == 0) {
                     uint32_t k, cnt = n / 3;
                     if (cnt > 256) return fail(err, errlen, "invalid palette size");
-                    for (k = 0; k < 256; k++) p.pal[k][0] = p.pal[k][1] = p.pal[k][2] = (uint8_t)k;
-                    for (k = 0; k < cnt; k++) memcpy(p.pal[k], data + 3 * k, 3);
+                    for (k = 0; k < 256; k++) p->pal[k][0] = p->pal[k][1] = p->pal[k][2] = (uint8_t)k;
+                    for (k = 0; k < cnt; k++) memcpy(p->pal[k], data + 3 * k, 3);
                     have_plte = 1;
                 }
-            } else if (is_type(type, "tRNS") && p.ctype == 3) {
+            } else if (is_type(type, "tRNS") && p->ctype == 3) {
                 /* Pillow: exactly one 0 among 0xFF bytes = an index, anything
                  * else = per-entry alpha bytes; the last tRNS counts */
                 uint32_t k, zeros = 0;
                 for (k = 0; k < n; k++) zeros += data[k] == 0 ? 1 : (data[k] == 0xFF ? 0 : 2);
                 trns_index = zeros == 1;
-            } else if (check_ancillary(&p, type, data, n, err, errlen)) {
+            } else if (check_ancillary(p, type, data, n, err, errlen)) {
                 return -1;
             }
         }
@@ -771,8 +767,69 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
     }
     if (idat_state == 0) return fail(err, errlen, "no image data (IDAT chunk)");
     /* convert("RGB") with an index transparency needs the palette: Pillow fails */
-    if (p.ctype == 3 && !have_plte && trns_index)
+    if (p->ctype == 3 && !have_plte && trns_index)
         return fail(err, errlen, "palette image with transparency but no PLTE chunk");
+    return 0;
+}
+
+/* Copy the payloads of the first run of IDAT chunks (idat_len bytes, as png_chunks counted
+ * them in a verified file) into idat. */
+static void png_gather_idat(const uint8_t *buf, uint8_t *idat, size_t idat_len) {
+    size_t q = 8, o = 0;
+    int state = 0;
+    for (;;) {
+        if (state == 1 && o == idat_len) break; /* the file may end right after the image data */
+        uint32_t n = rd32(buf + q);
+        const uint8_t *type = buf + q + 4;
+        if (is_type(type, "IDAT")) {
+            state = 1;
+            memcpy(idat + o, buf + q + 8, n);
+            o += n;
+        } else if (state == 1 || is_type(type, "IEND")) {
+            break;
+        }
+        q += 12 + (size_t)n;
+    }
+}
+
+/* Unfilter the inflated rows (filter byte + row, pass by pass) and convert them into out
+ * (allocated by the caller). */
+static int png_unfilter_image(const Png *p, uint8_t *raw, Image *out, char *err, size_t errlen) {
+    size_t bpp = ((size_t)p->channels * (size_t)p->depth + 7) / 8, off = 0;
+    for (int pass = 0; pass < (p->interlaced ? 7 : 1); pass++) {
+        int pw, ph, x0 = p->interlaced ? A7_X0[pass] : 0, y0 = p->interlaced ? A7_Y0[pass] : 0;
+        int dx = p->interlaced ? A7_DX[pass] : 1, dy = p->interlaced ? A7_DY[pass] : 1;
+        size_t rb;
+        const uint8_t *prev = NULL;
+        pass_size(p, pass, &pw, &ph);
+        if (pw == 0 || ph == 0) continue;
+        rb = row_bytes(p, pw);
+        for (int y = 0; y < ph; y++) {
+            uint8_t *row = raw + off + 1;
+            if (unfilter(row, prev, rb, bpp, raw[off])) return fail(err, errlen, "invalid filter type %d", raw[off]);
+            row_to_rgb(p, row, pw, dx, out->rgb + ((size_t)(y0 + y * dy) * (size_t)p->w + (size_t)x0) * 3);
+            prev = row;
+            off += 1 + rb;
+        }
+    }
+    return 0;
+}
+
+int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t errlen) {
+    static const uint8_t SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    Png p;
+    size_t idat_len = 0, need = 0;
+    uint8_t *idat = NULL;
+    Inflate z;
+    int rc = -1;
+
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    memset(&p, 0, sizeof p);
+    memset(&z, 0, sizeof z);
+    if (len < 8 || memcmp(buf, SIG, 8) != 0) return fail(err, errlen, "bad signature");
+    for (int i = 0; i < 256; i++) p.pal[i][0] = p.pal[i][1] = p.pal[i][2] = (uint8_t)i;
+    if (png_chunks(buf, len, &p, &idat_len, err, errlen)) return -1;
 
     /* ---- expected decompressed size: filter byte + row for every pass row ---- */
     for (int pass = 0; pass < (p.interlaced ? 7 : 1); pass++) {
@@ -791,23 +848,7 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
         fail(err, errlen, "out of memory");
         goto done;
     }
-    {
-        size_t q = 8, o = 0;
-        int state = 0;
-        for (;;) {
-            if (state == 1 && o == idat_len) break; /* the file may end right after the image data */
-            uint32_t n = rd32(buf + q);
-            const uint8_t *type = buf + q + 4;
-            if (is_type(type, "IDAT")) {
-                state = 1;
-                memcpy(idat + o, buf + q + 8, n);
-                o += n;
-            } else if (state == 1 || is_type(type, "IEND")) {
-                break;
-            }
-            q += 12 + (size_t)n;
-        }
-    }
+    png_gather_idat(buf, idat, idat_len);
     z.in = idat;
     z.in_len = idat_len;
     z.cap = need;
@@ -822,29 +863,7 @@ int png_decode(const uint8_t *buf, size_t len, Image *out, char *err, size_t err
 
     /* ---- unfilter and convert, pass by pass ---- */
     if (image_alloc(out, p.w, p.h, err, errlen)) goto done;
-    {
-        size_t bpp = ((size_t)p.channels * (size_t)p.depth + 7) / 8, off = 0;
-        for (int pass = 0; pass < (p.interlaced ? 7 : 1); pass++) {
-            int pw, ph, x0 = p.interlaced ? A7_X0[pass] : 0, y0 = p.interlaced ? A7_Y0[pass] : 0;
-            int dx = p.interlaced ? A7_DX[pass] : 1, dy = p.interlaced ? A7_DY[pass] : 1;
-            size_t rb;
-            const uint8_t *prev = NULL;
-            pass_size(&p, pass, &pw, &ph);
-            if (pw == 0 || ph == 0) continue;
-            rb = row_bytes(&p, pw);
-            for (int y = 0; y < ph; y++) {
-                uint8_t *row = z.out + off + 1;
-                if (unfilter(row, prev, rb, bpp, z.out[off])) {
-                    image_free(out);
-                    fail(err, errlen, "invalid filter type %d", z.out[off]);
-                    goto done;
-                }
-                row_to_rgb(&p, row, pw, dx, out->rgb + ((size_t)(y0 + y * dy) * (size_t)p.w + (size_t)x0) * 3);
-                prev = row;
-                off += 1 + rb;
-            }
-        }
-    }
+    if (png_unfilter_image(&p, z.out, out, err, errlen)) goto done;
     rc = 0;
 done:
     free(idat);

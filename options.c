@@ -286,9 +286,9 @@ static const Option OPTIONS[] = {
      "poor=2,bad=1); W may be several words W1|W2|W3 whose logits are\n"
      "averaged; --report takes words among excellent good fair poor bad\n"
      "only"},
-    {"--no-pad", NULL, NULL, 0, set_flag, F(no_pad), 1, 0, CTX, SEC_SCORING, NULL,
+    {"--no-pad", NULL, NULL, 0, set_flag, F(no_pad), 1, 0, CTX | CMD_PREPROCESS, SEC_SCORING, NULL,
      "no expand2square (resize the short side and centre-crop)"},
-    {"--pad", NULL, NULL, 0, set_flag, F(no_pad), -1, 0, CTX, SEC_SCORING, NULL,
+    {"--pad", NULL, NULL, 0, set_flag, F(no_pad), -1, 0, CTX | CMD_PREPROCESS, SEC_SCORING, NULL,
      "expand2square even where the preset has none"},
     {"--precise", NULL, NULL, 0, set_flag, F(precise), 1, 0, CTX, SEC_SCORING, NULL,
      "bf16 models: f32 activations (slower; reproduces the fp32\n"
@@ -380,10 +380,12 @@ static const Option OPTIONS[] = {
     {"--decode", NULL, NULL, 0, set_first, 0, 0, 0, CMD_DECODE, SEC_COMMANDS, "qalign --decode FILE OUT.ppm",
      "decode an image to 8-bit RGB (binary PPM)"},
     {"--preprocess-only", NULL, NULL, 0, set_first, 0, 0, 0, CMD_PREPROCESS, SEC_COMMANDS,
-     "qalign --preprocess-only [--size N] FILE OUT.ppm",
-     "pad to square and resize as the model sees it"},
+     "qalign --preprocess-only [--size N] [--no-pad] [--model MODEL] FILE OUT.ppm",
+     "the image as the model sees it: padded to a square\n"
+     "(--no-pad: resized, centre-cropped) and resized to\n"
+     "N, with MODEL's fill colour"},
     {"--size", NULL, "N", 1, set_elsewhere, 0, 0, 0, CMD_PREPROCESS, SEC_COMMANDS, NULL,
-     "the side of the square (default 448)"},
+     "the side of the square (default: MODEL's size, else 448)"},
     /* serving */
     {"--listen", NULL, "HOST:PORT", 1, set_listen, 0, 0, 0, SERVE, SEC_SERVING, NULL,
      "HTTP/1.1 server: POST /score, GET /health, GET /metrics\n"

@@ -75,7 +75,7 @@ enum {
     CMD_VERIFY = 1 << 5,    /* qalign --verify MODEL */
     CMD_TOKENIZE = 1 << 6,  /* qalign --tokenize TEXT MODEL */
     CMD_DECODE = 1 << 7,    /* qalign --decode FILE OUT.ppm */
-    CMD_PREPROCESS = 1 << 8,/* qalign --preprocess-only [--size N] FILE OUT.ppm */
+    CMD_PREPROCESS = 1 << 8,/* qalign --preprocess-only [--size N] [--no-pad] [--model MODEL] FILE OUT.ppm */
     CMD_HELP = 1 << 9,      /* qalign --help */
     CMD_RUN = CMD_SCORE | CMD_ASK | CMD_COMPARE /* the commands that take INPUTs */
 };

@@ -17,37 +17,33 @@
  *   state's buffers, and the API of qalign.h.
  * Above each block of C is the PyTorch line (Q-Future/Q-Align, q_align/model/) it
  * implements. There are no intrinsics here: the SIMD kernels are in kernels/<family>.h,
- * behind the contract of kernels.h. Image decoding and preprocessing are in image.c, the
- * tokenizer in tokenizer.c, the command line in cli.c.
+ * behind the contract of kernels.h. Image decoding and preprocessing are in image.c
+ * (image_preprocess), the mapping of the model file (mmap, huge pages, the prefetch thread)
+ * in platform.c, the tokenizer in tokenizer.c, the command line in cli.c.
  *
  *   python3 export.py CHECKPOINT_DIR model.qalign     # once
  *   make && ./qalign model.qalign photo.jpg
  *
  * Tests may #include this file (with TESTING defined) to reach its static functions.
  */
-/* MAP_ANONYMOUS and madvise() (for no_mmap) are outside POSIX 2008; everything else is in it */
+/* (for the tests that #include kernels.c after this file: its syscall() is outside POSIX 2008) */
 #ifndef _DEFAULT_SOURCE
 #define _DEFAULT_SOURCE 1
 #endif
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "common.h"
 #include "image.h"
 #include "kernels.h"
+#include "platform.h"
 #include "qalign.h"
 #include "tokenizer.h"
 #include "bpe.h"
@@ -243,22 +239,15 @@ typedef struct qalign_model {
     Tokenizer tok;
     int level_ids[N_LEVELS]; /* token ids of excellent good fair poor bad (tokenized at load) */
     /* the file's bytes */
-    const uint8_t *map;     /* (file_size) read-only mapping of the whole file, or its copy (no_mmap) */
+    MappedFile file;        /* the mapping, or its copy (no_mmap), and its prefetcher (platform.h) */
+    const uint8_t *map;     /* (file_size) = file.data: the whole file, read-only */
     size_t file_size;
-    int copied;             /* map is an anonymous copy (no_mmap), not a file mapping */
     TableEntry *table;      /* (n_tensors) */
     int n_tensors;
     char *path;
     char model_id[17];      /* hash of header + table, hex */
     const uint8_t *sums;    /* the checksum section after the last tensor (read_sums), or NULL
                                for a file written before export.py added it */
-    /* the helper thread that makes the mapped weights resident (prefetch_start) */
-    pthread_t prefetcher;
-    int prefetching;        /* it was started (and is joined by model_free) */
-    atomic_int prefetch_stop; /* set by model_free: stop after the current chunk */
-    size_t prefetch_range[2][2]; /* [from, to) file offsets: the decoder's layers, then the
-                               vision tower's and the abstractor's weights (not the embedding
-                               table and lm_head, of which a few rows are read) */
 } Model;
 
 static int qwen_word_id(const Model *m, const char *word); /* qwen35.c */
@@ -883,7 +872,9 @@ static void abstractor_forward(const Model *m, RunState *s, const float *image, 
  * Compare2Score, that text and an anchor image): their keys and values come from a slot of
  * the K/V cache, and only the other nn = n - start rows, held in s->x as (B, nn, D), go
  * through the layers. The matmuls take all B*nn rows at once, so each weight matrix is read
- * once per batch; attention runs per sequence. */
+ * once per batch; attention runs per sequence. Its naive twin (one sequence, every row
+ * through every layer, no cache, no batch) is decoder_naive in tests/test_model.c, which
+ * checks this fast path against it. */
 
 typedef struct {
     int start, end;         /* rows [start, end) */
@@ -1174,31 +1165,16 @@ static void level_result(const Model *m, RunState *s, const Levels *lv, const fl
     }
 }
 
-/* Preprocess a decoded image into the model's input (3, S, S):
- *   pad:  expand2square(img, fill) then resize to S x S (Q-Align's score())
- *   else: resize the short side to S (the long side int(S * long / short)) then centre-crop
- *         S x S, as CLIPImageProcessor does without the padding
- * Pillow's bicubic either way. The S x S uint8 image goes to the stage hook. */
+/* Preprocess a decoded image into the model's input (3, S, S): image_preprocess (image.h)
+ * pads to a square with the model's fill (Q-Align's score(): expand2square) or, without
+ * the padding, resizes the short side and centre-crops (CLIPImageProcessor); Pillow's
+ * bicubic either way. The S x S uint8 image goes to the stage hook. */
 static int preprocess_image(const Model *m, RunState *s, const Image *img, int pad, int frame, int n_frames, char *err,
                             size_t errlen) {
     int S = m->c.v_image;
     Image sq = {0};
-    if (pad) {
-        if (image_preprocess(img, m->c.fill, S, &sq, err, errlen) != 0) return QALIGN_ERR_INPUT;
-    } else {
-        int w = img->w, h = img->h, shrt = w < h ? w : h, lng = w < h ? h : w;
-        int nl = (int)((double)S * lng / shrt), nw = w <= h ? S : nl, nh = w <= h ? nl : S;
-        Image rs = {0};
-        if (image_resize_bicubic(img, nw, nh, &rs, err, errlen) != 0) return QALIGN_ERR_INPUT;
-        if (image_alloc(&sq, S, S, err, errlen) != 0) {
-            image_free(&rs);
-            return QALIGN_ERR_INPUT;
-        }
-        int top = (nh - S) / 2, left = (nw - S) / 2;
-        for (int y = 0; y < S; y++)
-            memcpy(sq.rgb + (size_t)y * S * 3, rs.rgb + ((size_t)(y + top) * nw + left) * 3, (size_t)S * 3);
-        image_free(&rs);
-    }
+    if (image_preprocess(img, pad ? IMAGE_PAD : IMAGE_CROP, m->c.fill, S, &sq, err, errlen) != 0)
+        return QALIGN_ERR_INPUT;
     image_normalize(&sq, m->c.mean, m->c.std, s->pixels);
     stage(s, "resized_rgb", 'u', sq.rgb, frame, 4, (int64_t)n_frames, (int64_t)S, (int64_t)S, (int64_t)3);
     image_free(&sq);
@@ -1303,11 +1279,12 @@ static void score_batch(const Model *m, RunState *s, const Prompt *p, const Leve
  * p_k = softmax(logits / 100) @ [0, .25, .5, .75, 1] over inferior worse similar better
  * superior is its preference over anchor k (score_batch with the context's levels). With
  * the anchors' preferences among themselves (a fixed 5 x 5 matrix), p gives the scores of
- * all 6 images by maximum likelihood, min-max scaled to 0..100 (compare_fit). (The API
- * side, qalign_flush, computes each anchor's visual rows and the keys and values of the
- * prompt up to the second image once per context; an image then costs one vision pass and
- * one decoder pass of B = 5 over its own rows, where the original runs both images through
- * the whole model once per anchor.) */
+ * all 6 images by maximum likelihood, min-max scaled to 0..100 (compare_fit). The whole
+ * method is here: the fit, then the anchors (anchors_init: qalign_ctx_new encodes their
+ * visual rows once; anchors_prepare: the keys and values of the prompt up to the second
+ * image, once per run state) and compare_image, which qalign_flush calls per image. An
+ * image then costs one vision pass and one decoder pass of B = 5 over its own rows, where
+ * the original runs both images through the whole model once per anchor. */
 
 #define C2S_ANCHORS 5
 #define C2S_STEPS 100           /* num_iterations=100 (the GitHub scorer.py and IQA_dataset_eval.py
@@ -1374,6 +1351,89 @@ static double compare_fit(const float *pref) {
     double lo = x[0], hi = x[0];
     for (int i = 1; i < N; i++) lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
     return hi > lo ? 100.0 * (x[N - 1] - lo) / (hi - lo) : NAN;
+}
+
+/* A comparison scorer's anchors: their visual rows, encoded once by qalign_ctx_new, and where
+ * the second image starts in the comparison prompt. */
+typedef struct {
+    int n;                  /* anchor images (C2S_ANCHORS); 0: not a comparison scorer */
+    float *rows;            /* (n, Q+1, l_dim) the anchors' visual rows */
+    int prefix;             /* rows of the comparison prompt before the second image */
+} Anchors;
+
+/* Anchor k's visual rows (Q+1, l_dim) */
+static float *anchor_rows(const Model *m, const Anchors *an, int k) {
+    return an->rows + (size_t)k * (m->c.a_queries + 1) * m->c.l_dim;
+}
+
+/* n anchors for the comparison prompt p (two <|image|>: the anchor, then the image): the
+ * prefix and room for their rows (filled by the caller). */
+static int anchors_init(const Model *m, const Prompt *p, int n, Anchors *an, char *err, size_t errlen) {
+    if (p->n_markers != 2)
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: the prompt must have two <|image|> (the anchor, then "
+                         "the image), it has %d", p->n_markers);
+    Span spans[MAX_SPANS];
+    int n_spans = prompt_spans(m, p, 1, spans), seen = 0;
+    for (int i = 0; i < n_spans && seen < 2; i++) /* the second image's first row */
+        if (spans[i].modality && ++seen == 2) an->prefix = spans[i].start;
+    an->n = n;
+    an->rows = malloc((size_t)n * (m->c.a_queries + 1) * m->c.l_dim * sizeof(float));
+    if (!an->rows) return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (anchors)");
+    return QALIGN_OK;
+}
+
+/* The anchors' part of the comparison prompt p (text, anchor k, text), as cache slot 1 + k:
+ * once per run state. */
+static void anchors_prepare(const Model *m, RunState *s, const Prompt *p, const Anchors *an) {
+    if (s->cache_rows[1] == an->prefix) return;
+    double t0 = now_seconds();
+    for (int k = 0; k < an->n; k++) {
+        const float *img[2] = {anchor_rows(m, an, k), anchor_rows(m, an, k)}; /* (only the first is read) */
+        cache_prefix(m, s, p, 1, img, an->prefix, 1 + k);
+    }
+    s->seconds.decoder += now_seconds() - t0;
+}
+
+/* Compare2Score: the image with visual rows `image` against every anchor (score_batch of
+ * prompt p and levels lv with B = the anchors, each sequence's first rows from its anchor's
+ * cache slot), then the fit. With a stage hook every comparison is computed whole, one at
+ * a time (the same numbers). */
+static void compare_image(const Model *m, RunState *s, const Prompt *p, const Levels *lv, const Anchors *an,
+                          const float *image, qalign_result *out) {
+    int A = an->n, L = lv->n;
+    const float *img[2 * QALIGN_MAX_ANCHORS];
+    int cache[QALIGN_MAX_ANCHORS];
+    qalign_result r[QALIGN_MAX_ANCHORS];
+    for (int a = 0; a < A; a++) {
+        img[2 * a] = anchor_rows(m, an, a); /* images = [anchor_image, image] */
+        img[2 * a + 1] = image;
+        cache[a] = 1 + a;
+    }
+    if (s->hook) {
+        for (int a = 0; a < A; a++) score_batch(m, s, p, lv, 1, 1, img + 2 * a, NULL, &r[a]);
+    } else {
+        anchors_prepare(m, s, p, an);
+        score_batch(m, s, p, lv, A, 1, img, cache, r);
+    }
+    memset(out, 0, sizeof *out);
+    out->n_levels = L;
+    out->frames = 1;
+    out->n_anchors = A;
+    for (int a = 0; a < A; a++) {
+        if (r[a].status != QALIGN_OK) {
+            *out = r[a];
+            return;
+        }
+        out->anchor_prefs[a] = r[a].score; /* probabilities.append(np.dot(softmax(output_logits), self.weight_tensor)) */
+        for (int i = 0; i < L; i++) out->probs[i] += r[a].probs[i] / A, out->logits[i] += r[a].logits[i] / A;
+    }
+    out->score = (float)compare_fit(out->anchor_prefs);
+    out->std = NAN;
+    if (!isfinite(out->score)) {
+        out->status = QALIGN_ERR_NUMERIC;
+        snprintf(out->error, sizeof out->error, "the comparisons with the anchors gave every image the same score: no "
+                 "0..100 scale (are the anchors 5 different images?)");
+    }
 }
 
 /* ----------------------------------------------------------------------------------------
@@ -1962,7 +2022,9 @@ static int build_prompt(const Model *m, const char *tmpl, const char *task, cons
  * section (SUMS_*) that does. Then every tensor
  * the model needs is looked up by name and its dtype and shape checked against the header;
  * a missing, misshapen, duplicate, mistyped or unknown tensor is an error that says to
- * re-run export.py. Nothing is trusted: every header field is range-checked first. */
+ * re-run export.py. Nothing is trusted: every header field is range-checked first. The
+ * bytes themselves come from platform_map (platform.c): a read-only mapping, or a copy on
+ * 2 MB pages with no_mmap. */
 
 typedef struct {
     Model *m;
@@ -2300,106 +2362,27 @@ static int host_is_little_endian(void) {
     return *(const uint8_t *)&one == 1;
 }
 
-/* no_mmap: the file read into this process's own memory, made read-only afterwards.
- * A file mapping costs a page fault per 4 KB page on first use and a TLB entry per 4 KB
- * while the matmuls stream through 7-15 GB of weights; anonymous memory can be backed by
- * 2 MB pages (MADV_HUGEPAGE, where the kernel has transparent huge pages). Touching every
- * page before read() fills it makes the kernel allocate the big pages up front instead of
- * faulting 4 KB at a time inside the copy. On our test VM this loads a cached 9 GB model in
- * 2 s when the memory was used before (fresh memory costs the hypervisor about 1 GB/s; a
- * mapping faults in at about 1 GB/s) and makes each image 20-40 % faster; see README. The
- * price: the copy is private to this process, not shared through the page cache. */
-static const uint8_t *read_whole_file(Loader *ld, int fd, size_t size) {
-    uint8_t *buf;
-#if defined(MAP_ANONYMOUS)
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return load_fail(ld, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into: %s", size, strerror(errno)), NULL;
-    buf = p;
-#if defined(MADV_HUGEPAGE)
-    madvise(p, size, MADV_HUGEPAGE); /* a hint: without THP it fails and nothing changes */
-#endif
-    long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < size; i += (size_t)page) buf[i] = 0;
-#else
-    buf = malloc(size);
-    if (!buf) return load_fail(ld, QALIGN_ERR_NOMEM, "cannot allocate %zu bytes to read the model into", size), NULL;
-#endif
-    for (size_t done = 0; done < size;) {
-        size_t want = size - done < ((size_t)1 << 30) ? size - done : ((size_t)1 << 30);
-        ssize_t got = read(fd, buf + done, want);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-            if (got < 0) load_fail(ld, QALIGN_ERR_IO, "read failed: %s", strerror(errno));
-            else load_fail(ld, QALIGN_ERR_FORMAT, "the file shrank while being read;" HINT_EXPORT);
-#if defined(MAP_ANONYMOUS)
-            munmap(buf, size);
-#else
-            free(buf);
-#endif
-            return NULL;
-        }
-        done += (size_t)got;
-    }
-#if defined(MAP_ANONYMOUS)
-    mprotect(buf, size, PROT_READ); /* weights stay read-only, as in the mapping */
-#endif
-    return buf;
-}
-
-/* The first image of a mapped model faults its pages in as the matmuls reach them: the
- * decoder's 4-15 GB on the critical path, read from disk when the page cache does not hold
- * them. A helper thread started at open makes them resident while the vision tower runs:
- * madvise(MADV_POPULATE_READ) (Linux 5.14) in 32 MB chunks, the decoder's layers first, then
- * the vision tower's and abstractor's weights (which the forward pass is already touching),
- * one byte per page where the call is missing. It only reads the mapping; model_free stops
- * it after its current chunk before unmapping. bench/ANALYSIS.md has what it saves. */
-static void *prefetch_main(void *arg) {
-    Model *m = arg;
-    const size_t chunk = (size_t)32 << 20;
-    long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
-    for (int pass = 0; pass < 2; pass++) {
-        size_t lo = m->prefetch_range[pass][0] / (size_t)page * (size_t)page, hi = m->prefetch_range[pass][1];
-        for (size_t off = lo; off < hi && !atomic_load(&m->prefetch_stop); off += chunk) {
-            size_t len = hi - off < chunk ? hi - off : chunk;
-#if defined(MADV_POPULATE_READ)
-            if (madvise((void *)(m->map + off), len, MADV_POPULATE_READ) == 0) continue;
-#endif
-            volatile uint8_t sink = 0;
-            for (size_t i = 0; i < len; i += (size_t)page) sink ^= m->map[off + i];
-            (void)sink;
-        }
-    }
-    return NULL;
-}
-
+/* The first image of a mapped model faults its pages in as the matmuls reach them; a helper
+ * thread started at open (platform_prefetch) makes them resident while the vision tower runs:
+ * the decoder's layers first, then the vision tower's and the abstractor's weights (which the
+ * forward pass is already touching); not the embedding table and lm_head, of which a few rows
+ * are read. */
 static void prefetch_start(Model *m) {
     TableEntry *layers = find_tensor(m, "l.0.attn_norm.0"), *norm = find_tensor(m, "l.norm"), *embed = find_tensor(m, "l.embed");
     if (!layers || !norm || !embed) return; /* (the loader has checked they are there) */
-    m->prefetch_range[0][0] = (size_t)layers->offset, m->prefetch_range[0][1] = (size_t)norm->offset;
-    m->prefetch_range[1][0] = 0, m->prefetch_range[1][1] = (size_t)embed->offset;
-    atomic_store(&m->prefetch_stop, 0);
-    m->prefetching = pthread_create(&m->prefetcher, NULL, prefetch_main, m) == 0; /* if not: faults as before */
+    const size_t ranges[2][2] = {{(size_t)layers->offset, (size_t)norm->offset}, {0, (size_t)embed->offset}};
+    platform_prefetch(&m->file, ranges, 2);
 }
 
 static void model_free(Model *m) {
     if (!m) return;
-    if (m->prefetching) {
-        atomic_store(&m->prefetch_stop, 1);
-        pthread_join(m->prefetcher, NULL);
-    }
+    platform_unmap(&m->file); /* (stops the prefetcher first) */
     tokenizer_free(&m->tok);
     qwen_free(m->qwen);
     free(m->v.layers);
     free(m->a.layers);
     free(m->l.layers);
     free(m->table);
-#if defined(MAP_ANONYMOUS)
-    if (m->map) munmap((void *)m->map, m->file_size); /* the mapping or its anonymous copy */
-#else
-    if (m->map && m->copied) free((void *)m->map);
-    else if (m->map) munmap((void *)m->map, m->file_size);
-#endif
     free(m->path);
     free(m);
 }
@@ -2420,9 +2403,8 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
         return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
     }
     Loader ld = {m, QALIGN_OK, err, errlen};
-    int fd = -1;
-    struct stat st;
     char kerr[QALIGN_ERR_LEN];
+    int st;
     if (kernels_choose(opt ? opt->kernels : NULL, kerr, sizeof kerr) != 0) { /* the CPU family, once per process */
         ld.status = QALIGN_ERR_ARG;
         if (err && errlen) snprintf(err, errlen, "%s", kerr);
@@ -2432,39 +2414,13 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
         load_fail(&ld, QALIGN_ERR_FORMAT, "model files are little-endian and this host is big-endian; qalign does not support big-endian hosts");
         goto done;
     }
-    /* O_NONBLOCK: a FIFO or a device must not block the open; only regular files are read */
-    if ((fd = open(path, O_RDONLY | O_NONBLOCK)) < 0) {
-        load_fail(&ld, QALIGN_ERR_IO, "cannot open model file: %s", strerror(errno));
+    st = platform_map(path, opt && opt->no_mmap, HEADER_BYTES, &m->file, kerr, sizeof kerr);
+    if (st) {
+        load_fail(&ld, st, "%s%s", kerr, st == QALIGN_ERR_FORMAT ? ";" HINT_EXPORT : "");
         goto done;
     }
-    if (fstat(fd, &st) != 0) {
-        load_fail(&ld, QALIGN_ERR_IO, "cannot stat: %s", strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        load_fail(&ld, QALIGN_ERR_IO, "not a regular file");
-        goto done;
-    }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
-        load_fail(&ld, QALIGN_ERR_NOMEM, "the model (%lld bytes) does not fit in this machine's address space (32-bit build?)",
-                  (long long)st.st_size);
-        goto done;
-    }
-    m->file_size = (size_t)st.st_size;
-    if (m->file_size < HEADER_BYTES) {
-        load_fail(&ld, QALIGN_ERR_FORMAT, "the file is %zu bytes, too small for a qalign model (truncated?);" HINT_EXPORT, m->file_size);
-        goto done;
-    }
-    if (opt && opt->no_mmap) {
-        m->map = read_whole_file(&ld, fd, m->file_size);
-        m->copied = 1;
-    } else {
-        void *map = mmap(NULL, m->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) load_fail(&ld, QALIGN_ERR_IO, "cannot mmap %zu bytes: %s", m->file_size, strerror(errno));
-        else m->map = map;
-    }
-    if (!m->map) goto done;
+    m->map = m->file.data;
+    m->file_size = m->file.size;
     uint32_t magic = rd_u32(m->map), version = rd_u32(m->map + 4);
     if (magic == QWEN_MAGIC) qwen_load(&ld, m);
     else if (magic != QALIGN_MAGIC) load_fail(&ld, QALIGN_ERR_FORMAT, "not a qalign model file (bad magic);" HINT_EXPORT);
@@ -2486,10 +2442,9 @@ int qalign_open(const char *path, const qalign_open_options *opt, qalign_model *
             else h = fnv1a(d + n - k, k, fnv1a(d + n / 2 - k / 2, k, fnv1a(d, k, h)));
         }
         snprintf(m->model_id, sizeof m->model_id, "%016llx", (unsigned long long)h);
-        if (!m->copied && !(opt && opt->no_prefetch)) prefetch_start(m);
+        if (!(opt && opt->no_prefetch)) prefetch_start(m);
     }
 done:
-    if (fd >= 0) close(fd);
     if (ld.status) {
         model_free(m);
         return ld.status;
@@ -2732,10 +2687,7 @@ struct qalign_ctx {
     Levels lv;
     Prompt prompt_image, prompt_video; /* the template with {input} = image / video */
     char *template;         /* the template itself (qalign_ctx_describe) */
-    /* with anchors (Compare2Score): each image is compared with every anchor */
-    int n_anchors;
-    float *anchor_rows;     /* (n_anchors, Q+1, l_dim) the anchors' visual rows */
-    int anchor_prefix;      /* rows of the comparison prompt before the second image */
+    Anchors anchors;        /* with anchors (Compare2Score): each image is compared with every anchor */
     RunState s;
     int have_state;
     int pending;            /* images encoded (visual slots 0..pending-1), waiting for the decoder */
@@ -2776,7 +2728,7 @@ static void threads_leave(int old) {
  * batch reallocates it; the K/V caches survive only while the state does). */
 static int ensure_state(qalign_ctx *c, int batch, int n_frames, char *err, size_t errlen) {
     RunState *s = &c->s;
-    if (c->n_anchors && batch < c->n_anchors) batch = c->n_anchors; /* one decoder pass per anchor */
+    if (c->anchors.n && batch < c->anchors.n) batch = c->anchors.n; /* one decoder pass per anchor */
     if (c->have_state && s->max_batch >= batch && s->n_frames >= n_frames) return QALIGN_OK;
     if (c->have_state) {
         batch = batch > s->max_batch ? batch : s->max_batch;
@@ -2788,14 +2740,14 @@ static int ensure_state(qalign_ctx *c, int batch, int n_frames, char *err, size_
     const Model *m = c->m;
     int seq = sequence_length(m, &c->prompt_image, 1), seqv = sequence_length(m, &c->prompt_video, n_frames);
     int prefix = c->prompt_image.n_ids > c->prompt_video.n_ids ? c->prompt_image.n_ids : c->prompt_video.n_ids;
-    prefix = prefix > c->anchor_prefix ? prefix : c->anchor_prefix;
+    prefix = prefix > c->anchors.prefix ? prefix : c->anchors.prefix;
     memset(s, 0, sizeof *s);
     s->max_batch = batch;
     s->n_frames = n_frames;
     s->max_seq = seq > seqv ? seq : seqv;
     s->max_rows = batch * seq > seqv ? batch * seq : seqv;
     s->max_slots = batch > n_frames ? batch : n_frames;
-    if (run_state_alloc(s, &m->c, prefix, 1 + c->n_anchors, c->threads, c->precise) != QALIGN_OK)
+    if (run_state_alloc(s, &m->c, prefix, 1 + c->anchors.n, c->threads, c->precise) != QALIGN_OK)
         return fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory: %d frames need %.0f MB of buffers", n_frames, s->bytes / 1e6);
     s->seconds = c->seconds;
     c->have_state = 1;
@@ -2814,7 +2766,7 @@ void qalign_ctx_free(qalign_ctx *c) {
     prompt_free(&c->prompt_image);
     prompt_free(&c->prompt_video);
     free(c->template);
-    free(c->anchor_rows);
+    free(c->anchors.rows);
     free(c);
 }
 
@@ -2848,62 +2800,6 @@ static int encode_image(qalign_ctx *c, const qalign_image *img, float *out, int 
 static float *slot(qalign_ctx *c, int k) {
     CHECK(k < c->s.max_slots);
     return c->s.visual + (size_t)k * (c->m->c.a_queries + 1) * c->m->c.l_dim;
-}
-
-/* The anchors' part of the comparison prompt (text, anchor k, text), as cache slot 1 + k:
- * once per run state. */
-static void anchors_prepare(qalign_ctx *c) {
-    RunState *s = &c->s;
-    if (s->cache_rows[1] == c->anchor_prefix) return;
-    size_t rows = (size_t)(c->m->c.a_queries + 1) * c->m->c.l_dim;
-    double t0 = now_seconds();
-    for (int k = 0; k < c->n_anchors; k++) {
-        const float *img[2] = {c->anchor_rows + k * rows, c->anchor_rows + k * rows}; /* (only the first is read) */
-        cache_prefix(c->m, s, &c->prompt_image, 1, img, c->anchor_prefix, 1 + k);
-    }
-    s->seconds.decoder += now_seconds() - t0;
-}
-
-/* Compare2Score: the image in visual slot k against every anchor (score_batch with B = the
- * anchors, each sequence's first rows from its anchor's cache slot), then the fit. With a
- * stage hook every comparison is computed whole, one at a time (the same numbers). */
-static void compare_image(qalign_ctx *c, int k, qalign_result *out) {
-    RunState *s = &c->s;
-    int A = c->n_anchors, L = c->lv.n;
-    size_t rows = (size_t)(c->m->c.a_queries + 1) * c->m->c.l_dim;
-    const float *img[2 * QALIGN_MAX_ANCHORS];
-    int cache[QALIGN_MAX_ANCHORS];
-    qalign_result r[QALIGN_MAX_ANCHORS];
-    for (int a = 0; a < A; a++) {
-        img[2 * a] = c->anchor_rows + a * rows; /* images = [anchor_image, image] */
-        img[2 * a + 1] = slot(c, k);
-        cache[a] = 1 + a;
-    }
-    if (s->hook) {
-        for (int a = 0; a < A; a++) score_batch(c->m, s, &c->prompt_image, &c->lv, 1, 1, img + 2 * a, NULL, &r[a]);
-    } else {
-        anchors_prepare(c);
-        score_batch(c->m, s, &c->prompt_image, &c->lv, A, 1, img, cache, r);
-    }
-    memset(out, 0, sizeof *out);
-    out->n_levels = L;
-    out->frames = 1;
-    out->n_anchors = A;
-    for (int a = 0; a < A; a++) {
-        if (r[a].status != QALIGN_OK) {
-            *out = r[a];
-            return;
-        }
-        out->anchor_prefs[a] = r[a].score; /* probabilities.append(np.dot(softmax(output_logits), self.weight_tensor)) */
-        for (int i = 0; i < L; i++) out->probs[i] += r[a].probs[i] / A, out->logits[i] += r[a].logits[i] / A;
-    }
-    out->score = (float)compare_fit(out->anchor_prefs);
-    out->std = NAN;
-    if (!isfinite(out->score)) {
-        out->status = QALIGN_ERR_NUMERIC;
-        snprintf(out->error, sizeof out->error, "the comparisons with the anchors gave every image the same score: no "
-                 "0..100 scale (are the anchors 5 different images?)");
-    }
 }
 
 /* The Qwen3.5 family (Q-ReAlign): its model and its scoring, on the kernels, the loader and
@@ -2985,26 +2881,12 @@ int qalign_ctx_new(const qalign_model *m, const qalign_ctx_options *opt, qalign_
     }
     if (!st) st = build_prompt(m, tmpl, task, "image", &c->prompt_image, err, errlen);
     if (!st) st = build_prompt(m, tmpl, task, "video", &c->prompt_video, err, errlen);
-    if (!st && o.n_anchors) { /* the anchors: their visual rows now, their K/V on first use */
-        Span spans[MAX_SPANS];
-        if (c->prompt_image.n_markers != 2) {
-            st = fail_with(err, errlen, QALIGN_ERR_ARG, "anchors: the prompt must have two <|image|> (the anchor, then "
-                           "the image), it has %d", c->prompt_image.n_markers);
-        } else {
-            int n_spans = prompt_spans(m, &c->prompt_image, 1, spans), seen = 0;
-            for (int i = 0; i < n_spans && seen < 2; i++) /* the second image's first row */
-                if (spans[i].modality && ++seen == 2) c->anchor_prefix = spans[i].start;
-            c->n_anchors = o.n_anchors;
-            size_t rows = (size_t)(m->c.a_queries + 1) * m->c.l_dim;
-            c->anchor_rows = malloc((size_t)o.n_anchors * rows * sizeof(float));
-            if (!c->anchor_rows) st = fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory (anchors)");
-        }
-    }
+    if (!st && o.n_anchors) /* the anchors: their visual rows now, their K/V on first use */
+        st = anchors_init(m, &c->prompt_image, o.n_anchors, &c->anchors, err, errlen);
     if (!st) st = ensure_state(c, c->batch, 1, err, errlen);
-    for (int k = 0; !st && k < c->n_anchors; k++) {
+    for (int k = 0; !st && k < c->anchors.n; k++) {
         char e[QALIGN_ERR_LEN - 32];
-        size_t rows = (size_t)(m->c.a_queries + 1) * m->c.l_dim;
-        if ((st = encode_image(c, &o.anchors[k], c->anchor_rows + k * rows, 0, 1, e, sizeof e)) != QALIGN_OK)
+        if ((st = encode_image(c, &o.anchors[k], anchor_rows(m, &c->anchors, k), 0, 1, e, sizeof e)) != QALIGN_OK)
             fail_with(err, errlen, st, "anchors: image %d: %s", k, e);
     }
     if (st) {
@@ -3021,8 +2903,8 @@ int qalign_ctx_levels(const qalign_ctx *c, const char **words, float *weights, f
         if (words) words[i] = c->lv.words[i];
         if (weights) weights[i] = c->lv.weights[i];
     }
-    if (lo) *lo = c->n_anchors ? 0.0f : c->lv.lo;
-    if (hi) *hi = c->n_anchors ? 100.0f : c->lv.hi;
+    if (lo) *lo = c->anchors.n ? 0.0f : c->lv.lo;
+    if (hi) *hi = c->anchors.n ? 100.0f : c->lv.hi;
     return c->lv.n;
 }
 
@@ -3033,7 +2915,7 @@ void qalign_ctx_describe(const qalign_ctx *c, qalign_ctx_info *out) {
         return;
     }
     *out = (qalign_ctx_info){.prompt = c->template, .levels = c->lv.text, .pad = c->pad, .precise = c->precise,
-                             .n_anchors = c->n_anchors};
+                             .n_anchors = c->anchors.n};
 }
 
 const char *qalign_ctx_notes(const qalign_ctx *c) { return c && c->lv.note[0] ? c->lv.note : NULL; }
@@ -3064,7 +2946,7 @@ int qalign_add_image(qalign_ctx *c, const qalign_image *img, char *err, size_t e
     NEED(c, "the context");
     if (c->qw) return qwen_add_image(c, img, err, errlen);
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is in progress (qalign_video_end or _cancel first)");
-    if (c->prompt_image.n_markers != 1 && !c->n_anchors)
+    if (c->prompt_image.n_markers != 1 && !c->anchors.n)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "prompt: it must contain <|image|> exactly once to score images one "
                          "by one (it has %d: use qalign_score_prompt, or give anchors)", c->prompt_image.n_markers);
     if (c->pending >= qalign_ctx_batch(c)) return fail_with(err, errlen, QALIGN_ERR_STATE, "the batch is full (qalign_flush first)");
@@ -3083,8 +2965,9 @@ int qalign_flush(qalign_ctx *c, qalign_result *out, char *err, size_t errlen) {
     int old = threads_enter(c);
     c->s.hook = c->hook;
     c->s.hook_user = c->hook_user;
-    if (c->n_anchors)
-        for (int k = 0; k < c->pending; k++) compare_image(c, k, &out[k]);
+    if (c->anchors.n)
+        for (int k = 0; k < c->pending; k++)
+            compare_image(c->m, &c->s, &c->prompt_image, &c->lv, &c->anchors, slot(c, k), &out[k]);
     else
         score_batch(c->m, &c->s, &c->prompt_image, &c->lv, c->pending, 1, c->s.slot_rows, NULL, out);
     threads_leave(old);
@@ -3099,7 +2982,7 @@ int qalign_video_begin(qalign_ctx *c, int n_frames, char *err, size_t errlen) {
     if (c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "a video is already in progress");
     if (n_frames < 1 || n_frames > QALIGN_MAX_FRAMES)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "a video takes 1 to %d frames, not %d", QALIGN_MAX_FRAMES, n_frames);
-    if (c->prompt_video.n_markers != 1 || c->n_anchors)
+    if (c->prompt_video.n_markers != 1 || c->anchors.n)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "videos need a prompt with one <|image|> and no anchors");
     if (c->preset_prompt && !c->preset->video)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "the %s preset scores images only (its original has no video "
@@ -3159,7 +3042,7 @@ int qalign_score_images(qalign_ctx *c, const qalign_image *imgs, int n, qalign_r
     NEED(c, "the context");
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
-    if (n > 0 && !c->qw && c->prompt_image.n_markers != 1 && !c->n_anchors)
+    if (n > 0 && !c->qw && c->prompt_image.n_markers != 1 && !c->anchors.n)
         return qalign_add_image(c, &imgs[0], err, errlen); /* (its error) */
     int where[QALIGN_MAX_BATCH];     /* out index of each pending image */
     qalign_result got[QALIGN_MAX_BATCH];
@@ -3469,7 +3352,7 @@ static int ask_begin(qalign_ctx *c, const char *question, const qalign_ask_optio
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
     int st = ask_options(c->m, question, in, o, err, errlen);
     if (st) return st;
-    if (o->scores && c->n_anchors)
+    if (o->scores && c->anchors.n)
         return fail_with(err, errlen, QALIGN_ERR_ARG, "scores: a comparison scorer (anchors) does not score answers' images");
     size_t need = strlen(o->prompt) + 512;
     char *tmpl = malloc(need);

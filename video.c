@@ -544,20 +544,138 @@ static int rd_ppm_header(Reader *r, int *w, int *h) {
     return 0;
 }
 
+/* The distinct values of idx[0..n) (checked: non-negative, non-decreasing), malloc'ed. */
+static int64_t *unique_indices(const int64_t *idx, int64_t n, size_t *m, char *err, size_t errlen) {
+    if (idx[0] < 0) return fail(err, errlen, "negative frame index"), NULL;
+    for (int64_t i = 1; i < n; i++)
+        if (idx[i] < idx[i - 1]) return fail(err, errlen, "frame indices must be non-decreasing"), NULL;
+    int64_t *u = malloc((size_t)n * sizeof *u);
+    if (!u) return fail(err, errlen, "out of memory"), NULL;
+    *m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (*m == 0 || idx[i] != u[*m - 1]) u[(*m)++] = idx[i];
+    return u;
+}
+
+/* ffmpeg's command line: the stream `map`, the select filter vf (mode VIDEO_READ_SELECT),
+ * every frame as it is stored (no frame rate conversion), PPM frames on stdout. */
+static void frames_argv(const char **argv, const char *in, const char *map, const char *vf, VideoReadMode mode) {
+    int fpsm = ffmpeg_has_fps_mode(), a = 0;
+    argv[a++] = prog_ffmpeg();
+    argv[a++] = "-nostdin";
+    argv[a++] = "-hide_banner";
+    argv[a++] = "-v";
+    argv[a++] = "error";
+    argv[a++] = "-i";
+    argv[a++] = in;
+    argv[a++] = "-map";
+    argv[a++] = map;
+    argv[a++] = "-an";
+    argv[a++] = "-sn";
+    argv[a++] = "-dn";
+    if (mode == VIDEO_READ_SELECT) {
+        argv[a++] = "-vf";
+        argv[a++] = vf;
+    }
+    argv[a++] = fpsm ? "-fps_mode" : "-vsync";
+    argv[a++] = fpsm ? "passthrough" : "0";
+    argv[a++] = "-f";
+    argv[a++] = "image2pipe";
+    argv[a++] = "-c:v";
+    argv[a++] = "ppm";
+    argv[a++] = "-pix_fmt";
+    argv[a++] = "rgb24";
+    argv[a++] = "pipe:1";
+    argv[a] = NULL;
+}
+
+/* Reading frames from ffmpeg's pipe and handing the wanted ones out. */
+typedef struct {
+    Reader *r;
+    uint8_t *pix;           /* the current frame's RGB */
+    size_t pixcap;
+    size_t uk;              /* next unique index wanted */
+    int64_t k;              /* next position in idx */
+    int64_t decoded;        /* frames that came out of ffmpeg */
+    int bad;                /* a truncated or malformed frame */
+} FrameRead;
+
+/* Read frames until the m wanted ones u[0..m) were delivered to fn (each as often as idx has
+ * it) or the pipe ends (fr->uk < m then, fr->bad if a frame was cut). -1 with the child
+ * stopped if memory ran out or fn refused a frame. */
+static int deliver_frames(FrameRead *fr, Child *c, const int64_t *u, size_t m, const int64_t *idx, int64_t n,
+                          VideoReadMode mode, VideoFrameFn fn, void *user, char *err, size_t errlen) {
+    while (fr->uk < m) {
+        int w, h;
+        int hr = rd_ppm_header(fr->r, &w, &h);
+        if (hr == 1) break;
+        if (hr < 0) { fr->bad = 1; break; }
+        size_t need = (size_t)w * (size_t)h * 3;
+        if (need > fr->pixcap) {
+            uint8_t *np = realloc(fr->pix, need);
+            if (!np) {
+                child_finish(c, 1, NULL, NULL, 0);
+                return fail(err, errlen, "out of memory for a %dx%d frame", w, h);
+            }
+            fr->pix = np;
+            fr->pixcap = need;
+        }
+        if (rd_read(fr->r, fr->pix, need) != need) { fr->bad = 1; break; }
+        int64_t this_index;
+        if (mode == VIDEO_READ_SELECT) this_index = u[fr->uk];
+        else {
+            this_index = fr->decoded;
+            if (this_index != u[fr->uk]) {
+                fr->decoded++;
+                continue;
+            }
+        }
+        fr->decoded++;
+        Image img = {w, h, fr->pix};
+        while (fr->k < n && idx[fr->k] == this_index) {
+            char cerr[512] = "";
+            if (fn && fn(user, fr->k, this_index, &img, cerr, sizeof cerr) != 0) {
+                child_finish(c, 1, NULL, NULL, 0);
+                return fail(err, errlen, "%s", cerr[0] ? cerr : "stopped");
+            }
+            fr->k++;
+        }
+        fr->uk++;
+    }
+    return 0;
+}
+
+/* After the pipe ended early: why (the child is finished here). */
+static void frames_missing(const FrameRead *fr, Child *c, const char *path, const VideoInfo *vi, const int64_t *u,
+                           size_t m, VideoReadMode mode, char *err, size_t errlen) {
+    char msg[512];
+    if (fr->r->error == ETIMEDOUT) {
+        child_finish(c, 1, NULL, NULL, 0);
+        fail(err, errlen, "ffmpeg gave no frame for %g s (after %zu of %zu): stopped it (--ffmpeg-timeout)",
+             g_video_timeout, fr->uk, m);
+        return;
+    }
+    int code = child_finish(c, fr->bad, path, msg, sizeof msg);
+    if (code != 0 && !fr->bad) fail(err, errlen, "ffmpeg failed%s%s", msg[0] ? ": " : "", msg);
+    else if (fr->bad)
+        fail(err, errlen, "unexpected data from ffmpeg (truncated or malformed frame)%s%s", msg[0] ? ": " : "", msg);
+    else if (mode == VIDEO_READ_SELECT)
+        fail(err, errlen, "ffmpeg decoded only %zu of the %zu wanted frames (frame %lld missing; the stream has "
+                          "fewer decodable frames than its %lld packets)",
+             fr->uk, m, (long long)u[fr->uk], vi ? (long long)vi->frame_count : -1LL);
+    else
+        fail(err, errlen, "the video ended after %lld decoded frames; frame %lld was wanted (%lld packets)",
+             (long long)fr->decoded, (long long)u[fr->uk], vi ? (long long)vi->frame_count : -1LL);
+}
+
 int video_read_frames(const char *path, const VideoInfo *vi, const int64_t *idx, int64_t n, VideoReadMode mode,
                       VideoFrameFn fn, void *user, char *err, size_t errlen) {
     if (n <= 0) return 0;
-    if (idx[0] < 0) return fail(err, errlen, "negative frame index");
-    for (int64_t i = 1; i < n; i++)
-        if (idx[i] < idx[i - 1]) return fail(err, errlen, "frame indices must be non-decreasing");
-    /* unique indices */
-    int64_t *u = malloc((size_t)n * sizeof *u);
-    if (!u) return fail(err, errlen, "out of memory");
     size_t m = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (m == 0 || idx[i] != u[m - 1]) u[m++] = idx[i];
+    int64_t *u = unique_indices(idx, n, &m, err, errlen);
+    if (!u) return -1;
     Buf vf = {0};
-    if (mode != VIDEO_READ_ALL) {
+    if (mode != VIDEO_READ_ALL) { /* a select filter, unless (AUTO) it is too long: then decode all */
         char *f = video_select_filter(u, (int64_t)m);
         if (!f) {
             free(u);
@@ -576,122 +694,35 @@ int video_read_frames(const char *path, const VideoInfo *vi, const int64_t *idx,
     char map[32];
     snprintf(map, sizeof map, "0:%d", vi ? vi->stream : 0);
     if (vi && vi->stream < 0) snprintf(map, sizeof map, "0:v:0");
-    int fpsm = ffmpeg_has_fps_mode();
     const char *argv[32];
-    int a = 0;
-    argv[a++] = prog_ffmpeg();
-    argv[a++] = "-nostdin";
-    argv[a++] = "-hide_banner";
-    argv[a++] = "-v";
-    argv[a++] = "error";
-    argv[a++] = "-i";
-    argv[a++] = in;
-    argv[a++] = "-map";
-    argv[a++] = map;
-    argv[a++] = "-an";
-    argv[a++] = "-sn";
-    argv[a++] = "-dn";
-    if (mode == VIDEO_READ_SELECT) {
-        argv[a++] = "-vf";
-        argv[a++] = vf.p;
-    }
-    argv[a++] = fpsm ? "-fps_mode" : "-vsync";
-    argv[a++] = fpsm ? "passthrough" : "0";
-    argv[a++] = "-f";
-    argv[a++] = "image2pipe";
-    argv[a++] = "-c:v";
-    argv[a++] = "ppm";
-    argv[a++] = "-pix_fmt";
-    argv[a++] = "rgb24";
-    argv[a++] = "pipe:1";
-    argv[a] = NULL;
+    frames_argv(argv, in, map, vf.p, mode);
     Child c;
-    Reader *r = NULL;
-    uint8_t *pix = NULL;
-    size_t pixcap = 0;
+    FrameRead fr = {0};
     int rc = -1;
-    char msg[512];
     if (!in) {
         fail(err, errlen, "out of memory");
         goto done;
     }
     if (child_spawn(argv, &c, err, errlen) != 0) goto done;
-    r = malloc(sizeof *r);
-    if (!r) {
+    fr.r = malloc(sizeof *fr.r);
+    if (!fr.r) {
         child_finish(&c, 1, NULL, NULL, 0);
         fail(err, errlen, "out of memory");
         goto done;
     }
-    r->fd = c.out;
-    r->pos = r->len = 0;
-    r->eof = r->error = 0;
-    size_t uk = 0;    /* next unique index wanted */
-    int64_t k = 0;    /* next position in idx */
-    int64_t decoded = 0; /* frames that came out of ffmpeg */
-    int bad = 0;
-    while (uk < m) {
-        int w, h;
-        int hr = rd_ppm_header(r, &w, &h);
-        if (hr == 1) break;
-        if (hr < 0) { bad = 1; break; }
-        size_t need = (size_t)w * (size_t)h * 3;
-        if (need > pixcap) {
-            uint8_t *np = realloc(pix, need);
-            if (!np) {
-                child_finish(&c, 1, NULL, NULL, 0);
-                fail(err, errlen, "out of memory for a %dx%d frame", w, h);
-                goto done;
-            }
-            pix = np;
-            pixcap = need;
-        }
-        if (rd_read(r, pix, need) != need) { bad = 1; break; }
-        int64_t this_index;
-        if (mode == VIDEO_READ_SELECT) this_index = u[uk];
-        else {
-            this_index = decoded;
-            if (this_index != u[uk]) {
-                decoded++;
-                continue;
-            }
-        }
-        decoded++;
-        Image img = {w, h, pix};
-        while (k < n && idx[k] == this_index) {
-            char cerr[512] = "";
-            if (fn && fn(user, k, this_index, &img, cerr, sizeof cerr) != 0) {
-                child_finish(&c, 1, NULL, NULL, 0);
-                fail(err, errlen, "%s", cerr[0] ? cerr : "stopped");
-                goto done;
-            }
-            k++;
-        }
-        uk++;
-    }
-    if (uk == m) { /* everything wanted was delivered: ffmpeg may stop now */
+    fr.r->fd = c.out;
+    fr.r->pos = fr.r->len = 0;
+    fr.r->eof = fr.r->error = 0;
+    if (deliver_frames(&fr, &c, u, m, idx, n, mode, fn, user, err, errlen) != 0) goto done;
+    if (fr.uk == m) { /* everything wanted was delivered: ffmpeg may stop now */
         child_finish(&c, 1, NULL, NULL, 0);
         rc = 0;
         goto done;
     }
-    if (r->error == ETIMEDOUT) {
-        child_finish(&c, 1, NULL, NULL, 0);
-        fail(err, errlen, "ffmpeg gave no frame for %g s (after %zu of %zu): stopped it (--ffmpeg-timeout)",
-             g_video_timeout, uk, m);
-        goto done;
-    }
-    int code = child_finish(&c, bad, path, msg, sizeof msg);
-    if (code != 0 && !bad) fail(err, errlen, "ffmpeg failed%s%s", msg[0] ? ": " : "", msg);
-    else if (bad) fail(err, errlen, "unexpected data from ffmpeg (truncated or malformed frame)%s%s", msg[0] ? ": " : "", msg);
-    else if (mode == VIDEO_READ_SELECT)
-        fail(err, errlen, "ffmpeg decoded only %zu of the %zu wanted frames (frame %lld missing; the stream has "
-                          "fewer decodable frames than its %lld packets)",
-             uk, m, (long long)u[uk], vi ? (long long)vi->frame_count : -1LL);
-    else
-        fail(err, errlen, "the video ended after %lld decoded frames; frame %lld was wanted (%lld packets)",
-             (long long)decoded, (long long)u[uk], vi ? (long long)vi->frame_count : -1LL);
+    frames_missing(&fr, &c, path, vi, u, m, mode, err, errlen);
 done:
-    free(r);
-    free(pix);
+    free(fr.r);
+    free(fr.pix);
     free(u);
     free(in);
     buf_free(&vf);

@@ -35,7 +35,8 @@ def main():
     exe = ROOT / "build" / "qwen_img_driver_bench"
     exe.parent.mkdir(exist_ok=True)
     src = [ROOT / "tests" / "qwen_img_driver.c"] + [ROOT / f for f in
-                                                    ("image.c", "image_png.c", "image_jpeg.c", "image_qwen.c")]
+                                                    ("image.c", "image_bmp.c", "image_png.c", "image_jpeg.c",
+                                                     "image_jpeg_scan.c", "image_qwen.c")]
     subprocess.run(["cc", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-O3", "-march=native", "-I", str(ROOT),
                     "-o", str(exe), *map(str, src), "-lm"], check=True)
     rng = np.random.default_rng(0)

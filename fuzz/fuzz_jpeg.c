@@ -1,4 +1,4 @@
-/* fuzz_jpeg.c - libFuzzer harness for the JPEG decoder (image_jpeg.c).
+/* fuzz_jpeg.c - libFuzzer harness for the JPEG decoder (image_jpeg.c, image_jpeg_scan.c).
  *
  *   make fuzz            (builds build/fuzz_jpeg, runs it on build/corpus/fuzz_jpeg)
  *

@@ -1,5 +1,5 @@
 /* qwen_img_driver.c - driver for tests/test_qwen_image.py and bench/qwen_prep.py (built by them,
- * linked with image.c image_png.c image_jpeg.c image_qwen.c only).
+ * linked with image.c image_bmp.c image_png.c image_jpeg.c image_jpeg_scan.c image_qwen.c only).
  *
  *   qwen_img_driver smart  < lines "RULE H W FACTOR MIN MAX"     -> "OH OW" or "E message"
  *   qwen_img_driver frames < lines "i NFRAMES N" | "s W H LONG"   -> indices | "OW OH"

@@ -597,6 +597,80 @@ def test_no_pad_matches_clip_processor(qalign_bin, model, oracle, workdir):
            f"{len(NOPAD_SIZES)} sizes (incl. 999x7, 13x14 up-scaled); logits vs oracle {worst:.1e}")
 
 
+def read_ppm(path):
+    """A binary PPM (P6, maxval 255) as a uint8 (h, w, 3) array, read with Pillow."""
+    with Image.open(path) as im:
+        assert im.format == "PPM" and im.mode == "RGB"
+        return np.asarray(im).copy()
+
+
+def test_preprocess_only_pad_crop_and_model_fill(qalign_bin, model, tiny_ref, workdir):
+    """--preprocess-only shows what the model sees: padded with the model's fill (or, with
+    --no-pad, resized and centre-cropped) to the model's size. Oracles: torch_ref's
+    preprocess (Q-Align's expand2square with int(255 * image_mean), Pillow bicubic) and
+    clip_resize_crop (CLIPImageProcessor's resize + center_crop in Pillow); and the
+    resized_rgb the scorer itself dumps."""
+    import torch_ref as tr
+    d = workdir / "cli_preonly"
+    d.mkdir()
+    # a model whose preprocessor has another mean: another fill colour (int(255 * mean))
+    ck = d / "checkpoint"
+    ck.mkdir()
+    for f in (tiny_ref / "checkpoint").iterdir():
+        (ck / f.name).symlink_to(f)
+    (ck / "preprocessor_config.json").unlink()
+    pp = json.loads((tiny_ref / "checkpoint" / "preprocessor_config.json").read_text())
+    pp["image_mean"] = [0.2, 0.61, 0.93]
+    (ck / "preprocessor_config.json").write_text(json.dumps(pp))
+    other = d / "other_mean.qalign"
+    r = run([PYTHON, EXPORT, "-q", ck, other, "--dtype", "f32"])
+    assert r.returncode == 0, r.stderr
+    n = 0
+    for i, (w, h) in enumerate([(640, 480), (57, 100), (201, 56), (13, 14), (56, 56)]):
+        img = make_image(d / f"in_{w}x{h}.png", w, h, 30 + i)
+        pil = Image.open(img)
+        for m, mean in ((model, MEAN), (other, pp["image_mean"])):
+            out = d / "out.ppm"
+            r = qa(qalign_bin, "--preprocess-only", "--model", m, img, out)
+            assert r.returncode == 0, r.stderr
+            assert np.array_equal(read_ppm(out), tr.preprocess(pil, S, mean, STD)[0]), (w, h, m.name)
+            r = qa(qalign_bin, "--preprocess-only", "--no-pad", "--model", m, img, out)
+            assert r.returncode == 0, r.stderr
+            assert np.array_equal(read_ppm(out), tr.clip_resize_crop(pil.convert("RGB"), S)), (w, h, m.name, "no-pad")
+            n += 2
+        # --size beats the model's size; without a model: 448 and the CLIP fill
+        r = qa(qalign_bin, "--preprocess-only", "--size", "40", "--model", other, "--no-pad", img, d / "o40.ppm")
+        assert r.returncode == 0 and np.array_equal(read_ppm(d / "o40.ppm"), tr.clip_resize_crop(pil.convert("RGB"), 40))
+        if i == 0:
+            r = qa(qalign_bin, "--preprocess-only", img, d / "o448.ppm")
+            assert r.returncode == 0 and np.array_equal(read_ppm(d / "o448.ppm"), tr.preprocess(pil, 448, MEAN, STD)[0])
+    # what the scorer feeds the vision tower is what --preprocess-only shows
+    img = d / "in_640x480.png"
+    for extra, pre in (([], []), (["--no-pad"], ["--no-pad"])):
+        dump = d / f"dump{len(extra)}"
+        dump.mkdir()
+        r = qa(qalign_bin, other, "--json", "--dump", dump, *extra, img)
+        assert r.returncode == 0, r.stderr
+        r = qa(qalign_bin, "--preprocess-only", "--model", other, *pre, img, d / "o.ppm")
+        assert r.returncode == 0 and np.array_equal(np.load(dump / "resized_rgb.npy")[0], read_ppm(d / "o.ppm"))
+    # a model without a fixed square input (Q-ReAlign's Qwen3.5: each image at about its own size)
+    import qwen_ref
+    qwen_ref.make_fixtures(str(d / "qwen"))
+    qwen = d / "qwen_tiny.qalign"
+    r = run([PYTHON, EXPORT, "-q", "--model", d / "qwen" / "checkpoint", qwen, "--dtype", "f32"])
+    assert r.returncode == 0, r.stderr
+    for args, needle in ((["--model", qwen, img, d / "x.ppm"], "not as a fixed square"),
+                         (["--frob", img, d / "x.ppm"], "unknown option '--frob'"),
+                         (["--model", d / "missing.qalign", img, d / "x.ppm"], "missing.qalign"),
+                         (["--model", img, img, d / "x.ppm"], "in_640x480.png"),
+                         (["--size", "0", img, d / "x.ppm"], "--size"),
+                         (["--no-pad", img], "usage")):
+        r = qa(qalign_bin, "--preprocess-only", *args)
+        assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    report(f"cli: --preprocess-only (pad / --no-pad, the model's fill and size) byte-exact vs Pillow on {n} images; "
+           f"= the scorer's resized_rgb; a Qwen3.5 model (no fixed square) refused with one line")
+
+
 def test_task_aesthetic(qalign_bin, model, oracle, tiny_ref, workdir):
     import torch_ref as tr
     _, sp = oracle

@@ -12,7 +12,7 @@ Corpus (installed by .ci/run; about 8,500 files):
 plus the JPEGs the arithmetic/corrupt-data tests make (tests/test_jpeg_ari.py) when run
 in the same session is not assumed: this test stands alone.
 
-Every file is decoded by a small C driver over image.c / image_png.c / image_jpeg.c with
+Every file is decoded by a small C driver over image.c / image_png.c / image_jpeg*.c with
 the sanitizer flags of `make sanitize` (one process for all files: launching qalign-san
 per file would take minutes), and by np.asarray(Image.open(f).convert("RGB")). A file
 passes when both decode it to identical pixels, or both refuse it.
@@ -77,7 +77,8 @@ def san_driver(tmp):
     src.write_text(DRIVER)
     flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     r = run(["cc", "-std=c11", "-D_POSIX_C_SOURCE=200809L", *flags, "-I", ROOT, "-o", exe, src,
-             ROOT / "image.c", ROOT / "image_png.c", ROOT / "image_jpeg.c", "-lm"])
+             ROOT / "image.c", ROOT / "image_bmp.c", ROOT / "image_png.c", ROOT / "image_jpeg.c",
+             ROOT / "image_jpeg_scan.c", "-lm"])
     if r.returncode != 0:
         pytest.fail(r.stderr[-3000:])
     return exe

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "qalign: error: %s: %s\n", argv[k], err); return 1;
         }
         if (pre) {
-            if (image_preprocess(&in, fill, size, &out, err, sizeof err)) {
+            if (image_preprocess(&in, IMAGE_PAD, fill, size, &out, err, sizeof err)) {
                 fprintf(stderr, "qalign: error: %s: %s\n", argv[k], err); return 1;
             }
             image_free(&in); in = out;
@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
             struct timespec t0, t1;
             double dt;
             clock_gettime(CLOCK_MONOTONIC, &t0);
-            if (image_preprocess(&in, fill, S, &out, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+            if (image_preprocess(&in, IMAGE_PAD, fill, S, &out, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
             clock_gettime(CLOCK_MONOTONIC, &t1);
             dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
             if (dt < best) best = dt;
@@ -142,7 +142,8 @@ def build_driver(workdir, name, flags):
     exe = workdir / name
     src.write_text(DRIVER_C)
     r = run(["cc", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-O2", *flags, "-I", ROOT, "-o", exe, src,
-             ROOT / "image.c", ROOT / "image_png.c", ROOT / "image_jpeg.c", "-lm"])
+             ROOT / "image.c", ROOT / "image_bmp.c", ROOT / "image_png.c", ROOT / "image_jpeg.c",
+             ROOT / "image_jpeg_scan.c", "-lm"])
     assert r.returncode == 0, r.stderr
     return exe
 

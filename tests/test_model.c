@@ -258,7 +258,7 @@ int main(int argc, char **argv) {
     if (qalign_add_image(c, &qi[2], err, sizeof err) || qalign_flush(c, &cr, err, sizeof err)) return fprintf(stderr, "%s\n", err), 2;
     double ep = 0, elm = 0, mean[QALIGN_MAX_LEVELS] = {0};
     for (int k = 0; k < 5; k++) {
-        const float *v[2] = {c->anchor_rows + k * vis_floats, c->s.visual};
+        const float *v[2] = {c->anchors.rows + k * vis_floats, c->s.visual};
         naive_score(m, &c->prompt_image, v, 1, &c->lv, fin, logits);
         float pr[QALIGN_MAX_LEVELS];
         double pref = 0;

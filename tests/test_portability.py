@@ -23,8 +23,9 @@ import pytest
 
 from conftest import EMULATED, PYTHON, ROOT, TARGET, report, run, logits
 
-SRCS = ["qalign.c", "kernels.c", "kernels_family.c", "tokenizer.c", "bpe.c", "image.c", "image_png.c", "image_jpeg.c",
-        "image_jpeg_enc.c", "image_qwen.c", "app_util.c", "inputs.c", "video.c", "results.c", "evaluate.c", "report.c",
+SRCS = ["qalign.c", "platform.c", "kernels.c", "kernels_family.c", "tokenizer.c", "bpe.c", "image.c", "image_bmp.c",
+        "image_png.c", "image_jpeg.c", "image_jpeg_scan.c", "image_jpeg_enc.c", "image_qwen.c", "app_util.c", "inputs.c",
+        "video.c", "results.c", "evaluate.c", "report.c",
         "progress.c", "sink.c", "cli.c", "options.c",
         "serve.c", "serve_http.c", "serve_parse.c", "examples/score.c"]
 BINARY_SRCS = [s for s in SRCS if not s.startswith("examples/")]   # what ./qalign is made of

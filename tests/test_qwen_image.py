@@ -36,8 +36,8 @@ PIL = pytest.importorskip("PIL")
 torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
-DRIVER_SRC = [ROOT / "tests" / "qwen_img_driver.c", ROOT / "image.c", ROOT / "image_png.c",
-              ROOT / "image_jpeg.c", ROOT / "image_qwen.c"]
+DRIVER_SRC = [ROOT / "tests" / "qwen_img_driver.c", ROOT / "image.c", ROOT / "image_bmp.c", ROOT / "image_png.c",
+              ROOT / "image_jpeg.c", ROOT / "image_jpeg_scan.c", ROOT / "image_qwen.c"]
 MIN_HF, MIN_SWIFT, MAX_PX = 65536, 4096, 16777216
 RULE = {"transformers": 0, "qwen_vl_utils": 1}
 RESAMPLE = {"pil": 0, "torch": 1}

@@ -14,7 +14,9 @@ do not enter the function figures.
 The figures of issue 22's refactor are kept beside it: stats_before.txt / duplicates_before.txt
 (main at fcf72d6, where the refactor started), stats_main_077ff3d.txt / duplicates_main_077ff3d.txt
 (main with qwen-model and dispatch merged, the like-for-like base) and stats_after.txt /
-duplicates_after.txt (the refactor branch with that main merged).
+duplicates_after.txt (the refactor branch with that main merged); stats_tidy_before_bc59fb5.txt /
+stats_tidy_after.txt: stage 4 (the model file keeps the model; long functions and files), before and
+after.
 """
 import glob, os, re, statistics, sys
 
