@@ -36,6 +36,27 @@ static Tensor filled_matrix(int dtype, int rows, int cols) {
         for (size_t i = 0; i < bytes / 4; i++) ((float *)p)[i] = 0.01f * (float)(i % 17);
     if (dtype == DT_MBF16)
         for (size_t i = 0; i < bytes / 2; i++) ((uint16_t *)p)[i] = f32_to_bf16(0.01f * (float)(i % 17));
+    /* the quantised types' scales (d, m) as a model has them: small normal floats, not the
+     * bit patterns of the bytes above (denormals, NaNs and huge values, whose float steps
+     * take microcode assists and would time those instead of the kernels) */
+    int groups = (rows + PACK_ROWS - 1) / PACK_ROWS;
+    for (int g = 0; g < groups; g++) {
+        if (dtype == DT_MQ8_0 || dtype == DT_MQ4_1)
+            for (int b = 0; b < cols / QBLOCK; b++) {
+                uint8_t *blk = p + ((size_t)g * (cols / QBLOCK) + b) * mq_block_bytes(dtype);
+                float *d = (float *)(blk + (dtype == DT_MQ8_0 ? MQ8_D_OFFSET : MQ4_D_OFFSET));
+                for (int r = 0; r < 16; r++) d[r] = 0.001f * (float)(1 + (g + b + r) % 7);
+                if (dtype == DT_MQ4_1)
+                    for (int r = 0; r < 16; r++) ((float *)(blk + MQ4_M_OFFSET))[r] = -0.008f * (float)(1 + r % 3);
+            }
+        if (dtype == DT_MQ8_256 || dtype == DT_MQ4_256)
+            for (int b = 0; b < q256_blocks(cols); b++) {
+                int len = q256_len(cols, b);
+                uint8_t *blk = p + (size_t)g * q256_group_bytes(dtype, cols) + (size_t)b * q256_block_bytes(dtype, QBLOCK_256);
+                float *d = (float *)(blk + q256_block_bytes(dtype, len) - 64);
+                for (int r = 0; r < 16; r++) d[r] = 0.001f * (float)(1 + (g + b + r) % 7);
+            }
+    }
     W.data = p;
     return W;
 }
