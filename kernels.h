@@ -248,6 +248,11 @@ typedef struct {
      * interleaved). Returns 0 if it has no tile for this weight/activation type. */
     int (*tile)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
                 int g0, int ng);
+    /* optional: the same for every row, [0, a->T), of groups [g0, g0+ng): bit for bit what
+     * tile() gives called for each t0 in steps of the tile rows, so that a family can keep
+     * state across rows (AMX: the tile configuration; a block of weights in L1 for many
+     * rows). Returns 0 if it has none for this weight/activation type (then tile() is used). */
+    int (*tile_all_rows)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
     /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
      * bit-identical to quantize_row_ref */
     void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);
@@ -271,9 +276,11 @@ typedef struct {
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* > 0: for int8 activations tile() reads the row-major buffers (xq, xd, xc, xs, xc4)
-     * directly, flat_rows rows per call (t0 a multiple of it, nt <= it), and no interleaved
-     * copies are made for them (AMX: a tile register loads rows with a stride). f32 and bf16
-     * activations keep tile_rows_f and their interleaved copies. */
+     * directly, flat_rows rows per call (t0 a multiple of it, nt <= it) (AMX: a tile register
+     * loads rows with a stride), and the only copy made is xq in slices for tile_all_rows:
+     * xp as int8 (tiles of flat_rows rows, ceil(K/64) slices, flat_rows rows, 64 columns),
+     * rows past T and columns past K zero, so that one tile's operand is one contiguous run.
+     * f32 and bf16 activations keep tile_rows_f and their interleaved copies. */
     int flat_rows;
     /* run once before the family is adopted (kernels.c): a small fixed problem against the
      * same arithmetic in plain C; 0 if the results agree, else -1 with the reason in why */

@@ -517,8 +517,20 @@ static void acts_prepare(Acts *a, ActKind kind) {
     int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
     a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
-    if (kern->flat_rows && int8) { /* the tiles read xq, xd, ... as they are */
-        a->R = kern->flat_rows;
+    if (kern->flat_rows && int8) { /* the tiles read xq, xd, ... as they are; xq also in slices (kernels.h) */
+        int R = a->R = kern->flat_rows, tiles = (T + R - 1) / R, S = (K + 63) / 64;
+        CHECK((size_t)tiles * S * R * 64 <= a->pcap * sizeof(uint32_t));
+#pragma omp parallel for schedule(static)
+        for (int ti = 0; ti < tiles; ti++)
+            for (int j = 0; j < S; j++) {
+                int8_t *dst = (int8_t *)a->xp + ((size_t)ti * S + j) * R * 64;
+                int w = K - 64 * j < 64 ? K - 64 * j : 64;
+                for (int r = 0; r < R; r++) {
+                    int t = ti * R + r;
+                    if (t < T) memcpy(dst + (size_t)r * 64, a->xq + (size_t)t * K + 64 * j, (size_t)w);
+                    if (t >= T || w < 64) memset(dst + (size_t)r * 64 + (t < T ? w : 0), 0, (size_t)(t < T ? 64 - w : 64));
+                }
+            }
         return;
     }
     if (!a->R) return;
@@ -658,6 +670,7 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < pairs; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
+        if (kern->tile_all_rows && kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng)) continue;
         for (int t0 = 0; t0 < T; t0 += RT) {
             int nt = T - t0 < RT ? T - t0 : RT;
             if (!kern->tile || !kern->tile(out, ldo, a, W, bias, epi, t0, nt, g0, ng))
@@ -2574,8 +2587,10 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
     a->xc4 = malloc(nb * sizeof(int32_t));
     *bytes += cap * 3 + nb * 16;
     int ok = a->xb && a->xq && a->xd && a->xc && a->xs && a->xc4;
-    if (kern->tile_rows_f || kern->tile_rows_q8) { /* the interleaved copies */
+    if (kern->tile_rows_f || kern->tile_rows_q8 || kern->flat_rows) { /* the interleaved copies, the slices */
         a->pcap = cap + PACK_ROWS * max_k;
+        /* flat_rows: int8 slices of (T + flat_rows - 1) rows x (K + 63) bytes (T K <= cap, K >= 32) */
+        if (kern->flat_rows) a->pcap += (size_t)kern->flat_rows * (max_k + 64) / 4 + 1;
         a->xp = malloc(a->pcap * sizeof(uint32_t));
         a->xdp = malloc((a->pcap / 8 + 1) * sizeof(float));
         a->xcp = malloc((a->pcap / 8 + 1) * sizeof(int32_t));

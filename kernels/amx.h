@@ -320,6 +320,94 @@ static void tile_q_amx(float *out, int ldo, const Acts *a, const Tensor *W, cons
     amx_store_out(out, ldo, (const float(*)[32])acc, W, bias, epi, t0, nt, g0, ng);
 }
 
+/* Whole rows (the contract's tile_all_rows): rows [t0, t0 + n) (n <= AMX_CHUNK) x groups
+ * [g0, g0 + ng) of q8_256 / q4_256, in the order block (q4_256: sub-block) first, then the
+ * row tiles. So the tiles are configured once per chunk, not per 32 rows, always for whole
+ * 32-row tiles (the activations come from the zero-padded slices of Acts.xp: a tile operand
+ * is 1 KB in one run, which the prefetchers follow; the sums of rows past T are unused); a
+ * block's weights (2 x 4 KB; q4_256: 2 x 512 bytes, widened once for all row tiles) stay in
+ * L1 while the chunk's rows stream past them; and a tile store is read by its float step
+ * one item later, as in tile_q_amx. Each output takes its float steps block by block in
+ * order with the same operands as tile_q_amx: the same bits. */
+#define AMX_CHUNK 128
+static void rows_q256_amx(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int n,
+                          int g0, int ng) {
+    const int two = 1, R = (n + 31) / 32, dt = W->dtype, K = W->cols, S = (K + 63) / 64;
+    int blocks = acts_blocks(a->kind, K), subs = K / QBLOCK, q4 = dt == DT_MQ4_256;
+    size_t gbytes = ng > 1 ? q256_group_bytes(dt, K) : 0;
+    float acc[AMX_CHUNK][32] __attribute__((aligned(64)));
+    int32_t s[AMX_CHUNK][32] __attribute__((aligned(64)));        /* q4_256: the block's sum */
+    int32_t c[2][AMX_ROWS][32] __attribute__((aligned(64)));      /* tile sums, alternating */
+    uint8_t wb[2][2][8][64] __attribute__((aligned(64)));         /* widened nibbles, alternating */
+    uint8_t wp[2][16][64] __attribute__((aligned(64)));           /* q8_256: a last step of 32 columns */
+    memset(acc, 0, (size_t)n * sizeof acc[0]);
+    if (q4) memset(s, 0, (size_t)n * sizeof s[0]);
+    const int8_t *xs = (const int8_t *)a->xp + (size_t)(t0 / 32) * S * 2048; /* the slices: (tile, S, 32, 64) */
+    const float *xd = a->xd + (size_t)t0 * blocks;
+    const int32_t *xc = a->xc + (size_t)t0 * blocks, *xc4 = a->xc4 + (size_t)t0 * subs;
+    amx_configure(16, 16, q4 ? 32 : 64, ng);
+    int steps = q4 ? subs : blocks, items = steps * R; /* item i: step i / R, row tile i % R */
+    for (int i = 0; i <= items; i++) {
+        if (i < items) {
+            int st = i / R, r = i % R;
+            const int8_t *xr = xs + (size_t)r * S * 2048; /* row tile r's slices */
+            if (q4) { /* sub-block st: block st / 8, sub-block st % 8 of it; widened for the first row tile */
+                if (r == 0) {
+                    const uint8_t *b0 = q256_block(W, g0, st / 8);
+                    amx_widen4(&wb[st & 1][0][0][0], q4_256_chunk(b0, 4 * (st % 8)));
+                    if (ng > 1) amx_widen4(&wb[st & 1][1][0][0], q4_256_chunk(b0 + gbytes, 4 * (st % 8)));
+                }
+                AMX_ZERO_C();
+                AMX_STEP(AMX_DP_I8, xr + (size_t)(st / 2) * 2048 + 32 * (st % 2), 64, &wb[st & 1][0][0][0], &wb[st & 1][1][0][0]);
+            } else {
+                int len = q256_len(K, st), k = 0;
+                const uint8_t *b0 = q256_block(W, g0, st), *b1 = b0 + gbytes;
+                const int8_t *xb = xr + (size_t)st * 4 * 2048;
+                AMX_ZERO_C();
+                for (; k + 64 <= len; k += 64)
+                    AMX_STEP(AMX_DP_I8, xb + (size_t)(k / 64) * 2048, 64, q8_256_quad(b0, k / 4), q8_256_quad(b1, k / 4));
+                if (k < len) { /* 32 columns left: the slice is zero past them, the weights too (wp) */
+                    memset(wp, 0, sizeof wp);
+                    memcpy(wp[0], q8_256_quad(b0, k / 4), 8 * 64);
+                    if (ng > 1) memcpy(wp[1], q8_256_quad(b1, k / 4), 8 * 64);
+                    AMX_STEP(AMX_DP_I8, xb + (size_t)(k / 64) * 2048, 64, &wp[0][0][0], &wp[1][0][0]);
+                }
+            }
+        }
+        if (i > 0) { /* item u's float step (q4_256: its sub-block sum, and at a block's end the float step) */
+            int u = i - 1, st = u / R, r = u % R, m0 = 32 * r, nv = n - m0 < 32 ? n - m0 : 32;
+            if (q4) {
+                int b = st / 8, j = st % 8, len = q256_len(K, b);
+                const uint8_t *b0 = q256_block(W, g0, b), *b1 = b0 + gbytes;
+                amx_q4_sub(s + m0, (const int32_t(*)[32])c[u & 1], xc4 + (size_t)m0 * subs + st, (size_t)subs,
+                           q4_256_sc(b0, len, j), q4_256_sc(b1, len, j), nv, ng);
+                if (j == len / QBLOCK - 1) {
+                    amx_scale(acc + m0, (const int32_t(*)[32])(s + m0), NULL, 0, xd + (size_t)m0 * blocks + b, (size_t)blocks,
+                              q256_d(b0, dt, len), q256_d(b1, dt, len), nv, ng);
+                    memset(s + m0, 0, sizeof s[0] * 32);
+                }
+            } else {
+                int len = q256_len(K, st);
+                const uint8_t *b0 = q256_block(W, g0, st), *b1 = b0 + gbytes;
+                amx_scale(acc + m0, (const int32_t(*)[32])c[u & 1], xc + (size_t)m0 * blocks + st, (size_t)blocks,
+                          xd + (size_t)m0 * blocks + st, (size_t)blocks, q256_d(b0, dt, len), q256_d(b1, dt, len), nv, ng);
+            }
+        }
+        if (i < items) AMX_STORE_C(c[i & 1]);
+    }
+    AMX_RELEASE();
+    for (int r = 0; r < R; r++)
+        amx_store_out(out, ldo, (const float(*)[32])(acc + 32 * r), W, bias, epi, t0 + 32 * r, n - 32 * r < 32 ? n - 32 * r : 32, g0, ng);
+}
+
+static int tile_all_rows_amx(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng) {
+    int dt = W->dtype, T = a->T;
+    if (!((dt == DT_MQ8_256 || dt == DT_MQ4_256) && a->kind == ACT_Q8_256 && a->R == AMX_ROWS && a->xp)) return 0;
+    for (int t0 = 0; t0 < T; t0 += AMX_CHUNK)
+        rows_q256_amx(out, ldo, a, W, bias, epi, t0, T - t0 < AMX_CHUNK ? T - t0 : AMX_CHUNK, g0, ng);
+    return 1;
+}
+
 static int tile_amx(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt, int g0,
                     int ng) {
     int dt = W->dtype;
@@ -463,7 +551,17 @@ static int amx_self_check(char *why, size_t n) {
         for (int t0 = 0; t0 < T; t0 += AMX_ROWS)
             if (!tile_amx(out, N, &a, &W, NULL, EPI_STORE, t0, T - t0 < AMX_ROWS ? T - t0 : AMX_ROWS, 0, 2))
                 return amx_check_fail(why, n, "a weight type without a tile");
-        if (memcmp(out, want, sizeof out) != 0) {
+        int same = memcmp(out, want, sizeof out) == 0;
+        if (q256) { /* and the whole-rows path, on the activations in slices (kernels.h, flat_rows) */
+            static int8_t slices[(K + 63) / 64][AMX_ROWS][64] __attribute__((aligned(64)));
+            memset(slices, 0, sizeof slices);
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < K; k++) slices[k / 64][t][k % 64] = xq[t * K + k];
+            a.xp = (uint32_t *)(void *)slices;
+            memset(out, 0, sizeof out);
+            same &= tile_all_rows_amx(out, N, &a, &W, NULL, EPI_STORE, 0, 2) && memcmp(out, want, sizeof out) == 0;
+        }
+        if (!same) {
             char what[64];
             snprintf(what, sizeof what, "%s tile", dt == DT_MQ8_0 ? "q8_0" : dt == DT_MQ4_1 ? "q4_1" : dt == DT_MQ8_256 ? "q8_256"
                                                    : dt == DT_MQ4_256 ? "q4_256" : "bf16");
@@ -478,6 +576,7 @@ static const Kernels kernels_amx = {
     .names = AMX_NAMES KERNELS_OPENMP,
     .flat_rows = AMX_ROWS,
     .tile = tile_amx,
+    .tile_all_rows = tile_all_rows_amx,
     .self_check = amx_self_check,
 #ifdef QA_AVX512
     .tile_rows_f = TILE_ROWS_F,

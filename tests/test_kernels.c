@@ -143,8 +143,9 @@ static void test_matmul(void) {
     const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     /* 288 and 800: a shorter last block of 32 for MQ8_256 / MQ4_256 */
     const int shapes[][2] = {{16, 32}, {40, 64}, {33, 96}, {100, 256}, {24, 288}, {17, 800}, {64, 1024}, {1024, 64}, {48, 4096}};
-    const int Ts[] = {1, 2, 5, 7, 8, 9, 17, 33, 77};
-    int maxT = 77, maxK = 4096, maxN = 1024;
+    /* 161: AMX's whole-rows path in two chunks of rows (AMX_CHUNK), the second partial */
+    const int Ts[] = {1, 2, 5, 7, 8, 9, 17, 33, 77, 161};
+    int maxT = 161, maxK = 4096, maxN = 1024;
     float *x = xmalloc((size_t)maxT * maxK * sizeof(float));
     float *bias = xmalloc((size_t)maxN * sizeof(float));
     float *o1 = xmalloc((size_t)maxT * maxN * sizeof(float)), *o2 = xmalloc((size_t)maxT * maxN * sizeof(float));
@@ -734,8 +735,8 @@ static void test_tile_unit_real(void) { printf("skip the real tile unit: this co
 static void compare_families(const Kernels *k1, const char *n1, const Kernels *k2, const char *n2, int bf16_exact) {
     const int types[] = {DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256, DT_MBF16};
     const int shapes[][2] = {{40, 64}, {33, 96}, {24, 288}, {17, 800}, {64, 1024}, {48, 4096}};
-    const int Ts[] = {1, 7, 16, 17, 33, 77};
-    int maxT = 77, maxK = 4096, maxN = 64;
+    const int Ts[] = {1, 7, 16, 17, 33, 77, 161};
+    int maxT = 161, maxK = 4096, maxN = 64;
     float *x = xmalloc((size_t)maxT * maxK * sizeof(float)), *bias = xmalloc((size_t)maxN * sizeof(float));
     float *o1 = xmalloc((size_t)maxT * maxN * sizeof(float)), *o2 = xmalloc((size_t)maxT * maxN * sizeof(float));
     for (int i = 0; i < maxN; i++) bias[i] = frand();
