@@ -160,6 +160,9 @@ typedef struct {
     float *xsp;             /* ACT_Q8: (tiles, K/32, R) as xs */
     int32_t *xc4p;          /* ACT_Q8_256: (tiles, K/32, R) as xc4 */
     size_t pcap;            /* 4-byte groups xp holds */
+    int8_t *xsl;            /* ACT_Q8, ACT_Q8_256 with a family's slice_rows S: xq as (tiles of S
+                               rows, ceil(K/64) slices, S rows, 64 columns), zero past T and K */
+    size_t slcap;           /* bytes xsl holds */
 } Acts;
 
 /* Quantisation blocks per row of K values for an int8 kind. */
@@ -275,13 +278,9 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
-    /* > 0: for int8 activations tile() reads the row-major buffers (xq, xd, xc, xs, xc4)
-     * directly, flat_rows rows per call (t0 a multiple of it, nt <= it) (AMX: a tile register
-     * loads rows with a stride), and the only copy made is xq in slices for tile_all_rows:
-     * xp as int8 (tiles of flat_rows rows, ceil(K/64) slices, flat_rows rows, 64 columns),
-     * rows past T and columns past K zero, so that one tile's operand is one contiguous run.
-     * f32 and bf16 activations keep tile_rows_f and their interleaved copies. */
-    int flat_rows;
+    /* > 0: int8 activations are also copied in slices for tile_all_rows (Acts.xsl: AMX,
+     * where a tile operand is then one contiguous run) */
+    int slice_rows;
     /* run once before the family is adopted (kernels.c): a small fixed problem against the
      * same arithmetic in plain C; 0 if the results agree, else -1 with the reason in why */
     int (*self_check)(char *why, size_t n);

@@ -517,13 +517,13 @@ static void acts_prepare(Acts *a, ActKind kind) {
     int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
     a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
-    if (kern->flat_rows && int8) { /* the tiles read xq, xd, ... as they are; xq also in slices (kernels.h) */
-        int R = a->R = kern->flat_rows, tiles = (T + R - 1) / R, S = (K + 63) / 64;
-        CHECK((size_t)tiles * S * R * 64 <= a->pcap * sizeof(uint32_t));
+    if (kern->slice_rows && int8) { /* xq in slices (kernels.h) */
+        int R = kern->slice_rows, tiles = (T + R - 1) / R, S = (K + 63) / 64;
+        CHECK((size_t)tiles * S * R * 64 <= a->slcap);
 #pragma omp parallel for schedule(static)
         for (int ti = 0; ti < tiles; ti++)
             for (int j = 0; j < S; j++) {
-                int8_t *dst = (int8_t *)a->xp + ((size_t)ti * S + j) * R * 64;
+                int8_t *dst = a->xsl + ((size_t)ti * S + j) * R * 64;
                 int w = K - 64 * j < 64 ? K - 64 * j : 64;
                 for (int r = 0; r < R; r++) {
                     int t = ti * R + r;
@@ -531,7 +531,6 @@ static void acts_prepare(Acts *a, ActKind kind) {
                     if (t >= T || w < 64) memset(dst + (size_t)r * 64 + (t < T ? w : 0), 0, (size_t)(t < T ? 64 - w : 64));
                 }
             }
-        return;
     }
     if (!a->R) return;
     /* the tile-interleaved copies the family's tiles read (kernels.h, Acts) */
@@ -2587,10 +2586,14 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
     a->xc4 = malloc(nb * sizeof(int32_t));
     *bytes += cap * 3 + nb * 16;
     int ok = a->xb && a->xq && a->xd && a->xc && a->xs && a->xc4;
-    if (kern->tile_rows_f || kern->tile_rows_q8 || kern->flat_rows) { /* the interleaved copies, the slices */
+    if (kern->slice_rows) { /* (T + slice_rows - 1) rows x (K + 63) bytes, T K <= cap, K >= 32 */
+        a->slcap = 3 * cap + (size_t)kern->slice_rows * (max_k + 64);
+        a->xsl = malloc64(a->slcap);
+        *bytes += a->slcap;
+        ok = ok && a->xsl;
+    }
+    if (kern->tile_rows_f || kern->tile_rows_q8) { /* the interleaved copies */
         a->pcap = cap + PACK_ROWS * max_k;
-        /* flat_rows: int8 slices of (T + flat_rows - 1) rows x (K + 63) bytes (T K <= cap, K >= 32) */
-        if (kern->flat_rows) a->pcap += (size_t)kern->flat_rows * (max_k + 64) / 4 + 1;
         a->xp = malloc(a->pcap * sizeof(uint32_t));
         a->xdp = malloc((a->pcap / 8 + 1) * sizeof(float));
         a->xcp = malloc((a->pcap / 8 + 1) * sizeof(int32_t));
@@ -2604,7 +2607,7 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
 
 static void acts_free(Acts *a) {
     free(a->xb), free(a->xq), free(a->xd), free(a->xc), free(a->xs), free(a->xc4);
-    free(a->xp), free(a->xdp), free(a->xcp), free(a->xsp), free(a->xc4p);
+    free(a->xp), free(a->xdp), free(a->xcp), free(a->xsp), free(a->xc4p), free(a->xsl);
     memset(a, 0, sizeof *a);
 }
 
