@@ -163,6 +163,7 @@ typedef struct {
     int8_t *xsl;            /* ACT_Q8, ACT_Q8_256 with a family's slice_rows S: xq as (tiles of S
                                rows, ceil(K/64) slices, S rows, 64 columns), zero past T and K */
     size_t slcap;           /* bytes xsl holds */
+    int interleaved;        /* xp, xdp, ... hold the copies of the current kind */
 } Acts;
 
 /* Quantisation blocks per row of K values for an int8 kind. */
@@ -256,6 +257,8 @@ typedef struct {
      * state across rows (AMX: the tile configuration; a block of weights in L1 for many
      * rows). Returns 0 if it has none for this weight/activation type (then tile() is used). */
     int (*tile_all_rows)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
+    uint32_t all_rows_dtypes; /* the weight types tile_all_rows takes (bits 1 << DT_*): for them
+                                 no interleaved copies are made */
     /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
      * bit-identical to quantize_row_ref */
     void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);

@@ -488,7 +488,9 @@ static void acts_set(Acts *a, const float *x, int T, int K) {
     a->kind = ACT_NONE;
 }
 
-static void acts_prepare(Acts *a, ActKind kind) {
+/* x as kind (bf16, int8 blocks), and the slices of a family with slice_rows; the
+ * interleaved copies are acts_interleave's (made only if a tile() will read them) */
+static void acts_convert(Acts *a, ActKind kind) {
     const Kernels *kern = kernels_cpu();
     int T = a->T, K = a->K, nb = acts_blocks(kind, K), ns = K / QBLOCK;
     if (kind == ACT_BF16) {
@@ -532,8 +534,15 @@ static void acts_prepare(Acts *a, ActKind kind) {
                 }
             }
     }
-    if (!a->R) return;
-    /* the tile-interleaved copies the family's tiles read (kernels.h, Acts) */
+    a->interleaved = 0;
+}
+
+/* the tile-interleaved copies the family's tiles read (kernels.h, Acts), once per conversion */
+static void acts_interleave(Acts *a) {
+    if (!a->R || a->interleaved) return;
+    a->interleaved = 1;
+    ActKind kind = a->kind;
+    int T = a->T, K = a->K, nb = acts_blocks(kind, K), ns = K / QBLOCK, int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     int R = a->R, tiles = (T + R - 1) / R;
     int per = int8 ? 4 : kind == ACT_BF16 ? 2 : 1, groups = K / per;
     CHECK((size_t)tiles * R * groups <= a->pcap);
@@ -662,14 +671,16 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     CHECK(a->K == W->cols);
     const Kernels *kern = kernels_cpu();
     ActKind kind = act_kind_for(a, W->dtype);
-    if (a->kind != kind) acts_prepare(a, kind);
+    int all_rows = kern->tile_all_rows && (kern->all_rows_dtypes >> W->dtype & 1);
+    if (a->kind != kind) acts_convert(a, kind);
+    if (!all_rows) acts_interleave(a);
     int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < pairs; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
-        if (kern->tile_all_rows && kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng)) continue;
+        if (all_rows && kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng)) continue;
         for (int t0 = 0; t0 < T; t0 += RT) {
             int nt = T - t0 < RT ? T - t0 : RT;
             if (!kern->tile || !kern->tile(out, ldo, a, W, bias, epi, t0, nt, g0, ng))

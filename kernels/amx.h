@@ -316,6 +316,7 @@ static const Kernels kernels_amx = {
     .names = AMX_NAMES KERNELS_OPENMP,
     .slice_rows = AMX_ROWS,
     .tile_all_rows = tile_all_rows_amx,
+    .all_rows_dtypes = 1u << DT_MQ8_256,
     .self_check = amx_self_check,
 #ifdef QA_AVX512 /* the other weight types: AVX-512's tiles (above: why) */
     .tile = tile_avx512,

@@ -37,7 +37,8 @@ static void test_acts(Acts *a, size_t cap, size_t max_k, int bf16) {
 /* The same product computed by the reference tile and quantiser only. */
 static void matmul_ref(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
     acts_set(a, x, T, W->cols);
-    acts_prepare(a, act_kind_for(a, W->dtype));
+    acts_convert(a, act_kind_for(a, W->dtype));
+    acts_interleave(a);
     int nb = acts_blocks(a->kind, a->K), ns = a->K / QBLOCK;
     for (int t = 0; t < T && (a->kind == ACT_Q8 || a->kind == ACT_Q8_256); t++) { /* the reference quantisers, to test the family's too */
         int8_t *q = a->xq + (size_t)t * a->K;
@@ -482,7 +483,8 @@ static void test_tiles_present(void) {
     for (int i = 0; i < (int)(sizeof types / sizeof types[0]); i++) {
         Tensor W = random_matrix(types[i], 16, 64);
         acts_set(&a, x, 16, 64);
-        acts_prepare(&a, act_kind_for(&a, W.dtype));
+        acts_convert(&a, act_kind_for(&a, W.dtype));
+        acts_interleave(&a);
         if (k->tile && k->tile(out, 16, &a, &W, NULL, EPI_STORE, 0, a.R ? (a.R < 16 ? a.R : 16) : 4, 0, 1)) {
             size_t used = strlen(line);
             snprintf(line + used, sizeof line - used, " %s", DT_NAMES[types[i]]);
