@@ -255,7 +255,8 @@ typedef struct {
     /* optional: the same for every row, [0, a->T), of groups [g0, g0+ng): bit for bit what
      * tile() gives called for each t0 in steps of the tile rows, so that a family can keep
      * state across rows (AMX: the tile configuration; a block of weights in L1 for many
-     * rows). Returns 0 if it has none for this weight/activation type (then tile() is used). */
+     * rows). matmul_acts calls it for the weight types of all_rows_dtypes only, and for those
+     * it must return 1; 0 for any other type. */
     int (*tile_all_rows)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
     uint32_t all_rows_dtypes; /* the weight types tile_all_rows takes (bits 1 << DT_*): for them
                                  no interleaved copies are made */

@@ -680,7 +680,10 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < pairs; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
-        if (all_rows && kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng)) continue;
+        if (all_rows) { /* (no interleaved copies were made: it must take the call) */
+            CHECK(kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng));
+            continue;
+        }
         for (int t0 = 0; t0 < T; t0 += RT) {
             int nt = T - t0 < RT ? T - t0 : RT;
             if (!kern->tile || !kern->tile(out, ldo, a, W, bias, epi, t0, nt, g0, ng))

@@ -4,7 +4,8 @@
  *
  * Times are CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), so other work on a
  * shared machine slows the figures less than wall-clock time would. Shapes are the ones
- * one-align runs: ViT (1025 tokens), decoder prefill (77 new rows), LLaMA MLP. */
+ * one-align runs: ViT (1025 tokens), decoder prefill (77 new rows), LLaMA MLP; and one row, as a
+ * decoding step has. */
 #ifndef TESTING
 #define TESTING
 #endif
@@ -94,6 +95,7 @@ int main(int argc, char **argv) {
     struct { const char *what; int T, N, K; } shapes[] = {
         {"vit qkv/o", 1025, 1024, 1024}, {"vit fc1", 1025, 4096, 1024}, {"vit fc2", 1025, 1024, 4096},
         {"llm q/k/v/o", 77, 4096, 4096}, {"llm gate/up", 77, 11008, 4096}, {"llm down", 77, 4096, 11008},
+        {"decode q/k/v/o", 1, 4096, 4096}, /* one token (qalign --ask): the weights' bandwidth */
     };
     const int types[] = {DT_MF32, DT_MBF16, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     const int fast[] = {0, 0, 1, 0, 0, 0, 0};
