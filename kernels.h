@@ -164,6 +164,7 @@ typedef struct {
                                rows, ceil(K/64) slices, S rows, 64 columns), zero past T and K */
     size_t slcap;           /* bytes xsl holds */
     int interleaved;        /* xp, xdp, ... hold the copies of the current kind */
+    int sliced;             /* xsl holds them */
 } Acts;
 
 /* Quantisation blocks per row of K values for an int8 kind. */

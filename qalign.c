@@ -488,8 +488,8 @@ static void acts_set(Acts *a, const float *x, int T, int K) {
     a->kind = ACT_NONE;
 }
 
-/* x as kind (bf16, int8 blocks), and the slices of a family with slice_rows; the
- * interleaved copies are acts_interleave's (made only if a tile() will read them) */
+/* x as kind (bf16, int8 blocks); the copies a family's tiles read are made by
+ * acts_interleave and acts_slice, only when a matmul will read them */
 static void acts_convert(Acts *a, ActKind kind) {
     const Kernels *kern = kernels_cpu();
     int T = a->T, K = a->K, nb = acts_blocks(kind, K), ns = K / QBLOCK;
@@ -519,22 +519,28 @@ static void acts_convert(Acts *a, ActKind kind) {
     int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
     a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
-    if (kern->slice_rows && int8) { /* xq in slices (kernels.h) */
-        int R = kern->slice_rows, tiles = (T + R - 1) / R, S = (K + 63) / 64;
-        CHECK((size_t)tiles * S * R * 64 <= a->slcap);
+    a->interleaved = a->sliced = 0;
+}
+
+/* xq in slices for a family's tile_all_rows (kernels.h, Acts.xsl), once per conversion */
+static void acts_slice(Acts *a) {
+    const Kernels *kern = kernels_cpu();
+    int T = a->T, K = a->K;
+    if (!kern->slice_rows || a->sliced || (a->kind != ACT_Q8 && a->kind != ACT_Q8_256)) return;
+    a->sliced = 1;
+    int R = kern->slice_rows, tiles = (T + R - 1) / R, S = (K + 63) / 64;
+    CHECK((size_t)tiles * S * R * 64 <= a->slcap);
 #pragma omp parallel for schedule(static)
-        for (int ti = 0; ti < tiles; ti++)
-            for (int j = 0; j < S; j++) {
-                int8_t *dst = a->xsl + ((size_t)ti * S + j) * R * 64;
-                int w = K - 64 * j < 64 ? K - 64 * j : 64;
-                for (int r = 0; r < R; r++) {
-                    int t = ti * R + r;
-                    if (t < T) memcpy(dst + (size_t)r * 64, a->xq + (size_t)t * K + 64 * j, (size_t)w);
-                    if (t >= T || w < 64) memset(dst + (size_t)r * 64 + (t < T ? w : 0), 0, (size_t)(t < T ? 64 - w : 64));
-                }
+    for (int ti = 0; ti < tiles; ti++)
+        for (int j = 0; j < S; j++) {
+            int8_t *dst = a->xsl + ((size_t)ti * S + j) * R * 64;
+            int w = K - 64 * j < 64 ? K - 64 * j : 64;
+            for (int r = 0; r < R; r++) {
+                int t = ti * R + r;
+                if (t < T) memcpy(dst + (size_t)r * 64, a->xq + (size_t)t * K + 64 * j, (size_t)w);
+                if (t >= T || w < 64) memset(dst + (size_t)r * 64 + (t < T ? w : 0), 0, (size_t)(t < T ? 64 - w : 64));
             }
-    }
-    a->interleaved = 0;
+        }
 }
 
 /* the tile-interleaved copies the family's tiles read (kernels.h, Acts), once per conversion */
@@ -673,7 +679,8 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     ActKind kind = act_kind_for(a, W->dtype);
     int all_rows = kern->tile_all_rows && (kern->all_rows_dtypes >> W->dtype & 1);
     if (a->kind != kind) acts_convert(a, kind);
-    if (!all_rows) acts_interleave(a);
+    if (all_rows) acts_slice(a);
+    else acts_interleave(a);
     int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */

@@ -485,6 +485,7 @@ static void test_tiles_present(void) {
         acts_set(&a, x, 16, 64);
         acts_convert(&a, act_kind_for(&a, W.dtype));
         acts_interleave(&a);
+        acts_slice(&a);
         if (k->tile && k->tile(out, 16, &a, &W, NULL, EPI_STORE, 0, a.R ? (a.R < 16 ? a.R : 16) : 4, 0, 1)) {
             size_t used = strlen(line);
             snprintf(line + used, sizeof line - used, " %s", DT_NAMES[types[i]]);
