@@ -78,6 +78,19 @@ APP_HDRS = app.h app_util.h inputs.h video.h results.h evaluate.h report.h progr
 CLI_SRCS = cli.c options.c $(APP_SRCS) serve.c serve_http.c serve_parse.c
 SRCS     = $(LIB_SRCS) $(CLI_SRCS)
 HDRS     = qalign.h qwen35.c common.h platform.h kernels.h $(wildcard kernels/*.h) tokenizer.h bpe.h bpe_unicode.h image.h image_jpeg.h image_jpeg_dec.h image_qwen.h $(APP_HDRS) serve.h serve_state.h options.h
+
+# The build flavour (compiler, flags, kernel families: `make` vs `make NATIVE=1`, NO_OMP=1,
+# CFLAGS=...) is a dependency of everything compiled: $(OBJ)/flavour holds it and is
+# rewritten only when it changes, so switching flavours rebuilds instead of linking objects
+# of the other one.
+FLAVOUR       := $(CC) $(CFLAGS) $(LDLIBS) families: $(FAMILIES)
+FLAVOUR_STAMP := $(OBJ)/flavour
+ifneq ($(file <$(FLAVOUR_STAMP)),$(FLAVOUR))
+  $(shell mkdir -p $(OBJ))
+  $(file >$(FLAVOUR_STAMP),$(FLAVOUR))
+endif
+HDRS += $(FLAVOUR_STAMP)
+$(FLAVOUR_STAMP): ;
 AR      ?= ar
 
 .PHONY: all test sanitize fuzz fuzz-build bench clean install uninstall

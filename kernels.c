@@ -99,9 +99,8 @@ typedef struct {
     const char *needs;              /* CPU features it needs (names as in /proc/cpuinfo) */
 } Family;
 
-/* best first. AMX comes after AVX-512 BF16: its int8 tiles are right (the same bits) but on
- * the Sapphire Rapids measured (bench/RESULTS.md) not yet faster, so it runs only when asked
- * for (QALIGN_KERNELS=amx). */
+/* best first. AMX is AVX-512 BF16 plus tile-unit matmuls for q8_256 (kernels/amx.h), the
+ * same bits, about 2x faster on the Sapphire Rapids measured (README "Kernel families"). */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 const Kernels *kernels_family_amx(void);
@@ -113,8 +112,8 @@ const Kernels *kernels_family_avx2(void);
 #define V3 "avx2 fma f16c bmi1 bmi2 lzcnt movbe"
 #define V4 V3 " avx512f avx512bw avx512cd avx512dq avx512vl"
 static const Family families[] = {
-    {"avx512-bf16", kernels_family_avx512_bf16, V4 " avx512_vnni avx512_bf16"},
     {"amx", kernels_family_amx, V4 " avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16"},
+    {"avx512-bf16", kernels_family_avx512_bf16, V4 " avx512_vnni avx512_bf16"},
     {"avx512-vnni", kernels_family_avx512_vnni, V4 " avx512_vnni"},
     {"avx512", kernels_family_avx512, V4},
     {"avx2-vnni", kernels_family_avx2_vnni, V3 " avx_vnni"},

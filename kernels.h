@@ -160,6 +160,11 @@ typedef struct {
     float *xsp;             /* ACT_Q8: (tiles, K/32, R) as xs */
     int32_t *xc4p;          /* ACT_Q8_256: (tiles, K/32, R) as xc4 */
     size_t pcap;            /* 4-byte groups xp holds */
+    int8_t *xsl;            /* ACT_Q8, ACT_Q8_256 with a family's slice_rows S: xq as (tiles of S
+                               rows, ceil(K/64) slices, S rows, 64 columns), zero past T and K */
+    size_t slcap;           /* bytes xsl holds */
+    int interleaved;        /* xp, xdp, ... hold the copies of the current kind */
+    int sliced;             /* xsl holds them */
 } Acts;
 
 /* Quantisation blocks per row of K values for an int8 kind. */
@@ -248,6 +253,14 @@ typedef struct {
      * interleaved). Returns 0 if it has no tile for this weight/activation type. */
     int (*tile)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int nt,
                 int g0, int ng);
+    /* optional: the same for every row, [0, a->T), of groups [g0, g0+ng): bit for bit what
+     * tile() gives called for each t0 in steps of the tile rows, so that a family can keep
+     * state across rows (AMX: the tile configuration; a block of weights in L1 for many
+     * rows). matmul_acts calls it for the weight types of all_rows_dtypes only, and for those
+     * it must return 1; 0 for any other type. */
+    int (*tile_all_rows)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
+    uint32_t all_rows_dtypes; /* the weight types tile_all_rows takes (bits 1 << DT_*): for them
+                                 no interleaved copies are made */
     /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
      * bit-identical to quantize_row_ref */
     void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);
@@ -270,11 +283,9 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
-    /* > 0: for int8 activations tile() reads the row-major buffers (xq, xd, xc, xs, xc4)
-     * directly, flat_rows rows per call (t0 a multiple of it, nt <= it), and no interleaved
-     * copies are made for them (AMX: a tile register loads rows with a stride). f32 and bf16
-     * activations keep tile_rows_f and their interleaved copies. */
-    int flat_rows;
+    /* > 0: int8 activations are also copied in slices for tile_all_rows (Acts.xsl: AMX,
+     * where a tile operand is then one contiguous run) */
+    int slice_rows;
     /* run once before the family is adopted (kernels.c): a small fixed problem against the
      * same arithmetic in plain C; 0 if the results agree, else -1 with the reason in why */
     int (*self_check)(char *why, size_t n);

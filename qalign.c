@@ -477,7 +477,9 @@ static void acts_set(Acts *a, const float *x, int T, int K) {
     a->kind = ACT_NONE;
 }
 
-static void acts_prepare(Acts *a, ActKind kind) {
+/* x as kind (bf16, int8 blocks); the copies a family's tiles read are made by
+ * acts_interleave and acts_slice, only when a matmul will read them */
+static void acts_convert(Acts *a, ActKind kind) {
     const Kernels *kern = kernels_cpu();
     int T = a->T, K = a->K, nb = acts_blocks(kind, K), ns = K / QBLOCK;
     if (kind == ACT_BF16) {
@@ -506,12 +508,36 @@ static void acts_prepare(Acts *a, ActKind kind) {
     int int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     a->kind = kind;
     a->R = int8 ? kern->tile_rows_q8 : kern->tile_rows_f;
-    if (kern->flat_rows && int8) { /* the tiles read xq, xd, ... as they are */
-        a->R = kern->flat_rows;
-        return;
-    }
-    if (!a->R) return;
-    /* the tile-interleaved copies the family's tiles read (kernels.h, Acts) */
+    a->interleaved = a->sliced = 0;
+}
+
+/* xq in slices for a family's tile_all_rows (kernels.h, Acts.xsl), once per conversion */
+static void acts_slice(Acts *a) {
+    const Kernels *kern = kernels_cpu();
+    int T = a->T, K = a->K;
+    if (!kern->slice_rows || a->sliced || (a->kind != ACT_Q8 && a->kind != ACT_Q8_256)) return;
+    a->sliced = 1;
+    int R = kern->slice_rows, tiles = (T + R - 1) / R, S = (K + 63) / 64;
+    CHECK((size_t)tiles * S * R * 64 <= a->slcap);
+#pragma omp parallel for schedule(static)
+    for (int ti = 0; ti < tiles; ti++)
+        for (int j = 0; j < S; j++) {
+            int8_t *dst = a->xsl + ((size_t)ti * S + j) * R * 64;
+            int w = K - 64 * j < 64 ? K - 64 * j : 64;
+            for (int r = 0; r < R; r++) {
+                int t = ti * R + r;
+                if (t < T) memcpy(dst + (size_t)r * 64, a->xq + (size_t)t * K + 64 * j, (size_t)w);
+                if (t >= T || w < 64) memset(dst + (size_t)r * 64 + (t < T ? w : 0), 0, (size_t)(t < T ? 64 - w : 64));
+            }
+        }
+}
+
+/* the tile-interleaved copies the family's tiles read (kernels.h, Acts), once per conversion */
+static void acts_interleave(Acts *a) {
+    if (!a->R || a->interleaved) return;
+    a->interleaved = 1;
+    ActKind kind = a->kind;
+    int T = a->T, K = a->K, nb = acts_blocks(kind, K), ns = K / QBLOCK, int8 = kind == ACT_Q8 || kind == ACT_Q8_256;
     int R = a->R, tiles = (T + R - 1) / R;
     int per = int8 ? 4 : kind == ACT_BF16 ? 2 : 1, groups = K / per;
     CHECK((size_t)tiles * R * groups <= a->pcap);
@@ -640,13 +666,20 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     CHECK(a->K == W->cols);
     const Kernels *kern = kernels_cpu();
     ActKind kind = act_kind_for(a, W->dtype);
-    if (a->kind != kind) acts_prepare(a, kind);
+    int all_rows = kern->tile_all_rows && (kern->all_rows_dtypes >> W->dtype & 1);
+    if (a->kind != kind) acts_convert(a, kind);
+    if (all_rows) acts_slice(a);
+    else acts_interleave(a);
     int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < pairs; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
+        if (all_rows) { /* (no interleaved copies were made: it must take the call) */
+            CHECK(kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng));
+            continue;
+        }
         for (int t0 = 0; t0 < T; t0 += RT) {
             int nt = T - t0 < RT ? T - t0 : RT;
             if (!kern->tile || !kern->tile(out, ldo, a, W, bias, epi, t0, nt, g0, ng))
@@ -2555,6 +2588,12 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
     a->xc4 = malloc(nb * sizeof(int32_t));
     *bytes += cap * 3 + nb * 16;
     int ok = a->xb && a->xq && a->xd && a->xc && a->xs && a->xc4;
+    if (kern->slice_rows) { /* (T + slice_rows - 1) rows x (K + 63) bytes, T K <= cap, K >= 32 */
+        a->slcap = 3 * cap + (size_t)kern->slice_rows * (max_k + 64);
+        a->xsl = malloc64(a->slcap);
+        *bytes += a->slcap;
+        ok = ok && a->xsl;
+    }
     if (kern->tile_rows_f || kern->tile_rows_q8) { /* the interleaved copies */
         a->pcap = cap + PACK_ROWS * max_k;
         a->xp = malloc(a->pcap * sizeof(uint32_t));
@@ -2570,7 +2609,7 @@ static int acts_alloc(Acts *a, size_t cap, size_t max_k, int bf16_fast, size_t *
 
 static void acts_free(Acts *a) {
     free(a->xb), free(a->xq), free(a->xd), free(a->xc), free(a->xs), free(a->xc4);
-    free(a->xp), free(a->xdp), free(a->xcp), free(a->xsp), free(a->xc4p);
+    free(a->xp), free(a->xdp), free(a->xcp), free(a->xsp), free(a->xc4p), free(a->xsl);
     memset(a, 0, sizeof *a);
 }
 

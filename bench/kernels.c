@@ -4,7 +4,8 @@
  *
  * Times are CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), so other work on a
  * shared machine slows the figures less than wall-clock time would. Shapes are the ones
- * one-align runs: ViT (1025 tokens), decoder prefill (77 new rows), LLaMA MLP. */
+ * one-align runs: ViT (1025 tokens), decoder prefill (77 new rows), LLaMA MLP; and one row, as a
+ * decoding step has. */
 #ifndef TESTING
 #define TESTING
 #endif
@@ -36,6 +37,27 @@ static Tensor filled_matrix(int dtype, int rows, int cols) {
         for (size_t i = 0; i < bytes / 4; i++) ((float *)p)[i] = 0.01f * (float)(i % 17);
     if (dtype == DT_MBF16)
         for (size_t i = 0; i < bytes / 2; i++) ((uint16_t *)p)[i] = f32_to_bf16(0.01f * (float)(i % 17));
+    /* the quantised types' scales (d, m) as a model has them: small normal floats, not the
+     * bit patterns of the bytes above (denormals, NaNs and huge values, whose float steps
+     * take microcode assists and would time those instead of the kernels) */
+    int groups = (rows + PACK_ROWS - 1) / PACK_ROWS;
+    for (int g = 0; g < groups; g++) {
+        if (dtype == DT_MQ8_0 || dtype == DT_MQ4_1)
+            for (int b = 0; b < cols / QBLOCK; b++) {
+                uint8_t *blk = p + ((size_t)g * (cols / QBLOCK) + b) * mq_block_bytes(dtype);
+                float *d = (float *)(blk + (dtype == DT_MQ8_0 ? MQ8_D_OFFSET : MQ4_D_OFFSET));
+                for (int r = 0; r < 16; r++) d[r] = 0.001f * (float)(1 + (g + b + r) % 7);
+                if (dtype == DT_MQ4_1)
+                    for (int r = 0; r < 16; r++) ((float *)(blk + MQ4_M_OFFSET))[r] = -0.008f * (float)(1 + r % 3);
+            }
+        if (dtype == DT_MQ8_256 || dtype == DT_MQ4_256)
+            for (int b = 0; b < q256_blocks(cols); b++) {
+                int len = q256_len(cols, b);
+                uint8_t *blk = p + (size_t)g * q256_group_bytes(dtype, cols) + (size_t)b * q256_block_bytes(dtype, QBLOCK_256);
+                float *d = (float *)(blk + q256_block_bytes(dtype, len) - 64);
+                for (int r = 0; r < 16; r++) d[r] = 0.001f * (float)(1 + (g + b + r) % 7);
+            }
+    }
     W.data = p;
     return W;
 }
@@ -73,6 +95,7 @@ int main(int argc, char **argv) {
     struct { const char *what; int T, N, K; } shapes[] = {
         {"vit qkv/o", 1025, 1024, 1024}, {"vit fc1", 1025, 4096, 1024}, {"vit fc2", 1025, 1024, 4096},
         {"llm q/k/v/o", 77, 4096, 4096}, {"llm gate/up", 77, 11008, 4096}, {"llm down", 77, 4096, 11008},
+        {"decode q/k/v/o", 1, 4096, 4096}, /* one token (qalign --ask): the weights' bandwidth */
     };
     const int types[] = {DT_MF32, DT_MBF16, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     const int fast[] = {0, 0, 1, 0, 0, 0, 0};

@@ -37,7 +37,8 @@ static void test_acts(Acts *a, size_t cap, size_t max_k, int bf16) {
 /* The same product computed by the reference tile and quantiser only. */
 static void matmul_ref(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
     acts_set(a, x, T, W->cols);
-    acts_prepare(a, act_kind_for(a, W->dtype));
+    acts_convert(a, act_kind_for(a, W->dtype));
+    acts_interleave(a);
     int nb = acts_blocks(a->kind, a->K), ns = a->K / QBLOCK;
     for (int t = 0; t < T && (a->kind == ACT_Q8 || a->kind == ACT_Q8_256); t++) { /* the reference quantisers, to test the family's too */
         int8_t *q = a->xq + (size_t)t * a->K;
@@ -143,8 +144,9 @@ static void test_matmul(void) {
     const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     /* 288 and 800: a shorter last block of 32 for MQ8_256 / MQ4_256 */
     const int shapes[][2] = {{16, 32}, {40, 64}, {33, 96}, {100, 256}, {24, 288}, {17, 800}, {64, 1024}, {1024, 64}, {48, 4096}};
-    const int Ts[] = {1, 2, 5, 7, 8, 9, 17, 33, 77};
-    int maxT = 77, maxK = 4096, maxN = 1024;
+    /* 161: AMX's whole-rows path in two chunks of rows (AMX_CHUNK), the second partial */
+    const int Ts[] = {1, 2, 5, 7, 8, 9, 17, 33, 77, 161};
+    int maxT = 161, maxK = 4096, maxN = 1024;
     float *x = xmalloc((size_t)maxT * maxK * sizeof(float));
     float *bias = xmalloc((size_t)maxN * sizeof(float));
     float *o1 = xmalloc((size_t)maxT * maxN * sizeof(float)), *o2 = xmalloc((size_t)maxT * maxN * sizeof(float));
@@ -481,10 +483,15 @@ static void test_tiles_present(void) {
     for (int i = 0; i < (int)(sizeof types / sizeof types[0]); i++) {
         Tensor W = random_matrix(types[i], 16, 64);
         acts_set(&a, x, 16, 64);
-        acts_prepare(&a, act_kind_for(&a, W.dtype));
+        acts_convert(&a, act_kind_for(&a, W.dtype));
+        acts_interleave(&a);
+        acts_slice(&a);
         if (k->tile && k->tile(out, 16, &a, &W, NULL, EPI_STORE, 0, a.R ? (a.R < 16 ? a.R : 16) : 4, 0, 1)) {
             size_t used = strlen(line);
             snprintf(line + used, sizeof line - used, " %s", DT_NAMES[types[i]]);
+        } else if (k->tile_all_rows && k->tile_all_rows(out, 16, &a, &W, NULL, EPI_STORE, 0, 1)) {
+            size_t used = strlen(line);
+            snprintf(line + used, sizeof line - used, " %s (all rows)", DT_NAMES[types[i]]);
         }
         free((void *)W.data);
     }
@@ -729,13 +736,14 @@ static void test_tile_unit_real(void) {
 static void test_tile_unit_real(void) { printf("skip the real tile unit: this compiler cannot target it\n"); }
 #endif
 
-/* Every int8 weight type (and bf16 with bf16_exact) through two families gives the same
- * bits: the AMX family's float steps are the AVX-512 family's. */
-static void compare_families(const Kernels *k1, const char *n1, const Kernels *k2, const char *n2, int bf16_exact) {
+/* Every int8 weight type (q8_256 alone with only_q8_256; and bf16 with bf16_exact) through
+ * two families gives the same bits: the AMX family's float steps are the AVX-512 family's. */
+static void compare_families(const Kernels *k1, const char *n1, const Kernels *k2, const char *n2, int bf16_exact,
+                             int only_q8_256) {
     const int types[] = {DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256, DT_MBF16};
     const int shapes[][2] = {{40, 64}, {33, 96}, {24, 288}, {17, 800}, {64, 1024}, {48, 4096}};
-    const int Ts[] = {1, 7, 16, 17, 33, 77};
-    int maxT = 77, maxK = 4096, maxN = 64;
+    const int Ts[] = {1, 7, 16, 17, 33, 77, 161};
+    int maxT = 161, maxK = 4096, maxN = 64;
     float *x = xmalloc((size_t)maxT * maxK * sizeof(float)), *bias = xmalloc((size_t)maxN * sizeof(float));
     float *o1 = xmalloc((size_t)maxT * maxN * sizeof(float)), *o2 = xmalloc((size_t)maxT * maxN * sizeof(float));
     for (int i = 0; i < maxN; i++) bias[i] = frand();
@@ -743,6 +751,7 @@ static void compare_families(const Kernels *k1, const char *n1, const Kernels *k
         int same = 1, cases = 0;
         double worst = 0;
         if (types[ti] == DT_MBF16 && !bf16_exact) continue; /* the families differ in activation type */
+        if (only_q8_256 && types[ti] != DT_MQ8_256) continue;  /* the emulated family: the reference for the others */
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             Tensor W = random_matrix(types[ti], shapes[si][0], shapes[si][1]);
             for (size_t tj = 0; tj < sizeof Ts / sizeof Ts[0]; tj++) {
@@ -828,8 +837,8 @@ int main(int argc, char **argv) {
     if ((argc == 1 || real_amx) && kernels_set("amx") == 0) {
         const Kernels *real = kernels_cpu();
         test_tile_unit_real();
-        compare_families(real, "amx", &kernels_amx, "amx-emulated", 0);
-        if (kernels_set("avx512-bf16") == 0) compare_families(real, "amx", kernels_cpu(), "avx512-bf16", 1);
+        compare_families(real, "amx", &kernels_amx, "amx-emulated", 0, 1);
+        if (kernels_set("avx512-bf16") == 0) compare_families(real, "amx", kernels_cpu(), "avx512-bf16", 1, 0);
     } else if (argc == 1) {
         printf("skip amx on the real unit: this CPU or OS has none (%s)\n", kernels_why());
     }

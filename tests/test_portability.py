@@ -269,3 +269,32 @@ def test_32bit_refuses_model_beyond_address_space(armhf_qalign, tiny_ref, workdi
     assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
     assert "address space" in lines[0], lines[0]
     report(f"portability: armhf (32-bit) refuses a 5 GiB model: {lines[0]}")
+
+
+def test_switching_build_flavour_rebuilds(tmp_path):
+    """`make NATIVE=1` then `make` (and back) in one tree rebuilds: the flavour (compiler,
+    flags, kernel families) is a dependency of every object ($(OBJ)/flavour), so objects of
+    the other flavour are never linked in. In a copy of the sources, one small object."""
+    need_make = shutil.which("make") and shutil.which(os.environ.get("CC", "cc"))
+    if not need_make:
+        pytest.skip("make or cc not installed (Debian: apt-get install make gcc)")
+    for p in ROOT.iterdir():
+        if p.suffix in (".c", ".h", ".map") or p.name in ("Makefile", "kernels"):
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp_path / p.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("CFLAGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    obj = "build/obj/kernels.o"
+
+    def make(*args):
+        return run(["nice", "make", "-C", tmp_path, "-s", *args], env=env)
+
+    def up_to_date(*args):  # make -q: 0 up to date, 1 would rebuild
+        return make("-q", *args, obj).returncode == 0
+
+    assert make("NATIVE=1", obj).returncode == 0
+    assert up_to_date("NATIVE=1")
+    assert not up_to_date(), "the portable build would link the NATIVE=1 object"
+    assert make(obj).returncode == 0
+    assert up_to_date()
+    assert not up_to_date("NATIVE=1"), "NATIVE=1 would link the portable object"
+    assert make("NATIVE=1", obj).returncode == 0 and up_to_date("NATIVE=1")
+    report("portability: switching between NATIVE=1 and the portable build rebuilds (build/obj/flavour)")
