@@ -225,7 +225,7 @@ static inline int kernel_thread_id(void) {
 
 /* Attention workspaces (sized by the run state for the longest key sequence Tk):
  * scratch: per thread ATT_SCRATCH_ROWS * pad16(Tk) floats; kt: 2 * KVH * hd * pad16(Tk). */
-#define ATT_SCRATCH_ROWS 8
+#define ATT_SCRATCH_ROWS 16 /* the AMX attention's tile of query rows (kernels/amx_attention.h) */
 
 /* ---- the contract --------------------------------------------------------------------
  * What a family may provide. NULL (or a return value of 0) means: use the reference. */

@@ -474,6 +474,8 @@ static int amx_self_check(char *why, size_t n) {
     return 0;
 }
 
+#include "amx_attention.h" /* attention_bf16 on the tile unit */
+
 static const Kernels kernels_amx = {
     .names = AMX_NAMES KERNELS_OPENMP,
     .flat_rows = AMX_ROWS,
@@ -490,8 +492,8 @@ static const Kernels kernels_amx = {
     .add = add_avx512,
     .attention = attention_avx512,
 #endif
+    .attention_bf16 = attention_bf16_amx,
 #ifdef QA_AVX512_BF16
-    .attention_bf16 = attention_bf16_avx512,
     .bf16_acts = 1,
 #endif
 };
