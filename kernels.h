@@ -270,6 +270,11 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
+    /* c (M, N) += a (M, K) b (K, N), f32, row-major with leading dimensions lda, ldb, ldc
+     * (no aliasing); single-threaded (the caller splits the work); for each output the
+     * products are added in k order (fused or not). Small dense products inside a model
+     * (the Gated DeltaNet's chunks, qwen35.c), not weight matrices. */
+    void (*gemm_f32)(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K);
     /* > 0: for int8 activations tile() reads the row-major buffers (xq, xd, xc, xs, xc4)
      * directly, flat_rows rows per call (t0 a multiple of it, nt <= it), and no interleaved
      * copies are made for them (AMX: a tile register loads rows with a stride). f32 and bf16

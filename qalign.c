@@ -378,6 +378,25 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
+/* c (M, N) += a (M, K) b (K, N), row-major with leading dimensions; one thread. For each
+ * output the products are added in k order (rows of b read whole: the loop over n inside). */
+static void gemm_f32_ref(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K) {
+    for (int m = 0; m < M; m++) {
+        float *cm = c + (size_t)m * ldc;
+        for (int k = 0; k < K; k++) {
+            float x = a[(size_t)m * lda + k];
+            const float *bk = b + (size_t)k * ldb;
+            for (int n = 0; n < N; n++) cm[n] += x * bk[n];
+        }
+    }
+}
+
+static void gemm_f32(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K) {
+    const Kernels *k = kernels_cpu();
+    if (k->gemm_f32) k->gemm_f32(c, ldc, a, lda, b, ldb, M, N, K);
+    else gemm_f32_ref(c, ldc, a, lda, b, ldb, M, N, K);
+}
+
 /* softmax in place over n values, max-subtracted, sum in double */
 static void softmax_ref(float *x, int n) {
     float mx = x[0];

@@ -134,6 +134,8 @@ typedef struct {
     float *att;             /* (S, max(nh hd, nv dv)) mixer output before o_proj / out_proj */
     float *hb;              /* (S, l_mlp) SwiGLU hidden */
     float *state;           /* (nv, dk, dv) Gated DeltaNet state */
+    float *gdn_ws;          /* (nv, qwen_gdn_ws_floats) the chunked delta rule's workspace per head */
+    int gdn_recurrent;      /* 1: the delta rule token by token (qwen_gdn_recurrent), not in chunks */
     float *tcos, *tsin;     /* (S, rot_dim / 2) M-RoPE tables */
     int *pos;               /* (3, S) positions */
     float *scores;          /* (threads, stride) attention scratch */
@@ -160,14 +162,15 @@ static void qwen_stage(QwenState *s, const char *name, const float *data, int ro
 
 static void qwen_state_free(QwenState *s) {
     float *bufs[] = {s->vx, s->vxn, s->vqkv, s->vatt, s->vmlp, s->vcos, s->vsin, s->x, s->xn, s->proj, s->q,
-                     s->att, s->hb, s->state, s->tcos, s->tsin, s->scores, s->kt, s->row};
+                     s->att, s->hb, s->state, s->gdn_ws, s->tcos, s->tsin, s->scores, s->kt, s->row};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->pos);
     acts_free(&s->acts);
     qwen_stage_fn hook = s->hook;
     void *user = s->hook_user;
+    int recurrent = s->gdn_recurrent;
     memset(s, 0, sizeof *s);
-    s->hook = hook, s->hook_user = user;
+    s->hook = hook, s->hook_user = user, s->gdn_recurrent = recurrent;
 }
 
 static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
@@ -178,6 +181,16 @@ static void *qwen_alloc(QwenState *s, int *ok, size_t count, size_t size) {
     s->bytes += count * size;
     if (!p) *ok = 0;
     return p;
+}
+
+#define QWEN_GDN_CHUNK 64 /* tokens per chunk of the chunked delta rule (as HF's chunk_size) */
+
+/* floats of one head's workspace in qwen_gdn_chunked: q, k, k beta, a scaled copy (C x dk);
+ * k^T and the decayed k^T (dk x C); v beta / vn and the output (C x dv); q k^T and
+ * k beta k^T (C x C); the cumulative decay (C) */
+static size_t qwen_gdn_ws_floats(const QwenConfig *c) {
+    size_t C = QWEN_GDN_CHUNK, dk = (size_t)c->g_k_dim, dv = (size_t)c->g_v_dim;
+    return 4 * C * dk + 2 * dk * C + 2 * C * dv + 2 * C * C + C;
 }
 
 static int qwen_state_alloc(QwenState *s, const QwenConfig *c, int max_patches, int max_seq, int n_threads, int precise) {
@@ -209,6 +222,7 @@ static int qwen_state_alloc(QwenState *s, const QwenConfig *c, int max_patches, 
     QALLOC(s->att, S * zmax(nh * hd, vdim));
     QALLOC(s->hb, S * (size_t)c->l_mlp);
     QALLOC(s->state, (size_t)c->g_v_heads * c->g_k_dim * c->g_v_dim);
+    QALLOC(s->gdn_ws, (size_t)c->g_v_heads * qwen_gdn_ws_floats(c));
     QALLOC(s->tcos, S * (size_t)(c->l_rot_dim / 2));
     QALLOC(s->tsin, S * (size_t)(c->l_rot_dim / 2));
     QALLOC(s->pos, 3 * S);
@@ -445,41 +459,14 @@ static void rope_partial(float *v, const float *cosb, const float *sinb, int rot
  * Decoder layers. x (S, l_dim) the residual stream; each mixer reads xn and adds its output
  * to x. */
 
-/* Qwen3_5GatedDeltaNet.forward (no cache: the chunked and the recurrent forms are the same
- * math; this is the recurrent one, token by token, in float32 with the state in float32) */
-static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
-    const QwenConfig *c = &q->c;
-    int nk = c->g_k_heads, nv = c->g_v_heads, dk = c->g_k_dim, dv = c->g_v_dim, K = c->g_conv;
+/* The delta rule, recurrent form (torch_recurrent_gated_delta_rule), token by token in
+ * float32 with the state in float32: s->q (S, conv) the conv output (q | k | v per row, q
+ * and k normalised), s->proj (S, W) for b and a -> s->att (S, nv dv); the state of each
+ * head left in s->state (a decode step continues from it). The reference of the chunked
+ * form below. */
+static void qwen_gdn_recurrent(const QwenConfig *c, QwenState *s, const QwenLayer *L, int S) {
+    int nk = c->g_k_heads, nv = c->g_v_heads, dk = c->g_k_dim, dv = c->g_v_dim;
     int conv = 2 * nk * dk + nv * dv, W = conv + nv * dv + 2 * nv;
-    /* mixed_qkv = self.in_proj_qkv(hidden_states); z = self.in_proj_z(...); b = self.in_proj_b(...);
-     * a = self.in_proj_a(...)   (one matmul: rows qkv | z | b | a) */
-    matmul(s->proj, &s->acts, s->xn, S, &L->in_proj, NULL, EPI_STORE);
-    /* mixed_qkv = causal_conv1d_fn(mixed_qkv, self.conv1d.weight.squeeze(1), None, activation="silu")
-     *   = silu(F.conv1d(x, w, padding=K-1, groups=conv_dim)[:, :, :seq_len]) */
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < S; t++) {
-        float *o = s->q + (size_t)t * conv;
-        for (int ch = 0; ch < conv; ch++) o[ch] = 0.0f;
-        for (int j = 0; j < K; j++) { /* tap j reads row t - (K - 1) + j (zero before the start) */
-            int src = t - (K - 1) + j;
-            if (src < 0) continue;
-            const float *in = s->proj + (size_t)src * W;
-            for (int ch = 0; ch < conv; ch++) o[ch] += L->conv[(size_t)ch * K + j] * in[ch];
-        }
-        for (int ch = 0; ch < conv; ch++) o[ch] = silu1(o[ch]);
-    }
-    /* query = l2norm(query), key = l2norm(key) (use_qk_l2norm_in_kernel), query *= dk ** -0.5 */
-    float qscale = 1.0f / sqrtf((float)dk);
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < S; t++)
-        for (int h = 0; h < 2 * nk; h++) {
-            float *v = s->q + (size_t)t * conv + (size_t)h * dk;
-            double ss = 0.0;
-            for (int i = 0; i < dk; i++) ss += (double)v[i] * v[i];
-            float r = (float)(1.0 / sqrt(ss + 1e-6));
-            if (h < nk) r *= qscale;
-            for (int i = 0; i < dk; i++) v[i] *= r;
-        }
     /* beta = b.sigmoid();  g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
      * torch_recurrent_gated_delta_rule: per value head h (key head h / (nv / nk)), per token:
      *   state *= exp(g_t);  kv_mem = k_t^T state;  delta = (v_t - kv_mem) * beta_t;
@@ -525,6 +512,135 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
             memcpy(s->att + (size_t)t * nv * dv + (size_t)h * dv, acc, (size_t)dv * sizeof(float));
         }
     }
+}
+
+/* The same delta rule in chunks of C = QWEN_GDN_CHUNK tokens (the WY form of HF's
+ * torch_chunk_gated_delta_rule, rearranged): within a chunk, with cg the cumulative sum of g
+ * from the chunk's start, D[t][s] = exp(cg_t - cg_s) (s <= t) and S the state before it,
+ *   vn = (I + strict_lower(k_beta k^T * D))^-1 (v_beta - (k_beta * exp(cg)) S)
+ *        (HF's  value - k_cumdecay @ state: the two triangular solves done as one, on
+ *        the difference - the same linear map; forward substitution, row by row)
+ *   out = (q * exp(cg)) S + lower(q k^T * D) vn
+ *   S  <- exp(cg_last) S + (k * exp(cg_last - cg))^T vn
+ * One chunk of one token is exactly the recurrent step. The products are gemm_f32 (the
+ * kernel family's); the state stays float32; the sums run in another order than the
+ * recurrent form's (float rounding; tests/test_qwen.py holds both to the oracle). */
+static void qwen_gdn_chunked(const QwenConfig *c, QwenState *s, const QwenLayer *L, int S) {
+    int nk = c->g_k_heads, nv = c->g_v_heads, dk = c->g_k_dim, dv = c->g_v_dim, C = QWEN_GDN_CHUNK;
+    int conv = 2 * nk * dk + nv * dv, W = conv + nv * dv + 2 * nv, rep = nv / nk;
+    size_t wsz = qwen_gdn_ws_floats(c);
+#pragma omp parallel for schedule(dynamic)
+    for (int h = 0; h < nv; h++) {
+        float *st = s->state + (size_t)h * dk * dv;
+        memset(st, 0, (size_t)dk * dv * sizeof(float));
+        float A = expf(L->A_log[h]);
+        int kh = h / rep;
+        float *Q = s->gdn_ws + (size_t)h * wsz, *K = Q + (size_t)C * dk, *KB = K + (size_t)C * dk, *X = KB + (size_t)C * dk;
+        float *KT = X + (size_t)C * dk, *KD = KT + (size_t)dk * C, *VN = KD + (size_t)dk * C, *O = VN + (size_t)C * dv;
+        float *QK = O + (size_t)C * dv, *KK = QK + (size_t)C * C, *cg = KK + (size_t)C * C;
+        for (int c0 = 0; c0 < S; c0 += C) {
+            int n = S - c0 < C ? S - c0 : C;
+            /* beta = b.sigmoid(); g = -A_log.exp() * softplus(a + dt_bias); g.cumsum(-1);
+             * k_beta = k * beta, v_beta = v * beta */
+            float sum = 0.0f;
+            for (int t = 0; t < n; t++) {
+                const float *row = s->proj + (size_t)(c0 + t) * W, *cv = s->q + (size_t)(c0 + t) * conv;
+                float beta = sigmoid1(row[conv + nv * dv + h]);
+                sum += -A * softplus1(row[conv + nv * dv + nv + h] + L->dt_bias[h]);
+                cg[t] = sum;
+                const float *qv = cv + (size_t)kh * dk, *kv = cv + (size_t)(nk + kh) * dk, *vv = cv + (size_t)2 * nk * dk + (size_t)h * dv;
+                for (int i = 0; i < dk; i++) {
+                    Q[(size_t)t * dk + i] = qv[i], K[(size_t)t * dk + i] = kv[i], KB[(size_t)t * dk + i] = kv[i] * beta;
+                    KT[(size_t)i * C + t] = kv[i];
+                }
+                for (int j = 0; j < dv; j++) VN[(size_t)t * dv + j] = vv[j] * beta;
+            }
+            /* q k^T and k_beta k^T, times D (lower part; the rest zero) */
+            memset(QK, 0, (size_t)C * C * sizeof(float));
+            memset(KK, 0, (size_t)C * C * sizeof(float));
+            gemm_f32(QK, C, Q, dk, KT, C, n, n, dk);
+            gemm_f32(KK, C, KB, dk, KT, C, n, n, dk);
+            for (int t = 0; t < n; t++)
+                for (int u = 0; u < C; u++) {
+                    float d = u <= t ? expf(cg[t] - cg[u]) : 0.0f;
+                    QK[(size_t)t * C + u] *= d;
+                    KK[(size_t)t * C + u] *= u < t ? d : 0.0f;
+                }
+            /* vn = v_beta - (k_beta * exp(cg)) S, then the forward substitution */
+            for (int t = 0; t < n; t++) {
+                float e = expf(cg[t]);
+                for (int i = 0; i < dk; i++) X[(size_t)t * dk + i] = -KB[(size_t)t * dk + i] * e;
+            }
+            gemm_f32(VN, dv, X, dk, st, dv, n, dv, dk);
+            for (int t = 1; t < n; t++) {
+                float *vt = VN + (size_t)t * dv;
+                for (int u = 0; u < t; u++) {
+                    float a = KK[(size_t)t * C + u];
+                    const float *vu = VN + (size_t)u * dv;
+                    for (int j = 0; j < dv; j++) vt[j] -= a * vu[j];
+                }
+            }
+            /* out = (q * exp(cg)) S + (q k^T * D) vn */
+            for (int t = 0; t < n; t++) {
+                float e = expf(cg[t]);
+                for (int i = 0; i < dk; i++) X[(size_t)t * dk + i] = Q[(size_t)t * dk + i] * e;
+            }
+            memset(O, 0, (size_t)n * dv * sizeof(float));
+            gemm_f32(O, dv, X, dk, st, dv, n, dv, dk);
+            gemm_f32(O, dv, QK, C, VN, dv, n, dv, n);
+            for (int t = 0; t < n; t++) memcpy(s->att + (size_t)(c0 + t) * nv * dv + (size_t)h * dv, O + (size_t)t * dv, (size_t)dv * sizeof(float));
+            /* S = exp(cg_last) S + (k * exp(cg_last - cg))^T vn */
+            float last = cg[n - 1], el = expf(last);
+            for (size_t i = 0; i < (size_t)dk * dv; i++) st[i] *= el;
+            for (int t = 0; t < n; t++) {
+                float e = expf(last - cg[t]);
+                for (int i = 0; i < dk; i++) KD[(size_t)i * C + t] = K[(size_t)t * dk + i] * e;
+            }
+            gemm_f32(st, dv, KD, C, VN, dv, dk, dv, n);
+        }
+    }
+}
+
+/* Qwen3_5GatedDeltaNet.forward (no cache; the delta rule in chunks: qwen_gdn_chunked, or
+ * token by token where s->gdn_recurrent asks for it) */
+static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
+    const QwenConfig *c = &q->c;
+    int nk = c->g_k_heads, nv = c->g_v_heads, dk = c->g_k_dim, dv = c->g_v_dim, K = c->g_conv;
+    int conv = 2 * nk * dk + nv * dv, W = conv + nv * dv + 2 * nv;
+    /* mixed_qkv = self.in_proj_qkv(hidden_states); z = self.in_proj_z(...); b = self.in_proj_b(...);
+     * a = self.in_proj_a(...)   (one matmul: rows qkv | z | b | a) */
+    matmul(s->proj, &s->acts, s->xn, S, &L->in_proj, NULL, EPI_STORE);
+    /* mixed_qkv = causal_conv1d_fn(mixed_qkv, self.conv1d.weight.squeeze(1), None, activation="silu")
+     *   = silu(F.conv1d(x, w, padding=K-1, groups=conv_dim)[:, :, :seq_len]) */
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < S; t++) {
+        float *o = s->q + (size_t)t * conv;
+        for (int ch = 0; ch < conv; ch++) o[ch] = 0.0f;
+        for (int j = 0; j < K; j++) { /* tap j reads row t - (K - 1) + j (zero before the start) */
+            int src = t - (K - 1) + j;
+            if (src < 0) continue;
+            const float *in = s->proj + (size_t)src * W;
+            for (int ch = 0; ch < conv; ch++) o[ch] += L->conv[(size_t)ch * K + j] * in[ch];
+        }
+        for (int ch = 0; ch < conv; ch++) o[ch] = silu1(o[ch]);
+    }
+    /* query = l2norm(query), key = l2norm(key) (use_qk_l2norm_in_kernel), query *= dk ** -0.5 */
+    float qscale = 1.0f / sqrtf((float)dk);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < S; t++)
+        for (int h = 0; h < 2 * nk; h++) {
+            float *v = s->q + (size_t)t * conv + (size_t)h * dk;
+            double ss = 0.0;
+            for (int i = 0; i < dk; i++) ss += (double)v[i] * v[i];
+            float r = (float)(1.0 / sqrt(ss + 1e-6));
+            if (h < nk) r *= qscale;
+            for (int i = 0; i < dk; i++) v[i] *= r;
+        }
+    /* beta = b.sigmoid(); g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
+     * core_attn_out, last_recurrent_state = self.chunk_gated_delta_rule(query, key, value, g=g,
+     *     beta=beta, initial_state=None, use_qk_l2norm_in_kernel=True)   (normalised above) */
+    if (s->gdn_recurrent) qwen_gdn_recurrent(c, s, L, S);
+    else qwen_gdn_chunked(c, s, L, S);
     /* core_attn_out = self.norm(core_attn_out, z)   (Qwen3_5RMSNormGated:
      *   weight * (x * rsqrt(mean(x^2) + eps)) * silu(z)) */
 #pragma omp parallel for schedule(static)

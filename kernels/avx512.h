@@ -473,6 +473,48 @@ static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, cons
     return 0;
 }
 
+/* --- small f32 products (kernels.h gemm_f32) ------------------------------------------- */
+
+/* rows m0..m0+R of c, columns n0..n0+16 HC (the last vector masked by mk) */
+static inline __attribute__((always_inline)) void gemm_block_avx512(float *c, int ldc, const float *a, int lda, const float *b,
+                                                                   int ldb, int K, int m0, int n0, const int R, const int HC,
+                                                                   __mmask16 mk) {
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < HC; h++)
+            acc[r][h] = _mm512_maskz_loadu_ps(h == HC - 1 ? mk : 0xffff, c + (size_t)(m0 + r) * ldc + n0 + 16 * h);
+    for (int k = 0; k < K; k++) {
+        __m512 bv[4];
+        for (int h = 0; h < HC; h++) bv[h] = _mm512_maskz_loadu_ps(h == HC - 1 ? mk : 0xffff, b + (size_t)k * ldb + n0 + 16 * h);
+        for (int r = 0; r < R; r++) {
+            __m512 av = _mm512_set1_ps(a[(size_t)(m0 + r) * lda + k]);
+            for (int h = 0; h < HC; h++) acc[r][h] = _mm512_fmadd_ps(av, bv[h], acc[r][h]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < HC; h++)
+            _mm512_mask_storeu_ps(c + (size_t)(m0 + r) * ldc + n0 + 16 * h, h == HC - 1 ? mk : 0xffff, acc[r][h]);
+}
+
+/* 4 rows x 64 columns of accumulators; the tails with fewer (masked) */
+static void gemm_f32_avx512(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K) {
+    for (int n0 = 0; n0 < N; n0 += 64) {
+        int nn = N - n0 < 64 ? N - n0 : 64, HC = (nn + 15) / 16;
+        __mmask16 mk = tail_mask(nn - 16 * (HC - 1));
+        int m0 = 0;
+#define GEMM_HC(R)                                                                                           \
+    switch (HC) {                                                                                            \
+    case 1: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 1, mk); break;                           \
+    case 2: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 2, mk); break;                           \
+    case 3: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 3, mk); break;                           \
+    default: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 4, mk); break;                          \
+    }
+        for (; m0 + 4 <= M; m0 += 4) GEMM_HC(4)
+        for (; m0 < M; m0++) GEMM_HC(1)
+#undef GEMM_HC
+    }
+}
+
 /* --- attention ------------------------------------------------------------------------ */
 
 /* o[r][0..HC*16) = sum_j p[r][j] v[j]   for R rows of probabilities (stride ps) */
@@ -780,6 +822,7 @@ static const Kernels kernels_avx512 = {
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
     .attention = attention_avx512,
+    .gemm_f32 = gemm_f32_avx512,
 #ifdef QA_AVX512_BF16
     .bf16_acts = 1,
     .attention_bf16 = attention_bf16_avx512,

@@ -374,6 +374,27 @@ static void test_attention_bf16(void) {
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
 }
 
+/* gemm_f32 (the Gated DeltaNet's chunk products): c += a b against the reference, shapes
+ * with tails in every dimension and leading dimensions wider than the rows */
+static void test_gemm(void) {
+    struct { int M, N, K; } cases[] = {{64, 128, 128}, {5, 24, 16}, {17, 70, 33}, {64, 64, 128}, {1, 1, 1}, {63, 200, 7}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int M = cases[i].M, N = cases[i].N, K = cases[i].K, lda = K + 3, ldb = N + 5, ldc = N + 1;
+        float *a = xmalloc((size_t)M * lda * sizeof(float)), *b = xmalloc((size_t)K * ldb * sizeof(float));
+        float *c1 = xmalloc((size_t)M * ldc * sizeof(float)), *c2 = xmalloc((size_t)M * ldc * sizeof(float));
+        for (size_t j = 0; j < (size_t)M * lda; j++) a[j] = frand();
+        for (size_t j = 0; j < (size_t)K * ldb; j++) b[j] = frand();
+        for (size_t j = 0; j < (size_t)M * ldc; j++) c1[j] = c2[j] = frand();
+        gemm_f32(c1, ldc, a, lda, b, ldb, M, N, K);
+        gemm_f32_ref(c2, ldc, a, lda, b, ldb, M, N, K);
+        int pad_kept = 1; /* columns past N untouched */
+        for (int m = 0; m < M; m++) pad_kept &= c1[(size_t)m * ldc + N] == c2[(size_t)m * ldc + N];
+        double err = max_diff(c1, c2, (size_t)M * ldc) / max_abs(c2, (size_t)M * ldc);
+        check(err <= 1e-6 && pad_kept, "gemm_f32 %2dx%3dx%3d: max relative error %.2e", M, N, K, err);
+        free(a), free(b), free(c1), free(c2);
+    }
+}
+
 static void test_elementwise(void) {
     int n = 4099;
     float *x = xmalloc((size_t)n * 8 * sizeof(float)), *y = xmalloc((size_t)n * 8 * sizeof(float));
@@ -782,6 +803,7 @@ static void test_family(void) {
     test_attention_bf16();
     test_attention_hd256();
     test_elementwise();
+    test_gemm();
 }
 
 /* Usage: test_kernels [FAMILY... | all]. Without arguments: the family this CPU gets, the
