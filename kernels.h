@@ -270,11 +270,16 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
-    /* c (M, N) += a (M, K) b (K, N), f32, row-major with leading dimensions lda, ldb, ldc
-     * (no aliasing); single-threaded (the caller splits the work); for each output the
-     * products are added in k order (fused or not). Small dense products inside a model
-     * (the Gated DeltaNet's chunks, qwen35.c), not weight matrices. */
-    void (*gemm_f32)(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K);
+    /* The gated delta rule (Qwen3.5's Gated DeltaNet, qwen35.c) of one head on 16 columns of
+     * its state: st (dk, 16) f32, updated in place, through T tokens; per token t
+     *   a_k = k_t^T st,  a_q = q_t^T st   (each over i in order)
+     *   delta = (v_t - decay_t a_k) beta_t;  out_t = decay_t a_q + qk_t delta
+     *   st = decay_t st + k_t delta^T
+     * q_t, k_t: dk values at q + t ldqk, k + t ldqk; v_t: w (<= 16) values at v + t ldv (the
+     * columns past w are zero in st and stay zero); out_t: w values at out + t ldo; decay,
+     * beta, qk (= q_t . k_t): T values. One thread. */
+    void (*delta_rule16)(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
+                         const float *decay, const float *beta, const float *qk, int T, int dk, int w);
     /* > 0: for int8 activations tile() reads the row-major buffers (xq, xd, xc, xs, xc4)
      * directly, flat_rows rows per call (t0 a multiple of it, nt <= it), and no interleaved
      * copies are made for them (AMX: a tile register loads rows with a stride). f32 and bf16

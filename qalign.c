@@ -378,23 +378,29 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
-/* c (M, N) += a (M, K) b (K, N), row-major with leading dimensions; one thread. For each
- * output the products are added in k order (rows of b read whole: the loop over n inside). */
-static void gemm_f32_ref(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K) {
-    for (int m = 0; m < M; m++) {
-        float *cm = c + (size_t)m * ldc;
-        for (int k = 0; k < K; k++) {
-            float x = a[(size_t)m * lda + k];
-            const float *bk = b + (size_t)k * ldb;
-            for (int n = 0; n < N; n++) cm[n] += x * bk[n];
+/* kernels.h delta_rule16: the gated delta rule of one head on 16 columns of its state */
+static void delta_rule16_ref(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
+                             const float *decay, const float *beta, const float *qk, int T, int dk, int w) {
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + (size_t)t * ldqk, *kt = k + (size_t)t * ldqk;
+        float ak[16] = {0}, aq[16] = {0}, delta[16];
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < 16; j++) ak[j] += kt[i] * st[i * 16 + j], aq[j] += qt[i] * st[i * 16 + j];
+        for (int j = 0; j < 16; j++) {
+            float vj = j < w ? v[(size_t)t * ldv + j] : 0.0f;
+            delta[j] = (vj - decay[t] * ak[j]) * beta[t];
+            if (j < w) out[(size_t)t * ldo + j] = decay[t] * aq[j] + qk[t] * delta[j];
         }
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < 16; j++) st[i * 16 + j] = decay[t] * st[i * 16 + j] + kt[i] * delta[j];
     }
 }
 
-static void gemm_f32(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K) {
-    const Kernels *k = kernels_cpu();
-    if (k->gemm_f32) k->gemm_f32(c, ldc, a, lda, b, ldb, M, N, K);
-    else gemm_f32_ref(c, ldc, a, lda, b, ldb, M, N, K);
+static void delta_rule16(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
+                         const float *decay, const float *beta, const float *qk, int T, int dk, int w) {
+    const Kernels *kern = kernels_cpu();
+    if (kern->delta_rule16) kern->delta_rule16(out, ldo, st, q, k, ldqk, v, ldv, decay, beta, qk, T, dk, w);
+    else delta_rule16_ref(out, ldo, st, q, k, ldqk, v, ldv, decay, beta, qk, T, dk, w);
 }
 
 /* softmax in place over n values, max-subtracted, sum in double */

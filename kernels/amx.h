@@ -491,7 +491,7 @@ static const Kernels kernels_amx = {
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
     .attention = attention_avx512,
-    .gemm_f32 = gemm_f32_avx512,
+    .delta_rule16 = delta_rule16_avx512,
 #endif
     .attention_bf16 = attention_bf16_amx,
 #ifdef QA_AVX512_BF16

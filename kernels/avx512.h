@@ -473,45 +473,59 @@ static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, cons
     return 0;
 }
 
-/* --- small f32 products (kernels.h gemm_f32) ------------------------------------------- */
-
-/* rows m0..m0+R of c, columns n0..n0+16 HC (the last vector masked by mk) */
-static inline __attribute__((always_inline)) void gemm_block_avx512(float *c, int ldc, const float *a, int lda, const float *b,
-                                                                   int ldb, int K, int m0, int n0, const int R, const int HC,
-                                                                   __mmask16 mk) {
-    __m512 acc[4][4];
-    for (int r = 0; r < R; r++)
-        for (int h = 0; h < HC; h++)
-            acc[r][h] = _mm512_maskz_loadu_ps(h == HC - 1 ? mk : 0xffff, c + (size_t)(m0 + r) * ldc + n0 + 16 * h);
-    for (int k = 0; k < K; k++) {
-        __m512 bv[4];
-        for (int h = 0; h < HC; h++) bv[h] = _mm512_maskz_loadu_ps(h == HC - 1 ? mk : 0xffff, b + (size_t)k * ldb + n0 + 16 * h);
-        for (int r = 0; r < R; r++) {
-            __m512 av = _mm512_set1_ps(a[(size_t)(m0 + r) * lda + k]);
-            for (int h = 0; h < HC; h++) acc[r][h] = _mm512_fmadd_ps(av, bv[h], acc[r][h]);
+/* --- the gated delta rule on 16 state columns (kernels.h delta_rule16) -------------------
+ * One pass over the state block per token: row i's update for token t (st = decay st +
+ * k_i delta) is followed at once by its products for token t + 1 (a_k += k'_i st, a_q +=
+ * q'_i st), so each row is loaded and stored once per token; four accumulators each (rows
+ * i mod 4), added at the end; a_k, a_q for the first token by a pass of their own. */
+static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v,
+                                int ldv, const float *decay, const float *beta, const float *qk, int T, int dk, int w) {
+    if (T <= 0) return;
+    __mmask16 mw = tail_mask(w);
+    __m512 ak[4], aq[4];
+    for (int u = 0; u < 4; u++) ak[u] = aq[u] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 4 <= dk; i += 4)
+        for (int u = 0; u < 4; u++) {
+            __m512 sr = _mm512_loadu_ps(st + (size_t)(i + u) * 16);
+            ak[u] = _mm512_fmadd_ps(_mm512_set1_ps(k[i + u]), sr, ak[u]);
+            aq[u] = _mm512_fmadd_ps(_mm512_set1_ps(q[i + u]), sr, aq[u]);
         }
+    for (; i < dk; i++) {
+        __m512 sr = _mm512_loadu_ps(st + (size_t)i * 16);
+        ak[0] = _mm512_fmadd_ps(_mm512_set1_ps(k[i]), sr, ak[0]);
+        aq[0] = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), sr, aq[0]);
     }
-    for (int r = 0; r < R; r++)
-        for (int h = 0; h < HC; h++)
-            _mm512_mask_storeu_ps(c + (size_t)(m0 + r) * ldc + n0 + 16 * h, h == HC - 1 ? mk : 0xffff, acc[r][h]);
-}
-
-/* 4 rows x 64 columns of accumulators; the tails with fewer (masked) */
-static void gemm_f32_avx512(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M, int N, int K) {
-    for (int n0 = 0; n0 < N; n0 += 64) {
-        int nn = N - n0 < 64 ? N - n0 : 64, HC = (nn + 15) / 16;
-        __mmask16 mk = tail_mask(nn - 16 * (HC - 1));
-        int m0 = 0;
-#define GEMM_HC(R)                                                                                           \
-    switch (HC) {                                                                                            \
-    case 1: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 1, mk); break;                           \
-    case 2: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 2, mk); break;                           \
-    case 3: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 3, mk); break;                           \
-    default: gemm_block_avx512(c, ldc, a, lda, b, ldb, K, m0, n0, R, 4, mk); break;                          \
-    }
-        for (; m0 + 4 <= M; m0 += 4) GEMM_HC(4)
-        for (; m0 < M; m0++) GEMM_HC(1)
-#undef GEMM_HC
+    for (int t = 0; t < T; t++) {
+        int next = t + 1 < T;
+        const float *kt = k + (size_t)t * ldqk, *kn = next ? kt + ldqk : kt, *qn = next ? q + (size_t)(t + 1) * ldqk : q;
+        __m512 dec = _mm512_set1_ps(decay[t]);
+        __m512 sk = _mm512_add_ps(_mm512_add_ps(ak[0], ak[1]), _mm512_add_ps(ak[2], ak[3]));
+        __m512 sq = _mm512_add_ps(_mm512_add_ps(aq[0], aq[1]), _mm512_add_ps(aq[2], aq[3]));
+        __m512 vv = _mm512_maskz_loadu_ps(mw, v + (size_t)t * ldv);
+        __m512 delta = _mm512_mul_ps(_mm512_fnmadd_ps(dec, sk, vv), _mm512_set1_ps(beta[t]));
+        _mm512_mask_storeu_ps(out + (size_t)t * ldo, mw, _mm512_fmadd_ps(_mm512_set1_ps(qk[t]), delta, _mm512_mul_ps(dec, sq)));
+        for (int u = 0; u < 4; u++) ak[u] = aq[u] = _mm512_setzero_ps();
+        i = 0;
+        for (; i + 4 <= dk; i += 4)
+            for (int u = 0; u < 4; u++) {
+                float *p = st + (size_t)(i + u) * 16;
+                __m512 sr = _mm512_fmadd_ps(_mm512_set1_ps(kt[i + u]), delta, _mm512_mul_ps(dec, _mm512_loadu_ps(p)));
+                _mm512_storeu_ps(p, sr);
+                if (next) {
+                    ak[u] = _mm512_fmadd_ps(_mm512_set1_ps(kn[i + u]), sr, ak[u]);
+                    aq[u] = _mm512_fmadd_ps(_mm512_set1_ps(qn[i + u]), sr, aq[u]);
+                }
+            }
+        for (; i < dk; i++) {
+            float *p = st + (size_t)i * 16;
+            __m512 sr = _mm512_fmadd_ps(_mm512_set1_ps(kt[i]), delta, _mm512_mul_ps(dec, _mm512_loadu_ps(p)));
+            _mm512_storeu_ps(p, sr);
+            if (next) {
+                ak[0] = _mm512_fmadd_ps(_mm512_set1_ps(kn[i]), sr, ak[0]);
+                aq[0] = _mm512_fmadd_ps(_mm512_set1_ps(qn[i]), sr, aq[0]);
+            }
+        }
     }
 }
 
@@ -822,7 +836,7 @@ static const Kernels kernels_avx512 = {
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
     .attention = attention_avx512,
-    .gemm_f32 = gemm_f32_avx512,
+    .delta_rule16 = delta_rule16_avx512,
 #ifdef QA_AVX512_BF16
     .bf16_acts = 1,
     .attention_bf16 = attention_bf16_avx512,

@@ -374,24 +374,39 @@ static void test_attention_bf16(void) {
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
 }
 
-/* gemm_f32 (the Gated DeltaNet's chunk products): c += a b against the reference, shapes
- * with tails in every dimension and leading dimensions wider than the rows */
-static void test_gemm(void) {
-    struct { int M, N, K; } cases[] = {{64, 128, 128}, {5, 24, 16}, {17, 70, 33}, {64, 64, 128}, {1, 1, 1}, {63, 200, 7}};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int M = cases[i].M, N = cases[i].N, K = cases[i].K, lda = K + 3, ldb = N + 5, ldc = N + 1;
-        float *a = xmalloc((size_t)M * lda * sizeof(float)), *b = xmalloc((size_t)K * ldb * sizeof(float));
-        float *c1 = xmalloc((size_t)M * ldc * sizeof(float)), *c2 = xmalloc((size_t)M * ldc * sizeof(float));
-        for (size_t j = 0; j < (size_t)M * lda; j++) a[j] = frand();
-        for (size_t j = 0; j < (size_t)K * ldb; j++) b[j] = frand();
-        for (size_t j = 0; j < (size_t)M * ldc; j++) c1[j] = c2[j] = frand();
-        gemm_f32(c1, ldc, a, lda, b, ldb, M, N, K);
-        gemm_f32_ref(c2, ldc, a, lda, b, ldb, M, N, K);
-        int pad_kept = 1; /* columns past N untouched */
-        for (int m = 0; m < M; m++) pad_kept &= c1[(size_t)m * ldc + N] == c2[(size_t)m * ldc + N];
-        double err = max_diff(c1, c2, (size_t)M * ldc) / max_abs(c2, (size_t)M * ldc);
-        check(err <= 1e-6 && pad_kept, "gemm_f32 %2dx%3dx%3d: max relative error %.2e", M, N, K, err);
-        free(a), free(b), free(c1), free(c2);
+/* delta_rule16 (the Gated DeltaNet's recurrence on 16 state columns) against the reference:
+ * dk with a tail of the family's row unrolling, fewer than 16 columns, decays and betas as
+ * the model makes them (0..1), unit-norm-sized q and k */
+static void test_delta_rule(void) {
+    struct { int T, dk, w; } cases[] = {{300, 128, 16}, {70, 16, 8}, {33, 30, 16}, {1, 7, 3}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int T = cases[c].T, dk = cases[c].dk, w = cases[c].w, ldqk = dk + 5, ldv = w + 2, ldo = w + 1;
+        float *q = xmalloc((size_t)T * ldqk * sizeof(float)), *k = xmalloc((size_t)T * ldqk * sizeof(float));
+        float *v = xmalloc((size_t)T * ldv * sizeof(float)), *o1 = xmalloc((size_t)T * ldo * sizeof(float));
+        float *o2 = xmalloc((size_t)T * ldo * sizeof(float)), *dec = xmalloc((size_t)T * 3 * sizeof(float));
+        float *beta = dec + T, *qk = dec + 2 * T, *s1 = xmalloc((size_t)dk * 16 * sizeof(float)), *s2 = xmalloc((size_t)dk * 16 * sizeof(float));
+        float sc = 1.0f / sqrtf((float)dk);
+        for (size_t i = 0; i < (size_t)T * ldqk; i++) q[i] = frand() * sc, k[i] = frand() * 2 * sc;
+        for (size_t i = 0; i < (size_t)T * ldv; i++) v[i] = frand();
+        for (int t = 0; t < T; t++) {
+            dec[t] = 0.5f + 0.5f * fabsf(frand()), beta[t] = fabsf(frand()), qk[t] = 0.0f;
+            for (int i = 0; i < dk; i++) qk[t] += q[(size_t)t * ldqk + i] * k[(size_t)t * ldqk + i];
+        }
+        memset(s1, 0, (size_t)dk * 16 * sizeof(float));
+        memset(s2, 0, (size_t)dk * 16 * sizeof(float));
+        memset(o1, 0, (size_t)T * ldo * sizeof(float));
+        memset(o2, 0, (size_t)T * ldo * sizeof(float));
+        delta_rule16(o1, ldo, s1, q, k, ldqk, v, ldv, dec, beta, qk, T, dk, w);
+        delta_rule16_ref(o2, ldo, s2, q, k, ldqk, v, ldv, dec, beta, qk, T, dk, w);
+        double eo = max_diff(o1, o2, (size_t)T * ldo) / max_abs(o2, (size_t)T * ldo);
+        double es = max_diff(s1, s2, (size_t)dk * 16) / max_abs(s2, (size_t)dk * 16);
+        int pad_zero = 1; /* columns past w of the state stay zero; outputs past w untouched */
+        for (int i = 0; i < dk; i++)
+            for (int j = w; j < 16; j++) pad_zero &= s1[i * 16 + j] == 0.0f;
+        for (int t = 0; t < T; t++) pad_zero &= o1[(size_t)t * ldo + w] == 0.0f || w == ldo;
+        check(eo <= 1e-5 && es <= 1e-5 && pad_zero, "delta_rule16 T %3d dk %3d w %2d: max relative error out %.2e, state %.2e", T,
+              dk, w, eo, es);
+        free(q), free(k), free(v), free(o1), free(o2), free(dec), free(s1), free(s2);
     }
 }
 
@@ -803,7 +818,7 @@ static void test_family(void) {
     test_attention_bf16();
     test_attention_hd256();
     test_elementwise();
-    test_gemm();
+    test_delta_rule();
 }
 
 /* Usage: test_kernels [FAMILY... | all]. Without arguments: the family this CPU gets, the

@@ -93,8 +93,8 @@ int main(int argc, char **argv) {
     QwenState s;
     memset(&s, 0, sizeof s);
     s.hook = hook;
-    /* precise: f32 activations; recurrent: the Gated DeltaNet's delta rule token by token
-     * (qwen_gdn_recurrent) instead of in chunks */
+    /* precise: f32 activations; recurrent: the Gated DeltaNet's delta rule as written
+     * (qwen_gdn_recurrent) instead of by state columns */
     int precise = 0;
     for (int i = 4; i < argc; i++) {
         if (!strcmp(argv[i], "precise")) precise = 1;

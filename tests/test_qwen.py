@@ -75,12 +75,12 @@ def rel(a, b):
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
-@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+@pytest.mark.parametrize("form", ["columns", "recurrent"])
 @pytest.mark.parametrize("rec", RECORDS)
 def test_every_stage_f32(fixtures, rec, form):
     """f32 weights: every stage of the C model equals the float64 oracle to f32 rounding;
-    level logits within 2e-4. Both forms of the Gated DeltaNet's delta rule: in chunks (what
-    runs) and token by token (the decode step's)."""
+    level logits within 2e-4. Both forms of the Gated DeltaNet's delta rule: by state columns
+    (what runs, kernels.h delta_rule16) and as written (qwen_gdn_recurrent, the reference)."""
     c = run_c(fixtures, export(fixtures, "f32"), rec, "f32" + form, recurrent=form == "recurrent")
     ids = np.load(os.path.join(fixtures, "ref", rec, "input_ids.npy"))
     cfg = qwen_ref.TINY
@@ -115,8 +115,8 @@ def test_every_stage_f32(fixtures, rec, form):
 
 
 def test_gdn_chunked_equals_recurrent():
-    """The oracle's two forms of the gated delta rule agree (the C code has both: chunks for a
-    prompt, the recurrent step for decoding; test_every_stage_f32 holds each to the oracle)."""
+    """The oracle's two forms of the gated delta rule agree (the C code runs the recurrent one,
+    by state columns; test_every_stage_f32 holds it and the form as written to the oracle)."""
     g = torch.Generator().manual_seed(3)
     B, S, nk, nv, dk, dv = 1, 150, 2, 4, 16, 24
     q, k = torch.randn(B, S, nk, dk, generator=g, dtype=torch.float64), torch.randn(B, S, nk, dk, generator=g, dtype=torch.float64)
