@@ -262,6 +262,10 @@ typedef struct {
     void (*silu_mul)(float *a, const float *b, size_t n);
     /* x += y */
     void (*add)(float *x, const float *y, size_t n);
+    /* x = gelu_pytorch_tanh(x) as x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3) (the
+     * tanh form rewritten: 0.5 (1 + tanh u) = 1 / (1 + exp(-2u))); in place; a value's bits
+     * must not depend on its position in the buffer */
+    void (*gelu_tanh)(float *x, size_t n);
     /* out (Tq, H*hd) = softmax(q k^T / sqrt(hd) [+ causal mask]) v per head; q (Tq, ldq),
      * k, v (Tk, ldkv) with kv head h / (H/KVH); causal: query i sees keys j <= i + q_offset.
      * Returns 0 for a shape it does not handle. */

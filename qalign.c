@@ -378,6 +378,18 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
+/* kernels.h gelu_tanh: gelu_pytorch_tanh as x / (1 + exp(-2u)) */
+static float gelu_tanh_fast_ref1(float x) { return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); }
+static void gelu_tanh_fast(float *x, size_t n) {
+    const Kernels *k = kernels_cpu();
+    if (k->gelu_tanh) {
+        k->gelu_tanh(x, n);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = gelu_tanh_fast_ref1(x[i]);
+}
+
 /* kernels.h delta_rule16: the gated delta rule of one head on 16 columns of its state */
 static void delta_rule16_ref(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
                              const float *decay, const float *beta, const float *qk, int T, int dk, int w) {

@@ -136,6 +136,7 @@ typedef struct {
     float *state;           /* (nv, dk, dv) Gated DeltaNet state */
     int gdn_recurrent;      /* 1: the delta rule as written (qwen_gdn_recurrent), not by columns */
     float *gdn_tok;         /* (3, nv, S) per head and token: decay, beta, q . k */
+    float *convw;           /* (g_conv, conv) the depthwise conv weight by tap */
     float *tcos, *tsin;     /* (S, rot_dim / 2) M-RoPE tables */
     int *pos;               /* (3, S) positions */
     float *scores;          /* (threads, stride) attention scratch */
@@ -162,7 +163,7 @@ static void qwen_stage(QwenState *s, const char *name, const float *data, int ro
 
 static void qwen_state_free(QwenState *s) {
     float *bufs[] = {s->vx, s->vxn, s->vqkv, s->vatt, s->vmlp, s->vcos, s->vsin, s->x, s->xn, s->proj, s->q,
-                     s->att, s->hb, s->state, s->gdn_tok, s->tcos, s->tsin, s->scores, s->kt, s->row};
+                     s->att, s->hb, s->state, s->gdn_tok, s->convw, s->tcos, s->tsin, s->scores, s->kt, s->row};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->pos);
     acts_free(&s->acts);
@@ -213,6 +214,7 @@ static int qwen_state_alloc(QwenState *s, const QwenConfig *c, int max_patches, 
     QALLOC(s->hb, S * (size_t)c->l_mlp);
     QALLOC(s->state, (size_t)c->g_v_heads * c->g_k_dim * c->g_v_dim);
     QALLOC(s->gdn_tok, 3 * (size_t)c->g_v_heads * S);
+    QALLOC(s->convw, conv * (size_t)c->g_conv);
     QALLOC(s->tcos, S * (size_t)(c->l_rot_dim / 2));
     QALLOC(s->tsin, S * (size_t)(c->l_rot_dim / 2));
     QALLOC(s->pos, 3 * S);
@@ -237,9 +239,8 @@ static int qwen_state_alloc(QwenState *s, const QwenConfig *c, int max_patches, 
 
 /* ACT2FN["gelu_pytorch_tanh"] */
 static float gelu_tanh1(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
-/* the same through 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)): one expf, a few times cheaper than
- * tanhf (which is a tenth of the vision tower's time); differs from it by float rounding */
-static float gelu_tanh_fast1(float x) { return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); }
+/* (the same through 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)), one exp, a few times cheaper than
+ * tanhf: qalign.c gelu_tanh_fast, the family's kernels.h gelu_tanh; differs by float rounding) */
 /* nn.GELU() (erf) */
 static float gelu_erf1(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); }
 static float sigmoid1(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -368,8 +369,12 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
         layernorm(s->vxn, s->vx, L->ln2_w, L->ln2_b, N, D, c->v_eps);
         matmul(s->vmlp, &s->acts, s->vxn, N, &L->fc1, L->fc1_b, EPI_STORE);
         size_t nm = (size_t)N * c->v_mlp;
+        if (vit_bf16) /* the tanh rewritten through one exp (kernels.h gelu_tanh), by rows */
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < nm; i++) s->vmlp[i] = vit_bf16 ? gelu_tanh_fast1(s->vmlp[i]) : gelu_tanh1(s->vmlp[i]);
+            for (int i = 0; i < N; i++) gelu_tanh_fast(s->vmlp + (size_t)i * c->v_mlp, (size_t)c->v_mlp);
+        else
+#pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < nm; i++) s->vmlp[i] = gelu_tanh1(s->vmlp[i]);
         matmul(s->vx, &s->acts, s->vmlp, N, &L->fc2, L->fc2_b, EPI_ADD);
         qwen_tick(s, QS_VIT_MLP, &t);
         char name[32];
@@ -557,6 +562,9 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
     matmul(s->proj, &s->acts, s->xn, S, &L->in_proj, NULL, EPI_STORE);
     /* mixed_qkv = causal_conv1d_fn(mixed_qkv, self.conv1d.weight.squeeze(1), None, activation="silu")
      *   = silu(F.conv1d(x, w, padding=K-1, groups=conv_dim)[:, :, :seq_len]) */
+    float *wt = s->convw; /* the weight by tap, wt[j][ch], so that a tap is one pass over the channels */
+    for (int ch = 0; ch < conv; ch++)
+        for (int j = 0; j < K; j++) wt[(size_t)j * conv + ch] = L->conv[(size_t)ch * K + j];
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < S; t++) {
         float *o = s->q + (size_t)t * conv;
@@ -564,8 +572,8 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
         for (int j = 0; j < K; j++) { /* tap j reads row t - (K - 1) + j (zero before the start) */
             int src = t - (K - 1) + j;
             if (src < 0) continue;
-            const float *in = s->proj + (size_t)src * W;
-            for (int ch = 0; ch < conv; ch++) o[ch] += L->conv[(size_t)ch * K + j] * in[ch];
+            const float *in = s->proj + (size_t)src * W, *w = wt + (size_t)j * conv;
+            for (int ch = 0; ch < conv; ch++) o[ch] += w[ch] * in[ch];
         }
         for (int ch = 0; ch < conv; ch++) o[ch] = silu1(o[ch]);
     }
@@ -661,7 +669,8 @@ static void qwen_layer(const Qwen35 *q, QwenState *s, int l, int S) {
     for (int t = 0; t < S; t++) {
         const float *g = s->proj + (size_t)t * 2 * F;
         float *h = s->hb + (size_t)t * F;
-        for (int i = 0; i < F; i++) h[i] = silu1(g[i]) * g[F + i];
+        memcpy(h, g, (size_t)F * sizeof(float));
+        silu_mul(h, g + F, (size_t)F); /* the family's SiLU (vectorised exp) */
     }
     matmul(s->x, &s->acts, s->hb, S, &L->down, NULL, EPI_ADD);
     qwen_tick(s, QS_MLP, &t);

@@ -490,6 +490,7 @@ static const Kernels kernels_amx = {
     .layernorm = layernorm_avx512,
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
+    .gelu_tanh = gelu_tanh_avx512,
     .attention = attention_avx512,
     .delta_rule16 = delta_rule16_avx512,
 #endif

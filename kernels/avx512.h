@@ -67,6 +67,12 @@ static void silu_mul16_avx512(float *a, const float *b) {
     _mm512_storeu_ps(a, _mm512_mul_ps(silu512(_mm512_loadu_ps(a)), _mm512_loadu_ps(b)));
 }
 static void silu_mul_avx512(float *a, const float *b, size_t n) { by_16(a, b, n, silu_mul16_avx512); }
+static void gelu_tanh16_avx512(float *a, const float *unused) {
+    __m512 x = _mm512_loadu_ps(a), x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    __m512 u = _mm512_mul_ps(_mm512_set1_ps(-1.5957691216057308f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+    _mm512_storeu_ps(a, _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(u))));
+}
+static void gelu_tanh_avx512(float *x, size_t n) { by_16(x, x, n, gelu_tanh16_avx512); }
 
 static void softmax_avx512(float *x, int n) {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -835,6 +841,7 @@ static const Kernels kernels_avx512 = {
     .layernorm = layernorm_avx512,
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
+    .gelu_tanh = gelu_tanh_avx512,
     .attention = attention_avx512,
     .delta_rule16 = delta_rule16_avx512,
 #ifdef QA_AVX512_BF16

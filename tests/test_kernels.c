@@ -438,6 +438,20 @@ static void test_elementwise(void) {
         e1 = fmax(e1, fabs(o1[i] - r) / (fabs(r) + 1e-6));
     }
     check(e1 <= 1e-5, "silu * gate: max relative error %.2e", e1);
+    /* gelu_pytorch_tanh (the ViT of Q-ReAlign) against the tanh form in double, over a row
+     * of inputs up to +-20; and a row's bits alone equal its bits at an offset */
+    {
+        double eg = 0;
+        memcpy(o1, x, (size_t)n * sizeof(float));
+        gelu_tanh_fast(o1, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            double xv = x[i], r = 0.5 * xv * (1.0 + tanh(0.7978845608028654 * (xv + 0.044715 * xv * xv * xv)));
+            eg = fmax(eg, fabs(o1[i] - r) / (fabs(r) + 1e-3));
+        }
+        memcpy(o2, x + 5, 100 * sizeof(float));
+        gelu_tanh_fast(o2, 100);
+        check(eg <= 1e-5 && !memcmp(o2, o1 + 5, 100 * sizeof(float)), "gelu_tanh: max relative error %.2e, bits by place", eg);
+    }
     /* the same values at another place in a buffer (a row alone vs inside a batch) give
      * the same bits */
     {
