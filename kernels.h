@@ -274,6 +274,12 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
+    /* attention_bf16 on a matrix unit (AMX: kernels/amx_attention.h): the same arithmetic, its
+     * f32 sums in the unit's order, so not attention_bf16's bits. Only Qwen3.5's ViT uses it;
+     * the mPLUG-Owl2 ViT keeps attention_bf16, so that the amx family prints the avx512-bf16
+     * family's scores there (tests/test_variants.py). */
+    int (*attention_bf16_unit)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
+                               int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* The gated delta rule (Qwen3.5's Gated DeltaNet, qwen35.c) of one head on 16 columns of
      * its state: st (dk, 16) f32, updated in place, through T tokens; per token t
      *   a_k = k_t^T st,  a_q = q_t^T st   (each over i in order)

@@ -355,10 +355,12 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
             }
         /* eager_attention_forward(..., attention_mask=None, is_causal=False) within the image
          * (bf16 products where allowed and the family has them: on AMX the tile unit's,
-         * kernels/amx_attention.h; else f32) */
-        if (!(att_bf16 && kern->attention_bf16 &&
-              kern->attention_bf16(s->vatt, s->vqkv, 3 * D, s->vqkv + D, s->vqkv + 2 * D, 3 * D, N, N, H, H, hd, s->scores,
-                                   s->scores_stride, s->kt)))
+         * kernels/amx_attention.h, attention_bf16_unit; else f32) */
+        int (*att16)(float *, const float *, int, const float *, const float *, int, int, int, int, int, int, float *, size_t,
+                     float *) = kern->attention_bf16_unit ? kern->attention_bf16_unit : kern->attention_bf16;
+        if (!(att_bf16 && att16 &&
+              att16(s->vatt, s->vqkv, 3 * D, s->vqkv + D, s->vqkv + 2 * D, 3 * D, N, N, H, H, hd, s->scores, s->scores_stride,
+                    s->kt)))
             attention(s->vatt, s->vqkv, 3 * D, s->vqkv + D, s->vqkv + 2 * D, 3 * D, N, N, H, H, hd, 0, 0, s->scores,
                       s->scores_stride, s->kt);
         /* attn_output = self.proj(attn_output) */

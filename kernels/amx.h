@@ -494,8 +494,9 @@ static const Kernels kernels_amx = {
     .attention = attention_avx512,
     .delta_rule16 = delta_rule16_avx512,
 #endif
-    .attention_bf16 = attention_bf16_amx,
+    .attention_bf16_unit = attention_bf16_amx,
 #ifdef QA_AVX512_BF16
+    .attention_bf16 = attention_bf16_avx512,
     .bf16_acts = 1,
 #endif
 };

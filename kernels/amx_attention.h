@@ -1,5 +1,5 @@
-/* kernels/amx_attention.h - attention_bf16 (kernels.h: the ViT's non-causal attention with
- * bf16 products and f32 sums) on the AMX unit: TDPBF16PS for q k^T and for p v, the
+/* kernels/amx_attention.h - attention_bf16_unit (kernels.h: the ViT's non-causal attention
+ * with bf16 products and f32 sums, attention_bf16's arithmetic) on the AMX unit: TDPBF16PS for q k^T and for p v, the
  * softmax in f32 between them. #included by kernels/amx.h (after its AMX_* tile macros), so
  * that the same code runs on the unit and, with QA_AMX_EMULATE, on the C model of it
  * (kernels/amx_emu.h) in tests/test_kernels.c.

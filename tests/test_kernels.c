@@ -337,13 +337,57 @@ static void attention_bf16_emulated(float *out, const float *q, int ldq, const f
         }
 }
 
+/* attention_bf16_unit's arithmetic in plain C: attention_bf16_emulated's, with each sum in
+ * the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as measured on the unit): per
+ * instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v) the even and the odd
+ * products summed apart, then c += (even + odd) */
+static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                                         int Tq, int Tk, int H, int KVH, int hd, float *s) {
+    float scale = 1.0f / sqrtf((float)hd);
+#define BF(x) bf16_to_f32(f32_to_bf16(x))
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < Tq; i++) {
+            int kh = h / (H / KVH);
+            const float *qi = q + (size_t)i * ldq + h * hd;
+            for (int j = 0; j < Tk; j++) {
+                const float *kj = k + (size_t)j * ldkv + kh * hd;
+                float c = 0.0f;
+                for (int d0 = 0; d0 < hd; d0 += 32) {
+                    float e = 0.0f, o = 0.0f;
+                    for (int d = d0; d < d0 + 32 && d < hd; d += 2)
+                        e += BF(qi[d] * scale) * BF(kj[d]), o += BF(qi[d + 1] * scale) * BF(kj[d + 1]);
+                    c += e + o;
+                }
+                s[j] = c;
+            }
+            softmax_ref(s, Tk);
+            for (int d = 0; d < hd; d++) {
+                float c = 0.0f;
+                for (int j0 = 0; j0 < Tk; j0 += 32) {
+                    float e = 0.0f, o = 0.0f;
+                    for (int j = j0; j < j0 + 32 && j < Tk; j += 2) {
+                        e += BF(s[j]) * BF(v[(size_t)j * ldkv + kh * hd + d]);
+                        if (j + 1 < Tk) o += BF(s[j + 1]) * BF(v[(size_t)(j + 1) * ldkv + kh * hd + d]);
+                    }
+                    c += e + o;
+                }
+                out[(size_t)i * H * hd + h * hd + d] = c;
+            }
+        }
+#undef BF
+}
+
 /* The ViT's bf16 attention: against the same arithmetic in plain C (tight), and against
  * f32 attention (the error bf16 costs, bounded for attention of ViT-like magnitudes). */
+static void test_attention_bf16_fn(const char *what, int (*fn)(float *, const float *, int, const float *, const float *, int,
+                                                                 int, int, int, int, int, float *, size_t, float *));
 static void test_attention_bf16(void) {
-    if (!kernels_cpu()->attention_bf16) {
-        printf("skip attention_bf16: this family has none\n");
-        return;
-    }
+    if (kernels_cpu()->attention_bf16) test_attention_bf16_fn("attention_bf16", kernels_cpu()->attention_bf16);
+    else printf("skip attention_bf16: this family has none\n");
+    if (kernels_cpu()->attention_bf16_unit) test_attention_bf16_fn("attention_bf16_unit", kernels_cpu()->attention_bf16_unit);
+}
+static void test_attention_bf16_fn(const char *what, int (*fn)(float *, const float *, int, const float *, const float *, int,
+                                                                 int, int, int, int, int, float *, size_t, float *)) {
     struct { int Tq, Tk, H, hd; } cases[] = {{17, 17, 4, 16}, {1025, 1025, 2, 64}, {9, 26, 4, 16}, {33, 33, 2, 32},
                                              {1, 1, 1, 16}, {40, 63, 3, 48}, {65, 65, 2, 64}};
     size_t maxsz = 1025 * 4 * 128;
@@ -362,13 +406,13 @@ static void test_attention_bf16(void) {
         /* q.k/sqrt(hd) of a few units, as in the ViT */
         for (size_t i = 0; i < (size_t)Tq * ld; i++) q[i] = frand() * 2;
         for (size_t i = 0; i < (size_t)Tk * ld; i++) k[i] = frand() * 2, v[i] = frand();
-        check(kernels_cpu()->attention_bf16(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt),
-              "attention_bf16 takes hd %d", hd);
-        attention_bf16_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
+        check(fn(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt), "%s takes hd %d", what, hd);
+        if (fn == kernels_cpu()->attention_bf16_unit) attention_bf16_unit_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
+        else attention_bf16_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
         attention_ref(o3, q, ld, k, v, ld, Tq, Tk, H, H, hd, 0, 0, scratch, stride);
         double scale = max_abs(o3, (size_t)Tq * ld);
         double e_same = max_diff(o1, o2, (size_t)Tq * ld) / scale, e_f32 = max_diff(o1, o3, (size_t)Tq * ld) / scale;
-        check(e_same <= 2e-4 && e_f32 <= 2e-2, "attention_bf16 Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e",
+        check(e_same <= 2e-4 && e_f32 <= 2e-2, "%s Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e", what,
               Tq, Tk, H, hd, e_same, e_f32);
     }
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
