@@ -302,8 +302,8 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
     int D = c->v_dim, H = c->v_heads, hd = D / H, m = c->v_merge, N = gh * gw, side = c->v_side;
     int vit_bf16 = s->acts.bf16_fast && c->wtype != DT_MF32; /* not f32, not --precise */
     /* the attention with bf16 products: only for 8- and 4-bit files (not --precise), whose
-     * tests bound the level logits loosely; on the bf16 tiny model it moved them past its
-     * tolerance (tests/test_qwen.py test_weight_types_stay_close) */
+     * tests bound the level logits loosely (on the bf16 tiny model the AVX-512 one moved them
+     * past its tolerance, tests/test_qwen.py test_weight_types_stay_close) */
     int att_bf16 = s->acts.bf16_fast && c->wtype != DT_MF32 && c->wtype != DT_MBF16;
     const Kernels *kern = kernels_cpu();
     double t = now_seconds();
@@ -354,13 +354,11 @@ static void qwen_vision(const Qwen35 *q, QwenState *s, const float *patches, int
                 rotate_pairs(row + D + h * hd, s->vcos + (size_t)i * hd, s->vsin + (size_t)i * hd, hd);
             }
         /* eager_attention_forward(..., attention_mask=None, is_causal=False) within the image
-         * (bf16 products where allowed and the family has them: on AMX the tile unit's,
-         * kernels/amx_attention.h, attention_bf16_unit; else f32) */
-        int (*att16)(float *, const float *, int, const float *, const float *, int, int, int, int, int, int, float *, size_t,
-                     float *) = kern->attention_bf16_unit ? kern->attention_bf16_unit : kern->attention_bf16;
-        if (!(att_bf16 && att16 &&
-              att16(s->vatt, s->vqkv, 3 * D, s->vqkv + D, s->vqkv + 2 * D, 3 * D, N, N, H, H, hd, s->scores, s->scores_stride,
-                    s->kt)))
+         * (bf16 products on a matrix unit where allowed: AMX, kernels/amx_attention.h; else
+         * f32 - the AVX-512 attention_bf16 of the mPLUG-Owl2 ViT was measured no faster here) */
+        if (!(att_bf16 && kern->attention_bf16_unit &&
+              kern->attention_bf16_unit(s->vatt, s->vqkv, 3 * D, s->vqkv + D, s->vqkv + 2 * D, 3 * D, N, N, H, H, hd, s->scores,
+                                        s->scores_stride, s->kt)))
             attention(s->vatt, s->vqkv, 3 * D, s->vqkv + D, s->vqkv + 2 * D, 3 * D, N, N, H, H, hd, 0, 0, s->scores,
                       s->scores_stride, s->kt);
         /* attn_output = self.proj(attn_output) */
