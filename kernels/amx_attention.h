@@ -126,7 +126,7 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
         float *S = scratch + (size_t)kernel_thread_id() * scratch_stride;
         uint32_t qt[AMXA_ROWS * 32] __attribute__((aligned(64)));
         float ob[AMXA_ROWS * 64] __attribute__((aligned(64)));
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(dynamic, 2) /* a shared machine: no thread waits for a descheduled one */
         for (int h = 0; h < H; h++)
             for (int ib = 0; ib < blocks; ib++) {
                 int i0 = ib * AMXA_ROWS, R = Tq - i0 < AMXA_ROWS ? Tq - i0 : AMXA_ROWS, kh = h / group;
