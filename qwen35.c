@@ -541,7 +541,7 @@ static void qwen_gdn_columns(const QwenConfig *c, QwenState *s, const QwenLayer 
 #pragma omp parallel for schedule(dynamic)
     for (int item = 0; item < nv * nb; item++) {
         int h = item / nb, j0 = (item % nb) * 16, w = dv - j0 < 16 ? dv - j0 : 16, kh = h / rep;
-        float st[512 * 16] __attribute__((aligned(64)));
+        float st[512 * 16];
         memset(st, 0, (size_t)dk * 16 * sizeof(float));
         delta_rule16(s->att + (size_t)h * dv + j0, nv * dv, st, s->q + (size_t)kh * dk, s->q + (size_t)(nk + kh) * dk, conv,
                      s->q + (size_t)2 * nk * dk + (size_t)h * dv + j0, conv, decay + (size_t)h * S, beta + (size_t)h * S,
