@@ -230,7 +230,7 @@ static inline int kernel_thread_id(void) {
 
 /* Attention workspaces (sized by the run state for the longest key sequence Tk):
  * scratch: per thread ATT_SCRATCH_ROWS * pad16(Tk) floats; kt: 2 * KVH * hd * pad16(Tk). */
-#define ATT_SCRATCH_ROWS 8
+#define ATT_SCRATCH_ROWS 16 /* the AMX attention's tile of query rows (kernels/amx_attention.h) */
 
 /* ---- the contract --------------------------------------------------------------------
  * What a family may provide. NULL (or a return value of 0) means: use the reference. */
@@ -275,6 +275,10 @@ typedef struct {
     void (*silu_mul)(float *a, const float *b, size_t n);
     /* x += y */
     void (*add)(float *x, const float *y, size_t n);
+    /* x = gelu_pytorch_tanh(x) as x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3) (the
+     * tanh form rewritten: 0.5 (1 + tanh u) = 1 / (1 + exp(-2u))); in place; a value's bits
+     * must not depend on its position in the buffer */
+    void (*gelu_tanh)(float *x, size_t n);
     /* out (Tq, H*hd) = softmax(q k^T / sqrt(hd) [+ causal mask]) v per head; q (Tq, ldq),
      * k, v (Tk, ldkv) with kv head h / (H/KVH); causal: query i sees keys j <= i + q_offset.
      * Returns 0 for a shape it does not handle. */
@@ -283,6 +287,22 @@ typedef struct {
     /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
+    /* attention_bf16 on a matrix unit (AMX: kernels/amx_attention.h): the same arithmetic, its
+     * f32 sums in the unit's order, so not attention_bf16's bits. Only Qwen3.5's ViT uses it;
+     * the mPLUG-Owl2 ViT keeps attention_bf16, so that the amx family prints the avx512-bf16
+     * family's scores there (tests/test_variants.py). */
+    int (*attention_bf16_unit)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
+                               int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
+    /* The gated delta rule (Qwen3.5's Gated DeltaNet, qwen35.c) of one head on 16 columns of
+     * its state: st (dk, 16) f32, updated in place, through T tokens; per token t
+     *   a_k = k_t^T st,  a_q = q_t^T st   (each over i in order)
+     *   delta = (v_t - decay_t a_k) beta_t;  out_t = decay_t a_q + qk_t delta
+     *   st = decay_t st + k_t delta^T
+     * q_t, k_t: dk values at q + t ldqk, k + t ldqk; v_t: w (<= 16) values at v + t ldv (the
+     * columns past w are zero in st and stay zero); out_t: w values at out + t ldo; decay,
+     * beta, qk (= q_t . k_t): T values. One thread. */
+    void (*delta_rule16)(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
+                         const float *decay, const float *beta, const float *qk, int T, int dk, int w);
     /* > 0: int8 activations are also copied in slices for tile_all_rows (Acts.xsl: AMX,
      * where a tile operand is then one contiguous run) */
     int slice_rows;

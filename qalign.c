@@ -367,6 +367,43 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
+/* kernels.h gelu_tanh: gelu_pytorch_tanh as x / (1 + exp(-2u)) */
+static float gelu_tanh_fast_ref1(float x) { return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); }
+static void gelu_tanh_fast(float *x, size_t n) {
+    const Kernels *k = kernels_cpu();
+    if (k->gelu_tanh) {
+        k->gelu_tanh(x, n);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] = gelu_tanh_fast_ref1(x[i]);
+}
+
+/* kernels.h delta_rule16: the gated delta rule of one head on 16 columns of its state */
+static void delta_rule16_ref(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
+                             const float *decay, const float *beta, const float *qk, int T, int dk, int w) {
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + (size_t)t * ldqk, *kt = k + (size_t)t * ldqk;
+        float ak[16] = {0}, aq[16] = {0}, delta[16];
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < 16; j++) ak[j] += kt[i] * st[i * 16 + j], aq[j] += qt[i] * st[i * 16 + j];
+        for (int j = 0; j < 16; j++) {
+            float vj = j < w ? v[(size_t)t * ldv + j] : 0.0f;
+            delta[j] = (vj - decay[t] * ak[j]) * beta[t];
+            if (j < w) out[(size_t)t * ldo + j] = decay[t] * aq[j] + qk[t] * delta[j];
+        }
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < 16; j++) st[i * 16 + j] = decay[t] * st[i * 16 + j] + kt[i] * delta[j];
+    }
+}
+
+static void delta_rule16(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v, int ldv,
+                         const float *decay, const float *beta, const float *qk, int T, int dk, int w) {
+    const Kernels *kern = kernels_cpu();
+    if (kern->delta_rule16) kern->delta_rule16(out, ldo, st, q, k, ldqk, v, ldv, decay, beta, qk, T, dk, w);
+    else delta_rule16_ref(out, ldo, st, q, k, ldqk, v, ldv, decay, beta, qk, T, dk, w);
+}
+
 /* softmax in place over n values, max-subtracted, sum in double */
 static void softmax_ref(float *x, int n) {
     float mx = x[0];

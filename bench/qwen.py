@@ -7,7 +7,9 @@ Exports the synthetic full-size Mini (`export.py --synthetic q-realign-mini`) in
 per weight type (default $QALIGN_BENCH_CACHE or ~/.cache/qalign/bench), then for each image
 size runs build/qwen_stages (qwen35.c's forward on random patch rows, the image size through
 smart_resize, the hf prompt's length) REPEATS times and prints the fastest run: visual
-tokens, decoder rows, seconds per stage. Then the PyTorch oracle (bench/qwen_torch.py,
+tokens, decoder rows, seconds per stage (wall clock), and the run's CPU seconds (all
+threads: on a shared machine the steadier figure). QALIGN_KERNELS picks the kernel family
+(e.g. amx). Then the PyTorch oracle (bench/qwen_torch.py,
 float32, the same number of threads) on --torch-sizes. Runs under `nice -n -5` where
 permitted and with OMP_WAIT_POLICY=passive (on a machine shared with other jobs a spinning
 OpenMP barrier waits for a thread that is not running; measured 2-2.5x slower). Prints the
@@ -47,10 +49,12 @@ def main():
     subprocess.run(["make", "-s", "-C", str(ROOT), "build/qwen_stages"], check=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OMP_WAIT_POLICY="passive")
     cpu, flags = cpu_description()
-    print(f"# Q-ReAlign Mini (full size, random weights), {a.threads} threads, {cpu} [{flags}]")
+    fam = os.environ.get("QALIGN_KERNELS", "") or "auto"
+    print(f"# Q-ReAlign Mini (full size, random weights), {a.threads} threads, kernels {fam}, {cpu} [{flags}]")
+    print(f"# load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"# qalign: best of {a.repeats} runs (1920x1080: 1), seconds per image and per stage")
-    print("| type | image | visual tokens | decoder rows | " + " | ".join(STAGES) + " | vision | decoder | total |")
-    print("|---" * (len(STAGES) + 7) + "|")
+    print("| type | image | visual tokens | decoder rows | " + " | ".join(STAGES) + " | vision | decoder | total | CPU s |")
+    print("|---" * (len(STAGES) + 8) + "|")
     for t in a.types.split(","):
         model = d / f"q-realign-mini-{t}.qalign"
         if not model.exists():
@@ -67,8 +71,9 @@ def main():
             kv = dict(x.split("=") for x in r.stdout.split())
             print(f"| {t} | {size} | {kv['visual_tokens']} | {kv['rows']} | " +
                   " | ".join(f"{float(kv[s]):.3f}" for s in STAGES) +
-                  f" | {float(kv['vision']):.2f} | {float(kv['decoder']):.2f} | {float(kv['total']):.2f} |")
+                  f" | {float(kv['vision']):.2f} | {float(kv['decoder']):.2f} | {float(kv['total']):.2f} | {float(kv['cpu']):.2f} |")
             sys.stdout.flush()
+    print(f"# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.torch_sizes:
         print("# PyTorch oracle (tests/qwen_ref.py, float32), one run per size:")
         sys.stdout.flush()

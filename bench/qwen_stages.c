@@ -1,6 +1,6 @@
 /* bench/qwen_stages.c - seconds per stage of a Qwen3.5 forward pass (qwen35.c), one image.
  *
- *   build/qwen_stages MODEL WIDTH HEIGHT [REPEATS] [precise]
+ *   build/qwen_stages MODEL WIDTH HEIGHT [REPEATS] [precise] [recurrent]
  *
  * The image size goes through smart_resize with the model's min/max pixels (as the CLI's
  * preprocessing does), the patch rows are random, the prompt is the hf form's length (the
@@ -16,11 +16,19 @@
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: qwen_stages MODEL WIDTH HEIGHT [REPEATS] [precise]\n");
+        fprintf(stderr, "usage: qwen_stages MODEL WIDTH HEIGHT [REPEATS] [precise] [recurrent]\n");
         return 2;
     }
     int w = atoi(argv[2]), h = atoi(argv[3]), reps = argc > 4 ? atoi(argv[4]) : 3;
-    int precise = argc > 5 && strcmp(argv[5], "precise") == 0;
+    int precise = 0, recurrent = 0;
+    for (int i = 5; i < argc; i++) {
+        if (!strcmp(argv[i], "precise")) precise = 1;
+        else if (!strcmp(argv[i], "recurrent")) recurrent = 1; /* the delta rule as written (qwen_gdn_recurrent) */
+        else {
+            fprintf(stderr, "qwen_stages: unknown option %s (precise, recurrent)\n", argv[i]);
+            return 2;
+        }
+    }
     if (w <= 0 || h <= 0 || reps <= 0) {
         fprintf(stderr, "qwen_stages: bad size or repeat count\n");
         return 2;
@@ -63,6 +71,7 @@ int main(int argc, char **argv) {
     int lv[5] = {1000, 2000, 3000, 4000, 5000};
     QwenState s;
     memset(&s, 0, sizeof s);
+    s.gdn_recurrent = recurrent;
 #ifdef _OPENMP
     int n_threads = omp_get_max_threads();
 #else
@@ -72,25 +81,25 @@ int main(int argc, char **argv) {
         fprintf(stderr, "qwen_stages: out of memory\n");
         return 1;
     }
-    double best = 1e30, sec[QS_COUNT] = {0};
+    double best = 1e30, best_cpu = 0, sec[QS_COUNT] = {0};
     float logits[5];
     const float *patches[1] = {px};
     for (int k = 0; k < reps; k++) {
         memset(s.sec, 0, sizeof s.sec);
-        double t0 = now_seconds();
+        double t0 = now_seconds(), c0 = (double)clock() / CLOCKS_PER_SEC;
         if (qwen_forward(q, &s, ids, S, patches, (const int(*)[2])grid, 1, lv, 5, logits, err, sizeof err)) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
         double t = now_seconds() - t0;
-        if (t < best) best = t, memcpy(sec, s.sec, sizeof sec);
+        if (t < best) best = t, best_cpu = (double)clock() / CLOCKS_PER_SEC - c0, memcpy(sec, s.sec, sizeof sec);
     }
     static const char *names[QS_COUNT] = {"patch_embed", "vit_attention", "vit_mlp", "merger",
                                           "gdn", "attention", "mlp", "lm_head"};
     printf("size=%dx%d resized=%dx%d visual_tokens=%d rows=%d threads=%d", w, h, ow, oh, tokens, S, n_threads);
     for (int k = 0; k < QS_COUNT; k++) printf(" %s=%.4f", names[k], sec[k]);
-    printf(" vision=%.4f decoder=%.4f total=%.4f\n", sec[QS_PATCH] + sec[QS_VIT_ATT] + sec[QS_VIT_MLP] + sec[QS_MERGER],
-           sec[QS_GDN] + sec[QS_ATT] + sec[QS_MLP] + sec[QS_HEAD], best);
+    printf(" vision=%.4f decoder=%.4f total=%.4f cpu=%.4f\n", sec[QS_PATCH] + sec[QS_VIT_ATT] + sec[QS_VIT_MLP] + sec[QS_MERGER],
+           sec[QS_GDN] + sec[QS_ATT] + sec[QS_MLP] + sec[QS_HEAD], best, best_cpu);
     qwen_state_free(&s);
     qalign_close(m);
     free(ids), free(px);

@@ -312,6 +312,8 @@ static int amx_self_check(char *why, size_t n) {
     return 0;
 }
 
+#include "amx_attention.h" /* attention_bf16 on the tile unit */
+
 static const Kernels kernels_amx = {
     .names = AMX_NAMES KERNELS_OPENMP,
     .slice_rows = AMX_ROWS,
@@ -328,8 +330,11 @@ static const Kernels kernels_amx = {
     .layernorm = layernorm_avx512,
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
+    .gelu_tanh = gelu_tanh_avx512,
     .attention = attention_avx512,
+    .delta_rule16 = delta_rule16_avx512,
 #endif
+    .attention_bf16_unit = attention_bf16_amx,
 #ifdef QA_AVX512_BF16
     .attention_bf16 = attention_bf16_avx512,
     .bf16_acts = 1,

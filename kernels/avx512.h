@@ -67,6 +67,12 @@ static void silu_mul16_avx512(float *a, const float *b) {
     _mm512_storeu_ps(a, _mm512_mul_ps(silu512(_mm512_loadu_ps(a)), _mm512_loadu_ps(b)));
 }
 static void silu_mul_avx512(float *a, const float *b, size_t n) { by_16(a, b, n, silu_mul16_avx512); }
+static void gelu_tanh16_avx512(float *a, const float *unused) {
+    __m512 x = _mm512_loadu_ps(a), x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    __m512 u = _mm512_mul_ps(_mm512_set1_ps(-1.5957691216057308f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+    _mm512_storeu_ps(a, _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(u))));
+}
+static void gelu_tanh_avx512(float *x, size_t n) { by_16(x, x, n, gelu_tanh16_avx512); }
 
 static void softmax_avx512(float *x, int n) {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -473,6 +479,62 @@ static int tile_avx512(float *out, int ldo, const Acts *a, const Tensor *W, cons
     return 0;
 }
 
+/* --- the gated delta rule on 16 state columns (kernels.h delta_rule16) -------------------
+ * One pass over the state block per token: row i's update for token t (st = decay st +
+ * k_i delta) is followed at once by its products for token t + 1 (a_k += k'_i st, a_q +=
+ * q'_i st), so each row is loaded and stored once per token; four accumulators each (rows
+ * i mod 4), added at the end; a_k, a_q for the first token by a pass of their own. */
+static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, const float *k, int ldqk, const float *v,
+                                int ldv, const float *decay, const float *beta, const float *qk, int T, int dk, int w) {
+    if (T <= 0) return;
+    __mmask16 mw = tail_mask(w);
+    __m512 ak[4], aq[4];
+    for (int u = 0; u < 4; u++) ak[u] = aq[u] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 4 <= dk; i += 4)
+        for (int u = 0; u < 4; u++) {
+            __m512 sr = _mm512_loadu_ps(st + (size_t)(i + u) * 16);
+            ak[u] = _mm512_fmadd_ps(_mm512_set1_ps(k[i + u]), sr, ak[u]);
+            aq[u] = _mm512_fmadd_ps(_mm512_set1_ps(q[i + u]), sr, aq[u]);
+        }
+    for (; i < dk; i++) {
+        __m512 sr = _mm512_loadu_ps(st + (size_t)i * 16);
+        ak[0] = _mm512_fmadd_ps(_mm512_set1_ps(k[i]), sr, ak[0]);
+        aq[0] = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), sr, aq[0]);
+    }
+    for (int t = 0; t < T; t++) {
+        int next = t + 1 < T;
+        const float *kt = k + (size_t)t * ldqk, *kn = next ? kt + ldqk : kt, *qn = next ? q + (size_t)(t + 1) * ldqk : q;
+        __m512 dec = _mm512_set1_ps(decay[t]);
+        __m512 sk = _mm512_add_ps(_mm512_add_ps(ak[0], ak[1]), _mm512_add_ps(ak[2], ak[3]));
+        __m512 sq = _mm512_add_ps(_mm512_add_ps(aq[0], aq[1]), _mm512_add_ps(aq[2], aq[3]));
+        __m512 vv = _mm512_maskz_loadu_ps(mw, v + (size_t)t * ldv);
+        __m512 delta = _mm512_mul_ps(_mm512_fnmadd_ps(dec, sk, vv), _mm512_set1_ps(beta[t]));
+        _mm512_mask_storeu_ps(out + (size_t)t * ldo, mw, _mm512_fmadd_ps(_mm512_set1_ps(qk[t]), delta, _mm512_mul_ps(dec, sq)));
+        for (int u = 0; u < 4; u++) ak[u] = aq[u] = _mm512_setzero_ps();
+        i = 0;
+        for (; i + 4 <= dk; i += 4)
+            for (int u = 0; u < 4; u++) {
+                float *p = st + (size_t)(i + u) * 16;
+                __m512 sr = _mm512_fmadd_ps(_mm512_set1_ps(kt[i + u]), delta, _mm512_mul_ps(dec, _mm512_loadu_ps(p)));
+                _mm512_storeu_ps(p, sr);
+                if (next) {
+                    ak[u] = _mm512_fmadd_ps(_mm512_set1_ps(kn[i + u]), sr, ak[u]);
+                    aq[u] = _mm512_fmadd_ps(_mm512_set1_ps(qn[i + u]), sr, aq[u]);
+                }
+            }
+        for (; i < dk; i++) {
+            float *p = st + (size_t)i * 16;
+            __m512 sr = _mm512_fmadd_ps(_mm512_set1_ps(kt[i]), delta, _mm512_mul_ps(dec, _mm512_loadu_ps(p)));
+            _mm512_storeu_ps(p, sr);
+            if (next) {
+                ak[0] = _mm512_fmadd_ps(_mm512_set1_ps(kn[i]), sr, ak[0]);
+                aq[0] = _mm512_fmadd_ps(_mm512_set1_ps(qn[i]), sr, aq[0]);
+            }
+        }
+    }
+}
+
 /* --- attention ------------------------------------------------------------------------ */
 
 /* o[r][0..HC*16) = sum_j p[r][j] v[j]   for R rows of probabilities (stride ps) */
@@ -779,7 +841,9 @@ static const Kernels kernels_avx512 = {
     .layernorm = layernorm_avx512,
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
+    .gelu_tanh = gelu_tanh_avx512,
     .attention = attention_avx512,
+    .delta_rule16 = delta_rule16_avx512,
 #ifdef QA_AVX512_BF16
     .bf16_acts = 1,
     .attention_bf16 = attention_bf16_avx512,

@@ -339,13 +339,57 @@ static void attention_bf16_emulated(float *out, const float *q, int ldq, const f
         }
 }
 
+/* attention_bf16_unit's arithmetic in plain C: attention_bf16_emulated's, with each sum in
+ * the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as measured on the unit): per
+ * instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v) the even and the odd
+ * products summed apart, then c += (even + odd) */
+static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                                         int Tq, int Tk, int H, int KVH, int hd, float *s) {
+    float scale = 1.0f / sqrtf((float)hd);
+#define BF(x) bf16_to_f32(f32_to_bf16(x))
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < Tq; i++) {
+            int kh = h / (H / KVH);
+            const float *qi = q + (size_t)i * ldq + h * hd;
+            for (int j = 0; j < Tk; j++) {
+                const float *kj = k + (size_t)j * ldkv + kh * hd;
+                float c = 0.0f;
+                for (int d0 = 0; d0 < hd; d0 += 32) {
+                    float e = 0.0f, o = 0.0f;
+                    for (int d = d0; d < d0 + 32 && d < hd; d += 2)
+                        e += BF(qi[d] * scale) * BF(kj[d]), o += BF(qi[d + 1] * scale) * BF(kj[d + 1]);
+                    c += e + o;
+                }
+                s[j] = c;
+            }
+            softmax_ref(s, Tk);
+            for (int d = 0; d < hd; d++) {
+                float c = 0.0f;
+                for (int j0 = 0; j0 < Tk; j0 += 32) {
+                    float e = 0.0f, o = 0.0f;
+                    for (int j = j0; j < j0 + 32 && j < Tk; j += 2) {
+                        e += BF(s[j]) * BF(v[(size_t)j * ldkv + kh * hd + d]);
+                        if (j + 1 < Tk) o += BF(s[j + 1]) * BF(v[(size_t)(j + 1) * ldkv + kh * hd + d]);
+                    }
+                    c += e + o;
+                }
+                out[(size_t)i * H * hd + h * hd + d] = c;
+            }
+        }
+#undef BF
+}
+
 /* The ViT's bf16 attention: against the same arithmetic in plain C (tight), and against
  * f32 attention (the error bf16 costs, bounded for attention of ViT-like magnitudes). */
+static void test_attention_bf16_fn(const char *what, int (*fn)(float *, const float *, int, const float *, const float *, int,
+                                                                 int, int, int, int, int, float *, size_t, float *));
 static void test_attention_bf16(void) {
-    if (!kernels_cpu()->attention_bf16) {
-        printf("skip attention_bf16: this family has none\n");
-        return;
-    }
+    if (kernels_cpu()->attention_bf16) test_attention_bf16_fn("attention_bf16", kernels_cpu()->attention_bf16);
+    else printf("skip attention_bf16: this family has none\n");
+    if (kernels_cpu()->attention_bf16_unit) test_attention_bf16_fn("attention_bf16_unit", kernels_cpu()->attention_bf16_unit);
+}
+static void test_attention_bf16_fn(const char *what, int (*fn)(float *, const float *, int, const float *, const float *, int,
+                                                                 int, int, int, int, int, float *, size_t, float *)) {
     struct { int Tq, Tk, H, hd; } cases[] = {{17, 17, 4, 16}, {1025, 1025, 2, 64}, {9, 26, 4, 16}, {33, 33, 2, 32},
                                              {1, 1, 1, 16}, {40, 63, 3, 48}, {65, 65, 2, 64}};
     size_t maxsz = 1025 * 4 * 128;
@@ -364,16 +408,52 @@ static void test_attention_bf16(void) {
         /* q.k/sqrt(hd) of a few units, as in the ViT */
         for (size_t i = 0; i < (size_t)Tq * ld; i++) q[i] = frand() * 2;
         for (size_t i = 0; i < (size_t)Tk * ld; i++) k[i] = frand() * 2, v[i] = frand();
-        check(kernels_cpu()->attention_bf16(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt),
-              "attention_bf16 takes hd %d", hd);
-        attention_bf16_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
+        check(fn(o1, q, ld, k, v, ld, Tq, Tk, H, H, hd, scratch, stride, kt), "%s takes hd %d", what, hd);
+        if (fn == kernels_cpu()->attention_bf16_unit) attention_bf16_unit_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
+        else attention_bf16_emulated(o2, q, ld, k, v, ld, Tq, Tk, H, H, hd, srow);
         attention_ref(o3, q, ld, k, v, ld, Tq, Tk, H, H, hd, 0, 0, scratch, stride);
         double scale = max_abs(o3, (size_t)Tq * ld);
         double e_same = max_diff(o1, o2, (size_t)Tq * ld) / scale, e_f32 = max_diff(o1, o3, (size_t)Tq * ld) / scale;
-        check(e_same <= 2e-4 && e_f32 <= 2e-2, "attention_bf16 Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e",
+        check(e_same <= 2e-4 && e_f32 <= 2e-2, "%s Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e", what,
               Tq, Tk, H, hd, e_same, e_f32);
     }
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
+}
+
+/* delta_rule16 (the Gated DeltaNet's recurrence on 16 state columns) against the reference:
+ * dk with a tail of the family's row unrolling, fewer than 16 columns, decays and betas as
+ * the model makes them (0..1), unit-norm-sized q and k */
+static void test_delta_rule(void) {
+    struct { int T, dk, w; } cases[] = {{300, 128, 16}, {70, 16, 8}, {33, 30, 16}, {1, 7, 3}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int T = cases[c].T, dk = cases[c].dk, w = cases[c].w, ldqk = dk + 5, ldv = w + 2, ldo = w + 1;
+        float *q = xmalloc((size_t)T * ldqk * sizeof(float)), *k = xmalloc((size_t)T * ldqk * sizeof(float));
+        float *v = xmalloc((size_t)T * ldv * sizeof(float)), *o1 = xmalloc((size_t)T * ldo * sizeof(float));
+        float *o2 = xmalloc((size_t)T * ldo * sizeof(float)), *dec = xmalloc((size_t)T * 3 * sizeof(float));
+        float *beta = dec + T, *qk = dec + 2 * T, *s1 = xmalloc((size_t)dk * 16 * sizeof(float)), *s2 = xmalloc((size_t)dk * 16 * sizeof(float));
+        float sc = 1.0f / sqrtf((float)dk);
+        for (size_t i = 0; i < (size_t)T * ldqk; i++) q[i] = frand() * sc, k[i] = frand() * 2 * sc;
+        for (size_t i = 0; i < (size_t)T * ldv; i++) v[i] = frand();
+        for (int t = 0; t < T; t++) {
+            dec[t] = 0.5f + 0.5f * fabsf(frand()), beta[t] = fabsf(frand()), qk[t] = 0.0f;
+            for (int i = 0; i < dk; i++) qk[t] += q[(size_t)t * ldqk + i] * k[(size_t)t * ldqk + i];
+        }
+        memset(s1, 0, (size_t)dk * 16 * sizeof(float));
+        memset(s2, 0, (size_t)dk * 16 * sizeof(float));
+        memset(o1, 0, (size_t)T * ldo * sizeof(float));
+        memset(o2, 0, (size_t)T * ldo * sizeof(float));
+        delta_rule16(o1, ldo, s1, q, k, ldqk, v, ldv, dec, beta, qk, T, dk, w);
+        delta_rule16_ref(o2, ldo, s2, q, k, ldqk, v, ldv, dec, beta, qk, T, dk, w);
+        double eo = max_diff(o1, o2, (size_t)T * ldo) / max_abs(o2, (size_t)T * ldo);
+        double es = max_diff(s1, s2, (size_t)dk * 16) / max_abs(s2, (size_t)dk * 16);
+        int pad_zero = 1; /* columns past w of the state stay zero; outputs past w untouched */
+        for (int i = 0; i < dk; i++)
+            for (int j = w; j < 16; j++) pad_zero &= s1[i * 16 + j] == 0.0f;
+        for (int t = 0; t < T; t++) pad_zero &= o1[(size_t)t * ldo + w] == 0.0f || w == ldo;
+        check(eo <= 1e-5 && es <= 1e-5 && pad_zero, "delta_rule16 T %3d dk %3d w %2d: max relative error out %.2e, state %.2e", T,
+              dk, w, eo, es);
+        free(q), free(k), free(v), free(o1), free(o2), free(dec), free(s1), free(s2);
+    }
 }
 
 static void test_elementwise(void) {
@@ -404,6 +484,20 @@ static void test_elementwise(void) {
         e1 = fmax(e1, fabs(o1[i] - r) / (fabs(r) + 1e-6));
     }
     check(e1 <= 1e-5, "silu * gate: max relative error %.2e", e1);
+    /* gelu_pytorch_tanh (the ViT of Q-ReAlign) against the tanh form in double, over a row
+     * of inputs up to +-20; and a row's bits alone equal its bits at an offset */
+    {
+        double eg = 0;
+        memcpy(o1, x, (size_t)n * sizeof(float));
+        gelu_tanh_fast(o1, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            double xv = x[i], r = 0.5 * xv * (1.0 + tanh(0.7978845608028654 * (xv + 0.044715 * xv * xv * xv)));
+            eg = fmax(eg, fabs(o1[i] - r) / (fabs(r) + 1e-3));
+        }
+        memcpy(o2, x + 5, 100 * sizeof(float));
+        gelu_tanh_fast(o2, 100);
+        check(eg <= 1e-5 && !memcmp(o2, o1 + 5, 100 * sizeof(float)), "gelu_tanh: max relative error %.2e, bits by place", eg);
+    }
     /* the same values at another place in a buffer (a row alone vs inside a batch) give
      * the same bits */
     {
@@ -791,6 +885,7 @@ static void test_family(void) {
     test_attention_bf16();
     test_attention_hd256();
     test_elementwise();
+    test_delta_rule();
 }
 
 /* Usage: test_kernels [FAMILY... | all]. Without arguments: the family this CPU gets, the

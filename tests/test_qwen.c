@@ -1,6 +1,6 @@
 /* test_qwen.c - the Qwen3.5 model (qwen35.c) on one record, every stage written out.
  *
- *   build/test_qwen MODEL RECORD_DIR OUT_DIR [precise]
+ *   build/test_qwen MODEL RECORD_DIR OUT_DIR [precise] [recurrent]
  *
  * RECORD_DIR holds the inputs as raw little-endian arrays (tests/test_qwen.py writes them
  * from the oracle's .npy files): ids.i32 (S), grid.i32 (n_images x (gh, gw)), pixels.f32
@@ -56,7 +56,7 @@ static void hook(void *user, const char *name, const float *data, int rows, int 
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: test_qwen MODEL RECORD_DIR OUT_DIR [precise]\n");
+        fprintf(stderr, "usage: test_qwen MODEL RECORD_DIR OUT_DIR [precise] [recurrent]\n");
         return 2;
     }
     out_dir = argv[3];
@@ -93,7 +93,17 @@ int main(int argc, char **argv) {
     QwenState s;
     memset(&s, 0, sizeof s);
     s.hook = hook;
-    int precise = argc > 4 && strcmp(argv[4], "precise") == 0;
+    /* precise: f32 activations; recurrent: the Gated DeltaNet's delta rule as written
+     * (qwen_gdn_recurrent) instead of by state columns */
+    int precise = 0;
+    for (int i = 4; i < argc; i++) {
+        if (!strcmp(argv[i], "precise")) precise = 1;
+        else if (!strcmp(argv[i], "recurrent")) s.gdn_recurrent = 1;
+        else {
+            fprintf(stderr, "test_qwen: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
 #ifdef _OPENMP
     int n_threads = omp_get_max_threads();
 #else

@@ -44,7 +44,7 @@ def export(fixtures, dtype):
     return out
 
 
-def run_c(fixtures, model, rec, tag, precise=False):
+def run_c(fixtures, model, rec, tag, precise=False, recurrent=False):
     ref = os.path.join(fixtures, "ref", rec)
     inp = os.path.join(fixtures, "in_" + rec)
     os.makedirs(inp, exist_ok=True)
@@ -55,7 +55,7 @@ def run_c(fixtures, model, rec, tag, precise=False):
     out = os.path.join(fixtures, f"out_{tag}_{rec}")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    args = [DRIVER, model, inp, out] + (["precise"] if precise else [])
+    args = [DRIVER, model, inp, out] + (["precise"] if precise else []) + (["recurrent"] if recurrent else [])
     r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert r.returncode == 0, r.stderr
     stages = {}
@@ -75,11 +75,13 @@ def rel(a, b):
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
+@pytest.mark.parametrize("form", ["columns", "recurrent"])
 @pytest.mark.parametrize("rec", RECORDS)
-def test_every_stage_f32(fixtures, rec):
+def test_every_stage_f32(fixtures, rec, form):
     """f32 weights: every stage of the C model equals the float64 oracle to f32 rounding;
-    level logits within 2e-4."""
-    c = run_c(fixtures, export(fixtures, "f32"), rec, "f32")
+    level logits within 2e-4. Both forms of the Gated DeltaNet's delta rule: by state columns
+    (what runs, kernels.h delta_rule16) and as written (qwen_gdn_recurrent, the reference)."""
+    c = run_c(fixtures, export(fixtures, "f32"), rec, "f32" + form, recurrent=form == "recurrent")
     ids = np.load(os.path.join(fixtures, "ref", rec, "input_ids.npy"))
     cfg = qwen_ref.TINY
     img = ids == cfg["image_token_id"]
@@ -113,7 +115,8 @@ def test_every_stage_f32(fixtures, rec):
 
 
 def test_gdn_chunked_equals_recurrent():
-    """The oracle's two forms of the gated delta rule agree (the C code runs the recurrent one)."""
+    """The oracle's two forms of the gated delta rule agree (the C code runs the recurrent one,
+    by state columns; test_every_stage_f32 holds it and the form as written to the oracle)."""
     g = torch.Generator().manual_seed(3)
     B, S, nk, nv, dk, dv = 1, 150, 2, 4, 16, 24
     q, k = torch.randn(B, S, nk, dk, generator=g, dtype=torch.float64), torch.randn(B, S, nk, dk, generator=g, dtype=torch.float64)
