@@ -67,10 +67,11 @@ static void amx_att_softmax_row(float *row, int Tk) {
         _mm512_storeu_si512(row + 16 * c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
 #else
-    float mx = -INFINITY, sum = 0.0f;
+    float mx = -INFINITY;
+    double sum = 0.0; /* as softmax_ref: the sum in double */
     for (int j = 0; j < Tk; j++) mx = row[j] > mx ? row[j] : mx;
     for (int j = 0; j < Tk; j++) row[j] = expf(row[j] - mx), sum += row[j];
-    float inv = 1.0f / sum;
+    float inv = (float)(1.0 / sum);
     uint32_t *w = (uint32_t *)row;
     for (int i = 0; i < n32 / 2; i++) { /* word i from floats 2i, 2i+1: read before written */
         float a = 2 * i < Tk ? row[2 * i] * inv : 0.0f, b = 2 * i + 1 < Tk ? row[2 * i + 1] * inv : 0.0f;
