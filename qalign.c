@@ -653,6 +653,16 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     ActKind kind = act_kind_for(a, W->dtype);
     if (a->kind != kind) acts_prepare(a, kind);
     int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
+    /* one row (a decode step): the family's matvec over runs of 4 groups, where it has one */
+    if (T == 1 && kern->matvec) {
+        int runs = (groups + 3) / 4, missing = 0;
+#pragma omp parallel for schedule(dynamic) reduction(| : missing)
+        for (int i = 0; i < runs; i++) {
+            int g0 = 4 * i, ng = groups - g0 < 4 ? groups - g0 : 4;
+            if (!kern->matvec(out, a, W, bias, epi, g0, ng)) missing = 1;
+        }
+        if (!missing) return;
+    }
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
