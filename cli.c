@@ -260,7 +260,7 @@ typedef struct {
     int stream;             /* stdout is a terminal (and not --json): print answers as they come */
     int streamed;           /* some of the current answer is on stdout */
     char ask_template[1024];/* the question template for one image, as rows record it */
-    char decoding[192];     /* how answers are generated, as rows record it */
+    char decoding[4096];    /* how answers are generated (and, with --score, how scored), as rows record it */
 } App;
 
 /* ---- --dump: each stage of the computation as DIR/<name>.npy -------------------------- */
@@ -1498,6 +1498,12 @@ int main(int argc, char **argv) {
         else
             snprintf(app.decoding, sizeof app.decoding, "sample temperature=%g top_p=%g top_k=%d seed=%llu max_tokens=%d",
                      o->temperature, o->top_p, o->top_k, (unsigned long long)o->seed, o->max_tokens);
+        if (o->score) { /* the row's prompt is the question's: the scoring setup goes here, so --resume compares it */
+            size_t used = strlen(app.decoding);
+            int n = snprintf(app.decoding + used, sizeof app.decoding - used, "; scored task=%s scale=%s levels=%s prompt=%s",
+                             o->task, app.rs.scale, app.rs.setup.levels, app.rs.setup.prompt);
+            if (n < 0 || (size_t)n >= sizeof app.decoding - used) die("--score: the scoring prompt is too long to record (%zu bytes at most)", sizeof app.decoding - used - 64);
+        }
         app.stream = !o->json && isatty(1);
         o->sink.answers = 1;
         o->sink.question = o->ask;
