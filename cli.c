@@ -1492,6 +1492,11 @@ int main(int argc, char **argv) {
             for (int k = 0; k < nk2; k++) snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", ap[k].name);
             die("--prompt: '%s' is neither a template with <|image|> nor one of %s", o->prompt, names);
         }
+        if (inf.family && !strcmp(inf.family, "qwen3.5")) { /* Qwen3.5: its chat template, thinking closed (qwen35.c qwen_ask) */
+            if (o->prompt) die("--prompt: a Qwen3.5 model asks with its chat template (no --prompt with --ask)");
+            snprintf(app.ask_template, sizeof app.ask_template, "<|im_start|>user\n%s{question}<|im_end|>\n"
+                     "<|im_start|>assistant\n<think>\n\n</think>\n\n", o->one_prompt && n_frames > 1 ? "<|image|>...<|image|>" : "<|image|>");
+        }
         if (o->max_tokens > inf.l_max_pos)
             die("--max-tokens %d is more than the context length in the model file (%d)", o->max_tokens, inf.l_max_pos);
         if (o->temperature == 0) snprintf(app.decoding, sizeof app.decoding, "greedy max_tokens=%d", o->max_tokens);
