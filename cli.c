@@ -1494,8 +1494,7 @@ int main(int argc, char **argv) {
         }
         if (inf.family && !strcmp(inf.family, "qwen3.5")) { /* Qwen3.5: its chat template, thinking closed (qwen35.c qwen_ask) */
             if (o->prompt) die("--prompt: a Qwen3.5 model asks with its chat template (no --prompt with --ask)");
-            snprintf(app.ask_template, sizeof app.ask_template, "<|im_start|>user\n%s{question}<|im_end|>\n"
-                     "<|im_start|>assistant\n<think>\n\n</think>\n\n", o->one_prompt && n_frames > 1 ? "<|image|>...<|image|>" : "<|image|>");
+            snprintf(app.ask_template, sizeof app.ask_template, "%s", QALIGN_ASK_PROMPT_QWEN35);
         }
         if (o->max_tokens > inf.l_max_pos)
             die("--max-tokens %d is more than the context length in the model file (%d)", o->max_tokens, inf.l_max_pos);

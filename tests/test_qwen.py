@@ -383,6 +383,8 @@ def test_ask_greedy_matches_the_oracle(fixtures, hf_tokenizer, tmp_path):
             assert row["tokens"] == want, (row["path"], q, row["tokens"], want)
             assert row["answer"] == hf_decode([want], str(tmp_path))[0].strip()
             assert row["finish"] == ("length" if len(want) == ASK_TOKENS else "eos") and row["error"] is None
+            assert row["prompt"] == ("<|im_start|>user\n<|image|>{question}<|im_end|>\n<|im_start|>assistant\n"
+                                     "<think>\n\n</think>\n\n")
             n += 1
     q = "Which image is sharper?"
     r = subprocess.run([os.path.join(ROOT, "qalign"), "--ask", q, "--json", "--one-prompt", "--max-tokens", str(ASK_TOKENS),
