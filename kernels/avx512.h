@@ -354,6 +354,9 @@ static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int 
  * it is sum q x, which fits 16 bits: |q x| <= 8 x 127 x 32) is scaled by the row's s8
  * sub-scale into the block's int32 sum with one vpdpwssd (the sub-scale sign-extended to
  * 16 bits in the low half of each lane, zero in the high half). */
+/* The tiles' q4_256 weight streams are prefetched this far ahead too: with a few rows a tile
+ * (a batch of answers decoding together) they are as bound by reading as matvec is. */
+#define TILE_AHEAD 1024
 static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
                                                                   const float *bias, int epi, int t0, int nt, int g0,
                                                                   const int G, const int q4) {
@@ -400,6 +403,8 @@ static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, i
                     if (G > 1) u[1][r] = u[0][r];
                 }
                 UNROLL8 for (int cc = 0; cc < 4; cc++) {
+                    _mm_prefetch((const char *)q4_256_chunk(b0, 4 * j + cc) + TILE_AHEAD, _MM_HINT_T0);
+                    if (G > 1) _mm_prefetch((const char *)q4_256_chunk(b1, 4 * j + cc) + TILE_AHEAD, _MM_HINT_T0);
                     __m512i v0 = _mm512_loadu_si512(q4_256_chunk(b0, 4 * j + cc)), v1 = _mm512_setzero_si512();
                     if (G > 1) v1 = _mm512_loadu_si512(q4_256_chunk(b1, 4 * j + cc));
                     UNROLL8 for (int h = 0; h < 2; h++) { /* low nibbles: quad 2cc, high: quad 2cc+1 */
