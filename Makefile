@@ -226,6 +226,11 @@ build/bench_kernels: bench/kernels.c $(SRCS) $(HDRS) $(FAM_OBJS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)
 
+# One-row (decode) matmuls over a decoder layer's weights: GB/s through matvec and tile().
+build/bench_matvec: bench/matvec.c $(SRCS) $(HDRS) $(FAM_OBJS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Wno-unused-function -DTESTING -I. -o $@ $< $(TEST_LINK) $(FAM_OBJS) $(LDLIBS)
+
 # The q8_0 inner loop from L1 in four forms, each adding one cost (bench/ANALYSIS.md).
 build/q8loop: bench/q8loop.c
 	@mkdir -p build

@@ -140,7 +140,7 @@ typedef struct {
     int stream;             /* stdout is a terminal (and not --json): print answers as they come */
     int streamed;           /* some of the current answer is on stdout */
     char ask_template[1024];/* the question template for one image, as rows record it */
-    char decoding[192];     /* how answers are generated, as rows record it */
+    char decoding[4096];    /* how answers are generated (and, with --score, how scored), as rows record it */
     int shard_i, shard_n;   /* --shard I/N */
 } App;
 
@@ -1308,12 +1308,22 @@ static void check_prompt(App *app, const Work *w) {
             for (int k = 0; k < nk2; k++) snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", ap[k].name);
             die("--prompt: '%s' is neither a template with <|image|> nor one of %s", o->prompt, names);
         }
+        if (inf.family && !strcmp(inf.family, "qwen3.5")) { /* Qwen3.5: its chat template, thinking closed (qwen35.c qwen_ask) */
+            if (o->prompt) die("--prompt: a Qwen3.5 model asks with its chat template (no --prompt with --ask)");
+            snprintf(app->ask_template, sizeof app->ask_template, "%s", QALIGN_ASK_PROMPT_QWEN35);
+        }
         if (o->max_tokens > inf.l_max_pos)
             die("--max-tokens %d is more than the context length in the model file (%d)", o->max_tokens, inf.l_max_pos);
         if (o->temperature == 0) snprintf(app->decoding, sizeof app->decoding, "greedy max_tokens=%d", o->max_tokens);
         else
             snprintf(app->decoding, sizeof app->decoding, "sample temperature=%g top_p=%g top_k=%d seed=%llu max_tokens=%d",
                      o->temperature, o->top_p, o->top_k, (unsigned long long)o->seed, o->max_tokens);
+        if (o->score) { /* the row's prompt is the question's: the scoring setup goes here, so --resume compares it */
+            size_t used = strlen(app->decoding);
+            int n = snprintf(app->decoding + used, sizeof app->decoding - used, "; scored task=%s scale=%s levels=%s prompt=%s",
+                             o->task, app->rs.scale, app->rs.setup.levels, app->rs.setup.prompt);
+            if (n < 0 || (size_t)n >= sizeof app->decoding - used) die("--score: the scoring prompt is too long to record (%zu bytes at most)", sizeof app->decoding - used - 64);
+        }
         app->stream = !o->json && isatty(1);
         o->sink.answers = 1;
         o->sink.question = o->ask;

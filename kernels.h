@@ -261,6 +261,11 @@ typedef struct {
     int (*tile_all_rows)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
     uint32_t all_rows_dtypes; /* the weight types tile_all_rows takes (bits 1 << DT_*): for them
                                  no interleaved copies are made */
+    /* the same for one activation row (a->T == 1: decoding a token), groups [g0, g0+ng)
+     * (ng <= 4), x read from the row-major buffers (xq, xd, xc, xc4); the same bits as that
+     * row inside tile(). Returns 0 if it has none for this weight/activation type. The
+     * reference: tile_ref with nt = 1. */
+    int (*matvec)(float *out, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
     /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
      * bit-identical to quantize_row_ref */
     void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);

@@ -708,6 +708,16 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     if (all_rows) acts_slice(a);
     else acts_interleave(a);
     int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
+    /* one row (a decode step): the family's matvec over runs of 4 groups, where it has one */
+    if (T == 1 && kern->matvec) {
+        int runs = (groups + 3) / 4, missing = 0;
+#pragma omp parallel for schedule(dynamic) reduction(| : missing)
+        for (int i = 0; i < runs; i++) {
+            int g0 = 4 * i, ng = groups - g0 < 4 ? groups - g0 : 4;
+            if (!kern->matvec(out, a, W, bias, epi, g0, ng)) missing = 1;
+        }
+        if (!missing) return;
+    }
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
@@ -3216,12 +3226,33 @@ int qalign_tokenize(const qalign_model *m, const char *text, int add_bos, int *i
 /* ---- answers in words (the generation itself is after Compare2Score) ---- */
 
 size_t qalign_kv_bytes_per_token(const qalign_model *m) {
-    if (!m || m->qwen) return 0; /* (a Qwen3.5 model does not generate here) */
+    if (!m) return 0;
+    if (m->qwen) { /* its attention layers' keys and values (the Gated DeltaNet layers keep a fixed state) */
+        const QwenConfig *qc = &m->qwen->c;
+        size_t full = 0;
+        for (int l = 0; l < qc->l_layers; l++) full += qc->full[l];
+        return 2 * full * (size_t)qc->l_kv_heads * (size_t)qc->l_head_dim * sizeof(float);
+    }
     return 2 * (size_t)m->c.l_layers * (size_t)m->c.l_kv_heads * (size_t)m->c.l_head_dim * sizeof(float);
 }
 
 int qalign_detokenize(const qalign_model *m, const int *ids, int n, char *out, size_t cap) {
-    if (!m || m->qwen) return -1;
+    if (!m || n < 0 || (n > 0 && !ids) || (cap > 0 && !out)) return -1;
+    if (m->qwen) { /* the ByteLevel decoder (bpe_decode) */
+        if (!m->qwen->bpe) return -1;
+        for (int i = 0; i < n; i++)
+            if (ids[i] < 0 || ids[i] >= bpe_n_vocab(m->qwen->bpe)) return -1;
+        size_t len = 0;
+        char *t = bpe_decode(m->qwen->bpe, (const int32_t *)ids, (size_t)n, &len);
+        if (!t) return -1;
+        if (cap > 0) {
+            size_t k = len < cap - 1 ? len : cap - 1;
+            memcpy(out, t, k);
+            out[k] = 0;
+        }
+        free(t);
+        return (int)len;
+    }
     return tokenizer_decode(&m->tok, ids, n, out, cap);
 }
 
@@ -3516,6 +3547,17 @@ int qalign_ask_images(qalign_ctx *c, const qalign_image *imgs, int n, const char
                       qalign_answer *out, char *err, size_t errlen) {
     if (n < 0 || (n > 0 && (!imgs || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
+    if (c && c->qw) { /* a Qwen3.5 model (qwen35.c qwen_ask) */
+        const qalign_image **ip = malloc((size_t)(n ? n : 1) * sizeof *ip);
+        const char **qp = malloc((size_t)(n ? n : 1) * sizeof *qp);
+        const qalign_ask_options **op = malloc((size_t)(n ? n : 1) * sizeof *op);
+        int st = ip && qp && op ? QALIGN_OK : fail_with(err, errlen, QALIGN_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < n && !st; i++) ip[i] = &imgs[i], qp[i] = question, op[i] = opt;
+        if (!st && (st = ask_options(c->m, question, opt, &(qalign_ask_options){0}, err, errlen)) == QALIGN_OK)
+            st = qwen_ask(c, ip, qp, op, n, 0, out, err, errlen);
+        free(ip), free(qp), free(op);
+        return st;
+    }
     qalign_ask_options o;
     Prompt p;
     int st = ask_one_prompt(c, question, opt, &o, &p, err, errlen);
@@ -3538,6 +3580,17 @@ int qalign_ask_images(qalign_ctx *c, const qalign_image *imgs, int n, const char
 int qalign_ask_batch(qalign_ctx *c, const qalign_ask_item *items, int n, qalign_answer *out, char *err, size_t errlen) {
     if (!c || n < 0 || (n > 0 && (!items || !out))) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad item array");
     if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    if (c->qw) { /* a Qwen3.5 model: one after the other (qwen35.c qwen_ask) */
+        for (int i = 0; i < n; i++) {
+            memset(&out[i], 0, sizeof out[i]);
+            const qalign_image *ip = items[i].image;
+            const char *qp = items[i].question;
+            const qalign_ask_options *op = items[i].options;
+            int st = qwen_ask(c, &ip, &qp, &op, 1, 0, &out[i], out[i].error, sizeof out[i].error);
+            if (st) out[i].status = st;
+        }
+        return QALIGN_OK;
+    }
     int k = n ? n : 1;
     const qalign_image **ip = calloc((size_t)k, sizeof *ip);
     Prompt *prompts = calloc((size_t)k, sizeof *prompts);
@@ -3568,6 +3621,17 @@ int qalign_ask_prompt(qalign_ctx *c, const qalign_image *imgs, int n, const char
                       qalign_answer *out, char *err, size_t errlen) {
     if (!imgs || !out || n < 1 || n > QALIGN_MAX_FRAMES) return fail_with(err, errlen, QALIGN_ERR_ARG, "bad image array");
     memset(out, 0, sizeof *out);
+    if (c && c->qw) { /* a Qwen3.5 model: the n images in one user turn (qwen35.c qwen_ask) */
+        const qalign_image *ip[8];
+        const char *qp[8];
+        const qalign_ask_options *op[8];
+        if (n > 8) return fail_with(err, errlen, QALIGN_ERR_ARG, "a Qwen3.5 prompt takes at most 8 images here");
+        qalign_ask_options chk;
+        int st = ask_options(c->m, question, opt, &chk, err, errlen);
+        if (st) return st;
+        for (int k = 0; k < n; k++) ip[k] = &imgs[k], qp[k] = question, op[k] = opt;
+        return qwen_ask(c, ip, qp, op, n, 1, out, err, errlen);
+    }
     qalign_ask_options o;
     Prompt p;
     int st = ask_begin(c, question, opt, n, &o, &p, err, errlen);

@@ -332,6 +332,10 @@ int qalign_video_end_frames(qalign_ctx *c, qalign_result *out, qalign_result *fr
  * before the question, as Q-Instruct's eval_scripts/mplug_owl_2/run_mplug_owl2.py builds
  * it (qs = DEFAULT_IMAGE_TOKEN + query). */
 #define QALIGN_ASK_PROMPT "USER: <|image|>{question} ASSISTANT:"
+/* The question template of a Qwen3.5 model (Q-ReAlign): its chat template for one image, with
+ * thinking closed as the scoring presets' prompts have it (docs/qwen35-prompts.md); fixed:
+ * qalign_ask_options.prompt must be NULL or "mplug-owl2" for such a model. */
+#define QALIGN_ASK_PROMPT_QWEN35 "<|im_start|>user\n<|image|>{question}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 /* Called once per generated token, EOS included (then id = eos): seq is the answer's index
  * in the call (qalign_ask_images: the image's), text the UTF-8 bytes that are certain after

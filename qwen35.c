@@ -22,6 +22,8 @@
  * Config: the header (export.py QWEN_HEADER_FIELDS, slot by slot). */
 
 #define QWEN_VERSION 1          /* export.py QWEN_VERSION */
+#define QWEN_MAX_CONTEXT 262144 /* text_config.max_position_embeddings of every released size
+                                   (docs/qwen35-configs.md): the limit of --max-tokens */
 #define QWEN_MAX_LAYERS 128
 #define QWEN_LAYER_SLOT 128     /* slot 128 + l: layer l is 0 Gated DeltaNet, 1 full attention */
 
@@ -148,6 +150,7 @@ typedef struct {
     void *hook_user;
     size_t bytes;
     double sec[QS_COUNT];   /* seconds per stage (QS_*), cumulative */
+    struct QwenGen *gen;    /* --ask: where each layer's state goes after the prompt (qwen_gen_keep), or NULL */
 } QwenState;
 
 /* add the time since *t to stage k; *t = now */
@@ -649,6 +652,8 @@ static void qwen_attention(const Qwen35 *q, QwenState *s, const QwenLayer *L, in
     matmul(s->x, &s->acts, s->att, S, &L->o, NULL, EPI_ADD);
 }
 
+static void qwen_gen_keep(const Qwen35 *q, QwenState *s, int l, int S);
+
 /* Qwen3_5DecoderLayer.forward */
 static void qwen_layer(const Qwen35 *q, QwenState *s, int l, int S) {
     const QwenConfig *c = &q->c;
@@ -660,6 +665,7 @@ static void qwen_layer(const Qwen35 *q, QwenState *s, int l, int S) {
     /* hidden_states = residual + (self.linear_attn(...) | self.self_attn(...)) */
     if (c->full[l]) qwen_attention(q, s, L, S);
     else qwen_gdn(q, s, L, S);
+    if (s->gen) qwen_gen_keep(q, s, l, S); /* --ask: the layer's cache (the answers section, below) */
     qwen_tick(s, c->full[l] ? QS_ATT : QS_GDN, &t);
     /* hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
      * mlp: down_proj(act_fn(gate_proj(x)) * up_proj(x)) */
@@ -920,6 +926,7 @@ static int qwen_load(Loader *ld, Model *m) {
     m->qwen = q;
     if (qwen_read_config(ld, &q->c, m->map)) return ld->status;
     m->c.wtype = q->c.wtype; /* bind_mat / messages read the weight type from here */
+    m->c.l_max_pos = QWEN_MAX_CONTEXT; /* (--ask's limit: qalign.c's ask_options reads it here) */
     if (read_table(ld)) return ld->status;
     return qwen_bind(ld, q);
 }
@@ -1345,8 +1352,383 @@ static void qwen_describe(const qalign_model *m, qalign_info *o) {
     for (int l = 0; l < c->l_layers; l++) o->l_linear_layers += !c->full[l];
     o->bos_id = o->unk_id = -1;
     o->eos_id = m->qwen->bpe ? bpe_token_id(m->qwen->bpe, "<|im_end|>") : -1;
+    o->l_max_pos = QWEN_MAX_CONTEXT;
     static const char *const words[5] = {"excellent", "good", "fair", "poor", "bad"};
     for (int i = 0; i < 5; i++) o->level_ids[i] = qwen_word_id(m, words[i]);
     memcpy(o->mean, c->mean, sizeof o->mean);
     memcpy(o->std, c->std, sizeof o->std);
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Answers in words (--ask) for Qwen3.5, as model.generate() does with the chat template:
+ *   <|im_start|>user\n ( <|vision_start|> <|image_pad|> x tokens <|vision_end|> ) per image
+ *   QUESTION <|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n
+ * (thinking closed, as the scoring presets' prompts have it: docs/qwen35-prompts.md), then
+ * one token at a time until <|im_end|> (EOS), the stop text or max_tokens; the ids decode to
+ * UTF-8 with the tokenizer's ByteLevel decoder (bpe_decode). The prompt goes through
+ * qwen_decode as for scoring, with s->gen set: after each layer's mixer, qwen_gen_keep copies
+ * what the next tokens need. Then each token is one row through qwen_gen_step:
+ *   Gated DeltaNet: the recurrent state of the prompt's last row and the conv window (the
+ *     last K-1 rows of in_proj_qkv's output) carried over: the same conv, l2norm and delta
+ *     rule as the prefill's recurrent form, for one token;
+ *   attention: keys (q/k-normed, rotated) and values of every row so far in a cache;
+ *   positions: get_rope_index gives text after the prompt max(position) + 1, + 2, ... on all
+ *     three M-RoPE axes. */
+
+typedef struct QwenGen {
+    int cap, n;             /* rows the attention caches hold, rows filled */
+    int next_pos;           /* the position of the next row */
+    float **k, **v;         /* per layer (full attention; NULL else): (cap, nkv hd) */
+    float **st;             /* per layer (Gated DeltaNet; NULL else): (nv, dk, dv) state */
+    float **win;            /* per layer (Gated DeltaNet): (K - 1, conv) the conv's input window */
+    float *logits;          /* (l_vocab) */
+} QwenGen;
+
+static void qwen_gen_free(const QwenConfig *c, QwenGen *g) {
+    for (int l = 0; g->k && l < c->l_layers; l++) free(g->k[l]), free(g->v[l]), free(g->st[l]), free(g->win[l]);
+    free(g->k), free(g->v), free(g->st), free(g->win), free(g->logits);
+    memset(g, 0, sizeof *g);
+}
+
+static int qwen_gen_alloc(const QwenConfig *c, QwenGen *g, int cap) {
+    memset(g, 0, sizeof *g);
+    int L = c->l_layers, conv = 2 * c->g_k_heads * c->g_k_dim + c->g_v_heads * c->g_v_dim;
+    size_t kvd = (size_t)c->l_kv_heads * c->l_head_dim;
+    g->cap = cap;
+    g->k = calloc((size_t)L, sizeof *g->k), g->v = calloc((size_t)L, sizeof *g->v);
+    g->st = calloc((size_t)L, sizeof *g->st), g->win = calloc((size_t)L, sizeof *g->win);
+    g->logits = malloc((size_t)c->l_vocab * sizeof(float));
+    int ok = g->k && g->v && g->st && g->win && g->logits;
+    for (int l = 0; ok && l < L; l++) {
+        if (c->full[l]) {
+            ok = (g->k[l] = malloc((size_t)cap * kvd * sizeof(float))) && (g->v[l] = malloc((size_t)cap * kvd * sizeof(float)));
+        } else {
+            ok = (g->st[l] = malloc((size_t)c->g_v_heads * c->g_k_dim * c->g_v_dim * sizeof(float))) &&
+                 (g->win[l] = calloc((size_t)(c->g_conv - 1) * conv, sizeof(float)));
+        }
+    }
+    if (!ok) qwen_gen_free(c, g);
+    return ok ? QALIGN_OK : QALIGN_ERR_NOMEM;
+}
+
+/* After layer l's mixer over the prompt's S rows (s->proj: its fused projection's rows;
+ * s->state: a Gated DeltaNet's state after the last row): keep what the next rows need. */
+static void qwen_gen_keep(const Qwen35 *q, QwenState *s, int l, int S) {
+    const QwenConfig *c = &q->c;
+    QwenGen *g = s->gen;
+    if (c->full[l]) {
+        int nh = c->l_heads, nkv = c->l_kv_heads, hd = c->l_head_dim, W = 2 * nh * hd + 2 * nkv * hd;
+        size_t kvd = (size_t)nkv * hd;
+        for (int t = 0; t < S && t < g->cap; t++) {
+            memcpy(g->k[l] + (size_t)t * kvd, s->proj + (size_t)t * W + 2 * nh * hd, kvd * sizeof(float));
+            memcpy(g->v[l] + (size_t)t * kvd, s->proj + (size_t)t * W + 2 * nh * hd + kvd, kvd * sizeof(float));
+        }
+    } else {
+        int nk = c->g_k_heads, nv = c->g_v_heads, dk = c->g_k_dim, dv = c->g_v_dim, K = c->g_conv;
+        int conv = 2 * nk * dk + nv * dv, W = conv + nv * dv + 2 * nv;
+        memcpy(g->st[l], s->state, (size_t)nv * dk * dv * sizeof(float));
+        for (int j = 0; j < K - 1; j++) { /* window row j = prompt row S - (K - 1) + j (zeros before the start) */
+            int src = S - (K - 1) + j;
+            float *w = g->win[l] + (size_t)j * conv;
+            if (src < 0) memset(w, 0, (size_t)conv * sizeof(float));
+            else memcpy(w, s->proj + (size_t)src * W, (size_t)conv * sizeof(float));
+        }
+    }
+}
+
+/* torch_recurrent_gated_delta_rule for one token of one value head, on its state st (dk, dv):
+ *   state *= exp(g);  kv_mem = k^T state;  delta = (v - kv_mem) * beta;  state += k delta^T;
+ *   out = q^T state      (the prefill's recurrent form, the same operations in the same order) */
+static void qwen_delta_step(float *st, const float *qv, const float *kv, const float *vv, float beta, float decay, int dk,
+                            int dv, float *out) {
+    float acc[512], delta[512];
+    for (int j = 0; j < dv; j++) acc[j] = 0.0f;
+    for (int i = 0; i < dk; i++) {
+        float *sr = st + (size_t)i * dv, ki = kv[i];
+        for (int j = 0; j < dv; j++) {
+            float x = sr[j] * decay;
+            sr[j] = x;
+            acc[j] += x * ki;
+        }
+    }
+    for (int j = 0; j < dv; j++) delta[j] = (vv[j] - acc[j]) * beta;
+    for (int j = 0; j < dv; j++) acc[j] = 0.0f;
+    for (int i = 0; i < dk; i++) {
+        float *sr = st + (size_t)i * dv, ki = kv[i], qi = qv[i];
+        for (int j = 0; j < dv; j++) {
+            float x = sr[j] + ki * delta[j];
+            sr[j] = x;
+            acc[j] += x * qi;
+        }
+    }
+    memcpy(out, acc, (size_t)dv * sizeof(float));
+}
+
+/* Qwen3_5GatedDeltaNet.forward for one new row (s->xn row 0) with the cache (cache_params) */
+static void qwen_gdn_step(const Qwen35 *q, QwenState *s, QwenGen *g, const QwenLayer *L, int l) {
+    const QwenConfig *c = &q->c;
+    int nk = c->g_k_heads, nv = c->g_v_heads, dk = c->g_k_dim, dv = c->g_v_dim, K = c->g_conv;
+    int conv = 2 * nk * dk + nv * dv;
+    /* projected_states_qkv = self.in_proj_qkv(hidden_states); z, b, a likewise (one matmul) */
+    matmul(s->proj, &s->acts, s->xn, 1, &L->in_proj, NULL, EPI_STORE);
+    /* mixed_qkv = causal_conv1d_update(mixed_qkv, conv_state, weight, activation="silu"):
+     * the window's K-1 rows, then this one, as the prefill's taps j = 0 .. K-1 */
+    float *win = g->win[l], *o = s->q;
+    const float *row = s->proj;
+    for (int ch = 0; ch < conv; ch++) {
+        float v = 0.0f;
+        for (int j = 0; j < K - 1; j++) v += L->conv[(size_t)ch * K + j] * win[(size_t)j * conv + ch];
+        v += L->conv[(size_t)ch * K + K - 1] * row[ch];
+        o[ch] = silu1(v);
+    }
+    memmove(win, win + conv, (size_t)(K - 2) * conv * sizeof(float));
+    memcpy(win + (size_t)(K - 2) * conv, row, (size_t)conv * sizeof(float));
+    /* query = l2norm(query) * dk ** -0.5, key = l2norm(key) */
+    float qscale = 1.0f / sqrtf((float)dk);
+    for (int h = 0; h < 2 * nk; h++) {
+        float *v = o + (size_t)h * dk;
+        double ss = 0.0;
+        for (int i = 0; i < dk; i++) ss += (double)v[i] * v[i];
+        float r = (float)(1.0 / sqrt(ss + 1e-6));
+        if (h < nk) r *= qscale;
+        for (int i = 0; i < dk; i++) v[i] *= r;
+    }
+    /* beta = b.sigmoid(); g = -A_log.exp() * softplus(a + dt_bias); the delta rule per value head */
+    int rep = nv / nk;
+#pragma omp parallel for schedule(dynamic)
+    for (int h = 0; h < nv; h++) {
+        int kh = h / rep;
+        float beta = sigmoid1(row[conv + nv * dv + h]);
+        float gg = -expf(L->A_log[h]) * softplus1(row[conv + nv * dv + nv + h] + L->dt_bias[h]);
+        qwen_delta_step(g->st[l] + (size_t)h * dk * dv, o + (size_t)kh * dk, o + (size_t)(nk + kh) * dk,
+                        o + (size_t)2 * nk * dk + (size_t)h * dv, beta, expf(gg), dk, dv, s->att + (size_t)h * dv);
+    }
+    /* core_attn_out = self.norm(core_attn_out, z)   (RMSNormGated) */
+    for (int h = 0; h < nv; h++) {
+        float *a = s->att + (size_t)h * dv;
+        const float *z = row + conv + (size_t)h * dv;
+        double ss = 0.0;
+        for (int j = 0; j < dv; j++) ss += (double)a[j] * a[j];
+        float r = (float)(1.0 / sqrt(ss / dv + (double)c->l_eps));
+        for (int j = 0; j < dv; j++) a[j] = L->gnorm[j] * (a[j] * r) * silu1(z[j]);
+    }
+    /* output = self.out_proj(core_attn_out)   (added to the residual) */
+    matmul(s->x, &s->acts, s->att, 1, &L->out, NULL, EPI_ADD);
+}
+
+/* Qwen3_5Attention.forward for one new row at cache row g->n (past_key_values.update) */
+static void qwen_attention_step(const Qwen35 *q, QwenState *s, QwenGen *g, const QwenLayer *L, int l) {
+    const QwenConfig *c = &q->c;
+    int nh = c->l_heads, nkv = c->l_kv_heads, hd = c->l_head_dim, rot = c->l_rot_dim;
+    size_t kvd = (size_t)nkv * hd;
+    matmul(s->proj, &s->acts, s->xn, 1, &L->qkv, NULL, EPI_STORE);
+    /* q_norm, k_norm, apply_rotary_pos_emb at this row's position (tables row 0) */
+    for (int h = 0; h < nh; h++) {
+        rms1p_row(s->q + h * hd, s->proj + (size_t)h * 2 * hd, L->q_norm, hd, c->l_eps);
+        rope_partial(s->q + h * hd, s->tcos, s->tsin, rot);
+    }
+    float *k = g->k[l] + (size_t)g->n * kvd, *v = g->v[l] + (size_t)g->n * kvd;
+    for (int h = 0; h < nkv; h++) {
+        rms1p_row(k + h * hd, s->proj + 2 * nh * hd + h * hd, L->k_norm, hd, c->l_eps);
+        rope_partial(k + h * hd, s->tcos, s->tsin, rot);
+    }
+    memcpy(v, s->proj + 2 * nh * hd + kvd, kvd * sizeof(float));
+    /* attention over the cache's g->n + 1 rows (the new one sees them all) */
+    attention(s->att, s->q, nh * hd, g->k[l], g->v[l], (int)kvd, 1, g->n + 1, nh, nkv, hd, 1, g->n, s->scores,
+              s->scores_stride, s->kt);
+    /* attn_output = attn_output * torch.sigmoid(gate); self.o_proj(attn_output) */
+    for (int h = 0; h < nh; h++)
+        for (int d = 0; d < hd; d++) s->att[h * hd + d] *= sigmoid1(s->proj[(size_t)h * 2 * hd + hd + d]);
+    matmul(s->x, &s->acts, s->att, 1, &L->o, NULL, EPI_ADD);
+}
+
+/* One generated token (id) through the decoder -> g->logits (l_vocab) of the next one. */
+static void qwen_gen_step(const Qwen35 *q, QwenState *s, QwenGen *g, int id) {
+    const QwenConfig *c = &q->c;
+    int Dl = c->l_dim, F = c->l_mlp, pos3[3] = {g->next_pos, g->next_pos, g->next_pos};
+    matrix_row(s->x, &q->embed, id);
+    qwen_rope_tables(c, pos3, 1, s->tcos, s->tsin);
+    for (int l = 0; l < c->l_layers; l++) {
+        const QwenLayer *L = &q->l[l];
+        rms1p_row(s->xn, s->x, L->in_norm, Dl, c->l_eps);
+        if (c->full[l]) qwen_attention_step(q, s, g, L, l);
+        else qwen_gdn_step(q, s, g, L, l);
+        /* hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states)) */
+        rms1p_row(s->xn, s->x, L->post_norm, Dl, c->l_eps);
+        matmul(s->proj, &s->acts, s->xn, 1, &L->gate_up, NULL, EPI_STORE);
+        for (int i = 0; i < F; i++) s->hb[i] = silu1(s->proj[i]) * s->proj[F + i];
+        matmul(s->x, &s->acts, s->hb, 1, &L->down, NULL, EPI_ADD);
+    }
+    g->n++, g->next_pos++;
+    /* logits = self.lm_head(self.norm(hidden_states)) */
+    rms1p_row(s->xn, s->x, q->norm, Dl, c->l_eps);
+    matmul(g->logits, &s->acts, s->xn, 1, &q->head, NULL, EPI_STORE);
+}
+
+static int ask_options(const Model *m, const char *question, const qalign_ask_options *in, qalign_ask_options *o,
+                       char *err, size_t errlen);
+
+/* The bytes at the end of t (len) held back while streaming: trailing U+FFFD, which is what
+ * bpe_decode (from_utf8_lossy) makes of a character whose last bytes have not come yet. */
+static size_t qwen_pending_bytes(const char *t, size_t len) {
+    size_t k = 0;
+    while (len - k >= 3 && !memcmp(t + len - k - 3, "\xEF\xBF\xBD", 3)) k += 3;
+    return k;
+}
+
+/* Answer question about the n images of one prompt (their visual tokens: qwen_encode into
+ * slots 0..n-1) -> out. */
+static void qwen_ask_slots(qalign_ctx *c, int n, const char *question, const qalign_ask_options *o, int seq,
+                           qalign_answer *out) {
+    QwenCtx *x = c->qw;
+    const Qwen35 *q = c->m->qwen;
+    const QwenConfig *cf = &q->c;
+    int m2 = cf->v_merge * cf->v_merge, *ids = NULL, S = 0, eos = bpe_token_id(q->bpe, "<|im_end|>");
+    char e[QALIGN_ERR_LEN];
+    QwenGen g = {0};
+    Cand *cand = NULL;
+    double *pr = NULL;
+    char *text = NULL;
+    int st = qwen_encode_text(q, "<|im_start|>user\n", &ids, &S, e, sizeof e);
+    for (int k = 0; k < n && !st; k++) {
+        int nt = x->grid[k][0] * x->grid[k][1] / m2;
+        int *grown = realloc(ids, ((size_t)S + nt + 2) * sizeof(int));
+        if (!grown) {
+            st = fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory");
+            break;
+        }
+        ids = grown;
+        ids[S++] = cf->vision_start;
+        for (int j = 0; j < nt; j++) ids[S++] = cf->image_token;
+        ids[S++] = cf->vision_end;
+    }
+    if (!st) {
+        size_t tl = strlen(question) + 128;
+        char *t = malloc(tl);
+        if (!t) st = fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory");
+        else {
+            snprintf(t, tl, "%s<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", question);
+            st = qwen_encode_text(q, t, &ids, &S, e, sizeof e);
+            free(t);
+        }
+    }
+    int cap = S + o->max_tokens;
+    if (!st && (x->s.max_seq < cap || !x->have_state)) {
+        st = qwen_state_alloc(&x->s, cf, x->s.max_patches, cap, c->threads, c->precise);
+        x->have_state = !st;
+        if (st) fail_with(e, sizeof e, st, "out of memory: a sequence of %d tokens", cap);
+    }
+    if (!st && qwen_gen_alloc(cf, &g, cap)) st = fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory: the caches of %d rows", cap);
+    if (!st && (!(cand = malloc((size_t)cf->l_vocab * sizeof *cand)) || !(pr = malloc((size_t)cf->l_vocab * sizeof *pr)) ||
+                !(out->tokens = malloc((size_t)o->max_tokens * sizeof(int)))))
+        st = fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory");
+    out->prompt_rows = S, out->frames = n;
+    if (st) goto fail;
+    /* the prompt (prefill): qwen_decode with the caches kept, then the logits of its last row */
+    int old = threads_enter(c);
+    double t0 = now_seconds();
+    const float *toks[8];
+    for (int k = 0; k < n; k++) toks[k] = x->tok[k];
+    x->s.hook = NULL, x->s.gen = &g;
+    st = qwen_decode(q, &x->s, ids, S, toks, (const int(*)[2])x->grid, n, NULL, 0, NULL, e, sizeof e);
+    x->s.gen = NULL;
+    if (!st) {
+        matmul(g.logits, &x->s.acts, x->s.xn, 1, &q->head, NULL, EPI_STORE);
+        int mx = 0;
+        for (int i = 0; i < 3 * S; i++) mx = x->s.pos[i] > mx ? x->s.pos[i] : mx;
+        g.n = S, g.next_pos = mx + 1;
+    }
+    out->prefill_seconds = now_seconds() - t0;
+    x->seconds.decoder += out->prefill_seconds;
+    t0 = now_seconds();
+    const char *stop = o->stop && *o->stop ? o->stop : NULL;
+    size_t sent = 0;
+    out->finish = "length";
+    for (int step = 0; !st; step++) {
+        int id = pick_token(g.logits, cf->l_vocab, o, step, cand, pr);
+        if (id < 0) {
+            st = fail_with(e, sizeof e, QALIGN_ERR_NUMERIC, "the model computed a value that is not a finite number (NaN or "
+                           "infinity); the model file may be damaged:" HINT_EXPORT);
+            break;
+        }
+        int done = id == eos;
+        if (!done) out->tokens[out->n_tokens++] = id;
+        free(text);
+        size_t len = 0;
+        text = bpe_decode(q->bpe, out->tokens, (size_t)out->n_tokens, &len);
+        if (!text) {
+            st = fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory");
+            break;
+        }
+        char *cut = stop ? strstr(text, stop) : NULL;
+        if (cut) *cut = 0, len = (size_t)(cut - text), done = 1, out->finish = "stop";
+        else if (done) out->finish = "eos";
+        if (!done && out->n_tokens == o->max_tokens) done = 1;
+        if (o->on_token) { /* the bytes that are certain: not an incomplete character, not a possible start of the stop text */
+            size_t upto = done ? len : len - qwen_pending_bytes(text, len);
+            if (!done && stop)
+                for (size_t k = strlen(stop) - 1; k > 0; k--)
+                    if (upto >= k && !strncmp(text + upto - k, stop, k)) {
+                        upto -= k;
+                        break;
+                    }
+            if (upto < sent) upto = sent;
+            char save = text[upto];
+            text[upto] = 0;
+            o->on_token(o->user, seq, id, text + sent);
+            text[upto] = save;
+            sent = upto;
+        }
+        if (done) break;
+        qwen_gen_step(q, &x->s, &g, id);
+    }
+    out->decode_seconds = now_seconds() - t0;
+    x->seconds.decoder += out->decode_seconds;
+    threads_leave(old);
+    if (st) goto fail;
+    out->text = text, text = NULL;
+    if (!out->text && !(out->text = calloc(1, 1))) {
+        st = fail_with(e, sizeof e, QALIGN_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    strip_blanks(out->text);
+    goto done;
+fail:
+    out->status = st;
+    snprintf(out->error, sizeof out->error, "%s", e);
+    free(out->tokens), out->tokens = NULL, out->n_tokens = 0, out->finish = NULL;
+done:
+    free(text), free(ids), free(cand), free(pr);
+    qwen_gen_free(cf, &g);
+}
+
+/* qalign_ask_images / _prompt / _batch for a Qwen3.5 model: n images, one prompt each
+ * (one_prompt 0) or all in one prompt; scores (opt->scores) as qalign_ask_images says. */
+static int qwen_ask(qalign_ctx *c, const qalign_image *const *imgs, const char *const *questions,
+                    const qalign_ask_options *const *opts, int n, int one_prompt, qalign_answer *out, char *err,
+                    size_t errlen) {
+    if (c->pending || c->video_n) return fail_with(err, errlen, QALIGN_ERR_STATE, "images or a video are pending in this context");
+    int per = one_prompt ? n : 1;
+    if (one_prompt && n > (int)(sizeof c->qw->tok / sizeof c->qw->tok[0]))
+        return fail_with(err, errlen, QALIGN_ERR_ARG, "a Qwen3.5 prompt takes at most %d images here",
+                         (int)(sizeof c->qw->tok / sizeof c->qw->tok[0]));
+    for (int i0 = 0; i0 < n; i0 += per) {
+        qalign_answer *a = &out[one_prompt ? 0 : i0];
+        qalign_ask_options o;
+        int st = ask_options(c->m, questions[i0], opts[i0], &o, a->error, sizeof a->error);
+        if (!st && o.prompt && strcmp(o.prompt, "mplug-owl2"))
+            st = fail_with(a->error, sizeof a->error, QALIGN_ERR_ARG, "prompt: a Qwen3.5 model asks with its chat template "
+                           "(no --prompt)");
+        if (!st && (!opts[i0] || !opts[i0]->stop)) o.stop = ""; /* (upstream's "</s>" is LLaMA's; here EOS is <|im_end|>) */
+        if (!st && !imgs[i0]) st = fail_with(a->error, sizeof a->error, QALIGN_ERR_ARG, "no image");
+        for (int k = 0; k < per && !st; k++) {
+            char e[QALIGN_ERR_LEN - 32];
+            if ((st = qwen_encode(c, imgs[i0 + k], k, 0, e, sizeof e)) != QALIGN_OK)
+                snprintf(a->error, sizeof a->error, "image %d: %s", k, e);
+        }
+        if (!st && o.scores) qwen_score_slots(c, per, 0, &o.scores[one_prompt ? 0 : i0]);
+        if (st) a->status = st;
+        else qwen_ask_slots(c, per, questions[i0], &o, one_prompt ? 0 : i0, a);
+    }
+    return QALIGN_OK;
 }

@@ -825,6 +825,7 @@ int serve_run(const ServeOptions *o, const qalign_model *m, const qalign_ctx_opt
     if (s->default_task < 0) return fail_task(err, errlen);
     qalign_describe(m, &s->info);
     qalign_ask_template(NULL, 1, s->ask_template, sizeof s->ask_template);
+    if (s->info.family && !strcmp(s->info.family, "qwen3.5")) snprintf(s->ask_template, sizeof s->ask_template, "%s", QALIGN_ASK_PROMPT_QWEN35);
     s->model_name = strrchr(s->info.path, '/') ? strrchr(s->info.path, '/') + 1 : s->info.path;
 
     /* the default task's context now: bad --levels or --prompt end the program here */

@@ -12,6 +12,12 @@ never says EOS, so every answer is N tokens), and the same with --batch B images
 reads (the text rows' k/v projections, q/o, the MLP and lm_head, at the file's bytes per
 weight: an estimate) and the GB/s that makes, against bench/peak.c's read bandwidth (decode
 is memory bound: that is the physical limit). Figures name the CPU.
+
+With --llamacpp, llama.cpp's generation speed on the same decoder shape, same threads, in the
+same run: bench/gguf.py writes a random LLaMA-2-7B GGUF at the nearest type (q8_0 for q8_0 and
+q8_256, q4_0 for q4_256), and bench/llamacpp.mjs times tg{tokens} (llama-bench's tg128: that
+many tokens decoded one at a time) through node-llama-cpp's prebuilt llama.cpp, installed as
+bench.py installs it (npm, --ignore-scripts) in the cache. Its tokens/s goes next to ours.
 """
 import argparse
 import json
@@ -79,6 +85,31 @@ def run(model, image, n, tokens, threads, batch):
             "tokens": int(toks), "answers": len(gens)}
 
 
+GGUF_TYPE = {"q8_0": "q8_0", "q8_256": "q8_0", "q4_256": "q4_0", "q4_1": "q4_0", "bf16": "bf16"}
+
+
+def llamacpp_tg(node_dir, cache, wtype, threads, tokens, keep):
+    """llama.cpp's tokens/s generating `tokens` tokens on a random LLaMA-2-7B GGUF of the type
+    nearest to wtype, as a table cell ("n/a (why)" when it cannot run)."""
+    import gguf
+    g = GGUF_TYPE.get(wtype)
+    if not g:
+        return "n/a"
+    path = cache / f"llama2-7b-random-{g}.gguf"
+    if not path.exists():
+        gguf.write(path, g)
+    try:
+        r = sh(["node", node_dir / "llamacpp.mjs", path, threads, f"tg{tokens}"], cwd=node_dir)
+    finally:
+        if not keep:
+            path.unlink(missing_ok=True)
+    lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    tps = [l["tokens_per_second"] for l in lines if "generate" in l]
+    if r.returncode != 0 or not tps:
+        return "n/a (" + ((r.stderr.strip().splitlines() or ["node failed"])[-1])[:60] + ")"
+    return f"{tps[0]:.2f} ({g})"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("models", nargs="*")
@@ -89,6 +120,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", default="1,8", help="answers stepped together, e.g. 1,8")
     ap.add_argument("--image", default=str(ROOT / "bench" / "gen.ppm"))
+    ap.add_argument("--llamacpp", action="store_true", help="llama.cpp's tg on the same shape (see above)")
+    ap.add_argument("--keep-gguf", action="store_true", help="keep the GGUF files (else deleted after use: 4-7 GB each)")
     a = ap.parse_args()
     if a.from_cache:
         a.models += [str(p) for t in ("q8_0", "q8_256", "q4_256") for p in [Path(a.cache) / f"one-align-{t}.qalign"]
@@ -106,11 +139,20 @@ def main():
                 .stdout.splitlines())
     read = float(peak.get("read_gbs", "nan"))
     print(f"CPU: {cpu()}, {a.threads} threads; read bandwidth (bench/peak.c) {read:.1f} GB/s")
+    node_dir = None
+    if a.llamacpp:
+        import bench as bench_py  # its pinned node-llama-cpp install
+        node_dir, why = bench_py.llamacpp_setup(Path(a.cache))
+        if not node_dir:
+            print(f"(no llama.cpp figures: {why})")
     print("| type | file GB | answers at once | prompt rows | prefill rows/s | decode tokens/s | weights read / step GB | "
-          "decode GB/s | % of read peak | K/V MB per token |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "decode GB/s | % of read peak | K/V MB per token | llama.cpp tg tokens/s (type) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in a.models:
         inf = info(m)
+        tg = ""
+        if node_dir:
+            tg = llamacpp_tg(node_dir, Path(a.cache), inf["type"], a.threads, a.tokens, a.keep_gguf)
         for b in [int(x) for x in a.batch.split(",")]:
             run(m, a.image, b, 4, a.threads, b)  # warm-up: the page cache, the buffers
             best = max((run(m, a.image, b, a.tokens, a.threads, b) for _ in range(2)),
@@ -119,7 +161,7 @@ def main():
             gbs = inf["per_token"] * steps_per_s / 1e9
             print(f"| {inf['type']} | {inf['bytes'] / 1e9:.1f} | {b} | {best['rows']} | {best['prefill_rows_per_s']:.1f} | "
                   f"{best['decode_tokens_per_s']:.2f} | {inf['per_token'] / 1e9:.2f} | {gbs:.1f} | "
-                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} |", flush=True)
+                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} | {tg if b == 1 else ''} |", flush=True)
 
 
 if __name__ == "__main__":

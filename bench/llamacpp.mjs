@@ -2,10 +2,13 @@
 // llama.cpp of the npm package node-llama-cpp (bench.py installs it, pinned, with
 // `npm install --ignore-scripts`: no postinstall step, so nothing is downloaded or built).
 //
-//   node bench/llamacpp.mjs MODEL.gguf THREADS N1 [N2 ...]
+//   node bench/llamacpp.mjs MODEL.gguf THREADS N1 [N2 ...] [tgM ...]
 //
 // For each prompt length N: a fresh context, one warm-up evaluation, then the best of two
-// timed evaluations of N token ids (no generation). Prints one JSON line per N, then the
+// timed evaluations of N token ids (no generation). For each tgM (llama-bench's tg128 is
+// tg128): generation, M tokens decoded one at a time into a fresh context (one llama_decode
+// of one token each, as llama-bench's tg test does; the ids are given, not sampled, so a
+// random model's EOS cannot cut it short), after a warm-up of 16; the best of two runs. Prints one JSON line per N, then the
 // CPU backend llama.cpp chose (from its log). build: "never" and skipDownload: a missing
 // binary is an error here, never a download or a compiler run.
 import {getLlama} from "node-llama-cpp";
@@ -18,7 +21,23 @@ const llama = await getLlama({
     maxThreads: threads, logLevel: "debug", logger: (level, message) => log.push(message),
 });
 const model = await llama.loadModel({modelPath: model_path, gpuLayers: 0, useMmap: true});
-for (const n of lengths.map(Number)) {
+for (const arg of lengths.filter(l => l.startsWith("tg"))) {
+    const m = Number(arg.slice(2));
+    const context = await model.createContext({contextSize: Math.max(m + 32, 512), batchSize: 512, threads, sequences: 1});
+    const seq = context.getSequence();
+    let best = Infinity;
+    for (let rep = 0; rep < 3; rep++) {
+        await seq.clearHistory();
+        const n = rep === 0 ? 16 : m; /* rep 0: warm-up (pages, caches) */
+        const t0 = performance.now();
+        for (let i = 0; i < n; i++) await seq.evaluateWithoutGeneratingNewTokens([1000 + (i * 7919) % 30000]);
+        const t = (performance.now() - t0) / 1000;
+        if (rep > 0) best = Math.min(best, t);
+    }
+    console.log(JSON.stringify({generate: m, seconds: best, tokens_per_second: m / best}));
+    await context.dispose();
+}
+for (const n of lengths.filter(l => !l.startsWith("tg")).map(Number)) {
     const context = await model.createContext({contextSize: Math.max(n + 16, 512), batchSize: n, threads, sequences: 1});
     const seq = context.getSequence();
     const tokens = Array.from({length: n}, (_, i) => 1000 + (i * 7919) % 30000);

@@ -84,11 +84,32 @@ static double bandwidth(void) {
     for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
-        double t0 = now(), sum = 0;
+        /* every byte read, with the widest loads there are, into independent sums (one float
+         * per 32 bytes, as this loop once did, measured 3.6-3.9 GB/s where AVX-512 loads of
+         * every byte read 4.5-6 GB/s on the same machine: that is what the matmuls do) */
+        double t0 = now();
+        uint64_t sum = 0;
+#if defined(__AVX512F__)
+#pragma omp parallel reduction(+ : sum)
+        {
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < n; i += 64) {
+                a0 = _mm512_add_epi32(a0, _mm512_loadu_si512(buf + i));
+                a1 = _mm512_add_epi32(a1, _mm512_loadu_si512(buf + i + 16));
+                a2 = _mm512_add_epi32(a2, _mm512_loadu_si512(buf + i + 32));
+                a3 = _mm512_add_epi32(a3, _mm512_loadu_si512(buf + i + 48));
+            }
+            sum += (uint64_t)_mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+        }
+#else
+        const uint64_t *w = (const uint64_t *)buf;
+        size_t nw = n * sizeof(float) / 8;
 #pragma omp parallel for schedule(static) reduction(+ : sum)
-        for (size_t i = 0; i < n; i += 16) sum += buf[i] + buf[i + 8];
+        for (size_t i = 0; i < nw; i += 4) sum += (w[i] ^ w[i + 1]) + (w[i + 2] ^ w[i + 3]);
+#endif
         double t = now() - t0, gbs = (double)n * sizeof(float) / t / 1e9;
-        if (sum == -1) printf(" ");
+        if (sum == 1) printf(" ");
         best = gbs > best ? gbs : best;
     }
     free(buf);

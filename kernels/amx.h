@@ -324,6 +324,7 @@ static const Kernels kernels_amx = {
     .tile = tile_avx512,
     .tile_rows_f = TILE_ROWS_F,
     .tile_rows_q8 = TILE_ROWS_Q8,
+    .matvec = matvec_avx512,
     .quantize_row = quantize_row_avx512,
     .quantize_row_256 = quantize_row_256_avx512,
     .softmax = softmax_avx512,

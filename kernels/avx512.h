@@ -360,6 +360,9 @@ static inline __attribute__((always_inline)) void tile_q_avx512(float *out, int 
  * it is sum q x, which fits 16 bits: |q x| <= 8 x 127 x 32) is scaled by the row's s8
  * sub-scale into the block's int32 sum with one vpdpwssd (the sub-scale sign-extended to
  * 16 bits in the low half of each lane, zero in the high half). */
+/* The tiles' q4_256 weight streams are prefetched this far ahead too: with a few rows a tile
+ * (a batch of answers decoding together) they are as bound by reading as matvec is. */
+#define TILE_AHEAD 1024
 static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
                                                                   const float *bias, int epi, int t0, int nt, int g0,
                                                                   const int G, const int q4) {
@@ -406,6 +409,8 @@ static inline __attribute__((always_inline)) void tile_q256_avx512(float *out, i
                     if (G > 1) u[1][r] = u[0][r];
                 }
                 UNROLL8 for (int cc = 0; cc < 4; cc++) {
+                    _mm_prefetch((const char *)q4_256_chunk(b0, 4 * j + cc) + TILE_AHEAD, _MM_HINT_T0);
+                    if (G > 1) _mm_prefetch((const char *)q4_256_chunk(b1, 4 * j + cc) + TILE_AHEAD, _MM_HINT_T0);
                     __m512i v0 = _mm512_loadu_si512(q4_256_chunk(b0, 4 * j + cc)), v1 = _mm512_setzero_si512();
                     if (G > 1) v1 = _mm512_loadu_si512(q4_256_chunk(b1, 4 * j + cc));
                     UNROLL8 for (int h = 0; h < 2; h++) { /* low nibbles: quad 2cc, high: quad 2cc+1 */
@@ -533,6 +538,103 @@ static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, 
             }
         }
     }
+}
+
+/* --- one activation row (decode: a token at a time) --------------------------------------
+ * A tile multiplies TILE_ROWS_Q8 rows whatever nt is, so for one row it would do six times
+ * the integer work and keep two weight streams; decoding is bound by reading the weights,
+ * so matvec_avx512 keeps up to four groups' streams going with one accumulator each and
+ * reads the row's int8 values straight from xq (no interleaved copy). The integer sums are
+ * exact and the float steps per block are the tile's (tot = fma(float(s), d_w d_x, tot),
+ * then store16), so a row's outputs are the same bits as in a tile of several rows. */
+/* Each group's weights are read in order, G streams at once; a software prefetch this many
+ * bytes ahead in each stream made one-row matmuls 1.7-2.7x faster on the KVM Sapphire Rapids
+ * this was written on (bench/matvec.c, q4_256, one thread, a shared machine: 2.7-4.9 GB/s
+ * without, 8.4-9.1 with 1024; 512 and 2048 were slower): the hardware prefetchers alone did
+ * not keep four streams going. */
+#define MATVEC_AHEAD 1024
+static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out, const Acts *a, const Tensor *W,
+                                                                    const float *bias, int epi, int g0, const int G,
+                                                                    const int q4) {
+    int K = W->cols, nb = q256_blocks(K);
+    size_t gbytes = q256_group_bytes(W->dtype, K);
+    const int8_t *xq = a->xq;
+    const __m512i low4 = _mm512_set1_epi8(15), top = _mm512_set1_epi8((char)0x80), lo16 = _mm512_set1_epi32(0xffff);
+    __m512 tot[4];
+    for (int g = 0; g < G; g++) tot[g] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        int len = q256_len(K, b), k0 = b * QBLOCK_256;
+        const uint8_t *blk[4];
+        __m512i s[4];
+        for (int g = 0; g < G; g++) {
+            blk[g] = q256_block(W, g0, b) + (size_t)g * gbytes;
+            s[g] = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(a->xc[b]);
+        }
+        if (!q4) {
+            for (int j = 0; j < len / 4; j++) { /* quad j: columns k0 + 4j .. */
+                int32_t xw;
+                memcpy(&xw, xq + k0 + 4 * j, 4);
+                __m512i xv = _mm512_set1_epi32(xw);
+                for (int g = 0; g < G; g++) {
+                    _mm_prefetch((const char *)q8_256_quad(blk[g], j) + MATVEC_AHEAD, _MM_HINT_T0);
+                    __m512i w = _mm512_loadu_si512(q8_256_quad(blk[g], j));
+                    if (Q8_SIGNED) w = _mm512_xor_si512(w, top);
+                    s[g] = dot4_avx512(s[g], w, xv, 1);
+                }
+            }
+        } else {
+            for (int j = 0; j < len / QBLOCK; j++) { /* sub-block j: chunks 4j..4j+3 */
+                __m512i u[4], xv[8];
+                for (int h = 0; h < 8; h++) {
+                    int32_t xw;
+                    memcpy(&xw, xq + k0 + QBLOCK * j + 4 * h, 4);
+                    xv[h] = _mm512_set1_epi32(xw);
+                }
+                for (int g = 0; g < G; g++) u[g] = _mm512_set1_epi32(a->xc4[k0 / QBLOCK + j]);
+                for (int g = 0; g < G; g++) /* the sub-block's 256 bytes, MATVEC_AHEAD further on */
+                    for (int c = 0; c < 4; c++) _mm_prefetch((const char *)q4_256_chunk(blk[g], 4 * j + c) + MATVEC_AHEAD, _MM_HINT_T0);
+                UNROLL8 for (int cc = 0; cc < 4; cc++)
+                    for (int g = 0; g < G; g++) {
+                        __m512i v = _mm512_loadu_si512(q4_256_chunk(blk[g], 4 * j + cc));
+                        u[g] = dot4_avx512(u[g], _mm512_and_si512(v, low4), xv[2 * cc], 0);
+                        u[g] = dot4_avx512(u[g], _mm512_and_si512(_mm512_srli_epi16(v, 4), low4), xv[2 * cc + 1], 0);
+                    }
+                for (int g = 0; g < G; g++) {
+                    __m512i sc = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(blk[g], len, j))), lo16);
+#ifdef QA_AVX512_VNNI
+                    s[g] = _mm512_dpwssd_epi32(s[g], u[g], sc);
+#else
+                    s[g] = _mm512_add_epi32(s[g], _mm512_madd_epi16(u[g], sc));
+#endif
+                }
+            }
+        }
+        __m512 dx = _mm512_set1_ps(a->xd[b]);
+        for (int g = 0; g < G; g++)
+            tot[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(_mm512_loadu_ps(q256_d(blk[g], W->dtype, len)), dx), tot[g]);
+    }
+    for (int g = 0; g < G; g++) {
+        int col = (g0 + g) * PACK_ROWS;
+        store16(out + col, tot[g], bias, col, epi, tail_mask(W->rows - col));
+    }
+}
+
+/* The contract's matvec(): groups [g0, g0 + ng), ng <= 4, for the one row of a. */
+static int matvec_avx512(float *out, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng) {
+    if (a->T != 1 || a->kind != ACT_Q8_256 || (W->dtype != DT_MQ8_256 && W->dtype != DT_MQ4_256)) return 0;
+    int q4 = W->dtype == DT_MQ4_256;
+    switch (ng * 2 + q4) {
+    case 8: matvec_q256_avx512(out, a, W, bias, epi, g0, 4, 0); break;
+    case 9: matvec_q256_avx512(out, a, W, bias, epi, g0, 4, 1); break;
+    case 6: matvec_q256_avx512(out, a, W, bias, epi, g0, 3, 0); break;
+    case 7: matvec_q256_avx512(out, a, W, bias, epi, g0, 3, 1); break;
+    case 4: matvec_q256_avx512(out, a, W, bias, epi, g0, 2, 0); break;
+    case 5: matvec_q256_avx512(out, a, W, bias, epi, g0, 2, 1); break;
+    case 2: matvec_q256_avx512(out, a, W, bias, epi, g0, 1, 0); break;
+    case 3: matvec_q256_avx512(out, a, W, bias, epi, g0, 1, 1); break;
+    default: return 0;
+    }
+    return 1;
 }
 
 /* --- attention ------------------------------------------------------------------------ */
@@ -835,6 +937,7 @@ static const Kernels kernels_avx512 = {
     .tile_rows_f = TILE_ROWS_F,
     .tile_rows_q8 = TILE_ROWS_Q8,
     .tile = tile_avx512,
+    .matvec = matvec_avx512,
     .quantize_row = quantize_row_avx512,
     .quantize_row_256 = quantize_row_256_avx512,
     .softmax = softmax_avx512,

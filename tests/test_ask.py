@@ -9,7 +9,8 @@
    asserted to be at least MIN_MARGIN (25x the logit tolerance of test_reference), so a
    near-tie cannot make the comparison flaky: the records were chosen for that.
 2. The same tokens with 1 and 2 threads and batch 1 and 8 (also for quantised weights and
-   bf16 activations, whose kernels differ); a seeded sampled answer is the same run to run
+   bf16 activations, whose kernels differ; q4_256: one row a step goes through the family's
+   matvec, several through its tiles); a seeded sampled answer is the same run to run
    and whatever the batch; every sampled token is among the oracle's top-k.
 3. The decoded text is sentencepiece's decode of the same ids, stripped (the answer), and
    tokenizer_decode (through tests/tok_driver.c) equals sentencepiece's decode of random id
@@ -46,7 +47,7 @@ CO_INSTRUCT_2 = "USER: The first image: <|image|>\nThe second image: <|image|>{q
 @pytest.fixture(scope="module")
 def models(tiny_ref, workdir):
     out = {}
-    for dt in ("f32", "bf16", "q8_0"):
+    for dt in ("f32", "bf16", "q8_0", "q4_256"):
         p = workdir / f"ask_{dt}.qalign"
         r = run([PYTHON, ROOT / "export.py", "-q", tiny_ref / "checkpoint", p, "--dtype", dt])
         assert r.returncode == 0, r.stderr
@@ -126,7 +127,7 @@ def test_greedy_matches_the_original(dtype, models, greedy_oracle, tiny_ref, qal
            f"(video, Co-Instruct pairs included; smallest oracle top-2 margin {worst:.1e})")
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0", "q4_256"])  # q4_256: batch 1 decodes through matvec
 def test_same_tokens_whatever_the_threads_and_batch(dtype, models, tiny_ref, qalign_bin):
     inp = tiny_ref / "inputs"
     files = [inp / f for f in IMAGES] * 2  # eight answers: a batch of 8 holds each image twice
@@ -236,13 +237,29 @@ def test_rows_files_and_resume(models, tiny_ref, qalign_bin, workdir):
     r = go(QUESTIONS[1], "--temperature", "0.5", "--seed", "3")
     assert len(r.stdout.splitlines()) == 2 and "other decoding: 2" in r.stderr
     assert len(jsonl.read_text().splitlines()) == 6 and len(csv.read_text().splitlines()) == 7
+    # --ask with --score: the row records how it was scored (its prompt is the question's), and
+    # --resume does again a row scored another way: no score before, another scoring prompt
+    r = go(QUESTIONS[1], "--score")
+    assert len(r.stdout.splitlines()) == 2 and "0 of 2 inputs done before" in r.stderr, r.stderr
+    row = json.loads(jsonl.read_text().splitlines()[-1])
+    assert row["score"] is not None and "prompt=" in row["decoding"] and "levels=excellent=5" in row["decoding"]
+    r = go(QUESTIONS[1], "--score")
+    assert r.stdout == "" and "2 of 2 inputs done before" in r.stderr, r.stderr
+    r = go(QUESTIONS[1], "--score", "--task", "aesthetics")  # the scoring prompt says aesthetics
+    assert len(r.stdout.splitlines()) == 2 and "other decoding: 2" in r.stderr, r.stderr
+    row2 = json.loads(jsonl.read_text().splitlines()[-1])
+    assert row2["tokens"] == row["tokens"] and row2["decoding"] != row["decoding"]
+    r = go(QUESTIONS[1])  # answers without scores: the unscored rows of before, not the scored ones
+    assert r.stdout == "" and "2 of 2 inputs done before" in r.stderr, r.stderr
+    assert len(jsonl.read_text().splitlines()) == 10
     # a CSV of scores is not one of answers
     sc = workdir / "scores.csv"
     sc.unlink(missing_ok=True)
     assert run([qalign_bin, "--csv", sc, model, files[0]]).returncode == 0
     r = run([qalign_bin, "--ask", "Why?", "--csv", sc, model, files[0]])
     assert r.returncode != 0 and "holds scores, not answers" in r.stderr
-    report("ask: --csv/--jsonl rows of answers, --resume reuses only rows of the same question and decoding")
+    report("ask: --csv/--jsonl rows of answers, --resume reuses only rows of the same question, decoding and "
+           "(--score) scoring prompt")
 
 
 def test_ask_and_score_in_one_pass(models, tiny_ref, qalign_bin):

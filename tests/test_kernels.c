@@ -207,10 +207,13 @@ static void test_threads_deterministic(void) {
         matmul(o3, &a, x + (size_t)11 * K, 13, &W, NULL, EPI_STORE);
         same &= memcmp(o1, o2, (size_t)T * N * sizeof(float)) == 0;
         same &= memcmp(o1 + (size_t)11 * N, o3, (size_t)13 * N * sizeof(float)) == 0;
+        /* and row 11 alone (one row: the family's matvec, where it has one) */
+        matmul(o3, &a, x + (size_t)11 * K, 1, &W, NULL, EPI_STORE);
+        same &= memcmp(o1 + (size_t)11 * N, o3, (size_t)N * sizeof(float)) == 0;
         free((void *)W.data);
     }
     omp_set_num_threads(omp_get_num_procs());
-    check(same, "matmul results bit-identical for 1 and 3 threads and for a row subset (%d weight types)",
+    check(same, "matmul results bit-identical for 1 and 3 threads, for a row subset and for one row alone (%d weight types)",
           (int)(sizeof types / sizeof types[0]));
     acts_free(&a);
     free(x);

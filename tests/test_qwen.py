@@ -301,3 +301,101 @@ def test_no_tokenizer_is_refused_clearly(fixtures, tmp_path):
     r = subprocess.run([os.path.join(ROOT, "qalign"), out, os.path.join(fixtures, "checkpoint", "config.json")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "no tokenizer" in r.stderr and "re-run export.py" in r.stderr, r.stderr
+
+
+def hf_decode(ids_lists, tmp):
+    """HF tokenizers' decode (skip_special_tokens false) of each list of ids."""
+    import json
+    src, dst = os.path.join(tmp, "dec_in.json"), os.path.join(tmp, "dec_out.json")
+    with open(src, "w") as f:
+        json.dump(ids_lists, f)
+    tj = os.path.join(HERE, "data", "qwen_tokenizer", "tokenizer.json")
+    r = subprocess.run(["node", os.path.join(NODE_DIR, "bpe_oracle.mjs"), tj, "decode", src, dst], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.load(open(dst))
+
+
+ASK_TOKENS = 10
+ASK_MIN_MARGIN = 1e-3  # 5x the f32-vs-float64 logit tolerance of test_cli_score_end_to_end
+
+
+def test_ask_greedy_matches_the_oracle(fixtures, hf_tokenizer, tmp_path):
+    """qalign --ask on a Qwen3.5 model: token for token the greedy loop of the oracle
+    (tests/qwen_ref.py's forward over the whole sequence at every step, float64: no cache, so
+    the positions of the answer's tokens come from get_rope_index itself) on the chat template
+    with thinking closed, for two images x two questions and two images in one prompt; the
+    answer is HF tokenizers' decode of the ids, stripped; EOS is <|im_end|>. Every step's top-2
+    logit margin in the oracle is at least ASK_MIN_MARGIN (no near-tie can make it flaky)."""
+    import copy
+    import json
+    from PIL import Image
+    # the fixtures' checkpoint ties lm_head to the embeddings: a random tied model repeats its
+    # last input token ("\n") forever, which would not test much; an untied one says more
+    cfg = copy.deepcopy(qwen_ref.TINY)
+    cfg["tie_word_embeddings"] = False
+    ck = os.path.join(str(tmp_path), "untied")
+    qwen_ref.write_checkpoint(ck, cfg, seed=3)
+    model = os.path.join(str(tmp_path), "untied.qalign")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--model", ck, model, "--dtype", "f32", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rng = np.random.default_rng(11)
+    imgs = []
+    for k, (h, w) in enumerate(((70, 100), (64, 96))):
+        p = os.path.join(str(tmp_path), f"a{k}.png")
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(p)
+        imgs.append(p)
+    oracle = qwen_ref.Qwen35(ck)
+    V = oracle.tc["vocab_size"]
+    eos = hf_tokenizer(["<|im_end|>"], str(tmp_path))[0][0]
+
+    def greedy(files, question):
+        pxs, grids = [], []
+        for f in files:
+            px, g = pixel_rows(f, False)
+            pxs.append(px)
+            grids.append((1,) + g)
+        text = "<|im_start|>user\n" + "".join("<|vision_start|>" + "<|image_pad|>" * (g[1] * g[2] // 4) + "<|vision_end|>"
+                                              for g in grids)
+        text += question + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        ids = hf_tokenizer([text], str(tmp_path))[0]
+        out, margins = [], []
+        with torch.no_grad():
+            for _ in range(ASK_TOKENS):
+                lg = oracle.forward(ids + out, torch.from_numpy(np.concatenate(pxs)), grids, list(range(V))).numpy()
+                top = np.sort(lg)[-2:]
+                margins.append(float(top[1] - top[0]))
+                nxt = int(np.argmax(lg))
+                if nxt == eos:
+                    break
+                out.append(nxt)
+        return out, min(margins)
+
+    questions = ["Describe the quality of this image.", "Is it blurry? Why?"]
+    n, seen = 0, []
+    for q in questions:
+        r = subprocess.run([os.path.join(ROOT, "qalign"), "--ask", q, "--json", "--max-tokens", str(ASK_TOKENS), model, *imgs],
+                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(x) for x in r.stdout.splitlines()]
+        assert len(rows) == 2
+        seen.append(rows[0]["tokens"])
+        for row in rows:
+            want, margin = greedy([row["path"]], q)
+            assert margin >= ASK_MIN_MARGIN, f"{row['path']}, {q}: a near-tie ({margin:.1e}): choose another record"
+            assert row["tokens"] == want, (row["path"], q, row["tokens"], want)
+            assert row["answer"] == hf_decode([want], str(tmp_path))[0].strip()
+            assert row["finish"] == ("length" if len(want) == ASK_TOKENS else "eos") and row["error"] is None
+            assert row["prompt"] == ("<|im_start|>user\n<|image|>{question}<|im_end|>\n<|im_start|>assistant\n"
+                                     "<think>\n\n</think>\n\n")
+            n += 1
+    q = "Which image is sharper?"
+    r = subprocess.run([os.path.join(ROOT, "qalign"), "--ask", q, "--json", "--one-prompt", "--max-tokens", str(ASK_TOKENS),
+                        model, *imgs], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(x) for x in r.stdout.splitlines()]
+    want, margin = greedy(imgs, q)
+    assert margin >= ASK_MIN_MARGIN and row["tokens"] == want, (row["tokens"], want, margin)
+    n += 1
+    assert len({t for toks in seen for t in toks}) > 3, seen  # not one token over and over
+    print(f"qwen --ask: {n} greedy answers x {ASK_TOKENS} tokens = the oracle's, token for token")
