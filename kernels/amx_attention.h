@@ -49,7 +49,7 @@ static void amx_att_configure(void) {
  * (keys 2i, 2i+1) in 32-bit word i, words [ceil(Tk/2), pad32(Tk)/2) zero. */
 static void amx_att_softmax_row(float *row, int Tk) {
     int n32 = (Tk + 31) / 32 * 32;
-#ifdef QA_AVX512
+#ifdef QA_AVX512_BF16 /* (vcvtne2ps2bf16: AVX512-BF16; AVX-512 builds without it take the plain C below) */
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (int j = 0; j < Tk; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(Tk - j), row + j));
     __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
