@@ -90,6 +90,7 @@ ifneq ($(file <$(FLAVOUR_STAMP)),$(FLAVOUR))
   $(file >$(FLAVOUR_STAMP),$(FLAVOUR))
 endif
 HDRS += $(FLAVOUR_STAMP)
+.DEFAULT_GOAL := all   # (the stamp's rule below would otherwise be the first target)
 $(FLAVOUR_STAMP): ;
 AR      ?= ar
 

@@ -297,4 +297,9 @@ def test_switching_build_flavour_rebuilds(tmp_path):
     assert up_to_date()
     assert not up_to_date("NATIVE=1"), "NATIVE=1 would link the portable object"
     assert make("NATIVE=1", obj).returncode == 0 and up_to_date("NATIVE=1")
-    report("portability: switching between NATIVE=1 and the portable build rebuilds (build/obj/flavour)")
+    # a bare `make` (the README's build step) still means `all`: the stamp's rule must not
+    # become the default goal (it did once: `make` then built nothing)
+    # (the copy has no examples/, so `all` stops after qalign's line: the line is what counts)
+    dry = make("-n", "NATIVE=1")
+    assert "-o qalign " in dry.stdout, "bare `make` does not build qalign:\n" + dry.stdout[-2000:] + dry.stderr[-500:]
+    report("portability: switching between NATIVE=1 and the portable build rebuilds (build/obj/flavour); bare make builds all")
