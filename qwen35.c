@@ -457,6 +457,34 @@ static void rope_partial(float *v, const float *cosb, const float *sinb, int rot
  * Decoder layers. x (S, l_dim) the residual stream; each mixer reads xn and adds its output
  * to x. */
 
+/* torch_recurrent_gated_delta_rule for one token of one value head, on its state st (dk, dv):
+ *   state *= exp(g);  kv_mem = k^T state;  delta = (v - kv_mem) * beta;  state += k delta^T;
+ *   out = q^T state      (qwen_gdn_recurrent's token, and a decode step's) */
+static void qwen_delta_step(float *st, const float *qv, const float *kv, const float *vv, float beta, float decay, int dk,
+                            int dv, float *out) {
+    float acc[512], delta[512];
+    for (int j = 0; j < dv; j++) acc[j] = 0.0f;
+    for (int i = 0; i < dk; i++) {
+        float *sr = st + (size_t)i * dv, ki = kv[i];
+        for (int j = 0; j < dv; j++) {
+            float x = sr[j] * decay;
+            sr[j] = x;
+            acc[j] += x * ki;
+        }
+    }
+    for (int j = 0; j < dv; j++) delta[j] = (vv[j] - acc[j]) * beta;
+    for (int j = 0; j < dv; j++) acc[j] = 0.0f;
+    for (int i = 0; i < dk; i++) {
+        float *sr = st + (size_t)i * dv, ki = kv[i], qi = qv[i];
+        for (int j = 0; j < dv; j++) {
+            float x = sr[j] + ki * delta[j];
+            sr[j] = x;
+            acc[j] += x * qi;
+        }
+    }
+    memcpy(out, acc, (size_t)dv * sizeof(float));
+}
+
 /* The delta rule, recurrent form (torch_recurrent_gated_delta_rule), token by token in
  * float32 with the state in float32: s->q (S, conv) the conv output (q | k | v per row, q
  * and k normalised), s->proj (S, W) for b and a -> s->att (S, nv dv); the state of each
@@ -479,10 +507,10 @@ static void qwen_gdn_recurrent(const QwenConfig *c, QwenState *s, const QwenLaye
         memset(st, 0, (size_t)dk * dv * sizeof(float));
         float A = expf(L->A_log[h]);
         int kh = h / rep;
-        /* the token's q, k, v and the two dv-vectors in local arrays, so that the compiler
-         * sees no aliasing and vectorises each row of the state over j (the same
-         * operations per element, in the same order: bit-identical) */
-        float qv[512], kv[512], vv[512], acc[512], delta[512];
+        /* the token's q, k, v in local arrays (the step keeps its two dv-vectors in its own),
+         * so that the compiler sees no aliasing and vectorises each row of the state over j
+         * (the same operations per element, in the same order: bit-identical) */
+        float qv[512], kv[512], vv[512];
         for (int t = 0; t < S; t++) {
             const float *row = s->proj + (size_t)t * W;
             memcpy(qv, s->q + (size_t)t * conv + (size_t)kh * dk, (size_t)dk * sizeof(float));
@@ -490,27 +518,7 @@ static void qwen_gdn_recurrent(const QwenConfig *c, QwenState *s, const QwenLaye
             memcpy(vv, s->q + (size_t)t * conv + (size_t)2 * nk * dk + (size_t)h * dv, (size_t)dv * sizeof(float));
             float beta = sigmoid1(row[conv + nv * dv + h]);
             float g = -A * softplus1(row[conv + nv * dv + nv + h] + L->dt_bias[h]);
-            float decay = expf(g);
-            for (int j = 0; j < dv; j++) acc[j] = 0.0f; /* kv_mem first */
-            for (int i = 0; i < dk; i++) {
-                float *sr = st + (size_t)i * dv, ki = kv[i];
-                for (int j = 0; j < dv; j++) {
-                    float x = sr[j] * decay;
-                    sr[j] = x;
-                    acc[j] += x * ki;
-                }
-            }
-            for (int j = 0; j < dv; j++) delta[j] = (vv[j] - acc[j]) * beta;
-            for (int j = 0; j < dv; j++) acc[j] = 0.0f;
-            for (int i = 0; i < dk; i++) {
-                float *sr = st + (size_t)i * dv, ki = kv[i], qi = qv[i];
-                for (int j = 0; j < dv; j++) {
-                    float x = sr[j] + ki * delta[j];
-                    sr[j] = x;
-                    acc[j] += x * qi;
-                }
-            }
-            memcpy(s->att + (size_t)t * nv * dv + (size_t)h * dv, acc, (size_t)dv * sizeof(float));
+            qwen_delta_step(st, qv, kv, vv, beta, expf(g), dk, dv, s->att + (size_t)t * nv * dv + (size_t)h * dv);
         }
     }
 }
@@ -1434,34 +1442,6 @@ static void qwen_gen_keep(const Qwen35 *q, QwenState *s, int l, int S) {
             else memcpy(w, s->proj + (size_t)src * W, (size_t)conv * sizeof(float));
         }
     }
-}
-
-/* torch_recurrent_gated_delta_rule for one token of one value head, on its state st (dk, dv):
- *   state *= exp(g);  kv_mem = k^T state;  delta = (v - kv_mem) * beta;  state += k delta^T;
- *   out = q^T state      (the prefill's recurrent form, the same operations in the same order) */
-static void qwen_delta_step(float *st, const float *qv, const float *kv, const float *vv, float beta, float decay, int dk,
-                            int dv, float *out) {
-    float acc[512], delta[512];
-    for (int j = 0; j < dv; j++) acc[j] = 0.0f;
-    for (int i = 0; i < dk; i++) {
-        float *sr = st + (size_t)i * dv, ki = kv[i];
-        for (int j = 0; j < dv; j++) {
-            float x = sr[j] * decay;
-            sr[j] = x;
-            acc[j] += x * ki;
-        }
-    }
-    for (int j = 0; j < dv; j++) delta[j] = (vv[j] - acc[j]) * beta;
-    for (int j = 0; j < dv; j++) acc[j] = 0.0f;
-    for (int i = 0; i < dk; i++) {
-        float *sr = st + (size_t)i * dv, ki = kv[i], qi = qv[i];
-        for (int j = 0; j < dv; j++) {
-            float x = sr[j] + ki * delta[j];
-            sr[j] = x;
-            acc[j] += x * qi;
-        }
-    }
-    memcpy(out, acc, (size_t)dv * sizeof(float));
 }
 
 /* Qwen3_5GatedDeltaNet.forward for one new row (s->xn row 0) with the cache (cache_params) */
