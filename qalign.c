@@ -804,11 +804,51 @@ static void attention_ref(float *out, const float *q, int ldq, const float *k, c
     }
 }
 
+/* A head size the family's kernel does not take (its SIMD forms want multiples of 16;
+ * Q-ReAlign Pro's ViT has 72): the heads copied with zeros up to hd16 = pad16(hd), which
+ * leaves every q.k and every output column as it was, q multiplied by sqrt(hd16 / hd) so that
+ * the kernel's 1/sqrt(hd16) is the model's 1/sqrt(hd) (one rounding more than the reference),
+ * then the first hd columns of each head copied back. 0 when the kernel does not take hd16
+ * either, or memory runs out: the caller falls back to the reference. */
+static int attention_padded(const Kernels *kern, float *out, const float *q, int ldq, const float *k, const float *v,
+                            int ldkv, int Tq, int Tk, int H, int KVH, int hd, int causal, int q_offset, float *scratch,
+                            size_t scratch_stride) {
+    int hd16 = (int)pad16((size_t)hd);
+    size_t nq = (size_t)Tq * H * hd16, nkv = (size_t)Tk * KVH * hd16, nkt = 2 * (size_t)KVH * hd16 * pad16((size_t)Tk);
+    float *buf = calloc(2 * nq + 2 * nkv + nkt, sizeof(float));
+    if (!buf) return 0;
+    float *qp = buf, *op = qp + nq, *kp = op + nq, *vp = kp + nkv, *ktp = vp + nkv;
+    float up = sqrtf((float)hd16 / (float)hd);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < Tq; i++)
+        for (int h = 0; h < H; h++)
+            for (int d = 0; d < hd; d++) qp[((size_t)i * H + h) * hd16 + d] = q[(size_t)i * ldq + (size_t)h * hd + d] * up;
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < Tk; j++)
+        for (int h = 0; h < KVH; h++) {
+            memcpy(kp + ((size_t)j * KVH + h) * hd16, k + (size_t)j * ldkv + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(vp + ((size_t)j * KVH + h) * hd16, v + (size_t)j * ldkv + (size_t)h * hd, (size_t)hd * sizeof(float));
+        }
+    int ok = kern->attention(op, qp, H * hd16, kp, vp, KVH * hd16, Tq, Tk, H, KVH, hd16, causal, q_offset, scratch,
+                             scratch_stride, ktp);
+    if (ok) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < Tq; i++)
+            for (int h = 0; h < H; h++)
+                memcpy(out + ((size_t)i * H + h) * hd, op + ((size_t)i * H + h) * hd16, (size_t)hd * sizeof(float));
+    }
+    free(buf);
+    return ok;
+}
+
 static void attention(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk, int H,
                       int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride, float *kt) {
     const Kernels *kern = kernels_cpu();
     if (kern->attention && kern->attention(out, q, ldq, k, v, ldkv, Tq, Tk, H, KVH, hd, causal, q_offset, scratch,
                                            scratch_stride, kt))
+        return;
+    if (kern->attention && hd % 16 &&
+        attention_padded(kern, out, q, ldq, k, v, ldkv, Tq, Tk, H, KVH, hd, causal, q_offset, scratch, scratch_stride))
         return;
     attention_ref(out, q, ldq, k, v, ldkv, Tq, Tk, H, KVH, hd, causal, q_offset, scratch, scratch_stride);
 }

@@ -293,6 +293,13 @@ static void test_attention_hd256(void) {
     static const AttCase cases[] = {{200, 200, 8, 2, 256, 1, 0}, {1, 200, 8, 2, 256, 1, 199}, {33, 33, 2, 2, 256, 0, 0}};
     test_attention_cases(cases, sizeof cases / sizeof cases[0]);
 }
+/* head sizes the SIMD kernels do not take (Q-ReAlign Pro's ViT: 16 heads of 72): attention()
+ * pads the heads to a multiple of 16 with zeros (qalign.c attention_padded); the same bound */
+static void test_attention_padded(void) {
+    static const AttCase cases[] = {{200, 200, 4, 4, 72, 0, 0}, {50, 50, 4, 2, 72, 1, 0}, {1, 60, 4, 2, 40, 1, 59},
+                                    {33, 33, 2, 2, 24, 0, 0}};
+    test_attention_cases(cases, sizeof cases / sizeof cases[0]);
+}
 static void test_attention_cases(const AttCase *cases, size_t ncases) {
     size_t maxsz = 1025 * 4 * 128;
     float *q = xmalloc(maxsz * sizeof(float)), *k = xmalloc(maxsz * sizeof(float)), *v = xmalloc(maxsz * sizeof(float));
@@ -887,6 +894,7 @@ static void test_family(void) {
     test_attention();
     test_attention_bf16();
     test_attention_hd256();
+    test_attention_padded();
     test_elementwise();
     test_delta_rule();
 }
