@@ -293,9 +293,10 @@ typedef struct {
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* attention_bf16 on a matrix unit (AMX: kernels/amx_attention.h): the same arithmetic, its
-     * f32 sums in the unit's order, so not attention_bf16's bits. Only Qwen3.5's ViT uses it;
-     * the mPLUG-Owl2 ViT keeps attention_bf16, so that the amx family prints the avx512-bf16
-     * family's scores there (tests/test_variants.py). */
+     * f32 sums in the unit's order, so not attention_bf16's bits. Both ViTs (mPLUG-Owl2's and
+     * Qwen3.5's) take it where a family has it; the amx family's scores on non-f32 models are
+     * therefore not the avx512-bf16 family's bits (tests/test_variants.py bounds them against
+     * f32 as tests/test_accuracy.py does). */
     int (*attention_bf16_unit)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                                int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* The gated delta rule (Qwen3.5's Gated DeltaNet, qwen35.c) of one head on 16 columns of

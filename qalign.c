@@ -815,11 +815,15 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
 
 /* The ViT's attention is a seventh of its multiply-adds but, in f32, a third of its time.
  * For models whose matmuls are not f32 anyway (not precise) a family may run it with bf16
- * products and f32 sums (the precision the original runs the whole model in); elsewhere it
- * is attention() itself. */
+ * products and f32 sums (the precision the original runs the whole model in): on a matrix
+ * unit where the family has one (AMX: attention_bf16_unit, its sums in the unit's order),
+ * else with vector instructions; elsewhere it is attention() itself. */
 static void attention_vit(RunState *s, float *out, const float *q, const float *k, const float *v, int ld, int T, int H,
                           int hd) {
     const Kernels *kern = kernels_cpu();
+    if (s->vit_att_bf16 && kern->attention_bf16_unit &&
+        kern->attention_bf16_unit(out, q, ld, k, v, ld, T, T, H, H, hd, s->scores, s->scores_stride, s->kt))
+        return;
     if (s->vit_att_bf16 && kern->attention_bf16 &&
         kern->attention_bf16(out, q, ld, k, v, ld, T, T, H, H, hd, s->scores, s->scores_stride, s->kt))
         return;
