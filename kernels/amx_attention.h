@@ -46,12 +46,16 @@ static void amx_att_configure(void) {
 }
 
 /* One score row (Tk real keys of Tk16) -> its probabilities as bf16 pairs in place: pair i
- * (keys 2i, 2i+1) in 32-bit word i, words [ceil(Tk/2), pad32(Tk)/2) zero. */
+ * (keys 2i, 2i+1) in 32-bit word i, words [ceil(Tk/2), pad32(Tk)/2) zero. With AVX512-BF16
+ * the row's maximum comes made (vmax: its lanes' maxima, gathered while the scores were
+ * stored); the plain C form finds it itself. */
+#ifdef QA_AVX512_BF16
+static void amx_att_softmax_row(float *row, int Tk, __m512 vmax) {
+#else
 static void amx_att_softmax_row(float *row, int Tk) {
+#endif
     int n32 = (Tk + 31) / 32 * 32;
 #ifdef QA_AVX512_BF16 /* (vcvtne2ps2bf16: AVX512-BF16; AVX-512 builds without it take the plain C below) */
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < Tk; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(Tk - j), row + j));
     __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
     for (int j = 0; j < Tk; j += 16) {
         __mmask16 m = tail_mask(Tk - j);
@@ -149,6 +153,10 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
         AMX_LOAD(tb, kph + (size_t)(step) * 16 * Tk16 + j0 + 16 * (jj), Tk16 * 4);                           \
         AMX_DP_BF16(tc, tq, tb);                                                                             \
     } while (0)
+#ifdef QA_AVX512_BF16
+                __m512 rmax[AMXA_ROWS]; /* each row's running maximum over its real keys (lanes) */
+                for (int r = 0; r < AMXA_ROWS; r++) rmax[r] = _mm512_set1_ps(-INFINITY);
+#endif
                 for (size_t j0 = 0; j0 < Tk16; j0 += 64) {
                     int nb = (int)((Tk16 - j0) / 16 < 4 ? (Tk16 - j0) / 16 : 4);
                     AMX_TZERO(4);
@@ -169,11 +177,26 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
                     if (nb > 1) AMX_STORED(5, S + j0 + 16, Tk16 * 4);
                     if (nb > 2) AMX_STORED(6, S + j0 + 32, Tk16 * 4);
                     if (nb > 3) AMX_STORED(7, S + j0 + 48, Tk16 * 4);
+#ifdef QA_AVX512_BF16
+                    /* the rows' maxima while these 64 keys are in L1 (not another pass over the
+                     * rows): the real keys only, lanes past Tk keep the running value */
+                    for (int r = 0; r < R; r++) {
+                        const float *sr = S + (size_t)r * Tk16 + j0;
+                        __m512 m = rmax[r];
+                        for (int b = 0; b < nb && Tk - (int)j0 - 16 * b > 0; b++)
+                            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail_mask(Tk - (int)j0 - 16 * b), sr + 16 * b));
+                        rmax[r] = m;
+                    }
+#endif
                 }
 #undef AMXA_QK
                 /* softmax per real row; the padding rows' words zero */
                 for (int r = 0; r < AMXA_ROWS; r++) {
+#ifdef QA_AVX512_BF16
+                    if (r < R) amx_att_softmax_row(S + (size_t)r * Tk16, Tk, rmax[r]);
+#else
                     if (r < R) amx_att_softmax_row(S + (size_t)r * Tk16, Tk);
+#endif
                     else memset(S + (size_t)r * Tk16, 0, Tk32 / 2 * sizeof(float));
                 }
                 /* out = p v: 32 keys (16 pairs) a step, hd/16 output tiles */
