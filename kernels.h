@@ -284,6 +284,12 @@ typedef struct {
      * tanh form rewritten: 0.5 (1 + tanh u) = 1 / (1 + exp(-2u))); in place; a value's bits
      * must not depend on its position in the buffer */
     void (*gelu_tanh)(float *x, size_t n);
+    /* x = silu(x) = x / (1 + exp(-x)), in place (Qwen3.5's conv1d activation); a value's bits
+     * must not depend on its position in the buffer */
+    void (*silu)(float *x, size_t n);
+    /* a = a * (1 / (1 + exp(-b))) (a times sigmoid(b): Qwen3.5's attention output gate); the
+     * same rule */
+    void (*sigmoid_mul)(float *a, const float *b, size_t n);
     /* out (Tq, H*hd) = softmax(q k^T / sqrt(hd) [+ causal mask]) v per head; q (Tq, ldq),
      * k, v (Tk, ldkv) with kv head h / (H/KVH); causal: query i sees keys j <= i + q_offset.
      * Returns 0 for a shape it does not handle. */

@@ -367,6 +367,26 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
+/* x = silu(x) in place */
+static void silu_inplace(float *x, size_t n) {
+    const Kernels *k = kernels_cpu();
+    if (k->silu) {
+        k->silu(x, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) x[i] = silu1(x[i]);
+}
+
+/* a = a * sigmoid(b) */
+static void sigmoid_mul(float *a, const float *b, size_t n) {
+    const Kernels *k = kernels_cpu();
+    if (k->sigmoid_mul) {
+        k->sigmoid_mul(a, b, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) a[i] *= 1.0f / (1.0f + expf(-b[i]));
+}
+
 /* kernels.h gelu_tanh: gelu_pytorch_tanh as x / (1 + exp(-2u)) */
 static float gelu_tanh_fast_ref1(float x) { return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); }
 static void gelu_tanh_fast(float *x, size_t n) {

@@ -487,6 +487,28 @@ static void test_elementwise(void) {
         e1 = fmax(e1, fabs(o1[i] - r) / (fabs(r) + 1e-6));
     }
     check(e1 <= 1e-5, "silu * gate: max relative error %.2e", e1);
+    /* silu in place and a * sigmoid(b) (Qwen3.5's conv activation and attention gate) against
+     * their plain-C references (libm expf); a row's bits alone equal its bits at an offset */
+    {
+        double es = 0, eg = 0;
+        memcpy(o1, x, (size_t)n * sizeof(float));
+        silu_inplace(o1, (size_t)n);
+        for (int i = 0; i < n; i++) es = fmax(es, fabs(o1[i] - (double)silu1(x[i])) / (fabs((double)silu1(x[i])) + 1e-6));
+        memcpy(o2, x + 5, 100 * sizeof(float));
+        silu_inplace(o2, 100);
+        check(es <= 1e-5 && !memcmp(o2, o1 + 5, 100 * sizeof(float)), "silu: max relative error %.2e, bits by place", es);
+        for (int i = 0; i < n; i++) w[i] = frand() * 40; /* gates far into both tails */
+        memcpy(o1, y, (size_t)n * sizeof(float));
+        sigmoid_mul(o1, w, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            double r = (double)y[i] * (1.0f / (1.0f + expf(-w[i])));
+            eg = fmax(eg, fabs(o1[i] - r) / (fabs(r) + 1e-6));
+        }
+        memcpy(o2, y + 5, 100 * sizeof(float));
+        sigmoid_mul(o2, w + 5, 100);
+        check(eg <= 1e-5 && !memcmp(o2, o1 + 5, 100 * sizeof(float)), "a * sigmoid(b): max relative error %.2e, bits by place",
+              eg);
+    }
     /* gelu_pytorch_tanh (the ViT of Q-ReAlign) against the tanh form in double, over a row
      * of inputs up to +-20; and a row's bits alone equal its bits at an offset */
     {
