@@ -342,10 +342,11 @@ static void attention_bf16_emulated(float *out, const float *q, int ldq, const f
         }
 }
 
-/* attention_bf16_unit's arithmetic in plain C: attention_bf16_emulated's, with each sum in
- * the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as measured on the unit): per
- * instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v) the even and the odd
- * products summed apart, then c += (even + odd) */
+/* attention_bf16_unit's arithmetic in plain C (kernels/amx_attention.h): attention_bf16_emulated's
+ * with the softmax's division after p v (o = (sum_j bf16(e_j) bf16(v_j)) / sum_j e_j, e_j =
+ * exp(s_j - max)), each sum in the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as
+ * measured on the unit): per instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v)
+ * the even and the odd products summed apart, then c += (even + odd) */
 static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
                                          int Tq, int Tk, int H, int KVH, int hd, float *s) {
     float scale = 1.0f / sqrtf((float)hd);
@@ -365,7 +366,11 @@ static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, co
                 }
                 s[j] = c;
             }
-            softmax_ref(s, Tk);
+            float mx = s[0];
+            for (int j = 1; j < Tk; j++) mx = s[j] > mx ? s[j] : mx;
+            double sum = 0.0;
+            for (int j = 0; j < Tk; j++) s[j] = expf(s[j] - mx), sum += s[j];
+            float inv = (float)(1.0 / sum);
             for (int d = 0; d < hd; d++) {
                 float c = 0.0f;
                 for (int j0 = 0; j0 < Tk; j0 += 32) {
@@ -376,7 +381,7 @@ static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, co
                     }
                     c += e + o;
                 }
-                out[(size_t)i * H * hd + h * hd + d] = c;
+                out[(size_t)i * H * hd + h * hd + d] = c * inv;
             }
         }
 #undef BF
