@@ -367,16 +367,6 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
-/* x = silu(x) in place */
-static void silu_inplace(float *x, size_t n) {
-    const Kernels *k = kernels_cpu();
-    if (k->silu) {
-        k->silu(x, n);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) x[i] = silu1(x[i]);
-}
-
 /* a = a * sigmoid(b) */
 static void sigmoid_mul(float *a, const float *b, size_t n) {
     const Kernels *k = kernels_cpu();
@@ -385,6 +375,21 @@ static void sigmoid_mul(float *a, const float *b, size_t n) {
         return;
     }
     for (size_t i = 0; i < n; i++) a[i] *= 1.0f / (1.0f + expf(-b[i]));
+}
+
+/* kernels.h conv_silu_row: one row of a causal depthwise conv1d, then SiLU */
+static void conv_silu_row(float *out, const float *in, size_t ldi, const float *w, int C, int K, int j0) {
+    const Kernels *k = kernels_cpu();
+    if (k->conv_silu_row) {
+        k->conv_silu_row(out, in, ldi, w, C, K, j0);
+        return;
+    }
+    for (int c = 0; c < C; c++) out[c] = 0.0f;
+    for (int j = j0; j < K; j++) {
+        const float *x = in - (size_t)(K - 1 - j) * ldi, *wj = w + (size_t)j * C;
+        for (int c = 0; c < C; c++) out[c] += wj[c] * x[c];
+    }
+    for (int c = 0; c < C; c++) out[c] = silu1(out[c]);
 }
 
 /* kernels.h gelu_tanh: gelu_pytorch_tanh as x / (1 + exp(-2u)) */

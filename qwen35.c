@@ -579,17 +579,9 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
     for (int ch = 0; ch < conv; ch++)
         for (int j = 0; j < K; j++) wt[(size_t)j * conv + ch] = L->conv[(size_t)ch * K + j];
 #pragma omp parallel for schedule(static)
-    for (int t = 0; t < S; t++) {
-        float *o = s->q + (size_t)t * conv;
-        for (int ch = 0; ch < conv; ch++) o[ch] = 0.0f;
-        for (int j = 0; j < K; j++) { /* tap j reads row t - (K - 1) + j (zero before the start) */
-            int src = t - (K - 1) + j;
-            if (src < 0) continue;
-            const float *in = s->proj + (size_t)src * W, *w = wt + (size_t)j * conv;
-            for (int ch = 0; ch < conv; ch++) o[ch] += w[ch] * in[ch];
-        }
-        silu_inplace(o, (size_t)conv); /* the family's SiLU (vectorised exp) */
-    }
+    for (int t = 0; t < S; t++) /* tap j reads row t - (K - 1) + j (zero before the start): o[ch] =
+                                 * silu(sum_j wt[j][ch] in[t - (K-1) + j][ch]) (qalign.c conv_silu_row) */
+        conv_silu_row(s->q + (size_t)t * conv, s->proj + (size_t)t * W, (size_t)W, wt, conv, K, t < K - 1 ? K - 1 - t : 0);
     /* query = l2norm(query), key = l2norm(key) (use_qk_l2norm_in_kernel), query *= dk ** -0.5 */
     float qscale = 1.0f / sqrtf((float)dk);
 #pragma omp parallel for schedule(static)

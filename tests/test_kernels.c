@@ -492,16 +492,34 @@ static void test_elementwise(void) {
         e1 = fmax(e1, fabs(o1[i] - r) / (fabs(r) + 1e-6));
     }
     check(e1 <= 1e-5, "silu * gate: max relative error %.2e", e1);
-    /* silu in place and a * sigmoid(b) (Qwen3.5's conv activation and attention gate) against
-     * their plain-C references (libm expf); a row's bits alone equal its bits at an offset */
+    /* one row of the causal depthwise conv1d + SiLU (Qwen3.5's GDN; conv_silu_row) against the
+     * plain loop: rows 0..5 of a width-4 conv (the first rows with fewer taps), 1000 channels
+     * (a tail of 8), rows 1037 floats apart */
     {
-        double es = 0, eg = 0;
-        memcpy(o1, x, (size_t)n * sizeof(float));
-        silu_inplace(o1, (size_t)n);
-        for (int i = 0; i < n; i++) es = fmax(es, fabs(o1[i] - (double)silu1(x[i])) / (fabs((double)silu1(x[i])) + 1e-6));
-        memcpy(o2, x + 5, 100 * sizeof(float));
-        silu_inplace(o2, 100);
-        check(es <= 1e-5 && !memcmp(o2, o1 + 5, 100 * sizeof(float)), "silu: max relative error %.2e, bits by place", es);
+        int C = 1000, K = 4, ldi = C + 37;
+        float *in = xmalloc((size_t)6 * ldi * sizeof(float)), *wk = xmalloc((size_t)K * C * sizeof(float));
+        double ec = 0;
+        for (int i = 0; i < 6 * ldi; i++) in[i] = frand() * 4;
+        for (int i = 0; i < K * C; i++) wk[i] = frand();
+        for (int t = 0; t < 6; t++) {
+            int j0 = t < K - 1 ? K - 1 - t : 0;
+            o1[C] = 12345.0f; /* not written past C */
+            conv_silu_row(o1, in + (size_t)t * ldi, (size_t)ldi, wk, C, K, j0);
+            for (int c = 0; c < C; c++) {
+                float acc = 0.0f;
+                for (int j = j0; j < K; j++) acc += wk[j * C + c] * in[(size_t)(t - (K - 1) + j) * ldi + c];
+                double r = (double)acc / (1.0 + exp(-(double)acc));
+                ec = fmax(ec, fabs(o1[c] - r) / (fabs(r) + 1e-6));
+            }
+            ec = o1[C] == 12345.0f ? ec : 1.0;
+        }
+        check(ec <= 1e-5, "causal conv1d row + silu, 6 rows x %d channels: max relative error %.2e", C, ec);
+        free(in), free(wk);
+    }
+    /* a * sigmoid(b) (Qwen3.5's attention gate) against its plain-C reference (libm expf); a
+     * row's bits alone equal its bits at an offset */
+    {
+        double eg = 0;
         for (int i = 0; i < n; i++) w[i] = frand() * 40; /* gates far into both tails */
         memcpy(o1, y, (size_t)n * sizeof(float));
         sigmoid_mul(o1, w, (size_t)n);
