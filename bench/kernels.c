@@ -179,5 +179,26 @@ int main(int argc, char **argv) {
         free(scratch);
         free(kt);
     }
+    /* the Gated DeltaNet's recurrence (delta_rule16): one head's 16 state columns through 231
+     * tokens (Q-ReAlign Mini at 448 x 448), dk 128; GFLOP/s counts 7 flops per state value and
+     * token (a_k and a_q: an FMA each; the decay: a multiply; the update: an FMA), four vector
+     * instructions per 16 values: at 2 per cycle (two FMA ports) the kernel's ceiling */
+    {
+        int T = 231, dk = 128, ld = 3 * dk;
+        float *st = xmalloc((size_t)dk * 16 * sizeof(float)), *dec = xmalloc((size_t)T * 3 * sizeof(float));
+        for (int t = 0; t < T; t++) dec[t] = 0.95f, dec[T + t] = 0.5f, dec[2 * T + t] = 0.1f;
+        int calls = 0;
+        double t0 = thread_seconds(), t;
+        do {
+            memset(st, 0, (size_t)dk * 16 * sizeof(float));
+            delta_rule16(out, 16, st, x, x + dk, ld, x + 2 * dk, ld, dec, dec + T, dec + 2 * T, T, dk, 16);
+            calls++;
+            t = thread_seconds() - t0;
+        } while (t < budget);
+        double flop = 7.0 * T * dk * 16;
+        printf("%-14s %-18s %10.4f %10.1f\n", "delta rule", "f32 (16 columns)", 1e3 * t / calls, flop * calls / t / 1e9);
+        free(st);
+        free(dec);
+    }
     return 0;
 }
