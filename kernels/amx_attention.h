@@ -83,6 +83,20 @@ static float amx_att_softmax_row(float *row, int Tk) {
 }
 #endif
 
+#ifdef QA_AVX512_BF16
+/* each row's running maximum (lanes) over the nb 16-key blocks from key j0 of the stored
+ * scores: the real keys only, lanes past Tk keep the running value */
+static inline void amx_att_rowmax(__m512 *rmax, const float *S, size_t Tk16, int Tk, int R, int j0, int nb) {
+    for (int r = 0; r < R; r++) {
+        const float *sr = S + (size_t)r * Tk16 + j0;
+        __m512 m = rmax[r];
+        for (int b = 0; b < nb && Tk - j0 - 16 * b > 0; b++)
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail_mask(Tk - j0 - 16 * b), sr + 16 * b));
+        rmax[r] = m;
+    }
+}
+#endif
+
 /* the pair (bf16(a), bf16(b)) as one word */
 static inline uint32_t amx_att_pair(float a, float b) { return (uint32_t)f32_to_bf16(a) | (uint32_t)f32_to_bf16(b) << 16; }
 
@@ -177,17 +191,17 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
                     if (nb > 2) AMX_STORED(6, S + j0 + 32, Tk16 * 4);
                     if (nb > 3) AMX_STORED(7, S + j0 + 48, Tk16 * 4);
 #ifdef QA_AVX512_BF16
-                    /* the rows' maxima while these 64 keys are in L1 (not another pass over the
-                     * rows): the real keys only, lanes past Tk keep the running value */
-                    for (int r = 0; r < R; r++) {
-                        const float *sr = S + (size_t)r * Tk16 + j0;
-                        __m512 m = rmax[r];
-                        for (int b = 0; b < nb && Tk - (int)j0 - 16 * b > 0; b++)
-                            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail_mask(Tk - (int)j0 - 16 * b), sr + 16 * b));
-                        rmax[r] = m;
-                    }
+                    /* the rows' maxima over the previous 64 keys, still in L1 (not another pass
+                     * over the rows; one group behind, so that the tile stores have landed) */
+                    if (j0 > 0) amx_att_rowmax(rmax, S, Tk16, Tk, R, (int)j0 - 64, 4);
 #endif
                 }
+#ifdef QA_AVX512_BF16
+                {
+                    size_t jl = (Tk16 - 1) / 64 * 64; /* the last group */
+                    amx_att_rowmax(rmax, S, Tk16, Tk, R, (int)jl, (int)((Tk16 - jl) / 16));
+                }
+#endif
 #undef AMXA_QK
                 /* softmax per real row, its division deferred to the output (inv); the padding
                  * rows' words zero */

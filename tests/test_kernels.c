@@ -425,6 +425,25 @@ static void test_attention_bf16_fn(const char *what, int (*fn)(float *, const fl
         check(e_same <= 2e-4 && e_f32 <= 2e-2, "%s Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e", what,
               Tq, Tk, H, hd, e_same, e_f32);
     }
+    /* one key far above the rest (a score of 160: exp would overflow without the true row
+     * maximum) at each place a kernel may gather the maximum separately - the first block,
+     * the middle of the row, the last (partial) block: the output is that key's value */
+    {
+        int Tq = 16, Tk = 200, hd = 64, places[] = {0, 70, 130, 199};
+        for (size_t c = 0; c < sizeof places / sizeof places[0]; c++) {
+            for (size_t i = 0; i < (size_t)Tq * hd; i++) q[i] = 1.0f;
+            for (size_t i = 0; i < (size_t)Tk * hd; i++) k[i] = frand(), v[i] = frand();
+            for (int d = 0; d < hd; d++) k[(size_t)places[c] * hd + d] = 20.0f;
+            check(fn(o1, q, hd, k, v, hd, Tq, Tk, 1, 1, hd, scratch, stride, kt), "%s takes hd %d", what, hd);
+            double e = 0;
+            for (int i = 0; i < Tq; i++)
+                for (int d = 0; d < hd; d++) {
+                    double got = o1[(size_t)i * hd + d], want = v[(size_t)places[c] * hd + d];
+                    e = isfinite(got) ? fmax(e, fabs(got - want)) : INFINITY;
+                }
+            check(e <= 1e-2, "%s: one key 160 above the rest at key %3d of %d: max |o - v_key| %.2e", what, places[c], Tk, e);
+        }
+    }
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
 }
 
