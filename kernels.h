@@ -284,6 +284,15 @@ typedef struct {
      * tanh form rewritten: 0.5 (1 + tanh u) = 1 / (1 + exp(-2u))); in place; a value's bits
      * must not depend on its position in the buffer */
     void (*gelu_tanh)(float *x, size_t n);
+    /* a = a * (1 / (1 + exp(-b))) (a times sigmoid(b): Qwen3.5's attention output gate); the
+     * same rule */
+    void (*sigmoid_mul)(float *a, const float *b, size_t n);
+    /* One row of a causal depthwise conv1d with SiLU (Qwen3.5's Gated DeltaNet): for c < C
+     *   out[c] = silu(sum over taps j = j0..K-1 of w[j C + c] * in[c - (K-1-j) ldi])
+     * (in: the row's own input; tap K-1 reads it, tap j the row K-1-j before it; j0: the first
+     * tap with a row, max(0, K-1-t) for row t), each tap's product rounded then added, in tap
+     * order, from 0 - the sum bit for bit the plain loop's; silu(x) = x / (1 + exp(-x)). */
+    void (*conv_silu_row)(float *out, const float *in, size_t ldi, const float *w, int C, int K, int j0);
     /* out (Tq, H*hd) = softmax(q k^T / sqrt(hd) [+ causal mask]) v per head; q (Tq, ldq),
      * k, v (Tk, ldkv) with kv head h / (H/KVH); causal: query i sees keys j <= i + q_offset.
      * Returns 0 for a shape it does not handle. */
@@ -293,9 +302,10 @@ typedef struct {
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* attention_bf16 on a matrix unit (AMX: kernels/amx_attention.h): the same arithmetic, its
-     * f32 sums in the unit's order, so not attention_bf16's bits. Only Qwen3.5's ViT uses it;
-     * the mPLUG-Owl2 ViT keeps attention_bf16, so that the amx family prints the avx512-bf16
-     * family's scores there (tests/test_variants.py). */
+     * f32 sums in the unit's order, so not attention_bf16's bits. Both ViTs (mPLUG-Owl2's and
+     * Qwen3.5's) take it where a family has it; the amx family's scores on non-f32 models are
+     * therefore not the avx512-bf16 family's bits (tests/test_variants.py bounds them against
+     * f32 as tests/test_accuracy.py does). */
     int (*attention_bf16_unit)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                                int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* The gated delta rule (Qwen3.5's Gated DeltaNet, qwen35.c) of one head on 16 columns of

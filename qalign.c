@@ -367,6 +367,31 @@ static void silu_mul(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = silu1(a[i]) * b[i];
 }
 
+/* a = a * sigmoid(b) */
+static void sigmoid_mul(float *a, const float *b, size_t n) {
+    const Kernels *k = kernels_cpu();
+    if (k->sigmoid_mul) {
+        k->sigmoid_mul(a, b, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) a[i] *= 1.0f / (1.0f + expf(-b[i]));
+}
+
+/* kernels.h conv_silu_row: one row of a causal depthwise conv1d, then SiLU */
+static void conv_silu_row(float *out, const float *in, size_t ldi, const float *w, int C, int K, int j0) {
+    const Kernels *k = kernels_cpu();
+    if (k->conv_silu_row) {
+        k->conv_silu_row(out, in, ldi, w, C, K, j0);
+        return;
+    }
+    for (int c = 0; c < C; c++) out[c] = 0.0f;
+    for (int j = j0; j < K; j++) {
+        const float *x = in - (size_t)(K - 1 - j) * ldi, *wj = w + (size_t)j * C;
+        for (int c = 0; c < C; c++) out[c] += wj[c] * x[c];
+    }
+    for (int c = 0; c < C; c++) out[c] = silu1(out[c]);
+}
+
 /* kernels.h gelu_tanh: gelu_pytorch_tanh as x / (1 + exp(-2u)) */
 static float gelu_tanh_fast_ref1(float x) { return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x))); }
 static void gelu_tanh_fast(float *x, size_t n) {
@@ -855,11 +880,15 @@ static void attention(float *out, const float *q, int ldq, const float *k, const
 
 /* The ViT's attention is a seventh of its multiply-adds but, in f32, a third of its time.
  * For models whose matmuls are not f32 anyway (not precise) a family may run it with bf16
- * products and f32 sums (the precision the original runs the whole model in); elsewhere it
- * is attention() itself. */
+ * products and f32 sums (the precision the original runs the whole model in): on a matrix
+ * unit where the family has one (AMX: attention_bf16_unit, its sums in the unit's order),
+ * else with vector instructions; elsewhere it is attention() itself. */
 static void attention_vit(RunState *s, float *out, const float *q, const float *k, const float *v, int ld, int T, int H,
                           int hd) {
     const Kernels *kern = kernels_cpu();
+    if (s->vit_att_bf16 && kern->attention_bf16_unit &&
+        kern->attention_bf16_unit(out, q, ld, k, v, ld, T, T, H, H, hd, s->scores, s->scores_stride, s->kt))
+        return;
     if (s->vit_att_bf16 && kern->attention_bf16 &&
         kern->attention_bf16(out, q, ld, k, v, ld, T, T, H, H, hd, s->scores, s->scores_stride, s->kt))
         return;

@@ -137,7 +137,7 @@ typedef struct {
     float *hb;              /* (S, l_mlp) SwiGLU hidden */
     float *state;           /* (nv, dk, dv) Gated DeltaNet state */
     int gdn_recurrent;      /* 1: the delta rule as written (qwen_gdn_recurrent), not by columns */
-    float *gdn_tok;         /* (3, nv, S) per head and token: decay, beta, q . k */
+    float *gdn_tok;         /* (3, nv, S) per head and token: decay, beta, q . k; then nv: exp(A_log) */
     float *convw;           /* (g_conv, conv) the depthwise conv weight by tap */
     float *tcos, *tsin;     /* (S, rot_dim / 2) M-RoPE tables */
     int *pos;               /* (3, S) positions */
@@ -216,7 +216,7 @@ static int qwen_state_alloc(QwenState *s, const QwenConfig *c, int max_patches, 
     QALLOC(s->att, S * zmax(nh * hd, vdim));
     QALLOC(s->hb, S * (size_t)c->l_mlp);
     QALLOC(s->state, (size_t)c->g_v_heads * c->g_k_dim * c->g_v_dim);
-    QALLOC(s->gdn_tok, 3 * (size_t)c->g_v_heads * S);
+    QALLOC(s->gdn_tok, 3 * (size_t)c->g_v_heads * S + (size_t)c->g_v_heads);
     QALLOC(s->convw, conv * (size_t)c->g_conv);
     QALLOC(s->tcos, S * (size_t)(c->l_rot_dim / 2));
     QALLOC(s->tsin, S * (size_t)(c->l_rot_dim / 2));
@@ -537,6 +537,8 @@ static void qwen_gdn_columns(const QwenConfig *c, QwenState *s, const QwenLayer 
     int conv = 2 * nk * dk + nv * dv, W = conv + nv * dv + 2 * nv, rep = nv / nk, nb = (dv + 15) / 16;
     /* per head and token: decay = exp(g), beta = sigmoid(b), q . k */
     float *decay = s->gdn_tok, *beta = decay + (size_t)nv * S, *qk = beta + (size_t)nv * S;
+    float *A = qk + (size_t)nv * S; /* exp(A_log), once per head (gdn_tok holds 3 nv S + nv floats) */
+    for (int h = 0; h < nv; h++) A[h] = expf(L->A_log[h]);
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < S; t++) {
         const float *row = s->proj + (size_t)t * W, *cv = s->q + (size_t)t * conv;
@@ -545,7 +547,7 @@ static void qwen_gdn_columns(const QwenConfig *c, QwenState *s, const QwenLayer 
             float dot = 0.0f;
             for (int i = 0; i < dk; i++) dot += qv[i] * kv[i];
             beta[(size_t)h * S + t] = sigmoid1(row[conv + nv * dv + h]);
-            decay[(size_t)h * S + t] = expf(-expf(L->A_log[h]) * softplus1(row[conv + nv * dv + nv + h] + L->dt_bias[h]));
+            decay[(size_t)h * S + t] = expf(-A[h] * softplus1(row[conv + nv * dv + nv + h] + L->dt_bias[h]));
             qk[(size_t)h * S + t] = dot;
         }
     }
@@ -577,17 +579,9 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
     for (int ch = 0; ch < conv; ch++)
         for (int j = 0; j < K; j++) wt[(size_t)j * conv + ch] = L->conv[(size_t)ch * K + j];
 #pragma omp parallel for schedule(static)
-    for (int t = 0; t < S; t++) {
-        float *o = s->q + (size_t)t * conv;
-        for (int ch = 0; ch < conv; ch++) o[ch] = 0.0f;
-        for (int j = 0; j < K; j++) { /* tap j reads row t - (K - 1) + j (zero before the start) */
-            int src = t - (K - 1) + j;
-            if (src < 0) continue;
-            const float *in = s->proj + (size_t)src * W, *w = wt + (size_t)j * conv;
-            for (int ch = 0; ch < conv; ch++) o[ch] += w[ch] * in[ch];
-        }
-        for (int ch = 0; ch < conv; ch++) o[ch] = silu1(o[ch]);
-    }
+    for (int t = 0; t < S; t++) /* tap j reads row t - (K - 1) + j (zero before the start): o[ch] =
+                                 * silu(sum_j wt[j][ch] in[t - (K-1) + j][ch]) (qalign.c conv_silu_row) */
+        conv_silu_row(s->q + (size_t)t * conv, s->proj + (size_t)t * W, (size_t)W, wt, conv, K, t < K - 1 ? K - 1 - t : 0);
     /* query = l2norm(query), key = l2norm(key) (use_qk_l2norm_in_kernel), query *= dk ** -0.5 */
     float qscale = 1.0f / sqrtf((float)dk);
 #pragma omp parallel for schedule(static)
@@ -615,7 +609,11 @@ static void qwen_gdn(const Qwen35 *q, QwenState *s, const QwenLayer *L, int S) {
             double ss = 0.0;
             for (int j = 0; j < dv; j++) ss += (double)o[j] * o[j];
             float r = (float)(1.0 / sqrt(ss / dv + (double)c->l_eps));
-            for (int j = 0; j < dv; j++) o[j] = L->gnorm[j] * (o[j] * r) * silu1(z[j]);
+            float zt[512]; /* silu(z) * (weight * (x * r)) by the family's SiLU (vectorised exp) */
+            for (int j = 0; j < dv; j++) o[j] = L->gnorm[j] * (o[j] * r);
+            memcpy(zt, z, (size_t)dv * sizeof(float));
+            silu_mul(zt, o, (size_t)dv);
+            memcpy(o, zt, (size_t)dv * sizeof(float));
         }
     /* output = self.out_proj(core_attn_out)   (added to the residual) */
     matmul(s->x, &s->acts, s->att, S, &L->out, NULL, EPI_ADD);
@@ -654,7 +652,7 @@ static void qwen_attention(const Qwen35 *q, QwenState *s, const QwenLayer *L, in
         for (int h = 0; h < nh; h++) {
             float *o = s->att + (size_t)t * nh * hd + h * hd;
             const float *g = s->proj + (size_t)t * W + (size_t)h * 2 * hd + hd;
-            for (int d = 0; d < hd; d++) o[d] *= sigmoid1(g[d]);
+            sigmoid_mul(o, g, (size_t)hd); /* the family's (vectorised exp) */
         }
     /* attn_output = self.o_proj(attn_output) */
     matmul(s->x, &s->acts, s->att, S, &L->o, NULL, EPI_ADD);

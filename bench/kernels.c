@@ -108,7 +108,7 @@ int main(int argc, char **argv) {
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             if (fast[ti] && !kernels_cpu()->bf16_acts) continue; /* no bf16 x bf16 tiles in this build */
-            if (only && !strstr(only, DT_NAMES[types[ti]])) continue;
+            if (only && (!strcmp(only, "attention") || !strstr(only, DT_NAMES[types[ti]]))) continue;
             Acts a;
             size_t bytes = 0;
             if (acts_alloc(&a, cap, 11008, fast[ti], &bytes) != 0) return 2;
@@ -135,10 +135,13 @@ int main(int argc, char **argv) {
     }
     double pk1 = int8_peak();
     if (pk0 > 0) printf("vpdpbusd peak on this thread: %.0f GOP/s before, %.0f after\n", pk0, pk1);
-    if (only) return 0;
-    /* attention: ViT layer (1025 tokens, 16 heads of 64) and decoder (92 rows, 32 heads of 128) */
-    struct { const char *what; int T, H, hd, causal; } att[] = {{"vit attention", 1025, 16, 64, 0}, {"llm attention", 92, 32, 128, 1}};
-    for (size_t i = 0; i < 2; i++) {
+    if (only && strcmp(only, "attention")) return 0;
+    /* attention ("attention" as the second argument: these rows alone): the mPLUG-Owl2 ViT's layer
+     * (1025 tokens, 16 heads of 64), Q-ReAlign Mini's ViT layer at 1024 x 768 (3072 patches, 12
+     * heads of 64) and the decoder (92 rows, 32 heads of 128) */
+    struct { const char *what; int T, H, hd, causal; } att[] = {
+        {"vit attention", 1025, 16, 64, 0}, {"qwen vit 3072", 3072, 12, 64, 0}, {"llm attention", 92, 32, 128, 1}};
+    for (size_t i = 0; i < sizeof att / sizeof att[0]; i++) {
         int T = att[i].T, H = att[i].H, hd = att[i].hd, ld = H * hd;
         size_t stride = ATT_SCRATCH_ROWS * pad16((size_t)T);
         float *scratch = xmalloc(stride * sizeof(float)), *kt = xmalloc(2 * (size_t)ld * pad16((size_t)T) * sizeof(float));
@@ -162,8 +165,40 @@ int main(int argc, char **argv) {
             } while (t < budget);
             printf("%-14s %-18s %10.2f %10.1f\n", att[i].what, "bf16", 1e3 * t / calls, flop * calls / t / 1e9);
         }
+        if (!att[i].causal && k->attention_bf16_unit) { /* the same on the matrix unit (AMX) */
+            calls = 0;
+            t0 = thread_seconds();
+            do {
+                k->attention_bf16_unit(out, x, ld, x + (size_t)T * ld, x + 2 * (size_t)T * ld, ld, T, T, H, H, hd, scratch, stride,
+                                       kt);
+                calls++;
+                t = thread_seconds() - t0;
+            } while (t < budget);
+            printf("%-14s %-18s %10.2f %10.1f\n", att[i].what, "bf16 unit", 1e3 * t / calls, flop * calls / t / 1e9);
+        }
         free(scratch);
         free(kt);
+    }
+    /* the Gated DeltaNet's recurrence (delta_rule16): one head's 16 state columns through 231
+     * tokens (Q-ReAlign Mini at 448 x 448), dk 128; GFLOP/s counts 7 flops per state value and
+     * token (a_k and a_q: an FMA each; the decay: a multiply; the update: an FMA), four vector
+     * instructions per 16 values: at 2 per cycle (two FMA ports) the kernel's ceiling */
+    {
+        int T = 231, dk = 128, ld = 3 * dk;
+        float *st = xmalloc((size_t)dk * 16 * sizeof(float)), *dec = xmalloc((size_t)T * 3 * sizeof(float));
+        for (int t = 0; t < T; t++) dec[t] = 0.95f, dec[T + t] = 0.5f, dec[2 * T + t] = 0.1f;
+        int calls = 0;
+        double t0 = thread_seconds(), t;
+        do {
+            memset(st, 0, (size_t)dk * 16 * sizeof(float));
+            delta_rule16(out, 16, st, x, x + dk, ld, x + 2 * dk, ld, dec, dec + T, dec + 2 * T, T, dk, 16);
+            calls++;
+            t = thread_seconds() - t0;
+        } while (t < budget);
+        double flop = 7.0 * T * dk * 16;
+        printf("%-14s %-18s %10.4f %10.1f\n", "delta rule", "f32 (16 columns)", 1e3 * t / calls, flop * calls / t / 1e9);
+        free(st);
+        free(dec);
     }
     return 0;
 }

@@ -332,6 +332,8 @@ static const Kernels kernels_amx = {
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
     .gelu_tanh = gelu_tanh_avx512,
+    .sigmoid_mul = sigmoid_mul_avx512,
+    .conv_silu_row = conv_silu_row_avx512,
     .attention = attention_avx512,
     .delta_rule16 = delta_rule16_avx512,
 #endif

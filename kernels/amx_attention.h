@@ -4,19 +4,22 @@
  * that the same code runs on the unit and, with QA_AMX_EMULATE, on the C model of it
  * (kernels/amx_emu.h) in tests/test_kernels.c.
  *
- * Arithmetic (the same as attention_bf16_avx512's, up to the order of f32 sums):
+ * Arithmetic (attention_bf16_avx512's, with the softmax's division moved after p v, and
+ * f32 sums in the unit's order):
  *   s[i][j] = sum_d bf16(scale q[i][d]) bf16(k[j][d])        (scale = hd^-0.5, f32 sums)
- *   p[i][j] = exp(s[i][j] - max_j s[i][j]) / sum_j (...)     (f32)
- *   o[i][d] = sum_j bf16(p[i][j]) bf16(v[j][d])              (f32 sums)
- * TDPBF16PS sums each instruction's even and odd products apart (amx_emu.h), so a sum is
- * not the AVX-512 kernel's bits; tests/test_kernels.c bounds both against the same plain-C
- * arithmetic.
+ *   e[i][j] = exp(s[i][j] - max_j s[i][j])                   (f32)
+ *   o[i][d] = (sum_j bf16(e[i][j]) bf16(v[j][d])) / sum_j e[i][j]   (f32 sums)
+ * (so the scores are read once after the maximum: exp, sum and bf16 pairs in one pass,
+ * no normalised f32 row stored and read again). TDPBF16PS sums each instruction's even and
+ * odd products apart (amx_emu.h), so a sum is not the AVX-512 kernel's bits;
+ * tests/test_kernels.c bounds both against plain-C forms of their arithmetic.
  *
  * Blocking. A work item is one head and 16 query rows (one tile of rows). Its scores for
  * all Tk keys are made tile by tile (16 queries x 16 keys, K steps of 32 dimensions: the
  * block's queries stay in two tile registers) and stored to the thread's scratch rows
- * (16 x pad16(Tk) floats: 64 KB per thousand keys, in L2, never the T x T matrix); the
- * softmax turns each row into bf16 pairs in place; then p v runs over the keys 32 at a time
+ * (16 x pad16(Tk) floats: 64 KB per thousand keys, in L2, never the T x T matrix), each
+ * row's maximum taken as its 64-key blocks are stored (in L1); the softmax turns each row
+ * into bf16 pairs of e in place; then p v runs over the keys 32 at a time
  * (one A tile of pairs) into hd/16 C tiles that stay in the unit until the end. Every tile
  * is 16 rows x 64 bytes, so one configuration serves both phases:
  *   T0, T1  the queries' two K steps (phase 1); the probabilities, 32 keys (phase 2)
@@ -45,40 +48,54 @@ static void amx_att_configure(void) {
     AMX_CONFIG(&c);
 }
 
-/* One score row (Tk real keys of Tk16) -> its probabilities as bf16 pairs in place: pair i
- * (keys 2i, 2i+1) in 32-bit word i, words [ceil(Tk/2), pad32(Tk)/2) zero. */
-static void amx_att_softmax_row(float *row, int Tk) {
+/* One score row (Tk real keys of Tk16) -> its unnormalised probabilities e = exp(s - max) as
+ * bf16 pairs in place (pair i, keys 2i and 2i+1, in 32-bit word i; words [ceil(Tk/2),
+ * pad32(Tk)/2) zero) in one pass; returns 1 / sum e (the f32 e summed), by which the row's
+ * output is scaled after p v. With AVX512-BF16 the row's maximum comes made (vmax: its
+ * lanes' maxima, gathered while the scores were stored); the plain C form finds it itself. */
+#ifdef QA_AVX512_BF16
+static float amx_att_softmax_row(float *row, int Tk, __m512 vmax) {
     int n32 = (Tk + 31) / 32 * 32;
-#ifdef QA_AVX512_BF16 /* (vcvtne2ps2bf16: AVX512-BF16; AVX-512 builds without it take the plain C below) */
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < Tk; j += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(Tk - j), row + j));
     __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
-    for (int j = 0; j < Tk; j += 16) {
-        __mmask16 m = tail_mask(Tk - j);
-        __m512 ev = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), mx)));
-        _mm512_mask_storeu_ps(row + j, m, ev);
-        vsum = _mm512_add_ps(vsum, ev);
-    }
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
     for (int c = 0; 32 * c < n32; c++) { /* reads floats 32c.., writes words 16c..: never ahead of the reads */
         int left = Tk - 32 * c;
-        __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(left > 0 ? tail_mask(left) : 0, row + 32 * c), inv);
-        __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(left > 16 ? tail_mask(left - 16) : 0, row + 32 * c + 16), inv);
+        __mmask16 m0 = left > 0 ? tail_mask(left) : 0, m1 = left > 16 ? tail_mask(left - 16) : 0;
+        __m512 lo = _mm512_maskz_mov_ps(m0, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m0, row + 32 * c), mx)));
+        __m512 hi = _mm512_maskz_mov_ps(m1, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m1, row + 32 * c + 16), mx)));
+        vsum = _mm512_add_ps(vsum, _mm512_add_ps(lo, hi));
         _mm512_storeu_si512(row + 16 * c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
+    return 1.0f / _mm512_reduce_add_ps(vsum);
+}
 #else
+static float amx_att_softmax_row(float *row, int Tk) {
+    int n32 = (Tk + 31) / 32 * 32;
     float mx = -INFINITY;
     double sum = 0.0; /* as softmax_ref: the sum in double */
     for (int j = 0; j < Tk; j++) mx = row[j] > mx ? row[j] : mx;
-    for (int j = 0; j < Tk; j++) row[j] = expf(row[j] - mx), sum += row[j];
-    float inv = (float)(1.0 / sum);
     uint32_t *w = (uint32_t *)row;
     for (int i = 0; i < n32 / 2; i++) { /* word i from floats 2i, 2i+1: read before written */
-        float a = 2 * i < Tk ? row[2 * i] * inv : 0.0f, b = 2 * i + 1 < Tk ? row[2 * i + 1] * inv : 0.0f;
+        float a = 2 * i < Tk ? expf(row[2 * i] - mx) : 0.0f, b = 2 * i + 1 < Tk ? expf(row[2 * i + 1] - mx) : 0.0f;
+        sum += (double)a + (double)b;
         w[i] = (uint32_t)f32_to_bf16(a) | (uint32_t)f32_to_bf16(b) << 16;
     }
-#endif
+    return (float)(1.0 / sum);
 }
+#endif
+
+#ifdef QA_AVX512_BF16
+/* each row's running maximum (lanes) over the nb 16-key blocks from key j0 of the stored
+ * scores: the real keys only, lanes past Tk keep the running value */
+static inline void amx_att_rowmax(__m512 *rmax, const float *S, size_t Tk16, int Tk, int R, int j0, int nb) {
+    for (int r = 0; r < R; r++) {
+        const float *sr = S + (size_t)r * Tk16 + j0;
+        __m512 m = rmax[r];
+        for (int b = 0; b < nb && Tk - j0 - 16 * b > 0; b++)
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail_mask(Tk - j0 - 16 * b), sr + 16 * b));
+        rmax[r] = m;
+    }
+}
+#endif
 
 /* the pair (bf16(a), bf16(b)) as one word */
 static inline uint32_t amx_att_pair(float a, float b) { return (uint32_t)f32_to_bf16(a) | (uint32_t)f32_to_bf16(b) << 16; }
@@ -149,6 +166,10 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
         AMX_LOAD(tb, kph + (size_t)(step) * 16 * Tk16 + j0 + 16 * (jj), Tk16 * 4);                           \
         AMX_DP_BF16(tc, tq, tb);                                                                             \
     } while (0)
+#ifdef QA_AVX512_BF16
+                __m512 rmax[AMXA_ROWS]; /* each row's running maximum over its real keys (lanes) */
+                for (int r = 0; r < AMXA_ROWS; r++) rmax[r] = _mm512_set1_ps(-INFINITY);
+#endif
                 for (size_t j0 = 0; j0 < Tk16; j0 += 64) {
                     int nb = (int)((Tk16 - j0) / 16 < 4 ? (Tk16 - j0) / 16 : 4);
                     AMX_TZERO(4);
@@ -169,11 +190,28 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
                     if (nb > 1) AMX_STORED(5, S + j0 + 16, Tk16 * 4);
                     if (nb > 2) AMX_STORED(6, S + j0 + 32, Tk16 * 4);
                     if (nb > 3) AMX_STORED(7, S + j0 + 48, Tk16 * 4);
+#ifdef QA_AVX512_BF16
+                    /* the rows' maxima over the previous 64 keys, still in L1 (not another pass
+                     * over the rows; one group behind, so that the tile stores have landed) */
+                    if (j0 > 0) amx_att_rowmax(rmax, S, Tk16, Tk, R, (int)j0 - 64, 4);
+#endif
                 }
+#ifdef QA_AVX512_BF16
+                {
+                    size_t jl = (Tk16 - 1) / 64 * 64; /* the last group */
+                    amx_att_rowmax(rmax, S, Tk16, Tk, R, (int)jl, (int)((Tk16 - jl) / 16));
+                }
+#endif
 #undef AMXA_QK
-                /* softmax per real row; the padding rows' words zero */
+                /* softmax per real row, its division deferred to the output (inv); the padding
+                 * rows' words zero */
+                float inv[AMXA_ROWS];
                 for (int r = 0; r < AMXA_ROWS; r++) {
-                    if (r < R) amx_att_softmax_row(S + (size_t)r * Tk16, Tk);
+#ifdef QA_AVX512_BF16
+                    if (r < R) inv[r] = amx_att_softmax_row(S + (size_t)r * Tk16, Tk, rmax[r]);
+#else
+                    if (r < R) inv[r] = amx_att_softmax_row(S + (size_t)r * Tk16, Tk);
+#endif
                     else memset(S + (size_t)r * Tk16, 0, Tk32 / 2 * sizeof(float));
                 }
                 /* out = p v: 32 keys (16 pairs) a step, hd/16 output tiles */
@@ -201,7 +239,8 @@ static int attention_bf16_amx(float *out, const float *q, int ldq, const float *
                 if (HC > 1) AMX_STORED(5, ob + 16, 64 * 4);
                 if (HC > 2) AMX_STORED(6, ob + 32, 64 * 4);
                 if (HC > 3) AMX_STORED(7, ob + 48, 64 * 4);
-                for (int r = 0; r < R; r++) memcpy(o + (size_t)r * H * hd, ob + 64 * r, (size_t)hd * sizeof(float));
+                for (int r = 0; r < R; r++)
+                    for (int d = 0; d < hd; d++) o[(size_t)r * H * hd + d] = ob[64 * r + d] * inv[r];
             }
         AMX_RELEASE();
     }

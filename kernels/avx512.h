@@ -67,6 +67,26 @@ static void silu_mul16_avx512(float *a, const float *b) {
     _mm512_storeu_ps(a, _mm512_mul_ps(silu512(_mm512_loadu_ps(a)), _mm512_loadu_ps(b)));
 }
 static void silu_mul_avx512(float *a, const float *b, size_t n) { by_16(a, b, n, silu_mul16_avx512); }
+/* a = a * (1 / (1 + exp(-b))) */
+static void sigmoid_mul16_avx512(float *a, const float *b) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(b)));
+    __m512 sg = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    _mm512_storeu_ps(a, _mm512_mul_ps(_mm512_loadu_ps(a), sg));
+}
+static void sigmoid_mul_avx512(float *a, const float *b, size_t n) { by_16(a, b, n, sigmoid_mul16_avx512); }
+/* kernels.h conv_silu_row: 16 channels at a time, each tap a multiply then an add (not an
+ * FMA: the plain loop's sum, bit for bit), the tail masked */
+static void conv_silu_row_avx512(float *out, const float *in, size_t ldi, const float *w, int C, int K, int j0) {
+    for (int c = 0; c < C; c += 16) {
+        __mmask16 m = tail_mask(C - c);
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = j0; j < K; j++) {
+            __m512 x = _mm512_maskz_loadu_ps(m, in - (size_t)(K - 1 - j) * ldi + c);
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + (size_t)j * C + c), x));
+        }
+        _mm512_mask_storeu_ps(out + c, m, silu512(acc));
+    }
+}
 static void gelu_tanh16_avx512(float *a, const float *unused) {
     __m512 x = _mm512_loadu_ps(a), x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
     __m512 u = _mm512_mul_ps(_mm512_set1_ps(-1.5957691216057308f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
@@ -945,6 +965,8 @@ static const Kernels kernels_avx512 = {
     .silu_mul = silu_mul_avx512,
     .add = add_avx512,
     .gelu_tanh = gelu_tanh_avx512,
+    .sigmoid_mul = sigmoid_mul_avx512,
+    .conv_silu_row = conv_silu_row_avx512,
     .attention = attention_avx512,
     .delta_rule16 = delta_rule16_avx512,
 #ifdef QA_AVX512_BF16

@@ -349,10 +349,11 @@ static void attention_bf16_emulated(float *out, const float *q, int ldq, const f
         }
 }
 
-/* attention_bf16_unit's arithmetic in plain C: attention_bf16_emulated's, with each sum in
- * the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as measured on the unit): per
- * instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v) the even and the odd
- * products summed apart, then c += (even + odd) */
+/* attention_bf16_unit's arithmetic in plain C (kernels/amx_attention.h): attention_bf16_emulated's
+ * with the softmax's division after p v (o = (sum_j bf16(e_j) bf16(v_j)) / sum_j e_j, e_j =
+ * exp(s_j - max)), each sum in the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as
+ * measured on the unit): per instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v)
+ * the even and the odd products summed apart, then c += (even + odd) */
 static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
                                          int Tq, int Tk, int H, int KVH, int hd, float *s) {
     float scale = 1.0f / sqrtf((float)hd);
@@ -372,7 +373,11 @@ static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, co
                 }
                 s[j] = c;
             }
-            softmax_ref(s, Tk);
+            float mx = s[0];
+            for (int j = 1; j < Tk; j++) mx = s[j] > mx ? s[j] : mx;
+            double sum = 0.0;
+            for (int j = 0; j < Tk; j++) s[j] = expf(s[j] - mx), sum += s[j];
+            float inv = (float)(1.0 / sum);
             for (int d = 0; d < hd; d++) {
                 float c = 0.0f;
                 for (int j0 = 0; j0 < Tk; j0 += 32) {
@@ -383,7 +388,7 @@ static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, co
                     }
                     c += e + o;
                 }
-                out[(size_t)i * H * hd + h * hd + d] = c;
+                out[(size_t)i * H * hd + h * hd + d] = c * inv;
             }
         }
 #undef BF
@@ -426,6 +431,25 @@ static void test_attention_bf16_fn(const char *what, int (*fn)(float *, const fl
         double e_same = max_diff(o1, o2, (size_t)Tq * ld) / scale, e_f32 = max_diff(o1, o3, (size_t)Tq * ld) / scale;
         check(e_same <= 2e-4 && e_f32 <= 2e-2, "%s Tq %4d Tk %4d heads %d hd %2d: vs emulation %.2e, vs f32 %.2e", what,
               Tq, Tk, H, hd, e_same, e_f32);
+    }
+    /* one key far above the rest (a score of 160: exp would overflow without the true row
+     * maximum) at each place a kernel may gather the maximum separately - the first block,
+     * the middle of the row, the last (partial) block: the output is that key's value */
+    {
+        int Tq = 16, Tk = 200, hd = 64, places[] = {0, 70, 130, 199};
+        for (size_t c = 0; c < sizeof places / sizeof places[0]; c++) {
+            for (size_t i = 0; i < (size_t)Tq * hd; i++) q[i] = 1.0f;
+            for (size_t i = 0; i < (size_t)Tk * hd; i++) k[i] = frand(), v[i] = frand();
+            for (int d = 0; d < hd; d++) k[(size_t)places[c] * hd + d] = 20.0f;
+            check(fn(o1, q, hd, k, v, hd, Tq, Tk, 1, 1, hd, scratch, stride, kt), "%s takes hd %d", what, hd);
+            double e = 0;
+            for (int i = 0; i < Tq; i++)
+                for (int d = 0; d < hd; d++) {
+                    double got = o1[(size_t)i * hd + d], want = v[(size_t)places[c] * hd + d];
+                    e = isfinite(got) ? fmax(e, fabs(got - want)) : INFINITY;
+                }
+            check(e <= 1e-2, "%s: one key 160 above the rest at key %3d of %d: max |o - v_key| %.2e", what, places[c], Tk, e);
+        }
     }
     free(q); free(k); free(v); free(o1); free(o2); free(o3); free(scratch); free(kt); free(srow);
 }
@@ -494,6 +518,46 @@ static void test_elementwise(void) {
         e1 = fmax(e1, fabs(o1[i] - r) / (fabs(r) + 1e-6));
     }
     check(e1 <= 1e-5, "silu * gate: max relative error %.2e", e1);
+    /* one row of the causal depthwise conv1d + SiLU (Qwen3.5's GDN; conv_silu_row) against the
+     * plain loop: rows 0..5 of a width-4 conv (the first rows with fewer taps), 1000 channels
+     * (a tail of 8), rows 1037 floats apart */
+    {
+        int C = 1000, K = 4, ldi = C + 37;
+        float *in = xmalloc((size_t)6 * ldi * sizeof(float)), *wk = xmalloc((size_t)K * C * sizeof(float));
+        double ec = 0;
+        for (int i = 0; i < 6 * ldi; i++) in[i] = frand() * 4;
+        for (int i = 0; i < K * C; i++) wk[i] = frand();
+        for (int t = 0; t < 6; t++) {
+            int j0 = t < K - 1 ? K - 1 - t : 0;
+            o1[C] = 12345.0f; /* not written past C */
+            conv_silu_row(o1, in + (size_t)t * ldi, (size_t)ldi, wk, C, K, j0);
+            for (int c = 0; c < C; c++) {
+                float acc = 0.0f;
+                for (int j = j0; j < K; j++) acc += wk[j * C + c] * in[(size_t)(t - (K - 1) + j) * ldi + c];
+                double r = (double)acc / (1.0 + exp(-(double)acc));
+                ec = fmax(ec, fabs(o1[c] - r) / (fabs(r) + 1e-6));
+            }
+            ec = o1[C] == 12345.0f ? ec : 1.0;
+        }
+        check(ec <= 1e-5, "causal conv1d row + silu, 6 rows x %d channels: max relative error %.2e", C, ec);
+        free(in), free(wk);
+    }
+    /* a * sigmoid(b) (Qwen3.5's attention gate) against its plain-C reference (libm expf); a
+     * row's bits alone equal its bits at an offset */
+    {
+        double eg = 0;
+        for (int i = 0; i < n; i++) w[i] = frand() * 40; /* gates far into both tails */
+        memcpy(o1, y, (size_t)n * sizeof(float));
+        sigmoid_mul(o1, w, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            double r = (double)y[i] * (1.0f / (1.0f + expf(-w[i])));
+            eg = fmax(eg, fabs(o1[i] - r) / (fabs(r) + 1e-6));
+        }
+        memcpy(o2, y + 5, 100 * sizeof(float));
+        sigmoid_mul(o2, w + 5, 100);
+        check(eg <= 1e-5 && !memcmp(o2, o1 + 5, 100 * sizeof(float)), "a * sigmoid(b): max relative error %.2e, bits by place",
+              eg);
+    }
     /* gelu_pytorch_tanh (the ViT of Q-ReAlign) against the tanh form in double, over a row
      * of inputs up to +-20; and a row's bits alone equal its bits at an offset */
     {
