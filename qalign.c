@@ -705,19 +705,22 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     ActKind kind = act_kind_for(a, W->dtype);
     int all_rows = kern->tile_all_rows && (kern->all_rows_dtypes >> W->dtype & 1);
     if (a->kind != kind) acts_convert(a, kind);
-    if (all_rows) acts_slice(a);
-    else acts_interleave(a);
-    int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
-    /* one row (a decode step): the family's matvec over runs of 4 groups, where it has one */
-    if (T == 1 && kern->matvec) {
-        int runs = (groups + 3) / 4, missing = 0;
-#pragma omp parallel for schedule(dynamic) reduction(| : missing)
+    int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, T = a->T;
+    /* a few rows (a decode step of one answer or of a few stepped together): the family's
+     * matvec over runs of 4 groups, where it has one for this type (it reads each weight
+     * once for all the rows, and needs no interleaved copy) */
+    if (T <= MATVEC_ROWS && kern->matvec && kern->matvec(out, ldo, a, W, bias, epi, 0, 0)) {
+        int runs = (groups + 3) / 4;
+#pragma omp parallel for schedule(dynamic)
         for (int i = 0; i < runs; i++) {
             int g0 = 4 * i, ng = groups - g0 < 4 ? groups - g0 : 4;
-            if (!kern->matvec(out, a, W, bias, epi, g0, ng)) missing = 1;
+            CHECK(kern->matvec(out, ldo, a, W, bias, epi, g0, ng));
         }
-        if (!missing) return;
+        return;
     }
+    if (all_rows) acts_slice(a);
+    else acts_interleave(a);
+    int RT = a->R ? a->R : 4;
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
