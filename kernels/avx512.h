@@ -555,9 +555,9 @@ static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, 
  * without, 8.4-9.1 with 1024; 512 and 2048 were slower): the hardware prefetchers alone did
  * not keep four streams going. */
 #define MATVEC_AHEAD 1024
-/* rows [0, R) x groups [g0, g0 + G); the int32 sums (and MQ4_256's sub-block sums) of every
- * row and group stay in registers (G R of each: at most 16 and 8, see matvec_avx512), the
- * float totals in memory (touched once per block) */
+/* rows [0, R) x groups [g0, g0 + G); the int32 sums of every row and group stay in registers
+ * (G R <= 16, see MATVEC_G: q8_256's block sums, MQ4_256's sub-block sums), MQ4_256's block
+ * sums and the float totals in memory (touched once per sub-block, per block) */
 static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
                                                                     const float *bias, int epi, int g0, const int G,
                                                                     const int R, const int q4) {
@@ -566,6 +566,7 @@ static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out,
     const int8_t *xq = a->xq;
     const __m512i low4 = _mm512_set1_epi8(15), top = _mm512_set1_epi8((char)0x80), lo16 = _mm512_set1_epi32(0xffff);
     float tot[4][MATVEC_ROWS][16] __attribute__((aligned(64)));
+    int32_t s4[4][MATVEC_ROWS][16] __attribute__((aligned(64))); /* MQ4_256: the block's int32 sums */
     for (int g = 0; g < G; g++)
         for (int r = 0; r < R; r++) _mm512_store_ps(tot[g][r], _mm512_setzero_ps());
     for (int b = 0; b < nb; b++) {
@@ -574,8 +575,10 @@ static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out,
         __m512i s[4][MATVEC_ROWS];
         for (int g = 0; g < G; g++) {
             blk[g] = q256_block(W, g0, b) + (size_t)g * gbytes;
-            for (int r = 0; r < R; r++)
+            for (int r = 0; r < R; r++) {
                 s[g][r] = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(a->xc[(size_t)r * nb + b]);
+                if (q4) _mm512_store_si512(s4[g][r], s[g][r]);
+            }
         }
         if (!q4) {
             for (int j = 0; j < len / 4; j++) { /* quad j: columns k0 + 4j .. */
@@ -621,15 +624,20 @@ static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out,
                 }
                 for (int g = 0; g < G; g++) {
                     __m512i sc = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(blk[g], len, j))), lo16);
-                    for (int r = 0; r < R; r++)
+                    for (int r = 0; r < R; r++) {
+                        __m512i sm = _mm512_load_si512(s4[g][r]);
 #ifdef QA_AVX512_VNNI
-                        s[g][r] = _mm512_dpwssd_epi32(s[g][r], u[g][r], sc);
+                        _mm512_store_si512(s4[g][r], _mm512_dpwssd_epi32(sm, u[g][r], sc));
 #else
-                        s[g][r] = _mm512_add_epi32(s[g][r], _mm512_madd_epi16(u[g][r], sc));
+                        _mm512_store_si512(s4[g][r], _mm512_add_epi32(sm, _mm512_madd_epi16(u[g][r], sc)));
 #endif
+                    }
                 }
             }
         }
+        if (q4)
+            for (int g = 0; g < G; g++)
+                for (int r = 0; r < R; r++) s[g][r] = _mm512_load_si512(s4[g][r]);
         for (int g = 0; g < G; g++) {
             __m512 d = _mm512_loadu_ps(q256_d(blk[g], W->dtype, len));
             for (int r = 0; r < R; r++) {
@@ -645,10 +653,13 @@ static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out,
     }
 }
 
-/* R rows (a constant for the compiler), groups [g0, g0 + ng) in runs of G: at most 16 int32
- * block sums in registers (q8_256: G R <= 16), 8 for MQ4_256 (which has as many sub-block sums
- * besides); G = 4 where that allows (four streams), else 2 or 1. */
-#define MATVEC_G(R, q4) ((q4) ? ((R) <= 2 ? 4 : (R) <= 4 ? 2 : 1) : ((R) <= 4 ? 4 : 2))
+/* R rows (a constant for the compiler), groups [g0, g0 + ng) in runs of G: 16 int32 sums in
+ * registers at most (G R <= 16; MQ4_256 has the unpacked nibbles besides, so G R <= 8 up to
+ * 2 rows); G = 4 where that allows (four streams), else 2 (each x value loaded serves two
+ * groups). With 8 rows MQ4_256 is bound by the dot products, not by reading: about 4.5-4.9
+ * GB/s against 14.3-14.5 for one row (bench/matvec.c, one thread, the Sapphire Rapids KVM,
+ * load average 1.4-2.4); keeping its block sums in memory and G = 2 made 5-8 rows ~8% faster. */
+#define MATVEC_G(R, q4) ((q4) ? ((R) <= 2 ? 4 : 2) : ((R) <= 4 ? 4 : 2))
 #define MATVEC_RUNS(R, q4)                                                                                        \
     for (int g = g0; g < g0 + ng;) {                                                                              \
         int left = g0 + ng - g;                                                                                   \
