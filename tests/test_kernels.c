@@ -233,6 +233,7 @@ static void test_matvec_rows(void) {
     const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     const int shapes[][2] = {{16, 32}, {40, 288}, {100, 800}, {200, 544}, {72, 4064}, {1040, 256}};
     int T = 23, same = 1, cases = 0, by_matvec = 0;
+    uint64_t rng_saved = rng_state; /* the later tests see the numbers they saw without this one */
     const Kernels *kern = kernels_cpu();
     float *x = xmalloc((size_t)T * 4096 * sizeof(float)), *bias = xmalloc(1040 * sizeof(float));
     float *base = xmalloc((size_t)T * 1040 * sizeof(float)), *o1 = xmalloc((size_t)T * 1040 * sizeof(float)),
@@ -265,11 +266,28 @@ static void test_matvec_rows(void) {
         }
     check(same, "matmul of 1..%d rows (a decode step of a few answers) bit-identical to those rows in a %d-row call: %d cases, %d through the family's matvec",
           MATVEC_ROWS, T, cases, by_matvec);
+    /* two products of the same rows in one region (k and v, gate and up): each as alone */
+    same = 1;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        Tensor W1 = random_matrix(types[ti], 200, 800), W2 = random_matrix(types[ti], 72, 800);
+        for (size_t i = 0; i < (size_t)T * 800; i++) x[i] = frand();
+        for (int n = 1; n <= 9; n += 4) { /* 9: past MATVEC_ROWS */
+            acts_set(&a, x, n, 800);
+            matmul_acts2(o2, 200, &W1, base, 72, &W2, &a);
+            matmul(o1, &a, x, n, &W1, NULL, EPI_STORE);
+            same &= memcmp(o1, o2, (size_t)n * 200 * sizeof(float)) == 0;
+            matmul(o1, &a, x, n, &W2, NULL, EPI_STORE);
+            same &= memcmp(o1, base, (size_t)n * 72 * sizeof(float)) == 0;
+        }
+        free((void *)W1.data), free((void *)W2.data);
+    }
+    check(same, "two products of the same 1, 5 and 9 rows in one parallel region (k and v; gate and up) bit-identical to each alone");
     if (kern->matvec) /* (the AVX-512 one, in the avx512 and amx families) */
         check(by_matvec == 2 * 6 * 3 * MATVEC_ROWS, "the family's matvec takes q8_256 and q4_256 at 1..%d rows (%d of %d cases)", MATVEC_ROWS,
               by_matvec, 2 * 6 * 3 * MATVEC_ROWS);
     acts_free(&a);
     free(x), free(bias), free(base), free(o1), free(o2);
+    rng_state = rng_saved;
 }
 
 static void test_quantize(void) {
