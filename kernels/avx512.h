@@ -552,9 +552,12 @@ static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, 
 /* Each group's weights are read in order, G streams at once; a software prefetch this many
  * bytes ahead in each stream made one-row matmuls 1.7-2.7x faster on the KVM Sapphire Rapids
  * this was written on (bench/matvec.c, q4_256, one thread, a shared machine: 2.7-4.9 GB/s
- * without, 8.4-9.1 with 1024; 512 and 2048 were slower): the hardware prefetchers alone did
- * not keep four streams going. */
-#define MATVEC_AHEAD 1024
+ * without, 8.4-9.1 with 1024): the hardware prefetchers alone did not keep four streams
+ * going. With the kernel's present form (thread CPU time, best pass, load average 3.3-4.1),
+ * one row q4_256 / q8_256: 1024 bytes 14.1-14.5 / 17.0 GB/s, 2048 14.9-15.3 / 17.7, 3072
+ * 15.3 / 18.0, 4096 14.7 / 17.1; 8 rows 4.8 -> 5.2-5.3 / 10.1 -> 10.2-10.5. (T1, into L2 only,
+ * was no better.) */
+#define MATVEC_AHEAD 2048
 /* rows [0, R) x groups [g0, g0 + G); the int32 sums of every row and group stay in registers
  * (G R <= 16, see MATVEC_G: q8_256's block sums, MQ4_256's sub-block sums), MQ4_256's block
  * sums and the float totals in memory (touched once per sub-block, per block) */
