@@ -232,6 +232,10 @@ static inline int kernel_thread_id(void) {
  * scratch: per thread ATT_SCRATCH_ROWS * pad16(Tk) floats; kt: 2 * KVH * hd * pad16(Tk). */
 #define ATT_SCRATCH_ROWS 16 /* the AMX attention's tile of query rows (kernels/amx_attention.h) */
 
+/* The most activation rows a family's matvec() takes (below): a decode step of that many
+ * answers stepped together reads each weight once. */
+#define MATVEC_ROWS 8
+
 /* ---- the contract --------------------------------------------------------------------
  * What a family may provide. NULL (or a return value of 0) means: use the reference. */
 #ifdef _OPENMP
@@ -261,11 +265,13 @@ typedef struct {
     int (*tile_all_rows)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
     uint32_t all_rows_dtypes; /* the weight types tile_all_rows takes (bits 1 << DT_*): for them
                                  no interleaved copies are made */
-    /* the same for one activation row (a->T == 1: decoding a token), groups [g0, g0+ng)
-     * (ng <= 4), x read from the row-major buffers (xq, xd, xc, xc4); the same bits as that
-     * row inside tile(). Returns 0 if it has none for this weight/activation type. The
-     * reference: tile_ref with nt = 1. */
-    int (*matvec)(float *out, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
+    /* the same for a few activation rows (1 <= a->T <= MATVEC_ROWS: decoding a token of one
+     * answer or of a few stepped together), rows [0, a->T) of groups [g0, g0+ng) (ng <= 4),
+     * each group's weights read once for all the rows, x read from the row-major buffers (xq,
+     * xd, xc, xc4); each row the same bits as that row inside tile(), whatever a->T. ng = 0:
+     * nothing is written, the answer says whether it has one. Returns 0 if it has none for
+     * this weight/activation type (then it wrote nothing). The reference: tile_ref per row. */
+    int (*matvec)(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng);
     /* one row of K (a multiple of QBLOCK) values: q, d, c = -128 sum q, s = d sum q per block;
      * bit-identical to quantize_row_ref */
     void (*quantize_row)(int8_t *q, float *d, int32_t *c, float *s, const float *x, int K);

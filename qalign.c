@@ -722,27 +722,47 @@ static void tile_ref(float *out, int ldo, const Acts *a, const Tensor *W, const 
     }
 }
 
+/* A few rows (a decode step of one answer or of a few stepped together): n products of the
+ * same activations (k and v, gate and up: one fork and join for both) through the family's
+ * matvec, over runs of 4 groups of each weight, where it has one for these weight types
+ * (it reads each weight once for all the rows, and needs no interleaved copy). 1 if done. */
+static int matmul_few(Acts *a, int n, float *const *out, const int *ldo, const Tensor *const *W, const float *bias, int epi) {
+    const Kernels *kern = kernels_cpu();
+    if (a->T > MATVEC_ROWS || !kern->matvec) return 0;
+    ActKind kind = act_kind_for(a, W[0]->dtype);
+    for (int j = 0; j < n; j++)
+        if (W[j]->cols != a->K || act_kind_for(a, W[j]->dtype) != kind) return 0;
+    if (a->kind != kind) acts_convert(a, kind);
+    int runs[3] = {0}, total = 0;
+    CHECK(n <= 3);
+    for (int j = 0; j < n; j++) {
+        if (!kern->matvec(out[j], ldo[j], a, W[j], bias, epi, 0, 0)) return 0;
+        runs[j] = ((W[j]->rows + PACK_ROWS - 1) / PACK_ROWS + 3) / 4;
+        total += runs[j];
+    }
+#pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < total; i++) {
+        int j = 0, r = i;
+        while (r >= runs[j]) r -= runs[j++];
+        int groups = (W[j]->rows + PACK_ROWS - 1) / PACK_ROWS, g0 = 4 * r, ng = groups - g0 < 4 ? groups - g0 : 4;
+        CHECK(kern->matvec(out[j], ldo[j], a, W[j], bias, epi, g0, ng));
+    }
+    return 1;
+}
+
 /* out (T, ldo) gets columns [0, W->rows) of x W^T + bias, through the epilogue.
  * Threads split pairs of groups of 16 output columns; each walks all rows in tiles. */
 static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const float *bias, int epi) {
     CHECK(a->K == W->cols);
     const Kernels *kern = kernels_cpu();
+    if (matmul_few(a, 1, &out, &ldo, &W, bias, epi)) return;
     ActKind kind = act_kind_for(a, W->dtype);
     int all_rows = kern->tile_all_rows && (kern->all_rows_dtypes >> W->dtype & 1);
     if (a->kind != kind) acts_convert(a, kind);
+    int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, T = a->T;
     if (all_rows) acts_slice(a);
     else acts_interleave(a);
-    int groups = (W->rows + PACK_ROWS - 1) / PACK_ROWS, pairs = (groups + 1) / 2, RT = a->R ? a->R : 4, T = a->T;
-    /* one row (a decode step): the family's matvec over runs of 4 groups, where it has one */
-    if (T == 1 && kern->matvec) {
-        int runs = (groups + 3) / 4, missing = 0;
-#pragma omp parallel for schedule(dynamic) reduction(| : missing)
-        for (int i = 0; i < runs; i++) {
-            int g0 = 4 * i, ng = groups - g0 < 4 ? groups - g0 : 4;
-            if (!kern->matvec(out, a, W, bias, epi, g0, ng)) missing = 1;
-        }
-        if (!missing) return;
-    }
+    int RT = a->R ? a->R : 4;
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
@@ -764,6 +784,17 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
 static void matmul(float *out, Acts *a, const float *x, int T, const Tensor *W, const float *bias, int epi) {
     acts_set(a, x, T, W->cols);
     matmul_acts(out, W->rows, a, W, bias, epi);
+}
+
+/* Two products of the same activations, no bias (k and v; gate and up): for a few rows in
+ * one parallel region, else one after the other. */
+static void matmul_acts2(float *o1, int ld1, const Tensor *W1, float *o2, int ld2, const Tensor *W2, Acts *a) {
+    float *out[2] = {o1, o2};
+    int ldo[2] = {ld1, ld2};
+    const Tensor *W[2] = {W1, W2};
+    if (matmul_few(a, 2, out, ldo, W, NULL, EPI_STORE)) return;
+    matmul_acts(o1, ld1, a, W1, NULL, EPI_STORE);
+    matmul_acts(o2, ld2, a, W2, NULL, EPI_STORE);
 }
 
 /* Row `row` of W as f32 (embedding lookups, the few lm_head rows). */
@@ -1069,7 +1100,7 @@ static void rope_tables(float *cosb, float *sinb, int n, int hd, float theta) {
  * x (rows, heads*hd) at positions pos0, pos0+1, ...: pairs are (d, d + hd/2), not (2d, 2d+1). */
 static void rope(float *x, int rows, int pos0, int heads, int hd, const float *cosb, const float *sinb) {
     int half = hd / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1) /* (one row: a decode step, no fork) */
     for (int i = 0; i < rows; i++)
         for (int h = 0; h < heads; h++) {
             float *v = x + ((size_t)i * heads + h) * hd;
@@ -1090,8 +1121,7 @@ static void swiglu_mlp(const Model *m, RunState *s, const DecoderLayer *L, float
     for (int r0 = 0; r0 < rows; r0 += MLP_CHUNK) {
         int nr = rows - r0 < MLP_CHUNK ? rows - r0 : MLP_CHUNK;
         acts_set(a, xn + (size_t)r0 * D, nr, D);
-        matmul_acts(s->hb, F, a, &L->gate, NULL, EPI_STORE);
-        matmul_acts(s->hb2, F, a, &L->up, NULL, EPI_STORE);
+        matmul_acts2(s->hb, F, &L->gate, s->hb2, F, &L->up, a);
         silu_mul(s->hb, s->hb2, (size_t)nr * F);
         matmul(x + (size_t)r0 * D, a, s->hb, nr, &L->down, NULL, EPI_ADD);
     }
@@ -1639,7 +1669,7 @@ static void gen_layers(const Model *m, RunState *s, GenSeq *const *g, int B, int
         const DecoderLayer *L = &m->l.layers[l];
         int n_out = l == c->l_layers - 1 ? 1 : nn, rows = B * nn;
         /* hidden_states = self.input_layernorm(hidden_states, modality_indicators) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1) /* (a decode step of one answer: no fork) */
         for (int r = 0; r < rows; r++) rmsnorm_row(xn + (size_t)r * D, x + (size_t)r * D, L->attn_norm[mod[r % nn]], D, c->l_eps);
         /* key_states = self.k_proj(hidden_states, modality_indicators); value_states likewise:
          * the rows of one modality gathered, projected once, put in each sequence's cache */
@@ -1649,8 +1679,7 @@ static void gen_layers(const Model *m, RunState *s, GenSeq *const *g, int B, int
                 if (mod[r % nn] == md) memcpy(s->att + (size_t)cnt++ * D, xn + (size_t)r * D, (size_t)D * sizeof(float));
             if (!cnt) continue;
             acts_set(a, s->att, cnt, D);
-            matmul_acts(s->q, kvd, a, &L->wk[md], NULL, EPI_STORE);
-            matmul_acts(s->tmp, kvd, a, &L->wv[md], NULL, EPI_STORE);
+            matmul_acts2(s->q, kvd, &L->wk[md], s->tmp, kvd, &L->wv[md], a);
             cnt = 0;
             for (int r = 0; r < rows; r++) {
                 if (mod[r % nn] != md) continue;
@@ -1682,7 +1711,7 @@ static void gen_layers(const Model *m, RunState *s, GenSeq *const *g, int B, int
         /* hidden_states = residual + self.o_proj(attn_output) */
         matmul(x, a, s->att, B * n_out, &L->wo, NULL, EPI_ADD);
         /* hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states, modality_indicators)) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * n_out > 1)
         for (int r = 0; r < B * n_out; r++)
             rmsnorm_row(xn + (size_t)r * D, x + (size_t)r * D, L->mlp_norm[mod[nn - n_out + r % n_out]], D, c->l_eps);
         swiglu_mlp(m, s, L, x, xn, B * n_out);

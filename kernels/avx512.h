@@ -560,102 +560,161 @@ static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, 
     }
 }
 
-/* --- one activation row (decode: a token at a time) --------------------------------------
+/* --- a few activation rows (decode: a token at a time, for one answer or a few) ----------
  * A tile multiplies TILE_ROWS_Q8 rows whatever nt is, so for one row it would do six times
- * the integer work and keep two weight streams; decoding is bound by reading the weights,
- * so matvec_avx512 keeps up to four groups' streams going with one accumulator each and
- * reads the row's int8 values straight from xq (no interleaved copy). The integer sums are
- * exact and the float steps per block are the tile's (tot = fma(float(s), d_w d_x, tot),
- * then store16), so a row's outputs are the same bits as in a tile of several rows. */
+ * the integer work and keep two weight streams, and for 8 rows (8 answers stepped together)
+ * it would read every weight twice; decoding is bound by reading the weights, so
+ * matvec_avx512 reads each group's weights once for all the rows (up to MATVEC_ROWS), G
+ * groups' streams at once, and takes the rows' int8 values straight from xq (no interleaved
+ * copy). The integer sums are exact and the float steps per block are the tile's (tot =
+ * fma(float(s), d_w d_x, tot), then store16), so a row's outputs are the same bits as in a
+ * tile of several rows, whatever the number of rows stepped together. */
 /* Each group's weights are read in order, G streams at once; a software prefetch this many
  * bytes ahead in each stream made one-row matmuls 1.7-2.7x faster on the KVM Sapphire Rapids
  * this was written on (bench/matvec.c, q4_256, one thread, a shared machine: 2.7-4.9 GB/s
- * without, 8.4-9.1 with 1024; 512 and 2048 were slower): the hardware prefetchers alone did
- * not keep four streams going. */
-#define MATVEC_AHEAD 1024
-static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out, const Acts *a, const Tensor *W,
+ * without, 8.4-9.1 with 1024): the hardware prefetchers alone did not keep four streams
+ * going. With the kernel's present form (thread CPU time, best pass, load average 3.3-4.1),
+ * one row q4_256 / q8_256: 1024 bytes 14.1-14.5 / 17.0 GB/s, 2048 14.9-15.3 / 17.7, 3072
+ * 15.3 / 18.0, 4096 14.7 / 17.1; 8 rows 4.8 -> 5.2-5.3 / 10.1 -> 10.2-10.5. (T1, into L2 only,
+ * was no better.) */
+#define MATVEC_AHEAD 2048
+/* rows [0, R) x groups [g0, g0 + G); the int32 sums of every row and group stay in registers
+ * (G R <= 16, see MATVEC_G: q8_256's block sums, MQ4_256's sub-block sums), MQ4_256's block
+ * sums and the float totals in memory (touched once per sub-block, per block) */
+static inline __attribute__((always_inline)) void matvec_q256_avx512(float *out, int ldo, const Acts *a, const Tensor *W,
                                                                     const float *bias, int epi, int g0, const int G,
-                                                                    const int q4) {
+                                                                    const int R, const int q4) {
     int K = W->cols, nb = q256_blocks(K);
     size_t gbytes = q256_group_bytes(W->dtype, K);
     const int8_t *xq = a->xq;
     const __m512i low4 = _mm512_set1_epi8(15), top = _mm512_set1_epi8((char)0x80), lo16 = _mm512_set1_epi32(0xffff);
-    __m512 tot[4];
-    for (int g = 0; g < G; g++) tot[g] = _mm512_setzero_ps();
+    float tot[4][MATVEC_ROWS][16] __attribute__((aligned(64)));
+    int32_t s4[4][MATVEC_ROWS][16] __attribute__((aligned(64))); /* MQ4_256: the block's int32 sums */
+    for (int g = 0; g < G; g++)
+        for (int r = 0; r < R; r++) _mm512_store_ps(tot[g][r], _mm512_setzero_ps());
     for (int b = 0; b < nb; b++) {
         int len = q256_len(K, b), k0 = b * QBLOCK_256;
         const uint8_t *blk[4];
-        __m512i s[4];
+        __m512i s[4][MATVEC_ROWS];
         for (int g = 0; g < G; g++) {
             blk[g] = q256_block(W, g0, b) + (size_t)g * gbytes;
-            s[g] = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(a->xc[b]);
+            for (int r = 0; r < R; r++) {
+                s[g][r] = q4 || Q8_SIGNED ? _mm512_setzero_si512() : _mm512_set1_epi32(a->xc[(size_t)r * nb + b]);
+                if (q4) _mm512_store_si512(s4[g][r], s[g][r]);
+            }
         }
         if (!q4) {
             for (int j = 0; j < len / 4; j++) { /* quad j: columns k0 + 4j .. */
-                int32_t xw;
-                memcpy(&xw, xq + k0 + 4 * j, 4);
-                __m512i xv = _mm512_set1_epi32(xw);
+                __m512i w[4];
                 for (int g = 0; g < G; g++) {
                     _mm_prefetch((const char *)q8_256_quad(blk[g], j) + MATVEC_AHEAD, _MM_HINT_T0);
-                    __m512i w = _mm512_loadu_si512(q8_256_quad(blk[g], j));
-                    if (Q8_SIGNED) w = _mm512_xor_si512(w, top);
-                    s[g] = dot4_avx512(s[g], w, xv, 1);
+                    w[g] = _mm512_loadu_si512(q8_256_quad(blk[g], j));
+                    if (Q8_SIGNED) w[g] = _mm512_xor_si512(w[g], top);
+                }
+                for (int r = 0; r < R; r++) {
+                    int32_t xw;
+                    memcpy(&xw, xq + (size_t)r * K + k0 + 4 * j, 4);
+                    __m512i xv = _mm512_set1_epi32(xw);
+                    for (int g = 0; g < G; g++) s[g][r] = dot4_avx512(s[g][r], w[g], xv, 1);
                 }
             }
         } else {
             for (int j = 0; j < len / QBLOCK; j++) { /* sub-block j: chunks 4j..4j+3 */
-                __m512i u[4], xv[8];
-                for (int h = 0; h < 8; h++) {
-                    int32_t xw;
-                    memcpy(&xw, xq + k0 + QBLOCK * j + 4 * h, 4);
-                    xv[h] = _mm512_set1_epi32(xw);
+                __m512i u[4][MATVEC_ROWS];
+                for (int r = 0; r < R; r++) {
+                    __m512i c = _mm512_set1_epi32(a->xc4[(size_t)r * (K / QBLOCK) + k0 / QBLOCK + j]);
+                    for (int g = 0; g < G; g++) u[g][r] = c;
                 }
-                for (int g = 0; g < G; g++) u[g] = _mm512_set1_epi32(a->xc4[k0 / QBLOCK + j]);
                 for (int g = 0; g < G; g++) /* the sub-block's 256 bytes, MATVEC_AHEAD further on */
                     for (int c = 0; c < 4; c++) _mm_prefetch((const char *)q4_256_chunk(blk[g], 4 * j + c) + MATVEC_AHEAD, _MM_HINT_T0);
-                UNROLL8 for (int cc = 0; cc < 4; cc++)
+                UNROLL8 for (int cc = 0; cc < 4; cc++) {
+                    __m512i wl[4], wh[4];
                     for (int g = 0; g < G; g++) {
                         __m512i v = _mm512_loadu_si512(q4_256_chunk(blk[g], 4 * j + cc));
-                        u[g] = dot4_avx512(u[g], _mm512_and_si512(v, low4), xv[2 * cc], 0);
-                        u[g] = dot4_avx512(u[g], _mm512_and_si512(_mm512_srli_epi16(v, 4), low4), xv[2 * cc + 1], 0);
+                        wl[g] = _mm512_and_si512(v, low4);
+                        wh[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
                     }
+                    for (int r = 0; r < R; r++) {
+                        const int8_t *xr = xq + (size_t)r * K + k0 + QBLOCK * j + 8 * cc;
+                        int32_t xl, xh;
+                        memcpy(&xl, xr, 4), memcpy(&xh, xr + 4, 4);
+                        __m512i vl = _mm512_set1_epi32(xl), vh = _mm512_set1_epi32(xh);
+                        for (int g = 0; g < G; g++) {
+                            u[g][r] = dot4_avx512(u[g][r], wl[g], vl, 0);
+                            u[g][r] = dot4_avx512(u[g][r], wh[g], vh, 0);
+                        }
+                    }
+                }
                 for (int g = 0; g < G; g++) {
                     __m512i sc = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q4_256_sc(blk[g], len, j))), lo16);
+                    for (int r = 0; r < R; r++) {
+                        __m512i sm = _mm512_load_si512(s4[g][r]);
 #ifdef QA_AVX512_VNNI
-                    s[g] = _mm512_dpwssd_epi32(s[g], u[g], sc);
+                        _mm512_store_si512(s4[g][r], _mm512_dpwssd_epi32(sm, u[g][r], sc));
 #else
-                    s[g] = _mm512_add_epi32(s[g], _mm512_madd_epi16(u[g], sc));
+                        _mm512_store_si512(s4[g][r], _mm512_add_epi32(sm, _mm512_madd_epi16(u[g][r], sc)));
 #endif
+                    }
                 }
             }
         }
-        __m512 dx = _mm512_set1_ps(a->xd[b]);
-        for (int g = 0; g < G; g++)
-            tot[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(_mm512_loadu_ps(q256_d(blk[g], W->dtype, len)), dx), tot[g]);
+        if (q4)
+            for (int g = 0; g < G; g++)
+                for (int r = 0; r < R; r++) s[g][r] = _mm512_load_si512(s4[g][r]);
+        for (int g = 0; g < G; g++) {
+            __m512 d = _mm512_loadu_ps(q256_d(blk[g], W->dtype, len));
+            for (int r = 0; r < R; r++) {
+                __m512 dx = _mm512_set1_ps(a->xd[(size_t)r * nb + b]);
+                _mm512_store_ps(tot[g][r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][r]), _mm512_mul_ps(d, dx), _mm512_load_ps(tot[g][r])));
+            }
+        }
     }
     for (int g = 0; g < G; g++) {
         int col = (g0 + g) * PACK_ROWS;
-        store16(out + col, tot[g], bias, col, epi, tail_mask(W->rows - col));
+        for (int r = 0; r < R; r++)
+            store16(out + (size_t)r * ldo + col, _mm512_load_ps(tot[g][r]), bias, col, epi, tail_mask(W->rows - col));
     }
 }
 
-/* The contract's matvec(): groups [g0, g0 + ng), ng <= 4, for the one row of a. */
-static int matvec_avx512(float *out, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng) {
-    if (a->T != 1 || a->kind != ACT_Q8_256 || (W->dtype != DT_MQ8_256 && W->dtype != DT_MQ4_256)) return 0;
+/* R rows (a constant for the compiler), groups [g0, g0 + ng) in runs of G: 16 int32 sums in
+ * registers at most (G R <= 16; MQ4_256 has the unpacked nibbles besides, so G R <= 8 up to
+ * 2 rows); G = 4 where that allows (four streams), else 2 (each x value loaded serves two
+ * groups). With 8 rows MQ4_256 is bound by the dot products, not by reading: about 4.5-4.9
+ * GB/s against 14.3-14.5 for one row (bench/matvec.c, one thread, the Sapphire Rapids KVM,
+ * load average 1.4-2.4); keeping its block sums in memory and G = 2 made 5-8 rows ~8% faster. */
+#define MATVEC_G(R, q4) ((q4) ? ((R) <= 2 ? 4 : 2) : ((R) <= 4 ? 4 : 2))
+#define MATVEC_RUNS(R, q4)                                                                                        \
+    for (int g = g0; g < g0 + ng;) {                                                                              \
+        int left = g0 + ng - g;                                                                                   \
+        if (left >= MATVEC_G(R, q4)) matvec_q256_avx512(out, ldo, a, W, bias, epi, g, MATVEC_G(R, q4), R, q4), g += MATVEC_G(R, q4); \
+        else if (left >= 2 && MATVEC_G(R, q4) > 2) matvec_q256_avx512(out, ldo, a, W, bias, epi, g, 2, R, q4), g += 2; \
+        else matvec_q256_avx512(out, ldo, a, W, bias, epi, g, 1, R, q4), g += 1;                                  \
+    }
+#define MATVEC_ROWS_CASE(R)                                                                                       \
+    case R:                                                                                                       \
+        if (q4) { MATVEC_RUNS(R, 1) } else { MATVEC_RUNS(R, 0) }                                                  \
+        break;
+
+/* The contract's matvec(): rows [0, a->T) (a->T <= MATVEC_ROWS), groups [g0, g0 + ng), ng <= 4. */
+static int matvec_avx512(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int g0, int ng) {
+    if (a->T < 1 || a->T > MATVEC_ROWS || a->kind != ACT_Q8_256 || (W->dtype != DT_MQ8_256 && W->dtype != DT_MQ4_256)) return 0;
     int q4 = W->dtype == DT_MQ4_256;
-    switch (ng * 2 + q4) {
-    case 8: matvec_q256_avx512(out, a, W, bias, epi, g0, 4, 0); break;
-    case 9: matvec_q256_avx512(out, a, W, bias, epi, g0, 4, 1); break;
-    case 6: matvec_q256_avx512(out, a, W, bias, epi, g0, 3, 0); break;
-    case 7: matvec_q256_avx512(out, a, W, bias, epi, g0, 3, 1); break;
-    case 4: matvec_q256_avx512(out, a, W, bias, epi, g0, 2, 0); break;
-    case 5: matvec_q256_avx512(out, a, W, bias, epi, g0, 2, 1); break;
-    case 2: matvec_q256_avx512(out, a, W, bias, epi, g0, 1, 0); break;
-    case 3: matvec_q256_avx512(out, a, W, bias, epi, g0, 1, 1); break;
+    switch (a->T) {
+    MATVEC_ROWS_CASE(1)
+    MATVEC_ROWS_CASE(2)
+    MATVEC_ROWS_CASE(3)
+    MATVEC_ROWS_CASE(4)
+    MATVEC_ROWS_CASE(5)
+    MATVEC_ROWS_CASE(6)
+    MATVEC_ROWS_CASE(7)
+    MATVEC_ROWS_CASE(8)
     default: return 0;
     }
     return 1;
 }
+#undef MATVEC_ROWS_CASE
+#undef MATVEC_RUNS
+#undef MATVEC_G
 
 /* --- attention ------------------------------------------------------------------------ */
 

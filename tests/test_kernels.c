@@ -223,6 +223,73 @@ static void test_threads_deterministic(void) {
 #endif
 }
 
+/* A decode step of 1..MATVEC_ROWS answers: matmul_acts takes the family's matvec (each weight
+ * read once for all the rows); every row must be the same bits as that row inside a big
+ * call (the tiles, or AMX's tile_all_rows), for any row count, group tail (N not a multiple
+ * of 64: runs of fewer than 4 groups, a last group of fewer than 16 outputs), short last
+ * block (K = 288, 800, 4064) and epilogue. With the reference alone (no matvec) it holds
+ * trivially; the message says whether the family's matvec ran. */
+static void test_matvec_rows(void) {
+    const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
+    const int shapes[][2] = {{16, 32}, {40, 288}, {100, 800}, {200, 544}, {72, 4064}, {1040, 256}};
+    int T = 23, same = 1, cases = 0, by_matvec = 0;
+    uint64_t rng_saved = rng_state; /* the later tests see the numbers they saw without this one */
+    const Kernels *kern = kernels_cpu();
+    float *x = xmalloc((size_t)T * 4096 * sizeof(float)), *bias = xmalloc(1040 * sizeof(float));
+    float *base = xmalloc((size_t)T * 1040 * sizeof(float)), *o1 = xmalloc((size_t)T * 1040 * sizeof(float)),
+          *o2 = xmalloc((size_t)MATVEC_ROWS * 1040 * sizeof(float));
+    for (int i = 0; i < 1040; i++) bias[i] = frand();
+    Acts a;
+    test_acts(&a, (size_t)T * 4096, 4096, 1);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int N = shapes[si][0], K = shapes[si][1];
+            Tensor W = random_matrix(types[ti], N, K);
+            for (size_t i = 0; i < (size_t)T * K; i++) x[i] = frand() * (i % 97 == 0 ? 8.0f : 1.0f);
+            for (size_t i = 0; i < (size_t)T * N; i++) base[i] = frand();
+            for (int epi = EPI_STORE; epi <= EPI_GELU; epi++) {
+                const float *b = epi == EPI_STORE ? NULL : bias;
+                memcpy(o1, base, (size_t)T * N * sizeof(float));
+                matmul(o1, &a, x, T, &W, b, epi); /* T > MATVEC_ROWS: the tiles */
+                for (int n = 1; n <= MATVEC_ROWS; n++) {
+                    int t0 = (3 * n) % (T - n + 1); /* rows t0 .. t0 + n - 1 of the big call */
+                    memcpy(o2, base + (size_t)t0 * N, (size_t)n * N * sizeof(float));
+                    acts_set(&a, x + (size_t)t0 * K, n, K);
+                    acts_convert(&a, act_kind_for(&a, W.dtype));
+                    if (kern->matvec && kern->matvec(o2, N, &a, &W, b, epi, 0, 0)) by_matvec++;
+                    matmul(o2, &a, x + (size_t)t0 * K, n, &W, b, epi);
+                    same &= memcmp(o2, o1 + (size_t)t0 * N, (size_t)n * N * sizeof(float)) == 0;
+                    cases++;
+                }
+            }
+            free((void *)W.data);
+        }
+    check(same, "matmul of 1..%d rows (a decode step of a few answers) bit-identical to those rows in a %d-row call: %d cases, %d through the family's matvec",
+          MATVEC_ROWS, T, cases, by_matvec);
+    /* two products of the same rows in one region (k and v, gate and up): each as alone */
+    same = 1;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        Tensor W1 = random_matrix(types[ti], 200, 800), W2 = random_matrix(types[ti], 72, 800);
+        for (size_t i = 0; i < (size_t)T * 800; i++) x[i] = frand();
+        for (int n = 1; n <= 9; n += 4) { /* 9: past MATVEC_ROWS */
+            acts_set(&a, x, n, 800);
+            matmul_acts2(o2, 200, &W1, base, 72, &W2, &a);
+            matmul(o1, &a, x, n, &W1, NULL, EPI_STORE);
+            same &= memcmp(o1, o2, (size_t)n * 200 * sizeof(float)) == 0;
+            matmul(o1, &a, x, n, &W2, NULL, EPI_STORE);
+            same &= memcmp(o1, base, (size_t)n * 72 * sizeof(float)) == 0;
+        }
+        free((void *)W1.data), free((void *)W2.data);
+    }
+    check(same, "two products of the same 1, 5 and 9 rows in one parallel region (k and v; gate and up) bit-identical to each alone");
+    if (kern->matvec) /* (the AVX-512 one, in the avx512 and amx families) */
+        check(by_matvec == 2 * 6 * 3 * MATVEC_ROWS, "the family's matvec takes q8_256 and q4_256 at 1..%d rows (%d of %d cases)", MATVEC_ROWS,
+              by_matvec, 2 * 6 * 3 * MATVEC_ROWS);
+    acts_free(&a);
+    free(x), free(bias), free(base), free(o1), free(o2);
+    rng_state = rng_saved;
+}
+
 static void test_quantize(void) {
     int K = 4096, rows = 64, same = 1;
     float *x = xmalloc((size_t)K * sizeof(float));
@@ -955,6 +1022,7 @@ static void test_family(void) {
     test_quantize();
     test_matmul();
     test_threads_deterministic();
+    test_matvec_rows();
     test_attention();
     test_attention_bf16();
     test_attention_hd256();
