@@ -721,6 +721,9 @@ static Acts acts_rows(const Acts *a, int r0, int n) {
  * to 1.5; 2 or 4 MB, or 256 rows, less. */
 #define ALL_ROWS_L2_BYTES ((size_t)1 << 20)
 #define ALL_ROWS_MIN_ROWS 128
+/* groups of 16 outputs per tile_all_rows call (AMX: two pairs, which share each row tile's
+ * activations in L1) */
+#define ALL_ROWS_GROUPS 4
 
 /* out (T, ldo) gets columns [0, W->rows) of x W^T + bias, through the epilogue.
  * Threads split pairs of groups of 16 output columns; each walks all rows in tiles. */
@@ -748,7 +751,7 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
          * every pair of groups passes over them: otherwise each pair re-reads all T rows from
          * L3. A block's weights are read once per block instead, so the blocks are as large as
          * the budget allows and of equal size (whole slices of slice_rows). */
-        int S = kern->slice_rows, tiles = (T + S - 1) / S;
+        int S = kern->slice_rows, tiles = (T + S - 1) / S, quads = (groups + ALL_ROWS_GROUPS - 1) / ALL_ROWS_GROUPS;
         int per = (int)(ALL_ROWS_L2_BYTES / ((size_t)S * (size_t)a->K));
         if (per < ALL_ROWS_MIN_ROWS / S) per = ALL_ROWS_MIN_ROWS / S;
         int nblk = (tiles + per - 1) / per, bt = (tiles + nblk - 1) / nblk;
@@ -758,8 +761,8 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
             float *o = out + (size_t)r0 * ldo;
             /* dynamic: see below; nowait: a thread done with its pairs starts the next block */
 #pragma omp for schedule(dynamic) nowait
-            for (int i = 0; i < pairs; i++) {
-                int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
+            for (int i = 0; i < quads; i++) {
+                int g0 = ALL_ROWS_GROUPS * i, ng = groups - g0 < ALL_ROWS_GROUPS ? groups - g0 : ALL_ROWS_GROUPS;
                 CHECK(kern->tile_all_rows(o, ldo, &v, W, bias, epi, g0, ng));
             }
         }
