@@ -185,9 +185,6 @@ static void amx_store_out(float *out, int ldo, const float (*acc)[AMX_GROUPS * 1
  * it), so the float step of item i - 1 runs while the unit works on item i. Each output
  * takes its float steps block by block in order, as the AVX-512 family's tile does. */
 #define AMX_CHUNK 64
-#ifndef AMX_PREFETCH
-#define AMX_PREFETCH 0
-#endif
 static void rows_q8_256_amx(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int n,
                             int g0, int ng) {
     const int two = 1, R = (n + 31) / 32, K = W->cols, S = (K + 63) / 64, blocks = q256_blocks(K), P = (ng + 1) / 2;
@@ -208,11 +205,6 @@ static void rows_q8_256_amx(float *out, int ldo, const Acts *a, const Tensor *W,
             int b = i / (R * P), r = i / P % R, p = i % P, ngp = ng - 2 * p < 2 ? ng - 2 * p : 2, len = q256_len(K, b), k = 0;
             const uint8_t *b0 = q256_block(W, g0 + 2 * p, b), *b1 = ngp > 1 ? b0 + gbytes : b0;
             const int8_t *xb = xs + ((size_t)r * S + (size_t)4 * b) * 2048;
-            if (p == P - 1 && AMX_PREFETCH) { /* the next row tile's activations to L1 while the unit works */
-                const int8_t *nx = r + 1 < R ? xb + (size_t)S * 2048 : xs + (size_t)4 * (b + 1) * 2048;
-                if (r + 1 < R || b + 1 < blocks)
-                    for (int l = 0; l < 128; l++) __builtin_prefetch(nx + 64 * l, 0, 3);
-            }
             { /* (AMX_STEP's and AMX_ZERO_C's ng: this pair's) */
                 const int ng = ngp;
                 AMX_ZERO_C();
