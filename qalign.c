@@ -721,8 +721,9 @@ static Acts acts_rows(const Acts *a, int r0, int n) {
  * to 1.5; 2 or 4 MB, or 256 rows, less. */
 #define ALL_ROWS_L2_BYTES ((size_t)1 << 20)
 #define ALL_ROWS_MIN_ROWS 128
-/* groups of 16 outputs per tile_all_rows call (AMX: two pairs, which share each row tile's
- * activations in L1) */
+/* groups of 16 outputs per tile_all_rows call past ALL_ROWS_MIN_ROWS rows (AMX: two pairs,
+ * which share each row tile's activations in L1); 2 for fewer rows (measured: a few percent
+ * better at 77 rows, where the weights' stream from memory is the limit) */
 #define ALL_ROWS_GROUPS 4
 
 /* out (T, ldo) gets columns [0, W->rows) of x W^T + bias, through the epilogue.
@@ -751,7 +752,8 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
          * every pair of groups passes over them: otherwise each pair re-reads all T rows from
          * L3. A block's weights are read once per block instead, so the blocks are as large as
          * the budget allows and of equal size (whole slices of slice_rows). */
-        int S = kern->slice_rows, tiles = (T + S - 1) / S, quads = (groups + ALL_ROWS_GROUPS - 1) / ALL_ROWS_GROUPS;
+        int S = kern->slice_rows, tiles = (T + S - 1) / S, G = T > ALL_ROWS_MIN_ROWS ? ALL_ROWS_GROUPS : 2;
+        int quads = (groups + G - 1) / G;
         int per = (int)(ALL_ROWS_L2_BYTES / ((size_t)S * (size_t)a->K));
         if (per < ALL_ROWS_MIN_ROWS / S) per = ALL_ROWS_MIN_ROWS / S;
         int nblk = (tiles + per - 1) / per, bt = (tiles + nblk - 1) / nblk;
@@ -762,7 +764,7 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
             /* dynamic: see below; nowait: a thread done with its pairs starts the next block */
 #pragma omp for schedule(dynamic) nowait
             for (int i = 0; i < quads; i++) {
-                int g0 = ALL_ROWS_GROUPS * i, ng = groups - g0 < ALL_ROWS_GROUPS ? groups - g0 : ALL_ROWS_GROUPS;
+                int g0 = G * i, ng = groups - g0 < G ? groups - g0 : G;
                 CHECK(kern->tile_all_rows(o, ldo, &v, W, bias, epi, g0, ng));
             }
         }
