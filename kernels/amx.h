@@ -207,7 +207,7 @@ static void rows_q8_256_amx(float *out, int ldo, const Acts *a, const Tensor *W,
             int b = i / (R * P), r = i / P % R, p = i % P, ngp = ng - 2 * p < 2 ? ng - 2 * p : 2, len = q256_len(K, b), k = 0;
             const uint8_t *b0 = q256_block(W, g0 + 2 * p, b), *b1 = ngp > 1 ? b0 + gbytes : b0;
             const int8_t *xb = xs + ((size_t)r * S + (size_t)4 * b) * 2048;
-            if (b + 1 < blocks) { /* the next block's weights to L2, a share of them each item (a stream per group) */
+            if (b + 1 < blocks && P > 1) { /* the next block's weights to L2, a share of them each item (a stream per group) */
                 int j = i % (R * P), nit = R * P, bl = (int)(q256_block_bytes(DT_MQ8_256, q256_len(K, b + 1)) / 64);
                 for (int g = 0; g < ng; g++) {
                     const uint8_t *nb = q256_block(W, g0 + g, b + 1);
