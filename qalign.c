@@ -727,7 +727,8 @@ static Acts acts_rows(const Acts *a, int r0, int n) {
 #define ALL_ROWS_GROUPS 4
 
 /* out (T, ldo) gets columns [0, W->rows) of x W^T + bias, through the epilogue.
- * Threads split pairs of groups of 16 output columns; each walks all rows in tiles. */
+ * Threads split pairs of groups of 16 output columns; each walks all rows in tiles (a
+ * family's tile_all_rows: runs of ALL_ROWS_GROUPS groups over blocks of rows). */
 static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const float *bias, int epi) {
     CHECK(a->K == W->cols);
     const Kernels *kern = kernels_cpu();
@@ -749,9 +750,9 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     }
     if (all_rows) { /* (no interleaved copies were made: the family must take every call) */
         /* Rows in blocks whose activation slices (rows x K bytes) stay in a core's L2 while
-         * every pair of groups passes over them: otherwise each pair re-reads all T rows from
-         * L3. A block's weights are read once per block instead, so the blocks are as large as
-         * the budget allows and of equal size (whole slices of slice_rows). */
+         * all the groups pass over them: otherwise each call re-reads all T rows from L3. A
+         * block's weights are read once per block instead, so the blocks are as large as the
+         * budget allows and of equal size (whole slices of slice_rows). */
         int S = kern->slice_rows, tiles = (T + S - 1) / S, G = T > ALL_ROWS_MIN_ROWS ? ALL_ROWS_GROUPS : 2;
         int quads = (groups + G - 1) / G;
         int per = (int)(ALL_ROWS_L2_BYTES / ((size_t)S * (size_t)a->K));
@@ -761,7 +762,7 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
         for (int r0 = 0; r0 < T; r0 += bt * S) {
             Acts v = acts_rows(a, r0, T - r0 < bt * S ? T - r0 : bt * S);
             float *o = out + (size_t)r0 * ldo;
-            /* dynamic: see below; nowait: a thread done with its pairs starts the next block */
+            /* dynamic: see below; nowait: a thread done with its groups starts the next block */
 #pragma omp for schedule(dynamic) nowait
             for (int i = 0; i < quads; i++) {
                 int g0 = G * i, ng = groups - g0 < G ? groups - g0 : G;

@@ -187,9 +187,10 @@ static void amx_store_out(float *out, int ldo, const float (*acc)[AMX_GROUPS * 1
  * it), so the float step of item i - 1 runs while the unit works on item i. Each output
  * takes its float steps block by block in order, as the AVX-512 family's tile does. */
 #define AMX_CHUNK 128
-static void rows_q8_256_amx(float *out, int ldo, const Acts *a, const Tensor *W, const float *bias, int epi, int t0, int n,
-                            int g0, int ng) {
-    const int two = 1, R = (n + 31) / 32, K = W->cols, S = (K + 63) / 64, blocks = q256_blocks(K), P = (ng + 1) / 2;
+static inline __attribute__((always_inline)) void rows_q8_256_amx(float *out, int ldo, const Acts *a, const Tensor *W,
+                                                                   const float *bias, int epi, int t0, int n, int g0, int ng,
+                                                                   const int P) {
+    const int two = 1, R = (n + 31) / 32, K = W->cols, S = (K + 63) / 64, blocks = q256_blocks(K);
     size_t gbytes = q256_group_bytes(DT_MQ8_256, K);
     float acc[AMX_CHUNK][AMX_GROUPS * 16] __attribute__((aligned(64)));
     int32_t c[2][AMX_ROWS][32] __attribute__((aligned(64))); /* tile sums, alternating */
@@ -253,7 +254,11 @@ static int tile_all_rows_amx(float *out, int ldo, const Acts *a, const Tensor *W
     for (int gi = g0; gi < g0 + ng; gi += AMX_GROUPS) {
         int gn = g0 + ng - gi < AMX_GROUPS ? g0 + ng - gi : AMX_GROUPS;
         for (int t0 = 0; t0 < a->T; t0 += AMX_CHUNK)
-            rows_q8_256_amx(out, ldo, a, W, bias, epi, t0, a->T - t0 < AMX_CHUNK ? a->T - t0 : AMX_CHUNK, gi, gn);
+        {
+            int nt = a->T - t0 < AMX_CHUNK ? a->T - t0 : AMX_CHUNK;
+            if (gn > 2) rows_q8_256_amx(out, ldo, a, W, bias, epi, t0, nt, gi, gn, 2); /* (P a constant in each) */
+            else rows_q8_256_amx(out, ldo, a, W, bias, epi, t0, nt, gi, gn, 1);
+        }
     }
     return 1;
 }
