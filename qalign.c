@@ -750,8 +750,38 @@ static int matmul_few(Acts *a, int n, float *const *out, const int *ldo, const T
     return 1;
 }
 
+/* Rows [r0, r0 + n) of sliced int8 activations as Acts of their own (r0 a multiple of the
+ * family's slice_rows): the same buffers, shifted */
+static Acts acts_rows(const Acts *a, int r0, int n) {
+    Acts v = *a;
+    int S = kernels_cpu()->slice_rows, K = a->K, nb = acts_blocks(a->kind, K);
+    CHECK(S > 0 && r0 % S == 0 && r0 + n <= a->T);
+    v.x = a->x ? a->x + (size_t)r0 * K : NULL;
+    v.T = n;
+    v.xq = a->xq + (size_t)r0 * K;
+    v.xd = a->xd + (size_t)r0 * nb;
+    v.xc = a->xc + (size_t)r0 * nb;
+    if (a->kind == ACT_Q8) v.xs = a->xs + (size_t)r0 * nb;
+    if (a->kind == ACT_Q8_256) v.xc4 = a->xc4 + (size_t)r0 * (K / QBLOCK);
+    v.xsl = a->xsl + (size_t)(r0 / S) * ((K + 63) / 64) * S * 64;
+    return v;
+}
+
+/* Bytes of activation slices a block of rows may take (half of a Sapphire Rapids core's L2),
+ * and the fewest rows of a block (each weight byte read from memory serves at least that many
+ * rows). Measured with bench/kernels.c on that CPU: 1 MB and 128 rows took ViT fc2 (T 1025, K
+ * 4096) from 1.2 to 1.75 TOP/s and the decoder's down projection at T 308 (K 11008) from 1.1
+ * to 1.5; 2 or 4 MB, or 256 rows, less. */
+#define ALL_ROWS_L2_BYTES ((size_t)1 << 20)
+#define ALL_ROWS_MIN_ROWS 128
+/* groups of 16 outputs per tile_all_rows call past ALL_ROWS_MIN_ROWS rows (AMX: two pairs,
+ * which share each row tile's activations in L1); 2 for fewer rows (measured: a few percent
+ * better at 77 rows, where the weights' stream from memory is the limit) */
+#define ALL_ROWS_GROUPS 4
+
 /* out (T, ldo) gets columns [0, W->rows) of x W^T + bias, through the epilogue.
- * Threads split pairs of groups of 16 output columns; each walks all rows in tiles. */
+ * Threads split pairs of groups of 16 output columns; each walks all rows in tiles (a
+ * family's tile_all_rows: runs of ALL_ROWS_GROUPS groups over blocks of rows). */
 static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const float *bias, int epi) {
     CHECK(a->K == W->cols);
     const Kernels *kern = kernels_cpu();
@@ -763,15 +793,34 @@ static void matmul_acts(float *out, int ldo, Acts *a, const Tensor *W, const flo
     if (all_rows) acts_slice(a);
     else acts_interleave(a);
     int RT = a->R ? a->R : 4;
+    if (all_rows) { /* (no interleaved copies were made: the family must take every call) */
+        /* Rows in blocks whose activation slices (rows x K bytes) stay in a core's L2 while
+         * all the groups pass over them: otherwise each call re-reads all T rows from L3. A
+         * block's weights are read once per block instead, so the blocks are as large as the
+         * budget allows and of equal size (whole slices of slice_rows). */
+        int S = kern->slice_rows, tiles = (T + S - 1) / S, G = T > ALL_ROWS_MIN_ROWS ? ALL_ROWS_GROUPS : 2;
+        int quads = (groups + G - 1) / G;
+        int per = (int)(ALL_ROWS_L2_BYTES / ((size_t)S * (size_t)a->K));
+        if (per < ALL_ROWS_MIN_ROWS / S) per = ALL_ROWS_MIN_ROWS / S;
+        int nblk = (tiles + per - 1) / per, bt = (tiles + nblk - 1) / nblk;
+#pragma omp parallel
+        for (int r0 = 0; r0 < T; r0 += bt * S) {
+            Acts v = acts_rows(a, r0, T - r0 < bt * S ? T - r0 : bt * S);
+            float *o = out + (size_t)r0 * ldo;
+            /* dynamic: see below; nowait: a thread done with its groups starts the next block */
+#pragma omp for schedule(dynamic) nowait
+            for (int i = 0; i < quads; i++) {
+                int g0 = G * i, ng = groups - g0 < G ? groups - g0 : G;
+                CHECK(kern->tile_all_rows(o, ldo, &v, W, bias, epi, g0, ng));
+            }
+        }
+        return;
+    }
     /* dynamic: on a shared machine a thread that is running takes the pairs of one that is
      * not, instead of waiting for it at the end (each output is still one tile's sum) */
 #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < pairs; i++) {
         int g0 = 2 * i, ng = groups - g0 < 2 ? groups - g0 : 2;
-        if (all_rows) { /* (no interleaved copies were made: it must take the call) */
-            CHECK(kern->tile_all_rows(out, ldo, a, W, bias, epi, g0, ng));
-            continue;
-        }
         for (int t0 = 0; t0 < T; t0 += RT) {
             int nt = T - t0 < RT ? T - t0 : RT;
             if (!kern->tile || !kern->tile(out, ldo, a, W, bias, epi, t0, nt, g0, ng))

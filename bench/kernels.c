@@ -95,6 +95,7 @@ int main(int argc, char **argv) {
     struct { const char *what; int T, N, K; } shapes[] = {
         {"vit qkv/o", 1025, 1024, 1024}, {"vit fc1", 1025, 4096, 1024}, {"vit fc2", 1025, 1024, 4096},
         {"llm q/k/v/o", 77, 4096, 4096}, {"llm gate/up", 77, 11008, 4096}, {"llm down", 77, 4096, 11008},
+        {"llm4 q/k/v/o", 308, 4096, 4096}, {"llm4 gate/up", 308, 11008, 4096}, {"llm4 down", 308, 4096, 11008}, /* 4 images */
         {"decode q/k/v/o", 1, 4096, 4096}, /* one token (qalign --ask): the weights' bandwidth */
     };
     const int types[] = {DT_MF32, DT_MBF16, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};

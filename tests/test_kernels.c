@@ -143,10 +143,11 @@ static Tensor random_matrix(int dtype, int rows, int cols) {
 static void test_matmul(void) {
     const int types[] = {DT_MF32, DT_MBF16, DT_MQ8_0, DT_MQ4_1, DT_MQ8_256, DT_MQ4_256};
     /* 288 and 800: a shorter last block of 32 for MQ8_256 / MQ4_256 */
-    const int shapes[][2] = {{16, 32}, {40, 64}, {33, 96}, {100, 256}, {24, 288}, {17, 800}, {64, 1024}, {1024, 64}, {48, 4096}};
-    /* 161: AMX's whole-rows path in two chunks of rows (AMX_CHUNK), the second partial */
+    const int shapes[][2] = {{16, 32}, {40, 64}, {33, 96}, {100, 256}, {24, 288}, {17, 800}, {64, 1024}, {1024, 64}, {48, 4096}, {32, 8192}};
+    /* 161: AMX's whole-rows path in two chunks of rows (AMX_CHUNK), the second partial; and
+     * at K 8192 in two blocks of rows (matmul_acts' ALL_ROWS_L2_BYTES: 96 + 65 rows) */
     const int Ts[] = {1, 2, 5, 7, 8, 9, 17, 33, 77, 161};
-    int maxT = 161, maxK = 4096, maxN = 1024;
+    int maxT = 161, maxK = 8192, maxN = 1024;
     float *x = xmalloc((size_t)maxT * maxK * sizeof(float));
     float *bias = xmalloc((size_t)maxN * sizeof(float));
     float *o1 = xmalloc((size_t)maxT * maxN * sizeof(float)), *o2 = xmalloc((size_t)maxT * maxN * sizeof(float));
