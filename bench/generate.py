@@ -18,6 +18,12 @@ same run: bench/gguf.py writes a random LLaMA-2-7B GGUF at the nearest type (q8_
 q8_256, q4_0 for q4_256), and bench/llamacpp.mjs times tg{tokens} (llama-bench's tg128: that
 many tokens decoded one at a time) through node-llama-cpp's prebuilt llama.cpp, installed as
 bench.py installs it (npm, --ignore-scripts) in the cache. Its tokens/s goes next to ours.
+
+With --cpu-time, every figure (ours and llama.cpp's) is timed by the process's CPU time
+divided by the threads instead of wall-clock time (ours through QALIGN_CLOCK=cpu): on a
+machine shared with other jobs, wall-clock time counts their work too. Threads waiting at a
+barrier spin (both programs' defaults), so with several threads it stays close to what the
+wall-clock time would be on an idle machine.
 """
 import argparse
 import json
@@ -30,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+
+
+CPU_TIME = False  # --cpu-time
 
 
 def sh(cmd, **kw):
@@ -53,6 +62,10 @@ def info(model):
     return {"type": wtype, "bytes": size, "per_token": per_token * bpw, "kv": 2 * L * kvd * 4}
 
 
+def load():
+    return "%.1f %.1f %.1f" % os.getloadavg()
+
+
 def cpu():
     for line in open("/proc/cpuinfo"):
         if line.startswith("model name"):
@@ -72,7 +85,7 @@ def run(model, image, n, tokens, threads, batch):
                 os.symlink(image, p)
             paths.append(p)
         args = args[:-1] + paths
-    r = sh(args)
+    r = sh(args, env={**os.environ, "QALIGN_CLOCK": "cpu"} if CPU_TIME else None)
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     gens = [re.search(r"prefill (\d+) rows in ([\d.]+) s .* decode (\d+) tokens in ([\d.]+) s", l)
@@ -80,6 +93,8 @@ def run(model, image, n, tokens, threads, batch):
     rows, pre, toks, dec = (float(x) for x in gens[0].groups())
     # answers of a batch are stepped together: the batch's decode time is the longest one
     dec_all = max(float(g.group(4)) for g in gens)
+    if CPU_TIME:  # process CPU time over the threads: the wall-clock time the threads would take alone
+        pre, dec_all = pre / int(threads), dec_all / int(threads)
     steps = sum(float(g.group(3)) - 1 for g in gens)
     return {"prefill_rows_per_s": rows / pre, "decode_tokens_per_s": steps / dec_all, "rows": int(rows),
             "tokens": int(toks), "answers": len(gens)}
@@ -104,7 +119,7 @@ def llamacpp_tg(node_dir, cache, wtype, threads, tokens, keep):
         if not keep:
             path.unlink(missing_ok=True)
     lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
-    tps = [l["tokens_per_second"] for l in lines if "generate" in l]
+    tps = [l["tokens_per_cpu_second"] * int(threads) if CPU_TIME else l["tokens_per_second"] for l in lines if "generate" in l]
     if r.returncode != 0 or not tps:
         return "n/a (" + ((r.stderr.strip().splitlines() or ["node failed"])[-1])[:60] + ")"
     return f"{tps[0]:.2f} ({g})"
@@ -121,8 +136,13 @@ def main():
     ap.add_argument("--batch", default="1,8", help="answers stepped together, e.g. 1,8")
     ap.add_argument("--image", default=str(ROOT / "bench" / "gen.ppm"))
     ap.add_argument("--llamacpp", action="store_true", help="llama.cpp's tg on the same shape (see above)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time ours and llama.cpp's by process CPU time / threads (QALIGN_CLOCK=cpu), not "
+                         "wall-clock: on a shared machine wall-clock time counts the other jobs' work")
     ap.add_argument("--keep-gguf", action="store_true", help="keep the GGUF files (else deleted after use: 4-7 GB each)")
     a = ap.parse_args()
+    global CPU_TIME
+    CPU_TIME = a.cpu_time
     if a.from_cache:
         a.models += [str(p) for t in ("q8_0", "q8_256", "q4_256") for p in [Path(a.cache) / f"one-align-{t}.qalign"]
                      if p.exists()]
@@ -138,7 +158,8 @@ def main():
     peak = dict(l.split() for l in sh([ROOT / "build" / "peak"], env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
                 .stdout.splitlines())
     read = float(peak.get("read_gbs", "nan"))
-    print(f"CPU: {cpu()}, {a.threads} threads; read bandwidth (bench/peak.c) {read:.1f} GB/s")
+    print(f"CPU: {cpu()}, {a.threads} threads; read bandwidth (bench/peak.c) {read:.1f} GB/s; "
+          f"{'CPU time / threads' if CPU_TIME else 'wall-clock time'}; load average {load()}")
     node_dir = None
     if a.llamacpp:
         import bench as bench_py  # its pinned node-llama-cpp install
@@ -146,8 +167,8 @@ def main():
         if not node_dir:
             print(f"(no llama.cpp figures: {why})")
     print("| type | file GB | answers at once | prompt rows | prefill rows/s | decode tokens/s | weights read / step GB | "
-          "decode GB/s | % of read peak | K/V MB per token | llama.cpp tg tokens/s (type) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "decode GB/s | % of read peak | K/V MB per token | llama.cpp tg tokens/s (type) | load average |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in a.models:
         inf = info(m)
         tg = ""
@@ -161,7 +182,7 @@ def main():
             gbs = inf["per_token"] * steps_per_s / 1e9
             print(f"| {inf['type']} | {inf['bytes'] / 1e9:.1f} | {b} | {best['rows']} | {best['prefill_rows_per_s']:.1f} | "
                   f"{best['decode_tokens_per_s']:.2f} | {inf['per_token'] / 1e9:.2f} | {gbs:.1f} | "
-                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} | {tg if b == 1 else ''} |", flush=True)
+                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} | {tg if b == 1 else ''} | {load()} |", flush=True)
 
 
 if __name__ == "__main__":

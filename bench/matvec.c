@@ -10,7 +10,11 @@
  * against bench/peak.c's figure. GB/s is weight bytes read per second (the same bytes serve
  * all the rows); rows x that / bytes is tokens/s.
  *
- *   make build/bench_matvec && ./build/bench_matvec [threads [seconds [rows,...]]]
+ *   make build/bench_matvec && ./build/bench_matvec [threads [seconds [rows,... [MB [types]]]]]
+ *
+ * MB: the weights' total (default 1500: from memory); a few MB (less than a layer: that many
+ * 4096 x 4096 q projections) stay in the last-level cache, which shows whether a kernel is bound by reading or by its
+ * arithmetic. types: a comma-separated subset of q8_0,q8_256,q4_256 (default all).
  *
  * Best pass of several (other work on a shared machine only slows a pass); time is the
  * thread's CPU time with one thread (what other jobs on a shared machine disturb least),
@@ -62,6 +66,8 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
     omp_set_num_threads(threads);
 #endif
+    double mb = argc > 4 ? atof(argv[4]) : 1500;
+    const char *only = argc > 5 ? argv[5] : NULL;
     cpu_clock = threads == 1;
     const Kernels *kern = kernels_cpu();
     printf("kernels: %s (%s); %d thread(s); %s, best pass; GB/s of weights read\n", qalign_kernels(), kernels_family(), threads,
@@ -72,12 +78,14 @@ int main(int argc, char **argv) {
     for (int i = 0; i < MATVEC_ROWS * 11008; i++) x[i] = (float)((i * 37) % 61 - 30) / 30.0f;
     printf("%-8s %4s %10s %10s %10s %10s %10s\n", "weights", "rows", "MB/layer", "tiles GB/s", "amx GB/s", "matvec GB/s", "ms/layer");
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        if (only && !strstr(only, DT_NAMES[types[ti]])) continue;
         enum { MAXW = 7 * 64 };
         static Tensor W[MAXW];
         size_t layer = 0, total = 0;
         for (int i = 0; i < 7; i++)
             layer += dtype_nbytes(types[ti], (uint64_t)shapes[i][0] * shapes[i][1], (uint64_t)shapes[i][0], (uint64_t)shapes[i][1]);
-        int nw = 7 * (int)((1500000000 + layer - 1) / layer);
+        int nw = 7 * (int)((mb * 1e6 + layer - 1) / layer);
+        if (mb * 1e6 < layer) nw = (int)(mb * 1e6 * 7 / layer) + 1; /* a few q projections (4096 x 4096) */
         for (int k = 0; k < nw; k++) {
             int i = k % 7;
             size_t bytes = dtype_nbytes(types[ti], (uint64_t)shapes[i][0] * shapes[i][1], (uint64_t)shapes[i][0], (uint64_t)shapes[i][1]);

@@ -576,8 +576,12 @@ static void delta_rule16_avx512(float *out, int ldo, float *st, const float *q, 
  * going. With the kernel's present form (thread CPU time, best pass, load average 3.3-4.1),
  * one row q4_256 / q8_256: 1024 bytes 14.1-14.5 / 17.0 GB/s, 2048 14.9-15.3 / 17.7, 3072
  * 15.3 / 18.0, 4096 14.7 / 17.1; 8 rows 4.8 -> 5.2-5.3 / 10.1 -> 10.2-10.5. (T1, into L2 only,
- * was no better.) */
+ * was no better.) On the AMD EPYC Zen 5 KVM (2 cores shared, load average 5.7-6.7), q4_256
+ * one thread: 2048 bytes 1 row 23.4-28.1 GB/s, 8 rows 12.9-15.8; 4096 20.7-29.6, 15.5-16.3:
+ * no difference past the noise. (-DMATVEC_AHEAD=N to try another distance.) */
+#ifndef MATVEC_AHEAD
 #define MATVEC_AHEAD 2048
+#endif
 /* rows [0, R) x groups [g0, g0 + G); the int32 sums of every row and group stay in registers
  * (G R <= 16, see MATVEC_G: q8_256's block sums, MQ4_256's sub-block sums), MQ4_256's block
  * sums and the float totals in memory (touched once per sub-block, per block) */
