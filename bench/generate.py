@@ -119,7 +119,8 @@ def llamacpp_tg(node_dir, cache, wtype, threads, tokens, keep):
         if not keep:
             path.unlink(missing_ok=True)
     lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
-    tps = [l["tokens_per_cpu_second"] * int(threads) if CPU_TIME else l["tokens_per_second"] for l in lines if "generate" in l]
+    tps = [l["tokens_per_cpu_second"] * int(threads) if CPU_TIME else l["tokens_per_second"]
+           for l in lines if "generate" in l]
     if r.returncode != 0 or not tps:
         return "n/a (" + ((r.stderr.strip().splitlines() or ["node failed"])[-1])[:60] + ")"
     return f"{tps[0]:.2f} ({g})"
@@ -182,7 +183,8 @@ def main():
             gbs = inf["per_token"] * steps_per_s / 1e9
             print(f"| {inf['type']} | {inf['bytes'] / 1e9:.1f} | {b} | {best['rows']} | {best['prefill_rows_per_s']:.1f} | "
                   f"{best['decode_tokens_per_s']:.2f} | {inf['per_token'] / 1e9:.2f} | {gbs:.1f} | "
-                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} | {tg if b == 1 else ''} | {load()} |", flush=True)
+                  f"{100 * gbs / read:.0f}% | {inf['kv'] / 2**20:.2f} | {tg if b == 1 else ''} | {load()} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
