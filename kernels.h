@@ -304,9 +304,7 @@ typedef struct {
      * Returns 0 for a shape it does not handle. */
     int (*attention)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq, int Tk,
                      int H, int KVH, int hd, int causal, int q_offset, float *scratch, size_t scratch_stride, float *kt);
-    /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models), the
-     * softmax's division after p v: o = (sum_j bf16(e_j) bf16(v_j)) / sum_j e_j, e_j =
-     * exp(s_j - max), s_j = bf16(scale q) . bf16(k_j) */
+    /* the same, non-causal, with bf16 products and f32 sums (the ViT of non-f32 models) */
     int (*attention_bf16)(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                           int Tk, int H, int KVH, int hd, float *scratch, size_t scratch_stride, float *kt);
     /* attention_bf16 on a matrix unit (AMX: kernels/amx_attention.h): the same arithmetic, its

@@ -4,7 +4,7 @@
  * that the same code runs on the unit and, with QA_AMX_EMULATE, on the C model of it
  * (kernels/amx_emu.h) in tests/test_kernels.c.
  *
- * Arithmetic (attention_bf16_avx512's - both with the softmax's division after p v - with
+ * Arithmetic (attention_bf16_avx512's, with the softmax's division moved after p v, and
  * f32 sums in the unit's order):
  *   s[i][j] = sum_d bf16(scale q[i][d]) bf16(k[j][d])        (scale = hd^-0.5, f32 sums)
  *   e[i][j] = exp(s[i][j] - max_j s[i][j])                   (f32)

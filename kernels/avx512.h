@@ -839,11 +839,10 @@ static int attention_avx512(float *out, const float *q, int ldq, const float *k,
 
 /* --- the ViT's attention with bf16 products (AVX512-BF16) ------------------------------
  * vdpbf16ps: q.k summed over pairs of dimensions, p.v over pairs of keys, each product of
- * two bf16 (round to nearest even) added in f32; the softmax stays f32, its division after
- * p v (o = (sum_j bf16(e_j) bf16(v_j)) / sum_j e_j, e_j = exp(s_j - max)). Non-causal, hd a
+ * two bf16 (round to nearest even) added in f32; the softmax stays f32. Non-causal, hd a
  * multiple of 16 up to 64. Every conversion to bf16 is vcvtne(2)ps2bf16, the same rounding
  * as f32_to_bf16; the softmax's passes are fused: the row maximum is taken while the scores
- * are made, then one pass makes exp, its sum and the bf16 pairs of exp. */
+ * are made, then one pass makes exp and the sum, one scales and rounds to bf16 pairs. */
 #ifdef QA_AVX512_BF16
 /* the bf16 pairs (x[2e], x[2e+1]) of n floats (n a multiple of 16, at most 64) into out[e] */
 static inline void bf16_pairs512(uint32_t *out, const float *x, int n, float scale) {
@@ -859,9 +858,9 @@ static inline void bf16_pairs512(uint32_t *out, const float *x, int n, float sca
 /* 16 masks: lanes [0, n) of a 16-wide chunk, none when n <= 0 */
 static inline __mmask16 lanes_below(int n) { return n <= 0 ? (__mmask16)0 : tail_mask(n); }
 
-/* o[r][0..HC*16) = inv[r] sum_i dot(p[r] pair i, v pair i), R rows of pairs (stride ps uint32) */
+/* o[r][0..HC*16) = sum_i dot(p[r] pair i, v pair i), R rows of pairs (stride ps uint32) */
 static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo, const uint32_t *p, size_t ps, const uint32_t *vp,
-                                                             const float *inv, int hd, int npairs, const int R, const int HC) {
+                                                             int hd, int npairs, const int R, const int HC) {
     __m512 acc[ATT_ROWS][4];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < HC; c++) acc[r][c] = _mm512_setzero_ps();
@@ -874,7 +873,7 @@ static inline __attribute__((always_inline)) void att_pv_bf16(float *o, int ldo,
         }
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < HC; c++) _mm512_storeu_ps(o + (size_t)r * ldo + 16 * c, _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
+        for (int c = 0; c < HC; c++) _mm512_storeu_ps(o + (size_t)r * ldo + 16 * c, acc[r][c]);
 }
 
 static int attention_bf16_avx512(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
@@ -967,28 +966,31 @@ static int attention_bf16_avx512(float *out, const float *q, int ldq, const floa
                     vmax[r] = _mm512_mask_max_ps(vmax[r], lanes_below(Tk - j0), vmax[r], acc[r]);
                 }
             }
-            /* softmax per row (f32), its division after p v (o = (sum_j bf16(e_j) v_j) / sum_j e_j,
-             * e_j = exp(s_j - max), as attention_bf16_unit): one pass makes e, its sum, and
-             * the bf16 pairs of e in place: pair i of row r lands in uint32 i of the row, over
-             * floats already read (i < 2i); lanes past Tk are zero */
-            float inv[ATT_ROWS];
+            /* softmax per row (f32): exp(s - max) and its sum in one pass, then the row
+             * scaled and rounded to bf16 pairs in place: pair i of row r lands in uint32 i
+             * of the row, over floats already read (i < 2i) */
             for (int r = 0; r < R; r++) {
                 float *row = S + (size_t)r * Tk16;
                 __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
+                for (int j = 0; j < Tk; j += 16) {
+                    __mmask16 m = tail_mask(Tk - j);
+                    __m512 ev = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), mx));
+                    _mm512_mask_storeu_ps(row + j, m, ev);
+                    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, ev));
+                }
+                __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
                 for (int c = 0; 32 * c < Tk; c++) {
-                    __mmask16 mlo = tail_mask(Tk - 32 * c), mhi = lanes_below(Tk - 32 * c - 16);
-                    __m512 lo = _mm512_maskz_mov_ps(mlo, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mlo, row + 32 * c), mx)));
-                    __m512 hi = _mm512_maskz_mov_ps(mhi, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mhi, row + 32 * c + 16), mx)));
-                    vsum = _mm512_add_ps(vsum, _mm512_add_ps(lo, hi));
+                    __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c), row + 32 * c), inv);
+                    __m512 hi = Tk - 32 * c > 16 ? _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask(Tk - 32 * c - 16), row + 32 * c + 16), inv)
+                                                 : _mm512_setzero_ps();
                     _mm512_storeu_si512(row + 16 * c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
                 }
-                inv[r] = 1.0f / _mm512_reduce_add_ps(vsum);
             }
-            /* out[i0+r, h] = inv[r] sum_i (p[r] pair i) . (v pair i) */
+            /* out[i0+r, h] = sum_i (p[r] pair i) . (v pair i) */
             const uint32_t *P = (const uint32_t *)S, *vph = vp + (size_t)kh * npairs * hd;
             float *o = out + (size_t)i0 * H * hd + (size_t)h * hd;
             int ldo = H * hd, HC = hd / 16;
-#define PVB(nr, hc) att_pv_bf16(o, ldo, P, Tk16, vph, inv, hd, npairs, nr, hc)
+#define PVB(nr, hc) att_pv_bf16(o, ldo, P, Tk16, vph, hd, npairs, nr, hc)
 #define PVB_ROWS(hc) switch (R) { case 1: PVB(1, hc); break; case 2: PVB(2, hc); break; case 3: PVB(3, hc); break; \
                                   case 4: PVB(4, hc); break; case 5: PVB(5, hc); break; default: PVB(6, hc); break; }
             switch (HC) {

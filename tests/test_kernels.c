@@ -392,9 +392,8 @@ static void test_attention_cases(const AttCase *cases, size_t ncases) {
     free(q); free(k); free(v); free(o1); free(o2); free(scratch); free(kt);
 }
 
-/* attention_bf16's arithmetic in plain C: scores from bf16(q * scale) . bf16(k), f32 softmax
- * with its division after p v: o = (sum_j bf16(e_j) bf16(v_j)) / sum_j e_j, e_j = exp(s_j -
- * max), all sums in f32 (in a different order than the kernel's) */
+/* attention_bf16's arithmetic in plain C: scores from bf16(q * scale) . bf16(k), f32 softmax,
+ * bf16(p) . bf16(v), all sums in f32 (in a different order than the kernel's) */
 static void attention_bf16_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv, int Tq,
                                     int Tk, int H, int KVH, int hd, float *s) {
     float scale = 1.0f / sqrtf((float)hd);
@@ -408,22 +407,19 @@ static void attention_bf16_emulated(float *out, const float *q, int ldq, const f
                            bf16_to_f32(f32_to_bf16(k[(size_t)j * ldkv + kh * hd + d]));
                 s[j] = dot;
             }
-            float mx = s[0];
-            for (int j = 1; j < Tk; j++) mx = s[j] > mx ? s[j] : mx;
-            double sum = 0.0;
-            for (int j = 0; j < Tk; j++) s[j] = expf(s[j] - mx), sum += s[j];
-            float inv = (float)(1.0 / sum);
+            softmax_ref(s, Tk);
             for (int d = 0; d < hd; d++) {
                 float acc = 0.0f;
                 for (int j = 0; j < Tk; j++)
                     acc += bf16_to_f32(f32_to_bf16(s[j])) * bf16_to_f32(f32_to_bf16(v[(size_t)j * ldkv + kh * hd + d]));
-                out[(size_t)i * H * hd + h * hd + d] = acc * inv;
+                out[(size_t)i * H * hd + h * hd + d] = acc;
             }
         }
 }
 
 /* attention_bf16_unit's arithmetic in plain C (kernels/amx_attention.h): attention_bf16_emulated's
- * (the softmax's division after p v), each sum in the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as
+ * with the softmax's division after p v (o = (sum_j bf16(e_j) bf16(v_j)) / sum_j e_j, e_j =
+ * exp(s_j - max)), each sum in the order of the tile unit (kernels/amx_emu.h TDPBF16PS, as
  * measured on the unit): per instruction of 16 pairs (32 dimensions of q.k, 32 keys of p.v)
  * the even and the odd products summed apart, then c += (even + odd) */
 static void attention_bf16_unit_emulated(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
