@@ -205,7 +205,7 @@ static inline __attribute__((always_inline)) void rows_q8_256_amx(float *out, in
     int items = blocks * R * P; /* item i: block i / (R P), row tile i / P % R, pair i % P */
     for (int i = 0; i <= items; i++) {
         if (i < items) {
-            int b = i / (R * P), r = i / P % R, p = i % P, ngp = ng - 2 * p < 2 ? ng - 2 * p : 2, len = q256_len(K, b), k = 0;
+            int b = i / (R * P), r = i / P % R, p = i % P, ngp = ngs[p], len = q256_len(K, b), k = 0;
             const uint8_t *b0 = q256_block(W, g0 + 2 * p, b), *b1 = ngp > 1 ? b0 + gbytes : b0;
             const int8_t *xb = xs + ((size_t)r * S + (size_t)4 * b) * 2048;
             if (b + 1 < blocks && P > 1) { /* the next block's weights to L2, a share of them each item (a stream per group) */
@@ -231,7 +231,7 @@ static inline __attribute__((always_inline)) void rows_q8_256_amx(float *out, in
             }
         }
         if (i > 0) { /* item u: + (-128 sum x) (the AVX-512 family's start value), then the float step */
-            int u = i - 1, b = u / (R * P), m0 = 32 * (u / P % R), p = u % P, ngp = ng - 2 * p < 2 ? ng - 2 * p : 2;
+            int u = i - 1, b = u / (R * P), m0 = 32 * (u / P % R), p = u % P, ngp = ngs[p];
             int nv = n - m0 < 32 ? n - m0 : 32, len = q256_len(K, b);
             const uint8_t *b0 = q256_block(W, g0 + 2 * p, b), *b1 = ngp > 1 ? b0 + gbytes : b0;
             amx_scale((float(*)[AMX_GROUPS * 16])&acc[m0][32 * p], (const int32_t(*)[32])c[u & 1], xc + (size_t)m0 * blocks + b,
@@ -253,8 +253,7 @@ static int tile_all_rows_amx(float *out, int ldo, const Acts *a, const Tensor *W
     if (W->dtype != DT_MQ8_256 || a->kind != ACT_Q8_256 || !a->xsl) return 0;
     for (int gi = g0; gi < g0 + ng; gi += AMX_GROUPS) {
         int gn = g0 + ng - gi < AMX_GROUPS ? g0 + ng - gi : AMX_GROUPS;
-        for (int t0 = 0; t0 < a->T; t0 += AMX_CHUNK)
-        {
+        for (int t0 = 0; t0 < a->T; t0 += AMX_CHUNK) {
             int nt = a->T - t0 < AMX_CHUNK ? a->T - t0 : AMX_CHUNK;
             if (gn > 2) rows_q8_256_amx(out, ldo, a, W, bias, epi, t0, nt, gi, gn, 2); /* (P a constant in each) */
             else rows_q8_256_amx(out, ldo, a, W, bias, epi, t0, nt, gi, gn, 1);
